@@ -1,0 +1,40 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv/ when it is missing.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# torch/torchvision pinned here (this pair installs from the local disk on our machines);
+# pyproject.toml declares the ranges a user's own machine can satisfy.
+TORCH  := torch==2.14.1 torchvision==0.29.1
+FMNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: demo test install data bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+# Fashion-MNIST from Debian (the loader downloads it instead where apt is not available).
+data:
+	@if [ ! -f $(FMNIST)/t10k-labels-idx1-ubyte.gz ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q dataset-fashion-mnist; \
+	  elif command -v sudo >/dev/null; then sudo apt-get update -q && sudo apt-get install -y -q dataset-fashion-mnist; \
+	  else echo "note: dataset-fashion-mnist not installed; transferkit will try to download Fashion-MNIST"; fi; \
+	fi
+
+demo: $(STAMP) data
+	HF_HUB_OFFLINE=1 $(VENV)/bin/transferkit demo --out runs/demo
+
+test: $(STAMP) data
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+bench: $(STAMP) data
+	$(PY) benchmarks/fashion_mnist.py
+
+clean:
+	rm -rf runs data/fashion-mnist-10 .pytest_cache

@@ -1,0 +1,40 @@
+"""transferkit: adapt pretrained models to your small labelled dataset, and show that transfer paid off.
+
+>>> import transferkit
+>>> model = transferkit.fit("path/to/images", strategy="auto")     # doctest: +SKIP
+>>> model.save("my-model"); model = transferkit.load("my-model")  # doctest: +SKIP
+
+Heavy libraries (torch, timm, accelerate) load on first use, so ``import transferkit`` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .api import fit
+    from .backbones import create_backbone, list_backbones
+    from .bundle.model import TransferModel, load
+    from .errors import TransferkitError
+
+_LAZY = {
+    "fit": ("api", "fit"),
+    "load": ("bundle.model", "load"),
+    "TransferModel": ("bundle.model", "TransferModel"),
+    "create_backbone": ("backbones.registry", "create_backbone"),
+    "list_backbones": ("backbones.registry", "list_backbones"),
+    "TransferkitError": ("errors", "TransferkitError"),
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(f".{module}", __name__), attr)
+    raise AttributeError(f"module 'transferkit' has no attribute {name!r}")

@@ -1,0 +1,55 @@
+"""Terminal output: one rich console, warnings, and progress bars for every long step."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+T = TypeVar("T")
+console = Console(stderr=True)
+
+
+def quiet() -> bool:
+    return os.environ.get("TRANSFERKIT_QUIET", "") not in ("", "0")
+
+
+def warn(msg: str) -> None:
+    console.print(f"[yellow]warning:[/] {msg}", highlight=False, soft_wrap=True)
+
+
+def info(msg: str) -> None:
+    if not quiet():
+        console.print(msg, highlight=False, soft_wrap=True)
+
+
+def progress() -> Progress:
+    """A progress display; disabled when TRANSFERKIT_QUIET is set or stderr is not a terminal and in tests."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=quiet(),
+        transient=False,
+    )
+
+
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Iterate with a progress bar."""
+    with progress() as bar:
+        task = bar.add_task(description, total=total if total is not None else len(items), status="")  # type: ignore[arg-type]
+        for x in items:
+            yield x
+            bar.advance(task)
+
+
+def is_tty() -> bool:
+    return sys.stderr.isatty()
