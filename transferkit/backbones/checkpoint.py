@@ -1,0 +1,100 @@
+"""Backbone files on disk: reading user checkpoints, and transferkit's own backbone folder format.
+
+A backbone folder holds ``backbone.json`` (architecture, preprocessing, provenance) and
+``backbone.safetensors`` (the feature network's tensors). ``transferkit pretrain`` writes them and
+``--backbone path/to/folder`` reads them. Nothing here unpickles: ``.pt``/``.pth``/``.bin`` files go through
+``torch.load(weights_only=True)``, which only accepts tensors and plain containers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import BackboneError
+from .protocol import BackboneSpec, ImageBackbone, PreprocessConfig
+
+BACKBONE_FORMAT = "transferkit-backbone/1"
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors from a safetensors or weights-only torch file; unwraps ``{"state_dict": ...}``-style nesting."""
+    if not path.is_file():
+        raise BackboneError(f"Checkpoint {path} does not exist: check the path.")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise BackboneError(
+            f"Cannot read checkpoint {path} ({type(err).__name__}): it must be safetensors or a weights-only torch file."
+        ) from None
+    for key in ("state_dict", "model", "model_state_dict", "module"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BackboneError(f"Checkpoint {path} holds no state_dict of tensors: save model.state_dict().")
+    return state
+
+
+def save_backbone(backbone: ImageBackbone, folder: str | Path, provenance: dict[str, Any] | None = None) -> Path:
+    """Write ``backbone`` as a folder that ``create_backbone(folder)`` loads; atomic (temp folder, then rename)."""
+    from safetensors.torch import save_file
+
+    from ..bundle.io import atomic_dir
+
+    spec = backbone.spec
+    meta = {
+        "format": BACKBONE_FORMAT,
+        "arch": rebuild_arch(spec),
+        "num_features": backbone.num_features,
+        "preprocess": backbone.preprocess.to_dict(),
+        "derived_from": spec.to_dict(),
+        "provenance": provenance or {},
+    }
+    with atomic_dir(folder) as tmp:
+        state = {k: v.detach().contiguous().cpu() for k, v in backbone.body.state_dict().items()}
+        save_file(state, str(tmp / "backbone.safetensors"))
+        (tmp / "backbone.json").write_text(json.dumps(meta, indent=2))
+    return Path(folder)
+
+
+def rebuild_arch(spec: BackboneSpec) -> str:
+    """The architecture id that :func:`build_checkpoint` understands: a timm name or ``torchvision:<name>``."""
+    if spec.source == "torchvision":
+        return f"torchvision:{spec.arch}"
+    return spec.arch  # timm and package arches are timm names; checkpoint/backbone_dir already use this form
+
+
+def read_backbone_dir_spec(folder: Path) -> BackboneSpec:
+    try:
+        meta = json.loads((folder / "backbone.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise BackboneError(f"Cannot read {folder / 'backbone.json'} ({err}): the backbone folder is damaged.") from None
+    if meta.get("format") != BACKBONE_FORMAT:
+        raise BackboneError(f"{folder / 'backbone.json'} is not a {BACKBONE_FORMAT} file.")
+    return BackboneSpec(
+        name=str(folder),
+        source="backbone_dir",
+        arch=meta["arch"],
+        weights=str(folder.resolve()),
+        extra={"preprocess": meta["preprocess"], "provenance": meta.get("provenance", {})},
+    )
+
+
+def load_backbone_dir(spec: BackboneSpec, pretrained: bool) -> ImageBackbone:
+    from .sources import _load_backbone_state, build_checkpoint
+
+    bb = build_checkpoint(BackboneSpec(spec.name, "checkpoint", spec.arch, spec.weights), pretrained=False)
+    bb.spec = spec
+    bb.preprocess = PreprocessConfig.from_dict(spec.extra["preprocess"])
+    if pretrained:
+        path = Path(spec.weights) / "backbone.safetensors"
+        _load_backbone_state(bb.body, read_state_dict(path), str(path))
+    return bb

