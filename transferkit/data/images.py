@@ -1,0 +1,130 @@
+"""Decode every image once per run into a uint8 tensor at the backbone's input size.
+
+Fine-tuning then reads from memory each epoch (augmenting on the uint8 tensor), and the feature cache is
+keyed by each file's content hash, so nothing is decoded or hashed twice in a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ..backbones.protocol import PreprocessConfig
+from ..console import progress, warn
+from ..errors import DataError
+from .sources import ImageSet, Item
+
+_INTERP = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+@dataclass
+class DecodedImages:
+    """``pixels``: (N, 3, H, W) uint8; ``targets``: (N,) class indices; ``fingerprints``: content hashes."""
+
+    pixels: torch.Tensor
+    targets: torch.Tensor
+    fingerprints: list[str]
+    skipped: list[str]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+def load_pil(item: Item) -> tuple[Image.Image, str]:
+    """Open a path or array as an RGB PIL image and return it with a content fingerprint.
+
+    Raises :class:`DataError` naming the file when it is not a readable image.
+    """
+    if isinstance(item, np.ndarray):
+        arr = np.ascontiguousarray(item)
+        img = Image.fromarray(arr)
+        return img.convert("RGB"), hashlib.sha1(arr.tobytes() + str(arr.shape).encode()).hexdigest()
+    path = Path(item)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"Cannot read {path} ({err.strerror}): check the file exists and is readable.") from None
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()  # forces a full decode so truncated files fail here, not in the middle of training
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        kind = "truncated or damaged" if isinstance(err, OSError) and "truncat" in str(err).lower() else "not a readable image"
+        raise DataError(f"{path} is {kind}: replace or remove it, or pass --skip-bad to skip unreadable files.") from None
+    return img.convert("RGB"), hashlib.sha1(data).hexdigest()
+
+
+def resize_center_crop(img: Image.Image, pre: PreprocessConfig) -> np.ndarray:
+    """The backbone's eval transform: shorter side to ``size / crop_pct``, centre crop to ``size``."""
+    h, w = pre.input_size
+    scale_to = int(round(max(h, w) / pre.crop_pct))
+    iw, ih = img.size
+    ratio = scale_to / min(iw, ih)
+    nw, nh = max(w, round(iw * ratio)), max(h, round(ih * ratio))
+    img = img.resize((nw, nh), _INTERP.get(pre.interpolation, Image.Resampling.BICUBIC))
+    left, top = (nw - w) // 2, (nh - h) // 2
+    return np.array(img.crop((left, top, left + w, top + h)), dtype=np.uint8)
+
+
+def decode(
+    images: ImageSet,
+    pre: PreprocessConfig,
+    classes: list[str],
+    *,
+    skip_bad: bool = False,
+    description: str = "decoding images",
+    workers: int = 2,
+) -> DecodedImages:
+    """Decode, resize and crop every image of ``images`` once, in a thread pool, with a progress bar."""
+    n = len(images)
+    h, w = pre.input_size
+    pixels = torch.empty((n, 3, h, w), dtype=torch.uint8)
+    keep = np.zeros(n, dtype=bool)
+    prints = [""] * n
+    skipped: list[str] = []
+    index = {c: i for i, c in enumerate(classes)}
+
+    def work(i: int) -> tuple[int, np.ndarray | None, str, DataError | None]:
+        try:
+            img, fp = load_pil(images.items[i])
+        except DataError as err:
+            return i, None, "", err
+        return i, resize_center_crop(img, pre), fp, None
+
+    with progress() as bar, ThreadPoolExecutor(max_workers=workers) as pool:
+        task = bar.add_task(description, total=n, status="")
+        for i, arr, fp, err in pool.map(work, range(n)):
+            bar.advance(task)
+            if err is not None:
+                if not skip_bad:
+                    raise err
+                skipped.append(str(images.items[i]))
+                continue
+            pixels[i] = torch.from_numpy(arr).permute(2, 0, 1)
+            prints[i] = fp
+            keep[i] = True
+    if skipped:
+        warn(f"skipped {len(skipped)} unreadable image(s), e.g. {skipped[0]}")
+    idx = np.flatnonzero(keep)
+    if len(idx) == 0:
+        raise DataError(f"No readable images in {images.origin or 'the data'}: check the files are images.")
+    targets = torch.tensor([index[images.labels[i]] for i in idx], dtype=torch.long)
+    return DecodedImages(pixels[torch.from_numpy(idx)], targets, [prints[i] for i in idx], skipped)
+
+
+def normalize(pixels: torch.Tensor, pre: PreprocessConfig) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float, scaled to [0, 1] and normalised with the backbone's mean/std."""
+    mean = torch.tensor(pre.mean, device=pixels.device).view(1, 3, 1, 1)
+    std = torch.tensor(pre.std, device=pixels.device).view(1, 3, 1, 1)
+    return (pixels.float() / 255.0 - mean) / std

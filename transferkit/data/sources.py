@@ -1,0 +1,239 @@
+"""Where labelled images come from: a folder per class, a CSV/TSV/JSONL of ``path,label``, or arrays in memory.
+
+Everything ends up as :class:`ImageSet` (items + string labels) grouped in :class:`Splits`. Existing
+``train/``, ``val/`` and ``test/`` folders (or a ``split`` column) are honoured; otherwise a seeded,
+stratified split is made.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+
+from ..errors import DataError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+SPLIT_DIRS = {"train": ("train", "training"), "val": ("val", "valid", "validation", "dev"), "test": ("test", "testing")}
+Item = Union[Path, np.ndarray]
+
+
+@dataclass
+class ImageSet:
+    """Images (file paths or HxW[xC] uint8 arrays) and their string labels, in matching order."""
+
+    items: list[Item]
+    labels: list[str]
+    origin: str = ""
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def subset(self, idx: list[int]) -> ImageSet:
+        return ImageSet([self.items[i] for i in idx], [self.labels[i] for i in idx], self.origin)
+
+    def counts(self) -> dict[str, int]:
+        return dict(sorted(Counter(self.labels).items()))
+
+
+@dataclass
+class Splits:
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet | None = None
+    classes: list[str] = field(default_factory=list)
+    how: str = ""  # "folders", "column" or "stratified seed=N"
+
+    def summary(self) -> dict[str, object]:
+        out: dict[str, object] = {"classes": self.classes, "split": self.how, "train": len(self.train), "val": len(self.val)}
+        out["test"] = len(self.test) if self.test is not None else 0
+        out["train_per_class"] = self.train.counts()
+        return out
+
+
+def load_splits(
+    source: str | Path | ImageSet | Splits,
+    *,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    skip_bad: bool = False,
+) -> Splits:
+    """Read a data source and return train/val(/test) splits.
+
+    ``source`` is a folder (folder-per-class, optionally inside ``train/``, ``val/``, ``test/``), a ``.csv``,
+    ``.tsv`` or ``.jsonl`` file with ``path`` and ``label`` columns (optional ``split`` column), an
+    :class:`ImageSet`, or ready :class:`Splits`. Raises :class:`DataError` with one line naming the culprit.
+    """
+    if isinstance(source, Splits):
+        return source
+    if isinstance(source, ImageSet):
+        return _split(source, {}, val_fraction, test_fraction, seed)
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(f"Data path {path} does not exist: pass a folder of class folders or a CSV/JSONL file.")
+    if path.is_file():
+        ds, given = read_table(path, skip_bad=skip_bad)
+        return _split(ds, given, val_fraction, test_fraction, seed)
+    split_dirs = {k: d for k, names in SPLIT_DIRS.items() for n in names if (d := path / n).is_dir()}
+    if "train" in split_dirs:
+        given = {k: read_class_folders(d, skip_bad=skip_bad) for k, d in split_dirs.items()}
+        return _split(given.pop("train"), given, val_fraction, test_fraction, seed)
+    return _split(read_class_folders(path, skip_bad=skip_bad), {}, val_fraction, test_fraction, seed)
+
+
+def read_class_folders(root: Path, skip_bad: bool = False) -> ImageSet:
+    """Folder-per-class: ``root/<label>/<image>``. Hidden files are ignored; other non-images are errors."""
+    classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root} has no class folders: put images in {root}/<label>/, or pass a CSV of path,label.")
+    items: list[Item] = []
+    labels: list[str] = []
+    skipped = 0
+    for d in classes:
+        files = sorted(f for f in d.rglob("*") if f.is_file() and not any(p.startswith(".") for p in f.relative_to(d).parts))
+        n_before = len(items)
+        for f in files:
+            if f.suffix.lower() not in IMAGE_SUFFIXES:
+                if skip_bad:
+                    skipped += 1
+                    continue
+                raise DataError(f"{f} is not an image file ({f.suffix or 'no extension'}): remove it, or pass --skip-bad to skip such files.")
+            items.append(f)
+            labels.append(d.name)
+        if len(items) == n_before:
+            raise DataError(f"Class folder {d} has no images: add images to it or remove the folder.")
+    if skipped:
+        from ..console import warn
+
+        warn(f"skipped {skipped} non-image file(s) under {root}")
+    return ImageSet(items, labels, str(root))
+
+
+def read_table(path: Path, skip_bad: bool = False) -> tuple[ImageSet, dict[str, ImageSet]]:
+    """A CSV/TSV (header row) or JSONL file with ``path`` and ``label`` (optional ``split``: train/val/test)."""
+    rows = _read_rows(path)
+    if not rows:
+        raise DataError(f"{path} has no rows: add one row per image with path and label.")
+    cols = set(rows[0][1])
+    path_col = next((c for c in ("path", "image", "file", "filename", "filepath") if c in cols), None)
+    label_col = next((c for c in ("label", "class", "target", "category") if c in cols), None)
+    if path_col is None or label_col is None:
+        raise DataError(f"{path} needs a 'path' and a 'label' column; it has {sorted(cols)}.")
+    by_split: dict[str, ImageSet] = defaultdict(lambda: ImageSet([], [], str(path)))
+    skipped = 0
+    for line, row in rows:
+        img = Path(str(row.get(path_col, "")).strip())
+        label = str(row.get(label_col, "")).strip()
+        if not str(img) or str(img) == "." or not label:
+            raise DataError(f"{path} line {line}: empty {path_col!r} or {label_col!r}: fill it in or remove the row.")
+        full = img if img.is_absolute() else path.parent / img
+        if not full.is_file():
+            if skip_bad:
+                skipped += 1
+                continue
+            raise DataError(f"{path} line {line}: image {full} does not exist: fix the path or remove the row (or pass --skip-bad).")
+        split = str(row.get("split", "train") or "train").strip().lower()
+        split = next((k for k, names in SPLIT_DIRS.items() if split in names), None) or _bad_split(path, line, split)
+        by_split[split].items.append(full)
+        by_split[split].labels.append(label)
+    if skipped:
+        from ..console import warn
+
+        warn(f"skipped {skipped} row(s) of {path} whose image is missing")
+    train = by_split.pop("train", ImageSet([], [], str(path)))
+    if not len(train):
+        raise DataError(f"{path} has no training rows: give rows with split=train (or no split column).")
+    return train, dict(by_split)
+
+
+def _bad_split(path: Path, line: int, value: str) -> str:
+    raise DataError(f"{path} line {line}: split {value!r} is not train, val or test.")
+
+
+def _read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
+    suffix = path.suffix.lower()
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not UTF-8 text: save it as UTF-8.") from None
+    if suffix in (".jsonl", ".ndjson"):
+        rows = []
+        for i, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append((i, json.loads(line)))
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{path} line {i} is not valid JSON ({err.msg}): fix or remove it.") from None
+        return rows
+    if suffix in (".csv", ".tsv", ".txt"):
+        delim = "\t" if suffix == ".tsv" else ","
+        reader = csv.DictReader(text.splitlines(), delimiter=delim)
+        return [(i, {k.strip().lower(): v for k, v in r.items() if k}) for i, r in enumerate(reader, 2)]
+    raise DataError(f"{path}: unsupported table type {suffix!r}; use .csv, .tsv or .jsonl.")
+
+
+def _split(train: ImageSet, given: dict[str, ImageSet], val_fraction: float, test_fraction: float, seed: int) -> Splits:
+    classes = sorted(set(train.labels))
+    if len(classes) < 2:
+        only = classes[0] if classes else "none"
+        raise DataError(f"Only one class ({only}) in {train.origin or 'the data'}: a classifier needs images of at least two classes.")
+    for name, ds in given.items():
+        unknown = sorted(set(ds.labels) - set(classes))
+        if unknown:
+            raise DataError(f"The {name} split has labels not seen in training ({', '.join(unknown[:5])}): add training images for them.")
+    how = "given" if given else ""
+    rest = train
+    test = given.get("test")
+    if "val" in given:
+        val = given["val"]
+    else:
+        fractions = {"val": val_fraction} if test is not None else {"test": test_fraction, "val": val_fraction}
+        parts = stratified_split(rest.labels, fractions, seed)
+        val = rest.subset(parts["val"])
+        if "test" in parts:
+            test = rest.subset(parts["test"])
+        rest = rest.subset(parts["rest"])
+        how = f"{how + ' + ' if how else ''}stratified seed={seed}"
+    return Splits(train=rest, val=val, test=test, classes=classes, how=how or "given")
+
+
+def stratified_split(labels: list[str], fractions: dict[str, float], seed: int) -> dict[str, list[int]]:
+    """Per class, shuffle with ``seed`` and carve out ``fractions`` (at least one image each while the class
+    keeps at least one for training). Returns index lists per part plus ``"rest"``."""
+    rng = random.Random(seed)
+    by_class: dict[str, list[int]] = defaultdict(list)
+    for i, y in enumerate(labels):
+        by_class[y].append(i)
+    out: dict[str, list[int]] = {k: [] for k in fractions} | {"rest": []}
+    for y in sorted(by_class):
+        idx = by_class[y][:]
+        rng.shuffle(idx)
+        for part, frac in fractions.items():
+            n = max(1, round(frac * len(by_class[y]))) if len(idx) > 1 else 0
+            out[part] += idx[:n]
+            idx = idx[n:]
+        out["rest"] += idx
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def load_test_set(source: str | Path | ImageSet, skip_bad: bool = False) -> ImageSet:
+    """Every labelled image of ``source`` for scoring: a ``test/`` folder if the source has one, else all of it."""
+    if isinstance(source, ImageSet):
+        return source
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(f"Data path {path} does not exist: pass a folder of class folders or a CSV/JSONL file.")
+    if path.is_file():
+        train, given = read_table(path, skip_bad=skip_bad)
+        return given.get("test") or train
+    for name in SPLIT_DIRS["test"]:
+        if (path / name).is_dir():
+            return read_class_folders(path / name, skip_bad=skip_bad)
+    return read_class_folders(path, skip_bad=skip_bad)
