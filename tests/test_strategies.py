@@ -1,0 +1,208 @@
+"""Contract tests over every strategy, plus the engine's promises: LLRD groups, gradual unfreezing with every
+optimizer group present from the start, early stopping, resume after a crash, decode-once, time budgets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import transferkit
+from transferkit.strategies import STRATEGIES, create_strategy
+
+FAST = {
+    "linear": {"epochs": 30},
+    "finetune": {"epochs": 3, "batch_size": 8},
+    "gradual": {"epochs": 4, "unfreeze_every": 1, "batch_size": 8},
+    "scratch": {"epochs": 3, "batch_size": 8},
+    "auto": {"max_epochs": 2, "min_epochs": 1},
+}
+
+
+def test_every_strategy_has_fast_settings_here():
+    assert set(FAST) == set(STRATEGIES)
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_strategy_contract(name, colour_splits, tiny_backbone, tmp_path):
+    out = tmp_path / "run"
+    model = transferkit.fit(colour_splits, backbone=tiny_backbone, strategy=name, out=out, **FAST[name])
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["strategy"].startswith(name)
+    for key in ("accuracy", "macro_f1", "per_class", "confusion_matrix"):
+        assert key in m["test"]
+    assert set(m["test"]["per_class"]) == {"blue", "green", "red"}
+    assert m["test"]["n"] == 12
+    assert m["history"]["epochs"] and 0 <= m["history"]["best_epoch"] < len(m["history"]["epochs"])
+    for k in ("train_loss", "val_loss", "train_acc", "val_acc", "seconds"):
+        assert k in m["history"]["epochs"][0]
+    assert {"accuracy", "loss"} == set(m["train_val_gap"])
+    assert {"load_s", "decode_s", "evaluate_s", "total_s"} <= set(m["timings"])
+    assert m["trainable_params"] > 0
+    for f in ("report.md", "confusion_matrix.png", "learning_curve.png", "model/config.json", "model/model.safetensors"):
+        assert (out / f).is_file(), f
+    assert (out / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (out / ".work").exists()
+    # predictions come back for every test image, with probabilities that sum to one
+    probs = model.predict_proba(sorted((colour_splits / "test").rglob("*.png")))
+    assert probs.shape == (12, 3)
+    assert torch.allclose(torch.from_numpy(probs).sum(1), torch.ones(12), atol=1e-4)
+
+
+def test_linear_probe_learns_colours(colour_splits, tiny_backbone):
+    # random conv features still separate solid colours: a working probe gets them all
+    model = transferkit.fit(colour_splits, backbone=tiny_backbone, strategy="linear")
+    assert model.metrics["test"]["accuracy"] == 1.0
+    assert model.metrics["trainable_params"] == 256 * 3 + 3  # test_efficientnet: 256 features, 3 classes
+
+
+def test_linear_features_are_cached_on_disk(colour_splits, tiny_backbone, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path / "cache"))
+    first = transferkit.fit(colour_splits, backbone=tiny_backbone, strategy="linear")
+    assert first.metrics["details"]["feature_cache_hit"] is False
+    assert len(list((tmp_path / "cache" / "features").glob("*.safetensors"))) == 2  # train, val
+    second = transferkit.fit(colour_splits, backbone=tiny_backbone, strategy="linear")
+    assert second.metrics["details"]["feature_cache_hit"] is True
+    assert second.metrics["test"]["accuracy"] == first.metrics["test"]["accuracy"]
+    # a changed file changes the key
+    victim = sorted((colour_splits / "train" / "red").glob("*.png"))[0]
+    victim.write_bytes((colour_splits / "train" / "red" / "red_001.png").read_bytes())
+    third = transferkit.fit(colour_splits, backbone=tiny_backbone, strategy="linear")
+    assert third.metrics["details"]["feature_cache_hit"] is False
+
+
+def test_each_image_is_decoded_once_per_run(colour_splits, tiny_backbone, monkeypatch):
+    import transferkit.data.images as images
+
+    calls = []
+    real = images.load_pil
+    monkeypatch.setattr(images, "load_pil", lambda item: calls.append(item) or real(item))
+    transferkit.fit(colour_splits, backbone=tiny_backbone, strategy="finetune", epochs=3, batch_size=8)
+    assert len(calls) == 42 and len(set(map(str, calls))) == 42  # 30 train/val + 12 test, over 3 epochs
+
+
+def test_llrd_param_groups():
+    from transferkit.backbones import create_backbone
+    from transferkit.engine.optim import param_groups
+
+    bb = create_backbone("timm:test_efficientnet", pretrained=False)
+    head = torch.nn.Linear(bb.num_features, 3)
+    groups = param_groups(bb.layer_groups(), list(head.parameters()), lr=1.0, weight_decay=0.1, layer_decay=0.5)
+    n = len(bb.layer_groups())
+    by_layer = {g["layer"]: g["lr"] for g in groups}
+    assert by_layer[n] == 1.0 and by_layer[n - 1] == 0.5 and by_layer[0] == pytest.approx(0.5**n)
+    assert all(g["weight_decay"] == 0.0 for g in groups if all(p.ndim <= 1 for p in g["params"]))
+    assert sum(len(g["params"]) for g in groups) == len(list(bb.parameters())) + 2
+
+
+def test_gradual_unfreezes_from_the_top_with_every_group_present(colour_splits, tiny_backbone, monkeypatch):
+    import transferkit.strategies.finetune as ft
+
+    seen = {}
+    real_train = ft.train
+
+    def spy(model, optimizer, *args, on_epoch_start=None, **kw):
+        n_groups = len(optimizer.param_groups)
+
+        def hook(epoch):
+            stage = on_epoch_start(epoch)
+            trainable_layers = sorted({g["layer"] for g in optimizer.param_groups if any(p.requires_grad for p in g["params"])})
+            seen[epoch] = (stage, trainable_layers, len(optimizer.param_groups))
+            return stage
+
+        out = real_train(model, optimizer, *args, on_epoch_start=hook, **kw)
+        seen["groups"] = n_groups
+        return out
+
+    monkeypatch.setattr(ft, "train", spy)
+    transferkit.fit(colour_splits, backbone=tiny_backbone, strategy="gradual", epochs=4, unfreeze_every=1, patience=10)
+    top = max(seen[0][1])
+    assert seen[0][:2] == (0, [top])  # head only
+    assert seen[1][:2] == (1, [top - 1, top])  # then the last backbone group
+    assert seen[3][:2] == (3, [top - 3, top - 2, top - 1, top])
+    assert all(seen[e][2] == seen["groups"] for e in range(4)), "optimizer groups must not change mid-run"
+
+
+def test_unknown_strategy_and_option():
+    with pytest.raises(transferkit.TransferkitError, match="Unknown strategy 'magic'"):
+        create_strategy("magic")
+    with pytest.raises(transferkit.TransferkitError, match="has no option 'epoch'"):
+        create_strategy("finetune", epoch=3)
+
+
+def test_resume_after_a_crash_reaches_the_same_weights(tmp_path):
+    """Crash at epoch 2 of 4, resume from the checkpoint: the weights equal an uninterrupted run's."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from transferkit.engine.accel import make_accelerator
+    from transferkit.engine.loop import train
+    from transferkit.engine.optim import warmup_cosine
+    from transferkit.engine.sampling import EpochShuffleSampler
+
+    def setup():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Dropout(0.2), torch.nn.Linear(16, 3))
+        x = torch.randn(60, 8, generator=torch.Generator().manual_seed(1))
+        y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+        tl = DataLoader(TensorDataset(x, y), batch_size=8, sampler=EpochShuffleSampler(60, seed=0))
+        vl = DataLoader(TensorDataset(x[:20], y[:20]), batch_size=20)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        return model, opt, warmup_cosine(opt, 4 * len(tl), 2), tl, vl
+
+    acc = make_accelerator("no", cpu=True)
+    model, opt, sched, tl, vl = setup()
+    train(model, opt, sched, tl, vl, acc, epochs=4, patience=99)
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+    reference_last = [p.clone() for p in opt.state_dict()["state"][0].values()]
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_2(epoch):
+        if epoch == 2:
+            raise Crash
+        return 0
+
+    model, opt, sched, tl, vl = setup()
+    with pytest.raises(Crash):
+        train(model, opt, sched, tl, vl, acc, epochs=4, patience=99, checkpoint_dir=tmp_path, on_epoch_start=crash_at_2)
+    assert (tmp_path / "last.pt").is_file()
+    model, opt, sched, tl, vl = setup()  # a fresh process would rebuild everything the same way
+    history, _ = train(model, opt, sched, tl, vl, acc, epochs=4, patience=99, checkpoint_dir=tmp_path)
+    assert len(history.epochs) == 4
+    for k, v in model.state_dict().items():
+        assert torch.allclose(v, reference[k], atol=1e-6), k
+    assert len(reference_last) > 0
+
+
+def test_time_budget_stops_training(colour_splits, tiny_backbone):
+    model = transferkit.fit(colour_splits, backbone=tiny_backbone, strategy="scratch", epochs=500, patience=1000, budget="3s")
+    h = model.metrics["history"]
+    assert h["stopped"] == "time budget" and len(h["epochs"]) < 500
+
+
+def test_auto_keeps_the_better_candidate(colour_splits, tiny_backbone):
+    model = transferkit.fit(colour_splits, backbone=tiny_backbone, strategy="auto", max_epochs=2, min_epochs=1)
+    d = model.metrics["details"]
+    assert set(d["candidates"]) == {"linear", "finetune"}
+    best = max(d["candidates"], key=lambda k: (d["candidates"][k]["val_acc"], -d["candidates"][k]["val_loss"]))
+    assert d["chosen"] == best and model.metrics["strategy"] == f"auto ({best})"
+
+
+def test_auto_stays_linear_with_too_few_labels(tmp_path, tiny_backbone):
+    from conftest import write_colour_images
+
+    write_colour_images(tmp_path / "few", 4)
+    model = transferkit.fit(tmp_path / "few", backbone=tiny_backbone, strategy="auto", val_fraction=0.25, test_fraction=0.25)
+    assert model.metrics["details"]["chosen"] == "linear"
+    assert "linear only" in model.metrics["details"]["decision"]
+
+
+def test_parse_budget():
+    from transferkit.api import parse_budget
+
+    assert parse_budget("10m") == 600 and parse_budget("1h30m") == 5400 and parse_budget("90") == 90
+    assert parse_budget(None) is None
+    with pytest.raises(transferkit.TransferkitError, match="not a duration"):
+        parse_budget("ten minutes")

@@ -1,0 +1,44 @@
+"""Accelerator set-up: device, mixed precision and seeds in one place."""
+
+from __future__ import annotations
+
+import torch
+
+
+def bf16_supported_on_cpu() -> bool:
+    """True when oneDNN has fast bf16 kernels here (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str = "auto", cpu: bool | None = None) -> str:
+    """``auto`` -> ``bf16`` where the device computes it natively (CUDA with bf16, or a bf16-capable CPU), else ``no``."""
+    if precision != "auto":
+        return precision
+    on_cpu = cpu if cpu is not None else not torch.cuda.is_available()
+    if on_cpu:
+        return "bf16" if bf16_supported_on_cpu() else "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def make_accelerator(precision: str = "auto", seed: int = 0, cpu: bool | None = None):
+    """An :class:`accelerate.Accelerator` with resolved precision and every RNG seeded.
+
+    Under ``accelerate launch`` it picks up the process group the launcher set up; alone it uses one device.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from accelerate.state import AcceleratorState
+
+    mp = resolve_precision(precision, cpu)
+    # Accelerate keeps one global state per process. A second run in the same process (a notebook, a
+    # comparison of strategies) may ask for another precision: drop the old settings, but keep the process
+    # group that `accelerate launch` set up (PartialState).
+    if AcceleratorState._shared_state:
+        AcceleratorState._reset_state(reset_partial_state=False)
+    acc = Accelerator(mixed_precision=mp, cpu=bool(cpu))
+    set_seed(seed)
+    return acc

@@ -1,0 +1,79 @@
+"""Pooled features of a frozen backbone, computed once and cached on disk.
+
+The cache key covers the backbone's weights, its preprocessing, the precision and every image's content hash,
+so a changed file, backbone or setting never reuses stale features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ..backbones.protocol import ImageBackbone
+from ..console import progress
+from ..data.images import DecodedImages, normalize
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("TRANSFERKIT_CACHE", Path.home() / ".cache" / "transferkit"))
+
+
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def feature_key(backbone: ImageBackbone, data: DecodedImages, precision: str) -> str:
+    h = hashlib.sha256()
+    h.update(weights_fingerprint(backbone).encode())
+    h.update(json.dumps(backbone.preprocess.to_dict(), sort_keys=True).encode())
+    h.update(precision.encode())
+    h.update("\n".join(data.fingerprints).encode())
+    return h.hexdigest()[:32]
+
+
+@torch.no_grad()
+def extract_features(
+    backbone: ImageBackbone,
+    data: DecodedImages,
+    accelerator,
+    *,
+    batch_size: int = 64,
+    cache: bool = True,
+    description: str = "extracting features",
+) -> tuple[torch.Tensor, bool]:
+    """Return ``(features (N, D) float32, came_from_cache)``."""
+    from safetensors.torch import load_file, save_file
+
+    precision = str(accelerator.mixed_precision)
+    path = cache_root() / "features" / f"{feature_key(backbone, data, precision)}.safetensors" if cache else None
+    if path is not None and path.is_file():
+        try:
+            return load_file(str(path))["features"], True
+        except Exception:  # a damaged cache entry is recomputed, never trusted
+            path.unlink(missing_ok=True)
+    model = backbone.to(accelerator.device).eval().to(memory_format=torch.channels_last)
+    out = []
+    with progress() as bar:
+        task = bar.add_task(description, total=len(data), status="")
+        for start in range(0, len(data), batch_size):
+            x = data.pixels[start : start + batch_size].to(accelerator.device)
+            x = normalize(x, backbone.preprocess).contiguous(memory_format=torch.channels_last)
+            with accelerator.autocast():
+                f = model(x)
+            out.append(f.float().cpu())
+            bar.advance(task, len(x))
+    feats = torch.cat(out)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save_file({"features": feats.contiguous()}, str(tmp))
+        os.replace(tmp, path)
+    return feats, False

@@ -1,0 +1,173 @@
+"""The training loop: epochs of AdamW steps under Accelerate, validation after each, early stopping, the best
+weights kept, and a checkpoint per epoch so an interrupted run resumes where it stopped."""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..console import progress
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    lr: float
+    seconds: float
+    stage: int = 0
+
+
+@dataclass
+class History:
+    epochs: list[EpochRecord] = field(default_factory=list)
+    best_epoch: int = -1
+    stopped: str = "completed"  # "completed", "early stopping" or "time budget"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epochs": [asdict(r) for r in self.epochs], "best_epoch": self.best_epoch, "stopped": self.stopped}
+
+    @property
+    def best(self) -> EpochRecord:
+        return self.epochs[self.best_epoch]
+
+
+def _better(a: EpochRecord, b: EpochRecord | None) -> bool:
+    # Accuracy first; on a tie (common with small validation sets) the lower validation loss wins.
+    return b is None or a.val_acc > b.val_acc or (a.val_acc == b.val_acc and a.val_loss < b.val_loss)
+
+
+@torch.no_grad()
+def evaluate_loader(model: nn.Module, loader: DataLoader, accelerator, prepare: Callable) -> tuple[float, float, torch.Tensor]:
+    """Mean loss, accuracy and all logits over ``loader`` (gathered across processes)."""
+    model.eval()
+    logits_all, targets_all = [], []
+    for x, y in loader:
+        with accelerator.autocast():
+            logits = model(prepare(x))
+        logits, y = accelerator.gather_for_metrics((logits.float(), y))
+        logits_all.append(logits)
+        targets_all.append(y)
+    logits = torch.cat(logits_all)
+    targets = torch.cat(targets_all)
+    loss = nn.functional.cross_entropy(logits, targets).item()
+    acc = (logits.argmax(1) == targets).float().mean().item()
+    return loss, acc, logits
+
+
+def train(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    accelerator,
+    *,
+    epochs: int,
+    patience: int = 5,
+    prepare: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
+    on_epoch_start: Callable[[int], int] | None = None,
+    deadline: float | None = None,
+    label_smoothing: float = 0.0,
+    checkpoint_dir: str | Path | None = None,
+    description: str = "training",
+) -> tuple[History, dict[str, torch.Tensor]]:
+    """Train ``model`` and return its history and the best epoch's weights (already loaded into ``model``).
+
+    ``prepare`` turns a loader batch into model input (normalisation, channels_last). ``on_epoch_start(epoch)``
+    may change what trains (gradual unfreezing) and returns the stage number recorded in the history.
+    ``deadline`` (a ``time.monotonic()`` value) stops training when the next epoch would not finish in time.
+    With ``checkpoint_dir`` an epoch checkpoint is written, and an existing one is resumed from.
+    """
+    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, val_loader, scheduler
+    )
+    history = History()
+    best_state: dict[str, torch.Tensor] | None = None
+    start_epoch = 0
+    ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
+    if ckpt is not None and ckpt.is_file():
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        accelerator.unwrap_model(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        history = History([EpochRecord(**r) for r in state["history"]["epochs"]], state["history"]["best_epoch"])
+        best_state = state["best"]
+        start_epoch = len(history.epochs)
+    bad_epochs = 0 if history.best_epoch < 0 else len(history.epochs) - 1 - history.best_epoch
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    with progress() as bar:
+        task = bar.add_task(description, total=epochs, completed=start_epoch, status="")
+        for epoch in range(start_epoch, epochs):
+            t0 = time.monotonic()
+            if hasattr(train_loader, "set_epoch"):
+                train_loader.set_epoch(epoch)
+            model.train()
+            # after .train(), so the callback can put frozen BatchNorm layers back in eval mode
+            stage = on_epoch_start(epoch) if on_epoch_start else 0
+            total_loss, correct, seen = 0.0, 0, 0
+            for x, y in train_loader:
+                with accelerator.autocast():
+                    logits = model(prepare(x))
+                    loss = loss_fn(logits.float(), y)
+                optimizer.zero_grad(set_to_none=True)
+                accelerator.backward(loss)
+                optimizer.step()
+                scheduler.step()
+                total_loss += loss.item() * len(y)
+                correct += (logits.argmax(1) == y).sum().item()
+                seen += len(y)
+            val_loss, val_acc, _ = evaluate_loader(model, val_loader, accelerator, prepare)
+            rec = EpochRecord(
+                epoch, total_loss / max(1, seen), correct / max(1, seen), val_loss, val_acc,
+                max(g["lr"] for g in optimizer.param_groups), time.monotonic() - t0, stage,
+            )
+            history.epochs.append(rec)
+            if _better(rec, history.best if history.best_epoch >= 0 else None):
+                history.best_epoch = epoch
+                best_state = copy.deepcopy(accelerator.unwrap_model(model).state_dict())
+                bad_epochs = 0
+            else:
+                bad_epochs += 1
+            bar.update(task, advance=1, status=f"loss {rec.train_loss:.3f} val_acc {val_acc:.3f}")
+            if ckpt is not None and accelerator.is_main_process:
+                _save_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler, history, best_state)
+            if bad_epochs >= patience:
+                history.stopped = "early stopping"
+                break
+            if deadline is not None and time.monotonic() + rec.seconds > deadline:
+                history.stopped = "time budget"
+                break
+    assert best_state is not None
+    accelerator.unwrap_model(model).load_state_dict(best_state)
+    return history, best_state
+
+
+def _save_checkpoint(path: Path, model, optimizer, scheduler, history: History, best) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": torch.get_rng_state(),
+            "history": history.to_dict(),
+            "best": best,
+        },
+        tmp,
+    )
+    os.replace(tmp, path)

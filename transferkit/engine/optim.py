@@ -1,0 +1,61 @@
+"""Small free functions for what trains and how fast: freezing, parameter groups, the LR schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def freeze(params: list[nn.Parameter], frozen: bool = True) -> None:
+    for p in params:
+        p.requires_grad_(not frozen)
+
+
+def trainable_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _split_decay(params: list[nn.Parameter]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    # Norm weights and biases (1-D) get no weight decay, as in timm and BERT recipes.
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    return decay, no_decay
+
+
+def param_groups(
+    layer_groups: list[list[nn.Parameter]],
+    head_params: list[nn.Parameter],
+    lr: float,
+    weight_decay: float,
+    layer_decay: float = 1.0,
+) -> list[dict]:
+    """Optimizer groups with layer-wise learning-rate decay (LLRD).
+
+    The head trains at ``lr``; backbone group ``i`` of ``G`` (input side first) at ``lr * layer_decay**(G - i)``,
+    so early, generic layers move least. Every group exists from the start, frozen or not: gradual unfreezing
+    only toggles ``requires_grad``, so optimizer state and resume stay consistent. Each group records its
+    ``layer`` index (``G`` for the head) for the unfreezing schedule.
+    """
+    n = len(layer_groups)
+    groups = []
+    for i, params in enumerate([*layer_groups, head_params]):
+        scale = layer_decay ** (n - i)
+        decay, no_decay = _split_decay(params)
+        for ps, wd in ((decay, weight_decay), (no_decay, 0.0)):
+            if ps:
+                groups.append({"params": ps, "lr": lr * scale, "weight_decay": wd, "layer": i})
+    return groups
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to each group's lr, then cosine decay to zero at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,0 +1,29 @@
+"""A shuffling sampler whose order depends only on (seed, epoch).
+
+Resuming at epoch k then replays exactly the order an uninterrupted run would have used, and every process
+under ``accelerate launch`` draws the same permutation before Accelerate shards it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+
+class EpochShuffleSampler(Sampler[int]):
+    def __init__(self, n: int, seed: int = 0):
+        self.n = n
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())

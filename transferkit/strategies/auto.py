@@ -1,0 +1,85 @@
+"""``auto``: linear probe first; then, when the data and the time budget allow, fine-tune starting from that
+probe's head (LP-FT, Kumar et al. 2022); keep whichever validates best."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..console import info
+from .base import FitResult, TrainTask, image_prepare
+from .finetune import FinetuneConfig, FinetuneStrategy
+from .linear import LinearConfig, LinearStrategy
+
+
+@dataclass
+class AutoConfig:
+    """Budget-aware choice between a linear probe and fine-tuning."""
+
+    min_per_class: int = field(default=5, metadata={"help": "fine-tune only with at least this many training images per class"})
+    min_epochs: int = field(default=3, metadata={"help": "fine-tune only if the budget leaves time for this many epochs"})
+    max_epochs: int = field(default=15, metadata={"help": "upper bound on fine-tuning epochs"})
+    finetune_lr: float = field(default=5e-4, metadata={"help": "peak LR when fine-tuning from the probe's head"})
+
+
+class AutoStrategy:
+    name = "auto"
+
+    def __init__(self, config: AutoConfig | None = None):
+        self.config = config or AutoConfig()
+
+    def fit(self, task: TrainTask) -> FitResult:
+        cfg = self.config
+        t0 = time.monotonic()
+        probe = LinearStrategy(LinearConfig()).fit(task)
+        candidates = {"linear": probe}
+        decision = ""
+        per_class = int(torch.bincount(task.train.targets, minlength=len(task.classes)).min())
+        if per_class < cfg.min_per_class:
+            decision = f"linear only: {per_class} training image(s) in the smallest class (< {cfg.min_per_class})"
+        else:
+            epoch_s = estimate_epoch_seconds(task)
+            room = task.seconds_left()
+            epochs = min(cfg.max_epochs, int(0.9 * room / epoch_s)) if room != float("inf") else cfg.max_epochs
+            if epochs < cfg.min_epochs:
+                decision = f"linear only: the budget leaves {room:.0f}s, fine-tuning needs ~{epoch_s:.1f}s/epoch"
+            else:
+                ft_cfg = FinetuneConfig(epochs=epochs, lr=cfg.finetune_lr, warmup_epochs=0.5, dropout=0.0)
+                ft = FinetuneStrategy(ft_cfg, init_head=probe.model.head).fit(task)
+                candidates["finetune"] = ft
+                decision = f"fine-tuned {len(ft.history.epochs)} epoch(s) from the probe's head (~{epoch_s:.1f}s/epoch)"
+        best_name = max(candidates, key=lambda k: (candidates[k].history.best.val_acc, -candidates[k].history.best.val_loss))
+        best = candidates[best_name]
+        info(f"auto: {decision}; kept {best_name} (val acc {best.history.best.val_acc:.3f})")
+        result = copy.copy(best)
+        result.strategy = f"auto ({best_name})"
+        result.timings = {**best.timings, "total_strategy_s": time.monotonic() - t0}
+        result.details = {
+            **best.details,
+            "decision": decision,
+            "chosen": best_name,
+            "candidates": {k: {"val_acc": v.history.best.val_acc, "val_loss": v.history.best.val_loss,
+                               "seconds": sum(v.timings.values())} for k, v in candidates.items()},
+        }
+        return result
+
+
+def estimate_epoch_seconds(task: TrainTask, batch: int = 16) -> float:
+    """Time one forward+backward step on a copy of the backbone and scale to an epoch (plus validation)."""
+    model = copy.deepcopy(task.backbone).train()
+    prepare = image_prepare(task.preprocess)
+    x = prepare(task.train.pixels[:batch])
+    acc = task.accelerator
+    times = []
+    for _ in range(2):  # the first step warms up kernels; time the second
+        t = time.monotonic()
+        with acc.autocast():
+            loss = model(x).float().mean()
+        loss.backward()
+        times.append(time.monotonic() - t)
+    per_image = times[-1] / len(x)
+    # validation costs about a third of a training step per image
+    return per_image * (len(task.train) + len(task.val) / 3)

@@ -1,0 +1,152 @@
+"""``finetune``, ``gradual`` and ``scratch``: the whole network trains, on augmented images.
+
+- ``finetune``: every layer from the first epoch, AdamW, warm-up + cosine, layer-wise LR decay (LLRD).
+- ``gradual``: the head first, then one layer group more every ``unfreeze_every`` epochs, from the output
+  side down (ULMFiT-style). All optimizer groups exist from the start; only ``requires_grad`` changes.
+- ``scratch``: the same architecture with random weights, the same loop without LLRD. The baseline every
+  report compares transfer with.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..backbones.registry import build
+from ..engine.loop import train
+from ..engine.optim import freeze, param_groups, trainable_parameters, warmup_cosine
+from ..heads import ImageClassifier, LinearHead
+from .base import FitResult, TrainTask, image_loaders, image_prepare
+
+
+@dataclass
+class FinetuneConfig:
+    """Full fine-tuning with layer-wise learning-rate decay."""
+
+    epochs: int = field(default=15, metadata={"help": "maximum epochs"})
+    lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate of the head; backbone groups get less"})
+    layer_decay: float = field(default=0.7, metadata={"help": "LR multiplier per layer group, from the head down"})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not on norms and biases)"})
+    warmup_epochs: float = field(default=1.0, metadata={"help": "linear warm-up length, in epochs"})
+    batch_size: int = field(default=32, metadata={"help": "images per step (smaller on tiny data: >= 8 steps per epoch)"})
+    patience: int = field(default=5, metadata={"help": "epochs without validation improvement before stopping"})
+    label_smoothing: float = field(default=0.1, metadata={"help": "cross-entropy label smoothing"})
+    dropout: float = field(default=0.2, metadata={"help": "dropout before the head"})
+    augment: bool = field(default=True, metadata={"help": "random resized crop + horizontal flip"})
+    hflip: bool = field(default=True, metadata={"help": "allow horizontal flips (turn off for text, digits, ...)"})
+
+
+@dataclass
+class GradualConfig(FinetuneConfig):
+    """Gradual unfreezing: head first, then layer groups from the output side."""
+
+    epochs: int = field(default=20, metadata={"help": "maximum epochs"})
+    unfreeze_every: int = field(default=2, metadata={"help": "epochs between unfreezing one more layer group"})
+    patience: int = field(default=8, metadata={"help": "epochs without validation improvement before stopping"})
+
+
+@dataclass
+class ScratchConfig(FinetuneConfig):
+    """Random initialisation: the baseline transfer must beat."""
+
+    epochs: int = field(default=30, metadata={"help": "maximum epochs (random weights need more)"})
+    lr: float = field(default=2e-3, metadata={"help": "peak AdamW learning rate"})
+    layer_decay: float = field(default=1.0, metadata={"help": "no LLRD: no layer knows more than another"})
+    patience: int = field(default=10, metadata={"help": "epochs without validation improvement before stopping"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout before the head"})
+
+
+class FinetuneStrategy:
+    name = "finetune"
+    config_class = FinetuneConfig
+
+    def __init__(self, config: FinetuneConfig | None = None, init_head: nn.Module | None = None):
+        self.config = config or self.config_class()
+        self.init_head = init_head  # e.g. a trained linear probe: LP-FT keeps features intact early on
+
+    def make_backbone(self, task: TrainTask):
+        return copy.deepcopy(task.backbone)
+
+    def fit(self, task: TrainTask) -> FitResult:
+        cfg = self.config
+        acc = task.accelerator
+        backbone = self.make_backbone(task)
+        head = LinearHead(backbone.num_features, len(task.classes), dropout=cfg.dropout)
+        if self.init_head is not None:
+            head.load_state_dict(self.init_head.state_dict())
+        model = ImageClassifier(backbone, head).to(memory_format=torch.channels_last)
+        groups = backbone.layer_groups()
+        opt = torch.optim.AdamW(param_groups(groups, list(head.parameters()), cfg.lr, cfg.weight_decay, cfg.layer_decay))
+        train_loader, val_loader = image_loaders(task, cfg.batch_size, cfg.augment, cfg.hflip)
+        steps = cfg.epochs * len(train_loader)
+        sched = warmup_cosine(opt, steps, warmup_steps=int(cfg.warmup_epochs * len(train_loader)))
+        t0 = time.monotonic()
+        history, _ = train(
+            model, opt, sched, train_loader, val_loader, acc,
+            epochs=cfg.epochs, patience=cfg.patience, prepare=image_prepare(backbone.preprocess),
+            on_epoch_start=self.schedule(backbone), deadline=task.deadline, label_smoothing=cfg.label_smoothing,
+            checkpoint_dir=task.work_dir / f"checkpoints-{self.name}" if task.work_dir else None,
+            description=self.name,
+        )
+        model = acc.unwrap_model(model).cpu().to(memory_format=torch.contiguous_format)
+        freeze(list(model.parameters()), frozen=False)
+        return FitResult(
+            model=model, strategy=self.name, history=history,
+            trainable_params=trainable_parameters(model),
+            timings={"train_s": time.monotonic() - t0},
+            details={"config": cfg.__dict__, "layer_groups": len(groups), "lp_ft": self.init_head is not None},
+        )
+
+    def schedule(self, backbone):
+        return None
+
+
+class GradualStrategy(FinetuneStrategy):
+    name = "gradual"
+    config_class = GradualConfig
+
+    def schedule(self, backbone):
+        groups = backbone.layer_groups()
+        modules = _group_modules(backbone)
+        every = max(1, self.config.unfreeze_every)
+
+        def on_epoch_start(epoch: int) -> int:
+            # stage 0: head only; stage k: the top k layer groups train too
+            stage = min(len(groups), epoch // every)
+            for i, params in enumerate(groups):
+                frozen = i < len(groups) - stage
+                freeze(params, frozen)
+                if frozen:  # frozen layers keep their pretrained BatchNorm statistics
+                    for m in modules[i]:
+                        m.eval()
+            return stage
+
+        return on_epoch_start
+
+
+class ScratchStrategy(FinetuneStrategy):
+    name = "scratch"
+    config_class = ScratchConfig
+
+    def make_backbone(self, task: TrainTask):
+        torch.manual_seed(task.seed)
+        return build(task.spec, pretrained=False)
+
+
+def _group_modules(backbone) -> list[list[nn.Module]]:
+    """For each layer group, its normalisation modules (those whose mode matters when frozen)."""
+    names = backbone._group_names
+    out = []
+    for group in names:
+        owners = {n.rsplit(".", 1)[0] for n in group}
+        mods = []
+        for o in sorted(owners):
+            m = backbone.body.get_submodule(o)
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                mods.append(m)
+        out.append(mods)
+    return out
