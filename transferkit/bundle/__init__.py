@@ -1,0 +1,1 @@
+"""Bundles: a folder of safetensors weights + JSON that rebuilds a trained model without pickle."""

@@ -1,0 +1,76 @@
+"""metrics.json, plots and report.md for a run; every file written atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..bundle.io import atomic_write_text, write_json
+from .plots import confusion_matrix_png, learning_curve_png
+
+
+def train_val_gap(history: dict[str, Any]) -> dict[str, float]:
+    """Gap at the kept (best) epoch: train minus validation accuracy, and validation minus train loss.
+
+    Training metrics are measured on augmented batches while the weights move, so the gap is a guide to
+    overfitting, not an exact measure.
+    """
+    best = history["epochs"][history["best_epoch"]]
+    return {"accuracy": best["train_acc"] - best["val_acc"], "loss": best["val_loss"] - best["train_loss"]}
+
+
+def write_run_report(out: Path, metrics: dict[str, Any], classes: list[str]) -> dict[str, str]:
+    """Write ``metrics.json``, ``confusion_matrix.png``, ``learning_curve.png`` and ``report.md`` into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    scored = "test" if metrics.get("test") else "val"
+    files = {
+        "metrics": out / "metrics.json",
+        "confusion_matrix": out / "confusion_matrix.png",
+        "learning_curve": out / "learning_curve.png",
+        "report": out / "report.md",
+    }
+    write_json(files["metrics"], metrics)
+    confusion_matrix_png(metrics[scored]["confusion_matrix"], classes, files["confusion_matrix"],
+                         f"Confusion matrix ({scored}, n={metrics[scored]['n']})")
+    learning_curve_png(metrics["history"]["epochs"], files["learning_curve"], f"Learning curve: {metrics['strategy']}")
+    atomic_write_text(files["report"], render_markdown(metrics, classes))
+    return {k: str(v) for k, v in files.items()}
+
+
+def render_markdown(m: dict[str, Any], classes: list[str]) -> str:
+    scored = "test" if m.get("test") else "val"
+    s = m[scored]
+    gap = m["train_val_gap"]
+    lines = [
+        f"# transferkit run: {m['strategy']} on {m['backbone']['name']}",
+        "",
+        f"- Data: {m['data']['train']} train / {m['data']['val']} validation / {m['data']['test']} test images, "
+        f"{len(classes)} classes (split: {m['data']['split']}).",
+        f"- Backbone: `{m['backbone']['name']}` ({m['backbone']['source']}, weights: {m['backbone']['weights']}), "
+        f"{m['backbone']['input_size'][0]} px input.",
+        f"- Trainable parameters: {m['trainable_params']:,}; precision: {m['precision']}.",
+        f"- Wall time: {m['timings']['total_s']:.1f} s "
+        f"({', '.join(f'{k.removesuffix(chr(95) + chr(115))} {v:.1f} s' for k, v in m['timings'].items() if k != 'total_s')}).",
+        "",
+        f"## Scores on the {scored} set (n={s['n']})",
+        "",
+        f"**Accuracy {s['accuracy']:.3f}**, macro-F1 {s['macro_f1']:.3f}, log-loss {s['log_loss']:.3f}.",
+    ]
+    if scored == "val":
+        lines.append("No test set was given, so these are validation scores that also chose the checkpoint: optimistic.")
+    lines += [
+        "",
+        "| class | precision | recall | F1 | support |",
+        "|---|---|---|---|---|",
+        *[f"| {c} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |" for c, v in s["per_class"].items()],
+        "",
+        "## Training",
+        "",
+        f"Best epoch {m['history']['best_epoch'] + 1} of {len(m['history']['epochs'])} ({m['history']['stopped']}). "
+        f"Train-validation gap at that epoch: accuracy {gap['accuracy']:+.3f}, loss {gap['loss']:+.3f} "
+        "(large positive values mean overfitting).",
+    ]
+    if m.get("details", {}).get("decision"):
+        lines += ["", f"auto: {m['details']['decision']}; kept **{m['details']['chosen']}**."]
+    lines += ["", "![confusion matrix](confusion_matrix.png)", "", "![learning curve](learning_curve.png)", ""]
+    return "\n".join(lines)
