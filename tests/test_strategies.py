@@ -186,8 +186,26 @@ def test_auto_keeps_the_better_candidate(colour_splits, tiny_backbone):
     model = transferkit.fit(colour_splits, backbone=tiny_backbone, strategy="auto", max_epochs=2, min_epochs=1)
     d = model.metrics["details"]
     assert set(d["candidates"]) == {"linear", "finetune"}
-    best = max(d["candidates"], key=lambda k: (d["candidates"][k]["val_acc"], -d["candidates"][k]["val_loss"]))
-    assert d["chosen"] == best and model.metrics["strategy"] == f"auto ({best})"
+    lin, ft = d["candidates"]["linear"]["val_acc"], d["candidates"]["finetune"]["val_acc"]
+    se = max((lin * (1 - lin) / 6) ** 0.5, 1 / 6)  # 6 validation images
+    assert d["chosen"] == ("finetune" if ft >= lin + se - 1e-9 else "linear")
+    assert model.metrics["strategy"] == f"auto ({d['chosen']})"
+
+
+def test_auto_choice_rule():
+    from types import SimpleNamespace
+
+    from transferkit.strategies.auto import choose
+
+    def cand(acc):
+        return SimpleNamespace(history=SimpleNamespace(best=SimpleNamespace(val_acc=acc, val_loss=0.5)))
+
+    # 20 validation images, probe at 0.80: SE = 0.089, so one more correct image (0.85) is not enough
+    assert choose({"linear": cand(0.80), "finetune": cand(0.85)}, 20) == "linear"
+    assert choose({"linear": cand(0.80), "finetune": cand(0.90)}, 20) == "finetune"
+    # 150 validation images, probe at 0.80: SE = 0.033
+    assert choose({"linear": cand(0.80), "finetune": cand(0.84)}, 150) == "finetune"
+    assert choose({"linear": cand(0.80)}, 150) == "linear"
 
 
 def test_auto_stays_linear_with_too_few_labels(tmp_path, tiny_backbone):

@@ -94,7 +94,7 @@ from its last epoch checkpoint. With ``out``, the run folder receives ``model/``
 
     accelerator = make_accelerator(precision, seed=seed, cpu=cpu)
     work_dir = Path(out) / ".work" if out else None
-    if work_dir is not None and not resume:
+    if work_dir is not None and not resume and accelerator.is_main_process:
         import shutil
 
         shutil.rmtree(work_dir, ignore_errors=True)  # a fresh run never picks up an older run's checkpoints
@@ -128,7 +128,7 @@ from its last epoch checkpoint. With ``out``, the run folder receives ``model/``
         "details": result.details,
     }
     model.meta = {"metrics": {k: metrics[k] for k in ("strategy", "val", "test", "train_val_gap", "trainable_params", "data")}}
-    if out is not None:
+    if out is not None and accelerator.is_main_process:  # under `accelerate launch`, only rank 0 writes
         out = Path(out)
         model.save(out / "model")
         files = write_run_report(out, metrics, splits.classes)

@@ -111,6 +111,7 @@ def train(
     loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     with progress() as bar:
         task = bar.add_task(description, total=epochs, completed=start_epoch, status="")
+        steps = bar.add_task("  steps", total=len(train_loader), status="")
         for epoch in range(start_epoch, epochs):
             t0 = time.monotonic()
             if hasattr(train_loader, "set_epoch"):
@@ -119,6 +120,7 @@ def train(
             # after .train(), so the callback can put frozen BatchNorm layers back in eval mode
             stage = on_epoch_start(epoch) if on_epoch_start else 0
             total_loss, correct, seen = 0.0, 0, 0
+            bar.reset(steps, total=len(train_loader), description=f"  epoch {epoch + 1}")
             for x, y in train_loader:
                 with accelerator.autocast():
                     logits = model(prepare(x))
@@ -130,6 +132,7 @@ def train(
                 total_loss += loss.item() * len(y)
                 correct += (logits.argmax(1) == y).sum().item()
                 seen += len(y)
+                bar.update(steps, advance=1, status=f"loss {total_loss / seen:.3f}")
             val_loss, val_acc, _ = evaluate_loader(model, val_loader, accelerator, prepare)
             rec = EpochRecord(
                 epoch, total_loss / max(1, seen), correct / max(1, seen), val_loss, val_acc,
