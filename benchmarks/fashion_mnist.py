@@ -6,6 +6,7 @@ Then feature-extraction and fine-tuning throughput of transferkit next to a plai
 
     .venv/bin/python benchmarks/fashion_mnist.py                 # everything (about an hour on 2 CPU cores)
     .venv/bin/python benchmarks/fashion_mnist.py --per-class 10  # the small budget only
+    .venv/bin/python benchmarks/fashion_mnist.py --per-class 100 --budget-all 10m   # equal time for each strategy
     .venv/bin/python benchmarks/fashion_mnist.py --throughput-only
 
 Results are printed as a Markdown table and saved to benchmarks/results/.
@@ -32,7 +33,8 @@ HERE = Path(__file__).parent
 STRATEGIES = ["linear", "finetune", "gradual", "scratch", "auto"]
 
 
-def run_strategies(per_class: int, strategies: list[str], budget: str, work: Path, seed: int) -> list[dict]:
+def run_strategies(per_class: int, strategies: list[str], budget: str, work: Path, seed: int,
+                   budget_all: str | None = None) -> list[dict]:
     data = work / f"fm-{per_class}"
     if not (data / "train").is_dir():
         export_image_folder(data, train_per_class=per_class, test_size=1000, seed=seed)
@@ -40,13 +42,14 @@ def run_strategies(per_class: int, strategies: list[str], budget: str, work: Pat
     for s in strategies:
         t = time.monotonic()
         model = transferkit.fit(data, strategy=s, out=work / f"run-{per_class}-{s}", seed=seed,
-                                budget=budget if s == "auto" else None)
+                                budget=budget_all or (budget if s == "auto" else None))
         m = model.metrics
         rows.append({
             "per_class": per_class, "strategy": m["strategy"], "test_accuracy": m["test"]["accuracy"],
             "test_macro_f1": m["test"]["macro_f1"], "wall_s": time.monotonic() - t,
             "train_s": m["timings"].get("train_s", 0.0), "epochs": len(m["history"]["epochs"]),
             "trainable_params": m["trainable_params"], "gap_acc": m["train_val_gap"]["accuracy"],
+            "budget": budget_all or (budget if s == "auto" else None), "stopped": m["history"]["stopped"],
         })
         r = rows[-1]
         print(f"  {per_class:>3}/class {r['strategy']:<18} acc {r['test_accuracy']:.3f}  F1 {r['test_macro_f1']:.3f}  "
@@ -123,6 +126,7 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, nargs="+", default=[10, 100])
     ap.add_argument("--strategies", nargs="+", default=STRATEGIES)
     ap.add_argument("--budget", default="5m", help="time budget of the auto strategy")
+    ap.add_argument("--budget-all", default=None, help="one time budget for every strategy (equal-time comparison)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=Path("runs/bench"))
     ap.add_argument("--throughput-only", action="store_true")
@@ -134,7 +138,7 @@ def main() -> None:
         results["strategies"] = []
         for k in args.per_class:
             print(f"Fashion-MNIST, {k} labelled images per class, 1,000 test images:", flush=True)
-            results["strategies"] += run_strategies(k, args.strategies, args.budget, args.work, args.seed)
+            results["strategies"] += run_strategies(k, args.strategies, args.budget, args.work, args.seed, args.budget_all)
     if not args.no_throughput:
         tp = throughput()
         results["throughput"] = tp
@@ -143,14 +147,14 @@ def main() -> None:
         print(f"fine-tuning steps:  transferkit {tp['finetune_transferkit']:.1f} img/s, plain PyTorch fp32 {tp['finetune_plain_fp32']:.1f} img/s")
 
     if "strategies" in results:
-        print("\n| labels/class | strategy | test accuracy | macro-F1 | wall time (s) | epochs | trainable params |")
-        print("|---|---|---|---|---|---|---|")
+        print("\n| labels/class | strategy | test accuracy | macro-F1 | wall time (s) | epochs | budget | trainable params |")
+        print("|---|---|---|---|---|---|---|---|")
         for r in results["strategies"]:
             print(f"| {r['per_class']} | {r['strategy']} | {r['test_accuracy']:.3f} | {r['test_macro_f1']:.3f} | "
-                  f"{r['wall_s']:.0f} | {r['epochs']} | {r['trainable_params']:,} |")
+                  f"{r['wall_s']:.0f} | {r['epochs']} | {r['budget'] or '-'} | {r['trainable_params']:,} |")
     dest = HERE / "results"
     dest.mkdir(exist_ok=True)
-    name = "throughput" if args.throughput_only else "fashion_mnist"
+    name = "throughput" if args.throughput_only else "fashion_mnist_" + "_".join(map(str, args.per_class))
     (dest / f"{name}.json").write_text(json.dumps(results, indent=2))
     print(f"\nsaved {dest / f'{name}.json'}")
 

@@ -176,10 +176,28 @@ def test_resume_after_a_crash_reaches_the_same_weights(tmp_path):
     assert len(reference_last) > 0
 
 
-def test_time_budget_stops_training(colour_splits, tiny_backbone):
-    model = transferkit.fit(colour_splits, backbone=tiny_backbone, strategy="scratch", epochs=500, patience=1000, budget="3s")
-    h = model.metrics["history"]
-    assert h["stopped"] == "time budget" and len(h["epochs"]) < 500
+def test_time_budget_plans_epochs_that_fit(colour_splits, tiny_backbone):
+    model = transferkit.fit(colour_splits, backbone=tiny_backbone, strategy="scratch", epochs=500, patience=1000, budget="4s")
+    d, h = model.metrics["details"], model.metrics["history"]
+    assert 1 <= d["planned_epochs"] < 500 and d["estimated_epoch_s"] > 0
+    assert len(h["epochs"]) <= d["planned_epochs"]
+
+
+def test_engine_stops_at_the_deadline():
+    import time
+
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from transferkit.engine.accel import make_accelerator
+    from transferkit.engine.loop import train
+    from transferkit.engine.optim import warmup_cosine
+
+    model = torch.nn.Linear(4, 2)
+    data = TensorDataset(torch.randn(16, 4), torch.randint(0, 2, (16,)))
+    opt = torch.optim.AdamW(model.parameters())
+    history, _ = train(model, opt, warmup_cosine(opt, 100, 1), DataLoader(data, batch_size=8), DataLoader(data),
+                       make_accelerator("no", cpu=True), epochs=50, patience=100, deadline=time.monotonic())
+    assert history.stopped == "time budget" and len(history.epochs) == 1
 
 
 def test_auto_keeps_the_better_candidate(colour_splits, tiny_backbone):

@@ -28,7 +28,7 @@ _LAZY = {
     "TransferkitError": ("errors", "TransferkitError"),
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["TransferModel", "TransferkitError", "__version__", "create_backbone", "fit", "list_backbones", "load"]
 
 
 def __getattr__(name: str) -> Any:

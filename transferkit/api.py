@@ -63,8 +63,6 @@ from its last epoch checkpoint. With ``out``, the run folder receives ``model/``
 
     Raises :class:`transferkit.TransferkitError` (one line naming the file or value) for bad input.
     """
-    import torch
-
     from .backbones.registry import create_backbone
     from .console import info
     from .data.images import decode
@@ -122,6 +120,8 @@ from its last epoch checkpoint. With ``out``, the run folder receives ``model/``
         "train_val_gap": train_val_gap(history),
         "trainable_params": result.trainable_params,
         "precision": str(accelerator.mixed_precision),
+        "processes": accelerator.num_processes,
+        "device": str(accelerator.device),
         "seed": seed,
         "budget_s": seconds,
         "timings": timings,

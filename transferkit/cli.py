@@ -78,7 +78,7 @@ def fit(
     if as_json:
         typer.echo(json.dumps(summary))
     else:
-        from .console import console
+        from .console import results as console
 
         console.print(
             f"[green]done[/] {summary['strategy']}: {scored} accuracy {summary['accuracy']:.3f}, macro-F1 "
@@ -99,23 +99,9 @@ def predict(
 ) -> None:
     """Top-k labels with probabilities for each image."""
     from .bundle.model import load
-    from .data.images import load_pil
 
     try:
-        model = load(model_dir)
-        paths = list(images)
-        if skip_bad:
-            ok = []
-            for p in paths:
-                try:
-                    load_pil(p)
-                    ok.append(p)
-                except TransferkitError as err:
-                    from .console import warn
-
-                    warn(str(err))
-            paths = ok
-        preds = model.predict(paths, top_k=top_k)
+        preds = load(model_dir).predict([str(p) for p in images], top_k=top_k, skip_bad=skip_bad)
     except TransferkitError as err:
         _fail(err)
     if as_json:
@@ -131,9 +117,9 @@ def predict(
     else:
         from rich.table import Table
 
-        from .console import console
+        from .console import results as console
 
-        table = Table("image", *[f"#{i + 1}" for i in range(min(top_k, len(model.classes)))])
+        table = Table("image", *[f"#{i + 1}" for i in range(len(preds[0]["top"]) if preds else 0)])
         for p in preds:
             table.add_row(p["input"], *[f"{t['label']} {t['probability']:.3f}" for t in p["top"]])
         console.print(table)
@@ -166,7 +152,7 @@ def evaluate(
         return
     from rich.table import Table
 
-    from .console import console
+    from .console import results as console
 
     console.print(f"accuracy [bold]{m['accuracy']:.3f}[/], macro-F1 {m['macro_f1']:.3f}, log-loss {m['log_loss']:.3f} (n={m['n']})", highlight=False)
     table = Table("class", "precision", "recall", "F1", "support")
@@ -186,7 +172,7 @@ def backbones(as_json: bool = typer.Option(False, "--json", help="JSON on stdout
         return
     from rich.table import Table
 
-    from .console import console
+    from .console import results as console
 
     table = Table("name", "status", "description")
     for r in rows:

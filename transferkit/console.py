@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 T = TypeVar("T")
-console = Console(stderr=True)
+console = Console(stderr=True)  # progress, warnings, errors
+results = Console()  # tables and summaries a user may pipe: stdout
 
 
 def quiet() -> bool:

@@ -117,6 +117,10 @@ class ImageBackbone(nn.Module):
         params = dict(self.body.named_parameters())
         return [[params[n] for n in names] for names in self._group_names]
 
+    def layer_group_names(self) -> list[list[str]]:
+        """Parameter names of ``body`` per layer group, input side first."""
+        return [list(names) for names in self._group_names]
+
     def extra_repr(self) -> str:
         return f"name={self.spec.name!r}, num_features={self.num_features}, groups={len(self._group_names)}"
 

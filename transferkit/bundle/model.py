@@ -42,19 +42,28 @@ class TransferModel:
         self.classifier = classifier.eval()
         self.classes = list(classes)
         self.meta = meta or {}
+        self.metrics: dict[str, Any] = {}  # filled by transferkit.fit: everything metrics.json holds
 
     @property
     def preprocess(self) -> PreprocessConfig:
         return self.classifier.backbone.preprocess
 
-    @torch.no_grad()
-    def predict_proba(self, images: list[Any], batch_size: int = 64, precision: str = "auto", skip_bad: bool = False) -> np.ndarray:
-        """Class probabilities ``(N, C)`` for image paths or HxW[xC] uint8 arrays, in ``self.classes`` order."""
+    def _decode(self, images: list[Any], skip_bad: bool):
         from ..data.images import decode
         from ..data.sources import ImageSet
 
         data = decode(ImageSet(list(images), [self.classes[0]] * len(images)), self.preprocess, self.classes,
                       skip_bad=skip_bad, description="decoding")
+        skipped = set(data.skipped)
+        kept = [x for x in images if isinstance(x, np.ndarray) or str(x) not in skipped]
+        return data, kept
+
+    def predict_proba(self, images: list[Any], batch_size: int = 64, precision: str = "auto", skip_bad: bool = False) -> np.ndarray:
+        """Class probabilities ``(N, C)`` for image paths or HxW[xC] uint8 arrays, in ``self.classes`` order.
+
+        With ``skip_bad=True`` unreadable images are left out (with a warning), so N may be smaller.
+        """
+        data, _ = self._decode(images, skip_bad)
         return self.predict_pixels(data.pixels, batch_size, precision)
 
     @torch.no_grad()
@@ -76,12 +85,17 @@ class TransferModel:
                 bar.advance(task, len(x))
         return torch.cat(out).numpy() if out else np.zeros((0, len(self.classes)), dtype=np.float32)
 
-    def predict(self, images: list[Any], top_k: int = 5, **kwargs: Any) -> list[dict[str, Any]]:
-        """Top-k labels per image: ``[{"input": ..., "label": ..., "top": [{"label", "probability"}, ...]}]``."""
-        probs = self.predict_proba(images, **kwargs)
+    def predict(self, images: list[Any], top_k: int = 5, batch_size: int = 64, precision: str = "auto",
+                skip_bad: bool = False) -> list[dict[str, Any]]:
+        """Top-k labels per image: ``[{"input": ..., "label": ..., "top": [{"label", "probability"}, ...]}]``.
+
+        With ``skip_bad=True`` unreadable images are skipped with a warning and left out of the result.
+        """
+        data, kept = self._decode(images, skip_bad)
+        probs = self.predict_pixels(data.pixels, batch_size, precision)
         k = min(top_k, len(self.classes))
         out = []
-        for item, p in zip(images, probs):
+        for item, p in zip(kept, probs, strict=True):
             order = np.argsort(-p)[:k]
             top = [{"label": self.classes[i], "probability": float(p[i])} for i in order]
             out.append({"input": str(item) if not isinstance(item, np.ndarray) else "<array>", "label": top[0]["label"], "top": top})

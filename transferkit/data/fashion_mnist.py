@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cache import cache_root
 from ..errors import DataError
 
 CLASSES = ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot"]
@@ -24,17 +25,13 @@ FILES = {
 }
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("TRANSFERKIT_CACHE", Path.home() / ".cache" / "transferkit"))
-
-
 def _locate(name: str, download: bool) -> Path:
-    for d in (DEBIAN_DIR, cache_dir() / "fashion-mnist"):
+    for d in (DEBIAN_DIR, cache_root() / "fashion-mnist"):
         if (d / name).is_file():
             return d / name
     if not download:
         raise DataError(f"Fashion-MNIST file {name} not found: `apt-get install dataset-fashion-mnist`, or allow the download.")
-    dest = cache_dir() / "fashion-mnist" / name
+    dest = cache_root() / "fashion-mnist" / name
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(".part")
     try:

@@ -29,16 +29,22 @@ def make_accelerator(precision: str = "auto", seed: int = 0, cpu: bool | None = 
     Under ``accelerate launch`` it picks up the process group the launcher set up; alone it uses one device.
     """
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
     from accelerate.state import AcceleratorState
 
+    if cpu is None:
+        # On a machine without a GPU say so explicitly: Accelerate only sets up several CPU processes
+        # (gloo, under `accelerate launch` or torchrun) when it is told it runs on the CPU.
+        cpu = not torch.cuda.is_available()
     mp = resolve_precision(precision, cpu)
     # Accelerate keeps one global state per process. A second run in the same process (a notebook, a
     # comparison of strategies) may ask for another precision: drop the old settings, but keep the process
     # group that `accelerate launch` set up (PartialState).
     if AcceleratorState._shared_state:
         AcceleratorState._reset_state(reset_partial_state=False)
-    acc = Accelerator(mixed_precision=mp, cpu=bool(cpu))
+    # gradual unfreezing leaves some parameters without gradients for a while; DDP must expect that
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    acc = Accelerator(mixed_precision=mp, cpu=bool(cpu), kwargs_handlers=[ddp])
     set_seed(seed)
     return acc

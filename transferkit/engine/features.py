@@ -9,17 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 
 import torch
 
 from ..backbones.protocol import ImageBackbone
+from ..cache import cache_root
 from ..console import progress
 from ..data.images import DecodedImages, normalize
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("TRANSFERKIT_CACHE", Path.home() / ".cache" / "transferkit"))
 
 
 def weights_fingerprint(module: torch.nn.Module) -> str:

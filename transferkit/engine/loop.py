@@ -133,6 +133,9 @@ def train(
                 correct += (logits.argmax(1) == y).sum().item()
                 seen += len(y)
                 bar.update(steps, advance=1, status=f"loss {total_loss / seen:.3f}")
+            # sum over processes, so every rank records the same training loss and accuracy
+            sums = accelerator.reduce(torch.tensor([total_loss, correct, seen], dtype=torch.float64, device=accelerator.device), "sum")
+            total_loss, correct, seen = sums.tolist()
             val_loss, val_acc, _ = evaluate_loader(model, val_loader, accelerator, prepare)
             rec = EpochRecord(
                 epoch, total_loss / max(1, seen), correct / max(1, seen), val_loss, val_acc,
@@ -151,12 +154,20 @@ def train(
             if bad_epochs >= patience:
                 history.stopped = "early stopping"
                 break
-            if deadline is not None and time.monotonic() + rec.seconds > deadline:
+            if deadline is not None and _any_process(accelerator, time.monotonic() + rec.seconds > deadline):
                 history.stopped = "time budget"
                 break
     assert best_state is not None
     accelerator.unwrap_model(model).load_state_dict(best_state)
     return history, best_state
+
+
+def _any_process(accelerator, flag: bool) -> bool:
+    """True on every process when any process says so: all ranks must leave the loop together."""
+    if accelerator.num_processes == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(t, "sum").item() > 0)
 
 
 def _save_checkpoint(path: Path, model, optimizer, scheduler, history: History, best) -> None:

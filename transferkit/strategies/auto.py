@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..console import info
-from .base import FitResult, TrainTask, image_prepare
+from .base import FitResult, TrainTask, estimate_epoch_seconds
 from .finetune import FinetuneConfig, FinetuneStrategy
 from .linear import LinearConfig, LinearStrategy
 
@@ -49,7 +49,7 @@ class AutoStrategy:
                 decision = f"linear only: the budget leaves {room:.0f}s, fine-tuning needs ~{epoch_s:.1f}s/epoch"
             else:
                 ft_cfg = FinetuneConfig(epochs=epochs, lr=cfg.finetune_lr, warmup_epochs=0.5, dropout=0.0)
-                ft = FinetuneStrategy(ft_cfg, init_head=probe.model.head).fit(task)
+                ft = FinetuneStrategy(ft_cfg, init_head=probe.model.head, epoch_seconds=epoch_s).fit(task)
                 candidates["finetune"] = ft
                 decision = f"fine-tuned {len(ft.history.epochs)} epoch(s) from the probe's head (~{epoch_s:.1f}s/epoch)"
         best_name = choose(candidates, len(task.val))
@@ -57,7 +57,9 @@ class AutoStrategy:
         info(f"auto: {decision}; kept {best_name} (val acc {best.history.best.val_acc:.3f})")
         result = copy.copy(best)
         result.strategy = f"auto ({best_name})"
-        result.timings = {**best.timings, "total_strategy_s": time.monotonic() - t0}
+        # the time of everything auto did (both candidates), not only of the one it kept
+        result.timings = {f"{k}_s": sum(v.timings.values()) for k, v in candidates.items()}
+        result.timings["auto_overhead_s"] = time.monotonic() - t0 - sum(result.timings.values())
         result.details = {
             **best.details,
             "decision": decision,
@@ -81,21 +83,3 @@ def choose(candidates: dict[str, FitResult], n_val: int) -> str:
     ft = candidates["finetune"].history.best
     se = max((lin.val_acc * (1 - lin.val_acc) / max(1, n_val)) ** 0.5, 1.0 / max(1, n_val))
     return "finetune" if ft.val_acc >= lin.val_acc + se - 1e-9 else "linear"
-
-
-def estimate_epoch_seconds(task: TrainTask, batch: int = 16) -> float:
-    """Time one forward+backward step on a copy of the backbone and scale to an epoch (plus validation)."""
-    model = copy.deepcopy(task.backbone).train()
-    prepare = image_prepare(task.preprocess)
-    x = prepare(task.train.pixels[:batch])
-    acc = task.accelerator
-    times = []
-    for _ in range(2):  # the first step warms up kernels; time the second
-        t = time.monotonic()
-        with acc.autocast():
-            loss = model(x).float().mean()
-        loss.backward()
-        times.append(time.monotonic() - t)
-    per_image = times[-1] / len(x)
-    # validation costs about a third of a training step per image
-    return per_image * (len(task.train) + len(task.val) / 3)

@@ -3,6 +3,7 @@ plumbing: uint8 images in memory -> augmented, normalised batches."""
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,3 +102,33 @@ def image_prepare(pre: PreprocessConfig):
         return normalize(x, pre).contiguous(memory_format=torch.channels_last)
 
     return prepare
+
+
+def estimate_epoch_seconds(task: TrainTask, batch: int = 16) -> float:
+    """Time one forward+backward step on a copy of the backbone and scale to an epoch (plus validation)."""
+    model = copy.deepcopy(task.backbone).train().to(memory_format=torch.channels_last)
+    prepare = image_prepare(task.preprocess)
+    x = prepare(task.train.pixels[:batch])
+    acc = task.accelerator
+    times = []
+    for _ in range(2):  # the first step warms up kernels; time the second
+        t = time.monotonic()
+        with acc.autocast():
+            loss = model(x).float().mean()
+        loss.backward()
+        times.append(time.monotonic() - t)
+    per_image = times[-1] / len(x)
+    # validation costs about a third of a training step per image
+    return per_image * (len(task.train) + len(task.val) / 3)
+
+
+def epochs_within_budget(task: TrainTask, wanted: int, per_epoch: float | None = None) -> tuple[int, float | None]:
+    """Shorten the run so it ends inside the time budget with its LR schedule complete.
+
+    Without a budget, ``wanted``. With one, as many epochs as the measured speed allows (at least one), so
+    the cosine schedule reaches its end instead of being cut at a high learning rate.
+    """
+    if task.deadline is None:
+        return wanted, per_epoch
+    per_epoch = per_epoch or estimate_epoch_seconds(task)
+    return max(1, min(wanted, int(0.9 * task.seconds_left() / per_epoch))), per_epoch

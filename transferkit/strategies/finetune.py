@@ -20,7 +20,7 @@ from ..backbones.registry import build
 from ..engine.loop import train
 from ..engine.optim import freeze, param_groups, trainable_parameters, warmup_cosine
 from ..heads import ImageClassifier, LinearHead
-from .base import FitResult, TrainTask, image_loaders, image_prepare
+from .base import FitResult, TrainTask, epochs_within_budget, image_loaders, image_prepare
 
 
 @dataclass
@@ -64,9 +64,11 @@ class FinetuneStrategy:
     name = "finetune"
     config_class = FinetuneConfig
 
-    def __init__(self, config: FinetuneConfig | None = None, init_head: nn.Module | None = None):
+    def __init__(self, config: FinetuneConfig | None = None, init_head: nn.Module | None = None,
+                 epoch_seconds: float | None = None):
         self.config = config or self.config_class()
         self.init_head = init_head  # e.g. a trained linear probe: LP-FT keeps features intact early on
+        self.epoch_seconds = epoch_seconds  # a speed measured already (by auto), so it is not measured twice
 
     def make_backbone(self, task: TrainTask):
         return copy.deepcopy(task.backbone)
@@ -82,12 +84,13 @@ class FinetuneStrategy:
         groups = backbone.layer_groups()
         opt = torch.optim.AdamW(param_groups(groups, list(head.parameters()), cfg.lr, cfg.weight_decay, cfg.layer_decay))
         train_loader, val_loader = image_loaders(task, cfg.batch_size, cfg.augment, cfg.hflip)
-        steps = cfg.epochs * len(train_loader)
+        epochs, epoch_s = epochs_within_budget(task, cfg.epochs, self.epoch_seconds)
+        steps = epochs * len(train_loader)
         sched = warmup_cosine(opt, steps, warmup_steps=int(cfg.warmup_epochs * len(train_loader)))
         t0 = time.monotonic()
         history, _ = train(
             model, opt, sched, train_loader, val_loader, acc,
-            epochs=cfg.epochs, patience=cfg.patience, prepare=image_prepare(backbone.preprocess),
+            epochs=epochs, patience=cfg.patience, prepare=image_prepare(backbone.preprocess),
             on_epoch_start=self.schedule(backbone), deadline=task.deadline, label_smoothing=cfg.label_smoothing,
             checkpoint_dir=task.work_dir / f"checkpoints-{self.name}" if task.work_dir else None,
             description=self.name,
@@ -98,7 +101,8 @@ class FinetuneStrategy:
             model=model, strategy=self.name, history=history,
             trainable_params=trainable_parameters(model),
             timings={"train_s": time.monotonic() - t0},
-            details={"config": cfg.__dict__, "layer_groups": len(groups), "lp_ft": self.init_head is not None},
+            details={"config": cfg.__dict__, "layer_groups": len(groups), "lp_ft": self.init_head is not None,
+                     "planned_epochs": epochs, "estimated_epoch_s": epoch_s},
         )
 
     def schedule(self, backbone):
@@ -139,9 +143,8 @@ class ScratchStrategy(FinetuneStrategy):
 
 def _group_modules(backbone) -> list[list[nn.Module]]:
     """For each layer group, its normalisation modules (those whose mode matters when frozen)."""
-    names = backbone._group_names
     out = []
-    for group in names:
+    for group in backbone.layer_group_names():
         owners = {n.rsplit(".", 1)[0] for n in group}
         mods = []
         for o in sorted(owners):

@@ -1,0 +1,28 @@
+"""`accelerate launch` with two CPU processes (gloo): the same command, and only rank 0 writes.
+
+On a machine without GPUs, `accelerate launch --multi_gpu` starts torchrun-style processes that fall back to
+gloo (`--cpu --num_processes N` would need mpirun); `torchrun --nproc_per_node N -m transferkit ...` works too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_two_process_fit_with_accelerate_launch(colour_splits, tiny_backbone, tmp_path):
+    out = tmp_path / "run"
+    launcher = Path(sys.executable).with_name("accelerate")
+    cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "-m", "transferkit", "fit", str(colour_splits), "--backbone", tiny_backbone,
+           "--strategy", "gradual", "--epochs", "3", "--out", str(out), "--json"]
+    env = {**os.environ, "TRANSFERKIT_QUIET": "1", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["processes"] == 2, "the launcher's two processes must both train"
+    assert m["test"]["n"] == 12 and len(m["history"]["epochs"]) == 3
+    assert sorted(p.name for p in out.iterdir()) == ["confusion_matrix.png", "learning_curve.png", "metrics.json", "model", "report.md"]
