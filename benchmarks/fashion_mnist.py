@@ -155,6 +155,8 @@ def main() -> None:
     dest = HERE / "results"
     dest.mkdir(exist_ok=True)
     name = "throughput" if args.throughput_only else "fashion_mnist_" + "_".join(map(str, args.per_class))
+    if args.strategies != STRATEGIES and not args.throughput_only:
+        name += "_" + "_".join(args.strategies)
     (dest / f"{name}.json").write_text(json.dumps(results, indent=2))
     print(f"\nsaved {dest / f'{name}.json'}")
 

@@ -197,3 +197,5 @@ def test_fashion_mnist_export_is_a_class_folder_layout(tmp_path):
     assert len(s.classes) == 10 and len(s.test) == 20 and len(s.train) + len(s.val) == 20
     again = export_image_folder(tmp_path / "fm2", train_per_class=2, test_size=20, seed=0)
     assert sorted(p.name for p in Path(root).rglob("*.png")) == sorted(p.name for p in Path(again).rglob("*.png"))
+    with pytest.raises(DataError, match="already exists"):  # never replaces a folder that holds something
+        export_image_folder(root, train_per_class=2, test_size=20)

@@ -242,3 +242,20 @@ def test_parse_budget():
     assert parse_budget(None) is None
     with pytest.raises(transferkit.TransferkitError, match="not a duration"):
         parse_budget("ten minutes")
+
+
+def test_budget_planning_counts_cheaper_frozen_epochs():
+    import time
+    from types import SimpleNamespace
+
+    from transferkit.strategies.base import epochs_within_budget
+    from transferkit.strategies.finetune import GradualConfig, GradualStrategy
+
+    task = SimpleNamespace(deadline=time.monotonic() + 100, seconds_left=lambda: 100.0)
+    assert epochs_within_budget(task, 50, per_epoch=10.0) == (9, 10.0)  # 90% of 100 s at 10 s per epoch
+    assert epochs_within_budget(task, 5, per_epoch=10.0) == (5, 10.0)
+    assert epochs_within_budget(task, 50, per_epoch=1000.0)[0] == 1  # always at least one epoch
+    cost = GradualStrategy(GradualConfig(unfreeze_every=2)).relative_cost(4)
+    assert [round(cost(e), 3) for e in (0, 1, 2, 4, 8, 20)] == [0.333, 0.333, 0.5, 0.667, 1.0, 1.0]
+    # 9 full-epoch units: 1/3 + 1/3 + 1/2 + 1/2 + 2/3 + 2/3 + 5/6 + 5/6 + 4 x 1 = 8.67 -> 12 epochs
+    assert epochs_within_budget(task, 50, per_epoch=10.0, relative_cost=cost)[0] == 12

@@ -47,7 +47,7 @@ def fit(
     backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b", help="Registry name, timm:NAME, torchvision:NAME, or a path (see `transferkit backbones`)."),
     arch: Optional[str] = typer.Option(None, help="Architecture of a checkpoint file given as --backbone (timm name or torchvision:NAME)."),
     strategy: str = typer.Option("auto", "--strategy", "-s", help="linear, finetune, gradual, scratch or auto."),
-    budget: Optional[str] = typer.Option(None, help="Wall-time budget, e.g. 90s, 10m, 1h (auto uses it to decide; others stop when it runs out)."),
+    budget: Optional[str] = typer.Option(None, help="Wall-time budget, e.g. 90s, 10m, 1h: training plans its epochs to finish inside it (auto also uses it to decide whether to fine-tune)."),
     epochs: Optional[int] = typer.Option(None, help="Maximum epochs (default: the strategy's own)."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: the strategy's own)."),
     batch_size: Optional[int] = typer.Option(None, help="Images per step (default: the strategy's own)."),

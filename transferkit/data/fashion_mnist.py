@@ -82,6 +82,8 @@ def export_image_folder(dest: str | Path, train_per_class: int = 10, test_size: 
     from ..bundle.io import atomic_dir
 
     dest = Path(dest)
+    if dest.exists() and any(dest.iterdir()):
+        raise DataError(f"{dest} already exists and is not empty: choose another folder or remove it first.")
     with atomic_dir(dest) as tmp:
         for split, per_class in (("train", train_per_class), ("test", max(1, test_size // len(CLASSES)))):
             images, labels = load_fashion_mnist(split)

@@ -7,6 +7,7 @@ import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
@@ -122,13 +123,26 @@ def estimate_epoch_seconds(task: TrainTask, batch: int = 16) -> float:
     return per_image * (len(task.train) + len(task.val) / 3)
 
 
-def epochs_within_budget(task: TrainTask, wanted: int, per_epoch: float | None = None) -> tuple[int, float | None]:
+def epochs_within_budget(
+    task: TrainTask,
+    wanted: int,
+    per_epoch: float | None = None,
+    relative_cost: Callable[[int], float] | None = None,
+) -> tuple[int, float | None]:
     """Shorten the run so it ends inside the time budget with its LR schedule complete.
 
     Without a budget, ``wanted``. With one, as many epochs as the measured speed allows (at least one), so
-    the cosine schedule reaches its end instead of being cut at a high learning rate.
+    the cosine schedule reaches its end instead of being cut at a high learning rate. ``relative_cost(epoch)``
+    scales the cost of a full fine-tuning epoch (gradual unfreezing's early epochs are cheaper).
     """
     if task.deadline is None:
         return wanted, per_epoch
     per_epoch = per_epoch or estimate_epoch_seconds(task)
-    return max(1, min(wanted, int(0.9 * task.seconds_left() / per_epoch))), per_epoch
+    room = 0.9 * task.seconds_left()
+    spent, epochs = 0.0, 0
+    while epochs < wanted:
+        spent += per_epoch * (relative_cost(epochs) if relative_cost else 1.0)
+        if spent > room:
+            break
+        epochs += 1
+    return max(1, epochs), per_epoch

@@ -84,7 +84,7 @@ class FinetuneStrategy:
         groups = backbone.layer_groups()
         opt = torch.optim.AdamW(param_groups(groups, list(head.parameters()), cfg.lr, cfg.weight_decay, cfg.layer_decay))
         train_loader, val_loader = image_loaders(task, cfg.batch_size, cfg.augment, cfg.hflip)
-        epochs, epoch_s = epochs_within_budget(task, cfg.epochs, self.epoch_seconds)
+        epochs, epoch_s = epochs_within_budget(task, cfg.epochs, self.epoch_seconds, self.relative_cost(len(groups)))
         steps = epochs * len(train_loader)
         sched = warmup_cosine(opt, steps, warmup_steps=int(cfg.warmup_epochs * len(train_loader)))
         t0 = time.monotonic()
@@ -106,6 +106,10 @@ class FinetuneStrategy:
         )
 
     def schedule(self, backbone):
+        return None
+
+    def relative_cost(self, n_groups: int):
+        """Cost of epoch ``e`` relative to a full fine-tuning epoch (None: every epoch costs the same)."""
         return None
 
 
@@ -130,6 +134,17 @@ class GradualStrategy(FinetuneStrategy):
             return stage
 
         return on_epoch_start
+
+    def relative_cost(self, n_groups: int):
+        every = max(1, self.config.unfreeze_every)
+
+        def cost(epoch: int) -> float:
+            # the forward pass is about a third of a training step; the backward pass reaches only the
+            # unfrozen share of the layer groups
+            trained = min(n_groups, epoch // every) / n_groups
+            return 1 / 3 + 2 / 3 * trained
+
+        return cost
 
 
 class ScratchStrategy(FinetuneStrategy):
