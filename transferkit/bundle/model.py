@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from ..backbones.protocol import BackboneSpec, PreprocessConfig
-from ..console import progress
 from ..errors import TransferkitError
 from ..heads import ImageClassifier, build_head
 from .io import atomic_dir
@@ -69,21 +68,15 @@ class TransferModel:
     @torch.no_grad()
     def predict_pixels(self, pixels: torch.Tensor, batch_size: int = 64, precision: str = "auto") -> np.ndarray:
         """Probabilities for uint8 images already at the backbone's input size ``(N, 3, H, W)``."""
-        from ..data.images import normalize
         from ..engine.accel import resolve_precision
+        from ..engine.inference import forward_batches
 
+        if len(pixels) == 0:
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
         use_bf16 = resolve_precision(precision, cpu=True) == "bf16"
-        model = self.classifier.eval().to(memory_format=torch.channels_last)
-        out = []
-        with progress() as bar:
-            task = bar.add_task("predicting", total=len(pixels), status="")
-            for start in range(0, len(pixels), batch_size):
-                x = normalize(pixels[start : start + batch_size], self.preprocess).contiguous(memory_format=torch.channels_last)
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-                    logits = model(x)
-                out.append(torch.softmax(logits.float(), dim=1))
-                bar.advance(task, len(x))
-        return torch.cat(out).numpy() if out else np.zeros((0, len(self.classes)), dtype=np.float32)
+        logits = forward_batches(self.classifier, pixels, self.preprocess, batch_size=batch_size, description="predicting",
+                                 autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16))
+        return torch.softmax(logits, dim=1).numpy()
 
     def predict(self, images: list[Any], top_k: int = 5, batch_size: int = 64, precision: str = "auto",
                 skip_bad: bool = False) -> list[dict[str, Any]]:

@@ -14,8 +14,8 @@ import torch
 
 from ..backbones.protocol import ImageBackbone
 from ..cache import cache_root
-from ..console import progress
-from ..data.images import DecodedImages, normalize
+from ..data.images import DecodedImages
+from .inference import forward_batches
 
 
 def weights_fingerprint(module: torch.nn.Module) -> str:
@@ -55,18 +55,8 @@ def extract_features(
             return load_file(str(path))["features"], True
         except Exception:  # a damaged cache entry is recomputed, never trusted
             path.unlink(missing_ok=True)
-    model = backbone.to(accelerator.device).eval().to(memory_format=torch.channels_last)
-    out = []
-    with progress() as bar:
-        task = bar.add_task(description, total=len(data), status="")
-        for start in range(0, len(data), batch_size):
-            x = data.pixels[start : start + batch_size].to(accelerator.device)
-            x = normalize(x, backbone.preprocess).contiguous(memory_format=torch.channels_last)
-            with accelerator.autocast():
-                f = model(x)
-            out.append(f.float().cpu())
-            bar.advance(task, len(x))
-    feats = torch.cat(out)
+    feats = forward_batches(backbone, data.pixels, backbone.preprocess, device=accelerator.device,
+                            autocast=accelerator.autocast, batch_size=batch_size, description=description)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
