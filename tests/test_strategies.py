@@ -259,3 +259,12 @@ def test_budget_planning_counts_cheaper_frozen_epochs():
     assert [round(cost(e), 3) for e in (0, 1, 2, 4, 8, 20)] == [0.333, 0.333, 0.5, 0.667, 1.0, 1.0]
     # 9 full-epoch units: 1/3 + 1/3 + 1/2 + 1/2 + 2/3 + 2/3 + 5/6 + 5/6 + 4 x 1 = 8.67 -> 12 epochs
     assert epochs_within_budget(task, 50, per_epoch=10.0, relative_cost=cost)[0] == 12
+
+
+def test_image_size_override_reaches_every_strategy_and_the_bundle(colour_splits, tiny_backbone, tmp_path):
+    model = transferkit.fit(colour_splits, backbone=tiny_backbone, strategy="scratch", epochs=1, image_size=48,
+                            out=tmp_path / "run")
+    assert model.preprocess.input_size == (48, 48) and model.metrics["backbone"]["input_size"] == [48, 48]
+    assert transferkit.load(tmp_path / "run" / "model").preprocess.input_size == (48, 48)
+    with pytest.raises(transferkit.TransferkitError, match="too small"):
+        transferkit.fit(colour_splits, backbone=tiny_backbone, strategy="linear", image_size=8)

@@ -5,6 +5,7 @@ data -> backbone -> strategy (head + what trains) -> engine -> evaluation/report
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from pathlib import Path
@@ -45,6 +46,7 @@ def fit(
     arch: str | None = None,
     cpu: bool | None = None,
     resume: bool = False,
+    image_size: int | None = None,
     **strategy_options: Any,
 ) -> TransferModel:
     """Adapt a pretrained backbone to labelled images and return the trained :class:`TransferModel`.
@@ -81,6 +83,11 @@ from its last epoch checkpoint. With ``out``, the run folder receives ``model/``
     t = time.monotonic()
     splits = load_splits(data, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, skip_bad=skip_bad)
     bb = create_backbone(backbone, arch=arch)
+    if image_size is not None:
+        if image_size < 32:
+            raise TransferkitError(f"Image size {image_size} is too small: use 32 pixels or more.")
+        # the backbone's mean/std/interpolation stay; only the resolution changes (and is saved in the bundle)
+        bb.preprocess = dataclasses.replace(bb.preprocess, input_size=(image_size, image_size))
     timings["load_s"] = time.monotonic() - t
     info(f"data: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test) if splits.test else 0} test, "
          f"{len(splits.classes)} classes; backbone {bb.spec.name} ({bb.num_features}-d features, {bb.preprocess.input_size[0]} px)")

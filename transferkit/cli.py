@@ -55,6 +55,7 @@ def fit(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable or missing images with a warning and a count."),
     precision: str = typer.Option("auto", help="auto (bf16 where the CPU/GPU supports it), bf16, fp16 or no."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out from its last epoch checkpoint."),
+    image_size: Optional[int] = typer.Option(None, help="Override the backbone's input resolution (smaller trains faster on a CPU)."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics summary as JSON on stdout."),
 ) -> None:
     """Train on DATA and write a bundle, metrics, plots and a report to --out."""
@@ -65,7 +66,7 @@ def fit(
         _fail(TransferkitError("--epochs/--lr/--batch-size apply to linear, finetune, gradual and scratch; auto sets its own (use --budget)."))
     try:
         model = fit_api(str(data), backbone=backbone, arch=arch, strategy=strategy, out=out, budget=budget, seed=seed,
-                        skip_bad=skip_bad, precision=precision, resume=resume, **options)
+                        skip_bad=skip_bad, precision=precision, resume=resume, image_size=image_size, **options)
     except TransferkitError as err:
         _fail(err)
     m = model.metrics
@@ -199,7 +200,7 @@ def demo(
     except TransferkitError as err:
         _fail(err)
     fit(data=data_dir, out=out, backbone="efficientnet_lite0", arch=None, strategy="auto", budget=budget, epochs=None,
-        lr=None, batch_size=None, seed=0, skip_bad=False, precision="auto", resume=False, as_json=False)
+        lr=None, batch_size=None, seed=0, skip_bad=False, precision="auto", resume=False, image_size=None, as_json=False)
 
 
 if __name__ == "__main__":

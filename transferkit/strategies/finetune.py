@@ -153,7 +153,9 @@ class ScratchStrategy(FinetuneStrategy):
 
     def make_backbone(self, task: TrainTask):
         torch.manual_seed(task.seed)
-        return build(task.spec, pretrained=False)
+        backbone = build(task.spec, pretrained=False)
+        backbone.preprocess = task.backbone.preprocess  # the same images as the transferred model sees
+        return backbone
 
 
 def _group_modules(backbone) -> list[list[nn.Module]]:
