@@ -29,9 +29,8 @@ def make_accelerator(precision: str = "auto", seed: int = 0, cpu: bool | None = 
     Under ``accelerate launch`` it picks up the process group the launcher set up; alone it uses one device.
     """
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, set_seed
-
     from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
     if cpu is None:
         # On a machine without a GPU say so explicitly: Accelerate only sets up several CPU processes

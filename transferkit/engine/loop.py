@@ -50,8 +50,8 @@ def _better(a: EpochRecord, b: EpochRecord | None) -> bool:
 
 
 @torch.no_grad()
-def evaluate_loader(model: nn.Module, loader: DataLoader, accelerator, prepare: Callable) -> tuple[float, float, torch.Tensor]:
-    """Mean loss, accuracy and all logits over ``loader`` (gathered across processes)."""
+def evaluate_loader(model: nn.Module, loader: DataLoader, accelerator, prepare: Callable) -> tuple[float, float]:
+    """Mean loss and accuracy over ``loader`` (gathered across processes)."""
     model.eval()
     logits_all, targets_all = [], []
     for x, y in loader:
@@ -64,7 +64,7 @@ def evaluate_loader(model: nn.Module, loader: DataLoader, accelerator, prepare: 
     targets = torch.cat(targets_all)
     loss = nn.functional.cross_entropy(logits, targets).item()
     acc = (logits.argmax(1) == targets).float().mean().item()
-    return loss, acc, logits
+    return loss, acc
 
 
 def train(
@@ -136,7 +136,7 @@ def train(
             # sum over processes, so every rank records the same training loss and accuracy
             sums = accelerator.reduce(torch.tensor([total_loss, correct, seen], dtype=torch.float64, device=accelerator.device), "sum")
             total_loss, correct, seen = sums.tolist()
-            val_loss, val_acc, _ = evaluate_loader(model, val_loader, accelerator, prepare)
+            val_loss, val_acc = evaluate_loader(model, val_loader, accelerator, prepare)
             rec = EpochRecord(
                 epoch, total_loss / max(1, seen), correct / max(1, seen), val_loss, val_acc,
                 max(g["lr"] for g in optimizer.param_groups), time.monotonic() - t0, stage,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..console import info
-from .base import FitResult, TrainTask, estimate_epoch_seconds
+from .base import FitResult, TrainTask, epochs_within_budget
 from .finetune import FinetuneConfig, FinetuneStrategy
 from .linear import LinearConfig, LinearStrategy
 
@@ -42,16 +42,16 @@ class AutoStrategy:
         if per_class < cfg.min_per_class:
             decision = f"linear only: {per_class} training image(s) in the smallest class (< {cfg.min_per_class})"
         else:
-            epoch_s = estimate_epoch_seconds(task)
-            room = task.seconds_left()
-            epochs = min(cfg.max_epochs, int(0.9 * room / epoch_s)) if room != float("inf") else cfg.max_epochs
+            # the speed is measured only under a budget; without one, fine-tuning gets max_epochs
+            epochs, epoch_s = epochs_within_budget(task, cfg.max_epochs)
+            speed = f" (~{epoch_s:.1f}s/epoch)" if epoch_s else ""
             if epochs < cfg.min_epochs:
-                decision = f"linear only: the budget leaves {room:.0f}s, fine-tuning needs ~{epoch_s:.1f}s/epoch"
+                decision = f"linear only: the budget leaves {task.seconds_left():.0f}s, fine-tuning needs{speed}"
             else:
                 ft_cfg = FinetuneConfig(epochs=epochs, lr=cfg.finetune_lr, warmup_epochs=0.5, dropout=0.0)
                 ft = FinetuneStrategy(ft_cfg, init_head=probe.model.head, epoch_seconds=epoch_s).fit(task)
                 candidates["finetune"] = ft
-                decision = f"fine-tuned {len(ft.history.epochs)} epoch(s) from the probe's head (~{epoch_s:.1f}s/epoch)"
+                decision = f"fine-tuned {len(ft.history.epochs)} epoch(s) from the probe's head{speed}"
         best_name = choose(candidates, len(task.val))
         best = candidates[best_name]
         info(f"auto: {decision}; kept {best_name} (val acc {best.history.best.val_acc:.3f})")
