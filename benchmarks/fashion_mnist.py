@@ -109,10 +109,10 @@ def throughput(n: int = 256, batch: int = 32) -> dict:
         return run
 
     from transferkit.engine.accel import resolve_precision
-    from transferkit.heads import ImageClassifier, LinearHead
+    from transferkit.heads import Classifier, LinearHead
 
     bf16 = resolve_precision("auto") == "bf16"
-    ours = ImageClassifier(create_backbone("efficientnet_lite0"), LinearHead(1280, 10)).to(memory_format=torch.channels_last)
+    ours = Classifier(create_backbone("efficientnet_lite0"), LinearHead(1280, 10)).to(memory_format=torch.channels_last)
     out["finetune_transferkit"] = timed(train_steps(ours, image_prepare(bb.preprocess), bf16))
     base = timm.create_model("tf_efficientnet_lite0", num_classes=10)
     out["finetune_plain_fp32"] = timed(train_steps(base, lambda x: normalize(x, bb.preprocess), False))

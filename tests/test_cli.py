@@ -15,7 +15,8 @@ runner = CliRunner()
 
 
 def test_import_and_help_stay_light():
-    code = "import sys, transferkit, transferkit.cli; print(sorted(m for m in ('torch','timm','accelerate','sklearn') if m in sys.modules))"
+    heavy = "('torch','timm','accelerate','sklearn','transformers','peft','pandas','datasets')"
+    code = f"import sys, transferkit, transferkit.cli; print(sorted(m for m in {heavy} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     t = time.monotonic()
@@ -30,6 +31,37 @@ def test_backbones_lists_offline_weights():
     rows = {row["name"]: row for row in json.loads(r.stdout)}
     assert rows["efficientnet_lite0"]["offline"] is True
     assert rows["torchvision:resnet18"]["offline"] is False
+    assert rows["all-MiniLM-L6-v2"]["offline"] is True and rows["all-MiniLM-L6-v2"]["modality"] == "text"
+
+
+def test_text_fit_predict_evaluate(text_csv, tiny_text_backbone, tmp_path):
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["fit", str(text_csv), "--text-column", "text", "--label-column", "label", "--backbone",
+                            tiny_text_backbone, "--strategy", "linear", "--epochs", "20", "--max-length", "32",
+                            "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["scored_on"] == "test" and summary["n"] == 6
+    doc = tmp_path / "doc.txt"
+    doc.write_text("goal team win\nand the striker scored")
+    many = tmp_path / "many.txt"
+    many.write_text("rain storm\n\nbank shares\n")
+    r = runner.invoke(app, ["predict", str(out / "model"), "some text about the match", "--file", str(doc),
+                            "--lines", str(many), "--json"])
+    assert r.exit_code == 0, r.output
+    preds = [json.loads(line) for line in r.stdout.strip().splitlines()]
+    assert [p["input"] for p in preds] == ["some text about the match", str(doc), f"{many}:1", f"{many}:2"]
+    r = runner.invoke(app, ["evaluate", str(out / "model"), str(text_csv), "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["n"] == 36
+
+
+def test_text_errors_are_one_line(tmp_path):
+    bad = tmp_path / "t.csv"
+    bad.write_text("text,review,label\na,b,x\nc,d,y\n")
+    r = runner.invoke(app, ["fit", str(bad), "--out", str(tmp_path / "run")])
+    assert r.exit_code == 2
+    assert "several possible text columns (text, review): pass --text-column" in r.output
+    assert len(r.output.strip().splitlines()) == 1
 
 
 def test_fit_predict_evaluate(colour_splits, tiny_backbone, tmp_path):

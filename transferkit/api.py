@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .backbones.registry import DEFAULT_BACKBONE
 from .bundle.model import TransferModel
 from .errors import TransferkitError
 
@@ -34,7 +33,7 @@ def parse_budget(budget: str | float | int | None) -> float | None:
 def fit(
     data: Any,
     *,
-    backbone: str = DEFAULT_BACKBONE,
+    backbone: str | None = None,
     strategy: str = "auto",
     out: str | Path | None = None,
     budget: str | float | None = None,
@@ -47,55 +46,107 @@ def fit(
     cpu: bool | None = None,
     resume: bool = False,
     image_size: int | None = None,
+    labels: list[Any] | None = None,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    label_sep: str | None = None,
+    encoding: str = "utf-8",
+    max_length: int | None = None,
     **strategy_options: Any,
 ) -> TransferModel:
-    """Adapt a pretrained backbone to labelled images and return the trained :class:`TransferModel`.
+    """Adapt a pretrained backbone to labelled images or texts and return the trained :class:`TransferModel`.
 
-    ``data`` is a folder of class folders (optionally split into ``train/``, ``val/``, ``test/``), a
+    Images: ``data`` is a folder of class folders (optionally split into ``train/``, ``val/``, ``test/``), a
     CSV/TSV/JSONL file with ``path`` and ``label`` columns, or a :class:`transferkit.data.ImageSet`.
-    ``strategy`` is ``linear``, ``finetune``, ``gradual``, ``scratch`` or ``auto``; extra keyword arguments
-    set that strategy's options (e.g. ``epochs=5``). ``resume=True`` continues an interrupted run in ``out``
-from its last epoch checkpoint. With ``out``, the run folder receives ``model/``
-    (the bundle), ``metrics.json``, ``confusion_matrix.png``, ``learning_curve.png`` and ``report.md``.
+    Texts: a folder of class folders of ``.txt`` files, a CSV/TSV/JSONL with text and label columns (named by
+    ``text_column``/``label_column`` or guessed), a pandas DataFrame, a Hugging Face dataset (or the folder it
+    was saved to), or a list of strings with ``labels=[...]``. List-valued labels, or ``label_sep="|"`` in a
+    CSV, make it multi-label. Texts default to the offline ``all-MiniLM-L6-v2`` encoder, images to
+    ``efficientnet_lite0``; ``max_length`` overrides the encoder's token limit, ``image_size`` its resolution.
+
+    ``strategy`` is ``linear``, ``finetune``, ``gradual``, ``scratch``, ``auto``, and for texts also ``lora``
+    and ``contrastive``; extra keyword arguments set that strategy's options (e.g. ``epochs=5``).
+    ``resume=True`` continues an interrupted run in ``out`` from its last epoch checkpoint. With ``out``, the
+    run folder receives ``model/`` (the bundle), ``metrics.json``, plots and ``report.md``.
 
     Example::
 
         >>> model = transferkit.fit("data/parts", backbone="efficientnet_lite0", strategy="auto", budget="10m")
         >>> model.predict(["part.jpg"])[0]["label"]
+        >>> news = transferkit.fit(df, text_column="body", label_column="topic", strategy="lora", out="runs/news")
+        >>> news.predict(["Shares rose after the merger."])[0]["label"]
 
     Raises :class:`transferkit.TransferkitError` (one line naming the file or value) for bad input.
     """
     from .backbones.registry import create_backbone
     from .console import info
-    from .data.images import decode
-    from .data.sources import load_splits
+    from .data.text import TextOptions, is_text_source
     from .engine.accel import make_accelerator
-    from .evaluation.metrics import classification_metrics
+    from .evaluation.metrics import classification_metrics, confidently_wrong, multilabel_metrics
     from .evaluation.report import train_val_gap, write_run_report
     from .strategies import TrainTask, create_strategy
 
     t_start = time.monotonic()
     seconds = parse_budget(budget)
     deadline = t_start + seconds if seconds is not None else None
-    strat = create_strategy(strategy, **strategy_options)  # validate options before any heavy work
+    text_opts = TextOptions(text_column, label_column, label_sep, encoding, skip_bad)
+    modality = "text" if labels is not None or is_text_source(data, text_opts) else "image"
+    strat = create_strategy(strategy, modality, **strategy_options)  # validate options before any heavy work
     timings: dict[str, float] = {}
 
     t = time.monotonic()
-    splits = load_splits(data, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, skip_bad=skip_bad)
-    bb = create_backbone(backbone, arch=arch)
-    if image_size is not None:
-        if image_size < 32:
-            raise TransferkitError(f"Image size {image_size} is too small: use 32 pixels or more.")
-        # the backbone's mean/std/interpolation stay; only the resolution changes (and is saved in the bundle)
-        bb.preprocess = dataclasses.replace(bb.preprocess, input_size=(image_size, image_size))
+    if modality == "text":
+        from .backbones.text import DEFAULT_TEXT_BACKBONE
+        from .data.text import load_text_splits
+
+        if image_size is not None:
+            raise TransferkitError("image_size applies to images; for texts set max_length.")
+        splits = load_text_splits(data, labels=labels, options=text_opts, val_fraction=val_fraction,
+                                  test_fraction=test_fraction, seed=seed)
+        bb = create_backbone(backbone or DEFAULT_TEXT_BACKBONE, arch=arch, modality="text")
+        if bb.modality != "text":
+            raise TransferkitError(f"Backbone {bb.spec.name!r} is an image model, but the data are texts: pick a text encoder "
+                                   f"such as {DEFAULT_TEXT_BACKBONE}.")
+        if max_length is not None:
+            if not 8 <= max_length <= bb.body.config.max_position_embeddings:
+                raise TransferkitError(f"max_length {max_length} is out of range for {bb.spec.name}: use 8 to {bb.body.config.max_position_embeddings}.")
+            bb.preprocess = dataclasses.replace(bb.preprocess, max_length=max_length)
+        shape = f"{bb.num_features}-d, {bb.preprocess.pooling} pooling, {bb.preprocess.max_length} tokens"
+    else:
+        from .backbones.registry import DEFAULT_BACKBONE
+        from .data.sources import load_splits
+
+        if max_length is not None:
+            raise TransferkitError("max_length applies to texts; for images set image_size.")
+        splits = load_splits(data, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, skip_bad=skip_bad)
+        bb = create_backbone(backbone or DEFAULT_BACKBONE, arch=arch)
+        if bb.modality != "image":
+            raise TransferkitError(f"Backbone {bb.spec.name!r} is a text encoder, but the data are images: pick an image "
+                                   f"backbone such as {DEFAULT_BACKBONE}.")
+        if image_size is not None:
+            if image_size < 32:
+                raise TransferkitError(f"Image size {image_size} is too small: use 32 pixels or more.")
+            # the backbone's mean/std/interpolation stay; only the resolution changes (and is saved in the bundle)
+            bb.preprocess = dataclasses.replace(bb.preprocess, input_size=(image_size, image_size))
+        shape = f"{bb.num_features}-d features, {bb.preprocess.input_size[0]} px"
     timings["load_s"] = time.monotonic() - t
+    parts = (("train", splits.train), ("val", splits.val), ("test", splits.test))
     info(f"data: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test) if splits.test else 0} test, "
-         f"{len(splits.classes)} classes; backbone {bb.spec.name} ({bb.num_features}-d features, {bb.preprocess.input_size[0]} px)")
+         f"{len(splits.classes)} classes; backbone {bb.spec.name} ({shape})")
 
     t = time.monotonic()
-    dec = {name: decode(ds, bb.preprocess, splits.classes, skip_bad=skip_bad, description=f"decoding {name}")
-           for name, ds in (("train", splits.train), ("val", splits.val), ("test", splits.test)) if ds is not None}
-    timings["decode_s"] = time.monotonic() - t
+    if modality == "text":
+        from .data.text import encode_set
+
+        dec = {name: encode_set(ds, bb, splits.classes, f"tokenising {name}") for name, ds in parts if ds is not None}
+        timings["tokenize_s"] = time.monotonic() - t
+    else:
+        from .data.images import decode
+
+        dec = {name: decode(ds, bb.preprocess, splits.classes, skip_bad=skip_bad, description=f"decoding {name}")
+               for name, ds in parts if ds is not None}
+        timings["decode_s"] = time.monotonic() - t
+    multi_label = dec["train"].targets.ndim == 2
 
     accelerator = make_accelerator(precision, seed=seed, cpu=cpu)
     work_dir = Path(out) / ".work" if out else None
@@ -109,20 +160,34 @@ from its last epoch checkpoint. With ``out``, the run folder receives ``model/``
     timings.update(result.timings)
 
     t = time.monotonic()
-    model = TransferModel(result.model.cpu().eval(), splits.classes)
-    scores = {name: classification_metrics(d.targets.numpy(), model.predict_pixels(d.pixels, precision=precision), splits.classes)
-              for name, d in dec.items() if name in ("val", "test")}
+    model = TransferModel(result.model.cpu().eval(), splits.classes, multi_label=multi_label, files=result.files)
+    probs = {name: model.predict_encoded(d, precision=precision) for name, d in dec.items() if name in ("val", "test")}
+    if multi_label:
+        scores = {name: multilabel_metrics(dec[name].targets.numpy(), p, splits.classes) for name, p in probs.items()}
+    else:
+        scores = {name: classification_metrics(dec[name].targets.numpy(), p, splits.classes) for name, p in probs.items()}
+    scored = "test" if "test" in probs else "val"
     timings["evaluate_s"] = time.monotonic() - t
     timings["total_s"] = time.monotonic() - t_start
 
     history = result.history.to_dict()
+    data_summary = splits.summary()
+    if modality == "text":
+        data_summary |= {"multi_label": multi_label, "max_length": bb.preprocess.max_length,
+                         "truncated": {name: d.truncated for name, d in dec.items()}}
+    else:
+        data_summary["skipped"] = sum(len(d.skipped) for d in dec.values())
     metrics = {
-        "task": "image-classification",
+        "task": f"{modality}-classification",
         "strategy": result.strategy,
-        "backbone": {**bb.spec.to_dict(), "input_size": list(bb.preprocess.input_size), "num_features": bb.num_features},
-        "data": {**splits.summary(), "skipped": sum(len(d.skipped) for d in dec.values())},
+        "backbone": {**bb.spec.to_dict(), "preprocess": bb.preprocess.to_dict(), "num_features": bb.num_features,
+                     **({"input_size": list(bb.preprocess.input_size)} if modality == "image" else {})},
+        "data": data_summary,
         "val": scores["val"],
         "test": scores.get("test"),
+        "confidently_wrong": confidently_wrong(dec[scored].targets.numpy(), probs[scored], splits.classes,
+                                               _names(dec[scored], getattr(splits, scored)),
+                                               getattr(dec[scored], "texts", None)),
         "history": history,
         "train_val_gap": train_val_gap(history),
         "trainable_params": result.trainable_params,
@@ -146,3 +211,12 @@ from its last epoch checkpoint. With ``out``, the run folder receives ``model/``
         info(f"report: {files['report']}")
     model.metrics = metrics
     return model
+
+
+def _names(encoded: Any, source: Any) -> list[str]:
+    """Where each scored example came from: a text's file/row, an image's path (skipped images left out)."""
+    if hasattr(encoded, "names"):
+        return list(encoded.names)
+    skipped = set(encoded.skipped)
+    return [str(x) if not hasattr(x, "shape") else f"array #{i}" for i, x in enumerate(source.items)
+            if hasattr(x, "shape") or str(x) not in skipped]

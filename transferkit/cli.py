@@ -42,11 +42,11 @@ def main(
 
 @app.command()
 def fit(
-    data: Path = typer.Argument(..., help="Folder of class folders (optionally train/ val/ test/), or a CSV/TSV/JSONL of path,label."),
+    data: Path = typer.Argument(..., help="Folder of class folders of images or .txt files (optionally train/ val/ test/), a CSV/TSV/JSONL (path,label for images; text and label columns for texts), or a saved Hugging Face dataset."),
     out: Path = typer.Option(Path("runs/latest"), "--out", "-o", help="Run folder: model/, metrics.json, plots, report.md."),
-    backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b", help="Registry name, timm:NAME, torchvision:NAME, or a path (see `transferkit backbones`)."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="Registry name, timm:NAME, torchvision:NAME, a Hugging Face encoder (org/name), or a path (see `transferkit backbones`). Default: efficientnet_lite0 for images, all-MiniLM-L6-v2 for texts."),
     arch: Optional[str] = typer.Option(None, help="Architecture of a checkpoint file given as --backbone (timm name or torchvision:NAME)."),
-    strategy: str = typer.Option("auto", "--strategy", "-s", help="linear, finetune, gradual, scratch or auto."),
+    strategy: str = typer.Option("auto", "--strategy", "-s", help="linear, finetune, gradual, scratch or auto; for texts also lora and contrastive."),
     budget: Optional[str] = typer.Option(None, help="Wall-time budget, e.g. 90s, 10m, 1h: training plans its epochs to finish inside it (auto also uses it to decide whether to fine-tune)."),
     epochs: Optional[int] = typer.Option(None, help="Maximum epochs (default: the strategy's own)."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: the strategy's own)."),
@@ -56,6 +56,11 @@ def fit(
     precision: str = typer.Option("auto", help="auto (bf16 where the CPU/GPU supports it), bf16, fp16 or no."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out from its last epoch checkpoint."),
     image_size: Optional[int] = typer.Option(None, help="Override the backbone's input resolution (smaller trains faster on a CPU)."),
+    text_column: Optional[str] = typer.Option(None, help="Texts: the column holding the text (default: guessed from text, sentence, content, ...)."),
+    label_column: Optional[str] = typer.Option(None, help="Texts: the column holding the label (default: guessed from label, class, category, ...)."),
+    label_sep: Optional[str] = typer.Option(None, help="Texts: multi-label cells such as 'sport|politics' are split on this separator."),
+    encoding: str = typer.Option("utf-8", help="Texts: encoding of .txt files (e.g. latin-1, cp1252)."),
+    max_length: Optional[int] = typer.Option(None, help="Texts: override the encoder's token limit (shorter trains faster)."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics summary as JSON on stdout."),
 ) -> None:
     """Train on DATA and write a bundle, metrics, plots and a report to --out."""
@@ -63,10 +68,12 @@ def fit(
 
     options = {k: v for k, v in {"epochs": epochs, "lr": lr, "batch_size": batch_size}.items() if v is not None}
     if strategy == "auto" and options:
-        _fail(TransferkitError("--epochs/--lr/--batch-size apply to linear, finetune, gradual and scratch; auto sets its own (use --budget)."))
+        _fail(TransferkitError("--epochs/--lr/--batch-size apply to a named strategy; auto sets its own (use --budget)."))
     try:
         model = fit_api(str(data), backbone=backbone, arch=arch, strategy=strategy, out=out, budget=budget, seed=seed,
-                        skip_bad=skip_bad, precision=precision, resume=resume, image_size=image_size, **options)
+                        skip_bad=skip_bad, precision=precision, resume=resume, image_size=image_size,
+                        text_column=text_column, label_column=label_column, label_sep=label_sep, encoding=encoding,
+                        max_length=max_length, **options)
     except TransferkitError as err:
         _fail(err)
     m = model.metrics
@@ -74,6 +81,7 @@ def fit(
     summary = {
         "strategy": m["strategy"], "scored_on": scored, "n": m[scored]["n"],
         "accuracy": round(m[scored]["accuracy"], 4), "macro_f1": round(m[scored]["macro_f1"], 4),
+        **({"micro_f1": round(m[scored]["micro_f1"], 4)} if "micro_f1" in m[scored] else {}),
         "seconds": round(m["timings"]["total_s"], 1), "report": str(out / "report.md"), "model": str(out / "model"),
     }
     if as_json:
@@ -92,17 +100,35 @@ def fit(
 @app.command()
 def predict(
     model_dir: Path = typer.Argument(..., help="A bundle folder (the run's model/)."),
-    images: list[Path] = typer.Argument(..., help="Image files to classify."),
-    top_k: int = typer.Option(3, "--top-k", "-k", help="How many labels to show per image."),
+    inputs: Optional[list[str]] = typer.Argument(None, help="Image files (image models) or texts (text models) to classify."),
+    file: Optional[list[Path]] = typer.Option(None, "--file", "-f", help="Text models: a file whose whole content is one text (repeatable)."),
+    lines: Optional[Path] = typer.Option(None, "--lines", help="Text models: a file with one text per line."),
+    top_k: int = typer.Option(3, "--top-k", "-k", help="How many labels to show per input."),
     as_json: bool = typer.Option(False, "--json", help="JSON lines on stdout."),
-    as_csv: bool = typer.Option(False, "--csv", help="CSV on stdout: path,label,probability (top-1)."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images instead of stopping."),
+    as_csv: bool = typer.Option(False, "--csv", help="CSV on stdout: input,label,probability (top-1)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images or empty texts instead of stopping."),
 ) -> None:
-    """Top-k labels with probabilities for each image."""
+    """Top-k labels with probabilities for each image or text."""
     from .bundle.model import load
 
     try:
-        preds = load(model_dir).predict([str(p) for p in images], top_k=top_k, skip_bad=skip_bad)
+        model = load(model_dir)
+        items = list(inputs or [])
+        if file or lines:
+            if model.modality != "text":
+                raise TransferkitError("--file and --lines are for text models; pass image paths as arguments.")
+            items += [_read_text(f) for f in file or []]
+            if lines:
+                items += [t for t in _read_text(lines).splitlines() if t.strip()]
+        if not items:
+            raise TransferkitError("Nothing to classify: pass images or texts as arguments, or --file/--lines.")
+        preds = model.predict(items, top_k=top_k, skip_bad=skip_bad)
+        if model.modality == "text":  # show where each text came from, not the whole article
+            names = [*([_short(t) for t in inputs or []]), *[str(f) for f in file or []]]
+            names += [f"{lines}:{i + 1}" for i in range(len(items) - len(names))]
+            if len(preds) == len(names):
+                for p, n in zip(preds, names, strict=True):
+                    p["input"] = n
     except TransferkitError as err:
         _fail(err)
     if as_json:
@@ -120,26 +146,44 @@ def predict(
 
         from .console import results as console
 
-        table = Table("image", *[f"#{i + 1}" for i in range(len(preds[0]["top"]) if preds else 0)])
+        table = Table("input", *[f"#{i + 1}" for i in range(len(preds[0]["top"]) if preds else 0)])
         for p in preds:
             table.add_row(p["input"], *[f"{t['label']} {t['probability']:.3f}" for t in p["top"]])
         console.print(table)
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TransferkitError(f"{path} does not exist: check the path.") from None
+    except UnicodeDecodeError:
+        raise TransferkitError(f"{path} is not UTF-8 text: re-save it as UTF-8.") from None
+
+
+def _short(text: str, n: int = 60) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= n else flat[: n - 3] + "..."
+
+
 @app.command()
 def evaluate(
     model_dir: Path = typer.Argument(..., help="A bundle folder (the run's model/)."),
-    data: Path = typer.Argument(..., help="Labelled images: class folders (its test/ if present) or a CSV/JSONL."),
+    data: Path = typer.Argument(..., help="Labelled data: class folders (its test/ if present) or a CSV/TSV/JSONL (its test rows if it has a split column)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write metrics.json and confusion_matrix.png here."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images with a warning."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images or empty texts with a warning."),
+    text_column: Optional[str] = typer.Option(None, help="Texts: the column holding the text."),
+    label_column: Optional[str] = typer.Option(None, help="Texts: the column holding the label."),
+    label_sep: Optional[str] = typer.Option(None, help="Texts: separator of multi-label cells."),
     as_json: bool = typer.Option(False, "--json", help="Print all metrics as JSON on stdout."),
 ) -> None:
-    """Score a saved model on labelled images."""
+    """Score a saved model on labelled images or texts."""
     from .bundle.model import load
 
     try:
         model = load(model_dir)
-        m = model.evaluate(str(data), skip_bad=skip_bad)
+        text_options = {"text_column": text_column, "label_column": label_column, "label_sep": label_sep}
+        m = model.evaluate(str(data), skip_bad=skip_bad, **(text_options if model.modality == "text" else {}))
     except TransferkitError as err:
         _fail(err)
     if out is not None:
@@ -147,7 +191,8 @@ def evaluate(
         from .evaluation.plots import confusion_matrix_png
 
         write_json(out / "metrics.json", m)
-        confusion_matrix_png(m["confusion_matrix"], model.classes, out / "confusion_matrix.png", f"Confusion matrix (n={m['n']})")
+        if "confusion_matrix" in m:
+            confusion_matrix_png(m["confusion_matrix"], model.classes, out / "confusion_matrix.png", f"Confusion matrix (n={m['n']})")
     if as_json:
         typer.echo(json.dumps(m))
         return
@@ -175,12 +220,13 @@ def backbones(as_json: bool = typer.Option(False, "--json", help="JSON on stdout
 
     from .console import results as console
 
-    table = Table("name", "status", "description")
+    table = Table("name", "for", "status", "description")
     for r in rows:
-        table.add_row(r["name"], ("[green]" if r["offline"] else "[yellow]") + r["status"], r["description"])
+        table.add_row(r["name"], r["modality"], ("[green]" if r["offline"] else "[yellow]") + r["status"], r["description"])
     console.print(table)
     console.print("Any timm model (timm:NAME) or torchvision model (torchvision:NAME) also works when its weights "
-                  "can be downloaded, and so does a checkpoint file with --arch.", highlight=False)
+                  "can be downloaded, and so does a checkpoint file with --arch. For texts, any Hugging Face encoder "
+                  "(org/name or hf:org/name) or a local model folder.", highlight=False)
 
 
 @app.command()
@@ -190,17 +236,29 @@ def demo(
     per_class: int = typer.Option(10, help="Labelled training images per class."),
     test_size: int = typer.Option(1000, help="Images from the official test set to score on."),
     budget: str = typer.Option("3m", help="Wall-time budget for the auto strategy."),
+    text: bool = typer.Option(False, "--text", help="BBC News topics instead: 8 articles per class, all-MiniLM-L6-v2, 500 held-out articles."),
 ) -> None:
-    """Fashion-MNIST, 10 labels per class, EfficientNet-Lite0, strategy auto: the whole job offline."""
-    from .data.fashion_mnist import export_image_folder
-
+    """Fashion-MNIST, 10 labels per class, EfficientNet-Lite0, strategy auto: the whole job offline (--text: BBC News)."""
     try:
-        if not (data_dir / "train").is_dir():
-            export_image_folder(data_dir, train_per_class=per_class, test_size=test_size)
+        if text:
+            from .data.bbc_news import export_text_folder
+
+            if data_dir == Path("data/fashion-mnist-10"):
+                data_dir = Path("data/bbc-news-8")
+            if out == Path("runs/demo"):
+                out = Path("runs/demo-text")
+            if not (data_dir / "train").is_dir():
+                export_text_folder(data_dir, train_per_class=8, test_per_class=100)
+        else:
+            from .data.fashion_mnist import export_image_folder
+
+            if not (data_dir / "train").is_dir():
+                export_image_folder(data_dir, train_per_class=per_class, test_size=test_size)
     except TransferkitError as err:
         _fail(err)
-    fit(data=data_dir, out=out, backbone="efficientnet_lite0", arch=None, strategy="auto", budget=budget, epochs=None,
-        lr=None, batch_size=None, seed=0, skip_bad=False, precision="auto", resume=False, image_size=None, as_json=False)
+    fit(data=data_dir, out=out, backbone=None, arch=None, strategy="auto", budget=budget, epochs=None,
+        lr=None, batch_size=None, seed=0, skip_bad=False, precision="auto", resume=False, image_size=None,
+        text_column=None, label_column=None, label_sep=None, encoding="utf-8", max_length=None, as_json=False)
 
 
 if __name__ == "__main__":

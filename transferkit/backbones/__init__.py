@@ -2,10 +2,15 @@
 
 from .protocol import Backbone, BackboneSpec, ImageBackbone, PreprocessConfig
 from .registry import BACKBONES, DEFAULT_BACKBONE, create_backbone, list_backbones, resolve
+from .text import DEFAULT_TEXT_BACKBONE, TEXT_BACKBONES, TextBackbone, TextPreprocessConfig
 
 __all__ = [
     "BACKBONES",
     "DEFAULT_BACKBONE",
+    "DEFAULT_TEXT_BACKBONE",
+    "TEXT_BACKBONES",
+    "TextBackbone",
+    "TextPreprocessConfig",
     "Backbone",
     "BackboneSpec",
     "ImageBackbone",

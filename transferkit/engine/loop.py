@@ -49,9 +49,31 @@ def _better(a: EpochRecord, b: EpochRecord | None) -> bool:
     return b is None or a.val_acc > b.val_acc or (a.val_acc == b.val_acc and a.val_loss < b.val_loss)
 
 
+def multilabel_f1(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, float, float]:
+    """(true positives, false positives, false negatives) at probability 0.5, for micro-F1 = 2tp / (2tp + fp + fn)."""
+    pred = logits > 0
+    t = targets > 0.5
+    return float((pred & t).sum()), float((pred & ~t).sum()), float((~pred & t).sum())
+
+
+def _score(logits: torch.Tensor, y: torch.Tensor, multi_label: bool) -> float:
+    """Single-label: accuracy. Multi-label: micro-F1 (exact-match accuracy is too coarse to steer training)."""
+    if multi_label:
+        tp, fp, fn = multilabel_f1(logits, y)
+        return 2 * tp / max(1.0, 2 * tp + fp + fn)
+    return (logits.argmax(1) == y).float().mean().item()
+
+
+def _loss(logits: torch.Tensor, y: torch.Tensor, multi_label: bool, label_smoothing: float = 0.0) -> torch.Tensor:
+    if multi_label:
+        return nn.functional.binary_cross_entropy_with_logits(logits, y.float())
+    return nn.functional.cross_entropy(logits, y, label_smoothing=label_smoothing)
+
+
 @torch.no_grad()
-def evaluate_loader(model: nn.Module, loader: DataLoader, accelerator, prepare: Callable) -> tuple[float, float]:
-    """Mean loss and accuracy over ``loader`` (gathered across processes)."""
+def evaluate_loader(model: nn.Module, loader: DataLoader, accelerator, prepare: Callable,
+                    multi_label: bool = False) -> tuple[float, float]:
+    """Mean loss and accuracy (multi-label: micro-F1) over ``loader``, gathered across processes."""
     model.eval()
     logits_all, targets_all = [], []
     for x, y in loader:
@@ -62,9 +84,7 @@ def evaluate_loader(model: nn.Module, loader: DataLoader, accelerator, prepare: 
         targets_all.append(y)
     logits = torch.cat(logits_all)
     targets = torch.cat(targets_all)
-    loss = nn.functional.cross_entropy(logits, targets).item()
-    acc = (logits.argmax(1) == targets).float().mean().item()
-    return loss, acc
+    return _loss(logits, targets, multi_label).item(), _score(logits, targets, multi_label)
 
 
 def train(
@@ -83,6 +103,7 @@ def train(
     label_smoothing: float = 0.0,
     checkpoint_dir: str | Path | None = None,
     description: str = "training",
+    multi_label: bool = False,
 ) -> tuple[History, dict[str, torch.Tensor]]:
     """Train ``model`` and return its history and the best epoch's weights (already loaded into ``model``).
 
@@ -90,6 +111,8 @@ def train(
     may change what trains (gradual unfreezing) and returns the stage number recorded in the history.
     ``deadline`` (a ``time.monotonic()`` value) stops training when the next epoch would not finish in time.
     With ``checkpoint_dir`` an epoch checkpoint is written, and an existing one is resumed from.
+    ``multi_label`` switches to one sigmoid per class (binary cross-entropy); the "accuracy" recorded in the
+    history is then micro-F1 at probability 0.5.
     """
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, scheduler
@@ -108,7 +131,6 @@ def train(
         best_state = state["best"]
         start_epoch = len(history.epochs)
     bad_epochs = 0 if history.best_epoch < 0 else len(history.epochs) - 1 - history.best_epoch
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     with progress() as bar:
         task = bar.add_task(description, total=epochs, completed=start_epoch, status="")
         steps = bar.add_task("  steps", total=len(train_loader), status="")
@@ -119,24 +141,24 @@ def train(
             model.train()
             # after .train(), so the callback can put frozen BatchNorm layers back in eval mode
             stage = on_epoch_start(epoch) if on_epoch_start else 0
-            total_loss, correct, seen = 0.0, 0, 0
+            total_loss, correct, seen = 0.0, 0.0, 0
             bar.reset(steps, total=len(train_loader), description=f"  epoch {epoch + 1}")
             for x, y in train_loader:
                 with accelerator.autocast():
                     logits = model(prepare(x))
-                    loss = loss_fn(logits.float(), y)
+                    loss = _loss(logits.float(), y, multi_label, label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 accelerator.backward(loss)
                 optimizer.step()
                 scheduler.step()
                 total_loss += loss.item() * len(y)
-                correct += (logits.argmax(1) == y).sum().item()
+                correct += _score(logits.detach().float(), y, multi_label) * len(y)
                 seen += len(y)
                 bar.update(steps, advance=1, status=f"loss {total_loss / seen:.3f}")
             # sum over processes, so every rank records the same training loss and accuracy
             sums = accelerator.reduce(torch.tensor([total_loss, correct, seen], dtype=torch.float64, device=accelerator.device), "sum")
             total_loss, correct, seen = sums.tolist()
-            val_loss, val_acc = evaluate_loader(model, val_loader, accelerator, prepare)
+            val_loss, val_acc = evaluate_loader(model, val_loader, accelerator, prepare, multi_label)
             rec = EpochRecord(
                 epoch, total_loss / max(1, seen), correct / max(1, seen), val_loss, val_acc,
                 max(g["lr"] for g in optimizer.param_groups), time.monotonic() - t0, stage,

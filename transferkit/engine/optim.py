@@ -30,22 +30,23 @@ def param_groups(
     lr: float,
     weight_decay: float,
     layer_decay: float = 1.0,
+    head_lr: float | None = None,
 ) -> list[dict]:
     """Optimizer groups with layer-wise learning-rate decay (LLRD).
 
-    The head trains at ``lr``; backbone group ``i`` of ``G`` (input side first) at ``lr * layer_decay**(G - i)``,
-    so early, generic layers move least. Every group exists from the start, frozen or not: gradual unfreezing
+    The head trains at ``head_lr`` (default ``lr``); backbone group ``i`` of ``G`` (input side first) at
+    ``lr * layer_decay**(G - i)``, so early, generic layers move least. Every group exists from the start, frozen or not: gradual unfreezing
     only toggles ``requires_grad``, so optimizer state and resume stay consistent. Each group records its
     ``layer`` index (``G`` for the head) for the unfreezing schedule.
     """
     n = len(layer_groups)
     groups = []
     for i, params in enumerate([*layer_groups, head_params]):
-        scale = layer_decay ** (n - i)
+        group_lr = head_lr if (i == n and head_lr is not None) else lr * layer_decay ** (n - i)
         decay, no_decay = _split_decay(params)
         for ps, wd in ((decay, weight_decay), (no_decay, 0.0)):
             if ps:
-                groups.append({"params": ps, "lr": lr * scale, "weight_decay": wd, "layer": i})
+                groups.append({"params": ps, "lr": group_lr, "weight_decay": wd, "layer": i})
     return groups
 
 

@@ -34,3 +34,65 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[
         },
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
+
+
+def multilabel_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str], threshold: float = 0.5) -> dict[str, Any]:
+    """Multi-label scores at ``threshold``: exact-match accuracy, micro/macro-F1, per-class P/R/F1/support,
+    and log-loss (mean binary cross-entropy over classes).
+
+    >>> m = multilabel_metrics(np.array([[1, 0], [1, 1]]), np.array([[.9, .2], [.8, .3]]), ["a", "b"])
+    >>> m["accuracy"], round(m["micro_f1"], 4), round(m["macro_f1"], 4)
+    (0.5, 0.8, 0.5)
+    """
+    from sklearn.metrics import f1_score, precision_recall_fscore_support
+
+    y_true = np.asarray(y_true).astype(int)
+    probs = np.asarray(probs, dtype=np.float64)
+    y_pred = (probs >= threshold).astype(int)
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, average=None, zero_division=0)
+    eps = 1e-12
+    clipped = np.clip(probs, eps, 1 - eps)
+    log_loss = float(-np.mean(y_true * np.log(clipped) + (1 - y_true) * np.log(1 - clipped)))
+    return {
+        "n": int(len(y_true)),
+        "multi_label": True,
+        "threshold": threshold,
+        "accuracy": float((y_pred == y_true).all(1).mean()) if len(y_true) else 0.0,
+        "micro_f1": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
+        "macro_f1": float(f.mean()),
+        "log_loss": log_loss,
+        "per_class": {
+            c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+            for i, c in enumerate(classes)
+        },
+    }
+
+
+def confidently_wrong(y_true: np.ndarray, probs: np.ndarray, classes: list[str], names: list[str],
+                      texts: list[str] | None = None, k: int = 10, chars: int = 200) -> list[dict[str, Any]]:
+    """The ``k`` mistakes made with the highest confidence: where to look first for label noise or gaps.
+
+    Single-label: wrong top-1 predictions ranked by their probability. Multi-label: the largest
+    ``|probability - truth|`` over all (example, class) decisions that fell on the wrong side of 0.5.
+    """
+    y_true = np.asarray(y_true)
+    probs = np.asarray(probs, dtype=np.float64)
+    rows: list[tuple[float, int, str, str]] = []
+    if y_true.ndim == 1:
+        pred = probs.argmax(1)
+        for i in np.nonzero(pred != y_true)[0]:
+            rows.append((float(probs[i, pred[i]]), int(i), classes[pred[i]], classes[y_true[i]]))
+    else:
+        wrong = (probs >= 0.5).astype(int) != y_true
+        for i, c in zip(*np.nonzero(wrong), strict=True):
+            said = "yes" if probs[i, c] >= 0.5 else "no"
+            rows.append((float(abs(probs[i, c] - y_true[i, c])), int(i), f"{classes[c]}: {said}", f"{classes[c]}: {'no' if said == 'yes' else 'yes'}"))
+    rows.sort(key=lambda r: -r[0])
+    out = []
+    for conf, i, predicted, true in rows[:k]:
+        row = {"input": names[i] if i < len(names) else f"#{i}", "true": true, "predicted": predicted, "confidence": round(conf, 4)}
+        if texts is not None:
+            text = " ".join(texts[i].split())
+            row["text"] = text[:chars] + ("..." if len(text) > chars else "")
+        out.append(row)
+    return out

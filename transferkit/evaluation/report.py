@@ -20,18 +20,19 @@ def train_val_gap(history: dict[str, Any]) -> dict[str, float]:
 
 
 def write_run_report(out: Path, metrics: dict[str, Any], classes: list[str]) -> dict[str, str]:
-    """Write ``metrics.json``, ``confusion_matrix.png``, ``learning_curve.png`` and ``report.md`` into ``out``."""
+    """Write ``metrics.json``, ``confusion_matrix.png`` (single-label), ``learning_curve.png`` and ``report.md``."""
     out.mkdir(parents=True, exist_ok=True)
     scored = "test" if metrics.get("test") else "val"
     files = {
         "metrics": out / "metrics.json",
-        "confusion_matrix": out / "confusion_matrix.png",
         "learning_curve": out / "learning_curve.png",
         "report": out / "report.md",
     }
     write_json(files["metrics"], metrics)
-    confusion_matrix_png(metrics[scored]["confusion_matrix"], classes, files["confusion_matrix"],
-                         f"Confusion matrix ({scored}, n={metrics[scored]['n']})")
+    if "confusion_matrix" in metrics[scored]:
+        files["confusion_matrix"] = out / "confusion_matrix.png"
+        confusion_matrix_png(metrics[scored]["confusion_matrix"], classes, files["confusion_matrix"],
+                             f"Confusion matrix ({scored}, n={metrics[scored]['n']})")
     learning_curve_png(metrics["history"]["epochs"], files["learning_curve"], f"Learning curve: {metrics['strategy']}")
     atomic_write_text(files["report"], render_markdown(metrics, classes))
     return {k: str(v) for k, v in files.items()}
@@ -41,20 +42,34 @@ def render_markdown(m: dict[str, Any], classes: list[str]) -> str:
     scored = "test" if m.get("test") else "val"
     s = m[scored]
     gap = m["train_val_gap"]
+    text = m.get("task") == "text-classification"
+    unit = "texts" if text else "images"
+    if text:
+        pre = m["backbone"]["preprocess"]
+        trunc = m["data"]["truncated"]
+        n_all = m["data"]["train"] + m["data"]["val"] + m["data"]["test"]
+        inputs = (f"{pre['pooling']} pooling{', normalised' if pre['normalize'] else ''}, max {pre['max_length']} tokens; "
+                  f"{sum(trunc.values())} of {n_all} texts were longer and cut there "
+                  f"({', '.join(f'{k} {v}' for k, v in trunc.items())})")
+    else:
+        inputs = f"{m['backbone']['input_size'][0]} px input"
+    kind = "multi-label, " if m["data"].get("multi_label") else ""
     lines = [
         f"# transferkit run: {m['strategy']} on {m['backbone']['name']}",
         "",
-        f"- Data: {m['data']['train']} train / {m['data']['val']} validation / {m['data']['test']} test images, "
-        f"{len(classes)} classes (split: {m['data']['split']}).",
-        f"- Backbone: `{m['backbone']['name']}` ({m['backbone']['source']}, weights: {m['backbone']['weights']}), "
-        f"{m['backbone']['input_size'][0]} px input.",
+        f"- Data: {m['data']['train']} train / {m['data']['val']} validation / {m['data']['test']} test {unit}, "
+        f"{kind}{len(classes)} classes (split: {m['data']['split']}).",
+        f"- Backbone: `{m['backbone']['name']}` ({m['backbone']['source']}, weights: {m['backbone']['weights']}), {inputs}.",
         f"- Trainable parameters: {m['trainable_params']:,}; precision: {m['precision']}.",
         f"- Wall time: {m['timings']['total_s']:.1f} s "
         f"({', '.join(f'{k.removesuffix(chr(95) + chr(115))} {v:.1f} s' for k, v in m['timings'].items() if k != 'total_s')}).",
         "",
         f"## Scores on the {scored} set (n={s['n']})",
         "",
-        f"**Accuracy {s['accuracy']:.3f}**, macro-F1 {s['macro_f1']:.3f}, log-loss {s['log_loss']:.3f}.",
+        f"**Accuracy {s['accuracy']:.3f}**, macro-F1 {s['macro_f1']:.3f}, log-loss {s['log_loss']:.3f}."
+        if not s.get("multi_label") else
+        f"**Micro-F1 {s['micro_f1']:.3f}**, macro-F1 {s['macro_f1']:.3f}, exact-match accuracy {s['accuracy']:.3f}, "
+        f"log-loss {s['log_loss']:.3f} (threshold {s['threshold']}).",
     ]
     if scored == "val":
         lines.append("No test set was given, so these are validation scores that also chose the checkpoint: optimistic.")
@@ -72,5 +87,16 @@ def render_markdown(m: dict[str, Any], classes: list[str]) -> str:
     ]
     if m.get("details", {}).get("decision"):
         lines += ["", f"auto: {m['details']['decision']}; kept **{m['details']['chosen']}**."]
-    lines += ["", "![confusion matrix](confusion_matrix.png)", "", "![learning curve](learning_curve.png)", ""]
+    wrong = m.get("confidently_wrong") or []
+    if wrong:
+        lines += ["", f"## Most confidently wrong ({scored} set)", "",
+                  "Check these first: a wrong label, an ambiguous example, or a kind of input the training data lacks.", "",
+                  "| confidence | true | predicted | input |", "|---|---|---|---|"]
+        for w in wrong:
+            shown = w.get("text", w["input"]).replace("|", "\\|")
+            where = f" ({w['input']})" if "text" in w else ""
+            lines.append(f"| {w['confidence']:.3f} | {w['true']} | {w['predicted']} | {shown}{where} |")
+    if "confusion_matrix" in s:
+        lines += ["", "![confusion matrix](confusion_matrix.png)"]
+    lines += ["", "![learning curve](learning_curve.png)", ""]
     return "\n".join(lines)

@@ -1,5 +1,5 @@
 """Heads: what sits on top of a backbone's pooled features, and the classifier that joins the two."""
 
-from .linear import ImageClassifier, LinearHead, build_head
+from .linear import Classifier, LinearHead, build_head
 
-__all__ = ["ImageClassifier", "LinearHead", "build_head"]
+__all__ = ["Classifier", "LinearHead", "build_head"]

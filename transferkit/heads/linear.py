@@ -1,4 +1,4 @@
-"""A linear (logistic) classification head, and :class:`ImageClassifier` = backbone -> head."""
+"""A linear (logistic) classification head, and :class:`Classifier` = backbone -> head."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ from typing import Any
 
 import torch
 from torch import nn
-
-from ..backbones.protocol import ImageBackbone
 
 
 class LinearHead(nn.Module):
@@ -33,13 +31,14 @@ def build_head(config: dict[str, Any]) -> nn.Module:
     return LinearHead(config["in_features"], config["num_classes"], config.get("dropout", 0.0))
 
 
-class ImageClassifier(nn.Module):
-    """Normalised images (B, 3, H, W) -> logits (B, num_classes)."""
+class Classifier(nn.Module):
+    """Backbone input (normalised images ``(B, 3, H, W)`` or a tokenised batch) -> logits ``(B, num_classes)``."""
 
-    def __init__(self, backbone: ImageBackbone, head: nn.Module):
+    def __init__(self, backbone: nn.Module, head: nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = head
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(images))
+    def forward(self, inputs: Any) -> torch.Tensor:
+        return self.head(self.backbone(inputs))
+

@@ -6,19 +6,25 @@ finetune    all layers, AdamW, warm-up + cosine, layer-wise LR decay, augmentati
 gradual     head first, then layer groups unfrozen on a schedule (all optimizer groups exist from the start)
 scratch     same architecture, random init: the baseline
 auto        linear probe, then fine-tune from it when data and budget allow; keep the best on validation
+lora        (text) low-rank adapters in the attention layers + a head; adapter saved in peft format
+contrastive (text) SetFit-style: contrastive pairs tune the encoder, then a linear head on its embeddings
 ==========  ==============================================================================================
+
+Every config is a dataclass with help text; texts start from each config's ``text_defaults``.
 """
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
+from dataclasses import fields
 from typing import Any
 
 from ..errors import TransferkitError
 from .auto import AutoConfig, AutoStrategy
-from .base import FitResult, Strategy, TrainTask
+from .base import FitResult, Strategy, TrainTask, config_for
+from .contrastive import ContrastiveConfig, ContrastiveStrategy
 from .finetune import FinetuneConfig, FinetuneStrategy, GradualConfig, GradualStrategy, ScratchConfig, ScratchStrategy
 from .linear import LinearConfig, LinearStrategy
+from .lora import LoraConfig, LoraStrategy
 
 STRATEGIES: dict[str, tuple[type, type]] = {
     "linear": (LinearStrategy, LinearConfig),
@@ -26,19 +32,27 @@ STRATEGIES: dict[str, tuple[type, type]] = {
     "gradual": (GradualStrategy, GradualConfig),
     "scratch": (ScratchStrategy, ScratchConfig),
     "auto": (AutoStrategy, AutoConfig),
+    "lora": (LoraStrategy, LoraConfig),
+    "contrastive": (ContrastiveStrategy, ContrastiveConfig),
 }
+TEXT_ONLY = ("lora", "contrastive")
 
 
-def create_strategy(name: str, **overrides: Any) -> Strategy:
-    """``create_strategy("finetune", epochs=5)``; unknown names or options raise one clear error."""
+def create_strategy(name: str, modality: str = "image", **overrides: Any) -> Strategy:
+    """``create_strategy("finetune", epochs=5)``; unknown names or options raise one clear error.
+
+    ``modality="text"`` starts from the config's ``text_defaults`` (e.g. BERT-style learning rates).
+    """
     if name not in STRATEGIES:
         raise TransferkitError(f"Unknown strategy {name!r}: choose one of {', '.join(STRATEGIES)}.")
+    if modality != "text" and name in TEXT_ONLY:
+        raise TransferkitError(f"Strategy {name!r} works with texts for now: for images choose linear, finetune, gradual, scratch or auto.")
     cls, cfg_cls = STRATEGIES[name]
     known = {f.name for f in fields(cfg_cls)}
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise TransferkitError(f"Strategy {name!r} has no option {unknown[0]!r}: its options are {', '.join(sorted(known))}.")
-    return cls(replace(cfg_cls(), **overrides))
+    return cls(config_for(cfg_cls, modality, **overrides))
 
 
-__all__ = ["STRATEGIES", "FitResult", "Strategy", "TrainTask", "create_strategy"]
+__all__ = ["STRATEGIES", "TEXT_ONLY", "config_for", "FitResult", "Strategy", "TrainTask", "create_strategy"]

@@ -7,11 +7,11 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
-import torch
 
 from ..console import info
-from .base import FitResult, TrainTask, epochs_within_budget
+from .base import FitResult, TrainTask, config_for, epochs_within_budget
 from .finetune import FinetuneConfig, FinetuneStrategy
 from .linear import LinearConfig, LinearStrategy
 
@@ -20,10 +20,12 @@ from .linear import LinearConfig, LinearStrategy
 class AutoConfig:
     """Budget-aware choice between a linear probe and fine-tuning."""
 
-    min_per_class: int = field(default=5, metadata={"help": "fine-tune only with at least this many training images per class"})
+    min_per_class: int = field(default=5, metadata={"help": "fine-tune only with at least this many training examples per class"})
     min_epochs: int = field(default=3, metadata={"help": "fine-tune only if the budget leaves time for this many epochs"})
     max_epochs: int = field(default=15, metadata={"help": "upper bound on fine-tuning epochs"})
     finetune_lr: float = field(default=5e-4, metadata={"help": "peak LR when fine-tuning from the probe's head"})
+
+    text_defaults: ClassVar[dict[str, Any]] = {"finetune_lr": 1e-4, "max_epochs": 8}
 
 
 class AutoStrategy:
@@ -35,12 +37,12 @@ class AutoStrategy:
     def fit(self, task: TrainTask) -> FitResult:
         cfg = self.config
         t0 = time.monotonic()
-        probe = LinearStrategy(LinearConfig()).fit(task)
+        probe = LinearStrategy(config_for(LinearConfig, task.modality)).fit(task)
         candidates = {"linear": probe}
         decision = ""
-        per_class = int(torch.bincount(task.train.targets, minlength=len(task.classes)).min())
+        per_class = int(task.class_counts().min())
         if per_class < cfg.min_per_class:
-            decision = f"linear only: {per_class} training image(s) in the smallest class (< {cfg.min_per_class})"
+            decision = f"linear only: {per_class} training example(s) in the smallest class (< {cfg.min_per_class})"
         else:
             # the speed is measured only under a budget; without one, fine-tuning gets max_epochs
             epochs, epoch_s = epochs_within_budget(task, cfg.max_epochs)
@@ -48,7 +50,9 @@ class AutoStrategy:
             if epochs < cfg.min_epochs:
                 decision = f"linear only: the budget leaves {task.seconds_left():.0f}s, fine-tuning needs{speed}"
             else:
-                ft_cfg = FinetuneConfig(epochs=epochs, lr=cfg.finetune_lr, warmup_epochs=0.5, dropout=0.0)
+                # LP-FT: the head starts trained, so it moves at the encoder's rate
+                ft_cfg = config_for(FinetuneConfig, task.modality, epochs=epochs, lr=cfg.finetune_lr, head_lr=None,
+                                    warmup_epochs=0.5, dropout=0.0)
                 ft = FinetuneStrategy(ft_cfg, init_head=probe.model.head, epoch_seconds=epoch_s).fit(task)
                 candidates["finetune"] = ft
                 decision = f"fine-tuned {len(ft.history.epochs)} epoch(s) from the probe's head{speed}"

@@ -1,5 +1,5 @@
 """What every strategy receives (:class:`TrainTask`) and returns (:class:`FitResult`), plus the shared data
-plumbing: uint8 images in memory -> augmented, normalised batches."""
+plumbing: uint8 images in memory -> augmented, normalised batches; token ids -> trimmed batches."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..backbones.protocol import BackboneSpec, ImageBackbone, PreprocessConfig
-from ..data.images import DecodedImages, normalize
+from ..backbones.protocol import BackboneSpec, PreprocessConfig
+from ..data.images import normalize
+from ..engine.inference import text_batch
 from ..engine.loop import History
 from ..engine.sampling import EpochShuffleSampler
 
@@ -25,9 +26,9 @@ class TrainTask:
     """Everything a strategy may use. Built once per run by :func:`transferkit.fit`."""
 
     spec: BackboneSpec
-    backbone: ImageBackbone  # pretrained, untouched; strategies copy it before changing it
-    train: DecodedImages
-    val: DecodedImages
+    backbone: Any  # ImageBackbone or TextBackbone: pretrained, untouched; strategies copy it before changing it
+    train: Any  # DecodedImages (uint8 pixels) or EncodedTexts (token ids)
+    val: Any
     classes: list[str]
     accelerator: Any
     seed: int = 0
@@ -36,8 +37,21 @@ class TrainTask:
     workers: int = 0
 
     @property
-    def preprocess(self) -> PreprocessConfig:
+    def preprocess(self) -> Any:
         return self.backbone.preprocess
+
+    @property
+    def modality(self) -> str:
+        return self.backbone.modality
+
+    @property
+    def multi_label(self) -> bool:
+        return self.train.targets.ndim == 2
+
+    def class_counts(self) -> torch.Tensor:
+        """Training examples per class (multi-label: texts carrying each label)."""
+        t = self.train.targets
+        return t.sum(0).long() if t.ndim == 2 else torch.bincount(t, minlength=len(self.classes))
 
     def seconds_left(self) -> float:
         return float("inf") if self.deadline is None else self.deadline - time.monotonic()
@@ -45,12 +59,19 @@ class TrainTask:
 
 @dataclass
 class FitResult:
-    model: nn.Module  # an ImageClassifier with the best weights
+    model: nn.Module  # a Classifier (backbone -> head) with the best weights
     strategy: str
     history: History
     trainable_params: int
     timings: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)  # extra bundle files, e.g. a LoRA adapter in peft format
+
+
+def config_for(cfg_cls: type, modality: str = "image", **overrides: Any) -> Any:
+    """A strategy config with the defaults for this kind of data (``text_defaults`` for texts), then ``overrides``."""
+    base = dict(getattr(cfg_cls, "text_defaults", {})) if modality == "text" else {}
+    return cfg_cls(**{**base, **overrides})
 
 
 class Strategy(Protocol):
@@ -60,9 +81,9 @@ class Strategy(Protocol):
 
 
 class ImageTensorDataset(Dataset):
-    """uint8 images held in memory; random-resized-crop and flip when ``augment`` (fine-tuning only)."""
+    """uint8 images (``DecodedImages``) held in memory; random-resized-crop and flip when ``augment`` (fine-tuning only)."""
 
-    def __init__(self, data: DecodedImages, augment: bool = False, hflip: bool = True):
+    def __init__(self, data: Any, augment: bool = False, hflip: bool = True):
         self.pixels = data.pixels
         self.targets = data.targets
         self.transform = None
@@ -85,15 +106,38 @@ class ImageTensorDataset(Dataset):
         return x, self.targets[i]
 
 
-def image_loaders(task: TrainTask, batch_size: int, augment: bool, hflip: bool = True) -> tuple[DataLoader, DataLoader]:
-    # With a few dozen images, a full batch would mean two or three steps per epoch: keep about eight or more.
+class TokenDataset(Dataset):
+    """Token ids and masks held in memory (padded to the set's longest text; batches are trimmed later)."""
+
+    def __init__(self, data: Any):
+        self.ids, self.mask, self.targets = data.input_ids, data.attention_mask, data.targets
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        return (self.ids[i], self.mask[i]), self.targets[i]
+
+
+def make_loaders(task: TrainTask, batch_size: int, augment: bool = False, hflip: bool = True) -> tuple[DataLoader, DataLoader]:
+    """Training loader (epoch-seeded shuffling, augmentation for images) and validation loader."""
+    # With a few dozen examples, a full batch would mean two or three steps per epoch: keep about eight or more.
     bs = max(1, min(batch_size, max(8, len(task.train) // 8), len(task.train)))
-    train = DataLoader(
-        ImageTensorDataset(task.train, augment, hflip), batch_size=bs, sampler=EpochShuffleSampler(len(task.train), task.seed),
-        drop_last=len(task.train) > bs, num_workers=task.workers,
-    )
-    val = DataLoader(ImageTensorDataset(task.val), batch_size=max(bs, 64), num_workers=task.workers)
+    if task.modality == "text":
+        train_ds, val_ds, val_bs = TokenDataset(task.train), TokenDataset(task.val), max(bs, 32)
+    else:
+        train_ds, val_ds, val_bs = ImageTensorDataset(task.train, augment, hflip), ImageTensorDataset(task.val), max(bs, 64)
+    train = DataLoader(train_ds, batch_size=bs, sampler=EpochShuffleSampler(len(task.train), task.seed),
+                       drop_last=len(task.train) > bs, num_workers=task.workers)
+    val = DataLoader(val_ds, batch_size=val_bs, num_workers=task.workers)
     return train, val
+
+
+def make_prepare(backbone: Any) -> Callable[[Any], Any]:
+    """Loader batch -> model input: normalised channels_last images, or token ids trimmed to the batch's longest text."""
+    if getattr(backbone, "modality", "image") == "text":
+        return lambda x: text_batch(x[0], x[1])
+    return image_prepare(backbone.preprocess)
 
 
 def image_prepare(pre: PreprocessConfig):
@@ -105,11 +149,18 @@ def image_prepare(pre: PreprocessConfig):
     return prepare
 
 
+def sample_batch(task: TrainTask, n: int = 16) -> Any:
+    """The first ``n`` training examples as model input (for timing and shape checks)."""
+    if task.modality == "text":
+        return text_batch(task.train.input_ids[:n], task.train.attention_mask[:n])
+    return image_prepare(task.preprocess)(task.train.pixels[:n])
+
+
 def estimate_epoch_seconds(task: TrainTask, batch: int = 16) -> float:
     """Time one forward+backward step on a copy of the backbone and scale to an epoch (plus validation)."""
     model = copy.deepcopy(task.backbone).train().to(memory_format=torch.channels_last)
-    prepare = image_prepare(task.preprocess)
-    x = prepare(task.train.pixels[:batch])
+    x = sample_batch(task, batch)
+    n = len(x["input_ids"]) if isinstance(x, dict) else len(x)
     acc = task.accelerator
     times = []
     for _ in range(2):  # the first step warms up kernels; time the second
@@ -118,7 +169,7 @@ def estimate_epoch_seconds(task: TrainTask, batch: int = 16) -> float:
             loss = model(x).float().mean()
         loss.backward()
         times.append(time.monotonic() - t)
-    per_image = times[-1] / len(x)
+    per_image = times[-1] / n
     # validation costs about a third of a training step per image
     return per_image * (len(task.train) + len(task.val) / 3)
 

@@ -5,6 +5,9 @@
   side down (ULMFiT-style). All optimizer groups exist from the start; only ``requires_grad`` changes.
 - ``scratch``: the same architecture with random weights, the same loop without LLRD. The baseline every
   report compares transfer with.
+
+Texts use the same code with other defaults (``text_defaults``: BERT-style learning rates, no augmentation):
+each config below says what differs.
 """
 
 from __future__ import annotations
@@ -12,15 +15,15 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from ..backbones.registry import build
 from ..engine.loop import train
 from ..engine.optim import freeze, param_groups, trainable_parameters, warmup_cosine
-from ..heads import ImageClassifier, LinearHead
-from .base import FitResult, TrainTask, epochs_within_budget, image_loaders, image_prepare
+from ..heads import Classifier, LinearHead
+from .base import FitResult, TrainTask, epochs_within_budget, make_loaders, make_prepare
 
 
 @dataclass
@@ -28,7 +31,8 @@ class FinetuneConfig:
     """Full fine-tuning with layer-wise learning-rate decay."""
 
     epochs: int = field(default=15, metadata={"help": "maximum epochs"})
-    lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate of the head; backbone groups get less"})
+    lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate of the top layers; lower groups get less (LLRD)"})
+    head_lr: float | None = field(default=None, metadata={"help": "peak learning rate of the new head (default: lr)"})
     layer_decay: float = field(default=0.7, metadata={"help": "LR multiplier per layer group, from the head down"})
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not on norms and biases)"})
     warmup_epochs: float = field(default=1.0, metadata={"help": "linear warm-up length, in epochs"})
@@ -39,6 +43,12 @@ class FinetuneConfig:
     augment: bool = field(default=True, metadata={"help": "random resized crop + horizontal flip"})
     hflip: bool = field(default=True, metadata={"help": "allow horizontal flips (turn off for text, digits, ...)"})
 
+    # Texts: BERT-style rates for the encoder, a faster head (a few dozen steps must train it), no augmentation.
+    text_defaults: ClassVar[dict[str, Any]] = {
+        "epochs": 10, "lr": 1e-4, "head_lr": 3e-3, "layer_decay": 0.9, "weight_decay": 0.01, "batch_size": 16,
+        "patience": 4, "label_smoothing": 0.0, "dropout": 0.1, "augment": False,
+    }
+
 
 @dataclass
 class GradualConfig(FinetuneConfig):
@@ -47,6 +57,8 @@ class GradualConfig(FinetuneConfig):
     epochs: int = field(default=20, metadata={"help": "maximum epochs"})
     unfreeze_every: int = field(default=2, metadata={"help": "epochs between unfreezing one more layer group"})
     patience: int = field(default=8, metadata={"help": "epochs without validation improvement before stopping"})
+
+    text_defaults: ClassVar[dict[str, Any]] = {**FinetuneConfig.text_defaults, "epochs": 12, "unfreeze_every": 1, "patience": 6}
 
 
 @dataclass
@@ -58,6 +70,11 @@ class ScratchConfig(FinetuneConfig):
     layer_decay: float = field(default=1.0, metadata={"help": "no LLRD: no layer knows more than another"})
     patience: int = field(default=10, metadata={"help": "epochs without validation improvement before stopping"})
     dropout: float = field(default=0.0, metadata={"help": "dropout before the head"})
+
+    # random transformer weights: a higher, uniform rate and more epochs; the head is not special
+    text_defaults: ClassVar[dict[str, Any]] = {
+        **FinetuneConfig.text_defaults, "epochs": 30, "lr": 5e-4, "head_lr": None, "layer_decay": 1.0, "patience": 8,
+    }
 
 
 class FinetuneStrategy:
@@ -80,17 +97,18 @@ class FinetuneStrategy:
         head = LinearHead(backbone.num_features, len(task.classes), dropout=cfg.dropout)
         if self.init_head is not None:
             head.load_state_dict(self.init_head.state_dict())
-        model = ImageClassifier(backbone, head).to(memory_format=torch.channels_last)
+        model = Classifier(backbone, head).to(memory_format=torch.channels_last)
         groups = backbone.layer_groups()
-        opt = torch.optim.AdamW(param_groups(groups, list(head.parameters()), cfg.lr, cfg.weight_decay, cfg.layer_decay))
-        train_loader, val_loader = image_loaders(task, cfg.batch_size, cfg.augment, cfg.hflip)
+        opt = torch.optim.AdamW(param_groups(groups, list(head.parameters()), cfg.lr, cfg.weight_decay, cfg.layer_decay,
+                                             head_lr=cfg.head_lr))
+        train_loader, val_loader = make_loaders(task, cfg.batch_size, cfg.augment, cfg.hflip)
         epochs, epoch_s = epochs_within_budget(task, cfg.epochs, self.epoch_seconds, self.relative_cost(len(groups)))
         steps = epochs * len(train_loader)
         sched = warmup_cosine(opt, steps, warmup_steps=int(cfg.warmup_epochs * len(train_loader)))
         t0 = time.monotonic()
         history, _ = train(
             model, opt, sched, train_loader, val_loader, acc,
-            epochs=epochs, patience=cfg.patience, prepare=image_prepare(backbone.preprocess),
+            epochs=epochs, patience=cfg.patience, prepare=make_prepare(backbone), multi_label=task.multi_label,
             on_epoch_start=self.schedule(backbone), deadline=task.deadline, label_smoothing=cfg.label_smoothing,
             checkpoint_dir=task.work_dir / f"checkpoints-{self.name}" if task.work_dir else None,
             description=self.name,
@@ -153,9 +171,8 @@ class ScratchStrategy(FinetuneStrategy):
 
     def make_backbone(self, task: TrainTask):
         torch.manual_seed(task.seed)
-        backbone = build(task.spec, pretrained=False)
-        backbone.preprocess = task.backbone.preprocess  # the same images as the transferred model sees
-        return backbone
+        # the same architecture, preprocessing and tokenizer: the same inputs as the transferred model sees
+        return task.backbone.random_like()
 
 
 def _group_modules(backbone) -> list[list[nn.Module]]:
@@ -165,7 +182,7 @@ def _group_modules(backbone) -> list[list[nn.Module]]:
         owners = {n.rsplit(".", 1)[0] for n in group}
         mods = []
         for o in sorted(owners):
-            m = backbone.body.get_submodule(o)
+            m = backbone.body.get_submodule(o) if o else backbone.body
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 mods.append(m)
         out.append(mods)

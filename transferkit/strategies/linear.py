@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -13,7 +14,7 @@ from ..engine.features import extract_features
 from ..engine.loop import train
 from ..engine.optim import warmup_cosine
 from ..engine.sampling import EpochShuffleSampler
-from ..heads import ImageClassifier, LinearHead
+from ..heads import Classifier, LinearHead
 from .base import FitResult, TrainTask
 
 
@@ -27,6 +28,9 @@ class LinearConfig:
     batch_size: int = field(default=64, metadata={"help": "features per step"})
     patience: int = field(default=20, metadata={"help": "epochs without validation improvement before stopping"})
     cache: bool = field(default=True, metadata={"help": "cache features on disk, keyed by backbone+preprocessing+file content"})
+
+    # sentence embeddings are unit-length: the head needs larger weights, so a larger step, to be confident
+    text_defaults: ClassVar[dict[str, Any]] = {"lr": 3e-2}
 
 
 class LinearStrategy:
@@ -53,10 +57,10 @@ class LinearStrategy:
         t1 = time.monotonic()
         history, _ = train(
             head, opt, sched, train_loader, val_loader, acc, epochs=cfg.epochs, patience=cfg.patience,
-            deadline=task.deadline, description="linear head",
+            deadline=task.deadline, description="linear head", multi_label=task.multi_label,
         )
         head = acc.unwrap_model(head).cpu()
-        model = ImageClassifier(task.backbone, head)
+        model = Classifier(task.backbone, head)
         return FitResult(
             model=model,
             strategy=self.name,

@@ -1,0 +1,158 @@
+"""``contrastive``: SetFit-style few-shot learning (Tunstall et al. 2022), in two steps.
+
+1. Contrastive pairs tune the encoder: pairs of training texts with the same label should embed close
+   (cosine similarity 1), pairs with different labels far apart (0); multi-label pairs aim at the Jaccard
+   similarity of their label sets. With n labelled texts there are about n^2 / 2 pairs, which is where the
+   extra signal comes from when n is tiny.
+2. A linear head is trained on the tuned encoder's embeddings (the ``linear`` strategy, unchanged).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import random
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..console import progress
+from ..engine.inference import text_batch
+from ..engine.loop import _any_process
+from ..engine.optim import param_groups, trainable_parameters, warmup_cosine
+from ..errors import TransferkitError
+from ..heads import Classifier
+from .base import FitResult, TrainTask
+from .linear import LinearConfig, LinearStrategy
+
+
+@dataclass
+class ContrastiveConfig:
+    """Contrastive pairs tune the encoder, then a linear head is fitted on its embeddings."""
+
+    pairs_per_example: int = field(default=20, metadata={"help": "positive and as many negative pairs drawn per training text (SetFit's num_iterations)"})
+    max_pairs: int = field(default=800, metadata={"help": "upper bound on pairs per epoch (CPU time grows with it)"})
+    epochs: int = field(default=1, metadata={"help": "passes over the pairs"})
+    lr: float = field(default=2e-5, metadata={"help": "peak AdamW learning rate of the encoder"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on norms and biases)"})
+    batch_size: int = field(default=16, metadata={"help": "pairs per step"})
+    warmup_fraction: float = field(default=0.1, metadata={"help": "share of the steps spent warming up"})
+    head_epochs: int = field(default=100, metadata={"help": "epochs of the head on the tuned embeddings"})
+
+
+def make_pairs(targets: torch.Tensor, per_example: int, max_pairs: int, seed: int) -> list[tuple[int, int, float]]:
+    """Balanced positive/negative pairs ``(i, j, target similarity)``, drawn with a fixed seed.
+
+    Single-label: 1 for the same class, 0 otherwise. Multi-label: the Jaccard similarity of the label sets.
+    """
+    rng = random.Random(seed)
+    n = len(targets)
+    if targets.ndim == 1:
+        keys = [int(t) for t in targets]
+    else:
+        keys = [tuple(torch.nonzero(t).flatten().tolist()) for t in targets]
+    by_key: dict[object, list[int]] = {}
+    for i, k in enumerate(keys):
+        by_key.setdefault(k, []).append(i)
+
+    def similarity(i: int, j: int) -> float:
+        if targets.ndim == 1:
+            return float(keys[i] == keys[j])
+        a, b = set(keys[i]), set(keys[j])
+        return len(a & b) / len(a | b) if a | b else 1.0
+
+    pairs = []
+    for _ in range(per_example):
+        for i in range(n):
+            same = by_key[keys[i]]
+            if len(same) > 1:
+                j = rng.choice([x for x in same if x != i])
+                pairs.append((i, j, similarity(i, j)))
+            others = [x for x in range(n) if keys[x] != keys[i]]
+            if others:
+                j = rng.choice(others)
+                pairs.append((i, j, similarity(i, j)))
+    rng.shuffle(pairs)
+    return pairs[:max_pairs]
+
+
+class PairDataset(Dataset):
+    def __init__(self, data, pairs: list[tuple[int, int, float]]):
+        self.ids, self.mask, self.pairs = data.input_ids, data.attention_mask, pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, k: int):
+        i, j, y = self.pairs[k]
+        return self.ids[i], self.mask[i], self.ids[j], self.mask[j], torch.tensor(y, dtype=torch.float32)
+
+
+class ContrastiveStrategy:
+    name = "contrastive"
+
+    def __init__(self, config: ContrastiveConfig | None = None):
+        self.config = config or ContrastiveConfig()
+
+    def fit(self, task: TrainTask) -> FitResult:
+        if task.modality != "text":
+            raise TransferkitError("Strategy 'contrastive' works with text backbones: use linear or finetune for images.")
+        cfg = self.config
+        t0 = time.monotonic()
+        encoder = copy.deepcopy(task.backbone)
+        pairs = make_pairs(task.train.targets, cfg.pairs_per_example, cfg.max_pairs, task.seed)
+        if not pairs:
+            raise TransferkitError("No contrastive pairs: every class needs at least one training example and there must be two classes.")
+        losses = self.tune(encoder, pairs, task) if cfg.epochs > 0 else []
+        t_tune = time.monotonic() - t0
+        # step 2: a fresh linear probe on the tuned encoder (its features differ from the pretrained ones)
+        head_task = dataclasses.replace(task, backbone=encoder.eval())
+        probe = LinearStrategy(LinearConfig(epochs=cfg.head_epochs, cache=False)).fit(head_task)
+        model = Classifier(encoder, probe.model.head)
+        return FitResult(
+            model=model, strategy=self.name, history=probe.history,
+            trainable_params=trainable_parameters(model),
+            timings={"contrastive_s": t_tune, **probe.timings},
+            details={"config": cfg.__dict__, "pairs": len(pairs), "positive_pairs": sum(p[2] == 1.0 for p in pairs),
+                     "contrastive_loss": losses},
+        )
+
+    def tune(self, encoder: nn.Module, pairs: list[tuple[int, int, float]], task: TrainTask) -> list[float]:
+        """Cosine-similarity regression on pairs (sentence-transformers' CosineSimilarityLoss); returns loss per epoch."""
+        cfg = self.config
+        acc = task.accelerator
+        loader = DataLoader(PairDataset(task.train, pairs), batch_size=cfg.batch_size, shuffle=True,
+                            generator=torch.Generator().manual_seed(task.seed))
+        opt = torch.optim.AdamW(param_groups(encoder.layer_groups(), [], cfg.lr, cfg.weight_decay))
+        steps = cfg.epochs * len(loader)
+        sched = warmup_cosine(opt, steps, warmup_steps=int(cfg.warmup_fraction * steps))
+        model, opt, loader, sched = acc.prepare(encoder, opt, loader, sched)
+        losses = []
+        with progress() as bar:
+            job = bar.add_task("contrastive pairs", total=steps, status="")
+            for _ in range(cfg.epochs):
+                model.train()
+                total, seen = 0.0, 0
+                for ids_a, mask_a, ids_b, mask_b, y in loader:
+                    t = time.monotonic()
+                    # both sides in one forward pass (rows share the set's padding width; trimmed to the longest)
+                    batch = text_batch(torch.cat([ids_a, ids_b]), torch.cat([mask_a, mask_b]))
+                    with acc.autocast():
+                        emb = model(batch).float()
+                    a, b = emb[: len(y)], emb[len(y):]
+                    loss = nn.functional.mse_loss(nn.functional.cosine_similarity(a, b), y)
+                    opt.zero_grad(set_to_none=True)
+                    acc.backward(loss)
+                    opt.step()
+                    sched.step()
+                    total += loss.item() * len(y)
+                    seen += len(y)
+                    bar.update(job, advance=1, status=f"loss {total / seen:.4f}")
+                    late = task.deadline is not None and time.monotonic() + (time.monotonic() - t) > task.deadline
+                    if _any_process(acc, late):
+                        break
+                losses.append(total / max(1, seen))
+        return losses
