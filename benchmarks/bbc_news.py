@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test-per-class", type=int, default=100)
     ap.add_argument("--work", type=Path, default=Path("runs/bench-bbc"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--results", type=Path, default=HERE / "results" / "bbc_news.json", help="where the JSON goes")
     args = ap.parse_args(argv)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     rows = []
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"| {r['per_class']} | {r['strategy']} | {r['test_accuracy']:.3f} | {r['test_macro_f1']:.3f} | "
               f"{r['wall_s']:.0f} s | {r['trainable_params']:,} |")
-    out = HERE / "results" / "bbc_news.json"
+    out = args.results
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"argv": sys.argv[1:], "rows": rows}, indent=2) + "\n")
     print(f"\nsaved {out}")

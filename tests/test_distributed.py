@@ -26,3 +26,18 @@ def test_two_process_fit_with_accelerate_launch(colour_splits, tiny_backbone, tm
     assert m["processes"] == 2, "the launcher's two processes must both train"
     assert m["test"]["n"] == 12 and len(m["history"]["epochs"]) == 3
     assert sorted(p.name for p in out.iterdir()) == ["confusion_matrix.png", "learning_curve.png", "metrics.json", "model", "report.md"]
+
+
+def test_two_process_text_fit(text_folder, tiny_text_backbone, tmp_path):
+    """The contrastive strategy has its own loop (pairs, not labels): it must shard and sync across processes too."""
+    out = tmp_path / "run"
+    launcher = Path(sys.executable).with_name("accelerate")
+    cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "-m", "transferkit", "fit", str(text_folder), "--backbone", tiny_text_backbone,
+           "--strategy", "contrastive", "--epochs", "1", "--max-length", "32", "--out", str(out), "--json"]
+    env = {**os.environ, "TRANSFERKIT_QUIET": "1", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["processes"] == 2 and m["task"] == "text-classification" and m["test"]["n"] == 12
+    assert m["details"]["contrastive_loss"], "the pairs were trained on"

@@ -217,8 +217,8 @@ def test_auto_choice_rule():
 
     from transferkit.strategies.auto import choose
 
-    def cand(acc):
-        return SimpleNamespace(history=SimpleNamespace(best=SimpleNamespace(val_acc=acc, val_loss=0.5)))
+    def cand(acc, loss=0.5):
+        return SimpleNamespace(history=SimpleNamespace(best=SimpleNamespace(val_acc=acc, val_loss=loss)))
 
     # 20 validation images, probe at 0.80: SE = 0.089, so one more correct image (0.85) is not enough
     assert choose({"linear": cand(0.80), "finetune": cand(0.85)}, 20) == "linear"
@@ -226,6 +226,9 @@ def test_auto_choice_rule():
     # 150 validation images, probe at 0.80: SE = 0.033
     assert choose({"linear": cand(0.80), "finetune": cand(0.84)}, 150) == "finetune"
     assert choose({"linear": cand(0.80)}, 150) == "linear"
+    # both perfect on validation (BBC News, 5 val articles: losses 0.21 vs 0.05): the loss decides, halved at least
+    assert choose({"linear": cand(1.0, 0.21), "finetune": cand(1.0, 0.05)}, 5) == "finetune"
+    assert choose({"linear": cand(1.0, 0.21), "finetune": cand(1.0, 0.12)}, 5) == "linear"
 
 
 def test_auto_stays_linear_with_too_few_labels(tmp_path, tiny_backbone):

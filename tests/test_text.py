@@ -121,6 +121,43 @@ def test_jsonl_lists_make_multi_label(tmp_path):
     assert s.train.multi_label and s.classes == ["a", "b", "c"]
 
 
+def test_multi_label_is_decided_once_for_all_splits(tmp_path):
+    path = tmp_path / "tags.jsonl"
+    rows = [{"text": f"t {i}", "labels": ["a", "b"] if i % 2 else ["a"], "split": "train"} for i in range(10)]
+    rows += [{"text": "only one label here", "labels": "a", "split": "test"}]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    s = load_text_splits(path)
+    assert s.train.multi_label and s.test.multi_label and s.test.labels == [("a",)]
+
+
+def test_empty_multi_label_cell_is_an_error_but_an_empty_list_is_not(tmp_path):
+    path = tmp_path / "tags.csv"
+    path.write_text("text,tags\nx,a|b\ny,\nz,b\n")
+    with pytest.raises(DataError, match=r"tags.csv line 3: the label \('tags'\) is empty"):
+        load_text_splits(path, options=TextOptions(label_sep="|"))
+    jsonl = tmp_path / "tags.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"text": f"t{i}", "labels": [] if i == 0 else ["a"] if i % 2 else ["b"]}) for i in range(9)))
+    s = load_text_splits(jsonl)
+    assert () in s.train.labels + s.val.labels + s.test.labels
+
+
+def test_unlabelled_classlabel_rows_are_not_given_a_class(tmp_path):
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    feats = Features({"text": Value("string"), "label": ClassLabel(names=["neg", "pos"])})
+    ds = Dataset.from_dict({"text": ["good", "bad", "fine"], "label": [1, 0, -1]}, features=feats)
+    with pytest.raises(DataError, match=r"row 2: the label \('label'\) is empty"):
+        load_text_splits(ds)
+
+
+def test_a_readme_beside_image_folders_keeps_them_images(colour_folder):
+    from transferkit.data.text import is_text_source
+
+    (colour_folder / "README.txt").write_text("where these images came from")
+    (colour_folder / "red" / "notes.txt").write_text("one note among many images")
+    assert not is_text_source(colour_folder)
+
+
 def test_folder_of_txt_and_split_folders(text_folder):
     s = load_text_splits(text_folder)
     assert len(s.test) == 12 and len(s.train) + len(s.val) == 30 and s.how == "given + stratified seed=0"
@@ -242,8 +279,11 @@ def test_multi_label_fit_predict_and_report(tmp_path, tiny_text_backbone):
     assert not (tmp_path / "run" / "confusion_matrix.png").exists()
     pred = model.predict(["goal team win and more words"])[0]
     assert "labels" in pred and all(0 <= t["probability"] <= 1 for t in pred["top"])
+    model.threshold = 0.3
+    model.save(tmp_path / "run" / "model")
     again = transferkit.load(tmp_path / "run" / "model")
-    assert again.multi_label and np.array_equal(again.predict_proba(["rain"]), model.predict_proba(["rain"]))
+    assert again.multi_label and again.threshold == 0.3
+    assert np.array_equal(again.predict_proba(["rain"]), model.predict_proba(["rain"]))
     assert "Micro-F1" in (tmp_path / "run" / "report.md").read_text()
 
 

@@ -108,8 +108,9 @@ def fit(
             raise TransferkitError(f"Backbone {bb.spec.name!r} is an image model, but the data are texts: pick a text encoder "
                                    f"such as {DEFAULT_TEXT_BACKBONE}.")
         if max_length is not None:
-            if not 8 <= max_length <= bb.body.config.max_position_embeddings:
-                raise TransferkitError(f"max_length {max_length} is out of range for {bb.spec.name}: use 8 to {bb.body.config.max_position_embeddings}.")
+            limit = bb.max_length_limit()
+            if not 8 <= max_length <= limit:
+                raise TransferkitError(f"max_length {max_length} is out of range for {bb.spec.name}: use 8 to {limit}.")
             bb.preprocess = dataclasses.replace(bb.preprocess, max_length=max_length)
         shape = f"{bb.num_features}-d, {bb.preprocess.pooling} pooling, {bb.preprocess.max_length} tokens"
     else:
@@ -200,6 +201,8 @@ def fit(
         "details": result.details,
     }
     model.meta = {"metrics": {k: metrics[k] for k in ("strategy", "val", "test", "train_val_gap", "trainable_params", "data")}}
+    if label_sep is not None:
+        model.meta["label_sep"] = label_sep  # evaluate() reads multi-label cells the same way
     if out is not None and accelerator.is_main_process:  # under `accelerate launch`, only rank 0 writes
         out = Path(out)
         model.save(out / "model")

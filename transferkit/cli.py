@@ -50,9 +50,9 @@ def fit(
     budget: Optional[str] = typer.Option(None, help="Wall-time budget, e.g. 90s, 10m, 1h: training plans its epochs to finish inside it (auto also uses it to decide whether to fine-tune)."),
     epochs: Optional[int] = typer.Option(None, help="Maximum epochs (default: the strategy's own)."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: the strategy's own)."),
-    batch_size: Optional[int] = typer.Option(None, help="Images per step (default: the strategy's own)."),
+    batch_size: Optional[int] = typer.Option(None, help="Examples per step (default: the strategy's own)."),
     seed: int = typer.Option(0, help="Seed for splits, initialisation and shuffling."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable or missing images with a warning and a count."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable or missing images, empty texts and undecodable files with a warning and a count."),
     precision: str = typer.Option("auto", help="auto (bf16 where the CPU/GPU supports it), bf16, fp16 or no."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out from its last epoch checkpoint."),
     image_size: Optional[int] = typer.Option(None, help="Override the backbone's input resolution (smaller trains faster on a CPU)."),
@@ -114,18 +114,19 @@ def predict(
     try:
         model = load(model_dir)
         items = list(inputs or [])
+        numbered: list[tuple[int, str]] = []
         if file or lines:
             if model.modality != "text":
                 raise TransferkitError("--file and --lines are for text models; pass image paths as arguments.")
             items += [_read_text(f) for f in file or []]
-            if lines:
-                items += [t for t in _read_text(lines).splitlines() if t.strip()]
+            numbered = [(i + 1, t) for i, t in enumerate(_read_text(lines).splitlines()) if t.strip()] if lines else []
+            items += [t for _, t in numbered]
         if not items:
             raise TransferkitError("Nothing to classify: pass images or texts as arguments, or --file/--lines.")
         preds = model.predict(items, top_k=top_k, skip_bad=skip_bad)
         if model.modality == "text":  # show where each text came from, not the whole article
             names = [*([_short(t) for t in inputs or []]), *[str(f) for f in file or []]]
-            names += [f"{lines}:{i + 1}" for i in range(len(items) - len(names))]
+            names += [f"{lines}:{n}" for n, _ in numbered]
             if len(preds) == len(names):
                 for p, n in zip(preds, names, strict=True):
                     p["input"] = n
@@ -174,7 +175,8 @@ def evaluate(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images or empty texts with a warning."),
     text_column: Optional[str] = typer.Option(None, help="Texts: the column holding the text."),
     label_column: Optional[str] = typer.Option(None, help="Texts: the column holding the label."),
-    label_sep: Optional[str] = typer.Option(None, help="Texts: separator of multi-label cells."),
+    label_sep: Optional[str] = typer.Option(None, help="Texts: separator of multi-label cells (default: the one used in training)."),
+    encoding: str = typer.Option("utf-8", help="Texts: encoding of .txt files."),
     as_json: bool = typer.Option(False, "--json", help="Print all metrics as JSON on stdout."),
 ) -> None:
     """Score a saved model on labelled images or texts."""
@@ -182,7 +184,9 @@ def evaluate(
 
     try:
         model = load(model_dir)
-        text_options = {"text_column": text_column, "label_column": label_column, "label_sep": label_sep}
+        text_options = {"text_column": text_column, "label_column": label_column, "encoding": encoding}
+        if label_sep is not None:
+            text_options["label_sep"] = label_sep
         m = model.evaluate(str(data), skip_bad=skip_bad, **(text_options if model.modality == "text" else {}))
     except TransferkitError as err:
         _fail(err)

@@ -76,6 +76,10 @@ class TextBackbone(nn.Module):
         self.spec = spec
         self.preprocess = preprocess
         self.num_features = int(body.config.hidden_size)
+        # batches are trimmed to their longest text from the right, and "lasttoken" pooling counts from the left
+        tokenizer.padding_side = "right"
+        if tokenizer.pad_token is None:  # GPT-style tokenizers have none; padding is masked out anyway
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         self.__dict__["tokenizer"] = tokenizer
         self._group_names = text_layer_groups(body)
 
@@ -93,6 +97,14 @@ class TextBackbone(nn.Module):
 
     def layer_group_names(self) -> list[list[str]]:
         return [list(names) for names in self._group_names]
+
+    def max_length_limit(self) -> int:
+        """The longest input the encoder accepts: its position table and its tokenizer's limit."""
+        limits = [int(getattr(self.body.config, "max_position_embeddings", 512))]
+        tok_max = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(tok_max, int) and 0 < tok_max < 100_000:
+            limits.append(tok_max)
+        return min(limits)
 
     def random_like(self) -> TextBackbone:
         """The same architecture and tokenizer with freshly initialised weights (the scratch baseline)."""
@@ -179,9 +191,13 @@ def model_dir(spec: BackboneSpec) -> Path:
 
     from .sources import _hub_offline_unless_reachable
 
+    files = ["*.json", "*.txt", "*.model", "1_Pooling/*", "2_Normalize/*", "0_Transformer/*"]
     try:
         with _hub_offline_unless_reachable(True):
-            return Path(snapshot_download(spec.arch, allow_patterns=["*.json", "*.txt", "*.model", "*.safetensors", "1_Pooling/*", "2_Normalize/*"]))
+            folder = Path(snapshot_download(spec.arch, allow_patterns=[*files, "*.safetensors"]))
+            if not any(folder.rglob("*.safetensors")):  # older repos ship only pytorch_model.bin
+                folder = Path(snapshot_download(spec.arch, allow_patterns=[*files, "*.bin"]))
+            return folder
     except Exception as err:  # offline, unknown repo, gated repo ...
         raise BackboneError(
             f"Could not download text backbone {spec.arch!r} ({type(err).__name__}): connect to the internet, or {OFFLINE_TEXT_HINT}."
@@ -201,14 +217,27 @@ def read_preprocess(folder: Path, tokenizer: Any, config: Any) -> TextPreprocess
                     pooling = _pooling_mode(json.loads(cfg_file.read_text()))
             elif kind.endswith("Normalize"):
                 normalize = True
-        st_cfg = folder / "sentence_bert_config.json"
-        if st_cfg.is_file():
-            max_length = json.loads(st_cfg.read_text()).get("max_seq_length")
+        for st_cfg in (folder / "sentence_bert_config.json", transformer_dir(folder) / "sentence_bert_config.json"):
+            if st_cfg.is_file():
+                max_length = json.loads(st_cfg.read_text()).get("max_seq_length")
+                break
     if not max_length:
         limits = [getattr(tokenizer, "model_max_length", 512), getattr(config, "max_position_embeddings", 512)]
         max_length = min(int(v) for v in limits if isinstance(v, int) and 0 < v < 100_000) if limits else 512
         max_length = min(max_length, 512)
     return TextPreprocessConfig(max_length=int(max_length), pooling=pooling, normalize=normalize)
+
+
+def transformer_dir(folder: Path) -> Path:
+    """Where the encoder's own files are: the folder itself, or the Transformer module's subfolder of an older
+    sentence-transformers layout (``0_Transformer/``)."""
+    modules_file = folder / "modules.json"
+    if modules_file.is_file():
+        for module in json.loads(modules_file.read_text()):
+            sub = module.get("path", "")
+            if module.get("type", "").endswith("Transformer") and sub and (folder / sub / "config.json").is_file():
+                return folder / sub
+    return folder
 
 
 def _pooling_mode(cfg: dict[str, Any]) -> str:
@@ -242,11 +271,12 @@ def build_text(spec: BackboneSpec, pretrained: bool = True) -> TextBackbone:
 
     _quiet_transformers()
     folder = model_dir(spec)
+    weights = transformer_dir(folder)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        config = AutoConfig.from_pretrained(str(folder))
+        tokenizer = AutoTokenizer.from_pretrained(str(weights))
+        config = AutoConfig.from_pretrained(str(weights))
         if pretrained:
-            body = AutoModel.from_pretrained(str(folder), **_no_pooler(config))
+            body = AutoModel.from_pretrained(str(weights), **_no_pooler(config))
         else:
             body = AutoModel.from_config(config, **_no_pooler(config))
     except (OSError, ValueError, KeyError) as err:

@@ -144,13 +144,17 @@ class TransferModel:
     def evaluate(self, source: Any, skip_bad: bool = False, **text_options: Any) -> dict[str, Any]:
         """Metrics on labelled data: a folder (its ``test/`` if present), a CSV/TSV/JSONL (its test rows if it has a
         split column), or for text models also a DataFrame or HF dataset. Every example is scored; no split is made.
-        ``text_options``: ``text_column``, ``label_column``, ``label_sep``, ``encoding``."""
+        ``text_options``: ``text_column``, ``label_column``, ``label_sep`` (default: the one used in training), ``encoding``."""
         from ..evaluation.metrics import classification_metrics, multilabel_metrics
 
         if self.modality == "text":
             from ..data.text import TextOptions, encode_set, load_text_eval_set
 
-            texts = load_text_eval_set(source, TextOptions(skip_bad=skip_bad, **text_options))
+            # read labels the way training did: the model says single- or multi-label, and how cells were split
+            text_options.setdefault("label_sep", self.meta.get("label_sep"))
+            if text_options["label_sep"] is None:
+                text_options.pop("label_sep")
+            texts = load_text_eval_set(source, TextOptions(skip_bad=skip_bad, multi_label=self.multi_label, **text_options))
             self._check_labels(texts.label_names(), source)
             data = encode_set(texts, self.classifier.backbone, self.classes)
         else:
@@ -177,13 +181,14 @@ class TransferModel:
         from .. import __version__
 
         bb = self.classifier.backbone
-        own = ("format", "transferkit_version", "task", "labels", "multi_label", "backbone", "preprocess", "head")
+        own = ("format", "transferkit_version", "task", "labels", "multi_label", "threshold", "backbone", "preprocess", "head")
         config = {
             "format": BUNDLE_FORMAT,
             "transferkit_version": __version__,
             "task": f"{self.modality}-classification",
             "labels": self.classes,
             "multi_label": self.multi_label,
+            "threshold": self.threshold,
             "backbone": bb.spec.to_dict(),
             "preprocess": bb.preprocess.to_dict(),
             "head": self.classifier.head.config,
@@ -233,7 +238,9 @@ class TransferModel:
         classifier.load_state_dict(load_file(str(w_path)))
         meta = {k: v for k, v in config.items() if k not in ("labels",)}
         files = {str(f.relative_to(folder)): f.read_bytes() for f in (folder / "adapter").rglob("*") if f.is_file()}
-        return cls(classifier, config["labels"], meta, multi_label=config.get("multi_label", False), files=files)
+        model = cls(classifier, config["labels"], meta, multi_label=config.get("multi_label", False), files=files)
+        model.threshold = float(config.get("threshold", 0.5))
+        return model
 
 
 def load(folder: str | Path) -> TransferModel:

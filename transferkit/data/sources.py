@@ -161,8 +161,9 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
     suffix = path.suffix.lower()
     try:
         text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise DataError(f"{path} is not UTF-8 text: save it as UTF-8.") from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at position {err.start}): "
+                        "save it as UTF-8.") from None
     if suffix in (".jsonl", ".ndjson"):
         rows = []
         for i, line in enumerate(text.splitlines(), 1):
@@ -188,14 +189,26 @@ def _split(train: ImageSet, given: dict[str, ImageSet], val_fraction: float, tes
         unknown = sorted(set(ds.labels) - set(classes))
         if unknown:
             raise DataError(f"The {name} split has labels not seen in training ({', '.join(unknown[:5])}): add training images for them.")
+    return carve_splits(train, given, classes, train.labels, val_fraction, test_fraction, seed)
+
+
+def carve_splits(train, given: dict, classes: list[str], strata: list[str], val_fraction: float, test_fraction: float,
+                 seed: int) -> Splits:
+    """Keep the given val/test sets; carve the missing ones out of ``train``, stratified by ``strata``.
+
+    A class with a single example stays in training (with a warning): it cannot be validated or tested.
+    """
+    singles = [c for c, n in train.counts().items() if n == 1]
+    if singles:
+        from ..console import warn
+
+        warn(f"class(es) {', '.join(singles[:5])} have a single example: it is used for training only, so the scores "
+             "say nothing about them; add more examples of each class")
     how = "given" if given else ""
-    rest = train
-    test = given.get("test")
-    if "val" in given:
-        val = given["val"]
-    else:
+    rest, test, val = train, given.get("test"), given.get("val")
+    if val is None:
         fractions = {"val": val_fraction} if test is not None else {"test": test_fraction, "val": val_fraction}
-        parts = stratified_split(rest.labels, fractions, seed)
+        parts = stratified_split(strata, fractions, seed)
         val = rest.subset(parts["val"])
         if "test" in parts:
             test = rest.subset(parts["test"])

@@ -12,18 +12,20 @@ tokenised once per run by :func:`encode_texts` with the backbone's own tokenizer
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from ..console import info, warn
+from ..console import info, progress, warn
 from ..errors import DataError
-from .sources import SPLIT_DIRS, Splits, _read_rows, stratified_split
+from .sources import SPLIT_DIRS, Splits, _read_rows, carve_splits
+
+if TYPE_CHECKING:
+    import torch
 
 TEXT_COLUMNS = ("text", "sentence", "content", "body", "review", "document", "message", "utterance", "comment", "tweet")
 LABEL_COLUMNS = ("label", "labels", "class", "category", "target", "intent", "topic", "sentiment", "tags")
@@ -75,6 +77,7 @@ class TextOptions:
     label_sep: str | None = None  # e.g. "|" for multi-label CSV cells such as "sport|politics"
     encoding: str = "utf-8"
     skip_bad: bool = False
+    multi_label: bool | None = None  # None: decided by the data (list-valued labels, or label_sep given)
 
 
 def is_text_source(source: Any, options: TextOptions | None = None) -> bool:
@@ -95,11 +98,17 @@ def is_text_source(source: Any, options: TextOptions | None = None) -> bool:
         if path.is_dir():
             if _is_saved_hf_dataset(path):
                 return True
-            for f in list(path.rglob("*"))[:200]:
-                if f.is_file() and not f.name.startswith("."):
-                    if f.suffix.lower() in TEXT_SUFFIXES:
-                        return True
-            return False
+            # count what the class folders hold (a README.txt beside image folders does not make it text)
+            from .sources import IMAGE_SUFFIXES
+
+            n_text = n_image = 0
+            for i, f in enumerate(path.rglob("*")):
+                if i > 2000:
+                    break
+                if f.is_file() and f.parent != path and not f.name.startswith("."):
+                    n_text += f.suffix.lower() in TEXT_SUFFIXES
+                    n_image += f.suffix.lower() in IMAGE_SUFFIXES
+            return n_text > n_image
         if path.is_file() and path.suffix.lower() in (".csv", ".tsv", ".jsonl", ".ndjson"):
             try:
                 rows = _read_rows(path)[:1]
@@ -133,9 +142,10 @@ def load_text_splits(
         if labels is None or len(labels) != len(source):
             raise DataError(f"{len(source)} texts need as many labels: pass labels=[...] of the same length.")
         train = _from_records([{"text": t, "label": y} for t, y in zip(source, labels, strict=True)], "the text list",
-                              TextOptions("text", "label", opts.label_sep, opts.encoding, opts.skip_bad), names=None)
+                              dataclasses.replace(opts, text_column="text", label_column="label"), names=None)
     elif _is_dataframe(source):
-        train = _from_records(source.to_dict("records"), "the DataFrame", opts)
+        records = source.to_dict("records")
+        train, given = _records_with_splits(records, "the DataFrame", opts, [f"the DataFrame row {i}" for i in range(len(records))])
     elif _is_hf_dataset(source):
         train, given = _from_hf(source, "the dataset", opts)
     else:
@@ -170,9 +180,11 @@ def load_text_eval_set(source: Any, options: TextOptions | None = None, labels: 
         if labels is None or len(labels) != len(source):
             raise DataError(f"{len(source)} texts need as many labels: pass labels=[...] of the same length.")
         return _from_records([{"text": t, "label": y} for t, y in zip(source, labels, strict=True)], "the text list",
-                             TextOptions("text", "label", opts.label_sep, opts.encoding, opts.skip_bad))
+                             dataclasses.replace(opts, text_column="text", label_column="label"))
     if _is_dataframe(source):
-        return _from_records(source.to_dict("records"), "the DataFrame", opts)
+        records = source.to_dict("records")
+        train, given = _records_with_splits(records, "the DataFrame", opts, [f"the DataFrame row {i}" for i in range(len(records))])
+        return given.get("test") or train
     if _is_hf_dataset(source):
         train, given = _from_hf(source, "the dataset", opts)
         return given.get("test") or train
@@ -202,21 +214,7 @@ def split_texts(train: TextSet, given: dict[str, TextSet], val_fraction: float, 
         unknown = sorted(set(ds.label_names()) - set(classes))
         if unknown:
             raise DataError(f"The {name} split has labels not seen in training ({', '.join(unknown[:5])}): add training texts for them.")
-    singles = [c for c, n in train.counts().items() if n == 1]
-    if singles:
-        warn(f"class(es) {', '.join(singles[:5])} have a single example: it is used for training only, so the scores "
-             "say nothing about them; add more examples of each class")
-    how = "given" if given else ""
-    test, val, rest = given.get("test"), given.get("val"), train
-    if val is None:
-        fractions = {"val": val_fraction} if test is not None else {"test": test_fraction, "val": val_fraction}
-        parts = stratified_split(rest.strata(), fractions, seed)
-        val = rest.subset(parts["val"])
-        if "test" in parts:
-            test = rest.subset(parts["test"])
-        rest = rest.subset(parts["rest"])
-        how = f"{how + ' + ' if how else ''}stratified seed={seed}"
-    return Splits(train=rest, val=val, test=test, classes=classes, how=how or "given")
+    return carve_splits(train, given, classes, train.strata(), val_fraction, test_fraction, seed)
 
 
 def read_text_folders(root: Path, opts: TextOptions) -> TextSet:
@@ -286,6 +284,9 @@ def read_text_table(path: Path, opts: TextOptions) -> tuple[TextSet, dict[str, T
 
 
 def _records_with_splits(records: list[dict], origin: str, opts: TextOptions, names: list[str]) -> tuple[TextSet, dict[str, TextSet]]:
+    if records and opts.multi_label is None:  # decided once for all splits, so they agree
+        _, label_col = choose_columns(list(records[0]), origin, opts, records[0])
+        opts = dataclasses.replace(opts, multi_label=_is_multi(records, label_col, opts))
     if records and "split" in {str(k).lower() for k in records[0]}:
         parts: dict[str, list[int]] = defaultdict(list)
         for i, r in enumerate(records):
@@ -352,7 +353,7 @@ def _from_records(records: list[dict], origin: str, opts: TextOptions, names: li
     names = names or [f"{origin} row {i}" for i in range(len(records))]
     text_col, label_col = choose_columns(list(records[0]), origin, opts, records[0])
     raw = [_get(r, label_col) for r in records]
-    multi = opts.label_sep is not None or any(isinstance(y, (list, tuple)) for y in raw)
+    multi = opts.multi_label if opts.multi_label is not None else _is_multi(records, label_col, opts)
     texts, labels, kept, skipped = [], [], [], 0
     for r, y, where in zip(records, raw, names, strict=True):
         text = _get(r, text_col)
@@ -373,9 +374,16 @@ def _from_records(records: list[dict], origin: str, opts: TextOptions, names: li
     return TextSet(texts, labels, kept, origin, multi)
 
 
+def _is_multi(records: list[dict], label_col: str, opts: TextOptions) -> bool:
+    return opts.label_sep is not None or any(isinstance(_get(r, label_col), (list, tuple)) for r in records)
+
+
 def _parse_label(y: Any, multi: bool, sep: str | None) -> Any:
-    if y is None or (isinstance(y, float) and y != y):  # None or NaN (pandas' empty cell)
-        return None if not multi else ()
+    """A label string, a sorted tuple of labels (multi-label), or None when missing (None, NaN, empty cell).
+
+    An explicit empty list is a valid multi-label answer (no label applies); an empty cell is not."""
+    if y is None or (isinstance(y, float) and y != y) or (isinstance(y, str) and not y.strip()):
+        return None
     if multi:
         if isinstance(y, (list, tuple)):
             items = [str(v).strip() for v in y]
@@ -408,6 +416,10 @@ def _columns(x: Any) -> list[str]:
 def _from_hf(ds: Any, origin: str, opts: TextOptions) -> tuple[TextSet, dict[str, TextSet]]:
     """A ``datasets.Dataset`` (or a ``DatasetDict`` with train/validation/test), ClassLabel ids turned into names."""
     if isinstance(getattr(ds, "column_names", None), dict):  # DatasetDict
+        if opts.multi_label is None:  # decided once for all splits, so they agree
+            first = next(iter(ds.values()))
+            _, label_col = choose_columns(list(first.column_names), origin, opts, first[0] if len(first) else None)
+            opts = dataclasses.replace(opts, multi_label=any(_hf_is_multi(part, label_col) for part in ds.values()))
         parts = {}
         for key, part in ds.items():
             split = next((k for k, ns in SPLIT_DIRS.items() if key.lower() in ns), None)
@@ -421,15 +433,20 @@ def _from_hf(ds: Any, origin: str, opts: TextOptions) -> tuple[TextSet, dict[str
     return _hf_records(ds, origin, opts), {}
 
 
+def _hf_is_multi(ds: Any, label_col: str) -> bool:
+    feature = ds.features.get(label_col)
+    return type(feature).__name__ in ("Sequence", "List", "LargeList") or (len(ds) > 0 and isinstance(ds[0][label_col], list))
+
+
 def _hf_records(ds: Any, origin: str, opts: TextOptions) -> TextSet:
     text_col, label_col = choose_columns(list(ds.column_names), origin, opts, ds[0] if len(ds) else None)
     feature = ds.features.get(label_col)
     names_of = getattr(feature, "names", None) or getattr(getattr(feature, "feature", None), "names", None)
     values = ds[label_col]
-    if names_of:  # ClassLabel (or a sequence of ClassLabel): ids -> names
-        values = [[names_of[v] for v in y] if isinstance(y, list) else names_of[y] for y in values]
+    if names_of:  # ClassLabel (or a sequence of ClassLabel): ids -> names; -1 means "no label" (e.g. GLUE test sets)
+        values = [[names_of[v] for v in y if v >= 0] if isinstance(y, list) else (names_of[y] if y >= 0 else None) for y in values]
     records = [{text_col: t, label_col: y} for t, y in zip(ds[text_col], values, strict=True)]
-    o = TextOptions(text_col, label_col, opts.label_sep, opts.encoding, opts.skip_bad)
+    o = dataclasses.replace(opts, text_column=text_col, label_column=label_col)
     return _from_records(records, origin, o, [f"{origin} row {i}" for i in range(len(records))])
 
 
@@ -461,6 +478,8 @@ class EncodedTexts:
 
 
 def targets_of(ds: TextSet, classes: list[str]) -> torch.Tensor:
+    import torch
+
     index = {c: i for i, c in enumerate(classes)}
     if ds.multi_label:
         t = torch.zeros(len(ds), len(classes))
@@ -471,26 +490,35 @@ def targets_of(ds: TextSet, classes: list[str]) -> torch.Tensor:
     return torch.tensor([index[y] for y in ds.labels], dtype=torch.long)
 
 
+HUGE_TEXT = 100_000  # characters: more than any document an encoder reads; likely a whole file in one cell
+
+
 def encode_texts(texts: list[str], tokenizer: Any, max_length: int, targets: torch.Tensor | None = None,
                  names: list[str] | None = None, description: str = "tokenising") -> EncodedTexts:
-    """Tokenise once, with the backbone's tokenizer, truncating at ``max_length`` tokens (counted).
+    """Tokenise once, with the backbone's tokenizer, truncating at ``max_length`` tokens (counted in ``truncated``).
 
-    Very long inputs are cut to ``64 * max_length`` characters first: no tokenizer needs more to fill
-    ``max_length`` tokens, and a 1 MB "text" then costs no more than a page.
+    Inputs are cut to ``64 * max_length`` characters before tokenising (no tokenizer needs more to fill
+    ``max_length`` tokens), so a 1 MB "text" costs no more than a page; texts over 100,000 characters are
+    named in a warning, since they are rarely meant as one example.
     """
+    import torch
+
     limit = 64 * max_length
     cut = [t[:limit] for t in texts]
-    n_cut = sum(len(t) > limit for t in texts)
-    lengths = tokenizer(cut, add_special_tokens=True, truncation=False, return_attention_mask=False,
-                        return_token_type_ids=False, verbose=False)["input_ids"] if cut else []
-    enc = tokenizer(cut, truncation=True, max_length=max_length, padding="longest", return_tensors="pt",
-                    return_token_type_ids=False) if cut else {"input_ids": torch.zeros(0, 1, dtype=torch.long),
-                                                              "attention_mask": torch.zeros(0, 1, dtype=torch.long)}
+    huge = [i for i, t in enumerate(texts) if len(t) > HUGE_TEXT]
+    if huge:
+        first = names[huge[0]] if names else f"#{huge[0]}"
+        warn(f"{len(huge)} text(s) exceed {HUGE_TEXT:,} characters (first: {first}, {len(texts[huge[0]]):,} characters); "
+             f"only their first {max_length} tokens are used")
+    with progress() as bar:
+        job = bar.add_task(description, total=len(texts), status="")
+        lengths = tokenizer(cut, add_special_tokens=True, truncation=False, return_attention_mask=False,
+                            return_token_type_ids=False, verbose=False)["input_ids"] if cut else []
+        enc = tokenizer(cut, truncation=True, max_length=max_length, padding="longest", return_tensors="pt",
+                        return_token_type_ids=False) if cut else {"input_ids": torch.zeros(0, 1, dtype=torch.long),
+                                                                  "attention_mask": torch.zeros(0, 1, dtype=torch.long)}
+        bar.advance(job, len(texts))
     truncated = sum(len(ids) > max_length or len(t) > limit for ids, t in zip(lengths, texts, strict=True))
-    if n_cut:
-        longest = max(range(len(texts)), key=lambda i: len(texts[i]))
-        warn(f"{n_cut} text(s) are very long (longest: {names[longest] if names else f'#{longest}'}, "
-             f"{len(texts[longest]):,} characters); only their first {max_length} tokens are used")
     return EncodedTexts(
         input_ids=enc["input_ids"].to(torch.int32),
         attention_mask=enc["attention_mask"].to(torch.int8),

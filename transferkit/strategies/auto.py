@@ -80,10 +80,15 @@ def choose(candidates: dict[str, FitResult], n_val: int) -> str:
     With 20 validation images one image is 5 points of accuracy: a fine-tuned model that wins by one image
     is not shown to be better, and the probe is cheaper and harder to overfit. So fine-tuning must beat the
     probe's validation accuracy by at least one standard error, sqrt(p (1 - p) / n).
+
+    When both are right on every validation example, accuracy cannot separate them; then the validation loss
+    (how confidently right) decides, and fine-tuning must at least halve it.
     """
     lin = candidates["linear"].history.best
     if "finetune" not in candidates:
         return "linear"
     ft = candidates["finetune"].history.best
+    if lin.val_acc == 1.0 and ft.val_acc == 1.0:
+        return "finetune" if ft.val_loss <= 0.5 * lin.val_loss else "linear"
     se = max((lin.val_acc * (1 - lin.val_acc) / max(1, n_val)) ** 0.5, 1.0 / max(1, n_val))
     return "finetune" if ft.val_acc >= lin.val_acc + se - 1e-9 else "linear"

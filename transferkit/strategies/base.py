@@ -159,7 +159,9 @@ def sample_batch(task: TrainTask, n: int = 16) -> Any:
 def estimate_epoch_seconds(task: TrainTask, batch: int = 16) -> float:
     """Time one forward+backward step on a copy of the backbone and scale to an epoch (plus validation)."""
     model = copy.deepcopy(task.backbone).train().to(memory_format=torch.channels_last)
+    device = next(model.parameters()).device  # the probe may have moved the backbone to the GPU already
     x = sample_batch(task, batch)
+    x = {k: v.to(device) for k, v in x.items()} if isinstance(x, dict) else x.to(device)
     n = len(x["input_ids"]) if isinstance(x, dict) else len(x)
     acc = task.accelerator
     times = []

@@ -25,7 +25,7 @@ from ..engine.loop import _any_process
 from ..engine.optim import param_groups, trainable_parameters, warmup_cosine
 from ..errors import TransferkitError
 from ..heads import Classifier
-from .base import FitResult, TrainTask
+from .base import FitResult, TrainTask, config_for
 from .linear import LinearConfig, LinearStrategy
 
 
@@ -46,17 +46,17 @@ class ContrastiveConfig:
 def make_pairs(targets: torch.Tensor, per_example: int, max_pairs: int, seed: int) -> list[tuple[int, int, float]]:
     """Balanced positive/negative pairs ``(i, j, target similarity)``, drawn with a fixed seed.
 
-    Single-label: 1 for the same class, 0 otherwise. Multi-label: the Jaccard similarity of the label sets.
+    Rounds over the training texts in shuffled order; each round gives every text one partner with the same
+    label(s) and one with other labels, until ``per_example`` rounds or ``max_pairs`` pairs. Single-label
+    targets: 1 for the same class, 0 otherwise. Multi-label: the Jaccard similarity of the label sets.
     """
     rng = random.Random(seed)
     n = len(targets)
-    if targets.ndim == 1:
-        keys = [int(t) for t in targets]
-    else:
-        keys = [tuple(torch.nonzero(t).flatten().tolist()) for t in targets]
+    keys = [int(t) for t in targets] if targets.ndim == 1 else [tuple(torch.nonzero(t).flatten().tolist()) for t in targets]
     by_key: dict[object, list[int]] = {}
     for i, k in enumerate(keys):
         by_key.setdefault(k, []).append(i)
+    others = {k: [i for i in range(n) if keys[i] != k] for k in by_key}  # O(n x distinct keys), once
 
     def similarity(i: int, j: int) -> float:
         if targets.ndim == 1:
@@ -64,19 +64,22 @@ def make_pairs(targets: torch.Tensor, per_example: int, max_pairs: int, seed: in
         a, b = set(keys[i]), set(keys[j])
         return len(a & b) / len(a | b) if a | b else 1.0
 
-    pairs = []
+    pairs: list[tuple[int, int, float]] = []
+    order = list(range(n))
     for _ in range(per_example):
-        for i in range(n):
+        rng.shuffle(order)
+        for i in order:
             same = by_key[keys[i]]
             if len(same) > 1:
-                j = rng.choice([x for x in same if x != i])
+                j = same[rng.randrange(len(same) - 1)]
+                j = same[-1] if j == i else j  # any member but i itself
                 pairs.append((i, j, similarity(i, j)))
-            others = [x for x in range(n) if keys[x] != keys[i]]
-            if others:
-                j = rng.choice(others)
+            if others[keys[i]]:
+                j = rng.choice(others[keys[i]])
                 pairs.append((i, j, similarity(i, j)))
-    rng.shuffle(pairs)
-    return pairs[:max_pairs]
+            if len(pairs) >= max_pairs:
+                return pairs[:max_pairs]
+    return pairs
 
 
 class PairDataset(Dataset):
@@ -110,7 +113,7 @@ class ContrastiveStrategy:
         t_tune = time.monotonic() - t0
         # step 2: a fresh linear probe on the tuned encoder (its features differ from the pretrained ones)
         head_task = dataclasses.replace(task, backbone=encoder.eval())
-        probe = LinearStrategy(LinearConfig(epochs=cfg.head_epochs, cache=False)).fit(head_task)
+        probe = LinearStrategy(config_for(LinearConfig, "text", epochs=cfg.head_epochs, cache=False)).fit(head_task)
         model = Classifier(encoder, probe.model.head)
         return FitResult(
             model=model, strategy=self.name, history=probe.history,
@@ -130,10 +133,13 @@ class ContrastiveStrategy:
         steps = cfg.epochs * len(loader)
         sched = warmup_cosine(opt, steps, warmup_steps=int(cfg.warmup_fraction * steps))
         model, opt, loader, sched = acc.prepare(encoder, opt, loader, sched)
-        losses = []
+        losses: list[float] = []
+        out_of_time = False
         with progress() as bar:
-            job = bar.add_task("contrastive pairs", total=steps, status="")
+            job = bar.add_task("contrastive pairs", total=cfg.epochs * len(loader), status="")  # this process's steps
             for _ in range(cfg.epochs):
+                if out_of_time:
+                    break
                 model.train()
                 total, seen = 0.0, 0
                 for ids_a, mask_a, ids_b, mask_b, y in loader:
@@ -153,6 +159,9 @@ class ContrastiveStrategy:
                     bar.update(job, advance=1, status=f"loss {total / seen:.4f}")
                     late = task.deadline is not None and time.monotonic() + (time.monotonic() - t) > task.deadline
                     if _any_process(acc, late):
+                        out_of_time = True
                         break
-                losses.append(total / max(1, seen))
+                # every process's pairs count, so all ranks record the same loss
+                sums = acc.reduce(torch.tensor([total, seen], dtype=torch.float64, device=acc.device), "sum")
+                losses.append(float(sums[0] / max(1.0, float(sums[1]))))
         return losses

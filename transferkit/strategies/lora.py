@@ -93,7 +93,7 @@ class LoraStrategy:
             checkpoint_dir=task.work_dir / "checkpoints-lora" if task.work_dir else None, description="lora",
         )
         model = acc.unwrap_model(model).cpu().eval()
-        files = adapter_files(model.backbone.body, model.head, task.spec.name)
+        files = adapter_files(model.backbone.body, model.head, base_model_id(task.spec))
         # merge: the bundle is one plain encoder + head, rebuilt without peft; predictions equal this model's
         model.backbone.body = model.backbone.body.merge_and_unload()
         freeze(list(model.parameters()), frozen=False)
@@ -113,13 +113,22 @@ def adapter_files(peft_body: nn.Module, head: nn.Module, base_name: str) -> dict
     out: dict[str, bytes] = {}
     with tempfile.TemporaryDirectory() as tmp:
         peft_body.peft_config["default"].base_model_name_or_path = base_name
-        peft_body.save_pretrained(tmp)
+        peft_body.save_pretrained(tmp, save_embedding_layers=False)  # embeddings are not adapted
         for f in Path(tmp).rglob("*"):
             if f.is_file() and f.name != "README.md":
                 out[f"adapter/{f.relative_to(tmp)}"] = f.read_bytes()
     out["adapter/head.safetensors"] = save({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()})
     out["adapter/head.json"] = json.dumps(head.config, indent=2).encode()
     return out
+
+
+def base_model_id(spec) -> str:
+    """What ``PeftModel.from_pretrained`` needs as the base: a hub id or a local folder."""
+    from ..backbones.text import TEXT_BACKBONES
+
+    if spec.source == "text-package":
+        return TEXT_BACKBONES[spec.name]["hub"]
+    return spec.arch
 
 
 def load_adapter(base_body: nn.Module, folder: str | Path) -> tuple[nn.Module, nn.Module]:
