@@ -19,12 +19,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
-# Fashion-MNIST from Debian (the loader downloads it instead where apt is not available).
+# Debian packages: Fashion-MNIST (the loader downloads it instead where apt is not available) and espeak-ng
+# (spoken digits for the audio benchmark; its test is skipped without it).
+DEBS := $(if $(wildcard $(FMNIST)/t10k-labels-idx1-ubyte.gz),,dataset-fashion-mnist) $(if $(shell command -v espeak-ng),,espeak-ng)
 data:
-	@if [ ! -f $(FMNIST)/t10k-labels-idx1-ubyte.gz ]; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q dataset-fashion-mnist; \
-	  elif command -v sudo >/dev/null; then sudo apt-get update -q && sudo apt-get install -y -q dataset-fashion-mnist; \
-	  else echo "note: dataset-fashion-mnist not installed; transferkit will try to download Fashion-MNIST"; fi; \
+	@if [ -n "$(strip $(DEBS))" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q $(DEBS); \
+	  elif command -v sudo >/dev/null; then sudo apt-get update -q && sudo apt-get install -y -q $(DEBS); \
+	  else echo "note: not installed: $(DEBS) (Fashion-MNIST will be downloaded; spoken digits are unavailable)"; fi; \
 	fi
 
 demo: $(STAMP) data
