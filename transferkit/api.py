@@ -217,9 +217,7 @@ def fit(
 
 
 def _names(encoded: Any, source: Any) -> list[str]:
-    """Where each scored example came from: a text's file/row, an image's path (skipped images left out)."""
+    """Where each scored example came from: a text's file/row, an image's path (or its position for arrays)."""
     if hasattr(encoded, "names"):
         return list(encoded.names)
-    skipped = set(encoded.skipped)
-    return [str(x) if not hasattr(x, "shape") else f"array #{i}" for i, x in enumerate(source.items)
-            if hasattr(x, "shape") or str(x) not in skipped]
+    return [f"array #{i}" if hasattr(source.items[i], "shape") else str(source.items[i]) for i in encoded.kept]

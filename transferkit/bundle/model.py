@@ -71,9 +71,9 @@ class TransferModel:
 
             if isinstance(inputs, str):
                 raise TransferkitError("Pass a list of texts, not a single string: model.predict([text]).")
-            kept, bad = [], []
-            for i, t in enumerate(inputs):
-                (kept if isinstance(t, str) and t.strip() else bad).append(t if isinstance(t, str) and t.strip() else i)
+            ok = [isinstance(t, str) and bool(t.strip()) for t in inputs]
+            bad = [i for i, good in enumerate(ok) if not good]
+            kept = [t for t, good in zip(inputs, ok, strict=True) if good]
             if bad and not skip_bad:
                 raise TransferkitError(f"Input #{bad[0]} is empty or not a string: give non-empty texts (or skip_bad=True).")
             if bad:
@@ -86,11 +86,10 @@ class TransferModel:
         from ..data.images import decode
         from ..data.sources import ImageSet
 
-        data = decode(ImageSet(list(images), [self.classes[0]] * len(images)), self.preprocess, self.classes,
+        images = list(images)
+        data = decode(ImageSet(images, [self.classes[0]] * len(images)), self.preprocess, self.classes,
                       skip_bad=skip_bad, description="decoding")
-        skipped = set(data.skipped)
-        kept = [x for x in images if isinstance(x, np.ndarray) or str(x) not in skipped]
-        return data, kept
+        return data, [images[i] for i in data.kept]
 
     def predict_proba(self, inputs: list[Any], batch_size: int = 64, precision: str = "auto", skip_bad: bool = False) -> np.ndarray:
         """Class probabilities ``(N, C)`` in ``self.classes`` order, for image paths or HxW[xC] uint8 arrays

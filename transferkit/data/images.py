@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +31,14 @@ _INTERP = {
 
 @dataclass
 class DecodedImages:
-    """``pixels``: (N, 3, H, W) uint8; ``targets``: (N,) class indices; ``fingerprints``: content hashes."""
+    """``pixels``: (N, 3, H, W) uint8; ``targets``: (N,) class indices; ``fingerprints``: content hashes;
+    ``kept``: for each decoded image, its position in the source (unreadable ones skipped leave gaps)."""
 
     pixels: torch.Tensor
     targets: torch.Tensor
     fingerprints: list[str]
     skipped: list[str]
+    kept: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -120,7 +122,7 @@ def decode(
     if len(idx) == 0:
         raise DataError(f"No readable images in {images.origin or 'the data'}: check the files are images.")
     targets = torch.tensor([index[images.labels[i]] for i in idx], dtype=torch.long)
-    return DecodedImages(pixels[torch.from_numpy(idx)], targets, [prints[i] for i in idx], skipped)
+    return DecodedImages(pixels[torch.from_numpy(idx)], targets, [prints[i] for i in idx], skipped, idx.tolist())
 
 
 def normalize(pixels: torch.Tensor, pre: PreprocessConfig) -> torch.Tensor:

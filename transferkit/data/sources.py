@@ -157,6 +157,20 @@ def _bad_split(path: Path, line: int, value: str) -> str:
     raise DataError(f"{path} line {line}: split {value!r} is not train, val or test.")
 
 
+def table_columns(path: Path) -> set[str]:
+    """The column names of a CSV/TSV header or of a JSONL file's first record, reading nothing more."""
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            if path.suffix.lower() in (".jsonl", ".ndjson"):
+                first = next((line for line in f if line.strip()), "{}")
+                record = json.loads(first)
+                return {str(k).lower() for k in record} if isinstance(record, dict) else set()
+            header = next(csv.reader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ","), [])
+            return {h.strip().lower() for h in header if h.strip()}
+    except (UnicodeDecodeError, json.JSONDecodeError, csv.Error) as err:
+        raise DataError(f"{path} does not start with a readable header ({type(err).__name__}).") from None
+
+
 def _read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
     suffix = path.suffix.lower()
     try:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..console import info, progress, warn
 from ..errors import DataError
-from .sources import SPLIT_DIRS, Splits, _read_rows, carve_splits
+from .sources import SPLIT_DIRS, Splits, _read_rows, carve_splits, table_columns
 
 if TYPE_CHECKING:
     import torch
@@ -111,10 +111,9 @@ def is_text_source(source: Any, options: TextOptions | None = None) -> bool:
             return n_text > n_image
         if path.is_file() and path.suffix.lower() in (".csv", ".tsv", ".jsonl", ".ndjson"):
             try:
-                rows = _read_rows(path)[:1]
+                cols = table_columns(path)  # the header only: the file is read once, later, by its loader
             except DataError:
                 return False
-            cols = set(rows[0][1]) if rows else set()
             return not cols & {"path", "image", "file", "filename", "filepath"}
     return False
 
@@ -284,9 +283,10 @@ def read_text_table(path: Path, opts: TextOptions) -> tuple[TextSet, dict[str, T
 
 
 def _records_with_splits(records: list[dict], origin: str, opts: TextOptions, names: list[str]) -> tuple[TextSet, dict[str, TextSet]]:
-    if records and opts.multi_label is None:  # decided once for all splits, so they agree
-        _, label_col = choose_columns(list(records[0]), origin, opts, records[0])
-        opts = dataclasses.replace(opts, multi_label=_is_multi(records, label_col, opts))
+    if records:  # columns and single/multi-label are decided once for all splits, so they agree
+        text_col, label_col = choose_columns(list(records[0]), origin, opts, records[0])
+        multi = opts.multi_label if opts.multi_label is not None else _is_multi(records, label_col, opts)
+        opts = dataclasses.replace(opts, text_column=text_col, label_column=label_col, multi_label=multi)
     if records and "split" in {str(k).lower() for k in records[0]}:
         parts: dict[str, list[int]] = defaultdict(list)
         for i, r in enumerate(records):
@@ -416,10 +416,11 @@ def _columns(x: Any) -> list[str]:
 def _from_hf(ds: Any, origin: str, opts: TextOptions) -> tuple[TextSet, dict[str, TextSet]]:
     """A ``datasets.Dataset`` (or a ``DatasetDict`` with train/validation/test), ClassLabel ids turned into names."""
     if isinstance(getattr(ds, "column_names", None), dict):  # DatasetDict
-        if opts.multi_label is None:  # decided once for all splits, so they agree
-            first = next(iter(ds.values()))
-            _, label_col = choose_columns(list(first.column_names), origin, opts, first[0] if len(first) else None)
-            opts = dataclasses.replace(opts, multi_label=any(_hf_is_multi(part, label_col) for part in ds.values()))
+        # columns and single/multi-label are decided once for all splits, so they agree
+        first = next(iter(ds.values()))
+        text_col, label_col = choose_columns(list(first.column_names), origin, opts, first[0] if len(first) else None)
+        multi = opts.multi_label if opts.multi_label is not None else any(_hf_is_multi(part, label_col) for part in ds.values())
+        opts = dataclasses.replace(opts, text_column=text_col, label_column=label_col, multi_label=multi)
         parts = {}
         for key, part in ds.items():
             split = next((k for k, ns in SPLIT_DIRS.items() if key.lower() in ns), None)
@@ -510,15 +511,21 @@ def encode_texts(texts: list[str], tokenizer: Any, max_length: int, targets: tor
         first = names[huge[0]] if names else f"#{huge[0]}"
         warn(f"{len(huge)} text(s) exceed {HUGE_TEXT:,} characters (first: {first}, {len(texts[huge[0]]):,} characters); "
              f"only their first {max_length} tokens are used")
-    with progress() as bar:
-        job = bar.add_task(description, total=len(texts), status="")
-        lengths = tokenizer(cut, add_special_tokens=True, truncation=False, return_attention_mask=False,
-                            return_token_type_ids=False, verbose=False)["input_ids"] if cut else []
-        enc = tokenizer(cut, truncation=True, max_length=max_length, padding="longest", return_tensors="pt",
-                        return_token_type_ids=False) if cut else {"input_ids": torch.zeros(0, 1, dtype=torch.long),
-                                                                  "attention_mask": torch.zeros(0, 1, dtype=torch.long)}
-        bar.advance(job, len(texts))
-    truncated = sum(len(ids) > max_length or len(t) > limit for ids, t in zip(lengths, texts, strict=True))
+    if not cut:
+        empty = torch.zeros(0, 1, dtype=torch.long)
+        enc, over = {"input_ids": empty, "attention_mask": empty}, []
+    else:
+        with progress() as bar:
+            job = bar.add_task(description, total=len(texts), status="")
+            enc = tokenizer(cut, truncation=True, max_length=max_length, padding="longest", return_tensors="pt",
+                            return_token_type_ids=False)
+            if enc.encodings is not None:  # fast tokenizers keep what truncation cut off: one pass suffices
+                over = [bool(e.overflowing) for e in enc.encodings]
+            else:  # slow tokenizers: measure the full lengths separately
+                full = tokenizer(cut, truncation=False, return_attention_mask=False, verbose=False)["input_ids"]
+                over = [len(ids) > max_length for ids in full]
+            bar.advance(job, len(texts))
+    truncated = sum(o or len(t) > limit for o, t in zip(over, texts, strict=True))
     return EncodedTexts(
         input_ids=enc["input_ids"].to(torch.int32),
         attention_mask=enc["attention_mask"].to(torch.int8),

@@ -19,6 +19,33 @@ from ..data.images import normalize
 
 
 @torch.no_grad()
+def _forward(
+    model: nn.Module,
+    n: int,
+    batch_at: Callable[[torch.Tensor], Any],
+    order: torch.Tensor,
+    autocast: Callable[[], AbstractContextManager],
+    batch_size: int,
+    description: str,
+) -> torch.Tensor:
+    """Outputs (float32, CPU) for examples ``0..n-1`` run in ``order``, returned in input order, with a progress
+    bar; each batch under a fresh ``autocast()`` context (e.g. ``accelerator.autocast``)."""
+    out: list[torch.Tensor] = []
+    with progress() as bar:
+        task = bar.add_task(description, total=n, status="")
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            with autocast():
+                y = model(batch_at(idx))
+            out.append(y.float().cpu())
+            bar.advance(task, len(idx))
+    if not out:
+        return torch.zeros(0)
+    result = torch.empty((n, *out[0].shape[1:]), dtype=torch.float32)
+    result[order] = torch.cat(out)
+    return result
+
+
 def forward_batches(
     model: nn.Module,
     pixels: torch.Tensor,
@@ -29,20 +56,13 @@ def forward_batches(
     batch_size: int = 64,
     description: str = "forward",
 ) -> torch.Tensor:
-    """``model`` outputs (float32, on the CPU) for uint8 images ``(N, 3, H, W)``, in eval mode and
-    channels_last, each batch under a fresh ``autocast()`` context (e.g. ``accelerator.autocast``), with a
-    progress bar."""
+    """``model`` outputs for uint8 images ``(N, 3, H, W)``, in eval mode and channels_last."""
     model = model.to(device).eval().to(memory_format=torch.channels_last)
-    out = []
-    with progress() as bar:
-        task = bar.add_task(description, total=len(pixels), status="")
-        for start in range(0, len(pixels), batch_size):
-            x = normalize(pixels[start : start + batch_size].to(device), pre).contiguous(memory_format=torch.channels_last)
-            with autocast():
-                y = model(x)
-            out.append(y.float().cpu())
-            bar.advance(task, len(x))
-    return torch.cat(out) if out else torch.zeros(0)
+
+    def batch_at(idx: torch.Tensor) -> torch.Tensor:
+        return normalize(pixels[idx].to(device), pre).contiguous(memory_format=torch.channels_last)
+
+    return _forward(model, len(pixels), batch_at, torch.arange(len(pixels)), autocast, batch_size, description)
 
 
 def text_batch(ids: torch.Tensor, mask: torch.Tensor, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
@@ -52,7 +72,6 @@ def text_batch(ids: torch.Tensor, mask: torch.Tensor, device: torch.device | str
     return {k: v.to(device) for k, v in batch.items()} if device is not None else batch
 
 
-@torch.no_grad()
 def forward_texts(
     model: nn.Module,
     data: Any,
@@ -62,24 +81,15 @@ def forward_texts(
     batch_size: int = 32,
     description: str = "forward",
 ) -> torch.Tensor:
-    """``model`` outputs (float32, CPU) for :class:`~transferkit.data.text.EncodedTexts`, in the input order."""
+    """``model`` outputs for :class:`~transferkit.data.text.EncodedTexts`, longest texts first (batches of
+    similar length waste little on padding), returned in the input order."""
     model = model.to(device).eval()
-    n = len(data)
     order = torch.argsort(data.attention_mask.sum(1), descending=True, stable=True)
-    out: list[torch.Tensor] = []
-    with progress() as bar:
-        task = bar.add_task(description, total=n, status="")
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            with autocast():
-                y = model(text_batch(data.input_ids[idx], data.attention_mask[idx], device))
-            out.append(y.float().cpu())
-            bar.advance(task, len(idx))
-    if not out:
-        return torch.zeros(0)
-    result = torch.empty((n, *out[0].shape[1:]), dtype=torch.float32)
-    result[order] = torch.cat(out)
-    return result
+
+    def batch_at(idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        return text_batch(data.input_ids[idx], data.attention_mask[idx], device)
+
+    return _forward(model, len(data), batch_at, order, autocast, batch_size, description)
 
 
 def forward_inputs(model: nn.Module, data: Any, pre: Any, **kwargs: Any) -> torch.Tensor:

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import TransferkitError
 from .auto import AutoConfig, AutoStrategy
-from .base import FitResult, Strategy, TrainTask, config_for
+from .base import FitResult, Strategy, TrainTask, check_modality, config_for
 from .contrastive import ContrastiveConfig, ContrastiveStrategy
 from .finetune import FinetuneConfig, FinetuneStrategy, GradualConfig, GradualStrategy, ScratchConfig, ScratchStrategy
 from .linear import LinearConfig, LinearStrategy
@@ -35,7 +35,7 @@ STRATEGIES: dict[str, tuple[type, type]] = {
     "lora": (LoraStrategy, LoraConfig),
     "contrastive": (ContrastiveStrategy, ContrastiveConfig),
 }
-TEXT_ONLY = ("lora", "contrastive")
+TEXT_ONLY = tuple(name for name, (cls, _) in STRATEGIES.items() if getattr(cls, "modalities", None) == ("text",))
 
 
 def create_strategy(name: str, modality: str = "image", **overrides: Any) -> Strategy:
@@ -45,9 +45,8 @@ def create_strategy(name: str, modality: str = "image", **overrides: Any) -> Str
     """
     if name not in STRATEGIES:
         raise TransferkitError(f"Unknown strategy {name!r}: choose one of {', '.join(STRATEGIES)}.")
-    if modality != "text" and name in TEXT_ONLY:
-        raise TransferkitError(f"Strategy {name!r} works with texts for now: for images choose linear, finetune, gradual, scratch or auto.")
     cls, cfg_cls = STRATEGIES[name]
+    check_modality(cls, modality)
     known = {f.name for f in fields(cfg_cls)}
     unknown = sorted(set(overrides) - known)
     if unknown:

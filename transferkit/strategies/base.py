@@ -74,6 +74,16 @@ def config_for(cfg_cls: type, modality: str = "image", **overrides: Any) -> Any:
     return cfg_cls(**{**base, **overrides})
 
 
+def check_modality(strategy: Any, modality: str) -> None:
+    """Refuse data a strategy was not built for (its class says which, in ``modalities``)."""
+    allowed = getattr(strategy, "modalities", ("image", "text"))
+    if modality not in allowed:
+        from ..errors import TransferkitError
+
+        raise TransferkitError(f"Strategy {strategy.name!r} works with {' and '.join(m + 's' for m in allowed)} for now: "
+                               f"for {modality}s choose linear, finetune, gradual, scratch or auto.")
+
+
 class Strategy(Protocol):
     name: str
 
@@ -151,9 +161,8 @@ def image_prepare(pre: PreprocessConfig):
 
 def sample_batch(task: TrainTask, n: int = 16) -> Any:
     """The first ``n`` training examples as model input (for timing and shape checks)."""
-    if task.modality == "text":
-        return text_batch(task.train.input_ids[:n], task.train.attention_mask[:n])
-    return image_prepare(task.preprocess)(task.train.pixels[:n])
+    d = task.train
+    return make_prepare(task.backbone)((d.input_ids[:n], d.attention_mask[:n]) if task.modality == "text" else d.pixels[:n])
 
 
 def estimate_epoch_seconds(task: TrainTask, batch: int = 16) -> float:

@@ -25,7 +25,7 @@ from ..engine.loop import _any_process
 from ..engine.optim import param_groups, trainable_parameters, warmup_cosine
 from ..errors import TransferkitError
 from ..heads import Classifier
-from .base import FitResult, TrainTask, config_for
+from .base import FitResult, TrainTask, check_modality, config_for
 from .linear import LinearConfig, LinearStrategy
 
 
@@ -96,13 +96,13 @@ class PairDataset(Dataset):
 
 class ContrastiveStrategy:
     name = "contrastive"
+    modalities = ("text",)
 
     def __init__(self, config: ContrastiveConfig | None = None):
         self.config = config or ContrastiveConfig()
 
     def fit(self, task: TrainTask) -> FitResult:
-        if task.modality != "text":
-            raise TransferkitError("Strategy 'contrastive' works with text backbones: use linear or finetune for images.")
+        check_modality(self, task.modality)
         cfg = self.config
         t0 = time.monotonic()
         encoder = copy.deepcopy(task.backbone)

@@ -24,7 +24,7 @@ from ..engine.loop import train
 from ..engine.optim import freeze, param_groups, trainable_parameters, warmup_cosine
 from ..errors import TransferkitError
 from ..heads import Classifier, LinearHead
-from .base import FitResult, TrainTask, epochs_within_budget, make_loaders, make_prepare
+from .base import FitResult, TrainTask, check_modality, epochs_within_budget, make_loaders, make_prepare
 
 
 @dataclass
@@ -63,13 +63,13 @@ def apply_lora(body: nn.Module, cfg: LoraConfig) -> nn.Module:
 
 class LoraStrategy:
     name = "lora"
+    modalities = ("text",)
 
     def __init__(self, config: LoraConfig | None = None):
         self.config = config or LoraConfig()
 
     def fit(self, task: TrainTask) -> FitResult:
-        if task.modality != "text":
-            raise TransferkitError("Strategy 'lora' works with text backbones for now: use finetune or gradual for images.")
+        check_modality(self, task.modality)
         cfg = self.config
         acc = task.accelerator
         backbone = copy.deepcopy(task.backbone)
