@@ -94,6 +94,15 @@ def test_csv_columns_are_guessed(text_csv):
     assert len(s.train) + len(s.val) + len(s.test) == 36
 
 
+def test_csv_cells_keep_their_line_breaks(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text('text,label\n"first line\nsecond line",a\nplain,b\n"x",\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"t.csv line 5: the label"):  # line numbers count the embedded break
+        load_text_splits(path)
+    s = load_text_splits(path, options=TextOptions(skip_bad=True))
+    assert "first line\nsecond line" in s.train.texts + s.val.texts + s.test.texts
+
+
 def test_ambiguous_and_missing_columns(tmp_path):
     two = tmp_path / "two.csv"
     two.write_text("text,review,label\na b,c d,x\ne f,g h,y\n")

@@ -8,6 +8,7 @@ stratified split is made.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from collections import Counter, defaultdict
@@ -189,8 +190,9 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
         return rows
     if suffix in (".csv", ".tsv", ".txt"):
         delim = "\t" if suffix == ".tsv" else ","
-        reader = csv.DictReader(text.splitlines(), delimiter=delim)
-        return [(i, {k.strip().lower(): v for k, v in r.items() if k}) for i, r in enumerate(reader, 2)]
+        # newline="" keeps line breaks inside quoted cells (multi-line texts); line_num counts them
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delim)
+        return [(reader.line_num, {k.strip().lower(): v for k, v in r.items() if k}) for r in reader]
     raise DataError(f"{path}: unsupported table type {suffix!r}; use .csv, .tsv or .jsonl.")
 
 
