@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo demo-text test install data bench bench-text clean
+.PHONY: demo demo-text demo-audio test install data bench bench-text bench-audio clean
 
 install: $(STAMP)
 
@@ -36,6 +36,11 @@ demo: $(STAMP) data
 demo-text: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/transferkit demo --text --out runs/demo-text
 
+# The audio job: spoken digits (espeak-ng voices; test speakers never heard in training), 20 clips per digit,
+# EfficientNet-Lite0 on log-mel spectrograms, offline.
+demo-audio: $(STAMP) data
+	HF_HUB_OFFLINE=1 $(VENV)/bin/transferkit demo --audio --out runs/demo-audio
+
 test: $(STAMP) data
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
@@ -45,5 +50,8 @@ bench: $(STAMP) data
 bench-text: $(STAMP)
 	$(PY) benchmarks/bbc_news.py
 
+bench-audio: $(STAMP) data
+	$(PY) benchmarks/spoken_digits.py
+
 clean:
-	rm -rf runs data/fashion-mnist-10 data/bbc-news-8 .pytest_cache
+	rm -rf runs data/fashion-mnist-10 data/bbc-news-8 data/spoken-digits-20 .pytest_cache

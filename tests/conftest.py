@@ -134,3 +134,47 @@ def tiny_text_backbone(tmp_path_factory) -> str:
     BertModel(config, add_pooling_layer=False).save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
     return str(folder)
+
+
+TONES = {"low": 300.0, "mid": 800.0, "high": 2000.0}
+
+
+def write_tones(folder: Path, per_class: int, seed: int = 0, rate: int = 22_050) -> None:
+    """Class folders of short tone bursts (the class sets the pitch), random length, level and noise."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    for label, freq in TONES.items():
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            n = int(rate * rng.uniform(0.3, 0.8))
+            t = np.arange(n) / rate
+            f = freq * rng.uniform(0.95, 1.05)
+            x = rng.uniform(0.1, 0.6) * np.sin(2 * np.pi * f * t) * np.hanning(n) + 0.01 * rng.standard_normal(n)
+            sf.write(str(folder / label / f"{label}_{i}.wav"), x.astype(np.float32), rate)
+
+
+@pytest.fixture
+def audio_folder(tmp_path) -> Path:
+    """train/ (8 per class) and test/ (3 per class) of three tone classes."""
+    root = tmp_path / "tones"
+    write_tones(root / "train", 8, seed=0)
+    write_tones(root / "test", 3, seed=1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_wav2vec2(tmp_path_factory) -> str:
+    """A random 2-layer wav2vec2 with its feature extractor, saved as a local Hugging Face model folder."""
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                            conv_dim=(16, 16, 16), conv_stride=(5, 4, 4), conv_kernel=(10, 4, 4),
+                            num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2, do_stable_layer_norm=True,
+                            feat_extract_norm="layer")
+    folder = tmp_path_factory.mktemp("hf") / "tiny-wav2vec2"
+    Wav2Vec2Model(config).save_pretrained(str(folder))
+    Wav2Vec2FeatureExtractor(sampling_rate=16_000, do_normalize=True, return_attention_mask=True).save_pretrained(str(folder))
+    return str(folder)

@@ -124,7 +124,7 @@ def test_empty_class_folder(colour_folder):
     (colour_folder / "purple").mkdir()
     with pytest.raises(DataError) as e:
         load_splits(colour_folder)
-    assert "purple has no images" in _one_line(e)
+    assert "purple has no image files" in _one_line(e)
 
 
 def test_single_class(tmp_path):

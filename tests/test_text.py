@@ -306,9 +306,9 @@ def test_report_lists_confidently_wrong_examples(text_folder, tiny_text_backbone
 
 
 def test_text_and_image_mismatches_are_clear(text_folder, colour_folder, tiny_text_backbone, tiny_backbone):
-    with pytest.raises(TransferkitError, match="works with texts for now"):
+    with pytest.raises(TransferkitError, match="works with text data for now"):
         transferkit.fit(colour_folder, backbone=tiny_backbone, strategy="lora")
-    with pytest.raises(TransferkitError, match="is an image model, but the data are texts"):
+    with pytest.raises(TransferkitError, match="is an image model, but the data are text:"):
         transferkit.fit(text_folder, backbone="efficientnet_lite0", strategy="linear")
     with pytest.raises(TransferkitError, match="max_length applies to texts"):
         transferkit.fit(colour_folder, backbone=tiny_backbone, strategy="linear", max_length=32)

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .bundle.model import TransferModel
 from .errors import TransferkitError
 
@@ -52,9 +54,10 @@ def fit(
     label_sep: str | None = None,
     encoding: str = "utf-8",
     max_length: int | None = None,
+    clip_seconds: float | None = None,
     **strategy_options: Any,
 ) -> TransferModel:
-    """Adapt a pretrained backbone to labelled images or texts and return the trained :class:`TransferModel`.
+    """Adapt a pretrained backbone to labelled images, texts or audio and return the trained :class:`TransferModel`.
 
     Images: ``data`` is a folder of class folders (optionally split into ``train/``, ``val/``, ``test/``), a
     CSV/TSV/JSONL file with ``path`` and ``label`` columns, or a :class:`transferkit.data.ImageSet`.
@@ -63,6 +66,10 @@ def fit(
     was saved to), or a list of strings with ``labels=[...]``. List-valued labels, or ``label_sep="|"`` in a
     CSV, make it multi-label. Texts default to the offline ``all-MiniLM-L6-v2`` encoder, images to
     ``efficientnet_lite0``; ``max_length`` overrides the encoder's token limit, ``image_size`` its resolution.
+    Audio: a folder of class folders of wav/flac/ogg (mp3 where libsndfile decodes it), a CSV/JSONL of
+    ``path,label``, or an :class:`transferkit.data.AudioSet`; ``efficientnet_lite0`` on log-mel spectrograms by
+    default, ``backbone="speaker-encoder"`` for voices. Recordings are cut into windows of ``clip_seconds``
+    (default: from the training durations) whose outputs are averaged per recording.
 
     ``strategy`` is ``linear``, ``finetune``, ``gradual``, ``scratch``, ``auto``, and for texts also ``lora``
     and ``contrastive``; extra keyword arguments set that strategy's options (e.g. ``epochs=5``).
@@ -79,6 +86,7 @@ def fit(
     Raises :class:`transferkit.TransferkitError` (one line naming the file or value) for bad input.
     """
     from .console import info
+    from .data.sources import detect_kind
     from .data.text import TextOptions, is_text_source
     from .engine.accel import make_accelerator
     from .evaluation.metrics import classification_metrics, confidently_wrong, multilabel_metrics
@@ -89,19 +97,26 @@ def fit(
     seconds = parse_budget(budget)
     deadline = t_start + seconds if seconds is not None else None
     text_opts = TextOptions(text_column, label_column, label_sep, encoding, skip_bad)
-    modality = "text" if labels is not None or is_text_source(data, text_opts) else "image"
-    strat = create_strategy(strategy, modality, **strategy_options)  # validate options before any heavy work
+    modality = "text" if labels is not None or is_text_source(data, text_opts) else detect_kind(data)
+    create_strategy(strategy, modality, **strategy_options)  # validate the options before any heavy work
+    if clip_seconds is not None and modality != "audio":
+        raise TransferkitError(f"clip_seconds applies to audio; these data are {modality}.")
     timings: dict[str, float] = {}
 
     t = time.monotonic()
     if modality == "text":
         splits, bb, dec, load_s = _prepare_texts(data, backbone, arch, labels, text_opts, max_length, image_size,
                                                  val_fraction, test_fraction, seed)
+    elif modality == "audio":
+        splits, bb, dec, load_s = _prepare_audio(data, backbone, arch, clip_seconds, max_length, image_size, skip_bad,
+                                                 val_fraction, test_fraction, seed)
     else:
         splits, bb, dec, load_s = _prepare_images(data, backbone, arch, max_length, image_size, skip_bad,
                                                   val_fraction, test_fraction, seed)
     timings["load_s"] = load_s
     timings["tokenize_s" if modality == "text" else "decode_s"] = time.monotonic() - t - load_s
+    # the backbone's own defaults (e.g. the speaker encoder's learning rates), then the user's options
+    strat = create_strategy(strategy, modality, getattr(bb, "profile", modality), **strategy_options)
     multi_label = dec["train"].targets.ndim == 2
 
     accelerator = make_accelerator(precision, seed=seed, cpu=cpu)
@@ -133,11 +148,14 @@ def fit(
                          "truncated": {name: d.truncated for name, d in dec.items()}}
     else:
         data_summary["skipped"] = sum(len(d.skipped) for d in dec.values())
+    if modality == "audio":
+        data_summary["audio"] = {name: d.info for name, d in dec.items()}
     metrics = {
         "task": f"{modality}-classification",
         "strategy": result.strategy,
         "backbone": {**bb.spec.to_dict(), "preprocess": bb.preprocess.to_dict(), "num_features": bb.num_features,
-                     **({"input_size": list(bb.preprocess.input_size)} if modality == "image" else {})},
+                     **({"input_size": list(bb.preprocess.input_size)} if modality == "image" else {}),
+                     **({"input": _describe_audio(bb.preprocess)} if modality == "audio" else {})},
         "data": data_summary,
         "val": scores["val"],
         "test": scores.get("test"),
@@ -193,6 +211,52 @@ def _prepare_texts(data, backbone, arch, labels, text_opts, max_length, image_si
     return splits, bb, dec, load_s
 
 
+def _prepare_audio(data, backbone, arch, clip_seconds, max_length, image_size, skip_bad, val_fraction, test_fraction,
+                   seed):
+    """Audio -> splits, the audio backbone (window length and spectrogram statistics from the training set) and
+    every split read once and cut into windows."""
+    from .backbones.audio import describe, spectrogram_stats
+    from .backbones.registry import create_backbone
+    from .data.audio import choose_clip_seconds, read_clips, window_clips
+    from .data.sources import load_splits
+
+    t = time.monotonic()
+    if max_length is not None:
+        raise TransferkitError("max_length applies to texts; for audio set clip_seconds.")
+    if clip_seconds is not None and not 0.1 <= clip_seconds <= 60:
+        raise TransferkitError(f"clip_seconds {clip_seconds} is out of range: use 0.1 to 60 seconds.")
+    splits = load_splits(data, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, skip_bad=skip_bad,
+                         kind="audio")
+    bb = create_backbone(backbone, arch=arch, modality="audio")
+    if image_size is not None:
+        if bb.preprocess.kind != "spectrogram" or image_size < 32:
+            raise TransferkitError("image_size sets the spectrogram height of a CNN backbone (32 pixels or more).")
+        bb.preprocess = dataclasses.replace(bb.preprocess, image_height=image_size)
+    load_s = time.monotonic() - t
+    rate = bb.preprocess.sample_rate
+    clips = {name: read_clips(ds.items, bb.preprocess, skip_bad=skip_bad, array_rate=getattr(ds, "sample_rate", None),
+                              description=f"reading {name}") for name, ds in _parts(splits)}
+    durations = clips["train"].durations(rate)
+    clip = float(clip_seconds) if clip_seconds is not None else choose_clip_seconds(durations)
+    bb.preprocess = dataclasses.replace(bb.preprocess, clip_seconds=clip)
+    index = {c: i for i, c in enumerate(splits.classes)}
+    dec = {}
+    for name, ds in _parts(splits):
+        c = clips[name]
+        d = c.durations(rate)
+        info = {"sources": c.source_rates, "silent": len(c.silent), "skipped": len(c.skipped),
+                "seconds": {"min": round(float(d.min()), 3), "median": round(float(np.median(d)), 3),
+                            "max": round(float(d.max()), 3)}}
+        names = [f"array #{i}" if isinstance(ds.items[i], np.ndarray) else str(ds.items[i]) for i in c.kept]
+        dec[name] = window_clips(c, [index[ds.labels[i]] for i in c.kept], bb.preprocess.clip_samples, names, info)
+        dec[name].info["windows"] = len(dec[name].waves)
+    if bb.preprocess.kind == "spectrogram":  # standardise log-mel with the training set's statistics (as AST)
+        stats = spectrogram_stats(bb, dec["train"].waves)
+        bb.preprocess = dataclasses.replace(bb.preprocess, mean=stats.mean, std=stats.std)
+    _announce(splits, bb, describe(bb.preprocess))
+    return splits, bb, dec, load_s
+
+
 def _prepare_images(data, backbone, arch, max_length, image_size, skip_bad, val_fraction, test_fraction, seed):
     """Images -> splits, the image backbone (resolution applied) and every split decoded once."""
     from .backbones.registry import create_backbone
@@ -214,6 +278,12 @@ def _prepare_images(data, backbone, arch, max_length, image_size, skip_bad, val_
     dec = {name: decode(ds, bb.preprocess, splits.classes, skip_bad=skip_bad, description=f"decoding {name}")
            for name, ds in _parts(splits)}
     return splits, bb, dec, load_s
+
+
+def _describe_audio(pre: Any) -> str:
+    from .backbones.audio import describe
+
+    return describe(pre)
 
 
 def _parts(splits: Any) -> list[tuple[str, Any]]:

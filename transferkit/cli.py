@@ -42,9 +42,9 @@ def main(
 
 @app.command()
 def fit(
-    data: Path = typer.Argument(..., help="Folder of class folders of images or .txt files (optionally train/ val/ test/), a CSV/TSV/JSONL (path,label for images; text and label columns for texts), or a saved Hugging Face dataset."),
+    data: Path = typer.Argument(..., help="Folder of class folders of images, audio (wav/flac/ogg) or .txt files (optionally train/ val/ test/), a CSV/TSV/JSONL (path,label for images and audio; text and label columns for texts), or a saved Hugging Face dataset."),
     out: Path = typer.Option(Path("runs/latest"), "--out", "-o", help="Run folder: model/, metrics.json, plots, report.md."),
-    backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="Registry name, timm:NAME, torchvision:NAME, a Hugging Face encoder (org/name), or a path (see `transferkit backbones`). Default: efficientnet_lite0 for images, all-MiniLM-L6-v2 for texts."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="Registry name, timm:NAME, torchvision:NAME, a Hugging Face encoder (org/name), or a path (see `transferkit backbones`). Default: efficientnet_lite0 for images and (on log-mel spectrograms) audio, all-MiniLM-L6-v2 for texts; speaker-encoder for voices."),
     arch: Optional[str] = typer.Option(None, help="Architecture of a checkpoint file given as --backbone (timm name or torchvision:NAME)."),
     strategy: str = typer.Option("auto", "--strategy", "-s", help="linear, finetune, gradual, scratch or auto; for texts also lora and contrastive."),
     budget: Optional[str] = typer.Option(None, help="Wall-time budget, e.g. 90s, 10m, 1h: training plans its epochs to finish inside it (auto also uses it to decide whether to fine-tune)."),
@@ -52,15 +52,16 @@ def fit(
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: the strategy's own)."),
     batch_size: Optional[int] = typer.Option(None, help="Examples per step (default: the strategy's own)."),
     seed: int = typer.Option(0, help="Seed for splits, initialisation and shuffling."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable or missing images, empty texts and undecodable files with a warning and a count."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable or missing images, empty texts, undecodable or silent audio with a warning and a count."),
     precision: str = typer.Option("auto", help="auto (bf16 where the CPU/GPU supports it), bf16, fp16 or no."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out from its last epoch checkpoint."),
-    image_size: Optional[int] = typer.Option(None, help="Override the backbone's input resolution (smaller trains faster on a CPU)."),
+    image_size: Optional[int] = typer.Option(None, help="Override the backbone's input resolution (smaller trains faster on a CPU); audio: the spectrogram's height."),
     text_column: Optional[str] = typer.Option(None, help="Texts: the column holding the text (default: guessed from text, sentence, content, ...)."),
     label_column: Optional[str] = typer.Option(None, help="Texts: the column holding the label (default: guessed from label, class, category, ...)."),
     label_sep: Optional[str] = typer.Option(None, help="Texts: multi-label cells such as 'sport|politics' are split on this separator."),
     encoding: str = typer.Option("utf-8", help="Texts: encoding of .txt files (e.g. latin-1, cp1252)."),
     max_length: Optional[int] = typer.Option(None, help="Texts: override the encoder's token limit (shorter trains faster)."),
+    clip_seconds: Optional[float] = typer.Option(None, help="Audio: window length in seconds (default: the 95th percentile of the training clips' durations); longer recordings are cut into windows whose predictions are averaged."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics summary as JSON on stdout."),
 ) -> None:
     """Train on DATA and write a bundle, metrics, plots and a report to --out."""
@@ -73,7 +74,7 @@ def fit(
         model = fit_api(str(data), backbone=backbone, arch=arch, strategy=strategy, out=out, budget=budget, seed=seed,
                         skip_bad=skip_bad, precision=precision, resume=resume, image_size=image_size,
                         text_column=text_column, label_column=label_column, label_sep=label_sep, encoding=encoding,
-                        max_length=max_length, **options)
+                        max_length=max_length, clip_seconds=clip_seconds, **options)
     except TransferkitError as err:
         _fail(err)
     m = model.metrics
@@ -100,7 +101,7 @@ def fit(
 @app.command()
 def predict(
     model_dir: Path = typer.Argument(..., help="A bundle folder (the run's model/)."),
-    inputs: Optional[list[str]] = typer.Argument(None, help="Image files (image models) or texts (text models) to classify."),
+    inputs: Optional[list[str]] = typer.Argument(None, help="Image files (image models), audio files (audio models: long recordings are windowed and averaged) or texts (text models) to classify."),
     file: Optional[list[Path]] = typer.Option(None, "--file", "-f", help="Text models: a file whose whole content is one text (repeatable)."),
     lines: Optional[Path] = typer.Option(None, "--lines", help="Text models: a file with one text per line."),
     top_k: int = typer.Option(3, "--top-k", "-k", help="How many labels to show per input."),
@@ -108,7 +109,7 @@ def predict(
     as_csv: bool = typer.Option(False, "--csv", help="CSV on stdout: input,label,probability (top-1)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images or empty texts instead of stopping."),
 ) -> None:
-    """Top-k labels with probabilities for each image or text."""
+    """Top-k labels with probabilities for each image, recording or text."""
     from .bundle.model import load
 
     try:
@@ -117,7 +118,7 @@ def predict(
         numbered: list[tuple[int, str]] = []
         if file or lines:
             if model.modality != "text":
-                raise TransferkitError("--file and --lines are for text models; pass image paths as arguments.")
+                raise TransferkitError(f"--file and --lines are for text models; pass {model.modality} files as arguments.")
             items += [_read_text(f) for f in file or []]
             numbered = [(i + 1, t) for i, t in enumerate(_read_text(lines).splitlines()) if t.strip()] if lines else []
             items += [t for _, t in numbered]
@@ -147,9 +148,11 @@ def predict(
 
         from .console import results as console
 
-        table = Table("input", *[f"#{i + 1}" for i in range(len(preds[0]["top"]) if preds else 0)])
+        audio = model.modality == "audio"
+        table = Table("input", *(["windows"] if audio else []), *[f"#{i + 1}" for i in range(len(preds[0]["top"]) if preds else 0)])
         for p in preds:
-            table.add_row(p["input"], *[f"{t['label']} {t['probability']:.3f}" for t in p["top"]])
+            table.add_row(p["input"], *([str(p["windows"])] if audio else []),
+                          *[f"{t['label']} {t['probability']:.3f}" for t in p["top"]])
         console.print(table)
 
 
@@ -172,14 +175,14 @@ def evaluate(
     model_dir: Path = typer.Argument(..., help="A bundle folder (the run's model/)."),
     data: Path = typer.Argument(..., help="Labelled data: class folders (its test/ if present) or a CSV/TSV/JSONL (its test rows if it has a split column)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write metrics.json and confusion_matrix.png here."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images or empty texts with a warning."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images or audio, or empty texts, with a warning."),
     text_column: Optional[str] = typer.Option(None, help="Texts: the column holding the text."),
     label_column: Optional[str] = typer.Option(None, help="Texts: the column holding the label."),
     label_sep: Optional[str] = typer.Option(None, help="Texts: separator of multi-label cells (default: the one used in training)."),
     encoding: str = typer.Option("utf-8", help="Texts: encoding of .txt files."),
     as_json: bool = typer.Option(False, "--json", help="Print all metrics as JSON on stdout."),
 ) -> None:
-    """Score a saved model on labelled images or texts."""
+    """Score a saved model on labelled images, audio or texts."""
     from .bundle.model import load
 
     try:
@@ -229,8 +232,9 @@ def backbones(as_json: bool = typer.Option(False, "--json", help="JSON on stdout
         table.add_row(r["name"], r["modality"], ("[green]" if r["offline"] else "[yellow]") + r["status"], r["description"])
     console.print(table)
     console.print("Any timm model (timm:NAME) or torchvision model (torchvision:NAME) also works when its weights "
-                  "can be downloaded, and so does a checkpoint file with --arch. For texts, any Hugging Face encoder "
-                  "(org/name or hf:org/name) or a local model folder.", highlight=False)
+                  "can be downloaded, and so does a checkpoint file with --arch. For texts and audio, any Hugging Face "
+                  "encoder (org/name or hf:org/name) or a local model folder. With audio data, every image backbone "
+                  "runs on log-mel spectrograms.", highlight=False)
 
 
 @app.command()
@@ -241,10 +245,23 @@ def demo(
     test_size: int = typer.Option(1000, help="Images from the official test set to score on."),
     budget: str = typer.Option("3m", help="Wall-time budget for the auto strategy."),
     text: bool = typer.Option(False, "--text", help="BBC News topics instead: 8 articles per class, all-MiniLM-L6-v2, 500 held-out articles."),
+    audio: bool = typer.Option(False, "--audio", help="Spoken digits instead (espeak-ng voices, disjoint train/test speakers): 20 clips per digit, EfficientNet-Lite0 on log-mel spectrograms."),
 ) -> None:
-    """Fashion-MNIST, 10 labels per class, EfficientNet-Lite0, strategy auto: the whole job offline (--text: BBC News)."""
+    """Fashion-MNIST, 10 labels per class, EfficientNet-Lite0, strategy auto: the whole job offline (--text: BBC
+    News; --audio: spoken digits)."""
     try:
-        if text:
+        if text and audio:
+            raise TransferkitError("Choose one of --text and --audio.")
+        if audio:
+            from .data.spoken_digits import build_spoken_digits
+
+            if data_dir == Path("data/fashion-mnist-10"):
+                data_dir = Path("data/spoken-digits-20")
+            if out == Path("runs/demo"):
+                out = Path("runs/demo-audio")
+            if not (data_dir / "train").is_dir():
+                build_spoken_digits(data_dir, train_per_class=20, test_per_class=30)
+        elif text:
             from .data.bbc_news import export_text_folder
 
             if data_dir == Path("data/fashion-mnist-10"):
@@ -262,7 +279,8 @@ def demo(
         _fail(err)
     fit(data=data_dir, out=out, backbone=None, arch=None, strategy="auto", budget=budget, epochs=None,
         lr=None, batch_size=None, seed=0, skip_bad=False, precision="auto", resume=False, image_size=None,
-        text_column=None, label_column=None, label_sep=None, encoding="utf-8", max_length=None, as_json=False)
+        text_column=None, label_column=None, label_sep=None, encoding="utf-8", max_length=None, clip_seconds=None,
+        as_json=False)
 
 
 if __name__ == "__main__":

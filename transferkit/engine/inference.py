@@ -1,7 +1,8 @@
 """Batched, gradient-free forward passes: features for the probe, logits for prediction.
 
 Images arrive as uint8 tensors at the backbone's input size; texts as :class:`EncodedTexts` (token ids), run in
-batches of similar length so little time goes to padding, and returned in the original order.
+batches of similar length so little time goes to padding, and returned in the original order; audio as
+:class:`DecodedAudio` windows, whose outputs are averaged per recording.
 """
 
 from __future__ import annotations
@@ -92,8 +93,40 @@ def forward_texts(
     return _forward(model, len(data), batch_at, order, autocast, batch_size, description)
 
 
+def forward_audio(
+    model: nn.Module,
+    data: Any,
+    *,
+    device: torch.device | str = "cpu",
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
+    batch_size: int = 32,
+    description: str = "forward",
+) -> torch.Tensor:
+    """``model`` outputs for :class:`~transferkit.data.audio.DecodedAudio`: run on every window, then averaged over
+    each recording's windows (mean logits for a classifier, mean features for a backbone)."""
+    model = model.to(device).eval()
+    n_windows = len(data.waves)
+
+    def batch_at(idx: torch.Tensor) -> torch.Tensor:
+        return data.waves[idx].to(device).float()
+
+    out = _forward(model, n_windows, batch_at, torch.arange(n_windows), autocast, batch_size, description)
+    return average_windows(out, data.owner, len(data))
+
+
+def average_windows(out: torch.Tensor, owner: torch.Tensor, n: int) -> torch.Tensor:
+    """Per-window rows ``(M, D)`` -> per-recording means ``(n, D)``."""
+    sums = torch.zeros((n, *out.shape[1:]), dtype=out.dtype).index_add_(0, owner, out)
+    counts = torch.bincount(owner, minlength=n).clamp(min=1).to(out.dtype)
+    return sums / counts.view(-1, *([1] * (out.dim() - 1)))
+
+
 def forward_inputs(model: nn.Module, data: Any, pre: Any, **kwargs: Any) -> torch.Tensor:
-    """Dispatch on the data: uint8 images (``DecodedImages``) or tokenised texts (``EncodedTexts``)."""
+    """Dispatch on the data: uint8 images (``DecodedImages``), tokenised texts (``EncodedTexts``) or audio
+    windows (``DecodedAudio``)."""
+    if hasattr(data, "waves"):
+        kwargs["batch_size"] = min(kwargs.get("batch_size", 32), 32)
+        return forward_audio(model, data, **kwargs)
     if hasattr(data, "input_ids"):
         kwargs["batch_size"] = min(kwargs.get("batch_size", 32), 32)
         return forward_texts(model, data, **kwargs)

@@ -43,8 +43,20 @@ def render_markdown(m: dict[str, Any], classes: list[str]) -> str:
     s = m[scored]
     gap = m["train_val_gap"]
     text = m.get("task") == "text-classification"
-    unit = "texts" if text else "images"
-    if text:
+    audio = m.get("task") == "audio-classification"
+    unit = "texts" if text else "recordings" if audio else "images"
+    if audio:
+        a = m["data"]["audio"]
+        formats: dict[str, int] = {}
+        for split in a.values():
+            for k, v in split["sources"].items():
+                formats[k] = formats.get(k, 0) + v
+        silent = sum(v["silent"] for v in a.values())
+        windows = ", ".join(f"{k} {v['windows']}" for k, v in a.items())
+        inputs = (f"{m['backbone']['input']}; windows {windows}; "
+                  f"files read: {', '.join(f'{n} at {k}' for k, n in formats.items())}"
+                  + (f"; {silent} silent" if silent else ""))
+    elif text:
         pre = m["backbone"]["preprocess"]
         trunc = m["data"]["truncated"]
         n_all = m["data"]["train"] + m["data"]["val"] + m["data"]["test"]

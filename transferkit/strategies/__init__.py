@@ -10,7 +10,8 @@ lora        (text) low-rank adapters in the attention layers + a head; adapter s
 contrastive (text) SetFit-style: contrastive pairs tune the encoder, then a linear head on its embeddings
 ==========  ==============================================================================================
 
-Every config is a dataclass with help text; texts start from each config's ``text_defaults``.
+Every config is a dataclass with help text; the defaults suit image CNNs (also on spectrograms), and other
+backbones start from the config's ``<profile>_defaults`` (``text_defaults``, ``speaker_defaults``).
 """
 
 from __future__ import annotations
@@ -38,10 +39,11 @@ STRATEGIES: dict[str, tuple[type, type]] = {
 TEXT_ONLY = tuple(name for name, (cls, _) in STRATEGIES.items() if getattr(cls, "modalities", None) == ("text",))
 
 
-def create_strategy(name: str, modality: str = "image", **overrides: Any) -> Strategy:
+def create_strategy(name: str, modality: str = "image", profile: str | None = None, **overrides: Any) -> Strategy:
     """``create_strategy("finetune", epochs=5)``; unknown names or options raise one clear error.
 
-    ``modality="text"`` starts from the config's ``text_defaults`` (e.g. BERT-style learning rates).
+    ``modality`` (image, text, audio) refuses strategies built for other data; ``profile`` (the backbone's, by
+    default the modality) picks the defaults, e.g. ``text_defaults`` (BERT-style learning rates).
     """
     if name not in STRATEGIES:
         raise TransferkitError(f"Unknown strategy {name!r}: choose one of {', '.join(STRATEGIES)}.")
@@ -51,7 +53,7 @@ def create_strategy(name: str, modality: str = "image", **overrides: Any) -> Str
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise TransferkitError(f"Strategy {name!r} has no option {unknown[0]!r}: its options are {', '.join(sorted(known))}.")
-    return cls(config_for(cfg_cls, modality, **overrides))
+    return cls(config_for(cfg_cls, profile or modality, **overrides))
 
 
 __all__ = ["STRATEGIES", "TEXT_ONLY", "config_for", "FitResult", "Strategy", "TrainTask", "create_strategy"]

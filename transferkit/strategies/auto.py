@@ -26,6 +26,7 @@ class AutoConfig:
     finetune_lr: float = field(default=5e-4, metadata={"help": "peak LR when fine-tuning from the probe's head"})
 
     text_defaults: ClassVar[dict[str, Any]] = {"finetune_lr": 1e-4, "max_epochs": 8}
+    speaker_defaults: ClassVar[dict[str, Any]] = {"finetune_lr": 3e-4}
 
 
 class AutoStrategy:
@@ -37,7 +38,7 @@ class AutoStrategy:
     def fit(self, task: TrainTask) -> FitResult:
         cfg = self.config
         t0 = time.monotonic()
-        probe = LinearStrategy(config_for(LinearConfig, task.modality)).fit(task)
+        probe = LinearStrategy(config_for(LinearConfig, task.profile)).fit(task)
         candidates = {"linear": probe}
         decision = ""
         per_class = int(task.class_counts().min())
@@ -51,7 +52,7 @@ class AutoStrategy:
                 decision = f"linear only: the budget leaves {task.seconds_left():.0f}s, fine-tuning needs{speed}"
             else:
                 # LP-FT: the head starts trained, so it moves at the encoder's rate
-                ft_cfg = config_for(FinetuneConfig, task.modality, epochs=epochs, lr=cfg.finetune_lr, head_lr=None,
+                ft_cfg = config_for(FinetuneConfig, task.profile, epochs=epochs, lr=cfg.finetune_lr, head_lr=None,
                                     warmup_epochs=0.5, dropout=0.0)
                 ft = FinetuneStrategy(ft_cfg, init_head=probe.model.head, epoch_seconds=epoch_s).fit(task)
                 candidates["finetune"] = ft

@@ -1,5 +1,6 @@
 """What every strategy receives (:class:`TrainTask`) and returns (:class:`FitResult`), plus the shared data
-plumbing: uint8 images in memory -> augmented, normalised batches; token ids -> trimmed batches."""
+plumbing: uint8 images in memory -> augmented, normalised batches; token ids -> trimmed batches; audio
+windows -> augmented waveforms (time shift, gain, noise; the backbone adds SpecAugment masks)."""
 
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ class TrainTask:
     """Everything a strategy may use. Built once per run by :func:`transferkit.fit`."""
 
     spec: BackboneSpec
-    backbone: Any  # ImageBackbone or TextBackbone: pretrained, untouched; strategies copy it before changing it
-    train: Any  # DecodedImages (uint8 pixels) or EncodedTexts (token ids)
+    backbone: Any  # Image/Text/AudioBackbone: pretrained, untouched; strategies copy it before changing it
+    train: Any  # DecodedImages (uint8 pixels), EncodedTexts (token ids) or DecodedAudio (windows)
     val: Any
     classes: list[str]
     accelerator: Any
@@ -43,6 +44,11 @@ class TrainTask:
     @property
     def modality(self) -> str:
         return self.backbone.modality
+
+    @property
+    def profile(self) -> str:
+        """Which defaults suit this backbone: "image", "text", "audio" (a CNN on spectrograms), "speaker"..."""
+        return getattr(self.backbone, "profile", self.modality)
 
     @property
     def multi_label(self) -> bool:
@@ -68,20 +74,22 @@ class FitResult:
     files: dict[str, bytes] = field(default_factory=dict)  # extra bundle files, e.g. a LoRA adapter in peft format
 
 
-def config_for(cfg_cls: type, modality: str = "image", **overrides: Any) -> Any:
-    """A strategy config with the defaults for this kind of data (``text_defaults`` for texts), then ``overrides``."""
-    base = dict(getattr(cfg_cls, "text_defaults", {})) if modality == "text" else {}
+def config_for(cfg_cls: type, profile: str = "image", **overrides: Any) -> Any:
+    """A strategy config with the defaults for this kind of backbone (``text_defaults`` for text encoders,
+    ``speaker_defaults`` for the speaker encoder, ...; the class defaults suit image CNNs, also on
+    spectrograms), then ``overrides``."""
+    base = dict(getattr(cfg_cls, f"{profile}_defaults", {})) if profile != "image" else {}
     return cfg_cls(**{**base, **overrides})
 
 
 def check_modality(strategy: Any, modality: str) -> None:
     """Refuse data a strategy was not built for (its class says which, in ``modalities``)."""
-    allowed = getattr(strategy, "modalities", ("image", "text"))
+    allowed = getattr(strategy, "modalities", ("image", "text", "audio"))
     if modality not in allowed:
         from ..errors import TransferkitError
 
-        raise TransferkitError(f"Strategy {strategy.name!r} works with {' and '.join(m + 's' for m in allowed)} for now: "
-                               f"for {modality}s choose linear, finetune, gradual, scratch or auto.")
+        raise TransferkitError(f"Strategy {strategy.name!r} works with {' and '.join(allowed)} data for now: "
+                               f"for {modality} data choose linear, finetune, gradual, scratch or auto.")
 
 
 class Strategy(Protocol):
@@ -116,6 +124,43 @@ class ImageTensorDataset(Dataset):
         return x, self.targets[i]
 
 
+class AudioWindowDataset(Dataset):
+    """Audio windows (``DecodedAudio``) held in memory; with ``augment`` (fine-tuning only) each draw is shifted
+    in time (up to 10% of the window, zero fill), scaled by a random gain (+-6 dB) and, half the time, mixed with
+    white noise 15-40 dB below the signal. Frequency/time masks are added by the backbone (SpecAugment)."""
+
+    def __init__(self, data: Any, augment: bool = False):
+        self.waves, self.targets, self.augment = data.waves, data.window_targets(), augment
+
+    def __len__(self) -> int:
+        return len(self.waves)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.waves[i].float()
+        return (augment_wave(x) if self.augment else x), self.targets[i]
+
+
+def augment_wave(x: torch.Tensor, max_shift: float = 0.1, gain_db: float = 6.0, noise_p: float = 0.5,
+                 snr_db: tuple[float, float] = (15.0, 40.0)) -> torch.Tensor:
+    """One random time shift, gain and (sometimes) noise for a 1-D waveform, drawn from torch's generator."""
+    n = len(x)
+    shift = int((torch.rand(()) * 2 - 1) * max_shift * n)
+    if shift:
+        out = torch.zeros_like(x)
+        if shift > 0:
+            out[shift:] = x[:-shift]
+        else:
+            out[:shift] = x[-shift:]
+        x = out
+    x = x * 10 ** (float(torch.rand(()) * 2 - 1) * gain_db / 20)
+    if torch.rand(()) < noise_p:
+        rms = x.pow(2).mean().sqrt()
+        if rms > 0:
+            snr = snr_db[0] + float(torch.rand(())) * (snr_db[1] - snr_db[0])
+            x = x + torch.randn_like(x) * rms * 10 ** (-snr / 20)
+    return x
+
+
 class TokenDataset(Dataset):
     """Token ids and masks held in memory (padded to the set's longest text; batches are trimmed later)."""
 
@@ -132,21 +177,28 @@ class TokenDataset(Dataset):
 def make_loaders(task: TrainTask, batch_size: int, augment: bool = False, hflip: bool = True) -> tuple[DataLoader, DataLoader]:
     """Training loader (epoch-seeded shuffling, augmentation for images) and validation loader."""
     # With a few dozen examples, a full batch would mean two or three steps per epoch: keep about eight or more.
-    bs = max(1, min(batch_size, max(8, len(task.train) // 8), len(task.train)))
+    n_train = len(task.train.waves) if task.modality == "audio" else len(task.train)
+    bs = max(1, min(batch_size, max(8, n_train // 8), n_train))
     if task.modality == "text":
         train_ds, val_ds, val_bs = TokenDataset(task.train), TokenDataset(task.val), max(bs, 32)
+    elif task.modality == "audio":
+        train_ds, val_ds, val_bs = AudioWindowDataset(task.train, augment), AudioWindowDataset(task.val), max(bs, 32)
     else:
         train_ds, val_ds, val_bs = ImageTensorDataset(task.train, augment, hflip), ImageTensorDataset(task.val), max(bs, 64)
-    train = DataLoader(train_ds, batch_size=bs, sampler=EpochShuffleSampler(len(task.train), task.seed),
-                       drop_last=len(task.train) > bs, num_workers=task.workers)
+    train = DataLoader(train_ds, batch_size=bs, sampler=EpochShuffleSampler(n_train, task.seed),
+                       drop_last=n_train > bs, num_workers=task.workers)
     val = DataLoader(val_ds, batch_size=val_bs, num_workers=task.workers)
     return train, val
 
 
 def make_prepare(backbone: Any) -> Callable[[Any], Any]:
-    """Loader batch -> model input: normalised channels_last images, or token ids trimmed to the batch's longest text."""
-    if getattr(backbone, "modality", "image") == "text":
+    """Loader batch -> model input: normalised channels_last images, token ids trimmed to the batch's longest text,
+    or float waveforms."""
+    modality = getattr(backbone, "modality", "image")
+    if modality == "text":
         return lambda x: text_batch(x[0], x[1])
+    if modality == "audio":
+        return lambda x: x.float()
     return image_prepare(backbone.preprocess)
 
 
@@ -162,7 +214,9 @@ def image_prepare(pre: PreprocessConfig):
 def sample_batch(task: TrainTask, n: int = 16) -> Any:
     """The first ``n`` training examples as model input (for timing and shape checks)."""
     d = task.train
-    return make_prepare(task.backbone)((d.input_ids[:n], d.attention_mask[:n]) if task.modality == "text" else d.pixels[:n])
+    batch = {"text": lambda: (d.input_ids[:n], d.attention_mask[:n]), "audio": lambda: d.waves[:n]}.get(
+        task.modality, lambda: d.pixels[:n])()
+    return make_prepare(task.backbone)(batch)
 
 
 def estimate_epoch_seconds(task: TrainTask, batch: int = 16) -> float:
@@ -180,9 +234,10 @@ def estimate_epoch_seconds(task: TrainTask, batch: int = 16) -> float:
             loss = model(x).float().mean()
         loss.backward()
         times.append(time.monotonic() - t)
-    per_image = times[-1] / n
-    # validation costs about a third of a training step per image
-    return per_image * (len(task.train) + len(task.val) / 3)
+    per_example = times[-1] / n
+    size = (lambda d: len(d.waves)) if task.modality == "audio" else len
+    # validation costs about a third of a training step per example
+    return per_example * (size(task.train) + size(task.val) / 3)
 
 
 def epochs_within_budget(

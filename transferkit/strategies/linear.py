@@ -31,6 +31,7 @@ class LinearConfig:
 
     # sentence embeddings are unit-length: the head needs larger weights, so a larger step, to be confident
     text_defaults: ClassVar[dict[str, Any]] = {"lr": 3e-2}
+    speaker_defaults: ClassVar[dict[str, Any]] = {"lr": 3e-2}  # speaker embeddings are unit-length too
 
 
 class LinearStrategy:
