@@ -84,6 +84,8 @@ class TransferModel:
             bb = self.classifier.backbone
             return encode_texts(kept, bb.tokenizer, bb.preprocess.max_length, description="tokenising"), kept
         if self.modality == "audio":
+            if isinstance(inputs, (str, Path)):
+                raise TransferkitError("Pass a list of audio files, not a single path: model.predict([path]).")
             return self._read_audio(list(inputs), skip_bad)
         return self._decode(inputs, skip_bad)
 

@@ -11,7 +11,7 @@ contrastive (text) SetFit-style: contrastive pairs tune the encoder, then a line
 ==========  ==============================================================================================
 
 Every config is a dataclass with help text; the defaults suit image CNNs (also on spectrograms), and other
-backbones start from the config's ``<profile>_defaults`` (``text_defaults``, ``speaker_defaults``).
+backbones start from the config's ``<profile>_defaults`` (``text_defaults``, ``audio_defaults``, ``speaker_defaults``).
 """
 
 from __future__ import annotations

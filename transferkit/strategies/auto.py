@@ -26,6 +26,7 @@ class AutoConfig:
     finetune_lr: float = field(default=5e-4, metadata={"help": "peak LR when fine-tuning from the probe's head"})
 
     text_defaults: ClassVar[dict[str, Any]] = {"finetune_lr": 1e-4, "max_epochs": 8}
+    audio_defaults: ClassVar[dict[str, Any]] = {"max_epochs": 25}
     speaker_defaults: ClassVar[dict[str, Any]] = {"finetune_lr": 3e-4}
 
 

@@ -76,9 +76,10 @@ class FitResult:
 
 def config_for(cfg_cls: type, profile: str = "image", **overrides: Any) -> Any:
     """A strategy config with the defaults for this kind of backbone (``text_defaults`` for text encoders,
-    ``speaker_defaults`` for the speaker encoder, ...; the class defaults suit image CNNs, also on
-    spectrograms), then ``overrides``."""
-    base = dict(getattr(cfg_cls, f"{profile}_defaults", {})) if profile != "image" else {}
+    ``speaker_defaults`` for the speaker encoder, ``audio_defaults`` for a CNN on spectrograms; the class
+    defaults suit image CNNs), then ``overrides``. Only the class's own table counts, never a parent's: the
+    scratch baseline must not inherit fine-tuning's layer-wise decay."""
+    base = dict(vars(cfg_cls).get(f"{profile}_defaults", {})) if profile != "image" else {}
     return cfg_cls(**{**base, **overrides})
 
 

@@ -49,6 +49,9 @@ class FinetuneConfig:
         "epochs": 10, "lr": 1e-4, "head_lr": 3e-3, "layer_decay": 0.9, "weight_decay": 0.01, "batch_size": 16,
         "patience": 4, "label_smoothing": 0.0, "dropout": 0.1, "augment": False,
     }
+    # ImageNet -> spectrograms is a long way: the lower layers must move more (LLRD 0.85, not 0.7), over more
+    # epochs (spoken digits, 20 per class: 0.857 with the image defaults, 0.990 with these)
+    audio_defaults: ClassVar[dict[str, Any]] = {"epochs": 30, "layer_decay": 0.85, "patience": 8, "hflip": False}
     # Resemblyzer's LSTM was trained with Adam at 1e-4: a gentle encoder rate, a faster head
     speaker_defaults: ClassVar[dict[str, Any]] = {"lr": 3e-4, "head_lr": 3e-3, "layer_decay": 0.8, "batch_size": 16,
                                                   "dropout": 0.1}
@@ -63,6 +66,7 @@ class GradualConfig(FinetuneConfig):
     patience: int = field(default=8, metadata={"help": "epochs without validation improvement before stopping"})
 
     text_defaults: ClassVar[dict[str, Any]] = {**FinetuneConfig.text_defaults, "epochs": 12, "unfreeze_every": 1, "patience": 6}
+    audio_defaults: ClassVar[dict[str, Any]] = {**FinetuneConfig.audio_defaults, "unfreeze_every": 1, "patience": 10}
     speaker_defaults: ClassVar[dict[str, Any]] = {**FinetuneConfig.speaker_defaults, "unfreeze_every": 2}
 
 
@@ -82,6 +86,7 @@ class ScratchConfig(FinetuneConfig):
         **FinetuneConfig.text_defaults, "epochs": 40, "lr": 1e-4, "head_lr": 3e-3, "layer_decay": 1.0,
         "warmup_epochs": 3.0, "patience": 15,
     }
+    audio_defaults: ClassVar[dict[str, Any]] = {"hflip": False}  # the class defaults, not fine-tuning's LLRD
     speaker_defaults: ClassVar[dict[str, Any]] = {"lr": 1e-3, "batch_size": 16}
 
 
