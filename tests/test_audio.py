@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,7 +157,8 @@ def test_audio_strategy_contract(name, audio_folder, tiny_backbone, tmp_path):
     assert m["task"] == "audio-classification" and m["strategy"].startswith(name)
     assert m["test"]["n"] == 9 and set(m["test"]["per_class"]) == set(["low", "mid", "high"])
     assert m["backbone"]["preprocess"]["clip_seconds"] == 1.0  # longest tone 0.8 s
-    assert m["backbone"]["preprocess"]["std"] != 1.0  # standardised with the training set's statistics
+    pre = m["backbone"]["preprocess"]
+    assert pre["mean"] < 0 and 1 < pre["std"] < 60  # standardised with the training set's decibel statistics
     assert "windows train" in (out / "report.md").read_text()
     again = transferkit.load(out / "model")
     files = sorted((audio_folder / "test").rglob("*.wav"))
@@ -234,14 +234,22 @@ def test_speaker_encoder_equals_resemblyzer():
         with torch.no_grad():
             ours = bb(torch.from_numpy(wav)[None])[0].numpy()
         np.testing.assert_allclose(ours, ref.embed_utterance(wav), atol=1e-4)
+    # in a run, recordings are zero-padded windows in one batch: each still embeds as its own samples do
+    clips = read_clips([tone(150, 0.5), tone(220, 1.2), tone(300, 2.9)], bb.preprocess, array_rate=16_000)
+    data = window_clips(clips, None, 16_000 * 3)
+    assert data.owner.tolist() == [0, 1, 2]
+    with torch.no_grad():
+        ours = bb(data.waves.float()).numpy()
+    for row, samples in zip(ours, clips.samples, strict=True):
+        np.testing.assert_allclose(row, ref.embed_utterance(samples), atol=1e-4)
 
 
 @pytest.mark.weights
 def test_speaker_encoder_fits_and_reloads(audio_folder, tmp_path):
     out = tmp_path / "run"
     model = transferkit.fit(audio_folder, backbone="speaker-encoder", strategy="finetune", epochs=1, out=out)
-    assert model.metrics["trainable_params"] == sum(p.numel() for p in model.classifier.parameters())
     assert model.metrics["details"]["layer_groups"] == 4  # three LSTM layers and the projection
+    assert model.metrics["backbone"]["preprocess"]["clip_seconds"] == 1.6  # at least one whole partial utterance
     assert model.metrics["details"]["config"]["lr"] == 3e-4  # the speaker encoder's own defaults
     again = transferkit.load(out / "model")
     files = sorted((audio_folder / "test").rglob("*.wav"))
@@ -261,6 +269,68 @@ def test_spoken_digits_with_unseen_speakers(tmp_path):
     model = transferkit.fit(root, strategy="linear")  # EfficientNet-Lite0 on log-mel spectrograms
     assert model.metrics["test"]["n"] == 32
     assert model.metrics["test"]["accuracy"] >= 0.6  # chance is 0.25; speakers never heard in training
+
+
+def test_fit_routes_audio_tables_and_folders_with_stray_text_files(audio_folder, tiny_backbone, tmp_path):
+    (audio_folder / "train" / "README.txt").write_text("recorded on a phone in 2024")
+    model = transferkit.fit(audio_folder, backbone=tiny_backbone, strategy="linear", epochs=5)
+    assert model.metrics["task"] == "audio-classification"
+    table = tmp_path / "clips.csv"
+    rows = [f"{p},{p.parent.name}" for p in sorted((audio_folder / "train").rglob("*.wav"))]
+    table.write_text("audio,label\n" + "\n".join(rows) + "\n")
+    model = transferkit.fit(table, backbone=tiny_backbone, strategy="linear", epochs=5)
+    assert model.metrics["task"] == "audio-classification" and model.metrics["data"]["train"] > 0
+
+
+def test_validation_scores_recordings_not_windows(audio_folder, tiny_backbone):
+    # 0.25 s windows: every tone is several windows; the best epoch's validation accuracy is the recordings'
+    model = transferkit.fit(audio_folder, backbone=tiny_backbone, strategy="finetune", epochs=2, batch_size=8,
+                            clip_seconds=0.25, precision="no")
+    m = model.metrics
+    assert m["data"]["audio"]["val"]["windows"] > m["data"]["val"]
+    best = m["history"]["epochs"][m["history"]["best_epoch"]]
+    assert best["val_acc"] == pytest.approx(m["val"]["accuracy"])
+    assert best["val_loss"] == pytest.approx(m["val"]["log_loss"], rel=1e-3)
+
+
+def test_spec_augment_is_on_while_fine_tuning_only(audio_folder, tiny_backbone, monkeypatch):
+    from transferkit.backbones.audio import SpectrogramBackbone
+
+    calls = []
+    original = SpectrogramBackbone.set_augment
+    monkeypatch.setattr(SpectrogramBackbone, "set_augment", lambda self, on: (calls.append(on), original(self, on)))
+    model = transferkit.fit(audio_folder, backbone=tiny_backbone, strategy="finetune", epochs=1, batch_size=8)
+    assert calls == [True, False] and model.classifier.backbone.masking_on is False
+    calls.clear()
+    transferkit.fit(audio_folder, backbone=tiny_backbone, strategy="finetune", epochs=1, batch_size=8, augment=False)
+    assert calls == [False, False]
+
+
+def test_an_empty_split_is_named(tmp_path, tiny_backbone):
+    from conftest import write_tones
+
+    write_tones(tmp_path / "one-each", 1)
+    with pytest.raises(TransferkitError, match="The val split has no recordings"):
+        transferkit.fit(tmp_path / "one-each", backbone=tiny_backbone, strategy="linear")
+
+
+def test_evaluate_arrays_at_their_own_sample_rate(audio_folder, tiny_backbone):
+    from transferkit.data.audio import read_audio
+
+    model = transferkit.fit(audio_folder, backbone=tiny_backbone, strategy="linear", epochs=50)
+    files = sorted((audio_folder / "test").rglob("*.wav"))
+    arrays = AudioSet([read_audio(f, 8000) for f in files], [f.parent.name for f in files], sample_rate=8000)
+    on_files, on_arrays = model.evaluate(audio_folder), model.evaluate(arrays)
+    assert on_arrays["n"] == 9 and on_arrays["accuracy"] == on_files["accuracy"]
+    with pytest.raises(TransferkitError, match="not a single one"):
+        model.predict(arrays.items[0])
+
+
+def test_vision_transformer_gets_its_fixed_input_size():
+    bb = create_backbone("timm:test_vit", pretrained=False, modality="audio").eval()
+    assert bb.preprocess.image_height == bb.preprocess.image_width == 160
+    with torch.no_grad():
+        assert bb(torch.from_numpy(np.stack([tone(300, 1.0), tone(900, 1.0)]))).shape == (2, bb.num_features)
 
 
 def test_backbone_listing_has_the_audio_encoders():

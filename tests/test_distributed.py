@@ -41,3 +41,21 @@ def test_two_process_text_fit(text_folder, tiny_text_backbone, tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["processes"] == 2 and m["task"] == "text-classification" and m["test"]["n"] == 12
     assert m["details"]["contrastive_loss"], "the pairs were trained on"
+
+
+def test_two_process_audio_fit_scores_recordings(audio_folder, tiny_backbone, tmp_path):
+    """Validation windows are gathered from both processes in loader order, then averaged per recording."""
+    out = tmp_path / "run"
+    launcher = Path(sys.executable).with_name("accelerate")
+    cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "-m", "transferkit", "fit", str(audio_folder), "--backbone", tiny_backbone,
+           "--strategy", "finetune", "--epochs", "2", "--batch-size", "8", "--clip-seconds", "0.25",
+           "--precision", "no", "--out", str(out), "--json"]
+    env = {**os.environ, "TRANSFERKIT_QUIET": "1", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["processes"] == 2 and m["task"] == "audio-classification" and m["test"]["n"] == 9
+    assert m["data"]["audio"]["val"]["windows"] > m["data"]["val"]
+    best = m["history"]["epochs"][m["history"]["best_epoch"]]
+    assert abs(best["val_acc"] - m["val"]["accuracy"]) < 1e-6

@@ -234,10 +234,16 @@ def _prepare_audio(data, backbone, arch, clip_seconds, max_length, image_size, s
         bb.preprocess = dataclasses.replace(bb.preprocess, image_height=image_size)
     load_s = time.monotonic() - t
     rate = bb.preprocess.sample_rate
+    for name, ds in _parts(splits):
+        if len(ds) == 0:
+            raise TransferkitError(f"The {name} split has no recordings: give each class at least 3 recordings, or "
+                                   f"put some in a {name}/ folder.")
     clips = {name: read_clips(ds.items, bb.preprocess, skip_bad=skip_bad, array_rate=getattr(ds, "sample_rate", None),
                               description=f"reading {name}") for name, ds in _parts(splits)}
     durations = clips["train"].durations(rate)
     clip = float(clip_seconds) if clip_seconds is not None else choose_clip_seconds(durations)
+    if clip_seconds is None and bb.preprocess.kind == "speaker":
+        clip = max(clip, 1.6)  # at least one whole 1.6 s partial utterance per window
     bb.preprocess = dataclasses.replace(bb.preprocess, clip_seconds=clip)
     index = {c: i for i, c in enumerate(splits.classes)}
     dec = {}

@@ -10,7 +10,7 @@ settings, loudness normalisation), saved in every bundle:
   to the CNN's input height and repeated over its three input channels; SpecAugment masks apply while training.
 - :class:`SpeakerEncoder`: Resemblyzer's GE2E speaker encoder (3-layer LSTM, 256-d, weights from PyPI
   ``resemblyzer``), for voice and speaker tasks. Its mel frontend and partial-utterance averaging follow
-  Resemblyzer's ``embed_utterance`` (tested to 1e-4).
+  Resemblyzer's ``embed_utterance``: a zero-padded window embeds as its recording does there (tested to 1e-4).
 - :class:`HFAudioBackbone`: Hugging Face audio encoders by name (AST, wav2vec2, HuBERT, ...) through their own
   feature extractors; needs internet the first time, offline it fails with one sentence.
 """
@@ -55,7 +55,8 @@ class AudioPreprocessConfig:
     Spectrogram settings: ``n_fft``-point Hann STFT every ``hop_length`` samples, ``n_mels`` mel bands
     (Slaney scale and area normalisation, as librosa) from ``fmin`` to ``fmax``; ``log``: decibels clipped
     at ``top_db`` below each window's maximum, then standardised with ``mean``/``std``; ``image_height``: the
-    spectrogram is resized to that many rows (the CNN's input size), time stretched alike.
+    spectrogram is resized to that many rows (the CNN's input size), time stretched alike, or to exactly
+    ``image_width`` columns for networks with a fixed input size (vision transformers).
     """
 
     kind: str = "spectrogram"  # "spectrogram", "speaker" or "hf"
@@ -71,6 +72,7 @@ class AudioPreprocessConfig:
     mean: float = 0.0
     std: float = 1.0
     image_height: int | None = 224
+    image_width: int | None = None
     target_dbfs: float | None = None
     trim_db: float | None = None
 
@@ -141,6 +143,12 @@ class MelSpectrogram(nn.Module):
             db = 10.0 * torch.log10(mel.clamp(min=1e-10))
             db = torch.maximum(db, db.amax(dim=(1, 2), keepdim=True) - pre.top_db)
             return (db - pre.mean) / pre.std
+
+
+def _frontend_like(old: MelSpectrogram | None, pre: AudioPreprocessConfig) -> MelSpectrogram:
+    """A frontend for ``pre`` on the device the previous one was on."""
+    new = MelSpectrogram(pre)
+    return new.to(old.filters.device) if old is not None else new
 
 
 class SpecAugment(nn.Module):
@@ -231,7 +239,7 @@ class SpectrogramBackbone(AudioBackbone):
         self._rebuild_frontend()
 
     def _rebuild_frontend(self) -> None:
-        self.frontend = MelSpectrogram(self.preprocess)
+        self.frontend = _frontend_like(getattr(self, "frontend", None), self.preprocess)
 
     def set_augment(self, on: bool) -> None:
         self.masking_on = bool(on)
@@ -246,7 +254,7 @@ class SpectrogramBackbone(AudioBackbone):
             x = self.masking(x)
         h = self.preprocess.image_height
         if h:
-            width = max(8, round(x.shape[-1] * h / x.shape[-2]))
+            width = self.preprocess.image_width or max(8, round(x.shape[-1] * h / x.shape[-2]))
             x = nn.functional.interpolate(x, size=(h, width), mode="bilinear", align_corners=False)
         x = x.expand(-1, 3, -1, -1).contiguous(memory_format=torch.channels_last)
         return self.body(x)
@@ -298,20 +306,27 @@ class SpeakerEncoder(AudioBackbone):
         self._rebuild_frontend()
 
     def _rebuild_frontend(self) -> None:
-        self.frontend = MelSpectrogram(self.preprocess)
+        self.frontend = _frontend_like(getattr(self, "frontend", None), self.preprocess)
 
     def forward(self, waves: torch.Tensor) -> torch.Tensor:
-        pre = self.preprocess
-        n = waves.shape[1]
-        starts = partial_slices(n, pre.hop_length, pre.sample_rate)
-        need = (starts[-1] + SPEAKER_PARTIAL_FRAMES) * pre.hop_length
-        if need > n:  # zero-pad so the last partial utterance is whole
-            waves = nn.functional.pad(waves, (0, need - n))
+        pre, frames = self.preprocess, SPEAKER_PARTIAL_FRAMES
+        # each row's own length (its window was zero-padded at the end): the partial utterances cover the
+        # recording, as Resemblyzer's embed_utterance does, not the padding
+        nonzero = (waves != 0).int()
+        lengths = (waves.shape[1] - nonzero.flip(1).argmax(1)).where(nonzero.any(1), waves.shape[1]).tolist()
+        starts = [partial_slices(n, pre.hop_length, pre.sample_rate) for n in lengths]
+        need = (max(s[-1] for s in starts) + frames) * pre.hop_length
+        if need > waves.shape[1]:  # zero-pad so the last partial utterance is whole
+            waves = nn.functional.pad(waves, (0, need - waves.shape[1]))
         mel = self.frontend(waves).transpose(1, 2)  # (B, T, n_mels)
-        parts = torch.stack([mel[:, s : s + SPEAKER_PARTIAL_FRAMES] for s in starts], dim=1)  # (B, P, 160, M)
+        most = max(len(s) for s in starts)
+        parts = torch.stack([torch.stack([mel[b, s : s + frames] for s in row + row[:1] * (most - len(row))])
+                             for b, row in enumerate(starts)])  # (B, P, 160, M); short rows repeat a partial
+        keep = torch.tensor([[i < len(row) for i in range(most)] for row in starts], device=waves.device)
         b, p = parts.shape[:2]
         with torch.autocast(device_type=waves.device.type, enabled=False):
-            e = self.body(parts.reshape(b * p, SPEAKER_PARTIAL_FRAMES, -1).float()).view(b, p, -1).mean(1)
+            e = self.body(parts.reshape(b * p, frames, -1).float()).view(b, p, -1)
+        e = (e * keep[..., None]).sum(1) / keep.sum(1, keepdim=True)
         return e / e.norm(dim=1, keepdim=True).clamp(min=1e-8)
 
 
@@ -319,11 +334,21 @@ class HFAudioBackbone(AudioBackbone):
     """A Hugging Face audio encoder behind its own feature extractor; features are the time-averaged last
     hidden states (or the model's pooled output when it has one, e.g. AST)."""
 
-    profile = "hf-audio"
+    profile = "hf_audio"
 
     def __init__(self, body: nn.Module, extractor: Any, spec: BackboneSpec, preprocess: AudioPreprocessConfig):
-        super().__init__(body, spec, int(body.config.hidden_size), preprocess, ordered_layer_groups(body))
+        width = getattr(body.config, "hidden_size", None) or getattr(body.config, "d_model", None)
+        if not width:
+            raise BackboneError(f"Audio encoder {spec.name!r} does not say its feature size (no hidden_size or d_model "
+                                "in its config): use an encoder such as AST, wav2vec2, HuBERT or Whisper.")
+        super().__init__(body, spec, int(width), preprocess, ordered_layer_groups(body))
         self.__dict__["extractor"] = extractor  # not a module: kept out of the module tree
+        # wav2vec2-style models mask time steps themselves while training: only when augmentation is asked for
+        self._mask_time_prob = getattr(body.config, "mask_time_prob", None)
+
+    def set_augment(self, on: bool) -> None:
+        if self._mask_time_prob is not None:
+            self.body.config.mask_time_prob = self._mask_time_prob if on else 0.0
 
     def forward(self, waves: torch.Tensor) -> torch.Tensor:
         arrays = list(waves.detach().float().cpu().numpy())
@@ -399,9 +424,12 @@ def build_audio(spec: BackboneSpec, pretrained: bool = True) -> AudioBackbone:
         from .registry import build
 
         image = build(BackboneSpec.from_dict(spec.extra["image"]), pretrained=pretrained)
-        h = image.preprocess.input_size[0]
+        h, w = image.preprocess.input_size
+        # vision transformers take one input size only: the spectrogram is then resized to it whole
+        fixed = bool(getattr(image.body, "pretrained_cfg", {}).get("fixed_input_size")) or hasattr(image.body, "image_size")
         out = replace(spec, weights=spec.weights if pretrained else "random")
-        return SpectrogramBackbone(image, out, AudioPreprocessConfig(kind="spectrogram", image_height=h))
+        pre = AudioPreprocessConfig(kind="spectrogram", image_height=h, image_width=w if fixed else None)
+        return SpectrogramBackbone(image, out, pre)
     if spec.source == "speaker":
         body = GE2E()
         if pretrained:
@@ -426,7 +454,9 @@ def build_hf_audio(spec: BackboneSpec, pretrained: bool = True, folder: Path | N
         extractor = AutoFeatureExtractor.from_pretrained(str(folder))
         config = AutoConfig.from_pretrained(str(folder))
         body = AutoModel.from_pretrained(str(folder)) if pretrained else AutoModel.from_config(config)
-    except (OSError, ValueError, KeyError) as err:
+        if getattr(config, "is_encoder_decoder", False):  # Whisper and the like: the encoder alone
+            body = body.get_encoder()
+    except (OSError, ValueError, KeyError, AttributeError) as err:
         raise BackboneError(f"Cannot load an audio encoder from {folder} ({type(err).__name__}: "
                             f"{str(err).splitlines()[0][:160]}).") from None
     rate = int(getattr(extractor, "sampling_rate", 16000))
@@ -445,7 +475,10 @@ def _hf_audio_dir(spec: BackboneSpec) -> Path:
 
     try:
         with _hub_offline_unless_reachable(True):
-            return Path(snapshot_download(spec.arch, allow_patterns=["*.json", "*.safetensors", "*.txt"]))
+            folder = Path(snapshot_download(spec.arch, allow_patterns=["*.json", "*.txt", "*.safetensors"]))
+            if not any(folder.rglob("*.safetensors")):  # older repos ship only pytorch_model.bin
+                folder = Path(snapshot_download(spec.arch, allow_patterns=["*.json", "*.txt", "*.bin"]))
+            return folder
     except Exception as err:  # offline, unknown repo, gated repo ...
         raise BackboneError(f"Could not download audio backbone {spec.arch!r} ({type(err).__name__}): connect to the "
                             f"internet, or {OFFLINE_AUDIO_HINT}.") from None
@@ -454,7 +487,15 @@ def _hf_audio_dir(spec: BackboneSpec) -> Path:
 def save_audio_files(backbone: AudioBackbone, folder: Path) -> None:
     """A Hugging Face encoder's config and feature extractor (``encoder/``), so a bundle rebuilds without a download."""
     if isinstance(backbone, HFAudioBackbone):
-        backbone.body.config.save_pretrained(str(folder / "encoder"))
+        config = backbone.body.config
+        current = getattr(config, "mask_time_prob", None)
+        if backbone._mask_time_prob is not None:  # the architecture as loaded (masking builds a parameter)
+            config.mask_time_prob = backbone._mask_time_prob
+        try:
+            config.save_pretrained(str(folder / "encoder"))
+        finally:
+            if current is not None:
+                config.mask_time_prob = current
         backbone.extractor.save_pretrained(str(folder / "encoder"))
 
 

@@ -84,17 +84,20 @@ class TransferModel:
             bb = self.classifier.backbone
             return encode_texts(kept, bb.tokenizer, bb.preprocess.max_length, description="tokenising"), kept
         if self.modality == "audio":
-            if isinstance(inputs, (str, Path)):
-                raise TransferkitError("Pass a list of audio files, not a single path: model.predict([path]).")
+            if isinstance(inputs, (str, Path)) or (isinstance(inputs, np.ndarray) and inputs.ndim == 1):
+                raise TransferkitError("Pass a list of audio files or waveforms, not a single one: model.predict([x]).")
             return self._read_audio(list(inputs), skip_bad)
         return self._decode(inputs, skip_bad)
 
-    def _read_audio(self, items: list[Any], skip_bad: bool, labels: list[str] | None = None):
-        """Audio files (or 1-D arrays at the model's sample rate) -> windows, read as in training."""
+    def _read_audio(self, items: list[Any], skip_bad: bool, labels: list[str] | None = None,
+                    array_rate: int | None = None):
+        """Audio files (or 1-D arrays at ``array_rate``, default the model's sample rate) -> windows, read as in
+        training."""
         from ..data.audio import read_clips, window_clips
 
         pre = self.preprocess
-        clips = read_clips(items, pre, skip_bad=skip_bad, array_rate=pre.sample_rate, description="reading audio")
+        clips = read_clips(items, pre, skip_bad=skip_bad, array_rate=array_rate or pre.sample_rate,
+                           description="reading audio")
         kept = [items[i] for i in clips.kept]
         targets = [self.classes.index(labels[i]) for i in clips.kept] if labels is not None else None
         return window_clips(clips, targets, pre.clip_samples, [str(k) for k in kept]), kept
@@ -183,7 +186,7 @@ class TransferModel:
 
             files = load_test_set(source, skip_bad=skip_bad, kind="audio")
             self._check_labels(set(files.labels), source)
-            data, _ = self._read_audio(list(files.items), skip_bad, list(files.labels))
+            data, _ = self._read_audio(list(files.items), skip_bad, list(files.labels), getattr(files, "sample_rate", None))
         else:
             from ..data.images import decode
             from ..data.sources import load_test_set

@@ -233,7 +233,8 @@ def read_clips(items: list[Any], pre: Any, *, skip_bad: bool = False, array_rate
         warn(f"{len(silent)} silent recording(s) (peak below -60 dBFS), e.g. {silent[0]}: kept, but they carry no "
              "sound; check them (--skip-bad leaves them out)")
     if not out:
-        raise DataError("No readable audio: check the files are wav/flac/ogg recordings.")
+        where = description.removeprefix("reading ") if description.startswith("reading ") else "the data"
+        raise DataError(f"No readable, non-silent audio in {where}: check the files are wav/flac/ogg recordings.")
     rates: dict[str, int] = {}
     for *_, fmt in out:
         rates[fmt] = rates.get(fmt, 0) + 1

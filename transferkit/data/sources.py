@@ -22,6 +22,7 @@ import numpy as np
 from ..errors import DataError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+PATH_COLUMNS = ("path", "image", "audio", "file", "filename", "filepath")  # a table of files, not of texts
 SPLIT_DIRS = {"train": ("train", "training"), "val": ("val", "valid", "validation", "dev"), "test": ("test", "testing")}
 Item = Union[Path, np.ndarray]
 
@@ -153,7 +154,7 @@ def read_table(path: Path, skip_bad: bool = False, kind: str = "image") -> tuple
     if not rows:
         raise DataError(f"{path} has no rows: add one row per {kind} file with path and label.")
     cols = set(rows[0][1])
-    path_col = next((c for c in ("path", "image", "audio", "file", "filename", "filepath") if c in cols), None)
+    path_col = next((c for c in PATH_COLUMNS if c in cols), None)
     label_col = next((c for c in ("label", "class", "target", "category") if c in cols), None)
     if path_col is None or label_col is None:
         raise DataError(f"{path} needs a 'path' and a 'label' column; it has {sorted(cols)}.")
@@ -323,7 +324,7 @@ def detect_kind(source: object) -> str:
         except DataError:
             return "image"
         for _, row in rows:
-            value = next((row[c] for c in ("path", "image", "file", "filename", "filepath", "audio") if row.get(c)), "")
+            value = next((row[c] for c in PATH_COLUMNS if row.get(c)), "")
             suffixes.append(Path(str(value)).suffix.lower())
     n_audio = sum(s in AUDIO_SUFFIXES for s in suffixes)
     return "audio" if n_audio > sum(s in IMAGE_SUFFIXES for s in suffixes) else "image"

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..console import info, progress, warn
 from ..errors import DataError
-from .sources import SPLIT_DIRS, Splits, _read_rows, carve_splits, table_columns
+from .sources import PATH_COLUMNS, SPLIT_DIRS, Splits, _read_rows, carve_splits, table_columns
 
 if TYPE_CHECKING:
     import torch
@@ -90,7 +90,7 @@ def is_text_source(source: Any, options: TextOptions | None = None) -> bool:
         return bool(source) and all(isinstance(x, str) for x in source[:50])
     if _is_dataframe(source) or _is_hf_dataset(source):
         cols = [str(c).lower() for c in _columns(source)]
-        return not any(c in ("path", "image", "file", "filename", "filepath") for c in cols)
+        return not any(c in PATH_COLUMNS for c in cols)
     if isinstance(source, (str, Path)):
         path = Path(source).expanduser()
         if options and (options.text_column or options.label_sep):
@@ -98,23 +98,24 @@ def is_text_source(source: Any, options: TextOptions | None = None) -> bool:
         if path.is_dir():
             if _is_saved_hf_dataset(path):
                 return True
-            # count what the class folders hold (a README.txt beside image folders does not make it text)
+            # count what the class folders hold (a README.txt beside image or audio folders does not make it text)
+            from .audio import AUDIO_SUFFIXES
             from .sources import IMAGE_SUFFIXES
 
-            n_text = n_image = 0
+            n_text = n_other = 0
             for i, f in enumerate(path.rglob("*")):
                 if i > 2000:
                     break
                 if f.is_file() and f.parent != path and not f.name.startswith("."):
                     n_text += f.suffix.lower() in TEXT_SUFFIXES
-                    n_image += f.suffix.lower() in IMAGE_SUFFIXES
-            return n_text > n_image
+                    n_other += f.suffix.lower() in IMAGE_SUFFIXES | AUDIO_SUFFIXES
+            return n_text > n_other
         if path.is_file() and path.suffix.lower() in (".csv", ".tsv", ".jsonl", ".ndjson"):
             try:
                 cols = table_columns(path)  # the header only: the file is read once, later, by its loader
             except DataError:
                 return False
-            return not cols & {"path", "image", "file", "filename", "filepath"}
+            return not cols & set(PATH_COLUMNS)
     return False
 
 

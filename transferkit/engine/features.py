@@ -1,7 +1,8 @@
 """Pooled features of a frozen backbone, computed once and cached on disk.
 
-The cache key covers the backbone's weights, its preprocessing (image size and normalisation, or max length
-and pooling), the precision and every input's content hash, so a changed file, backbone or setting never
+The cache key covers the backbone's weights, its preprocessing (image size and normalisation, max length and
+pooling, or sample rate, window and spectrogram settings; a Hugging Face feature extractor's settings), the
+precision and every input's content hash, so a changed file, backbone or setting never
 reuses stale features.
 """
 
@@ -31,6 +32,9 @@ def feature_key(backbone: torch.nn.Module, data: Any, precision: str) -> str:
     h = hashlib.sha256()
     h.update(weights_fingerprint(backbone).encode())
     h.update(json.dumps(backbone.preprocess.to_dict(), sort_keys=True).encode())
+    extractor = getattr(backbone, "extractor", None)  # a Hugging Face audio encoder's own feature settings
+    if extractor is not None:
+        h.update(json.dumps(extractor.to_dict(), sort_keys=True, default=str).encode())
     h.update(precision.encode())
     h.update("\n".join(data.fingerprints).encode())
     return h.hexdigest()[:32]

@@ -72,8 +72,9 @@ def _loss(logits: torch.Tensor, y: torch.Tensor, multi_label: bool, label_smooth
 
 @torch.no_grad()
 def evaluate_loader(model: nn.Module, loader: DataLoader, accelerator, prepare: Callable,
-                    multi_label: bool = False) -> tuple[float, float]:
-    """Mean loss and accuracy (multi-label: micro-F1) over ``loader``, gathered across processes."""
+                    multi_label: bool = False, aggregate: Callable | None = None) -> tuple[float, float]:
+    """Mean loss and accuracy (multi-label: micro-F1) over ``loader``, gathered across processes (in loader
+    order). ``aggregate(logits, targets)`` may first merge rows, e.g. an audio recording's windows into one."""
     model.eval()
     logits_all, targets_all = [], []
     for x, y in loader:
@@ -84,6 +85,8 @@ def evaluate_loader(model: nn.Module, loader: DataLoader, accelerator, prepare: 
         targets_all.append(y)
     logits = torch.cat(logits_all)
     targets = torch.cat(targets_all)
+    if aggregate is not None:
+        logits, targets = aggregate(logits.cpu(), targets.cpu())
     return _loss(logits, targets, multi_label).item(), _score(logits, targets, multi_label)
 
 
@@ -104,6 +107,7 @@ def train(
     checkpoint_dir: str | Path | None = None,
     description: str = "training",
     multi_label: bool = False,
+    val_aggregate: Callable | None = None,
 ) -> tuple[History, dict[str, torch.Tensor]]:
     """Train ``model`` and return its history and the best epoch's weights (already loaded into ``model``).
 
@@ -112,7 +116,8 @@ def train(
     ``deadline`` (a ``time.monotonic()`` value) stops training when the next epoch would not finish in time.
     With ``checkpoint_dir`` an epoch checkpoint is written, and an existing one is resumed from.
     ``multi_label`` switches to one sigmoid per class (binary cross-entropy); the "accuracy" recorded in the
-    history is then micro-F1 at probability 0.5.
+    history is then micro-F1 at probability 0.5. ``val_aggregate`` merges validation rows before scoring (audio:
+    the windows of a recording), so validation is scored per example as the final metrics are.
     """
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, scheduler
@@ -158,7 +163,7 @@ def train(
             # sum over processes, so every rank records the same training loss and accuracy
             sums = accelerator.reduce(torch.tensor([total_loss, correct, seen], dtype=torch.float64, device=accelerator.device), "sum")
             total_loss, correct, seen = sums.tolist()
-            val_loss, val_acc = evaluate_loader(model, val_loader, accelerator, prepare, multi_label)
+            val_loss, val_acc = evaluate_loader(model, val_loader, accelerator, prepare, multi_label, val_aggregate)
             rec = EpochRecord(
                 epoch, total_loss / max(1, seen), correct / max(1, seen), val_loss, val_acc,
                 max(g["lr"] for g in optimizer.param_groups), time.monotonic() - t0, stage,

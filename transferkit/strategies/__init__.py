@@ -10,8 +10,9 @@ lora        (text) low-rank adapters in the attention layers + a head; adapter s
 contrastive (text) SetFit-style: contrastive pairs tune the encoder, then a linear head on its embeddings
 ==========  ==============================================================================================
 
-Every config is a dataclass with help text; the defaults suit image CNNs (also on spectrograms), and other
-backbones start from the config's ``<profile>_defaults`` (``text_defaults``, ``audio_defaults``, ``speaker_defaults``).
+Every config is a dataclass with help text; the class defaults suit image CNNs, and other backbones start from
+the config's ``<profile>_defaults`` (``text_defaults``, ``audio_defaults`` for a CNN on spectrograms,
+``hf_audio_defaults``, ``speaker_defaults``).
 """
 
 from __future__ import annotations

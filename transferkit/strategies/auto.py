@@ -27,6 +27,7 @@ class AutoConfig:
 
     text_defaults: ClassVar[dict[str, Any]] = {"finetune_lr": 1e-4, "max_epochs": 8}
     audio_defaults: ClassVar[dict[str, Any]] = {"max_epochs": 25}
+    hf_audio_defaults: ClassVar[dict[str, Any]] = {"finetune_lr": 1e-4, "max_epochs": 8}
     speaker_defaults: ClassVar[dict[str, Any]] = {"finetune_lr": 3e-4}
 
 

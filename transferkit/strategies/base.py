@@ -192,6 +192,21 @@ def make_loaders(task: TrainTask, batch_size: int, augment: bool = False, hflip:
     return train, val
 
 
+def val_aggregate(task: TrainTask) -> Callable | None:
+    """For audio: validation logits per window -> mean per recording, with the recordings' targets, so early
+    stopping, the best epoch and ``auto``'s choice use the same unit as the final metrics. None otherwise."""
+    if task.modality != "audio":
+        return None
+    from ..engine.inference import average_windows
+
+    owner, targets = task.val.owner, task.val.targets
+
+    def aggregate(logits: torch.Tensor, _window_targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return average_windows(logits, owner, len(targets)), targets
+
+    return aggregate
+
+
 def make_prepare(backbone: Any) -> Callable[[Any], Any]:
     """Loader batch -> model input: normalised channels_last images, token ids trimmed to the batch's longest text,
     or float waveforms."""

@@ -24,7 +24,7 @@ from torch import nn
 from ..engine.loop import train
 from ..engine.optim import freeze, param_groups, trainable_parameters, warmup_cosine
 from ..heads import Classifier, LinearHead
-from .base import FitResult, TrainTask, epochs_within_budget, make_loaders, make_prepare
+from .base import FitResult, TrainTask, epochs_within_budget, make_loaders, make_prepare, val_aggregate
 
 
 @dataclass
@@ -52,6 +52,8 @@ class FinetuneConfig:
     # ImageNet -> spectrograms is a long way: the lower layers must move more (LLRD 0.85, not 0.7), over more
     # epochs (spoken digits, 20 per class: 0.857 with the image defaults, 0.990 with these)
     audio_defaults: ClassVar[dict[str, Any]] = {"epochs": 30, "layer_decay": 0.85, "patience": 8, "hflip": False}
+    # Hugging Face audio transformers (AST, wav2vec2): BERT-style rates as for texts, with audio augmentation
+    hf_audio_defaults: ClassVar[dict[str, Any]] = {**text_defaults, "augment": True, "hflip": False}
     # Resemblyzer's LSTM was trained with Adam at 1e-4: a gentle encoder rate, a faster head
     speaker_defaults: ClassVar[dict[str, Any]] = {"lr": 3e-4, "head_lr": 3e-3, "layer_decay": 0.8, "batch_size": 16,
                                                   "dropout": 0.1}
@@ -67,6 +69,8 @@ class GradualConfig(FinetuneConfig):
 
     text_defaults: ClassVar[dict[str, Any]] = {**FinetuneConfig.text_defaults, "epochs": 12, "unfreeze_every": 1, "patience": 6}
     audio_defaults: ClassVar[dict[str, Any]] = {**FinetuneConfig.audio_defaults, "unfreeze_every": 1, "patience": 10}
+    hf_audio_defaults: ClassVar[dict[str, Any]] = {**FinetuneConfig.hf_audio_defaults, "epochs": 12, "unfreeze_every": 1,
+                                                   "patience": 6}
     speaker_defaults: ClassVar[dict[str, Any]] = {**FinetuneConfig.speaker_defaults, "unfreeze_every": 2}
 
 
@@ -87,6 +91,7 @@ class ScratchConfig(FinetuneConfig):
         "warmup_epochs": 3.0, "patience": 15,
     }
     audio_defaults: ClassVar[dict[str, Any]] = {"hflip": False}  # the class defaults, not fine-tuning's LLRD
+    hf_audio_defaults: ClassVar[dict[str, Any]] = {**text_defaults, "augment": True, "hflip": False}
     speaker_defaults: ClassVar[dict[str, Any]] = {"lr": 1e-3, "batch_size": 16}
 
 
@@ -126,7 +131,7 @@ class FinetuneStrategy:
             epochs=epochs, patience=cfg.patience, prepare=make_prepare(backbone), multi_label=task.multi_label,
             on_epoch_start=self.schedule(backbone), deadline=task.deadline, label_smoothing=cfg.label_smoothing,
             checkpoint_dir=task.work_dir / f"checkpoints-{self.name}" if task.work_dir else None,
-            description=self.name,
+            description=self.name, val_aggregate=val_aggregate(task),
         )
         model = acc.unwrap_model(model).cpu().to(memory_format=torch.contiguous_format)
         if hasattr(backbone, "set_augment"):
