@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import BackboneError
-from .protocol import BackboneSpec
+from .protocol import BackboneSpec, NamedLayerGroups
 
 AUDIO_SOURCES = ("spectrogram", "speaker", "hf-audio", "hf-audio-dir")
 SPEAKER_NAMES = ("speaker-encoder", "resemblyzer")
@@ -179,7 +179,7 @@ class SpecAugment(nn.Module):
 # ---------------------------------------------------------------------------------------------- backbones
 
 
-class AudioBackbone(nn.Module):
+class AudioBackbone(NamedLayerGroups, nn.Module):
     """What the three audio kinds share: layer groups by parameter name, ``modality``, the training profile."""
 
     modality = "audio"
@@ -208,13 +208,6 @@ class AudioBackbone(nn.Module):
 
     def set_augment(self, on: bool) -> None:
         """Turn SpecAugment masking on or off for training (kinds without a spectrogram ignore it)."""
-
-    def layer_groups(self) -> list[list[nn.Parameter]]:
-        params = dict(self.body.named_parameters())
-        return [[params[n] for n in names if n in params] for names in self._group_names]
-
-    def layer_group_names(self) -> list[list[str]]:
-        return [list(names) for names in self._group_names]
 
     def random_like(self) -> AudioBackbone:
         """The same architecture and preprocessing with random weights (the scratch baseline)."""

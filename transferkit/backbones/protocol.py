@@ -1,8 +1,8 @@
 """The backbone contract every source satisfies (timm, torchvision, packaged weights, local checkpoints,
-Hugging Face text encoders in :mod:`.text`).
+Hugging Face text encoders in :mod:`.text`, audio backbones in :mod:`.audio`).
 
-A backbone maps a batch of model input (normalised images ``(B, 3, H, W)``, or tokenised texts) to pooled
-features ``(B, num_features)``. It
+A backbone maps a batch of model input (normalised images ``(B, 3, H, W)``, tokenised texts, or waveforms
+``(B, samples)``) to pooled features ``(B, num_features)``. It
 carries its own preprocessing config, which drives every transform downstream, and it splits its parameters
 into ordered layer groups (input side first) for discriminative learning rates and gradual unfreezing.
 """
@@ -67,12 +67,12 @@ class BackboneSpec:
 
 @runtime_checkable
 class Backbone(Protocol):
-    """Pooled image features plus what it takes to feed and train the network that makes them."""
+    """Pooled features plus what it takes to feed and train the network that makes them."""
 
     spec: BackboneSpec
     num_features: int
-    preprocess: Any  # PreprocessConfig for images, TextPreprocessConfig for texts
-    modality: str  # "image" or "text"
+    preprocess: Any  # PreprocessConfig (images), TextPreprocessConfig (texts), AudioPreprocessConfig (audio)
+    modality: str  # "image", "text" or "audio"
 
     def __call__(self, inputs: Any) -> torch.Tensor: ...
 
@@ -81,7 +81,23 @@ class Backbone(Protocol):
     def random_like(self) -> Backbone: ...
 
 
-class ImageBackbone(nn.Module):
+class NamedLayerGroups:
+    """``layer_groups()`` for a backbone whose ``_group_names`` lists ``body``'s parameter names per group,
+    input side first (image, text and audio backbones all keep them this way)."""
+
+    body: nn.Module
+    _group_names: list[list[str]]
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        params = dict(self.body.named_parameters())
+        return [[params[n] for n in names if n in params] for names in self._group_names]
+
+    def layer_group_names(self) -> list[list[str]]:
+        """Parameter names of ``body`` per layer group, input side first."""
+        return [list(names) for names in self._group_names]
+
+
+class ImageBackbone(NamedLayerGroups, nn.Module):
     """Wraps any feature network into the :class:`Backbone` contract.
 
     ``body`` must return pooled features of size ``num_features``; ``groups`` lists the body's parameter names
@@ -119,14 +135,6 @@ class ImageBackbone(nn.Module):
 
     def set_source_head(self, head: nn.Module | None) -> None:
         self.__dict__["_source_head"] = head.eval() if head is not None else None
-
-    def layer_groups(self) -> list[list[nn.Parameter]]:
-        params = dict(self.body.named_parameters())
-        return [[params[n] for n in names] for names in self._group_names]
-
-    def layer_group_names(self) -> list[list[str]]:
-        """Parameter names of ``body`` per layer group, input side first."""
-        return [list(names) for names in self._group_names]
 
     def random_like(self) -> ImageBackbone:
         """The same architecture and preprocessing with random weights (the scratch baseline)."""

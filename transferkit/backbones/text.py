@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import BackboneError
-from .protocol import BackboneSpec
+from .protocol import BackboneSpec, NamedLayerGroups
 
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len", "lasttoken")
 
@@ -61,7 +61,7 @@ class TextPreprocessConfig:
         return cls(max_length=int(d["max_length"]), pooling=str(d.get("pooling", "mean")), normalize=bool(d.get("normalize", False)))
 
 
-class TextBackbone(nn.Module):
+class TextBackbone(NamedLayerGroups, nn.Module):
     """A Hugging Face encoder plus pooling, in the :class:`~transferkit.backbones.Backbone` contract.
 
     ``body`` is the ``transformers`` model; ``tokenizer`` is kept outside the module tree (it is not a
@@ -90,13 +90,6 @@ class TextBackbone(nn.Module):
         if self.preprocess.normalize:
             pooled = nn.functional.normalize(pooled.float(), dim=-1)
         return pooled
-
-    def layer_groups(self) -> list[list[nn.Parameter]]:
-        params = dict(self.body.named_parameters())
-        return [[params[n] for n in names if n in params] for names in self._group_names]
-
-    def layer_group_names(self) -> list[list[str]]:
-        return [list(names) for names in self._group_names]
 
     def max_length_limit(self) -> int:
         """The longest input the encoder accepts: its position table and its tokenizer's limit."""
