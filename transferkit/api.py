@@ -85,6 +85,7 @@ def fit(
 
     Raises :class:`transferkit.TransferkitError` (one line naming the file or value) for bad input.
     """
+    from .backbones.audio import describe as describe_audio
     from .console import info
     from .data.sources import detect_kind
     from .data.text import TextOptions, is_text_source
@@ -155,7 +156,7 @@ def fit(
         "strategy": result.strategy,
         "backbone": {**bb.spec.to_dict(), "preprocess": bb.preprocess.to_dict(), "num_features": bb.num_features,
                      **({"input_size": list(bb.preprocess.input_size)} if modality == "image" else {}),
-                     **({"input": _describe_audio(bb.preprocess)} if modality == "audio" else {})},
+                     **({"input": describe_audio(bb.preprocess)} if modality == "audio" else {})},
         "data": data_summary,
         "val": scores["val"],
         "test": scores.get("test"),
@@ -257,8 +258,8 @@ def _prepare_audio(data, backbone, arch, clip_seconds, max_length, image_size, s
         dec[name] = window_clips(c, [index[ds.labels[i]] for i in c.kept], bb.preprocess.clip_samples, names, info)
         dec[name].info["windows"] = len(dec[name].waves)
     if bb.preprocess.kind == "spectrogram":  # standardise log-mel with the training set's statistics (as AST)
-        stats = spectrogram_stats(bb, dec["train"].waves)
-        bb.preprocess = dataclasses.replace(bb.preprocess, mean=stats.mean, std=stats.std)
+        mean, std = spectrogram_stats(bb, dec["train"].waves)
+        bb.preprocess = dataclasses.replace(bb.preprocess, mean=mean, std=std)
     _announce(splits, bb, describe(bb.preprocess))
     return splits, bb, dec, load_s
 
@@ -284,12 +285,6 @@ def _prepare_images(data, backbone, arch, max_length, image_size, skip_bad, val_
     dec = {name: decode(ds, bb.preprocess, splits.classes, skip_bad=skip_bad, description=f"decoding {name}")
            for name, ds in _parts(splits)}
     return splits, bb, dec, load_s
-
-
-def _describe_audio(pre: Any) -> str:
-    from .backbones.audio import describe
-
-    return describe(pre)
 
 
 def _parts(splits: Any) -> list[tuple[str, Any]]:

@@ -252,28 +252,24 @@ def demo(
     try:
         if text and audio:
             raise TransferkitError("Choose one of --text and --audio.")
-        if audio:
-            from .data.spoken_digits import build_spoken_digits
-
+        kind = "audio" if audio else "text" if text else "image"
+        if kind != "image":  # each demo has its own data and run folders unless given
             if data_dir == Path("data/fashion-mnist-10"):
-                data_dir = Path("data/spoken-digits-20")
+                data_dir = Path({"text": "data/bbc-news-8", "audio": "data/spoken-digits-20"}[kind])
             if out == Path("runs/demo"):
-                out = Path("runs/demo-audio")
-            if not (data_dir / "train").is_dir():
+                out = Path(f"runs/demo-{kind}")
+        if not (data_dir / "train").is_dir():
+            if kind == "audio":
+                from .data.spoken_digits import build_spoken_digits
+
                 build_spoken_digits(data_dir, train_per_class=20, test_per_class=30)
-        elif text:
-            from .data.bbc_news import export_text_folder
+            elif kind == "text":
+                from .data.bbc_news import export_text_folder
 
-            if data_dir == Path("data/fashion-mnist-10"):
-                data_dir = Path("data/bbc-news-8")
-            if out == Path("runs/demo"):
-                out = Path("runs/demo-text")
-            if not (data_dir / "train").is_dir():
                 export_text_folder(data_dir, train_per_class=8, test_per_class=100)
-        else:
-            from .data.fashion_mnist import export_image_folder
+            else:
+                from .data.fashion_mnist import export_image_folder
 
-            if not (data_dir / "train").is_dir():
                 export_image_folder(data_dir, train_per_class=per_class, test_size=test_size)
     except TransferkitError as err:
         _fail(err)

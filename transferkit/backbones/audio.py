@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -145,12 +145,6 @@ class MelSpectrogram(nn.Module):
             return (db - pre.mean) / pre.std
 
 
-def _frontend_like(old: MelSpectrogram | None, pre: AudioPreprocessConfig) -> MelSpectrogram:
-    """A frontend for ``pre`` on the device the previous one was on."""
-    new = MelSpectrogram(pre)
-    return new.to(old.filters.device) if old is not None else new
-
-
 class SpecAugment(nn.Module):
     """SpecAugment-style masking (Park et al. 2019) while training: ``n`` frequency bands of up to
     ``freq_fraction`` of the rows and ``n`` time spans of up to ``time_fraction`` of the columns set to 0 (the
@@ -184,6 +178,7 @@ class AudioBackbone(NamedLayerGroups, nn.Module):
 
     modality = "audio"
     profile = "audio"
+    has_frontend = False  # a mel frontend inside the module, rebuilt whenever the preprocessing changes
 
     def __init__(self, body: nn.Module, spec: BackboneSpec, num_features: int, preprocess: AudioPreprocessConfig,
                  groups: list[list[str]]):
@@ -193,6 +188,7 @@ class AudioBackbone(NamedLayerGroups, nn.Module):
         self.num_features = int(num_features)
         self._preprocess = preprocess
         self._group_names = groups
+        self._rebuild_frontend()
 
     @property
     def preprocess(self) -> AudioPreprocessConfig:
@@ -204,7 +200,10 @@ class AudioBackbone(NamedLayerGroups, nn.Module):
         self._rebuild_frontend()
 
     def _rebuild_frontend(self) -> None:
-        pass
+        if self.has_frontend:  # on the device the previous frontend was on
+            old = getattr(self, "frontend", None)
+            new = MelSpectrogram(self.preprocess)
+            self.frontend = new.to(old.filters.device) if old is not None else new
 
     def set_augment(self, on: bool) -> None:
         """Turn SpecAugment masking on or off for training (kinds without a spectrogram ignore it)."""
@@ -213,7 +212,7 @@ class AudioBackbone(NamedLayerGroups, nn.Module):
         """The same architecture and preprocessing with random weights (the scratch baseline)."""
         from .registry import build
 
-        bb = build(replace(self.spec, extra=dict(self.spec.extra)), pretrained=False)
+        bb = build(self.spec, pretrained=False)
         bb.preprocess = self.preprocess
         return bb
 
@@ -224,15 +223,13 @@ class AudioBackbone(NamedLayerGroups, nn.Module):
 class SpectrogramBackbone(AudioBackbone):
     """An image CNN on log-mel spectrograms: waveforms -> standardised log-mel -> resized 3-channel image -> CNN."""
 
+    has_frontend = True
+
     def __init__(self, image_backbone: nn.Module, spec: BackboneSpec, preprocess: AudioPreprocessConfig):
         super().__init__(image_backbone.body, spec, image_backbone.num_features, preprocess,
                          image_backbone.layer_group_names())
         self.masking = SpecAugment()
         self.masking_on = False
-        self._rebuild_frontend()
-
-    def _rebuild_frontend(self) -> None:
-        self.frontend = _frontend_like(getattr(self, "frontend", None), self.preprocess)
 
     def set_augment(self, on: bool) -> None:
         self.masking_on = bool(on)
@@ -291,15 +288,12 @@ class SpeakerEncoder(AudioBackbone):
     embeddings -> their average, at unit length."""
 
     profile = "speaker"
+    has_frontend = True
 
     def __init__(self, body: GE2E, spec: BackboneSpec, preprocess: AudioPreprocessConfig):
         layers = body.lstm.num_layers
         groups = [[f"lstm.{w}_l{i}" for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")] for i in range(layers)]
         super().__init__(body, spec, body.linear.out_features, preprocess, groups + [["linear.weight", "linear.bias"]])
-        self._rebuild_frontend()
-
-    def _rebuild_frontend(self) -> None:
-        self.frontend = _frontend_like(getattr(self, "frontend", None), self.preprocess)
 
     def forward(self, waves: torch.Tensor) -> torch.Tensor:
         pre, frames = self.preprocess, SPEAKER_PARTIAL_FRAMES
@@ -504,18 +498,10 @@ def load_audio_backbone(folder: Path, spec: BackboneSpec, preprocess: AudioPrepr
     return bb
 
 
-@dataclass
-class NormStats:
-    """Mean and standard deviation of the log-mel values of the training windows."""
-
-    mean: float
-    std: float
-    windows: int = field(default=0)
-
-
 @torch.no_grad()
-def spectrogram_stats(backbone: AudioBackbone, waves: torch.Tensor, batch_size: int = 64) -> NormStats:
-    """Log-mel statistics over training windows, for the dataset-level standardisation (as AST does)."""
+def spectrogram_stats(backbone: AudioBackbone, waves: torch.Tensor, batch_size: int = 64) -> tuple[float, float]:
+    """Mean and standard deviation of the log-mel decibels over the training windows, for the dataset-level
+    standardisation (as AST does)."""
     pre = replace(backbone.preprocess, mean=0.0, std=1.0)
     front = MelSpectrogram(pre)
     total, total_sq, count = 0.0, 0.0, 0
@@ -526,7 +512,7 @@ def spectrogram_stats(backbone: AudioBackbone, waves: torch.Tensor, batch_size: 
         count += db.numel()
     mean = total / max(1, count)
     std = max(1e-3, (total_sq / max(1, count) - mean**2) ** 0.5)
-    return NormStats(round(mean, 4), round(std, 4), len(waves))
+    return round(mean, 4), round(std, 4)
 
 
 def describe(pre: AudioPreprocessConfig) -> str:

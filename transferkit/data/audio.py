@@ -140,7 +140,7 @@ class DecodedAudio:
 
     ``waves``: (M, clip_samples) float16 windows; ``owner``: (M,) the recording each window belongs to;
     ``targets``: (N,) per recording; ``fingerprints``/``kept``/``names``: per recording. Outputs on the windows
-    are averaged per recording (:func:`transferkit.engine.inference.forward_audio`).
+    are averaged per recording (:func:`transferkit.engine.inference.forward_inputs`).
     """
 
     waves: torch.Tensor

@@ -47,71 +47,11 @@ def _forward(
     return result
 
 
-def forward_batches(
-    model: nn.Module,
-    pixels: torch.Tensor,
-    pre: PreprocessConfig,
-    *,
-    device: torch.device | str = "cpu",
-    autocast: Callable[[], AbstractContextManager] = nullcontext,
-    batch_size: int = 64,
-    description: str = "forward",
-) -> torch.Tensor:
-    """``model`` outputs for uint8 images ``(N, 3, H, W)``, in eval mode and channels_last."""
-    model = model.to(device).eval().to(memory_format=torch.channels_last)
-
-    def batch_at(idx: torch.Tensor) -> torch.Tensor:
-        return normalize(pixels[idx].to(device), pre).contiguous(memory_format=torch.channels_last)
-
-    return _forward(model, len(pixels), batch_at, torch.arange(len(pixels)), autocast, batch_size, description)
-
-
 def text_batch(ids: torch.Tensor, mask: torch.Tensor, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
     """Token ids and mask -> model input, trimmed to the longest text in the batch."""
     length = max(1, int(mask.sum(1).max().item())) if len(mask) else 1
     batch = {"input_ids": ids[:, :length].long(), "attention_mask": mask[:, :length].long()}
     return {k: v.to(device) for k, v in batch.items()} if device is not None else batch
-
-
-def forward_texts(
-    model: nn.Module,
-    data: Any,
-    *,
-    device: torch.device | str = "cpu",
-    autocast: Callable[[], AbstractContextManager] = nullcontext,
-    batch_size: int = 32,
-    description: str = "forward",
-) -> torch.Tensor:
-    """``model`` outputs for :class:`~transferkit.data.text.EncodedTexts`, longest texts first (batches of
-    similar length waste little on padding), returned in the input order."""
-    model = model.to(device).eval()
-    order = torch.argsort(data.attention_mask.sum(1), descending=True, stable=True)
-
-    def batch_at(idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        return text_batch(data.input_ids[idx], data.attention_mask[idx], device)
-
-    return _forward(model, len(data), batch_at, order, autocast, batch_size, description)
-
-
-def forward_audio(
-    model: nn.Module,
-    data: Any,
-    *,
-    device: torch.device | str = "cpu",
-    autocast: Callable[[], AbstractContextManager] = nullcontext,
-    batch_size: int = 32,
-    description: str = "forward",
-) -> torch.Tensor:
-    """``model`` outputs for :class:`~transferkit.data.audio.DecodedAudio`: run on every window, then averaged over
-    each recording's windows (mean logits for a classifier, mean features for a backbone)."""
-    model = model.to(device).eval()
-    n_windows = len(data.waves)
-
-    def batch_at(idx: torch.Tensor) -> torch.Tensor:
-        return data.waves[idx].to(device).float()
-
-    out = _forward(model, n_windows, batch_at, torch.arange(n_windows), autocast, batch_size, description)
-    return average_windows(out, data.owner, len(data))
 
 
 def average_windows(out: torch.Tensor, owner: torch.Tensor, n: int) -> torch.Tensor:
@@ -121,13 +61,46 @@ def average_windows(out: torch.Tensor, owner: torch.Tensor, n: int) -> torch.Ten
     return sums / counts.view(-1, *([1] * (out.dim() - 1)))
 
 
-def forward_inputs(model: nn.Module, data: Any, pre: Any, **kwargs: Any) -> torch.Tensor:
-    """Dispatch on the data: uint8 images (``DecodedImages``), tokenised texts (``EncodedTexts``) or audio
-    windows (``DecodedAudio``)."""
-    if hasattr(data, "waves"):
-        kwargs["batch_size"] = min(kwargs.get("batch_size", 32), 32)
-        return forward_audio(model, data, **kwargs)
-    if hasattr(data, "input_ids"):
-        kwargs["batch_size"] = min(kwargs.get("batch_size", 32), 32)
-        return forward_texts(model, data, **kwargs)
-    return forward_batches(model, data.pixels, pre, **kwargs)
+def forward_inputs(
+    model: nn.Module,
+    data: Any,
+    pre: PreprocessConfig | Any = None,
+    *,
+    device: torch.device | str = "cpu",
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
+    batch_size: int = 64,
+    description: str = "forward",
+) -> torch.Tensor:
+    """``model`` outputs (eval mode, no gradients) for data prepared by a run, in input order:
+
+    - ``DecodedImages``: uint8 pixels normalised with ``pre`` (the backbone's mean/std), channels_last;
+    - ``EncodedTexts``: longest texts first, so batches of similar length waste little on padding;
+    - ``DecodedAudio``: every window, then averaged over each recording's windows (mean logits for a
+      classifier, mean features for a backbone).
+
+    Texts and audio run in batches of at most 32.
+    """
+    model = model.to(device).eval()
+    audio = hasattr(data, "waves")
+    if audio:
+        n, order, batch_size = len(data.waves), torch.arange(len(data.waves)), min(batch_size, 32)
+
+        def batch_at(idx: torch.Tensor) -> torch.Tensor:
+            return data.waves[idx].to(device).float()
+
+    elif hasattr(data, "input_ids"):
+        order, batch_size = torch.argsort(data.attention_mask.sum(1), descending=True, stable=True), min(batch_size, 32)
+        n = len(data)
+
+        def batch_at(idx: torch.Tensor) -> dict[str, torch.Tensor]:
+            return text_batch(data.input_ids[idx], data.attention_mask[idx], device)
+
+    else:
+        model = model.to(memory_format=torch.channels_last)
+        n, order = len(data.pixels), torch.arange(len(data.pixels))
+
+        def batch_at(idx: torch.Tensor) -> torch.Tensor:
+            return normalize(data.pixels[idx].to(device), pre).contiguous(memory_format=torch.channels_last)
+
+    out = _forward(model, n, batch_at, order, autocast, batch_size, description)
+    return average_windows(out, data.owner, len(data)) if audio else out

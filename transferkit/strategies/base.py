@@ -175,10 +175,15 @@ class TokenDataset(Dataset):
         return (self.ids[i], self.mask[i]), self.targets[i]
 
 
+def rows(data: Any) -> int:
+    """How many rows the network sees for ``data``: audio windows, else examples."""
+    return len(data.waves) if hasattr(data, "waves") else len(data)
+
+
 def make_loaders(task: TrainTask, batch_size: int, augment: bool = False, hflip: bool = True) -> tuple[DataLoader, DataLoader]:
     """Training loader (epoch-seeded shuffling, augmentation for images) and validation loader."""
     # With a few dozen examples, a full batch would mean two or three steps per epoch: keep about eight or more.
-    n_train = len(task.train.waves) if task.modality == "audio" else len(task.train)
+    n_train = rows(task.train)
     bs = max(1, min(batch_size, max(8, n_train // 8), n_train))
     if task.modality == "text":
         train_ds, val_ds, val_bs = TokenDataset(task.train), TokenDataset(task.val), max(bs, 32)
@@ -251,9 +256,8 @@ def estimate_epoch_seconds(task: TrainTask, batch: int = 16) -> float:
         loss.backward()
         times.append(time.monotonic() - t)
     per_example = times[-1] / n
-    size = (lambda d: len(d.waves)) if task.modality == "audio" else len
     # validation costs about a third of a training step per example
-    return per_example * (size(task.train) + size(task.val) / 3)
+    return per_example * (rows(task.train) + rows(task.val) / 3)
 
 
 def epochs_within_budget(
