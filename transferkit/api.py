@@ -254,8 +254,7 @@ def _prepare_audio(data, backbone, arch, clip_seconds, max_length, image_size, s
         info = {"sources": c.source_rates, "silent": len(c.silent), "skipped": len(c.skipped),
                 "seconds": {"min": round(float(d.min()), 3), "median": round(float(np.median(d)), 3),
                             "max": round(float(d.max()), 3)}}
-        names = [f"array #{i}" if isinstance(ds.items[i], np.ndarray) else str(ds.items[i]) for i in c.kept]
-        dec[name] = window_clips(c, [index[ds.labels[i]] for i in c.kept], bb.preprocess.clip_samples, names, info)
+        dec[name] = window_clips(c, [index[ds.labels[i]] for i in c.kept], bb.preprocess.clip_samples, info)
         dec[name].info["windows"] = len(dec[name].waves)
     if bb.preprocess.kind == "spectrogram":  # standardise log-mel with the training set's statistics (as AST)
         mean, std = spectrogram_stats(bb, dec["train"].waves)

@@ -100,7 +100,7 @@ class TransferModel:
                            description="reading audio")
         kept = [items[i] for i in clips.kept]
         targets = [self.classes.index(labels[i]) for i in clips.kept] if labels is not None else None
-        return window_clips(clips, targets, pre.clip_samples, [str(k) for k in kept]), kept
+        return window_clips(clips, targets, pre.clip_samples), kept
 
     def _decode(self, images: list[Any], skip_bad: bool):
         from ..data.images import decode

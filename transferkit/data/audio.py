@@ -129,6 +129,7 @@ class Clips:
     skipped: list[str]
     source_rates: dict[str, int]  # "48000 Hz x 2 ch" -> number of files
     silent: list[str]
+    names: list[str]  # each clip's file, or "array #i"
 
     def durations(self, sample_rate: int) -> np.ndarray:
         return np.array([len(s) / sample_rate for s in self.samples])
@@ -226,7 +227,7 @@ def read_clips(items: list[Any], pre: Any, *, skip_bad: bool = False, array_rate
                     x = trim_silence(x, pre.trim_db, frame=max(1, pre.sample_rate // 100))
                 if pre.target_dbfs is not None:
                     x = normalize_loudness(x, pre.target_dbfs)
-            out.append((i, x, fp, fmt))
+            out.append((i, x, fp, fmt, name))
     if skipped:
         warn(f"skipped {len(skipped)} unreadable or silent audio file(s), e.g. {skipped[0]}")
     if silent and not skip_bad:
@@ -236,9 +237,10 @@ def read_clips(items: list[Any], pre: Any, *, skip_bad: bool = False, array_rate
         where = description.removeprefix("reading ") if description.startswith("reading ") else "the data"
         raise DataError(f"No readable, non-silent audio in {where}: check the files are wav/flac/ogg recordings.")
     rates: dict[str, int] = {}
-    for *_, fmt in out:
+    for *_, fmt, _ in out:
         rates[fmt] = rates.get(fmt, 0) + 1
-    return Clips([x for _, x, _, _ in out], [fp for _, _, fp, _ in out], [i for i, *_ in out], skipped, rates, silent)
+    return Clips([o[1] for o in out], [o[2] for o in out], [o[0] for o in out], skipped, rates, silent,
+                 [o[4] for o in out])
 
 
 def choose_clip_seconds(durations: np.ndarray, lo: float = 0.5, hi: float = 10.0) -> float:
@@ -250,7 +252,7 @@ def choose_clip_seconds(durations: np.ndarray, lo: float = 0.5, hi: float = 10.0
     return float(min(hi, max(lo, np.ceil(p95 * 4 - 1e-9) / 4)))
 
 
-def window_clips(clips: Clips, targets: list[int] | None, clip_samples: int, names: list[str] | None = None,
+def window_clips(clips: Clips, targets: list[int] | None, clip_samples: int,
                  info: dict[str, Any] | None = None) -> DecodedAudio:
     """Cut every recording into windows of ``clip_samples`` (hop: half a window) -> :class:`DecodedAudio`."""
     parts, owner = [], []
@@ -260,4 +262,4 @@ def window_clips(clips: Clips, targets: list[int] | None, clip_samples: int, nam
         owner += [r] * len(w)
     t = torch.tensor(targets if targets is not None else [0] * len(clips.samples), dtype=torch.long)
     return DecodedAudio(torch.cat(parts), torch.tensor(owner, dtype=torch.long), t, clips.fingerprints,
-                        clips.skipped, clips.kept, names or [], info or {})
+                        clips.skipped, clips.kept, clips.names, info or {})
