@@ -178,3 +178,14 @@ def tiny_wav2vec2(tmp_path_factory) -> str:
     Wav2Vec2Model(config).save_pretrained(str(folder))
     Wav2Vec2FeatureExtractor(sampling_rate=16_000, do_normalize=True, return_attention_mask=True).save_pretrained(str(folder))
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def box_folder(tmp_path_factory) -> Path:
+    """A tiny composed detection set in COCO format: 16 train / 6 test images of 96 px, 2 classes."""
+    from transferkit.data.composed import build_composed_detection
+
+    folder = tmp_path_factory.mktemp("boxes") / "composed"
+    build_composed_detection(folder, train_images=16, test_images=6, classes=("Trouser", "Bag"), image_size=96,
+                             objects=(1, 2), scale=(0.3, 0.5), seed=0)
+    return folder

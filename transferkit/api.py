@@ -9,12 +9,15 @@ import dataclasses
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .bundle.model import TransferModel
 from .errors import TransferkitError
+
+if TYPE_CHECKING:
+    from .bundle.detection import DetectionModel
 
 
 def parse_budget(budget: str | float | int | None) -> float | None:
@@ -55,8 +58,9 @@ def fit(
     encoding: str = "utf-8",
     max_length: int | None = None,
     clip_seconds: float | None = None,
+    task: str = "auto",
     **strategy_options: Any,
-) -> TransferModel:
+) -> TransferModel | DetectionModel:
     """Adapt a pretrained backbone to labelled images, texts or audio and return the trained :class:`TransferModel`.
 
     Images: ``data`` is a folder of class folders (optionally split into ``train/``, ``val/``, ``test/``), a
@@ -71,8 +75,14 @@ def fit(
     default, ``backbone="speaker-encoder"`` for voices. Recordings are cut into windows of ``clip_seconds``
     (default: from the training durations) whose outputs are averaged per recording.
 
+    Detection (``task="detect"``, or automatically when the data carry boxes): a COCO JSON file or folder, a YOLO
+    folder (``images/`` + ``labels/`` + ``data.yaml``) or a Pascal VOC folder (``Annotations/`` + ``JPEGImages/``);
+    an FCOS detector on the backbone's feature maps, returned as a
+    :class:`~transferkit.bundle.detection.DetectionModel`; ``image_size`` is the longer image side.
+
     ``strategy`` is ``linear``, ``finetune``, ``gradual``, ``scratch``, ``auto``, and for texts also ``lora``
-    and ``contrastive``; extra keyword arguments set that strategy's options (e.g. ``epochs=5``).
+    and ``contrastive`` (detection: ``frozen``, ``finetune``, ``gradual``, ``scratch``, ``auto``); extra keyword
+    arguments set that strategy's options (e.g. ``epochs=5``). ``task`` is ``auto``, ``classify`` or ``detect``.
     ``resume=True`` continues an interrupted run in ``out`` from its last epoch checkpoint. With ``out``, the
     run folder receives ``model/`` (the bundle), ``metrics.json``, plots and ``report.md``.
 
@@ -97,6 +107,19 @@ def fit(
     t_start = time.monotonic()
     seconds = parse_budget(budget)
     deadline = t_start + seconds if seconds is not None else None
+    if task not in ("auto", "classify", "detect"):
+        raise TransferkitError(f"Task {task!r} is unknown: choose auto, classify or detect.")
+    if task == "detect" or (task == "auto" and labels is None and _has_boxes(data)):
+        from .detect import fit_detector
+
+        for name, value in (("labels", labels), ("text_column", text_column), ("label_column", label_column),
+                            ("label_sep", label_sep), ("max_length", max_length), ("clip_seconds", clip_seconds)):
+            if value is not None:
+                raise TransferkitError(f"{name} does not apply to detection: leave it out.")
+        return fit_detector(data, backbone=backbone, arch=arch, strategy=strategy, out=out, deadline=deadline,
+                            budget_s=seconds, seed=seed, skip_bad=skip_bad, val_fraction=val_fraction,
+                            test_fraction=test_fraction, precision=precision, cpu=cpu, resume=resume,
+                            image_size=image_size, strategy_options=strategy_options, t_start=t_start)
     text_opts = TextOptions(text_column, label_column, label_sep, encoding, skip_bad)
     modality = "text" if labels is not None or is_text_source(data, text_opts) else detect_kind(data)
     create_strategy(strategy, modality, **strategy_options)  # validate the options before any heavy work
@@ -188,6 +211,17 @@ def fit(
         info(f"report: {files['report']}")
     model.metrics = metrics
     return model
+
+
+def _has_boxes(data: Any) -> bool:
+    """Whether ``data`` is a path to a boxes dataset (COCO JSON, YOLO, Pascal VOC)."""
+    from .data.boxes import BoxSet, detect_box_format
+
+    if isinstance(data, BoxSet):
+        return True
+    if not isinstance(data, (str, Path)):
+        return False
+    return detect_box_format(data) is not None
 
 
 def _prepare_texts(data, backbone, arch, labels, text_opts, max_length, image_size, val_fraction, test_fraction, seed):

@@ -42,26 +42,27 @@ def main(
 
 @app.command()
 def fit(
-    data: Path = typer.Argument(..., help="Folder of class folders of images, audio (wav/flac/ogg) or .txt files (optionally train/ val/ test/), a CSV/TSV/JSONL (path,label for images and audio; text and label columns for texts), or a saved Hugging Face dataset."),
+    data: Path = typer.Argument(..., help="Folder of class folders of images, audio (wav/flac/ogg) or .txt files (optionally train/ val/ test/), a CSV/TSV/JSONL (path,label for images and audio; text and label columns for texts), a saved Hugging Face dataset, or images with boxes (COCO JSON, YOLO txt or Pascal VOC XML) for detection."),
     out: Path = typer.Option(Path("runs/latest"), "--out", "-o", help="Run folder: model/, metrics.json, plots, report.md."),
     backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="Registry name, timm:NAME, torchvision:NAME, a Hugging Face encoder (org/name), or a path (see `transferkit backbones`). Default: efficientnet_lite0 for images and (on log-mel spectrograms) audio, all-MiniLM-L6-v2 for texts; speaker-encoder for voices."),
     arch: Optional[str] = typer.Option(None, help="Architecture of a checkpoint file given as --backbone (timm name or torchvision:NAME)."),
-    strategy: str = typer.Option("auto", "--strategy", "-s", help="linear, finetune, gradual, scratch or auto; for texts also lora and contrastive."),
+    strategy: str = typer.Option("auto", "--strategy", "-s", help="linear, finetune, gradual, scratch or auto; for texts also lora and contrastive; for detection frozen, finetune, gradual, scratch or auto."),
     budget: Optional[str] = typer.Option(None, help="Wall-time budget, e.g. 90s, 10m, 1h: training plans its epochs to finish inside it (auto also uses it to decide whether to fine-tune)."),
     epochs: Optional[int] = typer.Option(None, help="Maximum epochs (default: the strategy's own)."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: the strategy's own)."),
     batch_size: Optional[int] = typer.Option(None, help="Examples per step (default: the strategy's own)."),
     seed: int = typer.Option(0, help="Seed for splits, initialisation and shuffling."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable or missing images, empty texts, undecodable or silent audio with a warning and a count."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable or missing images, empty texts, undecodable or silent audio, and images with bad boxes or no label file, with a warning and a count."),
     precision: str = typer.Option("auto", help="auto (bf16 where the CPU/GPU supports it), bf16, fp16 or no."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out from its last epoch checkpoint."),
-    image_size: Optional[int] = typer.Option(None, help="Override the backbone's input resolution (smaller trains faster on a CPU); audio: the spectrogram's height."),
+    image_size: Optional[int] = typer.Option(None, help="Override the backbone's input resolution (smaller trains faster on a CPU); audio: the spectrogram's height; detection: the longer image side (default: the training images' median, 128-512)."),
     text_column: Optional[str] = typer.Option(None, help="Texts: the column holding the text (default: guessed from text, sentence, content, ...)."),
     label_column: Optional[str] = typer.Option(None, help="Texts: the column holding the label (default: guessed from label, class, category, ...)."),
     label_sep: Optional[str] = typer.Option(None, help="Texts: multi-label cells such as 'sport|politics' are split on this separator."),
     encoding: str = typer.Option("utf-8", help="Texts: encoding of .txt files (e.g. latin-1, cp1252)."),
     max_length: Optional[int] = typer.Option(None, help="Texts: override the encoder's token limit (shorter trains faster)."),
     clip_seconds: Optional[float] = typer.Option(None, help="Audio: window length in seconds (default: the 95th percentile of the training clips' durations); longer recordings are cut into windows whose predictions are averaged."),
+    task: str = typer.Option("auto", help="auto (boxes in the data mean detection), classify, or detect (COCO JSON, YOLO txt or Pascal VOC XML, detected from the files)."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics summary as JSON on stdout."),
 ) -> None:
     """Train on DATA and write a bundle, metrics, plots and a report to --out."""
@@ -74,11 +75,14 @@ def fit(
         model = fit_api(str(data), backbone=backbone, arch=arch, strategy=strategy, out=out, budget=budget, seed=seed,
                         skip_bad=skip_bad, precision=precision, resume=resume, image_size=image_size,
                         text_column=text_column, label_column=label_column, label_sep=label_sep, encoding=encoding,
-                        max_length=max_length, clip_seconds=clip_seconds, **options)
+                        max_length=max_length, clip_seconds=clip_seconds, task=task, **options)
     except TransferkitError as err:
         _fail(err)
     m = model.metrics
     scored = "test" if m["test"] else "val"
+    if m["task"] == "object-detection":
+        _detection_summary(m, scored, out, as_json)
+        return
     summary = {
         "strategy": m["strategy"], "scored_on": scored, "n": m[scored]["n"],
         "accuracy": round(m[scored]["accuracy"], 4), "macro_f1": round(m[scored]["macro_f1"], 4),
@@ -98,6 +102,24 @@ def fit(
         )
 
 
+def _detection_summary(m: dict, scored: str, out: Path, as_json: bool) -> None:
+    s = m[scored]
+    summary = {"strategy": m["strategy"], "scored_on": scored, "images": s["n_images"], "boxes": s["n_boxes"],
+               "map": s["map"], "map_50": s["map_50"], "seconds": round(m["timings"]["total_s"], 1),
+               "report": str(out / "report.md"), "model": str(out / "model")}
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    from .console import results as console
+
+    def f(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    console.print(f"[green]done[/] {summary['strategy']}: {scored} mAP@[.5:.95] {f(s['map'])}, mAP@.5 {f(s['map_50'])} "
+                  f"({s['n_images']} images, {s['n_boxes']} boxes) in {summary['seconds']:.1f}s\n"
+                  f"model:  {summary['model']}\nreport: {summary['report']}", highlight=False)
+
+
 @app.command()
 def predict(
     model_dir: Path = typer.Argument(..., help="A bundle folder (the run's model/)."),
@@ -108,12 +130,19 @@ def predict(
     as_json: bool = typer.Option(False, "--json", help="JSON lines on stdout."),
     as_csv: bool = typer.Option(False, "--csv", help="CSV on stdout: input,label,probability (top-1)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images or empty texts instead of stopping."),
+    draw: Optional[Path] = typer.Option(None, "--draw", help="Detectors: write the image with its boxes to this PNG (several images: a folder of PNGs)."),
+    score_threshold: float = typer.Option(0.3, "--score-threshold", help="Detectors: lowest score shown."),
 ) -> None:
-    """Top-k labels with probabilities for each image, recording or text."""
+    """Top-k labels with probabilities for each image, recording or text; boxes for detectors."""
     from .bundle.model import load
 
     try:
         model = load(model_dir)
+        if model.modality == "detection":
+            _predict_boxes(model, list(inputs or []), draw, score_threshold, skip_bad, as_json, as_csv)
+            return
+        if draw is not None:
+            raise TransferkitError("--draw is for detectors: this model classifies.")
         items = list(inputs or [])
         numbered: list[tuple[int, str]] = []
         if file or lines:
@@ -156,6 +185,44 @@ def predict(
         console.print(table)
 
 
+def _predict_boxes(model, items: list[str], draw: Optional[Path], threshold: float, skip_bad: bool, as_json: bool,
+                   as_csv: bool) -> None:
+    """Detector output: JSON lines (or CSV rows, or a table) of boxes per image, and drawn PNGs with --draw."""
+    if not items:
+        raise TransferkitError("Nothing to detect: pass image files as arguments.")
+    preds = model.predict(items, score_threshold=threshold, skip_bad=skip_bad)
+    if draw is not None:
+        targets = [draw] if len(preds) == 1 and draw.suffix.lower() == ".png" else \
+            [draw / f"{Path(p['input']).stem}.png" for p in preds]
+        for p, target in zip(preds, targets, strict=True):
+            model.draw(p["input"], target, score_threshold=threshold)
+        from .console import info
+
+        info(f"drawn: {targets[0] if len(targets) == 1 else draw}")
+    if as_json:
+        for p in preds:
+            typer.echo(json.dumps(p))
+    elif as_csv:
+        import csv
+
+        w = csv.writer(sys.stdout)
+        w.writerow(["path", "label", "score", "x1", "y1", "x2", "y2"])
+        for p in preds:
+            for b in p["boxes"]:
+                w.writerow([p["input"], b["label"], f"{b['score']:.4f}", *b["box"]])
+    else:
+        from rich.table import Table
+
+        from .console import results as console
+
+        table = Table("input", "boxes", "detections (label score [x1, y1, x2, y2])")
+        for p in preds:
+            shown = "; ".join(f"{b['label']} {b['score']:.2f} {b['box']}" for b in p["boxes"][:5])
+            more = f" (+{len(p['boxes']) - 5} more)" if len(p["boxes"]) > 5 else ""
+            table.add_row(p["input"], str(len(p["boxes"])), shown + more)
+        console.print(table)
+
+
 def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
@@ -173,7 +240,7 @@ def _short(text: str, n: int = 60) -> str:
 @app.command()
 def evaluate(
     model_dir: Path = typer.Argument(..., help="A bundle folder (the run's model/)."),
-    data: Path = typer.Argument(..., help="Labelled data: class folders (its test/ if present) or a CSV/TSV/JSONL (its test rows if it has a split column)."),
+    data: Path = typer.Argument(..., help="Labelled data: class folders (its test/ if present) or a CSV/TSV/JSONL (its test rows if it has a split column); for detectors, images with boxes (COCO/YOLO/VOC; its test split if present)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write metrics.json and confusion_matrix.png here."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images or audio, or empty texts, with a warning."),
     text_column: Optional[str] = typer.Option(None, help="Texts: the column holding the text."),
@@ -182,7 +249,7 @@ def evaluate(
     encoding: str = typer.Option("utf-8", help="Texts: encoding of .txt files."),
     as_json: bool = typer.Option(False, "--json", help="Print all metrics as JSON on stdout."),
 ) -> None:
-    """Score a saved model on labelled images, audio or texts."""
+    """Score a saved model on labelled images, audio or texts (detectors: COCO mAP on images with boxes)."""
     from .bundle.model import load
 
     try:
@@ -193,6 +260,16 @@ def evaluate(
         m = model.evaluate(str(data), skip_bad=skip_bad, **(text_options if model.modality == "text" else {}))
     except TransferkitError as err:
         _fail(err)
+    if model.modality == "detection":
+        if out is not None:
+            from .bundle.io import write_json
+
+            write_json(out / "metrics.json", m)
+        if as_json:
+            typer.echo(json.dumps(m))
+            return
+        _print_detection_metrics(m)
+        return
     if out is not None:
         from .bundle.io import write_json
         from .evaluation.plots import confusion_matrix_png
@@ -211,6 +288,23 @@ def evaluate(
     table = Table("class", "precision", "recall", "F1", "support")
     for c, v in m["per_class"].items():
         table.add_row(c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"]))
+    console.print(table)
+
+
+def _print_detection_metrics(m: dict) -> None:
+    from rich.table import Table
+
+    from .console import results as console
+
+    def f(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    console.print(f"mAP@[.5:.95] [bold]{f(m['map'])}[/], mAP@.5 {f(m['map_50'])}, mAP@.75 {f(m['map_75'])} "
+                  f"({m['n_images']} images, {m['n_boxes']} boxes)", highlight=False)
+    table = Table("class", "AP@[.5:.95]", "AP@.5", "boxes", "found", "missed", "false alarms")
+    for c, v in m["per_class"].items():
+        table.add_row(c, f(v["ap"]), f(v["ap_50"]), str(v["boxes"]), str(v["found"]), str(v["missed"]),
+                      str(v["false_alarms"]))
     console.print(table)
 
 
@@ -243,22 +337,30 @@ def demo(
     data_dir: Path = typer.Option(Path("data/fashion-mnist-10"), help="Where the demo images are written."),
     per_class: int = typer.Option(10, help="Labelled training images per class."),
     test_size: int = typer.Option(1000, help="Images from the official test set to score on."),
-    budget: str = typer.Option("3m", help="Wall-time budget for the auto strategy."),
+    budget: Optional[str] = typer.Option(None, help="Wall-time budget for the auto strategy (default 3m; 6m for --detect)."),
     text: bool = typer.Option(False, "--text", help="BBC News topics instead: 8 articles per class, all-MiniLM-L6-v2, 500 held-out articles."),
     audio: bool = typer.Option(False, "--audio", help="Spoken digits instead (espeak-ng voices, disjoint train/test speakers): 20 clips per digit, EfficientNet-Lite0 on log-mel spectrograms."),
+    detect: bool = typer.Option(False, "--detect", help="Object detection instead: Fashion-MNIST garments composed onto photos (COCO boxes), 200 train / 100 test images, FCOS on EfficientNet-Lite0."),
 ) -> None:
     """Fashion-MNIST, 10 labels per class, EfficientNet-Lite0, strategy auto: the whole job offline (--text: BBC
-    News; --audio: spoken digits)."""
+    News; --audio: spoken digits; --detect: garments on photos, with boxes)."""
     try:
-        if text and audio:
-            raise TransferkitError("Choose one of --text and --audio.")
-        kind = "audio" if audio else "text" if text else "image"
+        if text + audio + detect > 1:
+            raise TransferkitError("Choose one of --text, --audio and --detect.")
+        kind = "audio" if audio else "text" if text else "detect" if detect else "image"
         if kind != "image":  # each demo has its own data and run folders unless given
             if data_dir == Path("data/fashion-mnist-10"):
-                data_dir = Path({"text": "data/bbc-news-8", "audio": "data/spoken-digits-20"}[kind])
+                data_dir = Path({"text": "data/bbc-news-8", "audio": "data/spoken-digits-20",
+                                 "detect": "data/composed-objects"}[kind])
             if out == Path("runs/demo"):
                 out = Path(f"runs/demo-{kind}")
-        if not (data_dir / "train").is_dir():
+        budget = budget or ("6m" if kind == "detect" else "3m")
+        if kind == "detect":
+            if not (data_dir / "annotations").is_dir():
+                from .data.composed import build_composed_detection
+
+                build_composed_detection(data_dir, train_images=200, test_images=100)
+        elif not (data_dir / "train").is_dir():
             if kind == "audio":
                 from .data.spoken_digits import build_spoken_digits
 
@@ -276,7 +378,7 @@ def demo(
     fit(data=data_dir, out=out, backbone=None, arch=None, strategy="auto", budget=budget, epochs=None,
         lr=None, batch_size=None, seed=0, skip_bad=False, precision="auto", resume=False, image_size=None,
         text_column=None, label_column=None, label_sep=None, encoding="utf-8", max_length=None, clip_seconds=None,
-        as_json=False)
+        task="detect" if kind == "detect" else "classify", as_json=False)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from ..backbones.protocol import BackboneSpec, PreprocessConfig
 from ..errors import TransferkitError
 from ..heads import Classifier, build_head
 from .io import atomic_dir
+
+if TYPE_CHECKING:
+    from .detection import DetectionModel
 
 BUNDLE_FORMAT = "transferkit-bundle/1"
 
@@ -258,6 +261,8 @@ class TransferModel:
             raise TransferkitError(f"{cfg_path} is damaged ({err.msg} at line {err.lineno}): re-save the model.") from None
         if config.get("format") != BUNDLE_FORMAT:
             raise TransferkitError(f"{cfg_path} has format {config.get('format')!r}, expected {BUNDLE_FORMAT!r}.")
+        if config.get("task") == "object-detection":
+            raise TransferkitError(f"{folder} holds a detector: load it with transferkit.load().")
         spec = BackboneSpec.from_dict(config["backbone"])
         if config.get("task") == "text-classification":
             from ..backbones.text import TextPreprocessConfig, load_text_files
@@ -281,6 +286,19 @@ class TransferModel:
         return model
 
 
-def load(folder: str | Path) -> TransferModel:
-    """Load a bundle saved by :meth:`TransferModel.save` (``runs/NAME/model``)."""
+def load(folder: str | Path) -> TransferModel | DetectionModel:
+    """Load a bundle saved by ``save()`` (``runs/NAME/model``): a :class:`TransferModel` (classifier) or a
+    :class:`~transferkit.bundle.detection.DetectionModel` (detector), as its ``config.json`` says."""
+    cfg_path = Path(folder) / "config.json"
+    if cfg_path.is_file():
+        try:
+            config = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError:
+            config = {}  # TransferModel.load explains the damage
+        if config.get("task") == "object-detection" and config.get("format") == BUNDLE_FORMAT:
+            from .detection import DetectionModel
+
+            if not (Path(folder) / "model.safetensors").is_file():
+                raise TransferkitError(f"{folder} is a detector bundle without model.safetensors: copy the whole model/ folder.")
+            return DetectionModel.from_config(Path(folder), config)
     return TransferModel.load(folder)

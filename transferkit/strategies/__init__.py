@@ -10,6 +10,8 @@ lora        (text) low-rank adapters in the attention layers + a head; adapter s
 contrastive (text) SetFit-style: contrastive pairs tune the encoder, then a linear head on its embeddings
 ==========  ==============================================================================================
 
+Detectors have their own set (:mod:`.detection`): frozen, finetune, gradual, scratch and auto.
+
 Every config is a dataclass with help text; the class defaults suit image CNNs, and other backbones start from
 the config's ``<profile>_defaults`` (``text_defaults``, ``audio_defaults`` for a CNN on spectrograms,
 ``hf_audio_defaults``, ``speaker_defaults``).
@@ -43,12 +45,22 @@ TEXT_ONLY = tuple(name for name, (cls, _) in STRATEGIES.items() if getattr(cls, 
 def create_strategy(name: str, modality: str = "image", profile: str | None = None, **overrides: Any) -> Strategy:
     """``create_strategy("finetune", epochs=5)``; unknown names or options raise one clear error.
 
-    ``modality`` (image, text, audio) refuses strategies built for other data; ``profile`` (the backbone's, by
+    ``modality`` (image, text, audio, detection) refuses strategies built for other data; ``profile`` (the backbone's, by
     default the modality) picks the defaults, e.g. ``text_defaults`` (BERT-style learning rates).
     """
-    if name not in STRATEGIES:
+    if modality == "detection":
+        from .detection import DETECTION_STRATEGIES
+
+        if name not in DETECTION_STRATEGIES:
+            raise TransferkitError(f"Strategy {name!r} is not one for detection: choose one of "
+                                   f"{', '.join(DETECTION_STRATEGIES)}.")
+        cls, cfg_cls = DETECTION_STRATEGIES[name]
+    elif name == "frozen":
+        raise TransferkitError("Strategy 'frozen' is for detection: for classification, linear keeps the backbone frozen.")
+    elif name not in STRATEGIES:
         raise TransferkitError(f"Unknown strategy {name!r}: choose one of {', '.join(STRATEGIES)}.")
-    cls, cfg_cls = STRATEGIES[name]
+    else:
+        cls, cfg_cls = STRATEGIES[name]
     check_modality(cls, modality)
     known = {f.name for f in fields(cfg_cls)}
     unknown = sorted(set(overrides) - known)

@@ -1,0 +1,152 @@
+"""A trained detector you can predict with, draw, evaluate, save and load again: :class:`DetectionModel`.
+
+Bundle layout (``model/``), the same format as classifiers::
+
+    model.safetensors   every tensor of the detector (body, FPN, FCOS head)
+    config.json         format, task "object-detection", backbone spec, detector config (image size, classes,
+                        thresholds), preprocessing (mean/std), labels, metrics
+
+Loading rebuilds the detector from ``config.json`` (no download, no pickle) and fills it from safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import TransferkitError
+from .io import atomic_dir
+
+TASK = "object-detection"
+
+
+class DetectionModel:
+    """Boxes, labels and scores for images.
+
+    Example::
+
+        >>> det = transferkit.fit("shelf-photos/", task="detect", out="runs/shelf")
+        >>> det.predict(["photo.jpg"])[0]["boxes"][0]
+        {'label': 'bottle', 'score': 0.91, 'box': [12.0, 40.5, 96.0, 230.0]}
+        >>> det.draw("photo.jpg", "photo-boxes.png")
+        >>> det.evaluate("shelf-photos/test")["map"]
+        0.62
+    """
+
+    def __init__(self, detector: Any, classes: list[str], meta: dict[str, Any] | None = None):
+        self.detector = detector.eval()
+        self.classes = list(classes)
+        self.meta = meta or {}
+        self.metrics: dict[str, Any] = {}  # filled by transferkit.fit: everything metrics.json holds
+
+    modality = "detection"
+
+    @property
+    def image_size(self) -> int:
+        return int(self.detector.config["image_size"])
+
+    def _decode(self, images: list[Any], skip_bad: bool):
+        from ..data.boxes import BoxSet
+        from ..data.detection import decode_boxes
+
+        images = list(images)
+        empty = [np.zeros((0, 4), np.float32) for _ in images]
+        source = BoxSet(images, empty, [[] for _ in images], origin="inputs", format="memory")
+        return decode_boxes(source, self.image_size, self.classes, interpolation=self.detector.preprocess.interpolation,
+                            skip_bad=skip_bad, description="decoding")
+
+    def detect_decoded(self, data: Any, batch_size: int = 8, precision: str = "auto") -> list[dict[str, torch.Tensor]]:
+        """Predictions for images decoded by a run, mapped back to each image's own pixels."""
+        from ..engine.accel import resolve_precision
+        from ..engine.detection import detect
+
+        use_bf16 = resolve_precision(precision, cpu=True) == "bf16"
+        preds = detect(self.detector, data.images, batch_size=batch_size,
+                       autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16))
+        for p, scale in zip(preds, data.scales, strict=True):
+            p["boxes"] = p["boxes"] / scale
+        return preds
+
+    def predict(self, images: list[Any], score_threshold: float = 0.3, batch_size: int = 8, precision: str = "auto",
+                skip_bad: bool = False) -> list[dict[str, Any]]:
+        """For each image path (or HxWx3 uint8 array): ``{"input", "boxes": [{"label", "score", "box": [x1, y1, x2,
+        y2]}]}``, boxes in the image's own pixels, best score first, scores >= ``score_threshold``."""
+        if isinstance(images, (str, Path)):
+            raise TransferkitError("Pass a list of images, not a single one: model.predict([image]).")
+        data = self._decode(images, skip_bad)
+        preds = self.detect_decoded(data, batch_size, precision)
+        out = []
+        for name, p in zip(data.names, preds, strict=True):
+            keep = p["scores"] >= score_threshold
+            boxes = [{"label": self.classes[int(k)], "score": round(float(s), 4), "box": [round(float(v), 1) for v in b]}
+                     for b, k, s in zip(p["boxes"][keep], p["labels"][keep], p["scores"][keep], strict=True)]
+            out.append({"input": name if not name.startswith("array #") else "<array>", "boxes": boxes})
+        return out
+
+    def draw(self, image: Any, path: str | Path, score_threshold: float = 0.3) -> Path:
+        """Write ``image`` with its predicted boxes (class and score) as a PNG at ``path``."""
+        from ..data.images import load_pil
+        from ..evaluation.detection import draw_boxes, save_png
+
+        data = self._decode([image], skip_bad=False)
+        pred = self.detect_decoded(data)[0]
+        pixels = np.asarray(load_pil(image)[0])
+        save_png(draw_boxes(pixels, self.classes, pred, score_threshold=score_threshold), path)
+        return Path(path)
+
+    def evaluate(self, source: Any, skip_bad: bool = False) -> dict[str, Any]:
+        """COCO metrics on images with boxes (COCO JSON, YOLO txt or Pascal VOC XML; its test split if it has one).
+        Class names must be this model's; the data's class order may differ."""
+        from ..data.boxes import load_box_test_set
+        from ..evaluation.detection import detection_metrics
+
+        boxes, _ = load_box_test_set(source, skip_bad=skip_bad)
+        unknown = sorted({c for labels in boxes.labels for c in labels} - set(self.classes))
+        if unknown:
+            raise TransferkitError(f"Classes {', '.join(unknown[:5])} in {source} are not classes of this model "
+                                   f"({', '.join(self.classes)}).")
+        data = self._decode_set(boxes, skip_bad)
+        preds = self.detect_decoded(data)
+        truth = [{"boxes": data.original_boxes(i), "labels": data.targets[i]} for i in range(len(data))]
+        return detection_metrics(preds, truth, self.classes)
+
+    def _decode_set(self, boxes: Any, skip_bad: bool):
+        from ..data.detection import decode_boxes
+
+        return decode_boxes(boxes, self.image_size, self.classes, interpolation=self.detector.preprocess.interpolation,
+                            skip_bad=skip_bad, description="decoding")
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the bundle atomically: a crash leaves either the old bundle or the new one, never half."""
+        from safetensors.torch import save_file
+
+        from .. import __version__
+        from .model import BUNDLE_FORMAT
+
+        det = self.detector
+        own = ("format", "transferkit_version", "task", "labels", "backbone", "preprocess", "detector")
+        config = {"format": BUNDLE_FORMAT, "transferkit_version": __version__, "task": TASK, "labels": self.classes,
+                  "backbone": det.spec.to_dict(), "preprocess": det.preprocess.to_dict(), "detector": det.config,
+                  **{k: v for k, v in self.meta.items() if k not in own}}
+        state = {k: v.detach().cpu().contiguous() for k, v in det.state_dict().items()}
+        with atomic_dir(folder) as tmp:
+            save_file(state, str(tmp / "model.safetensors"), metadata={"format": BUNDLE_FORMAT})
+            (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
+        return Path(folder)
+
+    @classmethod
+    def from_config(cls, folder: Path, config: dict[str, Any]) -> DetectionModel:
+        from safetensors.torch import load_file
+
+        from ..backbones.protocol import BackboneSpec, PreprocessConfig
+        from ..heads.detection import detector_from_config
+
+        spec = BackboneSpec.from_dict(config["backbone"])
+        det = detector_from_config(spec, PreprocessConfig.from_dict(config["preprocess"]), config["detector"],
+                                   pretrained=False)
+        det.load_state_dict(load_file(str(folder / "model.safetensors")))
+        return cls(det, config["labels"], {k: v for k, v in config.items() if k != "labels"})
