@@ -92,6 +92,8 @@ def test_builder_is_deterministic_and_boxes_are_tight(built, tmp_path):
     assert (s.format, s.classes) == ("coco", ["Trouser", "Bag", "Sneaker"])
     assert s.how.startswith("files") and len(s.train) + len(s.val) == 10 and len(s.test) == 4
     assert set(s.train.counts()) <= {"Trouser", "Bag", "Sneaker"}
+    summary = s.summary()
+    assert summary["boxes"]["train"] == sum(s.train.counts().values()) > 0 and summary["skipped"] == 0
 
 
 def test_composed_boxes_are_exact():
@@ -107,6 +109,43 @@ def test_composed_boxes_are_exact():
     assert (x2 - x1, y2 - y1) == (4, 15)
     lit = np.argwhere(img.max(axis=2) > 0)
     assert (lit[:, 1].min(), lit[:, 0].min(), lit[:, 1].max() + 1, lit[:, 0].max() + 1) == (x1, y1, x2, y2)
+
+
+def test_composed_boxes_are_tight_around_what_is_painted():
+    """Real garments at random scales: every pixel painted more than half opaque is inside a box, and every box
+    edge touches such a pixel (the blend weight is recovered by composing on black and on white)."""
+    from transferkit.data.composed import compose_image
+    from transferkit.data.fashion_mnist import load_fashion_mnist
+
+    garments, _ = load_fashion_mnist("test")
+    n_boxes = 0
+    for seed in range(8):
+        picks = [garments[i] for i in np.random.default_rng(seed).choice(len(garments), 4)]
+        dark, boxes, _ = compose_image(np.random.default_rng(seed), np.zeros((128, 128, 3), np.float32), picks, (0.18, 0.45))
+        light, same, _ = compose_image(np.random.default_rng(seed), np.full((128, 128, 3), 255, np.float32), picks,
+                                       (0.18, 0.45))
+        assert boxes == same
+        # pixel = background * (1 - w) + garment * w, so white minus black is 255 * (1 - w), to within uint8 rounding
+        weight = 1 - (light.astype(np.float32) - dark.astype(np.float32)).mean(axis=2) / 255
+        inside = np.zeros(weight.shape, bool)
+        for x1, y1, x2, y2 in boxes:
+            inside[y1:y2, x1:x2] = True
+            w = weight[y1:y2, x1:x2]
+            for edge in (w[0], w[-1], w[:, 0], w[:, -1]):
+                assert edge.max() > 0.49, (seed, (x1, y1, x2, y2))
+        assert not ((weight > 0.51) & ~inside).any(), seed  # no painted pixel outside every box
+        n_boxes += len(boxes)
+    assert n_boxes >= 16  # the check saw many garments
+
+
+def test_builder_refuses_bad_settings(tmp_path):
+    with pytest.raises(DataError, match="'Hat' is not a Fashion-MNIST class: choose from T-shirt_top, Trouser"):
+        build_composed_detection(tmp_path / "x", classes=("Trouser", "Hat"))
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "photo.jpg").write_bytes(b"x")
+    with pytest.raises(DataError, match="mine already exists and is not empty"):
+        build_composed_detection(tmp_path / "mine", train_images=2, test_images=1)
+    assert (tmp_path / "mine" / "photo.jpg").read_bytes() == b"x"  # never replaced
 
 
 def test_the_three_formats_read_the_same_boxes(built, tmp_path):
@@ -136,10 +175,10 @@ def test_the_three_formats_read_the_same_boxes(built, tmp_path):
     assert load_box_splits(variants["voc"]).how == "lists"
 
 
-def test_formats_not_mistaken(colour_folder, text_folder, tmp_path):
+def test_formats_not_mistaken(colour_folder, text_folder, audio_folder, tmp_path):
     csv = tmp_path / "t.csv"
     csv.write_text("path,label\na.png,x\n")
-    for source in (colour_folder, text_folder, csv, tmp_path / "missing"):
+    for source in (colour_folder, text_folder, audio_folder, csv, tmp_path / "missing"):
         assert detect_box_format(source) is None
 
 
@@ -237,3 +276,100 @@ def test_write_coco_round_trip(tmp_path):
     s, classes = load_box_test_set(tmp_path / "imgs" / "out.json")
     assert classes == ["cup", "pen"]
     np.testing.assert_allclose(s.boxes[0], [[1.5, 2, 30, 40]])
+
+
+def test_skip_bad_skips_the_whole_image_and_counts_it(tmp_path):
+    yolo = tmp_path / "y"
+    for name in ("a", "b", "c", "d", "e", "f"):
+        image(yolo / "images" / f"{name}.png")
+        (yolo / "labels").mkdir(parents=True, exist_ok=True)
+        (yolo / "labels" / f"{name}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (yolo / "classes.txt").write_text("cup\n")
+    (yolo / "labels" / "b.txt").write_text("0 0.5 0.5 0.2 0.2\n0 0.9 0.5 0.4 0.2\n")  # 2nd box: x 0.7-1.1
+    (yolo / "labels" / "c.txt").unlink()
+    (yolo / "images" / "d.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match=r"b\.txt line 2 \('0 0\.9 0\.5 0\.4 0\.2'\): box x 140-220, .* leaves the 200x100"):
+        load_box_splits(yolo)
+    s = load_box_splits(yolo, skip_bad=True)
+    kept = sorted(Path(i).name for part in (s.train, s.val, s.test) if part is not None for i in part.items)
+    assert kept == ["a.png", "e.png", "f.png"]  # b's good box is not kept without its bad one
+    assert s.summary()["skipped"] == 3 and any("d.png is not a readable image" in m for m in s.skipped)
+
+    coco_file = coco(tmp_path / "c", [{"image_id": 2, "category_id": 1, "bbox": [1, 1, 10, 10]}], images=6)
+    (tmp_path / "c" / "img0.png").unlink()
+    s = load_box_splits(coco_file, skip_bad=True)
+    assert s.summary()["skipped"] == 1 and "img0.png" in s.skipped[0]
+
+    voc = tmp_path / "v"
+    for name in ("a", "b", "c", "d"):
+        image(voc / f"{name}.png")
+        if name != "b":
+            (voc / f"{name}.xml").write_text(voc_xml(voc / f"{name}.png", np.array([[1, 1, 5, 5]]), ["cup"]))
+    s = load_box_splits(voc, skip_bad=True, test_fraction=0)
+    assert s.summary()["skipped"] == 1 and "b.png has no label file" in s.skipped[0] and s.test is None
+
+
+def test_voc_trainval_with_val_list_keeps_val_out_of_training(tmp_path):
+    ids = [f"{i:03d}" for i in range(6)]
+    boxes = BoxSet([image(tmp_path / "src" / f"{i}.png") for i in ids], [np.array([[1, 1, 9, 9]], np.float32)] * 6,
+                   [["cup"]] * 6)
+    root = to_voc({"trainval": boxes}, tmp_path / "voc")
+    (root / "ImageSets" / "Main" / "val.txt").write_text("trainval-001\ntrainval-004\n")
+    s = load_box_splits(root)
+    assert s.how == "lists"
+    assert sorted(Path(i).stem for i in s.val.items) == ["trainval-001", "trainval-004"]
+    assert not {Path(i).stem for i in s.train.items} & {Path(i).stem for i in s.val.items}
+    assert len(s.train) == 4
+
+
+def test_yolo_names_with_a_gap_are_refused(tmp_path):
+    root = tmp_path / "y"
+    image(root / "images" / "a.png")
+    (root / "labels").mkdir()
+    (root / "labels" / "a.txt").write_text("2 0.5 0.5 0.1 0.1\n")
+    (root / "data.yaml").write_text("names:\n  0: cup\n  2: pen\n")  # 2 would silently read as the 2nd name
+    with pytest.raises(DataError, match=r"data\.yaml: names must be numbered 0 to 1 without gaps"):
+        load_box_test_set(root)
+    (root / "data.yaml").write_text("names:\n  1: pen\n  0: cup\n")  # any order is fine
+    (root / "labels" / "a.txt").write_text("1 0.5 0.5 0.1 0.1\n")
+    assert load_box_test_set(root)[0].labels == [["pen"]]
+
+
+def test_write_coco_names_what_it_cannot_write(tmp_path):
+    img = image(tmp_path / "imgs" / "x.png")
+    with pytest.raises(DataError, match=r"Class 'mug' of .*x\.png is not among the classes given \(cup, pen\)"):
+        write_coco(BoxSet([img], [np.array([[1, 1, 5, 5]], np.float32)], [["mug"]]), tmp_path / "o.json", ["cup", "pen"],
+                   tmp_path / "imgs")
+    with pytest.raises(DataError, match="is an array: COCO lists files"):
+        write_coco(BoxSet([np.zeros((4, 4, 3), np.uint8)], [np.zeros((0, 4), np.float32)], [[]]), tmp_path / "o.json",
+                   ["cup"], tmp_path)
+    with pytest.raises(DataError, match=r"x\.png is not under .*other"):
+        write_coco(BoxSet([img], [np.zeros((0, 4), np.float32)], [[]]), tmp_path / "o.json", ["cup"], tmp_path / "other")
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_in_memory_sources_and_an_empty_test_split(tmp_path):
+    mem = BoxSet([np.zeros((8, 8, 3), np.uint8)] * 10, [np.array([[1, 1, 4, 4]], np.float32)] * 10, [["cup"]] * 10)
+    splits = load_box_splits(mem)
+    assert (splits.format, splits.classes) == ("memory", ["cup"]) and load_box_splits(splits) is splits
+    assert load_box_test_set(mem) == (mem, ["cup"])
+    assert load_box_test_set(splits)[0] is splits.test
+
+    root = tmp_path / "y"
+    image(root / "images" / "train" / "a.png")
+    image(root / "images" / "train" / "b.png")
+    (root / "images" / "test").mkdir()
+    (root / "labels" / "train").mkdir(parents=True)
+    (root / "labels" / "train" / "a.txt").write_text("")
+    (root / "labels" / "train" / "b.txt").write_text("")
+    (root / "classes.txt").write_text("cup\n")
+    with pytest.raises(DataError, match="The test split of .* has no images"):
+        load_box_splits(root)
+
+
+def test_a_coco_image_list_without_annotations_is_named(tmp_path):
+    path = tmp_path / "image_info.json"
+    path.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png"}], "categories": []}))
+    assert detect_box_format(path) == "coco"
+    with pytest.raises(DataError, match=r"image_info\.json has no 'annotations' list"):
+        load_box_test_set(path)

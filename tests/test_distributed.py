@@ -59,3 +59,20 @@ def test_two_process_audio_fit_scores_recordings(audio_folder, tiny_backbone, tm
     assert m["data"]["audio"]["val"]["windows"] > m["data"]["val"]
     best = m["history"]["epochs"][m["history"]["best_epoch"]]
     assert abs(best["val_acc"] - m["val"]["accuracy"]) < 1e-6
+
+
+def test_two_process_detection_fit(box_folder, tiny_backbone, tmp_path):
+    """The detection loop (lists of images and targets, its own validation) under two processes."""
+    out = tmp_path / "run"
+    launcher = Path(sys.executable).with_name("accelerate")
+    cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "-m", "transferkit", "fit", str(box_folder), "--task", "detect",
+           "--backbone", tiny_backbone, "--strategy", "gradual", "--epochs", "2", "--batch-size", "4",
+           "--precision", "no", "--out", str(out), "--json"]
+    env = {**os.environ, "TRANSFERKIT_QUIET": "1", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["processes"] == 2 and m["task"] == "object-detection" and m["test"]["n_images"] == 6
+    assert [e["stage"] for e in m["history"]["epochs"]] == [0, 0]  # unfreeze_every 2: still pyramid and head
+    assert sorted(p.name for p in out.iterdir()) == ["examples.png", "learning_curve.png", "metrics.json", "model", "report.md"]

@@ -48,7 +48,11 @@ class BoxSet:
                       self.origin, self.format)
 
     def counts(self) -> dict[str, int]:
+        """Boxes per class name, sorted by name."""
         return dict(sorted(Counter(c for labels in self.labels for c in labels).items()))
+
+    def box_count(self) -> int:
+        return int(sum(len(b) for b in self.boxes))
 
 
 @dataclass
@@ -65,6 +69,7 @@ class BoxSplits:
         parts = {"train": self.train, "val": self.val, "test": self.test}
         return {"classes": self.classes, "split": self.how, "format": self.format,
                 **{k: len(v) if v is not None else 0 for k, v in parts.items()},
+                "boxes": {k: v.box_count() if v is not None else 0 for k, v in parts.items()},
                 "train_per_class": self.train.counts(), "skipped": len(self.skipped)}
 
 
@@ -95,14 +100,18 @@ class _Checker:
         return [x1, y1, x2, y2]
 
 
-def _image_size(path: Path) -> tuple[int, int]:
+def _image_size(path: Path, check: _Checker | None = None) -> tuple[int, int] | None:
+    """Width and height from the header; None (after ``check.bad``) when it is not a readable image."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:  # the header only
             return im.size
     except (OSError, UnidentifiedImageError):
-        raise DataError(f"{path} is not a readable image: replace or remove it.") from None
+        if check is None:
+            raise DataError(f"{path} is not a readable image: replace or remove it.") from None
+        check.bad(f"{path} is not a readable image")
+        return None
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -143,17 +152,22 @@ def detect_box_format(source: Any) -> str | None:
 
 
 def _is_coco(path: Path) -> bool:
+    # the start of the file only: a COCO train file can be half a gigabyte, and this runs on every data path
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        with path.open("rb") as f:
+            head = f.read(1 << 16).decode("utf-8", errors="ignore")
+    except OSError:
         return False
-    return isinstance(data, dict) and "images" in data and "annotations" in data
+    return head.lstrip("\ufeff \t\r\n").startswith("{") and any(f'"{k}"' in head for k in ("images", "annotations"))
 
 
 def load_box_splits(source: Any, *, val_fraction: float = 0.15, test_fraction: float = 0.2, seed: int = 0,
                     skip_bad: bool = False) -> BoxSplits:
     """Read a boxes dataset (COCO JSON file or folder, YOLO folder, Pascal VOC folder, or a :class:`BoxSet`) and
-    return train/val(/test) splits. Raises :class:`DataError` with one line naming the culprit."""
+    return train/val(/test) splits (ready :class:`BoxSplits` are returned as they are). Raises :class:`DataError`
+    with one line naming the culprit."""
+    if isinstance(source, BoxSplits):
+        return source
     check = _Checker(skip_bad)
     if isinstance(source, BoxSet):
         classes = sorted({c for labels in source.labels for c in labels})
@@ -175,7 +189,12 @@ def load_box_splits(source: Any, *, val_fraction: float = 0.15, test_fraction: f
 
 
 def load_box_test_set(source: Any, skip_bad: bool = False) -> tuple[BoxSet, list[str]]:
-    """The test split of a boxes dataset when it has one, else every image; and its class names."""
+    """The test split of a boxes dataset when it has one, else every image; and its class names (a
+    :class:`BoxSet` is scored whole, :class:`BoxSplits` by their test split, else validation)."""
+    if isinstance(source, BoxSplits):
+        return (source.test if source.test is not None else source.val), source.classes
+    if isinstance(source, BoxSet):
+        return source, sorted({c for labels in source.labels for c in labels})
     check = _Checker(skip_bad)
     path = Path(source).expanduser()
     fmt = detect_box_format(path) if path.exists() else None
@@ -200,8 +219,8 @@ def _split(given: dict[str, BoxSet], classes: list[str], how: str, fmt: str, val
     if "train" not in given:  # one set: a seeded random split by image
         everything = _concat(list(given.values()), next(iter(given.values())).origin, fmt)
         order = rng.permutation(len(everything)).tolist()
-        n_test = int(round(len(order) * test_fraction))
-        n_val = max(1, int(round(len(order) * val_fraction)))
+        n_test = round(len(order) * test_fraction)
+        n_val = max(1, round(len(order) * val_fraction))
         if len(order) - n_test - n_val < 1:
             raise DataError(f"{everything.origin} has {len(order)} image(s): too few to split; add images.")
         test = everything.subset(sorted(order[:n_test])) if n_test else None
@@ -211,13 +230,15 @@ def _split(given: dict[str, BoxSet], classes: list[str], how: str, fmt: str, val
     train, val, test = given["train"], given.get("val"), given.get("test")
     if val is None or len(val) == 0:  # carve validation images out of train
         order = rng.permutation(len(train)).tolist()
-        n_val = max(1, int(round(len(order) * val_fraction)))
+        n_val = max(1, round(len(order) * val_fraction))
         if len(order) - n_val < 1:
             raise DataError(f"{train.origin} has {len(order)} training image(s): too few to keep some for validation.")
         val, train = train.subset(sorted(order[:n_val])), train.subset(sorted(order[n_val:]))
         how = f"{how}, validation carved seed={seed}"
     if len(train) == 0:
         raise DataError(f"The training split of {train.origin} has no images: add some.")
+    if test is not None and len(test) == 0:
+        raise DataError(f"The test split of {test.origin} has no images: add some, or remove the empty split.")
     return BoxSplits(train, val, test, classes, how, fmt)
 
 
@@ -235,7 +256,8 @@ def read_coco(path: Path, check: _Checker) -> tuple[dict[str, BoxSet], list[str]
             split = _split_name(j.stem)
             if split and split not in files:
                 stem = j.stem.removeprefix("instances_")
-                dirs = [path / stem, path / split, path / "images" / stem, path / "images" / split, path / "images", path]
+                dirs = [path / stem, path / split, path / f"{split}2017", path / "images" / stem, path / "images" / split,
+                        path / "images", path]
                 files[split] = (j, dirs)
         for d in sorted(SPLIT_NAMES):
             j = path / d / "_annotations.coco.json"
@@ -262,6 +284,9 @@ def _read_coco_file(path: Path, dirs: list[Path], check: _Checker) -> tuple[BoxS
         images = {int(im["id"]): im for im in data["images"]}
     except (KeyError, TypeError, ValueError):
         raise DataError(f"{path}: images need id and file_name, categories id and name: re-export it.") from None
+    if not isinstance(data.get("annotations"), list):
+        raise DataError(f"{path} has no 'annotations' list: give a COCO instances file (images, annotations, "
+                        "categories), not an image list.")
     names = [cats[k] for k in sorted(cats)]
     per_image: dict[int, list[dict]] = {k: [] for k in images}
     for n, ann in enumerate(data["annotations"]):
@@ -279,7 +304,9 @@ def _read_coco_file(path: Path, dirs: list[Path], check: _Checker) -> tuple[BoxS
             continue
         w, h = im.get("width"), im.get("height")
         if not w or not h:
-            w, h = _image_size(file)
+            if (size := _image_size(file, check)) is None:
+                continue
+            w, h = size
         bs, ls, ok = [], [], True
         for ann in per_image[image_id]:
             if ann.get("iscrowd", 0):
@@ -310,16 +337,25 @@ def _read_coco_file(path: Path, dirs: list[Path], check: _Checker) -> tuple[BoxS
 
 def write_coco(boxes: BoxSet, json_path: Path, classes: list[str], image_root: Path) -> None:
     """Write ``boxes`` (image files under ``image_root``) as COCO JSON, categories numbered from 1 in ``classes``
-    order. Atomic."""
+    order. Atomic. Raises :class:`DataError` for an in-memory image, an image outside ``image_root``, or a class
+    name that is not in ``classes``."""
     from ..bundle.io import write_json
 
+    cat_ids = {c: k + 1 for k, c in enumerate(classes)}
     images, anns = [], []
     for i, (item, bs, ls) in enumerate(zip(boxes.items, boxes.boxes, boxes.labels, strict=True)):
+        if isinstance(item, np.ndarray):
+            raise DataError(f"Image #{i} of {boxes.origin or 'the boxes'} is an array: COCO lists files, so save it "
+                            f"under {image_root} first.")
+        if not Path(item).is_relative_to(image_root):
+            raise DataError(f"{item} is not under {image_root}: COCO file names are relative to one image folder.")
         w, h = _image_size(Path(item))
         images.append({"id": i + 1, "file_name": Path(item).relative_to(image_root).as_posix(), "width": w, "height": h})
         for b, lab in zip(np.asarray(bs).reshape(-1, 4).tolist(), ls, strict=True):
+            if lab not in cat_ids:
+                raise DataError(f"Class {lab!r} of {item} is not among the classes given ({', '.join(classes)}): add it.")
             bw, bh = b[2] - b[0], b[3] - b[1]
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": classes.index(lab) + 1,
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cat_ids[lab],
                          "bbox": [round(v, 3) for v in (b[0], b[1], bw, bh)], "area": round(bw * bh, 3), "iscrowd": 0})
     write_json(json_path, {"images": images, "annotations": anns,
                            "categories": [{"id": k + 1, "name": c} for k, c in enumerate(classes)]})
@@ -353,7 +389,14 @@ def _yolo_names(path: Path) -> list[str]:
             except yaml.YAMLError as err:
                 raise DataError(f"{f} is not valid YAML ({err.__class__.__name__}): fix it.") from None
             if isinstance(names, dict):
-                names = [names[k] for k in sorted(names, key=int)]
+                try:
+                    keys = sorted(names, key=int)
+                except (TypeError, ValueError):
+                    keys = []
+                if [int(k) for k in keys] != list(range(len(names))):
+                    raise DataError(f"{f}: names must be numbered 0 to {len(names) - 1} without gaps (got "
+                                    f"{', '.join(map(str, names))}): renumber them, and the label files with them.")
+                names = [names[k] for k in keys]
             if names:
                 return [str(n) for n in names]
     for f in (path / "classes.txt", path / "obj.names"):
@@ -369,7 +412,9 @@ def _read_yolo_dir(images: Path, labels: Path, names: list[str], check: _Checker
         if not txt.is_file():
             check.bad(f"{img} has no label file (expected {txt}; empty if the image has no objects)")
             continue
-        w, h = _image_size(img)
+        if (size := _image_size(img, check)) is None:
+            continue
+        w, h = size
         bs, ls, ok = [], [], True
         for n, line in enumerate(txt.read_text(encoding="utf-8").splitlines(), 1):
             if not line.strip():
@@ -388,7 +433,9 @@ def _read_yolo_dir(images: Path, labels: Path, names: list[str], check: _Checker
                 check.bad(f"{where}: class {k} is not one of the {len(names)} names (0-{len(names) - 1})")
                 ok = False
                 break
-            box = check.box((cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h, w, h, where)
+            # the line as written (fractions) beside the box in pixels, so either can be checked
+            box = check.box((cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h, w, h,
+                            f"{where} ({line.strip()!r})")
             if box is None:
                 ok = False
                 break
@@ -406,7 +453,10 @@ def _read_yolo_dir(images: Path, labels: Path, names: list[str], check: _Checker
 
 def read_voc(path: Path, check: _Checker) -> tuple[dict[str, BoxSet], list[str], str]:
     """``Annotations/*.xml`` + ``JPEGImages/`` (splits from ``ImageSets/Main/{train,val,trainval,test}.txt``), or
-    flat: each image with a same-stem ``.xml`` beside it, optionally inside ``train/ val/ test/``."""
+    flat: each image with a same-stem ``.xml`` beside it, optionally inside ``train/ val/ test/``. ``xmin``..``xmax``
+    are taken as pixel edges as written (torchvision's reading; no shift for VOC's 1-based pixel numbers), and
+    ``difficult`` objects are kept. With ``trainval.txt`` and ``val.txt`` (no ``train.txt``), train is trainval
+    less val."""
     known = None
     for f in (path / "labels.txt", path / "classes.txt"):
         if f.is_file():
@@ -423,6 +473,10 @@ def read_voc(path: Path, check: _Checker) -> tuple[dict[str, BoxSet], list[str],
         if chosen:
             how = "lists"
             ids = {s: [line.split()[0] for line in f.read_text().splitlines() if line.strip()] for s, f in chosen.items()}
+            if "train" in chosen and chosen["train"].name == "trainval.txt":
+                # trainval holds the val images too: keep them out of training
+                held_out = set(ids.get("val", [])) | set(ids.get("test", []))
+                ids["train"] = [i for i in ids["train"] if i not in held_out]
         else:
             ids = {"all": sorted(p.stem for p in (path / "Annotations").glob("*.xml"))}
         for split, stems in ids.items():
@@ -464,7 +518,9 @@ def _read_voc_pairs(pairs: list[tuple[Path, Path]], known: list[str] | None, che
             if w <= 0 or h <= 0:
                 raise ValueError
         except (AttributeError, TypeError, ValueError):
-            w, h = _image_size(img)
+            if (size := _image_size(img, check)) is None:
+                continue
+            w, h = size
         bs, ls, ok = [], [], True
         for n, obj in enumerate(root.iter("object"), 1):
             where = f"{xml} object {n}"

@@ -77,6 +77,7 @@ class DetectionStrategy:
     name = "finetune"
     config_class: type = DetectFinetuneConfig
     modalities = ("detection",)
+    frozen_body = False  # whether the body stays frozen throughout (timing the budget plan)
 
     def __init__(self, config: Any = None, init_state: dict[str, torch.Tensor] | None = None,
                  epoch_seconds: float | None = None):
@@ -136,14 +137,16 @@ class DetectionStrategy:
         """The configured epochs, or as many as the time budget allows (at least one), so the LR schedule ends."""
         if task.deadline is None:
             return self.config.epochs, None
-        per_epoch = self.epoch_seconds or estimate_epoch_seconds(task, det, batch_size)
+        per_epoch = self.epoch_seconds or estimate_epoch_seconds(task, det, batch_size, self.frozen_body)
         room = 0.9 * task.seconds_left()
         return max(1, min(self.config.epochs, int(room // per_epoch))), per_epoch
+
 
 
 class FrozenStrategy(DetectionStrategy):
     name = "frozen"
     config_class = DetectFrozenConfig
+    frozen_body = True  # no backward pass through the body: its epochs cost about half, and the plan knows it
 
     def schedule(self, det: nn.Module):
         body = list(det.body.parameters())
@@ -250,12 +253,14 @@ def validator(task: TrainTask):
     return validate
 
 
-def estimate_epoch_seconds(task: TrainTask, det: nn.Module, batch_size: int) -> float:
-    """Time one training step on a copy of the detector, scaled to an epoch plus validation."""
+def estimate_epoch_seconds(task: TrainTask, det: nn.Module, batch_size: int, frozen_body: bool = False) -> float:
+    """Time one training step on a copy of the detector (with its body frozen when ``frozen_body``), scaled to an
+    epoch plus validation."""
     from ..data.detection import DetectionDataset, collate
     from ..engine.detection import to_device
 
     model = copy.deepcopy(det).train().to(task.accelerator.device)
+    freeze(list(model.body.parameters()), frozen_body)
     n = min(batch_size, len(task.train))
     images, targets = collate([DetectionDataset(task.train)[i] for i in range(n)])
     images, targets = to_device(images, targets, task.accelerator.device)
