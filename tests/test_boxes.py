@@ -373,3 +373,19 @@ def test_a_coco_image_list_without_annotations_is_named(tmp_path):
     assert detect_box_format(path) == "coco"
     with pytest.raises(DataError, match=r"image_info\.json has no 'annotations' list"):
         load_box_test_set(path)
+
+
+def test_single_coco_file_layouts(tmp_path):
+    """A Roboflow split folder given itself (test/_annotations.coco.json) and CVAT's one instances_default.json."""
+    path = coco(tmp_path / "rf", [{"image_id": 1, "category_id": 1, "bbox": [1, 1, 9, 9]}], images=1)
+    path.rename(path.with_name("_annotations.coco.json"))
+    assert detect_box_format(tmp_path / "rf") == "coco"
+    s, _ = load_box_test_set(tmp_path / "rf")
+    np.testing.assert_array_equal(s.boxes[0], [[1, 1, 10, 10]])
+
+    cvat = tmp_path / "cvat"
+    path = coco(cvat / "images", [{"image_id": 2, "category_id": 3, "bbox": [2, 2, 4, 4]}], images=2)
+    (cvat / "annotations").mkdir()
+    path.rename(cvat / "annotations" / "instances_default.json")
+    s = load_box_splits(cvat, val_fraction=0.5, test_fraction=0.0)
+    assert s.how == "random seed=0" and len(s.train) + len(s.val) == 2

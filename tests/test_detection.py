@@ -215,9 +215,24 @@ def test_fit_predict_draw_evaluate_end_to_end(box_folder, tiny_backbone, tmp_pat
     assert res.exit_code == 0, res.output
     rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
     assert rows[0]["input"] == str(image) and all(set(b) == {"label", "score", "box"} for b in rows[0]["boxes"])
+    # never torchvision's background channel; boxes in the image's own 96 px (it was decoded at 128)
+    assert rows[0]["boxes"] and all(b["label"] in ("Trouser", "Bag") for b in rows[0]["boxes"])
+    assert all(-0.5 <= v <= 96.5 for b in rows[0]["boxes"] for v in b["box"])
+    assert model.detector.config["image_size"] == 128
     from PIL import Image
 
     assert Image.open(drawn).size == Image.open(image).size
+
+    twin = tmp_path / "other" / image.name  # the same file name twice: two PNGs, none overwritten
+    twin.parent.mkdir()
+    twin.write_bytes(image.read_bytes())
+    res = runner.invoke(app, ["predict", str(out / "model"), str(image), str(twin), "--draw", str(tmp_path / "drawn"),
+                              "--csv"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "drawn").iterdir()) == [f"{image.stem}-1.png", f"{image.stem}-2.png"]
+    assert res.stdout.splitlines()[0] == "path,label,score,x1,y1,x2,y2"
+    res = runner.invoke(app, ["predict", str(out / "model"), str(image), str(twin), "--draw", str(tmp_path / "x.png")])
+    assert res.exit_code == 2 and "give a folder" in res.output
 
     res = runner.invoke(app, ["evaluate", str(out / "model"), str(box_folder), "--json"])
     assert res.exit_code == 0, res.output
@@ -230,3 +245,32 @@ def test_detection_refuses_classification_options(box_folder):
         transferkit.fit(box_folder, max_length=32)
     with pytest.raises(TransferkitError, match="Task 'segment' is unknown"):
         transferkit.fit(box_folder, task="segment")
+
+
+def test_boxes_are_decoded_in_float32_under_bf16(tiny_backbone):
+    """bf16 anchors step by 1-2 pixels above 128: the head and box decoding must stay in float32."""
+    det = build_detector(tiny_backbone, ["a"], 256).eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        feats = list(det.model.backbone(torch.rand(1, 3, 256, 256)).values())
+        out = det.model.head(feats)
+    assert feats[0].dtype == torch.bfloat16  # the body and pyramid keep the fast dtype
+    assert out["bbox_regression"].dtype == torch.float32 and out["cls_logits"].dtype == torch.float32
+
+
+def test_coco_detector_bundle_round_trip(tmp_path):
+    """torchvision's COCO FCOS (frozen BatchNorm, as with its weights) saves and reloads without a download."""
+    from transferkit.backbones.protocol import BackboneSpec
+    from transferkit.bundle.detection import DetectionModel
+    from transferkit.heads.detection import detector_from_config
+
+    spec = BackboneSpec("torchvision:fcos_resnet50_fpn", "torchvision-detection", "fcos_resnet50_fpn", "torchvision COCO_V1")
+    cfg = {"num_classes": 2, "image_size": 128, "fpn_channels": 128, "score_thresh": 0.0, "nms_thresh": 0.6,
+           "detections_per_img": 10}
+    torch.manual_seed(0)
+    det = detector_from_config(spec, None, cfg, pretrained=False)
+    assert det.config["fpn_channels"] == 256  # what torchvision's FPN really has
+    model = DetectionModel(det, ["a", "b"])
+    model.save(tmp_path / "m")
+    again = transferkit.load(tmp_path / "m")
+    img = (np.random.default_rng(0).random((96, 128, 3)) * 255).astype(np.uint8)
+    assert again.predict([img], score_threshold=0.0) == model.predict([img], score_threshold=0.0)

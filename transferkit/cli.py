@@ -128,7 +128,7 @@ def predict(
     lines: Optional[Path] = typer.Option(None, "--lines", help="Text models: a file with one text per line."),
     top_k: int = typer.Option(3, "--top-k", "-k", help="How many labels to show per input."),
     as_json: bool = typer.Option(False, "--json", help="JSON lines on stdout."),
-    as_csv: bool = typer.Option(False, "--csv", help="CSV on stdout: input,label,probability (top-1)."),
+    as_csv: bool = typer.Option(False, "--csv", help="CSV on stdout: input,label,probability (top-1); detectors: path,label,score,x1,y1,x2,y2 per box."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images or empty texts instead of stopping."),
     draw: Optional[Path] = typer.Option(None, "--draw", help="Detectors: write the image with its boxes to this PNG (several images: a folder of PNGs)."),
     score_threshold: float = typer.Option(0.3, "--score-threshold", help="Detectors: lowest score shown."),
@@ -192,8 +192,13 @@ def _predict_boxes(model, items: list[str], draw: Optional[Path], threshold: flo
         raise TransferkitError("Nothing to detect: pass image files as arguments.")
     preds = model.predict(items, score_threshold=threshold, skip_bad=skip_bad)
     if draw is not None:
-        targets = [draw] if len(preds) == 1 and draw.suffix.lower() == ".png" else \
-            [draw / f"{Path(p['input']).stem}.png" for p in preds]
+        if len(preds) == 1 and draw.suffix.lower() == ".png":
+            targets = [draw]
+        elif draw.suffix.lower() == ".png" or draw.is_file():
+            raise TransferkitError(f"--draw {draw} is a file name, but there are {len(items)} images: give a folder.")
+        else:  # one PNG per image, named after it; a repeated name gets the image's position too
+            stems = [Path(p["input"]).stem for p in preds]
+            targets = [draw / (f"{s}.png" if stems.count(s) == 1 else f"{s}-{i + 1}.png") for i, s in enumerate(stems)]
         for p, target in zip(preds, targets, strict=True):
             model.draw(p["input"], target, score_threshold=threshold)
         from .console import info
@@ -241,7 +246,7 @@ def _short(text: str, n: int = 60) -> str:
 def evaluate(
     model_dir: Path = typer.Argument(..., help="A bundle folder (the run's model/)."),
     data: Path = typer.Argument(..., help="Labelled data: class folders (its test/ if present) or a CSV/TSV/JSONL (its test rows if it has a split column); for detectors, images with boxes (COCO/YOLO/VOC; its test split if present)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write metrics.json and confusion_matrix.png here."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write metrics.json (and, for classifiers, confusion_matrix.png) here."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images or audio, or empty texts, with a warning."),
     text_column: Optional[str] = typer.Option(None, help="Texts: the column holding the text."),
     label_column: Optional[str] = typer.Option(None, help="Texts: the column holding the label."),

@@ -78,7 +78,13 @@ class DetectionModel:
         if isinstance(images, (str, Path)):
             raise TransferkitError("Pass a list of images, not a single one: model.predict([image]).")
         data = self._decode(images, skip_bad)
-        preds = self.detect_decoded(data, batch_size, precision)
+        model = self.detector.model
+        saved = model.score_thresh
+        model.score_thresh = min(saved, score_threshold)  # a lower threshold than the bundle's must show more boxes
+        try:
+            preds = self.detect_decoded(data, batch_size, precision)
+        finally:
+            model.score_thresh = saved
         out = []
         for name, p in zip(data.names, preds, strict=True):
             keep = p["scores"] >= score_threshold

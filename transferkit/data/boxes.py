@@ -139,7 +139,7 @@ def detect_box_format(source: Any) -> str | None:
         return None
     if (p / "annotations").is_dir() and any(_is_coco(j) for j in (p / "annotations").glob("*.json")):
         return "coco"
-    if any((p / d / "_annotations.coco.json").is_file() for d in SPLIT_NAMES):
+    if any((p / d / "_annotations.coco.json").is_file() for d in (".", *SPLIT_NAMES)):
         return "coco"
     if (p / "images").is_dir() and (p / "labels").is_dir():
         return "yolo"
@@ -205,6 +205,9 @@ def load_box_test_set(source: Any, skip_bad: bool = False) -> tuple[BoxSet, list
         warn(f"skipped {len(check.skipped)} image(s) with bad boxes or labels, e.g. {check.skipped[0]}")
     if "test" in given:
         return given["test"], classes
+    # fit() held out a random share of such data; nothing here says which images those were
+    warn(f"{path} has no test split: scoring all its images, including any the model was trained on "
+         "(optimistic); give a test split for an honest score.")
     return _concat(list(given.values()), str(path), fmt), classes
 
 
@@ -263,6 +266,12 @@ def read_coco(path: Path, check: _Checker) -> tuple[dict[str, BoxSet], list[str]
             j = path / d / "_annotations.coco.json"
             if j.is_file() and SPLIT_NAMES[d] not in files:
                 files[SPLIT_NAMES[d]] = (j, [path / d])
+        root = path / "_annotations.coco.json"  # a Roboflow split folder given itself, e.g. test/
+        if not files and root.is_file():
+            files["all"] = (root, [path])
+        jsons = sorted((path / "annotations").glob("*.json")) if (path / "annotations").is_dir() else []
+        if not files and len(jsons) == 1:  # one unsplit file, e.g. CVAT's instances_default.json
+            files["all"] = (jsons[0], [path / "images", path / jsons[0].stem.removeprefix("instances_"), path])
         if not files:
             raise DataError(f"{path}/annotations has no train/val/test JSON: name them instances_train.json, "
                             "instances_val.json, instances_test.json.")
@@ -310,7 +319,8 @@ def _read_coco_file(path: Path, dirs: list[Path], check: _Checker) -> tuple[BoxS
         bs, ls, ok = [], [], True
         for ann in per_image[image_id]:
             if ann.get("iscrowd", 0):
-                continue  # crowd regions are not objects to find (COCO's evaluation ignores them too)
+                continue  # crowd regions are neither trained on nor scored (COCO's own evaluation ignores
+                # detections on them; here such a detection counts as a false alarm)
             where = f"{path} annotation id {ann.get('id')} ({name})"
             if ann.get("category_id") not in cats:
                 check.bad(f"{where}: category_id {ann.get('category_id')!r} is not in categories")

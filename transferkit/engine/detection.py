@@ -68,8 +68,9 @@ def detect(model: nn.Module, images: list[torch.Tensor], *, device: torch.device
             else:
                 preds = model(batch)
             for p in preds:
-                out.append({"boxes": p["boxes"].float().cpu(), "labels": p["labels"].cpu() - 1,
-                            "scores": p["scores"].float().cpu()})
+                real = p["labels"] > 0  # channel 0 is torchvision's background: never a detection
+                out.append({"boxes": p["boxes"][real].float().cpu(), "labels": p["labels"][real].cpu() - 1,
+                            "scores": p["scores"][real].float().cpu()})
             bar.advance(task, len(batch))
     model.train(was_training)
     return out
@@ -154,7 +155,7 @@ def train_detector(
             bar.update(task, advance=1, status=f"loss {rec.train_loss:.3f} val mAP {val_map:.3f}")
             if ckpt is not None and accelerator.is_main_process:
                 _save_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler, history, best_state)
-            if bad_epochs >= patience:
+            if _any_process(accelerator, bad_epochs >= patience):
                 history.stopped = "early stopping"
                 break
             if deadline is not None and _any_process(accelerator, time.monotonic() + rec.seconds > deadline):

@@ -53,6 +53,21 @@ class FeaturePyramid(nn.Module):
         return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
 
 
+def fp32_head(head: nn.Module) -> nn.Module:
+    """Make an FCOS head compute in float32 under autocast. Its box regression is decoded against anchor
+    coordinates of the same dtype: in bf16 those step by 1-2 pixels above 128, which would round every box
+    (and the GIoU loss, and mAP at IoU .75-.95). The body and FPN keep the faster autocast dtype."""
+    from torchvision.models.detection.fcos import FCOSHead
+
+    class FCOSHeadFP32(FCOSHead):
+        def forward(self, x: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+            with torch.autocast(x[0].device.type, enabled=False):
+                return super().forward([f.float() for f in x])
+
+    head.__class__ = FCOSHeadFP32  # same modules and weights, only forward changes
+    return head
+
+
 class Detector(NamedLayerGroups, nn.Module):
     """Images in, boxes out. ``forward(images, targets)`` is torchvision's: a list of float ``(3, H, W)`` images
     in [0, 1]; in training mode with targets (``boxes`` xyxy pixels, ``labels`` 1..K) it returns the losses, in
@@ -157,7 +172,7 @@ def detector_from_config(spec: BackboneSpec, preprocess: PreprocessConfig | None
     k = int(config["num_classes"])
     size = int(config["image_size"])
     fcos = FCOS(FeaturePyramid(body, channels, c), num_classes=k + 1, min_size=size, max_size=size,
-                image_mean=list(pre.mean), image_std=list(pre.std), head=FCOSHead(c, 1, k + 1),
+                image_mean=list(pre.mean), image_std=list(pre.std), head=fp32_head(FCOSHead(c, 1, k + 1)),
                 score_thresh=config["score_thresh"], nms_thresh=config["nms_thresh"],
                 detections_per_img=config["detections_per_img"])
     return Detector(fcos, spec, pre, config, groups)
@@ -211,7 +226,8 @@ def _coco_detector(spec: BackboneSpec, config: dict[str, Any], pretrained: bool)
                                              **({} if pretrained else {"num_classes": 91}), **kwargs)
     except Exception as err:  # urllib errors when offline
         raise _download_error(spec, err) from None
-    config = {"frozen_bn": True, **config}
+    config = {"frozen_bn": True, **config, "fpn_channels": model.backbone.out_channels}
+    fp32_head(model.head)
     if not pretrained and config["frozen_bn"]:
         _freeze_batchnorm(model.backbone.body)  # as torchvision builds it with COCO weights: the bundle matches
     k = int(config["num_classes"])

@@ -139,7 +139,12 @@ class DetectionStrategy:
             return self.config.epochs, None
         per_epoch = self.epoch_seconds or estimate_epoch_seconds(task, det, batch_size, self.frozen_body)
         room = 0.9 * task.seconds_left()
-        return max(1, min(self.config.epochs, int(room // per_epoch))), per_epoch
+        epochs = max(1, min(self.config.epochs, int(room // per_epoch)))
+        if task.accelerator.num_processes > 1:  # every process must plan the same epochs (DDP steps together)
+            from accelerate.utils import broadcast_object_list
+
+            epochs, per_epoch = broadcast_object_list([epochs, per_epoch])
+        return epochs, per_epoch
 
 
 
