@@ -5,7 +5,7 @@ test sets) pasted at random positions and scales onto crops of scikit-image's ph
 COCO format (``transferkit.data.composed``): 200 training images (15% become validation) and 100 test images
 at 256 px. Each strategy gets the same ``--budget``; ``scratch`` is the same FCOS detector with random weights.
 
-    .venv/bin/python benchmarks/composed_objects.py                      # finetune, frozen, scratch; 8 min each
+    .venv/bin/python benchmarks/composed_objects.py                      # finetune, frozen, scratch, auto; 6 min each
     .venv/bin/python benchmarks/composed_objects.py --strategies finetune scratch --budget 5m
 
 Prints a Markdown table; saves benchmarks/results/composed_objects.json and copies one drawn test prediction
@@ -34,8 +34,8 @@ HERE = Path(__file__).parent
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--strategies", nargs="+", default=["finetune", "frozen", "scratch"])
-    ap.add_argument("--budget", default="8m", help="wall-time budget per strategy (same for all)")
+    ap.add_argument("--strategies", nargs="+", default=["finetune", "frozen", "scratch", "auto"])
+    ap.add_argument("--budget", default="6m", help="wall-time budget per strategy (same for all)")
     ap.add_argument("--train-images", type=int, default=200)
     ap.add_argument("--test-images", type=int, default=100)
     ap.add_argument("--work", type=Path, default=Path("runs/bench-detect"))

@@ -33,7 +33,7 @@ class DetectionModel:
         >>> det.predict(["photo.jpg"])[0]["boxes"][0]
         {'label': 'bottle', 'score': 0.91, 'box': [12.0, 40.5, 96.0, 230.0]}
         >>> det.draw("photo.jpg", "photo-boxes.png")
-        >>> det.evaluate("shelf-photos/test")["map"]
+        >>> det.evaluate("shelf-photos/")["map"]          # its test split
         0.62
     """
 

@@ -195,8 +195,9 @@ def _feature_body(bb: Any) -> tuple[nn.Module, list[int]]:
     state = bb.body.state_dict()
     missing = [k for k in own if k not in state]
     if missing:
-        raise BackboneError(f"Backbone {bb.spec.name!r}: its feature maps need {missing[0]}, which it lacks; "
-                            "use a timm backbone such as efficientnet_lite0.")
+        raise BackboneError(f"Backbone {bb.spec.name!r}: timm's feature-map wrapper renames its layers (e.g. "
+                            f"{missing[0]}), which detection cannot map yet: use an EfficientNet, MobileNet or ResNet "
+                            "backbone such as efficientnet_lite0.")
     body.load_state_dict({k: state[k] for k in own})
     return body, list(body.feature_info.channels())
 
