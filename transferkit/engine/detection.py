@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..console import progress
-from .loop import History, _any_process, _save_checkpoint
+from .loop import History, _any_process, _save_checkpoint, resume_checkpoint
 
 
 @dataclass
@@ -100,19 +100,9 @@ def train_detector(
     existing one is resumed from. Gradients are clipped to ``grad_clip`` (regression losses spike early on).
     """
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
-    history = History()
-    best_state: dict[str, torch.Tensor] | None = None
-    start_epoch = 0
     ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
-    if ckpt is not None and ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        accelerator.unwrap_model(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        history = History([DetectionEpoch(**r) for r in state["history"]["epochs"]], state["history"]["best_epoch"])
-        best_state = state["best"]
-        start_epoch = len(history.epochs)
+    history, best_state = resume_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler, DetectionEpoch)
+    start_epoch = len(history.epochs)
     bad_epochs = 0 if history.best_epoch < 0 else len(history.epochs) - 1 - history.best_epoch
     params = [p for g in optimizer.param_groups for p in g["params"]]
     with progress() as bar:

@@ -122,19 +122,9 @@ def train(
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, scheduler
     )
-    history = History()
-    best_state: dict[str, torch.Tensor] | None = None
-    start_epoch = 0
     ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
-    if ckpt is not None and ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        accelerator.unwrap_model(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        history = History([EpochRecord(**r) for r in state["history"]["epochs"]], state["history"]["best_epoch"])
-        best_state = state["best"]
-        start_epoch = len(history.epochs)
+    history, best_state = resume_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler, EpochRecord)
+    start_epoch = len(history.epochs)
     bad_epochs = 0 if history.best_epoch < 0 else len(history.epochs) - 1 - history.best_epoch
     with progress() as bar:
         task = bar.add_task(description, total=epochs, completed=start_epoch, status="")
@@ -187,6 +177,21 @@ def train(
     assert best_state is not None
     accelerator.unwrap_model(model).load_state_dict(best_state)
     return history, best_state
+
+
+def resume_checkpoint(ckpt: Path | None, model: nn.Module, optimizer, scheduler,
+                      record: type) -> tuple[History, dict[str, torch.Tensor] | None]:
+    """Load an epoch checkpoint (model, optimizer, scheduler, RNG) when ``ckpt`` exists; return the history so far
+    (epochs as ``record`` dataclasses) and the best weights. A fresh history and None when there is none."""
+    if ckpt is None or not ckpt.is_file():
+        return History(), None
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    history = History([record(**r) for r in state["history"]["epochs"]], state["history"]["best_epoch"])
+    return history, state["best"]
 
 
 def _any_process(accelerator, flag: bool) -> bool:
