@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo demo-text demo-audio demo-detect test install data bench bench-text bench-audio bench-detect clean
+.PHONY: demo demo-text demo-audio demo-detect demo-medical test install data bench bench-text bench-audio bench-detect bench-medical clean
 
 install: $(STAMP)
 
@@ -46,6 +46,12 @@ demo-audio: $(STAMP) data
 demo-detect: $(STAMP) data
 	HF_HUB_OFFLINE=1 $(VENV)/bin/transferkit demo --detect --out runs/demo-detect
 
+# The medical-imaging job: ELPV solar-cell electroluminescence images (greyscale, non-natural, imbalanced; PyPI
+# elpv-dataset, non-commercial licence), 200 labelled cells, defective vs functional, scored on 800 held-out cells.
+demo-medical: $(STAMP)
+	$(PY) -m pip install -q "elpv-dataset==1.0.0.post1"
+	HF_HUB_OFFLINE=1 $(VENV)/bin/transferkit demo --medical --out runs/demo-medical
+
 test: $(STAMP) data
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
@@ -60,6 +66,10 @@ bench-audio: $(STAMP) data
 
 bench-detect: $(STAMP) data
 	$(PY) benchmarks/composed_objects.py
+
+bench-medical: $(STAMP)
+	$(PY) -m pip install -q "elpv-dataset==1.0.0.post1"
+	$(PY) benchmarks/elpv_solar.py
 
 clean:
 	rm -rf runs data/fashion-mnist-10 data/bbc-news-8 data/spoken-digits-20 data/composed-objects .pytest_cache

@@ -189,3 +189,64 @@ def box_folder(tmp_path_factory) -> Path:
     build_composed_detection(folder, train_images=16, test_images=6, classes=("Trouser", "Bag"), image_size=96,
                              objects=(1, 2), scale=(0.3, 0.5), seed=0)
     return folder
+
+
+# people who do not exist: the privacy tests look for these strings in everything a run writes
+PATIENT_NAME, PATIENT_BIRTH = "Testperson^Jane", "19700101"
+
+
+def write_ct_dicom(path: Path, hu: np.ndarray, patient_id: str, *, photometric: str = "MONOCHROME2",
+                   window: tuple[float, float] | None = None, intercept: float = -1024.0, slope: float = 1.0) -> Path:
+    """A minimal CT slice as DICOM: ``hu`` (Hounsfield units) stored as int16 through slope/intercept, with a
+    patient name, id and birth date in the header."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[str(path)])
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CT"
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = PATIENT_NAME, patient_id, PATIENT_BIRTH
+    ds.StudyDate = "20240102"
+    ds.Rows, ds.Columns = hu.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.RescaleIntercept, ds.RescaleSlope = intercept, slope
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    ds.PixelData = np.round((hu - intercept) / slope).astype(np.int16).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def lesion_slice(rng: np.random.Generator, lesion: bool, size: int = 48) -> np.ndarray:
+    """Lung-like background (about -800 HU) with a soft-tissue disc (+60 HU) when ``lesion``."""
+    hu = rng.normal(-800, 60, (size, size))
+    if lesion:
+        cy, cx = rng.integers(size // 4, 3 * size // 4, 2)
+        yy, xx = np.mgrid[:size, :size]
+        hu[(yy - cy) ** 2 + (xx - cx) ** 2 <= (size // 6) ** 2] = rng.normal(60, 20)
+    return hu
+
+
+@pytest.fixture
+def dicom_manifest(tmp_path) -> Path:
+    """20 patients x 2 CT slices each (DICOM with names, ids and birth dates), labelled per patient; a manifest
+    ``patient_id,path,label``. Lesions are the minority class (8 of 20 patients)."""
+    rng = np.random.default_rng(0)
+    rows = ["patient_id,path,label"]
+    for p in range(20):
+        lesion = p % 5 in (0, 3)
+        pid = f"MRN{9000 + p}"
+        for k in range(2):
+            rel = f"scans/p{p}_{k}.dcm"
+            write_ct_dicom(tmp_path / rel, lesion_slice(rng, lesion), pid)
+            rows.append(f"{pid},{rel},{'lesion' if lesion else 'normal'}")
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path / "manifest.csv"

@@ -79,7 +79,7 @@ def test_each_image_is_decoded_once_per_run(colour_splits, tiny_backbone, monkey
 
     calls = []
     real = images.load_pil
-    monkeypatch.setattr(images, "load_pil", lambda item: calls.append(item) or real(item))
+    monkeypatch.setattr(images, "load_pil", lambda item, *a: calls.append(item) or real(item, *a))
     transferkit.fit(colour_splits, backbone=tiny_backbone, strategy="finetune", epochs=3, batch_size=8)
     assert len(calls) == 42 and len(set(map(str, calls))) == 42  # 30 train/val + 12 test, over 3 epochs
 

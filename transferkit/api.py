@@ -59,6 +59,13 @@ def fit(
     max_length: int | None = None,
     clip_seconds: float | None = None,
     task: str = "auto",
+    modality: str = "auto",
+    window: str | None = None,
+    slices: str | None = None,
+    patient_column: str | None = None,
+    positive: str | None = None,
+    threshold: str | float | None = None,
+    balance: str | None = None,
     **strategy_options: Any,
 ) -> TransferModel | DetectionModel:
     """Adapt a pretrained backbone to labelled images, texts or audio and return the trained :class:`TransferModel`.
@@ -74,6 +81,16 @@ def fit(
     ``path,label``, or an :class:`transferkit.data.AudioSet`; ``efficientnet_lite0`` on log-mel spectrograms by
     default, ``backbone="speaker-encoder"`` for voices. Recordings are cut into windows of ``clip_seconds``
     (default: from the training durations) whose outputs are averaged per recording.
+
+    Medical images (``modality="medical"``, or automatically for DICOM/NIfTI files or a manifest with a
+    ``patient_id`` column): DICOM, NIfTI and 16-bit PNG/TIFF become 8-bit through ``window`` (``auto``, a CT preset
+    such as ``lung``, or ``"centre,width"``; see :mod:`transferkit.data.medical`), volumes through ``slices``
+    (``2d`` or ``2.5d``). Splits are patient-level (``patient_column``, or the DICOM PatientID, hashed); the loss
+    is class-weighted (``balance``: ``weights``, ``sampler`` or ``none``) and epochs are chosen by balanced
+    accuracy. The model's probabilities are calibrated by temperature scaling on validation, and a binary
+    model decides at ``threshold`` on the ``positive`` class's probability (``youden`` by default, tuned on
+    validation; or ``sensitivity=0.95``, ``specificity=0.9``, or a number). The report adds AUROC, sensitivity,
+    specificity, PPV/NPV with 95% intervals, balanced accuracy, calibration error and ``roc.png``.
 
     Detection (``task="detect"``, or automatically when the data carry boxes): a COCO JSON file or folder, a YOLO
     folder (``images/`` + ``labels/`` + ``data.yaml``) or a Pascal VOC folder (``Annotations/`` + ``JPEGImages/``);
@@ -121,10 +138,28 @@ def fit(
                             test_fraction=test_fraction, precision=precision, cpu=cpu, resume=resume,
                             image_size=image_size, strategy_options=strategy_options, t_start=t_start)
     text_opts = TextOptions(text_column, label_column, label_sep, encoding, skip_bad)
-    modality = "text" if labels is not None or is_text_source(data, text_opts) else detect_kind(data)
+    if modality not in ("auto", "image", "text", "audio", "medical"):
+        raise TransferkitError(f"Modality {modality!r} is unknown: choose auto, image, text, audio or medical.")
+    if modality == "auto":
+        modality = "text" if labels is not None or is_text_source(data, text_opts) else detect_kind(data)
+    medical = modality == "medical"
+    modality = "image" if medical else modality  # medical images run through the image backbone and strategies
     create_strategy(strategy, modality, **strategy_options)  # validate the options before any heavy work
     if clip_seconds is not None and modality != "audio":
         raise TransferkitError(f"clip_seconds applies to audio; these data are {modality}.")
+    medical_opts = {"patient_column": patient_column, "positive": positive, "threshold": threshold, "balance": balance}
+    for name, value in medical_opts.items():
+        if value is not None and not medical:
+            raise TransferkitError(f"{name} applies to medical images (modality='medical'); these data are {modality}.")
+    if (window is not None or slices is not None) and modality != "image":
+        raise TransferkitError(f"window and slices apply to images (DICOM, NIfTI, 16-bit PNG/TIFF); these data are "
+                               f"{modality}.")
+    if medical:
+        from .evaluation.clinical import parse_threshold_rule
+
+        parse_threshold_rule(threshold)
+        if balance not in (None, "weights", "sampler", "none"):
+            raise TransferkitError(f"Balance {balance!r} is unknown: choose weights, sampler or none.")
     timings: dict[str, float] = {}
 
     t = time.monotonic()
@@ -136,7 +171,8 @@ def fit(
                                                  val_fraction, test_fraction, seed)
     else:
         splits, bb, dec, load_s = _prepare_images(data, backbone, arch, max_length, image_size, skip_bad,
-                                                  val_fraction, test_fraction, seed)
+                                                  val_fraction, test_fraction, seed, window=window, slices=slices,
+                                                  patients=medical, patient_column=patient_column)
     timings["load_s"] = load_s
     timings["tokenize_s" if modality == "text" else "decode_s"] = time.monotonic() - t - load_s
     # the backbone's own defaults (e.g. the speaker encoder's learning rates), then the user's options
@@ -150,18 +186,31 @@ def fit(
 
         shutil.rmtree(work_dir, ignore_errors=True)  # a fresh run never picks up an older run's checkpoints
     task = TrainTask(spec=bb.spec, backbone=bb, train=dec["train"], val=dec["val"], classes=splits.classes,
-                     accelerator=accelerator, seed=seed, deadline=deadline, work_dir=work_dir)
+                     accelerator=accelerator, seed=seed, deadline=deadline, work_dir=work_dir,
+                     balance=(balance or "weights") if medical else "none", balanced=medical)
     result = strat.fit(task)
     timings.update(result.timings)
 
     t = time.monotonic()
     model = TransferModel(result.model.cpu().eval(), splits.classes, multi_label=multi_label, files=result.files)
     probs = {name: model.predict_encoded(d, precision=precision) for name, d in dec.items() if name in ("val", "test")}
+    scored = "test" if "test" in probs else "val"
+    clinical = None
+    if medical:  # calibrate and choose the operating threshold on validation; the model then decides with both
+        clinical, uncalibrated = _clinical(model, probs, dec, splits, positive, threshold)
+        probs = {name: model.calibrated(p) for name, p in probs.items()}
     if multi_label:
         scores = {name: multilabel_metrics(dec[name].targets.numpy(), p, splits.classes) for name, p in probs.items()}
     else:
-        scores = {name: classification_metrics(dec[name].targets.numpy(), p, splits.classes) for name, p in probs.items()}
-    scored = "test" if "test" in probs else "val"
+        scores = {name: classification_metrics(dec[name].targets.numpy(), p, splits.classes, model.decide(p))
+                  for name, p in probs.items()}
+    if clinical is not None:
+        from .evaluation.clinical import clinical_metrics
+
+        for name, p in probs.items():
+            scores[name]["clinical"] = clinical_metrics(dec[name].targets.numpy(), p, splits.classes,
+                                                        model.clinical["positive"], model.clinical["threshold"],
+                                                        seed=seed)
     timings["evaluate_s"] = time.monotonic() - t
     timings["total_s"] = time.monotonic() - t_start
 
@@ -175,7 +224,7 @@ def fit(
     if modality == "audio":
         data_summary["audio"] = {name: d.info for name, d in dec.items()}
     metrics = {
-        "task": f"{modality}-classification",
+        "task": "medical-classification" if medical else f"{modality}-classification",
         "strategy": result.strategy,
         "backbone": {**bb.spec.to_dict(), "preprocess": bb.preprocess.to_dict(), "num_features": bb.num_features,
                      **({"input_size": list(bb.preprocess.input_size)} if modality == "image" else {}),
@@ -197,13 +246,23 @@ def fit(
         "timings": timings,
         "details": result.details,
     }
+    if clinical is not None:
+        metrics["clinical"] = clinical
     model.meta = {"metrics": {k: metrics[k] for k in ("strategy", "val", "test", "train_val_gap", "trainable_params", "data")}}
+    if model.clinical is not None:
+        model.meta["clinical"] = model.clinical
     if label_sep is not None:
         model.meta["label_sep"] = label_sep  # evaluate() reads multi-label cells the same way
     if out is not None and accelerator.is_main_process:  # under `accelerate launch`, only rank 0 writes
         out = Path(out)
         model.save(out / "model")
         files = write_run_report(out, metrics, splits.classes)
+        if clinical is not None:
+            from .evaluation.clinical import roc_png
+
+            roc_png(dec[scored].targets.numpy(), probs[scored], splits.classes, model.clinical["positive"],
+                    model.clinical["threshold"], out / "roc.png", uncalibrated[scored],
+                    f"ROC ({scored}, n={len(dec[scored])})")
         if work_dir is not None:
             import shutil
 
@@ -297,17 +356,28 @@ def _prepare_audio(data, backbone, arch, clip_seconds, max_length, image_size, s
     return splits, bb, dec, load_s
 
 
-def _prepare_images(data, backbone, arch, max_length, image_size, skip_bad, val_fraction, test_fraction, seed):
-    """Images -> splits, the image backbone (resolution applied) and every split decoded once."""
+def _prepare_images(data, backbone, arch, max_length, image_size, skip_bad, val_fraction, test_fraction, seed,
+                    window=None, slices=None, patients=False, patient_column=None):
+    """Images -> splits (patient-level with ``patients``), the image backbone (resolution, window and slices
+    applied) and every split decoded once."""
     from .backbones.registry import create_backbone
     from .data.images import decode
+    from .data.medical import check_slices, check_window
     from .data.sources import load_splits
 
     t = time.monotonic()
     if max_length is not None:
         raise TransferkitError("max_length applies to texts; for images set image_size.")
-    splits = load_splits(data, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, skip_bad=skip_bad)
+    window = check_window(window) if window is not None else None
+    slices = check_slices(slices) if slices is not None else None
+    splits = load_splits(data, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, skip_bad=skip_bad,
+                         patients=patients, patient_column=patient_column)
     bb = create_backbone(backbone, arch=arch, modality="image")
+    if window is not None or slices is not None:  # saved with the backbone's preprocessing: predict reads alike
+        bb.preprocess = dataclasses.replace(bb.preprocess, window=window or bb.preprocess.window,
+                                            slices=slices or bb.preprocess.slices)
+    if patients:  # medical: the whole image, no centre crop (a finding at the edge must not be cut away)
+        bb.preprocess = dataclasses.replace(bb.preprocess, crop_pct=1.0)
     if image_size is not None:
         if image_size < 32:
             raise TransferkitError(f"Image size {image_size} is too small: use 32 pixels or more.")
@@ -318,6 +388,33 @@ def _prepare_images(data, backbone, arch, max_length, image_size, skip_bad, val_
     dec = {name: decode(ds, bb.preprocess, splits.classes, skip_bad=skip_bad, description=f"decoding {name}")
            for name, ds in _parts(splits)}
     return splits, bb, dec, load_s
+
+
+def _clinical(model: TransferModel, probs: dict, dec: dict, splits: Any, positive: str | None,
+              threshold: str | float | None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Fit the temperature and the operating threshold on validation and give them to ``model``; return what
+    the report shows about them, and the uncalibrated probabilities (for the reliability plot)."""
+    from .evaluation.clinical import (apply_temperature, choose_positive, expected_calibration_error, fit_temperature,
+                                      parse_threshold_rule, tune_threshold)
+
+    classes = splits.classes
+    y_val = dec["val"].targets.numpy()
+    pos = choose_positive(classes, splits.train.counts(), positive)
+    temperature = fit_temperature(probs["val"], y_val)
+    rule = parse_threshold_rule(threshold)
+    if pos is not None:
+        k = classes.index(pos)
+        cut, how = tune_threshold(y_val == k, apply_temperature(probs["val"], temperature)[:, k], rule)
+    else:
+        if threshold is not None:
+            raise TransferkitError(f"threshold applies to two classes (a positive finding and the rest); these data "
+                                   f"have {len(classes)}.")
+        cut, how = 0.5, "top-ranked class"
+    model.clinical = {"positive": pos, "threshold": cut, "threshold_rule": how, "temperature": temperature}
+    ece = {name: {"before": expected_calibration_error(dec[name].targets.numpy(), p),
+                  "after": expected_calibration_error(dec[name].targets.numpy(), apply_temperature(p, temperature))}
+           for name, p in probs.items()}
+    return {**model.clinical, "ece": ece}, probs
 
 
 def _parts(splits: Any) -> list[tuple[str, Any]]:

@@ -63,6 +63,13 @@ def fit(
     max_length: Optional[int] = typer.Option(None, help="Texts: override the encoder's token limit (shorter trains faster)."),
     clip_seconds: Optional[float] = typer.Option(None, help="Audio: window length in seconds (default: the 95th percentile of the training clips' durations); longer recordings are cut into windows whose predictions are averaged."),
     task: str = typer.Option("auto", help="auto (boxes in the data mean detection), classify, or detect (COCO JSON, YOLO txt or Pascal VOC XML, detected from the files)."),
+    modality: str = typer.Option("auto", help="auto, image, text, audio or medical. Medical (automatic for DICOM/NIfTI files or a manifest with a patient_id column): patient-level splits, class-weighted loss, calibrated probabilities, a tuned threshold, AUROC/sensitivity/specificity and roc.png."),
+    window: Optional[str] = typer.Option(None, help="DICOM/NIfTI/16-bit images: auto (the file's own window, else its 0.5-99.5 percentiles), full, a CT preset (lung, mediastinum, soft-tissue, abdomen, liver, bone, brain, subdural, stroke), or centre,width such as -600,1500."),
+    slices: Optional[str] = typer.Option(None, help="Volumes (NIfTI, multi-frame DICOM): 2d (the middle slice) or 2.5d (it and its two neighbours as the 3 channels)."),
+    patient_column: Optional[str] = typer.Option(None, help="Medical: the manifest column of patient ids (default: patient_id, patient, subject_id, subject or case_id); DICOM folders use PatientID. Ids are hashed at once."),
+    positive: Optional[str] = typer.Option(None, help="Medical, two classes: the positive class (the finding). Default: the class not named normal/healthy/negative/benign/0, else the rarer one."),
+    threshold: Optional[str] = typer.Option(None, help="Medical, two classes: the operating threshold on the positive probability: youden (default, tuned on validation), sensitivity=0.95, specificity=0.9, or a number."),
+    balance: Optional[str] = typer.Option(None, help="Medical: weights (class-weighted loss, default), sampler (classes drawn equally often) or none."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics summary as JSON on stdout."),
 ) -> None:
     """Train on DATA and write a bundle, metrics, plots and a report to --out."""
@@ -75,7 +82,9 @@ def fit(
         model = fit_api(str(data), backbone=backbone, arch=arch, strategy=strategy, out=out, budget=budget, seed=seed,
                         skip_bad=skip_bad, precision=precision, resume=resume, image_size=image_size,
                         text_column=text_column, label_column=label_column, label_sep=label_sep, encoding=encoding,
-                        max_length=max_length, clip_seconds=clip_seconds, task=task, **options)
+                        max_length=max_length, clip_seconds=clip_seconds, task=task, modality=modality, window=window,
+                        slices=slices, patient_column=patient_column, positive=positive, threshold=threshold,
+                        balance=balance, **options)
     except TransferkitError as err:
         _fail(err)
     m = model.metrics
@@ -89,6 +98,12 @@ def fit(
         **({"micro_f1": round(m[scored]["micro_f1"], 4)} if "micro_f1" in m[scored] else {}),
         "seconds": round(m["timings"]["total_s"], 1), "report": str(out / "report.md"), "model": str(out / "model"),
     }
+    clinical = m[scored].get("clinical")
+    if clinical:
+        keys = ("auroc", "sensitivity", "specificity", "balanced_accuracy") if clinical.get("positive") else \
+            ("auroc_macro", "balanced_accuracy")
+        summary |= {k: None if clinical[k] is None else round(clinical[k], 4) for k in keys}
+        summary["threshold"] = m["clinical"]["threshold"]
     if as_json:
         typer.echo(json.dumps(summary))
     else:
@@ -96,10 +111,22 @@ def fit(
 
         console.print(
             f"[green]done[/] {summary['strategy']}: {scored} accuracy {summary['accuracy']:.3f}, macro-F1 "
-            f"{summary['macro_f1']:.3f} (n={summary['n']}) in {summary['seconds']:.1f}s\n"
-            f"model:  {summary['model']}\nreport: {summary['report']}",
+            f"{summary['macro_f1']:.3f} (n={summary['n']}) in {summary['seconds']:.1f}s",
             highlight=False,
         )
+        if clinical:
+            console.print(_clinical_line(clinical), highlight=False)
+        console.print(f"model:  {summary['model']}\nreport: {summary['report']}", highlight=False)
+
+
+def _clinical_line(c: dict) -> str:
+    def f(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    if c.get("positive") is None:
+        return f"macro AUROC {f(c['auroc_macro'])}, balanced accuracy {f(c['balanced_accuracy'])}"
+    return (f"{c['positive']}: AUROC {f(c['auroc'])}, sensitivity {f(c['sensitivity'])}, specificity "
+            f"{f(c['specificity'])} at threshold {c['threshold']:.3f}, balanced accuracy {f(c['balanced_accuracy'])}")
 
 
 def _detection_summary(m: dict, scored: str, out: Path, as_json: bool) -> None:
@@ -170,19 +197,26 @@ def predict(
 
         w = csv.writer(sys.stdout)
         w.writerow(["path", "label", "probability"])
-        for p in preds:
-            w.writerow([p["input"], p["label"], f"{p['top'][0]['probability']:.6f}"])
+        for p in preds:  # the probability of the label given (a medical model's decision may not be the top one)
+            prob = next(t["probability"] for t in p["top"] if t["label"] == p["label"])
+            w.writerow([p["input"], p["label"], f"{prob:.6f}"])
     else:
         from rich.table import Table
 
         from .console import results as console
 
         audio = model.modality == "audio"
-        table = Table("input", *(["windows"] if audio else []), *[f"#{i + 1}" for i in range(len(preds[0]["top"]) if preds else 0)])
+        decided = bool(preds) and "positive_probability" in preds[0]
+        table = Table("input", *(["windows"] if audio else []), *(["decision"] if decided else []),
+                      *[f"#{i + 1}" for i in range(len(preds[0]["top"]) if preds else 0)])
         for p in preds:
-            table.add_row(p["input"], *([str(p["windows"])] if audio else []),
+            table.add_row(p["input"], *([str(p["windows"])] if audio else []), *([p["label"]] if decided else []),
                           *[f"{t['label']} {t['probability']:.3f}" for t in p["top"]])
         console.print(table)
+        if decided:
+            c = model.clinical
+            console.print(f"decision: {c['positive']} when its calibrated probability is at least {c['threshold']:.3f} "
+                          f"({c['threshold_rule']})", highlight=False)
 
 
 def _predict_boxes(model, items: list[str], draw: Optional[Path], threshold: float, skip_bad: bool, as_json: bool,
@@ -290,6 +324,8 @@ def evaluate(
     from .console import results as console
 
     console.print(f"accuracy [bold]{m['accuracy']:.3f}[/], macro-F1 {m['macro_f1']:.3f}, log-loss {m['log_loss']:.3f} (n={m['n']})", highlight=False)
+    if m.get("clinical"):
+        console.print(_clinical_line({**m["clinical"], "threshold": model.clinical["threshold"]}), highlight=False)
     table = Table("class", "precision", "recall", "F1", "support")
     for c, v in m["per_class"].items():
         table.add_row(c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"]))
@@ -346,21 +382,26 @@ def demo(
     text: bool = typer.Option(False, "--text", help="BBC News topics instead: 8 articles per class, all-MiniLM-L6-v2, 500 held-out articles."),
     audio: bool = typer.Option(False, "--audio", help="Spoken digits instead (espeak-ng voices, disjoint train/test speakers): 20 clips per digit, EfficientNet-Lite0 on log-mel spectrograms."),
     detect: bool = typer.Option(False, "--detect", help="Object detection instead: Fashion-MNIST garments composed onto photos (COCO boxes), 200 train / 100 test images, FCOS on EfficientNet-Lite0."),
+    medical: bool = typer.Option(False, "--medical", help="Medical-style imaging instead: ELPV solar-cell electroluminescence images (greyscale; pip install elpv-dataset), 200 labelled cells, defective vs functional, clinical metrics, 800 held-out cells."),
 ) -> None:
     """Fashion-MNIST, 10 labels per class, EfficientNet-Lite0, strategy auto: the whole job offline (--text: BBC
-    News; --audio: spoken digits; --detect: garments on photos, with boxes)."""
+    News; --audio: spoken digits; --detect: garments on photos, with boxes; --medical: solar-cell EL images)."""
     try:
-        if text + audio + detect > 1:
-            raise TransferkitError("Choose one of --text, --audio and --detect.")
-        kind = "audio" if audio else "text" if text else "detect" if detect else "image"
+        if text + audio + detect + medical > 1:
+            raise TransferkitError("Choose one of --text, --audio, --detect and --medical.")
+        kind = "audio" if audio else "text" if text else "detect" if detect else "medical" if medical else "image"
         if kind != "image":  # each demo has its own data and run folders unless given
             if data_dir == Path("data/fashion-mnist-10"):
                 data_dir = Path({"text": "data/bbc-news-8", "audio": "data/spoken-digits-20",
-                                 "detect": "data/composed-objects"}[kind])
+                                 "detect": "data/composed-objects", "medical": "data/elpv-200"}[kind])
             if out == Path("runs/demo"):
                 out = Path(f"runs/demo-{kind}")
         budget = budget or ("6m" if kind == "detect" else "3m")
-        if kind == "detect":
+        if kind == "medical":
+            from .data.elpv import export_elpv
+
+            data_dir = export_elpv(data_dir, train_size=200, test_size=800)
+        elif kind == "detect":
             if not (data_dir / "annotations").is_dir():
                 from .data.composed import build_composed_detection
 
@@ -383,7 +424,8 @@ def demo(
     fit(data=data_dir, out=out, backbone=None, arch=None, strategy="auto", budget=budget, epochs=None,
         lr=None, batch_size=None, seed=0, skip_bad=False, precision="auto", resume=False, image_size=None,
         text_column=None, label_column=None, label_sep=None, encoding="utf-8", max_length=None, clip_seconds=None,
-        task="detect" if kind == "detect" else "classify", as_json=False)
+        task="detect" if kind == "detect" else "classify", modality="medical" if kind == "medical" else "auto",
+        window=None, slices=None, patient_column=None, positive=None, threshold=None, balance=None, as_json=False)
 
 
 if __name__ == "__main__":

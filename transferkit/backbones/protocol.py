@@ -21,7 +21,10 @@ class PreprocessConfig:
     """How images must look when they reach the backbone.
 
     Images are resized so the shorter side is ``input_size / crop_pct``, centre-cropped to ``input_size``,
-    scaled to [0, 1] and normalised with ``mean``/``std``.
+    scaled to [0, 1] and normalised with ``mean``/``std``. DICOM, NIfTI and 16-bit PNG/TIFF files first become
+    8-bit through ``window`` (``auto``, a CT preset such as ``lung``, or ``"centre,width"``); volumes give their
+    middle slice (``slices="2d"``) or three neighbouring slices as channels (``"2.5d"``); see
+    :mod:`transferkit.data.medical`.
     """
 
     input_size: tuple[int, int] = (224, 224)
@@ -29,6 +32,8 @@ class PreprocessConfig:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     interpolation: str = "bicubic"
     crop_pct: float = 0.875
+    window: str = "auto"
+    slices: str = "2d"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -41,6 +46,8 @@ class PreprocessConfig:
             std=tuple(d["std"]),
             interpolation=d.get("interpolation", "bicubic"),
             crop_pct=float(d.get("crop_pct", 1.0)),
+            window=str(d.get("window", "auto")),
+            slices=str(d.get("slices", "2d")),
         )
 
 

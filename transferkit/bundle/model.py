@@ -60,6 +60,8 @@ class TransferModel:
         self.threshold = 0.5
         self.files = dict(files or {})  # extra bundle files (e.g. adapter/), written as they are
         self.metrics: dict[str, Any] = {}  # filled by transferkit.fit: everything metrics.json holds
+        # medical models: {"positive", "threshold", "threshold_rule", "temperature"}, fitted on validation
+        self.clinical: dict[str, Any] | None = self.meta.get("clinical")
 
     @property
     def modality(self) -> str:
@@ -135,7 +137,26 @@ class TransferModel:
         use_bf16 = resolve_precision(precision, cpu=True) == "bf16"
         logits = forward_inputs(self.classifier, data, self.preprocess, batch_size=batch_size, description="predicting",
                                 autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16))
-        return (torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=1)).numpy()
+        if self.multi_label:
+            return torch.sigmoid(logits).numpy()
+        return self.calibrated(torch.softmax(logits, dim=1).numpy())
+
+    def calibrated(self, probs: np.ndarray) -> np.ndarray:
+        """Medical models: probabilities through the temperature fitted on validation (others: unchanged)."""
+        if not self.clinical or self.clinical.get("temperature", 1.0) == 1.0:
+            return probs
+        from ..evaluation.clinical import apply_temperature
+
+        return apply_temperature(probs, float(self.clinical["temperature"]))
+
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        """Predicted class indices: the most probable class, or for a binary medical model the positive class
+        whenever its probability reaches the operating threshold."""
+        probs = np.asarray(probs)
+        if self.clinical and self.clinical.get("positive") is not None:
+            k = self.classes.index(self.clinical["positive"])
+            return np.where(probs[:, k] >= self.clinical["threshold"], k, 1 - k)
+        return probs.argmax(1)
 
     def predict_pixels(self, pixels: torch.Tensor, batch_size: int = 64, precision: str = "auto") -> np.ndarray:
         """Probabilities for uint8 images already at the backbone's input size ``(N, 3, H, W)``."""
@@ -149,17 +170,23 @@ class TransferModel:
         """Top-k labels per input: ``[{"input": ..., "label": ..., "top": [{"label", "probability"}, ...]}]``.
 
         Multi-label models add ``"labels"``: every label with probability >= ``threshold``; audio models add
-        ``"windows"``: how many windows of the recording were averaged. With
+        ``"windows"``: how many windows of the recording were averaged. Binary medical models decide ``"label"``
+        at their operating threshold on the positive class (``"positive_probability"``, calibrated). With
         ``skip_bad=True`` unreadable images or empty texts are skipped with a warning and left out of the result.
         """
         data, kept = self._encode(inputs, skip_bad)
         probs = self.predict_encoded(data, batch_size, precision)
         k = min(top_k, len(self.classes))
+        decisions = self.decide(probs) if not self.multi_label else None
+        positive = (self.clinical or {}).get("positive")
         out = []
-        for item, p in zip(kept, probs, strict=True):
+        for r, (item, p) in enumerate(zip(kept, probs, strict=True)):
             order = np.argsort(-p)[:k]
             top = [{"label": self.classes[i], "probability": float(p[i])} for i in order]
-            row = {"input": str(item) if not isinstance(item, np.ndarray) else "<array>", "label": top[0]["label"], "top": top}
+            label = self.classes[decisions[r]] if decisions is not None else top[0]["label"]
+            row = {"input": str(item) if not isinstance(item, np.ndarray) else "<array>", "label": label, "top": top}
+            if positive is not None:
+                row["positive_probability"] = float(p[self.classes.index(positive)])
             if self.multi_label:
                 row["labels"] = [self.classes[i] for i in np.argsort(-p) if p[i] >= self.threshold]
             out.append(row)
@@ -200,7 +227,13 @@ class TransferModel:
         probs = self.predict_encoded(data)
         if self.multi_label:
             return multilabel_metrics(data.targets.numpy(), probs, self.classes, self.threshold)
-        return classification_metrics(data.targets.numpy(), probs, self.classes)
+        metrics = classification_metrics(data.targets.numpy(), probs, self.classes, self.decide(probs))
+        if self.clinical:
+            from ..evaluation.clinical import clinical_metrics
+
+            metrics["clinical"] = clinical_metrics(data.targets.numpy(), probs, self.classes,
+                                                   self.clinical.get("positive"), self.clinical["threshold"])
+        return metrics
 
     def _check_labels(self, labels: Any, source: Any) -> None:
         unknown = sorted(set(labels) - set(self.classes))
@@ -214,7 +247,8 @@ class TransferModel:
         from .. import __version__
 
         bb = self.classifier.backbone
-        own = ("format", "transferkit_version", "task", "labels", "multi_label", "threshold", "backbone", "preprocess", "head")
+        own = ("format", "transferkit_version", "task", "labels", "multi_label", "threshold", "backbone", "preprocess", "head",
+               "clinical")
         config = {
             "format": BUNDLE_FORMAT,
             "transferkit_version": __version__,
@@ -225,6 +259,7 @@ class TransferModel:
             "backbone": bb.spec.to_dict(),
             "preprocess": bb.preprocess.to_dict(),
             "head": self.classifier.head.config,
+            **({"clinical": self.clinical} if self.clinical else {}),
             **{k: v for k, v in self.meta.items() if k not in own},
         }
         state = {k: v.detach().cpu().contiguous() for k, v in self.classifier.state_dict().items()}

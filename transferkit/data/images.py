@@ -44,16 +44,28 @@ class DecodedImages:
         return len(self.targets)
 
 
-def load_pil(item: Item) -> tuple[Image.Image, str]:
+def load_pil(item: Item, window: str = "auto", slices: str = "2d") -> tuple[Image.Image, str]:
     """Open a path or array as an RGB PIL image and return it with a content fingerprint.
 
+    DICOM and NIfTI files, and 16-bit or float PNG/TIFF, become 8-bit through ``window``; volumes give the
+    slice(s) ``slices`` says (see :mod:`transferkit.data.medical`). Greyscale is repeated into R, G and B.
     Raises :class:`DataError` naming the file when it is not a readable image.
     """
     if isinstance(item, np.ndarray):
         arr = np.ascontiguousarray(item)
+        if arr.dtype != np.uint8:  # 16-bit or float arrays: windowed like 16-bit files
+            from .medical import apply_window
+
+            arr = apply_window(arr, window) if arr.ndim == 2 else arr.astype(np.uint8)
         img = Image.fromarray(arr)
         return img.convert("RGB"), hashlib.sha1(arr.tobytes() + str(arr.shape).encode()).hexdigest()
     path = Path(item)
+    from .medical import is_medical, read_high_bit_depth, read_medical
+
+    if is_medical(path):
+        arr = read_medical(path, window, slices)
+        fingerprint = _file_hash(path)
+        return Image.fromarray(arr).convert("RGB"), fingerprint
     try:
         data = path.read_bytes()
     except OSError as err:
@@ -64,7 +76,17 @@ def load_pil(item: Item) -> tuple[Image.Image, str]:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         kind = "truncated or damaged" if isinstance(err, OSError) and "truncat" in str(err).lower() else "not a readable image"
         raise DataError(f"{path} is {kind}: replace or remove it, or pass --skip-bad to skip unreadable files.") from None
+    deep = read_high_bit_depth(img, window)  # 16-bit X-ray PNGs would saturate in a plain RGB conversion
+    if deep is not None:
+        img = Image.fromarray(deep)
     return img.convert("RGB"), hashlib.sha1(data).hexdigest()
+
+
+def _file_hash(path: Path) -> str:
+    try:
+        return hashlib.sha1(path.read_bytes()).hexdigest()
+    except OSError as err:
+        raise DataError(f"Cannot read {path} ({err.strerror}): check the file exists and is readable.") from None
 
 
 def resize_center_crop(img: Image.Image, pre: PreprocessConfig) -> np.ndarray:
@@ -99,7 +121,7 @@ def decode(
 
     def work(i: int) -> tuple[int, np.ndarray | None, str, DataError | None]:
         try:
-            img, fp = load_pil(images.items[i])
+            img, fp = load_pil(images.items[i], pre.window, pre.slices)
         except DataError as err:
             return i, None, "", err
         return i, resize_center_crop(img, pre), fp, None

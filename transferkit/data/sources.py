@@ -23,23 +23,30 @@ from ..errors import DataError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 PATH_COLUMNS = ("path", "image", "audio", "file", "filename", "filepath")  # a table of files, not of texts
+# a column of patient (subject, case) ids: splits then keep each patient's images together
+PATIENT_COLUMNS = ("patient_id", "patient", "patientid", "subject_id", "subject", "case_id")
 SPLIT_DIRS = {"train": ("train", "training"), "val": ("val", "valid", "validation", "dev"), "test": ("test", "testing")}
 Item = Union[Path, np.ndarray]
 
 
 @dataclass
 class ImageSet:
-    """Images (file paths or HxW[xC] uint8 arrays) and their string labels, in matching order."""
+    """Images (file paths or HxW[xC] uint8 arrays) and their string labels, in matching order.
+
+    ``groups`` (optional): each image's patient, as :func:`~transferkit.data.medical.patient_key` hashes; splits
+    then never put one patient's images in two splits."""
 
     items: list[Item]
     labels: list[str]
     origin: str = ""
+    groups: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.items)
 
     def subset(self, idx: list[int]) -> ImageSet:
-        return ImageSet([self.items[i] for i in idx], [self.labels[i] for i in idx], self.origin)
+        groups = [self.groups[i] for i in idx] if self.groups is not None else None
+        return ImageSet([self.items[i] for i in idx], [self.labels[i] for i in idx], self.origin, groups)
 
     def counts(self) -> dict[str, int]:
         return dict(sorted(Counter(self.labels).items()))
@@ -52,7 +59,8 @@ class AudioSet(ImageSet):
     sample_rate: int | None = None
 
     def subset(self, idx: list[int]) -> AudioSet:
-        return AudioSet([self.items[i] for i in idx], [self.labels[i] for i in idx], self.origin, self.sample_rate)
+        return AudioSet([self.items[i] for i in idx], [self.labels[i] for i in idx], self.origin,
+                        sample_rate=self.sample_rate)
 
 
 # what each kind of file-based data accepts, and how its class is built
@@ -80,6 +88,9 @@ class Splits:
         out: dict[str, object] = {"classes": self.classes, "split": self.how, "train": len(self.train), "val": len(self.val)}
         out["test"] = len(self.test) if self.test is not None else 0
         out["train_per_class"] = self.train.counts()
+        if getattr(self.train, "groups", None) is not None:
+            parts = {"train": self.train, "val": self.val, "test": self.test}
+            out["patients"] = {k: len(set(v.groups or [])) for k, v in parts.items() if v is not None}
         return out
 
 
@@ -91,15 +102,23 @@ def load_splits(
     seed: int = 0,
     skip_bad: bool = False,
     kind: str = "image",
+    patients: bool = False,
+    patient_column: str | None = None,
 ) -> Splits:
     """Read a data source and return train/val(/test) splits.
 
     ``source`` is a folder (folder-per-class, optionally inside ``train/``, ``val/``, ``test/``), a ``.csv``,
-    ``.tsv`` or ``.jsonl`` file with ``path`` and ``label`` columns (optional ``split`` column), an
-    :class:`ImageSet` / :class:`AudioSet`, or ready :class:`Splits`. ``kind`` ("image" or "audio") says which
-    files class folders may hold. Raises :class:`DataError` with one line naming the culprit.
+    ``.tsv`` or ``.jsonl`` file with ``path`` and ``label`` columns (optional ``split`` and ``patient_id``
+    columns), an :class:`ImageSet` / :class:`AudioSet`, or ready :class:`Splits`. ``kind`` ("image" or "audio")
+    says which files class folders may hold.
+
+    Patient-level splits: a patient column (``patient_column``, or one of :data:`PATIENT_COLUMNS`), or with
+    ``patients=True`` the DICOM files' ``PatientID``, groups the images by patient (hashed at once). No patient is
+    then split across train/val/test, and given splits that share a patient are refused, naming the patients.
+    Raises :class:`DataError` with one line naming the culprit.
     """
     if isinstance(source, Splits):
+        check_patient_leaks({"train": source.train, "val": source.val, "test": source.test})
         return source
     if isinstance(source, ImageSet):
         return _split(source, {}, val_fraction, test_fraction, seed)
@@ -107,18 +126,62 @@ def load_splits(
     if not path.exists():
         raise DataError(f"Data path {path} does not exist: pass a folder of class folders or a CSV/JSONL file.")
     if path.is_file():
-        ds, given = read_table(path, skip_bad=skip_bad, kind=kind)
+        ds, given = read_table(path, skip_bad=skip_bad, kind=kind, patient_column=patient_column)
+        if patients and ds.groups is None:
+            attach_dicom_patients([ds, *given.values()], path)
         return _split(ds, given, val_fraction, test_fraction, seed)
+    if patient_column is not None:
+        raise DataError(f"patient_column applies to a CSV/TSV/JSONL manifest; {path} is a folder (DICOM folders give "
+                        "their PatientID instead).")
     split_dirs = {k: d for k, names in SPLIT_DIRS.items() for n in names if (d := path / n).is_dir()}
     if "train" in split_dirs:
         given = {k: read_class_folders(d, skip_bad=skip_bad, kind=kind) for k, d in split_dirs.items()}
-        return _split(given.pop("train"), given, val_fraction, test_fraction, seed)
-    return _split(read_class_folders(path, skip_bad=skip_bad, kind=kind), {}, val_fraction, test_fraction, seed)
+    else:
+        given = {"train": read_class_folders(path, skip_bad=skip_bad, kind=kind)}
+    if patients:
+        attach_dicom_patients(list(given.values()), path)
+    return _split(given.pop("train"), given, val_fraction, test_fraction, seed)
+
+
+def attach_dicom_patients(parts: list[ImageSet], origin: object) -> None:
+    """Group DICOM images by their hashed ``PatientID`` (read from the header, no pixels). Files without one
+    (PNG, NIfTI, anonymised DICOM) each count as their own patient, with one warning saying how many."""
+    from .medical import dicom_patient, is_dicom
+
+    missing = 0
+    found: list[list[str]] = []
+    for p, part in enumerate(parts):
+        groups: list[str] = []
+        for i, item in enumerate(part.items):
+            key = dicom_patient(Path(item)) if isinstance(item, Path) and is_dicom(Path(item)) else None
+            if key is None:
+                missing += 1
+                key = f"unknown-{p}-{i}"  # its own patient
+            groups.append(key)
+        found.append(groups)
+    total = sum(len(g) for g in found)
+    if missing < total:
+        for part, groups in zip(parts, found, strict=True):
+            part.groups = groups
+    if total and missing == total:
+        from ..console import warn
+
+        warn(f"{origin}: no patient ids (no patient_id column, no DICOM PatientID): images are split one by one, so "
+             "a patient with several images can land in two splits; give a manifest with a patient_id column")
+    elif missing:
+        from ..console import warn
+
+        warn(f"{missing} of {total} image(s) in {origin} have no PatientID: each is treated as its own patient")
 
 
 def read_class_folders(root: Path, skip_bad: bool = False, kind: str = "image") -> ImageSet:
-    """Folder-per-class: ``root/<label>/<file>``. Hidden files are ignored; files of another kind are errors."""
+    """Folder-per-class: ``root/<label>/<file>``. Hidden files are ignored; files of another kind are errors.
+    Image folders may hold DICOM (also without a suffix) and NIfTI files."""
     suffixes, cls = _kind(kind)
+    if kind == "image":
+        from .medical import is_medical
+    else:
+        is_medical = None
     classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise DataError(f"{root} has no class folders: put {kind} files in {root}/<label>/, or pass a CSV of path,label.")
@@ -129,7 +192,7 @@ def read_class_folders(root: Path, skip_bad: bool = False, kind: str = "image") 
         files = sorted(f for f in d.rglob("*") if f.is_file() and not any(p.startswith(".") for p in f.relative_to(d).parts))
         n_before = len(items)
         for f in files:
-            if f.suffix.lower() not in suffixes:
+            if f.suffix.lower() not in suffixes and not (is_medical and is_medical(f)):
                 if skip_bad:
                     skipped += 1
                     continue
@@ -147,8 +210,10 @@ def read_class_folders(root: Path, skip_bad: bool = False, kind: str = "image") 
     return cls(items, labels, str(root))
 
 
-def read_table(path: Path, skip_bad: bool = False, kind: str = "image") -> tuple[ImageSet, dict[str, ImageSet]]:
-    """A CSV/TSV (header row) or JSONL file with ``path`` and ``label`` (optional ``split``: train/val/test)."""
+def read_table(path: Path, skip_bad: bool = False, kind: str = "image",
+               patient_column: str | None = None) -> tuple[ImageSet, dict[str, ImageSet]]:
+    """A CSV/TSV (header row) or JSONL file with ``path`` and ``label`` (optional ``split``: train/val/test, and a
+    patient column: ``patient_column`` or one of :data:`PATIENT_COLUMNS`, hashed as it is read)."""
     _, cls = _kind(kind)
     rows = _read_rows(path)
     if not rows:
@@ -158,7 +223,12 @@ def read_table(path: Path, skip_bad: bool = False, kind: str = "image") -> tuple
     label_col = next((c for c in ("label", "class", "target", "category") if c in cols), None)
     if path_col is None or label_col is None:
         raise DataError(f"{path} needs a 'path' and a 'label' column; it has {sorted(cols)}.")
-    by_split: dict[str, ImageSet] = defaultdict(lambda: cls([], [], str(path)))
+    if patient_column is not None and patient_column.lower() not in cols:
+        raise DataError(f"{path} has no column {patient_column!r} for patient ids; it has {sorted(cols)}.")
+    patient_col = patient_column.lower() if patient_column else next((c for c in PATIENT_COLUMNS if c in cols), None)
+    if patient_col is not None:
+        from .medical import patient_key
+    by_split: dict[str, ImageSet] = defaultdict(lambda: cls([], [], str(path), [] if patient_col else None))
     skipped = 0
     for line, row in rows:
         img = Path(str(row.get(path_col, "")).strip())
@@ -175,11 +245,16 @@ def read_table(path: Path, skip_bad: bool = False, kind: str = "image") -> tuple
         split = next((k for k, names in SPLIT_DIRS.items() if split in names), None) or _bad_split(path, line, split)
         by_split[split].items.append(full)
         by_split[split].labels.append(label)
+        if patient_col is not None:
+            patient = str(row.get(patient_col, "") or "").strip()
+            if not patient:
+                raise DataError(f"{path} line {line}: empty {patient_col!r}: give every row its patient id.")
+            by_split[split].groups.append(patient_key(patient))
     if skipped:
         from ..console import warn
 
         warn(f"skipped {skipped} row(s) of {path} whose {kind} file is missing")
-    train = by_split.pop("train", cls([], [], str(path)))
+    train = by_split.pop("train", cls([], [], str(path), [] if patient_col else None))
     if not len(train):
         raise DataError(f"{path} has no training rows: give rows with split=train (or no split column).")
     return train, dict(by_split)
@@ -236,7 +311,27 @@ def _split(train: ImageSet, given: dict[str, ImageSet], val_fraction: float, tes
         unknown = sorted(set(ds.labels) - set(classes))
         if unknown:
             raise DataError(f"The {name} split has labels not seen in training ({', '.join(unknown[:5])}): add training examples for them.")
+    check_patient_leaks({"train": train, **given})
     return carve_splits(train, given, classes, train.labels, val_fraction, test_fraction, seed)
+
+
+def check_patient_leaks(parts: dict[str, ImageSet | None]) -> None:
+    """Refuse splits that share a patient, naming the patients (hashed) and one file of each split."""
+    seen: dict[str, dict[str, Item]] = defaultdict(dict)
+    for name, ds in parts.items():
+        if ds is None or getattr(ds, "groups", None) is None:
+            continue
+        for g, item in zip(ds.groups, ds.items, strict=True):
+            seen[g].setdefault(name, item)
+    leaks = {g: where for g, where in seen.items() if len(where) > 1}
+    if not leaks:
+        return
+    first, where = next(iter(sorted(leaks.items())))
+    shown = " and ".join(f"{k} ({v if not hasattr(v, 'shape') else 'an array'})" for k, v in where.items())
+    others = ", ".join(sorted(leaks)[:10])
+    raise DataError(f"{len(leaks)} patient(s) appear in more than one split, so test scores would be inflated: "
+                    f"patient #{first} in {shown}; all: {others}{' ...' if len(leaks) > 10 else ''} (ids hashed with "
+                    "transferkit.data.medical.patient_key). Keep each patient's images in one split.")
 
 
 def carve_splits(train, given: dict, classes: list[str], strata: list[str], val_fraction: float, test_fraction: float,
@@ -255,12 +350,15 @@ def carve_splits(train, given: dict, classes: list[str], strata: list[str], val_
     rest, test, val = train, given.get("test"), given.get("val")
     if val is None:
         fractions = {"val": val_fraction} if test is not None else {"test": test_fraction, "val": val_fraction}
-        parts = stratified_split(strata, fractions, seed)
+        groups = getattr(train, "groups", None)
+        parts = grouped_split(strata, groups, fractions, seed) if groups is not None else \
+            stratified_split(strata, fractions, seed)
         val = rest.subset(parts["val"])
         if "test" in parts:
             test = rest.subset(parts["test"])
         rest = rest.subset(parts["rest"])
-        how = f"{how + ' + ' if how else ''}stratified seed={seed}"
+        kind = "patient-level stratified" if groups is not None else "stratified"
+        how = f"{how + ' + ' if how else ''}{kind} seed={seed}"
     return Splits(train=rest, val=val, test=test, classes=classes, how=how or "given")
 
 
@@ -283,6 +381,18 @@ def stratified_split(labels: list[str], fractions: dict[str, float], seed: int) 
     return {k: sorted(v) for k, v in out.items()}
 
 
+def grouped_split(labels: list[str], groups: list[str], fractions: dict[str, float], seed: int) -> dict[str, list[int]]:
+    """:func:`stratified_split` over patients instead of images: each patient goes whole into one part,
+    stratified by the patient's most frequent label. Returns image index lists per part plus ``"rest"``."""
+    members: dict[str, list[int]] = defaultdict(list)
+    for i, g in enumerate(groups):
+        members[g].append(i)
+    order = sorted(members)
+    strata = [Counter(labels[i] for i in members[g]).most_common(1)[0][0] for g in order]
+    parts = stratified_split(strata, fractions, seed)
+    return {k: sorted(i for j in v for i in members[order[j]]) for k, v in parts.items()}
+
+
 def load_test_set(source: str | Path | ImageSet, skip_bad: bool = False, kind: str = "image") -> ImageSet:
     """Every labelled file of ``source`` for scoring: a ``test/`` folder if the source has one, else all of it."""
     if isinstance(source, ImageSet):
@@ -301,30 +411,42 @@ def load_test_set(source: str | Path | ImageSet, skip_bad: bool = False, kind: s
 
 def detect_kind(source: object) -> str:
     """``"audio"`` when ``source`` holds audio files (an :class:`AudioSet`, class folders of mostly audio files, a
-    table whose first paths are audio files), else ``"image"``. Reads only names, never file contents."""
+    table whose first paths are audio files); ``"medical"`` when it holds mostly DICOM/NIfTI files or is a table
+    with a patient column; else ``"image"``. Reads only names (and the 4-byte DICOM marker of files without a
+    suffix), never pixels."""
     from .audio import AUDIO_SUFFIXES
+    from .medical import is_medical
 
     if isinstance(source, Splits):
         source = source.train
     if isinstance(source, AudioSet):
         return "audio"
+    if isinstance(source, ImageSet):
+        return "medical" if source.groups is not None else "image"
     if not isinstance(source, (str, Path)):
         return "image"
     path = Path(source).expanduser()
-    suffixes: list[str] = []
+    files: list[Path] = []
     if path.is_dir():
         for i, f in enumerate(path.rglob("*")):
             if i > 2000:
                 break
             if f.is_file() and f.parent != path and not f.name.startswith("."):
-                suffixes.append(f.suffix.lower())
+                files.append(f)
     elif path.is_file() and path.suffix.lower() in (".csv", ".tsv", ".jsonl", ".ndjson"):
         try:
             rows = _read_rows(path)[:50]
         except DataError:
             return "image"
+        if rows and any(c in rows[0][1] for c in PATIENT_COLUMNS):
+            return "medical"
         for _, row in rows:
-            value = next((row[c] for c in PATH_COLUMNS if row.get(c)), "")
-            suffixes.append(Path(str(value)).suffix.lower())
+            value = Path(str(next((row[c] for c in PATH_COLUMNS if row.get(c)), "")))
+            files.append(value if value.is_absolute() else path.parent / value)
+    suffixes = [f.suffix.lower() for f in files]
     n_audio = sum(s in AUDIO_SUFFIXES for s in suffixes)
-    return "audio" if n_audio > sum(s in IMAGE_SUFFIXES for s in suffixes) else "image"
+    n_image = sum(s in IMAGE_SUFFIXES for s in suffixes)
+    n_medical = sum(is_medical(f) for f in files if f.suffix.lower() not in IMAGE_SUFFIXES | AUDIO_SUFFIXES)
+    if n_audio > max(n_image, n_medical):
+        return "audio"
+    return "medical" if n_medical > n_image else "image"

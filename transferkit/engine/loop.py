@@ -56,25 +56,35 @@ def multilabel_f1(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, f
     return float((pred & t).sum()), float((pred & ~t).sum()), float((~pred & t).sum())
 
 
-def _score(logits: torch.Tensor, y: torch.Tensor, multi_label: bool) -> float:
-    """Single-label: accuracy. Multi-label: micro-F1 (exact-match accuracy is too coarse to steer training)."""
+def _score(logits: torch.Tensor, y: torch.Tensor, multi_label: bool, balanced: bool = False) -> float:
+    """Single-label: accuracy, or with ``balanced`` the mean recall over the classes present (balanced accuracy:
+    a classifier that always says "healthy" scores 0.5, not the prevalence). Multi-label: micro-F1 (exact-match
+    accuracy is too coarse to steer training)."""
     if multi_label:
         tp, fp, fn = multilabel_f1(logits, y)
         return 2 * tp / max(1.0, 2 * tp + fp + fn)
-    return (logits.argmax(1) == y).float().mean().item()
+    right = logits.argmax(1) == y
+    if balanced:
+        return torch.stack([right[y == c].float().mean() for c in torch.unique(y)]).mean().item()
+    return right.float().mean().item()
 
 
-def _loss(logits: torch.Tensor, y: torch.Tensor, multi_label: bool, label_smoothing: float = 0.0) -> torch.Tensor:
+def _loss(logits: torch.Tensor, y: torch.Tensor, multi_label: bool, label_smoothing: float = 0.0,
+          weight: torch.Tensor | None = None) -> torch.Tensor:
     if multi_label:
         return nn.functional.binary_cross_entropy_with_logits(logits, y.float())
-    return nn.functional.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    if weight is not None:
+        weight = weight.to(logits.device, logits.dtype)
+    return nn.functional.cross_entropy(logits, y, weight=weight, label_smoothing=label_smoothing)
 
 
 @torch.no_grad()
 def evaluate_loader(model: nn.Module, loader: DataLoader, accelerator, prepare: Callable,
-                    multi_label: bool = False, aggregate: Callable | None = None) -> tuple[float, float]:
-    """Mean loss and accuracy (multi-label: micro-F1) over ``loader``, gathered across processes (in loader
-    order). ``aggregate(logits, targets)`` may first merge rows, e.g. an audio recording's windows into one."""
+                    multi_label: bool = False, aggregate: Callable | None = None,
+                    balanced: bool = False) -> tuple[float, float]:
+    """Mean loss and accuracy (``balanced``: balanced accuracy; multi-label: micro-F1) over ``loader``, gathered
+    across processes (in loader order). ``aggregate(logits, targets)`` may first merge rows, e.g. an audio
+    recording's windows into one."""
     model.eval()
     logits_all, targets_all = [], []
     for x, y in loader:
@@ -87,7 +97,7 @@ def evaluate_loader(model: nn.Module, loader: DataLoader, accelerator, prepare: 
     targets = torch.cat(targets_all)
     if aggregate is not None:
         logits, targets = aggregate(logits.cpu(), targets.cpu())
-    return _loss(logits, targets, multi_label).item(), _score(logits, targets, multi_label)
+    return _loss(logits, targets, multi_label).item(), _score(logits, targets, multi_label, balanced)
 
 
 def train(
@@ -108,6 +118,8 @@ def train(
     description: str = "training",
     multi_label: bool = False,
     val_aggregate: Callable | None = None,
+    class_weights: torch.Tensor | None = None,
+    balanced: bool = False,
 ) -> tuple[History, dict[str, torch.Tensor]]:
     """Train ``model`` and return its history and the best epoch's weights (already loaded into ``model``).
 
@@ -118,6 +130,8 @@ def train(
     ``multi_label`` switches to one sigmoid per class (binary cross-entropy); the "accuracy" recorded in the
     history is then micro-F1 at probability 0.5. ``val_aggregate`` merges validation rows before scoring (audio:
     the windows of a recording), so validation is scored per example as the final metrics are.
+    ``class_weights`` weight the training loss per class (imbalanced data); ``balanced`` records and selects by
+    balanced accuracy instead of accuracy.
     """
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, scheduler
@@ -141,19 +155,20 @@ def train(
             for x, y in train_loader:
                 with accelerator.autocast():
                     logits = model(prepare(x))
-                    loss = _loss(logits.float(), y, multi_label, label_smoothing)
+                    loss = _loss(logits.float(), y, multi_label, label_smoothing, class_weights)
                 optimizer.zero_grad(set_to_none=True)
                 accelerator.backward(loss)
                 optimizer.step()
                 scheduler.step()
                 total_loss += loss.item() * len(y)
-                correct += _score(logits.detach().float(), y, multi_label) * len(y)
+                correct += _score(logits.detach().float(), y, multi_label, balanced) * len(y)
                 seen += len(y)
                 bar.update(steps, advance=1, status=f"loss {total_loss / seen:.3f}")
             # sum over processes, so every rank records the same training loss and accuracy
             sums = accelerator.reduce(torch.tensor([total_loss, correct, seen], dtype=torch.float64, device=accelerator.device), "sum")
             total_loss, correct, seen = sums.tolist()
-            val_loss, val_acc = evaluate_loader(model, val_loader, accelerator, prepare, multi_label, val_aggregate)
+            val_loss, val_acc = evaluate_loader(model, val_loader, accelerator, prepare, multi_label, val_aggregate,
+                                                balanced)
             rec = EpochRecord(
                 epoch, total_loss / max(1, seen), correct / max(1, seen), val_loss, val_acc,
                 max(g["lr"] for g in optimizer.param_groups), time.monotonic() - t0, stage,

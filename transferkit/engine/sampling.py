@@ -27,3 +27,25 @@ class EpochShuffleSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         return iter(torch.randperm(self.n, generator=g).tolist())
+
+
+class EpochBalancedSampler(Sampler[int]):
+    """``n`` draws with replacement, each class equally likely (balanced sampling for imbalanced data); like
+    :class:`EpochShuffleSampler`, the draws depend only on (seed, epoch)."""
+
+    def __init__(self, targets: torch.Tensor, seed: int = 0):
+        counts = torch.bincount(targets).double()
+        self.weights = (1.0 / counts.clamp(min=1))[targets]
+        self.n = len(targets)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist())

@@ -7,8 +7,12 @@ from typing import Any
 import numpy as np
 
 
-def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict[str, Any]:
+def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str],
+                           y_pred: np.ndarray | None = None) -> dict[str, Any]:
     """Accuracy, macro-F1, per-class precision/recall/F1/support, confusion matrix and log-loss.
+
+    The predicted class is the most probable one unless ``y_pred`` gives the decisions (e.g. a medical model's
+    operating threshold on its positive class).
 
     >>> m = classification_metrics(np.array([0, 1, 1]), np.array([[.9, .1], [.2, .8], [.6, .4]]), ["a", "b"])
     >>> round(m["accuracy"], 4), round(m["macro_f1"], 4)
@@ -18,14 +22,15 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[
 
     y_true = np.asarray(y_true)
     probs = np.asarray(probs, dtype=np.float64)
-    y_pred = probs.argmax(1)
+    y_pred = probs.argmax(1) if y_pred is None else np.asarray(y_pred)
     labels = list(range(len(classes)))
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     eps = 1e-12
-    log_loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y_true)), y_true], eps, 1.0))))
+    log_loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y_true)), y_true], eps, 1.0)))) + 0.0  # no "-0.000"
     return {
         "n": int(len(y_true)),
         "accuracy": float((y_pred == y_true).mean()),
+        "balanced_accuracy": float(np.mean([r[i] for i in labels if s[i] > 0])) if s.sum() else 0.0,
         "macro_f1": float(f.mean()),
         "log_loss": log_loss,
         "per_class": {

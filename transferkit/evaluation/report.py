@@ -65,12 +65,18 @@ def render_markdown(m: dict[str, Any], classes: list[str]) -> str:
                   f"({', '.join(f'{k} {v}' for k, v in trunc.items())})")
     else:
         inputs = f"{m['backbone']['input_size'][0]} px input"
+        pre = m["backbone"]["preprocess"]
+        if m.get("task") == "medical-classification":
+            inputs += (f", window {pre.get('window', 'auto')}, slices {pre.get('slices', '2d')}, greyscale repeated "
+                       "into 3 channels")
     kind = "multi-label, " if m["data"].get("multi_label") else ""
     lines = [
         f"# transferkit run: {m['strategy']} on {m['backbone']['name']}",
         "",
         f"- Data: {m['data']['train']} train / {m['data']['val']} validation / {m['data']['test']} test {unit}, "
-        f"{kind}{len(classes)} classes (split: {m['data']['split']}).",
+        f"{kind}{len(classes)} classes (split: {m['data']['split']})."
+        + (" Patients: " + ", ".join(f"{k} {v}" for k, v in m["data"]["patients"].items())
+           + "; no patient is in two splits." if m["data"].get("patients") else ""),
         f"- Backbone: `{m['backbone']['name']}` ({m['backbone']['source']}, weights: {m['backbone']['weights']}), {inputs}.",
         f"- Trainable parameters: {m['trainable_params']:,}; precision: {m['precision']}.",
         f"- Wall time: {m['timings']['total_s']:.1f} s "
@@ -108,7 +114,53 @@ def render_markdown(m: dict[str, Any], classes: list[str]) -> str:
             shown = w.get("text", w["input"]).replace("|", "\\|")
             where = f" ({w['input']})" if "text" in w else ""
             lines.append(f"| {w['confidence']:.3f} | {w['true']} | {w['predicted']} | {shown}{where} |")
+    if m.get("clinical"):
+        lines += render_clinical(m, scored)
     if "confusion_matrix" in s:
         lines += ["", "![confusion matrix](confusion_matrix.png)"]
     lines += ["", "![learning curve](learning_curve.png)", ""]
     return "\n".join(lines)
+
+
+def render_clinical(m: dict[str, Any], scored: str) -> list[str]:
+    """The clinical section of a medical run's report: operating point, AUROC, sensitivity/specificity with
+    95% intervals, PPV/NPV, calibration."""
+    c = m["clinical"]
+    s = m[scored]["clinical"]
+
+    def pct(v: float | None, ci: list[float] | None = None) -> str:
+        if v is None:
+            return "-"
+        return f"{v:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+
+    lines = ["", f"## Clinical scores ({scored} set, n={s['n']})", ""]
+    if c.get("positive") is not None:
+        lines += [
+            f"Positive class **{c['positive']}** (prevalence {s['prevalence']:.3f}); operating threshold "
+            f"**{c['threshold']:.3f}** on its calibrated probability ({c['threshold_rule']}). 95% intervals: Wilson "
+            "for proportions, bootstrap for AUROC.",
+            "",
+            "| score | value (95% CI) |",
+            "|---|---|",
+            f"| AUROC | {pct(s['auroc'], s['auroc_ci'])} |",
+            f"| sensitivity | {pct(s['sensitivity'], s['sensitivity_ci'])} ({s['tp']} of {s['tp'] + s['fn']} positives found) |",
+            f"| specificity | {pct(s['specificity'], s['specificity_ci'])} ({s['tn']} of {s['tn'] + s['fp']} negatives cleared) |",
+            f"| PPV | {pct(s['ppv'], s['ppv_ci'])} |",
+            f"| NPV | {pct(s['npv'], s['npv_ci'])} |",
+            f"| balanced accuracy | {pct(s['balanced_accuracy'])} |",
+            f"| average precision | {pct(s['average_precision'])} |",
+            "",
+            f"At threshold 0.5 instead: sensitivity {pct(s['at_0.5']['sensitivity'])}, specificity "
+            f"{pct(s['at_0.5']['specificity'])}.",
+        ]
+    else:
+        lines += [f"Macro one-vs-rest AUROC {pct(s['auroc_macro'])}, balanced accuracy {pct(s['balanced_accuracy'])}.",
+                  "", "| class | AUROC | sensitivity | specificity | support |", "|---|---|---|---|---|"]
+        lines += [f"| {k} | {pct(v['auroc'])} | {pct(v['sensitivity'])} | {pct(v['specificity'])} | {v['support']} |"
+                  for k, v in s["per_class"].items()]
+    ece = c["ece"][scored]
+    lines += ["", f"Calibration: temperature {c['temperature']:.3f} (fitted on validation); expected calibration error "
+              f"{ece['before']:.3f} before, {ece['after']:.3f} after. The threshold and temperature were chosen on the "
+              f"validation set ({m['data']['val']} images), so with few validation images they are themselves uncertain.",
+              "", "![ROC and reliability](roc.png)"]
+    return lines

@@ -36,6 +36,19 @@ class TrainTask:
     deadline: float | None = None  # time.monotonic() value; None = no budget
     work_dir: Path | None = None  # checkpoints and caches of this run
     workers: int = 0
+    # imbalanced data (medical runs): "weights" weighs the loss per class, "sampler" draws classes equally often;
+    # ``balanced`` selects epochs and models by balanced accuracy instead of accuracy
+    balance: str = "none"
+    balanced: bool = False
+
+    @property
+    def class_weights(self) -> torch.Tensor | None:
+        """Inverse-frequency class weights, mean 1 over the examples (``balance="weights"``), else None."""
+        if self.balance != "weights" or self.multi_label:
+            return None
+        counts = self.class_counts().double().clamp(min=1)
+        w = counts.sum() / (len(counts) * counts)
+        return w.float()
 
     @property
     def preprocess(self) -> Any:
@@ -191,8 +204,13 @@ def make_loaders(task: TrainTask, batch_size: int, augment: bool = False, hflip:
         train_ds, val_ds, val_bs = AudioWindowDataset(task.train, augment), AudioWindowDataset(task.val), max(bs, 32)
     else:
         train_ds, val_ds, val_bs = ImageTensorDataset(task.train, augment, hflip), ImageTensorDataset(task.val), max(bs, 64)
-    train = DataLoader(train_ds, batch_size=bs, sampler=EpochShuffleSampler(n_train, task.seed),
-                       drop_last=n_train > bs, num_workers=task.workers)
+    if task.balance == "sampler" and not task.multi_label and task.modality == "image":
+        from ..engine.sampling import EpochBalancedSampler
+
+        sampler = EpochBalancedSampler(task.train.targets, task.seed)
+    else:
+        sampler = EpochShuffleSampler(n_train, task.seed)
+    train = DataLoader(train_ds, batch_size=bs, sampler=sampler, drop_last=n_train > bs, num_workers=task.workers)
     val = DataLoader(val_ds, batch_size=val_bs, num_workers=task.workers)
     return train, val
 

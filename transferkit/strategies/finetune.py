@@ -131,7 +131,8 @@ class FinetuneStrategy:
             epochs=epochs, patience=cfg.patience, prepare=make_prepare(backbone), multi_label=task.multi_label,
             on_epoch_start=self.schedule(backbone), deadline=task.deadline, label_smoothing=cfg.label_smoothing,
             checkpoint_dir=task.work_dir / f"checkpoints-{self.name}" if task.work_dir else None,
-            description=self.name, val_aggregate=val_aggregate(task),
+            description=self.name, val_aggregate=val_aggregate(task), class_weights=task.class_weights,
+            balanced=task.balanced,
         )
         model = acc.unwrap_model(model).cpu().to(memory_format=torch.contiguous_format)
         if hasattr(backbone, "set_augment"):

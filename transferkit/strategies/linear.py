@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ..engine.features import extract_features
 from ..engine.loop import train
 from ..engine.optim import warmup_cosine
-from ..engine.sampling import EpochShuffleSampler
+from ..engine.sampling import EpochBalancedSampler, EpochShuffleSampler
 from ..heads import Classifier, LinearHead
 from .base import FitResult, TrainTask
 
@@ -49,8 +49,11 @@ class LinearStrategy:
         t_feat = time.monotonic() - t0
         head = LinearHead(task.backbone.num_features, len(task.classes))
         bs = min(cfg.batch_size, len(ftr))
-        train_loader = DataLoader(TensorDataset(ftr, task.train.targets), batch_size=bs,
-                                  sampler=EpochShuffleSampler(len(ftr), task.seed))
+        if task.balance == "sampler" and not task.multi_label:
+            sampler = EpochBalancedSampler(task.train.targets, task.seed)
+        else:
+            sampler = EpochShuffleSampler(len(ftr), task.seed)
+        train_loader = DataLoader(TensorDataset(ftr, task.train.targets), batch_size=bs, sampler=sampler)
         val_loader = DataLoader(TensorDataset(fva, task.val.targets), batch_size=256)
         opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         steps = cfg.epochs * len(train_loader)
@@ -59,6 +62,7 @@ class LinearStrategy:
         history, _ = train(
             head, opt, sched, train_loader, val_loader, acc, epochs=cfg.epochs, patience=cfg.patience,
             deadline=task.deadline, description="linear head", multi_label=task.multi_label,
+            class_weights=task.class_weights, balanced=task.balanced,
         )
         head = acc.unwrap_model(head).cpu()
         model = Classifier(task.backbone, head)

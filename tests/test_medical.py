@@ -1,0 +1,385 @@
+"""Medical imaging: DICOM/NIfTI/16-bit readers (real pydicom test files), greyscale into a 3-channel stem,
+patient-level splits, clinical metrics, calibration, and labelled end-to-end runs on files the tests write,
+with nothing identifying written anywhere."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import transferkit
+from transferkit.data.medical import (WINDOWS, apply_window, check_window, is_dicom, patient_key, read_dicom,
+                                      read_nifti)
+from transferkit.errors import DataError, TransferkitError
+
+from conftest import PATIENT_BIRTH, PATIENT_NAME, lesion_slice, write_ct_dicom
+
+pydicom = pytest.importorskip("pydicom")
+DATA = Path(os.path.dirname(pydicom.data.__file__)) / "test_files"
+CR = DATA / "dicomdirtests" / "77654033" / "CR1" / "6154"  # a real CR radiograph: MONOCHROME1, no file suffix
+
+
+def _values(path: Path) -> np.ndarray:
+    from pydicom.pixels import apply_modality_lut
+
+    ds = pydicom.dcmread(path)
+    return apply_modality_lut(ds.pixel_array, ds).astype(np.float64)
+
+
+# ---------------------------------------------------------------- windows
+
+
+def test_window_presets_and_custom_values():
+    hu = np.array([-1350.0, -600.0, 150.0, 40.0, 0.0, 80.0])
+    assert apply_window(hu, "lung").tolist()[:3] == [0, 128, 255]  # centre -600, width 1500
+    assert apply_window(hu, "brain").tolist()[3:] == [128, 0, 255]  # centre 40, width 80
+    assert apply_window(hu, "40,80").tolist() == apply_window(hu, "brain").tolist()
+    assert apply_window(np.array([3.0, 5.0, 7.0]), "full").tolist() == [0, 128, 255]
+    # auto without the file's own window: the 0.5-99.5 percentiles, so one hot pixel cannot darken the image
+    values = np.concatenate([np.linspace(0, 100, 999), [1e6]])
+    assert apply_window(values, "auto")[500] > 100
+    assert apply_window(values, "auto", own=(50, 100)).tolist()[:1] == [0]
+    assert set(WINDOWS) >= {"lung", "mediastinum", "bone", "brain", "soft-tissue"}
+    assert check_window(" LUNG ") == "lung" and check_window("-600, 1500") == "-600,1500"
+    for bad in ("lungs", "40", "40,-5", "a,b"):
+        with pytest.raises(DataError, match="Window"):
+            check_window(bad)
+
+
+# ---------------------------------------------------------------- real pydicom test files
+
+
+def test_ct_is_read_in_hounsfield_units_through_rescale():
+    path = DATA / "CT_small.dcm"
+    ds = pydicom.dcmread(path)
+    assert (ds.Modality, ds.BitsStored, float(ds.RescaleIntercept)) == ("CT", 16, -1024.0)
+    hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    out = read_dicom(path, "lung")
+    assert out.shape == (128, 128) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, apply_window(hu, "lung"))
+    assert not np.array_equal(read_dicom(path, "bone"), out)
+
+
+def test_mr_uses_its_own_window_when_auto():
+    path = DATA / "MR_small.dcm"
+    ds = pydicom.dcmread(path)
+    assert ds.Modality == "MR" and (float(ds.WindowCenter), float(ds.WindowWidth)) == (600.0, 1600.0)
+    np.testing.assert_array_equal(read_dicom(path, "auto"), apply_window(_values(path), "600,1600"))
+    # the same pixels from other encodings of the file (big endian, RLE) read the same
+    for other in ("MR_small_bigendian.dcm", "MR_small_RLE.dcm", "MR_small_implicit.dcm"):
+        np.testing.assert_array_equal(read_dicom(DATA / other), read_dicom(path))
+
+
+def test_cr_without_suffix_is_found_and_monochrome1_is_inverted():
+    assert CR.suffix == "" and is_dicom(CR)
+    ds = pydicom.dcmread(CR)
+    assert (ds.Modality, ds.PhotometricInterpretation) == ("CR", "MONOCHROME1")
+    own = apply_window(_values(CR), f"{float(ds.WindowCenter):g},{float(ds.WindowWidth):g}")
+    np.testing.assert_array_equal(read_dicom(CR), 255 - own)  # bright bone, as a radiologist sees it
+    assert not is_dicom(DATA / "README.txt")
+
+
+def test_ultrasound_colour_palette_and_cine():
+    rgb = read_dicom(DATA / "examples_rgb_color.dcm")
+    assert rgb.shape == (240, 320, 3)
+    np.testing.assert_array_equal(rgb, pydicom.dcmread(DATA / "examples_rgb_color.dcm").pixel_array)
+    cine = read_dicom(DATA / "examples_ybr_color.dcm")  # 30 frames of YBR JPEG: the middle frame, in RGB
+    assert cine.shape == (240, 320, 3) and cine.dtype == np.uint8
+    palette = read_dicom(DATA / "examples_palette.dcm")
+    assert palette.shape == (350, 800, 3) and palette.std() > 0
+    deep = read_dicom(DATA / "SC_rgb_rle_16bit.dcm")  # 16-bit colour scaled to 8 bits
+    assert deep.dtype == np.uint8 and deep.max() > 200
+
+
+def test_unreadable_dicom_gets_one_line():
+    with pytest.raises(DataError, match="without an image"):
+        read_dicom(DATA / "reportsi.dcm")  # a structured report
+    with pytest.raises(DataError, match="truncated|cannot be read"):
+        read_dicom(DATA / "MR_truncated.dcm")
+    try:
+        read_dicom(DATA / "MR_small_jpeg_ls_lossless.dcm")
+    except DataError as err:
+        assert "JPEG-LS" in str(err) and "pip install" in str(err)
+
+
+def test_multiframe_dicom_slices(tmp_path):
+    frames = read_dicom(DATA / "rtdose.dcm", "full", "2.5d")  # 15 frames of dose
+    assert frames.shape == (10, 10, 3)
+    mid = read_dicom(DATA / "rtdose.dcm", "full", "2d")
+    assert mid.shape == (10, 10)
+
+
+# ---------------------------------------------------------------- NIfTI and 16-bit files
+
+
+def _nifti(path: Path, vol: np.ndarray, **header) -> Path:
+    import nibabel as nib
+
+    img = nib.Nifti1Image(vol.astype(np.float32), np.eye(4))
+    for k, v in header.items():
+        img.header[k] = v
+    nib.save(img, str(path))
+    return path
+
+
+def test_nifti_middle_slice_and_stack(tmp_path):
+    vol = np.stack([np.full((6, 4), 100.0 * k) for k in range(5)], axis=2)  # slice k holds 100k
+    vol[0, 0, :] = 1000  # a marker pixel: (x=0, y=0) is shown at the bottom-left after the RAS rotation
+    path = _nifti(tmp_path / "v.nii.gz", vol)
+    mid = read_nifti(path, "0,2000", "2d")
+    assert mid.shape == (4, 6)  # rot90: rows are y (anterior at the top), columns x
+    assert mid[-1, 0] == apply_window(np.array([1000.0]), "0,2000")[0]
+    assert mid[0, -1] == apply_window(np.array([200.0]), "0,2000")[0]
+    stack = read_nifti(path, "0,2000", "2.5d")
+    assert stack.shape == (4, 6, 3)
+    assert [int(stack[0, -1, c]) for c in range(3)] == apply_window(np.array([100.0, 200, 300]), "0,2000").tolist()
+    # its own cal_min/cal_max window when auto
+    own = read_nifti(_nifti(tmp_path / "c.nii", vol, cal_min=0, cal_max=400), "auto", "2d")
+    assert own[0, -1] == 128
+
+
+def test_nifti_damaged_file(tmp_path):
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"not a volume")
+    with pytest.raises(DataError, match="bad.nii.gz is not a readable NIfTI"):
+        read_nifti(bad)
+
+
+def test_16_bit_png_is_windowed_not_saturated(tmp_path):
+    from PIL import Image
+
+    from transferkit.data.images import load_pil
+
+    arr = (np.arange(64 * 64).reshape(64, 64) % 4096).astype(np.uint16)  # 12-bit X-ray values
+    Image.fromarray(arr).save(tmp_path / "x.png")
+    assert Image.open(tmp_path / "x.png").mode.startswith("I")
+    img, _ = load_pil(tmp_path / "x.png")
+    got = np.asarray(img)
+    np.testing.assert_array_equal(got[..., 0], apply_window(arr.astype(float), "auto"))
+    assert (got[..., 0] == got[..., 2]).all()  # channel repeat
+    naive = np.asarray(Image.open(tmp_path / "x.png").convert("RGB"))
+    assert (naive == 255).mean() > 0.9 and (got == 255).mean() < 0.05
+
+
+def test_greyscale_channel_repeat_equals_summed_stem_weights():
+    """Repeating a greyscale image into R, G, B is the same as a 1-channel first convolution whose weights are
+    the pretrained ones summed over channels (timm's in_chans=1), when the channels share mean and std."""
+    from timm.models import adapt_input_conv
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 8, 3, bias=False)
+    grey = torch.rand(2, 1, 16, 16)
+    mean, std = 0.5, 0.5  # EfficientNet-Lite's normalisation
+    repeated = conv((grey.repeat(1, 3, 1, 1) - mean) / std)
+    summed = torch.nn.functional.conv2d((grey - mean) / std, adapt_input_conv(1, conv.weight))
+    torch.testing.assert_close(repeated, summed)
+
+
+# ---------------------------------------------------------------- patient-level splits
+
+
+def test_patient_level_split_keeps_patients_together(dicom_manifest):
+    from transferkit.data.sources import load_splits
+
+    splits = load_splits(dicom_manifest, seed=3)
+    assert splits.how == "patient-level stratified seed=3"
+    parts = {"train": splits.train, "val": splits.val, "test": splits.test}
+    owners = {name: set(p.groups) for name, p in parts.items()}
+    assert not (owners["train"] & owners["val"]) and not (owners["train"] & owners["test"])
+    assert not (owners["val"] & owners["test"])
+    assert sum(len(o) for o in owners.values()) == 20
+    assert all(len(g) == 12 for o in owners.values() for g in o)  # hashed, never the raw MRN
+    assert splits.summary()["patients"] == {k: len(v) for k, v in owners.items()}
+    assert set(splits.test.labels) == {"lesion", "normal"}  # stratified by each patient's label
+
+
+def test_a_split_that_leaks_a_patient_is_refused(dicom_manifest):
+    from transferkit.data.sources import load_splits
+
+    lines = dicom_manifest.read_text().splitlines()
+    rows = [lines[0] + ",split"] + [f"{r},{'test' if i == 1 else 'train'}" for i, r in enumerate(lines[1:])]
+    leaky = dicom_manifest.with_name("leaky.csv")
+    leaky.write_text("\n".join(rows) + "\n")  # MRN9000's second image in test, its first in train
+    with pytest.raises(DataError) as err:
+        load_splits(leaky)
+    message = str(err.value)
+    assert f"patient #{patient_key('MRN9000')}" in message and "train" in message and "test" in message
+    assert "MRN9000" not in message  # named by its hash (and the files), never by the raw id
+
+
+def test_dicom_folders_group_by_patient_id(tmp_path):
+    from transferkit.data.sources import load_splits
+
+    rng = np.random.default_rng(1)
+    for p in range(8):
+        for k in range(3):
+            label = "lesion" if p % 2 else "normal"
+            write_ct_dicom(tmp_path / "scans" / label / f"img{p}_{k}", lesion_slice(rng, p % 2 == 1), f"PID{p}")
+    splits = load_splits(tmp_path / "scans", patients=True, seed=0)  # files without a suffix, found by DICM
+    owners = [set(s.groups) for s in (splits.train, splits.val, splits.test)]
+    assert sum(len(o) for o in owners) == 8 and not set.intersection(*owners)
+    assert transferkit.data.sources.detect_kind(tmp_path / "scans") == "medical"
+
+
+# ---------------------------------------------------------------- clinical metrics
+
+
+def test_clinical_scores_pinned():
+    from sklearn.metrics import roc_auc_score
+
+    from transferkit.evaluation.clinical import auroc, binary_scores, choose_positive, tune_threshold, wilson
+
+    rng = np.random.default_rng(0)
+    y = rng.random(200) < 0.3
+    p = np.clip(0.3 * y + rng.random(200) * 0.7, 0, 1)
+    assert auroc(y, p) == pytest.approx(roc_auc_score(y, p))
+    s = binary_scores(np.array([1, 1, 1, 0, 0]), np.array([0.9, 0.6, 0.2, 0.4, 0.1]), 0.5)
+    assert (s["tp"], s["fn"], s["tn"], s["fp"]) == (2, 1, 2, 0)
+    assert s["sensitivity"] == pytest.approx(2 / 3) and s["specificity"] == 1.0 and s["ppv"] == 1.0
+    assert s["balanced_accuracy"] == pytest.approx(5 / 6)
+    assert [round(x, 4) for x in wilson(2, 3)] == [0.2077, 0.9385]
+    # sensitivity=1.0: the highest threshold that still finds every positive
+    t, how = tune_threshold(np.array([1, 1, 1, 0, 0]), np.array([0.9, 0.6, 0.2, 0.4, 0.1]), "sensitivity=1")
+    assert 0.1 < t < 0.2 and how == "sensitivity >= 1 on validation"
+    t, _ = tune_threshold(np.array([1, 1, 1, 0, 0]), np.array([0.9, 0.6, 0.2, 0.4, 0.1]), "specificity=1")
+    assert 0.4 < t < 0.6
+    assert tune_threshold(np.array([1, 0]), np.array([0.6, 0.4]), 0.3) == (0.3, "given")
+    assert choose_positive(["normal", "pneumonia"], {"normal": 5, "pneumonia": 50}) == "pneumonia"
+    assert choose_positive(["a", "b"], {"a": 50, "b": 5}) == "b"  # the rarer class
+    assert choose_positive(["a", "b", "c"], {}) is None
+    with pytest.raises(TransferkitError, match="not one of"):
+        choose_positive(["a", "b"], {}, "c")
+
+
+def test_temperature_scaling_fixes_overconfidence_and_keeps_the_ranking():
+    from transferkit.evaluation.clinical import apply_temperature, expected_calibration_error, fit_temperature
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 2000)
+    right = rng.random(2000) < 0.8  # 80% right, but always 99% sure
+    pred = np.where(right, y, 1 - y)
+    probs = np.where(pred[:, None] == np.arange(2), 0.99, 0.01)
+    t = fit_temperature(probs, y)
+    calibrated = apply_temperature(probs, t)
+    assert t > 2
+    assert (calibrated.argmax(1) == probs.argmax(1)).all()
+    assert expected_calibration_error(y, calibrated) < 0.02 < 0.15 < expected_calibration_error(y, probs)
+    assert calibrated.max() == pytest.approx(0.8, abs=0.01)
+    perfect = np.eye(2)[y] * 0.9 + 0.05
+    assert fit_temperature(perfect, y) >= 1.0  # no mistakes on validation: never sharpened
+
+
+def test_balanced_sampler_and_class_weights():
+    from transferkit.engine.sampling import EpochBalancedSampler
+
+    targets = torch.tensor([0] * 90 + [1] * 10)
+    s = EpochBalancedSampler(targets, seed=1)
+    draws = torch.tensor(list(iter(s)))
+    assert len(draws) == 100 and 0.35 < targets[draws].float().mean() < 0.65
+    assert list(iter(s)) == draws.tolist()  # the same epoch draws the same
+    s.set_epoch(1)
+    assert list(iter(s)) != draws.tolist()
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def _everything_written(folder: Path) -> bytes:
+    return b"\n".join(f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file())
+
+
+def test_medical_fit_end_to_end_without_identifiers(dicom_manifest, tiny_backbone, tmp_path, capfd):
+    out = tmp_path / "run"
+    model = transferkit.fit(dicom_manifest, backbone=tiny_backbone, strategy="finetune", epochs=2, batch_size=8,
+                            out=out, window="lung", threshold="sensitivity=0.9")
+    m = model.metrics
+    assert m["task"] == "medical-classification" and m["data"]["split"].startswith("patient-level")
+    assert m["clinical"]["positive"] == "lesion" and m["clinical"]["threshold_rule"].startswith("sensitivity >= 0.9")
+    c = m["test"]["clinical"]
+    assert {"auroc", "auroc_ci", "sensitivity", "specificity", "ppv", "npv", "balanced_accuracy"} <= set(c)
+    assert c["tp"] + c["fn"] + c["tn"] + c["fp"] == m["test"]["n"]
+    assert m["history"]["epochs"] and all(0 <= e["val_acc"] <= 1 for e in m["history"]["epochs"])
+    for name in ("report.md", "roc.png", "metrics.json", "model/config.json", "confusion_matrix.png"):
+        assert (out / name).is_file(), name
+    report = (out / "report.md").read_text()
+    assert "## Clinical scores" in report and "sensitivity" in report and "no patient is in two splits" in report
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["preprocess"]["window"] == "lung" and config["clinical"]["positive"] == "lesion"
+
+    # privacy: no name, id or birth date from the headers anywhere in the run folder or on the console
+    written = _everything_written(out)
+    console = capfd.readouterr()
+    for secret in (PATIENT_NAME, "Testperson", "MRN90", PATIENT_BIRTH):
+        assert secret.encode() not in written, secret
+        assert secret not in console.out + console.err, secret
+
+    # the bundle predicts the same after reload, with the same threshold and temperature
+    again = transferkit.load(out / "model")
+    scan = str(dicom_manifest.parent / "scans" / "p0_0.dcm")
+    before, after = model.predict([scan]), again.predict([scan])
+    assert before[0]["label"] == after[0]["label"]
+    assert before[0]["positive_probability"] == pytest.approx(after[0]["positive_probability"], abs=1e-6)
+    assert again.clinical == model.clinical
+    scores = again.evaluate(dicom_manifest)
+    assert "clinical" in scores and scores["clinical"]["positive"] == "lesion"
+
+
+def test_decisions_follow_the_threshold(dicom_manifest, tiny_backbone):
+    model = transferkit.fit(dicom_manifest, backbone=tiny_backbone, strategy="linear", epochs=3, threshold=0.01)
+    assert model.clinical["threshold"] == 0.01 and model.clinical["threshold_rule"] == "given"
+    probs = np.array([[0.02, 0.98], [0.005, 0.995]])  # classes: lesion, normal
+    assert model.decide(probs).tolist() == [0, 1]
+    # every image whose lesion probability reaches 0.01 is called a lesion
+    m = model.metrics["test"]
+    assert m["clinical"]["sensitivity"] >= m["clinical"]["at_0.5"]["sensitivity"]
+
+
+def test_nifti_folder_end_to_end_with_stacks(tmp_path, tiny_backbone):
+    rng = np.random.default_rng(0)
+    for label in ("lesion", "normal"):
+        for i in range(8):
+            vol = np.stack([lesion_slice(rng, label == "lesion" and k in (1, 2, 3), 24) for k in range(5)], axis=2)
+            _nifti((tmp_path / "vols" / label).mkdir(parents=True, exist_ok=True) or
+                   tmp_path / "vols" / label / f"s{i}.nii.gz", vol)
+    model = transferkit.fit(tmp_path / "vols", backbone=tiny_backbone, strategy="linear", epochs=2, slices="2.5d",
+                            window="lung")
+    assert model.metrics["task"] == "medical-classification"
+    assert model.preprocess.slices == "2.5d"
+    assert len(model.predict([str(tmp_path / "vols" / "lesion" / "s0.nii.gz")])) == 1
+
+
+def test_medical_options_are_checked(dicom_manifest, tiny_backbone, colour_folder):
+    with pytest.raises(TransferkitError, match="Threshold"):
+        transferkit.fit(dicom_manifest, backbone=tiny_backbone, threshold="sens=2")
+    with pytest.raises(TransferkitError, match="Balance"):
+        transferkit.fit(dicom_manifest, backbone=tiny_backbone, balance="oversample")
+    with pytest.raises(TransferkitError, match="medical images"):
+        transferkit.fit(colour_folder, backbone=tiny_backbone, positive="red")
+    with pytest.raises(TransferkitError, match="Window"):
+        transferkit.fit(dicom_manifest, backbone=tiny_backbone, window="lungs")
+    with pytest.raises(TransferkitError, match="Modality"):
+        transferkit.fit(dicom_manifest, modality="xray")
+
+
+def test_cli_fit_and_predict_a_dicom(dicom_manifest, tiny_backbone, tmp_path):
+    from typer.testing import CliRunner
+
+    from transferkit.cli import app
+
+    out = tmp_path / "cli-run"
+    r = CliRunner().invoke(app, ["fit", str(dicom_manifest), "--modality", "medical", "--backbone", tiny_backbone,
+                                 "--strategy", "linear", "--epochs", "3", "--window", "-600,1500", "--out", str(out),
+                                 "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output.strip().splitlines()[-1])
+    assert {"auroc", "sensitivity", "specificity", "balanced_accuracy", "threshold"} <= set(summary)
+    scan = str(dicom_manifest.parent / "scans" / "p1_1.dcm")
+    r = CliRunner().invoke(app, ["predict", str(out / "model"), scan])
+    assert r.exit_code == 0 and "decision" in r.output, r.output
+    r = CliRunner().invoke(app, ["evaluate", str(out / "model"), str(dicom_manifest)])
+    assert r.exit_code == 0 and "AUROC" in r.output, r.output
