@@ -92,6 +92,9 @@ def test_ultrasound_colour_palette_and_cine():
     assert cine.shape == (240, 320, 3) and cine.dtype == np.uint8
     palette = read_dicom(DATA / "examples_palette.dcm")
     assert palette.shape == (350, 800, 3) and palette.std() > 0
+    ybr = DATA / "SC_ybr_full_422_uncompressed.dcm"  # uncompressed YBR: pydicom converts it once, not twice
+    np.testing.assert_array_equal(read_dicom(ybr), pydicom.dcmread(ybr).pixel_array)
+    assert read_dicom(ybr)[0, 0].tolist() == [254, 0, 0]
     deep = read_dicom(DATA / "SC_rgb_rle_16bit.dcm")  # 16-bit colour scaled to 8 bits
     assert deep.dtype == np.uint8 and deep.max() > 200
 
@@ -129,18 +132,57 @@ def _nifti(path: Path, vol: np.ndarray, **header) -> Path:
 
 def test_nifti_middle_slice_and_stack(tmp_path):
     vol = np.stack([np.full((6, 4), 100.0 * k) for k in range(5)], axis=2)  # slice k holds 100k
-    vol[0, 0, :] = 1000  # a marker pixel: (x=0, y=0) is shown at the bottom-left after the RAS rotation
+    vol[0, 0, :] = 1000  # a marker at (x=0, y=0): the patient's left and back, so the bottom-right of the view
     path = _nifti(tmp_path / "v.nii.gz", vol)
     mid = read_nifti(path, "0,2000", "2d")
-    assert mid.shape == (4, 6)  # rot90: rows are y (anterior at the top), columns x
-    assert mid[-1, 0] == apply_window(np.array([1000.0]), "0,2000")[0]
-    assert mid[0, -1] == apply_window(np.array([200.0]), "0,2000")[0]
+    assert mid.shape == (4, 6)  # rows are y (anterior at the top), columns x (the patient's right on the left)
+    assert mid[-1, -1] == apply_window(np.array([1000.0]), "0,2000")[0]
+    assert mid[0, 0] == apply_window(np.array([200.0]), "0,2000")[0]
     stack = read_nifti(path, "0,2000", "2.5d")
     assert stack.shape == (4, 6, 3)
     assert [int(stack[0, -1, c]) for c in range(3)] == apply_window(np.array([100.0, 200, 300]), "0,2000").tolist()
     # its own cal_min/cal_max window when auto
     own = read_nifti(_nifti(tmp_path / "c.nii", vol, cal_min=0, cal_max=400), "auto", "2d")
     assert own[0, -1] == 128
+
+
+def test_nifti_and_dicom_show_the_same_slice_the_same_way(tmp_path):
+    """An axial slice stored as DICOM (LPS, rows anterior to posterior, columns right to left) and as NIfTI with
+    the matching affine reads as the same image: no mirrored anatomy between the two formats."""
+    rng = np.random.default_rng(0)
+    hu = rng.integers(-1000, 1000, (6, 8)).astype(float)  # (rows, columns) as DICOM stores them
+    dcm = read_dicom(write_ct_dicom(tmp_path / "a.dcm", hu, "P1"), "0,2000")
+    # voxel (i=column, j=row) -> RAS: x = -column, y = -row (LPS to RAS flips both)
+    vol = hu.T[:, :, None]
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(vol.astype(np.float32), np.diag([-1.0, -1.0, 1.0, 1.0])), str(tmp_path / "a.nii.gz"))
+    np.testing.assert_array_equal(read_nifti(tmp_path / "a.nii.gz", "0,2000"), dcm)
+
+
+def test_enhanced_multiframe_ct_uses_its_functional_groups(tmp_path):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import EnhancedCTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    hu = np.stack([np.full((8, 8), v, float) for v in (-1000, -600, -200)])
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = EnhancedCTImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = EnhancedCTImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.NumberOfFrames, ds.Rows, ds.Columns = "CT", 3, 8, 8
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    pvt = Dataset()
+    pvt.RescaleIntercept, pvt.RescaleSlope, pvt.RescaleType = -1024, 1, "HU"
+    shared = Dataset()
+    shared.PixelValueTransformationSequence = Sequence([pvt])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    ds.PixelData = (hu + 1024).astype(np.uint16).tobytes()
+    ds.save_as(tmp_path / "enhanced.dcm", enforce_file_format=True)
+    assert read_dicom(tmp_path / "enhanced.dcm", "lung")[0, 0] == 128  # the middle frame, -600 HU
 
 
 def test_nifti_damaged_file(tmp_path):
@@ -186,7 +228,7 @@ def test_greyscale_channel_repeat_equals_summed_stem_weights():
 def test_patient_level_split_keeps_patients_together(dicom_manifest):
     from transferkit.data.sources import load_splits
 
-    splits = load_splits(dicom_manifest, seed=3)
+    splits = load_splits(dicom_manifest, seed=3, patients=True)
     assert splits.how == "patient-level stratified seed=3"
     parts = {"train": splits.train, "val": splits.val, "test": splits.test}
     owners = {name: set(p.groups) for name, p in parts.items()}
@@ -206,7 +248,7 @@ def test_a_split_that_leaks_a_patient_is_refused(dicom_manifest):
     leaky = dicom_manifest.with_name("leaky.csv")
     leaky.write_text("\n".join(rows) + "\n")  # MRN9000's second image in test, its first in train
     with pytest.raises(DataError) as err:
-        load_splits(leaky)
+        load_splits(leaky, patients=True)
     message = str(err.value)
     assert f"patient #{patient_key('MRN9000')}" in message and "train" in message and "test" in message
     assert "MRN9000" not in message  # named by its hash (and the files), never by the raw id
@@ -383,3 +425,145 @@ def test_cli_fit_and_predict_a_dicom(dicom_manifest, tiny_backbone, tmp_path):
     assert r.exit_code == 0 and "decision" in r.output, r.output
     r = CliRunner().invoke(app, ["evaluate", str(out / "model"), str(dicom_manifest)])
     assert r.exit_code == 0 and "AUROC" in r.output, r.output
+
+
+# ---------------------------------------------------------------- review follow-ups
+
+
+def test_auroc_interval_memory_grows_with_images_not_pairs():
+    from transferkit.evaluation.clinical import auroc, auroc_interval
+
+    rng = np.random.default_rng(0)
+    y = rng.random(20_000) < 0.2  # 4,000 x 16,000 pairs would need gigabytes if compared pairwise
+    p = rng.random(20_000) + 0.5 * y
+    lo, hi = auroc_interval(y, p, n_boot=100)
+    assert lo < auroc(y, p) < hi and hi - lo < 0.02
+
+
+def test_prior_correction_undoes_class_weights():
+    from transferkit.evaluation.clinical import correct_prior
+
+    # a model trained with weights (1, 4) says 0.8 for the rare class where the truth is 0.5
+    np.testing.assert_allclose(correct_prior(np.array([[0.2, 0.8]]), [1.0, 4.0]), [[0.5, 0.5]])
+    np.testing.assert_array_equal(correct_prior(np.array([[0.2, 0.8]]), None), [[0.2, 0.8]])
+
+
+def test_auto_margin_for_balanced_accuracy():
+    from types import SimpleNamespace
+
+    from transferkit.strategies.auto import choose
+
+    def cand(acc):
+        return SimpleNamespace(history=SimpleNamespace(best=SimpleNamespace(val_acc=acc, val_loss=0.5)))
+
+    # 90 negatives and 10 positives: one more positive found is +0.05 balanced accuracy, within the noise
+    assert choose({"linear": cand(0.80), "finetune": cand(0.85)}, 100, [90, 10]) == "linear"
+    assert choose({"linear": cand(0.80), "finetune": cand(0.85)}, 100) == "finetune"  # plain accuracy: 0.04
+    assert choose({"linear": cand(0.70), "finetune": cand(0.90)}, 100, [90, 10]) == "finetune"
+
+
+def test_medical_images_are_padded_not_cropped(tmp_path):
+    import dataclasses
+
+    from PIL import Image
+
+    from transferkit.backbones.protocol import PreprocessConfig
+    from transferkit.data.images import resize_center_crop
+
+    img = np.zeros((60, 120, 3), dtype=np.uint8)
+    img[:, :6] = 255  # a finding at the left edge of a wide image
+    pre = PreprocessConfig(input_size=(32, 32), crop_pct=1.0)
+    cropped = resize_center_crop(Image.fromarray(img), pre)
+    padded = resize_center_crop(Image.fromarray(img), dataclasses.replace(pre, resize="pad"))
+    assert cropped.max() == 0  # centre crop cut it away
+    assert padded[8:24, :2].mean() > 100 and padded[:6].max() == 0  # kept, with black bars above and below
+    assert PreprocessConfig.from_dict(dataclasses.asdict(dataclasses.replace(pre, resize="pad"))).resize == "pad"
+
+
+def test_kind_detection_keeps_audio_and_plain_images(tmp_path):
+    from transferkit.data.sources import detect_kind
+
+    (tmp_path / "a.wav").write_bytes(b"")
+    (tmp_path / "a.jpg").write_bytes(b"")
+    for name, header, row, kind in (("audio.csv", "path,label,subject", "a.wav,x,s1", "audio"),
+                                    ("cases.csv", "path,label,case_id", "a.jpg,x,c1", "image"),
+                                    ("xray.csv", "patient_id,path,label", "p1,a.jpg,x", "medical")):
+        (tmp_path / name).write_text(f"{header}\n{row}\n")
+        assert detect_kind(tmp_path / name) == kind, name
+
+
+def test_colour_arrays_of_other_types(tmp_path):
+    from transferkit.data.images import load_pil
+
+    img, _ = load_pil(np.full((4, 4, 3), 0.5, dtype=np.float32))
+    assert np.asarray(img)[0, 0].tolist() == [128, 128, 128]
+    img, _ = load_pil(np.full((4, 4, 3), 40_000, dtype=np.uint16))
+    assert np.asarray(img)[0, 0, 0] == 40_000 // 257
+    with pytest.raises(DataError, match="int32 colour array"):
+        load_pil(np.full((4, 4, 3), 7, dtype=np.int32))
+
+
+def test_too_few_patients_are_named_and_an_empty_validation_is_refused(tmp_path, tiny_backbone, capsys):
+    rng = np.random.default_rng(0)
+    rows = ["patient_id,path,label"]
+    for p in range(4):  # 2 patients per class: test takes one, validation gets none
+        rel = f"s/{p}.dcm"
+        write_ct_dicom(tmp_path / rel, lesion_slice(rng, p % 2 == 0), f"Q{p}")
+        rows.append(f"Q{p},{rel},{'lesion' if p % 2 == 0 else 'normal'}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(TransferkitError, match="validation split is empty"):
+        transferkit.fit(tmp_path / "m.csv", backbone=tiny_backbone, strategy="linear")
+    assert "fewer than 3 patients" in capsys.readouterr().err
+
+
+def test_positive_and_threshold_are_checked_before_training(colour_folder, tiny_backbone, monkeypatch):
+    import transferkit.strategies.linear as linear
+
+    monkeypatch.setattr(linear.LinearStrategy, "fit", lambda *a: pytest.fail("trained before checking"))
+    with pytest.raises(TransferkitError, match="two classes"):
+        transferkit.fit(colour_folder, backbone=tiny_backbone, strategy="linear", modality="medical", positive="red")
+    with pytest.raises(TransferkitError, match="two classes"):
+        transferkit.fit(colour_folder, backbone=tiny_backbone, strategy="linear", modality="medical", threshold=0.3)
+    with pytest.raises(TransferkitError, match="not one of the classes"):
+        transferkit.fit(colour_folder, backbone=tiny_backbone, strategy="linear", modality="medical", positive="pink")
+
+
+def test_csv_gives_the_decided_label_and_its_probability(dicom_manifest, tiny_backbone, tmp_path):
+    from typer.testing import CliRunner
+
+    from transferkit.cli import app
+
+    model = transferkit.fit(dicom_manifest, backbone=tiny_backbone, strategy="linear", epochs=2, threshold=0.001,
+                            out=tmp_path / "run")
+    scans = [str(dicom_manifest.parent / "scans" / f"p{i}_0.dcm") for i in range(5)]
+    rows = model.predict(scans, top_k=1)
+    assert all(r["label"] == "lesion" for r in rows)  # everything reaches 0.001
+    assert all(r["probability"] == pytest.approx(r["positive_probability"]) for r in rows)
+    r = CliRunner().invoke(app, ["predict", str(tmp_path / "run" / "model"), *scans, "--csv", "--top-k", "1"])
+    assert r.exit_code == 0, r.output
+    assert all(line.split(",")[1] == "lesion" for line in r.output.strip().splitlines()[1:])
+
+
+def test_patient_key_is_secret_per_installation(monkeypatch, tmp_path):
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path / "a"))
+    monkeypatch.delenv("TRANSFERKIT_PATIENT_SALT", raising=False)
+    first = patient_key("12345")
+    assert patient_key("12345") == first and len(first) == 12
+    assert (tmp_path / "a" / "patient-key").stat().st_mode & 0o077 == 0  # readable by its owner only
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path / "b"))
+    assert patient_key("12345") != first  # another installation, another key
+    monkeypatch.setenv("TRANSFERKIT_PATIENT_SALT", "shared-secret")
+    assert patient_key("12345") == patient_key(" 12345 ")
+
+
+def test_pydicom_log_lines_are_silenced_while_reading(tmp_path, caplog):
+    import logging
+
+    from transferkit.data.medical import _quiet_pydicom
+
+    with caplog.at_level(logging.DEBUG, logger="pydicom"):
+        with _quiet_pydicom():
+            logging.getLogger("pydicom").warning("PatientName 'Testperson^Jane' has an invalid value")
+        assert "Testperson" not in caplog.text
+        logging.getLogger("pydicom").warning("outside a read")
+        assert "outside a read" in caplog.text

@@ -175,6 +175,13 @@ def fit(
                                                   patients=medical, patient_column=patient_column)
     timings["load_s"] = load_s
     timings["tokenize_s" if modality == "text" else "decode_s"] = time.monotonic() - t - load_s
+    if medical:  # before any training: a wrong class name or option must not cost the whole run
+        from .evaluation.clinical import choose_positive
+
+        choose_positive(splits.classes, splits.train.counts(), positive)
+        if threshold is not None and len(splits.classes) != 2:
+            raise TransferkitError(f"threshold applies to two classes (a finding and its absence); these data have "
+                                   f"{len(splits.classes)}.")
     # the backbone's own defaults (e.g. the speaker encoder's learning rates), then the user's options
     strat = create_strategy(strategy, modality, getattr(bb, "profile", modality), **strategy_options)
     multi_label = dec["train"].targets.ndim == 2
@@ -197,7 +204,7 @@ def fit(
     scored = "test" if "test" in probs else "val"
     clinical = None
     if medical:  # calibrate and choose the operating threshold on validation; the model then decides with both
-        clinical, uncalibrated = _clinical(model, probs, dec, splits, positive, threshold)
+        clinical, uncalibrated = _clinical(model, probs, dec, splits, positive, threshold, task.balance)
         probs = {name: model.calibrated(p) for name, p in probs.items()}
     if multi_label:
         scores = {name: multilabel_metrics(dec[name].targets.numpy(), p, splits.classes) for name, p in probs.items()}
@@ -234,7 +241,8 @@ def fit(
         "test": scores.get("test"),
         "confidently_wrong": confidently_wrong(dec[scored].targets.numpy(), probs[scored], splits.classes,
                                                _names(dec[scored], getattr(splits, scored)),
-                                               getattr(dec[scored], "texts", None)),
+                                               getattr(dec[scored], "texts", None),
+                                               y_pred=None if multi_label else model.decide(probs[scored])),
         "history": history,
         "train_val_gap": train_val_gap(history),
         "trainable_params": result.trainable_params,
@@ -376,13 +384,17 @@ def _prepare_images(data, backbone, arch, max_length, image_size, skip_bad, val_
     if window is not None or slices is not None:  # saved with the backbone's preprocessing: predict reads alike
         bb.preprocess = dataclasses.replace(bb.preprocess, window=window or bb.preprocess.window,
                                             slices=slices or bb.preprocess.slices)
-    if patients:  # medical: the whole image, no centre crop (a finding at the edge must not be cut away)
-        bb.preprocess = dataclasses.replace(bb.preprocess, crop_pct=1.0)
+    if patients:  # medical: the whole image, padded to a square, never cropped (a finding at the edge stays)
+        bb.preprocess = dataclasses.replace(bb.preprocess, resize="pad")
     if image_size is not None:
         if image_size < 32:
             raise TransferkitError(f"Image size {image_size} is too small: use 32 pixels or more.")
         # the backbone's mean/std/interpolation stay; only the resolution changes (and is saved in the bundle)
         bb.preprocess = dataclasses.replace(bb.preprocess, input_size=(image_size, image_size))
+    if len(splits.val) == 0:
+        unit = "patients" if patients else "images"
+        raise TransferkitError(f"The validation split is empty: give each class at least 3 {unit} (or a val split), "
+                               "so that epochs can be chosen on data the model does not train on.")
     _announce(splits, bb, f"{bb.num_features}-d features, {bb.preprocess.input_size[0]} px")
     load_s = time.monotonic() - t
     dec = {name: decode(ds, bb.preprocess, splits.classes, skip_bad=skip_bad, description=f"decoding {name}")
@@ -391,28 +403,39 @@ def _prepare_images(data, backbone, arch, max_length, image_size, skip_bad, val_
 
 
 def _clinical(model: TransferModel, probs: dict, dec: dict, splits: Any, positive: str | None,
-              threshold: str | float | None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Fit the temperature and the operating threshold on validation and give them to ``model``; return what
-    the report shows about them, and the uncalibrated probabilities (for the reliability plot)."""
-    from .evaluation.clinical import (apply_temperature, choose_positive, expected_calibration_error, fit_temperature,
-                                      parse_threshold_rule, tune_threshold)
+              threshold: str | float | None, balance: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Calibrate on validation (undo the class weights' shift of the probabilities, then fit a temperature), tune
+    the operating threshold there, and give all of it to ``model``; return what the report shows about them, and
+    the uncalibrated probabilities (for the reliability plot)."""
+    from .console import warn
+    from .evaluation.clinical import (apply_temperature, choose_positive, correct_prior, expected_calibration_error,
+                                      fit_temperature, parse_threshold_rule, tune_threshold)
 
     classes = splits.classes
     y_val = dec["val"].targets.numpy()
+    missing = sorted(set(classes) - {classes[i] for i in set(y_val.tolist())})
+    if missing:
+        warn(f"the validation set has no {', '.join(missing)}: the threshold stays at 0.5 and the probabilities are "
+             "not calibrated; add patients of every class")
     pos = choose_positive(classes, splits.train.counts(), positive)
-    temperature = fit_temperature(probs["val"], y_val)
+    weights = None
+    if balance in ("weights", "sampler"):  # both raise each class's probability by its inverse frequency
+        counts = np.bincount(dec["train"].targets.numpy(), minlength=len(classes)).clip(min=1)
+        weights = (counts.sum() / (len(classes) * counts)).round(6).tolist()
+    corrected = {name: correct_prior(p, weights) for name, p in probs.items()}
+    temperature = fit_temperature(corrected["val"], y_val) if not missing else 1.0
     rule = parse_threshold_rule(threshold)
-    if pos is not None:
+    if pos is not None and not missing:
         k = classes.index(pos)
-        cut, how = tune_threshold(y_val == k, apply_temperature(probs["val"], temperature)[:, k], rule)
+        cut, how = tune_threshold(y_val == k, apply_temperature(corrected["val"], temperature)[:, k], rule)
+    elif pos is not None:
+        cut, how = (rule, "given") if isinstance(rule, float) else (0.5, "0.5: validation lacks a class")
     else:
-        if threshold is not None:
-            raise TransferkitError(f"threshold applies to two classes (a positive finding and the rest); these data "
-                                   f"have {len(classes)}.")
         cut, how = 0.5, "top-ranked class"
-    model.clinical = {"positive": pos, "threshold": cut, "threshold_rule": how, "temperature": temperature}
+    model.clinical = {"positive": pos, "threshold": cut, "threshold_rule": how, "temperature": temperature,
+                      "class_weights": weights}
     ece = {name: {"before": expected_calibration_error(dec[name].targets.numpy(), p),
-                  "after": expected_calibration_error(dec[name].targets.numpy(), apply_temperature(p, temperature))}
+                  "after": expected_calibration_error(dec[name].targets.numpy(), model.calibrated(p))}
            for name, p in probs.items()}
     return {**model.clinical, "ece": ece}, probs
 

@@ -42,7 +42,7 @@ def main(
 
 @app.command()
 def fit(
-    data: Path = typer.Argument(..., help="Folder of class folders of images, audio (wav/flac/ogg) or .txt files (optionally train/ val/ test/), a CSV/TSV/JSONL (path,label for images and audio; text and label columns for texts), a saved Hugging Face dataset, or images with boxes (COCO JSON, YOLO txt or Pascal VOC XML) for detection."),
+    data: Path = typer.Argument(..., help="Folder of class folders of images (also DICOM, NIfTI, 16-bit PNG/TIFF), audio (wav/flac/ogg) or .txt files (optionally train/ val/ test/), a CSV/TSV/JSONL (path,label for images and audio, plus patient_id for medical images; text and label columns for texts), a saved Hugging Face dataset, or images with boxes (COCO JSON, YOLO txt or Pascal VOC XML) for detection."),
     out: Path = typer.Option(Path("runs/latest"), "--out", "-o", help="Run folder: model/, metrics.json, plots, report.md."),
     backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="Registry name, timm:NAME, torchvision:NAME, a Hugging Face encoder (org/name), or a path (see `transferkit backbones`). Default: efficientnet_lite0 for images and (on log-mel spectrograms) audio, all-MiniLM-L6-v2 for texts; speaker-encoder for voices."),
     arch: Optional[str] = typer.Option(None, help="Architecture of a checkpoint file given as --backbone (timm name or torchvision:NAME)."),
@@ -103,7 +103,8 @@ def fit(
         keys = ("auroc", "sensitivity", "specificity", "balanced_accuracy") if clinical.get("positive") else \
             ("auroc_macro", "balanced_accuracy")
         summary |= {k: None if clinical[k] is None else round(clinical[k], 4) for k in keys}
-        summary["threshold"] = m["clinical"]["threshold"]
+        if clinical.get("positive"):
+            summary["threshold"] = m["clinical"]["threshold"]
     if as_json:
         typer.echo(json.dumps(summary))
     else:
@@ -198,7 +199,7 @@ def predict(
         w = csv.writer(sys.stdout)
         w.writerow(["path", "label", "probability"])
         for p in preds:  # the probability of the label given (a medical model's decision may not be the top one)
-            prob = next(t["probability"] for t in p["top"] if t["label"] == p["label"])
+            prob = p.get("probability", p["top"][0]["probability"])
             w.writerow([p["input"], p["label"], f"{prob:.6f}"])
     else:
         from rich.table import Table

@@ -24,7 +24,8 @@ class PreprocessConfig:
     scaled to [0, 1] and normalised with ``mean``/``std``. DICOM, NIfTI and 16-bit PNG/TIFF files first become
     8-bit through ``window`` (``auto``, a CT preset such as ``lung``, or ``"centre,width"``); volumes give their
     middle slice (``slices="2d"``) or three neighbouring slices as channels (``"2.5d"``); see
-    :mod:`transferkit.data.medical`.
+    :mod:`transferkit.data.medical`. ``resize="pad"`` (medical runs) instead pads the whole image to a square with
+    black and resizes it to ``input_size``: nothing at the edges is cropped away.
     """
 
     input_size: tuple[int, int] = (224, 224)
@@ -34,6 +35,7 @@ class PreprocessConfig:
     crop_pct: float = 0.875
     window: str = "auto"
     slices: str = "2d"
+    resize: str = "crop"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -48,6 +50,7 @@ class PreprocessConfig:
             crop_pct=float(d.get("crop_pct", 1.0)),
             window=str(d.get("window", "auto")),
             slices=str(d.get("slices", "2d")),
+            resize=str(d.get("resize", "crop")),
         )
 
 

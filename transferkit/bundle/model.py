@@ -142,12 +142,14 @@ class TransferModel:
         return self.calibrated(torch.softmax(logits, dim=1).numpy())
 
     def calibrated(self, probs: np.ndarray) -> np.ndarray:
-        """Medical models: probabilities through the temperature fitted on validation (others: unchanged)."""
-        if not self.clinical or self.clinical.get("temperature", 1.0) == 1.0:
+        """Medical models: the class weights' shift undone, then the temperature fitted on validation (others:
+        unchanged)."""
+        if not self.clinical:
             return probs
-        from ..evaluation.clinical import apply_temperature
+        from ..evaluation.clinical import apply_temperature, correct_prior
 
-        return apply_temperature(probs, float(self.clinical["temperature"]))
+        probs = correct_prior(probs, self.clinical.get("class_weights"))
+        return apply_temperature(probs, float(self.clinical.get("temperature", 1.0)))
 
     def decide(self, probs: np.ndarray) -> np.ndarray:
         """Predicted class indices: the most probable class, or for a binary medical model the positive class
@@ -167,7 +169,8 @@ class TransferModel:
 
     def predict(self, inputs: list[Any], top_k: int = 5, batch_size: int = 64, precision: str = "auto",
                 skip_bad: bool = False) -> list[dict[str, Any]]:
-        """Top-k labels per input: ``[{"input": ..., "label": ..., "top": [{"label", "probability"}, ...]}]``.
+        """Top-k labels per input: ``[{"input": ..., "label": ..., "probability": ..., "top": [{"label",
+        "probability"}, ...]}]`` (``probability``: the label's own).
 
         Multi-label models add ``"labels"``: every label with probability >= ``threshold``; audio models add
         ``"windows"``: how many windows of the recording were averaged. Binary medical models decide ``"label"``
@@ -185,6 +188,8 @@ class TransferModel:
             top = [{"label": self.classes[i], "probability": float(p[i])} for i in order]
             label = self.classes[decisions[r]] if decisions is not None else top[0]["label"]
             row = {"input": str(item) if not isinstance(item, np.ndarray) else "<array>", "label": label, "top": top}
+            if decisions is not None:
+                row["probability"] = float(p[decisions[r]])
             if positive is not None:
                 row["positive_probability"] = float(p[self.classes.index(positive)])
             if self.multi_label:

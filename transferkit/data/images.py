@@ -53,10 +53,8 @@ def load_pil(item: Item, window: str = "auto", slices: str = "2d") -> tuple[Imag
     """
     if isinstance(item, np.ndarray):
         arr = np.ascontiguousarray(item)
-        if arr.dtype != np.uint8:  # 16-bit or float arrays: windowed like 16-bit files
-            from .medical import apply_window
-
-            arr = apply_window(arr, window) if arr.ndim == 2 else arr.astype(np.uint8)
+        if arr.dtype != np.uint8:
+            arr = _to_uint8(arr, window)
         img = Image.fromarray(arr)
         return img.convert("RGB"), hashlib.sha1(arr.tobytes() + str(arr.shape).encode()).hexdigest()
     path = Path(item)
@@ -82,6 +80,21 @@ def load_pil(item: Item, window: str = "auto", slices: str = "2d") -> tuple[Imag
     return img.convert("RGB"), hashlib.sha1(data).hexdigest()
 
 
+def _to_uint8(arr: np.ndarray, window: str) -> np.ndarray:
+    """A non-uint8 array -> uint8: greyscale through ``window`` (like 16-bit files); colour floats in [0, 1] scaled
+    by 255, 16-bit colour by 1/257; anything else refused."""
+    if arr.ndim == 2:
+        from .medical import apply_window
+
+        return apply_window(arr, window)
+    if np.issubdtype(arr.dtype, np.floating) and np.nanmin(arr) >= 0 and np.nanmax(arr) <= 1:
+        return np.round(np.nan_to_num(arr) * 255).astype(np.uint8)
+    if arr.dtype == np.uint16:
+        return (arr // 257).astype(np.uint8)
+    raise DataError(f"A {arr.dtype} colour array cannot be shown as an image: give uint8 pixels (0-255), floats in "
+                    "[0, 1] or uint16.")
+
+
 def _file_hash(path: Path) -> str:
     try:
         return hashlib.sha1(path.read_bytes()).hexdigest()
@@ -90,8 +103,16 @@ def _file_hash(path: Path) -> str:
 
 
 def resize_center_crop(img: Image.Image, pre: PreprocessConfig) -> np.ndarray:
-    """The backbone's eval transform: shorter side to ``size / crop_pct``, centre crop to ``size``."""
+    """The backbone's eval transform: shorter side to ``size / crop_pct``, centre crop to ``size``. With
+    ``pre.resize == "pad"``: the whole image, padded with black to a square, resized to ``size``."""
     h, w = pre.input_size
+    if getattr(pre, "resize", "crop") == "pad":
+        iw, ih = img.size
+        side = max(iw, ih)
+        square = Image.new(img.mode, (side, side))
+        square.paste(img, ((side - iw) // 2, (side - ih) // 2))
+        square = square.resize((w, h), _INTERP.get(pre.interpolation, Image.Resampling.BICUBIC))
+        return np.array(square, dtype=np.uint8)
     scale_to = int(round(max(h, w) / pre.crop_pct))
     iw, ih = img.size
     ratio = scale_to / min(iw, ih)

@@ -27,10 +27,15 @@ Nothing from a header is kept except the values used for pixels, and a patient i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import logging
 import os
 import re
+import secrets
+import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +57,32 @@ WINDOWS: dict[str, tuple[float, float]] = {
     "stroke": (32, 8),
 }
 SLICE_MODES = ("2d", "2.5d")
+_reading = threading.local()
+
+
+class _WhileReading(logging.Filter):
+    """Drops pydicom's log records while this thread reads a file: they can quote header values."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_reading, "active", False)
+
+
+_QUIET = _WhileReading()
+
+
+@contextlib.contextmanager
+def _quiet_pydicom():
+    """No warning or log line from pydicom while a header is read (pydicom's messages may quote values)."""
+    logger = logging.getLogger("pydicom")
+    if _QUIET not in logger.filters:
+        logger.addFilter(_QUIET)
+    _reading.active = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        _reading.active = False
 
 
 def is_dicom(path: Path) -> bool:
@@ -143,15 +174,16 @@ def read_medical(path: Path, window: str = "auto", slices: str = "2d") -> np.nda
 
 
 def read_dicom(path: Path, window: str = "auto", slices: str = "2d") -> np.ndarray:
-    import warnings
+    with _quiet_pydicom():
+        return _read_dicom(path, window, slices)
 
+
+def _read_dicom(path: Path, window: str, slices: str) -> np.ndarray:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pydicom's warnings may quote header values
-            ds = pydicom.dcmread(path, force=path.suffix.lower() in DICOM_SUFFIXES)
+        ds = pydicom.dcmread(path, force=path.suffix.lower() in DICOM_SUFFIXES)
     except (InvalidDicomError, OSError, ValueError, EOFError) as err:
         raise DataError(f"{path} is not a readable DICOM file ({type(err).__name__}): replace or remove it, or pass "
                         "--skip-bad.") from None
@@ -159,9 +191,7 @@ def read_dicom(path: Path, window: str = "auto", slices: str = "2d") -> np.ndarr
         kind = str(ds.get("Modality", "")) or "DICOM"
         raise DataError(f"{path} is a {kind} object without an image (no pixel data): remove it, or pass --skip-bad.")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            arr = ds.pixel_array
+        arr = ds.pixel_array  # pydicom 3 returns RGB for YBR colour data, compressed or not
     except Exception as err:  # noqa: BLE001 - pydicom raises many kinds for undecodable pixel data
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", "its transfer syntax")
@@ -176,13 +206,13 @@ def read_dicom(path: Path, window: str = "auto", slices: str = "2d") -> np.ndarr
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         return _dicom_colour(ds, arr, photometric, frames)
     if frames > 1:  # (frames, H, W)
-        arr = _pick_slices(arr, slices, axis=0)
+        picked = _slice_indices(frames, slices)
+        arr = np.stack([arr[i] for i in picked])
     else:
+        picked = [0]
         arr = arr[None] if slices == "2.5d" else arr
-    from pydicom.pixels import apply_modality_lut
-
-    values = apply_modality_lut(arr, ds).astype(np.float64)
-    own = _dicom_window(ds)
+    values = _modality_values(ds, arr, picked)
+    own = _dicom_window(ds, picked[len(picked) // 2])
     out = apply_window(values, window, own)
     if photometric == "MONOCHROME1":
         out = 255 - out
@@ -193,8 +223,46 @@ def read_dicom(path: Path, window: str = "auto", slices: str = "2d") -> np.ndarr
     return np.ascontiguousarray(out)
 
 
-def _dicom_window(ds) -> tuple[float, float] | None:
+def _frame_item(ds, frame: int, sequence: str):
+    """An enhanced (multi-frame) object's functional-group item ``sequence`` for ``frame``: per-frame first,
+    then shared; None when the object has neither."""
+    for groups, index in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
+        seq = getattr(ds, groups, None)
+        inner = getattr(seq[index], sequence, None) if seq is not None and len(seq) > index else None
+        if inner:
+            return inner[0]
+    return None
+
+
+def _modality_values(ds, arr: np.ndarray, frames: list[int]) -> np.ndarray:
+    """Stored values -> physical values (HU for CT). Classic objects keep ``RescaleSlope``/``RescaleIntercept`` (or a
+    modality LUT) at the top level, which pydicom applies; enhanced multi-frame objects keep them per frame in
+    their functional groups (``PixelValueTransformationSequence``), applied here frame by frame."""
+    from pydicom.pixels import apply_modality_lut
+
+    if "RescaleSlope" in ds or "RescaleIntercept" in ds or "ModalityLUTSequence" in ds:
+        return apply_modality_lut(arr, ds).astype(np.float64)
+    out = np.asarray(arr, dtype=np.float64)
+    stack = out if out.ndim == 3 and len(frames) == out.shape[0] else None
+    for k, frame in enumerate(frames):
+        item = _frame_item(ds, frame, "PixelValueTransformationSequence")
+        if item is None:
+            continue
+        slope, intercept = float(item.get("RescaleSlope", 1) or 1), float(item.get("RescaleIntercept", 0) or 0)
+        if stack is not None:
+            stack[k] = stack[k] * slope + intercept
+        else:
+            out = out * slope + intercept
+    return out
+
+
+def _dicom_window(ds, frame: int = 0) -> tuple[float, float] | None:
     c, w = ds.get("WindowCenter"), ds.get("WindowWidth")
+    if c is None or w is None:
+        item = _frame_item(ds, frame, "FrameVOILUTSequence")  # enhanced objects: the frame's own window
+        if item is None:
+            return None
+        c, w = item.get("WindowCenter"), item.get("WindowWidth")
     if c is None or w is None:
         return None
     try:
@@ -213,13 +281,7 @@ def _dicom_colour(ds, arr: np.ndarray, photometric: str, frames: int) -> np.ndar
         from pydicom.pixels import apply_color_lut
 
         arr = apply_color_lut(arr, ds)
-    elif photometric.startswith("YBR") and arr.ndim == 3:
-        from pydicom.pixels import convert_color_space
-
-        # pydicom already converts what it decompresses as JPEG; uncompressed YBR arrives as YBR
-        if not ds.file_meta.TransferSyntaxUID.is_compressed:
-            arr = convert_color_space(arr, photometric, "RGB")
-    arr = np.asarray(arr)
+    arr = np.asarray(arr)  # YBR: pydicom 3's pixel_array has already converted it to RGB
     if arr.dtype != np.uint8:  # 16-bit colour (palette LUTs, RLE test files): scale by the stored bit depth
         bits = int(ds.get("BitsStored", 16) or 16) if photometric != "PALETTE COLOR" else 16
         arr = np.clip(arr.astype(np.float64) / (2 ** bits - 1) * 255, 0, 255).round().astype(np.uint8)
@@ -233,12 +295,14 @@ def read_nifti(path: Path, window: str = "auto", slices: str = "2d") -> np.ndarr
 
     try:
         img = nib.load(str(path))
+        if len(img.shape) > 3:  # 4-D (time or channels): the first volume only, never the whole series
+            img = img.slicer[..., 0] if len(img.shape) == 4 else img.slicer[:, :, :, 0, ...]
         img = nib.as_closest_canonical(img)
-        vol = np.asarray(img.get_fdata(dtype=np.float32))
+        vol = np.asarray(img.dataobj, dtype=np.float32)  # scl_slope/scl_inter applied
     except Exception as err:  # noqa: BLE001 - nibabel raises several kinds for damaged files
         raise DataError(f"{path} is not a readable NIfTI file ({type(err).__name__}): replace or remove it, or pass "
                         "--skip-bad.") from None
-    while vol.ndim > 3:  # 4-D (time or channels): the first volume
+    while vol.ndim > 3:
         vol = vol[..., 0]
     hdr = img.header
     lo, hi = float(hdr.get("cal_min", 0)), float(hdr.get("cal_max", 0))
@@ -250,18 +314,23 @@ def read_nifti(path: Path, window: str = "auto", slices: str = "2d") -> np.ndarr
         lo_hi = np.percentile(vol[np.isfinite(vol)], [0.5, 99.5]) if np.isfinite(vol).any() else (0.0, 1.0)
         own = ((lo_hi[0] + lo_hi[1]) / 2, float(lo_hi[1] - lo_hi[0]))  # the volume's range: slices agree
     out = apply_window(stack, window, own)
-    out = np.stack([np.rot90(s) for s in out])  # RAS (x, y) -> rows anterior-to-posterior, as a viewer shows it
+    # RAS (x, y) -> the radiological view DICOM axial images have: anterior at the top, the patient's right on
+    # the image's left (rot90 alone would put the patient's left there, mirroring NIfTI against DICOM)
+    out = np.stack([np.fliplr(np.rot90(s)) for s in out])
     if out.shape[0] == 1:
         return np.ascontiguousarray(out[0])
     return np.ascontiguousarray(np.moveaxis(out, 0, -1))
 
 
-def _pick_slices(vol: np.ndarray, slices: str, axis: int) -> np.ndarray:
-    """The middle slice (``(1, ...)``) or the middle one with its neighbours (``(3, ...)``, edges repeated)."""
-    n = vol.shape[axis]
+def _slice_indices(n: int, slices: str) -> list[int]:
+    """The middle slice, or the middle one with its neighbours (edges repeated)."""
     mid = n // 2
-    idx = [mid] if check_slices(slices) == "2d" else [max(0, mid - 1), mid, min(n - 1, mid + 1)]
-    return np.stack([np.take(vol, i, axis=axis) for i in idx])
+    return [mid] if check_slices(slices) == "2d" else [max(0, mid - 1), mid, min(n - 1, mid + 1)]
+
+
+def _pick_slices(vol: np.ndarray, slices: str, axis: int) -> np.ndarray:
+    """The slices :func:`_slice_indices` names, stacked on a new first axis."""
+    return np.stack([np.take(vol, i, axis=axis) for i in _slice_indices(vol.shape[axis], slices)])
 
 
 def read_high_bit_depth(img, window: str = "auto") -> np.ndarray | None:
@@ -275,28 +344,51 @@ def read_high_bit_depth(img, window: str = "auto") -> np.ndarray | None:
     return apply_window(arr.astype(np.float64), window)
 
 
-def patient_key(patient: str) -> str:
-    """A patient id -> 12 hex characters (HMAC-SHA256). The raw id is never written anywhere.
+def _hash_key() -> bytes:
+    """``TRANSFERKIT_PATIENT_SALT`` when set (share it to compare hashes across machines), else a random key made
+    once per installation and kept in the cache folder (readable by its owner only). A public key would let
+    anyone recover short numeric ids from their hashes by trying them all."""
+    env = os.environ.get("TRANSFERKIT_PATIENT_SALT")
+    if env:
+        return env.encode()
+    from ..cache import cache_root
 
-    The key is ``TRANSFERKIT_PATIENT_SALT`` when set (set it to a secret: short numeric ids can otherwise be
-    recovered from their hashes by trying them all), else a fixed one, so hashes agree between runs.
-    """
-    key = os.environ.get("TRANSFERKIT_PATIENT_SALT", "transferkit-patient").encode()
-    return hmac.new(key, str(patient).strip().encode(), hashlib.sha256).hexdigest()[:12]
+    path = cache_root() / "patient-key"
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".patient-key.{os.getpid()}.tmp")
+        tmp.write_bytes(secrets.token_hex(32).encode())
+        os.chmod(tmp, 0o600)
+        try:
+            os.link(tmp, path)  # first writer wins; a concurrent run reads the same key
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path.read_bytes()
+
+
+def patient_key(patient: str) -> str:
+    """A patient id -> 12 hex characters (HMAC-SHA256 under :func:`_hash_key`). The raw id is never written
+    anywhere; hashes agree between runs on one machine (or wherever ``TRANSFERKIT_PATIENT_SALT`` is shared)."""
+    return hmac.new(_hash_key(), str(patient).strip().encode(), hashlib.sha256).hexdigest()[:12]
 
 
 def dicom_patient(path: Path) -> str | None:
-    """The hashed ``PatientID`` of a DICOM file (the header only, no pixels), or None when it has none."""
-    import warnings
-
+    """The hashed ``PatientID`` of a DICOM file (the header only, no pixels); for anonymised files without one,
+    the hashed ``StudyInstanceUID`` (a study belongs to one patient); None when it has neither."""
     import pydicom
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"],
+    with _quiet_pydicom():
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID", "StudyInstanceUID"],
                                  force=path.suffix.lower() in DICOM_SUFFIXES)
-    except Exception:  # noqa: BLE001 - an unreadable file is reported when its pixels are read
-        return None
-    pid = str(ds.get("PatientID", "") or "").strip()
-    return patient_key(pid) if pid else None
+        except Exception:  # noqa: BLE001 - an unreadable file is reported when its pixels are read
+            return None
+        pid = str(ds.get("PatientID", "") or "").strip()
+        study = str(ds.get("StudyInstanceUID", "") or "").strip()
+    if pid:
+        return patient_key(pid)
+    return patient_key(f"study:{study}") if study else None

@@ -25,6 +25,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 PATH_COLUMNS = ("path", "image", "audio", "file", "filename", "filepath")  # a table of files, not of texts
 # a column of patient (subject, case) ids: splits then keep each patient's images together
 PATIENT_COLUMNS = ("patient_id", "patient", "patientid", "subject_id", "subject", "case_id")
+MEDICAL_COLUMNS = ("patient_id", "patient", "patientid")  # unambiguous: such a column switches the medical mode on
 SPLIT_DIRS = {"train": ("train", "training"), "val": ("val", "valid", "validation", "dev"), "test": ("test", "testing")}
 Item = Union[Path, np.ndarray]
 
@@ -39,14 +40,14 @@ class ImageSet:
     items: list[Item]
     labels: list[str]
     origin: str = ""
-    groups: list[str] | None = None
+    groups: list[str] | None = field(default=None, kw_only=True)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def subset(self, idx: list[int]) -> ImageSet:
         groups = [self.groups[i] for i in idx] if self.groups is not None else None
-        return ImageSet([self.items[i] for i in idx], [self.labels[i] for i in idx], self.origin, groups)
+        return ImageSet([self.items[i] for i in idx], [self.labels[i] for i in idx], self.origin, groups=groups)
 
     def counts(self) -> dict[str, int]:
         return dict(sorted(Counter(self.labels).items()))
@@ -59,8 +60,7 @@ class AudioSet(ImageSet):
     sample_rate: int | None = None
 
     def subset(self, idx: list[int]) -> AudioSet:
-        return AudioSet([self.items[i] for i in idx], [self.labels[i] for i in idx], self.origin,
-                        sample_rate=self.sample_rate)
+        return AudioSet([self.items[i] for i in idx], [self.labels[i] for i in idx], self.origin, self.sample_rate)
 
 
 # what each kind of file-based data accepts, and how its class is built
@@ -126,7 +126,7 @@ def load_splits(
     if not path.exists():
         raise DataError(f"Data path {path} does not exist: pass a folder of class folders or a CSV/JSONL file.")
     if path.is_file():
-        ds, given = read_table(path, skip_bad=skip_bad, kind=kind, patient_column=patient_column)
+        ds, given = read_table(path, skip_bad=skip_bad, kind=kind, patient_column=patient_column, patients=patients)
         if patients and ds.groups is None:
             attach_dicom_patients([ds, *given.values()], path)
         return _split(ds, given, val_fraction, test_fraction, seed)
@@ -193,6 +193,8 @@ def read_class_folders(root: Path, skip_bad: bool = False, kind: str = "image") 
         n_before = len(items)
         for f in files:
             if f.suffix.lower() not in suffixes and not (is_medical and is_medical(f)):
+                if is_medical and _sidecar(f):
+                    continue  # dcm2niix/BIDS metadata beside its volume
                 if skip_bad:
                     skipped += 1
                     continue
@@ -210,10 +212,18 @@ def read_class_folders(root: Path, skip_bad: bool = False, kind: str = "image") 
     return cls(items, labels, str(root))
 
 
-def read_table(path: Path, skip_bad: bool = False, kind: str = "image",
-               patient_column: str | None = None) -> tuple[ImageSet, dict[str, ImageSet]]:
-    """A CSV/TSV (header row) or JSONL file with ``path`` and ``label`` (optional ``split``: train/val/test, and a
-    patient column: ``patient_column`` or one of :data:`PATIENT_COLUMNS`, hashed as it is read)."""
+def _sidecar(f: Path) -> bool:
+    """A ``.json`` beside a NIfTI volume of the same name (what dcm2niix and BIDS write)."""
+    if f.suffix.lower() != ".json":
+        return False
+    return any((f.parent / (f.stem + s)).is_file() for s in (".nii", ".nii.gz"))
+
+
+def read_table(path: Path, skip_bad: bool = False, kind: str = "image", patient_column: str | None = None,
+               patients: bool = False) -> tuple[ImageSet, dict[str, ImageSet]]:
+    """A CSV/TSV (header row) or JSONL file with ``path`` and ``label`` (optional ``split``: train/val/test). With
+    ``patients`` (medical runs), a patient column (``patient_column`` or one of :data:`PATIENT_COLUMNS`) groups the
+    rows, hashed as it is read."""
     _, cls = _kind(kind)
     rows = _read_rows(path)
     if not rows:
@@ -226,9 +236,10 @@ def read_table(path: Path, skip_bad: bool = False, kind: str = "image",
     if patient_column is not None and patient_column.lower() not in cols:
         raise DataError(f"{path} has no column {patient_column!r} for patient ids; it has {sorted(cols)}.")
     patient_col = patient_column.lower() if patient_column else next((c for c in PATIENT_COLUMNS if c in cols), None)
+    patient_col = patient_col if patients else None
     if patient_col is not None:
         from .medical import patient_key
-    by_split: dict[str, ImageSet] = defaultdict(lambda: cls([], [], str(path), [] if patient_col else None))
+    by_split: dict[str, ImageSet] = defaultdict(lambda: _empty(cls, path, patient_col))
     skipped = 0
     for line, row in rows:
         img = Path(str(row.get(path_col, "")).strip())
@@ -254,10 +265,16 @@ def read_table(path: Path, skip_bad: bool = False, kind: str = "image",
         from ..console import warn
 
         warn(f"skipped {skipped} row(s) of {path} whose {kind} file is missing")
-    train = by_split.pop("train", cls([], [], str(path), [] if patient_col else None))
+    train = by_split.pop("train", _empty(cls, path, patient_col))
     if not len(train):
         raise DataError(f"{path} has no training rows: give rows with split=train (or no split column).")
     return train, dict(by_split)
+
+
+def _empty(cls: type, path: Path, patient_col: str | None) -> ImageSet:
+    ds = cls([], [], str(path))
+    ds.groups = [] if patient_col else None
+    return ds
 
 
 def _bad_split(path: Path, line: int, value: str) -> str:
@@ -338,9 +355,23 @@ def carve_splits(train, given: dict, classes: list[str], strata: list[str], val_
                  seed: int) -> Splits:
     """Keep the given val/test sets; carve the missing ones out of ``train``, stratified by ``strata``.
 
-    A class with a single example stays in training (with a warning): it cannot be validated or tested.
+    A class with a single example stays in training (with a warning): it cannot be validated or tested. With
+    patient groups, a class needs a patient for each split it is carved into, else the same warning names it.
     """
-    singles = [c for c, n in train.counts().items() if n == 1]
+    groups = getattr(train, "groups", None)
+    singles = [c for c, n in train.counts().items() if n == 1] if groups is None else []
+    if groups is not None and given.get("val") is None:
+        need = 2 if given.get("test") is not None else 3
+        patients: dict[str, set[str]] = defaultdict(set)
+        for g, y in zip(groups, strata, strict=True):
+            patients[y].add(g)
+        few = {c: len(p) for c, p in sorted(patients.items()) if len(p) < need}
+        if few:
+            from ..console import warn
+
+            warn(f"class(es) {', '.join(f'{c} ({n} patient(s))' for c, n in list(few.items())[:5])} have fewer than "
+                 f"{need} patients: validation{' and test' if need == 3 else ''} cannot each get one, so the threshold, "
+                 "calibration and scores say little about them; add patients")
     if singles:
         from ..console import warn
 
@@ -350,7 +381,6 @@ def carve_splits(train, given: dict, classes: list[str], strata: list[str], val_
     rest, test, val = train, given.get("test"), given.get("val")
     if val is None:
         fractions = {"val": val_fraction} if test is not None else {"test": test_fraction, "val": val_fraction}
-        groups = getattr(train, "groups", None)
         parts = grouped_split(strata, groups, fractions, seed) if groups is not None else \
             stratified_split(strata, fractions, seed)
         val = rest.subset(parts["val"])
@@ -427,6 +457,7 @@ def detect_kind(source: object) -> str:
         return "image"
     path = Path(source).expanduser()
     files: list[Path] = []
+    patient_column = False
     if path.is_dir():
         for i, f in enumerate(path.rglob("*")):
             if i > 2000:
@@ -438,8 +469,7 @@ def detect_kind(source: object) -> str:
             rows = _read_rows(path)[:50]
         except DataError:
             return "image"
-        if rows and any(c in rows[0][1] for c in PATIENT_COLUMNS):
-            return "medical"
+        patient_column = bool(rows) and any(c in rows[0][1] for c in MEDICAL_COLUMNS)
         for _, row in rows:
             value = Path(str(next((row[c] for c in PATH_COLUMNS if row.get(c)), "")))
             files.append(value if value.is_absolute() else path.parent / value)
@@ -449,4 +479,6 @@ def detect_kind(source: object) -> str:
     n_medical = sum(is_medical(f) for f in files if f.suffix.lower() not in IMAGE_SUFFIXES | AUDIO_SUFFIXES)
     if n_audio > max(n_image, n_medical):
         return "audio"
-    return "medical" if n_medical > n_image else "image"
+    if n_medical > n_image or (path.is_file() and patient_column):
+        return "medical"
+    return "image"

@@ -100,6 +100,7 @@ def is_text_source(source: Any, options: TextOptions | None = None) -> bool:
                 return True
             # count what the class folders hold (a README.txt beside image or audio folders does not make it text)
             from .audio import AUDIO_SUFFIXES
+            from .medical import is_medical
             from .sources import IMAGE_SUFFIXES
 
             n_text = n_other = 0
@@ -107,8 +108,10 @@ def is_text_source(source: Any, options: TextOptions | None = None) -> bool:
                 if i > 2000:
                     break
                 if f.is_file() and f.parent != path and not f.name.startswith("."):
-                    n_text += f.suffix.lower() in TEXT_SUFFIXES
-                    n_other += f.suffix.lower() in IMAGE_SUFFIXES | AUDIO_SUFFIXES
+                    suffix = f.suffix.lower()
+                    n_text += suffix in TEXT_SUFFIXES
+                    n_other += suffix in IMAGE_SUFFIXES | AUDIO_SUFFIXES or (suffix not in TEXT_SUFFIXES and
+                                                                              is_medical(f))
             return n_text > n_other
         if path.is_file() and path.suffix.lower() in (".csv", ".tsv", ".jsonl", ".ndjson"):
             try:

@@ -151,6 +151,7 @@ def train(
             # after .train(), so the callback can put frozen BatchNorm layers back in eval mode
             stage = on_epoch_start(epoch) if on_epoch_start else 0
             total_loss, correct, seen = 0.0, 0.0, 0
+            per_class = None  # balanced: (hits, seen) per class over the epoch, not an average of batch scores
             bar.reset(steps, total=len(train_loader), description=f"  epoch {epoch + 1}")
             for x, y in train_loader:
                 with accelerator.autocast():
@@ -161,12 +162,22 @@ def train(
                 optimizer.step()
                 scheduler.step()
                 total_loss += loss.item() * len(y)
-                correct += _score(logits.detach().float(), y, multi_label, balanced) * len(y)
+                if balanced and not multi_label:
+                    k = logits.shape[1]
+                    right = logits.detach().argmax(1) == y
+                    counts = torch.stack([torch.bincount(y[right], minlength=k), torch.bincount(y, minlength=k)])
+                    per_class = counts.double() if per_class is None else per_class + counts.double()
+                else:
+                    correct += _score(logits.detach().float(), y, multi_label) * len(y)
                 seen += len(y)
                 bar.update(steps, advance=1, status=f"loss {total_loss / seen:.3f}")
             # sum over processes, so every rank records the same training loss and accuracy
             sums = accelerator.reduce(torch.tensor([total_loss, correct, seen], dtype=torch.float64, device=accelerator.device), "sum")
             total_loss, correct, seen = sums.tolist()
+            if per_class is not None:
+                per_class = accelerator.reduce(per_class.to(accelerator.device), "sum").cpu()
+                present = per_class[1] > 0
+                correct = float((per_class[0][present] / per_class[1][present]).mean()) * seen
             val_loss, val_acc = evaluate_loader(model, val_loader, accelerator, prepare, multi_label, val_aggregate,
                                                 balanced)
             rec = EpochRecord(

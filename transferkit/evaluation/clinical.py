@@ -25,6 +25,9 @@ def choose_positive(classes: list[str], counts: dict[str, int], positive: str | 
     if positive is not None:
         if positive not in classes:
             raise TransferkitError(f"Positive class {positive!r} is not one of the classes ({', '.join(classes)}).")
+        if len(classes) != 2:
+            raise TransferkitError(f"positive applies to two classes (a finding and its absence); these data have "
+                                   f"{len(classes)}: each class gets its own sensitivity and specificity instead.")
         return positive
     if len(classes) != 2:
         return None
@@ -125,20 +128,28 @@ def auroc(y_pos: np.ndarray, p_pos: np.ndarray) -> float | None:
     return float((ranks[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
-def auroc_interval(y_pos: np.ndarray, p_pos: np.ndarray, n_boot: int = 1000, seed: int = 0) -> list[float] | None:
-    """95% percentile interval of AUROC over bootstrap resamples drawn within each class."""
+def auroc_interval(y_pos: np.ndarray, p_pos: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                   chunk: int = 50) -> list[float] | None:
+    """95% percentile interval of AUROC over bootstrap resamples drawn within each class (so every resample has
+    the observed prevalence). Each resample's AUROC comes from ranks, ``chunk`` resamples at a time: memory grows
+    with the number of images, not with positives x negatives."""
+    from scipy.stats import rankdata
+
     y = np.asarray(y_pos).astype(bool)
     p = np.asarray(p_pos, dtype=np.float64)
     pos, neg = p[y], p[~y]
-    if len(pos) < 2 or len(neg) < 2:
+    n1, n0 = len(pos), len(neg)
+    if n1 < 2 or n0 < 2:
         return None
     rng = np.random.default_rng(seed)
-    a = pos[rng.integers(0, len(pos), (n_boot, len(pos)))]
-    b = neg[rng.integers(0, len(neg), (n_boot, len(neg)))]
-    # P(score of a positive > score of a negative), ties half, for every resample at once
-    greater = (a[:, :, None] > b[:, None, :]).mean((1, 2))
-    ties = (a[:, :, None] == b[:, None, :]).mean((1, 2))
-    stats = greater + 0.5 * ties
+    stats = []
+    for start in range(0, n_boot, chunk):
+        k = min(chunk, n_boot - start)
+        a = pos[rng.integers(0, n1, (k, n1))]
+        b = neg[rng.integers(0, n0, (k, n0))]
+        ranks = rankdata(np.concatenate([a, b], axis=1), axis=1)  # ties share their average rank
+        stats.append((ranks[:, :n1].sum(1) - n1 * (n1 + 1) / 2) / (n1 * n0))
+    stats = np.concatenate(stats)
     return [float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))]
 
 
@@ -185,6 +196,16 @@ def fit_temperature(probs: np.ndarray, y_true: np.ndarray) -> float:
     res = minimize_scalar(nll, bounds=(np.log(lowest), np.log(20.0)), method="bounded")
     t = float(np.exp(res.x))
     return t if nll(np.log(t)) < nll(0.0) else 1.0
+
+
+def correct_prior(probs: np.ndarray, class_weights: list[float] | None) -> np.ndarray:
+    """Undo what class weights (or balanced sampling) did to the probabilities: training with weight w_c makes
+    the model's p(c | x) about w_c times too high, before normalisation (the optimum of a weighted log-loss is
+    proportional to w_c p(c | x)). Dividing by w_c restores the training prevalence."""
+    if class_weights is None:
+        return np.asarray(probs)
+    p = np.asarray(probs, dtype=np.float64) / np.asarray(class_weights, dtype=np.float64)[None, :]
+    return (p / p.sum(1, keepdims=True)).astype(np.asarray(probs).dtype)
 
 
 def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:

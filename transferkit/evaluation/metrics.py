@@ -74,17 +74,19 @@ def multilabel_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str]
 
 
 def confidently_wrong(y_true: np.ndarray, probs: np.ndarray, classes: list[str], names: list[str],
-                      texts: list[str] | None = None, k: int = 10, chars: int = 200) -> list[dict[str, Any]]:
+                      texts: list[str] | None = None, k: int = 10, chars: int = 200,
+                      y_pred: np.ndarray | None = None) -> list[dict[str, Any]]:
     """The ``k`` mistakes made with the highest confidence: where to look first for label noise or gaps.
 
-    Single-label: wrong top-1 predictions ranked by their probability. Multi-label: the largest
-    ``|probability - truth|`` over all (example, class) decisions that fell on the wrong side of 0.5.
+    Single-label: wrong predictions (top-1, or the decisions ``y_pred``) ranked by the probability of the predicted
+    class. Multi-label: the largest ``|probability - truth|`` over all (example, class) decisions that fell on the
+    wrong side of 0.5.
     """
     y_true = np.asarray(y_true)
     probs = np.asarray(probs, dtype=np.float64)
     rows: list[tuple[float, int, str, str]] = []
     if y_true.ndim == 1:
-        pred = probs.argmax(1)
+        pred = probs.argmax(1) if y_pred is None else np.asarray(y_pred)
         for i in np.nonzero(pred != y_true)[0]:
             rows.append((float(probs[i, pred[i]]), int(i), classes[pred[i]], classes[y_true[i]]))
     else:

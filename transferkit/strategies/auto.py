@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 
+import torch
+
 from ..console import info
 from .base import FitResult, TrainTask, config_for, epochs_within_budget
 from .finetune import FinetuneConfig, FinetuneStrategy
@@ -59,9 +61,12 @@ class AutoStrategy:
                 ft = FinetuneStrategy(ft_cfg, init_head=probe.model.head, epoch_seconds=epoch_s).fit(task)
                 candidates["finetune"] = ft
                 decision = f"fine-tuned {len(ft.history.epochs)} epoch(s) from the probe's head{speed}"
-        best_name = choose(candidates, len(task.val))
+        val_counts = torch.bincount(task.val.targets, minlength=len(task.classes)).tolist() \
+            if task.balanced and not task.multi_label else None
+        best_name = choose(candidates, len(task.val), val_counts)
         best = candidates[best_name]
-        info(f"auto: {decision}; kept {best_name} (val acc {best.history.best.val_acc:.3f})")
+        metric = "balanced acc" if val_counts else "acc"
+        info(f"auto: {decision}; kept {best_name} (val {metric} {best.history.best.val_acc:.3f})")
         result = copy.copy(best)
         result.strategy = f"auto ({best_name})"
         # the time of everything auto did (both candidates), not only of the one it kept
@@ -77,7 +82,7 @@ class AutoStrategy:
         return result
 
 
-def choose(candidates: dict[str, FitResult], n_val: int) -> str:
+def choose(candidates: dict[str, FitResult], n_val: int, val_counts: list[int] | None = None) -> str:
     """Keep the linear probe unless fine-tuning validates better by more than the validation noise.
 
     With 20 validation images one image is 5 points of accuracy: a fine-tuned model that wins by one image
@@ -86,6 +91,10 @@ def choose(candidates: dict[str, FitResult], n_val: int) -> str:
 
     When both are right on every validation example, accuracy cannot separate them; then the validation loss
     (how confidently right) decides, and fine-tuning must at least halve it.
+
+    With ``val_counts`` (examples per class; medical runs select by balanced accuracy, the mean of per-class
+    recalls), the standard error is that of a mean of recalls, (1/K) sqrt(sum r (1 - r) / n_c), at least one
+    example of the smallest class: one minority example moves balanced accuracy far more than one in n.
     """
     lin = candidates["linear"].history.best
     if "finetune" not in candidates:
@@ -93,5 +102,10 @@ def choose(candidates: dict[str, FitResult], n_val: int) -> str:
     ft = candidates["finetune"].history.best
     if lin.val_acc == 1.0 and ft.val_acc == 1.0:
         return "finetune" if ft.val_loss <= 0.5 * lin.val_loss else "linear"
-    se = max((lin.val_acc * (1 - lin.val_acc) / max(1, n_val)) ** 0.5, 1.0 / max(1, n_val))
+    if val_counts:
+        present = [n for n in val_counts if n > 0]
+        r = lin.val_acc
+        se = max(sum(r * (1 - r) / n for n in present) ** 0.5 / len(present), 1.0 / (len(present) * min(present)))
+    else:
+        se = max((lin.val_acc * (1 - lin.val_acc) / max(1, n_val)) ** 0.5, 1.0 / max(1, n_val))
     return "finetune" if ft.val_acc >= lin.val_acc + se - 1e-9 else "linear"
