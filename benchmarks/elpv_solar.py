@@ -9,6 +9,7 @@ tuned threshold, balanced accuracy, calibration error, wall time.
 
     make bench-medical                                    # installs elpv-dataset, then runs this
     .venv/bin/python benchmarks/elpv_solar.py --sizes 60 --strategies linear
+    .venv/bin/python benchmarks/elpv_solar.py --sizes 600 --strategies finetune --budget 15m --merge   # add a row
 
 Needs ``pip install elpv-dataset==1.0.0.post1`` (CC BY-NC-SA 4.0, non-commercial). Results are printed as a
 Markdown table and saved to benchmarks/results/elpv_solar.json.
@@ -54,11 +55,11 @@ def run(size: int, strategy: str, budget: str | None, work: Path, seed: int, ima
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| labelled cells | strategy | AUROC (95% CI) | sensitivity | specificity | balanced acc. | ECE before -> after "
-           "| epochs | wall |", "|---|---|---|---|---|---|---|---|---|"]
+    out = ["| labelled cells | strategy | budget | AUROC (95% CI) | sensitivity | specificity | balanced acc. | "
+           "ECE before -> after | epochs | wall |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lo, hi = r["auroc_ci"]
-        out.append(f"| {r['train_size']} | {r['strategy']} | {r['auroc']:.3f} ({lo:.3f}-{hi:.3f}) | "
+        out.append(f"| {r['train_size']} | {r['strategy']} | {r['budget'] or '-'} | {r['auroc']:.3f} ({lo:.3f}-{hi:.3f}) | "
                    f"{r['sensitivity']:.3f} | {r['specificity']:.3f} | {r['balanced_accuracy']:.3f} | "
                    f"{r['ece_before']:.3f} -> {r['ece_after']:.3f} | {r['epochs']} | {r['wall_s']:.0f} s |")
     return "\n".join(out)
@@ -72,7 +73,10 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=None, help="input resolution (default: the backbone's 224)")
     ap.add_argument("--work", type=Path, default=Path("runs/bench-elpv"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the saved rows of other (size, strategy, budget) runs and replace those rerun")
     args = ap.parse_args()
+    results = HERE / "results" / "elpv_solar.json"
     rows = []
     for size in args.sizes:
         for s in args.strategies:
@@ -80,8 +84,16 @@ def main() -> None:
             r = rows[-1]
             print(f"  {size:>4} cells {r['strategy']:<10} AUROC {r['auroc']:.3f}  sens {r['sensitivity']:.3f}  "
                   f"spec {r['specificity']:.3f}  bal {r['balanced_accuracy']:.3f}  {r['wall_s']:6.0f}s", flush=True)
+    if args.merge and results.is_file():
+        def key(r: dict) -> tuple:
+            return r["train_size"], r["strategy"].split(" ")[0], r["budget"]
+
+        new = {key(r) for r in rows}
+        kept = [r for r in json.loads(results.read_text())["rows"] if key(r) not in new]
+        rows = sorted(kept + rows, key=lambda r: (r["train_size"], ["linear", "finetune", "scratch", "auto"].index(
+            r["strategy"].split(" ")[0]) if r["strategy"].split(" ")[0] in ("linear", "finetune", "scratch", "auto")
+            else 9, str(r["budget"])))
     print(table(rows))
-    results = HERE / "results" / "elpv_solar.json"
     results.parent.mkdir(exist_ok=True)
     results.write_text(json.dumps({"rows": rows, "args": {k: str(v) for k, v in vars(args).items()}}, indent=2))
     print(f"saved {results}")

@@ -208,6 +208,18 @@ def test_16_bit_png_is_windowed_not_saturated(tmp_path):
     assert (naive == 255).mean() > 0.9 and (got == 255).mean() < 0.05
 
 
+def test_16_bit_tiff_is_windowed(tmp_path):
+    from PIL import Image
+
+    from transferkit.data.images import load_pil
+
+    arr = np.linspace(0, 60_000, 32 * 32).reshape(32, 32).astype(np.uint16)
+    Image.fromarray(arr).save(tmp_path / "x.tif")
+    got = np.asarray(load_pil(tmp_path / "x.tif", "full")[0])[..., 0]
+    np.testing.assert_array_equal(got, apply_window(arr.astype(float), "full"))
+    assert got.min() == 0 and got.max() == 255
+
+
 def test_greyscale_channel_repeat_equals_summed_stem_weights():
     """Repeating a greyscale image into R, G, B is the same as a 1-channel first convolution whose weights are
     the pretrained ones summed over channels (timm's in_chans=1), when the channels share mean and std."""
@@ -567,3 +579,20 @@ def test_pydicom_log_lines_are_silenced_while_reading(tmp_path, caplog):
         assert "Testperson" not in caplog.text
         logging.getLogger("pydicom").warning("outside a read")
         assert "outside a read" in caplog.text
+
+
+@pytest.mark.weights
+def test_real_elpv_cells_linear_probe(tmp_path):
+    """Real greyscale electroluminescence images (PyPI elpv-dataset) through the medical path with the packaged
+    ImageNet weights: a linear probe on 120 labelled cells must rank defective cells above functional ones."""
+    pytest.importorskip("elpv_dataset")
+    from transferkit.data.elpv import export_elpv
+
+    manifest = export_elpv(tmp_path / "elpv", train_size=120, test_size=150)
+    rows = manifest.read_text().splitlines()
+    assert rows[0] == "path,label,split,cell_type" and len(rows) == 1 + 120 + 150
+    model = transferkit.fit(manifest, modality="medical", strategy="linear", image_size=128, out=tmp_path / "run")
+    c = model.metrics["test"]["clinical"]
+    assert c["positive"] == "defective" and 0.2 < c["prevalence"] < 0.45  # 821 of 2,624 cells are defective
+    assert c["auroc"] > 0.7
+    assert (tmp_path / "run" / "roc.png").is_file()

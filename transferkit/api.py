@@ -87,7 +87,8 @@ def fit(
     such as ``lung``, or ``"centre,width"``; see :mod:`transferkit.data.medical`), volumes through ``slices``
     (``2d`` or ``2.5d``). Splits are patient-level (``patient_column``, or the DICOM PatientID, hashed); the loss
     is class-weighted (``balance``: ``weights``, ``sampler`` or ``none``) and epochs are chosen by balanced
-    accuracy. The model's probabilities are calibrated by temperature scaling on validation, and a binary
+    accuracy. The model's probabilities are calibrated (the class weights' shift undone, then temperature
+    scaling on validation), and a binary
     model decides at ``threshold`` on the ``positive`` class's probability (``youden`` by default, tuned on
     validation; or ``sensitivity=0.95``, ``specificity=0.9``, or a number). The report adds AUROC, sensitivity,
     specificity, PPV/NPV with 95% intervals, balanced accuracy, calibration error and ``roc.png``.
@@ -415,8 +416,8 @@ def _clinical(model: TransferModel, probs: dict, dec: dict, splits: Any, positiv
     y_val = dec["val"].targets.numpy()
     missing = sorted(set(classes) - {classes[i] for i in set(y_val.tolist())})
     if missing:
-        warn(f"the validation set has no {', '.join(missing)}: the threshold stays at 0.5 and the probabilities are "
-             "not calibrated; add patients of every class")
+        warn(f"the validation set has no {', '.join(missing)}: the threshold stays at 0.5 and no temperature is "
+             "fitted; add patients of every class")
     pos = choose_positive(classes, splits.train.counts(), positive)
     weights = None
     if balance in ("weights", "sampler"):  # both raise each class's probability by its inverse frequency

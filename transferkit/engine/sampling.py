@@ -29,22 +29,13 @@ class EpochShuffleSampler(Sampler[int]):
         return iter(torch.randperm(self.n, generator=g).tolist())
 
 
-class EpochBalancedSampler(Sampler[int]):
+class EpochBalancedSampler(EpochShuffleSampler):
     """``n`` draws with replacement, each class equally likely (balanced sampling for imbalanced data); like
     :class:`EpochShuffleSampler`, the draws depend only on (seed, epoch)."""
 
     def __init__(self, targets: torch.Tensor, seed: int = 0):
-        counts = torch.bincount(targets).double()
-        self.weights = (1.0 / counts.clamp(min=1))[targets]
-        self.n = len(targets)
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
+        super().__init__(len(targets), seed)
+        self.weights = (1.0 / torch.bincount(targets).double().clamp(min=1))[targets]
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)

@@ -173,18 +173,24 @@ def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int 
     return float(ece)
 
 
-def fit_temperature(probs: np.ndarray, y_true: np.ndarray) -> float:
+MIN_PER_CLASS_FOR_TEMPERATURE = 5
+
+
+def fit_temperature(probs: np.ndarray, y_true: np.ndarray, min_per_class: int = MIN_PER_CLASS_FOR_TEMPERATURE) -> float:
     """Temperature scaling (Guo et al. 2017): the T > 0 minimising the validation log-loss of softmax(log p / T).
 
     One parameter, so it changes how confident the model is, never which class it ranks first. When validation
     holds no mistake, nothing shows the model should be surer than it is, so T stays at 1 or above (otherwise a
-    perfectly separated validation set drives T towards 0 and every probability to 0 or 1).
+    perfectly separated validation set drives T towards 0 and every probability to 0 or 1). With fewer than
+    ``min_per_class`` validation examples of some class the fit is noise (measured on ELPV: 9 validation cells
+    made the test calibration worse), so T stays 1.
     """
     from scipy.optimize import minimize_scalar
 
     logp = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1.0))
     y = np.asarray(y_true)
-    if len(y) == 0 or len(np.unique(y)) < 2:
+    counts = np.bincount(y, minlength=logp.shape[1]) if len(y) else np.zeros(logp.shape[1], dtype=int)
+    if len(y) == 0 or (counts > 0).sum() < 2 or counts.min() < min_per_class:
         return 1.0
 
     def nll(log_t: float) -> float:
@@ -282,7 +288,7 @@ def clinical_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str], 
 def roc_png(y_true: np.ndarray, probs: np.ndarray, classes: list[str], positive: str | None, threshold: float,
             path, probs_uncalibrated: np.ndarray | None = None, title: str = "ROC") -> None:
     """ROC curve (one-vs-rest per class for 3+ classes) with the operating point marked, beside a reliability
-    diagram (confidence vs accuracy, before and after temperature scaling)."""
+    diagram (confidence vs accuracy, before and after calibration)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -314,7 +320,7 @@ def roc_png(y_true: np.ndarray, probs: np.ndarray, classes: list[str], positive:
     ax1.legend(loc="lower right", fontsize=8)
     ax1.set_title(title)
     ax2.plot([0, 1], [0, 1], color="0.7", lw=1, ls="--")
-    for label, p in (("before temperature", probs_uncalibrated), ("calibrated", probs)):
+    for label, p in (("before calibration", probs_uncalibrated), ("calibrated", probs)):
         if p is None:
             continue
         conf, right = p.max(1), (p.argmax(1) == y)

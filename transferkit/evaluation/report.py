@@ -159,7 +159,13 @@ def render_clinical(m: dict[str, Any], scored: str) -> list[str]:
         lines += [f"| {k} | {pct(v['auroc'])} | {pct(v['sensitivity'])} | {pct(v['specificity'])} | {v['support']} |"
                   for k, v in s["per_class"].items()]
     ece = c["ece"][scored]
-    lines += ["", f"Calibration: temperature {c['temperature']:.3f} (fitted on validation); expected calibration error "
+    prior = (f"the class weights' shift undone ({', '.join(f'{w:.2f}' for w in c['class_weights'])}), then "
+             if c.get("class_weights") else "")
+    from .clinical import MIN_PER_CLASS_FOR_TEMPERATURE
+
+    fitted = "fitted on validation" if c["temperature"] != 1.0 else \
+        f"not fitted unless validation has {MIN_PER_CLASS_FOR_TEMPERATURE} examples of each class and a mistake"
+    lines += ["", f"Calibration: {prior}temperature {c['temperature']:.3f} ({fitted}); expected calibration error "
               f"{ece['before']:.3f} before, {ece['after']:.3f} after. The threshold and temperature were chosen on the "
               f"validation set ({m['data']['val']} images), so with few validation images they are themselves uncertain.",
               "", "![ROC and reliability](roc.png)"]
