@@ -163,10 +163,13 @@ def render_clinical(m: dict[str, Any], scored: str) -> list[str]:
              if c.get("class_weights") else "")
     from .clinical import MIN_PER_CLASS_FOR_TEMPERATURE
 
-    fitted = "fitted on validation" if c["temperature"] != 1.0 else \
-        f"not fitted unless validation has {MIN_PER_CLASS_FOR_TEMPERATURE} examples of each class and a mistake"
-    lines += ["", f"Calibration: {prior}temperature {c['temperature']:.3f} ({fitted}); expected calibration error "
-              f"{ece['before']:.3f} before, {ece['after']:.3f} after. The threshold and temperature were chosen on the "
+    if c.get("calibrated", True):
+        how = f"{prior}temperature {c['temperature']:.3f} (fitted on validation)"
+    else:
+        how = (f"none: validation has fewer than {MIN_PER_CLASS_FOR_TEMPERATURE} examples of some class, too few to "
+               "check a calibration, so the probabilities are the model's own")
+    lines += ["", f"Calibration: {how}; expected calibration error {ece['before']:.3f} before, {ece['after']:.3f} "
+              f"after. The threshold{' and calibration' if c.get('calibrated', True) else ''} were chosen on the "
               f"validation set ({m['data']['val']} images), so with few validation images they are themselves uncertain.",
               "", "![ROC and reliability](roc.png)"]
     return lines
