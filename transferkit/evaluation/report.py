@@ -137,7 +137,8 @@ def render_clinical(m: dict[str, Any], scored: str) -> list[str]:
     if c.get("positive") is not None:
         lines += [
             f"Positive class **{c['positive']}** (prevalence {s['prevalence']:.3f}); operating threshold "
-            f"**{c['threshold']:.3f}** on its calibrated probability ({c['threshold_rule']}). 95% intervals: Wilson "
+            f"**{c['threshold']:.3f}** on its {'calibrated ' if c.get('calibrated', True) else ''}probability "
+            f"({c['threshold_rule']}). 95% intervals: Wilson "
             "for proportions, bootstrap for AUROC.",
             "",
             "| score | value (95% CI) |",
