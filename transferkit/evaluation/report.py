@@ -170,7 +170,7 @@ def render_clinical(m: dict[str, Any], scored: str) -> list[str]:
         how = (f"none: validation has fewer than {MIN_PER_CLASS_FOR_TEMPERATURE} examples of some class, too few to "
                "check a calibration, so the probabilities are the model's own")
     lines += ["", f"Calibration: {how}; expected calibration error {ece['before']:.3f} before, {ece['after']:.3f} "
-              f"after. The threshold{' and calibration' if c.get('calibrated', True) else ''} were chosen on the "
-              f"validation set ({m['data']['val']} images), so with few validation images they are themselves uncertain.",
+              f"after. {'The threshold and calibration were' if c.get('calibrated', True) else 'The threshold was'} "
+              f"chosen on the validation set ({m['data']['val']} images), so with few validation images they are themselves uncertain.",
               "", "![ROC and reliability](roc.png)"]
     return lines
