@@ -171,6 +171,6 @@ def render_clinical(m: dict[str, Any], scored: str) -> list[str]:
                "check a calibration, so the probabilities are the model's own")
     lines += ["", f"Calibration: {how}; expected calibration error {ece['before']:.3f} before, {ece['after']:.3f} "
               f"after. {'The threshold and calibration were' if c.get('calibrated', True) else 'The threshold was'} "
-              f"chosen on the validation set ({m['data']['val']} images), so with few validation images they are themselves uncertain.",
+              f"chosen on the validation set ({m['data']['val']} images), so with few validation images the choice is itself uncertain.",
               "", "![ROC and reliability](roc.png)"]
     return lines
