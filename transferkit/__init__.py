@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .backbones import create_backbone, list_backbones
     from .bundle.model import TransferModel, load
     from .errors import TransferkitError
+    from .ranking import rank
 
 _LAZY = {
     "fit": ("api", "fit"),
@@ -26,9 +27,11 @@ _LAZY = {
     "create_backbone": ("backbones.registry", "create_backbone"),
     "list_backbones": ("backbones.registry", "list_backbones"),
     "TransferkitError": ("errors", "TransferkitError"),
+    "rank": ("ranking", "rank"),
 }
 
-__all__ = ["TransferModel", "TransferkitError", "__version__", "create_backbone", "fit", "list_backbones", "load"]
+__all__ = ["TransferModel", "TransferkitError", "__version__", "create_backbone", "fit", "list_backbones", "load",
+           "rank"]
 
 
 def __getattr__(name: str) -> Any:

@@ -351,6 +351,37 @@ def _print_detection_metrics(m: dict) -> None:
 
 
 @app.command()
+def rank(
+    data: Path = typer.Argument(..., help="Labelled data, as for fit (images, DICOM/NIfTI, texts or audio; single-label)."),
+    backbones_list: str = typer.Option(..., "--backbones", help="Comma-separated backbones to compare (registry names, timm:NAME, paths ...)."),
+    validate: bool = typer.Option(False, "--validate", help="Also fine-tune each backbone briefly and report each score's weighted Kendall tau with the fine-tuned validation score."),
+    budget: Optional[str] = typer.Option(None, help="--validate: wall-time budget of each fine-tuning run, e.g. 2m."),
+    epochs: Optional[int] = typer.Option(None, help="--validate: maximum fine-tuning epochs per backbone."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write rank.json and rank.md here."),
+    image_size: Optional[int] = typer.Option(None, help="Override every image backbone's input resolution."),
+    seed: int = typer.Option(0, help="Seed for the split (and the fine-tuning with --validate)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable files with a warning."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+) -> None:
+    """Rank backbones for DATA by transferability scores from frozen features (LogME, LEEP, NCE, H-score, k-NN)."""
+    from .ranking import rank as rank_api
+    from .ranking import render
+
+    try:
+        result = rank_api(str(data), backbones_list.split(","), validate=validate, budget=budget, out=out, seed=seed,
+                          skip_bad=skip_bad, image_size=image_size,
+                          **({"epochs": epochs} if epochs is not None else {}))
+    except TransferkitError as err:
+        _fail(err)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    from .console import results as console
+
+    console.print(render(result), highlight=False, markup=False)
+
+
+@app.command()
 def backbones(as_json: bool = typer.Option(False, "--json", help="JSON on stdout.")) -> None:
     """What is usable offline now, and what needs a download."""
     from .backbones.registry import list_backbones
