@@ -38,7 +38,7 @@ def test_save_load_parity(trained, tmp_path):
 def test_bundle_is_json_and_safetensors_only(trained):
     _, out, _ = trained
     files = sorted(p.name for p in (out / "model").iterdir())
-    assert files == ["config.json", "model.safetensors"]
+    assert files == ["config.json", "model.safetensors", "model_card.md"]  # no pickle anywhere
     cfg = json.loads((out / "model" / "config.json").read_text())
     assert cfg["format"] == "transferkit-bundle/1" and cfg["transferkit_version"] == transferkit.__version__
     assert cfg["backbone"]["source"] == "backbone_dir" and cfg["head"]["num_classes"] == 3
@@ -102,3 +102,20 @@ def test_failed_run_writes_no_bundle(colour_splits, tiny_backbone, tmp_path, mon
         transferkit.fit(colour_splits, backbone=tiny_backbone, strategy="finetune", out=tmp_path / "run")
     assert not (tmp_path / "run" / "model").exists()
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_every_bundle_has_a_model_card(colour_folder, tiny_backbone, tmp_path):
+    import transferkit
+
+    model = transferkit.fit(colour_folder, backbone=tiny_backbone, strategy="linear", epochs=3, out=tmp_path / "run")
+    card = (tmp_path / "run" / "model" / "model_card.md").read_text()
+    m = model.metrics["test"]
+    lo, hi = m["accuracy_ci"]
+    assert lo <= m["accuracy"] <= hi
+    for needed in ("# Model card: image-classification", "## Data", "## Backbone", "## Training", "## Scores (test set)",
+                   "## Known limitations", f"95% CI {lo:.3f}-{hi:.3f}", "--strategy scratch", "blue, green, red"):
+        assert needed in card, needed
+    assert "not shown to be better or worse" in card  # a dozen test images cannot separate close models
+    assert "not shown to be better or worse" in (tmp_path / "run" / "report.md").read_text()
+    model.save(tmp_path / "again")
+    assert (tmp_path / "again" / "model_card.md").read_text() == card

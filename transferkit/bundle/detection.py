@@ -131,6 +131,7 @@ class DetectionModel:
         from safetensors.torch import save_file
 
         from .. import __version__
+        from .card import render_model_card
         from .model import BUNDLE_FORMAT
 
         det = self.detector
@@ -142,6 +143,7 @@ class DetectionModel:
         with atomic_dir(folder) as tmp:
             save_file(state, str(tmp / "model.safetensors"), metadata={"format": BUNDLE_FORMAT})
             (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
+            (tmp / "model_card.md").write_text(render_model_card(json.loads(json.dumps(config, default=str))))
         return Path(folder)
 
     @classmethod

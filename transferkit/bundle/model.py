@@ -4,6 +4,8 @@ Bundle layout (``model/``)::
 
     model.safetensors   backbone + head tensors
     config.json         format, package version, task, backbone spec, head config, labels, preprocessing, metrics
+    model_card.md       what the model does, its data, backbone and weights' origin, training, scores with 95%
+                        intervals, known limitations (written from config.json)
     tokenizer/          (text) the backbone's tokenizer files
     encoder/config.json (text) the encoder's architecture
     adapter/            (lora) the adapter in peft's format, with the head beside it
@@ -250,6 +252,7 @@ class TransferModel:
         from safetensors.torch import save_file
 
         from .. import __version__
+        from .card import render_model_card
 
         bb = self.classifier.backbone
         own = ("format", "transferkit_version", "task", "labels", "multi_label", "threshold", "backbone", "preprocess", "head",
@@ -271,6 +274,7 @@ class TransferModel:
         with atomic_dir(folder) as tmp:
             save_file(state, str(tmp / "model.safetensors"), metadata={"format": BUNDLE_FORMAT})
             (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
+            (tmp / "model_card.md").write_text(render_model_card(json.loads(json.dumps(config, default=str))))
             if self.modality == "text":
                 from ..backbones.text import save_text_files
 

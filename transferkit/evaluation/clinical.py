@@ -113,7 +113,10 @@ def wilson(k: int, n: int, z: float = 1.96) -> list[float] | None:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return [float(max(0.0, centre - half)), float(min(1.0, centre + half))]
+    # at k = 0 or k = n the bound is exactly 0 or 1; rounding must not put it on the wrong side of p
+    lo = 0.0 if k == 0 else float(max(0.0, centre - half))
+    hi = 1.0 if k == n else float(min(1.0, centre + half))
+    return [lo, hi]
 
 
 def auroc(y_pos: np.ndarray, p_pos: np.ndarray) -> float | None:

@@ -9,7 +9,8 @@ import numpy as np
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str],
                            y_pred: np.ndarray | None = None) -> dict[str, Any]:
-    """Accuracy, macro-F1, per-class precision/recall/F1/support, confusion matrix and log-loss.
+    """Accuracy (with its 95% Wilson interval), macro-F1, per-class precision/recall/F1/support, confusion matrix
+    and log-loss.
 
     The predicted class is the most probable one unless ``y_pred`` gives the decisions (e.g. a medical model's
     operating threshold on its positive class).
@@ -30,6 +31,7 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[
     return {
         "n": int(len(y_true)),
         "accuracy": float((y_pred == y_true).mean()),
+        "accuracy_ci": _wilson(int((y_pred == y_true).sum()), len(y_true)),
         "balanced_accuracy": float(np.mean([r[i] for i in labels if s[i] > 0])) if s.sum() else 0.0,
         "macro_f1": float(f.mean()),
         "log_loss": log_loss,
@@ -39,6 +41,12 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[
         },
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
+
+
+def _wilson(k: int, n: int) -> list[float] | None:
+    from .clinical import wilson
+
+    return wilson(k, n)
 
 
 def multilabel_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str], threshold: float = 0.5) -> dict[str, Any]:

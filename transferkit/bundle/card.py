@@ -1,0 +1,108 @@
+"""``model_card.md``: what a bundle is, written from its own ``config.json`` so the two never disagree.
+
+Sections: the task and labels, the data it was trained on, the backbone and where its weights came from, how it
+was trained, its scores with 95% intervals (and a warning when the test set is too small to tell close models
+apart), and known limitations.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _f(v: Any) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def _interval(ci: list[float] | None) -> str:
+    return f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
+
+
+def render_model_card(config: dict[str, Any]) -> str:
+    """Markdown for a bundle's ``config.json`` (classifier or detector)."""
+    m = config.get("metrics") or {}
+    data = m.get("data") or {}
+    spec = config.get("backbone") or {}
+    task = config.get("task", "")
+    labels = config.get("labels") or []
+    scored = "test" if m.get("test") else "val"
+    s = m.get(scored) or {}
+    lines = [f"# Model card: {task} on {spec.get('name', '?')}", ""]
+    lines += ["## What it does", "",
+              f"{task.replace('-', ' ').capitalize()} into {len(labels)} classes: {', '.join(map(str, labels[:20]))}"
+              f"{' ...' if len(labels) > 20 else ''}."]
+    if config.get("clinical", {}).get("positive"):
+        c = config["clinical"]
+        lines.append(f"Binary decision: **{c['positive']}** when its probability reaches {c['threshold']:.3f} "
+                     f"({c['threshold_rule']}).")
+    lines += ["", "## Data", ""]
+    if data:
+        lines.append(f"{data.get('train', '?')} training, {data.get('val', '?')} validation and {data.get('test', 0)} "
+                     f"test examples (split: {data.get('split', '?')}).")
+        if data.get("patients"):
+            lines.append("Patients per split: " + ", ".join(f"{k} {v}" for k, v in data["patients"].items())
+                         + "; no patient is in two splits.")
+        if data.get("train_per_class"):
+            lines.append("Training examples per class: " + ", ".join(f"{k} {v}" for k, v in
+                                                                    data["train_per_class"].items()) + ".")
+    else:
+        lines.append("Not recorded (the bundle was saved without a run's metrics).")
+    pre = config.get("preprocess") or {}
+    size = pre.get("input_size")
+    lines += ["", "## Backbone", "",
+              f"`{spec.get('name')}` ({spec.get('source')}, architecture `{spec.get('arch')}`); pretrained weights: "
+              f"{spec.get('weights') or 'none (random initialisation)'}."
+              + (f" Input {size[0]}x{size[1]} px." if isinstance(size, list) and len(size) == 2 else "")]
+    lines += ["", "## Training", "", f"Strategy: {m.get('strategy', '?')}"
+              + (f"; {m['trainable_params']:,} trainable parameters." if m.get("trainable_params") else ".")]
+    gap = m.get("train_val_gap")
+    if gap:
+        lines.append(f"Train-validation gap at the kept epoch: accuracy {gap['accuracy']:+.3f}, loss {gap['loss']:+.3f}.")
+    lines += ["", f"## Scores ({scored} set)", ""]
+    lines += _scores(s, scored)
+    lines += ["", "## Known limitations", ""]
+    lines += [f"- {x}" for x in _limitations(config, m, s, scored)]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _scores(s: dict[str, Any], scored: str) -> list[str]:
+    if not s:
+        return ["Not recorded."]
+    out = []
+    if "map" in s:  # detection
+        out.append(f"mAP@[.5:.95] {_f(s.get('map'))}, mAP@.5 {_f(s.get('map_50'))} on {s.get('n_images')} images with "
+                   f"{s.get('n_boxes')} boxes.")
+        return out
+    n = s.get("n", 0)
+    out.append(f"Accuracy {_f(s.get('accuracy'))}{_interval(s.get('accuracy_ci'))}, macro-F1 {_f(s.get('macro_f1'))}"
+               f", on {n} examples.")
+    c = s.get("clinical")
+    if c and c.get("positive"):
+        out.append(f"AUROC {_f(c.get('auroc'))}{_interval(c.get('auroc_ci'))}; sensitivity {_f(c.get('sensitivity'))}"
+                   f"{_interval(c.get('sensitivity_ci'))}, specificity {_f(c.get('specificity'))}"
+                   f"{_interval(c.get('specificity_ci'))}.")
+    ci = s.get("accuracy_ci")
+    if ci and ci[1] - ci[0] > 0.1:
+        out.append(f"With {n} {scored} examples the accuracy interval is {ci[1] - ci[0]:.2f} wide: another model whose "
+                   "accuracy differs by less than that is not shown to be better or worse.")
+    return out
+
+
+def _limitations(config: dict[str, Any], m: dict[str, Any], s: dict[str, Any], scored: str) -> list[str]:
+    out = []
+    if scored == "val":
+        out.append("No test set: the scores are on the validation set that also chose the checkpoint, so they are "
+                   "optimistic.")
+    data = m.get("data") or {}
+    if data and data.get("train", 0) < 100:
+        out.append(f"Trained on {data.get('train')} examples: expect it to miss kinds of input the training data lack.")
+    if "trainable_params" in m and not str(m.get("strategy", "")).startswith("scratch"):
+        out.append("Evidence against training from scratch is not part of this bundle: train the same data with "
+                   "`--strategy scratch` to compare.")
+    if config.get("clinical"):
+        out.append("Not a medical device. The operating threshold and calibration were chosen on the validation set; "
+                   "check them on data from the site and scanner where it will be used.")
+    out.append("Scores hold for data like the test set (same source, same label definitions); they say nothing about "
+               "other sources.")
+    return out
