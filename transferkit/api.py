@@ -87,8 +87,8 @@ def fit(
     such as ``lung``, or ``"centre,width"``; see :mod:`transferkit.data.medical`), volumes through ``slices``
     (``2d`` or ``2.5d``). Splits are patient-level (``patient_column``, or the DICOM PatientID, hashed); the loss
     is class-weighted (``balance``: ``weights``, ``sampler`` or ``none``) and epochs are chosen by balanced
-    accuracy. The model's probabilities are calibrated (the class weights' shift undone, then temperature
-    scaling on validation), and a binary
+    accuracy. With at least 20 validation examples of each class the model's probabilities are calibrated (the
+    class weights' shift undone, then temperature scaling on validation), and a binary
     model decides at ``threshold`` on the ``positive`` class's probability (``youden`` by default, tuned on
     validation; or ``sensitivity=0.95``, ``specificity=0.9``, or a number). The report adds AUROC, sensitivity,
     specificity, PPV/NPV with 95% intervals, balanced accuracy, calibration error and ``roc.png``.
