@@ -14,10 +14,6 @@ def _f(v: Any) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
-def _interval(ci: list[float] | None) -> str:
-    return f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
-
-
 def render_model_card(config: dict[str, Any]) -> str:
     """Markdown for a bundle's ``config.json`` (classifier or detector)."""
     m = config.get("metrics") or {}
@@ -59,14 +55,16 @@ def render_model_card(config: dict[str, Any]) -> str:
     if gap:
         lines.append(f"Train-validation gap at the kept epoch: accuracy {gap['accuracy']:+.3f}, loss {gap['loss']:+.3f}.")
     lines += ["", f"## Scores ({scored} set)", ""]
-    lines += _scores(s, scored)
+    lines += _scores(s)
     lines += ["", "## Known limitations", ""]
-    lines += [f"- {x}" for x in _limitations(config, m, s, scored)]
+    lines += [f"- {x}" for x in _limitations(config, m, scored)]
     lines.append("")
     return "\n".join(lines)
 
 
-def _scores(s: dict[str, Any], scored: str) -> list[str]:
+def _scores(s: dict[str, Any]) -> list[str]:
+    from ..evaluation.report import ci_text, small_test_warning
+
     if not s:
         return ["Not recorded."]
     out = []
@@ -75,21 +73,20 @@ def _scores(s: dict[str, Any], scored: str) -> list[str]:
                    f"{s.get('n_boxes')} boxes.")
         return out
     n = s.get("n", 0)
-    out.append(f"Accuracy {_f(s.get('accuracy'))}{_interval(s.get('accuracy_ci'))}, macro-F1 {_f(s.get('macro_f1'))}"
+    out.append(f"Accuracy {_f(s.get('accuracy'))}{ci_text(s.get('accuracy_ci'))}, macro-F1 {_f(s.get('macro_f1'))}"
                f", on {n} examples.")
     c = s.get("clinical")
     if c and c.get("positive"):
-        out.append(f"AUROC {_f(c.get('auroc'))}{_interval(c.get('auroc_ci'))}; sensitivity {_f(c.get('sensitivity'))}"
-                   f"{_interval(c.get('sensitivity_ci'))}, specificity {_f(c.get('specificity'))}"
-                   f"{_interval(c.get('specificity_ci'))}.")
-    ci = s.get("accuracy_ci")
-    if ci and ci[1] - ci[0] > 0.1:
-        out.append(f"With {n} {scored} examples the accuracy interval is {ci[1] - ci[0]:.2f} wide: another model whose "
-                   "accuracy differs by less than that is not shown to be better or worse.")
+        out.append(f"AUROC {_f(c.get('auroc'))}{ci_text(c.get('auroc_ci'))}; sensitivity {_f(c.get('sensitivity'))}"
+                   f"{ci_text(c.get('sensitivity_ci'))}, specificity {_f(c.get('specificity'))}"
+                   f"{ci_text(c.get('specificity_ci'))}.")
+    warning = small_test_warning(s.get("accuracy_ci"), n)
+    if warning:
+        out.append(warning.strip())
     return out
 
 
-def _limitations(config: dict[str, Any], m: dict[str, Any], s: dict[str, Any], scored: str) -> list[str]:
+def _limitations(config: dict[str, Any], m: dict[str, Any], scored: str) -> list[str]:
     out = []
     if scored == "val":
         out.append("No test set: the scores are on the validation set that also chose the checkpoint, so they are "

@@ -38,11 +38,12 @@ def write_run_report(out: Path, metrics: dict[str, Any], classes: list[str]) -> 
     return {k: str(v) for k, v in files.items()}
 
 
-def _ci(ci: list[float] | None) -> str:
+def ci_text(ci: list[float] | None) -> str:
+    """`` (95% CI lo-hi)``, or nothing without an interval."""
     return f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
 
 
-def _too_small(ci: list[float] | None, n: int) -> str:
+def small_test_warning(ci: list[float] | None, n: int) -> str:
     """A warning when the interval is wider than 0.1: close models cannot be told apart on this test set."""
     if not ci or ci[1] - ci[0] <= 0.1:
         return ""
@@ -96,8 +97,8 @@ def render_markdown(m: dict[str, Any], classes: list[str]) -> str:
         "",
         f"## Scores on the {scored} set (n={s['n']})",
         "",
-        f"**Accuracy {s['accuracy']:.3f}**{_ci(s.get('accuracy_ci'))}, macro-F1 {s['macro_f1']:.3f}, log-loss "
-        f"{s['log_loss']:.3f}.{_too_small(s.get('accuracy_ci'), s['n'])}"
+        f"**Accuracy {s['accuracy']:.3f}**{ci_text(s.get('accuracy_ci'))}, macro-F1 {s['macro_f1']:.3f}, log-loss "
+        f"{s['log_loss']:.3f}.{small_test_warning(s.get('accuracy_ci'), s['n'])}"
         if not s.get("multi_label") else
         f"**Micro-F1 {s['micro_f1']:.3f}**, macro-F1 {s['macro_f1']:.3f}, exact-match accuracy {s['accuracy']:.3f}, "
         f"log-loss {s['log_loss']:.3f} (threshold {s['threshold']}).",
