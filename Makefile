@@ -12,7 +12,10 @@ FMNIST := /usr/share/datasets/fashion-mnist
 
 install: $(STAMP)
 
+# The pinned torch is a CUDA build: a new .venv takes about 7 GB. Say so before pip fails half-way.
 $(STAMP): pyproject.toml
+	@test -x $(PY) || [ "$$(df -Pk . | awk 'NR==2 {print $$4}')" -ge 8000000 ] || \
+	  { echo "error: a new .venv needs about 8 GB free here; $$(df -Ph . | awk 'NR==2 {print $$4}') is free. Free some disk and rerun." >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
