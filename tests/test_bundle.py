@@ -113,9 +113,39 @@ def test_every_bundle_has_a_model_card(colour_folder, tiny_backbone, tmp_path):
     lo, hi = m["accuracy_ci"]
     assert lo <= m["accuracy"] <= hi
     for needed in ("# Model card: image-classification", "## Data", "## Backbone", "## Training", "## Scores (test set)",
-                   "## Known limitations", f"95% CI {lo:.3f}-{hi:.3f}", "--strategy scratch", "blue, green, red"):
+                   "## Known limitations", f"95% CI {lo:.3f}-{hi:.3f}", "--scratch-baseline", "blue, green, red"):
         assert needed in card, needed
     assert "not shown to be better or worse" in card  # a dozen test images cannot separate close models
     assert "not shown to be better or worse" in (tmp_path / "run" / "report.md").read_text()
     model.save(tmp_path / "again")
     assert (tmp_path / "again" / "model_card.md").read_text() == card
+
+
+def test_scratch_baseline_and_backbone_ranking_reach_report_and_card(colour_splits, tiny_backbone, tmp_path):
+    import dataclasses
+
+    import torch
+
+    import transferkit
+    from transferkit.backbones import create_backbone
+    from transferkit.backbones.checkpoint import save_backbone
+
+    torch.manual_seed(1)
+    bb = create_backbone("timm:test_efficientnet", pretrained=False)
+    bb.preprocess = dataclasses.replace(bb.preprocess, input_size=(32, 32), crop_pct=1.0)
+    other = tmp_path / "other"
+    save_backbone(bb, other, provenance={"note": "another random init"})
+    model = transferkit.fit(colour_splits, backbone=f"{tiny_backbone},{other}", strategy="linear", epochs=3,
+                            scratch_baseline=True, out=tmp_path / "run")
+    ranking = model.metrics["backbone_ranking"]
+    assert ranking["chosen"] == max(ranking["rows"], key=lambda r: r["logme"])["backbone"]
+    assert model.metrics["backbone"]["name"] in (tiny_backbone, str(other))
+    base = model.metrics["scratch_baseline"]
+    assert base["set"] == "test" and 0 <= base["score"] <= 1 and base["epochs"] >= 1
+    assert base["lead"] == pytest.approx(model.metrics["test"]["accuracy"] - base["score"])
+    assert "scratch_baseline_s" in model.metrics["timings"] and "rank_s" in model.metrics["timings"]
+    report = (tmp_path / "run" / "report.md").read_text()
+    card = (tmp_path / "run" / "model" / "model_card.md").read_text()
+    for text in (report, card):
+        assert "ranked first of 2 by LogME" in text and "trained from random weights on the same splits" in text
+    assert "## Comparison with scratch" in card

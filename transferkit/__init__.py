@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .api import fit
     from .backbones import create_backbone, list_backbones
     from .bundle.model import TransferModel, load
+    from .comparison import compare
     from .errors import TransferkitError
     from .ranking import rank
 
@@ -28,10 +29,11 @@ _LAZY = {
     "list_backbones": ("backbones.registry", "list_backbones"),
     "TransferkitError": ("errors", "TransferkitError"),
     "rank": ("ranking", "rank"),
+    "compare": ("comparison", "compare"),
 }
 
-__all__ = ["TransferModel", "TransferkitError", "__version__", "create_backbone", "fit", "list_backbones", "load",
-           "rank"]
+__all__ = ["TransferModel", "TransferkitError", "__version__", "compare", "create_backbone", "fit", "list_backbones",
+           "load", "rank"]
 
 
 def __getattr__(name: str) -> Any:

@@ -38,7 +38,7 @@ def parse_budget(budget: str | float | int | None) -> float | None:
 def fit(
     data: Any,
     *,
-    backbone: str | None = None,
+    backbone: str | list[str] | None = None,
     strategy: str = "auto",
     out: str | Path | None = None,
     budget: str | float | None = None,
@@ -66,6 +66,7 @@ def fit(
     positive: str | None = None,
     threshold: str | float | None = None,
     balance: str | None = None,
+    scratch_baseline: bool = False,
     **strategy_options: Any,
 ) -> TransferModel | DetectionModel:
     """Adapt a pretrained backbone to labelled images, texts or audio and return the trained :class:`TransferModel`.
@@ -98,6 +99,12 @@ def fit(
     an FCOS detector on the backbone's feature maps, returned as a
     :class:`~transferkit.bundle.detection.DetectionModel`; ``image_size`` is the longer image side.
 
+    Several backbones (a list, or ``"a,b,c"``): each is scored on the training and validation data by
+    :func:`transferkit.rank` (LogME on frozen features, seconds per backbone) and the best-ranked one is trained;
+    the ranking is kept in the metrics, the report and the model card. ``scratch_baseline=True`` also trains the
+    same architecture from random weights on the same splits and budget, and scores it on the same test set:
+    the report and the model card then show the comparison with scratch.
+
     ``strategy`` is ``linear``, ``finetune``, ``gradual``, ``scratch``, ``auto``, and for texts also ``lora``
     and ``contrastive`` (detection: ``frozen``, ``finetune``, ``gradual``, ``scratch``, ``auto``); extra keyword
     arguments set that strategy's options (e.g. ``epochs=5``). ``task`` is ``auto``, ``classify`` or ``detect``.
@@ -122,13 +129,22 @@ def fit(
     from .evaluation.report import train_val_gap, write_run_report
     from .strategies import TrainTask, create_strategy
 
-    t_start = time.monotonic()
+    t_start, wall_start = time.monotonic(), time.time()
     seconds = parse_budget(budget)
+    several = _backbone_list(backbone)
+    if several is None and isinstance(backbone, (list, tuple)):  # one backbone given as a list
+        backbone = str(backbone[0]).strip() if backbone else None
+    elif several is None and isinstance(backbone, str) and "," in backbone:  # "a," or "a,a"
+        backbone = backbone.split(",")[0].strip()
     deadline = t_start + seconds if seconds is not None else None
     if task not in ("auto", "classify", "detect"):
         raise TransferkitError(f"Task {task!r} is unknown: choose auto, classify or detect.")
     if task == "detect" or (task == "auto" and labels is None and _has_boxes(data)):
         from .detect import fit_detector
+
+        if several or scratch_baseline:
+            raise TransferkitError("Detection takes one backbone and no scratch_baseline: compare detectors with "
+                                   "--strategy scratch in a second run.")
 
         for name, value in (("labels", labels), ("text_column", text_column), ("label_column", label_column),
                             ("label_sep", label_sep), ("max_length", max_length), ("clip_seconds", clip_seconds)):
@@ -162,6 +178,18 @@ def fit(
         if balance not in (None, "weights", "sampler", "none"):
             raise TransferkitError(f"Balance {balance!r} is unknown: choose weights, sampler or none.")
     timings: dict[str, float] = {}
+    ranking = None
+    if several:  # the backbone that ranks first on these data (train + validation only: the test set stays unseen)
+        from .ranking import rank
+
+        t = time.monotonic()
+        ranking = rank(data, several, seed=seed, skip_bad=skip_bad, image_size=image_size, precision=precision,
+                       val_fraction=val_fraction, test_fraction=test_fraction, modality="medical" if medical else modality,
+                       labels=labels, text_options=text_opts, max_length=max_length, clip_seconds=clip_seconds,
+                       window=window, slices=slices, patient_column=patient_column)
+        backbone = ranking["ranking"][0]
+        timings["rank_s"] = time.monotonic() - t
+        info(f"backbone: {backbone} ranks first of {len(several)} by LogME")
 
     t = time.monotonic()
     if modality == "text":
@@ -198,6 +226,16 @@ def fit(
                      balance=(balance or "weights") if medical else "none", balanced=medical)
     result = strat.fit(task)
     timings.update(result.timings)
+    baseline_model = None
+    if scratch_baseline and not result.strategy.startswith("scratch"):
+        t = time.monotonic()
+        base_task = dataclasses.replace(task, deadline=time.monotonic() + seconds if seconds is not None else None,
+                                        work_dir=work_dir / "scratch" if work_dir is not None else None)
+        epochs = {"epochs": strategy_options["epochs"]} if "epochs" in strategy_options else {}
+        base = create_strategy("scratch", modality, getattr(bb, "profile", modality), **epochs).fit(base_task)
+        baseline_model = TransferModel(base.model.cpu().eval(), splits.classes, multi_label=multi_label)
+        baseline_model.meta["history"] = base.history.to_dict()
+        timings["scratch_baseline_s"] = time.monotonic() - t
 
     t = time.monotonic()
     model = TransferModel(result.model.cpu().eval(), splits.classes, multi_label=multi_label, files=result.files)
@@ -219,10 +257,17 @@ def fit(
             scores[name]["clinical"] = clinical_metrics(dec[name].targets.numpy(), p, splits.classes,
                                                         model.clinical["positive"], model.clinical["threshold"],
                                                         seed=seed)
+    baseline = None
+    if baseline_model is not None:
+        baseline = _scratch_comparison(baseline_model, dec[scored], scores[scored], scored, splits.classes, multi_label,
+                                       precision, timings["scratch_baseline_s"], model.clinical)
     timings["evaluate_s"] = time.monotonic() - t
     timings["total_s"] = time.monotonic() - t_start
 
     history = result.history.to_dict()
+    for e in history["epochs"]:  # seconds since this call began (time-to-accuracy); None for epochs before a resume
+        done = e.pop("finished_at", 0.0) - wall_start
+        e["elapsed_s"] = round(done, 2) if done >= 0 else None
     data_summary = splits.summary()
     if modality == "text":
         data_summary |= {"multi_label": multi_label, "max_length": bb.preprocess.max_length,
@@ -257,7 +302,14 @@ def fit(
     }
     if clinical is not None:
         metrics["clinical"] = clinical
-    model.meta = {"metrics": {k: metrics[k] for k in ("strategy", "val", "test", "train_val_gap", "trainable_params", "data")}}
+    if ranking is not None:
+        metrics["backbone_ranking"] = {"ranked_by": ranking["ranked_by"], "chosen": backbone,
+                                       "rows": [{k: r[k] for k in ("backbone", "logme", "leep", "nce", "hscore", "knn")}
+                                                for r in ranking["rows"]]}
+    if baseline is not None:
+        metrics["scratch_baseline"] = baseline
+    model.meta = {"metrics": {k: metrics[k] for k in ("strategy", "val", "test", "train_val_gap", "trainable_params", "data",
+                                                      "backbone_ranking", "scratch_baseline") if k in metrics}}
     if model.clinical is not None:
         model.meta["clinical"] = model.clinical
     if label_sep is not None:
@@ -281,6 +333,40 @@ def fit(
     return model
 
 
+def _backbone_list(backbone: Any) -> list[str] | None:
+    """Several backbones (a list, or comma-separated names) -> their names; one backbone -> None."""
+    if isinstance(backbone, (list, tuple)):
+        names = [str(b).strip() for b in backbone if str(b).strip()]
+    elif isinstance(backbone, str) and "," in backbone:
+        names = [b.strip() for b in backbone.split(",") if b.strip()]
+    else:
+        return None
+    return names if len(set(names)) > 1 else None
+
+
+def _scratch_comparison(baseline: TransferModel, encoded: Any, scored_metrics: dict, part: str, classes: list[str],
+                        multi_label: bool, precision: str, seconds: float, clinical: dict | None) -> dict[str, Any]:
+    """The scratch baseline scored on the same set as the model: its scores, and the model's lead over it."""
+    from .evaluation.metrics import classification_metrics, multilabel_metrics
+    from .evaluation.report import train_val_gap
+
+    probs = baseline.predict_encoded(encoded, precision=precision)
+    y = encoded.targets.numpy()
+    m = multilabel_metrics(y, probs, classes) if multi_label else classification_metrics(y, probs, classes)
+    key = "micro_f1" if multi_label else "accuracy"
+    history = baseline.meta["history"]
+    out = {"set": part, "metric": key, "score": m[key], "score_ci": m.get("accuracy_ci") if key == "accuracy" else None,
+           "macro_f1": m["macro_f1"], "model_score": scored_metrics[key], "lead": scored_metrics[key] - m[key],
+           "seconds": round(seconds, 1), "epochs": len(history["epochs"]), "stopped": history["stopped"],
+           "train_val_gap": train_val_gap(history)["accuracy"]}
+    if clinical and clinical.get("positive") is not None and not multi_label:
+        from .evaluation.clinical import auroc
+
+        k = classes.index(clinical["positive"])
+        out["auroc"] = auroc(y == k, probs[:, k])
+    return out
+
+
 def _has_boxes(data: Any) -> bool:
     """Whether ``data`` is a path to a boxes dataset (COCO JSON, YOLO, Pascal VOC)."""
     from .data.boxes import BoxSet, detect_box_format
@@ -292,7 +378,8 @@ def _has_boxes(data: Any) -> bool:
     return detect_box_format(data) is not None
 
 
-def _prepare_texts(data, backbone, arch, labels, text_opts, max_length, image_size, val_fraction, test_fraction, seed):
+def _prepare_texts(data, backbone, arch, labels, text_opts, max_length, image_size, val_fraction, test_fraction, seed,
+                   parts=("train", "val", "test")):
     """Texts -> splits, the text backbone (max length applied) and token ids of every split, tokenised once."""
     from .backbones.registry import create_backbone
     from .data.text import encode_set, load_text_splits
@@ -310,12 +397,12 @@ def _prepare_texts(data, backbone, arch, labels, text_opts, max_length, image_si
         bb.preprocess = dataclasses.replace(bb.preprocess, max_length=max_length)
     _announce(splits, bb, f"{bb.num_features}-d, {bb.preprocess.pooling} pooling, {bb.preprocess.max_length} tokens")
     load_s = time.monotonic() - t
-    dec = {name: encode_set(ds, bb, splits.classes, f"tokenising {name}") for name, ds in _parts(splits)}
+    dec = {name: encode_set(ds, bb, splits.classes, f"tokenising {name}") for name, ds in _parts(splits, parts)}
     return splits, bb, dec, load_s
 
 
 def _prepare_audio(data, backbone, arch, clip_seconds, max_length, image_size, skip_bad, val_fraction, test_fraction,
-                   seed):
+                   seed, parts=("train", "val", "test")):
     """Audio -> splits, the audio backbone (window length and spectrogram statistics from the training set) and
     every split read once and cut into windows."""
     from .backbones.audio import describe, spectrogram_stats
@@ -337,12 +424,12 @@ def _prepare_audio(data, backbone, arch, clip_seconds, max_length, image_size, s
         bb.preprocess = dataclasses.replace(bb.preprocess, image_height=image_size)
     load_s = time.monotonic() - t
     rate = bb.preprocess.sample_rate
-    for name, ds in _parts(splits):
+    for name, ds in _parts(splits, parts):
         if len(ds) == 0:
             raise TransferkitError(f"The {name} split has no recordings: give each class at least 3 recordings, or "
                                    f"put some in a {name}/ folder.")
     clips = {name: read_clips(ds.items, bb.preprocess, skip_bad=skip_bad, array_rate=getattr(ds, "sample_rate", None),
-                              description=f"reading {name}") for name, ds in _parts(splits)}
+                              description=f"reading {name}") for name, ds in _parts(splits, parts)}
     durations = clips["train"].durations(rate)
     clip = float(clip_seconds) if clip_seconds is not None else choose_clip_seconds(durations)
     if clip_seconds is None and bb.preprocess.kind == "speaker":
@@ -350,7 +437,7 @@ def _prepare_audio(data, backbone, arch, clip_seconds, max_length, image_size, s
     bb.preprocess = dataclasses.replace(bb.preprocess, clip_seconds=clip)
     index = {c: i for i, c in enumerate(splits.classes)}
     dec = {}
-    for name, ds in _parts(splits):
+    for name, ds in _parts(splits, parts):
         c = clips[name]
         d = c.durations(rate)
         info = {"sources": c.source_rates, "silent": len(c.silent), "skipped": len(c.skipped),
@@ -366,7 +453,7 @@ def _prepare_audio(data, backbone, arch, clip_seconds, max_length, image_size, s
 
 
 def _prepare_images(data, backbone, arch, max_length, image_size, skip_bad, val_fraction, test_fraction, seed,
-                    window=None, slices=None, patients=False, patient_column=None):
+                    window=None, slices=None, patients=False, patient_column=None, parts=("train", "val", "test")):
     """Images -> splits (patient-level with ``patients``), the image backbone (resolution, window and slices
     applied) and every split decoded once."""
     from .backbones.registry import create_backbone
@@ -399,7 +486,7 @@ def _prepare_images(data, backbone, arch, max_length, image_size, skip_bad, val_
     _announce(splits, bb, f"{bb.num_features}-d features, {bb.preprocess.input_size[0]} px")
     load_s = time.monotonic() - t
     dec = {name: decode(ds, bb.preprocess, splits.classes, skip_bad=skip_bad, description=f"decoding {name}")
-           for name, ds in _parts(splits)}
+           for name, ds in _parts(splits, parts)}
     return splits, bb, dec, load_s
 
 
@@ -445,8 +532,10 @@ def _clinical(model: TransferModel, probs: dict, dec: dict, splits: Any, positiv
     return {**model.clinical, "ece": ece}, probs
 
 
-def _parts(splits: Any) -> list[tuple[str, Any]]:
-    return [(name, ds) for name, ds in (("train", splits.train), ("val", splits.val), ("test", splits.test)) if ds is not None]
+def _parts(splits: Any, parts: tuple[str, ...] = ("train", "val", "test")) -> list[tuple[str, Any]]:
+    """The splits that exist, among ``parts`` (``rank`` reads only train and val)."""
+    return [(name, ds) for name, ds in (("train", splits.train), ("val", splits.val), ("test", splits.test))
+            if ds is not None and name in parts]
 
 
 def _announce(splits: Any, bb: Any, shape: str) -> None:

@@ -44,7 +44,7 @@ def main(
 def fit(
     data: Path = typer.Argument(..., help="Folder of class folders of images (also DICOM, NIfTI, 16-bit PNG/TIFF), audio (wav/flac/ogg) or .txt files (optionally train/ val/ test/), a CSV/TSV/JSONL (path,label for images and audio, plus patient_id for medical images; text and label columns for texts), a saved Hugging Face dataset, or images with boxes (COCO JSON, YOLO txt or Pascal VOC XML) for detection."),
     out: Path = typer.Option(Path("runs/latest"), "--out", "-o", help="Run folder: model/, metrics.json, plots, report.md."),
-    backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="Registry name, timm:NAME, torchvision:NAME, a Hugging Face encoder (org/name), or a path (see `transferkit backbones`). Default: efficientnet_lite0 for images and (on log-mel spectrograms) audio, all-MiniLM-L6-v2 for texts; speaker-encoder for voices."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="Registry name, timm:NAME, torchvision:NAME, a Hugging Face encoder (org/name), or a path (see `transferkit backbones`); several, comma-separated, are ranked by LogME on your data and the first is trained. Default: efficientnet_lite0 for images and (on log-mel spectrograms) audio, all-MiniLM-L6-v2 for texts; speaker-encoder for voices."),
     arch: Optional[str] = typer.Option(None, help="Architecture of a checkpoint file given as --backbone (timm name or torchvision:NAME)."),
     strategy: str = typer.Option("auto", "--strategy", "-s", help="linear, finetune, gradual, scratch or auto; for texts also lora and contrastive; for detection frozen, finetune, gradual, scratch or auto."),
     budget: Optional[str] = typer.Option(None, help="Wall-time budget, e.g. 90s, 10m, 1h: training plans its epochs to finish inside it (auto also uses it to decide whether to fine-tune)."),
@@ -70,6 +70,7 @@ def fit(
     positive: Optional[str] = typer.Option(None, help="Medical, two classes: the positive class (the finding). Default: the class not named normal/healthy/negative/benign/0, else the rarer one."),
     threshold: Optional[str] = typer.Option(None, help="Medical, two classes: the operating threshold on the positive probability: youden (default, tuned on validation), sensitivity=0.95, specificity=0.9, or a number."),
     balance: Optional[str] = typer.Option(None, help="Medical: weights (class-weighted loss, default), sampler (classes drawn equally often) or none."),
+    scratch_baseline: bool = typer.Option(False, "--scratch-baseline", help="Also train the same architecture from random weights on the same splits and budget; the report and model card compare the two."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics summary as JSON on stdout."),
 ) -> None:
     """Train on DATA and write a bundle, metrics, plots and a report to --out."""
@@ -84,7 +85,7 @@ def fit(
                         text_column=text_column, label_column=label_column, label_sep=label_sep, encoding=encoding,
                         max_length=max_length, clip_seconds=clip_seconds, task=task, modality=modality, window=window,
                         slices=slices, patient_column=patient_column, positive=positive, threshold=threshold,
-                        balance=balance, **options)
+                        balance=balance, scratch_baseline=scratch_baseline, **options)
     except TransferkitError as err:
         _fail(err)
     m = model.metrics
@@ -380,6 +381,44 @@ def rank(
     from .console import results as console
 
     console.print(render(result), highlight=False, markup=False)
+
+
+@app.command()
+def compare(
+    data: Path = typer.Argument(..., help="Labelled data, as for fit (images, DICOM/NIfTI, texts or audio; single-label)."),
+    budgets: str = typer.Option("5,10,25,50,all", help="Label budgets: labelled examples per class (validation included), comma-separated; 'all' is the whole pool."),
+    seeds: int = typer.Option(3, help="Seeds per budget and strategy (which examples are labelled, initialisation, shuffling); 3 or more give a 95% interval."),
+    strategies: str = typer.Option("linear,finetune,scratch", help="Comma-separated strategies; include scratch for the headline comparisons."),
+    out: Path = typer.Option(Path("runs/compare"), "--out", "-o", help="results.csv, summary.csv, compare.json, plots, report.md and report.html."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="The backbone of every transfer run (scratch: its architecture). Default as for fit."),
+    metric: str = typer.Option("auto", help="accuracy, balanced_accuracy, macro_f1 or auroc (two-class medical); auto: accuracy, or AUROC / balanced accuracy for medical data."),
+    time_per_run: Optional[str] = typer.Option(None, help="Wall-time budget of each run, e.g. 2m."),
+    epochs: Optional[int] = typer.Option(None, help="Maximum epochs of each run (default: each strategy's own)."),
+    image_size: Optional[int] = typer.Option(None, help="Override the backbone's input resolution (smaller trains faster on a CPU)."),
+    modality: str = typer.Option("auto", help="auto, image, text, audio or medical, as for fit."),
+    seed: int = typer.Option(0, help="Seed of the fixed test split (when the data have none)."),
+    resume: bool = typer.Option(False, help="Reuse the runs an interrupted comparison in --out already finished."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable files with a warning."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+) -> None:
+    """Measure transfer against scratch on DATA: every budget x seed x strategy scored on one fixed test set."""
+    from .comparison import compare as compare_api
+
+    try:
+        result = compare_api(str(data), budgets=budgets, seeds=seeds, strategies=strategies, backbone=backbone,
+                             metric=metric, time_per_run=time_per_run, out=out, resume=resume, seed=seed,
+                             skip_bad=skip_bad, image_size=image_size, modality=modality,
+                             **({"epochs": epochs} if epochs is not None else {}))
+    except TransferkitError as err:
+        _fail(err)
+    if as_json:
+        typer.echo(json.dumps(result, default=str))
+        return
+    from .console import results as console
+
+    for key in ("time", "labels", "gap"):
+        console.print(f"- {result['headlines'][key]['sentence']}", highlight=False, markup=False)
+    console.print(f"report: {result['files']['html']}", highlight=False, markup=False)
 
 
 @app.command()

@@ -23,10 +23,16 @@ ORDER = ("logme", "leep", "nce", "hscore", "knn")
 
 def rank(data: Any, backbones: list[str], *, validate: bool = False, strategy: str = "finetune",
          budget: str | float | None = None, out: str | Path | None = None, seed: int = 0, skip_bad: bool = False,
-         image_size: int | None = None, precision: str = "auto", **validate_options: Any) -> dict[str, Any]:
+         image_size: int | None = None, precision: str = "auto", val_fraction: float = 0.15,
+         test_fraction: float = 0.2, modality: str = "auto", labels: list[Any] | None = None,
+         text_options: Any = None, max_length: int | None = None, clip_seconds: float | None = None,
+         window: str | None = None, slices: str | None = None, patient_column: str | None = None,
+         **validate_options: Any) -> dict[str, Any]:
     """Score each of ``backbones`` on ``data`` (any classification data :func:`transferkit.fit` takes) and rank
     them by LogME. Returns ``{"rows": [...], "ranking": [...], "validation": {...}}`` and, with ``out``, writes
-    ``rank.json`` and ``rank.md`` there.
+    ``rank.json`` and ``rank.md`` there. Only the training and validation splits are read (split as
+    :func:`transferkit.fit` splits them with the same ``seed`` and fractions), so the test set stays unseen; the
+    loader options (``modality``, ``text_options``, ``window`` ...) mean what they mean for ``fit``.
 
     ``validate=True`` fine-tunes every backbone (``strategy``, ``budget`` per backbone, ``validate_options`` such
     as ``epochs=3``) and reports each score's weighted Kendall tau with the fine-tuned validation score.
@@ -44,19 +50,24 @@ def rank(data: Any, backbones: list[str], *, validate: bool = False, strategy: s
         raise TransferkitError("Give at least two backbones to rank, e.g. efficientnet_lite0,efficientnet_lite1.")
     if len(set(names)) < len(names):
         raise TransferkitError(f"A backbone is listed twice in {', '.join(names)}: give each once.")
-    opts = TextOptions(skip_bad=skip_bad)
-    kind = "text" if is_text_source(data, opts) else detect_kind(data)
+    opts = text_options or TextOptions(skip_bad=skip_bad)
+    kind = modality if modality != "auto" else \
+        "text" if labels is not None or is_text_source(data, opts) else detect_kind(data)
     accelerator = make_accelerator(precision, seed=seed)
     rows = []
     for name in names:
         t0 = time.monotonic()
         if kind == "text":
-            splits, bb, dec, _ = _prepare_texts(data, name, None, None, opts, None, image_size, 0.15, 0.2, seed)
+            splits, bb, dec, _ = _prepare_texts(data, name, None, labels, opts, max_length, image_size, val_fraction,
+                                                test_fraction, seed, parts=("train", "val"))
         elif kind == "audio":
-            splits, bb, dec, _ = _prepare_audio(data, name, None, None, None, image_size, skip_bad, 0.15, 0.2, seed)
+            splits, bb, dec, _ = _prepare_audio(data, name, None, clip_seconds, max_length, image_size, skip_bad,
+                                                val_fraction, test_fraction, seed, parts=("train", "val"))
         else:
-            splits, bb, dec, _ = _prepare_images(data, name, None, None, image_size, skip_bad, 0.15, 0.2, seed,
-                                                 patients=kind == "medical")
+            splits, bb, dec, _ = _prepare_images(data, name, None, max_length, image_size, skip_bad, val_fraction,
+                                                 test_fraction, seed, window=window, slices=slices,
+                                                 patients=kind == "medical", patient_column=patient_column,
+                                                 parts=("train", "val"))
         if dec["train"].targets.ndim == 2:
             raise TransferkitError("rank scores single-label data; these labels are multi-label.")
         feats = [extract_features(bb, dec[part], accelerator, description=f"features ({name}, {part})")[0]

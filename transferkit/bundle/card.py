@@ -1,8 +1,8 @@
 """``model_card.md``: what a bundle is, written from its own ``config.json`` so the two never disagree.
 
-Sections: the task and labels, the data it was trained on, the backbone and where its weights came from, how it
-was trained, its scores with 95% intervals (and a warning when the test set is too small to tell close models
-apart), and known limitations.
+Sections: the task and labels, the data it was trained on, the backbone and where its weights came from (and the
+ranking that chose it), how it was trained, its scores with 95% intervals (and a warning when the test set is too
+small to tell close models apart), the comparison with scratch (when the run measured it), and known limitations.
 """
 
 from __future__ import annotations
@@ -49,6 +49,10 @@ def render_model_card(config: dict[str, Any]) -> str:
               f"`{spec.get('name')}` ({spec.get('source')}, architecture `{spec.get('arch')}`); pretrained weights: "
               f"{spec.get('weights') or 'none (random initialisation)'}."
               + (f" Input {size[0]}x{size[1]} px." if isinstance(size, list) and len(size) == 2 else "")]
+    if m.get("backbone_ranking"):
+        from ..evaluation.report import ranking_text
+
+        lines.append(ranking_text(m["backbone_ranking"]).replace("**", ""))
     lines += ["", "## Training", "", f"Strategy: {m.get('strategy', '?')}"
               + (f"; {m['trainable_params']:,} trainable parameters." if m.get("trainable_params") else ".")]
     gap = m.get("train_val_gap")
@@ -56,6 +60,16 @@ def render_model_card(config: dict[str, Any]) -> str:
         lines.append(f"Train-validation gap at the kept epoch: accuracy {gap['accuracy']:+.3f}, loss {gap['loss']:+.3f}.")
     lines += ["", f"## Scores ({scored} set)", ""]
     lines += _scores(s)
+    lines += ["", "## Comparison with scratch", ""]
+    if m.get("scratch_baseline"):
+        from ..evaluation.report import scratch_text
+
+        lines.append(scratch_text(m["scratch_baseline"]))
+    elif str(m.get("strategy", "")).startswith("scratch"):
+        lines.append("This model was itself trained from scratch.")
+    else:
+        lines.append("Not measured for this bundle: `transferkit fit ... --scratch-baseline` trains the scratch "
+                     "baseline on the same splits, and `transferkit compare` measures it over label budgets and seeds.")
     lines += ["", "## Known limitations", ""]
     lines += [f"- {x}" for x in _limitations(config, m, scored)]
     lines.append("")
@@ -73,8 +87,12 @@ def _scores(s: dict[str, Any]) -> list[str]:
                    f"{s.get('n_boxes')} boxes.")
         return out
     n = s.get("n", 0)
+    if s.get("multi_label"):
+        out.append(f"Micro-F1 {_f(s.get('micro_f1'))}{ci_text(s.get('micro_f1_ci'))}, macro-F1 {_f(s.get('macro_f1'))}, "
+                   f"exact-match accuracy {_f(s.get('accuracy'))}, on {n} examples.")
+        return out
     out.append(f"Accuracy {_f(s.get('accuracy'))}{ci_text(s.get('accuracy_ci'))}, macro-F1 {_f(s.get('macro_f1'))}"
-               f", on {n} examples.")
+               f"{ci_text(s.get('macro_f1_ci'))}, on {n} examples.")
     c = s.get("clinical")
     if c and c.get("positive"):
         out.append(f"AUROC {_f(c.get('auroc'))}{ci_text(c.get('auroc_ci'))}; sensitivity {_f(c.get('sensitivity'))}"
@@ -94,9 +112,10 @@ def _limitations(config: dict[str, Any], m: dict[str, Any], scored: str) -> list
     data = m.get("data") or {}
     if data and data.get("train", 0) < 100:
         out.append(f"Trained on {data.get('train')} examples: expect it to miss kinds of input the training data lack.")
-    if "trainable_params" in m and not str(m.get("strategy", "")).startswith("scratch"):
-        out.append("Evidence against training from scratch is not part of this bundle: train the same data with "
-                   "`--strategy scratch` to compare.")
+    base = m.get("scratch_baseline")
+    if base and base["lead"] <= 0:
+        out.append(f"Transfer did not beat training from scratch here ({base['model_score']:.3f} vs "
+                   f"{base['score']:.3f}): the pretrained features may not suit these data.")
     if config.get("clinical"):
         out.append("Not a medical device. The operating threshold and calibration were chosen on the validation set; "
                    "check them on data from the site and scanner where it will be used.")

@@ -28,6 +28,7 @@ class EpochRecord:
     lr: float
     seconds: float
     stage: int = 0
+    finished_at: float = 0.0  # time.time() at the epoch's end: fit turns it into seconds since the run began
 
 
 @dataclass
@@ -182,7 +183,7 @@ def train(
                                                 balanced)
             rec = EpochRecord(
                 epoch, total_loss / max(1, seen), correct / max(1, seen), val_loss, val_acc,
-                max(g["lr"] for g in optimizer.param_groups), time.monotonic() - t0, stage,
+                max(g["lr"] for g in optimizer.param_groups), time.monotonic() - t0, stage, time.time(),
             )
             history.epochs.append(rec)
             if _better(rec, history.best if history.best_epoch >= 0 else None):

@@ -1,4 +1,4 @@
-"""PNG plots: confusion matrix and learning curves. Matplotlib's Agg backend, no display needed."""
+"""PNG plots: confusion matrix, learning curves and the comparison's curves. Matplotlib's Agg backend, no display needed."""
 
 from __future__ import annotations
 
@@ -62,4 +62,95 @@ def learning_curve_png(epochs: list[dict], path: Path, title: str = "Learning cu
     ax2.set_ylim(0, 1.02)
     ax2.legend()
     fig.suptitle(title)
+    _save(fig, path)
+
+
+_STRATEGY_COLOURS = {"linear": "tab:blue", "finetune": "tab:orange", "scratch": "tab:red", "auto": "tab:green",
+                     "gradual": "tab:purple", "lora": "tab:brown", "contrastive": "tab:pink"}
+
+
+def _colour(name: str, i: int) -> str:
+    return _STRATEGY_COLOURS.get(name, f"C{i % 10}")
+
+
+def data_efficiency_png(summary: list[dict], strategies: list[str], path: Path, ylabel: str = "test score") -> None:
+    """Test score against labels per class (log axis), one line per strategy, shaded 95% interval over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, name in enumerate(strategies):
+        rows = sorted((r for r in summary if r["strategy"] == name), key=lambda r: r["labels_per_class"])
+        if not rows:
+            continue
+        x = [r["labels_per_class"] for r in rows]
+        ax.plot(x, [r["score"] for r in rows], marker="o", color=_colour(name, i), label=name)
+        if all(r["score_lo"] is not None for r in rows):
+            ax.fill_between(x, [r["score_lo"] for r in rows], [r["score_hi"] for r in rows], color=_colour(name, i),
+                            alpha=0.15, linewidth=0)
+    ticks = sorted({r["labels_per_class"] for r in summary})
+    ax.set_xscale("log")
+    ax.set_xticks(ticks, [f"{t:.0f}" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("labelled examples per class (train + validation)")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("Data efficiency")
+    _save(fig, path)
+
+
+def time_to_accuracy_png(runs: list[dict], strategies: list[str], path: Path, title: str = "Time to accuracy") -> None:
+    """Best validation score so far against seconds since the run began: one step line per run (seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, name in enumerate(strategies):
+        first = True
+        for r in (r for r in runs if r["strategy"] == name and r["curve"]):
+            t = [c[0] for c in r["curve"]]
+            best = np.maximum.accumulate([c[1] for c in r["curve"]])
+            ax.step(t, best, where="post", marker="o", ms=3, color=_colour(name, i), alpha=0.8,
+                    label=name if first else None)
+            first = False
+    ax.set_xlabel("wall time since the run began (s)")
+    ax.set_ylabel("best validation score so far")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    _save(fig, path)
+
+
+def gap_png(summary: list[dict], strategies: list[str], budgets: list, path: Path) -> None:
+    """Train minus validation accuracy at the kept epoch: bars per budget and strategy, 95% interval over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    width = 0.8 / max(1, len(strategies))
+    for i, name in enumerate(strategies):
+        xs, ys, err = [], [], [[], []]
+        for j, b in enumerate(budgets):
+            r = next((r for r in summary if r["budget"] == str(b) and r["strategy"] == name), None)
+            if r is None:
+                continue
+            xs.append(j + (i - (len(strategies) - 1) / 2) * width)
+            ys.append(r["gap"])
+            err[0].append(r["gap"] - r["gap_lo"] if r["gap_lo"] is not None else 0)
+            err[1].append(r["gap_hi"] - r["gap"] if r["gap_hi"] is not None else 0)
+        ax.bar(xs, ys, width, yerr=err, capsize=2, color=_colour(name, i), label=name)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(budgets)), [str(b) for b in budgets])
+    ax.set_xlabel("labelled examples per class")
+    ax.set_ylabel("train - validation accuracy")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend()
+    ax.set_title("Overfitting gap at the kept epoch")
     _save(fig, path)

@@ -19,6 +19,27 @@ def train_val_gap(history: dict[str, Any]) -> dict[str, float]:
     return {"accuracy": best["train_acc"] - best["val_acc"], "loss": best["val_loss"] - best["train_loss"]}
 
 
+def ranking_text(r: dict[str, Any]) -> str:
+    """One sentence: which backbone was chosen, and the LogME of each candidate."""
+    rows = sorted(r["rows"], key=lambda x: -x["logme"])
+    scores = ", ".join(f"{x['backbone']} {x['logme']:.3f}" for x in rows)
+    return (f"Backbone chosen by ranking: **{r['chosen']}** ranked first of {len(rows)} by LogME on the training and "
+            f"validation data ({scores}).")
+
+
+def scratch_text(b: dict[str, Any]) -> str:
+    """The scratch baseline on the same splits, budget and scored set, against the model."""
+    name = b["metric"].replace("_", "-") if b["metric"] != "accuracy" else "accuracy"
+    lead = b["lead"]
+    verdict = "better than" if lead > 0 else "worse than" if lead < 0 else "as good as"
+    ci = ci_text(b.get("score_ci"))
+    auroc = f"; AUROC {b['auroc']:.3f}" if b.get("auroc") is not None else ""
+    return (f"The same architecture trained from random weights on the same splits and budget scored {name} "
+            f"{b['score']:.3f}{ci}{auroc} on the {b['set']} set ({b['epochs']} epochs, {b['seconds']:.0f} s; "
+            f"train-validation gap {b['train_val_gap']:+.3f}). This model, {b['model_score']:.3f}, is {abs(lead):.3f} "
+            f"{verdict} scratch.")
+
+
 def write_run_report(out: Path, metrics: dict[str, Any], classes: list[str]) -> dict[str, str]:
     """Write ``metrics.json``, ``confusion_matrix.png`` (single-label), ``learning_curve.png`` and ``report.md``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -97,10 +118,11 @@ def render_markdown(m: dict[str, Any], classes: list[str]) -> str:
         "",
         f"## Scores on the {scored} set (n={s['n']})",
         "",
-        f"**Accuracy {s['accuracy']:.3f}**{ci_text(s.get('accuracy_ci'))}, macro-F1 {s['macro_f1']:.3f}, log-loss "
+        f"**Accuracy {s['accuracy']:.3f}**{ci_text(s.get('accuracy_ci'))}, macro-F1 {s['macro_f1']:.3f}"
+        f"{ci_text(s.get('macro_f1_ci'))}, log-loss "
         f"{s['log_loss']:.3f}.{small_test_warning(s.get('accuracy_ci'), s['n'])}"
         if not s.get("multi_label") else
-        f"**Micro-F1 {s['micro_f1']:.3f}**, macro-F1 {s['macro_f1']:.3f}, exact-match accuracy {s['accuracy']:.3f}, "
+        f"**Micro-F1 {s['micro_f1']:.3f}**{ci_text(s.get('micro_f1_ci'))}, macro-F1 {s['macro_f1']:.3f}, exact-match accuracy {s['accuracy']:.3f}, "
         f"log-loss {s['log_loss']:.3f} (threshold {s['threshold']}).",
     ]
     if scored == "val":
@@ -119,6 +141,10 @@ def render_markdown(m: dict[str, Any], classes: list[str]) -> str:
     ]
     if m.get("details", {}).get("decision"):
         lines += ["", f"auto: {m['details']['decision']}; kept **{m['details']['chosen']}**."]
+    if m.get("backbone_ranking"):
+        lines += ["", ranking_text(m["backbone_ranking"])]
+    if m.get("scratch_baseline"):
+        lines += ["", "## Against scratch", "", scratch_text(m["scratch_baseline"])]
     wrong = m.get("confidently_wrong") or []
     if wrong:
         lines += ["", f"## Most confidently wrong ({scored} set)", "",

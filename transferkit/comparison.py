@@ -1,0 +1,656 @@
+"""``transferkit.compare``: did transfer pay off on *your* data? Measured, with intervals.
+
+For each label budget (labelled examples per class) x seed x strategy, one run of :func:`transferkit.fit` is
+trained and scored on the same fixed test set. Budgets are nested per seed (the 10 examples of a class include
+that seed's 5), and a budget counts every labelled example the run uses, validation included: labelling them
+is the user's cost. Runs of one seed and budget share their validation split, so their validation curves are
+comparable.
+
+What comes out (in ``out``): ``results.csv`` (one row per run), ``summary.csv`` (mean and 95% interval over seeds
+per budget and strategy), ``compare.json``, three plots, ``report.md`` and ``report.html`` (self-contained: the
+plots are embedded, so it opens from disk anywhere), and the three headline sentences:
+
+- time: how much sooner transfer reached scratch's best validation score (same runs' clocks);
+- labels: how few labels per class transfer needed to match scratch with the most labels;
+- overfitting: how much smaller the train-minus-validation accuracy gap was.
+
+The interval over seeds is Student's t on the seeds' means (with 3 seeds, mean +- 4.3 standard errors): it
+covers the variation from which examples were labelled and from training, but not the test set's own sampling
+error, which the report states separately (Wilson interval of the best accuracy).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import TransferkitError
+
+ALL = "all"
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "micro_f1")
+TRANSFER_FIRST = ("linear", "finetune", "gradual", "auto", "lora", "contrastive")
+
+
+def parse_budgets(budgets: str | list | tuple) -> list[int | str]:
+    """``"5,10,25,all"`` or ``[5, 10, "all"]`` -> sorted budgets, ``"all"`` last. Each number is labelled
+    examples per class (at least 2: one to train on, one to validate with)."""
+    items = budgets.split(",") if isinstance(budgets, str) else list(budgets)
+    out: list[int | str] = []
+    for b in items:
+        text = str(b).strip().lower()
+        if text == ALL:
+            out.append(ALL)
+        elif text.isdigit() and int(text) >= 2:
+            out.append(int(text))
+        else:
+            raise TransferkitError(f"Label budget {b!r} is not a count of labelled examples per class (2 or more) or "
+                                   "'all': write e.g. --budgets 5,10,25,all.")
+    if not out or len(set(out)) < len(out):
+        raise TransferkitError(f"Give each label budget once, e.g. 5,10,25,all (got {budgets!r}).")
+    return sorted((b for b in out if b != ALL), key=int) + ([ALL] if ALL in out else [])
+
+
+def seed_interval(values: list[float], bounds: tuple[float, float] = (0.0, 1.0)) -> tuple[float, float | None, float | None]:
+    """Mean and 95% Student-t interval of per-seed values, clipped to the metric's ``bounds``; no interval from a
+    single seed.
+
+    >>> m, lo, hi = seed_interval([0.70, 0.74, 0.72])
+    >>> round(m, 3), round(lo, 3), round(hi, 3)
+    (0.72, 0.67, 0.77)
+    """
+    x = np.asarray([v for v in values if v is not None], dtype=float)
+    if len(x) == 0:
+        return float("nan"), None, None
+    mean = float(x.mean())
+    if len(x) < 2:
+        return mean, None, None
+    from scipy.stats import t
+
+    half = float(t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return mean, max(bounds[0], mean - half), min(bounds[1], mean + half)
+
+
+def compare(data: Any, *, budgets: str | list = (5, 10, 25, 50, ALL), seeds: int = 3,
+            strategies: str | list = ("linear", "finetune", "scratch"), backbone: str | None = None,
+            metric: str = "auto", time_per_run: str | float | None = None, out: str | Path | None = None,
+            resume: bool = False, seed: int = 0, skip_bad: bool = False, val_fraction: float = 0.15,
+            test_fraction: float = 0.2, precision: str = "auto", image_size: int | None = None,
+            modality: str = "auto", **fit_options: Any) -> dict[str, Any]:
+    """Train every ``strategies`` x ``budgets`` x ``seeds`` combination on ``data`` (anything single-label that
+    :func:`transferkit.fit` takes: images, DICOM/NIfTI, texts, audio) and score each on one fixed test set.
+
+    The test set is the data's own (a ``test/`` folder or ``split`` column), else ``test_fraction`` carved once
+    with ``seed``; everything else is the pool the budgets draw from. ``metric`` is ``accuracy``,
+    ``balanced_accuracy``, ``macro_f1`` or (two-class medical data) ``auroc``; ``auto`` picks accuracy, or AUROC
+    for two-class medical data and balanced accuracy for other medical data. ``time_per_run`` is each run's
+    wall-time budget (e.g. ``"2m"``); ``fit_options`` go to every run (e.g. ``epochs=10``). With ``out`` every
+    finished run is saved at once, and ``resume=True`` reuses the runs an interrupted comparison finished.
+
+    Returns ``{"config", "runs", "summary", "headlines", "warnings", "files"}``.
+    """
+    from .api import fit, parse_budget
+    from .console import info, warn
+    from .strategies import create_strategy
+
+    budget_list = parse_budgets(budgets)
+    names = [s.strip() for s in (strategies.split(",") if isinstance(strategies, str) else strategies) if s.strip()]
+    if len(names) < 2 or len(set(names)) < len(names):
+        raise TransferkitError(f"Give at least two different strategies to compare, e.g. linear,finetune,scratch "
+                               f"(got {', '.join(names) or 'none'}).")
+    if not isinstance(seeds, int) or seeds < 1:
+        raise TransferkitError(f"seeds must be 1 or more (got {seeds!r}); 3 gives an interval.")
+    run_seconds = parse_budget(time_per_run)
+    splits, kind = _load(data, modality, skip_bad, val_fraction, test_fraction, seed, fit_options)
+    import inspect
+
+    fit_params = set(inspect.signature(fit).parameters)
+    strategy_options = {k: v for k, v in fit_options.items() if k not in fit_params}
+    for name in names:  # unknown strategies and options fail now, not after hours of the other runs
+        create_strategy(name, "image" if kind == "medical" else kind, **strategy_options)
+    metric = _choose_metric(metric, kind, splits.classes)
+    pool = _concat(splits.train, splits.val)
+    test = splits.test
+    if test is None or len(test) == 0:
+        raise TransferkitError("compare needs a test set: give a test/ folder or split column, or a test_fraction > 0.")
+    budget_list, sizes = _resolve_budgets(budget_list, pool, splits.classes)
+    config = {"data": str(data) if isinstance(data, (str, Path)) else type(data).__name__, "kind": kind,
+              "backbone": backbone, "strategies": names, "budgets": budget_list, "labels_per_class": sizes,
+              "seeds": seeds, "metric": metric, "time_per_run_s": run_seconds, "test_n": len(test),
+              "pool_n": len(pool), "classes": splits.classes, "val_fraction": val_fraction, "split_seed": seed,
+              "fit_options": {k: v for k, v in fit_options.items()}, "image_size": image_size}
+    out_dir = Path(out) if out is not None else None
+    done = _previous_runs(out_dir, config) if resume and out_dir is not None else {}
+    plan = [(b, s, name) for b in budget_list for s in range(seeds) for name in names]
+    runs, t0, spent = [], time.monotonic(), []
+    for i, (b, s, name) in enumerate(plan, 1):
+        key = _run_key(b, s, name)
+        if key in done:
+            runs.append(done[key])
+            continue
+        eta = _eta(plan[i - 1:], spent, sizes, run_seconds)
+        info(f"compare: run {i}/{len(plan)}: {name}, {b} labels per class, seed {s}"
+             + (f", about {_duration(eta)} left" if eta else ""))
+        part = _budget_splits(pool, test, splits.classes, b, s, val_fraction)
+        started = time.monotonic()
+        model = fit(part, backbone=backbone, strategy=name, budget=run_seconds, seed=s, precision=precision,
+                    image_size=image_size, modality=kind, skip_bad=skip_bad, **_fit_passthrough(fit_options, kind))
+        spent.append((name, sizes[str(b)], time.monotonic() - started))
+        run = _record(model.metrics, b, s, name, metric, part, spent[-1][2])
+        runs.append(run)
+        if out_dir is not None and _is_main():
+            _save_run(out_dir, key, run, config)
+            _write_results(out_dir, runs)
+    summary = summarise(runs, names, budget_list)
+    result: dict[str, Any] = {"config": config, "runs": runs, "summary": summary,
+                              "headlines": headlines(runs, summary, names, budget_list, metric),
+                              "warnings": resolution_warnings(summary, names, budget_list, metric, len(test)),
+                              "seconds": round(time.monotonic() - t0, 1)}
+    for w in result["warnings"]:
+        warn(w)
+    if out_dir is not None and _is_main():
+        result["files"] = write_comparison(out_dir, result)
+        info(f"compare: report {result['files']['html']}")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------- data
+
+
+def _load(data, modality, skip_bad, val_fraction, test_fraction, seed, fit_options):
+    from .data.sources import detect_kind, load_splits
+    from .data.text import TextOptions, is_text_source, load_text_splits
+
+    opts = TextOptions(fit_options.get("text_column"), fit_options.get("label_column"), None,
+                       fit_options.get("encoding", "utf-8"), skip_bad)
+    if modality not in ("auto", "image", "text", "audio", "medical"):
+        raise TransferkitError(f"Modality {modality!r} is unknown: choose auto, image, text, audio or medical.")
+    kind = modality if modality != "auto" else ("text" if is_text_source(data, opts) else detect_kind(data))
+    if kind == "text":
+        splits = load_text_splits(data, options=opts, val_fraction=val_fraction, test_fraction=test_fraction,
+                                  seed=seed)
+        if splits.train.multi_label:
+            raise TransferkitError("compare draws labels per class from single-label data; these texts are multi-label.")
+    else:
+        splits = load_splits(data, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                             skip_bad=skip_bad, kind="audio" if kind == "audio" else "image",
+                             patients=kind == "medical", patient_column=fit_options.get("patient_column"))
+    return splits, kind
+
+
+def _fit_passthrough(options: dict, kind: str) -> dict:
+    """Options for each fit: text columns are already applied by the loader; the rest go through."""
+    drop = ("text_column", "label_column", "encoding") if kind == "text" else ()
+    return {k: v for k, v in options.items() if k not in drop}
+
+
+def _concat(a, b):
+    """Two example sets of one type as one (every list field joined; ``None`` groups stay ``None``)."""
+    joined = {}
+    for f in dataclasses.fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, list) and isinstance(y, list):
+            joined[f.name] = x + y
+    return dataclasses.replace(a, **joined)
+
+
+def _strata(ds) -> list[str]:
+    return ds.strata() if hasattr(ds, "strata") else list(ds.labels)
+
+
+def _resolve_budgets(budgets: list, pool, classes: list[str]) -> tuple[list, dict[str, float]]:
+    """Drop numeric budgets that every class's pool already meets with ``all`` (they would repeat it); the mean
+    labels per class each budget really gives."""
+    from .console import warn
+
+    counts = defaultdict(int)
+    for y in _strata(pool):
+        counts[y] += 1
+    largest, smallest = max(counts.values()), min(counts.values())
+    kept, sizes = [], {}
+    for b in budgets:
+        if b != ALL and b >= largest:
+            warn(f"budget {b} labels per class is at least the whole pool (largest class {largest}): it is run as 'all'")
+            b = ALL
+        if b in kept:
+            continue
+        kept.append(b)
+        sizes[str(b)] = float(np.mean([counts[c] if b == ALL else min(b, counts[c]) for c in classes]))
+    if any(b != ALL and b > smallest for b in kept):
+        warn(f"the smallest class has {smallest} labelled examples: budgets above it take all of that class")
+    return kept, sizes
+
+
+def _budget_splits(pool, test, classes: list[str], budget, seed: int, val_fraction: float):
+    """``budget`` labelled examples per class (whole patients for grouped data), nested across budgets for one
+    seed, then a stratified validation split of them; the fixed test set as given."""
+    from .data.sources import carve_splits
+
+    strata = _strata(pool)
+    groups = getattr(pool, "groups", None)
+    rng = random.Random(seed)
+    units: dict[str, list[list[int]]] = defaultdict(list)  # per class: shuffled units (one example, or a patient)
+    if groups is None:
+        for i, y in enumerate(strata):
+            units[y].append([i])
+    else:
+        members: dict[str, list[int]] = defaultdict(list)
+        for i, g in enumerate(groups):
+            members[g].append(i)
+        for g in sorted(members):
+            ys = [strata[i] for i in members[g]]
+            units[max(set(ys), key=lambda y: (ys.count(y), y))].append(members[g])
+    idx: list[int] = []
+    for c in sorted(units):
+        order = units[c][:]
+        rng.shuffle(order)
+        taken = 0
+        for unit in order:
+            if budget != ALL and taken >= budget:
+                break
+            idx += unit
+            taken += len(unit)
+    subset = pool.subset(sorted(idx))
+    part = carve_splits(subset, {"test": test}, classes, _strata(subset), val_fraction, 0.0, seed)
+    part.how = f"{budget} per class, seed={seed}; " + part.how
+    return part
+
+
+def _choose_metric(metric: str, kind: str, classes: list[str]) -> str:
+    if metric == "auto":
+        if kind == "medical":
+            return "auroc" if len(classes) == 2 else "balanced_accuracy"
+        return "accuracy"
+    if metric not in METRICS[:4]:
+        raise TransferkitError(f"Metric {metric!r} is unknown: choose auto, accuracy, balanced_accuracy, macro_f1 or auroc.")
+    if metric == "auroc" and (kind != "medical" or len(classes) != 2):
+        raise TransferkitError("metric auroc needs two-class medical data (--modality medical); choose accuracy, "
+                               "balanced_accuracy or macro_f1.")
+    return metric
+
+
+# ---------------------------------------------------------------------------------------------------- runs
+
+
+def _record(metrics: dict, budget, seed: int, name: str, metric: str, part, wall_s: float) -> dict[str, Any]:
+    """What the comparison keeps of one run: scores, the kept epoch's gap, and the validation curve over time."""
+    test = metrics["test"]
+    score = test["clinical"]["auroc"] if metric == "auroc" else test[metric]
+    hist = metrics["history"]
+    best = hist["epochs"][hist["best_epoch"]]
+    curve = [[e["elapsed_s"], e["val_acc"]] for e in hist["epochs"] if e.get("elapsed_s") is not None]
+    return {
+        "budget": str(budget), "seed": seed, "strategy": name, "kept": metrics["strategy"],
+        "train_n": len(part.train), "val_n": len(part.val), "labels": len(part.train) + len(part.val),
+        "labels_per_class": (len(part.train) + len(part.val)) / len(part.classes),
+        "score": score, "test_accuracy": test["accuracy"], "test_accuracy_ci": test.get("accuracy_ci"),
+        "test_macro_f1": test["macro_f1"], "test_balanced_accuracy": test.get("balanced_accuracy"),
+        "val_score": best["val_acc"], "train_score": best["train_acc"],
+        "gap": metrics["train_val_gap"]["accuracy"], "epochs": len(hist["epochs"]), "stopped": hist["stopped"],
+        "wall_s": round(wall_s, 1), "train_s": round(metrics["timings"].get("total_s", wall_s), 1), "curve": curve,
+    }
+
+
+def _run_key(budget, seed: int, name: str) -> str:
+    return f"{name}-b{budget}-s{seed}"
+
+
+def _is_main() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _save_run(out: Path, key: str, run: dict, config: dict) -> None:
+    from .bundle.io import write_json
+
+    write_json(out / "runs" / f"{key}.json", {"config": _identity(config), "run": run})
+
+
+def _identity(config: dict) -> dict:
+    """What must match for a saved run to be reused on resume."""
+    keep = ("data", "kind", "backbone", "metric", "time_per_run_s", "test_n", "pool_n", "classes", "val_fraction",
+            "split_seed", "fit_options", "image_size")
+    return {k: config[k] for k in keep}
+
+
+def _previous_runs(out: Path, config: dict) -> dict[str, dict]:
+    import json
+
+    from .console import info
+
+    found = {}
+    for f in sorted((out / "runs").glob("*.json")):
+        try:
+            saved = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue  # a damaged file is simply run again
+        if saved.get("config") == json.loads(json.dumps(_identity(config), default=str)):
+            found[f.stem] = saved["run"]
+    if found:
+        info(f"compare: resuming: {len(found)} finished run(s) in {out / 'runs'} are reused")
+    return found
+
+
+def _eta(left: list[tuple], spent: list[tuple[str, float, float]], sizes: dict[str, float],
+         cap: float | None) -> float | None:
+    """Seconds the ``left`` runs may take: each strategy's seconds per labelled example so far, times the run's
+    labels per class, at most the run's time budget (plus scoring); None before any run of a strategy ended."""
+    total = 0.0
+    for b, _, name in left:
+        mine = [(n, sec) for s, n, sec in spent if s == name]
+        if not mine:
+            return None
+        est = sum(sec for _, sec in mine) / sum(n for n, _ in mine) * sizes[str(b)]
+        total += min(est, 1.2 * cap + 15) if cap else est
+    return total
+
+
+def _duration(s: float) -> str:
+    return f"{s / 60:.1f} min" if s >= 120 else f"{s:.0f} s" if s >= 10 else f"{s:.1f} s"
+
+
+# ---------------------------------------------------------------------------------------------------- summary
+
+
+def summarise(runs: list[dict], strategies: list[str], budgets: list) -> list[dict[str, Any]]:
+    """Per budget and strategy: mean and 95% interval over seeds of the test score and of the gap."""
+    rows = []
+    for b in budgets:
+        for name in strategies:
+            sel = [r for r in runs if r["budget"] == str(b) and r["strategy"] == name]
+            if not sel:
+                continue
+            m, lo, hi = seed_interval([r["score"] for r in sel])
+            g, glo, ghi = seed_interval([r["gap"] for r in sel], bounds=(-1.0, 1.0))
+            rows.append({"budget": str(b), "strategy": name, "seeds": len(sel),
+                         "labels_per_class": float(np.mean([r["labels_per_class"] for r in sel])),
+                         "score": m, "score_lo": lo, "score_hi": hi, "gap": g, "gap_lo": glo, "gap_hi": ghi,
+                         "wall_s": float(np.mean([r["wall_s"] for r in sel])),
+                         "test_accuracy_ci": sel[0].get("test_accuracy_ci")})
+    return rows
+
+
+def _cell(summary: list[dict], budget, name: str) -> dict | None:
+    return next((r for r in summary if r["budget"] == str(budget) and r["strategy"] == name), None)
+
+
+def headlines(runs: list[dict], summary: list[dict], strategies: list[str], budgets: list,
+              metric: str) -> dict[str, Any]:
+    """The three answers, each one sentence with its numbers: time saved to reach scratch's best validation
+    score, labels per class needed to match scratch with the most labels, and the overfitting gap."""
+    if "scratch" not in strategies:
+        msg = "Add scratch to the strategies to measure what transfer saved against training from scratch."
+        return {"time": {"sentence": msg}, "labels": {"sentence": msg}, "gap": {"sentence": msg}}
+    transfer = [s for s in strategies if s != "scratch"]
+    top = budgets[-1]
+    label = metric.replace("_", " ")
+    return {"time": _time_headline(runs, transfer, top), "labels": _labels_headline(summary, transfer, budgets, label),
+            "gap": _gap_headline(summary, transfer, budgets)}
+
+
+def _reach(curve: list, target: float) -> float | None:
+    """Seconds until the validation score first reached ``target`` (1e-9 tolerance), or None."""
+    return next((t for t, v in curve if v >= target - 1e-9), None)
+
+
+def _time_headline(runs: list[dict], transfer: list[str], top) -> dict[str, Any]:
+    per = {}
+    scratch = {r["seed"]: r for r in runs if r["budget"] == str(top) and r["strategy"] == "scratch" and r["curve"]}
+    for name in transfer:
+        times, base, reached = [], [], 0
+        for r in runs:
+            if r["budget"] != str(top) or r["strategy"] != name or r["seed"] not in scratch:
+                continue
+            s = scratch[r["seed"]]
+            target = max(v for _, v in s["curve"])
+            t_scratch = _reach(s["curve"], target)
+            t_transfer = _reach(r["curve"], target)
+            base.append(t_scratch)
+            if t_transfer is not None:
+                reached += 1
+                times.append(t_transfer)
+        if base:
+            per[name] = {"seeds": len(base), "reached": reached, "scratch_s": float(np.mean(base)),
+                         "transfer_s": float(np.mean(times)) if times else None}
+    both = {k: v for k, v in per.items() if v["reached"] == v["seeds"]}
+    where = f"with {top} labels per class" if top != ALL else "with all labels"
+    if not per:
+        return {"sentence": "No run recorded a validation curve, so the time to reach scratch's best is unknown.",
+                "per_strategy": per}
+    if not both:
+        best = max(per, key=lambda k: per[k]["reached"])
+        p = per[best]
+        return {"sentence": f"No transfer strategy reached scratch's best validation score in every seed {where} "
+                            f"({best} did in {p['reached']} of {p['seeds']}): transfer saved no time here.",
+                "per_strategy": per}
+    name = min(both, key=lambda k: both[k]["transfer_s"])
+    p = both[name]
+    saved = p["scratch_s"] - p["transfer_s"]
+    ratio = p["scratch_s"] / max(p["transfer_s"], 1e-9)
+    verb = f"saved {_duration(saved)} ({ratio:.1f}x faster)" if saved > 0 else f"took {_duration(-saved)} longer"
+    return {"sentence": f"Transfer ({name}) reached scratch's best validation score in {_duration(p['transfer_s'])} "
+                        f"against scratch's {_duration(p['scratch_s'])} {where} (mean of {p['seeds']} seeds): it {verb}.",
+            "strategy": name, "saved_s": saved, "speedup": ratio, "per_strategy": per}
+
+
+def _labels_headline(summary: list[dict], transfer: list[str], budgets: list, label: str) -> dict[str, Any]:
+    top = budgets[-1]
+    ref = _cell(summary, top, "scratch")
+    if ref is None:
+        return {"sentence": "Scratch has no run at the largest budget, so there is nothing to match."}
+    need = {}
+    for name in transfer:
+        for b in budgets:
+            c = _cell(summary, b, name)
+            if c is not None and c["score"] >= ref["score"]:
+                need[name] = c
+                break
+    top_text = f"all {ref['labels_per_class']:.0f}" if top == ALL else f"{ref['labels_per_class']:.0f}"
+    if not need:
+        best = max((c for c in summary if c["strategy"] != "scratch" and c["budget"] == str(top)),
+                   key=lambda c: c["score"], default=None)
+        tail = f"; the best, {best['strategy']}, scored {best['score']:.3f}" if best else ""
+        return {"sentence": f"No transfer strategy matched scratch's test {label} of {ref['score']:.3f} with "
+                            f"{top_text} labels per class at any budget{tail}.", "scratch": ref["score"]}
+    name = min(need, key=lambda k: (need[k]["labels_per_class"], -need[k]["score"]))
+    c = need[name]
+    fewer = ref["labels_per_class"] / c["labels_per_class"]
+    return {"sentence": f"Transfer ({name}) needed {c['labels_per_class']:.0f} labels per class to match scratch "
+                        f"with {top_text} (test {label} {c['score']:.3f} vs {ref['score']:.3f}): "
+                        f"{fewer:.1f}x fewer labels.",
+            "strategy": name, "labels_per_class": c["labels_per_class"], "scratch_labels_per_class":
+            ref["labels_per_class"], "fewer": fewer, "scratch": ref["score"], "transfer": c["score"]}
+
+
+def _gap_headline(summary: list[dict], transfer: list[str], budgets: list) -> dict[str, Any]:
+    def mean_gap(name: str) -> float | None:
+        gaps = [c["gap"] for c in summary if c["strategy"] == name and c["gap"] == c["gap"]]
+        return float(np.mean(gaps)) if gaps else None
+
+    scratch = mean_gap("scratch")
+    gaps = {n: g for n in transfer if (g := mean_gap(n)) is not None}
+    if scratch is None or not gaps:
+        return {"sentence": "The train-validation gap could not be measured."}
+    name = min(gaps, key=gaps.get)
+    diff = scratch - gaps[name]
+    what = (f"{diff:.3f} smaller" + (f" ({diff / scratch:.0%} less)" if gaps[name] >= 0 < scratch else "")) \
+        if diff > 0 else f"{-diff:.3f} larger"
+    return {"sentence": f"The overfitting gap (train minus validation accuracy at the kept epoch, mean over "
+                        f"{len(budgets)} budget(s) and the seeds) was {gaps[name]:.3f} with {name} against "
+                        f"{scratch:.3f} from scratch: {what}.",
+            "strategy": name, "transfer": gaps[name], "scratch": scratch, "reduction": diff}
+
+
+def resolution_warnings(summary: list[dict], strategies: list[str], budgets: list, metric: str,
+                        test_n: int) -> list[str]:
+    """Where two strategies differ by less than the test set can resolve (the 95% Wilson half-width at their
+    score, accuracy-like metrics), say so: that difference is not shown by this test set."""
+    from .evaluation.clinical import wilson
+
+    out = []
+    if metric == "auroc":
+        return out
+    for b in budgets:
+        cells = sorted((c for c in summary if c["budget"] == str(b)), key=lambda c: -c["score"])
+        if len(cells) < 2:
+            continue
+        a, second = cells[0], cells[1]
+        p = a["score"]
+        lo, hi = wilson(round(p * test_n), test_n)
+        half = (hi - lo) / 2
+        if a["score"] - second["score"] < half:
+            out.append(f"{'with all labels' if b == ALL else f'with {b} labels per class'}, {a['strategy']} ({a['score']:.3f}) and {second['strategy']} "
+                       f"({second['score']:.3f}) differ by less than the test set's 95% interval (+-{half:.3f} with "
+                       f"{test_n} test examples): this test set cannot tell them apart")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- files
+
+
+RUN_COLUMNS = ("budget", "seed", "strategy", "kept", "labels", "labels_per_class", "train_n", "val_n", "score", "test_accuracy",
+               "test_macro_f1", "test_balanced_accuracy", "val_score", "train_score", "gap", "epochs", "stopped",
+               "wall_s")
+SUMMARY_COLUMNS = ("budget", "strategy", "seeds", "labels_per_class", "score", "score_lo", "score_hi", "gap",
+                   "gap_lo", "gap_hi", "wall_s")
+
+
+def _csv(rows: list[dict], columns: tuple) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items() if k in columns})
+    return buf.getvalue()
+
+
+def _write_results(out: Path, runs: list[dict]) -> None:
+    from .bundle.io import atomic_write_text
+
+    atomic_write_text(out / "results.csv", _csv(runs, RUN_COLUMNS))
+
+
+def write_comparison(out: Path, result: dict[str, Any]) -> dict[str, str]:
+    """``results.csv``, ``summary.csv``, ``compare.json``, the three PNGs, ``report.md`` and ``report.html``."""
+    from .bundle.io import atomic_write_text, write_json
+    from .evaluation.plots import data_efficiency_png, gap_png, time_to_accuracy_png
+
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = result["config"]
+    files = {k: str(out / v) for k, v in (("results", "results.csv"), ("summary", "summary.csv"),
+                                           ("json", "compare.json"), ("data_efficiency", "data_efficiency.png"),
+                                           ("time_to_accuracy", "time_to_accuracy.png"),
+                                           ("gap", "overfitting_gap.png"), ("markdown", "report.md"),
+                                           ("html", "report.html"))}
+    atomic_write_text(files["results"], _csv(result["runs"], RUN_COLUMNS))
+    atomic_write_text(files["summary"], _csv(result["summary"], SUMMARY_COLUMNS))
+    write_json(files["json"], result)
+    label = "AUROC" if cfg["metric"] == "auroc" else cfg["metric"].replace("_", " ")
+    data_efficiency_png(result["summary"], cfg["strategies"], Path(files["data_efficiency"]), f"test {label}")
+    top = cfg["budgets"][-1]
+    time_to_accuracy_png([r for r in result["runs"] if r["budget"] == str(top)], cfg["strategies"],
+                         Path(files["time_to_accuracy"]),
+                         f"Time to accuracy ({top} labels per class)")
+    gap_png(result["summary"], cfg["strategies"], cfg["budgets"], Path(files["gap"]))
+    atomic_write_text(files["markdown"], render_markdown(result))
+    atomic_write_text(files["html"], render_html(result, out))
+    return files
+
+
+def _f(v: Any, digits: int = 3) -> str:
+    return "-" if v is None or (isinstance(v, float) and v != v) else f"{v:.{digits}f}"
+
+
+def _summary_lines(result: dict) -> list[str]:
+    cfg = result["config"]
+    head = "| labels/class | " + " | ".join(cfg["strategies"]) + " |"
+    lines = [head, "|---" * (len(cfg["strategies"]) + 1) + "|"]
+    for b in cfg["budgets"]:
+        cells = []
+        for name in cfg["strategies"]:
+            c = _cell(result["summary"], b, name)
+            if c is None:
+                cells.append("-")
+                continue
+            ci = f" ({_f(c['score_lo'])}-{_f(c['score_hi'])})" if c["score_lo"] is not None else ""
+            cells.append(f"{_f(c['score'])}{ci}")
+        lab = cfg["labels_per_class"].get(str(b), 0)
+        lines.append(f"| {b}{f' ({lab:.0f})' if b == ALL else ''} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    cfg = result["config"]
+    label = "AUROC" if cfg["metric"] == "auroc" else cfg["metric"].replace("_", " ")
+    lines = ["# Transfer vs scratch", "",
+             f"{cfg['kind'].capitalize()} data `{cfg['data']}`, backbone {cfg['backbone'] or 'default'}; "
+             f"{len(cfg['classes'])} classes; every run scored on the same {cfg['test_n']} test examples; "
+             f"{cfg['seeds']} seed(s) per cell; {len(result['runs'])} runs in {_duration(result.get('seconds', 0))}.",
+             "", "## Headlines", ""]
+    lines += [f"- {result['headlines'][k]['sentence']}" for k in ("time", "labels", "gap")]
+    lines += ["", f"## Test {label} (mean, 95% interval over seeds)", "", *_summary_lines(result), ""]
+    if result["warnings"]:
+        lines += ["## Caution", "", *[f"- {w}" for w in result["warnings"]], ""]
+    lines += ["## Plots", "", "- `data_efficiency.png`: test score against labels per class (shaded: 95% interval).",
+              "- `time_to_accuracy.png`: best validation score so far against wall time, largest budget, each seed.",
+              "- `overfitting_gap.png`: train minus validation accuracy at the kept epoch, per budget and strategy.",
+              "", "Every run: `results.csv`; per budget and strategy: `summary.csv`.", ""]
+    return "\n".join(lines)
+
+
+def render_html(result: dict[str, Any], out: Path) -> str:
+    """A single HTML file: headlines, the summary table, the plots embedded as data URIs, every run."""
+    import base64
+    import html
+
+    cfg = result["config"]
+    e = html.escape
+
+    def img(name: str, alt: str) -> str:
+        p = out / name
+        if not p.exists():
+            return ""
+        data = base64.b64encode(p.read_bytes()).decode()
+        return f'<figure><img alt="{e(alt)}" src="data:image/png;base64,{data}"><figcaption>{e(alt)}</figcaption></figure>'
+
+    md_rows = _summary_lines(result)
+    table = ["<table><tr>" + "".join(f"<th>{e(h.strip())}</th>" for h in md_rows[0].strip("|").split("|")) + "</tr>"]
+    for row in md_rows[2:]:
+        table.append("<tr>" + "".join(f"<td>{e(c.strip())}</td>" for c in row.strip("|").split("|")) + "</tr>")
+    table.append("</table>")
+    runs = ["<table><tr>" + "".join(f"<th>{c}</th>" for c in RUN_COLUMNS) + "</tr>"]
+    for r in result["runs"]:
+        runs.append("<tr>" + "".join(f"<td>{e(_f(r.get(c)) if isinstance(r.get(c), float) else str(r.get(c)))}</td>"
+                                     for c in RUN_COLUMNS) + "</tr>")
+    runs.append("</table>")
+    label = "AUROC" if cfg["metric"] == "auroc" else cfg["metric"].replace("_", " ")
+    body = [
+        "<h1>Transfer vs scratch</h1>",
+        f"<p>{e(cfg['kind'])} data <code>{e(cfg['data'])}</code>, backbone {e(str(cfg['backbone'] or 'default'))}, "
+        f"{len(cfg['classes'])} classes; every run scored on the same {cfg['test_n']} test examples; "
+        f"{cfg['seeds']} seed(s) per cell.</p>",
+        "<h2>Headlines</h2><ul>" + "".join(f"<li>{e(result['headlines'][k]['sentence'])}</li>"
+                                           for k in ("time", "labels", "gap")) + "</ul>",
+        f"<h2>Test {e(label)}: mean (95% interval over seeds)</h2>", *table,
+        *(["<h2>Caution</h2><ul>" + "".join(f"<li>{e(w)}</li>" for w in result["warnings"]) + "</ul>"]
+          if result["warnings"] else []),
+        "<h2>Plots</h2>",
+        img("data_efficiency.png", "Data efficiency: test score against labels per class"),
+        img("time_to_accuracy.png", "Time to accuracy: best validation score so far against wall time"),
+        img("overfitting_gap.png", "Overfitting: train minus validation accuracy at the kept epoch"),
+        "<h2>Every run</h2>", *runs,
+    ]
+    style = ("body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border:1px solid #ccc;padding:3px 8px}"
+             "th{background:#f3f3f3}img{max-width:100%}figcaption{color:#555;font-size:0.9em}")
+    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>transferkit: transfer vs scratch"
+            f"</title><style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
