@@ -78,6 +78,8 @@ def test_budget_splits_take_whole_patients():
     assert all(chosen.count(g) == 3 for g in set(chosen))  # a patient is taken whole or not at all
     assert not set(part.train.groups) & set(part.val.groups)
     assert len({g for g in chosen if g.startswith("a")}) == 2  # 2 patients, 6 images: the first to reach 5
+    tiny = _budget_splits(pool, ImageSet([], [], "t", groups=[]), ["a", "b"], 2, seed=0, val_fraction=0.15)
+    assert set(tiny.val.labels) == {"a", "b"}  # one patient would fill a budget of 2, but validation needs a second
 
 
 def _run(budget, seed, strategy, score, gap, curve, labels):
@@ -109,6 +111,13 @@ def test_headlines_answer_time_labels_and_gap_with_their_numbers():
     # mean gap over budgets: linear (0.10 + 0.20) / 2 = 0.15, scratch (0.30 + 0.50) / 2 = 0.40
     assert h["gap"]["transfer"] == pytest.approx(0.15) and h["gap"]["scratch"] == pytest.approx(0.40)
     assert "0.250 smaller (62% less)" in h["gap"]["sentence"]
+
+
+def test_labels_headline_when_transfer_matches_only_with_all_labels():
+    runs = [r | {"score": 0.35} if r["strategy"] == "linear" and r["budget"] == "5" else r for r in _synthetic_runs()]
+    summary = summarise(runs, ["linear", "scratch"], [5, ALL])
+    h = headlines(runs, summary, ["linear", "scratch"], [5, ALL], "accuracy")
+    assert h["labels"]["fewer"] == 1.0 and "no labels saved" in h["labels"]["sentence"]
 
 
 def test_headlines_say_when_transfer_did_not_pay_off():
@@ -165,6 +174,29 @@ def test_compare_end_to_end_writes_csv_plots_html_and_resumes(tmp_path, tiny_bac
     assert [r["score"] for r in again["runs"]] == [r["score"] for r in result["runs"]]
 
 
+def test_a_failing_run_is_reported_and_the_rest_go_on(tmp_path, tiny_backbone, monkeypatch):
+    import transferkit
+    import transferkit.api
+
+    root = tmp_path / "colours"
+    write_colour_images(root / "train", 6, seed=1)
+    write_colour_images(root / "test", 3, seed=2)
+    real = transferkit.api.fit
+
+    def flaky(data, **kw):
+        if kw["strategy"] == "scratch" and kw["seed"] == 1:
+            raise TransferkitError("out of patience")
+        return real(data, **kw)
+
+    monkeypatch.setattr(transferkit.api, "fit", flaky)
+    out = tmp_path / "cmp"
+    result = transferkit.compare(root, budgets="all", seeds=2, strategies="linear,scratch", backbone=tiny_backbone,
+                                 out=out, epochs=1)
+    assert len(result["runs"]) == 3 and result["failed"][0]["failed"] == "out of patience"
+    assert "## Failed runs" in (out / "report.md").read_text()
+    assert not (out / "runs" / "scratch-ball-s1.json").exists()  # --resume tries it again
+
+
 def test_compare_refuses_bad_options_before_training(tmp_path, tiny_backbone):
     import transferkit
 
@@ -209,11 +241,14 @@ def test_macro_f1_bootstrap_matches_sklearn_resample_by_resample():
     pred = np.where(rng.random(120) < 0.7, y, rng.integers(0, 4, 120))
     lo, hi = bootstrap_macro_f1(y, pred, 4, n_boot=300, chunk=300)
     idx = np.random.default_rng(0).integers(0, 120, (300, 120))
-    ref = [f1_score(y[i], pred[i], labels=range(4), average="macro", zero_division=0) for i in idx]
+    ref = [f1_score(y[i], pred[i], average="macro", zero_division=0) for i in idx]  # classes the resample holds
     assert [lo, hi] == pytest.approx(list(np.percentile(ref, [2.5, 97.5])))
     assert lo < f1_score(y, pred, average="macro") < hi
     m = classification_metrics(y, np.eye(4)[pred], list("abcd"))
     assert m["macro_f1_ci"][0] < m["macro_f1"] < m["macro_f1_ci"][1]
+    rare = np.array([0] * 40 + [1] * 40 + [2] * 2)  # a rare class predicted right is not punished when left out
+    lo, hi = bootstrap_macro_f1(rare, rare.copy(), 3)
+    assert lo == hi == 1.0
     multi_true = rng.random((80, 3)) < 0.4
     multi_pred = np.where(rng.random((80, 3)) < 0.8, multi_true, ~multi_true)
     lo, hi = bootstrap_micro_f1(multi_true, multi_pred)

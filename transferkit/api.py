@@ -100,7 +100,8 @@ def fit(
     :class:`~transferkit.bundle.detection.DetectionModel`; ``image_size`` is the longer image side.
 
     Several backbones (a list, or ``"a,b,c"``): each is scored on the training and validation data by
-    :func:`transferkit.rank` (LogME on frozen features, seconds per backbone) and the best-ranked one is trained;
+    :func:`transferkit.rank` (LogME on frozen features, seconds per backbone) and the best-ranked one is trained
+    (``budget`` then counts from the end of the ranking);
     the ranking is kept in the metrics, the report and the model card. ``scratch_baseline=True`` also trains the
     same architecture from random weights on the same splits and budget, and scores it on the same test set:
     the report and the model card then show the comparison with scratch.
@@ -129,7 +130,7 @@ def fit(
     from .evaluation.report import train_val_gap, write_run_report
     from .strategies import TrainTask, create_strategy
 
-    t_start, wall_start = time.monotonic(), time.time()
+    t_start = time.monotonic()
     seconds = parse_budget(budget)
     several = _backbone_list(backbone)
     if several is None and isinstance(backbone, (list, tuple)):  # one backbone given as a list
@@ -183,12 +184,14 @@ def fit(
         from .ranking import rank
 
         t = time.monotonic()
-        ranking = rank(data, several, seed=seed, skip_bad=skip_bad, image_size=image_size, precision=precision,
+        ranking = rank(data, several, seed=seed, skip_bad=skip_bad, image_size=image_size, precision=precision, arch=arch,
                        val_fraction=val_fraction, test_fraction=test_fraction, modality="medical" if medical else modality,
                        labels=labels, text_options=text_opts, max_length=max_length, clip_seconds=clip_seconds,
                        window=window, slices=slices, patient_column=patient_column)
         backbone = ranking["ranking"][0]
         timings["rank_s"] = time.monotonic() - t
+        if seconds is not None:  # the budget is for training the chosen backbone; ranking comes on top
+            deadline = time.monotonic() + seconds
         info(f"backbone: {backbone} ranks first of {len(several)} by LogME")
 
     t = time.monotonic()
@@ -224,12 +227,14 @@ def fit(
     task = TrainTask(spec=bb.spec, backbone=bb, train=dec["train"], val=dec["val"], classes=splits.classes,
                      accelerator=accelerator, seed=seed, deadline=deadline, work_dir=work_dir,
                      balance=(balance or "weights") if medical else "none", balanced=medical)
+    wall_start, train_t0 = time.time(), time.monotonic()  # time-to-accuracy counts from here (probe features included)
     result = strat.fit(task)
     timings.update(result.timings)
     baseline_model = None
     if scratch_baseline and not result.strategy.startswith("scratch"):
         t = time.monotonic()
-        base_task = dataclasses.replace(task, deadline=time.monotonic() + seconds if seconds is not None else None,
+        # the same training time the strategy had (its budget less the loading before training)
+        base_task = dataclasses.replace(task, deadline=time.monotonic() + (deadline - train_t0) if deadline else None,
                                         work_dir=work_dir / "scratch" if work_dir is not None else None)
         epochs = {"epochs": strategy_options["epochs"]} if "epochs" in strategy_options else {}
         base = create_strategy("scratch", modality, getattr(bb, "profile", modality), **epochs).fit(base_task)
@@ -260,12 +265,13 @@ def fit(
     baseline = None
     if baseline_model is not None:
         baseline = _scratch_comparison(baseline_model, dec[scored], scores[scored], scored, splits.classes, multi_label,
-                                       precision, timings["scratch_baseline_s"], model.clinical)
+                                       precision, timings["scratch_baseline_s"], clinical is not None and
+                                       len(splits.classes) == 2)
     timings["evaluate_s"] = time.monotonic() - t
     timings["total_s"] = time.monotonic() - t_start
 
     history = result.history.to_dict()
-    for e in history["epochs"]:  # seconds since this call began (time-to-accuracy); None for epochs before a resume
+    for e in history["epochs"]:  # seconds since training began (time-to-accuracy); None for epochs before a resume
         done = e.pop("finished_at", 0.0) - wall_start
         e["elapsed_s"] = round(done, 2) if done >= 0 else None
     data_summary = splits.summary()
@@ -345,8 +351,12 @@ def _backbone_list(backbone: Any) -> list[str] | None:
 
 
 def _scratch_comparison(baseline: TransferModel, encoded: Any, scored_metrics: dict, part: str, classes: list[str],
-                        multi_label: bool, precision: str, seconds: float, clinical: dict | None) -> dict[str, Any]:
-    """The scratch baseline scored on the same set as the model: its scores, and the model's lead over it."""
+                        multi_label: bool, precision: str, seconds: float, binary_medical: bool) -> dict[str, Any]:
+    """The scratch baseline scored on the same set as the model: its scores, and the model's lead over it.
+
+    Accuracy (micro-F1 for multi-label) is compared; for two-class medical data AUROC, which needs no threshold
+    (the model's threshold and calibration were tuned for it, the baseline's were not). ``resolved`` says whether
+    the lead is larger than half the test set's 95% interval."""
     from .evaluation.metrics import classification_metrics, multilabel_metrics
     from .evaluation.report import train_val_gap
 
@@ -354,17 +364,21 @@ def _scratch_comparison(baseline: TransferModel, encoded: Any, scored_metrics: d
     y = encoded.targets.numpy()
     m = multilabel_metrics(y, probs, classes) if multi_label else classification_metrics(y, probs, classes)
     key = "micro_f1" if multi_label else "accuracy"
-    history = baseline.meta["history"]
-    out = {"set": part, "metric": key, "score": m[key], "score_ci": m.get("accuracy_ci") if key == "accuracy" else None,
-           "macro_f1": m["macro_f1"], "model_score": scored_metrics[key], "lead": scored_metrics[key] - m[key],
-           "seconds": round(seconds, 1), "epochs": len(history["epochs"]), "stopped": history["stopped"],
-           "train_val_gap": train_val_gap(history)["accuracy"]}
-    if clinical and clinical.get("positive") is not None and not multi_label:
+    score, model_score, ci = m[key], scored_metrics[key], m.get(f"{key}_ci")
+    model_ci = scored_metrics.get(f"{key}_ci")
+    if binary_medical:
         from .evaluation.clinical import auroc
 
-        k = classes.index(clinical["positive"])
-        out["auroc"] = auroc(y == k, probs[:, k])
-    return out
+        c = scored_metrics["clinical"]
+        k = classes.index(c["positive"])
+        key, score, model_score, ci, model_ci = "auroc", auroc(y == k, probs[:, k]), c["auroc"], None, c.get("auroc_ci")
+    history = baseline.meta["history"]
+    lead = model_score - score if score is not None and model_score is not None else None
+    half = (model_ci[1] - model_ci[0]) / 2 if model_ci else None
+    return {"set": part, "metric": key, "score": score, "score_ci": ci, "macro_f1": m["macro_f1"],
+            "model_score": model_score, "lead": lead, "resolved": None if lead is None or half is None else abs(lead) > half,
+            "half_width": half, "seconds": round(seconds, 1), "epochs": len(history["epochs"]),
+            "stopped": history["stopped"], "train_val_gap": train_val_gap(history)["accuracy"]}
 
 
 def _has_boxes(data: Any) -> bool:

@@ -70,7 +70,7 @@ def fit(
     positive: Optional[str] = typer.Option(None, help="Medical, two classes: the positive class (the finding). Default: the class not named normal/healthy/negative/benign/0, else the rarer one."),
     threshold: Optional[str] = typer.Option(None, help="Medical, two classes: the operating threshold on the positive probability: youden (default, tuned on validation), sensitivity=0.95, specificity=0.9, or a number."),
     balance: Optional[str] = typer.Option(None, help="Medical: weights (class-weighted loss, default), sampler (classes drawn equally often) or none."),
-    scratch_baseline: bool = typer.Option(False, "--scratch-baseline", help="Also train the same architecture from random weights on the same splits and budget; the report and model card compare the two."),
+    scratch_baseline: bool = typer.Option(False, "--scratch-baseline", help="Also train the same architecture from random weights on the same splits and training time (so the run takes about twice as long); the report and model card compare the two."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics summary as JSON on stdout."),
 ) -> None:
     """Train on DATA and write a bundle, metrics, plots and a report to --out."""
@@ -396,6 +396,11 @@ def compare(
     epochs: Optional[int] = typer.Option(None, help="Maximum epochs of each run (default: each strategy's own)."),
     image_size: Optional[int] = typer.Option(None, help="Override the backbone's input resolution (smaller trains faster on a CPU)."),
     modality: str = typer.Option("auto", help="auto, image, text, audio or medical, as for fit."),
+    max_length: Optional[int] = typer.Option(None, help="Texts: override the encoder's token limit (shorter trains faster)."),
+    text_column: Optional[str] = typer.Option(None, help="Texts: the column holding the text, as for fit."),
+    label_column: Optional[str] = typer.Option(None, help="Texts: the column holding the label, as for fit."),
+    patient_column: Optional[str] = typer.Option(None, help="Medical: the manifest column of patient ids, as for fit; budgets then draw whole patients."),
+    precision: str = typer.Option("auto", help="auto, bf16, fp16 or no, as for fit."),
     seed: int = typer.Option(0, help="Seed of the fixed test split (when the data have none)."),
     resume: bool = typer.Option(False, help="Reuse the runs an interrupted comparison in --out already finished."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable files with a warning."),
@@ -407,8 +412,10 @@ def compare(
     try:
         result = compare_api(str(data), budgets=budgets, seeds=seeds, strategies=strategies, backbone=backbone,
                              metric=metric, time_per_run=time_per_run, out=out, resume=resume, seed=seed,
-                             skip_bad=skip_bad, image_size=image_size, modality=modality,
-                             **({"epochs": epochs} if epochs is not None else {}))
+                             skip_bad=skip_bad, image_size=image_size, modality=modality, precision=precision,
+                             **{k: v for k, v in (("epochs", epochs), ("max_length", max_length),
+                                                  ("text_column", text_column), ("label_column", label_column),
+                                                  ("patient_column", patient_column)) if v is not None})
     except TransferkitError as err:
         _fail(err)
     if as_json:
@@ -418,7 +425,8 @@ def compare(
 
     for key in ("time", "labels", "gap"):
         console.print(f"- {result['headlines'][key]['sentence']}", highlight=False, markup=False)
-    console.print(f"report: {result['files']['html']}", highlight=False, markup=False)
+    if "files" in result:  # only the main process writes
+        console.print(f"report: {result['files']['html']}", highlight=False, markup=False)
 
 
 @app.command()

@@ -16,7 +16,7 @@ plots are embedded, so it opens from disk anywhere), and the three headline sent
 
 The interval over seeds is Student's t on the seeds' means (with 3 seeds, mean +- 4.3 standard errors): it
 covers the variation from which examples were labelled and from training, but not the test set's own sampling
-error, which the report states separately (Wilson interval of the best accuracy).
+error, which the report states separately (Wilson at the best score; for AUROC its bootstrap interval).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import math
 import random
 import time
@@ -122,15 +123,27 @@ def compare(data: Any, *, budgets: str | list = (5, 10, 25, 50, ALL), seeds: int
     if test is None or len(test) == 0:
         raise TransferkitError("compare needs a test set: give a test/ folder or split column, or a test_fraction > 0.")
     budget_list, sizes = _resolve_budgets(budget_list, pool, splits.classes)
-    config = {"data": str(data) if isinstance(data, (str, Path)) else type(data).__name__, "kind": kind,
+    from .api import _backbone_list
+
+    ranking = None
+    if (several := _backbone_list(backbone)) is not None:  # rank once, on the pool: every run uses one backbone
+        from .ranking import rank
+
+        ranking = rank(data, several, seed=seed, skip_bad=skip_bad, image_size=image_size, precision=precision,
+                       val_fraction=val_fraction, test_fraction=test_fraction, modality=kind)
+        backbone = ranking["ranking"][0]
+        info(f"compare: {backbone} ranks first of {len(several)} by LogME; every run uses it")
+    config = {"data": str(Path(data).resolve()) if isinstance(data, (str, Path)) else type(data).__name__, "kind": kind,
               "backbone": backbone, "strategies": names, "budgets": budget_list, "labels_per_class": sizes,
               "seeds": seeds, "metric": metric, "time_per_run_s": run_seconds, "test_n": len(test),
               "pool_n": len(pool), "classes": splits.classes, "val_fraction": val_fraction, "split_seed": seed,
-              "fit_options": {k: v for k, v in fit_options.items()}, "image_size": image_size}
+              "fit_options": {k: v for k, v in fit_options.items()}, "image_size": image_size,
+              "precision": precision, "skip_bad": skip_bad, "test_fraction": test_fraction,
+              "ranking": ranking["ranking"] if ranking else None}
     out_dir = Path(out) if out is not None else None
     done = _previous_runs(out_dir, config) if resume and out_dir is not None else {}
     plan = [(b, s, name) for b in budget_list for s in range(seeds) for name in names]
-    runs, t0, spent = [], time.monotonic(), []
+    runs, failed, t0, spent = [], [], time.monotonic(), []
     for i, (b, s, name) in enumerate(plan, 1):
         key = _run_key(b, s, name)
         if key in done:
@@ -141,18 +154,29 @@ def compare(data: Any, *, budgets: str | list = (5, 10, 25, 50, ALL), seeds: int
              + (f", about {_duration(eta)} left" if eta else ""))
         part = _budget_splits(pool, test, splits.classes, b, s, val_fraction)
         started = time.monotonic()
-        model = fit(part, backbone=backbone, strategy=name, budget=run_seconds, seed=s, precision=precision,
-                    image_size=image_size, modality=kind, skip_bad=skip_bad, **_fit_passthrough(fit_options, kind))
-        spent.append((name, sizes[str(b)], time.monotonic() - started))
-        run = _record(model.metrics, b, s, name, metric, part, spent[-1][2])
+        try:
+            model = fit(part, backbone=backbone, strategy=name, budget=run_seconds, seed=s, precision=precision,
+                        image_size=image_size, modality=kind, skip_bad=skip_bad,
+                        **_run_options(name, fit_options, kind))
+        except TransferkitError as err:  # one run's failure is recorded; the comparison goes on
+            warn(f"compare: {name}, {b} labels per class, seed {s} failed: {err}")
+            run = {"budget": str(b), "seed": s, "strategy": name, "failed": str(err)}
+        else:
+            spent.append((name, sizes[str(b)], time.monotonic() - started))
+            run = _record(model, b, s, name, metric, part, spent[-1][2])
+        if "failed" in run:
+            failed.append(run)
+            continue
         runs.append(run)
-        if out_dir is not None and _is_main():
+        if out_dir is not None and _is_main():  # a failed run is not saved: --resume tries it again
             _save_run(out_dir, key, run, config)
             _write_results(out_dir, runs)
+    if not runs:
+        raise TransferkitError(f"Every run failed; the first: {failed[0]['failed']}")
     summary = summarise(runs, names, budget_list)
-    result: dict[str, Any] = {"config": config, "runs": runs, "summary": summary,
+    result: dict[str, Any] = {"config": config, "runs": runs, "summary": summary, "failed": failed,
                               "headlines": headlines(runs, summary, names, budget_list, metric),
-                              "warnings": resolution_warnings(summary, names, budget_list, metric, len(test)),
+                              "warnings": resolution_warnings(summary, names, budget_list, metric, len(test), runs),
                               "seconds": round(time.monotonic() - t0, 1)}
     for w in result["warnings"]:
         warn(w)
@@ -169,7 +193,7 @@ def _load(data, modality, skip_bad, val_fraction, test_fraction, seed, fit_optio
     from .data.sources import detect_kind, load_splits
     from .data.text import TextOptions, is_text_source, load_text_splits
 
-    opts = TextOptions(fit_options.get("text_column"), fit_options.get("label_column"), None,
+    opts = TextOptions(fit_options.get("text_column"), fit_options.get("label_column"), fit_options.get("label_sep"),
                        fit_options.get("encoding", "utf-8"), skip_bad)
     if modality not in ("auto", "image", "text", "audio", "medical"):
         raise TransferkitError(f"Modality {modality!r} is unknown: choose auto, image, text, audio or medical.")
@@ -186,10 +210,18 @@ def _load(data, modality, skip_bad, val_fraction, test_fraction, seed, fit_optio
     return splits, kind
 
 
-def _fit_passthrough(options: dict, kind: str) -> dict:
-    """Options for each fit: text columns are already applied by the loader; the rest go through."""
-    drop = ("text_column", "label_column", "encoding") if kind == "text" else ()
-    return {k: v for k, v in options.items() if k not in drop}
+def _run_options(strategy: str, options: dict, kind: str) -> dict:
+    """Options for one run's fit: text columns are already applied by the loader; the linear probe extracts its
+    features afresh (a cache warmed by an earlier budget would make it look faster than it is); ``epochs`` caps
+    auto through its ``max_epochs``."""
+    # the loader applied these already (text columns; patient ids are in the splits' groups)
+    drop = ("text_column", "label_column", "encoding", "label_sep", "patient_column")
+    out = {k: v for k, v in options.items() if k not in drop}
+    if strategy == "linear":
+        out.setdefault("cache", False)
+    if strategy == "auto" and "epochs" in out:
+        out["max_epochs"] = out.pop("epochs")
+    return out
 
 
 def _concat(a, b):
@@ -230,8 +262,9 @@ def _resolve_budgets(budgets: list, pool, classes: list[str]) -> tuple[list, dic
 
 
 def _budget_splits(pool, test, classes: list[str], budget, seed: int, val_fraction: float):
-    """``budget`` labelled examples per class (whole patients for grouped data), nested across budgets for one
-    seed, then a stratified validation split of them; the fixed test set as given."""
+    """``budget`` labelled examples per class (whole patients for grouped data, and then at least two patients a
+    class so that validation gets one), nested across budgets for one seed, then a stratified validation split of
+    them; the fixed test set as given."""
     from .data.sources import carve_splits
 
     strata = _strata(pool)
@@ -252,12 +285,14 @@ def _budget_splits(pool, test, classes: list[str], budget, seed: int, val_fracti
     for c in sorted(units):
         order = units[c][:]
         rng.shuffle(order)
-        taken = 0
+        taken = units_taken = 0
         for unit in order:
-            if budget != ALL and taken >= budget:
+            # grouped data: at least 2 patients per class, one for training and one for validation
+            if budget != ALL and taken >= budget and (groups is None or units_taken >= 2):
                 break
             idx += unit
             taken += len(unit)
+            units_taken += 1
     subset = pool.subset(sorted(idx))
     part = carve_splits(subset, {"test": test}, classes, _strata(subset), val_fraction, 0.0, seed)
     part.how = f"{budget} per class, seed={seed}; " + part.how
@@ -280,9 +315,15 @@ def _choose_metric(metric: str, kind: str, classes: list[str]) -> str:
 # ---------------------------------------------------------------------------------------------------- runs
 
 
-def _record(metrics: dict, budget, seed: int, name: str, metric: str, part, wall_s: float) -> dict[str, Any]:
-    """What the comparison keeps of one run: scores, the kept epoch's gap, and the validation curve over time."""
+def _record(model, budget, seed: int, name: str, metric: str, part, wall_s: float) -> dict[str, Any]:
+    """What the comparison keeps of one run: scores, the overfitting gap, and the validation curve over time.
+
+    The gap is the kept model's accuracy on its own training examples, read like the test set (no augmentation,
+    dropout or label smoothing, after training), minus its validation accuracy: the training accuracy a training
+    loop records is taken on augmented batches while the weights move, which differs between strategies."""
+    metrics = model.metrics
     test = metrics["test"]
+    clean_train = model.evaluate(part.train)["accuracy"]
     score = test["clinical"]["auroc"] if metric == "auroc" else test[metric]
     hist = metrics["history"]
     best = hist["epochs"][hist["best_epoch"]]
@@ -293,8 +334,9 @@ def _record(metrics: dict, budget, seed: int, name: str, metric: str, part, wall
         "labels_per_class": (len(part.train) + len(part.val)) / len(part.classes),
         "score": score, "test_accuracy": test["accuracy"], "test_accuracy_ci": test.get("accuracy_ci"),
         "test_macro_f1": test["macro_f1"], "test_balanced_accuracy": test.get("balanced_accuracy"),
-        "val_score": best["val_acc"], "train_score": best["train_acc"],
-        "gap": metrics["train_val_gap"]["accuracy"], "epochs": len(hist["epochs"]), "stopped": hist["stopped"],
+        "val_score": best["val_acc"], "train_score": clean_train, "val_accuracy": metrics["val"]["accuracy"],
+        "gap": clean_train - metrics["val"]["accuracy"], "test_auroc_ci": test.get("clinical", {}).get("auroc_ci"),
+        "epochs": len(hist["epochs"]), "stopped": hist["stopped"],
         "wall_s": round(wall_s, 1), "train_s": round(metrics["timings"].get("total_s", wall_s), 1), "curve": curve,
     }
 
@@ -317,27 +359,42 @@ def _save_run(out: Path, key: str, run: dict, config: dict) -> None:
 
 def _identity(config: dict) -> dict:
     """What must match for a saved run to be reused on resume."""
+    from .bundle.io import _jsonable
+
     keep = ("data", "kind", "backbone", "metric", "time_per_run_s", "test_n", "pool_n", "classes", "val_fraction",
-            "split_seed", "fit_options", "image_size")
-    return {k: config[k] for k in keep}
+            "split_seed", "fit_options", "image_size", "precision", "skip_bad", "test_fraction")
+    return json.loads(json.dumps({k: config[k] for k in keep}, default=_jsonable))  # as a saved run holds it
 
 
 def _previous_runs(out: Path, config: dict) -> dict[str, dict]:
-    import json
+    from .console import info, warn
 
-    from .console import info
-
-    found = {}
+    found, other = {}, 0
+    identity = _identity(config)
     for f in sorted((out / "runs").glob("*.json")):
         try:
             saved = json.loads(f.read_text())
         except (OSError, ValueError):
             continue  # a damaged file is simply run again
-        if saved.get("config") == json.loads(json.dumps(_identity(config), default=str)):
+        if saved.get("config") == identity:
             found[f.stem] = saved["run"]
+        else:
+            other += 1
     if found:
         info(f"compare: resuming: {len(found)} finished run(s) in {out / 'runs'} are reused")
+    if other:
+        changed = sorted({k for f in (out / "runs").glob("*.json") for k, v in
+                          _saved_config(f).items() if identity.get(k) != v})
+        warn(f"compare: {other} saved run(s) in {out / 'runs'} had other settings ({', '.join(changed) or 'unknown'}) "
+             "and are run again")
     return found
+
+
+def _saved_config(f: Path) -> dict:
+    try:
+        return json.loads(f.read_text()).get("config") or {}
+    except (OSError, ValueError):
+        return {}
 
 
 def _eta(left: list[tuple], spent: list[tuple[str, float, float]], sizes: dict[str, float],
@@ -464,6 +521,11 @@ def _labels_headline(summary: list[dict], transfer: list[str], budgets: list, la
     name = min(need, key=lambda k: (need[k]["labels_per_class"], -need[k]["score"]))
     c = need[name]
     fewer = ref["labels_per_class"] / c["labels_per_class"]
+    if c["budget"] == str(top):
+        return {"sentence": f"Transfer ({name}) matched scratch's test {label} ({c['score']:.3f} vs {ref['score']:.3f}) "
+                            f"only with {top_text} labels per class, as many as scratch: no labels saved.",
+                "strategy": name, "labels_per_class": c["labels_per_class"], "scratch_labels_per_class":
+                ref["labels_per_class"], "fewer": 1.0, "scratch": ref["score"], "transfer": c["score"]}
     return {"sentence": f"Transfer ({name}) needed {c['labels_per_class']:.0f} labels per class to match scratch "
                         f"with {top_text} (test {label} {c['score']:.3f} vs {ref['score']:.3f}): "
                         f"{fewer:.1f}x fewer labels.",
@@ -473,7 +535,8 @@ def _labels_headline(summary: list[dict], transfer: list[str], budgets: list, la
 
 def _gap_headline(summary: list[dict], transfer: list[str], budgets: list) -> dict[str, Any]:
     def mean_gap(name: str) -> float | None:
-        gaps = [c["gap"] for c in summary if c["strategy"] == name and c["gap"] == c["gap"]]
+        # a model no better on its training data than on validation does not overfit: below zero counts as zero
+        gaps = [max(c["gap"], 0.0) for c in summary if c["strategy"] == name and c["gap"] == c["gap"]]
         return float(np.mean(gaps)) if gaps else None
 
     scratch = mean_gap("scratch")
@@ -484,33 +547,48 @@ def _gap_headline(summary: list[dict], transfer: list[str], budgets: list) -> di
     diff = scratch - gaps[name]
     what = (f"{diff:.3f} smaller" + (f" ({diff / scratch:.0%} less)" if gaps[name] >= 0 < scratch else "")) \
         if diff > 0 else f"{-diff:.3f} larger"
-    return {"sentence": f"The overfitting gap (train minus validation accuracy at the kept epoch, mean over "
-                        f"{len(budgets)} budget(s) and the seeds) was {gaps[name]:.3f} with {name} against "
+    return {"sentence": f"The overfitting gap (the kept model's accuracy on its training examples minus on "
+                        f"validation, both read without augmentation; mean over {len(budgets)} budget(s) and the "
+                        f"seeds) was {gaps[name]:.3f} with {name} against "
                         f"{scratch:.3f} from scratch: {what}.",
             "strategy": name, "transfer": gaps[name], "scratch": scratch, "reduction": diff}
 
 
-def resolution_warnings(summary: list[dict], strategies: list[str], budgets: list, metric: str,
-                        test_n: int) -> list[str]:
-    """Where two strategies differ by less than the test set can resolve (the 95% Wilson half-width at their
-    score, accuracy-like metrics), say so: that difference is not shown by this test set."""
+def test_half_width(cell: dict, metric: str, test_n: int, runs: list[dict] | None = None) -> float | None:
+    """Half the width of the test set's own 95% interval at a cell's score: Wilson for accuracy-like metrics
+    (an approximation for macro-F1 and balanced accuracy), the runs' bootstrap intervals for AUROC."""
     from .evaluation.clinical import wilson
 
-    out = []
     if metric == "auroc":
-        return out
+        cis = [r["test_auroc_ci"] for r in runs or [] if r["budget"] == cell["budget"] and
+               r["strategy"] == cell["strategy"] and r.get("test_auroc_ci")]
+        return float(np.mean([(hi - lo) / 2 for lo, hi in cis])) if cis else None
+    lo, hi = wilson(round(cell["score"] * test_n), test_n)
+    return (hi - lo) / 2
+
+
+def resolution_warnings(summary: list[dict], strategies: list[str], budgets: list, metric: str,
+                        test_n: int, runs: list[dict] | None = None) -> list[str]:
+    """Where two strategies differ by less than the test set can resolve (:func:`test_half_width` at the better
+    score), say so: that difference is not shown by this test set. Checked per budget for the two best
+    strategies and for the best transfer strategy against scratch, the pairs the report and headlines compare."""
+    out = []
     for b in budgets:
         cells = sorted((c for c in summary if c["budget"] == str(b)), key=lambda c: -c["score"])
-        if len(cells) < 2:
-            continue
-        a, second = cells[0], cells[1]
-        p = a["score"]
-        lo, hi = wilson(round(p * test_n), test_n)
-        half = (hi - lo) / 2
-        if a["score"] - second["score"] < half:
-            out.append(f"{'with all labels' if b == ALL else f'with {b} labels per class'}, {a['strategy']} ({a['score']:.3f}) and {second['strategy']} "
-                       f"({second['score']:.3f}) differ by less than the test set's 95% interval (+-{half:.3f} with "
-                       f"{test_n} test examples): this test set cannot tell them apart")
+        pairs = [(cells[0], cells[1])] if len(cells) > 1 else []
+        scratch = next((c for c in cells if c["strategy"] == "scratch"), None)
+        transfer = next((c for c in cells if c["strategy"] != "scratch"), None)
+        if scratch is not None and transfer is not None:
+            pair = (transfer, scratch) if transfer["score"] >= scratch["score"] else (scratch, transfer)
+            if pair not in pairs:
+                pairs.append(pair)
+        for a, second in pairs:
+            half = test_half_width(a, metric, test_n, runs)
+            if half is not None and a["score"] - second["score"] < half:
+                where = "with all labels" if b == ALL else f"with {b} labels per class"
+                out.append(f"{where}, {a['strategy']} ({a['score']:.3f}) and {second['strategy']} "
+                           f"({second['score']:.3f}) differ by less than the test set's 95% interval (+-{half:.3f} "
+                           f"with {test_n} test examples): this test set cannot tell them apart")
     return out
 
 
@@ -588,6 +666,20 @@ def _summary_lines(result: dict) -> list[str]:
     return lines
 
 
+def _test_note(result: dict[str, Any]) -> str:
+    """The test set's own uncertainty, which the interval over seeds does not include."""
+    cfg = result["config"]
+    top = [c for c in result["summary"] if c["budget"] == str(cfg["budgets"][-1])]
+    if not top:
+        return ""
+    best = max(top, key=lambda c: c["score"])
+    half = test_half_width(best, cfg["metric"], cfg["test_n"], result["runs"])
+    if half is None:
+        return ""
+    return (f"The interval over seeds covers which examples were labelled and the training's randomness; the test "
+            f"set's own sampling adds about +-{half:.3f} at {best['score']:.3f} ({cfg['test_n']} test examples).")
+
+
 def render_markdown(result: dict[str, Any]) -> str:
     cfg = result["config"]
     label = "AUROC" if cfg["metric"] == "auroc" else cfg["metric"].replace("_", " ")
@@ -597,12 +689,16 @@ def render_markdown(result: dict[str, Any]) -> str:
              f"{cfg['seeds']} seed(s) per cell; {len(result['runs'])} runs in {_duration(result.get('seconds', 0))}.",
              "", "## Headlines", ""]
     lines += [f"- {result['headlines'][k]['sentence']}" for k in ("time", "labels", "gap")]
-    lines += ["", f"## Test {label} (mean, 95% interval over seeds)", "", *_summary_lines(result), ""]
+    lines += ["", f"## Test {label} (mean, 95% interval over seeds)", "", *_summary_lines(result), "",
+              _test_note(result), ""]
+    if result.get("failed"):
+        lines += ["## Failed runs", "", *[f"- {r['strategy']}, {r['budget']} labels per class, seed {r['seed']}: "
+                                          f"{r['failed']}" for r in result["failed"]], ""]
     if result["warnings"]:
         lines += ["## Caution", "", *[f"- {w}" for w in result["warnings"]], ""]
     lines += ["## Plots", "", "- `data_efficiency.png`: test score against labels per class (shaded: 95% interval).",
               "- `time_to_accuracy.png`: best validation score so far against wall time, largest budget, each seed.",
-              "- `overfitting_gap.png`: train minus validation accuracy at the kept epoch, per budget and strategy.",
+              "- `overfitting_gap.png`: the kept model's accuracy on its training examples minus on validation (no augmentation), per budget and strategy.",
               "", "Every run: `results.csv`; per budget and strategy: `summary.csv`.", ""]
     return "\n".join(lines)
 
@@ -640,13 +736,16 @@ def render_html(result: dict[str, Any], out: Path) -> str:
         f"{cfg['seeds']} seed(s) per cell.</p>",
         "<h2>Headlines</h2><ul>" + "".join(f"<li>{e(result['headlines'][k]['sentence'])}</li>"
                                            for k in ("time", "labels", "gap")) + "</ul>",
-        f"<h2>Test {e(label)}: mean (95% interval over seeds)</h2>", *table,
+        f"<h2>Test {e(label)}: mean (95% interval over seeds)</h2>", *table, f"<p>{e(_test_note(result))}</p>",
+        *(["<h2>Failed runs</h2><ul>" + "".join(
+            f"<li>{e(r['strategy'])}, {e(r['budget'])} labels per class, seed {r['seed']}: {e(r['failed'])}</li>"
+            for r in result["failed"]) + "</ul>"] if result.get("failed") else []),
         *(["<h2>Caution</h2><ul>" + "".join(f"<li>{e(w)}</li>" for w in result["warnings"]) + "</ul>"]
           if result["warnings"] else []),
         "<h2>Plots</h2>",
         img("data_efficiency.png", "Data efficiency: test score against labels per class"),
         img("time_to_accuracy.png", "Time to accuracy: best validation score so far against wall time"),
-        img("overfitting_gap.png", "Overfitting: train minus validation accuracy at the kept epoch"),
+        img("overfitting_gap.png", "Overfitting: training minus validation accuracy of the kept model, read without augmentation"),
         "<h2>Every run</h2>", *runs,
     ]
     style = ("body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}"

@@ -27,12 +27,13 @@ def rank(data: Any, backbones: list[str], *, validate: bool = False, strategy: s
          test_fraction: float = 0.2, modality: str = "auto", labels: list[Any] | None = None,
          text_options: Any = None, max_length: int | None = None, clip_seconds: float | None = None,
          window: str | None = None, slices: str | None = None, patient_column: str | None = None,
-         **validate_options: Any) -> dict[str, Any]:
+         arch: str | None = None, **validate_options: Any) -> dict[str, Any]:
     """Score each of ``backbones`` on ``data`` (any classification data :func:`transferkit.fit` takes) and rank
     them by LogME. Returns ``{"rows": [...], "ranking": [...], "validation": {...}}`` and, with ``out``, writes
     ``rank.json`` and ``rank.md`` there. Only the training and validation splits are read (split as
-    :func:`transferkit.fit` splits them with the same ``seed`` and fractions), so the test set stays unseen; the
-    loader options (``modality``, ``text_options``, ``window`` ...) mean what they mean for ``fit``.
+    :func:`transferkit.fit` splits them with the same ``seed`` and fractions), so the scores never see the test
+    set (``validate=True`` trains with :func:`transferkit.fit`, which also reports its test score); the loader
+    options (``modality``, ``text_options``, ``window``, ``arch`` ...) mean what they mean for ``fit``.
 
     ``validate=True`` fine-tunes every backbone (``strategy``, ``budget`` per backbone, ``validate_options`` such
     as ``epochs=3``) and reports each score's weighted Kendall tau with the fine-tuned validation score.
@@ -58,13 +59,13 @@ def rank(data: Any, backbones: list[str], *, validate: bool = False, strategy: s
     for name in names:
         t0 = time.monotonic()
         if kind == "text":
-            splits, bb, dec, _ = _prepare_texts(data, name, None, labels, opts, max_length, image_size, val_fraction,
+            splits, bb, dec, _ = _prepare_texts(data, name, arch, labels, opts, max_length, image_size, val_fraction,
                                                 test_fraction, seed, parts=("train", "val"))
         elif kind == "audio":
-            splits, bb, dec, _ = _prepare_audio(data, name, None, clip_seconds, max_length, image_size, skip_bad,
+            splits, bb, dec, _ = _prepare_audio(data, name, arch, clip_seconds, max_length, image_size, skip_bad,
                                                 val_fraction, test_fraction, seed, parts=("train", "val"))
         else:
-            splits, bb, dec, _ = _prepare_images(data, name, None, max_length, image_size, skip_bad, val_fraction,
+            splits, bb, dec, _ = _prepare_images(data, name, arch, max_length, image_size, skip_bad, val_fraction,
                                                  test_fraction, seed, window=window, slices=slices,
                                                  patients=kind == "medical", patient_column=patient_column,
                                                  parts=("train", "val"))
@@ -89,8 +90,16 @@ def rank(data: Any, backbones: list[str], *, validate: bool = False, strategy: s
     ranking = [r["backbone"] for r in sorted(rows, key=lambda r: -r["logme"])]
     result: dict[str, Any] = {"rows": rows, "ranking": ranking, "ranked_by": "logme", "classes": splits.classes}
     if validate:
+        same = {"val_fraction": val_fraction, "test_fraction": test_fraction, "modality": kind, "arch": arch,
+                "labels": labels, "max_length": max_length, "clip_seconds": clip_seconds, "window": window,
+                "slices": slices, "patient_column": patient_column}
+        if kind == "text" and text_options is not None:
+            same |= {"text_column": opts.text_column, "label_column": opts.label_column, "label_sep": opts.label_sep,
+                     "encoding": opts.encoding}
+        # fine-tuned on the very splits the scores were computed on
+        same = {k: v for k, v in same.items() if v is not None}
         result["validation"] = _validate(data, names, rows, strategy, parse_budget(budget), seed, skip_bad,
-                                         image_size, precision, validate_options)
+                                         image_size, precision, {**same, **validate_options})
     if out is not None:
         _write(Path(out), result)
     return result

@@ -67,6 +67,9 @@ def render_model_card(config: dict[str, Any]) -> str:
         lines.append(scratch_text(m["scratch_baseline"]))
     elif str(m.get("strategy", "")).startswith("scratch"):
         lines.append("This model was itself trained from scratch.")
+    elif "map" in s:  # detection: a second run is the comparison
+        lines.append("Not measured for this bundle: train the same data with `--strategy scratch` and compare the "
+                     "two mAP figures.")
     else:
         lines.append("Not measured for this bundle: `transferkit fit ... --scratch-baseline` trains the scratch "
                      "baseline on the same splits, and `transferkit compare` measures it over label budgets and seeds.")
@@ -113,7 +116,7 @@ def _limitations(config: dict[str, Any], m: dict[str, Any], scored: str) -> list
     if data and data.get("train", 0) < 100:
         out.append(f"Trained on {data.get('train')} examples: expect it to miss kinds of input the training data lack.")
     base = m.get("scratch_baseline")
-    if base and base["lead"] <= 0:
+    if base and base.get("lead") is not None and base["lead"] <= 0:
         out.append(f"Transfer did not beat training from scratch here ({base['model_score']:.3f} vs "
                    f"{base['score']:.3f}): the pretrained features may not suit these data.")
     if config.get("clinical"):

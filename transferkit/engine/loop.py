@@ -28,7 +28,7 @@ class EpochRecord:
     lr: float
     seconds: float
     stage: int = 0
-    finished_at: float = 0.0  # time.time() at the epoch's end: fit turns it into seconds since the run began
+    finished_at: float = 0.0  # time.time() at the epoch's end: fit turns it into seconds since training began
 
 
 @dataclass

@@ -46,9 +46,10 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[
 
 def bootstrap_macro_f1(y_true: np.ndarray, y_pred: np.ndarray, k: int, n_boot: int = 1000, seed: int = 0,
                        chunk: int = 200) -> list[float] | None:
-    """95% percentile-bootstrap interval of macro-F1 (over the ``k`` classes, 0 for a class never true nor
-    predicted, as sklearn with ``zero_division=0``): the test examples are resampled with replacement, and each
-    resample's confusion matrix is counted at once (memory grows with ``chunk`` x examples, not with ``n_boot``).
+    """95% percentile-bootstrap interval of macro-F1: the test examples are resampled with replacement, and each
+    resample's F1 is averaged over the classes it holds (true or predicted), as sklearn's default does; a rare
+    class that a resample left out would otherwise count as F1 = 0 and drag the interval down. Each chunk of
+    resamples has its confusion matrices counted at once (memory grows with ``chunk`` x examples).
 
     >>> y = np.array([0] * 50 + [1] * 50); p = y.copy(); p[:10] = 1
     >>> lo, hi = bootstrap_macro_f1(y, p, 2)
@@ -60,6 +61,7 @@ def bootstrap_macro_f1(y_true: np.ndarray, y_pred: np.ndarray, k: int, n_boot: i
     if n < 2:
         return None
     rng = np.random.default_rng(seed)
+    chunk = max(1, min(chunk, 2_000_000 // n))  # about 50 MB of indices per chunk however large the test set
     codes = y_true * k + y_pred
     out = []
     for start in range(0, n_boot, chunk):
@@ -70,7 +72,8 @@ def bootstrap_macro_f1(y_true: np.ndarray, y_pred: np.ndarray, k: int, n_boot: i
         tp = np.diagonal(cm, axis1=1, axis2=2)
         denom = cm.sum(2) + cm.sum(1)  # 2tp + fp + fn = row sum + column sum
         f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-        out.append(f1.mean(1))
+        present = denom > 0  # a class a resample happened to leave out is not scored 0 (sklearn's default labels)
+        out.append((f1 * present).sum(1) / present.sum(1).clip(min=1))
     lo, hi = np.percentile(np.concatenate(out), [2.5, 97.5])
     return [float(lo), float(hi)]
 

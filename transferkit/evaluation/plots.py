@@ -127,7 +127,7 @@ def time_to_accuracy_png(runs: list[dict], strategies: list[str], path: Path, ti
 
 
 def gap_png(summary: list[dict], strategies: list[str], budgets: list, path: Path) -> None:
-    """Train minus validation accuracy at the kept epoch: bars per budget and strategy, 95% interval over seeds."""
+    """The kept model's training minus validation accuracy (read without augmentation): bars per budget and strategy, 95% interval over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -152,5 +152,5 @@ def gap_png(summary: list[dict], strategies: list[str], budgets: list, path: Pat
     ax.set_ylabel("train - validation accuracy")
     ax.grid(alpha=0.3, axis="y")
     ax.legend()
-    ax.set_title("Overfitting gap at the kept epoch")
+    ax.set_title("Overfitting gap of the kept model")
     _save(fig, path)

@@ -28,16 +28,20 @@ def ranking_text(r: dict[str, Any]) -> str:
 
 
 def scratch_text(b: dict[str, Any]) -> str:
-    """The scratch baseline on the same splits, budget and scored set, against the model."""
-    name = b["metric"].replace("_", "-") if b["metric"] != "accuracy" else "accuracy"
+    """The scratch baseline on the same splits, training time and scored set, against the model."""
+    name = {"accuracy": "accuracy", "micro_f1": "micro-F1", "auroc": "AUROC"}.get(b["metric"], b["metric"])
+    if b.get("lead") is None:
+        return f"The scratch baseline's {name} could not be computed on the {b['set']} set."
     lead = b["lead"]
     verdict = "better than" if lead > 0 else "worse than" if lead < 0 else "as good as"
-    ci = ci_text(b.get("score_ci"))
-    auroc = f"; AUROC {b['auroc']:.3f}" if b.get("auroc") is not None else ""
-    return (f"The same architecture trained from random weights on the same splits and budget scored {name} "
-            f"{b['score']:.3f}{ci}{auroc} on the {b['set']} set ({b['epochs']} epochs, {b['seconds']:.0f} s; "
-            f"train-validation gap {b['train_val_gap']:+.3f}). This model, {b['model_score']:.3f}, is {abs(lead):.3f} "
-            f"{verdict} scratch.")
+    text = (f"The same architecture trained from random weights on the same splits and training time scored {name} "
+            f"{b['score']:.3f}{ci_text(b.get('score_ci'))} on the {b['set']} set ({b['epochs']} epochs, "
+            f"{b['seconds']:.0f} s; train-validation gap {b['train_val_gap']:+.3f}). This model, {b['model_score']:.3f}, "
+            f"is {abs(lead):.3f} {verdict} scratch")
+    if b.get("resolved") is False:
+        return text + (f", less than the test set's 95% interval (+-{b['half_width']:.3f}): this test set cannot "
+                       "tell them apart.")
+    return text + "."
 
 
 def write_run_report(out: Path, metrics: dict[str, Any], classes: list[str]) -> dict[str, str]:
