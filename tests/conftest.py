@@ -92,16 +92,20 @@ def topic_texts(per_class: int, seed: int = 0) -> list[tuple[str, str]]:
     return rows
 
 
-@pytest.fixture
-def text_folder(tmp_path) -> Path:
-    """3 topics with train/ (10 each) and test/ (4 each) folders of .txt files."""
-    root = tmp_path / "topics"
-    for split, n, seed in (("train", 10, 1), ("test", 4, 2)):
+def write_topic_folders(root: Path, train: int, test: int) -> Path:
+    """``root/train/<topic>/*.txt`` (``train`` per topic) and ``root/test/<topic>/*.txt`` (``test`` per topic)."""
+    for split, n, seed in (("train", train, 1), ("test", test, 2)):
         for i, (text, label) in enumerate(topic_texts(n, seed)):
             f = root / split / label / f"{i:03d}.txt"
             f.parent.mkdir(parents=True, exist_ok=True)
             f.write_text(text, encoding="utf-8")
     return root
+
+
+@pytest.fixture
+def text_folder(tmp_path) -> Path:
+    """3 topics with train/ (10 each) and test/ (4 each) folders of .txt files."""
+    return write_topic_folders(tmp_path / "topics", 10, 4)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import topic_texts, write_colour_images
+from conftest import write_colour_images, write_topic_folders
 from transferkit.comparison import (
     ALL,
     _budget_splits,
@@ -214,12 +214,7 @@ def test_compare_texts_and_the_cli(tmp_path, tiny_text_backbone):
 
     from transferkit.cli import app
 
-    root = tmp_path / "topics"
-    for split, n, seed in (("train", 8, 1), ("test", 4, 2)):
-        for i, (text, label) in enumerate(topic_texts(n, seed)):
-            f = root / split / label / f"{i:03d}.txt"
-            f.parent.mkdir(parents=True, exist_ok=True)
-            f.write_text(text, encoding="utf-8")
+    root = write_topic_folders(tmp_path / "topics", 8, 4)
     out = tmp_path / "cmp"
     r = CliRunner().invoke(app, ["compare", str(root), "--budgets", "4,all", "--seeds", "1", "--strategies",
                                  "linear,scratch", "--backbone", tiny_text_backbone, "--epochs", "2", "--out", str(out)])
