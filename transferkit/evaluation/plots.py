@@ -103,7 +103,7 @@ def data_efficiency_png(summary: list[dict], strategies: list[str], path: Path, 
 
 
 def time_to_accuracy_png(runs: list[dict], strategies: list[str], path: Path, title: str = "Time to accuracy") -> None:
-    """Best validation score so far against seconds since the run began: one step line per run (seed)."""
+    """Best validation score so far against seconds since training began: one step line per run (seed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -118,7 +118,7 @@ def time_to_accuracy_png(runs: list[dict], strategies: list[str], path: Path, ti
             ax.step(t, best, where="post", marker="o", ms=3, color=_colour(name, i), alpha=0.8,
                     label=name if first else None)
             first = False
-    ax.set_xlabel("wall time since the run began (s)")
+    ax.set_xlabel("wall time since training began (s)")
     ax.set_ylabel("best validation score so far")
     ax.grid(alpha=0.3)
     ax.legend()
