@@ -209,6 +209,13 @@ def test_compare_refuses_bad_options_before_training(tmp_path, tiny_backbone):
             transferkit.compare(root, backbone=tiny_backbone, **kwargs)
 
 
+def test_compare_refuses_detection_data(box_folder):
+    import transferkit
+
+    with pytest.raises(TransferkitError, match="holds boxes"):
+        transferkit.compare(box_folder)
+
+
 def test_compare_texts_and_the_cli(tmp_path, tiny_text_backbone):
     from typer.testing import CliRunner
 

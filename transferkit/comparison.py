@@ -195,8 +195,13 @@ def _load(data, modality, skip_bad, val_fraction, test_fraction, seed, fit_optio
 
     opts = TextOptions(fit_options.get("text_column"), fit_options.get("label_column"), fit_options.get("label_sep"),
                        fit_options.get("encoding", "utf-8"), skip_bad)
+    from .api import _has_boxes
+
     if modality not in ("auto", "image", "text", "audio", "medical"):
         raise TransferkitError(f"Modality {modality!r} is unknown: choose auto, image, text, audio or medical.")
+    if modality == "auto" and _has_boxes(data):
+        raise TransferkitError(f"{data} holds boxes: compare draws labels per class for classification; for a "
+                               "detector, train it with --strategy scratch as well and compare the two mAP figures.")
     kind = modality if modality != "auto" else ("text" if is_text_source(data, opts) else detect_kind(data))
     if kind == "text":
         splits = load_text_splits(data, options=opts, val_fraction=val_fraction, test_fraction=test_fraction,
