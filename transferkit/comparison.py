@@ -691,7 +691,8 @@ def render_markdown(result: dict[str, Any]) -> str:
     lines = ["# Transfer vs scratch", "",
              f"{cfg['kind'].capitalize()} data `{cfg['data']}`, backbone {cfg['backbone'] or 'default'}; "
              f"{len(cfg['classes'])} classes; every run scored on the same {cfg['test_n']} test examples; "
-             f"{cfg['seeds']} seed(s) per cell; {len(result['runs'])} runs in {_duration(result.get('seconds', 0))}.",
+             f"{cfg['seeds']} seed(s) per cell; {len(result['runs'])} runs taking {_duration(sum(r['wall_s'] for r in result['runs']))} in all "
+             f"(resumed runs included).",
              "", "## Headlines", ""]
     lines += [f"- {result['headlines'][k]['sentence']}" for k in ("time", "labels", "gap")]
     lines += ["", f"## Test {label} (mean, 95% interval over seeds)", "", *_summary_lines(result), "",
