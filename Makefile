@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo demo-text demo-audio demo-detect demo-medical test install data bench bench-text bench-audio bench-detect bench-medical clean
+.PHONY: demo demo-text demo-audio demo-detect demo-medical test install data bench bench-text bench-audio bench-detect bench-medical bench-compare clean
 
 install: $(STAMP)
 
@@ -69,6 +69,10 @@ bench-audio: $(STAMP) data
 
 bench-detect: $(STAMP) data
 	$(PY) benchmarks/composed_objects.py
+
+# transfer vs scratch with `transferkit compare` on Fashion-MNIST and BBC News (about an hour on 2 CPU cores)
+bench-compare: $(STAMP) data
+	$(PY) benchmarks/compare_evidence.py
 
 bench-medical: $(STAMP)
 	$(PY) -m pip install -q "elpv-dataset==1.0.0.post1"
