@@ -209,6 +209,20 @@ def test_compare_refuses_bad_options_before_training(tmp_path, tiny_backbone):
             transferkit.compare(root, backbone=tiny_backbone, **kwargs)
 
 
+def test_compare_medical_draws_whole_patients_and_scores_auroc(dicom_manifest, tiny_backbone, tmp_path):
+    import transferkit
+
+    result = transferkit.compare(dicom_manifest, budgets="2,all", seeds=1, strategies="linear,scratch",
+                                 backbone=tiny_backbone, out=tmp_path / "cmp", epochs=1)
+    assert result["config"]["kind"] == "medical" and result["config"]["metric"] == "auroc"
+    assert not result["failed"] and len(result["runs"]) == 4
+    small = [r for r in result["runs"] if r["budget"] == "2"]
+    # 2 slices per patient and at least two patients per class: validation gets a patient of each class
+    assert all(r["labels"] == 8 and r["val_n"] >= 4 and r["labels"] % 2 == 0 for r in small)
+    assert all(0 <= r["score"] <= 1 and r["test_auroc_ci"] for r in result["runs"])
+    assert "AUROC" in (tmp_path / "cmp" / "report.md").read_text()
+
+
 def test_compare_refuses_detection_data(box_folder):
     import transferkit
 
@@ -255,3 +269,14 @@ def test_macro_f1_bootstrap_matches_sklearn_resample_by_resample():
     multi_pred = np.where(rng.random((80, 3)) < 0.8, multi_true, ~multi_true)
     lo, hi = bootstrap_micro_f1(multi_true, multi_pred)
     assert lo < f1_score(multi_true, multi_pred, average="micro") < hi
+
+
+def test_compare_a_list_of_texts_with_labels(tiny_text_backbone):
+    import transferkit
+    from conftest import topic_texts
+
+    rows = topic_texts(10)
+    result = transferkit.compare([t for t, _ in rows], labels=[y for _, y in rows], budgets="3", seeds=1,
+                                 strategies="linear,scratch", backbone=tiny_text_backbone, epochs=1)
+    assert result["config"]["kind"] == "text" and len(result["runs"]) == 2
+    assert result["config"]["test_n"] == 6  # 20% of 30 carved once as the fixed test set

@@ -85,9 +85,10 @@ def compare(data: Any, *, budgets: str | list = (5, 10, 25, 50, ALL), seeds: int
             metric: str = "auto", time_per_run: str | float | None = None, out: str | Path | None = None,
             resume: bool = False, seed: int = 0, skip_bad: bool = False, val_fraction: float = 0.15,
             test_fraction: float = 0.2, precision: str = "auto", image_size: int | None = None,
-            modality: str = "auto", **fit_options: Any) -> dict[str, Any]:
+            modality: str = "auto", labels: list[Any] | None = None, **fit_options: Any) -> dict[str, Any]:
     """Train every ``strategies`` x ``budgets`` x ``seeds`` combination on ``data`` (anything single-label that
-    :func:`transferkit.fit` takes: images, DICOM/NIfTI, texts, audio) and score each on one fixed test set.
+    :func:`transferkit.fit` takes: images, DICOM/NIfTI, texts (a list of them with ``labels=[...]``), audio) and
+    score each on one fixed test set.
 
     The test set is the data's own (a ``test/`` folder or ``split`` column), else ``test_fraction`` carved once
     with ``seed``; everything else is the pool the budgets draw from. ``metric`` is ``accuracy``,
@@ -110,7 +111,7 @@ def compare(data: Any, *, budgets: str | list = (5, 10, 25, 50, ALL), seeds: int
     if not isinstance(seeds, int) or seeds < 1:
         raise TransferkitError(f"seeds must be 1 or more (got {seeds!r}); 3 gives an interval.")
     run_seconds = parse_budget(time_per_run)
-    splits, kind = _load(data, modality, skip_bad, val_fraction, test_fraction, seed, fit_options)
+    splits, kind = _load(data, modality, skip_bad, val_fraction, test_fraction, seed, fit_options, labels)
     import inspect
 
     fit_params = set(inspect.signature(fit).parameters)
@@ -189,7 +190,7 @@ def compare(data: Any, *, budgets: str | list = (5, 10, 25, 50, ALL), seeds: int
 # ---------------------------------------------------------------------------------------------------- data
 
 
-def _load(data, modality, skip_bad, val_fraction, test_fraction, seed, fit_options):
+def _load(data, modality, skip_bad, val_fraction, test_fraction, seed, fit_options, labels=None):
     from .data.sources import detect_kind, load_splits
     from .data.text import TextOptions, is_text_source, load_text_splits
 
@@ -199,13 +200,14 @@ def _load(data, modality, skip_bad, val_fraction, test_fraction, seed, fit_optio
 
     if modality not in ("auto", "image", "text", "audio", "medical"):
         raise TransferkitError(f"Modality {modality!r} is unknown: choose auto, image, text, audio or medical.")
-    if modality == "auto" and _has_boxes(data):
+    if modality == "auto" and labels is None and _has_boxes(data):
         raise TransferkitError(f"{data} holds boxes: compare draws labels per class for classification; for a "
                                "detector, train it with --strategy scratch as well and compare the two mAP figures.")
-    kind = modality if modality != "auto" else ("text" if is_text_source(data, opts) else detect_kind(data))
+    kind = modality if modality != "auto" else \
+        ("text" if labels is not None or is_text_source(data, opts) else detect_kind(data))
     if kind == "text":
-        splits = load_text_splits(data, options=opts, val_fraction=val_fraction, test_fraction=test_fraction,
-                                  seed=seed)
+        splits = load_text_splits(data, labels=labels, options=opts, val_fraction=val_fraction,
+                                  test_fraction=test_fraction, seed=seed)
         if splits.train.multi_label:
             raise TransferkitError("compare draws labels per class from single-label data; these texts are multi-label.")
     else:
