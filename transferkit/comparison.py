@@ -376,7 +376,7 @@ def _identity(config: dict) -> dict:
 def _previous_runs(out: Path, config: dict) -> dict[str, dict]:
     from .console import info, warn
 
-    found, other = {}, 0
+    found, changed, other = {}, set(), 0
     identity = _identity(config)
     for f in sorted((out / "runs").glob("*.json")):
         try:
@@ -387,21 +387,13 @@ def _previous_runs(out: Path, config: dict) -> dict[str, dict]:
             found[f.stem] = saved["run"]
         else:
             other += 1
+            changed |= {k for k, v in (saved.get("config") or {}).items() if identity.get(k) != v}
     if found:
         info(f"compare: resuming: {len(found)} finished run(s) in {out / 'runs'} are reused")
     if other:
-        changed = sorted({k for f in (out / "runs").glob("*.json") for k, v in
-                          _saved_config(f).items() if identity.get(k) != v})
-        warn(f"compare: {other} saved run(s) in {out / 'runs'} had other settings ({', '.join(changed) or 'unknown'}) "
-             "and are run again")
+        warn(f"compare: {other} saved run(s) in {out / 'runs'} had other settings "
+             f"({', '.join(sorted(changed)) or 'unknown'}) and are run again")
     return found
-
-
-def _saved_config(f: Path) -> dict:
-    try:
-        return json.loads(f.read_text()).get("config") or {}
-    except (OSError, ValueError):
-        return {}
 
 
 def _eta(left: list[tuple], spent: list[tuple[str, float, float]], sizes: dict[str, float],
@@ -636,7 +628,7 @@ def write_comparison(out: Path, result: dict[str, Any]) -> dict[str, str]:
                                            ("time_to_accuracy", "time_to_accuracy.png"),
                                            ("gap", "overfitting_gap.png"), ("markdown", "report.md"),
                                            ("html", "report.html"))}
-    atomic_write_text(files["results"], _csv(result["runs"], RUN_COLUMNS))
+    _write_results(out, result["runs"])
     atomic_write_text(files["summary"], _csv(result["summary"], SUMMARY_COLUMNS))
     write_json(files["json"], result)
     label = "AUROC" if cfg["metric"] == "auroc" else cfg["metric"].replace("_", " ")
