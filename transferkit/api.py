@@ -132,11 +132,10 @@ def fit(
 
     t_start = time.monotonic()
     seconds = parse_budget(budget)
-    several = _backbone_list(backbone)
-    if several is None and isinstance(backbone, (list, tuple)):  # one backbone given as a list
-        backbone = str(backbone[0]).strip() if backbone else None
-    elif several is None and isinstance(backbone, str) and "," in backbone:  # "a," or "a,a"
-        backbone = backbone.split(",")[0].strip()
+    names = backbone_names(backbone)
+    several = names if len(set(names)) > 1 else None
+    if several is None and (isinstance(backbone, (list, tuple)) or (isinstance(backbone, str) and "," in backbone)):
+        backbone = names[0] if names else None  # one name written as "a,", "a,a" or ["a"]
     deadline = t_start + seconds if seconds is not None else None
     if task not in ("auto", "classify", "detect"):
         raise TransferkitError(f"Task {task!r} is unknown: choose auto, classify or detect.")
@@ -339,15 +338,14 @@ def fit(
     return model
 
 
-def _backbone_list(backbone: Any) -> list[str] | None:
-    """Several backbones (a list, or comma-separated names) -> their names; one backbone -> None."""
-    if isinstance(backbone, (list, tuple)):
-        names = [str(b).strip() for b in backbone if str(b).strip()]
-    elif isinstance(backbone, str) and "," in backbone:
-        names = [b.strip() for b in backbone.split(",") if b.strip()]
-    else:
-        return None
-    return names if len(set(names)) > 1 else None
+def backbone_names(backbone: Any) -> list[str]:
+    """A name, comma-separated names or a list of names -> the names, stripped, in order ([] for anything else,
+    such as None or a BackboneSpec)."""
+    if isinstance(backbone, str):
+        backbone = backbone.split(",")
+    if not isinstance(backbone, (list, tuple)):
+        return []
+    return [str(b).strip() for b in backbone if b is not None and str(b).strip()]
 
 
 def _scratch_comparison(baseline: TransferModel, encoded: Any, scored_metrics: dict, part: str, classes: list[str],

@@ -124,10 +124,10 @@ def compare(data: Any, *, budgets: str | list = (5, 10, 25, 50, ALL), seeds: int
     if test is None or len(test) == 0:
         raise TransferkitError("compare needs a test set: give a test/ folder or split column, or a test_fraction > 0.")
     budget_list, sizes = _resolve_budgets(budget_list, pool, splits.classes)
-    from .api import _backbone_list
+    from .api import backbone_names
 
     ranking = None
-    if (several := _backbone_list(backbone)) is not None:  # rank once, on the pool: every run uses one backbone
+    if len(set(several := backbone_names(backbone))) > 1:  # rank once, on the pool: every run uses one backbone
         from .ranking import rank
 
         ranking = rank(data, several, seed=seed, skip_bad=skip_bad, image_size=image_size, precision=precision,

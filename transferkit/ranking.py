@@ -38,7 +38,7 @@ def rank(data: Any, backbones: list[str], *, validate: bool = False, strategy: s
     ``validate=True`` fine-tunes every backbone (``strategy``, ``budget`` per backbone, ``validate_options`` such
     as ``epochs=3``) and reports each score's weighted Kendall tau with the fine-tuned validation score.
     """
-    from .api import _prepare_audio, _prepare_images, _prepare_texts, parse_budget
+    from .api import _prepare_audio, _prepare_images, _prepare_texts, backbone_names, parse_budget
     from .console import info
     from .data.sources import detect_kind
     from .data.text import TextOptions, is_text_source
@@ -46,7 +46,7 @@ def rank(data: Any, backbones: list[str], *, validate: bool = False, strategy: s
     from .engine.features import extract_features
     from .evaluation.transferability import SCORES
 
-    names = [b.strip() for b in backbones if b and b.strip()]
+    names = backbone_names(backbones)
     if len(names) < 2:
         raise TransferkitError("Give at least two backbones to rank, e.g. efficientnet_lite0,efficientnet_lite1.")
     if len(set(names)) < len(names):
