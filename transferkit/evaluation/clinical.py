@@ -295,14 +295,11 @@ def roc_png(y_true: np.ndarray, probs: np.ndarray, classes: list[str], positive:
             path, probs_uncalibrated: np.ndarray | None = None, title: str = "ROC") -> None:
     """ROC curve (one-vs-rest per class for 3+ classes) with the operating point marked, beside a reliability
     diagram (confidence vs accuracy, before and after calibration)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from sklearn.metrics import roc_curve
 
-    from .plots import _save
+    from .plots import _save, pyplot
 
+    plt = pyplot()
     y = np.asarray(y_true)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.4))
     ax1.plot([0, 1], [0, 1], color="0.7", lw=1, ls="--")

@@ -149,13 +149,9 @@ def examples_png(images: list[np.ndarray], preds: list[dict], truth: list[dict],
 
 def map_curve_png(epochs: list[dict], path: Path, title: str) -> None:
     """Training loss and validation mAP per epoch."""
-    import matplotlib
+    from .plots import _save, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .plots import _save
-
+    plt = pyplot()
     x = [e["epoch"] + 1 for e in epochs]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     ax1.plot(x, [e["train_loss"] for e in epochs], marker="o", ms=3)

@@ -10,6 +10,16 @@ import numpy as np
 from ..bundle.io import atomic_write_bytes
 
 
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed), imported on first use."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -20,10 +30,7 @@ def _save(fig, path: Path) -> None:
 
 
 def confusion_matrix_png(cm: list[list[int]], classes: list[str], path: Path, title: str = "Confusion matrix") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     cm_arr = np.asarray(cm)
     n = len(classes)
@@ -43,10 +50,7 @@ def confusion_matrix_png(cm: list[list[int]], classes: list[str], path: Path, ti
 
 
 def learning_curve_png(epochs: list[dict], path: Path, title: str = "Learning curve") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     x = [e["epoch"] + 1 for e in epochs]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -75,10 +79,7 @@ def _colour(name: str, i: int) -> str:
 
 def data_efficiency_png(summary: list[dict], strategies: list[str], path: Path, ylabel: str = "test score") -> None:
     """Test score against labels per class (log axis), one line per strategy, shaded 95% interval over seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for i, name in enumerate(strategies):
@@ -104,10 +105,7 @@ def data_efficiency_png(summary: list[dict], strategies: list[str], path: Path, 
 
 def time_to_accuracy_png(runs: list[dict], strategies: list[str], path: Path, title: str = "Time to accuracy") -> None:
     """Best validation score so far against seconds since training began: one step line per run (seed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for i, name in enumerate(strategies):
@@ -128,10 +126,7 @@ def time_to_accuracy_png(runs: list[dict], strategies: list[str], path: Path, ti
 
 def gap_png(summary: list[dict], strategies: list[str], budgets: list, path: Path) -> None:
     """The kept model's training minus validation accuracy (read without augmentation): bars per budget and strategy, 95% interval over seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     width = 0.8 / max(1, len(strategies))
