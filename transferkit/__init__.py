@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .bundle.model import TransferModel, load
     from .comparison import compare
     from .errors import TransferkitError
+    from .pretraining import pretrain
     from .ranking import rank
 
 _LAZY = {
@@ -30,10 +31,11 @@ _LAZY = {
     "TransferkitError": ("errors", "TransferkitError"),
     "rank": ("ranking", "rank"),
     "compare": ("comparison", "compare"),
+    "pretrain": ("pretraining", "pretrain"),
 }
 
 __all__ = ["TransferModel", "TransferkitError", "__version__", "compare", "create_backbone", "fit", "list_backbones",
-           "load", "rank"]
+           "load", "pretrain", "rank"]
 
 
 def __getattr__(name: str) -> Any:

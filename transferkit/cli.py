@@ -430,6 +430,70 @@ def compare(
 
 
 @app.command()
+def pretrain(
+    data: Path = typer.Argument(..., help="Supervised: class folders of images or a CSV/TSV/JSONL of path,label. SimCLR: any folder of images (at any depth) or a table of paths. MLM/SimCSE: a .txt file (one document per line), a .jsonl with a text field, or a folder of .txt files. Read as training goes, never all at once."),
+    method: str = typer.Option("supervised", help="supervised (labelled images), simclr (unlabelled images, contrastive), mlm (unlabelled texts, masked-language model) or simcse (unlabelled texts, contrastive sentence embeddings)."),
+    arch: Optional[str] = typer.Option(None, help="Image architecture to train from random weights: a registry name (efficientnet_lite0), timm:NAME or torchvision:NAME. Default for supervised: efficientnet_lite0."),
+    init: Optional[str] = typer.Option(None, help="Backbone whose pretrained weights are the start (domain-adaptive pre-training), e.g. efficientnet_lite0, all-MiniLM-L6-v2 or a backbone folder. Texts default to all-MiniLM-L6-v2."),
+    out: Path = typer.Option(Path("backbones/latest"), "--out", "-o", help="Backbone folder, written when training ends (checkpoints under OUT/checkpoints meanwhile); pass it to fit --backbone."),
+    epochs: Optional[int] = typer.Option(None, help="Passes over the data (default: supervised 10, simclr 20, mlm 3, simcse 1)."),
+    steps: Optional[int] = typer.Option(None, help="Optimizer steps instead of --epochs."),
+    batch_size: Optional[int] = typer.Option(None, help="Global batch (all processes together; default: 128 for images, 32 mlm, 64 simcse)."),
+    lr: Optional[float] = typer.Option(None, help="Peak AdamW learning rate (default: per method, lower from a pretrained start)."),
+    weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay (default: per method)."),
+    image_size: Optional[int] = typer.Option(None, help="Images: input resolution (default: the architecture's)."),
+    max_length: Optional[int] = typer.Option(None, help="Texts: tokens per example, a window of each document (default: mlm 128, simcse 64)."),
+    val_fraction: float = typer.Option(0.05, help="Supervised: share of images held out and scored after each epoch (0: none)."),
+    checkpoint_every: int = typer.Option(200, help="Steps between checkpoints (one is also written after each epoch)."),
+    log_every: int = typer.Option(50, help="Steps between log lines (loss, metric, samples/s, ETA)."),
+    resume: bool = typer.Option(False, help="Continue from OUT/checkpoints after an interruption (also kill -9); the result is the same as without one."),
+    seed: int = typer.Option(0, help="Seed for initialisation, order, augmentation and masking."),
+    precision: str = typer.Option("auto", help="auto (bf16 where the CPU/GPU supports it), bf16, fp16 or no."),
+    workers: Optional[int] = typer.Option(None, help="Loader processes per training process that read and decode data (default: from the CPU count)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Labelled images: skip files that are not images, with a count."),
+    encoding: str = typer.Option("utf-8", help="Texts: file encoding."),
+    as_json: bool = typer.Option(False, "--json", help="Print a summary as JSON on stdout."),
+) -> None:
+    """Pre-train a backbone on DATA (a source task, or your unlabelled in-domain data) and write it to --out.
+
+    Scales unchanged: `accelerate launch --num_processes N -m transferkit pretrain ...` or `torchrun --nproc_per_node N
+    -m transferkit pretrain ...` shards the data over the processes; only the first writes.
+    """
+    from .pretraining import pretrain as pretrain_api
+
+    try:
+        result = pretrain_api(str(data), method=method, arch=arch, init=init, out=out, epochs=epochs, steps=steps,
+                              batch_size=batch_size, lr=lr, weight_decay=weight_decay, image_size=image_size,
+                              max_length=max_length, val_fraction=val_fraction, checkpoint_every=checkpoint_every,
+                              log_every=log_every, resume=resume, seed=seed, precision=precision, workers=workers,
+                              skip_bad=skip_bad, encoding=encoding)
+    except TransferkitError as err:
+        _fail(err)
+    m = result.metrics
+    last = m["record"]["log"][-1]
+    summary = {"method": m["method"], "backbone": str(out), "steps": m["total_steps"], "processes": m["processes"],
+               "loss": round(last["loss"], 4), m["metric"]: round(last["metric"], 4),
+               "samples_per_s": round(m["samples_per_s"], 1), "seconds": round(m["seconds"], 1)}
+    if m["record"]["evaluations"]:
+        summary["val_accuracy"] = round(m["record"]["evaluations"][-1]["val_accuracy"], 4)
+    import os
+
+    if os.environ.get("RANK", "0") != "0":  # under a launcher, the first process reports
+        return
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    from .console import results as console
+
+    console.print(f"[green]done[/] {m['method']}: {m['total_steps']} steps on {m['processes']} process(es), "
+                  f"{summary['samples_per_s']} samples/s, loss {summary['loss']}"
+                  + (f", validation accuracy {summary['val_accuracy']:.3f}" if "val_accuracy" in summary else ""),
+                  highlight=False)
+    console.print(f"backbone: {out}  (transferkit fit DATA --backbone {out})\nreport:   {out / 'report.md'}",
+                  highlight=False)
+
+
+@app.command()
 def backbones(as_json: bool = typer.Option(False, "--json", help="JSON on stdout.")) -> None:
     """What is usable offline now, and what needs a download."""
     from .backbones.registry import list_backbones

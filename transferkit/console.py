@@ -28,8 +28,9 @@ def info(msg: str) -> None:
         console.print(msg, highlight=False, soft_wrap=True)
 
 
-def progress() -> Progress:
-    """A progress display; disabled when TRANSFERKIT_QUIET is set or stderr is not a terminal and in tests."""
+def progress(disable: bool = False) -> Progress:
+    """A progress display; disabled when TRANSFERKIT_QUIET is set (as in tests) or ``disable`` (processes other than
+    the main one under ``accelerate launch``)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -38,7 +39,7 @@ def progress() -> Progress:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
-        disable=quiet(),
+        disable=quiet() or disable,
         transient=False,
     )
 

@@ -45,9 +45,16 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def save_backbone(backbone: ImageBackbone, folder: str | Path, provenance: dict[str, Any] | None = None) -> Path:
     """Write ``backbone`` as a folder that ``create_backbone(folder)`` loads; atomic (temp folder, then rename)."""
-    from safetensors.torch import save_file
-
     from ..bundle.io import atomic_dir
+
+    with atomic_dir(folder) as tmp:
+        write_backbone_files(backbone, tmp, provenance)
+    return Path(folder)
+
+
+def write_backbone_files(backbone: ImageBackbone, folder: Path, provenance: dict[str, Any] | None = None) -> None:
+    """``backbone.safetensors`` and ``backbone.json`` into an existing (temporary) ``folder``."""
+    from safetensors.torch import save_file
 
     spec = backbone.spec
     meta = {
@@ -58,11 +65,9 @@ def save_backbone(backbone: ImageBackbone, folder: str | Path, provenance: dict[
         "derived_from": spec.to_dict(),
         "provenance": provenance or {},
     }
-    with atomic_dir(folder) as tmp:
-        state = {k: v.detach().contiguous().cpu() for k, v in backbone.body.state_dict().items()}
-        save_file(state, str(tmp / "backbone.safetensors"))
-        (tmp / "backbone.json").write_text(json.dumps(meta, indent=2))
-    return Path(folder)
+    state = {k: v.detach().contiguous().cpu() for k, v in backbone.body.state_dict().items()}
+    save_file(state, str(folder / "backbone.safetensors"))
+    (folder / "backbone.json").write_text(json.dumps(meta, indent=2))
 
 
 def rebuild_arch(spec: BackboneSpec) -> str:

@@ -1,0 +1,347 @@
+"""The pre-training phase: train a backbone on a large source dataset, or continue a pretrained one's training on
+unlabelled in-domain data (domain-adaptive pre-training), and write it where ``--backbone PATH`` finds it.
+
+>>> import transferkit
+>>> transferkit.pretrain("source-data/", arch="efficientnet_lite0", out="backbones/parts-v1")         # doctest: +SKIP
+>>> transferkit.pretrain("scans/", method="simclr", init="efficientnet_lite0", out="backbones/scans-v1")  # doctest: +SKIP
+>>> transferkit.fit("target-data/", backbone="backbones/scans-v1")                                   # doctest: +SKIP
+
+Data flow as in ``fit``: data (streamed, :mod:`.data`) -> backbone (registry) -> objective (:mod:`.methods`) ->
+engine (:mod:`.loop`, Accelerate) -> report -> backbone folder. The same call runs on one CPU, one GPU, or several
+processes under ``accelerate launch`` / ``torchrun``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import functools
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import TransferkitError
+
+# per method: epochs, global batch, learning rate (random start, pretrained start), weight decay, temperature
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "supervised": {"epochs": 10, "batch_size": 128, "lr": (2e-3, 5e-4), "weight_decay": 0.05},
+    "simclr": {"epochs": 20, "batch_size": 128, "lr": (1e-3, 2e-4), "weight_decay": 1e-4},
+    "mlm": {"epochs": 3, "batch_size": 32, "lr": (5e-4, 5e-5), "weight_decay": 0.01, "max_length": 128},
+    "simcse": {"epochs": 1, "batch_size": 64, "lr": (1e-4, 3e-5), "weight_decay": 0.0, "max_length": 64},
+}
+
+
+@dataclass
+class PretrainResult:
+    """Where the backbone was written, and what the run measured (also in ``path/pretrain.json``)."""
+
+    path: Path
+    metrics: dict[str, Any]
+
+    def __repr__(self) -> str:
+        return f"PretrainResult(path={str(self.path)!r}, method={self.metrics.get('method')!r})"
+
+
+def pretrain(
+    data: str | Path,
+    *,
+    method: str = "supervised",
+    arch: str | None = None,
+    init: str | None = None,
+    out: str | Path = "backbones/latest",
+    epochs: int | None = None,
+    steps: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    weight_decay: float | None = None,
+    image_size: int | None = None,
+    max_length: int | None = None,
+    val_fraction: float = 0.05,
+    checkpoint_every: int = 200,
+    log_every: int = 50,
+    resume: bool = False,
+    seed: int = 0,
+    precision: str = "auto",
+    workers: int | None = None,
+    skip_bad: bool = False,
+    encoding: str = "utf-8",
+) -> PretrainResult:
+    """Pre-train a backbone on ``data`` and write it to ``out``; ``fit(..., backbone=out)`` then transfers it.
+
+    ``method``: ``supervised`` (labelled images: class folders or a CSV of ``path,label``), ``simclr`` (unlabelled
+    images: any folder of images), ``mlm`` or ``simcse`` (unlabelled texts: a ``.txt`` file with one document per
+    line, a ``.jsonl`` with a ``text`` field, or a folder of ``.txt`` files). See :mod:`.methods` for what each does.
+
+    Start: ``arch`` names an architecture trained from random weights (any image backbone name the registry knows:
+    ``efficientnet_lite0``, ``timm:resnet18``, ``torchvision:resnet18`` ...); ``init`` names a backbone whose
+    pretrained weights are the start (domain-adaptive pre-training; texts always start from one). From random
+    weights, the normalisation (mean, std) is measured on the data; from a pretrained start it stays the backbone's.
+
+    Length: ``epochs`` (method default) or ``steps``; ``batch_size`` is the global batch, split over processes.
+    ``image_size`` sets the input resolution (default: the architecture's), ``max_length`` the token window.
+    Supervised runs hold out ``val_fraction`` of the images and report their accuracy after each epoch.
+
+    A checkpoint is written every ``checkpoint_every`` steps and after each epoch under ``out/checkpoints``;
+    ``resume=True`` continues from it (also after ``kill -9``) and ends with the same weights. ``out`` is replaced,
+    atomically, only when training has finished: it then holds the backbone, ``pretrain.json`` (settings, source
+    data record, log), ``pretrain_curve.png``, ``report.md`` and ``log.txt``.
+    """
+    from ..engine.accel import make_accelerator
+    from .methods import METHODS
+
+    if method not in METHODS:
+        raise TransferkitError(f"Unknown pre-training method {method!r}: use one of {', '.join(METHODS)}.")
+    modality = METHODS[method]
+    if epochs is not None and steps is not None:
+        raise TransferkitError("Give --epochs or --steps, not both.")
+    for name, value in (("epochs", epochs), ("steps", steps), ("batch_size", batch_size), ("checkpoint_every", checkpoint_every),
+                        ("log_every", log_every)):
+        if value is not None and value < 1:
+            raise TransferkitError(f"{name} must be at least 1 (got {value}).")
+    if not 0 <= val_fraction < 0.5:
+        raise TransferkitError(f"val_fraction must be in [0, 0.5) (got {val_fraction}).")
+    if modality == "text" and arch is not None:
+        raise TransferkitError("Text pre-training continues a pretrained encoder: pass --init (e.g. all-MiniLM-L6-v2), not --arch.")
+    if arch is not None and init is not None:
+        raise TransferkitError("Give --arch (random start) or --init (pretrained start), not both.")
+    out = Path(out)
+    ckpt_dir = out / "checkpoints"
+    state_exists = (ckpt_dir / "last.pt").is_file()
+    if state_exists and not resume:
+        raise TransferkitError(f"{out} holds a checkpoint of an interrupted run: pass --resume to continue it, or choose "
+                               "another --out.")
+    d = DEFAULTS[method]
+    accelerator = make_accelerator(precision, seed=seed)
+    world = accelerator.num_processes
+
+    if modality == "image":
+        source, val_source, backbone = _image_setup(data, method, arch, init, image_size, val_fraction, seed, skip_bad)
+    else:
+        source, val_source, backbone = _text_setup(data, init, max_length or d["max_length"], encoding)
+    global_batch = batch_size or d["batch_size"]
+    if batch_size is None:  # the default batch, shrunk to fit a small dataset and divided evenly over the processes
+        global_batch = max(world, min(global_batch, len(source)) // world * world)
+    from .data import StepSampler
+
+    probe = StepSampler(len(source), global_batch, 1, world=world, seed=seed)
+    total_steps = steps or (epochs or d["epochs"]) * probe.steps_per_epoch
+    lr = lr if lr is not None else d["lr"][0 if backbone.spec.weights == "random" else 1]
+    weight_decay = d["weight_decay"] if weight_decay is None else weight_decay
+    settings = {
+        "method": method, "data": source.record(), "arch": arch, "init": init, "global_batch": global_batch,
+        "total_steps": total_steps, "lr": lr, "weight_decay": weight_decay, "seed": seed,
+        "input": list(backbone.preprocess.input_size) if modality == "image" else backbone.preprocess.max_length,
+        "val_examples": len(val_source) if val_source is not None else 0,
+    }
+    if state_exists:
+        _check_same_run(ckpt_dir, settings, out)
+    elif resume:
+        from ..console import info
+
+        info(f"no checkpoint in {ckpt_dir}: starting from step 0")
+
+    from .methods import make_method
+
+    options = {"num_classes": len(source.classes)} if method == "supervised" else {}
+    obj = make_method(method, backbone, accelerator, **options)
+    import torch
+
+    from ..engine.optim import param_groups, warmup_cosine
+
+    optimizer = torch.optim.AdamW(param_groups([list(obj.model.parameters())], [], lr, weight_decay), lr=lr)
+    scheduler = warmup_cosine(optimizer, total_steps, max(1, total_steps // 20))
+    workers = _workers(workers, world)
+    make_loader = functools.partial(_loader, method=method, source=source, backbone=backbone, global_batch=global_batch,
+                                    total_steps=total_steps, rank=accelerator.process_index, world=world, seed=seed,
+                                    workers=workers, encoding=encoding)
+    from .loop import Plan, run
+
+    plan = Plan(total_steps, probe.steps_per_epoch, global_batch, checkpoint_every, log_every, seed,
+                clip_grad=1.0 if modality == "text" else None)
+    evaluate = _image_evaluator(val_source, source.classes, backbone, accelerator, workers) if val_source else None
+    from ..console import info
+
+    info(f"pre-training {method}: {len(source):,} {'images' if modality == 'image' else 'documents'}, "
+         f"{total_steps:,} steps of {global_batch} on {world} process(es), start: "
+         f"{init or (arch or 'efficientnet_lite0') + ' (random weights)'}")
+    record = run(obj, optimizer, scheduler, make_loader, accelerator, plan, checkpoint_dir=ckpt_dir, settings=settings,
+                 evaluate=evaluate, log_file=ckpt_dir / "log.txt")
+    metrics = {
+        **settings, "modality": modality, "epochs": round(total_steps / probe.steps_per_epoch, 3),
+        "steps_per_epoch": probe.steps_per_epoch, "processes": world, "precision": str(accelerator.mixed_precision),
+        "device": str(accelerator.device), "start": backbone.spec.to_dict() if init else {"arch": arch or "efficientnet_lite0", "weights": "random"},
+        "preprocess": backbone.preprocess.to_dict(), "record": record, "seconds": record["seconds"],
+        "samples_per_s": record["sessions"][-1]["samples_per_s"], "metric": obj.metric,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if accelerator.is_main_process:
+        _export(obj, backbone, metrics, out, ckpt_dir)
+    accelerator.wait_for_everyone()
+    return PretrainResult(out, metrics)
+
+
+def _check_same_run(ckpt_dir: Path, settings: dict, out: Path) -> None:
+    from .loop import read_checkpoint
+
+    saved = read_checkpoint(ckpt_dir)["settings"]
+    order = sorted(settings, key=lambda k: k == "data")  # a changed seed also changes the split: name the seed
+    differ = [k for k in order if json.dumps(saved.get(k), sort_keys=True) != json.dumps(settings[k], sort_keys=True)]
+    if differ:
+        k = differ[0]
+        if k == "data":
+            then, now = saved["data"], settings["data"]
+            raise TransferkitError(f"The checkpoint in {out} was made on other data ({then['examples']:,} examples, listing "
+                                   f"{then['listing_sha256'][:12]} then; {now['examples']:,}, {now['listing_sha256'][:12]} "
+                                   "now): resume on the same data, or choose another --out.")
+        raise TransferkitError(f"The checkpoint in {out} was made with other settings ({k}: {saved.get(k)!r} then, "
+                               f"{settings[k]!r} now): rerun with the same settings to resume, or choose another --out.")
+
+
+def _workers(workers: int | None, world: int) -> int:
+    if workers is not None:
+        return max(0, workers)
+    return min(4, max(0, (os.cpu_count() or 1) // world - 1))
+
+
+def _image_setup(data, method, arch, init, image_size, val_fraction, seed, skip_bad):
+    from ..backbones.registry import build, create_backbone, resolve
+    from ..data.sources import stratified_split
+    from .data import estimate_stats, image_source
+
+    source = image_source(data, labelled=method == "supervised", skip_bad=skip_bad)
+    val = None
+    if method == "supervised" and val_fraction > 0:
+        parts = stratified_split(source.labels, {"val": val_fraction}, seed)
+        val = dataclasses.replace(source, items=[source.items[i] for i in parts["val"]],
+                                  labels=[source.labels[i] for i in parts["val"]])
+        source = dataclasses.replace(source, items=[source.items[i] for i in parts["rest"]],
+                                     labels=[source.labels[i] for i in parts["rest"]])
+    if init is not None:
+        backbone = create_backbone(init, modality="image")
+        if image_size:
+            backbone.preprocess = dataclasses.replace(backbone.preprocess, input_size=(image_size, image_size))
+        return source, val, backbone
+    spec = resolve(arch or "efficientnet_lite0")
+    backbone = build(spec, pretrained=False)
+    if backbone.modality != "image":
+        raise TransferkitError(f"{arch!r} is not an image architecture: pick one such as efficientnet_lite0 or timm:resnet18.")
+    backbone.spec = dataclasses.replace(spec, weights="random")
+    backbone.set_source_head(None)
+    pre = backbone.preprocess
+    if image_size:
+        pre = dataclasses.replace(pre, input_size=(image_size, image_size))
+    pre = dataclasses.replace(pre, crop_pct=1.0)  # the whole image: there is no ImageNet-style border to drop
+    mean, std = estimate_stats(source, pre, seed=seed)
+    backbone.preprocess = dataclasses.replace(pre, mean=mean, std=std)
+    return source, val, backbone
+
+
+def _text_setup(data, init, max_length, encoding):
+    from ..backbones.registry import create_backbone
+    from ..backbones.text import DEFAULT_TEXT_BACKBONE
+    from .data import text_source
+
+    source = text_source(data, encoding)
+    backbone = create_backbone(init or DEFAULT_TEXT_BACKBONE, modality="text")
+    limit = backbone.max_length_limit()
+    if max_length > limit:
+        raise TransferkitError(f"--max-length {max_length} is longer than {backbone.spec.name} reads ({limit} tokens).")
+    backbone.preprocess = dataclasses.replace(backbone.preprocess, max_length=max_length)
+    return source, None, backbone
+
+
+def _loader(start: int, *, method, source, backbone, global_batch, total_steps, rank, world, seed, workers, encoding):
+    from torch.utils.data import DataLoader
+
+    from .data import ImageAugment, ImageStream, StepSampler, TextStream, pad_tokens
+
+    sampler = StepSampler(len(source), global_batch, total_steps, start, rank, world, seed)
+    if method in ("supervised", "simclr"):
+        dataset = ImageStream(source, backbone.preprocess, ImageAugment(method), seed, views=2 if method == "simclr" else 1)
+        collate = None
+    else:
+        dataset = TextStream(source, backbone.tokenizer, backbone.preprocess.max_length, seed, mlm=method == "mlm",
+                             encoding=encoding)
+        collate = functools.partial(pad_tokens, pad_id=backbone.tokenizer.pad_token_id)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+                      persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
+
+
+def _image_evaluator(val, classes, backbone, accelerator, workers):
+    """Validation accuracy and loss of the supervised model: each process scores its share, sums are reduced."""
+    import torch
+    from torch.utils.data import DataLoader, Subset
+
+    from .data import ImageAugment, ImageStream
+    from .methods import image_input
+
+    dataset = ImageStream(val, backbone.preprocess, ImageAugment("none"), classes=classes)
+    mine = Subset(dataset, list(range(accelerator.process_index, len(dataset), accelerator.num_processes)))
+
+    @torch.no_grad()
+    def evaluate(model) -> dict:
+        model.eval()
+        sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)
+        for x, y in DataLoader(mine, batch_size=256, num_workers=workers):
+            x, y = x.to(accelerator.device), y.to(accelerator.device)
+            with accelerator.autocast():
+                logits = model(image_input(x, backbone.preprocess)).float()
+            loss = torch.nn.functional.cross_entropy(logits, y, reduction="sum")
+            sums += torch.stack([loss.double(), (logits.argmax(1) == y).sum().double(), torch.tensor(len(y), dtype=torch.float64, device=y.device)])
+        loss, right, n = accelerator.reduce(sums, "sum").tolist()
+        return {"val_loss": loss / max(n, 1), "val_accuracy": right / max(n, 1), "val_n": int(n)}
+
+    return evaluate
+
+
+def _export(obj, backbone, metrics: dict, out: Path, ckpt_dir: Path) -> None:
+    """Write the backbone and the run's record to ``out`` in one rename (the checkpoints go with the old folder)."""
+    from ..bundle.io import atomic_dir
+    from .report import curve_png, report_md
+
+    log = (ckpt_dir / "log.txt").read_text(encoding="utf-8") if (ckpt_dir / "log.txt").is_file() else ""
+    provenance = {k: metrics[k] for k in ("method", "data", "start", "total_steps", "epochs", "global_batch", "lr",
+                                          "processes", "created")}
+    last = metrics["record"]["log"][-1] if metrics["record"]["log"] else {}
+    provenance["final"] = {"loss": last.get("loss"), metrics["metric"]: last.get("metric"),
+                           **({k: v for k, v in metrics["record"]["evaluations"][-1].items() if k.startswith("val")}
+                              if metrics["record"]["evaluations"] else {})}
+    metrics["provenance"] = provenance
+    with atomic_dir(out) as tmp:
+        if metrics["modality"] == "image":
+            from ..backbones.checkpoint import write_backbone_files
+
+            write_backbone_files(backbone, tmp, provenance)
+        else:
+            write_text_backbone(backbone, tmp)
+        from ..bundle.io import write_json
+
+        write_json(tmp / "pretrain.json", metrics)
+        (tmp / "log.txt").write_text(log, encoding="utf-8")
+        curve_png(metrics, tmp / "pretrain_curve.png")
+        (tmp / "report.md").write_text(report_md(metrics, out), encoding="utf-8")
+    shutil.rmtree(ckpt_dir, ignore_errors=True)  # already gone with the old folder; a leftover would block a rerun
+
+
+def write_text_backbone(backbone, folder: Path) -> None:
+    """A Hugging Face model folder that ``--backbone`` and sentence-transformers both load: the encoder, its
+    tokenizer, and the pooling/normalisation/max-length files that keep its sentence embedding as it was."""
+    backbone.body.save_pretrained(str(folder))
+    backbone.tokenizer.save_pretrained(str(folder))
+    pre = backbone.preprocess
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if pre.normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (folder / "2_Normalize").mkdir()
+    (folder / "modules.json").write_text(json.dumps(modules, indent=2))
+    (folder / "1_Pooling").mkdir()
+    pooling = {"word_embedding_dimension": backbone.num_features, "pooling_mode_cls_token": pre.pooling == "cls",
+               "pooling_mode_mean_tokens": pre.pooling == "mean", "pooling_mode_max_tokens": pre.pooling == "max",
+               "pooling_mode_mean_sqrt_len_tokens": pre.pooling == "mean_sqrt_len",
+               "pooling_mode_lasttoken": pre.pooling == "lasttoken"}
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2))
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": pre.max_length, "do_lower_case": False}))

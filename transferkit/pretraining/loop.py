@@ -1,0 +1,173 @@
+"""The pre-training loop: steps, not epochs, under Accelerate.
+
+Every process runs the same loop on its share of each global batch (:class:`~.data.StepSampler`); DDP averages
+the gradients. Loss and metric sums are reduced across processes at each log point, so every process holds the
+same record, and only the main process prints, writes checkpoints and, at the end, the backbone. A checkpoint
+(model, optimizer, schedule, step, record) is written atomically every ``checkpoint_every`` steps and at each
+epoch's end; ``resume`` continues from it. Dropout is seeded from ``(seed, step, rank)`` and augmentation from
+``(seed, epoch, example)``, so a run killed at any moment and resumed ends with the weights an uninterrupted run
+ends with.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..console import console, progress, quiet
+
+CHECKPOINT = "last.pt"
+
+
+@dataclass
+class Plan:
+    total_steps: int
+    steps_per_epoch: int
+    global_batch: int
+    checkpoint_every: int
+    log_every: int
+    seed: int
+    clip_grad: float | None = 1.0
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, dict):
+        return {k: v.to(device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(b, device) for b in batch)
+    if isinstance(batch, int):
+        return batch
+    return batch.to(device)
+
+
+def read_checkpoint(folder: Path) -> dict | None:
+    path = folder / CHECKPOINT
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _write_checkpoint(folder: Path, state: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{CHECKPOINT}.tmp-{os.getpid()}"
+    torch.save(state, tmp)
+    os.replace(tmp, folder / CHECKPOINT)
+
+
+def _fmt_seconds(s: float) -> str:
+    s = int(max(0, s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def run(
+    method,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    make_loader: Callable[[int], Any],
+    accelerator,
+    plan: Plan,
+    *,
+    checkpoint_dir: Path,
+    settings: dict,
+    evaluate: Callable[[nn.Module], dict] | None = None,
+    log_file: Path | None = None,
+) -> dict:
+    """Train ``method.model`` for ``plan.total_steps`` steps; return the run's record (log points, evaluations,
+    throughput). ``make_loader(start_step)`` gives the loader of this process's batches from ``start_step`` on.
+    ``evaluate(model)`` (optional) runs at each epoch's end on every process and returns reduced metrics."""
+    model, optimizer = accelerator.prepare(method.model, optimizer)
+    state = read_checkpoint(checkpoint_dir)
+    record: dict[str, Any] = {"log": [], "evaluations": [], "sessions": []}
+    step, done_seconds = 0, 0.0
+    if state is not None:
+        accelerator.unwrap_model(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, done_seconds, record = int(state["step"]), float(state["seconds"]), state["record"]
+    main = accelerator.is_main_process
+    start_step, session_start = step, time.monotonic()
+    record["sessions"].append({"start_step": step, "processes": accelerator.num_processes})
+    sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)
+    interval_start, interval_steps = time.monotonic(), 0
+    eval_seconds = 0.0
+
+    def say(line: str, bar=None) -> None:
+        if not main:
+            return
+        if log_file is not None:  # appended as it happens: a killed run keeps its log up to the kill
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            with log_file.open("a", encoding="utf-8") as f:
+                f.write(line + "\n")
+        if not quiet():
+            (bar.console if bar is not None else console).print(line, highlight=False, soft_wrap=True)
+
+    def checkpoint() -> None:
+        if main:
+            _write_checkpoint(checkpoint_dir, {
+                "model": accelerator.unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "step": step, "record": record, "settings": settings,
+                "seconds": done_seconds + time.monotonic() - session_start,
+            })
+
+    loader = make_loader(step)
+    with progress(disable=not main) as bar:
+        task = bar.add_task(f"pre-training ({method.name})", total=plan.total_steps, completed=step, status="")
+        model.train()
+        for batch in loader:
+            torch.manual_seed(plan.seed * 1_000_003 + step * accelerator.num_processes + accelerator.process_index)
+            batch = to_device(batch, accelerator.device)
+            with accelerator.autocast():
+                loss, correct, counted = method.loss(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            if plan.clip_grad:
+                accelerator.clip_grad_norm_(model.parameters(), plan.clip_grad)
+            optimizer.step()
+            scheduler.step()
+            sums += torch.tensor([loss.item() * counted, float(correct), counted], dtype=torch.float64,
+                                 device=accelerator.device)
+            step += 1
+            interval_steps += 1
+            epoch_end = step % plan.steps_per_epoch == 0
+            if step % plan.log_every == 0 or step % plan.checkpoint_every == 0 or epoch_end or step == plan.total_steps:
+                total = accelerator.reduce(sums, "sum").tolist()  # every process: same numbers
+                sums.zero_()
+                seconds = time.monotonic() - interval_start
+                rate = interval_steps * plan.global_batch / max(seconds, 1e-9)
+                per_step = (time.monotonic() - session_start) / max(1, step - start_step)
+                eta = per_step * (plan.total_steps - step)
+                entry = {"step": step, "epoch": round(step / plan.steps_per_epoch, 3), "loss": total[0] / max(total[2], 1),
+                         "metric": total[1] / max(total[2], 1), "lr": max(g["lr"] for g in optimizer.param_groups),
+                         "samples_per_s": rate, "elapsed_s": done_seconds + time.monotonic() - session_start}
+                record["log"].append(entry)
+                say(f"step {step}/{plan.total_steps}  epoch {entry['epoch']:.2f}  loss {entry['loss']:.4f}  "
+                    f"{method.metric} {entry['metric']:.3f}  lr {entry['lr']:.2e}  {rate:.1f} samples/s  "
+                    f"ETA {_fmt_seconds(eta)}", bar)
+                bar.update(task, completed=step, status=f"loss {entry['loss']:.3f} · {rate:.0f} samples/s")
+                interval_start, interval_steps = time.monotonic(), 0
+            else:
+                bar.update(task, completed=step)
+            if epoch_end and evaluate is not None:
+                t_eval = time.monotonic()
+                scores = evaluate(model)
+                model.train()
+                scores = {"step": step, "epoch": step // plan.steps_per_epoch, **scores}
+                record["evaluations"].append(scores)
+                say("  validation: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float)), bar)
+                interval_start = time.monotonic()  # evaluation time is not training throughput
+                eval_seconds += interval_start - t_eval
+            if step % plan.checkpoint_every == 0 or epoch_end:
+                checkpoint()
+    seconds = time.monotonic() - session_start
+    train_seconds = seconds - eval_seconds
+    record["sessions"][-1].update(end_step=step, seconds=seconds, eval_seconds=eval_seconds,
+                                  samples_per_s=(step - start_step) * plan.global_batch / max(train_seconds, 1e-9))
+    record["seconds"] = done_seconds + seconds
+    return record

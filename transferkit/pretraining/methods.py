@@ -1,0 +1,177 @@
+"""Pre-training objectives. Each wraps what trains (an ``nn.Module``), how one batch becomes a loss, and how the
+trained backbone is written so that ``--backbone PATH`` loads it.
+
+- ``supervised`` (images): backbone + linear classifier on the source labels, cross-entropy with label smoothing
+  0.1. The classic source task: the classifier is dropped, the features are kept.
+- ``simclr`` (images): two augmented views of each image, backbone + 2-layer projection MLP, NT-Xent loss
+  (temperature 0.2) against every other view in the global batch (gathered across processes, with gradients).
+  Chosen over masked-image modelling because the backbones that work offline here are CNNs (EfficientNet-Lite):
+  masked-image methods (MAE, SimMIM) rely on a ViT's patch tokens, while a contrastive objective works for any
+  backbone that gives a pooled vector.
+- ``mlm`` (texts): BERT's masked-language-model objective on the in-domain texts, the recipe of domain-adaptive
+  pre-training (Gururangan et al., 2020, "Don't Stop Pretraining"). The prediction head is the model's own where
+  its files have one, else new (tied to the input embeddings); only the encoder is kept.
+- ``simcse`` (texts): unsupervised SimCSE (Gao et al., 2021): each text is encoded twice with different dropout
+  masks, and the two embeddings must find each other among the batch (temperature 0.05). It trains the pooled
+  sentence embedding itself, so it suits sentence-embedding encoders (all-MiniLM-L6-v2), whose pooled vectors
+  MLM does not train.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+METHODS = {
+    "supervised": "image",
+    "simclr": "image",
+    "mlm": "text",
+    "simcse": "text",
+}
+
+
+def contrastive_loss(a: torch.Tensor, b: torch.Tensor, temperature: float, accelerator) -> tuple[torch.Tensor, torch.Tensor]:
+    """InfoNCE: row ``i`` of ``a`` must pick row ``i`` of ``b`` among all rows of ``b`` in the global batch (under
+    several processes the other processes' rows join as negatives, gathered with gradients). Returns (loss, number
+    of rows whose positive scored highest)."""
+    a = nn.functional.normalize(a.float(), dim=-1)
+    b = nn.functional.normalize(b.float(), dim=-1)
+    offset = 0
+    if accelerator.num_processes > 1:
+        import torch.distributed.nn.functional as dist_fn
+
+        b_all = torch.cat(dist_fn.all_gather(b))
+        offset = accelerator.process_index * len(b)
+        b = b_all
+    logits = a @ b.T / temperature
+    target = torch.arange(len(a), device=a.device) + offset
+    loss = nn.functional.cross_entropy(logits, target)
+    return loss, (logits.argmax(1) == target).sum()
+
+
+class SupervisedModel(nn.Module):
+    def __init__(self, backbone: nn.Module, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.num_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+class SimCLRModel(nn.Module):
+    def __init__(self, backbone: nn.Module, hidden: int = 512, dim: int = 128):
+        super().__init__()
+        self.backbone = backbone
+        self.projector = nn.Sequential(nn.Linear(backbone.num_features, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+                                       nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.backbone(x))
+
+
+class Method:
+    """One objective: ``model`` trains; ``loss(model, batch)`` gives (loss, correct, counted) for a batch already on the
+    device; ``metric`` names what ``correct / counted`` measures."""
+
+    name = ""
+    metric = "accuracy"
+
+    def __init__(self, backbone: Any, accelerator, **options: Any):
+        self.backbone = backbone
+        self.accelerator = accelerator
+        self.model = self.build(**options)
+
+    def build(self, **options: Any) -> nn.Module:
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor, int]:
+        raise NotImplementedError
+
+
+class Supervised(Method):
+    name, metric = "supervised", "train accuracy"
+
+    def build(self, num_classes: int, label_smoothing: float = 0.1) -> nn.Module:
+        self.label_smoothing = label_smoothing
+        return SupervisedModel(self.backbone, num_classes)
+
+    def loss(self, model, batch):
+        x, y = batch
+        logits = model(image_input(x, self.backbone.preprocess)).float()
+        loss = nn.functional.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        return loss, (logits.argmax(1) == y).sum(), len(y)
+
+
+class SimCLR(Method):
+    name, metric = "simclr", "contrastive top-1"
+
+    def build(self, temperature: float = 0.2) -> nn.Module:
+        self.temperature = temperature
+        return SimCLRModel(self.backbone)
+
+    def loss(self, model, batch):
+        x, _ = batch  # (B, 2, 3, H, W): two views of each image
+        n = len(x)
+        z = model(image_input(x.transpose(0, 1).reshape(2 * n, *x.shape[2:]), self.backbone.preprocess))
+        a, b = z[:n], z[n:]
+        l1, c1 = contrastive_loss(a, b, self.temperature, self.accelerator)
+        l2, c2 = contrastive_loss(b, a, self.temperature, self.accelerator)
+        return (l1 + l2) / 2, c1 + c2, 2 * n
+
+
+class MLM(Method):
+    name, metric = "mlm", "masked-token accuracy"
+
+    def build(self) -> nn.Module:
+        from transformers import AutoModelForMaskedLM
+
+        from ..backbones.text import model_dir, transformer_dir
+
+        if self.backbone.spec.weights == "random":
+            model = AutoModelForMaskedLM.from_config(self.backbone.body.config)
+        else:  # the model's own prediction head where its files have one
+            model = AutoModelForMaskedLM.from_pretrained(str(transformer_dir(model_dir(self.backbone.spec))))
+        # the encoder is the backbone's: same tensors, so what MLM trains is what gets saved
+        missing = model.base_model.load_state_dict(self.backbone.body.state_dict(), strict=False)
+        if missing.missing_keys:
+            from ..errors import BackboneError
+
+            raise BackboneError(f"Text backbone {self.backbone.spec.name!r} does not fit its masked-LM model "
+                                f"({missing.missing_keys[0]} missing): use --method simcse for this encoder.")
+        self.backbone.body = model.base_model
+        return model
+
+    def loss(self, model, batch):
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        target = batch["labels"] != -100
+        correct = (out.logits.argmax(-1)[target] == batch["labels"][target]).sum()
+        return out.loss, correct, int(target.sum())
+
+
+class SimCSE(Method):
+    name, metric = "simcse", "in-batch top-1"
+
+    def build(self, temperature: float = 0.05) -> nn.Module:
+        self.temperature = temperature
+        return self.backbone
+
+    def loss(self, model, batch):
+        n = len(batch["input_ids"])
+        # each text twice in one forward pass (as SimCSE does): the two copies get different dropout masks
+        z = model({k: batch[k].repeat(2, 1) for k in ("input_ids", "attention_mask")})
+        loss, correct = contrastive_loss(z[:n], z[n:], self.temperature, self.accelerator)
+        return loss, correct, n
+
+
+def image_input(x: torch.Tensor, pre) -> torch.Tensor:
+    from ..data.images import normalize
+
+    return normalize(x, pre).contiguous(memory_format=torch.channels_last)
+
+
+def make_method(name: str, backbone: Any, accelerator, **options: Any) -> Method:
+    cls = {"supervised": Supervised, "simclr": SimCLR, "mlm": MLM, "simcse": SimCSE}[name]
+    return cls(backbone, accelerator, **options)
