@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo demo-text demo-audio demo-detect demo-medical test install data bench bench-text bench-audio bench-detect bench-medical bench-compare clean
+.PHONY: demo demo-text demo-audio demo-detect demo-medical test install data bench bench-text bench-audio bench-detect bench-medical bench-compare bench-pretrain clean
 
 install: $(STAMP)
 
@@ -73,6 +73,12 @@ bench-detect: $(STAMP) data
 # transfer vs scratch with `transferkit compare` on Fashion-MNIST and BBC News (about an hour on 2 CPU cores)
 bench-compare: $(STAMP) data
 	$(PY) benchmarks/compare_evidence.py
+
+# the pre-training phase: own pre-training vs scratch vs ImageNet, SimCLR and MLM/SimCSE domain adaptation, 1 vs 2
+# processes (about 75 minutes on 2 CPU cores)
+bench-pretrain: $(STAMP) data
+	$(PY) -m pip install -q "elpv-dataset==1.0.0.post1"
+	$(PY) benchmarks/pretrain_evidence.py
 
 bench-medical: $(STAMP)
 	$(PY) -m pip install -q "elpv-dataset==1.0.0.post1"

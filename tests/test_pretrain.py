@@ -67,6 +67,8 @@ def test_supervised_pretrain_gives_a_backbone_fit_loads_by_path(colours, tmp_pat
     assert model.metrics["backbone"]["name"] == str(out)
     used = model.classifier.backbone.preprocess
     assert used.input_size == (32, 32) and list(used.mean) == pre["mean"]
+    card = (tmp_path / "run" / "model" / "model_card.md").read_text()
+    assert f"pre-trained with `transferkit pretrain` (supervised, 15 steps) on `{colours}`: 84 examples in 3 classes" in card
 
 
 def test_step_sampler_shards_without_overlap_and_resumes_exactly():
@@ -134,7 +136,10 @@ def test_text_pretraining_writes_an_encoder_folder(method, documents, tiny_text_
     assert set(after) == set(before), "only the encoder is saved (no MLM head)"
     assert any(not torch.equal(before[k], after[k]) for k in before)
     bb = transferkit.create_backbone(str(out))
-    assert bb.modality == "text" and bb.preprocess.max_length == 24 and bb.preprocess.pooling == "mean"
+    # 24 tokens was the training window; the encoder keeps the input limit it started with
+    assert bb.modality == "text" and bb.preprocess.max_length == 64 and bb.preprocess.pooling == "mean"
+    assert r.metrics["input"] == 24 and r.metrics["start"]["name"] == tiny_text_backbone
+    assert bb.spec.extra["provenance"]["method"] == method and bb.spec.extra["provenance"]["data"]["examples"] == 60
     from sentence_transformers import SentenceTransformer
 
     assert SentenceTransformer(str(out), device="cpu").encode(["rain and wind"]).shape == (1, 32)
@@ -177,7 +182,8 @@ def _cli(*args: str, workers: str = "0") -> list[str]:
 
 def test_kill_9_then_resume_ends_with_the_same_weights(colours, tmp_path):
     env = {**os.environ, "TRANSFERKIT_QUIET": "1", "OMP_NUM_THREADS": "1"}
-    args = [str(colours), *ARCH, "--epochs", "25", "--batch-size", "8", "--checkpoint-every", "10", "--seed", "2"]
+    args = [str(colours), *ARCH, "--epochs", "25", "--batch-size", "8", "--checkpoint-every", "10", "--log-every", "3",
+            "--seed", "2"]
     whole = tmp_path / "whole"
     # the uninterrupted run reads with two loader processes, the interrupted one in-process: same data either way
     subprocess.run(_cli(*args, "--out", str(whole), workers="2"), env=env, check=True, timeout=300)
@@ -205,6 +211,11 @@ def test_kill_9_then_resume_ends_with_the_same_weights(colours, tmp_path):
     ma, mb = (json.loads((d / "pretrain.json").read_text()) for d in (whole, cut))
     assert [e["loss"] for e in ma["record"]["log"]] == [e["loss"] for e in mb["record"]["log"]]
     assert [s["start_step"] for s in mb["record"]["sessions"]] == [0, at]
+    # log lines written after the checkpoint were dropped on resume and written again: the logs match too
+    def lines(d: Path) -> list[str]:
+        return [line.split("  lr")[0] for line in (d / "log.txt").read_text().splitlines()]
+
+    assert lines(whole) == lines(cut) and len(lines(whole)) > 80
     assert not (cut / "checkpoints").exists()
     assert f"Resumed 1 time(s), at step(s) {at}" in (cut / "report.md").read_text()
 

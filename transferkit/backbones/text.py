@@ -160,7 +160,14 @@ def resolve_text(name: str) -> BackboneSpec | None:
         return BackboneSpec(name, "hf", name[3:], "Hugging Face hub", {"modality": "text"})
     path = Path(name).expanduser()
     if path.is_dir() and (path / "config.json").is_file() and not (path / "backbone.json").is_file():
-        return BackboneSpec(name, "hf-dir", str(path.resolve()), str(path.resolve()), {"modality": "text"})
+        extra: dict[str, Any] = {"modality": "text"}
+        record = path / "pretrain.json"  # written by `transferkit pretrain`: where the encoder's training data came from
+        if record.is_file():
+            try:
+                extra["provenance"] = json.loads(record.read_text(encoding="utf-8")).get("provenance", {})
+            except (OSError, json.JSONDecodeError):
+                pass
+        return BackboneSpec(name, "hf-dir", str(path.resolve()), str(path.resolve()), extra)
     if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name) and not path.exists():
         return BackboneSpec(name, "hf", name, "Hugging Face hub", {"modality": "text"})
     return None
@@ -269,7 +276,7 @@ def build_text(spec: BackboneSpec, pretrained: bool = True) -> TextBackbone:
         tokenizer = AutoTokenizer.from_pretrained(str(weights))
         config = AutoConfig.from_pretrained(str(weights))
         if pretrained:
-            body = AutoModel.from_pretrained(str(weights), **_no_pooler(config))
+            body = AutoModel.from_pretrained(str(weights), dtype=torch.float32, **_no_pooler(config))
         else:
             body = AutoModel.from_config(config, **_no_pooler(config))
     except (OSError, ValueError, KeyError) as err:

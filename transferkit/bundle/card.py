@@ -49,6 +49,14 @@ def render_model_card(config: dict[str, Any]) -> str:
               f"`{spec.get('name')}` ({spec.get('source')}, architecture `{spec.get('arch')}`); pretrained weights: "
               f"{spec.get('weights') or 'none (random initialisation)'}."
               + (f" Input {size[0]}x{size[1]} px." if isinstance(size, list) and len(size) == 2 else "")]
+    prov = (spec.get("extra") or {}).get("provenance") or {}
+    if prov.get("method") and prov.get("data"):
+        d, start = prov["data"], prov.get("start") or {}
+        lines.append(f"The backbone was pre-trained with `transferkit pretrain` ({prov['method']}, {prov.get('total_steps', '?')} "
+                     f"steps) on `{d.get('path')}`: {d.get('examples', '?')} examples"
+                     + (f" in {len(d['classes'])} classes" if d.get("classes") else ", unlabelled")
+                     + f", listing sha256 {str(d.get('listing_sha256', ''))[:12]}; it started from "
+                     + (f"`{start['name']}`." if start.get("name") else f"`{start.get('arch')}` with random weights."))
     if m.get("backbone_ranking"):
         from ..evaluation.report import ranking_text
 

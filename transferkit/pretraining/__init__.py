@@ -81,11 +81,12 @@ def pretrain(
     weights, the normalisation (mean, std) is measured on the data; from a pretrained start it stays the backbone's.
 
     Length: ``epochs`` (method default) or ``steps``; ``batch_size`` is the global batch, split over processes.
-    ``image_size`` sets the input resolution (default: the architecture's), ``max_length`` the token window.
+    ``image_size`` sets the input resolution (default: the architecture's), ``max_length`` the token window that
+    training reads from each document (the saved encoder keeps its own input limit).
     Supervised runs hold out ``val_fraction`` of the images and report their accuracy after each epoch.
 
     A checkpoint is written every ``checkpoint_every`` steps and after each epoch under ``out/checkpoints``;
-    ``resume=True`` continues from it (also after ``kill -9``) and ends with the same weights. ``out`` is replaced,
+    ``resume=True`` continues from it (also after ``kill -9``) and ends with the same weights (bit for bit on CPUs). ``out`` is replaced,
     atomically, only when training has finished: it then holds the backbone, ``pretrain.json`` (settings, source
     data record, log), ``pretrain_curve.png``, ``report.md`` and ``log.txt``.
     """
@@ -107,20 +108,30 @@ def pretrain(
         raise TransferkitError("Text pre-training continues a pretrained encoder: pass --init (e.g. all-MiniLM-L6-v2), not --arch.")
     if arch is not None and init is not None:
         raise TransferkitError("Give --arch (random start) or --init (pretrained start), not both.")
+    for name, value in (("image_size", image_size), ("max_length", max_length)):
+        if value is not None and value < 8:
+            raise TransferkitError(f"{name} must be at least 8 (got {value}).")
     out = Path(out)
     ckpt_dir = out / "checkpoints"
     state_exists = (ckpt_dir / "last.pt").is_file()
     if state_exists and not resume:
         raise TransferkitError(f"{out} holds a checkpoint of an interrupted run: pass --resume to continue it, or choose "
                                "another --out.")
+    if resume and not state_exists and (out / "pretrain.json").is_file():
+        raise TransferkitError(f"{out} holds a finished pre-training run, nothing to resume: choose another --out (or "
+                               "delete it to train again).")
     d = DEFAULTS[method]
     accelerator = make_accelerator(precision, seed=seed)
     world = accelerator.num_processes
 
+    window = None
     if modality == "image":
         source, val_source, backbone = _image_setup(data, method, arch, init, image_size, val_fraction, seed, skip_bad)
     else:
-        source, val_source, backbone = _text_setup(data, init, max_length or d["max_length"], encoding)
+        window = max_length or d["max_length"]
+        source, val_source, backbone = _text_setup(data, init, window, encoding)
+    start = (backbone.spec.to_dict() if backbone.spec.weights != "random"
+             else {"arch": arch or "efficientnet_lite0", "weights": "random"})
     global_batch = batch_size or d["batch_size"]
     if batch_size is None:  # the default batch, shrunk to fit a small dataset and divided evenly over the processes
         global_batch = max(world, min(global_batch, len(source)) // world * world)
@@ -133,12 +144,12 @@ def pretrain(
     settings = {
         "method": method, "data": source.record(), "arch": arch, "init": init, "global_batch": global_batch,
         "total_steps": total_steps, "lr": lr, "weight_decay": weight_decay, "seed": seed,
-        "input": list(backbone.preprocess.input_size) if modality == "image" else backbone.preprocess.max_length,
-        "val_examples": len(val_source) if val_source is not None else 0,
+        "input": list(backbone.preprocess.input_size) if modality == "image" else window,
+        "val_examples": len(val_source) if val_source is not None else 0, "precision": str(accelerator.mixed_precision),
     }
     if state_exists:
         _check_same_run(ckpt_dir, settings, out)
-    elif resume:
+    elif resume and accelerator.is_main_process:
         from ..console import info
 
         info(f"no checkpoint in {ckpt_dir}: starting from step 0")
@@ -156,23 +167,24 @@ def pretrain(
     workers = _workers(workers, world)
     make_loader = functools.partial(_loader, method=method, source=source, backbone=backbone, global_batch=global_batch,
                                     total_steps=total_steps, rank=accelerator.process_index, world=world, seed=seed,
-                                    workers=workers, encoding=encoding)
+                                    workers=workers, encoding=encoding, window=window, skip_bad=skip_bad)
     from .loop import Plan, run
 
     plan = Plan(total_steps, probe.steps_per_epoch, global_batch, checkpoint_every, log_every, seed,
                 clip_grad=1.0 if modality == "text" else None)
     evaluate = _image_evaluator(val_source, source.classes, backbone, accelerator, workers) if val_source else None
-    from ..console import info
+    if accelerator.is_main_process:
+        from ..console import info
 
-    info(f"pre-training {method}: {len(source):,} {'images' if modality == 'image' else 'documents'}, "
-         f"{total_steps:,} steps of {global_batch} on {world} process(es), start: "
-         f"{init or (arch or 'efficientnet_lite0') + ' (random weights)'}")
+        info(f"pre-training {method}: {len(source):,} {'images' if modality == 'image' else 'documents'}, "
+             f"{total_steps:,} steps of {global_batch} on {world} process(es), start: "
+             f"{start.get('name') or start['arch'] + ' (random weights)'}")
     record = run(obj, optimizer, scheduler, make_loader, accelerator, plan, checkpoint_dir=ckpt_dir, settings=settings,
                  evaluate=evaluate, log_file=ckpt_dir / "log.txt")
     metrics = {
         **settings, "modality": modality, "epochs": round(total_steps / probe.steps_per_epoch, 3),
         "steps_per_epoch": probe.steps_per_epoch, "processes": world, "precision": str(accelerator.mixed_precision),
-        "device": str(accelerator.device), "start": backbone.spec.to_dict() if init else {"arch": arch or "efficientnet_lite0", "weights": "random"},
+        "device": str(accelerator.device), "start": start,
         "preprocess": backbone.preprocess.to_dict(), "record": record, "seconds": record["seconds"],
         "samples_per_s": record["sessions"][-1]["samples_per_s"], "metric": obj.metric,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -249,22 +261,24 @@ def _text_setup(data, init, max_length, encoding):
     limit = backbone.max_length_limit()
     if max_length > limit:
         raise TransferkitError(f"--max-length {max_length} is longer than {backbone.spec.name} reads ({limit} tokens).")
-    backbone.preprocess = dataclasses.replace(backbone.preprocess, max_length=max_length)
+    # max_length is the training window only: the saved encoder keeps the input length it started with
     return source, None, backbone
 
 
-def _loader(start: int, *, method, source, backbone, global_batch, total_steps, rank, world, seed, workers, encoding):
+def _loader(start: int, *, method, source, backbone, global_batch, total_steps, rank, world, seed, workers, encoding,
+            window, skip_bad):
     from torch.utils.data import DataLoader
 
     from .data import ImageAugment, ImageStream, StepSampler, TextStream, pad_tokens
 
     sampler = StepSampler(len(source), global_batch, total_steps, start, rank, world, seed)
     if method in ("supervised", "simclr"):
-        dataset = ImageStream(source, backbone.preprocess, ImageAugment(method), seed, views=2 if method == "simclr" else 1)
+        dataset = ImageStream(source, backbone.preprocess, ImageAugment(method), seed, views=2 if method == "simclr" else 1,
+                              skip_bad=skip_bad)
         collate = None
     else:
-        dataset = TextStream(source, backbone.tokenizer, backbone.preprocess.max_length, seed, mlm=method == "mlm",
-                             encoding=encoding)
+        dataset = TextStream(source, backbone.tokenizer, window, seed, mlm=method == "mlm", encoding=encoding,
+                             vocab_size=getattr(backbone.body.config, "vocab_size", None))
         collate = functools.partial(pad_tokens, pad_id=backbone.tokenizer.pad_token_id)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
                       persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)

@@ -10,6 +10,7 @@ as an uninterrupted one.
 
 from __future__ import annotations
 
+import array
 import hashlib
 import json
 import math
@@ -43,19 +44,26 @@ class Source:
     and a record of where they came from for the backbone's provenance."""
 
     kind: str  # "image" or "text"
-    items: list[Any]
+    items: Any  # image paths (list of str); texts: an (N, 2) int64 array of (file number, byte offset or -1)
     labels: list[str] | None
     origin: str
     classes: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # texts: the files ``items`` point into
 
     def __len__(self) -> int:
         return len(self.items)
 
     def record(self) -> dict[str, Any]:
-        """Provenance: path, size, classes and a fingerprint of the listing (names and sizes, not contents)."""
+        """Provenance: path, size, classes and a fingerprint of the listing (file names; for texts also each
+        document's byte offset), not of the contents."""
         h = hashlib.sha256()
-        for item in self.items:
-            h.update(str(item).encode("utf-8", "surrogatepass") + b"\0")
+        for f in self.files:
+            h.update(f.encode("utf-8", "surrogatepass") + b"\0")
+        if isinstance(self.items, np.ndarray):
+            h.update(np.ascontiguousarray(self.items, dtype=np.int64).tobytes())
+        else:
+            for item in self.items:
+                h.update(str(item).encode("utf-8", "surrogatepass") + b"\0")
         out: dict[str, Any] = {"path": self.origin, "kind": self.kind, "examples": len(self.items),
                                "listing_sha256": h.hexdigest()}
         if self.labels is not None:
@@ -207,8 +215,9 @@ class ImageStream(Dataset):
     (contrastive methods)."""
 
     def __init__(self, source: Source, pre: PreprocessConfig, augment: ImageAugment, seed: int = 0, views: int = 1,
-                 classes: list[str] | None = None):
+                 classes: list[str] | None = None, skip_bad: bool = False):
         self.source, self.pre, self.augment, self.seed, self.views = source, pre, augment, seed, views
+        self.skip_bad = skip_bad
         index = {c: k for k, c in enumerate(classes or source.classes)}
         self.targets = [index[y] for y in source.labels] if source.labels is not None else None
 
@@ -219,7 +228,18 @@ class ImageStream(Dataset):
         from ..data.images import load_pil
 
         epoch, i = divmod(int(key), len(self.source))
-        img, _ = load_pil(Path(self.source.items[i]), self.pre.window, self.pre.slices)
+        for tries in range(10):
+            try:
+                img, _ = load_pil(Path(self.source.items[i]), self.pre.window, self.pre.slices)
+                break
+            except DataError as err:
+                if not self.skip_bad or tries == 9:
+                    raise
+                from ..console import warn
+
+                # the next example stands in: the same one at every visit, so resuming stays exact
+                warn(f"{err} (skipped: {self.source.items[(i + 1) % len(self.source)]} is used in its place)")
+                i = (i + 1) % len(self.source)
         views = []
         for v in range(self.views):
             g = torch.Generator().manual_seed(example_seed(self.seed, epoch, i, v))
@@ -263,27 +283,32 @@ def text_source(path: str | Path, encoding: str = "utf-8") -> Source:
         files = sorted(str(f) for f in root.rglob("*.txt") if not any(p.startswith(".") for p in f.relative_to(root).parts))
         if not files:
             raise DataError(f"{root} holds no .txt files: pass a folder of .txt documents or a .txt file with one per line.")
-        return Source("text", [(f, -1) for f in files], None, str(root))
+        items = np.stack([np.arange(len(files)), np.full(len(files), -1)], axis=1).astype(np.int64)
+        return Source("text", items, None, str(root), files=files)
     if root.suffix.lower() not in TEXT_FILE_SUFFIXES:
         raise DataError(f"{root} is not a .txt or .jsonl file: give one document per line (.txt) or a text field per line (.jsonl).")
-    items = []
+    offsets = array.array("q")  # 8 bytes per document, not a Python object each
     with root.open("rb") as f:
         offset = 0
         for line in f:
             if line.strip():
-                items.append((str(root), offset))
+                offsets.append(offset)
             offset += len(line)
-    if not items:
+    if not offsets:
         raise DataError(f"{root} has no non-empty lines: put one document per line.")
-    return Source("text", items, None, str(root))
+    starts = np.frombuffer(offsets, dtype=np.int64)
+    return Source("text", np.stack([np.zeros_like(starts), starts], axis=1), None, str(root), files=[str(root)])
 
 
-def read_document(item: tuple[str, int], encoding: str = "utf-8") -> str:
-    """The text of one document (a whole file when ``offset`` is -1, else the line at ``offset``)."""
-    path, offset = item
+MAX_DOCUMENT_BYTES = 10_000_000  # a longer .txt file is read only this far
+
+
+def read_document(path: str, offset: int, encoding: str = "utf-8") -> str:
+    """The text of one document (a whole file, up to 10 MB, when ``offset`` is -1, else the line at ``offset``)."""
     try:
         if offset < 0:
-            return Path(path).read_bytes().decode(encoding, errors="replace")
+            with open(path, "rb") as f:
+                return f.read(MAX_DOCUMENT_BYTES).decode(encoding, errors="replace")
         with open(path, "rb") as f:
             f.seek(offset)
             line = f.readline().decode(encoding, errors="replace")
@@ -307,15 +332,20 @@ class TextStream(Dataset):
     15% of the tokens are selected for prediction (80% of them masked, 10% replaced, 10% kept, as in BERT)."""
 
     def __init__(self, source: Source, tokenizer: Any, max_length: int, seed: int = 0, mlm: bool = False,
-                 encoding: str = "utf-8"):
+                 encoding: str = "utf-8", vocab_size: int | None = None):
         self.source, self.tokenizer, self.max_length, self.seed, self.mlm, self.encoding = (
             source, tokenizer, max_length, seed, mlm, encoding)
+        self.vocab_size = vocab_size or len(tokenizer)
         self.special = {int(t) for t in tokenizer.all_special_ids}
         # the special tokens the tokenizer puts around a text ([CLS] ... [SEP] for BERT), found by tokenising one word
         bare = tokenizer("a", add_special_tokens=False)["input_ids"]
         full = tokenizer("a", add_special_tokens=True)["input_ids"]
         at = next((k for k in range(len(full)) if full[k : k + len(bare)] == bare), 0)
         self.prefix, self.suffix = list(full[:at]), list(full[at + len(bare):])
+        if max_length < len(self.prefix) + len(self.suffix) + 1:
+            raise DataError(f"--max-length {max_length} leaves no room for text between the special tokens: use 16 or more.")
+        if mlm and tokenizer.mask_token_id is None:
+            raise DataError("This tokenizer has no mask token, so it cannot train a masked-language model: use --method simcse.")
 
     def __len__(self) -> int:
         return len(self.source)
@@ -324,7 +354,8 @@ class TextStream(Dataset):
         epoch, i = divmod(int(key), len(self.source))
         g = torch.Generator().manual_seed(example_seed(self.seed, epoch, i))
         # about 100 windows' worth of characters: enough for a random passage, bounded for a huge line
-        text = read_document(self.source.items[i], self.encoding)[: 400 * self.max_length]
+        file, offset = self.source.items[i]
+        text = read_document(self.source.files[file], int(offset), self.encoding)[: 400 * self.max_length]
         ids = self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
         room = self.max_length - len(self.prefix) - len(self.suffix)
         if len(ids) > room:
@@ -333,11 +364,11 @@ class TextStream(Dataset):
         ids = torch.tensor(self.prefix + list(ids) + self.suffix, dtype=torch.long)
         if not self.mlm:
             return ids, torch.full_like(ids, -100)
-        return mask_tokens(ids, self.tokenizer, self.special, g)
+        return mask_tokens(ids, self.tokenizer, self.special, g, vocab_size=self.vocab_size)
 
 
 def mask_tokens(ids: torch.Tensor, tokenizer: Any, special: set[int], g: torch.Generator,
-                p: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
+                p: float = 0.15, vocab_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's masking: ``p`` of the non-special tokens become targets; of those 80% turn into [MASK], 10% into a random
     token, 10% stay. Returns (input ids, labels with -100 where nothing is predicted)."""
     labels = ids.clone()
@@ -351,7 +382,7 @@ def mask_tokens(ids: torch.Tensor, tokenizer: Any, special: set[int], g: torch.G
     ids = ids.clone()
     ids[chosen & (roll < 0.8)] = tokenizer.mask_token_id
     swap = chosen & (roll >= 0.8) & (roll < 0.9)
-    ids[swap] = torch.randint(len(tokenizer), ids.shape, generator=g)[swap]
+    ids[swap] = torch.randint(vocab_size or len(tokenizer), ids.shape, generator=g)[swap]
     return ids, labels
 
 

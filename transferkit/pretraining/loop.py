@@ -5,8 +5,8 @@ the gradients. Loss and metric sums are reduced across processes at each log poi
 same record, and only the main process prints, writes checkpoints and, at the end, the backbone. A checkpoint
 (model, optimizer, schedule, step, record) is written atomically every ``checkpoint_every`` steps and at each
 epoch's end; ``resume`` continues from it. Dropout is seeded from ``(seed, step, rank)`` and augmentation from
-``(seed, epoch, example)``, so a run killed at any moment and resumed ends with the weights an uninterrupted run
-ends with.
+``(seed, epoch, example)``, so a run killed at any moment and resumed on the same hardware ends with the weights an
+uninterrupted run ends with (bit for bit on CPUs, tested; GPUs may pick non-deterministic cuDNN kernels).
 """
 
 from __future__ import annotations
@@ -81,17 +81,26 @@ def run(
 ) -> dict:
     """Train ``method.model`` for ``plan.total_steps`` steps; return the run's record (log points, evaluations,
     throughput). ``make_loader(start_step)`` gives the loader of this process's batches from ``start_step`` on.
-    ``evaluate(model)`` (optional) runs at each epoch's end on every process and returns reduced metrics."""
+    ``evaluate(model)`` (optional) runs at each epoch's end and at the last step, on every process, with the
+    unwrapped model, and returns metrics reduced across processes."""
     model, optimizer = accelerator.prepare(method.model, optimizer)
     state = read_checkpoint(checkpoint_dir)
     record: dict[str, Any] = {"log": [], "evaluations": [], "sessions": []}
     step, done_seconds = 0, 0.0
+    scaler = getattr(accelerator, "scaler", None)  # fp16 only: its loss scale is part of the state
+    log_size = 0
     if state is not None:
         accelerator.unwrap_model(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         step, done_seconds, record = int(state["step"]), float(state["seconds"]), state["record"]
+        log_size = int(state.get("log_bytes", 0))
     main = accelerator.is_main_process
+    if main and log_file is not None and log_file.exists():  # drop lines written after the checkpoint (or before a
+        with log_file.open("r+b") as f:                       # fresh start): they are written again as the run replays
+            f.truncate(log_size)
     start_step, session_start = step, time.monotonic()
     record["sessions"].append({"start_step": step, "processes": accelerator.num_processes})
     sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)
@@ -114,6 +123,8 @@ def run(
                 "model": accelerator.unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "step": step, "record": record, "settings": settings,
                 "seconds": done_seconds + time.monotonic() - session_start,
+                "scaler": scaler.state_dict() if scaler is not None else {},
+                "log_bytes": log_file.stat().st_size if log_file is not None and log_file.exists() else 0,
             })
 
     loader = make_loader(step)
@@ -154,13 +165,14 @@ def run(
                 interval_start, interval_steps = time.monotonic(), 0
             else:
                 bar.update(task, completed=step)
-            if epoch_end and evaluate is not None:
+            if (epoch_end or step == plan.total_steps) and evaluate is not None:
                 t_eval = time.monotonic()
-                scores = evaluate(model)
+                scores = evaluate(accelerator.unwrap_model(model))  # no DDP collectives: a process may have no share
                 model.train()
-                scores = {"step": step, "epoch": step // plan.steps_per_epoch, **scores}
+                scores = {"step": step, "epoch": round(step / plan.steps_per_epoch, 3), **scores}
                 record["evaluations"].append(scores)
-                say("  validation: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float)), bar)
+                shown = {k: v for k, v in scores.items() if k.startswith("val_") and isinstance(v, float)}
+                say("  validation: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()), bar)
                 interval_start = time.monotonic()  # evaluation time is not training throughput
                 eval_seconds += interval_start - t_eval
             if step % plan.checkpoint_every == 0 or epoch_end:

@@ -4,7 +4,8 @@ trained backbone is written so that ``--backbone PATH`` loads it.
 - ``supervised`` (images): backbone + linear classifier on the source labels, cross-entropy with label smoothing
   0.1. The classic source task: the classifier is dropped, the features are kept.
 - ``simclr`` (images): two augmented views of each image, backbone + 2-layer projection MLP, NT-Xent loss
-  (temperature 0.2) against every other view in the global batch (gathered across processes, with gradients).
+  (temperature 0.2): each view must find its partner among all other views of the global batch (gathered across
+  processes, with gradients).
   Chosen over masked-image modelling because the backbones that work offline here are CNNs (EfficientNet-Lite):
   masked-image methods (MAE, SimMIM) rely on a ViT's patch tokens, while a contrastive objective works for any
   backbone that gives a pooled vector.
@@ -12,7 +13,8 @@ trained backbone is written so that ``--backbone PATH`` loads it.
   pre-training (Gururangan et al., 2020, "Don't Stop Pretraining"). The prediction head is the model's own where
   its files have one, else new (tied to the input embeddings); only the encoder is kept.
 - ``simcse`` (texts): unsupervised SimCSE (Gao et al., 2021): each text is encoded twice with different dropout
-  masks, and the two embeddings must find each other among the batch (temperature 0.05). It trains the pooled
+  masks, and the two embeddings must find each other among the batch's other embeddings (NT-Xent, temperature
+  0.05). It trains the pooled
   sentence embedding itself, so it suits sentence-embedding encoders (all-MiniLM-L6-v2), whose pooled vectors
   MLM does not train.
 """
@@ -32,21 +34,21 @@ METHODS = {
 }
 
 
-def contrastive_loss(a: torch.Tensor, b: torch.Tensor, temperature: float, accelerator) -> tuple[torch.Tensor, torch.Tensor]:
-    """InfoNCE: row ``i`` of ``a`` must pick row ``i`` of ``b`` among all rows of ``b`` in the global batch (under
-    several processes the other processes' rows join as negatives, gathered with gradients). Returns (loss, number
-    of rows whose positive scored highest)."""
-    a = nn.functional.normalize(a.float(), dim=-1)
-    b = nn.functional.normalize(b.float(), dim=-1)
-    offset = 0
+def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float, accelerator) -> tuple[torch.Tensor, torch.Tensor]:
+    """SimCLR's NT-Xent: ``a[i]`` and ``b[i]`` are two views of one example; each of the ``2n`` views must pick its
+    partner among the other ``2N - 1`` views of the global batch (under several processes the other processes'
+    views are gathered, with gradients). Returns (mean loss over this process's views, how many picked right)."""
+    z = nn.functional.normalize(torch.cat([a, b]).float(), dim=-1)
+    n, offset, everything = len(a), 0, z
     if accelerator.num_processes > 1:
         import torch.distributed.nn.functional as dist_fn
 
-        b_all = torch.cat(dist_fn.all_gather(b))
-        offset = accelerator.process_index * len(b)
-        b = b_all
-    logits = a @ b.T / temperature
-    target = torch.arange(len(a), device=a.device) + offset
+        everything = torch.cat(dist_fn.all_gather(z))
+        offset = accelerator.process_index * len(z)
+    logits = z @ everything.T / temperature
+    rows = torch.arange(2 * n, device=z.device)
+    logits[rows, rows + offset] = float("-inf")  # a view is not its own partner
+    target = (rows + n) % (2 * n) + offset
     loss = nn.functional.cross_entropy(logits, target)
     return loss, (logits.argmax(1) == target).sum()
 
@@ -116,10 +118,8 @@ class SimCLR(Method):
         x, _ = batch  # (B, 2, 3, H, W): two views of each image
         n = len(x)
         z = model(image_input(x.transpose(0, 1).reshape(2 * n, *x.shape[2:]), self.backbone.preprocess))
-        a, b = z[:n], z[n:]
-        l1, c1 = contrastive_loss(a, b, self.temperature, self.accelerator)
-        l2, c2 = contrastive_loss(b, a, self.temperature, self.accelerator)
-        return (l1 + l2) / 2, c1 + c2, 2 * n
+        loss, correct = nt_xent(z[:n], z[n:], self.temperature, self.accelerator)
+        return loss, correct, 2 * n
 
 
 class MLM(Method):
@@ -130,15 +130,20 @@ class MLM(Method):
 
         from ..backbones.text import model_dir, transformer_dir
 
-        if self.backbone.spec.weights == "random":
-            model = AutoModelForMaskedLM.from_config(self.backbone.body.config)
-        else:  # the model's own prediction head where its files have one
-            model = AutoModelForMaskedLM.from_pretrained(str(transformer_dir(model_dir(self.backbone.spec))))
+        from ..errors import BackboneError
+
+        try:
+            if self.backbone.spec.weights == "random":
+                model = AutoModelForMaskedLM.from_config(self.backbone.body.config)
+            else:  # the model's own prediction head where its files have one; float32 whatever the files hold
+                model = AutoModelForMaskedLM.from_pretrained(str(transformer_dir(model_dir(self.backbone.spec))),
+                                                             dtype=torch.float32)
+        except ValueError as err:
+            raise BackboneError(f"{self.backbone.spec.name!r} has no masked-language-model form "
+                                f"({str(err).splitlines()[0][:120]}): use --method simcse.") from None
         # the encoder is the backbone's: same tensors, so what MLM trains is what gets saved
         missing = model.base_model.load_state_dict(self.backbone.body.state_dict(), strict=False)
         if missing.missing_keys:
-            from ..errors import BackboneError
-
             raise BackboneError(f"Text backbone {self.backbone.spec.name!r} does not fit its masked-LM model "
                                 f"({missing.missing_keys[0]} missing): use --method simcse for this encoder.")
         self.backbone.body = model.base_model
@@ -162,8 +167,8 @@ class SimCSE(Method):
         n = len(batch["input_ids"])
         # each text twice in one forward pass (as SimCSE does): the two copies get different dropout masks
         z = model({k: batch[k].repeat(2, 1) for k in ("input_ids", "attention_mask")})
-        loss, correct = contrastive_loss(z[:n], z[n:], self.temperature, self.accelerator)
-        return loss, correct, n
+        loss, correct = nt_xent(z[:n], z[n:], self.temperature, self.accelerator)
+        return loss, correct, 2 * n
 
 
 def image_input(x: torch.Tensor, pre) -> torch.Tensor:

@@ -45,7 +45,8 @@ def report_md(metrics: dict, out: Path) -> str:
         f"- Start: {start_text}",
         f"- Training: {metrics['total_steps']:,} steps ({metrics['epochs']:g} epochs) of {metrics['global_batch']} examples, "
         f"AdamW lr {metrics['lr']:g}, weight decay {metrics['weight_decay']:g}, warm-up then cosine decay",
-        f"- Input: {metrics['input']}" + (" px" if metrics["modality"] == "image" else " tokens"),
+        (f"- Input: {metrics['input'][0]}x{metrics['input'][1]} px" if metrics["modality"] == "image"
+         else f"- Input: windows of {metrics['input']} tokens from each document"),
         f"- Ran on {metrics['processes']} process(es), {metrics['device']}, precision {metrics['precision']}: "
         f"{metrics['samples_per_s']:.1f} samples/s, {metrics['seconds']:.0f} s in all",
     ]
