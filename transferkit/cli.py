@@ -444,6 +444,7 @@ def pretrain(
     image_size: Optional[int] = typer.Option(None, help="Images: input resolution (default: the architecture's)."),
     max_length: Optional[int] = typer.Option(None, help="Texts: tokens per example, a window of each document (default: mlm 128, simcse 64)."),
     val_fraction: float = typer.Option(0.05, help="Supervised: share of images held out and scored after each epoch (0: none)."),
+    label_smoothing: float = typer.Option(0.0, help="Supervised: label smoothing of the source targets (0 keeps the features most transferable)."),
     checkpoint_every: int = typer.Option(200, help="Steps between checkpoints (one is also written after each epoch)."),
     log_every: int = typer.Option(50, help="Steps between log lines (loss, metric, samples/s, ETA)."),
     resume: bool = typer.Option(False, help="Continue from OUT/checkpoints after an interruption (also kill -9); the result is the same as without one."),
@@ -464,7 +465,8 @@ def pretrain(
     try:
         result = pretrain_api(str(data), method=method, arch=arch, init=init, out=out, epochs=epochs, steps=steps,
                               batch_size=batch_size, lr=lr, weight_decay=weight_decay, image_size=image_size,
-                              max_length=max_length, val_fraction=val_fraction, checkpoint_every=checkpoint_every,
+                              max_length=max_length, val_fraction=val_fraction, label_smoothing=label_smoothing,
+                              checkpoint_every=checkpoint_every,
                               log_every=log_every, resume=resume, seed=seed, precision=precision, workers=workers,
                               skip_bad=skip_bad, encoding=encoding)
     except TransferkitError as err:

@@ -60,6 +60,7 @@ def pretrain(
     image_size: int | None = None,
     max_length: int | None = None,
     val_fraction: float = 0.05,
+    label_smoothing: float = 0.0,
     checkpoint_every: int = 200,
     log_every: int = 50,
     resume: bool = False,
@@ -83,7 +84,8 @@ def pretrain(
     Length: ``epochs`` (method default) or ``steps``; ``batch_size`` is the global batch, split over processes.
     ``image_size`` sets the input resolution (default: the architecture's), ``max_length`` the token window that
     training reads from each document (the saved encoder keeps its own input limit).
-    Supervised runs hold out ``val_fraction`` of the images and report their accuracy after each epoch.
+    Supervised runs hold out ``val_fraction`` of the images and report their accuracy after each epoch;
+    ``label_smoothing`` (default 0) smooths their targets, which tends to make the features transfer worse.
 
     A checkpoint is written every ``checkpoint_every`` steps and after each epoch under ``out/checkpoints``;
     ``resume=True`` continues from it (also after ``kill -9``) and ends with the same weights (bit for bit on CPUs). ``out`` is replaced,
@@ -102,6 +104,8 @@ def pretrain(
                         ("log_every", log_every)):
         if value is not None and value < 1:
             raise TransferkitError(f"{name} must be at least 1 (got {value}).")
+    if not 0 <= label_smoothing < 1:
+        raise TransferkitError(f"label_smoothing must be in [0, 1) (got {label_smoothing}).")
     if not 0 <= val_fraction < 0.5:
         raise TransferkitError(f"val_fraction must be in [0, 0.5) (got {val_fraction}).")
     if modality == "text" and arch is not None:
@@ -146,6 +150,7 @@ def pretrain(
         "total_steps": total_steps, "lr": lr, "weight_decay": weight_decay, "seed": seed,
         "input": list(backbone.preprocess.input_size) if modality == "image" else window,
         "val_examples": len(val_source) if val_source is not None else 0, "precision": str(accelerator.mixed_precision),
+        **({"label_smoothing": label_smoothing} if method == "supervised" else {}),
     }
     if state_exists:
         _check_same_run(ckpt_dir, settings, out)
@@ -156,7 +161,7 @@ def pretrain(
 
     from .methods import make_method
 
-    options = {"num_classes": len(source.classes)} if method == "supervised" else {}
+    options = {"num_classes": len(source.classes), "label_smoothing": label_smoothing} if method == "supervised" else {}
     obj = make_method(method, backbone, accelerator, **options)
     import torch
 
