@@ -105,6 +105,7 @@ def run(
     record["sessions"].append({"start_step": step, "processes": accelerator.num_processes})
     sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)
     interval_start, interval_steps = time.monotonic(), 0
+    eta_rate: float | None = None  # samples/s, smoothed over log points
     eval_seconds = 0.0
 
     def say(line: str, bar=None) -> None:
@@ -152,8 +153,10 @@ def run(
                 sums.zero_()
                 seconds = time.monotonic() - interval_start
                 rate = interval_steps * plan.global_batch / max(seconds, 1e-9)
-                per_step = (time.monotonic() - session_start) / max(1, step - start_step)
-                eta = per_step * (plan.total_steps - step)
+                # ETA from the recent pace (an average since the start would lag behind a change in load)
+                recent = rate if eta_rate is None else 0.5 * eta_rate + 0.5 * rate
+                eta_rate = recent
+                eta = (plan.total_steps - step) * plan.global_batch / max(recent, 1e-9)
                 entry = {"step": step, "epoch": round(step / plan.steps_per_epoch, 3), "loss": total[0] / max(total[2], 1),
                          "metric": total[1] / max(total[2], 1), "lr": max(g["lr"] for g in optimizer.param_groups),
                          "samples_per_s": rate, "elapsed_s": done_seconds + time.monotonic() - session_start}
