@@ -9,9 +9,9 @@ Stages (each reuses what an earlier one wrote; results land in benchmarks/result
   repeats it with label smoothing 0.1 in the pre-training (the ablation behind its default of 0).
 - ``dapt-images``: SimCLR continued from the ImageNet EfficientNet-Lite0 on the unlabelled ELPV solar cells outside
   the fixed 800-cell test set, at 112 px; then few-shot linear probes (10 and 25 labels per class, 5 seeds, AUROC)
-  with the adapted and the unadapted backbone.
+  with the adapted and the unadapted backbone, on the same draws (so the gain has a paired interval).
 - ``dapt-text``: MLM and SimCSE continued from all-MiniLM-L6-v2 on the BBC News articles outside the test set;
-  then few-shot linear probes (2 and 5 labels per topic, 5 seeds, accuracy) with each.
+  then few-shot linear probes (2 and 5 labels per topic, 5 seeds, accuracy) with each, paired likewise.
 - ``scaling``: the same supervised pre-training (200 steps of 128 at 32 px) in one process and in two processes
   under ``accelerate launch`` (gloo on the CPU); throughput and logs side by side. Run it alone: two cores.
 
@@ -88,6 +88,47 @@ def compare(data: Path, backbone: str, out: Path, strategies: str, budgets: str,
     return {"backbone": backbone, "metric": r["config"]["metric"], "summary": rows, "report": str(out / "report.html")}
 
 
+def probe(rows: list[dict], test: list[dict], backbones: dict[str, str], budgets: tuple[int, ...], out: Path,
+          score, seeds: int = 5, **fit_options) -> dict:
+    """Few-shot linear probes: per seed and budget, ``budget`` labelled examples per class drawn from ``rows`` (the
+    same draw for every backbone), scored on the fixed ``test`` rows. Returns per backbone the mean and 95% interval
+    over seeds, and the paired difference of each backbone against the first (same draws, so the seeds pair)."""
+    import csv
+
+    from transferkit.comparison import seed_interval
+
+    labels = sorted({r["label"] for r in rows})
+    scores: dict[str, dict[int, list[float]]] = {name: {b: [] for b in budgets} for name in backbones}
+    for budget in budgets:
+        for seed in range(seeds):
+            rng = np.random.default_rng(1000 * budget + seed)
+            picked = [r for y in labels for r in rng.permutation([r for r in rows if r["label"] == y])[:budget].tolist()]
+            manifest = out / f"b{budget}-s{seed}" / "data.csv"
+            manifest.parent.mkdir(parents=True, exist_ok=True)
+            with manifest.open("w", newline="", encoding="utf-8") as f:
+                w = csv.DictWriter(f, fieldnames=[*rows[0], "split"])
+                w.writeheader()
+                w.writerows([{**r, "split": "train"} for r in picked] + [{**r, "split": "test"} for r in test])
+            for name, bb in backbones.items():
+                model = transferkit.fit(manifest, backbone=bb, strategy="linear", seed=seed, **fit_options)
+                scores[name][budget].append(score(model.metrics["test"]))
+                print(f"  {name:10s} budget {budget} seed {seed}: {scores[name][budget][-1]:.4f}", flush=True)
+    base = next(iter(backbones))
+    result = {"seeds": seeds, "budgets": list(budgets), "backbones": backbones, "scores": scores, "summary": []}
+    for budget in budgets:
+        for name in backbones:
+            m, lo, hi = seed_interval(scores[name][budget])
+            row = {"budget": budget, "backbone": name, "mean": m, "low": lo, "high": hi}
+            if name != base:
+                diff = [a - b for a, b in zip(scores[name][budget], scores[base][budget], strict=True)]
+                row["paired_gain"] = dict(zip(("mean", "low", "high"), seed_interval(diff, bounds=(-1.0, 1.0)), strict=True))
+            result["summary"].append(row)
+            print(f"  {name:10s} budget {budget}: {m:.4f} ({lo:.4f}-{hi:.4f})"
+                  + (f", gain over {base} {row['paired_gain']['mean']:+.4f} ({row['paired_gain']['low']:+.4f} to "
+                     f"{row['paired_gain']['high']:+.4f})" if name != base else ""))
+    return result
+
+
 def stage_source(label_smoothing: float = 0.0) -> None:
     source, target = export_fmnist_split()
     suffix = f"-ls{label_smoothing:g}" if label_smoothing else ""
@@ -124,10 +165,17 @@ def stage_dapt_images() -> None:
                              batch_size=64, out=adapted, resume=True)
     meta = json.loads((adapted / "pretrain.json").read_text())
     results = {"pretrain": {k: meta[k] for k in ("total_steps", "epochs", "global_batch", "seconds", "samples_per_s", "data")},
-               "last_log": meta["record"]["log"][-1], "runs": []}
-    for bb, name in (("efficientnet_lite0", "unadapted"), (str(adapted), "simclr")):
-        results["runs"].append(compare(manifest, bb, RUNS / f"pt-elpv-{name}", "linear", "10,25", image_size=112,
-                                       modality="medical", metric="auroc"))
+               "last_log": meta["record"]["log"][-1]}
+    import csv
+
+    with manifest.open() as f:
+        all_rows = [{"path": str(manifest.parent / r["path"]), "label": r["label"], "split": r["split"]} for r in csv.DictReader(f)]
+    rows = [{k: r[k] for k in ("path", "label")} for r in all_rows if r["split"] == "train"]
+    test = [{k: r[k] for k in ("path", "label")} for r in all_rows if r["split"] == "test"]
+    results["probe"] = probe(rows, test, {"unadapted": "efficientnet_lite0", "simclr": str(adapted)}, (10, 25),
+                             RUNS / "pt-elpv-probe", lambda t: t["clinical"]["auroc"], image_size=112,
+                             modality="medical")
+    results["probe"]["metric"] = "test AUROC (800 cells), defective vs functional"
     save("dapt_images", results)
 
 
@@ -142,7 +190,7 @@ def stage_dapt_text() -> None:
     if not docs.exists():
         texts = [" ".join(t.split()) for t in load_bbc_news().texts]
         docs.write_text("\n".join(t for t in texts if t not in held_out) + "\n", encoding="utf-8")
-    results = {"documents": sum(1 for _ in docs.open(encoding="utf-8")), "pretrain": {}, "runs": []}
+    results = {"documents": sum(1 for _ in docs.open(encoding="utf-8")), "pretrain": {}}
     for method in ("mlm", "simcse"):
         out = BACKBONES / f"bbc-{method}"
         if not (out / "pretrain.json").is_file():
@@ -150,8 +198,14 @@ def stage_dapt_text() -> None:
                                  resume=True)
         meta = json.loads((out / "pretrain.json").read_text())
         results["pretrain"][method] = {k: meta[k] for k in ("total_steps", "global_batch", "seconds", "samples_per_s")}
-    for bb in ("all-MiniLM-L6-v2", str(BACKBONES / "bbc-mlm"), str(BACKBONES / "bbc-simcse")):
-        results["runs"].append(compare(folder, bb, RUNS / f"pt-bbc-{Path(bb).name}", "linear", "2,5", max_length=128))
+    def read(split: str) -> list[dict]:
+        return [{"text": " ".join(p.read_text(encoding="utf-8").split()), "label": p.parent.name}
+                for p in sorted((folder / split).rglob("*.txt"))]
+
+    results["probe"] = probe(read("train"), read("test"), {"unadapted": "all-MiniLM-L6-v2", "mlm": str(BACKBONES / "bbc-mlm"),
+                                                           "simcse": str(BACKBONES / "bbc-simcse")},
+                             (2, 5), RUNS / "pt-bbc-probe", lambda t: t["accuracy"], max_length=128)
+    results["probe"]["metric"] = "test accuracy (500 articles, 5 topics)"
     save("dapt_text", results)
 
 
