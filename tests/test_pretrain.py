@@ -96,6 +96,9 @@ def test_augmentation_depends_only_on_seed_epoch_and_example(colours):
     from transferkit.pretraining.data import ImageAugment, ImageStream, image_source
 
     source = image_source(colours, labelled=False)
+    table = colours.parent / "unlabelled.csv"  # a table of paths, no labels
+    table.write_text("path\n" + "".join(f"{p}\n" for p in source.items[:5]))
+    assert image_source(table, labelled=False).items == source.items[:5]
     pre = PreprocessConfig(input_size=(16, 16), crop_pct=1.0)
     stream = ImageStream(source, pre, ImageAugment("simclr"), seed=1, views=2)
     x, y = stream[5]

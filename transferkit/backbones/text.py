@@ -228,6 +228,28 @@ def read_preprocess(folder: Path, tokenizer: Any, config: Any) -> TextPreprocess
     return TextPreprocessConfig(max_length=int(max_length), pooling=pooling, normalize=normalize)
 
 
+def write_text_backbone(backbone: TextBackbone, folder: Path) -> None:
+    """A Hugging Face model folder that ``--backbone`` and sentence-transformers both load: the encoder, its
+    tokenizer, and the pooling/normalisation/max-length files that keep its sentence embedding as it was (the
+    files :func:`read_preprocess` reads back)."""
+    backbone.body.save_pretrained(str(folder))
+    backbone.tokenizer.save_pretrained(str(folder))
+    pre = backbone.preprocess
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if pre.normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (folder / "2_Normalize").mkdir()
+    (folder / "modules.json").write_text(json.dumps(modules, indent=2))
+    (folder / "1_Pooling").mkdir()
+    pooling = {"word_embedding_dimension": backbone.num_features, "pooling_mode_cls_token": pre.pooling == "cls",
+               "pooling_mode_mean_tokens": pre.pooling == "mean", "pooling_mode_max_tokens": pre.pooling == "max",
+               "pooling_mode_mean_sqrt_len_tokens": pre.pooling == "mean_sqrt_len",
+               "pooling_mode_lasttoken": pre.pooling == "lasttoken"}
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2))
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": pre.max_length, "do_lower_case": False}))
+
+
 def transformer_dir(folder: Path) -> Path:
     """Where the encoder's own files are: the folder itself, or the Transformer module's subfolder of an older
     sentence-transformers layout (``0_Transformer/``)."""

@@ -220,10 +220,11 @@ def _sidecar(f: Path) -> bool:
 
 
 def read_table(path: Path, skip_bad: bool = False, kind: str = "image", patient_column: str | None = None,
-               patients: bool = False) -> tuple[ImageSet, dict[str, ImageSet]]:
+               patients: bool = False, labelled: bool = True) -> tuple[ImageSet, dict[str, ImageSet]]:
     """A CSV/TSV (header row) or JSONL file with ``path`` and ``label`` (optional ``split``: train/val/test). With
     ``patients`` (medical runs), a patient column (``patient_column`` or one of :data:`PATIENT_COLUMNS`) groups the
-    rows, hashed as it is read."""
+    rows, hashed as it is read. ``labelled=False`` (unlabelled pre-training) needs only the path column; labels
+    are then empty strings where the table has none."""
     _, cls = _kind(kind)
     rows = _read_rows(path)
     if not rows:
@@ -231,8 +232,9 @@ def read_table(path: Path, skip_bad: bool = False, kind: str = "image", patient_
     cols = set(rows[0][1])
     path_col = next((c for c in PATH_COLUMNS if c in cols), None)
     label_col = next((c for c in ("label", "class", "target", "category") if c in cols), None)
-    if path_col is None or label_col is None:
-        raise DataError(f"{path} needs a 'path' and a 'label' column; it has {sorted(cols)}.")
+    if path_col is None or (label_col is None and labelled):
+        raise DataError(f"{path} needs a 'path' and a 'label' column; it has {sorted(cols)}."
+                        if labelled else f"{path} needs a 'path' column naming the {kind} files; it has {sorted(cols)}.")
     if patient_column is not None and patient_column.lower() not in cols:
         raise DataError(f"{path} has no column {patient_column!r} for patient ids; it has {sorted(cols)}.")
     patient_col = patient_column.lower() if patient_column else next((c for c in PATIENT_COLUMNS if c in cols), None)
@@ -243,8 +245,8 @@ def read_table(path: Path, skip_bad: bool = False, kind: str = "image", patient_
     skipped = 0
     for line, row in rows:
         img = Path(str(row.get(path_col, "")).strip())
-        label = str(row.get(label_col, "")).strip()
-        if not str(img) or str(img) == "." or not label:
+        label = str(row.get(label_col, "")).strip() if label_col else ""
+        if not str(img) or str(img) == "." or (labelled and not label):
             raise DataError(f"{path} line {line}: empty {path_col!r} or {label_col!r}: fill it in or remove the row.")
         full = img if img.is_absolute() else path.parent / img
         if not full.is_file():

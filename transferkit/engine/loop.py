@@ -230,17 +230,19 @@ def _any_process(accelerator, flag: bool) -> bool:
 
 
 def _save_checkpoint(path: Path, model, optimizer, scheduler, history: History, best) -> None:
+    write_checkpoint(path, {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": torch.get_rng_state(),
+        "history": history.to_dict(),
+        "best": best,
+    })
+
+
+def write_checkpoint(path: Path, state: dict) -> None:
+    """``torch.save`` under a temporary name, then one rename: a crash mid-write leaves the previous checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": torch.get_rng_state(),
-            "history": history.to_dict(),
-            "best": best,
-        },
-        tmp,
-    )
+    torch.save(state, tmp)
     os.replace(tmp, path)

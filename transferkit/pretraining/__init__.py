@@ -93,6 +93,7 @@ def pretrain(
     data record, log), ``pretrain_curve.png``, ``report.md`` and ``log.txt``.
     """
     from ..engine.accel import make_accelerator
+    from .loop import CHECKPOINT, read_checkpoint
     from .methods import METHODS
 
     if method not in METHODS:
@@ -117,7 +118,7 @@ def pretrain(
             raise TransferkitError(f"{name} must be at least 8 (got {value}).")
     out = Path(out)
     ckpt_dir = out / "checkpoints"
-    state_exists = (ckpt_dir / "last.pt").is_file()
+    state_exists = (ckpt_dir / CHECKPOINT).is_file()
     if state_exists and not resume:
         raise TransferkitError(f"{out} holds a checkpoint of an interrupted run: pass --resume to continue it, or choose "
                                "another --out.")
@@ -152,8 +153,9 @@ def pretrain(
         "val_examples": len(val_source) if val_source is not None else 0, "precision": str(accelerator.mixed_precision),
         **({"label_smoothing": label_smoothing} if method == "supervised" else {}),
     }
-    if state_exists:
-        _check_same_run(ckpt_dir, settings, out)
+    state = read_checkpoint(ckpt_dir) if state_exists else None
+    if state is not None:
+        _check_same_run(state["settings"], settings, out)
     elif resume and accelerator.is_main_process:
         from ..console import info
 
@@ -184,7 +186,7 @@ def pretrain(
         info(f"pre-training {method}: {len(source):,} {'images' if modality == 'image' else 'documents'}, "
              f"{total_steps:,} steps of {global_batch} on {world} process(es), start: "
              f"{start.get('name') or start['arch'] + ' (random weights)'}")
-    record = run(obj, optimizer, scheduler, make_loader, accelerator, plan, checkpoint_dir=ckpt_dir, settings=settings,
+    record = run(obj, optimizer, scheduler, make_loader, accelerator, plan, checkpoint_dir=ckpt_dir, state=state, settings=settings,
                  evaluate=evaluate, log_file=ckpt_dir / "log.txt")
     metrics = {
         **settings, "modality": modality, "epochs": round(total_steps / probe.steps_per_epoch, 3),
@@ -200,10 +202,7 @@ def pretrain(
     return PretrainResult(out, metrics)
 
 
-def _check_same_run(ckpt_dir: Path, settings: dict, out: Path) -> None:
-    from .loop import read_checkpoint
-
-    saved = read_checkpoint(ckpt_dir)["settings"]
+def _check_same_run(saved: dict, settings: dict, out: Path) -> None:
     order = sorted(settings, key=lambda k: k == "data")  # a changed seed also changes the split: name the seed
     differ = [k for k in order if json.dumps(saved.get(k), sort_keys=True) != json.dumps(settings[k], sort_keys=True)]
     if differ:
@@ -232,10 +231,7 @@ def _image_setup(data, method, arch, init, image_size, val_fraction, seed, skip_
     val = None
     if method == "supervised" and val_fraction > 0:
         parts = stratified_split(source.labels, {"val": val_fraction}, seed)
-        val = dataclasses.replace(source, items=[source.items[i] for i in parts["val"]],
-                                  labels=[source.labels[i] for i in parts["val"]])
-        source = dataclasses.replace(source, items=[source.items[i] for i in parts["rest"]],
-                                     labels=[source.labels[i] for i in parts["rest"]])
+        val, source = source.subset(parts["val"]), source.subset(parts["rest"])
     if init is not None:
         backbone = create_backbone(init, modality="image")
         if image_size:
@@ -295,9 +291,10 @@ def _image_evaluator(val, classes, backbone, accelerator, workers):
     from torch.utils.data import DataLoader, Subset
 
     from .data import ImageAugment, ImageStream
-    from .methods import image_input
+    from ..strategies.base import image_prepare
 
     dataset = ImageStream(val, backbone.preprocess, ImageAugment("none"), classes=classes)
+    prepare = image_prepare(backbone.preprocess)
     mine = Subset(dataset, list(range(accelerator.process_index, len(dataset), accelerator.num_processes)))
 
     @torch.no_grad()
@@ -307,7 +304,7 @@ def _image_evaluator(val, classes, backbone, accelerator, workers):
         for x, y in DataLoader(mine, batch_size=256, num_workers=workers):
             x, y = x.to(accelerator.device), y.to(accelerator.device)
             with accelerator.autocast():
-                logits = model(image_input(x, backbone.preprocess)).float()
+                logits = model(prepare(x)).float()
             loss = torch.nn.functional.cross_entropy(logits, y, reduction="sum")
             sums += torch.stack([loss.double(), (logits.argmax(1) == y).sum().double(), torch.tensor(len(y), dtype=torch.float64, device=y.device)])
         loss, right, n = accelerator.reduce(sums, "sum").tolist()
@@ -335,6 +332,8 @@ def _export(obj, backbone, metrics: dict, out: Path, ckpt_dir: Path) -> None:
 
             write_backbone_files(backbone, tmp, provenance)
         else:
+            from ..backbones.text import write_text_backbone
+
             write_text_backbone(backbone, tmp)
         from ..bundle.io import write_json
 
@@ -343,24 +342,3 @@ def _export(obj, backbone, metrics: dict, out: Path, ckpt_dir: Path) -> None:
         curve_png(metrics, tmp / "pretrain_curve.png")
         (tmp / "report.md").write_text(report_md(metrics, out), encoding="utf-8")
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # already gone with the old folder; a leftover would block a rerun
-
-
-def write_text_backbone(backbone, folder: Path) -> None:
-    """A Hugging Face model folder that ``--backbone`` and sentence-transformers both load: the encoder, its
-    tokenizer, and the pooling/normalisation/max-length files that keep its sentence embedding as it was."""
-    backbone.body.save_pretrained(str(folder))
-    backbone.tokenizer.save_pretrained(str(folder))
-    pre = backbone.preprocess
-    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
-    if pre.normalize:
-        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
-        (folder / "2_Normalize").mkdir()
-    (folder / "modules.json").write_text(json.dumps(modules, indent=2))
-    (folder / "1_Pooling").mkdir()
-    pooling = {"word_embedding_dimension": backbone.num_features, "pooling_mode_cls_token": pre.pooling == "cls",
-               "pooling_mode_mean_tokens": pre.pooling == "mean", "pooling_mode_max_tokens": pre.pooling == "max",
-               "pooling_mode_mean_sqrt_len_tokens": pre.pooling == "mean_sqrt_len",
-               "pooling_mode_lasttoken": pre.pooling == "lasttoken"}
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2))
-    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": pre.max_length, "do_lower_case": False}))

@@ -53,6 +53,10 @@ class Source:
     def __len__(self) -> int:
         return len(self.items)
 
+    def subset(self, idx: list[int]) -> Source:
+        labels = [self.labels[i] for i in idx] if self.labels is not None else None
+        return Source(self.kind, [self.items[i] for i in idx], labels, self.origin, self.classes, self.files)
+
     def record(self) -> dict[str, Any]:
         """Provenance: path, size, classes and a fingerprint of the listing (file names; for texts also each
         document's byte offset), not of the contents."""
@@ -105,7 +109,7 @@ def image_source(path: str | Path, labelled: bool, skip_bad: bool = False) -> So
                             "for unlabelled images use --method simclr.")
         return Source("image", [str(p) for p in ds.items], list(ds.labels), str(root), classes)
     if root.is_file():
-        ds, given = read_table(root, skip_bad=skip_bad) if _has_label_column(root) else (_path_table(root), {})
+        ds, given = read_table(root, skip_bad=skip_bad, labelled=False)
         items = [str(p) for p in ds.items] + [str(p) for part in given.values() for p in part.items]
         return Source("image", items, None, str(root))
     items = []
@@ -120,30 +124,6 @@ def image_source(path: str | Path, labelled: bool, skip_bad: bool = False) -> So
     if not items:
         raise DataError(f"{root} holds no image files (at any depth): pass a folder of images.")
     return Source("image", items, None, str(root))
-
-
-def _has_label_column(path: Path) -> bool:
-    from ..data.sources import table_columns
-
-    return bool(table_columns(path) & {"label", "class", "target", "category"})
-
-
-def _path_table(path: Path):
-    """A table with only a path column (unlabelled images)."""
-    from ..data.sources import PATH_COLUMNS, ImageSet, _read_rows
-
-    rows = _read_rows(path)
-    col = next((c for c in PATH_COLUMNS if rows and c in rows[0][1]), None)
-    if col is None:
-        raise DataError(f"{path} needs a 'path' column naming the image files.")
-    items = []
-    for line, row in rows:
-        f = Path(str(row.get(col, "")).strip())
-        f = f if f.is_absolute() else path.parent / f
-        if not f.is_file():
-            raise DataError(f"{path} line {line}: image file {f} does not exist: fix the path or remove the row.")
-        items.append(f)
-    return ImageSet(items, [""] * len(items), str(path))
 
 
 @dataclass(frozen=True)

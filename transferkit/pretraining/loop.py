@@ -11,7 +11,6 @@ uninterrupted run ends with (bit for bit on CPUs, tested; GPUs may pick non-dete
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from ..console import console, progress, quiet
+from ..engine.loop import write_checkpoint
 
 CHECKPOINT = "last.pt"
 
@@ -54,13 +54,6 @@ def read_checkpoint(folder: Path) -> dict | None:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _write_checkpoint(folder: Path, state: dict) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{CHECKPOINT}.tmp-{os.getpid()}"
-    torch.save(state, tmp)
-    os.replace(tmp, folder / CHECKPOINT)
-
-
 def _fmt_seconds(s: float) -> str:
     s = int(max(0, s))
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
@@ -75,16 +68,16 @@ def run(
     plan: Plan,
     *,
     checkpoint_dir: Path,
+    state: dict | None,
     settings: dict,
     evaluate: Callable[[nn.Module], dict] | None = None,
     log_file: Path | None = None,
 ) -> dict:
     """Train ``method.model`` for ``plan.total_steps`` steps; return the run's record (log points, evaluations,
-    throughput). ``make_loader(start_step)`` gives the loader of this process's batches from ``start_step`` on.
+    throughput), continuing from the checkpoint ``state`` when given. ``make_loader(start_step)`` gives the loader of this process's batches from ``start_step`` on.
     ``evaluate(model)`` (optional) runs at each epoch's end and at the last step, on every process, with the
     unwrapped model, and returns metrics reduced across processes."""
     model, optimizer = accelerator.prepare(method.model, optimizer)
-    state = read_checkpoint(checkpoint_dir)
     record: dict[str, Any] = {"log": [], "evaluations": [], "sessions": []}
     step, done_seconds = 0, 0.0
     scaler = getattr(accelerator, "scaler", None)  # fp16 only: its loss scale is part of the state
@@ -120,7 +113,7 @@ def run(
 
     def checkpoint() -> None:
         if main:
-            _write_checkpoint(checkpoint_dir, {
+            write_checkpoint(checkpoint_dir / CHECKPOINT, {
                 "model": accelerator.unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "step": step, "record": record, "settings": settings,
                 "seconds": done_seconds + time.monotonic() - session_start,

@@ -87,6 +87,10 @@ class Method:
         self.backbone = backbone
         self.accelerator = accelerator
         self.model = self.build(**options)
+        if getattr(backbone, "modality", "image") == "image":
+            from ..strategies.base import image_prepare
+
+            self.prepare = image_prepare(backbone.preprocess)  # normalised, channels_last, as in fit
 
     def build(self, **options: Any) -> nn.Module:
         raise NotImplementedError
@@ -104,7 +108,7 @@ class Supervised(Method):
 
     def loss(self, model, batch):
         x, y = batch
-        logits = model(image_input(x, self.backbone.preprocess)).float()
+        logits = model(self.prepare(x)).float()
         loss = nn.functional.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         return loss, (logits.argmax(1) == y).sum(), len(y)
 
@@ -119,7 +123,7 @@ class SimCLR(Method):
     def loss(self, model, batch):
         x, _ = batch  # (B, 2, 3, H, W): two views of each image
         n = len(x)
-        z = model(image_input(x.transpose(0, 1).reshape(2 * n, *x.shape[2:]), self.backbone.preprocess))
+        z = model(self.prepare(x.transpose(0, 1).reshape(2 * n, *x.shape[2:])))
         loss, correct = nt_xent(z[:n], z[n:], self.temperature, self.accelerator)
         return loss, correct, 2 * n
 
@@ -177,12 +181,6 @@ class SimCSE(Method):
         z = model({k: batch[k].repeat(2, 1) for k in ("input_ids", "attention_mask")})
         loss, correct = nt_xent(z[:n], z[n:], self.temperature, self.accelerator)
         return loss, correct, 2 * n
-
-
-def image_input(x: torch.Tensor, pre) -> torch.Tensor:
-    from ..data.images import normalize
-
-    return normalize(x, pre).contiguous(memory_format=torch.channels_last)
 
 
 def make_method(name: str, backbone: Any, accelerator, **options: Any) -> Method:
