@@ -27,7 +27,7 @@ from transferkit.errors import BackboneError, DataError, TransferkitError
 from transferkit.strategies.base import augment_wave
 
 FAST = {
-    "linear": {"epochs": 30},
+    "linear": {},
     "finetune": {"epochs": 2, "batch_size": 8},
     "gradual": {"epochs": 3, "unfreeze_every": 1, "batch_size": 8},
     "scratch": {"epochs": 2, "batch_size": 8},
@@ -129,18 +129,18 @@ def test_bad_audio_files_in_a_dataset(audio_folder, tiny_backbone, tmp_path):
     bad = audio_folder / "train" / "low" / "broken.wav"
     bad.write_bytes(b"")
     with pytest.raises(DataError, match=r"broken.wav is empty \(0 bytes\)"):
-        transferkit.fit(audio_folder, backbone=tiny_backbone, strategy="linear", epochs=2)
+        transferkit.fit(audio_folder, backbone=tiny_backbone, strategy="linear")
     bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
     with pytest.raises(DataError, match=r"broken.wav is not a readable audio file"):
-        transferkit.fit(audio_folder, backbone=tiny_backbone, strategy="linear", epochs=2)
+        transferkit.fit(audio_folder, backbone=tiny_backbone, strategy="linear")
     (audio_folder / "train" / "low" / "notes.pdf").write_bytes(b"%PDF")
     with pytest.raises(DataError, match=r"notes.pdf is not an audio file"):
-        transferkit.fit(audio_folder, backbone=tiny_backbone, strategy="linear", epochs=2)
+        transferkit.fit(audio_folder, backbone=tiny_backbone, strategy="linear")
     # silence is kept with a warning; stereo 48 kHz is mixed down and resampled
     sf.write(str(audio_folder / "train" / "mid" / "silent.wav"), np.zeros(8000, np.float32), 16_000)
     stereo = np.stack([tone(800, 0.5, 48_000)] * 2, axis=1)
     sf.write(str(audio_folder / "train" / "mid" / "stereo.wav"), stereo, 48_000)
-    model = transferkit.fit(audio_folder, backbone=tiny_backbone, strategy="linear", epochs=2, skip_bad=True)
+    model = transferkit.fit(audio_folder, backbone=tiny_backbone, strategy="linear", skip_bad=True)
     info = model.metrics["data"]["audio"]
     assert model.metrics["data"]["train"] + model.metrics["data"]["val"] == 8 * 3 + 3  # broken, pdf skipped
     assert sum(v["skipped"] for v in info.values()) == 2  # the corrupt file and the silent one (skip_bad)
@@ -169,7 +169,7 @@ def test_audio_strategy_contract(name, audio_folder, tiny_backbone, tmp_path):
 def test_tones_are_learned_and_long_recordings_are_windowed(audio_folder, tiny_backbone, tmp_path):
     import soundfile as sf
 
-    model = transferkit.fit(audio_folder, backbone=tiny_backbone, strategy="linear", epochs=100)
+    model = transferkit.fit(audio_folder, backbone=tiny_backbone, strategy="linear")
     assert model.metrics["test"]["accuracy"] >= 0.66
     long = tmp_path / "long.wav"
     sf.write(str(long), np.concatenate([tone(2000, 1.0)] * 4), 16_000)
@@ -276,12 +276,12 @@ def test_spoken_digits_with_unseen_speakers(tmp_path):
 
 def test_fit_routes_audio_tables_and_folders_with_stray_text_files(audio_folder, tiny_backbone, tmp_path):
     (audio_folder / "train" / "README.txt").write_text("recorded on a phone in 2024")
-    model = transferkit.fit(audio_folder, backbone=tiny_backbone, strategy="linear", epochs=5)
+    model = transferkit.fit(audio_folder, backbone=tiny_backbone, strategy="linear")
     assert model.metrics["task"] == "audio-classification"
     table = tmp_path / "clips.csv"
     rows = [f"{p},{p.parent.name}" for p in sorted((audio_folder / "train").rglob("*.wav"))]
     table.write_text("audio,label\n" + "\n".join(rows) + "\n")
-    model = transferkit.fit(table, backbone=tiny_backbone, strategy="linear", epochs=5)
+    model = transferkit.fit(table, backbone=tiny_backbone, strategy="linear")
     assert model.metrics["task"] == "audio-classification" and model.metrics["data"]["train"] > 0
 
 
@@ -320,7 +320,7 @@ def test_an_empty_split_is_named(tmp_path, tiny_backbone):
 def test_evaluate_arrays_at_their_own_sample_rate(audio_folder, tiny_backbone):
     from transferkit.data.audio import read_audio
 
-    model = transferkit.fit(audio_folder, backbone=tiny_backbone, strategy="linear", epochs=50)
+    model = transferkit.fit(audio_folder, backbone=tiny_backbone, strategy="linear")
     files = sorted((audio_folder / "test").rglob("*.wav"))
     arrays = AudioSet([read_audio(f, 8000) for f in files], [f.parent.name for f in files], sample_rate=8000)
     on_files, on_arrays = model.evaluate(audio_folder), model.evaluate(arrays)
@@ -350,7 +350,7 @@ def test_evaluate_and_cli_predict_on_audio(audio_folder, tiny_backbone, tmp_path
     from transferkit.cli import app
 
     out = tmp_path / "run"
-    model = transferkit.fit(audio_folder, backbone=tiny_backbone, strategy="linear", epochs=30, out=out)
+    model = transferkit.fit(audio_folder, backbone=tiny_backbone, strategy="linear", out=out)
     scored = model.evaluate(audio_folder)  # its test/ folder
     assert scored["n"] == 9 and scored["accuracy"] == pytest.approx(model.metrics["test"]["accuracy"])
     wav = str(sorted((audio_folder / "test" / "high").glob("*.wav"))[0])

@@ -107,7 +107,7 @@ def test_failed_run_writes_no_bundle(colour_splits, tiny_backbone, tmp_path, mon
 def test_every_bundle_has_a_model_card(colour_folder, tiny_backbone, tmp_path):
     import transferkit
 
-    model = transferkit.fit(colour_folder, backbone=tiny_backbone, strategy="linear", epochs=3, out=tmp_path / "run")
+    model = transferkit.fit(colour_folder, backbone=tiny_backbone, strategy="linear", out=tmp_path / "run")
     card = (tmp_path / "run" / "model" / "model_card.md").read_text()
     m = model.metrics["test"]
     lo, hi = m["accuracy_ci"]
@@ -135,7 +135,7 @@ def test_scratch_baseline_and_backbone_ranking_reach_report_and_card(colour_spli
     bb.preprocess = dataclasses.replace(bb.preprocess, input_size=(32, 32), crop_pct=1.0)
     other = tmp_path / "other"
     save_backbone(bb, other, provenance={"note": "another random init"})
-    model = transferkit.fit(colour_splits, backbone=f"{tiny_backbone},{other}", strategy="linear", epochs=3,
+    model = transferkit.fit(colour_splits, backbone=f"{tiny_backbone},{other}", strategy="linear",
                             scratch_baseline=True, out=tmp_path / "run")
     ranking = model.metrics["backbone_ranking"]
     assert ranking["chosen"] == max(ranking["rows"], key=lambda r: r["logme"])["backbone"]

@@ -384,7 +384,7 @@ def test_medical_fit_end_to_end_without_identifiers(dicom_manifest, tiny_backbon
 
 
 def test_decisions_follow_the_threshold(dicom_manifest, tiny_backbone):
-    model = transferkit.fit(dicom_manifest, backbone=tiny_backbone, strategy="linear", epochs=3, threshold=0.01)
+    model = transferkit.fit(dicom_manifest, backbone=tiny_backbone, strategy="linear", threshold=0.01)
     assert model.clinical["threshold"] == 0.01 and model.clinical["threshold_rule"] == "given"
     probs = np.array([[0.02, 0.98], [0.005, 0.995]])  # classes: lesion, normal
     assert model.decide(probs).tolist() == [0, 1]
@@ -400,7 +400,7 @@ def test_nifti_folder_end_to_end_with_stacks(tmp_path, tiny_backbone):
             vol = np.stack([lesion_slice(rng, label == "lesion" and k in (1, 2, 3), 24) for k in range(5)], axis=2)
             _nifti((tmp_path / "vols" / label).mkdir(parents=True, exist_ok=True) or
                    tmp_path / "vols" / label / f"s{i}.nii.gz", vol)
-    model = transferkit.fit(tmp_path / "vols", backbone=tiny_backbone, strategy="linear", epochs=2, slices="2.5d",
+    model = transferkit.fit(tmp_path / "vols", backbone=tiny_backbone, strategy="linear", slices="2.5d",
                             window="lung")
     assert model.metrics["task"] == "medical-classification"
     assert model.preprocess.slices == "2.5d"
@@ -427,7 +427,7 @@ def test_cli_fit_and_predict_a_dicom(dicom_manifest, tiny_backbone, tmp_path):
 
     out = tmp_path / "cli-run"
     r = CliRunner().invoke(app, ["fit", str(dicom_manifest), "--modality", "medical", "--backbone", tiny_backbone,
-                                 "--strategy", "linear", "--epochs", "3", "--window", "-600,1500", "--out", str(out),
+                                 "--strategy", "linear", "--window", "-600,1500", "--out", str(out),
                                  "--json"])
     assert r.exit_code == 0, r.output
     summary = json.loads(r.output.strip().splitlines()[-1])
@@ -545,7 +545,7 @@ def test_csv_gives_the_decided_label_and_its_probability(dicom_manifest, tiny_ba
 
     from transferkit.cli import app
 
-    model = transferkit.fit(dicom_manifest, backbone=tiny_backbone, strategy="linear", epochs=2, threshold=0.001,
+    model = transferkit.fit(dicom_manifest, backbone=tiny_backbone, strategy="linear", threshold=0.001,
                             out=tmp_path / "run")
     scans = [str(dicom_manifest.parent / "scans" / f"p{i}_0.dcm") for i in range(5)]
     rows = model.predict(scans, top_k=1)

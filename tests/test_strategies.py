@@ -14,7 +14,7 @@ from transferkit.strategies import STRATEGIES, TEXT_ONLY, create_strategy
 IMAGE_STRATEGIES = [s for s in STRATEGIES if s not in TEXT_ONLY]
 
 FAST = {
-    "linear": {"epochs": 30},
+    "linear": {},
     "finetune": {"epochs": 3, "batch_size": 8},
     "gradual": {"epochs": 4, "unfreeze_every": 1, "batch_size": 8},
     "scratch": {"epochs": 3, "batch_size": 8},
@@ -63,7 +63,10 @@ def test_linear_features_are_cached_on_disk(colour_splits, tiny_backbone, tmp_pa
     monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path / "cache"))
     first = transferkit.fit(colour_splits, backbone=tiny_backbone, strategy="linear")
     assert first.metrics["details"]["feature_cache_hit"] is False
-    assert len(list((tmp_path / "cache" / "features").glob("*.safetensors"))) == 2  # train, val
+    # small data: no validation split, so one entry (all training images); with a validation split, two
+    assert len(list((tmp_path / "cache" / "features").glob("*.safetensors"))) == 1
+    transferkit.fit(colour_splits, backbone=tiny_backbone, strategy="linear", val_fraction=0.2)
+    assert len(list((tmp_path / "cache" / "features").glob("*.safetensors"))) == 3
     second = transferkit.fit(colour_splits, backbone=tiny_backbone, strategy="linear")
     assert second.metrics["details"]["feature_cache_hit"] is True
     assert second.metrics["test"]["accuracy"] == first.metrics["test"]["accuracy"]

@@ -15,12 +15,12 @@ from transferkit.errors import BackboneError, DataError, TransferkitError
 from conftest import topic_texts
 
 FAST = {
-    "linear": {"epochs": 20},
+    "linear": {},
     "finetune": {"epochs": 2},
     "gradual": {"epochs": 3},
     "scratch": {"epochs": 2},
     "lora": {"epochs": 2},
-    "contrastive": {"max_pairs": 48, "head_epochs": 10},
+    "contrastive": {"max_pairs": 48},
     "auto": {"max_epochs": 2},
 }
 
@@ -282,7 +282,7 @@ def test_multi_label_fit_predict_and_report(tmp_path, tiny_text_backbone):
         labels = [label] + (["long"] if i % 2 else [])
         rows.append({"text": text + (" and more words" * 3 if i % 2 else ""), "labels": labels})
     path.write_text("\n".join(json.dumps(r) for r in rows))
-    model = transferkit.fit(path, backbone=tiny_text_backbone, strategy="linear", out=tmp_path / "run", epochs=30)
+    model = transferkit.fit(path, backbone=tiny_text_backbone, strategy="linear", out=tmp_path / "run")
     m = model.metrics
     assert m["data"]["multi_label"] and "micro_f1" in m["test"] and "confusion_matrix" not in m["test"]
     assert not (tmp_path / "run" / "confusion_matrix.png").exists()
@@ -298,7 +298,7 @@ def test_multi_label_fit_predict_and_report(tmp_path, tiny_text_backbone):
 
 def test_report_lists_confidently_wrong_examples(text_folder, tiny_text_backbone, tmp_path):
     (text_folder / "test" / "sport" / "mislabelled.txt").write_text("bank shares market profit price investor stock")
-    model = transferkit.fit(text_folder, backbone=tiny_text_backbone, strategy="linear", out=tmp_path / "run", epochs=60)
+    model = transferkit.fit(text_folder, backbone=tiny_text_backbone, strategy="linear", out=tmp_path / "run")
     wrong = model.metrics["confidently_wrong"]
     assert wrong and wrong[0]["confidence"] >= wrong[-1]["confidence"]
     assert any(w["input"].endswith("mislabelled.txt") and w["true"] == "sport" for w in wrong)
@@ -315,7 +315,7 @@ def test_text_and_image_mismatches_are_clear(text_folder, colour_folder, tiny_te
 
 
 def test_evaluate_text_bundle(text_folder, tiny_text_backbone, tmp_path):
-    model = transferkit.fit(text_folder, backbone=tiny_text_backbone, strategy="linear", out=tmp_path / "run", epochs=30)
+    model = transferkit.fit(text_folder, backbone=tiny_text_backbone, strategy="linear", out=tmp_path / "run")
     m = transferkit.load(tmp_path / "run" / "model").evaluate(text_folder)
     assert m["n"] == 12 and m["accuracy"] == pytest.approx(model.metrics["test"]["accuracy"])
 

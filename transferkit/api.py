@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .bundle.model import TransferModel
+from .data.sources import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
 from .errors import TransferkitError
 
 if TYPE_CHECKING:
@@ -44,8 +45,9 @@ def fit(
     budget: str | float | None = None,
     seed: int = 0,
     skip_bad: bool = False,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.2,
+    val_fraction: float | None = None,
+    test_fraction: float | None = None,
+    cv: int = 5,
     precision: str = "auto",
     arch: str | None = None,
     cpu: bool | None = None,
@@ -99,6 +101,13 @@ def fit(
     an FCOS detector on the backbone's feature maps, returned as a
     :class:`~transferkit.bundle.detection.DetectionModel`; ``image_size`` is the longer image side.
 
+    Splits: a given ``test/`` folder, ``split`` column or dataset split is always honoured. Otherwise small data
+    (fewer than 50 examples, or patients, in the smallest class) hold nothing out by default: settings (the probe's
+    C, epochs, ``auto``'s choice, a medical threshold) are chosen by stratified ``cv``-fold cross-validation, the
+    score is reported as a cross-validated estimate with its interval, and the final model trains on every label.
+    ``val_fraction`` / ``test_fraction`` hold out splits anyway (larger data: 0.15 and 0.2 by default).
+    ``transferkit evaluate`` on a separate test set stays the final word.
+
     Several backbones (a list, or ``"a,b,c"``): each is scored on the training and validation data by
     :func:`transferkit.rank` (LogME on frozen features, seconds per backbone) and the best-ranked one is trained
     (``budget`` then counts from the end of the ranking);
@@ -137,6 +146,8 @@ def fit(
     if several is None and (isinstance(backbone, (list, tuple)) or (isinstance(backbone, str) and "," in backbone)):
         backbone = names[0] if names else None  # one name written as "a,", "a,a" or ["a"]
     deadline = t_start + seconds if seconds is not None else None
+    if not isinstance(cv, int) or isinstance(cv, bool) or cv < 2:
+        raise TransferkitError(f"cv {cv!r} is not a number of folds: use 2 or more (5 is usual).")
     if task not in ("auto", "classify", "detect"):
         raise TransferkitError(f"Task {task!r} is unknown: choose auto, classify or detect.")
     if task == "detect" or (task == "auto" and labels is None and _has_boxes(data)):
@@ -151,8 +162,10 @@ def fit(
             if value is not None:
                 raise TransferkitError(f"{name} does not apply to detection: leave it out.")
         return fit_detector(data, backbone=backbone, arch=arch, strategy=strategy, out=out, deadline=deadline,
-                            budget_s=seconds, seed=seed, skip_bad=skip_bad, val_fraction=val_fraction,
-                            test_fraction=test_fraction, precision=precision, cpu=cpu, resume=resume,
+                            budget_s=seconds, seed=seed, skip_bad=skip_bad,
+                            val_fraction=DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction,
+                            test_fraction=DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction,
+                            precision=precision, cpu=cpu, resume=resume,
                             image_size=image_size, strategy_options=strategy_options, t_start=t_start)
     text_opts = TextOptions(text_column, label_column, label_sep, encoding, skip_bad)
     if modality not in ("auto", "image", "text", "audio", "medical"):
@@ -223,9 +236,11 @@ def fit(
         import shutil
 
         shutil.rmtree(work_dir, ignore_errors=True)  # a fresh run never picks up an older run's checkpoints
-    task = TrainTask(spec=bb.spec, backbone=bb, train=dec["train"], val=dec["val"], classes=splits.classes,
+    groups = getattr(splits.train, "groups", None)
+    task = TrainTask(spec=bb.spec, backbone=bb, train=dec["train"], val=dec.get("val"), classes=splits.classes,
                      accelerator=accelerator, seed=seed, deadline=deadline, work_dir=work_dir,
-                     balance=(balance or "weights") if medical else "none", balanced=medical)
+                     balance=(balance or "weights") if medical else "none", balanced=medical, cv=cv,
+                     groups=[groups[i] for i in _kept(dec["train"])] if groups is not None else None)
     wall_start, train_t0 = time.time(), time.monotonic()  # time-to-accuracy counts from here (probe features included)
     result = strat.fit(task)
     timings.update(result.timings)
@@ -239,37 +254,49 @@ def fit(
         base = create_strategy("scratch", modality, getattr(bb, "profile", modality), **epochs).fit(base_task)
         baseline_model = TransferModel(base.model.cpu().eval(), splits.classes, multi_label=multi_label)
         baseline_model.meta["history"] = base.history.to_dict()
+        baseline_model.meta["cv_probs"] = base.cv.probs if base.cv is not None else None
         timings["scratch_baseline_s"] = time.monotonic() - t
 
     t = time.monotonic()
     model = TransferModel(result.model.cpu().eval(), splits.classes, multi_label=multi_label, files=result.files)
     probs = {name: model.predict_encoded(d, precision=precision) for name, d in dec.items() if name in ("val", "test")}
+    targets = {name: dec[name].targets.numpy() for name in probs}
+    # what each scored set's rows are (the cross-validated estimate scores the training examples)
+    scored_data, scored_source = {n: dec[n] for n in probs}, {n: getattr(splits, n) for n in probs}
+    if result.cv is not None:  # no validation split: the out-of-fold predictions stand where validation would
+        probs["val"], targets["val"] = result.cv.probs.astype(np.float32), dec["train"].targets.numpy()
+        scored_data["val"], scored_source["val"] = dec["train"], splits.train
     scored = "test" if "test" in probs else "val"
     clinical = None
-    if medical:  # calibrate and choose the operating threshold on validation; the model then decides with both
-        clinical, uncalibrated = _clinical(model, probs, dec, splits, positive, threshold, task.balance)
+    if medical:  # calibrate and choose the operating threshold on validation (or out of fold); the model then uses both
+        clinical, uncalibrated = _clinical(model, probs, targets, dec, splits, positive, threshold, task.balance)
         probs = {name: model.calibrated(p) for name, p in probs.items()}
     if multi_label:
-        scores = {name: multilabel_metrics(dec[name].targets.numpy(), p, splits.classes) for name, p in probs.items()}
+        scores = {name: multilabel_metrics(targets[name], p, splits.classes) for name, p in probs.items()}
     else:
-        scores = {name: classification_metrics(dec[name].targets.numpy(), p, splits.classes, model.decide(p))
+        scores = {name: classification_metrics(targets[name], p, splits.classes, model.decide(p))
                   for name, p in probs.items()}
     if clinical is not None:
         from .evaluation.clinical import clinical_metrics
 
         for name, p in probs.items():
-            scores[name]["clinical"] = clinical_metrics(dec[name].targets.numpy(), p, splits.classes,
-                                                        model.clinical["positive"], model.clinical["threshold"],
-                                                        seed=seed)
+            scores[name]["clinical"] = clinical_metrics(targets[name], p, splits.classes, model.clinical["positive"],
+                                                        model.clinical["threshold"], seed=seed)
     baseline = None
     if baseline_model is not None:
-        baseline = _scratch_comparison(baseline_model, dec[scored], scores[scored], scored, splits.classes, multi_label,
-                                       precision, timings["scratch_baseline_s"], clinical is not None and
-                                       len(splits.classes) == 2)
+        cv_scored = scored == "val" and result.cv is not None
+        base_probs = baseline_model.meta["cv_probs"] if cv_scored else \
+            baseline_model.predict_encoded(dec[scored], precision=precision)
+        if base_probs is None:  # cannot happen: the baseline cross-validates whenever the model did
+            raise TransferkitError("the scratch baseline has no cross-validated predictions to compare with")
+        baseline = _scratch_comparison(baseline_model, base_probs, targets[scored], scores[scored], scored,
+                                       splits.classes, multi_label, timings["scratch_baseline_s"],
+                                       clinical is not None and len(splits.classes) == 2)
     timings["evaluate_s"] = time.monotonic() - t
     timings["total_s"] = time.monotonic() - t_start
 
     history = result.history.to_dict()
+    gap = train_val_gap(history, scores["val"] if result.cv is not None else None)
     for e in history["epochs"]:  # seconds since training began (time-to-accuracy); None for epochs before a resume
         done = e.pop("finished_at", 0.0) - wall_start
         e["elapsed_s"] = round(done, 2) if done >= 0 else None
@@ -290,12 +317,13 @@ def fit(
         "data": data_summary,
         "val": scores["val"],
         "test": scores.get("test"),
-        "confidently_wrong": confidently_wrong(dec[scored].targets.numpy(), probs[scored], splits.classes,
-                                               _names(dec[scored], getattr(splits, scored)),
-                                               getattr(dec[scored], "texts", None),
+        "estimate": _estimate(result.cv, scores["val"], multi_label) if result.cv is not None else None,
+        "confidently_wrong": confidently_wrong(targets[scored], probs[scored], splits.classes,
+                                               _names(scored_data[scored], scored_source[scored]),
+                                               getattr(scored_data[scored], "texts", None),
                                                y_pred=None if multi_label else model.decide(probs[scored])),
         "history": history,
-        "train_val_gap": train_val_gap(history),
+        "train_val_gap": gap,
         "trainable_params": result.trainable_params,
         "precision": str(accelerator.mixed_precision),
         "processes": accelerator.num_processes,
@@ -313,8 +341,9 @@ def fit(
                                                 for r in ranking["rows"]]}
     if baseline is not None:
         metrics["scratch_baseline"] = baseline
-    model.meta = {"metrics": {k: metrics[k] for k in ("strategy", "val", "test", "train_val_gap", "trainable_params", "data",
-                                                      "backbone_ranking", "scratch_baseline") if k in metrics}}
+    model.meta = {"metrics": {k: metrics[k] for k in ("strategy", "val", "test", "estimate", "train_val_gap",
+                                                      "trainable_params", "data", "backbone_ranking",
+                                                      "scratch_baseline") if metrics.get(k) is not None}}
     if model.clinical is not None:
         model.meta["clinical"] = model.clinical
     if label_sep is not None:
@@ -326,9 +355,9 @@ def fit(
         if clinical is not None:
             from .evaluation.clinical import roc_png
 
-            roc_png(dec[scored].targets.numpy(), probs[scored], splits.classes, model.clinical["positive"],
+            roc_png(targets[scored], probs[scored], splits.classes, model.clinical["positive"],
                     model.clinical["threshold"], out / "roc.png", uncalibrated[scored],
-                    f"ROC ({scored}, n={len(dec[scored])})")
+                    f"ROC ({'cross-validated' if scored == 'val' and result.cv else scored}, n={len(targets[scored])})")
         if work_dir is not None:
             import shutil
 
@@ -348,8 +377,8 @@ def backbone_names(backbone: Any) -> list[str]:
     return [str(b).strip() for b in backbone if b is not None and str(b).strip()]
 
 
-def _scratch_comparison(baseline: TransferModel, encoded: Any, scored_metrics: dict, part: str, classes: list[str],
-                        multi_label: bool, precision: str, seconds: float, binary_medical: bool) -> dict[str, Any]:
+def _scratch_comparison(baseline: TransferModel, probs: np.ndarray, y: np.ndarray, scored_metrics: dict, part: str,
+                        classes: list[str], multi_label: bool, seconds: float, binary_medical: bool) -> dict[str, Any]:
     """The scratch baseline scored on the same set as the model: its scores, and the model's lead over it.
 
     Accuracy (micro-F1 for multi-label) is compared; for two-class medical data AUROC, which needs no threshold
@@ -358,8 +387,6 @@ def _scratch_comparison(baseline: TransferModel, encoded: Any, scored_metrics: d
     from .evaluation.metrics import classification_metrics, multilabel_metrics
     from .evaluation.report import train_val_gap
 
-    probs = baseline.predict_encoded(encoded, precision=precision)
-    y = encoded.targets.numpy()
     m = multilabel_metrics(y, probs, classes) if multi_label else classification_metrics(y, probs, classes)
     key = "micro_f1" if multi_label else "accuracy"
     score, model_score, ci = m[key], scored_metrics[key], m.get(f"{key}_ci")
@@ -491,7 +518,7 @@ def _prepare_images(data, backbone, arch, max_length, image_size, skip_bad, val_
             raise TransferkitError(f"Image size {image_size} is too small: use 32 pixels or more.")
         # the backbone's mean/std/interpolation stay; only the resolution changes (and is saved in the bundle)
         bb.preprocess = dataclasses.replace(bb.preprocess, input_size=(image_size, image_size))
-    if len(splits.val) == 0:
+    if splits.val is not None and len(splits.val) == 0:
         unit = "patients" if patients else "images"
         raise TransferkitError(f"The validation split is empty: give each class at least 3 {unit} (or a val split), "
                                "so that epochs can be chosen on data the model does not train on.")
@@ -502,18 +529,19 @@ def _prepare_images(data, backbone, arch, max_length, image_size, skip_bad, val_
     return splits, bb, dec, load_s
 
 
-def _clinical(model: TransferModel, probs: dict, dec: dict, splits: Any, positive: str | None,
+def _clinical(model: TransferModel, probs: dict, targets: dict, dec: dict, splits: Any, positive: str | None,
               threshold: str | float | None, balance: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Calibrate on validation (undo the class weights' shift of the probabilities, then fit a temperature), tune
     the operating threshold there, and give all of it to ``model``; return what the report shows about them, and
-    the uncalibrated probabilities (for the reliability plot)."""
+    the uncalibrated probabilities (for the reliability plot). Without a validation split, "validation" is the
+    out-of-fold predictions of every training example."""
     from .console import warn
     from .evaluation.clinical import (MIN_PER_CLASS_FOR_TEMPERATURE, apply_temperature, choose_positive,
                                       correct_prior, expected_calibration_error, fit_temperature,
                                       parse_threshold_rule, tune_threshold)
 
     classes = splits.classes
-    y_val = dec["val"].targets.numpy()
+    y_val = targets["val"]
     missing = sorted(set(classes) - {classes[i] for i in set(y_val.tolist())})
     if missing:
         warn(f"the validation set has no {', '.join(missing)}: the threshold stays at 0.5 and no temperature is "
@@ -538,8 +566,8 @@ def _clinical(model: TransferModel, probs: dict, dec: dict, splits: Any, positiv
         cut, how = 0.5, "top-ranked class"
     model.clinical = {"positive": pos, "threshold": cut, "threshold_rule": how, "temperature": temperature,
                       "class_weights": weights, "calibrated": enough}
-    ece = {name: {"before": expected_calibration_error(dec[name].targets.numpy(), p),
-                  "after": expected_calibration_error(dec[name].targets.numpy(), model.calibrated(p))}
+    ece = {name: {"before": expected_calibration_error(targets[name], p),
+                  "after": expected_calibration_error(targets[name], model.calibrated(p))}
            for name, p in probs.items()}
     return {**model.clinical, "ece": ece}, probs
 
@@ -553,8 +581,23 @@ def _parts(splits: Any, parts: tuple[str, ...] = ("train", "val", "test")) -> li
 def _announce(splits: Any, bb: Any, shape: str) -> None:
     from .console import info
 
-    info(f"data: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test) if splits.test else 0} test, "
+    val = f"{len(splits.val)} val" if splits.val is not None else "no val (cross-validated)"
+    info(f"data: {len(splits.train)} train / {val} / {len(splits.test) if splits.test else 0} test, "
          f"{len(splits.classes)} classes; backbone {bb.spec.name} ({shape})")
+
+
+def _kept(encoded: Any) -> list[int]:
+    """Each decoded example's position in its source (unreadable files skipped leave gaps)."""
+    return list(encoded.kept) if getattr(encoded, "kept", None) else list(range(len(encoded)))
+
+
+def _estimate(cv: Any, scores: dict[str, Any], multi_label: bool) -> dict[str, Any]:
+    """What the report says about a cross-validated estimate: how it was made, its score and interval."""
+    key = "micro_f1" if multi_label else "accuracy"
+    folds = np.asarray(cv.fold_scores, dtype=float)
+    return {"kind": "cross-validation", **cv.to_dict(), "metric": key, "score": scores[key],
+            "score_ci": scores.get(f"{key}_ci"), "n": scores["n"],
+            "fold_mean": float(folds.mean()), "fold_std": float(folds.std(ddof=1)) if len(folds) > 1 else 0.0}
 
 
 def _names(encoded: Any, source: Any) -> list[str]:

@@ -71,10 +71,11 @@ def rank(data: Any, backbones: list[str], *, validate: bool = False, strategy: s
                                                  parts=("train", "val"))
         if dec["train"].targets.ndim == 2:
             raise TransferkitError("rank scores single-label data; these labels are multi-label.")
+        parts = [part for part in ("train", "val") if part in dec]  # small data: no validation split, all is train
         feats = [extract_features(bb, dec[part], accelerator, description=f"features ({name}, {part})")[0]
-                 for part in ("train", "val")]
+                 for part in parts]
         X = np.concatenate([f.float().numpy() for f in feats])
-        y = np.concatenate([dec[part].targets.numpy() for part in ("train", "val")])
+        y = np.concatenate([dec[part].targets.numpy() for part in parts])
         t1 = time.monotonic()
         row: dict[str, Any] = {"backbone": name, "examples": len(y), "features": int(X.shape[1])}
         source = _source_probabilities(bb, X)

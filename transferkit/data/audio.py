@@ -159,6 +159,21 @@ class DecodedAudio:
     def window_targets(self) -> torch.Tensor:
         return self.targets[self.owner]
 
+    def subset(self, idx: Any) -> DecodedAudio:
+        """The recordings at positions ``idx`` (a cross-validation fold), with their windows."""
+        import dataclasses
+
+        idx = [int(i) for i in idx]
+        new = torch.full((len(self.targets),), -1, dtype=torch.long)
+        new[idx] = torch.arange(len(idx))
+        rows = (new[self.owner] >= 0).nonzero().flatten()
+        # windows in recording order, so the owners stay grouped as window_clips made them
+        rows = rows[torch.argsort(new[self.owner[rows]], stable=True)]
+        return dataclasses.replace(self, waves=self.waves[rows], owner=new[self.owner[rows]], targets=self.targets[idx],
+                                   fingerprints=[self.fingerprints[i] for i in idx], skipped=[],
+                                   kept=[self.kept[i] for i in idx] if self.kept else [],
+                                   names=[self.names[i] for i in idx] if self.names else [], info=dict(self.info))
+
 
 def _read_item(item: Any, sample_rate: int, array_rate: int | None) -> tuple[np.ndarray, str, str]:
     """(samples, content hash, "rate x channels") of a file or an in-memory array."""

@@ -6,11 +6,13 @@ keyed by each file's content hash, so nothing is decoded or hashed twice in a ru
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,6 +44,13 @@ class DecodedImages:
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    def subset(self, idx: Any) -> DecodedImages:
+        """The examples at positions ``idx`` (a cross-validation fold), sharing no pixels with later changes."""
+        idx = [int(i) for i in idx]
+        return dataclasses.replace(self, pixels=self.pixels[idx], targets=self.targets[idx],
+                                   fingerprints=[self.fingerprints[i] for i in idx], skipped=[],
+                                   kept=[self.kept[i] for i in idx] if self.kept else [])
 
 
 def load_pil(item: Item, window: str = "auto", slices: str = "2d") -> tuple[Image.Image, str]:

@@ -76,16 +76,34 @@ def _kind(kind: str) -> tuple[set[str], type]:
     return suffixes, cls
 
 
+# Below this many examples in the smallest class (patients, for patient-grouped data), no split is held out by
+# default: settings are chosen by cross-validation on every label, the score is a cross-validated estimate, and
+# the final model trains on all of them. With 10 labels a class, a 20% test and 15% validation split would leave
+# 6 to train on and score the model on 2 examples a class; from about 50 a class, a held-out split of 10 or more
+# a class starts to give a usable score of its own.
+SMALL_DATA_PER_CLASS = 50
+DEFAULT_VAL_FRACTION = 0.15
+DEFAULT_TEST_FRACTION = 0.2
+
+
 @dataclass
 class Splits:
+    """``val`` is None when the run cross-validates instead (small data, see :data:`SMALL_DATA_PER_CLASS`)."""
+
     train: ImageSet
-    val: ImageSet
+    val: ImageSet | None
     test: ImageSet | None = None
     classes: list[str] = field(default_factory=list)
     how: str = ""  # "folders", "column" or "stratified seed=N"
 
+    @property
+    def cross_validated(self) -> bool:
+        return self.val is None
+
     def summary(self) -> dict[str, object]:
-        out: dict[str, object] = {"classes": self.classes, "split": self.how, "train": len(self.train), "val": len(self.val)}
+        out: dict[str, object] = {"classes": self.classes, "split": self.how, "train": len(self.train),
+                                  "val": len(self.val) if self.val is not None else 0,
+                                  "cross_validated": self.val is None}
         out["test"] = len(self.test) if self.test is not None else 0
         out["train_per_class"] = self.train.counts()
         if getattr(self.train, "groups", None) is not None:
@@ -97,8 +115,8 @@ class Splits:
 def load_splits(
     source: str | Path | ImageSet | Splits,
     *,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.2,
+    val_fraction: float | None = None,
+    test_fraction: float | None = None,
     seed: int = 0,
     skip_bad: bool = False,
     kind: str = "image",
@@ -110,7 +128,8 @@ def load_splits(
     ``source`` is a folder (folder-per-class, optionally inside ``train/``, ``val/``, ``test/``), a ``.csv``,
     ``.tsv`` or ``.jsonl`` file with ``path`` and ``label`` columns (optional ``split`` and ``patient_id``
     columns), an :class:`ImageSet` / :class:`AudioSet`, or ready :class:`Splits`. ``kind`` ("image" or "audio")
-    says which files class folders may hold.
+    says which files class folders may hold. Given splits are always kept; for the missing ones see
+    :func:`carve_splits` (``None`` fractions: held out only when the data are not small).
 
     Patient-level splits: a patient column (``patient_column``, or one of :data:`PATIENT_COLUMNS`), or with
     ``patients=True`` the DICOM files' ``PatientID``, groups the images by patient (hashed at once). No patient is
@@ -321,7 +340,8 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
     raise DataError(f"{path}: unsupported table type {suffix!r}; use .csv, .tsv or .jsonl.")
 
 
-def _split(train: ImageSet, given: dict[str, ImageSet], val_fraction: float, test_fraction: float, seed: int) -> Splits:
+def _split(train: ImageSet, given: dict[str, ImageSet], val_fraction: float | None, test_fraction: float | None,
+           seed: int) -> Splits:
     classes = sorted(set(train.labels))
     if len(classes) < 2:
         only = classes[0] if classes else "none"
@@ -353,17 +373,39 @@ def check_patient_leaks(parts: dict[str, ImageSet | None]) -> None:
                     "transferkit.data.medical.patient_key). Keep each patient's images in one split.")
 
 
-def carve_splits(train, given: dict, classes: list[str], strata: list[str], val_fraction: float, test_fraction: float,
-                 seed: int) -> Splits:
+def smallest_class(strata: list[str], groups: list[str] | None = None) -> int:
+    """Examples (or distinct groups, e.g. patients) in the smallest class."""
+    units: dict[str, set] = defaultdict(set)
+    for i, y in enumerate(strata):
+        units[y].add(groups[i] if groups is not None else i)
+    return min((len(u) for u in units.values()), default=0)
+
+
+def carve_splits(train, given: dict, classes: list[str], strata: list[str], val_fraction: float | None,
+                 test_fraction: float | None, seed: int) -> Splits:
     """Keep the given val/test sets; carve the missing ones out of ``train``, stratified by ``strata``.
+
+    A fraction of ``None`` means the default: nothing held out when the smallest class has fewer than
+    :data:`SMALL_DATA_PER_CLASS` examples (patients), else 15% validation and 20% test. No validation split
+    (``val=None``) means the run cross-validates on ``train``. A fraction of 0 holds nothing out.
 
     A class with a single example stays in training (with a warning): it cannot be validated or tested. With
     patient groups, a class needs a patient for each split it is carved into, else the same warning names it.
     """
     groups = getattr(train, "groups", None)
+    small = smallest_class(strata, groups) < SMALL_DATA_PER_CLASS
+    if val_fraction is None:
+        val_fraction = 0.0 if small else DEFAULT_VAL_FRACTION
+    if test_fraction is None:
+        test_fraction = 0.0 if small else DEFAULT_TEST_FRACTION
+    for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0 <= frac < 1:
+            raise DataError(f"{name} {frac} is out of range: use 0 (hold nothing out) up to below 1.")
+    carve_val = given.get("val") is None and val_fraction > 0
+    carve_test = given.get("test") is None and test_fraction > 0
     singles = [c for c, n in train.counts().items() if n == 1] if groups is None else []
-    if groups is not None and given.get("val") is None:
-        need = 2 if given.get("test") is not None else 3
+    if groups is not None and (carve_val or carve_test):
+        need = 1 + carve_val + carve_test
         patients: dict[str, set[str]] = defaultdict(set)
         for g, y in zip(groups, strata, strict=True):
             patients[y].add(g)
@@ -371,9 +413,10 @@ def carve_splits(train, given: dict, classes: list[str], strata: list[str], val_
         if few:
             from ..console import warn
 
+            parts = " and ".join(p for p, carved in (("validation", carve_val), ("test", carve_test)) if carved)
             warn(f"class(es) {', '.join(f'{c} ({n} patient(s))' for c, n in list(few.items())[:5])} have fewer than "
-                 f"{need} patients: validation{' and test' if need == 3 else ''} cannot each get one, so the threshold, "
-                 "calibration and scores say little about them; add patients")
+                 f"{need} patients: {parts} cannot each get one, so the threshold, calibration and scores say little "
+                 "about them; add patients")
     if singles:
         from ..console import warn
 
@@ -381,16 +424,24 @@ def carve_splits(train, given: dict, classes: list[str], strata: list[str], val_
              "say nothing about them; add more examples of each class")
     how = "given" if given else ""
     rest, test, val = train, given.get("test"), given.get("val")
-    if val is None:
-        fractions = {"val": val_fraction} if test is not None else {"test": test_fraction, "val": val_fraction}
+    fractions = {name: frac for name, frac, carve in (("test", test_fraction, carve_test), ("val", val_fraction, carve_val))
+                 if carve}
+    if fractions:
         parts = grouped_split(strata, groups, fractions, seed) if groups is not None else \
             stratified_split(strata, fractions, seed)
-        val = rest.subset(parts["val"])
+        if "val" in parts:
+            val = rest.subset(parts["val"])
         if "test" in parts:
             test = rest.subset(parts["test"])
         rest = rest.subset(parts["rest"])
         kind = "patient-level stratified" if groups is not None else "stratified"
         how = f"{how + ' + ' if how else ''}{kind} seed={seed}"
+    if val is None:
+        rest_strata = rest.strata() if hasattr(rest, "strata") else list(rest.labels)
+        unit = "patients" if groups is not None else "examples"
+        cv = (f"no validation split: settings chosen by cross-validation on all {len(rest)} training examples "
+              f"(smallest class: {smallest_class(rest_strata, getattr(rest, 'groups', None))} {unit})")
+        how = f"{how}; {cv}" if how else cv
     return Splits(train=rest, val=val, test=test, classes=classes, how=how or "given")
 
 

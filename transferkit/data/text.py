@@ -127,11 +127,13 @@ def load_text_splits(
     *,
     labels: list[Any] | None = None,
     options: TextOptions | None = None,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.2,
+    val_fraction: float | None = None,
+    test_fraction: float | None = None,
     seed: int = 0,
 ) -> Splits:
-    """Read a text source into train/val(/test) :class:`~transferkit.data.sources.Splits` of :class:`TextSet`.
+    """Read a text source into train/val(/test) :class:`~transferkit.data.sources.Splits` of :class:`TextSet`
+    (``None`` fractions: held out only when the data are not small, see
+    :func:`~transferkit.data.sources.carve_splits`).
 
     Raises :class:`DataError` with one line naming the file, row or column and what to do.
     """
@@ -208,7 +210,8 @@ def load_text_eval_set(source: Any, options: TextOptions | None = None, labels: 
     return read_text_folders(path, opts)
 
 
-def split_texts(train: TextSet, given: dict[str, TextSet], val_fraction: float, test_fraction: float, seed: int) -> Splits:
+def split_texts(train: TextSet, given: dict[str, TextSet], val_fraction: float | None, test_fraction: float | None,
+                seed: int) -> Splits:
     classes = train.label_names()
     if len(classes) < 2:
         raise DataError(f"Only one class ({classes[0] if classes else 'none'}) in {train.origin or 'the data'}: "
@@ -480,6 +483,14 @@ class EncodedTexts:
     @property
     def multi_label(self) -> bool:
         return self.targets.ndim == 2
+
+    def subset(self, idx: Any) -> EncodedTexts:
+        """The texts at positions ``idx`` (a cross-validation fold)."""
+        idx = [int(i) for i in idx]
+        return dataclasses.replace(self, input_ids=self.input_ids[idx], attention_mask=self.attention_mask[idx],
+                                   targets=self.targets[idx], fingerprints=[self.fingerprints[i] for i in idx],
+                                   names=[self.names[i] for i in idx], texts=[self.texts[i] for i in idx],
+                                   truncated=0, skipped=[])
 
 
 def targets_of(ds: TextSet, classes: list[str]) -> torch.Tensor:

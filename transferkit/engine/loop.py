@@ -38,7 +38,9 @@ class History:
     stopped: str = "completed"  # "completed", "early stopping" or "time budget"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"epochs": [asdict(r) for r in self.epochs], "best_epoch": self.best_epoch, "stopped": self.stopped}
+        """Plain JSON: an epoch that was not validated (the final model of a cross-validated run) has None scores."""
+        epochs = [{k: None if isinstance(v, float) and v != v else v for k, v in asdict(r).items()} for r in self.epochs]
+        return {"epochs": epochs, "best_epoch": self.best_epoch, "stopped": self.stopped}
 
     @property
     def best(self) -> EpochRecord:
@@ -82,10 +84,10 @@ def _loss(logits: torch.Tensor, y: torch.Tensor, multi_label: bool, label_smooth
 @torch.no_grad()
 def evaluate_loader(model: nn.Module, loader: DataLoader, accelerator, prepare: Callable,
                     multi_label: bool = False, aggregate: Callable | None = None,
-                    balanced: bool = False) -> tuple[float, float]:
+                    balanced: bool = False, return_logits: bool = False) -> tuple:
     """Mean loss and accuracy (``balanced``: balanced accuracy; multi-label: micro-F1) over ``loader``, gathered
     across processes (in loader order). ``aggregate(logits, targets)`` may first merge rows, e.g. an audio
-    recording's windows into one."""
+    recording's windows into one. ``return_logits`` adds the (aggregated) logits and targets, on the CPU."""
     model.eval()
     logits_all, targets_all = [], []
     for x, y in loader:
@@ -98,7 +100,8 @@ def evaluate_loader(model: nn.Module, loader: DataLoader, accelerator, prepare: 
     targets = torch.cat(targets_all)
     if aggregate is not None:
         logits, targets = aggregate(logits.cpu(), targets.cpu())
-    return _loss(logits, targets, multi_label).item(), _score(logits, targets, multi_label, balanced)
+    loss, score = _loss(logits, targets, multi_label).item(), _score(logits, targets, multi_label, balanced)
+    return (loss, score, logits.cpu(), targets.cpu()) if return_logits else (loss, score)
 
 
 def train(
@@ -106,7 +109,7 @@ def train(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     train_loader: DataLoader,
-    val_loader: DataLoader,
+    val_loader: DataLoader | None,
     accelerator,
     *,
     epochs: int,
@@ -121,6 +124,8 @@ def train(
     val_aggregate: Callable | None = None,
     class_weights: torch.Tensor | None = None,
     balanced: bool = False,
+    stop_at: int | None = None,
+    on_validate: Callable[[int, torch.Tensor, torch.Tensor], str | None] | None = None,
 ) -> tuple[History, dict[str, torch.Tensor]]:
     """Train ``model`` and return its history and the best epoch's weights (already loaded into ``model``).
 
@@ -133,18 +138,29 @@ def train(
     the windows of a recording), so validation is scored per example as the final metrics are.
     ``class_weights`` weight the training loss per class (imbalanced data); ``balanced`` records and selects by
     balanced accuracy instead of accuracy.
+
+    Without ``val_loader`` (cross-validation chose the epoch count; the final model trains on every label) no
+    epoch is scored: validation loss and accuracy are recorded as NaN and the last epoch's weights are kept.
+    ``stop_at`` ends the run after that many epochs of a schedule planned for ``epochs`` (so the final model
+    sees the learning rates the cross-validation folds saw up to their chosen epoch). ``on_validate(epoch,
+    logits, targets)`` sees each epoch's validation outputs; a string it returns stops training and becomes the
+    history's ``stopped`` reason (e.g. a fold that cannot catch the linear probe).
     """
-    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, val_loader, scheduler
-    )
+    if val_loader is None:
+        model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    else:
+        model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+            model, optimizer, train_loader, val_loader, scheduler
+        )
+    last = min(epochs, stop_at) if stop_at is not None else epochs
     ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
     history, best_state = resume_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler, EpochRecord)
     start_epoch = len(history.epochs)
     bad_epochs = 0 if history.best_epoch < 0 else len(history.epochs) - 1 - history.best_epoch
     with progress() as bar:
-        task = bar.add_task(description, total=epochs, completed=start_epoch, status="")
+        task = bar.add_task(description, total=last, completed=start_epoch, status="")
         steps = bar.add_task("  steps", total=len(train_loader), status="")
-        for epoch in range(start_epoch, epochs):
+        for epoch in range(start_epoch, last):
             t0 = time.monotonic()
             if hasattr(train_loader, "set_epoch"):
                 train_loader.set_epoch(epoch)
@@ -179,14 +195,20 @@ def train(
                 per_class = accelerator.reduce(per_class.to(accelerator.device), "sum").cpu()
                 present = per_class[1] > 0
                 correct = float((per_class[0][present] / per_class[1][present]).mean()) * seen
-            val_loss, val_acc = evaluate_loader(model, val_loader, accelerator, prepare, multi_label, val_aggregate,
-                                                balanced)
+            verdict = None
+            if val_loader is None:
+                val_loss = val_acc = float("nan")
+            else:
+                val_loss, val_acc, val_logits, val_targets = evaluate_loader(
+                    model, val_loader, accelerator, prepare, multi_label, val_aggregate, balanced, return_logits=True)
+                if on_validate is not None:
+                    verdict = on_validate(epoch, val_logits, val_targets)
             rec = EpochRecord(
                 epoch, total_loss / max(1, seen), correct / max(1, seen), val_loss, val_acc,
                 max(g["lr"] for g in optimizer.param_groups), time.monotonic() - t0, stage, time.time(),
             )
             history.epochs.append(rec)
-            if _better(rec, history.best if history.best_epoch >= 0 else None):
+            if val_loader is None or _better(rec, history.best if history.best_epoch >= 0 else None):
                 history.best_epoch = epoch
                 best_state = copy.deepcopy(accelerator.unwrap_model(model).state_dict())
                 bad_epochs = 0
@@ -195,6 +217,9 @@ def train(
             bar.update(task, advance=1, status=f"loss {rec.train_loss:.3f} val_acc {val_acc:.3f}")
             if ckpt is not None and accelerator.is_main_process:
                 _save_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler, history, best_state)
+            if verdict:
+                history.stopped = verdict
+                break
             if bad_epochs >= patience:
                 history.stopped = "early stopping"
                 break

@@ -53,6 +53,8 @@ def learning_curve_png(epochs: list[dict], path: Path, title: str = "Learning cu
     plt = pyplot()
 
     x = [e["epoch"] + 1 for e in epochs]
+    nan = float("nan")  # epochs of a final model trained without validation have no validation scores
+    epochs = [{k: nan if v is None else v for k, v in e.items()} for e in epochs]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     ax1.plot(x, [e["train_loss"] for e in epochs], marker="o", ms=3, label="train")
     ax1.plot(x, [e["val_loss"] for e in epochs], marker="o", ms=3, label="validation")

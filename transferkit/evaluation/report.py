@@ -9,14 +9,33 @@ from ..bundle.io import atomic_write_text, write_json
 from .plots import confusion_matrix_png, learning_curve_png
 
 
-def train_val_gap(history: dict[str, Any]) -> dict[str, float]:
+def train_val_gap(history: dict[str, Any], held_out: dict[str, Any] | None = None) -> dict[str, float]:
     """Gap at the kept (best) epoch: train minus validation accuracy, and validation minus train loss.
 
-    Training metrics are measured on augmented batches while the weights move, so the gap is a guide to
-    overfitting, not an exact measure.
+    ``held_out``: the scores that stand for validation when there was none (a cross-validated estimate's
+    ``accuracy``, or ``micro_f1`` for multi-label, and ``log_loss``). Training metrics are measured on augmented
+    batches while the weights move, so the gap is a guide to overfitting, not an exact measure.
     """
     best = history["epochs"][history["best_epoch"]]
+    if held_out is not None:
+        acc = held_out["micro_f1"] if held_out.get("multi_label") else held_out["accuracy"]
+        return {"accuracy": best["train_acc"] - acc, "loss": held_out["log_loss"] - best["train_loss"]}
     return {"accuracy": best["train_acc"] - best["val_acc"], "loss": best["val_loss"] - best["train_loss"]}
+
+
+def estimate_text(e: dict[str, Any], test_given: bool) -> str:
+    """What a cross-validated estimate is, in words a reader can act on."""
+    what = "micro-F1" if e["metric"] == "micro_f1" else "accuracy"
+    repeats = f" x {e['repeats']} repeats" if e["repeats"] > 1 else ""
+    text = (f"No validation split was held out: the {what} {e['score']:.3f}{ci_text(e.get('score_ci'))} is a "
+            f"**cross-validated estimate** ({e['folds']} stratified folds{repeats}: every one of the {e['n']} labelled "
+            f"examples was scored by a model that did not train on it; {e['method']}). Fold scores "
+            f"{e['fold_mean']:.3f} +- {e['fold_std']:.3f}. The final model trained on all {e['n']} examples with the "
+            f"settings the folds chose ({', '.join(f'{k} {v}' for k, v in e['chosen'].items() if not isinstance(v, list))}).")
+    if not test_given:
+        text += (" No test set was given: `transferkit evaluate MODEL TEST-DATA` on examples kept apart from the start "
+                 "is the final word.")
+    return text
 
 
 def ranking_text(r: dict[str, Any]) -> str:
@@ -120,7 +139,8 @@ def render_markdown(m: dict[str, Any], classes: list[str]) -> str:
         f"- Wall time: {m['timings']['total_s']:.1f} s "
         f"({', '.join(f'{k.removesuffix(chr(95) + chr(115))} {v:.1f} s' for k, v in m['timings'].items() if k != 'total_s')}).",
         "",
-        f"## Scores on the {scored} set (n={s['n']})",
+        f"## Scores on the {scored} set (n={s['n']})" if scored == "test" or not m.get("estimate") else
+        f"## Cross-validated scores (n={s['n']}, out-of-fold)",
         "",
         f"**Accuracy {s['accuracy']:.3f}**{ci_text(s.get('accuracy_ci'))}, macro-F1 {s['macro_f1']:.3f}"
         f"{ci_text(s.get('macro_f1_ci'))}, log-loss "
@@ -129,7 +149,9 @@ def render_markdown(m: dict[str, Any], classes: list[str]) -> str:
         f"**Micro-F1 {s['micro_f1']:.3f}**{ci_text(s.get('micro_f1_ci'))}, macro-F1 {s['macro_f1']:.3f}, exact-match accuracy {s['accuracy']:.3f}, "
         f"log-loss {s['log_loss']:.3f} (threshold {s['threshold']}).",
     ]
-    if scored == "val":
+    if m.get("estimate"):
+        lines += ["", estimate_text(m["estimate"], scored == "test")]
+    elif scored == "val":
         lines.append("No test set was given, so these are validation scores that also chose the checkpoint: optimistic.")
     lines += [
         "",
@@ -139,9 +161,12 @@ def render_markdown(m: dict[str, Any], classes: list[str]) -> str:
         "",
         "## Training",
         "",
-        f"Best epoch {m['history']['best_epoch'] + 1} of {len(m['history']['epochs'])} ({m['history']['stopped']}). "
-        f"Train-validation gap at that epoch: accuracy {gap['accuracy']:+.3f}, loss {gap['loss']:+.3f} "
-        "(large positive values mean overfitting).",
+        (f"Best epoch {m['history']['best_epoch'] + 1} of {len(m['history']['epochs'])} ({m['history']['stopped']}). "
+         f"Train-validation gap at that epoch: accuracy {gap['accuracy']:+.3f}, loss {gap['loss']:+.3f} "
+         "(large positive values mean overfitting).") if not m.get("estimate") else
+        (f"{len(m['history']['epochs'])} epoch(s) on every labelled example ({m['history']['stopped']}). Training minus "
+         f"cross-validated score: accuracy {gap['accuracy']:+.3f}, loss {gap['loss']:+.3f} (large positive values mean "
+         "overfitting)."),
     ]
     if m.get("details", {}).get("decision"):
         lines += ["", f"auto: {m['details']['decision']}; kept **{m['details']['chosen']}**."]
@@ -215,6 +240,8 @@ def render_clinical(m: dict[str, Any], scored: str) -> list[str]:
                "check a calibration, so the probabilities are the model's own")
     lines += ["", f"Calibration: {how}; expected calibration error {ece['before']:.3f} before, {ece['after']:.3f} "
               f"after. {'The threshold and calibration were' if c.get('calibrated', True) else 'The threshold was'} "
-              f"chosen on the validation set ({m['data']['val']} images), so with few validation images the choice is itself uncertain.",
+              + (f"chosen on the validation set ({m['data']['val']} images), so with few validation images the choice is "
+                 "itself uncertain." if not m.get("estimate") else
+                 f"chosen on the out-of-fold predictions of all {m['data']['train']} training images."),
               "", "![ROC and reliability](roc.png)"]
     return lines

@@ -26,6 +26,7 @@ from ..errors import TransferkitError
 from .auto import AutoConfig, AutoStrategy
 from .base import FitResult, Strategy, TrainTask, check_modality, config_for
 from .contrastive import ContrastiveConfig, ContrastiveStrategy
+from .crossval import CrossValidated
 from .finetune import FinetuneConfig, FinetuneStrategy, GradualConfig, GradualStrategy, ScratchConfig, ScratchStrategy
 from .linear import LinearConfig, LinearStrategy
 from .lora import LoraConfig, LoraStrategy
@@ -39,6 +40,9 @@ STRATEGIES: dict[str, tuple[type, type]] = {
     "lora": (LoraStrategy, LoraConfig),
     "contrastive": (ContrastiveStrategy, ContrastiveConfig),
 }
+# strategies that train the network: cross-validated as a whole when no validation split is held out (linear and
+# auto cross-validate inside, on cached features)
+CROSS_VALIDATED = ("finetune", "gradual", "scratch", "lora", "contrastive")
 TEXT_ONLY = tuple(name for name, (cls, _) in STRATEGIES.items() if getattr(cls, "modalities", None) == ("text",))
 
 
@@ -66,7 +70,11 @@ def create_strategy(name: str, modality: str = "image", profile: str | None = No
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise TransferkitError(f"Strategy {name!r} has no option {unknown[0]!r}: its options are {', '.join(sorted(known))}.")
-    return cls(config_for(cfg_cls, profile or modality, **overrides))
+    config = config_for(cfg_cls, profile or modality, **overrides)
+    if modality != "detection" and name in CROSS_VALIDATED:
+        # without a validation split these choose their epoch count across folds (see strategies.crossval)
+        return CrossValidated(lambda: cls(config))
+    return cls(config)
 
 
 __all__ = ["STRATEGIES", "TEXT_ONLY", "config_for", "FitResult", "Strategy", "TrainTask", "create_strategy"]

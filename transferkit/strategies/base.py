@@ -29,6 +29,8 @@ class TrainTask:
     spec: BackboneSpec
     backbone: Any  # Image/Text/AudioBackbone: pretrained, untouched; strategies copy it before changing it
     train: Any  # DecodedImages (uint8 pixels), EncodedTexts (token ids) or DecodedAudio (windows)
+    # None: no held-out validation split (small data): strategies choose their settings by cross-validation on
+    # ``train`` (``cv`` folds) and train the final model on all of it; their FitResult then carries ``cv``
     val: Any
     classes: list[str]
     accelerator: Any
@@ -40,6 +42,38 @@ class TrainTask:
     # ``balanced`` selects epochs and models by balanced accuracy instead of accuracy
     balance: str = "none"
     balanced: bool = False
+    cv: int = 5  # folds when choosing by cross-validation
+    groups: list[str] | None = None  # per training example: its patient (folds keep a patient together)
+    stop_at: int | None = None  # train only this many epochs of the planned schedule (the folds' chosen epoch)
+
+    @property
+    def cross_validated(self) -> bool:
+        """No validation split: settings are chosen across folds of the training data."""
+        return self.val is None
+
+    def strata(self) -> list[str]:
+        """What folds are stratified by: the class, or for multi-label data each example's rarest label."""
+        t = self.train.targets
+        if t.ndim == 1:
+            return [str(int(v)) for v in t]
+        freq = t.sum(0)
+        return [str(int(min(r.nonzero().flatten().tolist(), key=lambda j: float(freq[j])))) if r.any() else "none"
+                for r in t]
+
+    def folds(self, k: int | None = None, seed: int | None = None) -> list:
+        """Stratified (and patient-grouped) folds of the training data; see :func:`transferkit.data.folds.stratified_folds`."""
+        from ..data.folds import stratified_folds
+
+        return stratified_folds(self.strata(), k or self.cv, self.seed if seed is None else seed, self.groups)
+
+    def fold(self, train_idx: Any, val_idx: Any, deadline: float | None = None) -> TrainTask:
+        """This task on one fold: train on ``train_idx``, validate on ``val_idx`` (positions in ``train``)."""
+        import dataclasses
+
+        groups = [self.groups[i] for i in train_idx] if self.groups is not None else None
+        return dataclasses.replace(self, train=self.train.subset(train_idx), val=self.train.subset(val_idx),
+                                   groups=groups, deadline=deadline if deadline is not None else self.deadline,
+                                   work_dir=None, stop_at=None)
 
     @property
     def class_weights(self) -> torch.Tensor | None:
@@ -85,6 +119,56 @@ class FitResult:
     timings: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)  # extra bundle files, e.g. a LoRA adapter in peft format
+    # cross-validated runs (no validation split): the estimate, see :class:`CrossValidation`
+    cv: CrossValidation | None = None
+
+
+@dataclass
+class CrossValidation:
+    """How a strategy chose its settings without a validation split, and what the folds say about the result.
+
+    ``probs``: out-of-fold probabilities of every training example (averaged over repeats), from models trained
+    as the final one was but without that example; the run scores these as its cross-validated estimate.
+    ``fold_scores``: each fold's accuracy (multi-label: micro-F1; ``balanced``: balanced accuracy).
+    ``chosen``: the settings the folds chose and the final model was trained with (C, epochs, strategy...).
+    """
+
+    probs: Any  # np.ndarray (N, K)
+    folds: int
+    repeats: int
+    fold_scores: list[float]
+    chosen: dict[str, Any] = field(default_factory=dict)
+    method: str = ""  # one line: what was cross-validated
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"folds": self.folds, "repeats": self.repeats, "fold_scores": [round(s, 4) for s in self.fold_scores],
+                "chosen": self.chosen, "method": self.method}
+
+
+def probs_score(probs: Any, y: Any, balanced: bool = False) -> float:
+    """What the training loop scores validation by, from probabilities: accuracy (``balanced``: mean recall over
+    the classes present), or micro-F1 at 0.5 for multi-label targets (N, K)."""
+    import numpy as np
+
+    probs, y = np.asarray(probs), np.asarray(y)
+    if y.ndim == 2:
+        pred, t = probs >= 0.5, y > 0.5
+        tp, fp, fn = (pred & t).sum(), (pred & ~t).sum(), (~pred & t).sum()
+        return float(2 * tp / max(1, 2 * tp + fp + fn))
+    right = probs.argmax(1) == y
+    if balanced:
+        return float(np.mean([right[y == c].mean() for c in np.unique(y)]))
+    return float(right.mean())
+
+
+def probs_loss(probs: Any, y: Any) -> float:
+    """Mean cross-entropy of probabilities (binary cross-entropy per label for multi-label targets)."""
+    import numpy as np
+
+    probs, y = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1 - 1e-12), np.asarray(y)
+    if y.ndim == 2:
+        return float(-np.mean(y * np.log(probs) + (1 - y) * np.log(1 - probs)))
+    return float(-np.mean(np.log(probs[np.arange(len(y)), y])))
 
 
 def config_for(cfg_cls: type, profile: str = "image", **overrides: Any) -> Any:
@@ -193,17 +277,21 @@ def rows(data: Any) -> int:
     return len(data.waves) if hasattr(data, "waves") else len(data)
 
 
-def make_loaders(task: TrainTask, batch_size: int, augment: bool = False, hflip: bool = True) -> tuple[DataLoader, DataLoader]:
-    """Training loader (epoch-seeded shuffling, augmentation for images) and validation loader."""
+def make_loaders(task: TrainTask, batch_size: int, augment: bool = False, hflip: bool = True) -> tuple[DataLoader, DataLoader | None]:
+    """Training loader (epoch-seeded shuffling, augmentation for images) and validation loader (None when the task
+    has no validation split)."""
     # With a few dozen examples, a full batch would mean two or three steps per epoch: keep about eight or more.
     n_train = rows(task.train)
     bs = max(1, min(batch_size, max(8, n_train // 8), n_train))
     if task.modality == "text":
-        train_ds, val_ds, val_bs = TokenDataset(task.train), TokenDataset(task.val), max(bs, 32)
+        make, val_bs = TokenDataset, max(bs, 32)
+        train_ds = TokenDataset(task.train)
     elif task.modality == "audio":
-        train_ds, val_ds, val_bs = AudioWindowDataset(task.train, augment), AudioWindowDataset(task.val), max(bs, 32)
+        make, val_bs = AudioWindowDataset, max(bs, 32)
+        train_ds = AudioWindowDataset(task.train, augment)
     else:
-        train_ds, val_ds, val_bs = ImageTensorDataset(task.train, augment, hflip), ImageTensorDataset(task.val), max(bs, 64)
+        make, val_bs = ImageTensorDataset, max(bs, 64)
+        train_ds = ImageTensorDataset(task.train, augment, hflip)
     if task.balance == "sampler" and not task.multi_label and task.modality == "image":
         from ..engine.sampling import EpochBalancedSampler
 
@@ -211,14 +299,14 @@ def make_loaders(task: TrainTask, batch_size: int, augment: bool = False, hflip:
     else:
         sampler = EpochShuffleSampler(n_train, task.seed)
     train = DataLoader(train_ds, batch_size=bs, sampler=sampler, drop_last=n_train > bs, num_workers=task.workers)
-    val = DataLoader(val_ds, batch_size=val_bs, num_workers=task.workers)
+    val = DataLoader(make(task.val), batch_size=val_bs, num_workers=task.workers) if task.val is not None else None
     return train, val
 
 
 def val_aggregate(task: TrainTask) -> Callable | None:
     """For audio: validation logits per window -> mean per recording, with the recordings' targets, so early
     stopping, the best epoch and ``auto``'s choice use the same unit as the final metrics. None otherwise."""
-    if task.modality != "audio":
+    if task.modality != "audio" or task.val is None:
         return None
     from ..engine.inference import average_windows
 
@@ -275,7 +363,7 @@ def estimate_epoch_seconds(task: TrainTask, batch: int = 16) -> float:
         times.append(time.monotonic() - t)
     per_example = times[-1] / n
     # validation costs about a third of a training step per example
-    return per_example * (rows(task.train) + rows(task.val) / 3)
+    return per_example * (rows(task.train) + (rows(task.val) if task.val is not None else 0) / 3)
 
 
 def epochs_within_budget(

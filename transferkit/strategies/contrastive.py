@@ -40,7 +40,6 @@ class ContrastiveConfig:
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on norms and biases)"})
     batch_size: int = field(default=16, metadata={"help": "pairs per step"})
     warmup_fraction: float = field(default=0.1, metadata={"help": "share of the steps spent warming up"})
-    head_epochs: int = field(default=100, metadata={"help": "epochs of the head on the tuned embeddings"})
 
 
 def make_pairs(targets: torch.Tensor, per_example: int, max_pairs: int, seed: int) -> list[tuple[int, int, float]]:
@@ -113,7 +112,9 @@ class ContrastiveStrategy:
         t_tune = time.monotonic() - t0
         # step 2: a fresh linear probe on the tuned encoder (its features differ from the pretrained ones)
         head_task = dataclasses.replace(task, backbone=encoder.eval())
-        probe = LinearStrategy(config_for(LinearConfig, "text", epochs=cfg.head_epochs, cache=False)).fit(head_task)
+        # without a validation split the run's estimate comes from cross-validating this whole strategy
+        # (strategies.crossval), so the probe's own repeated estimate would only cost time
+        probe = LinearStrategy(config_for(LinearConfig, "text", cache=False, repeats=1)).fit(head_task)
         model = Classifier(encoder, probe.model.head)
         return FitResult(
             model=model, strategy=self.name, history=probe.history,

@@ -100,10 +100,11 @@ class FinetuneStrategy:
     config_class = FinetuneConfig
 
     def __init__(self, config: FinetuneConfig | None = None, init_head: nn.Module | None = None,
-                 epoch_seconds: float | None = None):
+                 epoch_seconds: float | None = None, on_validate: Any = None):
         self.config = config or self.config_class()
         self.init_head = init_head  # e.g. a trained linear probe: LP-FT keeps features intact early on
         self.epoch_seconds = epoch_seconds  # a speed measured already (by auto), so it is not measured twice
+        self.on_validate = on_validate  # sees each epoch's validation logits (auto: out-of-fold scores, early exit)
 
     def make_backbone(self, task: TrainTask):
         return copy.deepcopy(task.backbone)
@@ -132,7 +133,7 @@ class FinetuneStrategy:
             on_epoch_start=self.schedule(backbone), deadline=task.deadline, label_smoothing=cfg.label_smoothing,
             checkpoint_dir=task.work_dir / f"checkpoints-{self.name}" if task.work_dir else None,
             description=self.name, val_aggregate=val_aggregate(task), class_weights=task.class_weights,
-            balanced=task.balanced,
+            balanced=task.balanced, stop_at=task.stop_at, on_validate=self.on_validate,
         )
         model = acc.unwrap_model(model).cpu().to(memory_format=torch.contiguous_format)
         if hasattr(backbone, "set_augment"):

@@ -91,6 +91,7 @@ class LoraStrategy:
             model, opt, sched, train_loader, val_loader, acc, epochs=epochs, patience=cfg.patience,
             prepare=make_prepare(backbone), deadline=task.deadline, multi_label=task.multi_label,
             checkpoint_dir=task.work_dir / "checkpoints-lora" if task.work_dir else None, description="lora",
+            stop_at=task.stop_at,
         )
         model = acc.unwrap_model(model).cpu().eval()
         files = adapter_files(model.backbone.body, model.head, base_model_id(task.spec))
