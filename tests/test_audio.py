@@ -288,7 +288,7 @@ def test_fit_routes_audio_tables_and_folders_with_stray_text_files(audio_folder,
 def test_validation_scores_recordings_not_windows(audio_folder, tiny_backbone):
     # 0.25 s windows: every tone is several windows; the best epoch's validation accuracy is the recordings'
     model = transferkit.fit(audio_folder, backbone=tiny_backbone, strategy="finetune", epochs=2, batch_size=8,
-                            clip_seconds=0.25, precision="no")
+                            clip_seconds=0.25, precision="no", val_fraction=0.25)
     m = model.metrics
     assert m["data"]["audio"]["val"]["windows"] > m["data"]["val"]
     best = m["history"]["epochs"][m["history"]["best_epoch"]]
@@ -302,8 +302,9 @@ def test_spec_augment_is_on_while_fine_tuning_only(audio_folder, tiny_backbone, 
     calls = []
     original = SpectrogramBackbone.set_augment
     monkeypatch.setattr(SpectrogramBackbone, "set_augment", lambda self, on: (calls.append(on), original(self, on)))
-    model = transferkit.fit(audio_folder, backbone=tiny_backbone, strategy="finetune", epochs=1, batch_size=8)
-    assert calls == [True, False] and model.classifier.backbone.masking_on is False
+    model = transferkit.fit(audio_folder, backbone=tiny_backbone, strategy="finetune", epochs=1, batch_size=8, cv=2)
+    # on for each training run (2 folds, then the final model), off after each
+    assert calls == [True, False] * 3 and model.classifier.backbone.masking_on is False
     calls.clear()
     transferkit.fit(audio_folder, backbone=tiny_backbone, strategy="finetune", epochs=1, batch_size=8, augment=False)
     assert calls == [False, False]
@@ -314,7 +315,7 @@ def test_an_empty_split_is_named(tmp_path, tiny_backbone):
 
     write_tones(tmp_path / "one-each", 1)
     with pytest.raises(TransferkitError, match="The val split has no recordings"):
-        transferkit.fit(tmp_path / "one-each", backbone=tiny_backbone, strategy="linear")
+        transferkit.fit(tmp_path / "one-each", backbone=tiny_backbone, strategy="linear", val_fraction=0.15)
 
 
 def test_evaluate_arrays_at_their_own_sample_rate(audio_folder, tiny_backbone):

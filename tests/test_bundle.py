@@ -109,10 +109,12 @@ def test_every_bundle_has_a_model_card(colour_folder, tiny_backbone, tmp_path):
 
     model = transferkit.fit(colour_folder, backbone=tiny_backbone, strategy="linear", out=tmp_path / "run")
     card = (tmp_path / "run" / "model" / "model_card.md").read_text()
-    m = model.metrics["test"]
+    m = model.metrics["val"]  # small data, no test split: the cross-validated scores
     lo, hi = m["accuracy_ci"]
     assert lo <= m["accuracy"] <= hi
-    for needed in ("# Model card: image-classification", "## Data", "## Backbone", "## Training", "## Scores (test set)",
+    assert "cross-validated estimate" in card and "transferkit evaluate" in card
+    for needed in ("# Model card: image-classification", "## Data", "## Backbone", "## Training",
+                   "## Scores (cross-validated estimate)",
                    "## Known limitations", f"95% CI {lo:.3f}-{hi:.3f}", "--scratch-baseline", "blue, green, red"):
         assert needed in card, needed
     assert "not shown to be better or worse" in card  # a dozen test images cannot separate close models
@@ -149,3 +151,8 @@ def test_scratch_baseline_and_backbone_ranking_reach_report_and_card(colour_spli
     for text in (report, card):
         assert "ranked first of 2 by LogME" in text and "trained from random weights on the same splits" in text
     assert "## Comparison with scratch" in card
+    # the classical baseline beside scratch, on the same test set (colour patches: HOG or a colour thumbnail)
+    classical = model.metrics["classical_baseline"]
+    assert classical["set"] == "test" and classical["name"].endswith("logistic regression")
+    assert classical["lead"] == pytest.approx(model.metrics["test"]["accuracy"] - classical["score"])
+    assert "## Against a classical baseline" in report and classical["name"] in card

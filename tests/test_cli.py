@@ -37,8 +37,8 @@ def test_backbones_lists_offline_weights():
 def test_text_fit_predict_evaluate(text_csv, tiny_text_backbone, tmp_path):
     out = tmp_path / "run"
     r = runner.invoke(app, ["fit", str(text_csv), "--text-column", "text", "--label-column", "label", "--backbone",
-                            tiny_text_backbone, "--strategy", "linear", "--max-length", "32",
-                            "--out", str(out), "--json"])
+                            tiny_text_backbone, "--strategy", "linear", "--max-length", "32", "--test-fraction",
+                            "0.2", "--out", str(out), "--json"])
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["scored_on"] == "test" and summary["n"] == 6

@@ -204,7 +204,10 @@ def test_compare_refuses_bad_options_before_training(tmp_path, tiny_backbone):
     write_colour_images(root, 6)
     for kwargs, words in (({"strategies": "linear"}, "two different strategies"),
                           ({"strategies": "linear,warp"}, "warp"), ({"seeds": 0}, "seeds"),
-                          ({"metric": "auroc"}, "medical"), ({"budgets": "1"}, "2 or more")):
+                          ({"metric": "auroc"}, "medical"), ({"budgets": "1"}, "2 or more"),
+                          # epochs is scratch's (linear, a probe, is run without it); an option no strategy takes fails
+                          ({"strategies": "linear,scratch", "epoch": 3}, "no option 'epoch'"),
+                          ({"strategies": "linear,classical", "epochs": 3}, "no option 'epochs'")):
         with pytest.raises(TransferkitError, match=words):
             transferkit.compare(root, backbone=tiny_backbone, **kwargs)
 
@@ -280,3 +283,81 @@ def test_compare_a_list_of_texts_with_labels(tiny_text_backbone):
                                  strategies="linear,scratch", backbone=tiny_text_backbone, epochs=1)
     assert result["config"]["kind"] == "text" and len(result["runs"]) == 2
     assert result["config"]["test_n"] == 6  # 20% of 30 carved once as the fixed test set
+
+
+def test_classical_headline_says_where_the_baseline_beats_transfer():
+    base = [_run(b, s, "classical", score, None, [[1.0, 0.0]], n)
+            | {"curve": [], "kept": "TF-IDF + logistic regression"}
+            for s in range(2) for b, score, n in ((5, 0.80, 5), (ALL, 0.65, 50))]
+    runs = _synthetic_runs() + base
+    names = ["linear", "scratch", "classical"]
+    summary = summarise(runs, names, [5, ALL])
+    h = headlines(runs, summary, names, [5, ALL], "accuracy")
+    assert h["classical"]["wins"] == ["5"]
+    assert h["classical"]["sentence"] == ("The classical baseline (TF-IDF + logistic regression) beats transfer at 5 "
+                                          "labels per class: 0.800 against linear's 0.630 (test accuracy). Transfer is "
+                                          "at least as good with all labels.")
+    # the baseline is no transfer strategy: the other headlines still compare linear with scratch
+    assert h["time"]["strategy"] == "linear" and h["gap"]["transfer"] == pytest.approx(0.15)
+    losing = [r | {"score": 0.5} if r["strategy"] == "classical" else r for r in runs]
+    h = headlines(losing, summarise(losing, names, [5, ALL]), names, [5, ALL], "accuracy")
+    assert not h["classical"]["wins"] and h["classical"]["sentence"].startswith(
+        "Transfer beat the classical baseline (TF-IDF + logistic regression) at every budget; the closest at 5 labels "
+        "per class: linear 0.630 against 0.500")
+    # the test set's resolution is checked for the best transfer strategy against the baseline too
+    warnings = resolution_warnings(summarise(runs, names, [5, ALL]), names, [5, ALL], "accuracy", 50)
+    assert any("linear (0.700) and classical (0.650)" in w for w in warnings)
+
+
+def test_compare_with_the_classical_baseline(tmp_path, tiny_backbone):
+    import transferkit
+
+    root = tmp_path / "colours"
+    write_colour_images(root / "train", 8, seed=1)
+    write_colour_images(root / "test", 4, seed=2)
+    out = tmp_path / "cmp"
+    result = transferkit.compare(root, budgets="3,all", seeds=1, strategies="linear,classical", backbone=tiny_backbone,
+                                 out=out)
+    base = [r for r in result["runs"] if r["strategy"] == "classical"]
+    assert not result["failed"] and len(base) == 2
+    for r in base:
+        # colour patches: cross-validation prefers the thumbnail alone to HOG + thumbnail (see FEATURES)
+        assert r["kept"] == "colour thumbnail + logistic regression" and r["score"] == r["test_accuracy"]
+        assert r["gap"] is None and r["curve"] == [] and r["val_n"] == 0 and r["wall_s"] > 0
+        assert r["score"] >= 0.9
+    linear = {r["budget"]: r for r in result["runs"] if r["strategy"] == "linear"}
+    assert {r["budget"]: r["labels"] for r in base} == {b: r["labels"] for b, r in linear.items()}  # same labels
+    report = (out / "report.md").read_text()
+    assert "classical baseline (colour thumbnail + logistic regression)" in report
+    assert "| labels/class | linear | classical |" in report
+    assert (out / "runs" / "classical-b3-s0.json").exists()  # saved like any run, so --resume reuses it
+    assert "classical" in result["headlines"] and "Add scratch" in result["headlines"]["time"]["sentence"]
+
+
+def test_compare_medical_classical_baseline_scores_auroc(dicom_manifest, tiny_backbone):
+    import transferkit
+
+    result = transferkit.compare(dicom_manifest, budgets="all", seeds=1, strategies="linear,classical",
+                                 backbone=tiny_backbone)
+    base = next(r for r in result["runs"] if r["strategy"] == "classical")
+    assert result["config"]["metric"] == "auroc" and not result["failed"]
+    assert 0 <= base["score"] <= 1 and base["test_auroc_ci"] and base["kept"].endswith("+ logistic regression")
+
+
+@pytest.mark.parametrize("modality", ["image", "text", "audio"])
+def test_compare_runs_the_classical_baseline_for_every_modality(modality, request):
+    """Every modality of the baseline's feature registry, through compare: decoded without the runs' backbone,
+    scored on the same test set, well above chance on these separable toy sets."""
+    import transferkit
+    from transferkit.evaluation.classical import FEATURES
+
+    assert modality in FEATURES
+    data, backbone = {"image": ("colour_splits", "tiny_backbone"), "text": ("text_folder", "tiny_text_backbone"),
+                      "audio": ("audio_folder", "tiny_backbone")}[modality]
+    result = transferkit.compare(request.getfixturevalue(data), budgets="all", seeds=1, strategies="linear,classical",
+                                 backbone=request.getfixturevalue(backbone))
+    base = next(r for r in result["runs"] if r["strategy"] == "classical")
+    assert result["config"]["kind"] == modality and not result["failed"]
+    linear = next(r for r in result["runs"] if r["strategy"] == "linear")
+    assert base["score"] >= 0.8 and base["labels"] == linear["labels"]
+    assert result["headlines"]["classical"]["per_budget"][0]["classical"] == base["score"]

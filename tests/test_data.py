@@ -17,9 +17,9 @@ PRE = PreprocessConfig(input_size=(32, 32), crop_pct=1.0)
 
 
 def test_folder_per_class_is_split_stratified_and_seeded(colour_folder):
-    a = load_splits(colour_folder, seed=3)
-    b = load_splits(colour_folder, seed=3)
-    c = load_splits(colour_folder, seed=4)
+    a = load_splits(colour_folder, seed=3, val_fraction=0.15, test_fraction=0.2)
+    b = load_splits(colour_folder, seed=3, val_fraction=0.15, test_fraction=0.2)
+    c = load_splits(colour_folder, seed=4, val_fraction=0.15, test_fraction=0.2)
     assert a.classes == ["blue", "green", "red"]
     # 12 per class: 20% test -> 2, 15% val -> 2, the rest trains
     assert (len(a.train), len(a.val), len(a.test)) == (24, 6, 6)
@@ -32,7 +32,7 @@ def test_folder_per_class_is_split_stratified_and_seeded(colour_folder):
 
 
 def test_existing_train_test_folders_are_honoured(colour_splits):
-    s = load_splits(colour_splits)
+    s = load_splits(colour_splits, val_fraction=0.15, test_fraction=0.2)
     assert len(s.test) == 12 and all("/test/" in str(p) for p in s.test.items)
     assert len(s.train) + len(s.val) == 30 and s.how == "given + stratified seed=0"
 
@@ -53,13 +53,13 @@ def test_table_sources_with_relative_paths_and_split_column(colour_folder, kind)
     else:
         sep = "\t" if kind == "tsv" else ","
         table.write_text("path{0}label{0}split\n".format(sep) + "\n".join(sep.join(r.values()) for r in rows))
-    s = load_splits(table)
+    s = load_splits(table, val_fraction=0.15, test_fraction=0.2)
     assert len(s.test) == 9 and len(s.train) + len(s.val) == 27
     assert s.classes == ["blue", "green", "red"]
 
 
 def test_decode_resizes_once_to_backbone_size(colour_folder):
-    ds = load_splits(colour_folder).train
+    ds = load_splits(colour_folder, val_fraction=0.15, test_fraction=0.2).train
     d = decode(ds, PreprocessConfig(input_size=(40, 48), crop_pct=0.875), ["blue", "green", "red"])
     assert d.pixels.shape == (len(ds), 3, 40, 48) and d.pixels.dtype.__str__() == "torch.uint8"
     assert len(set(d.fingerprints)) == len(ds)
@@ -92,16 +92,16 @@ def test_non_image_file(colour_folder):
     bad = colour_folder / "red" / "notes.txt"
     bad.write_text("not an image")
     with pytest.raises(DataError) as e:
-        load_splits(colour_folder)
+        load_splits(colour_folder, val_fraction=0.15, test_fraction=0.2)
     msg = _one_line(e)
     assert str(bad) in msg and "--skip-bad" in msg
-    assert len(load_splits(colour_folder, skip_bad=True).train) == 24
+    assert len(load_splits(colour_folder, skip_bad=True, val_fraction=0.15, test_fraction=0.2).train) == 24
 
 
 def test_image_extension_with_garbage(colour_folder):
     bad = colour_folder / "red" / "fake.jpg"
     bad.write_bytes(b"this is not a jpeg")
-    ds = load_splits(colour_folder, skip_bad=False, seed=0)
+    ds = load_splits(colour_folder, skip_bad=False, seed=0, val_fraction=0.15, test_fraction=0.2)
     everything = ImageSet([*ds.train.items, *ds.val.items, *ds.test.items], [*ds.train.labels, *ds.val.labels, *ds.test.labels])
     with pytest.raises(DataError) as e:
         decode(everything, PRE, ds.classes)
@@ -123,7 +123,7 @@ def test_truncated_image(colour_folder):
 def test_empty_class_folder(colour_folder):
     (colour_folder / "purple").mkdir()
     with pytest.raises(DataError) as e:
-        load_splits(colour_folder)
+        load_splits(colour_folder, val_fraction=0.15, test_fraction=0.2)
     assert "purple has no image files" in _one_line(e)
 
 
@@ -136,7 +136,7 @@ def test_single_class(tmp_path):
             f.unlink()
         (tmp_path / "one" / d).rmdir()
     with pytest.raises(DataError) as e:
-        load_splits(tmp_path / "one")
+        load_splits(tmp_path / "one", val_fraction=0.15, test_fraction=0.2)
     assert "Only one class (red)" in _one_line(e)
 
 
@@ -144,7 +144,7 @@ def test_csv_row_pointing_at_missing_file(colour_folder):
     table = colour_folder / "labels.csv"
     table.write_text("path,label\nred/red_000.png,red\nred/nope.png,red\ngreen/green_000.png,green\n")
     with pytest.raises(DataError) as e:
-        load_splits(table)
+        load_splits(table, val_fraction=0.15, test_fraction=0.2)
     msg = _one_line(e)
     assert "labels.csv line 3" in msg and "nope.png does not exist" in msg
 
@@ -153,12 +153,12 @@ def test_csv_without_label_column(colour_folder):
     table = colour_folder / "labels.csv"
     table.write_text("file,kind\nred/red_000.png,red\n")
     with pytest.raises(DataError, match="needs a 'path' and a 'label' column"):
-        load_splits(table)
+        load_splits(table, val_fraction=0.15, test_fraction=0.2)
 
 
 def test_missing_data_path(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
-        load_splits(tmp_path / "nothing")
+        load_splits(tmp_path / "nothing", val_fraction=0.15, test_fraction=0.2)
 
 
 # ---- Fashion-MNIST ---------------------------------------------------------------------------------------
@@ -193,7 +193,7 @@ def test_fashion_mnist_export_is_a_class_folder_layout(tmp_path):
     from transferkit.data.fashion_mnist import export_image_folder
 
     root = export_image_folder(tmp_path / "fm", train_per_class=2, test_size=20, seed=0)
-    s = load_splits(root)
+    s = load_splits(root, val_fraction=0.15, test_fraction=0.2)
     assert len(s.classes) == 10 and len(s.test) == 20 and len(s.train) + len(s.val) == 20
     again = export_image_folder(tmp_path / "fm2", train_per_class=2, test_size=20, seed=0)
     assert sorted(p.name for p in Path(root).rglob("*.png")) == sorted(p.name for p in Path(again).rglob("*.png"))

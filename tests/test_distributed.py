@@ -45,7 +45,7 @@ def test_two_process_audio_fit_scores_recordings(audio_folder, tiny_backbone, tm
     """Validation windows are gathered from both processes in loader order, then averaged per recording."""
     out = tmp_path / "run"
     m = launch_fit(audio_folder, out, "--backbone", tiny_backbone, "--strategy", "finetune", "--epochs", "2",
-                   "--batch-size", "8", "--clip-seconds", "0.25", "--precision", "no")
+                   "--batch-size", "8", "--clip-seconds", "0.25", "--precision", "no", "--val-fraction", "0.25")
     assert m["processes"] == 2 and m["task"] == "audio-classification" and m["test"]["n"] == 9
     assert m["data"]["audio"]["val"]["windows"] > m["data"]["val"]
     best = m["history"]["epochs"][m["history"]["best_epoch"]]

@@ -240,7 +240,7 @@ def test_greyscale_channel_repeat_equals_summed_stem_weights():
 def test_patient_level_split_keeps_patients_together(dicom_manifest):
     from transferkit.data.sources import load_splits
 
-    splits = load_splits(dicom_manifest, seed=3, patients=True)
+    splits = load_splits(dicom_manifest, seed=3, patients=True, val_fraction=0.15, test_fraction=0.2)
     assert splits.how == "patient-level stratified seed=3"
     parts = {"train": splits.train, "val": splits.val, "test": splits.test}
     owners = {name: set(p.groups) for name, p in parts.items()}
@@ -260,7 +260,7 @@ def test_a_split_that_leaks_a_patient_is_refused(dicom_manifest):
     leaky = dicom_manifest.with_name("leaky.csv")
     leaky.write_text("\n".join(rows) + "\n")  # MRN9000's second image in test, its first in train
     with pytest.raises(DataError) as err:
-        load_splits(leaky, patients=True)
+        load_splits(leaky, patients=True, val_fraction=0.15, test_fraction=0.2)
     message = str(err.value)
     assert f"patient #{patient_key('MRN9000')}" in message and "train" in message and "test" in message
     assert "MRN9000" not in message  # named by its hash (and the files), never by the raw id
@@ -274,7 +274,7 @@ def test_dicom_folders_group_by_patient_id(tmp_path):
         for k in range(3):
             label = "lesion" if p % 2 else "normal"
             write_ct_dicom(tmp_path / "scans" / label / f"img{p}_{k}", lesion_slice(rng, p % 2 == 1), f"PID{p}")
-    splits = load_splits(tmp_path / "scans", patients=True, seed=0)  # files without a suffix, found by DICM
+    splits = load_splits(tmp_path / "scans", patients=True, seed=0, val_fraction=0.15, test_fraction=0.2)  # files without a suffix, found by DICM
     owners = [set(s.groups) for s in (splits.train, splits.val, splits.test)]
     assert sum(len(o) for o in owners) == 8 and not set.intersection(*owners)
     assert transferkit.data.sources.detect_kind(tmp_path / "scans") == "medical"
@@ -350,7 +350,7 @@ def _everything_written(folder: Path) -> bytes:
 def test_medical_fit_end_to_end_without_identifiers(dicom_manifest, tiny_backbone, tmp_path, capfd):
     out = tmp_path / "run"
     model = transferkit.fit(dicom_manifest, backbone=tiny_backbone, strategy="finetune", epochs=2, batch_size=8,
-                            out=out, window="lung", threshold="sensitivity=0.9")
+                            out=out, window="lung", threshold="sensitivity=0.9", val_fraction=0.15, test_fraction=0.2)
     m = model.metrics
     assert m["task"] == "medical-classification" and m["data"]["split"].startswith("patient-level")
     assert m["clinical"]["positive"] == "lesion" and m["clinical"]["threshold_rule"].startswith("sensitivity >= 0.9")
@@ -384,7 +384,8 @@ def test_medical_fit_end_to_end_without_identifiers(dicom_manifest, tiny_backbon
 
 
 def test_decisions_follow_the_threshold(dicom_manifest, tiny_backbone):
-    model = transferkit.fit(dicom_manifest, backbone=tiny_backbone, strategy="linear", threshold=0.01)
+    model = transferkit.fit(dicom_manifest, backbone=tiny_backbone, strategy="linear", threshold=0.01,
+                            test_fraction=0.2)
     assert model.clinical["threshold"] == 0.01 and model.clinical["threshold_rule"] == "given"
     probs = np.array([[0.02, 0.98], [0.005, 0.995]])  # classes: lesion, normal
     assert model.decide(probs).tolist() == [0, 1]
@@ -524,7 +525,8 @@ def test_too_few_patients_are_named_and_an_empty_validation_is_refused(tmp_path,
         rows.append(f"Q{p},{rel},{'lesion' if p % 2 == 0 else 'normal'}")
     (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
     with pytest.raises(TransferkitError, match="validation split is empty"):
-        transferkit.fit(tmp_path / "m.csv", backbone=tiny_backbone, strategy="linear")
+        transferkit.fit(tmp_path / "m.csv", backbone=tiny_backbone, strategy="linear", val_fraction=0.15,
+                        test_fraction=0.2)
     assert "fewer than 3 patients" in capsys.readouterr().err
 
 

@@ -237,3 +237,23 @@ def test_auto_decides_across_folds(colour_folder, tiny_backbone):
 def test_cv_must_be_a_number_of_folds(colour_folder, tiny_backbone):
     with pytest.raises(transferkit.TransferkitError, match="cv"):
         transferkit.fit(colour_folder, backbone=tiny_backbone, strategy="linear", cv=1)
+
+
+def test_the_small_data_rule_holds_out_nothing_below_50_a_class():
+    from transferkit.data.sources import SMALL_DATA_PER_CLASS, ImageSet, load_splits
+
+    pixel = np.zeros((4, 4, 3), dtype=np.uint8)
+    n = SMALL_DATA_PER_CLASS - 1
+    small = load_splits(ImageSet([pixel] * (2 * n), ["a"] * n + ["b"] * n))
+    assert small.val is None and small.test is None and len(small.train) == 2 * n
+    assert "cross-validation" in small.how
+    n = SMALL_DATA_PER_CLASS
+    big = load_splits(ImageSet([pixel] * (2 * n), ["a"] * n + ["b"] * n))
+    assert (len(big.train), len(big.val), len(big.test)) == (66, 14, 20)  # 15% and 20% of each class
+
+
+def test_medical_threshold_and_folds_use_patients_without_a_validation_split(dicom_manifest, tiny_backbone):
+    model = transferkit.fit(dicom_manifest, backbone=tiny_backbone, strategy="linear", threshold="youden")
+    m = model.metrics
+    assert m["estimate"]["kind"] == "cross-validation" and m["data"]["val"] == 0 and m["data"]["test"] == 0
+    assert "clinical" in m["val"] and m["clinical"]["threshold_rule"] == "youden on the out-of-fold predictions"

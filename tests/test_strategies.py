@@ -206,7 +206,9 @@ def test_engine_stops_at_the_deadline():
 
 
 def test_auto_keeps_the_better_candidate(colour_splits, tiny_backbone):
-    model = transferkit.fit(colour_splits, backbone=tiny_backbone, strategy="auto", max_epochs=2, min_epochs=1)
+    # with a validation split (6 images), auto chooses on it
+    model = transferkit.fit(colour_splits, backbone=tiny_backbone, strategy="auto", max_epochs=2, min_epochs=1,
+                            val_fraction=0.2)
     d = model.metrics["details"]
     assert set(d["candidates"]) == {"linear", "finetune"}
     lin, ft = d["candidates"]["linear"]["val_acc"], d["candidates"]["finetune"]["val_acc"]

@@ -89,7 +89,7 @@ def test_minilm_embeddings_equal_sentence_transformers():
 
 
 def test_csv_columns_are_guessed(text_csv):
-    s = load_text_splits(text_csv)
+    s = load_text_splits(text_csv, val_fraction=0.15, test_fraction=0.2)
     assert s.classes == ["money", "sport", "weather"] and not s.train.multi_label
     assert len(s.train) + len(s.val) + len(s.test) == 36
 
@@ -98,8 +98,8 @@ def test_csv_cells_keep_their_line_breaks(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text('text,label\n"first line\nsecond line",a\nplain,b\n"x",\n', encoding="utf-8")
     with pytest.raises(DataError, match=r"t.csv line 5: the label"):  # line numbers count the embedded break
-        load_text_splits(path)
-    s = load_text_splits(path, options=TextOptions(skip_bad=True))
+        load_text_splits(path, val_fraction=0.15, test_fraction=0.2)
+    s = load_text_splits(path, options=TextOptions(skip_bad=True), val_fraction=0.15, test_fraction=0.2)
     assert "first line\nsecond line" in s.train.texts + s.val.texts + s.test.texts
 
 
@@ -107,26 +107,26 @@ def test_ambiguous_and_missing_columns(tmp_path):
     two = tmp_path / "two.csv"
     two.write_text("text,review,label\na b,c d,x\ne f,g h,y\n")
     with pytest.raises(DataError, match=r"several possible text columns \(text, review\): pass --text-column"):
-        load_text_splits(two)
-    chosen = load_text_splits(two, options=TextOptions(text_column="review"))
+        load_text_splits(two, val_fraction=0.15, test_fraction=0.2)
+    chosen = load_text_splits(two, options=TextOptions(text_column="review"), val_fraction=0.15, test_fraction=0.2)
     assert sorted(chosen.train.texts + chosen.val.texts + chosen.test.texts) == ["c d", "g h"]
     no_label = tmp_path / "nolabel.csv"
     no_label.write_text("text,score\nhello,1\n")
     with pytest.raises(DataError, match=r"no label column .* its columns are: text, score\. Pass --label-column"):
-        load_text_splits(no_label)
+        load_text_splits(no_label, val_fraction=0.15, test_fraction=0.2)
     with pytest.raises(DataError, match=r"has no column 'body' \(given by --text-column\)"):
-        load_text_splits(two, options=TextOptions(text_column="body"))
+        load_text_splits(two, options=TextOptions(text_column="body"), val_fraction=0.15, test_fraction=0.2)
 
 
 def test_jsonl_lists_make_multi_label(tmp_path):
     path = tmp_path / "tags.jsonl"
     rows = [{"text": f"text number {i}", "labels": ["a", "b"] if i % 3 == 0 else ["a"] if i % 3 == 1 else ["c"]} for i in range(30)]
     path.write_text("\n".join(json.dumps(r) for r in rows))
-    s = load_text_splits(path)
+    s = load_text_splits(path, val_fraction=0.15, test_fraction=0.2)
     assert s.train.multi_label and s.classes == ["a", "b", "c"]
     csv_path = tmp_path / "tags.csv"
     csv_path.write_text("text,tags\n" + "\n".join(f"t {i},{'a|b' if i % 2 else 'c'}" for i in range(20)))
-    s = load_text_splits(csv_path, options=TextOptions(label_sep="|"))
+    s = load_text_splits(csv_path, options=TextOptions(label_sep="|"), val_fraction=0.15, test_fraction=0.2)
     assert s.train.multi_label and s.classes == ["a", "b", "c"]
 
 
@@ -135,7 +135,7 @@ def test_multi_label_is_decided_once_for_all_splits(tmp_path):
     rows = [{"text": f"t {i}", "labels": ["a", "b"] if i % 2 else ["a"], "split": "train"} for i in range(10)]
     rows += [{"text": "only one label here", "labels": "a", "split": "test"}]
     path.write_text("\n".join(json.dumps(r) for r in rows))
-    s = load_text_splits(path)
+    s = load_text_splits(path, val_fraction=0.15, test_fraction=0.2)
     assert s.train.multi_label and s.test.multi_label and s.test.labels == [("a",)]
 
 
@@ -143,10 +143,10 @@ def test_empty_multi_label_cell_is_an_error_but_an_empty_list_is_not(tmp_path):
     path = tmp_path / "tags.csv"
     path.write_text("text,tags\nx,a|b\ny,\nz,b\n")
     with pytest.raises(DataError, match=r"tags.csv line 3: the label \('tags'\) is empty"):
-        load_text_splits(path, options=TextOptions(label_sep="|"))
+        load_text_splits(path, options=TextOptions(label_sep="|"), val_fraction=0.15, test_fraction=0.2)
     jsonl = tmp_path / "tags.jsonl"
     jsonl.write_text("\n".join(json.dumps({"text": f"t{i}", "labels": [] if i == 0 else ["a"] if i % 2 else ["b"]}) for i in range(9)))
-    s = load_text_splits(jsonl)
+    s = load_text_splits(jsonl, val_fraction=0.15, test_fraction=0.2)
     assert () in s.train.labels + s.val.labels + s.test.labels
 
 
@@ -156,7 +156,7 @@ def test_unlabelled_classlabel_rows_are_not_given_a_class(tmp_path):
     feats = Features({"text": Value("string"), "label": ClassLabel(names=["neg", "pos"])})
     ds = Dataset.from_dict({"text": ["good", "bad", "fine"], "label": [1, 0, -1]}, features=feats)
     with pytest.raises(DataError, match=r"row 2: the label \('label'\) is empty"):
-        load_text_splits(ds)
+        load_text_splits(ds, val_fraction=0.15, test_fraction=0.2)
 
 
 def test_a_readme_beside_image_folders_keeps_them_images(colour_folder):
@@ -168,7 +168,7 @@ def test_a_readme_beside_image_folders_keeps_them_images(colour_folder):
 
 
 def test_folder_of_txt_and_split_folders(text_folder):
-    s = load_text_splits(text_folder)
+    s = load_text_splits(text_folder, val_fraction=0.15, test_fraction=0.2)
     assert len(s.test) == 12 and len(s.train) + len(s.val) == 30 and s.how == "given + stratified seed=0"
 
 
@@ -176,10 +176,10 @@ def test_non_utf8_file(text_folder):
     bad = text_folder / "train" / "money" / "latin.txt"
     bad.write_bytes("price in \xa3 rose".encode("latin-1"))
     with pytest.raises(DataError, match=r"latin.txt is not utf-8 text \(byte 0xa3 at position 9\).*--encoding.*--skip-bad"):
-        load_text_splits(text_folder)
-    kept = load_text_splits(text_folder, options=TextOptions(skip_bad=True))
+        load_text_splits(text_folder, val_fraction=0.15, test_fraction=0.2)
+    kept = load_text_splits(text_folder, options=TextOptions(skip_bad=True), val_fraction=0.15, test_fraction=0.2)
     assert len(kept.train) + len(kept.val) == 30  # the 30 good files; the bad one skipped
-    s = load_text_splits(text_folder, options=TextOptions(encoding="latin-1"))
+    s = load_text_splits(text_folder, options=TextOptions(encoding="latin-1"), val_fraction=0.15, test_fraction=0.2)
     assert any("£" in t for t in s.train.texts + s.val.texts)
 
 
@@ -187,8 +187,8 @@ def test_empty_and_whitespace_texts(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text("text,label\nfine text,a\n   ,b\nmore text,b\nagain,a\n")
     with pytest.raises(DataError, match=r"t.csv line 3: the text is empty or whitespace only"):
-        load_text_splits(path)
-    s = load_text_splits(path, options=TextOptions(skip_bad=True))
+        load_text_splits(path, val_fraction=0.15, test_fraction=0.2)
+    s = load_text_splits(path, options=TextOptions(skip_bad=True), val_fraction=0.15, test_fraction=0.2)
     assert len(s.train) + len(s.val) + len(s.test) == 3
 
 
@@ -196,7 +196,7 @@ def test_single_example_class_warns_and_trains(tmp_path, capsys):
     path = tmp_path / "t.csv"
     rows = [f"text {i},{'big' if i else 'lonely'}" for i in range(12)]
     path.write_text("text,label\n" + "\n".join(rows) + "\nother text,third\n" * 1)
-    s = load_text_splits(path)
+    s = load_text_splits(path, val_fraction=0.15, test_fraction=0.2)
     assert "lonely" in s.train.labels  # kept for training, not lost to val/test
     assert "single example" in capsys.readouterr().err
 
@@ -215,15 +215,15 @@ def test_dataframe_list_and_hf_dataset(tmp_path):
 
     rows = topic_texts(6)
     df = pd.DataFrame({"sentence": [t for t, _ in rows], "intent": [y for _, y in rows]})
-    assert load_text_splits(df).classes == ["money", "sport", "weather"]
-    s = load_text_splits([t for t, _ in rows], labels=[y for _, y in rows])
+    assert load_text_splits(df, val_fraction=0.15, test_fraction=0.2).classes == ["money", "sport", "weather"]
+    s = load_text_splits([t for t, _ in rows], labels=[y for _, y in rows], val_fraction=0.15, test_fraction=0.2)
     assert len(s.train) + len(s.val) + len(s.test) == 18
     feats = Features({"text": Value("string"), "label": ClassLabel(names=["money", "sport", "weather"])})
     ids = {"money": 0, "sport": 1, "weather": 2}
     ds = Dataset.from_dict({"text": [t for t, _ in rows], "label": [ids[y] for _, y in rows]}, features=feats)
     dd = DatasetDict({"train": ds, "test": ds.select(range(6))})
     dd.save_to_disk(str(tmp_path / "saved"))
-    s = load_text_splits(str(tmp_path / "saved"))
+    s = load_text_splits(str(tmp_path / "saved"), val_fraction=0.15, test_fraction=0.2)
     assert s.classes == ["money", "sport", "weather"] and len(s.test) == 6  # ClassLabel ids -> names, test kept
 
 
@@ -237,7 +237,9 @@ def test_every_strategy_trains_saves_and_reloads(strategy, text_folder, tiny_tex
                             **FAST[strategy])
     m = model.metrics
     assert m["task"] == "text-classification" and m["test"]["n"] == 12
-    assert m["data"]["max_length"] == 32 and set(m["data"]["truncated"]) == {"train", "val", "test"}
+    # small data with a given test split: no validation split, settings chosen across folds of the training texts
+    assert m["data"]["max_length"] == 32 and set(m["data"]["truncated"]) == {"train", "test"}
+    assert m["estimate"]["kind"] == "cross-validation" and m["data"]["train"] == 30
     assert 0 < m["trainable_params"] <= sum(p.numel() for p in model.classifier.parameters())
     report = (out / "report.md").read_text()
     assert "max 32 tokens" in report and "## Scores on the test set (n=12)" in report
@@ -284,7 +286,9 @@ def test_multi_label_fit_predict_and_report(tmp_path, tiny_text_backbone):
     path.write_text("\n".join(json.dumps(r) for r in rows))
     model = transferkit.fit(path, backbone=tiny_text_backbone, strategy="linear", out=tmp_path / "run")
     m = model.metrics
-    assert m["data"]["multi_label"] and "micro_f1" in m["test"] and "confusion_matrix" not in m["test"]
+    # no test split given and small data: the scores are the out-of-fold (cross-validated) ones
+    assert m["test"] is None and m["estimate"]["metric"] == "micro_f1"
+    assert m["data"]["multi_label"] and "micro_f1" in m["val"] and "confusion_matrix" not in m["val"]
     assert not (tmp_path / "run" / "confusion_matrix.png").exists()
     pred = model.predict(["goal team win and more words"])[0]
     assert "labels" in pred and all(0 <= t["probability"] <= 1 for t in pred["top"])

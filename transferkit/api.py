@@ -47,7 +47,7 @@ def fit(
     skip_bad: bool = False,
     val_fraction: float | None = None,
     test_fraction: float | None = None,
-    cv: int = 5,
+    cv: int | None = None,
     precision: str = "auto",
     arch: str | None = None,
     cpu: bool | None = None,
@@ -103,7 +103,8 @@ def fit(
 
     Splits: a given ``test/`` folder, ``split`` column or dataset split is always honoured. Otherwise small data
     (fewer than 50 examples, or patients, in the smallest class) hold nothing out by default: settings (the probe's
-    C, epochs, ``auto``'s choice, a medical threshold) are chosen by stratified ``cv``-fold cross-validation, the
+    C, epochs, ``auto``'s choice, a medical threshold) are chosen by stratified ``cv``-fold cross-validation (default:
+    5 folds for the linear probe, 3 where each fold is a training run), the
     score is reported as a cross-validated estimate with its interval, and the final model trains on every label.
     ``val_fraction`` / ``test_fraction`` hold out splits anyway (larger data: 0.15 and 0.2 by default).
     ``transferkit evaluate`` on a separate test set stays the final word.
@@ -146,7 +147,7 @@ def fit(
     if several is None and (isinstance(backbone, (list, tuple)) or (isinstance(backbone, str) and "," in backbone)):
         backbone = names[0] if names else None  # one name written as "a,", "a,a" or ["a"]
     deadline = t_start + seconds if seconds is not None else None
-    if not isinstance(cv, int) or isinstance(cv, bool) or cv < 2:
+    if cv is not None and (not isinstance(cv, int) or isinstance(cv, bool) or cv < 2):
         raise TransferkitError(f"cv {cv!r} is not a number of folds: use 2 or more (5 is usual).")
     if task not in ("auto", "classify", "detect"):
         raise TransferkitError(f"Task {task!r} is unknown: choose auto, classify or detect.")
@@ -269,7 +270,8 @@ def fit(
     scored = "test" if "test" in probs else "val"
     clinical = None
     if medical:  # calibrate and choose the operating threshold on validation (or out of fold); the model then uses both
-        clinical, uncalibrated = _clinical(model, probs, targets, dec, splits, positive, threshold, task.balance)
+        clinical, uncalibrated = _clinical(model, probs, targets, dec, splits, positive, threshold, task.balance,
+                                           out_of_fold=result.cv is not None)
         probs = {name: model.calibrated(p) for name, p in probs.items()}
     if multi_label:
         scores = {name: multilabel_metrics(targets[name], p, splits.classes) for name, p in probs.items()}
@@ -292,6 +294,13 @@ def fit(
         baseline = _scratch_comparison(baseline_model, base_probs, targets[scored], scores[scored], scored,
                                        splits.classes, multi_label, timings["scratch_baseline_s"],
                                        clinical is not None and len(splits.classes) == 2)
+    classical = None
+    if scratch_baseline:  # the non-deep baseline beside scratch: seconds, and sometimes the honest winner
+        tc = time.monotonic()
+        classical = _classical_comparison("image" if medical else modality, dec, task, result.cv is not None and
+                                          scored == "val", scored, targets[scored], scores[scored], splits.classes,
+                                          multi_label, clinical is not None and len(splits.classes) == 2, seed)
+        timings["classical_baseline_s"] = classical["seconds"] = round(time.monotonic() - tc, 1)
     timings["evaluate_s"] = time.monotonic() - t
     timings["total_s"] = time.monotonic() - t_start
 
@@ -341,9 +350,12 @@ def fit(
                                                 for r in ranking["rows"]]}
     if baseline is not None:
         metrics["scratch_baseline"] = baseline
+    if classical is not None:
+        metrics["classical_baseline"] = classical
     model.meta = {"metrics": {k: metrics[k] for k in ("strategy", "val", "test", "estimate", "train_val_gap",
                                                       "trainable_params", "data", "backbone_ranking",
-                                                      "scratch_baseline") if metrics.get(k) is not None}}
+                                                      "scratch_baseline", "classical_baseline")
+                                if metrics.get(k) is not None}}
     if model.clinical is not None:
         model.meta["clinical"] = model.clinical
     if label_sep is not None:
@@ -403,7 +415,46 @@ def _scratch_comparison(baseline: TransferModel, probs: np.ndarray, y: np.ndarra
     return {"set": part, "metric": key, "score": score, "score_ci": ci, "macro_f1": m["macro_f1"],
             "model_score": model_score, "lead": lead, "resolved": None if lead is None or half is None else abs(lead) > half,
             "half_width": half, "seconds": round(seconds, 1), "epochs": len(history["epochs"]),
-            "stopped": history["stopped"], "train_val_gap": train_val_gap(history)["accuracy"]}
+            "stopped": history["stopped"],
+            # a cross-validated baseline's final run has no validation scores: its out-of-fold ones stand in
+            "train_val_gap": train_val_gap(history, m if history["epochs"][history["best_epoch"]]["val_acc"] is None
+                                           else None)["accuracy"]}
+
+
+def _classical_comparison(kind: str, dec: dict, task: Any, out_of_fold: bool, part: str, y: np.ndarray,
+                          scored_metrics: dict, classes: list[str], multi_label: bool, binary_medical: bool,
+                          seed: int) -> dict[str, Any]:
+    """The classical baseline (:class:`~transferkit.evaluation.classical.ClassicalBaseline`) scored like the model:
+    out of fold on the same folds when the model's score is cross-validated, else trained on the training split and
+    scored on the same set. ``wins`` says whether it beat the model."""
+    from .evaluation.classical import ClassicalBaseline
+    from .evaluation.metrics import classification_metrics, multilabel_metrics
+
+    k = len(classes)
+    if out_of_fold:
+        probs = np.zeros((len(y), k))
+        for tr, va in task.folds():
+            base = ClassicalBaseline(kind, seed=seed).fit(dec["train"].subset(tr), num_classes=k)
+            probs[va] = base.predict_proba(dec["train"].subset(va))
+    else:
+        base = ClassicalBaseline(kind, seed=seed).fit(dec["train"], num_classes=k)
+        probs = base.predict_proba(dec[part])
+    m = multilabel_metrics(y, probs, classes) if multi_label else classification_metrics(y, probs, classes)
+    key = "micro_f1" if multi_label else "accuracy"
+    score, model_score, ci = m[key], scored_metrics[key], m.get(f"{key}_ci")
+    if binary_medical:
+        from .evaluation.clinical import auroc
+
+        c = scored_metrics["clinical"]
+        j = classes.index(c["positive"])
+        key, score, model_score, ci = "auroc", auroc(y == j, probs[:, j]), c["auroc"], None
+    model_ci = scored_metrics.get(f"{key}_ci") if key != "auroc" else scored_metrics["clinical"].get("auroc_ci")
+    lead = model_score - score if score is not None and model_score is not None else None
+    half = (model_ci[1] - model_ci[0]) / 2 if model_ci else None
+    return {"name": base.name_, "set": "cross-validated" if out_of_fold else part, "metric": key, "score": score,
+            "score_ci": ci, "macro_f1": m["macro_f1"], "model_score": model_score, "lead": lead,
+            "wins": lead is not None and lead < 0,
+            "resolved": None if lead is None or half is None else abs(lead) > half, "half_width": half}
 
 
 def _has_boxes(data: Any) -> bool:
@@ -530,7 +581,8 @@ def _prepare_images(data, backbone, arch, max_length, image_size, skip_bad, val_
 
 
 def _clinical(model: TransferModel, probs: dict, targets: dict, dec: dict, splits: Any, positive: str | None,
-              threshold: str | float | None, balance: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+              threshold: str | float | None, balance: str,
+              out_of_fold: bool = False) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Calibrate on validation (undo the class weights' shift of the probabilities, then fit a temperature), tune
     the operating threshold there, and give all of it to ``model``; return what the report shows about them, and
     the uncalibrated probabilities (for the reliability plot). Without a validation split, "validation" is the
@@ -564,6 +616,8 @@ def _clinical(model: TransferModel, probs: dict, targets: dict, dec: dict, split
         cut, how = (rule, "given") if isinstance(rule, float) else (0.5, "0.5: validation lacks a class")
     else:
         cut, how = 0.5, "top-ranked class"
+    if out_of_fold:
+        how = how.replace("validation", "the out-of-fold predictions")
     model.clinical = {"positive": pos, "threshold": cut, "threshold_rule": how, "temperature": temperature,
                       "class_weights": weights, "calibrated": enough}
     ece = {name: {"before": expected_calibration_error(targets[name], p),

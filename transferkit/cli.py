@@ -51,7 +51,10 @@ def fit(
     epochs: Optional[int] = typer.Option(None, help="Maximum epochs (default: the strategy's own)."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: the strategy's own)."),
     batch_size: Optional[int] = typer.Option(None, help="Examples per step (default: the strategy's own)."),
-    seed: int = typer.Option(0, help="Seed for splits, initialisation and shuffling."),
+    seed: int = typer.Option(0, help="Seed for splits, folds, initialisation and shuffling."),
+    cv: Optional[int] = typer.Option(None, help="Folds of the stratified cross-validation that chooses settings (the probe's C, epochs, auto's choice) and estimates the score when no validation split is held out. Default: 5 for the linear probe, 3 where each fold is a training run (finetune, auto's fine-tuning, lora...)."),
+    val_fraction: Optional[float] = typer.Option(None, help="Hold out this share of the labels for validation. Default: none when the smallest class has fewer than 50 examples (settings then chosen by --cv fold cross-validation on every label), else 0.15. A val/ folder or split column is always used."),
+    test_fraction: Optional[float] = typer.Option(None, help="Hold out this share as a test split. Default: none for small data (the score is a cross-validated estimate; score a separate set with `transferkit evaluate`), else 0.2. A test/ folder or split column is always used."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable or missing images, empty texts, undecodable or silent audio, and images with bad boxes or no label file, with a warning and a count."),
     precision: str = typer.Option("auto", help="auto (bf16 where the CPU/GPU supports it), bf16, fp16 or no."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out from its last epoch checkpoint."),
@@ -70,7 +73,7 @@ def fit(
     positive: Optional[str] = typer.Option(None, help="Medical, two classes: the positive class (the finding). Default: the class not named normal/healthy/negative/benign/0, else the rarer one."),
     threshold: Optional[str] = typer.Option(None, help="Medical, two classes: the operating threshold on the positive probability: youden (default, tuned on validation), sensitivity=0.95, specificity=0.9, or a number."),
     balance: Optional[str] = typer.Option(None, help="Medical: weights (class-weighted loss, default), sampler (classes drawn equally often) or none."),
-    scratch_baseline: bool = typer.Option(False, "--scratch-baseline", help="Also train the same architecture from random weights on the same splits and training time (so the run takes about twice as long); the report and model card compare the two."),
+    scratch_baseline: bool = typer.Option(False, "--scratch-baseline", help="Also train the same architecture from random weights on the same splits and training time (so the run takes about twice as long), and a classical baseline (HOG, TF-IDF or log-mel statistics + logistic regression); the report and model card compare them with the model and say plainly when a baseline wins."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics summary as JSON on stdout."),
 ) -> None:
     """Train on DATA and write a bundle, metrics, plots and a report to --out."""
@@ -85,7 +88,8 @@ def fit(
                         text_column=text_column, label_column=label_column, label_sep=label_sep, encoding=encoding,
                         max_length=max_length, clip_seconds=clip_seconds, task=task, modality=modality, window=window,
                         slices=slices, patient_column=patient_column, positive=positive, threshold=threshold,
-                        balance=balance, scratch_baseline=scratch_baseline, **options)
+                        balance=balance, scratch_baseline=scratch_baseline, cv=cv, val_fraction=val_fraction,
+                        test_fraction=test_fraction, **options)
     except TransferkitError as err:
         _fail(err)
     m = model.metrics
@@ -94,7 +98,8 @@ def fit(
         _detection_summary(m, scored, out, as_json)
         return
     summary = {
-        "strategy": m["strategy"], "scored_on": scored, "n": m[scored]["n"],
+        "strategy": m["strategy"], "scored_on": "cross-validation" if scored == "val" and m.get("estimate") else scored,
+        "n": m[scored]["n"],
         "accuracy": round(m[scored]["accuracy"], 4), "macro_f1": round(m[scored]["macro_f1"], 4),
         **({"micro_f1": round(m[scored]["micro_f1"], 4)} if "micro_f1" in m[scored] else {}),
         "seconds": round(m["timings"]["total_s"], 1), "report": str(out / "report.md"), "model": str(out / "model"),
@@ -112,10 +117,15 @@ def fit(
         from .console import results as console
 
         console.print(
-            f"[green]done[/] {summary['strategy']}: {scored} accuracy {summary['accuracy']:.3f}, macro-F1 "
+            f"[green]done[/] {summary['strategy']}: {summary['scored_on']} accuracy {summary['accuracy']:.3f}, macro-F1 "
             f"{summary['macro_f1']:.3f} (n={summary['n']}) in {summary['seconds']:.1f}s",
             highlight=False,
         )
+        if m.get("estimate"):
+            e = m["estimate"]
+            ci = f" (95% CI {e['score_ci'][0]:.3f}-{e['score_ci'][1]:.3f})" if e.get("score_ci") else ""
+            console.print(f"every label trained the final model; the score{ci} is a {e['folds']}-fold cross-validated "
+                          "estimate: `transferkit evaluate` on a separate test set is the final word", highlight=False)
         if clinical:
             console.print(_clinical_line(clinical), highlight=False)
         console.print(f"model:  {summary['model']}\nreport: {summary['report']}", highlight=False)
@@ -388,7 +398,7 @@ def compare(
     data: Path = typer.Argument(..., help="Labelled data, as for fit (images, DICOM/NIfTI, texts or audio; single-label)."),
     budgets: str = typer.Option("5,10,25,50,all", help="Label budgets: labelled examples per class (validation included), comma-separated; 'all' is the whole pool."),
     seeds: int = typer.Option(3, help="Seeds per budget and strategy (which examples are labelled, initialisation, shuffling); 3 or more give a 95% interval."),
-    strategies: str = typer.Option("linear,finetune,scratch", help="Comma-separated strategies; include scratch for the headline comparisons."),
+    strategies: str = typer.Option("linear,finetune,scratch", help="Comma-separated strategies; include scratch for the headline comparisons, and classical for the non-deep baseline (HOG, TF-IDF or log-mel statistics + logistic regression)."),
     out: Path = typer.Option(Path("runs/compare"), "--out", "-o", help="results.csv, summary.csv, compare.json, plots, report.md and report.html."),
     backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="The backbone of every transfer run (scratch: its architecture). Default as for fit."),
     metric: str = typer.Option("auto", help="accuracy, balanced_accuracy, macro_f1 or auroc (two-class medical); auto: accuracy, or AUROC / balanced accuracy for medical data."),
@@ -568,10 +578,11 @@ def demo(
     except TransferkitError as err:
         _fail(err)
     fit(data=data_dir, out=out, backbone=None, arch=None, strategy="auto", budget=budget, epochs=None,
-        lr=None, batch_size=None, seed=0, skip_bad=False, precision="auto", resume=False, image_size=None,
-        text_column=None, label_column=None, label_sep=None, encoding="utf-8", max_length=None, clip_seconds=None,
+        lr=None, batch_size=None, seed=0, cv=None, val_fraction=None, test_fraction=None, skip_bad=False, precision="auto",
+        resume=False, image_size=None, text_column=None, label_column=None, label_sep=None, encoding="utf-8", max_length=None, clip_seconds=None,
         task="detect" if kind == "detect" else "classify", modality="medical" if kind == "medical" else "auto",
-        window=None, slices=None, patient_column=None, positive=None, threshold=None, balance=None, as_json=False)
+        window=None, slices=None, patient_column=None, positive=None, threshold=None, balance=None,
+        scratch_baseline=False, as_json=False)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,10 @@ plots are embedded, so it opens from disk anywhere), and the three headline sent
 
 - time: how much sooner transfer reached scratch's best validation score (same runs' clocks);
 - labels: how few labels per class transfer needed to match scratch with the most labels;
-- overfitting: how much smaller the train-minus-validation accuracy gap was.
+- overfitting: how much smaller the train-minus-validation accuracy gap was;
+- and, with ``classical`` among the strategies, whether transfer beat the non-deep baseline a practitioner would
+  try first (:class:`~transferkit.evaluation.classical.ClassicalBaseline`: HOG, TF-IDF or log-mel statistics +
+  cross-validated logistic regression), and at which budgets it did not.
 
 The interval over seeds is Student's t on the seeds' means (with 3 seeds, mean +- 4.3 standard errors): it
 covers the variation from which examples were labelled and from training, but not the test set's own sampling
@@ -39,6 +42,8 @@ from .errors import TransferkitError
 ALL = "all"
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "micro_f1")
 TRANSFER_FIRST = ("linear", "finetune", "gradual", "auto", "lora", "contrastive")
+# not a strategy of transferkit.strategies (no backbone, no training loop): compare runs it itself
+CLASSICAL = "classical"
 
 
 def parse_budgets(budgets: str | list | tuple) -> list[int | str]:
@@ -94,8 +99,14 @@ def compare(data: Any, *, budgets: str | list = (5, 10, 25, 50, ALL), seeds: int
     with ``seed``; everything else is the pool the budgets draw from. ``metric`` is ``accuracy``,
     ``balanced_accuracy``, ``macro_f1`` or (two-class medical data) ``auroc``; ``auto`` picks accuracy, or AUROC
     for two-class medical data and balanced accuracy for other medical data. ``time_per_run`` is each run's
-    wall-time budget (e.g. ``"2m"``); ``fit_options`` go to every run (e.g. ``epochs=10``). With ``out`` every
+    wall-time budget (e.g. ``"2m"``); ``fit_options`` go to every run whose strategy takes them (``epochs=10``
+    to finetune and scratch, not to linear's probe; an option that no compared strategy takes fails). With ``out`` every
     finished run is saved at once, and ``resume=True`` reuses the runs an interrupted comparison finished.
+
+    ``classical`` among ``strategies`` adds the non-deep baseline
+    (:class:`~transferkit.evaluation.classical.ClassicalBaseline`: HOG, TF-IDF or log-mel statistics + logistic
+    regression) on the same labels and test set; the report then says at which budgets it beats every transfer
+    strategy.
 
     Returns ``{"config", "runs", "summary", "headlines", "warnings", "files"}``.
     """
@@ -117,7 +128,9 @@ def compare(data: Any, *, budgets: str | list = (5, 10, 25, 50, ALL), seeds: int
     fit_params = set(inspect.signature(fit).parameters)
     strategy_options = {k: v for k, v in fit_options.items() if k not in fit_params}
     for name in names:  # unknown strategies and options fail now, not after hours of the other runs
-        create_strategy(name, "image" if kind == "medical" else kind, **strategy_options)
+        if name != CLASSICAL:
+            create_strategy(name, "image" if kind == "medical" else kind,
+                            **_run_options(name, strategy_options, kind, _not_for(name, names, strategy_options)))
     metric = _choose_metric(metric, kind, splits.classes)
     pool = _concat(splits.train, splits.val)
     test = splits.test
@@ -134,6 +147,7 @@ def compare(data: Any, *, budgets: str | list = (5, 10, 25, 50, ALL), seeds: int
                        val_fraction=val_fraction, test_fraction=test_fraction, modality=kind)
         backbone = ranking["ranking"][0]
         info(f"compare: {backbone} ranks first of {len(several)} by LogME; every run uses it")
+    image_pre = _classical_preprocess(backbone, kind, fit_options) if CLASSICAL in names else None
     config = {"data": str(Path(data).resolve()) if isinstance(data, (str, Path)) else type(data).__name__, "kind": kind,
               "backbone": backbone, "strategies": names, "budgets": budget_list, "labels_per_class": sizes,
               "seeds": seeds, "metric": metric, "time_per_run_s": run_seconds, "test_n": len(test),
@@ -156,15 +170,21 @@ def compare(data: Any, *, budgets: str | list = (5, 10, 25, 50, ALL), seeds: int
         part = _budget_splits(pool, test, splits.classes, b, s, val_fraction)
         started = time.monotonic()
         try:
-            model = fit(part, backbone=backbone, strategy=name, budget=run_seconds, seed=s, precision=precision,
-                        image_size=image_size, modality=kind, skip_bad=skip_bad,
-                        **_run_options(name, fit_options, kind))
+            if name == CLASSICAL:
+                run = _classical_run(part, kind, b, s, metric, image_pre, skip_bad)
+            else:
+                model = fit(part, backbone=backbone, strategy=name, budget=run_seconds, seed=s, precision=precision,
+                            image_size=image_size, modality=kind, skip_bad=skip_bad,
+                            **_run_options(name, fit_options, kind, _not_for(name, names, strategy_options)))
         except TransferkitError as err:  # one run's failure is recorded; the comparison goes on
             warn(f"compare: {name}, {b} labels per class, seed {s} failed: {err}")
             run = {"budget": str(b), "seed": s, "strategy": name, "failed": str(err)}
         else:
             spent.append((name, sizes[str(b)], time.monotonic() - started))
-            run = _record(model, b, s, name, metric, part, spent[-1][2])
+            if name == CLASSICAL:
+                run["wall_s"] = run["train_s"] = round(spent[-1][2], 1)
+            else:
+                run = _record(model, b, s, name, metric, part, spent[-1][2])
         if "failed" in run:
             failed.append(run)
             continue
@@ -217,13 +237,29 @@ def _load(data, modality, skip_bad, val_fraction, test_fraction, seed, fit_optio
     return splits, kind
 
 
-def _run_options(strategy: str, options: dict, kind: str) -> dict:
+def _not_for(name: str, names: list[str], options: dict) -> set[str]:
+    """The strategy options that ``name``'s config does not take but another compared strategy's does (``epochs``
+    is scratch's; linear fits a probe and has none): left out of its runs. An option that no compared strategy
+    takes is kept, so that it fails with the strategy's own error."""
+    from dataclasses import fields
+
+    from .strategies import STRATEGIES
+
+    def known(n: str) -> set[str]:
+        mapped = {"epochs"} if n == "auto" else set()  # see _run_options
+        return {f.name for f in fields(STRATEGIES[n][1])} | mapped if n in STRATEGIES else set()
+
+    others = set().union(*(known(n) for n in names if n != name))
+    return {k for k in options if k not in known(name) and k in others}
+
+
+def _run_options(strategy: str, options: dict, kind: str, drop: set[str] = frozenset()) -> dict:
     """Options for one run's fit: text columns are already applied by the loader; the linear probe extracts its
     features afresh (a cache warmed by an earlier budget would make it look faster than it is); ``epochs`` caps
     auto through its ``max_epochs``."""
     # the loader applied these already (text columns; patient ids are in the splits' groups)
-    drop = ("text_column", "label_column", "encoding", "label_sep", "patient_column")
-    out = {k: v for k, v in options.items() if k not in drop}
+    loader = ("text_column", "label_column", "encoding", "label_sep", "patient_column")
+    out = {k: v for k, v in options.items() if k not in drop and k not in loader}
     if strategy == "linear":
         out.setdefault("cache", False)
     if strategy == "auto" and "epochs" in out:
@@ -348,6 +384,61 @@ def _record(model, budget, seed: int, name: str, metric: str, part, wall_s: floa
     }
 
 
+def _classical_preprocess(backbone: str | None, kind: str, options: dict) -> Any:
+    """The image preprocessing the runs' backbone uses (its crop; window, slices and padding for medical images),
+    so that the classical baseline sees the same part of each image; None for texts and audio. The backbone is
+    built without its weights: only its preprocessing config is read."""
+    if kind not in ("image", "medical"):
+        return None
+    from .backbones.registry import create_backbone
+    from .data.medical import check_slices, check_window
+
+    pre = create_backbone(backbone, pretrained=False, modality="image").preprocess
+    window, slices = options.get("window"), options.get("slices")
+    return dataclasses.replace(pre, window=check_window(window) if window is not None else pre.window,
+                               slices=check_slices(slices) if slices is not None else pre.slices,
+                               resize="pad" if kind == "medical" else pre.resize)
+
+
+def _classical_run(part, kind: str, budget, seed: int, metric: str, image_pre: Any, skip_bad: bool) -> dict[str, Any]:
+    """One run of the classical baseline, recorded like :func:`_record` records a transfer run.
+
+    It trains on the validation examples too: it chooses its C by cross-validation on whatever it is given, so a
+    held-out split would only be labels it paid for and did not use (a budget counts both, for every strategy).
+    Hence no validation score, no validation curve over time and no overfitting gap (None); ``train_score`` is
+    its accuracy on the examples it was fitted on."""
+    from .evaluation.classical import ClassicalBaseline, decode_for_baseline
+    from .evaluation.metrics import classification_metrics
+
+    labelled = _concat(part.train, part.val) if part.val is not None else part.train
+    modality = "image" if kind == "medical" else kind
+    data = decode_for_baseline(modality, {"train": labelled, "test": part.test}, part.classes,
+                               image_preprocess=image_pre, skip_bad=skip_bad)
+    (x, y), (x_test, y_test) = data["train"], data["test"]
+    base = ClassicalBaseline(modality, seed=seed).fit(x, y, num_classes=len(part.classes))
+    probs = base.predict_proba(x_test)
+    test = classification_metrics(y_test, probs, part.classes)
+    auroc_ci = None
+    if metric == "auroc":
+        from .evaluation.clinical import choose_positive, clinical_metrics
+
+        positive = choose_positive(part.classes, labelled.counts())
+        clinical = clinical_metrics(y_test, probs, part.classes, positive, seed=seed)
+        score, auroc_ci = clinical["auroc"], clinical["auroc_ci"]
+    else:
+        score = test[metric]
+    return {
+        "budget": str(budget), "seed": seed, "strategy": CLASSICAL, "kept": base.name_,
+        "train_n": len(labelled), "val_n": 0, "labels": len(labelled),
+        "labels_per_class": len(labelled) / len(part.classes),
+        "score": score, "test_accuracy": test["accuracy"], "test_accuracy_ci": test.get("accuracy_ci"),
+        "test_macro_f1": test["macro_f1"], "test_balanced_accuracy": test.get("balanced_accuracy"),
+        "val_score": None, "train_score": float((base.predict(x) == y).mean()), "val_accuracy": None,
+        "gap": None, "test_auroc_ci": auroc_ci, "epochs": None, "stopped": None, "curve": [],
+        "C": base.probe_.C_,
+    }
+
+
 def _run_key(budget, seed: int, name: str) -> str:
     return f"{name}-b{budget}-s{seed}"
 
@@ -427,6 +518,7 @@ def summarise(runs: list[dict], strategies: list[str], budgets: list) -> list[di
                 continue
             m, lo, hi = seed_interval([r["score"] for r in sel])
             g, glo, ghi = seed_interval([r["gap"] for r in sel], bounds=(-1.0, 1.0))
+            g = None if g != g else g  # no gap (the classical baseline): None, which JSON can hold and NaN cannot
             rows.append({"budget": str(b), "strategy": name, "seeds": len(sel),
                          "labels_per_class": float(np.mean([r["labels_per_class"] for r in sel])),
                          "score": m, "score_lo": lo, "score_hi": hi, "gap": g, "gap_lo": glo, "gap_hi": ghi,
@@ -442,15 +534,59 @@ def _cell(summary: list[dict], budget, name: str) -> dict | None:
 def headlines(runs: list[dict], summary: list[dict], strategies: list[str], budgets: list,
               metric: str) -> dict[str, Any]:
     """The three answers, each one sentence with its numbers: time saved to reach scratch's best validation
-    score, labels per class needed to match scratch with the most labels, and the overfitting gap."""
+    score, labels per class needed to match scratch with the most labels, and the overfitting gap; with
+    ``classical`` among the strategies a fourth, ``classical``: the budgets where the classical baseline beats
+    every transfer strategy."""
+    transfer = [s for s in strategies if s not in ("scratch", CLASSICAL)]
+    label = metric.replace("_", " ")
+    extra = {"classical": _classical_headline(runs, summary, transfer, budgets, label)} if CLASSICAL in strategies \
+        else {}
+    msg = None
     if "scratch" not in strategies:
         msg = "Add scratch to the strategies to measure what transfer saved against training from scratch."
-        return {"time": {"sentence": msg}, "labels": {"sentence": msg}, "gap": {"sentence": msg}}
-    transfer = [s for s in strategies if s != "scratch"]
+    elif not transfer:
+        msg = "Add a transfer strategy (e.g. linear or finetune) to measure what transfer saved against scratch."
+    if msg:
+        return {"time": {"sentence": msg}, "labels": {"sentence": msg}, "gap": {"sentence": msg}, **extra}
     top = budgets[-1]
-    label = metric.replace("_", " ")
     return {"time": _time_headline(runs, transfer, top), "labels": _labels_headline(summary, transfer, budgets, label),
-            "gap": _gap_headline(summary, transfer, budgets)}
+            "gap": _gap_headline(summary, transfer, budgets), **extra}
+
+
+def _where(budget) -> str:
+    return "with all labels" if budget == ALL else f"at {budget} labels per class"
+
+
+def _classical_headline(runs: list[dict], summary: list[dict], transfer: list[str], budgets: list,
+                        label: str) -> dict[str, Any]:
+    """Where the classical baseline's mean test score is above every transfer strategy's: said plainly, budget by
+    budget, since transfer has not paid off there whatever it did against scratch."""
+    # images: each run keeps the candidate features that cross-validate best, so runs may differ
+    kept = " or ".join(dict.fromkeys(r["kept"] for r in runs if r["strategy"] == CLASSICAL and r.get("kept"))) or None
+    name = f"the classical baseline ({kept})" if kept else "the classical baseline"
+    rows = []
+    for b in budgets:
+        base = _cell(summary, b, CLASSICAL)
+        others = [c for n in transfer if (c := _cell(summary, b, n)) is not None]
+        if base is not None and others:
+            best = max(others, key=lambda c: c["score"])
+            rows.append({"budget": str(b), "classical": base["score"], "transfer": best["score"],
+                         "strategy": best["strategy"], "wins": base["score"] > best["score"]})
+    out: dict[str, Any] = {"baseline": kept, "per_budget": rows, "wins": [r["budget"] for r in rows if r["wins"]]}
+    if not rows:
+        return {**out, "sentence": f"No budget has both {name} and a transfer strategy to compare."}
+    if out["wins"]:
+        said = "; ".join(f"{_where(r['budget'])}: {r['classical']:.3f} against {r['strategy']}'s {r['transfer']:.3f}"
+                         for r in rows if r["wins"])
+        lost = [_where(r["budget"]) for r in rows if not r["wins"]]
+        tail = f" Transfer is at least as good {', '.join(lost)}." if lost else " It does so at every budget compared."
+        sentence = f"{name[0].upper() + name[1:]} beats transfer {said} (test {label}).{tail}"
+        return {**out, "sentence": sentence}
+    close = min(rows, key=lambda r: r["transfer"] - r["classical"])
+    verb = "beat" if all(r["transfer"] > r["classical"] for r in rows) else "matched or beat"
+    return {**out, "sentence": f"Transfer {verb} {name} at every budget; the closest {_where(close['budget'])}: "
+                               f"{close['strategy']} {close['transfer']:.3f} against {close['classical']:.3f} "
+                               f"(test {label})."}
 
 
 def _reach(curve: list, target: float) -> float | None:
@@ -535,7 +671,8 @@ def _labels_headline(summary: list[dict], transfer: list[str], budgets: list, la
 def _gap_headline(summary: list[dict], transfer: list[str], budgets: list) -> dict[str, Any]:
     def mean_gap(name: str) -> float | None:
         # a model no better on its training data than on validation does not overfit: below zero counts as zero
-        gaps = [max(c["gap"], 0.0) for c in summary if c["strategy"] == name and c["gap"] == c["gap"]]
+        gaps = [max(c["gap"], 0.0) for c in summary if c["strategy"] == name and c["gap"] is not None
+                and c["gap"] == c["gap"]]
         return float(np.mean(gaps)) if gaps else None
 
     scratch = mean_gap("scratch")
@@ -570,17 +707,19 @@ def resolution_warnings(summary: list[dict], strategies: list[str], budgets: lis
                         test_n: int, runs: list[dict] | None = None) -> list[str]:
     """Where two strategies differ by less than the test set can resolve (:func:`test_half_width` at the better
     score), say so: that difference is not shown by this test set. Checked per budget for the two best
-    strategies and for the best transfer strategy against scratch, the pairs the report and headlines compare."""
+    strategies and for the best transfer strategy against scratch and against the classical baseline, the pairs
+    the report and headlines compare."""
     out = []
     for b in budgets:
         cells = sorted((c for c in summary if c["budget"] == str(b)), key=lambda c: -c["score"])
         pairs = [(cells[0], cells[1])] if len(cells) > 1 else []
-        scratch = next((c for c in cells if c["strategy"] == "scratch"), None)
-        transfer = next((c for c in cells if c["strategy"] != "scratch"), None)
-        if scratch is not None and transfer is not None:
-            pair = (transfer, scratch) if transfer["score"] >= scratch["score"] else (scratch, transfer)
-            if pair not in pairs:
-                pairs.append(pair)
+        transfer = next((c for c in cells if c["strategy"] not in ("scratch", CLASSICAL)), None)
+        for other in ("scratch", CLASSICAL):  # the pairs the headlines compare: best transfer against each
+            ref = next((c for c in cells if c["strategy"] == other), None)
+            if ref is not None and transfer is not None:
+                pair = (transfer, ref) if transfer["score"] >= ref["score"] else (ref, transfer)
+                if pair not in pairs:
+                    pairs.append(pair)
         for a, second in pairs:
             half = test_half_width(a, metric, test_n, runs)
             if half is not None and a["score"] - second["score"] < half:
@@ -634,10 +773,11 @@ def write_comparison(out: Path, result: dict[str, Any]) -> dict[str, str]:
     label = "AUROC" if cfg["metric"] == "auroc" else cfg["metric"].replace("_", " ")
     data_efficiency_png(result["summary"], cfg["strategies"], Path(files["data_efficiency"]), f"test {label}")
     top = cfg["budgets"][-1]
-    time_to_accuracy_png([r for r in result["runs"] if r["budget"] == str(top)], cfg["strategies"],
+    trained = [s for s in cfg["strategies"] if s != CLASSICAL]  # the baseline has no validation curve and no gap
+    time_to_accuracy_png([r for r in result["runs"] if r["budget"] == str(top)], trained,
                          Path(files["time_to_accuracy"]),
                          f"Time to accuracy ({top} labels per class)")
-    gap_png(result["summary"], cfg["strategies"], cfg["budgets"], Path(files["gap"]))
+    gap_png(result["summary"], trained, cfg["budgets"], Path(files["gap"]))
     atomic_write_text(files["markdown"], render_markdown(result))
     atomic_write_text(files["html"], render_html(result, out))
     return files
@@ -679,6 +819,26 @@ def _test_note(result: dict[str, Any]) -> str:
             f"set's own sampling adds about +-{half:.3f} at {best['score']:.3f} ({cfg['test_n']} test examples).")
 
 
+def _headline_order(result: dict[str, Any]) -> list[str]:
+    """The three transfer-vs-scratch headlines; the classical baseline's first where it beats transfer (that
+    qualifies the rest), else last."""
+    h = result["headlines"]
+    if "classical" not in h:
+        return ["time", "labels", "gap"]
+    three = ["time", "labels", "gap"]
+    return ["classical", *three] if h["classical"].get("wins") else [*three, "classical"]
+
+
+def _classical_note(result: dict[str, Any]) -> str:
+    h = result["headlines"].get("classical")
+    if h is None:
+        return ""
+    what = h.get("baseline") or "hand-made features + logistic regression"
+    return (f"{CLASSICAL}: {what}, no deep network; it trains on the training and validation examples together "
+            "and chooses its regularisation by 5-fold cross-validation on them, so it has no validation curve and "
+            "no overfitting gap.")
+
+
 def render_markdown(result: dict[str, Any]) -> str:
     cfg = result["config"]
     label = "AUROC" if cfg["metric"] == "auroc" else cfg["metric"].replace("_", " ")
@@ -688,9 +848,9 @@ def render_markdown(result: dict[str, Any]) -> str:
              f"{cfg['seeds']} seed(s) per cell; {len(result['runs'])} runs taking {_duration(sum(r['wall_s'] for r in result['runs']))} in all "
              f"(resumed runs included).",
              "", "## Headlines", ""]
-    lines += [f"- {result['headlines'][k]['sentence']}" for k in ("time", "labels", "gap")]
+    lines += [f"- {result['headlines'][k]['sentence']}" for k in _headline_order(result)]
     lines += ["", f"## Test {label} (mean, 95% interval over seeds)", "", *_summary_lines(result), "",
-              _test_note(result), ""]
+              _test_note(result), "", *([_classical_note(result), ""] if _classical_note(result) else [])]
     if result.get("failed"):
         lines += ["## Failed runs", "", *[f"- {r['strategy']}, {r['budget']} labels per class, seed {r['seed']}: "
                                           f"{r['failed']}" for r in result["failed"]], ""]
@@ -724,9 +884,10 @@ def render_html(result: dict[str, Any], out: Path) -> str:
         table.append("<tr>" + "".join(f"<td>{e(c.strip())}</td>" for c in row.strip("|").split("|")) + "</tr>")
     table.append("</table>")
     runs = ["<table><tr>" + "".join(f"<th>{c}</th>" for c in RUN_COLUMNS) + "</tr>"]
-    for r in result["runs"]:
-        runs.append("<tr>" + "".join(f"<td>{e(_f(r.get(c)) if isinstance(r.get(c), float) else str(r.get(c)))}</td>"
-                                     for c in RUN_COLUMNS) + "</tr>")
+    for r in result["runs"]:  # None (the classical baseline's gap, epochs, ...) shows as "-"
+        cells = (r.get(c) for c in RUN_COLUMNS)
+        runs.append("<tr>" + "".join(f"<td>{e(_f(v) if v is None or isinstance(v, float) else str(v))}</td>"
+                                     for v in cells) + "</tr>")
     runs.append("</table>")
     label = "AUROC" if cfg["metric"] == "auroc" else cfg["metric"].replace("_", " ")
     body = [
@@ -735,8 +896,9 @@ def render_html(result: dict[str, Any], out: Path) -> str:
         f"{len(cfg['classes'])} classes; every run scored on the same {cfg['test_n']} test examples; "
         f"{cfg['seeds']} seed(s) per cell.</p>",
         "<h2>Headlines</h2><ul>" + "".join(f"<li>{e(result['headlines'][k]['sentence'])}</li>"
-                                           for k in ("time", "labels", "gap")) + "</ul>",
+                                           for k in _headline_order(result)) + "</ul>",
         f"<h2>Test {e(label)}: mean (95% interval over seeds)</h2>", *table, f"<p>{e(_test_note(result))}</p>",
+        *([f"<p>{e(_classical_note(result))}</p>"] if _classical_note(result) else []),
         *(["<h2>Failed runs</h2><ul>" + "".join(
             f"<li>{e(r['strategy'])}, {e(r['budget'])} labels per class, seed {r['seed']}: {e(r['failed'])}</li>"
             for r in result["failed"]) + "</ul>"] if result.get("failed") else []),

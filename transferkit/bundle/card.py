@@ -65,14 +65,26 @@ def render_model_card(config: dict[str, Any]) -> str:
               + (f"; {m['trainable_params']:,} trainable parameters." if m.get("trainable_params") else ".")]
     gap = m.get("train_val_gap")
     if gap:
-        lines.append(f"Train-validation gap at the kept epoch: accuracy {gap['accuracy']:+.3f}, loss {gap['loss']:+.3f}.")
-    lines += ["", f"## Scores ({scored} set)", ""]
-    lines += _scores(s)
+        what = "Training minus cross-validated score" if m.get("estimate") else "Train-validation gap at the kept epoch"
+        lines.append(f"{what}: accuracy {gap['accuracy']:+.3f}, loss {gap['loss']:+.3f}.")
+    if m.get("estimate"):
+        from ..evaluation.report import estimate_text
+
+        lines += ["", "## Scores (cross-validated estimate)" if scored == "val" else "## Scores (test set)", ""]
+        lines += _scores(s)
+        lines += ["", estimate_text(m["estimate"], scored == "test").replace("**", "")]
+    else:
+        lines += ["", f"## Scores ({scored} set)", ""]
+        lines += _scores(s)
     lines += ["", "## Comparison with scratch", ""]
     if m.get("scratch_baseline"):
         from ..evaluation.report import scratch_text
 
         lines.append(scratch_text(m["scratch_baseline"]))
+        if m.get("classical_baseline"):
+            from ..evaluation.report import classical_text
+
+            lines.append(classical_text(m["classical_baseline"]).replace("**", ""))
     elif str(m.get("strategy", "")).startswith("scratch"):
         lines.append("This model was itself trained from scratch.")
     elif "map" in s:  # detection: a second run is the comparison

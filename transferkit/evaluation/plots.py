@@ -72,6 +72,7 @@ def learning_curve_png(epochs: list[dict], path: Path, title: str = "Learning cu
 
 
 _STRATEGY_COLOURS = {"linear": "tab:blue", "finetune": "tab:orange", "scratch": "tab:red", "auto": "tab:green",
+                     "classical": "tab:gray",
                      "gradual": "tab:purple", "lora": "tab:brown", "contrastive": "tab:pink"}
 
 

@@ -63,6 +63,26 @@ def scratch_text(b: dict[str, Any]) -> str:
     return text + "."
 
 
+def classical_text(b: dict[str, Any]) -> str:
+    """The classical baseline against the model, saying plainly when it wins."""
+    name = {"accuracy": "accuracy", "micro_f1": "micro-F1", "auroc": "AUROC"}.get(b["metric"], b["metric"])
+    if b.get("lead") is None:
+        return f"The classical baseline's {name} could not be computed on the {b['set']} set."
+    where = "cross-validated on the same folds" if b["set"] == "cross-validated" else f"on the {b['set']} set"
+    text = (f"A classical baseline, {b['name']}, scored {name} {b['score']:.3f}{ci_text(b.get('score_ci'))} {where} "
+            f"({b.get('seconds', 0):.0f} s).")
+    unresolved = b.get("resolved") is False
+    if b["wins"]:
+        text = (f"**The classical baseline beats this model**: {b['name']} scored {name} {b['score']:.3f} against "
+                f"{b['model_score']:.3f}, {where}. ") + (
+            f"The difference is within the 95% interval (+-{b['half_width']:.3f}), so it is not shown to be better, "
+            "but transfer did not pay off here." if unresolved else
+            "Consider it, or more labels, before trusting the pretrained features for this task.")
+        return text
+    return text + f" This model is {b['lead']:.3f} better" + (
+        f", less than the 95% interval (+-{b['half_width']:.3f}): not shown to be better." if unresolved else ".")
+
+
 def write_run_report(out: Path, metrics: dict[str, Any], classes: list[str]) -> dict[str, str]:
     """Write ``metrics.json``, ``confusion_matrix.png`` (single-label), ``learning_curve.png`` and ``report.md``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -174,6 +194,8 @@ def render_markdown(m: dict[str, Any], classes: list[str]) -> str:
         lines += ["", ranking_text(m["backbone_ranking"])]
     if m.get("scratch_baseline"):
         lines += ["", "## Against scratch", "", scratch_text(m["scratch_baseline"])]
+    if m.get("classical_baseline"):
+        lines += ["", "## Against a classical baseline", "", classical_text(m["classical_baseline"])]
     wrong = m.get("confidently_wrong") or []
     if wrong:
         lines += ["", f"## Most confidently wrong ({scored} set)", "",

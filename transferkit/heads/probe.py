@@ -60,6 +60,7 @@ class LogisticProbe:
     def fit(self, X: Any, y: Any, num_classes: int | None = None, groups: Sequence | None = None) -> LogisticProbe:
         """Choose C by cross-validation on ``(X, y)`` and refit on all of it. ``y``: (N,) class indices, or (N, K)
         0/1 for multi-label. ``num_classes`` keeps classes absent from ``y`` (they get probability ~0)."""
+        import sklearn.linear_model  # noqa: F401  scipy's own BLAS loads on this import: the limit must see it
         from threadpoolctl import threadpool_limits
 
         # one BLAS thread: these matrices are a few hundred rows wide, and threads that wait on each other made the

@@ -36,7 +36,7 @@ class AutoConfig:
     min_epochs: int = field(default=3, metadata={"help": "fine-tune only if the budget leaves time for this many epochs"})
     max_epochs: int = field(default=15, metadata={"help": "upper bound on fine-tuning epochs"})
     finetune_lr: float = field(default=5e-4, metadata={"help": "peak LR when fine-tuning from the probe's head"})
-    finetune_folds: int = field(default=3, metadata={"help": "without a validation split: folds on which fine-tuning is compared with the probe (at most --cv)"})
+    finetune_folds: int = field(default=3, metadata={"help": "without a validation split: folds on which fine-tuning is compared with the probe (--cv sets them too)"})
 
     text_defaults: ClassVar[dict[str, Any]] = {"finetune_lr": 1e-4, "max_epochs": 8}
     audio_defaults: ClassVar[dict[str, Any]] = {"max_epochs": 25}
@@ -113,7 +113,7 @@ class AutoStrategy:
         """Probe vs fine-tuning (and the epoch count) across folds; the final fine-tuned model when it wins."""
         cfg = self.config
         features = linear.features_[0]
-        folds = task.folds(k=min(cfg.finetune_folds, task.cv))
+        folds = task.folds(k=task.cv or cfg.finetune_folds)
         k = len(folds)
         epoch_s = None
         epochs = cfg.max_epochs

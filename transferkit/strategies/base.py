@@ -22,6 +22,10 @@ from ..engine.loop import History
 from ..engine.sampling import EpochShuffleSampler
 
 
+PROBE_FOLDS = 5  # default folds where a fold costs seconds (the probe on cached features)
+TRAINED_FOLDS = 3  # default folds where a fold is a training run (fine-tuning, LoRA, scratch...)
+
+
 @dataclass
 class TrainTask:
     """Everything a strategy may use. Built once per run by :func:`transferkit.fit`."""
@@ -42,7 +46,9 @@ class TrainTask:
     # ``balanced`` selects epochs and models by balanced accuracy instead of accuracy
     balance: str = "none"
     balanced: bool = False
-    cv: int = 5  # folds when choosing by cross-validation
+    # folds when choosing by cross-validation; None: 5 for the probe (cheap), 3 for strategies that train the network
+    # (each fold is a whole training run)
+    cv: int | None = None
     groups: list[str] | None = None  # per training example: its patient (folds keep a patient together)
     stop_at: int | None = None  # train only this many epochs of the planned schedule (the folds' chosen epoch)
 
@@ -64,7 +70,8 @@ class TrainTask:
         """Stratified (and patient-grouped) folds of the training data; see :func:`transferkit.data.folds.stratified_folds`."""
         from ..data.folds import stratified_folds
 
-        return stratified_folds(self.strata(), k or self.cv, self.seed if seed is None else seed, self.groups)
+        return stratified_folds(self.strata(), k or self.cv or PROBE_FOLDS, self.seed if seed is None else seed,
+                                self.groups)
 
     def fold(self, train_idx: Any, val_idx: Any, deadline: float | None = None) -> TrainTask:
         """This task on one fold: train on ``train_idx``, validate on ``val_idx`` (positions in ``train``)."""

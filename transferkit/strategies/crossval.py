@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..console import info
-from .base import CrossValidation, FitResult, Strategy, TrainTask, probs_score
+from .base import TRAINED_FOLDS, CrossValidation, FitResult, Strategy, TrainTask, probs_score
 
 
 def predict_probs(model: torch.nn.Module, data: Any, task: TrainTask) -> np.ndarray:
@@ -64,7 +64,7 @@ class CrossValidated:
         if not task.cross_validated:
             return self.make().fit(task)
         t0 = time.monotonic()
-        folds = task.folds()
+        folds = task.folds(k=task.cv or TRAINED_FOLDS)
         k = len(folds)
         y = task.train.targets.numpy()
         probs = np.zeros((len(y), len(task.classes)))

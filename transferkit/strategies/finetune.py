@@ -43,6 +43,7 @@ class FinetuneConfig:
     dropout: float = field(default=0.2, metadata={"help": "dropout before the head"})
     augment: bool = field(default=True, metadata={"help": "images: random resized crop + flip; audio: time shift, gain, noise, SpecAugment"})
     hflip: bool = field(default=True, metadata={"help": "allow horizontal flips (turn off for text, digits, ...)"})
+    lp_ft: bool = field(default=False, metadata={"help": "start the head from the cross-validated linear probe on the frozen features (LP-FT, as auto does) instead of a random head"})
 
     # Texts: BERT-style rates for the encoder, a faster head (a few dozen steps must train it), no augmentation.
     text_defaults: ClassVar[dict[str, Any]] = {
@@ -116,8 +117,15 @@ class FinetuneStrategy:
         if hasattr(backbone, "set_augment"):  # audio: SpecAugment masks on the spectrogram while training
             backbone.set_augment(cfg.augment)
         head = LinearHead(backbone.num_features, len(task.classes), dropout=cfg.dropout)
-        if self.init_head is not None:
-            head.load_state_dict(self.init_head.state_dict())
+        init_head = self.init_head
+        if init_head is None and cfg.lp_ft and self.name != "scratch":
+            from ..engine.features import extract_features
+            from .linear import LinearConfig, fit_probe
+
+            features, _ = extract_features(task.backbone, task.train, acc, description="features (LP-FT probe)")
+            init_head = fit_probe(features, task, LinearConfig()).to_head()
+        if init_head is not None:
+            head.load_state_dict(init_head.state_dict())
         model = Classifier(backbone, head).to(memory_format=torch.channels_last)
         groups = backbone.layer_groups()
         opt = torch.optim.AdamW(param_groups(groups, list(head.parameters()), cfg.lr, cfg.weight_decay, cfg.layer_decay,
@@ -143,7 +151,7 @@ class FinetuneStrategy:
             model=model, strategy=self.name, history=history,
             trainable_params=trainable_parameters(model),
             timings={"train_s": time.monotonic() - t0},
-            details={"config": cfg.__dict__, "layer_groups": len(groups), "lp_ft": self.init_head is not None,
+            details={"config": cfg.__dict__, "layer_groups": len(groups), "lp_ft": init_head is not None,
                      "planned_epochs": epochs, "estimated_epoch_s": epoch_s},
         )
 

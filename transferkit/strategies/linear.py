@@ -20,7 +20,7 @@ from ..engine.features import extract_features
 from ..engine.loop import EpochRecord, History
 from ..heads import Classifier
 from ..heads.probe import LogisticProbe
-from .base import CrossValidation, FitResult, TrainTask, probs_loss, probs_score
+from .base import PROBE_FOLDS, CrossValidation, FitResult, TrainTask, probs_loss, probs_score
 
 
 @dataclass
@@ -47,7 +47,7 @@ def make_probe(task: TrainTask, cfg: LinearConfig, seed: int | None = None) -> L
     """The probe for this task: medical runs (class-weighted loss or balanced sampling) weigh classes as the
     other strategies do; otherwise the config's rule."""
     weight = "balanced" if task.balance in ("weights", "sampler") else cfg.class_weight
-    return LogisticProbe(cv=task.cv, scoring=cfg.scoring, class_weight=None if weight == "none" else weight,
+    return LogisticProbe(cv=task.cv or PROBE_FOLDS, scoring=cfg.scoring, class_weight=None if weight == "none" else weight,
                          seed=task.seed if seed is None else seed)
 
 
