@@ -153,7 +153,8 @@ def test_bad_audio_files_in_a_dataset(audio_folder, tiny_backbone, tmp_path):
 @pytest.mark.parametrize("name", list(FAST))
 def test_audio_strategy_contract(name, audio_folder, tiny_backbone, tmp_path):
     out = tmp_path / "run"
-    model = transferkit.fit(audio_folder, backbone=tiny_backbone, strategy=name, out=out, **FAST[name])
+    # small data: cross-validated (2 folds keep the test quick)
+    model = transferkit.fit(audio_folder, backbone=tiny_backbone, strategy=name, out=out, cv=2, **FAST[name])
     m = json.loads((out / "metrics.json").read_text())
     assert m["task"] == "audio-classification" and m["strategy"].startswith(name)
     assert m["test"]["n"] == 9 and set(m["test"]["per_class"]) == set(["low", "mid", "high"])
@@ -306,8 +307,9 @@ def test_spec_augment_is_on_while_fine_tuning_only(audio_folder, tiny_backbone, 
     # on for each training run (2 folds, then the final model), off after each
     assert calls == [True, False] * 3 and model.classifier.backbone.masking_on is False
     calls.clear()
-    transferkit.fit(audio_folder, backbone=tiny_backbone, strategy="finetune", epochs=1, batch_size=8, augment=False)
-    assert calls == [False, False]
+    transferkit.fit(audio_folder, backbone=tiny_backbone, strategy="finetune", epochs=1, batch_size=8, augment=False,
+                    cv=2)
+    assert calls == [False, False] * 3
 
 
 def test_an_empty_split_is_named(tmp_path, tiny_backbone):

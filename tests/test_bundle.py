@@ -107,14 +107,15 @@ def test_failed_run_writes_no_bundle(colour_splits, tiny_backbone, tmp_path, mon
 def test_every_bundle_has_a_model_card(colour_folder, tiny_backbone, tmp_path):
     import transferkit
 
-    model = transferkit.fit(colour_folder, backbone=tiny_backbone, strategy="linear", out=tmp_path / "run")
+    # a test split asked for: scored on it, with the cross-validated estimate of the training images beside it
+    model = transferkit.fit(colour_folder, backbone=tiny_backbone, strategy="linear", out=tmp_path / "run",
+                            test_fraction=0.34)
     card = (tmp_path / "run" / "model" / "model_card.md").read_text()
-    m = model.metrics["val"]  # small data, no test split: the cross-validated scores
+    m = model.metrics["test"]
     lo, hi = m["accuracy_ci"]
     assert lo <= m["accuracy"] <= hi
-    assert "cross-validated estimate" in card and "transferkit evaluate" in card
-    for needed in ("# Model card: image-classification", "## Data", "## Backbone", "## Training",
-                   "## Scores (cross-validated estimate)",
+    assert "cross-validated estimate" in card and model.metrics["estimate"]["n"] == 24
+    for needed in ("# Model card: image-classification", "## Data", "## Backbone", "## Training", "## Scores (test set)",
                    "## Known limitations", f"95% CI {lo:.3f}-{hi:.3f}", "--scratch-baseline", "blue, green, red"):
         assert needed in card, needed
     assert "not shown to be better or worse" in card  # a dozen test images cannot separate close models

@@ -29,7 +29,11 @@ def test_every_strategy_has_fast_settings_here():
 @pytest.mark.parametrize("name", IMAGE_STRATEGIES)
 def test_strategy_contract(name, colour_splits, tiny_backbone, tmp_path):
     out = tmp_path / "run"
-    model = transferkit.fit(colour_splits, backbone=tiny_backbone, strategy=name, out=out, **FAST[name])
+    # small data, so no validation split: settings chosen across folds (2 keep the test quick)
+    model = transferkit.fit(colour_splits, backbone=tiny_backbone, strategy=name, out=out, cv=2, **FAST[name])
+    m = model.metrics
+    assert m["data"]["train"] == 30 and m["data"]["val"] == 0  # every label trains the final model
+    assert m["estimate"]["kind"] == "cross-validation" and m["estimate"]["n"] == 30
     m = json.loads((out / "metrics.json").read_text())
     assert m["strategy"].startswith(name)
     for key in ("accuracy", "macro_f1", "per_class", "confusion_matrix"):
@@ -83,8 +87,9 @@ def test_each_image_is_decoded_once_per_run(colour_splits, tiny_backbone, monkey
     calls = []
     real = images.load_pil
     monkeypatch.setattr(images, "load_pil", lambda item, *a: calls.append(item) or real(item, *a))
-    transferkit.fit(colour_splits, backbone=tiny_backbone, strategy="finetune", epochs=3, batch_size=8)
-    assert len(calls) == 42 and len(set(map(str, calls))) == 42  # 30 train/val + 12 test, over 3 epochs
+    transferkit.fit(colour_splits, backbone=tiny_backbone, strategy="finetune", epochs=3, batch_size=8, cv=2)
+    # 30 train + 12 test, over 2 folds and the final run of 3 epochs each
+    assert len(calls) == 42 and len(set(map(str, calls))) == 42
 
 
 def test_llrd_param_groups():

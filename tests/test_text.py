@@ -234,7 +234,7 @@ def test_dataframe_list_and_hf_dataset(tmp_path):
 def test_every_strategy_trains_saves_and_reloads(strategy, text_folder, tiny_text_backbone, tmp_path):
     out = tmp_path / "run"
     model = transferkit.fit(text_folder, backbone=tiny_text_backbone, strategy=strategy, out=out, max_length=32,
-                            **FAST[strategy])
+                            cv=2, **FAST[strategy])
     m = model.metrics
     assert m["task"] == "text-classification" and m["test"]["n"] == 12
     # small data with a given test split: no validation split, settings chosen across folds of the training texts

@@ -326,7 +326,7 @@ def fit(
         "data": data_summary,
         "val": scores["val"],
         "test": scores.get("test"),
-        "estimate": _estimate(result.cv, scores["val"], multi_label) if result.cv is not None else None,
+        "estimate": _estimate(result.cv, scores["val"], multi_label, medical) if result.cv is not None else None,
         "confidently_wrong": confidently_wrong(targets[scored], probs[scored], splits.classes,
                                                _names(scored_data[scored], scored_source[scored]),
                                                getattr(scored_data[scored], "texts", None),
@@ -645,9 +645,11 @@ def _kept(encoded: Any) -> list[int]:
     return list(encoded.kept) if getattr(encoded, "kept", None) else list(range(len(encoded)))
 
 
-def _estimate(cv: Any, scores: dict[str, Any], multi_label: bool) -> dict[str, Any]:
-    """What the report says about a cross-validated estimate: how it was made, its score and interval."""
-    key = "micro_f1" if multi_label else "accuracy"
+def _estimate(cv: Any, scores: dict[str, Any], multi_label: bool, balanced: bool = False) -> dict[str, Any]:
+    """What the report says about a cross-validated estimate: how it was made, its score and interval (the fold
+    scores are balanced accuracy for medical runs, which choose by it)."""
+    key = "micro_f1" if multi_label else "balanced_accuracy" if balanced and "balanced_accuracy" in scores else \
+        "accuracy"
     folds = np.asarray(cv.fold_scores, dtype=float)
     return {"kind": "cross-validation", **cv.to_dict(), "metric": key, "score": scores[key],
             "score_ci": scores.get(f"{key}_ci"), "n": scores["n"],

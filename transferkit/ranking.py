@@ -132,10 +132,12 @@ def _validate(data: Any, names: list[str], rows: list[dict], strategy: str, budg
         model = fit(data, backbone=name, strategy=strategy, budget=budget_s, seed=seed, skip_bad=skip_bad,
                     image_size=image_size, precision=precision, **options)
         best = model.metrics["history"]["epochs"][model.metrics["history"]["best_epoch"]]
-        row["finetuned_val"] = best["val_acc"]
+        # small data: no validation split, so the cross-validated (out-of-fold) score stands in
+        val = best["val_acc"] if best["val_acc"] is not None else model.metrics["val"]["accuracy"]
+        row["finetuned_val"] = val
         row["finetuned_test"] = (model.metrics.get("test") or {}).get("accuracy")
         row["finetune_s"] = round(time.monotonic() - t, 1)
-        scored[name] = best["val_acc"]
+        scored[name] = val
     target = np.array([scored[n] for n in names])
     taus = {}
     for key in ORDER:

@@ -203,6 +203,8 @@ def train(
                     model, val_loader, accelerator, prepare, multi_label, val_aggregate, balanced, return_logits=True)
                 if on_validate is not None:
                     verdict = on_validate(epoch, val_logits, val_targets)
+                    # every process leaves together (validation outputs are gathered, so they agree anyway)
+                    verdict = (verdict or "stopped by the caller") if _any_process(accelerator, bool(verdict)) else None
             rec = EpochRecord(
                 epoch, total_loss / max(1, seen), correct / max(1, seen), val_loss, val_acc,
                 max(g["lr"] for g in optimizer.param_groups), time.monotonic() - t0, stage, time.time(),

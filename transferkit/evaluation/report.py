@@ -25,7 +25,7 @@ def train_val_gap(history: dict[str, Any], held_out: dict[str, Any] | None = Non
 
 def estimate_text(e: dict[str, Any], test_given: bool) -> str:
     """What a cross-validated estimate is, in words a reader can act on."""
-    what = "micro-F1" if e["metric"] == "micro_f1" else "accuracy"
+    what = {"micro_f1": "micro-F1", "balanced_accuracy": "balanced accuracy"}.get(e["metric"], "accuracy")
     repeats = f" x {e['repeats']} repeats" if e["repeats"] > 1 else ""
     text = (f"No validation split was held out: the {what} {e['score']:.3f}{ci_text(e.get('score_ci'))} is a "
             f"**cross-validated estimate** ({e['folds']} stratified folds{repeats}: every one of the {e['n']} labelled "
@@ -68,7 +68,7 @@ def classical_text(b: dict[str, Any]) -> str:
     name = {"accuracy": "accuracy", "micro_f1": "micro-F1", "auroc": "AUROC"}.get(b["metric"], b["metric"])
     if b.get("lead") is None:
         return f"The classical baseline's {name} could not be computed on the {b['set']} set."
-    where = "cross-validated on the same folds" if b["set"] == "cross-validated" else f"on the {b['set']} set"
+    where = "cross-validated on the training examples" if b["set"] == "cross-validated" else f"on the {b['set']} set"
     text = (f"A classical baseline, {b['name']}, scored {name} {b['score']:.3f}{ci_text(b.get('score_ci'))} {where} "
             f"({b.get('seconds', 0):.0f} s).")
     unresolved = b.get("resolved") is False
@@ -264,6 +264,7 @@ def render_clinical(m: dict[str, Any], scored: str) -> list[str]:
               f"after. {'The threshold and calibration were' if c.get('calibrated', True) else 'The threshold was'} "
               + (f"chosen on the validation set ({m['data']['val']} images), so with few validation images the choice is "
                  "itself uncertain." if not m.get("estimate") else
-                 f"chosen on the out-of-fold predictions of all {m['data']['train']} training images."),
+                 f"chosen on the out-of-fold predictions of all {m['data']['train']} training images, the same ones "
+                 "these cross-validated scores come from: the scores at the threshold lean optimistic."),
               "", "![ROC and reliability](roc.png)"]
     return lines

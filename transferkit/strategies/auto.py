@@ -152,6 +152,7 @@ class AutoStrategy:
                              on_validate=on_validate).fit(fold_task)
             curves.append([probs_score(p, y[va], task.balanced) for p in per_epoch])
             fold_probs.append(per_epoch)
+            task.accelerator.free_memory()  # the accelerator keeps every prepared model and optimizer otherwise
             if np.mean([max(c) for c in curves]) <= np.mean(probe_scores):
                 return (f"linear only: fine-tuning did not beat the probe on fold(s) 1-{i} of {k} "
                         f"(best {np.mean([max(c) for c in curves]):.3f} vs {np.mean(probe_scores):.3f})"), None, \
@@ -162,7 +163,12 @@ class AutoStrategy:
         mean_curve = padded.mean(0)
         best_epoch = int(np.argmax(mean_curve))
         diffs = padded[:, best_epoch] - np.array(probe_scores)
-        se = float(diffs.std(ddof=1) / np.sqrt(k)) if k > 1 else 0.0
+        # the folds' training parts overlap, so their differences are correlated: Nadeau and Bengio's corrected
+        # variance (1/k + n_held_out/n_train); and never below one held-out example, since accuracy on a few dozen
+        # examples moves in steps and identical steps would give a standard error of zero
+        n_va = min(len(va) for _, va in folds)
+        var = float(diffs.var(ddof=1)) if k > 1 else 0.0
+        se = max((var * (1 / k + n_va / (len(y) - n_va))) ** 0.5, 1.0 / n_va)
         summary = {"linear": {"cv_score": float(np.mean(probe_scores)), "fold_scores": probe_scores},
                    "finetune": {"cv_score": float(mean_curve[best_epoch]), "epochs": best_epoch + 1,
                                 "fold_scores": padded[:, best_epoch].tolist(), "curve": mean_curve.round(4).tolist()},

@@ -33,6 +33,10 @@ def predict_probs(model: torch.nn.Module, data: Any, task: TrainTask) -> np.ndar
     return (torch.sigmoid(logits) if task.multi_label else torch.softmax(logits, 1)).numpy()
 
 
+def _probs(logits: torch.Tensor, task: TrainTask) -> np.ndarray:
+    return (torch.sigmoid(logits.float()) if task.multi_label else torch.softmax(logits.float(), 1)).numpy()
+
+
 def fold_deadlines(task: TrainTask, k: int) -> Callable[[], float | None]:
     """Each fold's deadline: what is left of the budget, shared among the folds still to run and the final model
     (a fold trains on (k-1)/k of the examples, so it gets that share of a final run's time)."""
@@ -68,17 +72,27 @@ class CrossValidated:
         k = len(folds)
         y = task.train.targets.numpy()
         probs = np.zeros((len(y), len(task.classes)))
-        scores, best_epochs, planned = [], [], []
+        best_epochs, planned, fold_probs = [], [], []
         deadline = fold_deadlines(task, k)
         for i, (tr, va) in enumerate(folds, 1):
             info(f"{self.name}: fold {i}/{k} ({len(tr)} train / {len(va)} held out)")
             fold_task = task.fold(tr, va, deadline())
-            result = self.make().fit(fold_task)
-            probs[va] = predict_probs(result.model, fold_task.val, task)
-            scores.append(probs_score(probs[va], y[va], task.balanced))
+            strategy = self.make()
+            per_epoch: list[np.ndarray] = []
+            if hasattr(strategy, "on_validate"):  # every epoch's held-out predictions, not only the best epoch's
+                strategy.on_validate = lambda epoch, logits, targets, keep=per_epoch: keep.append(_probs(logits, task))
+            result = strategy.fit(fold_task)
+            fold_probs.append(per_epoch or [predict_probs(result.model, fold_task.val, task)])
             best_epochs.append(result.history.best_epoch + 1)
             planned.append(len(result.history.epochs))
-        epochs = int(np.median(best_epochs))
+            task.accelerator.free_memory()  # the accelerator keeps every prepared model and optimizer otherwise
+        epochs = int(np.ceil(np.median(best_epochs)))
+        # each fold scored at the epoch count the final model trains for (a fold that stopped earlier: its last),
+        # not at its own best epoch, which its held-out part chose and would flatter
+        scores = []
+        for (_, va), per_epoch in zip(folds, fold_probs, strict=True):
+            probs[va] = per_epoch[min(epochs, len(per_epoch)) - 1] if len(per_epoch) > 1 else per_epoch[0]
+            scores.append(probs_score(probs[va], y[va], task.balanced))
         t_folds = time.monotonic() - t0
         final_task = dataclasses.replace(task, stop_at=epochs, deadline=deadline())
         info(f"{self.name}: final model on all {len(y)} examples for {epochs} epoch(s) (the folds' median best)")
@@ -86,6 +100,7 @@ class CrossValidated:
         final.cv = CrossValidation(probs=probs, folds=k, repeats=1, fold_scores=scores,
                                    chosen={"strategy": self.name, "epochs": epochs, "fold_best_epochs": best_epochs,
                                            "fold_epochs_run": planned},
-                                   method=f"{self.name} trained on each fold with early stopping on its held-out part")
+                                   method=(f"{self.name} trained on each fold and scored at the folds' median best "
+                                           "epoch, which the same folds chose, so it leans slightly optimistic"))
         final.timings = {"cv_s": t_folds, **final.timings}
         return final
