@@ -184,9 +184,12 @@ def render_markdown(m: dict[str, Any], classes: list[str]) -> str:
         (f"Best epoch {m['history']['best_epoch'] + 1} of {len(m['history']['epochs'])} ({m['history']['stopped']}). "
          f"Train-validation gap at that epoch: accuracy {gap['accuracy']:+.3f}, loss {gap['loss']:+.3f} "
          "(large positive values mean overfitting).") if not m.get("estimate") else
-        (f"{len(m['history']['epochs'])} epoch(s) on every labelled example ({m['history']['stopped']}). Training minus "
-         f"cross-validated score: accuracy {gap['accuracy']:+.3f}, loss {gap['loss']:+.3f} (large positive values mean "
-         "overfitting)."),
+        ((f"Logistic regression solved exactly on every labelled example (C {m['details']['probe']['C']:.3g}, chosen "
+          f"by {m['details']['probe']['cv_folds']}-fold cross-validation). " if "linear" in m["strategy"] and
+          m.get("details", {}).get("probe") else
+          f"{len(m['history']['epochs'])} epoch(s) on every labelled example ({m['history']['stopped']}). ")
+         + f"Training minus cross-validated score: accuracy {gap['accuracy']:+.3f}, loss {gap['loss']:+.3f} (large "
+           "positive values mean overfitting)."),
     ]
     if m.get("details", {}).get("decision"):
         lines += ["", f"auto: {m['details']['decision']}; kept **{m['details']['chosen']}**."]
@@ -198,7 +201,8 @@ def render_markdown(m: dict[str, Any], classes: list[str]) -> str:
         lines += ["", "## Against a classical baseline", "", classical_text(m["classical_baseline"])]
     wrong = m.get("confidently_wrong") or []
     if wrong:
-        lines += ["", f"## Most confidently wrong ({scored} set)", "",
+        where = "out-of-fold" if scored == "val" and m.get("estimate") else f"{scored} set"
+        lines += ["", f"## Most confidently wrong ({where})", "",
                   "Check these first: a wrong label, an ambiguous example, or a kind of input the training data lacks.", "",
                   "| confidence | true | predicted | input |", "|---|---|---|---|"]
         for w in wrong:

@@ -154,7 +154,7 @@ class AutoStrategy:
             fold_probs.append(per_epoch)
             task.accelerator.free_memory()  # the accelerator keeps every prepared model and optimizer otherwise
             if np.mean([max(c) for c in curves]) <= np.mean(probe_scores):
-                return (f"linear only: fine-tuning did not beat the probe on fold(s) 1-{i} of {k} "
+                return (f"linear only: fine-tuning did not beat the probe on {'fold 1' if i == 1 else f'folds 1-{i}'} of {k} "
                         f"(best {np.mean([max(c) for c in curves]):.3f} vs {np.mean(probe_scores):.3f})"), None, \
                     {"linear": {"cv_score": float(np.mean(probe_scores))},
                      "finetune": {"cv_score": float(np.mean([max(c) for c in curves])), "folds_run": i}}
