@@ -124,8 +124,13 @@ def fit(
         if m.get("estimate"):
             e = m["estimate"]
             ci = f" (95% CI {e['score_ci'][0]:.3f}-{e['score_ci'][1]:.3f})" if e.get("score_ci") else ""
-            console.print(f"every label trained the final model; the score{ci} is a {e['folds']}-fold cross-validated "
-                          "estimate: `transferkit evaluate` on a separate test set is the final word", highlight=False)
+            if scored == "test":
+                console.print(f"every label trained the final model; its {e['folds']}-fold cross-validated estimate on "
+                              f"them: {e['score']:.3f}{ci}", highlight=False)
+            else:
+                console.print(f"every label trained the final model; the score{ci} is a {e['folds']}-fold "
+                              "cross-validated estimate: `transferkit evaluate` on a separate test set is the final word",
+                              highlight=False)
         if clinical:
             console.print(_clinical_line(clinical), highlight=False)
         console.print(f"model:  {summary['model']}\nreport: {summary['report']}", highlight=False)
