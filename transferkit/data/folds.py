@@ -57,6 +57,16 @@ def stratified_folds(strata: Sequence, k: int, seed: int = 0, groups: Sequence |
     return [(everything[assignment != f], everything[assignment == f]) for f in range(k)]
 
 
+def label_strata(targets: Sequence) -> list[str]:
+    """What folds are stratified by: each example's class, or for multi-label 0/1 rows (N, K) its rarest label
+    ("none" for a row without labels)."""
+    y = np.asarray(targets)
+    if y.ndim == 1:
+        return [str(int(v)) if np.issubdtype(y.dtype, np.number) else str(v) for v in y]
+    freq = y.sum(0)
+    return [str(int(min(np.flatnonzero(r), key=lambda j: freq[j]))) if r.any() else "none" for r in y]
+
+
 def repeated_folds(strata: Sequence, k: int, repeats: int = 1, seed: int = 0,
                    groups: Sequence | None = None) -> list[list[Fold]]:
     """``repeats`` independent sets of :func:`stratified_folds` (seeds ``seed``, ``seed + 1``, ...)."""

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data.folds import stratified_folds
+from ..data.folds import label_strata, stratified_folds
 from .linear import LinearHead
 
 # half-decade steps over the range where standardised image/text/audio features land (measured: Fashion-MNIST,
@@ -83,7 +83,7 @@ class LogisticProbe:
         self.num_classes_ = k
         self.class_weight_ = self._weights(y, k)
         self.cv_scores_: dict[float, float] = {}
-        strata = _strata(y)
+        strata = label_strata(y)
         can_cv = len(self.Cs) > 1 and len(y) >= 4 and len(set(strata)) > 1
         if can_cv:
             folds = stratified_folds(strata, self.cv, self.seed, groups)
@@ -202,14 +202,6 @@ def _array(x: Any) -> np.ndarray:
         x = x.detach().cpu().numpy()
     x = np.asarray(x)
     return x.astype(np.float64) if x.dtype.kind == "f" else x
-
-
-def _strata(y: np.ndarray) -> list[str]:
-    """Single-label: the class. Multi-label: each example's rarest label (or "none"), a usable stratum."""
-    if y.ndim == 1:
-        return [str(v) for v in y]
-    freq = y.sum(0)
-    return [str(int(min(np.flatnonzero(r), key=lambda j: freq[j]))) if r.any() else "none" for r in y]
 
 
 def _standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

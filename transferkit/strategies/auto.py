@@ -23,7 +23,7 @@ import torch
 from ..console import info
 from .base import CrossValidation, FitResult, TrainTask, config_for, epochs_within_budget, estimate_epoch_seconds
 from .base import probs_score
-from .crossval import fold_deadlines
+from .crossval import fold_deadlines, logits_to_probs
 from .finetune import FinetuneConfig, FinetuneStrategy
 from .linear import LinearConfig, LinearStrategy, fit_probe
 
@@ -138,7 +138,7 @@ class AutoStrategy:
 
             def on_validate(epoch: int, logits: torch.Tensor, targets: torch.Tensor,
                             per_epoch=per_epoch, target=target, patience=patience) -> str | None:
-                p = (torch.sigmoid(logits) if task.multi_label else torch.softmax(logits.float(), 1)).numpy()
+                p = logits_to_probs(logits, task)
                 per_epoch.append(p)
                 best = max(probs_score(q, targets.numpy(), task.balanced) for q in per_epoch)
                 if epoch + 1 >= patience and best < target:

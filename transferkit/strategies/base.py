@@ -59,12 +59,9 @@ class TrainTask:
 
     def strata(self) -> list[str]:
         """What folds are stratified by: the class, or for multi-label data each example's rarest label."""
-        t = self.train.targets
-        if t.ndim == 1:
-            return [str(int(v)) for v in t]
-        freq = t.sum(0)
-        return [str(int(min(r.nonzero().flatten().tolist(), key=lambda j: float(freq[j])))) if r.any() else "none"
-                for r in t]
+        from ..data.folds import label_strata
+
+        return label_strata(self.train.targets.numpy())
 
     def folds(self, k: int | None = None, seed: int | None = None) -> list:
         """Stratified (and patient-grouped) folds of the training data; see :func:`transferkit.data.folds.stratified_folds`."""

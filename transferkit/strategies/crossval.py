@@ -30,10 +30,11 @@ def predict_probs(model: torch.nn.Module, data: Any, task: TrainTask) -> np.ndar
     logits = forward_inputs(model, data, model.backbone.preprocess, device=acc.device, autocast=acc.autocast,
                             description="scoring the fold").float().cpu()
     model.cpu()
-    return (torch.sigmoid(logits) if task.multi_label else torch.softmax(logits, 1)).numpy()
+    return logits_to_probs(logits, task)
 
 
-def _probs(logits: torch.Tensor, task: TrainTask) -> np.ndarray:
+def logits_to_probs(logits: torch.Tensor, task: TrainTask) -> np.ndarray:
+    """Softmax, or one sigmoid per class for multi-label tasks, as numpy."""
     return (torch.sigmoid(logits.float()) if task.multi_label else torch.softmax(logits.float(), 1)).numpy()
 
 
@@ -80,7 +81,7 @@ class CrossValidated:
             strategy = self.make()
             per_epoch: list[np.ndarray] = []
             if hasattr(strategy, "on_validate"):  # every epoch's held-out predictions, not only the best epoch's
-                strategy.on_validate = lambda epoch, logits, targets, keep=per_epoch: keep.append(_probs(logits, task))
+                strategy.on_validate = lambda epoch, logits, targets, keep=per_epoch: keep.append(logits_to_probs(logits, task))
             result = strategy.fit(fold_task)
             fold_probs.append(per_epoch or [predict_probs(result.model, fold_task.val, task)])
             best_epochs.append(result.history.best_epoch + 1)
