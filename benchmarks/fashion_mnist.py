@@ -65,7 +65,7 @@ def throughput(n: int = 256, batch: int = 32) -> dict:
     from transferkit.data.images import DecodedImages, normalize
     from transferkit.engine.accel import make_accelerator
     from transferkit.engine.features import extract_features
-    from transferkit.strategies.base import image_prepare
+    from transferkit.data.images import image_prepare
 
     torch.manual_seed(0)
     pixels = torch.randint(0, 256, (n, 3, 224, 224), dtype=torch.uint8)

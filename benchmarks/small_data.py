@@ -15,7 +15,7 @@ Every seed draws another labelled subset from the pool; the test set stays the s
 3. the plain recipe on the same pretrained features and the same labels: the default backbone's features
    (its own eval transform: resize + centre crop for images), then ``StandardScaler`` + ``LogisticRegression``
    with C chosen by stratified 5-fold ``GridSearchCV``, refit on all labels;
-4. the classical baseline (:class:`transferkit.evaluation.classical.ClassicalBaseline`: pixels/HOG, TF-IDF or
+4. the classical baseline (:class:`transferkit.strategies.classical.ClassicalBaseline`: pixels/HOG, TF-IDF or
    log-mel statistics + logistic regression), where that module exists.
 
 Scores are the mean over seeds with a 95% t-interval; differences are paired by seed.
@@ -325,7 +325,7 @@ def plain_recipe(bench: Bench, labelled: Path, test: Path, seed: int, test_cache
 def classical(bench: Bench, seed: int, decoded: tuple) -> dict | None:
     """The classical baseline on the same decoded examples; None where the module is not there yet."""
     try:
-        from transferkit.evaluation.classical import ClassicalBaseline
+        from transferkit.strategies.classical import ClassicalBaseline
     except ImportError:
         return None
     dec_l, dec_t, classes, rate = decoded
@@ -455,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds < 1:
         ap.error("--seeds must be at least 1")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, transferkit {transferkit.__version__}", flush=True)
-    if importlib.util.find_spec("transferkit.evaluation.classical") is None:
+    if importlib.util.find_spec("transferkit.strategies.classical") is None:
         print("classical baseline: not available", flush=True)
 
     rows = []

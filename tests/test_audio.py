@@ -24,7 +24,7 @@ from transferkit.data.audio import choose_clip_seconds, read_clips, window_clips
 from transferkit.data.sources import AudioSet, detect_kind
 from transferkit.engine.inference import average_windows
 from transferkit.errors import BackboneError, DataError, TransferkitError
-from transferkit.strategies.base import augment_wave
+from transferkit.tasks.audio import augment_wave
 
 FAST = {
     "linear": {},

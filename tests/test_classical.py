@@ -11,7 +11,7 @@ from conftest import topic_texts
 from transferkit.data.audio import Clips, window_clips
 from transferkit.data.images import DecodedImages
 from transferkit.errors import TransferkitError
-from transferkit.evaluation.classical import ClassicalBaseline, LogMelFeatures, decode_for_baseline, hog
+from transferkit.strategies.classical import ClassicalBaseline, LogMelFeatures, decode_for_baseline, hog
 
 
 def test_hog_matches_scikit_image():

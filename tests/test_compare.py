@@ -349,7 +349,7 @@ def test_compare_runs_the_classical_baseline_for_every_modality(modality, reques
     """Every modality of the baseline's feature registry, through compare: decoded without the runs' backbone,
     scored on the same test set, well above chance on these separable toy sets."""
     import transferkit
-    from transferkit.evaluation.classical import FEATURES
+    from transferkit.strategies.classical import FEATURES
 
     assert modality in FEATURES
     data, backbone = {"image": ("colour_splits", "tiny_backbone"), "text": ("text_folder", "tiny_text_backbone"),

@@ -14,12 +14,12 @@ import transferkit
 from transferkit.cli import app
 from transferkit.data.boxes import BoxSet
 from transferkit.data.detection import DetectionDataset, decode_boxes
-from transferkit.detect import choose_image_size
+from transferkit.tasks.detection import choose_image_size
 from transferkit.engine.accel import make_accelerator
 from transferkit.errors import BackboneError, TransferkitError
 from transferkit.evaluation.detection import detection_metrics
 from transferkit.heads.detection import build_detector
-from transferkit.strategies import TrainTask, create_strategy
+from transferkit.strategies import TrainTask, create_detection_strategy, create_strategy
 
 runner = CliRunner()
 
@@ -98,11 +98,11 @@ def test_choose_image_size():
 
 def test_strategy_names_are_checked():
     with pytest.raises(TransferkitError, match="not one for detection"):
-        create_strategy("linear", "detection")
+        create_detection_strategy("linear")
     with pytest.raises(TransferkitError, match="frozen' is for detection"):
         create_strategy("frozen", "image")
     with pytest.raises(TransferkitError, match="no option"):
-        create_strategy("finetune", "detection", nonsense=1)
+        create_detection_strategy("finetune", nonsense=1)
 
 
 def _task(det, train, val, **kw):
@@ -122,19 +122,19 @@ def test_strategies_train_the_right_parts(tiny_backbone):
         return {k for k in keys if not torch.equal(model.state_dict()[k], keys[k])}
 
     opts = {"epochs": 1, "batch_size": 3, "augment": False}
-    frozen = create_strategy("frozen", "detection", **opts).fit(_task(det, train, val)).model
+    frozen = create_detection_strategy("frozen", **opts).fit(_task(det, train, val)).model
     assert not changed(frozen.body, body0)  # weights and BatchNorm statistics untouched
     assert {k for k in head0 if not torch.equal(frozen.state_dict()[k], head0[k])}  # FPN and head learnt
 
-    tuned = create_strategy("finetune", "detection", **opts).fit(_task(det, train, val)).model
+    tuned = create_detection_strategy("finetune", **opts).fit(_task(det, train, val)).model
     moved = changed(tuned.body, body0)
     assert any(k.endswith("weight") for k in moved)
     assert not any("running_" in k for k in moved)  # pretrained BatchNorm statistics stay frozen
 
-    scratch = create_strategy("scratch", "detection", **opts).fit(_task(det, train, val)).model
+    scratch = create_detection_strategy("scratch", **opts).fit(_task(det, train, val)).model
     assert any("running_" in k for k in changed(scratch.body, body0))  # random statistics are learnt
 
-    r = create_strategy("gradual", "detection", epochs=2, unfreeze_every=1, batch_size=3, augment=False).fit(
+    r = create_detection_strategy("gradual", epochs=2, unfreeze_every=1, batch_size=3, augment=False).fit(
         _task(det, train, val))
     assert [e.stage for e in r.history.epochs] == [0, 1]
     assert r.model is not det and torch.equal(det.body.state_dict()[next(iter(body0))], next(iter(body0.values())))
@@ -144,7 +144,7 @@ def test_auto_keeps_the_better_of_frozen_and_finetuned(tiny_backbone):
     det = build_detector(tiny_backbone, ["a", "b"], 96)
     train = decode_boxes(boxes_in_memory(6), 96, ["a", "b"])
     val = decode_boxes(boxes_in_memory(3, seed=1), 96, ["a", "b"])
-    r = create_strategy("auto", "detection", epochs=3, batch_size=3).fit(_task(det, train, val))
+    r = create_detection_strategy("auto", epochs=3, batch_size=3).fit(_task(det, train, val))
     assert set(r.details["candidates"]) == {"frozen", "finetune"}
     h = r.details["histories"]
     best = {k: v["epochs"][v["best_epoch"]]["val_map"] for k, v in h.items()}

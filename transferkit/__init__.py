@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from .comparison import compare
     from .errors import TransferkitError
     from .pretraining import pretrain
-    from .ranking import rank
+    from .api import rank
 
 _LAZY = {
     "fit": ("api", "fit"),
@@ -29,7 +29,7 @@ _LAZY = {
     "create_backbone": ("backbones.registry", "create_backbone"),
     "list_backbones": ("backbones.registry", "list_backbones"),
     "TransferkitError": ("errors", "TransferkitError"),
-    "rank": ("ranking", "rank"),
+    "rank": ("api", "rank"),
     "compare": ("comparison", "compare"),
     "pretrain": ("pretraining", "pretrain"),
 }

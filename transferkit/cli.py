@@ -178,11 +178,12 @@ def predict(
     score_threshold: float = typer.Option(0.3, "--score-threshold", help="Detectors: lowest score shown."),
 ) -> None:
     """Top-k labels with probabilities for each image, recording or text; boxes for detectors."""
+    from .bundle.detection import DetectionModel
     from .bundle.model import load
 
     try:
         model = load(model_dir)
-        if model.modality == "detection":
+        if isinstance(model, DetectionModel):
             _predict_boxes(model, list(inputs or []), draw, score_threshold, skip_bad, as_json, as_csv)
             return
         if draw is not None:
@@ -190,15 +191,16 @@ def predict(
         items = list(inputs or [])
         numbered: list[tuple[int, str]] = []
         if file or lines:
-            if model.modality != "text":
-                raise TransferkitError(f"--file and --lines are for text models; pass {model.modality} files as arguments.")
+            if model.task.inputs != "strings":
+                raise TransferkitError(f"--file and --lines are for text models; pass {model.modality} files as "
+                                       "arguments.")
             items += [_read_text(f) for f in file or []]
             numbered = [(i + 1, t) for i, t in enumerate(_read_text(lines).splitlines()) if t.strip()] if lines else []
             items += [t for _, t in numbered]
         if not items:
             raise TransferkitError("Nothing to classify: pass images or texts as arguments, or --file/--lines.")
         preds = model.predict(items, top_k=top_k, skip_bad=skip_bad)
-        if model.modality == "text":  # show where each text came from, not the whole article
+        if model.task.inputs == "strings":  # show where each text came from, not the whole article
             names = [*([_short(t) for t in inputs or []]), *[str(f) for f in file or []]]
             names += [f"{lines}:{n}" for n, _ in numbered]
             if len(preds) == len(names):
@@ -222,7 +224,7 @@ def predict(
 
         from .console import results as console
 
-        audio = model.modality == "audio"
+        audio = bool(preds) and "windows" in preds[0]  # audio: how many windows each recording averaged
         decided = bool(preds) and "positive_probability" in preds[0]
         table = Table("input", *(["windows"] if audio else []), *(["decision"] if decided else []),
                       *[f"#{i + 1}" for i in range(len(preds[0]["top"]) if preds else 0)])
@@ -307,17 +309,20 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print all metrics as JSON on stdout."),
 ) -> None:
     """Score a saved model on labelled images, audio or texts (detectors: COCO mAP on images with boxes)."""
+    from .bundle.detection import DetectionModel
     from .bundle.model import load
 
     try:
         model = load(model_dir)
-        text_options = {"text_column": text_column, "label_column": label_column, "encoding": encoding}
-        if label_sep is not None:
-            text_options["label_sep"] = label_sep
-        m = model.evaluate(str(data), skip_bad=skip_bad, **(text_options if model.modality == "text" else {}))
+        given = {"text_column": text_column, "label_column": label_column, "encoding": encoding,
+                 "label_sep": label_sep}
+        reading = getattr(model, "task", None)
+        reading = reading.reading_options if reading is not None else ()
+        m = model.evaluate(str(data), skip_bad=skip_bad,
+                           **{k: v for k, v in given.items() if k in reading and v is not None})
     except TransferkitError as err:
         _fail(err)
-    if model.modality == "detection":
+    if isinstance(model, DetectionModel):
         if out is not None:
             from .bundle.io import write_json
 
@@ -381,7 +386,7 @@ def rank(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Rank backbones for DATA by transferability scores from frozen features (LogME, LEEP, NCE, H-score, k-NN)."""
-    from .ranking import rank as rank_api
+    from .api import rank as rank_api
     from .ranking import render
 
     try:

@@ -14,7 +14,7 @@ plots are embedded, so it opens from disk anywhere), and the three headline sent
 - labels: how few labels per class transfer needed to match scratch with the most labels;
 - overfitting: how much smaller the train-minus-validation accuracy gap was;
 - and, with ``classical`` among the strategies, whether transfer beat the non-deep baseline a practitioner would
-  try first (:class:`~transferkit.evaluation.classical.ClassicalBaseline`: HOG, TF-IDF or log-mel statistics +
+  try first (:class:`~transferkit.strategies.classical.ClassicalBaseline`: HOG, TF-IDF or log-mel statistics +
   cross-validated logistic regression), and at which budgets it did not.
 
 The interval over seeds is Student's t on the seeds' means (with 3 seeds, mean +- 4.3 standard errors): it
@@ -104,7 +104,7 @@ def compare(data: Any, *, budgets: str | list = (5, 10, 25, 50, ALL), seeds: int
     finished run is saved at once, and ``resume=True`` reuses the runs an interrupted comparison finished.
 
     ``classical`` among ``strategies`` adds the non-deep baseline
-    (:class:`~transferkit.evaluation.classical.ClassicalBaseline`: HOG, TF-IDF or log-mel statistics + logistic
+    (:class:`~transferkit.strategies.classical.ClassicalBaseline`: HOG, TF-IDF or log-mel statistics + logistic
     regression) on the same labels and test set; the report then says at which budgets it beats every transfer
     strategy.
 
@@ -112,7 +112,6 @@ def compare(data: Any, *, budgets: str | list = (5, 10, 25, 50, ALL), seeds: int
     """
     from .api import fit, parse_budget
     from .console import info, warn
-    from .strategies import create_strategy
 
     budget_list = parse_budgets(budgets)
     names = [s.strip() for s in (strategies.split(",") if isinstance(strategies, str) else strategies) if s.strip()]
@@ -122,15 +121,16 @@ def compare(data: Any, *, budgets: str | list = (5, 10, 25, 50, ALL), seeds: int
     if not isinstance(seeds, int) or seeds < 1:
         raise TransferkitError(f"seeds must be 1 or more (got {seeds!r}); 3 gives an interval.")
     run_seconds = parse_budget(time_per_run)
-    splits, kind = _load(data, modality, skip_bad, val_fraction, test_fraction, seed, fit_options, labels)
+    splits, task = _load(data, modality, skip_bad, val_fraction, test_fraction, seed, fit_options, labels)
+    kind = task.name
     import inspect
 
     fit_params = set(inspect.signature(fit).parameters)
     strategy_options = {k: v for k, v in fit_options.items() if k not in fit_params}
     for name in names:  # unknown strategies and options fail now, not after hours of the other runs
         if name != CLASSICAL:
-            create_strategy(name, "image" if kind == "medical" else kind,
-                            **_run_options(name, strategy_options, kind, _not_for(name, names, strategy_options)))
+            task.create_strategy(name, None,
+                                 _run_options(name, strategy_options, kind, _not_for(name, names, strategy_options)))
     metric = _choose_metric(metric, kind, splits.classes)
     pool = _concat(splits.train, splits.val)
     test = splits.test
@@ -141,7 +141,7 @@ def compare(data: Any, *, budgets: str | list = (5, 10, 25, 50, ALL), seeds: int
 
     ranking = None
     if len(set(several := backbone_names(backbone))) > 1:  # rank once, on the pool: every run uses one backbone
-        from .ranking import rank
+        from .api import rank
 
         ranking = rank(data, several, seed=seed, skip_bad=skip_bad, image_size=image_size, precision=precision,
                        val_fraction=val_fraction, test_fraction=test_fraction, modality=kind)
@@ -211,30 +211,20 @@ def compare(data: Any, *, budgets: str | list = (5, 10, 25, 50, ALL), seeds: int
 
 
 def _load(data, modality, skip_bad, val_fraction, test_fraction, seed, fit_options, labels=None):
-    from .data.sources import detect_kind, load_splits
-    from .data.text import TextOptions, is_text_source, load_text_splits
+    """The task for ``data`` and its splits, read as :func:`transferkit.fit` reads them."""
+    from .api import resolve
+    from .tasks import ClassificationTask, RunSettings, option_names
 
-    opts = TextOptions(fit_options.get("text_column"), fit_options.get("label_column"), fit_options.get("label_sep"),
-                       fit_options.get("encoding", "utf-8"), skip_bad)
-    from .api import _has_boxes
-
-    if modality not in ("auto", "image", "text", "audio", "medical"):
-        raise TransferkitError(f"Modality {modality!r} is unknown: choose auto, image, text, audio or medical.")
-    if modality == "auto" and labels is None and _has_boxes(data):
-        raise TransferkitError(f"{data} holds boxes: compare draws labels per class for classification; for a "
-                               "detector, train it with --strategy scratch as well and compare the two mAP figures.")
-    kind = modality if modality != "auto" else \
-        ("text" if labels is not None or is_text_source(data, opts) else detect_kind(data))
-    if kind == "text":
-        splits = load_text_splits(data, labels=labels, options=opts, val_fraction=val_fraction,
-                                  test_fraction=test_fraction, seed=seed)
-        if splits.train.multi_label:
-            raise TransferkitError("compare draws labels per class from single-label data; these texts are multi-label.")
-    else:
-        splits = load_splits(data, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-                             skip_bad=skip_bad, kind="audio" if kind == "audio" else "image",
-                             patients=kind == "medical", patient_column=fit_options.get("patient_column"))
-    return splits, kind
+    given = {k: v for k, v in fit_options.items() if k in option_names()} | {"labels": labels}
+    task, options = resolve(data, "auto", modality, given)
+    if not isinstance(task, ClassificationTask):
+        raise TransferkitError(f"{data} holds {task.plural}: compare draws labels per class for classification; for "
+                               "a detector, train it with --strategy scratch as well and compare the two mAP figures.")
+    settings = RunSettings(seed=seed, skip_bad=skip_bad, val_fraction=val_fraction, test_fraction=test_fraction)
+    splits = task.load_splits(data, settings, options)
+    if getattr(splits.train, "multi_label", False):
+        raise TransferkitError("compare draws labels per class from single-label data; these texts are multi-label.")
+    return splits, task
 
 
 def _not_for(name: str, names: list[str], options: dict) -> set[str]:
@@ -407,7 +397,7 @@ def _classical_run(part, kind: str, budget, seed: int, metric: str, image_pre: A
     held-out split would only be labels it paid for and did not use (a budget counts both, for every strategy).
     Hence no validation score, no validation curve over time and no overfitting gap (None); ``train_score`` is
     its accuracy on the examples it was fitted on."""
-    from .evaluation.classical import ClassicalBaseline, decode_for_baseline
+    from .strategies.classical import ClassicalBaseline, decode_for_baseline
     from .evaluation.metrics import classification_metrics
 
     labelled = _concat(part.train, part.val) if part.val is not None else part.train

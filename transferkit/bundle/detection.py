@@ -132,7 +132,7 @@ class DetectionModel:
 
         from .. import __version__
         from .card import render_model_card
-        from .model import BUNDLE_FORMAT
+        from .format import BUNDLE_FORMAT
 
         det = self.detector
         own = ("format", "transferkit_version", "task", "labels", "backbone", "preprocess", "detector")

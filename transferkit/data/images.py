@@ -182,3 +182,12 @@ def normalize(pixels: torch.Tensor, pre: PreprocessConfig) -> torch.Tensor:
     mean = torch.tensor(pre.mean, device=pixels.device).view(1, 3, 1, 1)
     std = torch.tensor(pre.std, device=pixels.device).view(1, 3, 1, 1)
     return (pixels.float() / 255.0 - mean) / std
+
+
+def image_prepare(pre: PreprocessConfig):
+    """A function: batch of uint8 images -> normalised float in channels_last (faster convolutions on CPU and GPU)."""
+
+    def prepare(pixels: torch.Tensor) -> torch.Tensor:
+        return normalize(pixels, pre).contiguous(memory_format=torch.channels_last)
+
+    return prepare

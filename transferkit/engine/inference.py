@@ -78,11 +78,18 @@ def forward_inputs(
     - ``DecodedAudio``: every window, then averaged over each recording's windows (mean logits for a
       classifier, mean features for a backbone).
 
-    Texts and audio run in batches of at most 32.
+    Texts and audio run in batches of at most 32. Encoded data of any other kind (a task of one's own) supply their
+    batches themselves: ``data.model_input(indices, device)``.
     """
     model = model.to(device).eval()
     audio = hasattr(data, "waves")
-    if audio:
+    if hasattr(data, "model_input"):
+        n, order = len(data), torch.arange(len(data))
+
+        def batch_at(idx: torch.Tensor) -> Any:
+            return data.model_input(idx, device)
+
+    elif audio:
         n, order, batch_size = len(data.waves), torch.arange(len(data.waves)), min(batch_size, 32)
 
         def batch_at(idx: torch.Tensor) -> torch.Tensor:

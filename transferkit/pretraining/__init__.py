@@ -291,7 +291,7 @@ def _image_evaluator(val, classes, backbone, accelerator, workers):
     from torch.utils.data import DataLoader, Subset
 
     from .data import ImageAugment, ImageStream
-    from ..strategies.base import image_prepare
+    from ..data.images import image_prepare
 
     dataset = ImageStream(val, backbone.preprocess, ImageAugment("none"), classes=classes)
     prepare = image_prepare(backbone.preprocess)

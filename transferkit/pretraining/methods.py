@@ -88,7 +88,7 @@ class Method:
         self.accelerator = accelerator
         self.model = self.build(**options)
         if getattr(backbone, "modality", "image") == "image":
-            from ..strategies.base import image_prepare
+            from ..data.images import image_prepare
 
             self.prepare = image_prepare(backbone.preprocess)  # normalised, channels_last, as in fit
 

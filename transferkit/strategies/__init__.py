@@ -46,35 +46,58 @@ CROSS_VALIDATED = ("finetune", "gradual", "scratch", "lora", "contrastive")
 TEXT_ONLY = tuple(name for name, (cls, _) in STRATEGIES.items() if getattr(cls, "modalities", None) == ("text",))
 
 
+def strategy_names(modality: str = "image") -> list[str]:
+    """The classification strategies built for ``modality`` (image, text, audio...), in the registry's order."""
+    return [name for name, (cls, _) in STRATEGIES.items()
+            if modality in getattr(cls, "modalities", ("image", "text", "audio"))]
+
+
 def create_strategy(name: str, modality: str = "image", profile: str | None = None, **overrides: Any) -> Strategy:
     """``create_strategy("finetune", epochs=5)``; unknown names or options raise one clear error.
 
-    ``modality`` (image, text, audio, detection) refuses strategies built for other data; ``profile`` (the backbone's, by
-    default the modality) picks the defaults, e.g. ``text_defaults`` (BERT-style learning rates).
+    ``modality`` (image, text, audio) refuses strategies built for other data; ``profile`` (the backbone's, by
+    default the modality) picks the defaults, e.g. ``text_defaults`` (BERT-style learning rates). Detectors have
+    their own registry: :func:`create_detection_strategy`.
     """
-    if modality == "detection":
-        from .detection import DETECTION_STRATEGIES
-
-        if name not in DETECTION_STRATEGIES:
-            raise TransferkitError(f"Strategy {name!r} is not one for detection: choose one of "
-                                   f"{', '.join(DETECTION_STRATEGIES)}.")
-        cls, cfg_cls = DETECTION_STRATEGIES[name]
-    elif name == "frozen":
-        raise TransferkitError("Strategy 'frozen' is for detection: for classification, linear keeps the backbone frozen.")
-    elif name not in STRATEGIES:
+    if name == "frozen":
+        raise TransferkitError("Strategy 'frozen' is for detection: for classification, linear keeps the backbone "
+                               "frozen.")
+    if name not in STRATEGIES:
         raise TransferkitError(f"Unknown strategy {name!r}: choose one of {', '.join(STRATEGIES)}.")
-    else:
-        cls, cfg_cls = STRATEGIES[name]
+    cls, cfg_cls = STRATEGIES[name]
     check_modality(cls, modality)
-    known = {f.name for f in fields(cfg_cls)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise TransferkitError(f"Strategy {name!r} has no option {unknown[0]!r}: its options are {', '.join(sorted(known))}.")
-    config = config_for(cfg_cls, profile or modality, **overrides)
-    if modality != "detection" and name in CROSS_VALIDATED:
+    config = _configure(name, cfg_cls, profile or modality, overrides)
+    if name in CROSS_VALIDATED:
         # without a validation split these choose their epoch count across folds (see strategies.crossval)
         return CrossValidated(lambda: cls(config))
     return cls(config)
 
 
-__all__ = ["STRATEGIES", "TEXT_ONLY", "config_for", "FitResult", "Strategy", "TrainTask", "create_strategy"]
+def create_detection_strategy(name: str, **overrides: Any) -> Strategy:
+    """A detector strategy (frozen, finetune, gradual, scratch, auto; see :mod:`.detection`) with ``overrides``."""
+    from .detection import DETECTION_STRATEGIES
+
+    if name not in DETECTION_STRATEGIES:
+        raise TransferkitError(f"Strategy {name!r} is not one for detection: choose one of "
+                               f"{', '.join(DETECTION_STRATEGIES)}.")
+    cls, cfg_cls = DETECTION_STRATEGIES[name]
+    return cls(_configure(name, cfg_cls, "detection", overrides))
+
+
+def detection_strategy_names() -> list[str]:
+    from .detection import DETECTION_STRATEGIES
+
+    return list(DETECTION_STRATEGIES)
+
+
+def _configure(name: str, cfg_cls: type, profile: str, overrides: dict[str, Any]) -> Any:
+    known = {f.name for f in fields(cfg_cls)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TransferkitError(f"Strategy {name!r} has no option {unknown[0]!r}: its options are "
+                               f"{', '.join(sorted(known))}.")
+    return config_for(cfg_cls, profile, **overrides)
+
+
+__all__ = ["STRATEGIES", "TEXT_ONLY", "config_for", "FitResult", "Strategy", "TrainTask", "create_detection_strategy",
+           "create_strategy", "detection_strategy_names", "strategy_names"]

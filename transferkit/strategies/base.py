@@ -1,6 +1,8 @@
-"""What every strategy receives (:class:`TrainTask`) and returns (:class:`FitResult`), plus the shared data
-plumbing: uint8 images in memory -> augmented, normalised batches; token ids -> trimmed batches; audio
-windows -> augmented waveforms (time shift, gain, noise; the backbone adds SpecAugment masks)."""
+"""What every strategy receives (:class:`TrainTask`) and returns (:class:`FitResult`).
+
+A strategy never asks what kind of data it trains on: the task that built the TrainTask hands it its batches
+(:class:`Batches`: loaders, the batch -> model input function, validation aggregation), and :func:`make_loaders`,
+:func:`make_prepare` and :func:`val_aggregate` here only pass the question on."""
 
 from __future__ import annotations
 
@@ -13,13 +15,10 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from ..backbones.protocol import BackboneSpec, PreprocessConfig
-from ..data.images import normalize
-from ..engine.inference import text_batch
+from ..backbones.protocol import BackboneSpec
 from ..engine.loop import History
-from ..engine.sampling import EpochShuffleSampler
 
 
 PROBE_FOLDS = 5  # default folds where a fold costs seconds (the probe on cached features)
@@ -51,6 +50,7 @@ class TrainTask:
     cv: int | None = None
     groups: list[str] | None = None  # per training example: its patient (folds keep a patient together)
     stop_at: int | None = None  # train only this many epochs of the planned schedule (the folds' chosen epoch)
+    batches: Batches | None = None  # the task's batches (see Batches); None for strategies that build their own
 
     @property
     def cross_validated(self) -> bool:
@@ -200,154 +200,55 @@ class Strategy(Protocol):
     def fit(self, task: TrainTask) -> FitResult: ...
 
 
-class ImageTensorDataset(Dataset):
-    """uint8 images (``DecodedImages``) held in memory; random-resized-crop and flip when ``augment`` (fine-tuning only)."""
+class Batches(Protocol):
+    """What a task hands strategies about its data (see :class:`transferkit.tasks.Task`)."""
 
-    def __init__(self, data: Any, augment: bool = False, hflip: bool = True):
-        self.pixels = data.pixels
-        self.targets = data.targets
-        self.transform = None
-        if augment:
-            from torchvision.transforms import v2
+    def loaders(self, task: TrainTask, batch_size: int, augment: bool = False,
+                hflip: bool = True) -> tuple[DataLoader, DataLoader | None]: ...
 
-            size = tuple(self.pixels.shape[-2:])
-            ops = [v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True)]
-            if hflip:
-                ops.append(v2.RandomHorizontalFlip())
-            self.transform = v2.Compose(ops)
+    def batch_input(self, backbone: Any) -> Callable[[Any], Any]: ...
 
-    def __len__(self) -> int:
-        return len(self.targets)
+    def aggregate(self, task: TrainTask) -> Callable | None: ...
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.pixels[i]
-        if self.transform is not None:
-            x = self.transform(x)
-        return x, self.targets[i]
+    def sample(self, data: Any, n: int) -> Any: ...
+
+    def rows(self, data: Any) -> int: ...
 
 
-class AudioWindowDataset(Dataset):
-    """Audio windows (``DecodedAudio``) held in memory; with ``augment`` (fine-tuning only) each draw is shifted
-    in time (up to 10% of the window, zero fill), scaled by a random gain (+-6 dB) and, half the time, mixed with
-    white noise 15-40 dB below the signal. Frequency/time masks are added by the backbone (SpecAugment)."""
+def _batches(task: TrainTask) -> Batches:
+    if task.batches is None:
+        from ..errors import TransferkitError
 
-    def __init__(self, data: Any, augment: bool = False):
-        self.waves, self.targets, self.augment = data.waves, data.window_targets(), augment
-
-    def __len__(self) -> int:
-        return len(self.waves)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.waves[i].float()
-        return (augment_wave(x) if self.augment else x), self.targets[i]
+        raise TransferkitError("This TrainTask has no batches: build it with its task (transferkit.tasks).")
+    return task.batches
 
 
-def augment_wave(x: torch.Tensor, max_shift: float = 0.1, gain_db: float = 6.0, noise_p: float = 0.5,
-                 snr_db: tuple[float, float] = (15.0, 40.0)) -> torch.Tensor:
-    """One random time shift, gain and (sometimes) noise for a 1-D waveform, drawn from torch's generator."""
-    n = len(x)
-    shift = int((torch.rand(()) * 2 - 1) * max_shift * n)
-    if shift:
-        out = torch.zeros_like(x)
-        if shift > 0:
-            out[shift:] = x[:-shift]
-        else:
-            out[:shift] = x[-shift:]
-        x = out
-    x = x * 10 ** (float(torch.rand(()) * 2 - 1) * gain_db / 20)
-    if torch.rand(()) < noise_p:
-        rms = x.pow(2).mean().sqrt()
-        if rms > 0:
-            snr = snr_db[0] + float(torch.rand(())) * (snr_db[1] - snr_db[0])
-            x = x + torch.randn_like(x) * rms * 10 ** (-snr / 20)
-    return x
-
-
-class TokenDataset(Dataset):
-    """Token ids and masks held in memory (padded to the set's longest text; batches are trimmed later)."""
-
-    def __init__(self, data: Any):
-        self.ids, self.mask, self.targets = data.input_ids, data.attention_mask, data.targets
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
-        return (self.ids[i], self.mask[i]), self.targets[i]
-
-
-def rows(data: Any) -> int:
+def rows(task: TrainTask, data: Any) -> int:
     """How many rows the network sees for ``data``: audio windows, else examples."""
-    return len(data.waves) if hasattr(data, "waves") else len(data)
+    return _batches(task).rows(data)
 
 
-def make_loaders(task: TrainTask, batch_size: int, augment: bool = False, hflip: bool = True) -> tuple[DataLoader, DataLoader | None]:
-    """Training loader (epoch-seeded shuffling, augmentation for images) and validation loader (None when the task
-    has no validation split)."""
-    # With a few dozen examples, a full batch would mean two or three steps per epoch: keep about eight or more.
-    n_train = rows(task.train)
-    bs = max(1, min(batch_size, max(8, n_train // 8), n_train))
-    if task.modality == "text":
-        make, val_bs = TokenDataset, max(bs, 32)
-        train_ds = TokenDataset(task.train)
-    elif task.modality == "audio":
-        make, val_bs = AudioWindowDataset, max(bs, 32)
-        train_ds = AudioWindowDataset(task.train, augment)
-    else:
-        make, val_bs = ImageTensorDataset, max(bs, 64)
-        train_ds = ImageTensorDataset(task.train, augment, hflip)
-    if task.balance == "sampler" and not task.multi_label and task.modality == "image":
-        from ..engine.sampling import EpochBalancedSampler
-
-        sampler = EpochBalancedSampler(task.train.targets, task.seed)
-    else:
-        sampler = EpochShuffleSampler(n_train, task.seed)
-    train = DataLoader(train_ds, batch_size=bs, sampler=sampler, drop_last=n_train > bs, num_workers=task.workers)
-    val = DataLoader(make(task.val), batch_size=val_bs, num_workers=task.workers) if task.val is not None else None
-    return train, val
+def make_loaders(task: TrainTask, batch_size: int, augment: bool = False,
+                 hflip: bool = True) -> tuple[DataLoader, DataLoader | None]:
+    """Training loader (epoch-seeded shuffling, augmentation when ``augment``) and validation loader (None when
+    the task has no validation split), as the task builds them."""
+    return _batches(task).loaders(task, batch_size, augment, hflip)
 
 
 def val_aggregate(task: TrainTask) -> Callable | None:
-    """For audio: validation logits per window -> mean per recording, with the recordings' targets, so early
-    stopping, the best epoch and ``auto``'s choice use the same unit as the final metrics. None otherwise."""
-    if task.modality != "audio" or task.val is None:
-        return None
-    from ..engine.inference import average_windows
-
-    owner, targets = task.val.owner, task.val.targets
-
-    def aggregate(logits: torch.Tensor, _window_targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return average_windows(logits, owner, len(targets)), targets
-
-    return aggregate
+    """How validation rows merge before scoring (audio: a recording's windows), or None."""
+    return _batches(task).aggregate(task)
 
 
-def make_prepare(backbone: Any) -> Callable[[Any], Any]:
-    """Loader batch -> model input: normalised channels_last images, token ids trimmed to the batch's longest text,
-    or float waveforms."""
-    modality = getattr(backbone, "modality", "image")
-    if modality == "text":
-        return lambda x: text_batch(x[0], x[1])
-    if modality == "audio":
-        return lambda x: x.float()
-    return image_prepare(backbone.preprocess)
-
-
-def image_prepare(pre: PreprocessConfig):
-    """Batch of uint8 images -> normalised float in channels_last (faster convolutions on CPU and GPU)."""
-
-    def prepare(x: torch.Tensor) -> torch.Tensor:
-        return normalize(x, pre).contiguous(memory_format=torch.channels_last)
-
-    return prepare
+def make_prepare(task: TrainTask, backbone: Any = None) -> Callable[[Any], Any]:
+    """Loader batch -> model input (normalised channels_last images, trimmed token ids, float waveforms), for
+    ``backbone`` (default: the task's)."""
+    return _batches(task).batch_input(backbone if backbone is not None else task.backbone)
 
 
 def sample_batch(task: TrainTask, n: int = 16) -> Any:
     """The first ``n`` training examples as model input (for timing and shape checks)."""
-    d = task.train
-    batch = {"text": lambda: (d.input_ids[:n], d.attention_mask[:n]), "audio": lambda: d.waves[:n]}.get(
-        task.modality, lambda: d.pixels[:n])()
-    return make_prepare(task.backbone)(batch)
+    return make_prepare(task)(_batches(task).sample(task.train, n))
 
 
 def estimate_epoch_seconds(task: TrainTask, batch: int = 16) -> float:
@@ -367,7 +268,7 @@ def estimate_epoch_seconds(task: TrainTask, batch: int = 16) -> float:
         times.append(time.monotonic() - t)
     per_example = times[-1] / n
     # validation costs about a third of a training step per example
-    return per_example * (rows(task.train) + (rows(task.val) if task.val is not None else 0) / 3)
+    return per_example * (rows(task, task.train) + (rows(task, task.val) if task.val is not None else 0) / 3)
 
 
 def epochs_within_budget(

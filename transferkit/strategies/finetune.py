@@ -137,7 +137,7 @@ class FinetuneStrategy:
         t0 = time.monotonic()
         history, _ = train(
             model, opt, sched, train_loader, val_loader, acc,
-            epochs=epochs, patience=cfg.patience, prepare=make_prepare(backbone), multi_label=task.multi_label,
+            epochs=epochs, patience=cfg.patience, prepare=make_prepare(task, backbone), multi_label=task.multi_label,
             on_epoch_start=self.schedule(backbone), deadline=task.deadline, label_smoothing=cfg.label_smoothing,
             checkpoint_dir=task.work_dir / f"checkpoints-{self.name}" if task.work_dir else None,
             description=self.name, val_aggregate=val_aggregate(task), class_weights=task.class_weights,

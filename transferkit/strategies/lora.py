@@ -89,7 +89,7 @@ class LoraStrategy:
         t0 = time.monotonic()
         history, _ = train(
             model, opt, sched, train_loader, val_loader, acc, epochs=epochs, patience=cfg.patience,
-            prepare=make_prepare(backbone), deadline=task.deadline, multi_label=task.multi_label,
+            prepare=make_prepare(task, backbone), deadline=task.deadline, multi_label=task.multi_label,
             checkpoint_dir=task.work_dir / "checkpoints-lora" if task.work_dir else None, description="lora",
             stop_at=task.stop_at,
         )

@@ -14,7 +14,7 @@ split of its own.
 
 Example::
 
-    >>> from transferkit.evaluation.classical import ClassicalBaseline
+    >>> from transferkit.strategies.classical import ClassicalBaseline
     >>> base = ClassicalBaseline("text", seed=0).fit(decoded["train"])   # an EncodedTexts (.texts, .targets)
     >>> base.name_, base.predict_proba(decoded["test"]).shape
     ('TF-IDF + logistic regression', (120, 5))

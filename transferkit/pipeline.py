@@ -1,0 +1,71 @@
+"""The run, as transfer goes: resolve the task -> prepare data and backbone -> the strategy trains -> the task
+scores -> bundle and report written. Nothing here asks what kind of data this is; the task (:mod:`transferkit.tasks`)
+answers every such question.
+
+``transferkit.fit`` (:mod:`transferkit.api`) maps its keyword arguments onto :class:`~transferkit.tasks.RunSettings`
+and the task's options, then calls :func:`run`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .errors import TransferkitError
+from .tasks import RunSettings, Task
+
+
+def run(data: Any, task: Task, settings: RunSettings, options: Any, backbones: list[str] | None = None) -> Any:
+    """Train ``settings.strategy`` on ``data`` as ``task`` says, and return the trained model (its ``metrics`` hold
+    everything ``metrics.json`` does). ``backbones``: several names, ranked on the training data first (LogME) and
+    the best trained; the budget then counts from the end of the ranking."""
+    from .console import info
+    from .engine.accel import make_accelerator
+
+    t_start = time.monotonic()
+    task.check(settings, options)
+    task.create_strategy(settings.strategy, None, settings.strategy_options)  # bad options fail before heavy work
+    timings: dict[str, float] = {}
+    ranking, backbone = None, settings.backbone
+    if backbones:
+        if not task.ranks_backbones:
+            raise TransferkitError(f"{task.title.capitalize()} takes one backbone: train the others in runs of their "
+                                   "own.")
+        from .ranking import score_backbones
+
+        ranking = score_backbones(data, backbones, task, settings, options)
+        backbone = ranking["ranking"][0]
+        timings["rank_s"] = time.monotonic() - t_start
+        info(f"backbone: {backbone} ranks first of {len(backbones)} by LogME")
+    # the budget is for training the chosen backbone; ranking comes on top
+    deadline = time.monotonic() + settings.seconds if settings.seconds is not None else None
+
+    prepared = task.prepare(data, backbone, settings, options)
+    timings.update(prepared.timings)
+    task.check_prepared(prepared, settings, options)
+    # the backbone's own defaults (e.g. the speaker encoder's learning rates), then the user's options
+    strategy = task.create_strategy(settings.strategy, prepared.backbone, settings.strategy_options)
+    accelerator = make_accelerator(settings.precision, seed=settings.seed, cpu=settings.cpu)
+    work_dir = settings.out / ".work" if settings.out is not None else None
+    if work_dir is not None and not settings.resume and accelerator.is_main_process:
+        import shutil
+
+        shutil.rmtree(work_dir, ignore_errors=True)  # a fresh run never picks up an older run's checkpoints
+    train = task.train_task(prepared, settings, options, accelerator, deadline, work_dir)
+
+    wall_start, train_t0 = time.time(), time.monotonic()  # time-to-accuracy counts from here
+    result = strategy.fit(train)
+    timings.update(result.timings)
+
+    extras = {"timings": timings, "t_start": t_start, "wall_start": wall_start, "train_t0": train_t0,
+              "deadline": deadline, "ranking": ranking}
+    model, metrics, plots = task.finish(result, prepared, settings, options, train, extras)
+    if settings.out is not None and accelerator.is_main_process:  # under `accelerate launch`, only rank 0 writes
+        files = task.write(settings.out, model, metrics, prepared, plots)
+        if work_dir is not None:
+            import shutil
+
+            shutil.rmtree(work_dir, ignore_errors=True)  # checkpoints served resume; the bundle is the result
+        info(f"report: {files['report']}")
+    model.metrics = metrics
+    return model

@@ -1,0 +1,214 @@
+"""Audio classification: recordings read once, resampled and cut into windows of ``clip_seconds``; windows are
+augmented (time shift, gain, noise; the backbone adds SpecAugment masks), and a recording's score is the mean of
+its windows' (in validation, in the metrics and in ``predict``)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import TransferkitError
+from .base import Prepared, RunSettings, replace_preprocess
+from .classification import ClassificationTask, announce, existing_parts
+
+
+@dataclass
+class AudioOptions:
+    """How long a window is."""
+
+    clip_seconds: float | None = None  # default: from the training recordings' durations
+
+    def __post_init__(self) -> None:
+        if self.clip_seconds is not None and not (isinstance(self.clip_seconds, (int, float))
+                                                  and 0.1 <= self.clip_seconds <= 60):
+            raise TransferkitError(f"clip_seconds {self.clip_seconds} is out of range: use 0.1 to 60 seconds.")
+
+
+class AudioWindowDataset(Dataset):
+    """Audio windows (``DecodedAudio``) held in memory; with ``augment`` each draw is shifted in time (up to 10% of
+    the window, zero fill), scaled by a random gain (+-6 dB) and, half the time, mixed with white noise 15-40 dB
+    below the signal."""
+
+    def __init__(self, data: Any, augment: bool = False):
+        self.waves, self.targets, self.augment = data.waves, data.window_targets(), augment
+
+    def __len__(self) -> int:
+        return len(self.waves)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.waves[i].float()
+        return (augment_wave(x) if self.augment else x), self.targets[i]
+
+
+def augment_wave(x: torch.Tensor, max_shift: float = 0.1, gain_db: float = 6.0, noise_p: float = 0.5,
+                 snr_db: tuple[float, float] = (15.0, 40.0)) -> torch.Tensor:
+    """One random time shift, gain and (sometimes) noise for a 1-D waveform, drawn from torch's generator."""
+    n = len(x)
+    shift = int((torch.rand(()) * 2 - 1) * max_shift * n)
+    if shift:
+        out = torch.zeros_like(x)
+        if shift > 0:
+            out[shift:] = x[:-shift]
+        else:
+            out[:shift] = x[-shift:]
+        x = out
+    x = x * 10 ** (float(torch.rand(()) * 2 - 1) * gain_db / 20)
+    if torch.rand(()) < noise_p:
+        rms = x.pow(2).mean().sqrt()
+        if rms > 0:
+            snr = snr_db[0] + float(torch.rand(())) * (snr_db[1] - snr_db[0])
+            x = x + torch.randn_like(x) * rms * 10 ** (-snr / 20)
+    return x
+
+
+class AudioTask(ClassificationTask):
+    name = "audio"
+    title = "audio classification"
+    bundle_task = "audio-classification"
+    modality = "audio"
+    Options = AudioOptions
+    sniff_order = 30
+    plural = "audio"
+
+    def sniff(self, data: Any, hints: dict[str, Any]) -> bool:
+        from ..data.sources import detect_kind
+
+        return detect_kind(data) == "audio"
+
+    def load_splits(self, data: Any, settings: RunSettings, options: AudioOptions) -> Any:
+        from ..data.sources import load_splits
+
+        return load_splits(data, val_fraction=settings.val_fraction, test_fraction=settings.test_fraction,
+                           seed=settings.seed, skip_bad=settings.skip_bad, kind="audio")
+
+    def prepare(self, data: Any, backbone: str | None, settings: RunSettings, options: AudioOptions,
+                parts: tuple[str, ...] = ("train", "val", "test")) -> Prepared:
+        """Audio -> splits, the audio backbone (window length and spectrogram statistics from the training set)
+        and every split read once and cut into windows."""
+        from ..backbones.audio import describe, spectrogram_stats
+        from ..backbones.registry import create_backbone
+        from ..data.audio import choose_clip_seconds, read_clips, window_clips
+
+        t = time.monotonic()
+        splits = self.load_splits(data, settings, options)
+        bb = create_backbone(backbone, arch=settings.arch, modality="audio")
+        if settings.image_size is not None:
+            if bb.preprocess.kind != "spectrogram" or settings.image_size < 32:
+                raise TransferkitError("image_size sets the spectrogram height of a CNN backbone (32 pixels or more).")
+            replace_preprocess(bb, image_height=settings.image_size)
+        load_s = time.monotonic() - t
+        rate = bb.preprocess.sample_rate
+        for name, ds in existing_parts(splits, parts):
+            if len(ds) == 0:
+                raise TransferkitError(f"The {name} split has no recordings: give each class at least 3 recordings, "
+                                       f"or put some in a {name}/ folder.")
+        clips = {name: read_clips(ds.items, bb.preprocess, skip_bad=settings.skip_bad,
+                                  array_rate=getattr(ds, "sample_rate", None), description=f"reading {name}")
+                 for name, ds in existing_parts(splits, parts)}
+        durations = clips["train"].durations(rate)
+        clip = float(options.clip_seconds) if options.clip_seconds is not None else choose_clip_seconds(durations)
+        if options.clip_seconds is None and bb.preprocess.kind == "speaker":
+            clip = max(clip, 1.6)  # at least one whole 1.6 s partial utterance per window
+        replace_preprocess(bb, clip_seconds=clip)
+        index = {c: i for i, c in enumerate(splits.classes)}
+        dec = {}
+        for name, ds in existing_parts(splits, parts):
+            c = clips[name]
+            d = c.durations(rate)
+            info = {"sources": c.source_rates, "silent": len(c.silent), "skipped": len(c.skipped),
+                    "seconds": {"min": round(float(d.min()), 3), "median": round(float(np.median(d)), 3),
+                                "max": round(float(d.max()), 3)}}
+            dec[name] = window_clips(c, [index[ds.labels[i]] for i in c.kept], bb.preprocess.clip_samples, info)
+            dec[name].info["windows"] = len(dec[name].waves)
+        if bb.preprocess.kind == "spectrogram":  # standardise log-mel with the training set's statistics (as AST)
+            mean, std = spectrogram_stats(bb, dec["train"].waves)
+            replace_preprocess(bb, mean=mean, std=std)
+        prepared = Prepared(splits, bb, dec, {"load_s": load_s})
+        announce(prepared, describe(bb.preprocess))
+        prepared.timings["decode_s"] = time.monotonic() - t - load_s
+        return prepared
+
+    def data_summary(self, prepared: Prepared, multi_label: bool) -> dict[str, Any]:
+        summary = super().data_summary(prepared, multi_label)
+        summary["audio"] = {name: d.info for name, d in prepared.encoded.items()}
+        return summary
+
+    def backbone_summary(self, backbone: Any) -> dict[str, Any]:
+        from ..backbones.audio import describe
+
+        return {**super().backbone_summary(backbone), "input": describe(backbone.preprocess)}
+
+    # -- batches ----------------------------------------------------------------------------------------------
+    def dataset(self, data: Any, augment: bool = False, hflip: bool = True) -> Dataset:
+        return AudioWindowDataset(data, augment)
+
+    def batch_input(self, backbone: Any):
+        return lambda x: x.float()
+
+    def aggregate(self, task: Any):
+        """Validation logits per window -> mean per recording, with the recordings' targets, so early stopping,
+        the best epoch and ``auto``'s choice use the same unit as the final metrics."""
+        if task.val is None:
+            return None
+        from ..engine.inference import average_windows
+
+        owner, targets = task.val.owner, task.val.targets
+
+        def aggregate(logits: torch.Tensor, _window_targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return average_windows(logits, owner, len(targets)), targets
+
+        return aggregate
+
+    def sample(self, data: Any, n: int) -> Any:
+        return data.waves[:n]
+
+    def rows(self, data: Any) -> int:
+        return len(data.waves)
+
+    # -- bundle side ------------------------------------------------------------------------------------------
+    def encode(self, model: Any, inputs: Any, skip_bad: bool) -> tuple[Any, list[Any]]:
+        if isinstance(inputs, (str, Path)) or (isinstance(inputs, np.ndarray) and inputs.ndim == 1):
+            raise TransferkitError("Pass a list of audio files or waveforms, not a single one: model.predict([x]).")
+        return self._read(model, list(inputs), skip_bad)
+
+    def read_labelled(self, model: Any, source: Any, skip_bad: bool, **options: Any) -> Any:
+        from ..data.sources import load_test_set
+
+        files = load_test_set(source, skip_bad=skip_bad, kind="audio")
+        model.check_labels(set(files.labels), source)
+        data, _ = self._read(model, list(files.items), skip_bad, list(files.labels),
+                             getattr(files, "sample_rate", None))
+        return data
+
+    def _read(self, model: Any, items: list[Any], skip_bad: bool, labels: list[str] | None = None,
+              array_rate: int | None = None):
+        """Audio files (or 1-D arrays at ``array_rate``, default the model's sample rate) -> windows, read as in
+        training, and the items kept."""
+        from ..data.audio import read_clips, window_clips
+
+        pre = model.preprocess
+        clips = read_clips(items, pre, skip_bad=skip_bad, array_rate=array_rate or pre.sample_rate,
+                           description="reading audio")
+        kept = [items[i] for i in clips.kept]
+        targets = [model.classes.index(labels[i]) for i in clips.kept] if labels is not None else None
+        return window_clips(clips, targets, pre.clip_samples), kept
+
+    def describe_rows(self, rows: list[dict[str, Any]], data: Any) -> None:
+        for r, n in enumerate(torch.bincount(data.owner, minlength=len(rows)).tolist()):
+            rows[r]["windows"] = n
+
+    def save_files(self, backbone: Any, folder: Path) -> None:
+        from ..backbones.audio import save_audio_files
+
+        save_audio_files(backbone, folder)
+
+    def load_backbone(self, folder: Path, spec: Any, config: dict[str, Any]) -> Any:
+        from ..backbones.audio import AudioPreprocessConfig, load_audio_backbone
+
+        return load_audio_backbone(folder, spec, AudioPreprocessConfig.from_dict(config["preprocess"]))

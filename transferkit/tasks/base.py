@@ -1,0 +1,243 @@
+"""What a task is: the one place that knows a kind of data (images, medical images, texts, audio, boxes).
+
+A :class:`Task` recognises its data (:meth:`~Task.sniff`), reads it into splits and finishes the backbone's
+preprocessing from the training data (:meth:`~Task.prepare`), hands strategies its batches (:meth:`~Task.loaders`,
+:meth:`~Task.batch_input`, :meth:`~Task.aggregate`), scores a trained model (:meth:`~Task.finish`), writes its report
+(:meth:`~Task.write`), and turns raw inputs into model inputs for ``predict``/``evaluate`` and back from a bundle
+(:meth:`~Task.encode`, :meth:`~Task.save_files`, :meth:`~Task.load_backbone`). The generic run
+(:func:`transferkit.pipeline.run`) calls these in order and asks no question about the data itself.
+
+Settings every run has live in :class:`RunSettings`; what only one task understands lives in its ``Options``
+dataclass (typed, validated in ``__post_init__``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..errors import TransferkitError
+
+
+@dataclass
+class RunSettings:
+    """What every run has, whatever the data. ``transferkit.fit``'s keyword arguments map onto these and onto the
+    task's own ``Options``."""
+
+    backbone: str | None = None  # one name (several are ranked before the run; see transferkit.pipeline)
+    strategy: str = "auto"
+    out: Path | None = None
+    seconds: float | None = None  # the time budget for training, in seconds; None: no budget
+    seed: int = 0
+    skip_bad: bool = False
+    val_fraction: float | None = None
+    test_fraction: float | None = None
+    cv: int | None = None
+    precision: str = "auto"
+    arch: str | None = None
+    cpu: bool | None = None
+    resume: bool = False
+    image_size: int | None = None
+    scratch_baseline: bool = False
+    strategy_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.cv is not None and (not isinstance(self.cv, int) or isinstance(self.cv, bool) or self.cv < 2):
+            raise TransferkitError(f"cv {self.cv!r} is not a number of folds: use 2 or more (5 is usual).")
+        for name in ("val_fraction", "test_fraction"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and 0 <= v < 1):
+                raise TransferkitError(f"{name} {v!r} is not a fraction: use a number from 0 to below 1, e.g. 0.2.")
+        if self.out is not None:
+            self.out = Path(self.out)
+
+
+@dataclass
+class Prepared:
+    """A task's data, read once: the splits as loaded (``train``/``val``/``test`` sources and ``classes``), the
+    backbone with its preprocessing finished from the training data, and each split encoded for the network."""
+
+    splits: Any
+    backbone: Any
+    encoded: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.splits.classes)
+
+
+class Task:
+    """One kind of work. Subclasses set the class attributes and override what differs; registered with
+    :func:`transferkit.tasks.register_task`.
+
+    The defaults here suit classification on a :class:`~transferkit.backbones` backbone; a task for other data
+    overrides :meth:`sniff`, :meth:`prepare`, the batch methods and, if its model is not a classifier,
+    :meth:`finish`/:meth:`write`.
+    """
+
+    name: ClassVar[str] = ""  # registry key, e.g. "image"; what ``modality=`` names
+    title: ClassVar[str] = ""  # for people: "image classification"
+    bundle_task: ClassVar[str] = ""  # config.json "task", e.g. "image-classification"
+    run_label: ClassVar[str] = ""  # metrics.json "task" when it says more than bundle_task ("medical-classification")
+    modality: ClassVar[str] = "image"  # what backbones and strategies are built for: image, text, audio, detection
+    Options: ClassVar[type] = None  # type: ignore[assignment]  # dataclass of this task's own settings
+    sniff_order: ClassVar[int] = 100  # lower sniffs first (boxes before texts before images)
+    ranks_backbones: ClassVar[bool] = True  # several backbones may be ranked (LogME on pooled features) first
+    inputs: ClassVar[str] = "files"  # what predict takes: "files" (paths or arrays) or "strings"
+    reading_options: ClassVar[tuple[str, ...]] = ()  # what evaluate's read_labelled takes besides the source
+    plural: ClassVar[str] = ""  # how an error names this task's data: "texts", "audio", "images"
+
+    # -- recognising and reading data -------------------------------------------------------------------------
+    def sniff(self, data: Any, options: Any) -> bool:
+        """Whether ``data`` looks like this task's data (``auto`` resolution)."""
+        return False
+
+    def options(self, **given: Any) -> Any:
+        """This task's ``Options`` from keyword arguments (unknown names are the caller's to refuse)."""
+        return self.Options(**given) if self.Options is not None else None
+
+    def check(self, settings: RunSettings, options: Any) -> None:
+        """Refuse settings that do not suit this task before any data is read (cheap checks only)."""
+
+    def load_splits(self, data: Any, settings: RunSettings, options: Any) -> Any:
+        """Read ``data`` into splits (train, val or None, test or None, ``classes``), as :meth:`prepare` does
+        before it builds the backbone (``compare`` draws its label budgets from these)."""
+        raise NotImplementedError
+
+    def prepare(self, data: Any, backbone: str | None, settings: RunSettings, options: Any,
+                parts: tuple[str, ...] = ("train", "val", "test")) -> Prepared:
+        """Read ``data`` into splits, build the backbone and finish its preprocessing from the training split, and
+        encode each of ``parts`` that exists."""
+        raise NotImplementedError
+
+    def check_prepared(self, prepared: Prepared, settings: RunSettings, options: Any) -> None:
+        """Checks that need the data (e.g. a named class exists) before any training."""
+
+    # -- what strategies see ----------------------------------------------------------------------------------
+    def strategy_names(self) -> list[str]:
+        """The strategies this task accepts (the contract tests run each)."""
+        from ..strategies import strategy_names
+
+        return strategy_names(self.modality)
+
+    def create_strategy(self, name: str, backbone: Any, overrides: dict[str, Any]) -> Any:
+        """The strategy ``name`` with this task's (and ``backbone``'s) defaults, then ``overrides``. ``backbone``
+        None: only validate the name and options."""
+        from ..strategies import create_strategy
+
+        profile = getattr(backbone, "profile", self.modality) if backbone is not None else None
+        return create_strategy(name, self.modality, profile, **overrides)
+
+    def train_task(self, prepared: Prepared, settings: RunSettings, options: Any, accelerator: Any,
+                   deadline: float | None, work_dir: Path | None) -> Any:
+        """What the strategy receives (:class:`~transferkit.strategies.TrainTask`)."""
+        from ..strategies import TrainTask
+
+        dec = prepared.encoded
+        return TrainTask(spec=prepared.backbone.spec, backbone=prepared.backbone, train=dec["train"],
+                         val=dec.get("val"), classes=prepared.classes, accelerator=accelerator, seed=settings.seed,
+                         deadline=deadline, work_dir=work_dir, cv=settings.cv, batches=self)
+
+    def loaders(self, task: Any, batch_size: int, augment: bool = False, hflip: bool = True) -> tuple:
+        """Training loader (epoch-seeded shuffling, augmentation when ``augment``) and validation loader (None
+        without a validation split), for ``task`` (a TrainTask of this kind)."""
+        from torch.utils.data import DataLoader
+
+        from ..engine.sampling import EpochShuffleSampler
+
+        n_train = self.rows(task.train)
+        # with a few dozen examples a full batch would mean two or three steps per epoch: keep about eight or more
+        bs = max(1, min(batch_size, max(8, n_train // 8), n_train))
+        train_ds = self.dataset(task.train, augment, hflip)
+        sampler = self.sampler(task) or EpochShuffleSampler(n_train, task.seed)
+        train = DataLoader(train_ds, batch_size=bs, sampler=sampler, drop_last=n_train > bs, num_workers=task.workers)
+        val = None
+        if task.val is not None:
+            val = DataLoader(self.dataset(task.val), batch_size=max(bs, self.val_batch), num_workers=task.workers)
+        return train, val
+
+    val_batch: ClassVar[int] = 32
+
+    def dataset(self, data: Any, augment: bool = False, hflip: bool = True) -> Any:
+        """A torch Dataset over encoded data (augmented draws when ``augment``)."""
+        raise NotImplementedError
+
+    def sampler(self, task: Any) -> Any:
+        """A training sampler other than epoch-seeded shuffling (e.g. class-balanced), or None."""
+        return None
+
+    def batch_input(self, backbone: Any) -> Callable[[Any], Any]:
+        """Loader batch -> model input."""
+        return lambda x: x
+
+    def aggregate(self, task: Any) -> Callable | None:
+        """Merge validation rows before scoring (audio: a recording's windows), or None."""
+        return None
+
+    def sample(self, data: Any, n: int) -> Any:
+        """The first ``n`` encoded examples as a loader batch (for timing and shape checks)."""
+        raise NotImplementedError
+
+    def rows(self, data: Any) -> int:
+        """How many rows the network sees for ``data`` (audio: windows)."""
+        return len(data)
+
+    # -- after training ---------------------------------------------------------------------------------------
+    def finish(self, result: Any, prepared: Prepared, settings: RunSettings, options: Any, train: Any,
+               extras: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+        """The trained model, everything ``metrics.json`` holds about it (scores on val/test, history...), and what
+        :meth:`write` draws from (e.g. the scored set's probabilities)."""
+        raise NotImplementedError
+
+    def write(self, out: Path, model: Any, metrics: dict[str, Any], prepared: Prepared,
+              plots: dict[str, Any]) -> dict[str, str]:
+        """Write the bundle (``out/model``), the metrics, plots and report; return the files written."""
+        raise NotImplementedError
+
+    # -- the bundle side --------------------------------------------------------------------------------------
+    def encode(self, model: Any, inputs: Any, skip_bad: bool) -> tuple[Any, list[Any]]:
+        """Raw inputs for ``predict`` -> model-ready data, and the inputs that were kept."""
+        raise NotImplementedError
+
+    def read_labelled(self, model: Any, source: Any, skip_bad: bool, **options: Any) -> Any:
+        """A labelled source for ``evaluate`` -> encoded data with targets in ``model.classes`` order."""
+        raise NotImplementedError
+
+    def save_files(self, backbone: Any, folder: Path) -> None:
+        """Extra bundle files the backbone needs to be rebuilt offline (tokenizer, encoder config...)."""
+
+    def load_backbone(self, folder: Path, spec: Any, config: dict[str, Any]) -> Any:
+        """Rebuild the backbone from a bundle folder (no download, no code run)."""
+        raise NotImplementedError
+
+    def describe_rows(self, rows: list[dict[str, Any]], data: Any) -> None:
+        """Add what this task says per predicted input (audio: how many windows were averaged)."""
+
+
+def refuse_option(name: str, task: Task, home: Task | None) -> TransferkitError:
+    """The one line for an option given to a task that does not take it."""
+    if task.name == "detection":
+        return TransferkitError(f"{name} does not apply to detection: leave it out.")
+    if home is None:
+        return TransferkitError(f"fit() has no option {name!r}.")
+    return TransferkitError(f"{name} applies to {home.plural}; these data are {task.name}.")
+
+
+def timed(timings: dict[str, float], key: str) -> Callable[[], None]:
+    """Start a stopwatch; calling the result stores the seconds since under ``key``."""
+    t = time.monotonic()
+
+    def stop() -> None:
+        timings[key] = time.monotonic() - t
+
+    return stop
+
+
+def replace_preprocess(backbone: Any, **changes: Any) -> None:
+    """Change the backbone's preprocessing (saved with the bundle, so predict reads alike)."""
+    backbone.preprocess = dataclasses.replace(backbone.preprocess, **changes)

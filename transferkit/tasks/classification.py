@@ -1,0 +1,301 @@
+"""What every classification task shares once a strategy has trained: the model built from the result, its
+scores on validation (or out of fold) and test, the scratch and classical baselines, and the run folder.
+
+Image, medical, text and audio tasks differ before training (reading, encoding, batches) and in a few hooks here:
+:meth:`ClassificationTask.calibrate` (medical: temperature and operating point), :meth:`data_summary` and
+:meth:`backbone_summary`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import TransferkitError
+from .base import Prepared, RunSettings, Task
+
+
+class ClassificationTask(Task):
+    """A classifier on a pretrained backbone; see :class:`~transferkit.tasks.base.Task`."""
+
+    balanced_choice = False  # choose epochs and models by balanced accuracy (medical)
+
+    # -- hooks ------------------------------------------------------------------------------------------------
+    def calibrate(self, model: Any, probs: dict, targets: dict, prepared: Prepared, options: Any, train: Any,
+                  out_of_fold: bool) -> dict[str, Any] | None:
+        """Fit what the model needs on validation before scoring (medical: calibration and threshold) and return
+        what the report shows about it; None when there is nothing to fit."""
+        return None
+
+    def data_summary(self, prepared: Prepared, multi_label: bool) -> dict[str, Any]:
+        summary = prepared.splits.summary()
+        summary["skipped"] = sum(len(d.skipped) for d in prepared.encoded.values())
+        return summary
+
+    def backbone_summary(self, backbone: Any) -> dict[str, Any]:
+        return {**backbone.spec.to_dict(), "preprocess": backbone.preprocess.to_dict(),
+                "num_features": backbone.num_features}
+
+    def model_meta(self, options: Any) -> dict[str, Any]:
+        """What the bundle keeps from this task's options (e.g. how multi-label cells were split)."""
+        return {}
+
+    def baseline_kind(self) -> str:
+        """Which classical baseline suits these data (:class:`~transferkit.strategies.classical.ClassicalBaseline`)."""
+        return self.modality
+
+    # -- after training ---------------------------------------------------------------------------------------
+    def build_model(self, network: Any, prepared: Prepared, files: dict[str, bytes] | None = None) -> Any:
+        from ..bundle.model import TransferModel
+
+        multi_label = prepared.encoded["train"].targets.ndim == 2
+        return TransferModel(network.cpu().eval(), prepared.classes, multi_label=multi_label, files=files, task=self)
+
+    def finish(self, result: Any, prepared: Prepared, settings: RunSettings, options: Any, train: Any,
+               extras: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+        from ..evaluation.metrics import classification_metrics, confidently_wrong, multilabel_metrics
+        from ..evaluation.report import train_val_gap
+
+        timings = extras["timings"]
+        dec, splits, classes = prepared.encoded, prepared.splits, prepared.classes
+        baseline_model = self._scratch(settings, prepared, train, extras) if settings.scratch_baseline and \
+            not result.strategy.startswith("scratch") else None
+        t = time.monotonic()
+        model = self.build_model(result.model, prepared, result.files)
+        multi_label = model.multi_label
+        probs = {n: model.predict_encoded(d, precision=settings.precision) for n, d in dec.items() if n != "train"}
+        targets = {name: dec[name].targets.numpy() for name in probs}
+        # what each scored set's rows are (the cross-validated estimate scores the training examples)
+        scored_data, scored_source = {n: dec[n] for n in probs}, {n: getattr(splits, n) for n in probs}
+        if result.cv is not None:  # no validation split: the out-of-fold predictions stand where validation would
+            probs["val"], targets["val"] = result.cv.probs.astype(np.float32), dec["train"].targets.numpy()
+            scored_data["val"], scored_source["val"] = dec["train"], splits.train
+        scored = "test" if "test" in probs else "val"
+        calibration = self.calibrate(model, probs, targets, prepared, options, train, result.cv is not None)
+        uncalibrated = probs
+        if calibration is not None:
+            probs = {name: model.calibrated(p) for name, p in probs.items()}
+        if multi_label:
+            scores = {name: multilabel_metrics(targets[name], p, classes) for name, p in probs.items()}
+        else:
+            scores = {name: classification_metrics(targets[name], p, classes, model.decide(p))
+                      for name, p in probs.items()}
+        binary_clinical = False
+        if calibration is not None:
+            from ..evaluation.clinical import clinical_metrics
+
+            binary_clinical = len(classes) == 2
+            for name, p in probs.items():
+                scores[name]["clinical"] = clinical_metrics(targets[name], p, classes, model.clinical["positive"],
+                                                            model.clinical["threshold"], seed=settings.seed)
+        metrics_extra: dict[str, Any] = {}
+        if baseline_model is not None:
+            cv_scored = scored == "val" and result.cv is not None
+            base_probs = baseline_model.meta["cv_probs"] if cv_scored else \
+                baseline_model.predict_encoded(dec[scored], precision=settings.precision)
+            if base_probs is None:  # cannot happen: the baseline cross-validates whenever the model did
+                raise TransferkitError("the scratch baseline has no cross-validated predictions to compare with")
+            metrics_extra["scratch_baseline"] = scratch_comparison(
+                baseline_model, base_probs, targets[scored], scores[scored], scored, classes, multi_label,
+                timings["scratch_baseline_s"], binary_clinical)
+        if settings.scratch_baseline:  # the non-deep baseline beside scratch: seconds, and sometimes the honest winner
+            tc = time.monotonic()
+            classical = classical_comparison(self.baseline_kind(), dec, train, result.cv is not None and
+                                             scored == "val", scored, targets[scored], scores[scored], classes,
+                                             multi_label, binary_clinical, settings.seed)
+            timings["classical_baseline_s"] = classical["seconds"] = round(time.monotonic() - tc, 1)
+            metrics_extra["classical_baseline"] = classical
+        timings["evaluate_s"] = time.monotonic() - t
+        timings["total_s"] = time.monotonic() - extras["t_start"]
+
+        history = result.history.to_dict()
+        gap = train_val_gap(history, scores["val"] if result.cv is not None else None)
+        for e in history["epochs"]:  # seconds since training began (time-to-accuracy); None before a resume
+            done = e.pop("finished_at", 0.0) - extras["wall_start"]
+            e["elapsed_s"] = round(done, 2) if done >= 0 else None
+        accelerator = train.accelerator
+        metrics = {
+            "task": self.run_label or self.bundle_task,
+            "strategy": result.strategy,
+            "backbone": self.backbone_summary(prepared.backbone),
+            "data": self.data_summary(prepared, multi_label),
+            "val": scores["val"],
+            "test": scores.get("test"),
+            "estimate": estimate(result.cv, scores["val"], multi_label, self.balanced_choice)
+            if result.cv is not None else None,
+            "confidently_wrong": confidently_wrong(targets[scored], probs[scored], classes,
+                                                   example_names(scored_data[scored], scored_source[scored]),
+                                                   getattr(scored_data[scored], "texts", None),
+                                                   y_pred=None if multi_label else model.decide(probs[scored])),
+            "history": history,
+            "train_val_gap": gap,
+            "trainable_params": result.trainable_params,
+            "precision": str(accelerator.mixed_precision),
+            "processes": accelerator.num_processes,
+            "device": str(accelerator.device),
+            "seed": settings.seed,
+            "budget_s": settings.seconds,
+            "timings": timings,
+            "details": result.details,
+        }
+        if calibration is not None:
+            metrics["clinical"] = calibration
+        if extras.get("ranking") is not None:
+            ranking = extras["ranking"]
+            metrics["backbone_ranking"] = {"ranked_by": ranking["ranked_by"], "chosen": ranking["ranking"][0],
+                                           "rows": [{k: r[k] for k in ("backbone", "logme", "leep", "nce", "hscore",
+                                                                       "knn")} for r in ranking["rows"]]}
+        metrics |= metrics_extra
+        model.meta = {"metrics": {k: metrics[k] for k in ("strategy", "val", "test", "estimate", "train_val_gap",
+                                                          "trainable_params", "data", "backbone_ranking",
+                                                          "scratch_baseline", "classical_baseline")
+                                  if metrics.get(k) is not None}}
+        if model.clinical is not None:
+            model.meta["clinical"] = model.clinical
+        model.meta |= self.model_meta(options)
+        # for the report's plots (not saved in metrics.json)
+        plots = {"set": scored, "y": targets[scored], "probs": probs[scored], "uncalibrated": uncalibrated[scored],
+                 "out_of_fold": scored == "val" and result.cv is not None}
+        return model, metrics, plots
+
+    def write(self, out: Path, model: Any, metrics: dict[str, Any], prepared: Prepared,
+              plots: dict[str, Any]) -> dict[str, str]:
+        from ..evaluation.report import write_run_report
+
+        model.save(out / "model")
+        files = write_run_report(out, metrics, prepared.classes)
+        self.write_extra(out, model, prepared, plots)
+        return files
+
+    def write_extra(self, out: Path, model: Any, prepared: Prepared, plots: dict[str, Any]) -> None:
+        """More plots for the run folder (medical: the ROC curve), from the scored set's ``plots``."""
+
+    def _scratch(self, settings: RunSettings, prepared: Prepared, train: Any, extras: dict[str, Any]) -> Any:
+        """The same architecture trained from random weights on the same splits, with the training time the
+        strategy had (its budget less the loading before training)."""
+        t = time.monotonic()
+        deadline = extras.get("deadline")
+        base_task = dataclasses.replace(train, deadline=time.monotonic() + (deadline - extras["train_t0"])
+                                        if deadline else None,
+                                        work_dir=train.work_dir / "scratch" if train.work_dir is not None else None)
+        opts = settings.strategy_options
+        epochs = {"epochs": opts["epochs"]} if "epochs" in opts else {}
+        base = self.create_strategy("scratch", prepared.backbone, epochs).fit(base_task)
+        model = self.build_model(base.model, prepared)
+        model.meta["history"] = base.history.to_dict()
+        model.meta["cv_probs"] = base.cv.probs if base.cv is not None else None
+        extras["timings"]["scratch_baseline_s"] = time.monotonic() - t
+        return model
+
+
+def scratch_comparison(baseline: Any, probs: np.ndarray, y: np.ndarray, scored_metrics: dict, part: str,
+                       classes: list[str], multi_label: bool, seconds: float, binary_medical: bool) -> dict[str, Any]:
+    """The scratch baseline scored on the same set as the model: its scores, and the model's lead over it.
+
+    Accuracy (micro-F1 for multi-label) is compared; for two-class medical data AUROC, which needs no threshold
+    (the model's threshold and calibration were tuned for it, the baseline's were not). ``resolved`` says whether
+    the lead is larger than half the test set's 95% interval."""
+    from ..evaluation.metrics import classification_metrics, multilabel_metrics
+    from ..evaluation.report import train_val_gap
+
+    m = multilabel_metrics(y, probs, classes) if multi_label else classification_metrics(y, probs, classes)
+    key = "micro_f1" if multi_label else "accuracy"
+    score, model_score, ci = m[key], scored_metrics[key], m.get(f"{key}_ci")
+    model_ci = scored_metrics.get(f"{key}_ci")
+    if binary_medical:
+        from ..evaluation.clinical import auroc
+
+        c = scored_metrics["clinical"]
+        k = classes.index(c["positive"])
+        key, score, model_score, ci, model_ci = "auroc", auroc(y == k, probs[:, k]), c["auroc"], None, \
+            c.get("auroc_ci")
+    history = baseline.meta["history"]
+    lead = model_score - score if score is not None and model_score is not None else None
+    half = (model_ci[1] - model_ci[0]) / 2 if model_ci else None
+    # a cross-validated baseline's final run has no validation scores: its out-of-fold ones stand in
+    unscored = history["epochs"][history["best_epoch"]]["val_acc"] is None
+    return {"set": part, "metric": key, "score": score, "score_ci": ci, "macro_f1": m["macro_f1"],
+            "model_score": model_score, "lead": lead,
+            "resolved": None if lead is None or half is None else abs(lead) > half,
+            "half_width": half, "seconds": round(seconds, 1), "epochs": len(history["epochs"]),
+            "stopped": history["stopped"],
+            "train_val_gap": train_val_gap(history, m if unscored else None)["accuracy"]}
+
+
+def classical_comparison(kind: str, dec: dict, task: Any, out_of_fold: bool, part: str, y: np.ndarray,
+                         scored_metrics: dict, classes: list[str], multi_label: bool, binary_medical: bool,
+                         seed: int) -> dict[str, Any]:
+    """The classical baseline (:class:`~transferkit.strategies.classical.ClassicalBaseline`) scored like the model:
+    out of fold on the same folds when the model's score is cross-validated, else trained on the training split and
+    scored on the same set. ``wins`` says whether it beat the model."""
+    from ..strategies.classical import ClassicalBaseline
+    from ..evaluation.metrics import classification_metrics, multilabel_metrics
+
+    k = len(classes)
+    if out_of_fold:
+        probs = np.zeros((len(y), k))
+        for tr, va in task.folds():
+            base = ClassicalBaseline(kind, seed=seed).fit(dec["train"].subset(tr), num_classes=k)
+            probs[va] = base.predict_proba(dec["train"].subset(va))
+    else:
+        base = ClassicalBaseline(kind, seed=seed).fit(dec["train"], num_classes=k)
+        probs = base.predict_proba(dec[part])
+    m = multilabel_metrics(y, probs, classes) if multi_label else classification_metrics(y, probs, classes)
+    key = "micro_f1" if multi_label else "accuracy"
+    score, model_score, ci = m[key], scored_metrics[key], m.get(f"{key}_ci")
+    if binary_medical:
+        from ..evaluation.clinical import auroc
+
+        c = scored_metrics["clinical"]
+        j = classes.index(c["positive"])
+        key, score, model_score, ci = "auroc", auroc(y == j, probs[:, j]), c["auroc"], None
+    model_ci = scored_metrics.get(f"{key}_ci") if key != "auroc" else scored_metrics["clinical"].get("auroc_ci")
+    lead = model_score - score if score is not None and model_score is not None else None
+    half = (model_ci[1] - model_ci[0]) / 2 if model_ci else None
+    return {"name": base.name_, "set": "cross-validated" if out_of_fold else part, "metric": key, "score": score,
+            "score_ci": ci, "macro_f1": m["macro_f1"], "model_score": model_score, "lead": lead,
+            "wins": lead is not None and lead < 0,
+            "resolved": None if lead is None or half is None else abs(lead) > half, "half_width": half}
+
+
+def estimate(cv: Any, scores: dict[str, Any], multi_label: bool, balanced: bool = False) -> dict[str, Any]:
+    """What the report says about a cross-validated estimate: how it was made, its score and interval (the fold
+    scores are balanced accuracy for medical runs, which choose by it)."""
+    key = "micro_f1" if multi_label else "balanced_accuracy" if balanced and "balanced_accuracy" in scores else \
+        "accuracy"
+    folds = np.asarray(cv.fold_scores, dtype=float)
+    return {"kind": "cross-validation", **cv.to_dict(), "metric": key, "score": scores[key],
+            "score_ci": scores.get(f"{key}_ci"), "n": scores["n"],
+            "fold_mean": float(folds.mean()), "fold_std": float(folds.std(ddof=1)) if len(folds) > 1 else 0.0}
+
+
+def example_names(encoded: Any, source: Any) -> list[str]:
+    """Where each scored example came from: a text's file/row, an image's path (or its position for arrays)."""
+    if hasattr(encoded, "names"):
+        return list(encoded.names)
+    return [f"array #{i}" if hasattr(source.items[i], "shape") else str(source.items[i]) for i in encoded.kept]
+
+
+def kept_positions(encoded: Any) -> list[int]:
+    """Each encoded example's position in its source (unreadable files skipped leave gaps)."""
+    return list(encoded.kept) if getattr(encoded, "kept", None) else list(range(len(encoded)))
+
+
+def announce(prepared: Prepared, shape: str) -> None:
+    """One console line: the splits' sizes and the backbone."""
+    from ..console import info
+
+    splits, bb = prepared.splits, prepared.backbone
+    val = f"{len(splits.val)} val" if splits.val is not None else "no val (cross-validated)"
+    info(f"data: {len(splits.train)} train / {val} / {len(splits.test) if splits.test else 0} test, "
+         f"{len(splits.classes)} classes; backbone {bb.spec.name} ({shape})")
+
+
+def existing_parts(splits: Any, parts: tuple[str, ...] = ("train", "val", "test")) -> list[tuple[str, Any]]:
+    """The splits that exist, among ``parts`` (``rank`` reads only train and val)."""
+    return [(name, ds) for name, ds in (("train", splits.train), ("val", splits.val), ("test", splits.test))
+            if ds is not None and name in parts]

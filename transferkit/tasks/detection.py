@@ -1,0 +1,189 @@
+"""Object detection: boxes (COCO / YOLO / VOC) -> detector (pretrained body + FPN + FCOS head) -> strategy ->
+engine -> COCO mAP, drawn examples, report -> bundle."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import TransferkitError
+from .base import Prepared, RunSettings, Task
+
+
+@dataclass
+class DetectionOptions:
+    """Detection takes no settings beyond the run's own (``image_size`` is the longer image side)."""
+
+
+def choose_image_size(items: list[Any]) -> int:
+    """The detector's input size (longer image side) when none is given: the median longer side of the training
+    images, rounded up to a multiple of 32 and kept between 128 and 512 (a CPU-friendly ceiling; pass
+    ``image_size`` for small objects in large photos)."""
+    from PIL import Image
+
+    sides = []
+    for item in items:
+        if isinstance(item, np.ndarray):
+            sides.append(max(item.shape[:2]))
+            continue
+        try:
+            with Image.open(item) as im:  # reads the header only
+                sides.append(max(im.size))
+        except OSError:
+            continue  # unreadable: decoding names it (or skips it)
+    side = float(np.median(sides)) if sides else 512.0
+    return int(min(512, max(128, int(np.ceil(side / 32)) * 32)))
+
+
+class DetectionTask(Task):
+    name = "detection"
+    title = "object detection"
+    bundle_task = "object-detection"
+    modality = "detection"
+    Options = DetectionOptions
+    sniff_order = 10
+    plural = "boxes"
+    ranks_backbones = False
+
+    def sniff(self, data: Any, hints: dict[str, Any]) -> bool:
+        from ..data.boxes import BoxSet, detect_box_format
+
+        if hints.get("labels") is not None:
+            return False
+        if isinstance(data, BoxSet):
+            return True
+        return isinstance(data, (str, Path)) and detect_box_format(data) is not None
+
+    def strategy_names(self) -> list[str]:
+        from ..strategies import detection_strategy_names
+
+        return detection_strategy_names()
+
+    def create_strategy(self, name: str, backbone: Any, overrides: dict[str, Any]) -> Any:
+        from ..strategies import create_detection_strategy
+
+        return create_detection_strategy(name, **overrides)
+
+    def check(self, settings: RunSettings, options: DetectionOptions) -> None:
+        if settings.scratch_baseline:
+            raise TransferkitError("Detection takes one backbone and no scratch_baseline: compare detectors with "
+                                   "--strategy scratch in a second run.")
+        if settings.image_size is not None and not 64 <= settings.image_size <= 2048:
+            raise TransferkitError(f"image_size {settings.image_size} is out of range for detection: use 64 to 2048 "
+                                   "pixels.")
+
+    def prepare(self, data: Any, backbone: str | None, settings: RunSettings, options: DetectionOptions,
+                parts: tuple[str, ...] = ("train", "val", "test")) -> Prepared:
+        from ..console import info
+        from ..data.boxes import load_box_splits
+        from ..data.detection import decode_boxes
+        from ..data.sources import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
+        from ..heads.detection import build_detector
+
+        t = time.monotonic()
+        # detection always holds out a validation split (no cross-validation of detectors yet)
+        val = DEFAULT_VAL_FRACTION if settings.val_fraction is None else settings.val_fraction
+        test = DEFAULT_TEST_FRACTION if settings.test_fraction is None else settings.test_fraction
+        splits = load_box_splits(data, val_fraction=val, test_fraction=test, seed=settings.seed,
+                                 skip_bad=settings.skip_bad)
+        size = settings.image_size or choose_image_size(splits.train.items)
+        det = build_detector(backbone, splits.classes, size, arch=settings.arch)
+        info(f"data ({splits.format}): {len(splits.train)} train / {len(splits.val)} val / "
+             f"{len(splits.test) if splits.test is not None else 0} test images, {len(splits.classes)} classes; "
+             f"detector FCOS on {det.spec.name} at {size} px")
+        timings = {"load_s": time.monotonic() - t}
+        t = time.monotonic()
+        dec = {name: decode_boxes(s, size, splits.classes, interpolation=det.preprocess.interpolation,
+                                  skip_bad=settings.skip_bad, description=f"decoding {name}")
+               for name, s in (("train", splits.train), ("val", splits.val), ("test", splits.test))
+               if s is not None and name in parts}
+        timings["decode_s"] = time.monotonic() - t
+        return Prepared(splits, det, dec, timings)
+
+    def train_task(self, prepared: Prepared, settings: RunSettings, options: Any, accelerator: Any,
+                   deadline: float | None, work_dir: Path | None) -> Any:
+        from ..strategies import TrainTask
+
+        dec = prepared.encoded
+        # detection strategies build their own loaders (lists of images and boxes): no batches object
+        return TrainTask(spec=prepared.backbone.spec, backbone=prepared.backbone, train=dec["train"], val=dec["val"],
+                         classes=prepared.classes, accelerator=accelerator, seed=settings.seed, deadline=deadline,
+                         work_dir=work_dir)
+
+    def finish(self, result: Any, prepared: Prepared, settings: RunSettings, options: Any, train: Any,
+               extras: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+        from ..bundle.detection import DetectionModel
+        from ..evaluation.detection import detection_metrics
+
+        timings, dec, splits = extras["timings"], prepared.encoded, prepared.splits
+        t = time.monotonic()
+        model = DetectionModel(result.model.cpu().eval(), splits.classes)
+        scores, preds = {}, {}
+        for name in ("val", "test"):
+            if name in dec:
+                d = dec[name]
+                preds[name] = model.detect_decoded(d, precision=settings.precision)
+                truth = [{"boxes": d.original_boxes(i), "labels": d.targets[i]} for i in range(len(d))]
+                scores[name] = detection_metrics(preds[name], truth, splits.classes)
+        scored = "test" if "test" in scores else "val"
+        timings["evaluate_s"] = time.monotonic() - t
+        timings["total_s"] = time.monotonic() - extras["t_start"]
+
+        summary = splits.summary()
+        summary["boxes"] = {name: d.box_count() for name, d in dec.items()}
+        summary["skipped"] = len(splits.skipped) + sum(len(d.skipped) for d in dec.values())
+        det, accelerator = prepared.backbone, train.accelerator
+        metrics = {
+            "task": self.bundle_task,
+            "strategy": result.strategy,
+            "backbone": {**det.spec.to_dict(), "preprocess": det.preprocess.to_dict()},
+            "detector": {"type": "FCOS", **det.config},
+            "data": summary,
+            "val": scores["val"],
+            "test": scores.get("test"),
+            "history": result.history.to_dict(),
+            "trainable_params": result.trainable_params,
+            "precision": str(accelerator.mixed_precision),
+            "processes": accelerator.num_processes,
+            "device": str(accelerator.device),
+            "seed": settings.seed,
+            "budget_s": settings.seconds,
+            "timings": timings,
+            "details": result.details,
+        }
+        model.meta = {"metrics": {k: metrics[k] for k in ("strategy", "val", "test", "data")}}
+        return model, metrics, {"set": scored, "preds": preds[scored]}
+
+    def write(self, out: Path, model: Any, metrics: dict[str, Any], prepared: Prepared,
+              plots: dict[str, Any]) -> dict[str, str]:
+        from ..data.images import load_pil
+        from ..evaluation.detection import write_detection_report
+
+        model.save(out / "model")
+        scored = plots["set"]
+        d = prepared.encoded[scored]
+        shown = example_indices(d, 6)
+        src = prepared.splits.test if scored == "test" else prepared.splits.val
+        examples = {"images": [np.asarray(load_pil(src.items[d.kept[i]])[0]) for i in shown],
+                    "preds": [plots["preds"][i] for i in shown],
+                    "truth": [{"boxes": d.original_boxes(i), "labels": d.targets[i]} for i in shown]}
+        return write_detection_report(out, metrics, examples)
+
+    def load_model(self, folder: Path, config: dict[str, Any]) -> Any:
+        from ..bundle.detection import DetectionModel
+
+        if not (folder / "model.safetensors").is_file():
+            raise TransferkitError(f"{folder} is a detector bundle without model.safetensors: copy the whole model/ "
+                                   "folder.")
+        return DetectionModel.from_config(folder, config)
+
+
+def example_indices(data: Any, n: int) -> list[int]:
+    """Images to draw in the report: spread over the set (not just the first few), deterministic."""
+    if len(data) <= n:
+        return list(range(len(data)))
+    return [int(round(i)) for i in np.linspace(0, len(data) - 1, n)]

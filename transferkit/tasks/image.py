@@ -1,0 +1,164 @@
+"""Image classification: class folders or a path,label table -> uint8 images decoded once at the backbone's
+input size -> random-resized-crop/flip batches, normalised in channels_last."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import TransferkitError
+from .base import Prepared, RunSettings, replace_preprocess
+from .classification import ClassificationTask, announce, existing_parts
+
+
+@dataclass
+class ImageOptions:
+    """Image settings beyond the run's own (``image_size`` is a run setting)."""
+
+    window: str | None = None  # DICOM/NIfTI/16-bit: "auto", a CT preset such as "lung", or "centre,width"
+    slices: str | None = None  # volumes: "2d" or "2.5d"
+
+    def __post_init__(self) -> None:
+        from ..data.medical import check_slices, check_window
+
+        self.window = check_window(self.window) if self.window is not None else None
+        self.slices = check_slices(self.slices) if self.slices is not None else None
+
+
+class ImageTensorDataset(Dataset):
+    """uint8 images (``DecodedImages``) held in memory; random-resized-crop and flip when ``augment``."""
+
+    def __init__(self, data: Any, augment: bool = False, hflip: bool = True):
+        self.pixels = data.pixels
+        self.targets = data.targets
+        self.transform = None
+        if augment:
+            from torchvision.transforms import v2
+
+            size = tuple(self.pixels.shape[-2:])
+            ops = [v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True)]
+            if hflip:
+                ops.append(v2.RandomHorizontalFlip())
+            self.transform = v2.Compose(ops)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.pixels[i]
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, self.targets[i]
+
+
+class ImageTask(ClassificationTask):
+    name = "image"
+    title = "image classification"
+    bundle_task = "image-classification"
+    modality = "image"
+    Options = ImageOptions
+    sniff_order = 90
+    plural = "images (DICOM, NIfTI, 16-bit PNG/TIFF)"
+    val_batch: ClassVar[int] = 64
+    patients: ClassVar[bool] = False  # patient-level splits (medical)
+    resize: ClassVar[str | None] = None  # the backbone's resize rule for these data, when not its own ("pad")
+
+    def sniff(self, data: Any, hints: dict[str, Any]) -> bool:
+        return True  # the fallback: anything that is not boxes, texts or audio is read as images
+
+    def load_splits(self, data: Any, settings: RunSettings, options: ImageOptions) -> Any:
+        from ..data.sources import load_splits
+
+        return load_splits(data, val_fraction=settings.val_fraction, test_fraction=settings.test_fraction,
+                           seed=settings.seed, skip_bad=settings.skip_bad, patients=self.patients,
+                           patient_column=getattr(options, "patient_column", None))
+
+    def prepare(self, data: Any, backbone: str | None, settings: RunSettings, options: ImageOptions,
+                parts: tuple[str, ...] = ("train", "val", "test")) -> Prepared:
+        """Images -> splits (patient-level for medical images), the image backbone (resolution, window and slices
+        applied) and every split decoded once."""
+        from ..backbones.registry import create_backbone
+        from ..data.images import decode
+
+        t = time.monotonic()
+        splits = self.load_splits(data, settings, options)
+        bb = create_backbone(backbone, arch=settings.arch, modality="image")
+        self.finish_preprocess(bb, settings, options)
+        if splits.val is not None and len(splits.val) == 0:
+            unit = "patients" if self.patients else "images"
+            raise TransferkitError(f"The validation split is empty: give each class at least 3 {unit} (or a val "
+                                   "split), so that epochs can be chosen on data the model does not train on.")
+        prepared = Prepared(splits, bb, {})
+        announce(prepared, f"{bb.num_features}-d features, {bb.preprocess.input_size[0]} px")
+        prepared.timings["load_s"] = time.monotonic() - t
+        t = time.monotonic()
+        prepared.encoded = {name: decode(ds, bb.preprocess, splits.classes, skip_bad=settings.skip_bad,
+                                         description=f"decoding {name}") for name, ds in existing_parts(splits, parts)}
+        prepared.timings["decode_s"] = time.monotonic() - t
+        return prepared
+
+    def finish_preprocess(self, bb: Any, settings: RunSettings, options: ImageOptions) -> None:
+        """The backbone's preprocessing for these data: window and slices, then the resolution."""
+        if options.window is not None or options.slices is not None:  # saved with the bundle: predict reads alike
+            replace_preprocess(bb, window=options.window or bb.preprocess.window,
+                               slices=options.slices or bb.preprocess.slices)
+        if self.resize is not None:
+            replace_preprocess(bb, resize=self.resize)
+        if settings.image_size is not None:
+            if settings.image_size < 32:
+                raise TransferkitError(f"Image size {settings.image_size} is too small: use 32 pixels or more.")
+            # the backbone's mean/std/interpolation stay; only the resolution changes (and is saved in the bundle)
+            replace_preprocess(bb, input_size=(settings.image_size, settings.image_size))
+
+    def backbone_summary(self, backbone: Any) -> dict[str, Any]:
+        return {**super().backbone_summary(backbone), "input_size": list(backbone.preprocess.input_size)}
+
+    # -- batches ----------------------------------------------------------------------------------------------
+    def dataset(self, data: Any, augment: bool = False, hflip: bool = True) -> Dataset:
+        return ImageTensorDataset(data, augment, hflip)
+
+    def sampler(self, task: Any) -> Any:
+        if task.balance == "sampler" and not task.multi_label:
+            from ..engine.sampling import EpochBalancedSampler
+
+            return EpochBalancedSampler(task.train.targets, task.seed)
+        return None
+
+    def batch_input(self, backbone: Any):
+        from ..data.images import image_prepare
+
+        return image_prepare(backbone.preprocess)
+
+    def sample(self, data: Any, n: int) -> Any:
+        return data.pixels[:n]
+
+    # -- bundle side ------------------------------------------------------------------------------------------
+    def encode(self, model: Any, inputs: Any, skip_bad: bool) -> tuple[Any, list[Any]]:
+        from ..data.images import decode
+        from ..data.sources import ImageSet
+
+        images = list(inputs)
+        data = decode(ImageSet(images, [model.classes[0]] * len(images)), model.preprocess, model.classes,
+                      skip_bad=skip_bad, description="decoding")
+        return data, [images[i] for i in data.kept]
+
+    def read_labelled(self, model: Any, source: Any, skip_bad: bool, **options: Any) -> Any:
+        from ..data.images import decode
+        from ..data.sources import load_test_set
+
+        images = load_test_set(source, skip_bad=skip_bad)
+        model.check_labels(set(images.labels), source)
+        return decode(images, model.preprocess, model.classes, skip_bad=skip_bad)
+
+    def load_backbone(self, folder: Path, spec: Any, config: dict[str, Any]) -> Any:
+        from ..backbones.protocol import PreprocessConfig
+        from ..backbones.registry import build
+
+        backbone = build(spec, pretrained=False)
+        backbone.preprocess = PreprocessConfig.from_dict(config["preprocess"])
+        return backbone

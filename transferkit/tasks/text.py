@@ -1,0 +1,169 @@
+"""Text classification (single- and multi-label): class folders of .txt, tables, DataFrames, Hugging Face
+datasets or lists of strings -> token ids, tokenised once -> batches trimmed to their longest text."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import TransferkitError
+from .base import Prepared, RunSettings, replace_preprocess
+from .classification import ClassificationTask, announce, existing_parts
+
+
+@dataclass
+class TextTaskOptions:
+    """How to read texts and how long they may be."""
+
+    labels: list[Any] | None = None  # with a list of strings as data: one label (or list of labels) per text
+    text_column: str | None = None  # table column holding the text (default: guessed)
+    label_column: str | None = None  # table column holding the label (default: guessed)
+    label_sep: str | None = None  # e.g. "|" for multi-label cells such as "sport|politics"
+    encoding: str = "utf-8"
+    max_length: int | None = None  # tokens per text (default: the encoder's)
+
+    def __post_init__(self) -> None:
+        if self.max_length is not None and (not isinstance(self.max_length, int) or isinstance(self.max_length, bool)):
+            raise TransferkitError(f"max_length {self.max_length!r} is not a number of tokens: use e.g. 128.")
+
+    def reader(self, skip_bad: bool) -> Any:
+        from ..data.text import TextOptions
+
+        return TextOptions(self.text_column, self.label_column, self.label_sep, self.encoding, skip_bad)
+
+
+class TokenDataset(Dataset):
+    """Token ids and masks held in memory (padded to the set's longest text; batches are trimmed later)."""
+
+    def __init__(self, data: Any):
+        self.ids, self.mask, self.targets = data.input_ids, data.attention_mask, data.targets
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        return (self.ids[i], self.mask[i]), self.targets[i]
+
+
+class TextTask(ClassificationTask):
+    name = "text"
+    title = "text classification"
+    bundle_task = "text-classification"
+    modality = "text"
+    Options = TextTaskOptions
+    sniff_order = 20
+    plural = "texts"
+    inputs = "strings"
+    reading_options = ("text_column", "label_column", "label_sep", "encoding")
+
+    def sniff(self, data: Any, hints: dict[str, Any]) -> bool:
+        from ..data.text import is_text_source
+
+        if hints.get("labels") is not None:
+            return True
+        return is_text_source(data, self.options(**{k: v for k, v in hints.items()
+                                                    if k in TextTaskOptions.__dataclass_fields__}).reader(False))
+
+    def check(self, settings: RunSettings, options: TextTaskOptions) -> None:
+        if settings.image_size is not None:
+            raise TransferkitError("image_size applies to images; for texts set max_length.")
+
+    def load_splits(self, data: Any, settings: RunSettings, options: TextTaskOptions) -> Any:
+        from ..data.text import load_text_splits
+
+        return load_text_splits(data, labels=options.labels, options=options.reader(settings.skip_bad),
+                                val_fraction=settings.val_fraction, test_fraction=settings.test_fraction,
+                                seed=settings.seed)
+
+    def prepare(self, data: Any, backbone: str | None, settings: RunSettings, options: TextTaskOptions,
+                parts: tuple[str, ...] = ("train", "val", "test")) -> Prepared:
+        """Texts -> splits, the text backbone (max length applied) and token ids of every split, tokenised once."""
+        from ..backbones.registry import create_backbone
+        from ..data.text import encode_set
+
+        t = time.monotonic()
+        self.check(settings, options)
+        splits = self.load_splits(data, settings, options)
+        bb = create_backbone(backbone, arch=settings.arch, modality="text")
+        if options.max_length is not None:
+            limit = bb.max_length_limit()
+            if not 8 <= options.max_length <= limit:
+                raise TransferkitError(f"max_length {options.max_length} is out of range for {bb.spec.name}: use 8 "
+                                       f"to {limit}.")
+            replace_preprocess(bb, max_length=options.max_length)
+        prepared = Prepared(splits, bb, {})
+        announce(prepared, f"{bb.num_features}-d, {bb.preprocess.pooling} pooling, {bb.preprocess.max_length} tokens")
+        prepared.timings["load_s"] = time.monotonic() - t
+        t = time.monotonic()
+        prepared.encoded = {name: encode_set(ds, bb, splits.classes, f"tokenising {name}")
+                            for name, ds in existing_parts(splits, parts)}
+        prepared.timings["tokenize_s"] = time.monotonic() - t
+        return prepared
+
+    def data_summary(self, prepared: Prepared, multi_label: bool) -> dict[str, Any]:
+        return prepared.splits.summary() | {
+            "multi_label": multi_label, "max_length": prepared.backbone.preprocess.max_length,
+            "truncated": {name: d.truncated for name, d in prepared.encoded.items()}}
+
+    def model_meta(self, options: TextTaskOptions) -> dict[str, Any]:
+        # evaluate() reads multi-label cells the same way
+        return {"label_sep": options.label_sep} if options.label_sep is not None else {}
+
+    # -- batches ----------------------------------------------------------------------------------------------
+    def dataset(self, data: Any, augment: bool = False, hflip: bool = True) -> Dataset:
+        return TokenDataset(data)
+
+    def batch_input(self, backbone: Any):
+        from ..engine.inference import text_batch
+
+        return lambda x: text_batch(x[0], x[1])
+
+    def sample(self, data: Any, n: int) -> Any:
+        return data.input_ids[:n], data.attention_mask[:n]
+
+    # -- bundle side ------------------------------------------------------------------------------------------
+    def encode(self, model: Any, inputs: Any, skip_bad: bool) -> tuple[Any, list[Any]]:
+        from ..console import warn
+        from ..data.text import encode_texts
+
+        if isinstance(inputs, str):
+            raise TransferkitError("Pass a list of texts, not a single string: model.predict([text]).")
+        ok = [isinstance(t, str) and bool(t.strip()) for t in inputs]
+        bad = [i for i, good in enumerate(ok) if not good]
+        kept = [t for t, good in zip(inputs, ok, strict=True) if good]
+        if bad and not skip_bad:
+            raise TransferkitError(f"Input #{bad[0]} is empty or not a string: give non-empty texts (or "
+                                   "skip_bad=True).")
+        if bad:
+            warn(f"skipped {len(bad)} empty input(s)")
+        bb = model.classifier.backbone
+        return encode_texts(kept, bb.tokenizer, bb.preprocess.max_length, description="tokenising"), kept
+
+    def read_labelled(self, model: Any, source: Any, skip_bad: bool, **options: Any) -> Any:
+        from ..data.text import TextOptions, encode_set, load_text_eval_set
+
+        # read labels the way training did: the model says single- or multi-label, and how cells were split
+        options.setdefault("label_sep", model.meta.get("label_sep"))
+        if options["label_sep"] is None:
+            options.pop("label_sep")
+        texts = load_text_eval_set(source, TextOptions(skip_bad=skip_bad, multi_label=model.multi_label, **options))
+        model.check_labels(texts.label_names(), source)
+        return encode_set(texts, model.classifier.backbone, model.classes)
+
+    def save_files(self, backbone: Any, folder: Path) -> None:
+        from ..backbones.text import save_text_files
+
+        save_text_files(backbone, folder)
+
+    def load_backbone(self, folder: Path, spec: Any, config: dict[str, Any]) -> Any:
+        from ..backbones.text import TextPreprocessConfig, load_text_files
+
+        if not (folder / "tokenizer").is_dir() or not (folder / "encoder" / "config.json").is_file():
+            raise TransferkitError(f"{folder} is a text bundle without tokenizer/ or encoder/config.json: copy the "
+                                   "whole model/ folder.")
+        return load_text_files(folder, spec, TextPreprocessConfig.from_dict(config["preprocess"]))
