@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..console import console, progress, quiet
-from ..engine.loop import write_checkpoint
+from ..engine.trainer import write_checkpoint
 
 CHECKPOINT = "last.pt"
 

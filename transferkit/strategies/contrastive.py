@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..console import progress
 from ..engine.inference import text_batch
-from ..engine.loop import _any_process
+from ..engine.trainer import any_process
 from ..engine.optim import param_groups, trainable_parameters, warmup_cosine
 from ..errors import TransferkitError
 from ..heads import Classifier
@@ -159,7 +159,7 @@ class ContrastiveStrategy:
                     seen += len(y)
                     bar.update(job, advance=1, status=f"loss {total / seen:.4f}")
                     late = task.deadline is not None and time.monotonic() + (time.monotonic() - t) > task.deadline
-                    if _any_process(acc, late):
+                    if any_process(acc, late):
                         out_of_time = True
                         break
                 # every process's pairs count, so all ranks record the same loss
