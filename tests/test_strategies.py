@@ -183,7 +183,10 @@ def test_resume_after_a_crash_reaches_the_same_weights(tmp_path):
     assert len(history.epochs) == 4
     for k, v in model.state_dict().items():
         assert torch.allclose(v, reference[k], atol=1e-6), k
-    assert len(reference_last) > 0
+    resumed_last = list(opt.state_dict()["state"][0].values())
+    assert len(reference_last) == len(resumed_last) == 3  # step, exp_avg, exp_avg_sq of the first parameter
+    for got, want in zip(resumed_last, reference_last, strict=True):
+        assert torch.allclose(got, want, atol=1e-6)
 
 
 def test_time_budget_plans_epochs_that_fit(colour_splits, tiny_backbone):

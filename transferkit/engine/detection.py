@@ -1,15 +1,11 @@
-"""The detection loop: the detector computes its own losses (FCOS: focal classification, GIoU regression,
-centre-ness), so this loop sums them, steps AdamW under Accelerate, scores the validation images by COCO mAP
-after each epoch, stops early, keeps the best weights, and writes an epoch checkpoint so a run resumes.
-
-It mirrors :func:`transferkit.engine.loop.train` (same history, same checkpoint layout) rather than sharing it:
-classification compares logits with labels, detection has neither.
+"""Detection training: the detector computes its own losses (FCOS: focal classification, GIoU regression,
+centre-ness), so the step sums them; the validation images are scored by COCO mAP after each epoch. The engine
+(:func:`transferkit.engine.trainer.fit`) runs the epochs, early stopping, best weights and checkpoints, as it does
+for classification. Also :func:`detect`, inference on uint8 images.
 """
 
 from __future__ import annotations
 
-import copy
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..console import progress
-from .loop import History, _any_process, _save_checkpoint, resume_checkpoint
+from .trainer import History, fit
 
 
 @dataclass
@@ -34,7 +30,8 @@ class DetectionEpoch:
     stage: int = 0
 
 
-def _better(a: DetectionEpoch, b: DetectionEpoch | None) -> bool:
+def better(a: DetectionEpoch, b: DetectionEpoch | None) -> bool:
+    """Whether epoch ``a`` beats the best so far ``b`` (None: ``a`` is the first)."""
     # mAP@[.5:.95] first; small validation sets tie often, then mAP@.5, then the lower training loss
     return b is None or (a.val_map, a.val_map50, -a.train_loss) > (b.val_map, b.val_map50, -b.train_loss)
 
@@ -76,6 +73,35 @@ def detect(model: nn.Module, images: list[torch.Tensor], *, device: torch.device
     return out
 
 
+class Detection:
+    """The detection :class:`~transferkit.engine.trainer.Method`: the detector's own losses summed, COCO mAP on the
+    validation images after each epoch, and the best epoch by mAP@[.5:.95], then mAP@.5, then training loss."""
+
+    record = DetectionEpoch
+
+    def __init__(self, accelerator, validate: Callable[[nn.Module], tuple[float, float]]):
+        self.accelerator, self.validate = accelerator, validate
+        self.better = better
+
+    def start_epoch(self, epoch: int) -> None:
+        pass
+
+    def step(self, model: nn.Module, batch) -> tuple[torch.Tensor, int]:
+        images, targets = to_device(*batch, self.accelerator.device)
+        losses = model(images, targets)
+        return sum(v.float() for v in losses.values()), len(images)
+
+    def train_scores(self, seen: float) -> dict[str, float]:
+        return {}
+
+    def evaluate(self, model: nn.Module, epoch: int) -> tuple[dict[str, float], str | None]:
+        val_map, val_map50 = self.validate(self.accelerator.unwrap_model(model))
+        return {"val_map": val_map, "val_map50": val_map50}, None
+
+    def status(self, rec: DetectionEpoch) -> str:
+        return f"loss {rec.train_loss:.3f} val mAP {rec.val_map:.3f}"
+
+
 def train_detector(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -92,66 +118,14 @@ def train_detector(
     checkpoint_dir: str | Path | None = None,
     description: str = "training",
 ) -> tuple[History, dict[str, torch.Tensor]]:
-    """Train a detector; return its history and the best epoch's weights (already loaded into ``model``).
+    """Train a detector; return its history and the best epoch's weights (already loaded into ``model``):
+    :func:`transferkit.engine.trainer.fit` with the :class:`Detection` method.
 
     ``validate(model)`` returns (mAP@[.5:.95], mAP@.5) on the validation images. ``on_epoch_start(epoch)`` may
     change what trains (gradual unfreezing, frozen BatchNorm) and returns the stage number. ``deadline`` stops
     before an epoch that would not finish in time. With ``checkpoint_dir`` an epoch checkpoint is written, and an
     existing one is resumed from. Gradients are clipped to ``grad_clip`` (regression losses spike early on).
     """
-    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
-    ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
-    history, best_state = resume_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler, DetectionEpoch)
-    start_epoch = len(history.epochs)
-    bad_epochs = 0 if history.best_epoch < 0 else len(history.epochs) - 1 - history.best_epoch
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    with progress() as bar:
-        task = bar.add_task(description, total=epochs, completed=start_epoch, status="")
-        steps = bar.add_task("  steps", total=len(train_loader), status="")
-        for epoch in range(start_epoch, epochs):
-            t0 = time.monotonic()
-            if hasattr(train_loader, "set_epoch"):
-                train_loader.set_epoch(epoch)
-            model.train()
-            stage = on_epoch_start(epoch) if on_epoch_start else 0
-            total, seen = 0.0, 0
-            bar.reset(steps, total=len(train_loader), description=f"  epoch {epoch + 1}")
-            for images, targets in train_loader:
-                images, targets = to_device(images, targets, accelerator.device)
-                with accelerator.autocast():
-                    losses = model(images, targets)
-                loss = sum(v.float() for v in losses.values())
-                optimizer.zero_grad(set_to_none=True)
-                accelerator.backward(loss)
-                if grad_clip:
-                    accelerator.clip_grad_norm_(params, grad_clip)
-                optimizer.step()
-                scheduler.step()
-                total += loss.item() * len(images)
-                seen += len(images)
-                bar.update(steps, advance=1, status=f"loss {total / seen:.3f}")
-            sums = accelerator.reduce(torch.tensor([total, seen], dtype=torch.float64, device=accelerator.device), "sum")
-            total, seen = sums.tolist()
-            val_map, val_map50 = validate(accelerator.unwrap_model(model))
-            rec = DetectionEpoch(epoch, total / max(1, seen), val_map, val_map50,
-                                 max(g["lr"] for g in optimizer.param_groups), time.monotonic() - t0, stage)
-            history.epochs.append(rec)
-            if _better(rec, history.best if history.best_epoch >= 0 else None):
-                history.best_epoch = epoch
-                best_state = copy.deepcopy(accelerator.unwrap_model(model).state_dict())
-                bad_epochs = 0
-            else:
-                bad_epochs += 1
-            bar.update(task, advance=1, status=f"loss {rec.train_loss:.3f} val mAP {val_map:.3f}")
-            if ckpt is not None and accelerator.is_main_process:
-                _save_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler, history, best_state)
-            if _any_process(accelerator, bad_epochs >= patience):
-                history.stopped = "early stopping"
-                break
-            if deadline is not None and _any_process(accelerator, time.monotonic() + rec.seconds > deadline):
-                history.stopped = "time budget"
-                break
-    assert best_state is not None
-    accelerator.unwrap_model(model).load_state_dict(best_state)
-    return history, best_state
-
+    return fit(Detection(accelerator, validate), model, optimizer, scheduler, train_loader, accelerator,
+               epochs=epochs, patience=patience, deadline=deadline, on_epoch_start=on_epoch_start,
+               grad_clip=grad_clip, checkpoint_dir=checkpoint_dir, description=description)

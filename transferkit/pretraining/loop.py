@@ -7,6 +7,19 @@ same record, and only the main process prints, writes checkpoints and, at the en
 epoch's end; ``resume`` continues from it. Dropout is seeded from ``(seed, step, rank)`` and augmentation from
 ``(seed, epoch, example)``, so a run killed at any moment and resumed on the same hardware ends with the weights an
 uninterrupted run ends with (bit for bit on CPUs, tested; GPUs may pick non-deterministic cuDNN kernels).
+
+Why this loop is not run by the training engine (:func:`transferkit.engine.trainer.fit`), which the
+classification, detection and contrastive loops use: the engine's unit is the epoch, and pre-training's is the
+step. The engine checkpoints after an epoch, resumes at an epoch's start by restoring the CPU RNG state, and
+decides at each epoch's end (evaluation, best weights, early stopping, time budget). Pre-training needs none of
+those decisions (no "better" epoch, no early stopping, no time budget: the last weights are the result) and
+instead needs what the engine does not have: a checkpoint every ``checkpoint_every`` steps and resume at that
+step inside an epoch (the loader restarts mid-epoch, ``make_loader(step)``, and dropout is re-seeded per step,
+since a saved RNG state would not say where in the epoch it was), a log point every ``log_every`` steps with
+sums reduced across processes, samples/s and an ETA, a ``log.txt`` cut back to the checkpoint on resume, the
+fp16 loss scale and the run's settings in the checkpoint, and a record of sessions. Teaching the engine a second
+cadence and a second resume model would make it harder to read than the two loops are apart. What is shared is
+public: the atomic :func:`~transferkit.engine.trainer.write_checkpoint`.
 """
 
 from __future__ import annotations
@@ -21,7 +34,7 @@ import torch
 from torch import nn
 
 from ..console import console, progress, quiet
-from ..engine.loop import write_checkpoint
+from ..engine.trainer import write_checkpoint
 
 CHECKPOINT = "last.pt"
 

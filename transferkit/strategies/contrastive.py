@@ -19,9 +19,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..console import progress
 from ..engine.inference import text_batch
-from ..engine.loop import _any_process
+from ..engine.trainer import fit
 from ..engine.optim import param_groups, trainable_parameters, warmup_cosine
 from ..errors import TransferkitError
 from ..heads import Classifier
@@ -125,44 +124,50 @@ class ContrastiveStrategy:
         )
 
     def tune(self, encoder: nn.Module, pairs: list[tuple[int, int, float]], task: TrainTask) -> list[float]:
-        """Cosine-similarity regression on pairs (sentence-transformers' CosineSimilarityLoss); returns loss per epoch."""
+        """Cosine-similarity regression on pairs (sentence-transformers' CosineSimilarityLoss); returns loss per
+        epoch. Runs on the engine with no validation (the last weights are kept) and the time budget checked
+        before each step: one epoch over many pairs can be most of the budget."""
         cfg = self.config
-        acc = task.accelerator
         loader = DataLoader(PairDataset(task.train, pairs), batch_size=cfg.batch_size, shuffle=True,
                             generator=torch.Generator().manual_seed(task.seed))
         opt = torch.optim.AdamW(param_groups(encoder.layer_groups(), [], cfg.lr, cfg.weight_decay))
         steps = cfg.epochs * len(loader)
         sched = warmup_cosine(opt, steps, warmup_steps=int(cfg.warmup_fraction * steps))
-        model, opt, loader, sched = acc.prepare(encoder, opt, loader, sched)
-        losses: list[float] = []
-        out_of_time = False
-        with progress() as bar:
-            job = bar.add_task("contrastive pairs", total=cfg.epochs * len(loader), status="")  # this process's steps
-            for _ in range(cfg.epochs):
-                if out_of_time:
-                    break
-                model.train()
-                total, seen = 0.0, 0
-                for ids_a, mask_a, ids_b, mask_b, y in loader:
-                    t = time.monotonic()
-                    # both sides in one forward pass (rows share the set's padding width; trimmed to the longest)
-                    batch = text_batch(torch.cat([ids_a, ids_b]), torch.cat([mask_a, mask_b]))
-                    with acc.autocast():
-                        emb = model(batch).float()
-                    a, b = emb[: len(y)], emb[len(y):]
-                    loss = nn.functional.mse_loss(nn.functional.cosine_similarity(a, b), y)
-                    opt.zero_grad(set_to_none=True)
-                    acc.backward(loss)
-                    opt.step()
-                    sched.step()
-                    total += loss.item() * len(y)
-                    seen += len(y)
-                    bar.update(job, advance=1, status=f"loss {total / seen:.4f}")
-                    late = task.deadline is not None and time.monotonic() + (time.monotonic() - t) > task.deadline
-                    if _any_process(acc, late):
-                        out_of_time = True
-                        break
-                # every process's pairs count, so all ranks record the same loss
-                sums = acc.reduce(torch.tensor([total, seen], dtype=torch.float64, device=acc.device), "sum")
-                losses.append(float(sums[0] / max(1.0, float(sums[1]))))
-        return losses
+        history, _ = fit(PairTuning(), encoder, opt, sched, loader, task.accelerator, epochs=cfg.epochs,
+                         deadline=task.deadline, budget="step", description="contrastive pairs")
+        return [rec.train_loss for rec in history.epochs]
+
+
+@dataclass
+class PairEpoch:
+    epoch: int
+    train_loss: float  # mean squared error of the pairs' cosine similarities, over every process's pairs
+    lr: float
+    seconds: float
+
+
+class PairTuning:
+    """The engine :class:`~transferkit.engine.trainer.Method` of the pair tuning: no validation, the last weights
+    kept (``better = None``)."""
+
+    record = PairEpoch
+    better = None
+
+    def start_epoch(self, epoch: int) -> None:
+        pass
+
+    def step(self, model: nn.Module, batch) -> tuple[torch.Tensor, int]:
+        ids_a, mask_a, ids_b, mask_b, y = batch
+        # both sides in one forward pass (rows share the set's padding width; trimmed to the longest)
+        emb = model(text_batch(torch.cat([ids_a, ids_b]), torch.cat([mask_a, mask_b]))).float()
+        a, b = emb[: len(y)], emb[len(y):]
+        return nn.functional.mse_loss(nn.functional.cosine_similarity(a, b), y), len(y)
+
+    def train_scores(self, seen: float) -> dict[str, float]:
+        return {}
+
+    def evaluate(self, model: nn.Module, epoch: int) -> tuple[dict[str, float], str | None]:
+        return {}, None
+
+    def status(self, record: PairEpoch) -> str:
+        return f"loss {record.train_loss:.4f}"

@@ -172,10 +172,10 @@ class GradualStrategy(DetectionStrategy):
     config_class = DetectGradualConfig
 
     def schedule(self, det: nn.Module):
-        from .finetune import _group_modules
+        from .finetune import group_modules
 
         groups, norms = det.layer_groups(), _body_norms(det)
-        per_group = _group_modules(det)
+        per_group = group_modules(det)
         every = max(1, self.config.unfreeze_every)
 
         def on_epoch_start(epoch: int) -> int:

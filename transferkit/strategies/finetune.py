@@ -169,7 +169,7 @@ class GradualStrategy(FinetuneStrategy):
 
     def schedule(self, backbone):
         groups = backbone.layer_groups()
-        modules = _group_modules(backbone)
+        modules = group_modules(backbone)
         every = max(1, self.config.unfreeze_every)
 
         def on_epoch_start(epoch: int) -> int:
@@ -207,8 +207,9 @@ class ScratchStrategy(FinetuneStrategy):
         return task.backbone.random_like()
 
 
-def _group_modules(backbone) -> list[list[nn.Module]]:
-    """For each layer group, its normalisation modules (those whose mode matters when frozen)."""
+def group_modules(backbone) -> list[list[nn.Module]]:
+    """For each layer group of ``backbone`` (``layer_group_names()``), its BatchNorm modules: those whose mode
+    matters when the group is frozen (gradual unfreezing keeps them in eval mode until their group trains)."""
     out = []
     for group in backbone.layer_group_names():
         owners = {n.rsplit(".", 1)[0] for n in group}
