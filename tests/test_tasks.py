@@ -168,7 +168,7 @@ class MLPBackbone(nn.Module):
 
         self.body = nn.Sequential(nn.Linear(dim, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU())
         self.num_features = width
-        self.spec = BackboneSpec(name="toy-mlp", source="test", id="toy-mlp", pretrained=False)
+        self.spec = BackboneSpec(name="toy-mlp", source="test", arch="mlp", weights="random")
         self.preprocess = PreprocessConfig()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from ..console import progress, warn
 from ..errors import DataError
-from .images import _INTERP, load_pil
+from .images import INTERPOLATION, load_pil
 
 
 @dataclass
@@ -51,7 +51,7 @@ def decode_boxes(source: Any, size: int, classes: list[str], *, interpolation: s
     """Decode every image of a :class:`~transferkit.data.boxes.BoxSet` once, longer side to ``size``, boxes scaled."""
     n = len(source)
     index = {c: i for i, c in enumerate(classes)}
-    resample = _INTERP.get(interpolation, _INTERP["bilinear"])
+    resample = INTERPOLATION.get(interpolation, INTERPOLATION["bilinear"])
 
     def work(i: int):
         try:

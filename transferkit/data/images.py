@@ -23,7 +23,8 @@ from ..console import progress, warn
 from ..errors import DataError
 from .sources import ImageSet, Item
 
-_INTERP = {
+# the backbone's interpolation name -> PIL's resampling filter (shared by every image reader)
+INTERPOLATION = {
     "bicubic": Image.Resampling.BICUBIC,
     "bilinear": Image.Resampling.BILINEAR,
     "nearest": Image.Resampling.NEAREST,
@@ -120,13 +121,13 @@ def resize_center_crop(img: Image.Image, pre: PreprocessConfig) -> np.ndarray:
         side = max(iw, ih)
         square = Image.new(img.mode, (side, side))
         square.paste(img, ((side - iw) // 2, (side - ih) // 2))
-        square = square.resize((w, h), _INTERP.get(pre.interpolation, Image.Resampling.BICUBIC))
+        square = square.resize((w, h), INTERPOLATION.get(pre.interpolation, Image.Resampling.BICUBIC))
         return np.array(square, dtype=np.uint8)
     scale_to = int(round(max(h, w) / pre.crop_pct))
     iw, ih = img.size
     ratio = scale_to / min(iw, ih)
     nw, nh = max(w, round(iw * ratio)), max(h, round(ih * ratio))
-    img = img.resize((nw, nh), _INTERP.get(pre.interpolation, Image.Resampling.BICUBIC))
+    img = img.resize((nw, nh), INTERPOLATION.get(pre.interpolation, Image.Resampling.BICUBIC))
     left, top = (nw - w) // 2, (nh - h) // 2
     return np.array(img.crop((left, top, left + w, top + h)), dtype=np.uint8)
 

@@ -245,7 +245,7 @@ def read_table(path: Path, skip_bad: bool = False, kind: str = "image", patient_
     rows, hashed as it is read. ``labelled=False`` (unlabelled pre-training) needs only the path column; labels
     are then empty strings where the table has none."""
     _, cls = _kind(kind)
-    rows = _read_rows(path)
+    rows = read_rows(path)
     if not rows:
         raise DataError(f"{path} has no rows: add one row per {kind} file with path and label.")
     cols = set(rows[0][1])
@@ -316,7 +316,8 @@ def table_columns(path: Path) -> set[str]:
         raise DataError(f"{path} does not start with a readable header ({type(err).__name__}).") from None
 
 
-def _read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
+def read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
+    """A CSV/TSV/JSONL table's rows as ``(line number, {column: value})``; one clear line for an unreadable one."""
     suffix = path.suffix.lower()
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -519,7 +520,7 @@ def detect_kind(source: object) -> str:
                 files.append(f)
     elif path.is_file() and path.suffix.lower() in (".csv", ".tsv", ".jsonl", ".ndjson"):
         try:
-            rows = _read_rows(path)[:50]
+            rows = read_rows(path)[:50]
         except DataError:
             return "image"
         patient_column = bool(rows) and any(c in rows[0][1] for c in MEDICAL_COLUMNS)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..console import info, progress, warn
 from ..errors import DataError
-from .sources import PATH_COLUMNS, SPLIT_DIRS, Splits, _read_rows, carve_splits, table_columns
+from .sources import PATH_COLUMNS, SPLIT_DIRS, Splits, read_rows, carve_splits, table_columns
 
 if TYPE_CHECKING:
     import torch
@@ -281,7 +281,7 @@ def read_text_table(path: Path, opts: TextOptions) -> tuple[TextSet, dict[str, T
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long documents in one cell are fine
     if opts.encoding.lower().replace("-", "") not in ("utf8", "utf8sig"):
         raise DataError(f"{path}: tables are read as UTF-8; re-save it as UTF-8 (--encoding applies to .txt folders).")
-    rows = _read_rows(path)
+    rows = read_rows(path)
     if not rows:
         raise DataError(f"{path} has no rows: add one row per text with its label.")
     records = [r for _, r in rows]

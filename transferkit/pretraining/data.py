@@ -137,14 +137,14 @@ class ImageAugment:
     def __call__(self, img, pre: PreprocessConfig, g: torch.Generator) -> torch.Tensor:
         from PIL import Image
 
-        from ..data.images import _INTERP, resize_center_crop
+        from ..data.images import INTERPOLATION, resize_center_crop
 
         if self.kind == "none":
             return torch.from_numpy(resize_center_crop(img, pre)).permute(2, 0, 1)
         h, w = pre.input_size
         scale = (0.2, 1.0) if self.kind == "simclr" else (0.35, 1.0)
         box = _crop_box(img.size, scale, g)
-        img = img.resize((w, h), _INTERP.get(pre.interpolation, Image.Resampling.BICUBIC), box=box)
+        img = img.resize((w, h), INTERPOLATION.get(pre.interpolation, Image.Resampling.BICUBIC), box=box)
         if self.hflip and _rand(g) < 0.5:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
