@@ -56,7 +56,7 @@ def export_fmnist_split() -> tuple[Path, Path]:
     images per class and 200 official test images per class."""
     from PIL import Image
 
-    from transferkit.bundle.io import atomic_dir
+    from transferkit.io import atomic_dir
     from transferkit.datasets.fashion_mnist import CLASSES, load_fashion_mnist, sample_per_class
 
     source, target = DATA / "fmnist-source-0to4", DATA / "fmnist-target-5to9"

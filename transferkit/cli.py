@@ -322,7 +322,7 @@ def evaluate(
         _fail(err)
     if model.modality == "detection":
         if out is not None:
-            from .bundle.io import write_json
+            from .io import write_json
 
             write_json(out / "metrics.json", m)
         if as_json:
@@ -331,7 +331,7 @@ def evaluate(
         _print_detection_metrics(m)
         return
     if out is not None:
-        from .bundle.io import write_json
+        from .io import write_json
         from .evaluation.plots import confusion_matrix_png
 
         write_json(out / "metrics.json", m)

@@ -152,7 +152,7 @@ def _validate(data: Any, names: list[str], rows: list[dict], strategy: str, budg
 
 
 def _write(out: Path, result: dict[str, Any]) -> None:
-    from .bundle.io import atomic_write_text, write_json
+    from .io import atomic_write_text, write_json
 
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "rank.json", result)

@@ -45,7 +45,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def save_backbone(backbone: ImageBackbone, folder: str | Path, provenance: dict[str, Any] | None = None) -> Path:
     """Write ``backbone`` as a folder that ``create_backbone(folder)`` loads; atomic (temp folder, then rename)."""
-    from ..bundle.io import atomic_dir
+    from ..io import atomic_dir
 
     with atomic_dir(folder) as tmp:
         write_backbone_files(backbone, tmp, provenance)

@@ -27,7 +27,7 @@ import torch
 from ..backbones.protocol import BackboneSpec, PreprocessConfig
 from ..errors import TransferkitError
 from ..heads import Classifier, build_head
-from .io import atomic_dir
+from ..io import atomic_dir
 
 if TYPE_CHECKING:
     from .detection import DetectionModel

@@ -117,7 +117,7 @@ def build_composed_detection(dest: str | Path, *, train_images: int = 200, test_
     """
     from PIL import Image
 
-    from ..bundle.io import atomic_dir
+    from ..io import atomic_dir
     from ..data.boxes import BoxSet, write_coco
     from .fashion_mnist import CLASSES, load_fashion_mnist
 

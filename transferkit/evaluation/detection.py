@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..bundle.io import atomic_write_bytes, atomic_write_text, write_json
+from ..io import atomic_write_bytes, atomic_write_text, write_json
 
 # colour-blind-safe palette (Okabe-Ito), one colour per class, cycled
 PALETTE = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0),

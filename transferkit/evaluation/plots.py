@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle.io import atomic_write_bytes
+from ..io import atomic_write_bytes
 
 
 def pyplot():

@@ -315,7 +315,7 @@ def _image_evaluator(val, classes, backbone, accelerator, workers):
 
 def _export(obj, backbone, metrics: dict, out: Path, ckpt_dir: Path) -> None:
     """Write the backbone and the run's record to ``out`` in one rename (the checkpoints go with the old folder)."""
-    from ..bundle.io import atomic_dir
+    from ..io import atomic_dir
     from .report import curve_png, report_md
 
     log = (ckpt_dir / "log.txt").read_text(encoding="utf-8") if (ckpt_dir / "log.txt").is_file() else ""
@@ -335,7 +335,7 @@ def _export(obj, backbone, metrics: dict, out: Path, ckpt_dir: Path) -> None:
             from ..backbones.text import write_text_backbone
 
             write_text_backbone(backbone, tmp)
-        from ..bundle.io import write_json
+        from ..io import write_json
 
         write_json(tmp / "pretrain.json", metrics)
         (tmp / "log.txt").write_text(log, encoding="utf-8")
