@@ -32,14 +32,16 @@ def test_builders_without_packages_need_nothing():
 
 def test_demo_says_which_extra_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "skimage", None)
-    r = CliRunner().invoke(app, ["demo", "--detect", "--data-dir", str(tmp_path / "set"), "--out", str(tmp_path / "run")])
+    args = ["demo", "--detect", "--data-dir", str(tmp_path / "set"), "--out", str(tmp_path / "run")]
+    r = CliRunner().invoke(app, args)
     assert r.exit_code == 2, r.output
     assert INSTALL_HINT in r.output and "Traceback" not in r.output
     assert not (tmp_path / "set").exists() and not (tmp_path / "run").exists()
 
 
 def test_test_extra_brings_the_dataset_builders():
-    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    extras = pyproject["project"]["optional-dependencies"]
     assert set(extras["datasets"]) <= set(extras["test"])
     pips = {pip for needs in PACKAGES.values() for _, pip in needs}
     assert pips == {req.split("=")[0].split(">")[0] for req in extras["datasets"]}

@@ -3,7 +3,8 @@ greyscale 300x300, each rated by experts with a defect probability of 0, 1/3, 2/
 polycrystalline cells. Real, imbalanced and far from ImageNet's photographs: the offline stand-in for a
 medical imaging set (greyscale, non-natural, few positives).
 
-It installs from PyPI with the ``datasets`` extra (``elpv-dataset==1.0.0.post1``, 91 MB, CC BY-NC-SA 4.0: non-commercial use).
+It installs from PyPI with the ``datasets`` extra (``elpv-dataset==1.0.0.post1``, 91 MB, CC BY-NC-SA 4.0:
+non-commercial use).
 Binary labels follow the dataset authors' evaluation: ``defective`` when the probability is at least 0.5,
 else ``functional``. The set has no module ids, so cells cut from one module can land in two splits.
 """
