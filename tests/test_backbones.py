@@ -131,3 +131,47 @@ def test_packaged_imagenet_weights_recognise_a_real_photo(name, photo, expected)
     top5 = [categories[i] for i in probs.topk(5).indices]
     assert top5[0] in expected, top5
     assert len(expected & set(top5[:3])) >= 2 or photo == "coffee", top5
+
+
+def test_hub_offline_switch_is_set_for_the_block_only(monkeypatch):
+    from huggingface_hub import constants
+
+    from transferkit.backbones import hub
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda host=hub.HUB_HOST, timeout=3.0: False)  # as when offline
+    with pytest.raises(RuntimeError, match="failed download"):
+        with hub.hub_offline_unless_reachable():
+            assert constants.HF_HUB_OFFLINE is True
+            raise RuntimeError("a failed download")
+    assert constants.HF_HUB_OFFLINE is False
+    with hub.hub_offline_unless_reachable(needed=False):  # nothing to download: nothing changes
+        assert constants.HF_HUB_OFFLINE is False
+    assert constants.HF_HUB_OFFLINE is False
+
+
+def test_transformers_log_level_and_progress_bars_are_restored(tiny_text_backbone):
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging
+
+    from transferkit.backbones.hub import quiet_transformers
+
+    before = logging.get_verbosity(), logging.is_progress_bar_enabled(), are_progress_bars_disabled()
+    try:
+        logging.set_verbosity_info()
+        logging.enable_progress_bar()
+        disable_progress_bars()  # the hub's own switch, set apart from transformers'
+        with pytest.raises(RuntimeError, match="failed load"):
+            with quiet_transformers():
+                assert logging.get_verbosity() == logging.ERROR and not logging.is_progress_bar_enabled()
+                raise RuntimeError("a failed load")
+        assert logging.get_verbosity() == logging.INFO and logging.is_progress_bar_enabled()
+        assert are_progress_bars_disabled()
+        bb = create_backbone(tiny_text_backbone, modality="text")  # a real build changes nothing either
+        assert bb.num_features == 32
+        assert logging.get_verbosity() == logging.INFO and logging.is_progress_bar_enabled()
+        assert are_progress_bars_disabled()
+    finally:
+        logging.set_verbosity(before[0])
+        logging.enable_progress_bar() if before[1] else logging.disable_progress_bar()
+        disable_progress_bars() if before[2] else enable_progress_bars()

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import importlib
-import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..errors import BackboneError
+from .hub import hub_offline_unless_reachable
 from .protocol import BackboneSpec, ImageBackbone, PreprocessConfig, ordered_child_groups
 
 OFFLINE_HINT = "use an offline backbone (efficientnet_lite0, efficientnet_lite1, efficientnet_lite2) or a local checkpoint"
@@ -93,7 +91,7 @@ def build_timm(spec: BackboneSpec, pretrained: bool) -> ImageBackbone:
     import timm
 
     try:
-        with _hub_offline_unless_reachable(pretrained):
+        with hub_offline_unless_reachable(pretrained):
             model = timm.create_model(spec.arch, pretrained=pretrained, num_classes=0)
     except RuntimeError as err:
         if "Unknown model" in str(err):
@@ -102,30 +100,6 @@ def build_timm(spec: BackboneSpec, pretrained: bool) -> ImageBackbone:
     except Exception as err:  # hub errors come as OSError, HTTP errors, LocalEntryNotFoundError, ...
         raise _download_error(spec, err) from None
     return wrap_timm(model, spec)
-
-
-@contextmanager
-def _hub_offline_unless_reachable(needed: bool, host: str = "huggingface.co") -> Iterator[None]:
-    """Use only the local hub cache when the hub cannot be reached.
-
-    Without this, huggingface_hub retries for about a minute before failing; with it, cached weights still
-    load and missing ones fail at once with our one-line message.
-    """
-    if not needed:
-        yield
-        return
-    from huggingface_hub import constants
-
-    saved = constants.HF_HUB_OFFLINE
-    if not saved:
-        try:
-            socket.create_connection((host, 443), timeout=3).close()
-        except OSError:
-            constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = saved
 
 
 def build_torchvision(spec: BackboneSpec, pretrained: bool) -> ImageBackbone:
