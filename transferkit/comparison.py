@@ -444,9 +444,9 @@ def _run_key(budget, seed: int, name: str) -> str:
 
 
 def _is_main() -> bool:
-    import os
+    from .engine.accel import is_main_process
 
-    return os.environ.get("RANK", "0") == "0"
+    return is_main_process()
 
 
 def _save_run(out: Path, key: str, run: dict, config: dict) -> None:
