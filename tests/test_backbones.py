@@ -175,3 +175,29 @@ def test_transformers_log_level_and_progress_bars_are_restored(tiny_text_backbon
         logging.set_verbosity(before[0])
         logging.enable_progress_bar() if before[1] else logging.disable_progress_bar()
         disable_progress_bars() if before[2] else enable_progress_bars()
+
+
+def test_backbone_modules_import_each_other_without_cycles():
+    """registry -> audio/text -> checkpoint -> sources -> protocol/hub: a DAG, function-local imports included
+    (what grimp reports too, without needing it installed)."""
+    import ast
+    from graphlib import CycleError, TopologicalSorter
+    from pathlib import Path
+
+    import transferkit.backbones as pkg
+
+    folder = Path(pkg.__file__).parent
+    names = {p.stem for p in folder.glob("*.py")} - {"__init__"}
+    edges: dict[str, set[str]] = {}
+    for name in names:
+        deps = edges.setdefault(name, set())
+        for node in ast.walk(ast.parse((folder / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:  # from .x import y / from . import x
+                targets = [node.module] if node.module else [a.name for a in node.names]
+                deps |= {t.split(".")[0] for t in targets} & names
+    try:
+        order = list(TopologicalSorter(edges).static_order())
+    except CycleError as err:
+        pytest.fail(f"import cycle among transferkit.backbones modules: {err.args[1]}")
+    assert order.index("protocol") < order.index("sources") < order.index("checkpoint") < order.index("registry")
+

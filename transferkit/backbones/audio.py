@@ -28,8 +28,11 @@ import torch
 from torch import nn
 
 from ..errors import BackboneError
+# imported for its registrations: the image weight sources (checkpoint.py and the sources.py it imports), any of
+# which a spectrogram backbone wraps
+from . import checkpoint  # noqa: F401
 from .hub import hub_offline_unless_reachable, quiet_transformers
-from .protocol import BackboneSpec, NamedLayerGroups
+from .protocol import BackboneSpec, NamedLayerGroups, build_from_spec, register_source
 
 AUDIO_SOURCES = ("spectrogram", "speaker", "hf-audio", "hf-audio-dir")
 SPEAKER_NAMES = ("speaker-encoder", "resemblyzer")
@@ -211,9 +214,7 @@ class AudioBackbone(NamedLayerGroups, nn.Module):
 
     def random_like(self) -> AudioBackbone:
         """The same architecture and preprocessing with random weights (the scratch baseline)."""
-        from .registry import build
-
-        bb = build(self.spec, pretrained=False)
+        bb = build_from_spec(self.spec, pretrained=False)
         bb.preprocess = self.preprocess
         return bb
 
@@ -406,12 +407,11 @@ def speaker_weights() -> Path:
     return path
 
 
+@register_source(*AUDIO_SOURCES)
 def build_audio(spec: BackboneSpec, pretrained: bool = True) -> AudioBackbone:
     """Build the audio backbone ``spec`` describes (pretrained weights only when asked)."""
     if spec.source == "spectrogram":
-        from .registry import build
-
-        image = build(BackboneSpec.from_dict(spec.extra["image"]), pretrained=pretrained)
+        image = build_from_spec(BackboneSpec.from_dict(spec.extra["image"]), pretrained=pretrained)
         h, w = image.preprocess.input_size
         # vision transformers take one input size only: the spectrogram is then resized to it whole
         fixed = bool(getattr(image.body, "pretrained_cfg", {}).get("fixed_input_size")) or hasattr(image.body, "image_size")

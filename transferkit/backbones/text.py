@@ -26,7 +26,7 @@ from torch import nn
 
 from ..errors import BackboneError
 from .hub import hub_offline_unless_reachable, quiet_transformers
-from .protocol import BackboneSpec, NamedLayerGroups
+from .protocol import BackboneSpec, NamedLayerGroups, register_source
 
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len", "lasttoken")
 
@@ -279,6 +279,7 @@ def _no_pooler(config: Any) -> dict[str, Any]:
     return {"add_pooling_layer": False} if getattr(config, "model_type", "") in ("bert", "roberta", "xlm-roberta", "camembert", "electra") else {}
 
 
+@register_source(*TEXT_SOURCES)
 def build_text(spec: BackboneSpec, pretrained: bool = True) -> TextBackbone:
     """Load tokenizer and encoder for ``spec`` (weights only when ``pretrained``)."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer

@@ -215,7 +215,7 @@ def _coco_detector(spec: BackboneSpec, config: dict[str, Any], pretrained: bool)
     from torchvision.models import detection
 
     from ..backbones.protocol import ordered_child_groups
-    from ..backbones.sources import _download_error
+    from ..backbones.sources import download_error
 
     weights_enum = getattr(detection, COCO_DETECTORS[spec.arch])
     weights = weights_enum.COCO_V1
@@ -226,7 +226,7 @@ def _coco_detector(spec: BackboneSpec, config: dict[str, Any], pretrained: bool)
         model = torchvision.models.get_model(spec.arch, weights=weights if pretrained else None, weights_backbone=None,
                                              **({} if pretrained else {"num_classes": 91}), **kwargs)
     except Exception as err:  # urllib errors when offline
-        raise _download_error(spec, err) from None
+        raise download_error(spec, err) from None
     config = {"frozen_bn": True, **config, "fpn_channels": model.backbone.out_channels}
     fp32_head(model.head)
     if not pretrained and config["frozen_bn"]:
