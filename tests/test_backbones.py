@@ -201,3 +201,32 @@ def test_backbone_modules_import_each_other_without_cycles():
         pytest.fail(f"import cycle among transferkit.backbones modules: {err.args[1]}")
     assert order.index("protocol") < order.index("sources") < order.index("checkpoint") < order.index("registry")
 
+
+def test_timm_build_errors_say_what_went_wrong(monkeypatch):
+    import timm
+
+    from transferkit.backbones.protocol import BackboneSpec
+    from transferkit.backbones.sources import build_timm
+
+    spec = BackboneSpec("timm:resnet18", "timm", "resnet18")
+
+    def broken(*args, **kwargs):
+        raise ValueError("drop_path_rate must be in [0, 1)\nsecond line")
+
+    monkeypatch.setattr(timm, "create_model", broken)
+    for pretrained in (False, True):  # no download was attempted or failed: say what did
+        with pytest.raises(BackboneError) as e:
+            build_timm(spec, pretrained=pretrained)
+        msg = str(e.value)
+        assert "download" not in msg and "ValueError: drop_path_rate must be in [0, 1)" in msg and "\n" not in msg
+        assert isinstance(e.value.__cause__, ValueError)
+
+    def offline(*args, **kwargs):
+        raise OSError("couldn't connect to huggingface.co")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(BackboneError, match="Could not download the pretrained weights of 'timm:resnet18'") as e:
+        build_timm(spec, pretrained=True)
+    assert isinstance(e.value.__cause__, OSError)
+    with pytest.raises(BackboneError, match=r"Could not build backbone 'timm:resnet18' \(timm 'resnet18'\): OSError"):
+        build_timm(spec, pretrained=False)  # nothing to download: not a download failure

@@ -128,12 +128,12 @@ def build_timm(spec: BackboneSpec, pretrained: bool) -> ImageBackbone:
     try:
         with hub_offline_unless_reachable(pretrained):
             model = timm.create_model(spec.arch, pretrained=pretrained, num_classes=0)
-    except RuntimeError as err:
-        if "Unknown model" in str(err):
-            raise BackboneError(f"Unknown timm architecture {spec.arch!r}: see timm.list_models().") from None
-        raise download_error(spec, err) from None
-    except Exception as err:  # hub errors come as OSError, HTTP errors, LocalEntryNotFoundError, ...
-        raise download_error(spec, err) from None
+    except Exception as err:
+        if isinstance(err, RuntimeError) and "Unknown model" in str(err):
+            raise BackboneError(f"Unknown timm architecture {spec.arch!r}: see timm.list_models().") from err
+        if pretrained and is_download_failure(err):
+            raise download_error(spec, err) from err
+        raise build_error(spec, err, pretrained) from err  # e.g. no pretrained weights exist for this tag
     return wrap_timm(model, spec)
 
 
@@ -148,8 +148,10 @@ def build_torchvision(spec: BackboneSpec, pretrained: bool) -> ImageBackbone:
         raise BackboneError(f"Unknown torchvision model {spec.arch!r}: see torchvision.models.list_models().") from None
     try:
         model = torchvision.models.get_model(spec.arch, weights=weights if pretrained else None)
-    except Exception as err:  # urllib errors when offline
-        raise download_error(spec, err) from None
+    except Exception as err:
+        if pretrained and is_download_failure(err):  # urllib errors when offline
+            raise download_error(spec, err) from err
+        raise build_error(spec, err, pretrained) from err
     body, num_features = strip_classifier(model)
     t = weights.transforms()
     crop = int(t.crop_size[0])
@@ -174,6 +176,22 @@ def strip_classifier(model: nn.Module) -> tuple[nn.Module, int]:
             setattr(model, attr, nn.Identity())
             return model, linears[0].in_features  # what the whole classifier block received
     raise BackboneError(f"Cannot find the classifier of {type(model).__name__}: use a timm name instead.")
+
+
+def is_download_failure(err: BaseException) -> bool:
+    """True for the errors a failed download raises: :class:`OSError` (urllib, requests, the hub's HTTP errors
+    and its "not in the local cache" error when offline) and the HTTP client libraries' own errors."""
+    library = type(err).__module__.split(".")[0]
+    return isinstance(err, OSError) or library in ("huggingface_hub", "httpx", "httpx2", "requests", "urllib3")
+
+
+def build_error(spec: BackboneSpec, err: Exception, pretrained: bool) -> BackboneError:
+    """The one-line error for a backbone that its library could not build, for a reason other than a download
+    (``err``: the cause, named with its first line). Raise it ``from err``."""
+    what = f"{spec.arch!r} with pretrained weights" if pretrained else f"{spec.arch!r}"
+    cause = (str(err).splitlines() or [""])[0][:200]
+    return BackboneError(f"Could not build backbone {spec.name!r} ({spec.source} {what}): "
+                         f"{type(err).__name__}: {cause}")
 
 
 def download_error(spec: BackboneSpec, err: Exception) -> BackboneError:

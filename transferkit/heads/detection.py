@@ -105,15 +105,6 @@ class Detector(NamedLayerGroups, nn.Module):
         body = {id(p) for p in self.body.parameters()}
         return [p for p in self.model.parameters() if id(p) not in body]
 
-    def set_thresholds(self, score: float | None = None, nms: float | None = None, max_detections: int | None = None) -> None:
-        """Post-processing settings (kept in the bundle): lowest score kept, NMS IoU, boxes per image."""
-        if score is not None:
-            self.model.score_thresh = self.config["score_thresh"] = float(score)
-        if nms is not None:
-            self.model.nms_thresh = self.config["nms_thresh"] = float(nms)
-        if max_detections is not None:
-            self.model.detections_per_img = self.config["detections_per_img"] = int(max_detections)
-
     def random_like(self) -> Detector:
         """The same architecture with random weights everywhere (the scratch baseline; its BatchNorm trains)."""
         config = {**self.config, "frozen_bn": False} if "frozen_bn" in self.config else self.config
