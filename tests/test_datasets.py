@@ -4,7 +4,6 @@ the extra to install, from the helper and from `transferkit demo`."""
 from __future__ import annotations
 
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -40,6 +39,7 @@ def test_demo_says_which_extra_to_install(monkeypatch, tmp_path):
 
 
 def test_test_extra_brings_the_dataset_builders():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     extras = pyproject["project"]["optional-dependencies"]
     assert set(extras["datasets"]) <= set(extras["test"])
