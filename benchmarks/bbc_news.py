@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 import transferkit  # noqa: E402
-from transferkit.data.bbc_news import export_text_folder  # noqa: E402
+from transferkit.datasets.bbc_news import export_text_folder  # noqa: E402
 
 HERE = Path(__file__).parent
 STRATEGIES = ["linear", "finetune", "lora", "contrastive", "scratch", "auto"]

@@ -39,11 +39,11 @@ def export(name: str, dest: Path) -> None:
     if (dest / "train").is_dir():
         return
     if name == "fmnist":
-        from transferkit.data.fashion_mnist import export_image_folder
+        from transferkit.datasets.fashion_mnist import export_image_folder
 
         export_image_folder(dest, train_per_class=100, test_size=1000, seed=0)
     else:
-        from transferkit.data.bbc_news import export_text_folder
+        from transferkit.datasets.bbc_news import export_text_folder
 
         export_text_folder(dest, train_per_class=50, test_per_class=100, seed=0)
 

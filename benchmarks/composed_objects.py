@@ -2,7 +2,7 @@
 
 Fashion-MNIST garments (trouser, sneaker, bag, ankle boot; train and test objects from the official train and
 test sets) pasted at random positions and scales onto crops of scikit-image's photos, with exact boxes, in
-COCO format (``transferkit.data.composed``): 200 training images (15% become validation) and 100 test images
+COCO format (``transferkit.datasets.composed``): 200 training images (15% become validation) and 100 test images
 at 256 px. Each strategy gets the same ``--budget``; ``scratch`` is the same FCOS detector with random weights.
 
     .venv/bin/python benchmarks/composed_objects.py                      # finetune, frozen, scratch, auto; 6 min each
@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 import transferkit  # noqa: E402
-from transferkit.data.composed import build_composed_detection  # noqa: E402
+from transferkit.datasets.composed import build_composed_detection  # noqa: E402
 
 HERE = Path(__file__).parent
 

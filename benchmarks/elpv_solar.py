@@ -27,7 +27,7 @@ os.environ.setdefault("TRANSFERKIT_QUIET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import transferkit  # noqa: E402
-from transferkit.data.elpv import export_elpv  # noqa: E402
+from transferkit.datasets.elpv import export_elpv  # noqa: E402
 
 HERE = Path(__file__).parent
 

@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 import transferkit  # noqa: E402
-from transferkit.data.fashion_mnist import export_image_folder  # noqa: E402
+from transferkit.datasets.fashion_mnist import export_image_folder  # noqa: E402
 
 HERE = Path(__file__).parent
 STRATEGIES = ["linear", "finetune", "gradual", "scratch", "auto"]

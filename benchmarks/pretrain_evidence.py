@@ -56,8 +56,8 @@ def export_fmnist_split() -> tuple[Path, Path]:
     images per class and 200 official test images per class."""
     from PIL import Image
 
-    from transferkit.bundle.io import atomic_dir
-    from transferkit.data.fashion_mnist import CLASSES, load_fashion_mnist, sample_per_class
+    from transferkit.io import atomic_dir
+    from transferkit.datasets.fashion_mnist import CLASSES, load_fashion_mnist, sample_per_class
 
     source, target = DATA / "fmnist-source-0to4", DATA / "fmnist-target-5to9"
     images, labels = load_fashion_mnist("train")
@@ -149,7 +149,7 @@ def stage_source(label_smoothing: float = 0.0) -> None:
 
 
 def stage_dapt_images() -> None:
-    from transferkit.data.elpv import export_elpv
+    from transferkit.datasets.elpv import export_elpv
 
     manifest = export_elpv(DATA / "elpv-all", train_size=1824, test_size=800)
     unlabelled = DATA / "elpv-unlabelled.csv"
@@ -180,7 +180,7 @@ def stage_dapt_images() -> None:
 
 
 def stage_dapt_text() -> None:
-    from transferkit.data.bbc_news import export_text_folder, load_bbc_news
+    from transferkit.datasets.bbc_news import export_text_folder, load_bbc_news
 
     folder = DATA / "bbc-news-pool50"
     if not (folder / "train").is_dir():

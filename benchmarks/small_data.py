@@ -90,7 +90,7 @@ def _from_export(work: Path, name: str, seed: int, export: Callable[[Path, int],
 
 
 def fmnist(work: Path, seed: int) -> tuple[Path, Path]:
-    from transferkit.data.fashion_mnist import export_image_folder
+    from transferkit.datasets.fashion_mnist import export_image_folder
 
     # labelled images come from the official training set and test images from the official test set: disjoint
     return _from_export(work, "fmnist", seed,
@@ -98,7 +98,7 @@ def fmnist(work: Path, seed: int) -> tuple[Path, Path]:
 
 
 def bbc(work: Path, seed: int) -> tuple[Path, Path]:
-    from transferkit.data.bbc_news import load_bbc_news, sample_per_class
+    from transferkit.datasets.bbc_news import load_bbc_news, sample_per_class
 
     labelled, test = work / f"bbc-seed{seed}" / "labelled", work / "bbc" / "test"
     if labelled.is_dir() and test.is_dir():
@@ -121,7 +121,7 @@ def bbc(work: Path, seed: int) -> tuple[Path, Path]:
 
 
 def elpv(work: Path, seed: int) -> tuple[Path, Path]:
-    from transferkit.data.elpv import export_elpv
+    from transferkit.datasets.elpv import export_elpv
 
     folder = work / f"elpv-seed{seed}"
     labelled, test = folder / "labelled.csv", work / "elpv" / "test.csv"
@@ -151,7 +151,7 @@ def elpv(work: Path, seed: int) -> tuple[Path, Path]:
 
 
 def digits(work: Path, seed: int) -> tuple[Path, Path]:
-    from transferkit.data.spoken_digits import build_spoken_digits
+    from transferkit.datasets.spoken_digits import build_spoken_digits
 
     pool, labelled = work / "digits", work / f"digits-seed{seed}" / "labelled"
     if not (pool / "test").is_dir():

@@ -32,7 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 import transferkit  # noqa: E402
-from transferkit.data.spoken_digits import build_spoken_digits  # noqa: E402
+from transferkit.datasets.spoken_digits import build_spoken_digits  # noqa: E402
 
 HERE = Path(__file__).parent
 BACKBONES = ["efficientnet_lite0", "speaker-encoder"]

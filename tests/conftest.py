@@ -187,7 +187,7 @@ def tiny_wav2vec2(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def box_folder(tmp_path_factory) -> Path:
     """A tiny composed detection set in COCO format: 16 train / 6 test images of 96 px, 2 classes."""
-    from transferkit.data.composed import build_composed_detection
+    from transferkit.datasets.composed import build_composed_detection
 
     folder = tmp_path_factory.mktemp("boxes") / "composed"
     build_composed_detection(folder, train_images=16, test_images=6, classes=("Trouser", "Bag"), image_size=96,

@@ -265,7 +265,7 @@ def test_spoken_digits_with_unseen_speakers(tmp_path):
         if os.environ.get("TRANSFERKIT_CI"):
             pytest.fail("espeak-ng is missing on CI: `make data` should have installed it")
         pytest.skip("espeak-ng is not installed (make data installs it)")
-    from transferkit.data.spoken_digits import build_spoken_digits
+    from transferkit.datasets.spoken_digits import build_spoken_digits
 
     words = ["zero", "one", "two", "three"]
     root = build_spoken_digits(tmp_path / "digits", train_per_class=8, test_per_class=8, train_speakers=10,

@@ -63,7 +63,7 @@ def test_silence_and_lengths():
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (make data installs it)")
 def test_spoken_digits_are_deterministic_with_disjoint_speakers(tmp_path):
-    from transferkit.data.spoken_digits import build_spoken_digits
+    from transferkit.datasets.spoken_digits import build_spoken_digits
 
     a = build_spoken_digits(tmp_path / "a", train_per_class=2, test_per_class=2, train_speakers=3, test_speakers=2,
                             words=["one", "two"])

@@ -131,3 +131,102 @@ def test_packaged_imagenet_weights_recognise_a_real_photo(name, photo, expected)
     top5 = [categories[i] for i in probs.topk(5).indices]
     assert top5[0] in expected, top5
     assert len(expected & set(top5[:3])) >= 2 or photo == "coffee", top5
+
+
+def test_hub_offline_switch_is_set_for_the_block_only(monkeypatch):
+    from huggingface_hub import constants
+
+    from transferkit.backbones import hub
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda host=hub.HUB_HOST, timeout=3.0: False)  # as when offline
+    with pytest.raises(RuntimeError, match="failed download"):
+        with hub.hub_offline_unless_reachable():
+            assert constants.HF_HUB_OFFLINE is True
+            raise RuntimeError("a failed download")
+    assert constants.HF_HUB_OFFLINE is False
+    with hub.hub_offline_unless_reachable(needed=False):  # nothing to download: nothing changes
+        assert constants.HF_HUB_OFFLINE is False
+    assert constants.HF_HUB_OFFLINE is False
+
+
+def test_transformers_log_level_and_progress_bars_are_restored(tiny_text_backbone):
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging
+
+    from transferkit.backbones.hub import quiet_transformers
+
+    before = logging.get_verbosity(), logging.is_progress_bar_enabled(), are_progress_bars_disabled()
+    try:
+        logging.set_verbosity_info()
+        logging.enable_progress_bar()
+        disable_progress_bars()  # the hub's own switch, set apart from transformers'
+        with pytest.raises(RuntimeError, match="failed load"):
+            with quiet_transformers():
+                assert logging.get_verbosity() == logging.ERROR and not logging.is_progress_bar_enabled()
+                raise RuntimeError("a failed load")
+        assert logging.get_verbosity() == logging.INFO and logging.is_progress_bar_enabled()
+        assert are_progress_bars_disabled()
+        bb = create_backbone(tiny_text_backbone, modality="text")  # a real build changes nothing either
+        assert bb.num_features == 32
+        assert logging.get_verbosity() == logging.INFO and logging.is_progress_bar_enabled()
+        assert are_progress_bars_disabled()
+    finally:
+        logging.set_verbosity(before[0])
+        logging.enable_progress_bar() if before[1] else logging.disable_progress_bar()
+        disable_progress_bars() if before[2] else enable_progress_bars()
+
+
+def test_backbone_modules_import_each_other_without_cycles():
+    """registry -> audio/text -> checkpoint -> sources -> protocol/hub: a DAG, function-local imports included
+    (what grimp reports too, without needing it installed)."""
+    import ast
+    from graphlib import CycleError, TopologicalSorter
+    from pathlib import Path
+
+    import transferkit.backbones as pkg
+
+    folder = Path(pkg.__file__).parent
+    names = {p.stem for p in folder.glob("*.py")} - {"__init__"}
+    edges: dict[str, set[str]] = {}
+    for name in names:
+        deps = edges.setdefault(name, set())
+        for node in ast.walk(ast.parse((folder / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:  # from .x import y / from . import x
+                targets = [node.module] if node.module else [a.name for a in node.names]
+                deps |= {t.split(".")[0] for t in targets} & names
+    try:
+        order = list(TopologicalSorter(edges).static_order())
+    except CycleError as err:
+        pytest.fail(f"import cycle among transferkit.backbones modules: {err.args[1]}")
+    assert order.index("protocol") < order.index("sources") < order.index("checkpoint") < order.index("registry")
+
+
+def test_timm_build_errors_say_what_went_wrong(monkeypatch):
+    import timm
+
+    from transferkit.backbones.protocol import BackboneSpec
+    from transferkit.backbones.sources import build_timm
+
+    spec = BackboneSpec("timm:resnet18", "timm", "resnet18")
+
+    def broken(*args, **kwargs):
+        raise ValueError("drop_path_rate must be in [0, 1)\nsecond line")
+
+    monkeypatch.setattr(timm, "create_model", broken)
+    for pretrained in (False, True):  # no download was attempted or failed: say what did
+        with pytest.raises(BackboneError) as e:
+            build_timm(spec, pretrained=pretrained)
+        msg = str(e.value)
+        assert "download" not in msg and "ValueError: drop_path_rate must be in [0, 1)" in msg and "\n" not in msg
+        assert isinstance(e.value.__cause__, ValueError)
+
+    def offline(*args, **kwargs):
+        raise OSError("couldn't connect to huggingface.co")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(BackboneError, match="Could not download the pretrained weights of 'timm:resnet18'") as e:
+        build_timm(spec, pretrained=True)
+    assert isinstance(e.value.__cause__, OSError)
+    with pytest.raises(BackboneError, match=r"Could not build backbone 'timm:resnet18' \(timm 'resnet18'\): OSError"):
+        build_timm(spec, pretrained=False)  # nothing to download: not a download failure

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from transferkit.data.boxes import BoxSet, detect_box_format, load_box_splits, load_box_test_set, write_coco
-from transferkit.data.composed import build_composed_detection
+from transferkit.datasets.composed import build_composed_detection
 from transferkit.errors import DataError
 
 
@@ -97,7 +97,7 @@ def test_builder_is_deterministic_and_boxes_are_tight(built, tmp_path):
 
 
 def test_composed_boxes_are_exact():
-    from transferkit.data.composed import compose_image
+    from transferkit.datasets.composed import compose_image
 
     item = np.zeros((28, 28), np.uint8)
     item[5:20, 8:12] = 255  # a bar: 4 wide, 15 tall
@@ -114,8 +114,8 @@ def test_composed_boxes_are_exact():
 def test_composed_boxes_are_tight_around_what_is_painted():
     """Real garments at random scales: every pixel painted more than half opaque is inside a box, and every box
     edge touches such a pixel (the blend weight is recovered by composing on black and on white)."""
-    from transferkit.data.composed import compose_image
-    from transferkit.data.fashion_mnist import load_fashion_mnist
+    from transferkit.datasets.composed import compose_image
+    from transferkit.datasets.fashion_mnist import load_fashion_mnist
 
     garments, _ = load_fashion_mnist("test")
     n_boxes = 0

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import transferkit
-from transferkit.bundle.io import atomic_dir
+from transferkit.io import atomic_dir, write_json
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +89,16 @@ def test_failed_write_leaves_the_old_bundle(tmp_path):
             raise RuntimeError("crash while writing")
     assert (target / "config.json").read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_failed_json_write_keeps_the_old_file(tmp_path):
+    path = tmp_path / "metrics.json"
+    write_json(path, {"accuracy": np.float64(0.5), "where": tmp_path, "curve": np.arange(2)})
+    assert json.loads(path.read_text()) == {"accuracy": 0.5, "where": str(tmp_path), "curve": [0, 1]}
+    with pytest.raises(TypeError, match="not JSON serialisable: object"):
+        write_json(path, {"accuracy": object()})
+    assert json.loads(path.read_text())["accuracy"] == 0.5
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temporary file left behind
 
 
 def test_failed_run_writes_no_bundle(colour_splits, tiny_backbone, tmp_path, monkeypatch):

@@ -165,7 +165,7 @@ def test_missing_data_path(tmp_path):
 
 
 def test_fashion_mnist_reads_the_debian_files():
-    from transferkit.data.fashion_mnist import CLASSES, DEBIAN_DIR, load_fashion_mnist, sample_per_class
+    from transferkit.datasets.fashion_mnist import CLASSES, DEBIAN_DIR, load_fashion_mnist, sample_per_class
 
     assert DEBIAN_DIR.is_dir(), "make test installs dataset-fashion-mnist"
     x, y = load_fashion_mnist("test")
@@ -178,7 +178,7 @@ def test_fashion_mnist_reads_the_debian_files():
 
 
 def test_fashion_mnist_offline_download_fails_with_one_line(tmp_path, monkeypatch):
-    import transferkit.data.fashion_mnist as fm
+    import transferkit.datasets.fashion_mnist as fm
 
     monkeypatch.setattr(fm, "DEBIAN_DIR", tmp_path / "absent")
     monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path / "cache"))
@@ -190,7 +190,7 @@ def test_fashion_mnist_offline_download_fails_with_one_line(tmp_path, monkeypatc
 
 
 def test_fashion_mnist_export_is_a_class_folder_layout(tmp_path):
-    from transferkit.data.fashion_mnist import export_image_folder
+    from transferkit.datasets.fashion_mnist import export_image_folder
 
     root = export_image_folder(tmp_path / "fm", train_per_class=2, test_size=20, seed=0)
     s = load_splits(root, val_fraction=0.15, test_fraction=0.2)

@@ -62,3 +62,19 @@ def test_two_process_detection_fit(box_folder, tiny_backbone, tmp_path):
     assert m["processes"] == 2 and m["task"] == "object-detection" and m["test"]["n_images"] == 6
     assert [e["stage"] for e in m["history"]["epochs"]] == [0, 0]  # unfreeze_every 2: still pyramid and head
     assert sorted(p.name for p in out.iterdir()) == ["examples.png", "learning_curve.png", "metrics.json", "model", "report.md"]
+
+
+def test_main_process_is_rank_zero_or_the_accelerators_answer(monkeypatch):
+    from types import SimpleNamespace
+
+    from transferkit.engine.accel import is_main_process
+
+    monkeypatch.delenv("RANK", raising=False)
+    assert is_main_process()  # nobody launched this process: it is the only one
+    monkeypatch.setenv("RANK", "0")
+    assert is_main_process()
+    monkeypatch.setenv("RANK", "1")
+    assert not is_main_process()
+    assert is_main_process(SimpleNamespace(is_main_process=True))  # the accelerator's answer wins when given
+    monkeypatch.setenv("RANK", "0")
+    assert not is_main_process(SimpleNamespace(is_main_process=False))

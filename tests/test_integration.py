@@ -13,7 +13,7 @@ from transferkit.data.sources import ImageSet
 
 @pytest.mark.weights
 def test_efficientnet_lite0_linear_probe_on_fashion_mnist(tmp_path):
-    from transferkit.data.fashion_mnist import export_image_folder
+    from transferkit.datasets.fashion_mnist import export_image_folder
 
     root = export_image_folder(tmp_path / "fm", train_per_class=10, test_size=200, seed=0)
     out = tmp_path / "run"
@@ -31,7 +31,7 @@ def test_efficientnet_lite0_linear_probe_on_fashion_mnist(tmp_path):
 
 @pytest.mark.weights
 def test_fit_from_arrays_in_memory():
-    from transferkit.data.fashion_mnist import CLASSES, load_fashion_mnist, sample_per_class
+    from transferkit.datasets.fashion_mnist import CLASSES, load_fashion_mnist, sample_per_class
 
     x, y = load_fashion_mnist("train")
     idx = sample_per_class(y, 6, seed=1)

@@ -588,7 +588,7 @@ def test_real_elpv_cells_linear_probe(tmp_path):
     """Real greyscale electroluminescence images (PyPI elpv-dataset) through the medical path with the packaged
     ImageNet weights: a linear probe on 120 labelled cells must rank defective cells above functional ones."""
     pytest.importorskip("elpv_dataset")
-    from transferkit.data.elpv import export_elpv
+    from transferkit.datasets.elpv import export_elpv
 
     manifest = export_elpv(tmp_path / "elpv", train_size=120, test_size=150)
     rows = manifest.read_text().splitlines()

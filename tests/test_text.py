@@ -327,7 +327,7 @@ def test_evaluate_text_bundle(text_folder, tiny_text_backbone, tmp_path):
 @pytest.mark.weights
 def test_minilm_linear_probe_on_bbc_news(tmp_path):
     """8 articles per topic; 100 held-out articles. Measured 0.86-0.89 across probe settings."""
-    from transferkit.data.bbc_news import export_text_folder
+    from transferkit.datasets.bbc_news import export_text_folder
 
     data = export_text_folder(tmp_path / "bbc", train_per_class=8, test_per_class=20)
     model = transferkit.fit(data, strategy="linear")

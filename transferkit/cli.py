@@ -21,9 +21,12 @@ app = typer.Typer(
 
 
 def _fail(err: Exception) -> None:
+    from rich.markup import escape
+
     from .console import console
 
-    console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+    # escaped: a message such as "pip install 'transferkit[datasets]'" must not be read as rich markup
+    console.print(f"[red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -324,7 +327,7 @@ def evaluate(
         _fail(err)
     if isinstance(model, DetectionModel):
         if out is not None:
-            from .bundle.io import write_json
+            from .io import write_json
 
             write_json(out / "metrics.json", m)
         if as_json:
@@ -333,7 +336,7 @@ def evaluate(
         _print_detection_metrics(m)
         return
     if out is not None:
-        from .bundle.io import write_json
+        from .io import write_json
         from .evaluation.plots import confusion_matrix_png
 
         write_json(out / "metrics.json", m)
@@ -548,7 +551,7 @@ def demo(
     text: bool = typer.Option(False, "--text", help="BBC News topics instead: 8 articles per class, all-MiniLM-L6-v2, 500 held-out articles."),
     audio: bool = typer.Option(False, "--audio", help="Spoken digits instead (espeak-ng voices, disjoint train/test speakers): 20 clips per digit, EfficientNet-Lite0 on log-mel spectrograms."),
     detect: bool = typer.Option(False, "--detect", help="Object detection instead: Fashion-MNIST garments composed onto photos (COCO boxes), 200 train / 100 test images, FCOS on EfficientNet-Lite0."),
-    medical: bool = typer.Option(False, "--medical", help="Medical-style imaging instead: ELPV solar-cell electroluminescence images (greyscale; pip install elpv-dataset), 200 labelled cells, defective vs functional, clinical metrics, 800 held-out cells."),
+    medical: bool = typer.Option(False, "--medical", help="Medical-style imaging instead: ELPV solar-cell electroluminescence images (greyscale; pip install 'transferkit[datasets]'), 200 labelled cells, defective vs functional, clinical metrics, 800 held-out cells."),
 ) -> None:
     """Fashion-MNIST, 10 labels per class, EfficientNet-Lite0, strategy auto: the whole job offline (--text: BBC
     News; --audio: spoken digits; --detect: garments on photos, with boxes; --medical: solar-cell EL images)."""
@@ -563,27 +566,35 @@ def demo(
             if out == Path("runs/demo"):
                 out = Path(f"runs/demo-{kind}")
         budget = budget or ("6m" if kind == "detect" else "3m")
-        if kind == "medical":
-            from .data.elpv import export_elpv
+        from .datasets import require  # a missing optional package: one line naming the extra to install
 
+        if kind == "medical":
+            from .datasets.elpv import export_elpv
+
+            if not (data_dir / "manifest.csv").is_file():  # an earlier export is reused as it is
+                require("elpv")
             data_dir = export_elpv(data_dir, train_size=200, test_size=800)
         elif kind == "detect":
             if not (data_dir / "annotations").is_dir():
-                from .data.composed import build_composed_detection
+                from .datasets.composed import build_composed_detection
 
+                require("composed")
                 build_composed_detection(data_dir, train_images=200, test_images=100)
         elif not (data_dir / "train").is_dir():
             if kind == "audio":
-                from .data.spoken_digits import build_spoken_digits
+                from .datasets.spoken_digits import build_spoken_digits
 
+                require("spoken_digits")
                 build_spoken_digits(data_dir, train_per_class=20, test_per_class=30)
             elif kind == "text":
-                from .data.bbc_news import export_text_folder
+                from .datasets.bbc_news import export_text_folder
 
+                require("bbc_news")
                 export_text_folder(data_dir, train_per_class=8, test_per_class=100)
             else:
-                from .data.fashion_mnist import export_image_folder
+                from .datasets.fashion_mnist import export_image_folder
 
+                require("fashion_mnist")
                 export_image_folder(data_dir, train_per_class=per_class, test_size=test_size)
     except TransferkitError as err:
         _fail(err)

@@ -434,24 +434,24 @@ def _run_key(budget, seed: int, name: str) -> str:
 
 
 def _is_main() -> bool:
-    import os
+    from .engine.accel import is_main_process
 
-    return os.environ.get("RANK", "0") == "0"
+    return is_main_process()
 
 
 def _save_run(out: Path, key: str, run: dict, config: dict) -> None:
-    from .bundle.io import write_json
+    from .io import write_json
 
     write_json(out / "runs" / f"{key}.json", {"config": _identity(config), "run": run})
 
 
 def _identity(config: dict) -> dict:
     """What must match for a saved run to be reused on resume."""
-    from .bundle.io import _jsonable
+    from .io import jsonable
 
     keep = ("data", "kind", "backbone", "metric", "time_per_run_s", "test_n", "pool_n", "classes", "val_fraction",
             "split_seed", "fit_options", "image_size", "precision", "skip_bad", "test_fraction")
-    return json.loads(json.dumps({k: config[k] for k in keep}, default=_jsonable))  # as a saved run holds it
+    return json.loads(json.dumps({k: config[k] for k in keep}, default=jsonable))  # as a saved run holds it
 
 
 def _previous_runs(out: Path, config: dict) -> dict[str, dict]:
@@ -740,14 +740,14 @@ def _csv(rows: list[dict], columns: tuple) -> str:
 
 
 def _write_results(out: Path, runs: list[dict]) -> None:
-    from .bundle.io import atomic_write_text
+    from .io import atomic_write_text
 
     atomic_write_text(out / "results.csv", _csv(runs, RUN_COLUMNS))
 
 
 def write_comparison(out: Path, result: dict[str, Any]) -> dict[str, str]:
     """``results.csv``, ``summary.csv``, ``compare.json``, the three PNGs, ``report.md`` and ``report.html``."""
-    from .bundle.io import atomic_write_text, write_json
+    from .io import atomic_write_text, write_json
     from .evaluation.plots import data_efficiency_png, gap_png, time_to_accuracy_png
 
     out.mkdir(parents=True, exist_ok=True)

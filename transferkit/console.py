@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
@@ -51,7 +50,3 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
         for x in items:
             yield x
             bar.advance(task)
-
-
-def is_tty() -> bool:
-    return sys.stderr.isatty()

@@ -98,7 +98,7 @@ def agreement(rows: list[dict], finetuned: dict[str, float], strategy: str) -> d
 
 def write(out: Path, result: dict[str, Any]) -> None:
     """``rank.json`` and ``rank.md`` in ``out``."""
-    from .bundle.io import atomic_write_text, write_json
+    from .io import atomic_write_text, write_json
 
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "rank.json", result)

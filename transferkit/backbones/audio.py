@@ -28,7 +28,11 @@ import torch
 from torch import nn
 
 from ..errors import BackboneError
-from .protocol import BackboneSpec, NamedLayerGroups
+# imported for its registrations: the image weight sources (checkpoint.py and the sources.py it imports), any of
+# which a spectrogram backbone wraps
+from . import checkpoint  # noqa: F401
+from .hub import hub_offline_unless_reachable, quiet_transformers
+from .protocol import BackboneSpec, NamedLayerGroups, build_from_spec, register_source
 
 AUDIO_SOURCES = ("spectrogram", "speaker", "hf-audio", "hf-audio-dir")
 SPEAKER_NAMES = ("speaker-encoder", "resemblyzer")
@@ -210,9 +214,7 @@ class AudioBackbone(NamedLayerGroups, nn.Module):
 
     def random_like(self) -> AudioBackbone:
         """The same architecture and preprocessing with random weights (the scratch baseline)."""
-        from .registry import build
-
-        bb = build(self.spec, pretrained=False)
+        bb = build_from_spec(self.spec, pretrained=False)
         bb.preprocess = self.preprocess
         return bb
 
@@ -405,12 +407,11 @@ def speaker_weights() -> Path:
     return path
 
 
+@register_source(*AUDIO_SOURCES)
 def build_audio(spec: BackboneSpec, pretrained: bool = True) -> AudioBackbone:
     """Build the audio backbone ``spec`` describes (pretrained weights only when asked)."""
     if spec.source == "spectrogram":
-        from .registry import build
-
-        image = build(BackboneSpec.from_dict(spec.extra["image"]), pretrained=pretrained)
+        image = build_from_spec(BackboneSpec.from_dict(spec.extra["image"]), pretrained=pretrained)
         h, w = image.preprocess.input_size
         # vision transformers take one input size only: the spectrogram is then resized to it whole
         fixed = bool(getattr(image.body, "pretrained_cfg", {}).get("fixed_input_size")) or hasattr(image.body, "image_size")
@@ -433,19 +434,17 @@ def build_hf_audio(spec: BackboneSpec, pretrained: bool = True, folder: Path | N
     """A Hugging Face audio encoder and its feature extractor from the hub, a local folder, or a bundle."""
     from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 
-    from .text import _quiet_transformers
-
-    _quiet_transformers()
-    folder = folder or _hf_audio_dir(spec)
-    try:
-        extractor = AutoFeatureExtractor.from_pretrained(str(folder))
-        config = AutoConfig.from_pretrained(str(folder))
-        body = AutoModel.from_pretrained(str(folder)) if pretrained else AutoModel.from_config(config)
-        if getattr(config, "is_encoder_decoder", False):  # Whisper and the like: the encoder alone
-            body = body.get_encoder()
-    except (OSError, ValueError, KeyError, AttributeError) as err:
-        raise BackboneError(f"Cannot load an audio encoder from {folder} ({type(err).__name__}: "
-                            f"{str(err).splitlines()[0][:160]}).") from None
+    with quiet_transformers():
+        folder = folder or _hf_audio_dir(spec)
+        try:
+            extractor = AutoFeatureExtractor.from_pretrained(str(folder))
+            config = AutoConfig.from_pretrained(str(folder))
+            body = AutoModel.from_pretrained(str(folder)) if pretrained else AutoModel.from_config(config)
+            if getattr(config, "is_encoder_decoder", False):  # Whisper and the like: the encoder alone
+                body = body.get_encoder()
+        except (OSError, ValueError, KeyError, AttributeError) as err:
+            raise BackboneError(f"Cannot load an audio encoder from {folder} ({type(err).__name__}: "
+                                f"{str(err).splitlines()[0][:160]}).") from None
     rate = int(getattr(extractor, "sampling_rate", 16000))
     pre = AudioPreprocessConfig(kind="hf", sample_rate=rate, log=False, image_height=None)
     spec = replace(spec, weights=spec.weights if pretrained else "random",
@@ -458,10 +457,8 @@ def _hf_audio_dir(spec: BackboneSpec) -> Path:
         return Path(spec.arch)
     from huggingface_hub import snapshot_download
 
-    from .sources import _hub_offline_unless_reachable
-
     try:
-        with _hub_offline_unless_reachable(True):
+        with hub_offline_unless_reachable():
             folder = Path(snapshot_download(spec.arch, allow_patterns=["*.json", "*.txt", "*.safetensors"]))
             if not any(folder.rglob("*.safetensors")):  # older repos ship only pytorch_model.bin
                 folder = Path(snapshot_download(spec.arch, allow_patterns=["*.json", "*.txt", "*.bin"]))

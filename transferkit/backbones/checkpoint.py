@@ -1,4 +1,5 @@
-"""Backbone files on disk: reading user checkpoints, and transferkit's own backbone folder format.
+"""Backbone files on disk: user checkpoints (``--arch`` names the architecture) and transferkit's own
+backbone folder format, each a registered weight source (``checkpoint``, ``backbone_dir``).
 
 A backbone folder holds ``backbone.json`` (architecture, preprocessing, provenance) and
 ``backbone.safetensors`` (the feature network's tensors). ``transferkit pretrain`` writes them and
@@ -13,9 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..errors import BackboneError
-from .protocol import BackboneSpec, ImageBackbone, PreprocessConfig
+from ..io import atomic_dir
+from .protocol import BackboneSpec, ImageBackbone, PreprocessConfig, register_source
+from .sources import build_timm, build_torchvision
 
 BACKBONE_FORMAT = "transferkit-backbone/1"
 
@@ -45,8 +49,6 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def save_backbone(backbone: ImageBackbone, folder: str | Path, provenance: dict[str, Any] | None = None) -> Path:
     """Write ``backbone`` as a folder that ``create_backbone(folder)`` loads; atomic (temp folder, then rename)."""
-    from ..bundle.io import atomic_dir
-
     with atomic_dir(folder) as tmp:
         write_backbone_files(backbone, tmp, provenance)
     return Path(folder)
@@ -93,13 +95,59 @@ def read_backbone_dir_spec(folder: Path) -> BackboneSpec:
     )
 
 
-def load_backbone_dir(spec: BackboneSpec, pretrained: bool) -> ImageBackbone:
-    from .sources import _load_backbone_state, build_checkpoint
+def load_backbone_state(body: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
+    """Load a checkpoint's tensors into ``body``: every tensor of the architecture must be there, with its shape.
 
+    Classifier tensors (anything ``body`` lacks) are dropped, and so is a wrapper prefix that every key carries
+    (``module.`` from DDP, ``model.``, ``backbone.``, ``body.``).
+
+    Args:
+        body: the feature network to fill.
+        state: tensors by name, e.g. from :func:`read_state_dict`.
+        origin: where they came from, for the error message.
+
+    Raises:
+        BackboneError: a tensor of the architecture is missing or has another shape (``--arch`` does not match).
+    """
+    for prefix in ("module.", "model.", "backbone.", "body."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    own = body.state_dict()
+    kept = {k: v for k, v in state.items() if k in own}
+    missing = [k for k in own if k not in kept and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise BackboneError(
+            f"Checkpoint {origin} lacks {len(missing)} tensors of this architecture (first: {missing[0]}): "
+            "check --arch matches the checkpoint."
+        )
+    for k, v in kept.items():
+        if v.shape != own[k].shape:
+            raise BackboneError(f"Checkpoint {origin}: {k} has shape {tuple(v.shape)}, expected "
+                                f"{tuple(own[k].shape)}; check --arch.")
+    body.load_state_dict(kept, strict=False)
+
+
+@register_source("checkpoint")
+def build_checkpoint(spec: BackboneSpec, pretrained: bool) -> ImageBackbone:
+    """The timm or torchvision architecture ``spec.arch``, filled from the checkpoint file ``spec.weights``."""
+    arch = spec.arch
+    if arch.startswith("torchvision:"):
+        bb = build_torchvision(BackboneSpec(spec.name, "torchvision", arch.split(":", 1)[1]), pretrained=False)
+    else:
+        bb = build_timm(BackboneSpec(spec.name, "timm", arch.removeprefix("timm:")), pretrained=False)
+    bb.spec = spec
+    if pretrained:
+        load_backbone_state(bb.body, read_state_dict(Path(spec.weights)), spec.weights)
+    return bb
+
+
+@register_source("backbone_dir")
+def load_backbone_dir(spec: BackboneSpec, pretrained: bool) -> ImageBackbone:
+    """A transferkit backbone folder (``backbone.json`` + ``backbone.safetensors``), e.g. from ``pretrain``."""
     bb = build_checkpoint(BackboneSpec(spec.name, "checkpoint", spec.arch, spec.weights), pretrained=False)
     bb.spec = spec
     bb.preprocess = PreprocessConfig.from_dict(spec.extra["preprocess"])
     if pretrained:
         path = Path(spec.weights) / "backbone.safetensors"
-        _load_backbone_state(bb.body, read_state_dict(path), str(path))
+        load_backbone_state(bb.body, read_state_dict(path), str(path))
     return bb

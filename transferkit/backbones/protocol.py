@@ -9,11 +9,14 @@ into ordered layer groups (input side first) for discriminative learning rates a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
 from torch import nn
+
+from ..errors import BackboneError
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,48 @@ class BackboneSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BackboneSpec:
         return cls(**d)
+
+
+Builder = Callable[[BackboneSpec, bool], Any]
+_F = TypeVar("_F", bound=Builder)
+
+# spec.source -> the function that builds it, ``fn(spec, pretrained)``. Each weight source registers its own
+# (sources.py: package, timm, torchvision; checkpoint.py: checkpoint, backbone_dir; text.py; audio.py), so
+# that code below the registry (``random_like``, the spectrogram wrapper) rebuilds a spec without importing it.
+BUILDERS: dict[str, Builder] = {}
+
+
+def register_source(*sources: str) -> Callable[[_F], _F]:
+    """Decorator: the decorated ``fn(spec, pretrained)`` builds every backbone whose ``spec.source`` is in ``sources``.
+
+    Example::
+
+        >>> @register_source("timm")
+        ... def build_timm(spec: BackboneSpec, pretrained: bool) -> ImageBackbone: ...
+    """
+
+    def register(fn: _F) -> _F:
+        for source in sources:
+            BUILDERS[source] = fn
+        return fn
+
+    return register
+
+
+def build_from_spec(spec: BackboneSpec, pretrained: bool = True) -> Any:
+    """Build ``spec`` with the builder its source registered; pretrained weights only when ``pretrained``.
+
+    Only sources whose module has been imported are known here: outside this package, call
+    :func:`transferkit.backbones.registry.build`, which imports them all.
+
+    Raises:
+        BackboneError: no builder is registered for ``spec.source`` (e.g. a bundle from a newer transferkit).
+    """
+    builder = BUILDERS.get(spec.source)
+    if builder is None:
+        raise BackboneError(f"Backbone source {spec.source!r} is unknown: this bundle may come from a newer "
+                            "transferkit.")
+    return builder(spec, pretrained)
 
 
 @runtime_checkable
@@ -148,9 +193,7 @@ class ImageBackbone(NamedLayerGroups, nn.Module):
 
     def random_like(self) -> ImageBackbone:
         """The same architecture and preprocessing with random weights (the scratch baseline)."""
-        from .registry import build
-
-        bb = build(self.spec, pretrained=False)
+        bb = build_from_spec(self.spec, pretrained=False)
         bb.preprocess = self.preprocess
         return bb
 

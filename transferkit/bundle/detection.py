@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import TransferkitError
-from .io import atomic_dir
+from ..io import atomic_dir
 
 TASK = "object-detection"
 

@@ -30,8 +30,8 @@ import torch
 from ..backbones.protocol import BackboneSpec
 from ..errors import TransferkitError
 from ..heads import Classifier, build_head
+from ..io import atomic_dir
 from .format import BUNDLE_FORMAT, read_config
-from .io import atomic_dir
 
 
 class TransferModel:

@@ -349,7 +349,7 @@ def write_coco(boxes: BoxSet, json_path: Path, classes: list[str], image_root: P
     """Write ``boxes`` (image files under ``image_root``) as COCO JSON, categories numbered from 1 in ``classes``
     order. Atomic. Raises :class:`DataError` for an in-memory image, an image outside ``image_root``, or a class
     name that is not in ``classes``."""
-    from ..bundle.io import write_json
+    from ..io import write_json
 
     cat_ids = {c: k + 1 for k, c in enumerate(classes)}
     images, anns = [], []

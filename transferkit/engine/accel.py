@@ -1,8 +1,36 @@
-"""Accelerator set-up: device, mixed precision and seeds in one place."""
+"""Accelerator set-up: device, mixed precision and seeds in one place, and which process is the main one."""
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import torch
+
+
+def is_main_process(accelerator: Any | None = None) -> bool:
+    """True in the process that writes files and prints results: the only one, or rank 0 under a launcher.
+
+    The one definition transferkit uses. With several processes (``accelerate launch``, ``torchrun``), every
+    process runs the same code and only this one may write a bundle, a report or a results line.
+
+    Args:
+        accelerator: an :class:`accelerate.Accelerator`. When given, its answer (it knows the process group).
+            Without one, the global rank in the ``RANK`` environment variable, which torchrun and
+            ``accelerate launch`` set for every process they start; a process nobody launched has none and is
+            the main one.
+
+    Returns:
+        ``True`` in the main process, ``False`` in the others.
+
+    Example::
+
+        >>> is_main_process()  # a plain Python process
+        True
+    """
+    if accelerator is not None:
+        return bool(accelerator.is_main_process)
+    return os.environ.get("RANK", "0").strip() in ("", "0")
 
 
 def bf16_supported_on_cpu() -> bool:

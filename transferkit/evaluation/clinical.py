@@ -297,7 +297,7 @@ def roc_png(y_true: np.ndarray, probs: np.ndarray, classes: list[str], positive:
     diagram (confidence vs accuracy, before and after calibration)."""
     from sklearn.metrics import roc_curve
 
-    from .plots import _save, pyplot
+    from .plots import pyplot, save_figure
 
     plt = pyplot()
     y = np.asarray(y_true)
@@ -338,4 +338,4 @@ def roc_png(y_true: np.ndarray, probs: np.ndarray, classes: list[str], positive:
     ax2.set_ylim(0, 1.01)
     ax2.legend(loc="upper left", fontsize=8)
     ax2.set_title("Reliability")
-    _save(fig, path)
+    save_figure(fig, path)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..bundle.io import atomic_write_bytes, atomic_write_text, write_json
+from ..io import atomic_write_bytes, atomic_write_text, write_json
 
 # colour-blind-safe palette (Okabe-Ito), one colour per class, cycled
 PALETTE = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0),
@@ -149,7 +149,7 @@ def examples_png(images: list[np.ndarray], preds: list[dict], truth: list[dict],
 
 def map_curve_png(epochs: list[dict], path: Path, title: str) -> None:
     """Training loss and validation mAP per epoch."""
-    from .plots import _save, pyplot
+    from .plots import pyplot, save_figure
 
     plt = pyplot()
     x = [e["epoch"] + 1 for e in epochs]
@@ -164,7 +164,7 @@ def map_curve_png(epochs: list[dict], path: Path, title: str) -> None:
     ax2.set_ylim(0, 1.02)
     ax2.legend()
     fig.suptitle(title)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def write_detection_report(out: Path, metrics: dict[str, Any], examples: dict[str, Any]) -> dict[str, str]:

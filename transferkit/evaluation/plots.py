@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle.io import atomic_write_bytes
+from ..io import atomic_write_bytes
 
 
 def pyplot():
@@ -20,7 +20,15 @@ def pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
+    """Write a matplotlib figure as a PNG (110 dpi, tight box) atomically, then close it to free its memory.
+
+    Every plot transferkit writes goes through here, so they all look alike and none is ever half-written.
+
+    Args:
+        fig: a :class:`matplotlib.figure.Figure`, e.g. from ``pyplot().subplots()``.
+        path: the PNG file to create or replace.
+    """
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -46,7 +54,7 @@ def confusion_matrix_png(cm: list[list[int]], classes: list[str], path: Path, ti
     for i in range(n):
         for j in range(n):
             ax.text(j, i, str(cm_arr[i, j]), ha="center", va="center", color="white" if cm_arr[i, j] > top / 2 else "black", fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def learning_curve_png(epochs: list[dict], path: Path, title: str = "Learning curve") -> None:
@@ -68,7 +76,7 @@ def learning_curve_png(epochs: list[dict], path: Path, title: str = "Learning cu
     ax2.set_ylim(0, 1.02)
     ax2.legend()
     fig.suptitle(title)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 _STRATEGY_COLOURS = {"linear": "tab:blue", "finetune": "tab:orange", "scratch": "tab:red", "auto": "tab:green",
@@ -103,7 +111,7 @@ def data_efficiency_png(summary: list[dict], strategies: list[str], path: Path, 
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title("Data efficiency")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def time_to_accuracy_png(runs: list[dict], strategies: list[str], path: Path, title: str = "Time to accuracy") -> None:
@@ -124,7 +132,7 @@ def time_to_accuracy_png(runs: list[dict], strategies: list[str], path: Path, ti
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(title)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def gap_png(summary: list[dict], strategies: list[str], budgets: list, path: Path) -> None:
@@ -151,4 +159,4 @@ def gap_png(summary: list[dict], strategies: list[str], budgets: list, path: Pat
     ax.grid(alpha=0.3, axis="y")
     ax.legend()
     ax.set_title("Overfitting gap of the kept model")
-    _save(fig, path)
+    save_figure(fig, path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..bundle.io import atomic_write_text, write_json
+from ..io import atomic_write_text, write_json
 from .plots import confusion_matrix_png, learning_curve_png
 
 

@@ -105,15 +105,6 @@ class Detector(NamedLayerGroups, nn.Module):
         body = {id(p) for p in self.body.parameters()}
         return [p for p in self.model.parameters() if id(p) not in body]
 
-    def set_thresholds(self, score: float | None = None, nms: float | None = None, max_detections: int | None = None) -> None:
-        """Post-processing settings (kept in the bundle): lowest score kept, NMS IoU, boxes per image."""
-        if score is not None:
-            self.model.score_thresh = self.config["score_thresh"] = float(score)
-        if nms is not None:
-            self.model.nms_thresh = self.config["nms_thresh"] = float(nms)
-        if max_detections is not None:
-            self.model.detections_per_img = self.config["detections_per_img"] = int(max_detections)
-
     def random_like(self) -> Detector:
         """The same architecture with random weights everywhere (the scratch baseline; its BatchNorm trains)."""
         config = {**self.config, "frozen_bn": False} if "frozen_bn" in self.config else self.config
@@ -215,7 +206,7 @@ def _coco_detector(spec: BackboneSpec, config: dict[str, Any], pretrained: bool)
     from torchvision.models import detection
 
     from ..backbones.protocol import ordered_child_groups
-    from ..backbones.sources import _download_error
+    from ..backbones.sources import download_error
 
     weights_enum = getattr(detection, COCO_DETECTORS[spec.arch])
     weights = weights_enum.COCO_V1
@@ -226,7 +217,7 @@ def _coco_detector(spec: BackboneSpec, config: dict[str, Any], pretrained: bool)
         model = torchvision.models.get_model(spec.arch, weights=weights if pretrained else None, weights_backbone=None,
                                              **({} if pretrained else {"num_classes": 91}), **kwargs)
     except Exception as err:  # urllib errors when offline
-        raise _download_error(spec, err) from None
+        raise download_error(spec, err) from None
     config = {"frozen_bn": True, **config, "fpn_channels": model.backbone.out_channels}
     fp32_head(model.head)
     if not pretrained and config["frozen_bn"]:

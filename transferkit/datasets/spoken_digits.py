@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 from ..errors import DataError
+from . import require
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 ACCENTS = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029"]
@@ -20,10 +21,8 @@ VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f
 
 
 def espeak() -> str:
-    exe = shutil.which("espeak-ng")
-    if exe is None:
-        raise DataError("Spoken digits need espeak-ng: run `apt-get install espeak-ng` (Debian/Ubuntu).")
-    return exe
+    require("spoken_digits")  # espeak-ng: one line saying how to install it
+    return shutil.which("espeak-ng")
 
 
 def speakers(seed: int = 0) -> list[str]:

@@ -1,0 +1,88 @@
+"""Process-wide Hugging Face settings, changed only inside a ``with`` block that puts them back.
+
+huggingface_hub and transformers keep their offline switch, log level and progress bars in module globals;
+the weight sources (:mod:`.sources`, :mod:`.text`, :mod:`.audio`) need them changed around a download or a
+model load, and nowhere else: a notebook or a program that embeds transferkit keeps its own settings.
+"""
+
+from __future__ import annotations
+
+import socket
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+HUB_HOST = "huggingface.co"
+
+
+def hub_reachable(host: str = HUB_HOST, timeout: float = 3.0) -> bool:
+    """True when ``host`` accepts a TLS-port connection within ``timeout`` seconds."""
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextmanager
+def hub_offline_unless_reachable(needed: bool = True, host: str = HUB_HOST) -> Iterator[None]:
+    """Inside the block, use only the local hub cache when the hub cannot be reached.
+
+    Without this, huggingface_hub retries for about a minute before failing; with it, cached weights still
+    load and missing ones fail at once with our one-line message. ``huggingface_hub.constants.HF_HUB_OFFLINE``
+    is set for the block only (the whole process sees it meanwhile: keep the block to the download) and is
+    restored on the way out, exception or not.
+
+    Args:
+        needed: ``False`` makes the block a no-op (nothing will be downloaded, e.g. ``pretrained=False``).
+        host: the host to probe.
+
+    Example::
+
+        >>> with hub_offline_unless_reachable():
+        ...     model = timm.create_model("resnet18.a1_in1k", pretrained=True)
+    """
+    if not needed:
+        yield
+        return
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    if not saved and not hub_reachable(host):
+        constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Inside the block, transformers logs errors only and shows no progress bars; both are restored after.
+
+    Loading an encoder from a local folder prints notes meant for model authors (unused pooler weights,
+    newly initialised heads) and a progress bar per load: noise in our console and in a run's log. The
+    transformers log level, its progress-bar switch and huggingface_hub's global progress-bar switch are put
+    back as they were on the way out, exception or not.
+    """
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging
+
+    verbosity, bars_on = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    hub_bars_off = are_progress_bars_disabled()
+    logging.set_verbosity_error()
+    with warnings.catch_warnings():  # huggingface_hub warns when HF_HUB_DISABLE_PROGRESS_BARS already decides
+        warnings.simplefilter("ignore")
+        logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if bars_on:
+                logging.enable_progress_bar()  # transformers' switch (this turns the hub's on too) ...
+            if hub_bars_off:  # ... then the hub's, as it was
+                disable_progress_bars()
+            else:
+                enable_progress_bars()

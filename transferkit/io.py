@@ -1,0 +1,112 @@
+"""Crash-safe writes, for every file transferkit produces (bundles, reports, run records, exported data sets).
+
+Everything lands under a temporary name beside its target first and is renamed into place with
+:func:`os.replace` at the end, so a failed or interrupted run never leaves a half-written file or folder,
+and an existing one is never half-overwritten: readers see the old version or the new one, nothing between.
+
+Example::
+
+    >>> from transferkit.io import atomic_dir, write_json
+    >>> with atomic_dir("runs/exp/model") as tmp:      # a fresh temporary folder beside runs/exp/model
+    ...     write_json(tmp / "config.json", {"lr": 1e-3})
+    >>> # on leaving the block the folder is renamed into place; on an exception it is removed instead
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_dir(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``target``; on success it replaces ``target`` in one rename.
+
+    Args:
+        target: the folder to create or replace. Its parent is created when missing. An existing ``target``
+            is replaced whole (moved aside, then deleted once the new one is in place).
+
+    Yields:
+        The temporary folder to fill (same file system as ``target``, so the final rename is atomic).
+
+    Raises:
+        Whatever the ``with`` block raises, after the temporary folder is removed; ``target`` is then untouched.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the usual permissions
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, then :func:`os.replace`.
+
+    Args:
+        path: the file to create or replace; its parent folder is created when missing.
+        data: the whole content.
+
+    Raises:
+        OSError: the folder is not writable or the disk is full; ``path`` then keeps its old content.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """:func:`atomic_write_bytes` for ``text``, encoded as UTF-8."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON (numpy arrays and scalars, tensors and paths included; see :func:`jsonable`).
+
+    Raises:
+        TypeError: ``obj`` holds something JSON cannot represent; nothing is written then.
+    """
+    atomic_write_text(path, json.dumps(obj, indent=2, default=jsonable) + "\n")
+
+
+def jsonable(o: Any) -> Any:
+    """The ``default=`` for :func:`json.dumps`: arrays, tensors and numpy scalars as lists/numbers, paths as strings.
+
+    Raises:
+        TypeError: any other type (what :func:`json.dumps` expects from a ``default``).
+    """
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
