@@ -153,7 +153,8 @@ class VectorSplits:
         self.train, self.val, self.test, self.classes = train, None, test, classes
 
     def summary(self) -> dict[str, Any]:
-        return {"train": len(self.train), "test": len(self.test), "classes": self.classes}
+        return {"train": len(self.train), "val": 0, "test": len(self.test), "classes": self.classes,
+                "split": "every fourth vector for test", "cross_validated": True}
 
 
 class MLPBackbone(nn.Module):
@@ -177,8 +178,11 @@ class MLPBackbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)
 
-    def group_parameters(self) -> list[list[nn.Parameter]]:
+    def layer_groups(self) -> list[list[nn.Parameter]]:  # shallow to deep, for layer-wise learning rates
         return [list(self.body[0].parameters()), list(self.body[2].parameters())]
+
+    def random_like(self) -> MLPBackbone:
+        return MLPBackbone()
 
 
 class VectorDataset(Dataset):
@@ -262,7 +266,7 @@ def vector_task():
 @pytest.mark.parametrize("strategy", ["linear", "finetune"])
 def test_a_task_defined_outside_the_package_fits_saves_loads_and_predicts(vector_task, strategy, tmp_path):
     data = _vectors()
-    opts = {"epochs": 3, "batch_size": 16} if strategy == "finetune" else {}
+    opts = {"epochs": 15, "lr": 1e-2, "batch_size": 16} if strategy == "finetune" else {}
     model = transferkit.fit(data, strategy=strategy, out=tmp_path / "run", **opts)
     assert model.metrics["task"] == "vector-classification"
     assert model.metrics["test"]["accuracy"] >= 0.9  # the class means are 3 standard deviations apart

@@ -119,33 +119,8 @@ def render_markdown(m: dict[str, Any], classes: list[str]) -> str:
     scored = "test" if m.get("test") else "val"
     s = m[scored]
     gap = m["train_val_gap"]
-    text = m.get("task") == "text-classification"
-    audio = m.get("task") == "audio-classification"
-    unit = "texts" if text else "recordings" if audio else "images"
-    if audio:
-        a = m["data"]["audio"]
-        formats: dict[str, int] = {}
-        for split in a.values():
-            for k, v in split["sources"].items():
-                formats[k] = formats.get(k, 0) + v
-        silent = sum(v["silent"] for v in a.values())
-        windows = ", ".join(f"{k} {v['windows']}" for k, v in a.items())
-        inputs = (f"{m['backbone']['input']}; windows {windows}; "
-                  f"files read: {', '.join(f'{n} at {k}' for k, n in formats.items())}"
-                  + (f"; {silent} silent" if silent else ""))
-    elif text:
-        pre = m["backbone"]["preprocess"]
-        trunc = m["data"]["truncated"]
-        n_all = m["data"]["train"] + m["data"]["val"] + m["data"]["test"]
-        inputs = (f"{pre['pooling']} pooling{', normalised' if pre['normalize'] else ''}, max {pre['max_length']} tokens; "
-                  f"{sum(trunc.values())} of {n_all} texts were longer and cut there "
-                  f"({', '.join(f'{k} {v}' for k, v in trunc.items())})")
-    else:
-        inputs = f"{m['backbone']['input_size'][0]} px input"
-        pre = m["backbone"]["preprocess"]
-        if m.get("task") == "medical-classification":
-            inputs += (f", window {pre.get('window', 'auto')}, slices {pre.get('slices', '2d')}, greyscale repeated "
-                       "into 3 channels")
+    # the task says what its examples are called and how the backbone read them (tasks.ClassificationTask.finish)
+    unit, inputs = m.get("unit", "examples"), m.get("inputs", "inputs as the backbone's preprocessing reads them")
     kind = "multi-label, " if m["data"].get("multi_label") else ""
     lines = [
         f"# transferkit run: {m['strategy']} on {m['backbone']['name']}",

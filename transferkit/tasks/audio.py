@@ -75,6 +75,7 @@ class AudioTask(ClassificationTask):
     Options = AudioOptions
     sniff_order = 30
     plural = "audio"
+    unit = "recordings"
 
     def sniff(self, data: Any, hints: dict[str, Any]) -> bool:
         from ..data.sources import detect_kind
@@ -138,6 +139,18 @@ class AudioTask(ClassificationTask):
         summary = super().data_summary(prepared, multi_label)
         summary["audio"] = {name: d.info for name, d in prepared.encoded.items()}
         return summary
+
+    def input_summary(self, metrics: dict[str, Any]) -> str:
+        a = metrics["data"]["audio"]
+        formats: dict[str, int] = {}
+        for split in a.values():
+            for k, v in split["sources"].items():
+                formats[k] = formats.get(k, 0) + v
+        silent = sum(v["silent"] for v in a.values())
+        windows = ", ".join(f"{k} {v['windows']}" for k, v in a.items())
+        return (f"{metrics['backbone']['input']}; windows {windows}; "
+                f"files read: {', '.join(f'{n} at {k}' for k, n in formats.items())}"
+                + (f"; {silent} silent" if silent else ""))
 
     def backbone_summary(self, backbone: Any) -> dict[str, Any]:
         from ..backbones.audio import describe

@@ -90,6 +90,7 @@ class Task:
     ranks_backbones: ClassVar[bool] = True  # several backbones may be ranked (LogME on pooled features) first
     inputs: ClassVar[str] = "files"  # what predict takes: "files" (paths or arrays) or "strings"
     reading_options: ClassVar[tuple[str, ...]] = ()  # what evaluate's read_labelled takes besides the source
+    unit: ClassVar[str] = "examples"  # what the report calls one example: "images", "texts", "recordings"
     plural: ClassVar[str] = ""  # how an error names this task's data: "texts", "audio", "images"
 
     # -- recognising and reading data -------------------------------------------------------------------------

@@ -40,6 +40,10 @@ class ClassificationTask(Task):
         return {**backbone.spec.to_dict(), "preprocess": backbone.preprocess.to_dict(),
                 "num_features": backbone.num_features}
 
+    def input_summary(self, metrics: dict[str, Any]) -> str:
+        """How the backbone read the examples, for the report (e.g. "224 px input")."""
+        return "inputs as the backbone's preprocessing reads them"
+
     def model_meta(self, options: Any) -> dict[str, Any]:
         """What the bundle keeps from this task's options (e.g. how multi-label cells were split)."""
         return {}
@@ -142,6 +146,7 @@ class ClassificationTask(Task):
             "timings": timings,
             "details": result.details,
         }
+        metrics["unit"], metrics["inputs"] = self.unit, self.input_summary(metrics)
         if calibration is not None:
             metrics["clinical"] = calibration
         if extras.get("ranking") is not None:
@@ -277,7 +282,10 @@ def example_names(encoded: Any, source: Any) -> list[str]:
     """Where each scored example came from: a text's file/row, an image's path (or its position for arrays)."""
     if hasattr(encoded, "names"):
         return list(encoded.names)
-    return [f"array #{i}" if hasattr(source.items[i], "shape") else str(source.items[i]) for i in encoded.kept]
+    items = getattr(source, "items", None)
+    if items is None:  # a task's own data without file names: positions
+        return [f"#{i}" for i in kept_positions(encoded)]
+    return [f"array #{i}" if hasattr(items[i], "shape") else str(items[i]) for i in encoded.kept]
 
 
 def kept_positions(encoded: Any) -> list[int]:

@@ -64,6 +64,7 @@ class ImageTask(ClassificationTask):
     Options = ImageOptions
     sniff_order = 90
     plural = "images (DICOM, NIfTI, 16-bit PNG/TIFF)"
+    unit = "images"
     val_batch: ClassVar[int] = 64
     patients: ClassVar[bool] = False  # patient-level splits (medical)
     resize: ClassVar[str | None] = None  # the backbone's resize rule for these data, when not its own ("pad")
@@ -114,6 +115,9 @@ class ImageTask(ClassificationTask):
                 raise TransferkitError(f"Image size {settings.image_size} is too small: use 32 pixels or more.")
             # the backbone's mean/std/interpolation stay; only the resolution changes (and is saved in the bundle)
             replace_preprocess(bb, input_size=(settings.image_size, settings.image_size))
+
+    def input_summary(self, metrics: dict[str, Any]) -> str:
+        return f"{metrics['backbone']['input_size'][0]} px input"
 
     def backbone_summary(self, backbone: Any) -> dict[str, Any]:
         return {**super().backbone_summary(backbone), "input_size": list(backbone.preprocess.input_size)}

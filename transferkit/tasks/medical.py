@@ -118,6 +118,11 @@ class MedicalTask(ImageTask):
                for name, p in probs.items()}
         return {**model.clinical, "ece": ece}
 
+    def input_summary(self, metrics: dict[str, Any]) -> str:
+        pre = metrics["backbone"]["preprocess"]
+        return (f"{super().input_summary(metrics)}, window {pre.get('window', 'auto')}, slices "
+                f"{pre.get('slices', '2d')}, greyscale repeated into 3 channels")
+
     def write_extra(self, out: Path, model: Any, prepared: Prepared, plots: dict[str, Any]) -> None:
         from ..evaluation.clinical import roc_png
 

@@ -58,6 +58,7 @@ class TextTask(ClassificationTask):
     Options = TextTaskOptions
     sniff_order = 20
     plural = "texts"
+    unit = "texts"
     inputs = "strings"
     reading_options = ("text_column", "label_column", "label_sep", "encoding")
 
@@ -109,6 +110,14 @@ class TextTask(ClassificationTask):
         return prepared.splits.summary() | {
             "multi_label": multi_label, "max_length": prepared.backbone.preprocess.max_length,
             "truncated": {name: d.truncated for name, d in prepared.encoded.items()}}
+
+    def input_summary(self, metrics: dict[str, Any]) -> str:
+        pre, data = metrics["backbone"]["preprocess"], metrics["data"]
+        trunc = data["truncated"]
+        n_all = data["train"] + data["val"] + data["test"]
+        return (f"{pre['pooling']} pooling{', normalised' if pre['normalize'] else ''}, max {pre['max_length']} "
+                f"tokens; {sum(trunc.values())} of {n_all} texts were longer and cut there "
+                f"({', '.join(f'{k} {v}' for k, v in trunc.items())})")
 
     def model_meta(self, options: TextTaskOptions) -> dict[str, Any]:
         # evaluate() reads multi-label cells the same way
