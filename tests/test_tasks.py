@@ -55,6 +55,7 @@ def _data(name: str, root: Path, backbones: dict[str, str]) -> tuple[Any, Any, d
         return manifest, manifest, {"backbone": backbones["image"], "modality": "medical"}
     if name == "text":
         train, test = topic_texts(8, seed=1), topic_texts(3, seed=2)
+        root.mkdir(parents=True)
         path = root / "texts.csv"
         with path.open("w", newline="") as f:
             w = csv.writer(f)
@@ -111,8 +112,8 @@ def test_task_contract(task_name, strategy, tmp_path, tiny_backbone, tiny_text_b
             np.testing.assert_allclose([t["probability"] for t in a["top"]], [t["probability"] for t in b["top"]],
                                        atol=1e-5)
     scores = again.evaluate(str(labelled))
-    key = "map" if task_name == "detection" else "accuracy"
-    assert 0.0 <= scores[key] <= 1.0 and scores["n"] > 0
+    key, n = ("map", "n_images") if task_name == "detection" else ("accuracy", "n")
+    assert 0.0 <= scores[key] <= 1.0 and scores[n] > 0
 
 
 # ---------------------------------------------------------------------------------------- a task of our own

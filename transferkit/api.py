@@ -149,19 +149,22 @@ def fit(
     return run(data, task_obj, settings, options, backbones=several)
 
 
+# fit's ``task`` argument -> the registered task it names (None: decided by ``modality`` or by the data)
+TASK_WORDS = {"auto": None, "classify": None, "detect": "detection"}
+
+
 def resolve(data: Any, task: str = "auto", modality: str = "auto", given: dict[str, Any] | None = None) -> tuple:
     """The registered task for ``data`` (``task="detect"``, a named ``modality``, or what the data look like) and
     its options from ``given`` (None values count as not given)."""
     from .tasks import get_task, resolve_task, task_options
 
     given = given or {}
-    if task not in ("auto", "classify", "detect"):
+    if task not in TASK_WORDS:
         raise TransferkitError(f"Task {task!r} is unknown: choose auto, classify or detect.")
-    if task == "detect":
-        chosen = get_task("detection")
-    elif modality != "auto":
-        chosen = get_task(modality)
-    else:
+    named = TASK_WORDS[task] or (modality if modality != "auto" else None)
+    if named is not None:
+        chosen = get_task(named)
+    else:  # "classify" leaves detection out of what the data may be
         chosen = resolve_task(data, "auto", given, exclude=("detection",) if task == "classify" else ())
     return chosen, task_options(chosen, given)
 

@@ -131,7 +131,7 @@ def compare(data: Any, *, budgets: str | list = (5, 10, 25, 50, ALL), seeds: int
         if name != CLASSICAL:
             task.create_strategy(name, None,
                                  _run_options(name, strategy_options, kind, _not_for(name, names, strategy_options)))
-    metric = _choose_metric(metric, kind, splits.classes)
+    metric = _choose_metric(metric, task, splits.classes)
     pool = _concat(splits.train, splits.val)
     test = splits.test
     if test is None or len(test) == 0:
@@ -147,7 +147,12 @@ def compare(data: Any, *, budgets: str | list = (5, 10, 25, 50, ALL), seeds: int
                        val_fraction=val_fraction, test_fraction=test_fraction, modality=kind)
         backbone = ranking["ranking"][0]
         info(f"compare: {backbone} ranks first of {len(several)} by LogME; every run uses it")
-    image_pre = _classical_preprocess(backbone, kind, fit_options) if CLASSICAL in names else None
+    image_pre = None
+    if CLASSICAL in names:  # the classical baseline sees images as the runs' backbone crops them
+        from .tasks import task_options
+
+        image_pre = task.baseline_preprocess(backbone, task_options(task, {k: v for k, v in fit_options.items()
+                                                                          if k in ("window", "slices")}))
     config = {"data": str(Path(data).resolve()) if isinstance(data, (str, Path)) else type(data).__name__, "kind": kind,
               "backbone": backbone, "strategies": names, "budgets": budget_list, "labels_per_class": sizes,
               "seeds": seeds, "metric": metric, "time_per_run_s": run_seconds, "test_n": len(test),
@@ -171,7 +176,7 @@ def compare(data: Any, *, budgets: str | list = (5, 10, 25, 50, ALL), seeds: int
         started = time.monotonic()
         try:
             if name == CLASSICAL:
-                run = _classical_run(part, kind, b, s, metric, image_pre, skip_bad)
+                run = _classical_run(part, task, b, s, metric, image_pre, skip_bad)
             else:
                 model = fit(part, backbone=backbone, strategy=name, budget=run_seconds, seed=s, precision=precision,
                             image_size=image_size, modality=kind, skip_bad=skip_bad,
@@ -332,14 +337,13 @@ def _budget_splits(pool, test, classes: list[str], budget, seed: int, val_fracti
     return part
 
 
-def _choose_metric(metric: str, kind: str, classes: list[str]) -> str:
+def _choose_metric(metric: str, task: Any, classes: list[str]) -> str:
     if metric == "auto":
-        if kind == "medical":
-            return "auroc" if len(classes) == 2 else "balanced_accuracy"
-        return "accuracy"
+        return task.default_metric(classes)
     if metric not in METRICS[:4]:
-        raise TransferkitError(f"Metric {metric!r} is unknown: choose auto, accuracy, balanced_accuracy, macro_f1 or auroc.")
-    if metric == "auroc" and (kind != "medical" or len(classes) != 2):
+        raise TransferkitError(f"Metric {metric!r} is unknown: choose auto, accuracy, balanced_accuracy, macro_f1 or "
+                               "auroc.")
+    if metric == "auroc" and (not task.clinical_scores or len(classes) != 2):
         raise TransferkitError("metric auroc needs two-class medical data (--modality medical); choose accuracy, "
                                "balanced_accuracy or macro_f1.")
     return metric
@@ -374,38 +378,20 @@ def _record(model, budget, seed: int, name: str, metric: str, part, wall_s: floa
     }
 
 
-def _classical_preprocess(backbone: str | None, kind: str, options: dict) -> Any:
-    """The image preprocessing the runs' backbone uses (its crop; window, slices and padding for medical images),
-    so that the classical baseline sees the same part of each image; None for texts and audio. The backbone is
-    built without its weights: only its preprocessing config is read."""
-    if kind not in ("image", "medical"):
-        return None
-    from .backbones.registry import create_backbone
-    from .data.medical import check_slices, check_window
-
-    pre = create_backbone(backbone, pretrained=False, modality="image").preprocess
-    window, slices = options.get("window"), options.get("slices")
-    return dataclasses.replace(pre, window=check_window(window) if window is not None else pre.window,
-                               slices=check_slices(slices) if slices is not None else pre.slices,
-                               resize="pad" if kind == "medical" else pre.resize)
-
-
-def _classical_run(part, kind: str, budget, seed: int, metric: str, image_pre: Any, skip_bad: bool) -> dict[str, Any]:
+def _classical_run(part, task: Any, budget, seed: int, metric: str, image_pre: Any, skip_bad: bool) -> dict[str, Any]:
     """One run of the classical baseline, recorded like :func:`_record` records a transfer run.
 
     It trains on the validation examples too: it chooses its C by cross-validation on whatever it is given, so a
     held-out split would only be labels it paid for and did not use (a budget counts both, for every strategy).
     Hence no validation score, no validation curve over time and no overfitting gap (None); ``train_score`` is
     its accuracy on the examples it was fitted on."""
-    from .strategies.classical import ClassicalBaseline, decode_for_baseline
     from .evaluation.metrics import classification_metrics
+    from .strategies.classical import ClassicalBaseline
 
     labelled = _concat(part.train, part.val) if part.val is not None else part.train
-    modality = "image" if kind == "medical" else kind
-    data = decode_for_baseline(modality, {"train": labelled, "test": part.test}, part.classes,
-                               image_preprocess=image_pre, skip_bad=skip_bad)
+    data = task.classical_data({"train": labelled, "test": part.test}, part.classes, image_pre, skip_bad)
     (x, y), (x_test, y_test) = data["train"], data["test"]
-    base = ClassicalBaseline(modality, seed=seed).fit(x, y, num_classes=len(part.classes))
+    base = ClassicalBaseline(task.baseline_kind(), seed=seed).fit(x, y, num_classes=len(part.classes))
     probs = base.predict_proba(x_test)
     test = classification_metrics(y_test, probs, part.classes)
     auroc_ci = None

@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
@@ -257,6 +258,7 @@ class LogMelFeatures:
 # scored 0.58 with HOG + thumbnail (24 training images, conftest's colour patches; 1.00 with the thumbnail alone).
 FEATURES: dict[str, tuple[type, ...]] = {"image": (ImageFeatures, ColourThumbnail), "text": (TfidfFeatures,),
                                          "audio": (LogMelFeatures,)}
+FEATURES["medical"] = FEATURES["image"]  # medical images: the same image features
 
 
 class ClassicalBaseline:
@@ -297,15 +299,16 @@ class ClassicalBaseline:
 
         from ..heads.probe import LogisticProbe
 
-        modality = "image" if self.modality == "medical" else self.modality
-        if modality not in FEATURES:
+        if self.modality not in FEATURES:
             raise TransferkitError(f"The classical baseline has no features for {self.modality!r}: choose "
                                    f"{', '.join(FEATURES)}.")
         y = _targets(getattr(data, "targets", None) if targets is None else targets)
         self.cv_scores_: dict[str, float] = {}
         best = None
-        for maker in FEATURES[modality]:
-            features = (maker(sample_rate=self.sample_rate) if modality == "audio" else maker()).fit(data)
+        for maker in FEATURES[self.modality]:
+            # features computed from waveforms need their sample rate; the others take no setting
+            takes_rate = "sample_rate" in inspect.signature(maker).parameters
+            features = (maker(sample_rate=self.sample_rate) if takes_rate else maker()).fit(data)
             X = features.transform(data)
             if len(X) != len(y):
                 raise TransferkitError(f"The baseline got {len(X)} examples but {len(y)} targets: give one target "
@@ -359,33 +362,52 @@ def decode_for_baseline(modality: str, sets: dict[str, Any], classes: list[str],
 
     Raises :class:`~transferkit.errors.DataError` for unreadable files (skipped instead with ``skip_bad``).
     """
+    reader = READERS.get(modality)
+    if reader is None:
+        raise TransferkitError(f"The classical baseline has no reader for {modality!r}: choose {', '.join(READERS)}.")
+    index = {c: i for i, c in enumerate(classes)}
+    return reader(sets, index, classes, image_preprocess, skip_bad)
+
+
+def _read_texts(sets: dict[str, Any], index: dict[str, int], classes: list[str], image_preprocess: Any,
+                skip_bad: bool) -> dict[str, tuple[Any, np.ndarray]]:
+    return {name: (ds, np.array([index[y] for y in ds.labels])) for name, ds in sets.items()}
+
+
+def _read_audio(sets: dict[str, Any], index: dict[str, int], classes: list[str], image_preprocess: Any,
+                skip_bad: bool) -> dict[str, tuple[Any, np.ndarray]]:
     import dataclasses
 
-    index = {c: i for i, c in enumerate(classes)}
-    out: dict[str, tuple[Any, np.ndarray]] = {}
-    if modality == "text":
-        for name, ds in sets.items():
-            out[name] = (ds, np.array([index[y] for y in ds.labels]))
-        return out
-    if modality == "audio":
-        from ..backbones.audio import AudioPreprocessConfig
-        from ..data.audio import choose_clip_seconds, read_clips, window_clips
+    from ..backbones.audio import AudioPreprocessConfig
+    from ..data.audio import choose_clip_seconds, read_clips, window_clips
 
-        pre = AudioPreprocessConfig()  # 16 kHz mono, no loudness or silence processing: the plain recording
-        clip = None
-        for name, ds in sets.items():
-            clips = read_clips(ds.items, pre, skip_bad=skip_bad, array_rate=getattr(ds, "sample_rate", None),
-                               description=f"reading {name} (classical)")
-            if clip is None:
-                clip = dataclasses.replace(pre, clip_seconds=choose_clip_seconds(clips.durations(pre.sample_rate)))
-            dec = window_clips(clips, [index[ds.labels[i]] for i in clips.kept], clip.clip_samples)
-            out[name] = (dec, dec.targets.numpy())
-        return out
+    out: dict[str, tuple[Any, np.ndarray]] = {}
+    pre = AudioPreprocessConfig()  # 16 kHz mono, no loudness or silence processing: the plain recording
+    clip = None
+    for name, ds in sets.items():
+        clips = read_clips(ds.items, pre, skip_bad=skip_bad, array_rate=getattr(ds, "sample_rate", None),
+                           description=f"reading {name} (classical)")
+        if clip is None:
+            clip = dataclasses.replace(pre, clip_seconds=choose_clip_seconds(clips.durations(pre.sample_rate)))
+        dec = window_clips(clips, [index[ds.labels[i]] for i in clips.kept], clip.clip_samples)
+        out[name] = (dec, dec.targets.numpy())
+    return out
+
+
+def _decode_images(sets: dict[str, Any], index: dict[str, int], classes: list[str], image_preprocess: Any,
+                   skip_bad: bool) -> dict[str, tuple[Any, np.ndarray]]:
+    import dataclasses
+
     from ..backbones.protocol import PreprocessConfig
     from ..data.images import decode
 
+    out: dict[str, tuple[Any, np.ndarray]] = {}
     pre = dataclasses.replace(image_preprocess or PreprocessConfig(), input_size=(IMAGE_SIZE, IMAGE_SIZE))
     for name, ds in sets.items():
         dec = decode(ds, pre, classes, skip_bad=skip_bad, description=f"decoding {name} (classical)")
         out[name] = (dec, dec.targets.numpy())
     return out
+
+
+# how each kind of example set is read for the baseline (medical images as images)
+READERS = {"image": _decode_images, "medical": _decode_images, "text": _read_texts, "audio": _read_audio}

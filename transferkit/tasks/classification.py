@@ -48,6 +48,25 @@ class ClassificationTask(Task):
         """What the bundle keeps from this task's options (e.g. how multi-label cells were split)."""
         return {}
 
+    clinical_scores = False  # scores AUROC, sensitivity, specificity... (medical)
+
+    def default_metric(self, classes: list[str]) -> str:
+        """What ``compare`` ranks strategies by when asked for ``auto``."""
+        return "accuracy"
+
+    def baseline_preprocess(self, backbone: str | None, options: Any) -> Any:
+        """The preprocessing the classical baseline reads images with (the backbone's crop, window...), or None."""
+        return None
+
+    def classical_data(self, sets: dict[str, Any], classes: list[str], preprocess: Any = None,
+                       skip_bad: bool = False) -> dict[str, tuple[Any, Any]]:
+        """Example sets -> ``{name: (data, targets)}`` as the classical baseline takes them, without a backbone
+        (see :func:`transferkit.strategies.classical.decode_for_baseline`)."""
+        from ..strategies.classical import decode_for_baseline
+
+        return decode_for_baseline(self.baseline_kind(), sets, classes, image_preprocess=preprocess,
+                                   skip_bad=skip_bad)
+
     def baseline_kind(self) -> str:
         """Which classical baseline suits these data (:class:`~transferkit.strategies.classical.ClassicalBaseline`)."""
         return self.modality

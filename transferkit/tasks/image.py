@@ -119,6 +119,15 @@ class ImageTask(ClassificationTask):
     def input_summary(self, metrics: dict[str, Any]) -> str:
         return f"{metrics['backbone']['input_size'][0]} px input"
 
+    def baseline_preprocess(self, backbone: str | None, options: ImageOptions) -> Any:
+        """The runs' backbone's image preprocessing (its crop; window, slices and padding for medical images), so
+        the classical baseline sees the same part of each image. Built without weights: only the config is read."""
+        from ..backbones.registry import create_backbone
+
+        bb = create_backbone(backbone, pretrained=False, modality="image")
+        self.finish_preprocess(bb, RunSettings(), options)
+        return bb.preprocess
+
     def backbone_summary(self, backbone: Any) -> dict[str, Any]:
         return {**super().backbone_summary(backbone), "input_size": list(backbone.preprocess.input_size)}
 

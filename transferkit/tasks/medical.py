@@ -72,6 +72,12 @@ class MedicalTask(ImageTask):
             groups = [groups[i] for i in kept_positions(prepared.encoded["train"])]
         return dataclasses.replace(task, balance=options.balance or "weights", balanced=True, groups=groups)
 
+    clinical_scores = True
+
+    def default_metric(self, classes: list[str]) -> str:
+        # AUROC needs no threshold; with more classes, balanced accuracy (the prevalence does not win)
+        return "auroc" if len(classes) == 2 else "balanced_accuracy"
+
     def baseline_kind(self) -> str:
         return "image"
 
