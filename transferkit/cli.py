@@ -501,9 +501,9 @@ def pretrain(
                "samples_per_s": round(m["samples_per_s"], 1), "seconds": round(m["seconds"], 1)}
     if m["record"]["evaluations"]:
         summary["val_accuracy"] = round(m["record"]["evaluations"][-1]["val_accuracy"], 4)
-    import os
+    from .engine.accel import is_main_process
 
-    if os.environ.get("RANK", "0") != "0":  # under a launcher, the first process reports
+    if not is_main_process():  # under a launcher, the first process reports
         return
     if as_json:
         typer.echo(json.dumps(summary))

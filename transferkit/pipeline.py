@@ -20,7 +20,7 @@ def run(data: Any, task: Task, settings: RunSettings, options: Any, backbones: l
     everything ``metrics.json`` does). ``backbones``: several names, ranked on the training data first (LogME) and
     the best trained; the budget then counts from the end of the ranking."""
     from .console import info
-    from .engine.accel import make_accelerator
+    from .engine.accel import is_main_process, make_accelerator
 
     t_start = time.monotonic()
     task.check(settings, options)
@@ -47,7 +47,7 @@ def run(data: Any, task: Task, settings: RunSettings, options: Any, backbones: l
     strategy = task.create_strategy(settings.strategy, prepared.backbone, settings.strategy_options)
     accelerator = make_accelerator(settings.precision, seed=settings.seed, cpu=settings.cpu)
     work_dir = settings.out / ".work" if settings.out is not None else None
-    if work_dir is not None and not settings.resume and accelerator.is_main_process:
+    if work_dir is not None and not settings.resume and is_main_process(accelerator):
         import shutil
 
         shutil.rmtree(work_dir, ignore_errors=True)  # a fresh run never picks up an older run's checkpoints
@@ -60,7 +60,7 @@ def run(data: Any, task: Task, settings: RunSettings, options: Any, backbones: l
     extras = {"timings": timings, "t_start": t_start, "wall_start": wall_start, "train_t0": train_t0,
               "deadline": deadline, "ranking": ranking}
     model, metrics, plots = task.finish(result, prepared, settings, options, train, extras)
-    if settings.out is not None and accelerator.is_main_process:  # under `accelerate launch`, only rank 0 writes
+    if settings.out is not None and is_main_process(accelerator):  # under `accelerate launch`, only rank 0 writes
         files = task.write(settings.out, model, metrics, prepared, plots)
         if work_dir is not None:
             import shutil

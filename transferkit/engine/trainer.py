@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from ..console import progress
+from .accel import is_main_process
 
 CHECKPOINT = "last.pt"
 
@@ -203,7 +204,7 @@ def fit(
             else:
                 bad_epochs += 1
             bar.update(task, advance=1, status=method.status(rec))
-            if ckpt is not None and accelerator.is_main_process:
+            if ckpt is not None and is_main_process(accelerator):
                 save_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler, history, best_state)
             if verdict:
                 history.stopped = verdict

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from ..console import console, progress, quiet
+from ..engine.accel import is_main_process
 from ..engine.trainer import write_checkpoint
 
 CHECKPOINT = "last.pt"
@@ -103,7 +104,7 @@ def run(
             scaler.load_state_dict(state["scaler"])
         step, done_seconds, record = int(state["step"]), float(state["seconds"]), state["record"]
         log_size = int(state.get("log_bytes", 0))
-    main = accelerator.is_main_process
+    main = is_main_process(accelerator)
     if main and log_file is not None and log_file.exists():  # drop lines written after the checkpoint (or before a
         with log_file.open("r+b") as f:                       # fresh start): they are written again as the run replays
             f.truncate(log_size)

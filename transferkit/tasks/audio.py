@@ -5,7 +5,7 @@ its windows' (in validation, in the metrics and in ``predict``)."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,8 @@ from .classification import ClassificationTask, announce, existing_parts
 class AudioOptions:
     """How long a window is."""
 
-    clip_seconds: float | None = None  # default: from the training recordings' durations
+    clip_seconds: float | None = field(default=None, metadata={
+        "help": "Window length in seconds, 0.1 to 60 (default: from the training recordings' durations)."})
 
     def __post_init__(self) -> None:
         if self.clip_seconds is not None and not (isinstance(self.clip_seconds, (int, float))

@@ -37,7 +37,7 @@ class RunSettings:
     val_fraction: float | None = None
     test_fraction: float | None = None
     cv: int | None = None
-    precision: str = "auto"
+    precision: str = "auto"  # auto, bf16, fp16 or no (see engine.accel.resolve_precision)
     arch: str | None = None
     cpu: bool | None = None
     resume: bool = False

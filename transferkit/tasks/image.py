@@ -4,9 +4,9 @@ input size -> random-resized-crop/flip batches, normalised in channels_last."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch.utils.data import Dataset
@@ -20,8 +20,10 @@ from .classification import ClassificationTask, announce, existing_parts
 class ImageOptions:
     """Image settings beyond the run's own (``image_size`` is a run setting)."""
 
-    window: str | None = None  # DICOM/NIfTI/16-bit: "auto", a CT preset such as "lung", or "centre,width"
-    slices: str | None = None  # volumes: "2d" or "2.5d"
+    window: str | None = field(default=None, metadata={
+        "help": 'DICOM/NIfTI/16-bit images to 8 bits: "auto", a CT preset such as "lung", or "centre,width".'})
+    slices: Literal["2d", "2.5d"] | None = field(default=None, metadata={
+        "help": "Volumes: one slice per image (2d) or three neighbouring slices as channels (2.5d)."})
 
     def __post_init__(self) -> None:
         from ..data.medical import check_slices, check_window

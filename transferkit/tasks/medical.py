@@ -4,9 +4,9 @@ specificity, PPV/NPV with intervals, calibration error, ``roc.png``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -19,10 +19,13 @@ from .image import ImageOptions, ImageTask
 class MedicalOptions(ImageOptions):
     """Medical settings: who the patients are, which class is the finding, where to decide, how to balance."""
 
-    patient_column: str | None = None  # manifest column naming the patient (default: patient_id, or DICOM PatientID)
-    positive: str | None = None  # the finding's class (default: the rarer of two)
-    threshold: str | float | None = None  # "youden" (default), "sensitivity=0.95", "specificity=0.9" or a number
-    balance: str | None = None  # "weights" (default), "sampler" or "none"
+    patient_column: str | None = field(default=None, metadata={
+        "help": "Manifest column naming the patient (default: patient_id, or the DICOM PatientID, hashed)."})
+    positive: str | None = field(default=None, metadata={"help": "The finding's class (default: the rarer of two)."})
+    threshold: str | float | None = field(default=None, metadata={
+        "help": 'Operating point: "youden" (default), "sensitivity=0.95", "specificity=0.9" or a probability.'})
+    balance: Literal["weights", "sampler", "none"] | None = field(default=None, metadata={
+        "help": "Class imbalance: a class-weighted loss (weights, the default), balanced sampling, or none."})
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -4,7 +4,7 @@ datasets or lists of strings -> token ids, tokenised once -> batches trimmed to 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +20,15 @@ from .classification import ClassificationTask, announce, existing_parts
 class TextTaskOptions:
     """How to read texts and how long they may be."""
 
-    labels: list[Any] | None = None  # with a list of strings as data: one label (or list of labels) per text
-    text_column: str | None = None  # table column holding the text (default: guessed)
-    label_column: str | None = None  # table column holding the label (default: guessed)
-    label_sep: str | None = None  # e.g. "|" for multi-label cells such as "sport|politics"
-    encoding: str = "utf-8"
-    max_length: int | None = None  # tokens per text (default: the encoder's)
+    labels: list[Any] | None = field(default=None, metadata={
+        "help": "With a list of strings as data: one label (or a list of labels) per text."})
+    text_column: str | None = field(default=None, metadata={"help": "Table column holding the text (default: guessed)."})
+    label_column: str | None = field(default=None, metadata={
+        "help": "Table column holding the label (default: guessed)."})
+    label_sep: str | None = field(default=None, metadata={
+        "help": 'Separator of multi-label cells, e.g. "|" for "sport|politics".'})
+    encoding: str = field(default="utf-8", metadata={"help": "Encoding of .txt files and tables."})
+    max_length: int | None = field(default=None, metadata={"help": "Tokens per text (default: the encoder's)."})
 
     def __post_init__(self) -> None:
         if self.max_length is not None and (not isinstance(self.max_length, int) or isinstance(self.max_length, bool)):
