@@ -558,50 +558,25 @@ def demo(
     try:
         if text + audio + detect + medical > 1:
             raise TransferkitError("Choose one of --text, --audio, --detect and --medical.")
-        kind = "audio" if audio else "text" if text else "detect" if detect else "medical" if medical else "image"
+        from .datasets import DEMOS  # a missing optional package: one line naming the extra to install
+
+        chosen = [name for name, on in (("text", text), ("audio", audio), ("detect", detect), ("medical", medical))
+                  if on]
+        kind = chosen[0] if chosen else "image"
+        spec = DEMOS[kind]
         if kind != "image":  # each demo has its own data and run folders unless given
-            if data_dir == Path("data/fashion-mnist-10"):
-                data_dir = Path({"text": "data/bbc-news-8", "audio": "data/spoken-digits-20",
-                                 "detect": "data/composed-objects", "medical": "data/elpv-200"}[kind])
+            if data_dir == Path(DEMOS["image"].folder):
+                data_dir = Path(spec.folder)
             if out == Path("runs/demo"):
                 out = Path(f"runs/demo-{kind}")
-        budget = budget or ("6m" if kind == "detect" else "3m")
-        from .datasets import require  # a missing optional package: one line naming the extra to install
-
-        if kind == "medical":
-            from .datasets.elpv import export_elpv
-
-            if not (data_dir / "manifest.csv").is_file():  # an earlier export is reused as it is
-                require("elpv")
-            data_dir = export_elpv(data_dir, train_size=200, test_size=800)
-        elif kind == "detect":
-            if not (data_dir / "annotations").is_dir():
-                from .datasets.composed import build_composed_detection
-
-                require("composed")
-                build_composed_detection(data_dir, train_images=200, test_images=100)
-        elif not (data_dir / "train").is_dir():
-            if kind == "audio":
-                from .datasets.spoken_digits import build_spoken_digits
-
-                require("spoken_digits")
-                build_spoken_digits(data_dir, train_per_class=20, test_per_class=30)
-            elif kind == "text":
-                from .datasets.bbc_news import export_text_folder
-
-                require("bbc_news")
-                export_text_folder(data_dir, train_per_class=8, test_per_class=100)
-            else:
-                from .datasets.fashion_mnist import export_image_folder
-
-                require("fashion_mnist")
-                export_image_folder(data_dir, train_per_class=per_class, test_size=test_size)
+        budget = budget or spec.budget
+        data_dir = spec.build(data_dir, per_class, test_size)
     except TransferkitError as err:
         _fail(err)
     fit(data=data_dir, out=out, backbone=None, arch=None, strategy="auto", budget=budget, epochs=None,
         lr=None, batch_size=None, seed=0, cv=None, val_fraction=None, test_fraction=None, skip_bad=False, precision="auto",
         resume=False, image_size=None, text_column=None, label_column=None, label_sep=None, encoding="utf-8", max_length=None, clip_seconds=None,
-        task="detect" if kind == "detect" else "classify", modality="medical" if kind == "medical" else "auto",
+        task=spec.task, modality=spec.modality,
         window=None, slices=None, patient_column=None, positive=None, threshold=None, balance=None,
         scratch_baseline=False, as_json=False)
 

@@ -86,6 +86,12 @@ def list_backbones() -> list[dict[str, Any]]:
     return rows
 
 
+# how a task's modality hint changes the reading of a name: audio tasks read image backbones on spectrograms and
+# hub ids as audio encoders; for text tasks a bare unknown name is a Hugging Face hub model
+AUDIO_MODALITIES: tuple[str, ...] = ("audio",)
+HUB_NAME_MODALITIES: tuple[str, ...] = ("text",)
+
+
 def resolve(name: str, arch: str | None = None, modality: str | None = None) -> BackboneSpec:
     """Turn what the user typed into a :class:`BackboneSpec`, or raise one clear :class:`BackboneError`.
 
@@ -95,7 +101,7 @@ def resolve(name: str, arch: str | None = None, modality: str | None = None) -> 
     """
     if not name or not isinstance(name, str):
         raise BackboneError(f"Backbone name {name!r} is empty: pass one of {', '.join([*BACKBONES, *TEXT_BACKBONES])}.")
-    if modality == "audio" or name.lower() in SPEAKER_NAMES:
+    if modality in AUDIO_MODALITIES or name.lower() in SPEAKER_NAMES:
         return resolve_audio(name, lambda n: resolve(n, arch=arch))
     if name in BACKBONES:
         e = BACKBONES[name]
@@ -103,7 +109,7 @@ def resolve(name: str, arch: str | None = None, modality: str | None = None) -> 
     text = resolve_text(name)
     if text is not None:
         return text
-    if modality == "text" and not _looks_like_path(name) and ":" not in name:
+    if modality in HUB_NAME_MODALITIES and not _looks_like_path(name) and ":" not in name:
         return BackboneSpec(name, "hf", name, "Hugging Face hub", {"modality": "text"})
     if name.startswith("timm:") or name.startswith("hf-hub:"):
         arch_name = name.split(":", 1)[1] if name.startswith("timm:") else name

@@ -19,6 +19,7 @@ import functools
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,8 +110,10 @@ def pretrain(
         raise TransferkitError(f"label_smoothing must be in [0, 1) (got {label_smoothing}).")
     if not 0 <= val_fraction < 0.5:
         raise TransferkitError(f"val_fraction must be in [0, 0.5) (got {val_fraction}).")
-    if modality == "text" and arch is not None:
-        raise TransferkitError("Text pre-training continues a pretrained encoder: pass --init (e.g. all-MiniLM-L6-v2), not --arch.")
+    corpus = CORPORA[modality]
+    if arch is not None and not corpus.random_start:
+        raise TransferkitError(f"{corpus.title} pre-training continues a pretrained encoder: pass --init (e.g. "
+                               "all-MiniLM-L6-v2), not --arch.")
     if arch is not None and init is not None:
         raise TransferkitError("Give --arch (random start) or --init (pretrained start), not both.")
     for name, value in (("image_size", image_size), ("max_length", max_length)):
@@ -129,12 +132,10 @@ def pretrain(
     accelerator = make_accelerator(precision, seed=seed)
     world = accelerator.num_processes
 
-    window = None
-    if modality == "image":
-        source, val_source, backbone = _image_setup(data, method, arch, init, image_size, val_fraction, seed, skip_bad)
-    else:
-        window = max_length or d["max_length"]
-        source, val_source, backbone = _text_setup(data, init, window, encoding)
+    window = max_length or d.get("max_length")  # texts: the token window training reads from each document
+    source, val_source, backbone = corpus.setup(data, method=method, arch=arch, init=init, image_size=image_size,
+                                                val_fraction=val_fraction, seed=seed, skip_bad=skip_bad,
+                                                window=window, encoding=encoding)
     start = (backbone.spec.to_dict() if backbone.spec.weights != "random"
              else {"arch": arch or "efficientnet_lite0", "weights": "random"})
     global_batch = batch_size or d["batch_size"]
@@ -149,7 +150,7 @@ def pretrain(
     settings = {
         "method": method, "data": source.record(), "arch": arch, "init": init, "global_batch": global_batch,
         "total_steps": total_steps, "lr": lr, "weight_decay": weight_decay, "seed": seed,
-        "input": list(backbone.preprocess.input_size) if modality == "image" else window,
+        "input": corpus.input_record(backbone, window),
         "val_examples": len(val_source) if val_source is not None else 0, "precision": str(accelerator.mixed_precision),
         **({"label_smoothing": label_smoothing} if method == "supervised" else {}),
     }
@@ -178,12 +179,12 @@ def pretrain(
     from .loop import Plan, run
 
     plan = Plan(total_steps, probe.steps_per_epoch, global_batch, checkpoint_every, log_every, seed,
-                clip_grad=1.0 if modality == "text" else None)
+                clip_grad=corpus.clip_grad)
     evaluate = _image_evaluator(val_source, source.classes, backbone, accelerator, workers) if val_source else None
     if is_main_process(accelerator):
         from ..console import info
 
-        info(f"pre-training {method}: {len(source):,} {'images' if modality == 'image' else 'documents'}, "
+        info(f"pre-training {method}: {len(source):,} {corpus.unit}, "
              f"{total_steps:,} steps of {global_batch} on {world} process(es), start: "
              f"{start.get('name') or start['arch'] + ' (random weights)'}")
     record = run(obj, optimizer, scheduler, make_loader, accelerator, plan, checkpoint_dir=ckpt_dir, state=state, settings=settings,
@@ -222,7 +223,9 @@ def _workers(workers: int | None, world: int) -> int:
     return min(4, max(0, (os.cpu_count() or 1) // world - 1))
 
 
-def _image_setup(data, method, arch, init, image_size, val_fraction, seed, skip_bad):
+def _image_setup(data, *, method, arch, init, image_size, val_fraction, seed, skip_bad, **_):
+    """Images: the labelled or unlabelled stream (a validation share held out for supervised runs) and the
+    backbone, from a pretrained ``init`` or random ``arch`` weights with the data's own mean and std."""
     from ..backbones.registry import build, create_backbone, resolve
     from ..data.sources import stratified_split
     from .data import estimate_stats, image_source
@@ -252,7 +255,9 @@ def _image_setup(data, method, arch, init, image_size, val_fraction, seed, skip_
     return source, val, backbone
 
 
-def _text_setup(data, init, max_length, encoding):
+def _text_setup(data, *, init, window, encoding, **_):
+    """Texts: the document stream and the pretrained encoder it continues (``window`` tokens per document)."""
+    max_length = window
     from ..backbones.registry import create_backbone
     from ..backbones.text import DEFAULT_TEXT_BACKBONE
     from .data import text_source
@@ -264,6 +269,39 @@ def _text_setup(data, init, max_length, encoding):
         raise TransferkitError(f"--max-length {max_length} is longer than {backbone.spec.name} reads ({limit} tokens).")
     # max_length is the training window only: the saved encoder keeps the input length it started with
     return source, None, backbone
+
+
+def _write_image_backbone(backbone: Any, folder: Path, provenance: dict) -> None:
+    from ..backbones.checkpoint import write_backbone_files
+
+    write_backbone_files(backbone, folder, provenance)
+
+
+def _write_text_backbone(backbone: Any, folder: Path, provenance: dict) -> None:
+    from ..backbones.text import write_text_backbone
+
+    write_text_backbone(backbone, folder)
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """What differs between pre-training on images and on texts (the method decides which, see ``METHODS``)."""
+
+    title: str
+    unit: str  # what one example is called in messages
+    setup: Callable[..., tuple[Any, Any, Any]]  # data -> (source, validation source or None, backbone)
+    write: Callable[[Any, Path, dict], None]  # the trained backbone -> a folder ``--backbone PATH`` reads
+    input_record: Callable[[Any, int | None], Any]  # what the record says the backbone read
+    clip_grad: float | None = None  # transformers train with clipped gradients; the CNNs here do not need it
+    random_start: bool = True  # an --arch start from random weights is possible
+
+
+CORPORA: dict[str, Corpus] = {
+    "image": Corpus("Image", "images", _image_setup, _write_image_backbone,
+                    lambda backbone, window: list(backbone.preprocess.input_size)),
+    "text": Corpus("Text", "documents", _text_setup, _write_text_backbone, lambda backbone, window: window,
+                   clip_grad=1.0, random_start=False),
+}
 
 
 def _loader(start: int, *, method, source, backbone, global_batch, total_steps, rank, world, seed, workers, encoding,
@@ -327,14 +365,7 @@ def _export(obj, backbone, metrics: dict, out: Path, ckpt_dir: Path) -> None:
                               if metrics["record"]["evaluations"] else {})}
     metrics["provenance"] = provenance
     with atomic_dir(out) as tmp:
-        if metrics["modality"] == "image":
-            from ..backbones.checkpoint import write_backbone_files
-
-            write_backbone_files(backbone, tmp, provenance)
-        else:
-            from ..backbones.text import write_text_backbone
-
-            write_text_backbone(backbone, tmp)
+        CORPORA[metrics["modality"]].write(backbone, tmp, provenance)
         from ..io import write_json
 
         write_json(tmp / "pretrain.json", metrics)
