@@ -558,7 +558,7 @@ def demo(
     try:
         if text + audio + detect + medical > 1:
             raise TransferkitError("Choose one of --text, --audio, --detect and --medical.")
-        from .datasets import DEMOS  # a missing optional package: one line naming the extra to install
+        from .datasets.demos import DEMOS  # a missing optional package: one line naming the extra to install
 
         chosen = [name for name, on in (("text", text), ("audio", audio), ("detect", detect), ("medical", medical))
                   if on]
