@@ -10,7 +10,7 @@ import pytest
 from conftest import write_colour_images, write_topic_folders
 from transferkit.comparison import (
     ALL,
-    _budget_splits,
+    budget_splits,
     headlines,
     parse_budgets,
     resolution_warnings,
@@ -54,16 +54,16 @@ def _ids(ds) -> set[int]:
 
 def test_budget_splits_are_nested_stratified_and_keep_the_test_set():
     pool, test = _pool()
-    small = _budget_splits(pool, test, ["a", "b", "c"], 4, seed=1, val_fraction=0.25)
-    large = _budget_splits(pool, test, ["a", "b", "c"], 10, seed=1, val_fraction=0.25)
-    every = _budget_splits(pool, test, ["a", "b", "c"], ALL, seed=1, val_fraction=0.25)
+    small = budget_splits(pool, test, ["a", "b", "c"], 4, seed=1, val_fraction=0.25)
+    large = budget_splits(pool, test, ["a", "b", "c"], 10, seed=1, val_fraction=0.25)
+    every = budget_splits(pool, test, ["a", "b", "c"], ALL, seed=1, val_fraction=0.25)
     for part, k in ((small, 4), (large, 10), (every, 20)):
         labels = part.train.labels + part.val.labels
         assert {c: labels.count(c) for c in "abc"} == {"a": k, "b": k, "c": k}
         assert set(part.val.labels) == {"a", "b", "c"} and not _ids(part.train) & _ids(part.val)
         assert part.test is test
     assert _ids(small.train) | _ids(small.val) <= _ids(large.train) | _ids(large.val)  # nested for one seed
-    other = _budget_splits(pool, test, ["a", "b", "c"], 4, seed=2, val_fraction=0.25)
+    other = budget_splits(pool, test, ["a", "b", "c"], 4, seed=2, val_fraction=0.25)
     assert _ids(other.train) | _ids(other.val) != _ids(small.train) | _ids(small.val)  # another seed, other labels
 
 
@@ -73,12 +73,12 @@ def test_budget_splits_take_whole_patients():
     labels = [c for c in "ab" for _ in range(12)]
     groups = [f"{c}{i // 3}" for c in "ab" for i in range(12)]  # 4 patients per class, 3 images each
     pool = ImageSet([np.full((4, 4), i, np.uint8) for i in range(24)], labels, "pool", groups=groups)
-    part = _budget_splits(pool, ImageSet([], [], "t", groups=[]), ["a", "b"], 5, seed=0, val_fraction=0.3)
+    part = budget_splits(pool, ImageSet([], [], "t", groups=[]), ["a", "b"], 5, seed=0, val_fraction=0.3)
     chosen = (part.train.groups or []) + (part.val.groups or [])
     assert all(chosen.count(g) == 3 for g in set(chosen))  # a patient is taken whole or not at all
     assert not set(part.train.groups) & set(part.val.groups)
     assert len({g for g in chosen if g.startswith("a")}) == 2  # 2 patients, 6 images: the first to reach 5
-    tiny = _budget_splits(pool, ImageSet([], [], "t", groups=[]), ["a", "b"], 2, seed=0, val_fraction=0.15)
+    tiny = budget_splits(pool, ImageSet([], [], "t", groups=[]), ["a", "b"], 2, seed=0, val_fraction=0.15)
     assert set(tiny.val.labels) == {"a", "b"}  # one patient would fill a budget of 2, but validation needs a second
 
 
@@ -241,7 +241,8 @@ def test_compare_texts_and_the_cli(tmp_path, tiny_text_backbone):
     root = write_topic_folders(tmp_path / "topics", 8, 4)
     out = tmp_path / "cmp"
     r = CliRunner().invoke(app, ["compare", str(root), "--budgets", "4,all", "--seeds", "1", "--strategies",
-                                 "linear,scratch", "--backbone", tiny_text_backbone, "--epochs", "2", "--out", str(out)])
+                                 "linear,scratch", "--backbone", tiny_text_backbone, "--epochs", "2",
+                                 "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert "report:" in r.output and (out / "report.html").exists()
     saved = json.loads((out / "compare.json").read_text())

@@ -1,0 +1,195 @@
+"""``transferkit.compare``: did transfer pay off on *your* data? Measured, with intervals.
+
+For each label budget (labelled examples per class) x seed x strategy, one run of :func:`transferkit.fit` is
+trained and scored on the same fixed test set. Budgets are nested per seed (the 10 examples of a class include
+that seed's 5), and a budget counts every labelled example the run uses, validation included: labelling them
+is the user's cost. Runs of one seed and budget share their validation split, so their validation curves are
+comparable.
+
+What comes out (in ``out``): ``results.csv`` (one row per run), ``summary.csv`` (mean and 95% interval over seeds
+per budget and strategy), ``compare.json``, three plots, ``report.md`` and ``report.html`` (self-contained: the
+plots are embedded, so it opens from disk anywhere), and the three headline sentences:
+
+- time: how much sooner transfer reached scratch's best validation score (same runs' clocks);
+- labels: how few labels per class transfer needed to match scratch with the most labels;
+- overfitting: how much smaller the train-minus-validation accuracy gap was;
+- and, with ``classical`` among the strategies, whether transfer beat the non-deep baseline a practitioner would
+  try first (:class:`~transferkit.strategies.classical.ClassicalBaseline`: HOG, TF-IDF or log-mel statistics +
+  cross-validated logistic regression), and at which budgets it did not.
+
+The interval over seeds is Student's t on the seeds' means (with 3 seeds, mean +- 4.3 standard errors): it
+covers the variation from which examples were labelled and from training, but not the test set's own sampling
+error, which the report states separately (Wilson at the best score; for AUROC its bootstrap interval).
+
+This module is the recipe (:func:`compare`); the parts live beside it: ``runs`` (the data, label budgets and
+their draws, one run and its record, saving and resume), ``statistics`` (intervals over seeds, headlines,
+resolution warnings) and ``render`` (the CSV, JSON, plots and reports).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import TransferkitError
+from .render import RUN_COLUMNS, SUMMARY_COLUMNS, render_html, render_markdown, write_comparison, write_results
+from .runs import (
+    ALL,
+    CLASSICAL,
+    METRICS,
+    TRANSFER_FIRST,
+    budget_splits,
+    choose_metric,
+    classical_run,
+    concat,
+    duration,
+    eta_seconds,
+    load_splits,
+    options_not_for,
+    parse_budgets,
+    previous_runs,
+    record_run,
+    resolve_budgets,
+    run_key,
+    run_options,
+    save_run,
+)
+from .statistics import headlines, resolution_warnings, seed_interval, summarise, test_half_width
+
+__all__ = ["ALL", "CLASSICAL", "METRICS", "RUN_COLUMNS", "SUMMARY_COLUMNS", "TRANSFER_FIRST", "budget_splits",
+           "compare", "headlines", "parse_budgets", "render_html", "render_markdown", "resolution_warnings",
+           "seed_interval", "summarise", "test_half_width", "write_comparison"]
+
+
+def compare(data: Any, *, budgets: str | list = (5, 10, 25, 50, ALL), seeds: int = 3,
+            strategies: str | list = ("linear", "finetune", "scratch"), backbone: str | None = None,
+            metric: str = "auto", time_per_run: str | float | None = None, out: str | Path | None = None,
+            resume: bool = False, seed: int = 0, skip_bad: bool = False, val_fraction: float = 0.15,
+            test_fraction: float = 0.2, precision: str = "auto", image_size: int | None = None,
+            modality: str = "auto", labels: list[Any] | None = None, **fit_options: Any) -> dict[str, Any]:
+    """Train every ``strategies`` x ``budgets`` x ``seeds`` combination on ``data`` (anything single-label that
+    :func:`transferkit.fit` takes: images, DICOM/NIfTI, texts (a list of them with ``labels=[...]``), audio) and
+    score each on one fixed test set.
+
+    The test set is the data's own (a ``test/`` folder or ``split`` column), else ``test_fraction`` carved once
+    with ``seed``; everything else is the pool the budgets draw from. ``metric`` is ``accuracy``,
+    ``balanced_accuracy``, ``macro_f1`` or (two-class medical data) ``auroc``; ``auto`` picks accuracy, or AUROC
+    for two-class medical data and balanced accuracy for other medical data. ``time_per_run`` is each run's
+    wall-time budget (e.g. ``"2m"``); ``fit_options`` go to every run whose strategy takes them (``epochs=10``
+    to finetune and scratch, not to linear's probe; an option that no compared strategy takes fails). With ``out`` every
+    finished run is saved at once, and ``resume=True`` reuses the runs an interrupted comparison finished.
+
+    ``classical`` among ``strategies`` adds the non-deep baseline
+    (:class:`~transferkit.strategies.classical.ClassicalBaseline`: HOG, TF-IDF or log-mel statistics + logistic
+    regression) on the same labels and test set; the report then says at which budgets it beats every transfer
+    strategy.
+
+    Returns ``{"config", "runs", "summary", "headlines", "warnings", "files"}``.
+    """
+    from ..api import fit, parse_budget
+    from ..console import info, warn
+
+    budget_list = parse_budgets(budgets)
+    names = [s.strip() for s in (strategies.split(",") if isinstance(strategies, str) else strategies) if s.strip()]
+    if len(names) < 2 or len(set(names)) < len(names):
+        raise TransferkitError(f"Give at least two different strategies to compare, e.g. linear,finetune,scratch "
+                               f"(got {', '.join(names) or 'none'}).")
+    if not isinstance(seeds, int) or seeds < 1:
+        raise TransferkitError(f"seeds must be 1 or more (got {seeds!r}); 3 gives an interval.")
+    run_seconds = parse_budget(time_per_run)
+    splits, task = load_splits(data, modality, skip_bad, val_fraction, test_fraction, seed, fit_options, labels)
+    kind = task.name
+    import inspect
+
+    fit_params = set(inspect.signature(fit).parameters)
+    strategy_options = {k: v for k, v in fit_options.items() if k not in fit_params}
+    for name in names:  # unknown strategies and options fail now, not after hours of the other runs
+        if name != CLASSICAL:
+            task.create_strategy(name, None, run_options(name, strategy_options, kind,
+                                                         options_not_for(name, names, strategy_options)))
+    metric = choose_metric(metric, task, splits.classes)
+    pool = concat(splits.train, splits.val)
+    test = splits.test
+    if test is None or len(test) == 0:
+        raise TransferkitError("compare needs a test set: give a test/ folder or split column, or a test_fraction > 0.")
+    budget_list, sizes = resolve_budgets(budget_list, pool, splits.classes)
+    from ..api import backbone_names
+
+    ranking = None
+    if len(set(several := backbone_names(backbone))) > 1:  # rank once, on the pool: every run uses one backbone
+        from ..api import rank
+
+        ranking = rank(data, several, seed=seed, skip_bad=skip_bad, image_size=image_size, precision=precision,
+                       val_fraction=val_fraction, test_fraction=test_fraction, modality=kind)
+        backbone = ranking["ranking"][0]
+        info(f"compare: {backbone} ranks first of {len(several)} by LogME; every run uses it")
+    image_pre = None
+    if CLASSICAL in names:  # the classical baseline sees images as the runs' backbone crops them
+        from ..tasks import task_options
+
+        image_pre = task.baseline_preprocess(backbone, task_options(task, {k: v for k, v in fit_options.items()
+                                                                          if k in ("window", "slices")}))
+    config = {"data": str(Path(data).resolve()) if isinstance(data, (str, Path)) else type(data).__name__, "kind": kind,
+              "backbone": backbone, "strategies": names, "budgets": budget_list, "labels_per_class": sizes,
+              "seeds": seeds, "metric": metric, "time_per_run_s": run_seconds, "test_n": len(test),
+              "pool_n": len(pool), "classes": splits.classes, "val_fraction": val_fraction, "split_seed": seed,
+              "fit_options": {k: v for k, v in fit_options.items()}, "image_size": image_size,
+              "precision": precision, "skip_bad": skip_bad, "test_fraction": test_fraction,
+              "ranking": ranking["ranking"] if ranking else None}
+    out_dir = Path(out) if out is not None else None
+    done = previous_runs(out_dir, config) if resume and out_dir is not None else {}
+    plan = [(b, s, name) for b in budget_list for s in range(seeds) for name in names]
+    runs, failed, t0, spent = [], [], time.monotonic(), []
+    for i, (b, s, name) in enumerate(plan, 1):
+        key = run_key(b, s, name)
+        if key in done:
+            runs.append(done[key])
+            continue
+        eta = eta_seconds(plan[i - 1:], spent, sizes, run_seconds)
+        info(f"compare: run {i}/{len(plan)}: {name}, {b} labels per class, seed {s}"
+             + (f", about {duration(eta)} left" if eta else ""))
+        part = budget_splits(pool, test, splits.classes, b, s, val_fraction)
+        started = time.monotonic()
+        try:
+            if name == CLASSICAL:
+                run = classical_run(part, task, b, s, metric, image_pre, skip_bad)
+            else:
+                model = fit(part, backbone=backbone, strategy=name, budget=run_seconds, seed=s, precision=precision,
+                            image_size=image_size, modality=kind, skip_bad=skip_bad,
+                            **run_options(name, fit_options, kind, options_not_for(name, names, strategy_options)))
+        except TransferkitError as err:  # one run's failure is recorded; the comparison goes on
+            warn(f"compare: {name}, {b} labels per class, seed {s} failed: {err}")
+            run = {"budget": str(b), "seed": s, "strategy": name, "failed": str(err)}
+        else:
+            spent.append((name, sizes[str(b)], time.monotonic() - started))
+            if name == CLASSICAL:
+                run["wall_s"] = run["train_s"] = round(spent[-1][2], 1)
+            else:
+                run = record_run(model, b, s, name, metric, part, spent[-1][2])
+        if "failed" in run:
+            failed.append(run)
+            continue
+        runs.append(run)
+        if out_dir is not None and _is_main():  # a failed run is not saved: --resume tries it again
+            save_run(out_dir, key, run, config)
+            write_results(out_dir, runs)
+    if not runs:
+        raise TransferkitError(f"Every run failed; the first: {failed[0]['failed']}")
+    summary = summarise(runs, names, budget_list)
+    result: dict[str, Any] = {"config": config, "runs": runs, "summary": summary, "failed": failed,
+                              "headlines": headlines(runs, summary, names, budget_list, metric),
+                              "warnings": resolution_warnings(summary, names, budget_list, metric, len(test), runs),
+                              "seconds": round(time.monotonic() - t0, 1)}
+    for w in result["warnings"]:
+        warn(w)
+    if out_dir is not None and _is_main():
+        result["files"] = write_comparison(out_dir, result)
+        info(f"compare: report {result['files']['html']}")
+    return result
+
+
+def _is_main() -> bool:
+    from ..engine.accel import is_main_process
+
+    return is_main_process()
