@@ -241,7 +241,8 @@ def test_compare_texts_and_the_cli(tmp_path, tiny_text_backbone):
     root = write_topic_folders(tmp_path / "topics", 8, 4)
     out = tmp_path / "cmp"
     r = CliRunner().invoke(app, ["compare", str(root), "--budgets", "4,all", "--seeds", "1", "--strategies",
-                                 "linear,scratch", "--backbone", tiny_text_backbone, "--epochs", "2", "--out", str(out)])
+                                 "linear,scratch", "--backbone", tiny_text_backbone, "--epochs", "2",
+                                 "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert "report:" in r.output and (out / "report.html").exists()
     saved = json.loads((out / "compare.json").read_text())
