@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         m = model.metrics
         test = m["test"]
         rows.append({
-            "strategy": m["strategy"], "budget": args.budget, "test_images": test["n_images"], "test_boxes": test["n_boxes"],
+            "strategy": m["strategy"], "budget": args.budget, "test_images": test["n_images"],
+            "test_boxes": test["n_boxes"],
             "map": test["map"], "map_50": test["map_50"], "map_75": test["map_75"], "mar_100": test["mar_100"],
             "found_at_0.5": test["at_0.5"]["found"], "false_alarms_at_0.5": test["at_0.5"]["false_alarms"],
             "per_class_ap": {c: v["ap"] for c, v in test["per_class"].items()},
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         args.results.parent.mkdir(parents=True, exist_ok=True)
         model.draw(first, args.results.with_name(f"{args.results.stem}_{s}.png"))
         print(json.dumps(rows[-1]), flush=True)
-    print("\n| strategy | budget | test mAP@[.5:.95] | mAP@.5 | found / boxes at 0.5 | false alarms | epochs | wall s |")
+    print("\n| strategy | budget | test mAP@[.5:.95] | mAP@.5 | found / boxes at 0.5 | false alarms | "
+          "epochs | wall s |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['strategy']} | {r['budget']} | {r['map']:.3f} | {r['map_50']:.3f} | {r['found_at_0.5']} / "

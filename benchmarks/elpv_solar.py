@@ -59,9 +59,10 @@ def table(rows: list[dict]) -> str:
            "ECE before -> after | epochs | wall |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lo, hi = r["auroc_ci"]
-        out.append(f"| {r['train_size']} | {r['strategy']} | {r['budget'] or '-'} | {r['auroc']:.3f} ({lo:.3f}-{hi:.3f}) | "
-                   f"{r['sensitivity']:.3f} | {r['specificity']:.3f} | {r['balanced_accuracy']:.3f} | "
-                   f"{r['ece_before']:.3f} -> {r['ece_after']:.3f} | {r['epochs']} | {r['wall_s']:.0f} s |")
+        out.append(f"| {r['train_size']} | {r['strategy']} | {r['budget'] or '-'} | {r['auroc']:.3f} "
+                   f"({lo:.3f}-{hi:.3f}) | {r['sensitivity']:.3f} | {r['specificity']:.3f} | "
+                   f"{r['balanced_accuracy']:.3f} | {r['ece_before']:.3f} -> {r['ece_after']:.3f} | {r['epochs']} | "
+                   f"{r['wall_s']:.0f} s |")
     return "\n".join(out)
 
 

@@ -81,7 +81,8 @@ def throughput(n: int = 256, batch: int = 32) -> dict:
 
     # feature extraction
     acc = make_accelerator("auto")
-    out["features_transferkit"] = timed(lambda k: extract_features(bb, DecodedImages(pixels[:k], data.targets[:k], data.fingerprints[:k], []), acc, cache=False))
+    out["features_transferkit"] = timed(lambda k: extract_features(
+        bb, DecodedImages(pixels[:k], data.targets[:k], data.fingerprints[:k], []), acc, cache=False))
     plain = timm.create_model("tf_efficientnet_lite0", num_classes=0).eval()
     plain.load_state_dict(bb.body.state_dict())
 
@@ -138,16 +139,19 @@ def main() -> None:
         results["strategies"] = []
         for k in args.per_class:
             print(f"Fashion-MNIST, {k} labelled images per class, 1,000 test images:", flush=True)
-            results["strategies"] += run_strategies(k, args.strategies, args.budget, args.work, args.seed, args.budget_all)
+            results["strategies"] += run_strategies(k, args.strategies, args.budget, args.work, args.seed,
+                                                    args.budget_all)
     if not args.no_throughput:
         tp = throughput()
         results["throughput"] = tp
-        print(f"feature extraction: transferkit {tp['features_transferkit']:.1f} img/s ({tp['precision']}, channels_last), "
-              f"plain PyTorch fp32 {tp['features_plain_fp32']:.1f} img/s")
-        print(f"fine-tuning steps:  transferkit {tp['finetune_transferkit']:.1f} img/s, plain PyTorch fp32 {tp['finetune_plain_fp32']:.1f} img/s")
+        print(f"feature extraction: transferkit {tp['features_transferkit']:.1f} img/s ({tp['precision']}, "
+              f"channels_last), plain PyTorch fp32 {tp['features_plain_fp32']:.1f} img/s")
+        print(f"fine-tuning steps:  transferkit {tp['finetune_transferkit']:.1f} img/s, plain PyTorch fp32 "
+              f"{tp['finetune_plain_fp32']:.1f} img/s")
 
     if "strategies" in results:
-        print("\n| labels/class | strategy | test accuracy | macro-F1 | wall time (s) | epochs | budget | trainable params |")
+        print("\n| labels/class | strategy | test accuracy | macro-F1 | wall time (s) | epochs | budget | "
+              "trainable params |")
         print("|---|---|---|---|---|---|---|---|")
         for r in results["strategies"]:
             print(f"| {r['per_class']} | {r['strategy']} | {r['test_accuracy']:.3f} | {r['test_macro_f1']:.3f} | "

@@ -27,7 +27,8 @@ def main() -> None:
             with torch.no_grad():
                 p = bb.source_head(bb(normalize(x, bb.preprocess))).softmax(1)[0]
             top = p.topk(5)
-            print(f"  {photo:<10}" + ", ".join(f"{categories[i]} {v:.2f}" for v, i in zip(top.values, top.indices, strict=True)))
+            print(f"  {photo:<10}" + ", ".join(f"{categories[i]} {v:.2f}"
+                                               for v, i in zip(top.values, top.indices, strict=True)))
 
 
 if __name__ == "__main__":

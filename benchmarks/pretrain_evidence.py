@@ -82,9 +82,11 @@ def export_fmnist_split() -> tuple[Path, Path]:
 def compare(data: Path, backbone: str, out: Path, strategies: str, budgets: str, **options) -> dict:
     r = transferkit.compare(data, budgets=budgets, seeds=5, strategies=strategies, backbone=backbone, out=out,
                             resume=True, **options)
-    rows = [{k: s[k] for k in ("budget", "strategy", "seeds", "score", "score_lo", "score_hi", "wall_s")} for s in r["summary"]]
+    rows = [{k: s[k] for k in ("budget", "strategy", "seeds", "score", "score_lo", "score_hi", "wall_s")}
+            for s in r["summary"]]
     for s in rows:
-        print(f"  {backbone:40s} {s['strategy']:9s} budget {s['budget']}: {s['score']:.3f} ({s['score_lo']:.3f}-{s['score_hi']:.3f})")
+        print(f"  {backbone:40s} {s['strategy']:9s} budget {s['budget']}: {s['score']:.3f} "
+              f"({s['score_lo']:.3f}-{s['score_hi']:.3f})")
     return {"backbone": backbone, "metric": r["config"]["metric"], "summary": rows, "report": str(out / "report.html")}
 
 
@@ -102,7 +104,8 @@ def probe(rows: list[dict], test: list[dict], backbones: dict[str, str], budgets
     for budget in budgets:
         for seed in range(seeds):
             rng = np.random.default_rng(1000 * budget + seed)
-            picked = [r for y in labels for r in rng.permutation([r for r in rows if r["label"] == y])[:budget].tolist()]
+            picked = [r for y in labels
+                      for r in rng.permutation([r for r in rows if r["label"] == y])[:budget].tolist()]
             manifest = out / f"b{budget}-s{seed}" / "data.csv"
             manifest.parent.mkdir(parents=True, exist_ok=True)
             with manifest.open("w", newline="", encoding="utf-8") as f:
@@ -121,7 +124,8 @@ def probe(rows: list[dict], test: list[dict], backbones: dict[str, str], budgets
             row = {"budget": budget, "backbone": name, "mean": m, "low": lo, "high": hi}
             if name != base:
                 diff = [a - b for a, b in zip(scores[name][budget], scores[base][budget], strict=True)]
-                row["paired_gain"] = dict(zip(("mean", "low", "high"), seed_interval(diff, bounds=(-1.0, 1.0)), strict=True))
+                row["paired_gain"] = dict(zip(("mean", "low", "high"), seed_interval(diff, bounds=(-1.0, 1.0)),
+                                              strict=True))
             result["summary"].append(row)
             print(f"  {name:10s} budget {budget}: {m:.4f} ({lo:.4f}-{hi:.4f})"
                   + (f", gain over {base} {row['paired_gain']['mean']:+.4f} ({row['paired_gain']['low']:+.4f} to "
@@ -164,12 +168,14 @@ def stage_dapt_images() -> None:
         transferkit.pretrain(unlabelled, method="simclr", init="efficientnet_lite0", image_size=112, epochs=8,
                              batch_size=64, out=adapted, resume=True)
     meta = json.loads((adapted / "pretrain.json").read_text())
-    results = {"pretrain": {k: meta[k] for k in ("total_steps", "epochs", "global_batch", "seconds", "samples_per_s", "data")},
+    results = {"pretrain": {k: meta[k] for k in ("total_steps", "epochs", "global_batch", "seconds", "samples_per_s",
+                                                 "data")},
                "last_log": meta["record"]["log"][-1]}
     import csv
 
     with manifest.open() as f:
-        all_rows = [{"path": str(manifest.parent / r["path"]), "label": r["label"], "split": r["split"]} for r in csv.DictReader(f)]
+        all_rows = [{"path": str(manifest.parent / r["path"]), "label": r["label"], "split": r["split"]}
+                    for r in csv.DictReader(f)]
     rows = [{k: r[k] for k in ("path", "label")} for r in all_rows if r["split"] == "train"]
     test = [{k: r[k] for k in ("path", "label")} for r in all_rows if r["split"] == "test"]
     results["probe"] = probe(rows, test, {"unadapted": "efficientnet_lite0", "simclr": str(adapted)}, (10, 25),
@@ -202,7 +208,8 @@ def stage_dapt_text() -> None:
         return [{"text": " ".join(p.read_text(encoding="utf-8").split()), "label": p.parent.name}
                 for p in sorted((folder / split).rglob("*.txt"))]
 
-    results["probe"] = probe(read("train"), read("test"), {"unadapted": "all-MiniLM-L6-v2", "mlm": str(BACKBONES / "bbc-mlm"),
+    results["probe"] = probe(read("train"), read("test"), {"unadapted": "all-MiniLM-L6-v2",
+                                                           "mlm": str(BACKBONES / "bbc-mlm"),
                                                            "simcse": str(BACKBONES / "bbc-simcse")},
                              (2, 5), RUNS / "pt-bbc-probe", lambda t: t["accuracy"], max_length=128)
     results["probe"]["metric"] = "test accuracy (500 articles, 5 topics)"
@@ -211,8 +218,8 @@ def stage_dapt_text() -> None:
 
 def stage_scaling() -> None:
     source, _ = export_fmnist_split()
-    common = [str(source), "--arch", "efficientnet_lite0", "--image-size", "32", "--steps", "200", "--batch-size", "128",
-              "--log-every", "20", "--val-fraction", "0"]
+    common = [str(source), "--arch", "efficientnet_lite0", "--image-size", "32", "--steps", "200",
+              "--batch-size", "128", "--log-every", "20", "--val-fraction", "0"]
     exe = Path(sys.executable)
     results = {}
     for procs in (1, 2):
@@ -222,9 +229,9 @@ def stage_scaling() -> None:
             cmd = [str(exe), "-m", "transferkit", "pretrain", *common, "--out", str(out)]
         else:
             env["OMP_NUM_THREADS"] = "1"
-            cmd = [str(exe.with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                   "--mixed_precision", "bf16", "--dynamo_backend", "no", "-m", "transferkit", "pretrain", *common,
-                   "--out", str(out)]
+            cmd = [str(exe.with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2",
+                   "--num_machines", "1", "--mixed_precision", "bf16", "--dynamo_backend", "no", "-m", "transferkit",
+                   "pretrain", *common, "--out", str(out)]
         t = time.monotonic()
         r = subprocess.run(cmd, capture_output=True, text=True, env=env)
         wall = time.monotonic() - t
@@ -238,7 +245,8 @@ def stage_scaling() -> None:
     save("scaling", results)
 
 
-STAGES = {"source": stage_source, "source-ls": lambda: stage_source(0.1), "dapt-images": stage_dapt_images, "dapt-text": stage_dapt_text, "scaling": stage_scaling}
+STAGES = {"source": stage_source, "source-ls": lambda: stage_source(0.1), "dapt-images": stage_dapt_images,
+          "dapt-text": stage_dapt_text, "scaling": stage_scaling}
 
 
 def main() -> None:

@@ -21,7 +21,8 @@ Every seed draws another labelled subset from the pool; the test set stays the s
 Scores are the mean over seeds with a 95% t-interval; differences are paired by seed.
 
     make bench-small                                                      # installs elpv-dataset, then runs this
-    .venv/bin/python benchmarks/small_data.py                             # 4 sets x 3 seeds (about an hour on 2 CPU cores, estimated)
+    .venv/bin/python benchmarks/small_data.py                             # 4 sets x 3 seeds (about an hour on 2 CPU
+                                                                          # cores, estimated)
     .venv/bin/python benchmarks/small_data.py --sets bbc --seeds 1 --strategies linear   # a smoke run
 
 ``elpv`` needs ``pip install elpv-dataset==1.0.0.post1`` (CC BY-NC-SA 4.0, non-commercial), ``digits`` needs
@@ -387,8 +388,9 @@ def summarise(rows: list[dict], strategies: list[str]) -> dict:
     gaps = {(n, st): s[f"{st}-plain"][0] for n, s in sets.items() for st in strategies if s.get(f"{st}-plain")}
     out["never_below_plain"] = all(g >= 0 for g in gaps.values()) if gaps else None
     out["gaps_vs_plain_points"] = {f"{n}/{st}": round(100 * g, 2) for (n, st), g in gaps.items()}
-    out["mean_gap_vs_plain_points"] = {st: round(100 * float(np.mean([g for (_, s2), g in gaps.items() if s2 == st])), 2)
-                                       for st in strategies if any(s2 == st for _, s2 in gaps)}
+    out["mean_gap_vs_plain_points"] = {
+        st: round(100 * float(np.mean([g for (_, s2), g in gaps.items() if s2 == st])), 2)
+        for st in strategies if any(s2 == st for _, s2 in gaps)}
     al = {n: s["auto-linear"][0] for n, s in sets.items() if s.get("auto-linear")}
     out["auto_ge_linear_every_set"] = all(g >= 0 for g in al.values()) if al else None
     out["auto_minus_linear_points"] = {n: round(100 * g, 2) for n, g in al.items()}
@@ -407,8 +409,8 @@ def table(summary: dict) -> str:
     def wall(s: dict, m: str) -> str:
         return f"{s[m + '_wall_s']:.0f}" if s.get(m + "_wall_s") is not None else "-"
 
-    lines = [("| set (metric, %) | linear | auto | plain recipe | classical | linear - plain (points) | auto - linear | "
-              "auto chose | wall s: linear / auto / plain / classical |"), "|---|---|---|---|---|---|---|---|---|"]
+    lines = [("| set (metric, %) | linear | auto | plain recipe | classical | linear - plain (points) | auto - linear "
+              "| auto chose | wall s: linear / auto / plain / classical |"), "|---|---|---|---|---|---|---|---|---|"]
     for name, s in summary["sets"].items():
         chose = ", ".join(f"{k} x{v}" for k, v in s.get("auto_chose", {}).items()) or "-"
         lines.append(f"| {SETS[name].title} ({s['metric']}) | {_fmt(s.get('linear'))} | {_fmt(s.get('auto'))} | "
@@ -454,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown strateg(ies) {', '.join(unknown)}: choose linear, auto or both")
     if args.seeds < 1:
         ap.error("--seeds must be at least 1")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, transferkit {transferkit.__version__}", flush=True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, transferkit "
+          f"{transferkit.__version__}", flush=True)
     if importlib.util.find_spec("transferkit.strategies.classical") is None:
         print("classical baseline: not available", flush=True)
 
@@ -464,14 +467,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{bench.title}:", flush=True)
         for seed in range(args.seeds):
             labelled, test = bench.prepare(args.work, seed)
-            row: dict = {"set": name, "seed": seed, "metric": bench.metric, "labelled": str(labelled), "test": str(test)}
+            row: dict = {"set": name, "seed": seed, "metric": bench.metric, "labelled": str(labelled),
+                         "test": str(test)}
             for st in strategies:
                 r = run_transferkit(bench, st, labelled, test, args.work / f"{name}-seed{seed}" / f"run-{st}", seed,
                                     args.budget if st == "auto" else None)
                 row[st] = r
                 est = "-" if r["estimate_score"] is None else f"{r['estimate_score']:.3f}"
-                print(f"  seed {seed} {r['strategy']!s:<18} {bench.metric} {r[bench.metric]:.3f}  acc {r['accuracy']:.3f}  "
-                      f"{r['wall_s']:6.1f}s  split {r['sizes']}  estimate {est}", flush=True)
+                print(f"  seed {seed} {r['strategy']!s:<18} {bench.metric} {r[bench.metric]:.3f}  acc "
+                      f"{r['accuracy']:.3f}  {r['wall_s']:6.1f}s  split {r['sizes']}  estimate {est}", flush=True)
             r, decoded = plain_recipe(bench, labelled, test, seed, test_cache)
             row["plain"] = r
             print(f"  seed {seed} plain recipe       {bench.metric} {r[bench.metric]:.3f}  acc {r['accuracy']:.3f}  "
@@ -479,8 +483,8 @@ def main(argv: list[str] | None = None) -> int:
             row["classical"] = classical(bench, seed, decoded)
             c = row["classical"]
             if c and "error" not in c:
-                print(f"  seed {seed} classical          {bench.metric} {c[bench.metric]:.3f}  acc {c['accuracy']:.3f}  "
-                      f"{c['wall_s']:6.1f}s", flush=True)
+                print(f"  seed {seed} classical          {bench.metric} {c[bench.metric]:.3f}  "
+                      f"acc {c['accuracy']:.3f}  {c['wall_s']:6.1f}s", flush=True)
             del decoded
             rows.append(row)
     summary = summarise(rows, strategies)

@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         for bb in args.backbones:
             for s in args.strategies:
                 t = time.monotonic()
-                model = transferkit.fit(data, backbone=bb, strategy=s, out=args.work / f"run-{n}-{bb}-{s}", seed=args.seed)
+                model = transferkit.fit(data, backbone=bb, strategy=s, out=args.work / f"run-{n}-{bb}-{s}",
+                                        seed=args.seed)
                 m = model.metrics
                 rows.append({
                     "per_class": n, "backbone": bb, "strategy": m["strategy"], "test_n": m["test"]["n"],
@@ -85,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                 })
                 r = rows[-1]
                 print(f"  {n:>3}/class {bb:<20} {r['strategy']:<18} acc {r['test_accuracy']:.3f}  "
-                      f"F1 {r['test_macro_f1']:.3f}  {r['wall_s']:7.1f}s  trainable {r['trainable_params']:,}", flush=True)
+                      f"F1 {r['test_macro_f1']:.3f}  {r['wall_s']:7.1f}s  trainable "
+                      f"{r['trainable_params']:,}", flush=True)
     print("\n| clips/digit | backbone | strategy | test accuracy | macro-F1 | wall time | trainable params |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

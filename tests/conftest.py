@@ -180,7 +180,8 @@ def tiny_wav2vec2(tmp_path_factory) -> str:
                             feat_extract_norm="layer")
     folder = tmp_path_factory.mktemp("hf") / "tiny-wav2vec2"
     Wav2Vec2Model(config).save_pretrained(str(folder))
-    Wav2Vec2FeatureExtractor(sampling_rate=16_000, do_normalize=True, return_attention_mask=True).save_pretrained(str(folder))
+    Wav2Vec2FeatureExtractor(sampling_rate=16_000, do_normalize=True,
+                             return_attention_mask=True).save_pretrained(str(folder))
     return str(folder)
 
 

@@ -45,7 +45,8 @@ def tone(freq: float, seconds: float, rate: int = 16_000) -> np.ndarray:
 
 def test_mel_filters_and_spectrogram_equal_librosa():
     import librosa  # the test extra installs it: a broken install must fail here, not skip
-    for sr, n_fft, n_mels, fmin, fmax in [(16_000, 400, 40, 0.0, None), (16_000, 400, 128, 20.0, None), (22_050, 1024, 64, 50.0, 8000.0)]:
+    for sr, n_fft, n_mels, fmin, fmax in [(16_000, 400, 40, 0.0, None), (16_000, 400, 128, 20.0, None),
+                                          (22_050, 1024, 64, 50.0, 8000.0)]:
         ours = mel_filterbank(sr, n_fft, n_mels, fmin, fmax)
         ref = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
         np.testing.assert_allclose(ours, ref, atol=1e-7)
@@ -215,7 +216,8 @@ def test_hub_audio_encoder_offline_fails_in_one_line(monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(BackboneError, match=r"Could not download audio backbone 'MIT/ast-[^\n]*connect to the internet"):
+    with pytest.raises(BackboneError, match=r"Could not download audio backbone 'MIT/ast-[^\n]*connect "
+                                            r"to the internet"):
         create_backbone("hf:MIT/ast-finetuned-audioset-10-10-0.4593", modality="audio")
 
 

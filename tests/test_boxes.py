@@ -42,8 +42,8 @@ def to_yolo(splits: dict[str, BoxSet], classes: list[str], root: Path, flat: boo
             dst = root / "images" / sub / f"{split}-{Path(item).name}"
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(item, dst)
-            lines = [f"{classes.index(c)} {(b[0] + b[2]) / 2 / w:.8f} {(b[1] + b[3]) / 2 / h:.8f} {(b[2] - b[0]) / w:.8f} "
-                     f"{(b[3] - b[1]) / h:.8f}" for b, c in zip(bs.tolist(), ls, strict=True)]
+            lines = [f"{classes.index(c)} {(b[0] + b[2]) / 2 / w:.8f} {(b[1] + b[3]) / 2 / h:.8f} "
+                     f"{(b[2] - b[0]) / w:.8f} {(b[3] - b[1]) / h:.8f}" for b, c in zip(bs.tolist(), ls, strict=True)]
             (root / "labels" / sub).mkdir(parents=True, exist_ok=True)
             (root / "labels" / sub / f"{dst.stem}.txt").write_text("\n".join(lines))
     return root
@@ -52,8 +52,10 @@ def to_yolo(splits: dict[str, BoxSet], classes: list[str], root: Path, flat: boo
 def voc_xml(item: Path, bs: np.ndarray, ls: list[str]) -> str:
     w, h = Image.open(item).size
     objs = "".join(f"<object><name>{c}</name><difficult>0</difficult><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
-                   f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>" for b, c in zip(bs.tolist(), ls, strict=True))
-    return f"<annotation><filename>{item.name}</filename><size><width>{w}</width><height>{h}</height></size>{objs}</annotation>"
+                   f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
+                   for b, c in zip(bs.tolist(), ls, strict=True))
+    return (f"<annotation><filename>{item.name}</filename><size><width>{w}</width><height>{h}</height></size>"
+            f"{objs}</annotation>")
 
 
 def to_voc(splits: dict[str, BoxSet], root: Path, flat: bool = False) -> Path:
@@ -85,7 +87,8 @@ def test_builder_is_deterministic_and_boxes_are_tight(built, tmp_path):
                                      classes=("Trouser", "Bag", "Sneaker"), image_size=96, seed=3)
     other = build_composed_detection(tmp_path / "other", train_images=10, test_images=4,
                                      classes=("Trouser", "Bag", "Sneaker"), image_size=96, seed=4)
-    for rel in ("annotations/instances_train.json", "annotations/instances_test.json", "train/0000.png", "test/0003.png"):
+    for rel in ("annotations/instances_train.json", "annotations/instances_test.json", "train/0000.png",
+                "test/0003.png"):
         assert (built / rel).read_bytes() == (again / rel).read_bytes(), rel
     assert (built / "train/0000.png").read_bytes() != (other / "train/0000.png").read_bytes()
     s = load_box_splits(built)
@@ -121,7 +124,8 @@ def test_composed_boxes_are_tight_around_what_is_painted():
     n_boxes = 0
     for seed in range(8):
         picks = [garments[i] for i in np.random.default_rng(seed).choice(len(garments), 4)]
-        dark, boxes, _ = compose_image(np.random.default_rng(seed), np.zeros((128, 128, 3), np.float32), picks, (0.18, 0.45))
+        dark, boxes, _ = compose_image(np.random.default_rng(seed), np.zeros((128, 128, 3), np.float32), picks,
+                                       (0.18, 0.45))
         light, same, _ = compose_image(np.random.default_rng(seed), np.full((128, 128, 3), 255, np.float32), picks,
                                        (0.18, 0.45))
         assert boxes == same
@@ -288,7 +292,8 @@ def test_skip_bad_skips_the_whole_image_and_counts_it(tmp_path):
     (yolo / "labels" / "b.txt").write_text("0 0.5 0.5 0.2 0.2\n0 0.9 0.5 0.4 0.2\n")  # 2nd box: x 0.7-1.1
     (yolo / "labels" / "c.txt").unlink()
     (yolo / "images" / "d.png").write_bytes(b"not a png")
-    with pytest.raises(DataError, match=r"b\.txt line 2 \('0 0\.9 0\.5 0\.4 0\.2'\): box x 140-220, .* leaves the 200x100"):
+    with pytest.raises(DataError, match=r"b\.txt line 2 \('0 0\.9 0\.5 0\.4 0\.2'\): box x 140-220, .* "
+                                        r"leaves the 200x100"):
         load_box_splits(yolo)
     s = load_box_splits(yolo, skip_bad=True)
     kept = sorted(Path(i).name for part in (s.train, s.val, s.test) if part is not None for i in part.items)
@@ -338,13 +343,14 @@ def test_yolo_names_with_a_gap_are_refused(tmp_path):
 def test_write_coco_names_what_it_cannot_write(tmp_path):
     img = image(tmp_path / "imgs" / "x.png")
     with pytest.raises(DataError, match=r"Class 'mug' of .*x\.png is not among the classes given \(cup, pen\)"):
-        write_coco(BoxSet([img], [np.array([[1, 1, 5, 5]], np.float32)], [["mug"]]), tmp_path / "o.json", ["cup", "pen"],
-                   tmp_path / "imgs")
+        write_coco(BoxSet([img], [np.array([[1, 1, 5, 5]], np.float32)], [["mug"]]), tmp_path / "o.json",
+                   ["cup", "pen"], tmp_path / "imgs")
     with pytest.raises(DataError, match="is an array: COCO lists files"):
         write_coco(BoxSet([np.zeros((4, 4, 3), np.uint8)], [np.zeros((0, 4), np.float32)], [[]]), tmp_path / "o.json",
                    ["cup"], tmp_path)
     with pytest.raises(DataError, match=r"x\.png is not under .*other"):
-        write_coco(BoxSet([img], [np.zeros((0, 4), np.float32)], [[]]), tmp_path / "o.json", ["cup"], tmp_path / "other")
+        write_coco(BoxSet([img], [np.zeros((0, 4), np.float32)], [[]]), tmp_path / "o.json", ["cup"],
+                   tmp_path / "other")
     assert not (tmp_path / "o.json").exists()
 
 

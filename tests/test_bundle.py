@@ -125,8 +125,9 @@ def test_every_bundle_has_a_model_card(colour_folder, tiny_backbone, tmp_path):
     lo, hi = m["accuracy_ci"]
     assert lo <= m["accuracy"] <= hi
     assert "cross-validated estimate" in card and model.metrics["estimate"]["n"] == 24
-    for needed in ("# Model card: image-classification", "## Data", "## Backbone", "## Training", "## Scores (test set)",
-                   "## Known limitations", f"95% CI {lo:.3f}-{hi:.3f}", "--scratch-baseline", "blue, green, red"):
+    for needed in ("# Model card: image-classification", "## Data", "## Backbone", "## Training",
+                   "## Scores (test set)", "## Known limitations", f"95% CI {lo:.3f}-{hi:.3f}", "--scratch-baseline",
+                   "blue, green, red"):
         assert needed in card, needed
     assert "not shown to be better or worse" in card  # a dozen test images cannot separate close models
     assert "not shown to be better or worse" in (tmp_path / "run" / "report.md").read_text()

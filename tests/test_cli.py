@@ -50,7 +50,8 @@ def test_text_fit_predict_evaluate(text_csv, tiny_text_backbone, tmp_path):
                             "--lines", str(many), "--json"])
     assert r.exit_code == 0, r.output
     preds = [json.loads(line) for line in r.stdout.strip().splitlines()]
-    assert [p["input"] for p in preds] == ["some text about the match", str(doc), f"{many}:1", f"{many}:3"]  # real line numbers
+    # real line numbers
+    assert [p["input"] for p in preds] == ["some text about the match", str(doc), f"{many}:1", f"{many}:3"]
     r = runner.invoke(app, ["evaluate", str(out / "model"), str(text_csv), "--json"])
     assert r.exit_code == 0 and json.loads(r.stdout)["n"] == 36
 
@@ -66,7 +67,8 @@ def test_text_errors_are_one_line(tmp_path):
 
 def test_fit_predict_evaluate(colour_splits, tiny_backbone, tmp_path):
     out = tmp_path / "run"
-    r = runner.invoke(app, ["fit", str(colour_splits), "--backbone", tiny_backbone, "--strategy", "linear", "--out", str(out), "--json"])
+    r = runner.invoke(app, ["fit", str(colour_splits), "--backbone", tiny_backbone, "--strategy", "linear",
+                            "--out", str(out), "--json"])
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["scored_on"] == "test" and summary["n"] == 12
@@ -80,7 +82,8 @@ def test_fit_predict_evaluate(colour_splits, tiny_backbone, tmp_path):
     r = runner.invoke(app, ["predict", str(out / "model"), *imgs[:2], "--csv"])
     assert r.stdout.splitlines()[0] == "path,label,probability" and len(r.stdout.splitlines()) == 3
 
-    r = runner.invoke(app, ["evaluate", str(out / "model"), str(colour_splits), "--json", "--out", str(tmp_path / "ev")])
+    r = runner.invoke(app, ["evaluate", str(out / "model"), str(colour_splits), "--json",
+                            "--out", str(tmp_path / "ev")])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["n"] == 12 and (tmp_path / "ev" / "confusion_matrix.png").is_file()
 
@@ -95,7 +98,8 @@ def test_errors_are_one_line_without_traceback(tmp_path):
 
 def test_predict_skip_bad(colour_splits, tiny_backbone, tmp_path):
     out = tmp_path / "run"
-    runner.invoke(app, ["fit", str(colour_splits), "--backbone", tiny_backbone, "--strategy", "linear", "--out", str(out)])
+    runner.invoke(app, ["fit", str(colour_splits), "--backbone", tiny_backbone, "--strategy", "linear",
+                        "--out", str(out)])
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"nope")
     good = str(sorted((colour_splits / "test").rglob("*.png"))[0])

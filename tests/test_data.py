@@ -45,7 +45,8 @@ def test_stratified_split_keeps_one_for_training():
 @pytest.mark.parametrize("kind", ["csv", "jsonl", "tsv"])
 def test_table_sources_with_relative_paths_and_split_column(colour_folder, kind):
     files = sorted(colour_folder.rglob("*.png"))
-    rows = [{"path": str(f.relative_to(colour_folder)), "label": f.parent.name, "split": "test" if i % 4 == 0 else "train"}
+    rows = [{"path": str(f.relative_to(colour_folder)), "label": f.parent.name,
+             "split": "test" if i % 4 == 0 else "train"}
             for i, f in enumerate(files)]
     table = colour_folder / f"labels.{kind}"
     if kind == "jsonl":
@@ -102,7 +103,8 @@ def test_image_extension_with_garbage(colour_folder):
     bad = colour_folder / "red" / "fake.jpg"
     bad.write_bytes(b"this is not a jpeg")
     ds = load_splits(colour_folder, skip_bad=False, seed=0, val_fraction=0.15, test_fraction=0.2)
-    everything = ImageSet([*ds.train.items, *ds.val.items, *ds.test.items], [*ds.train.labels, *ds.val.labels, *ds.test.labels])
+    everything = ImageSet([*ds.train.items, *ds.val.items, *ds.test.items],
+                          [*ds.train.labels, *ds.val.labels, *ds.test.labels])
     with pytest.raises(DataError) as e:
         decode(everything, PRE, ds.classes)
     assert str(bad) in _one_line(e) and "not a readable image" in str(e.value)

@@ -73,15 +73,16 @@ def test_augmentation_moves_boxes_with_the_pixels():
 
 
 def test_metrics_pinned_values():
-    truth = [{"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 40.0, 40.0]]), "labels": torch.tensor([0, 1])}]
+    truth = [{"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 40.0, 40.0]]),
+              "labels": torch.tensor([0, 1])}]
     perfect = [{"boxes": truth[0]["boxes"].clone(), "labels": torch.tensor([0, 1]), "scores": torch.tensor([0.9, 0.8])}]
     m = detection_metrics(perfect, truth, ["a", "b", "c"])
     assert m["map"] == pytest.approx(1.0) and m["map_50"] == pytest.approx(1.0)
     assert m["per_class"]["c"]["ap"] is None  # no true boxes: nothing to score
     assert m["at_0.5"] == {"found": 2, "missed": 0, "false_alarms": 0}
     # IoU 0.62 for class a: matched at thresholds .50, .55, .60 of the ten -> AP 0.3; class b missed entirely
-    shifted = [{"boxes": torch.tensor([[0.0, 0.0, 10.0, 6.2], [60.0, 60.0, 70.0, 70.0]]), "labels": torch.tensor([0, 1]),
-                "scores": torch.tensor([0.9, 0.8])}]
+    shifted = [{"boxes": torch.tensor([[0.0, 0.0, 10.0, 6.2], [60.0, 60.0, 70.0, 70.0]]),
+                "labels": torch.tensor([0, 1]), "scores": torch.tensor([0.9, 0.8])}]
     m = detection_metrics(shifted, truth, ["a", "b", "c"])
     assert m["per_class"]["a"]["ap"] == pytest.approx(0.3, abs=1e-6)
     assert m["per_class"]["a"]["ap_50"] == pytest.approx(1.0)
@@ -181,7 +182,8 @@ def test_coco_detector_architecture_without_weights():
     from transferkit.backbones.protocol import BackboneSpec
     from transferkit.heads.detection import detector_from_config
 
-    spec = BackboneSpec("torchvision:fcos_resnet50_fpn", "torchvision-detection", "fcos_resnet50_fpn", "torchvision COCO_V1")
+    spec = BackboneSpec("torchvision:fcos_resnet50_fpn", "torchvision-detection", "fcos_resnet50_fpn",
+                        "torchvision COCO_V1")
     cfg = {"num_classes": 3, "image_size": 128, "fpn_channels": 256, "score_thresh": 0.05, "nms_thresh": 0.6,
            "detections_per_img": 100}
     det = detector_from_config(spec, None, cfg, pretrained=False)
@@ -263,7 +265,8 @@ def test_coco_detector_bundle_round_trip(tmp_path):
     from transferkit.bundle.detection import DetectionModel
     from transferkit.heads.detection import detector_from_config
 
-    spec = BackboneSpec("torchvision:fcos_resnet50_fpn", "torchvision-detection", "fcos_resnet50_fpn", "torchvision COCO_V1")
+    spec = BackboneSpec("torchvision:fcos_resnet50_fpn", "torchvision-detection", "fcos_resnet50_fpn",
+                        "torchvision COCO_V1")
     cfg = {"num_classes": 2, "image_size": 128, "fpn_channels": 128, "score_thresh": 0.0, "nms_thresh": 0.6,
            "detections_per_img": 10}
     torch.manual_seed(0)

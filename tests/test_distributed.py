@@ -16,8 +16,9 @@ from pathlib import Path
 def launch_fit(data: Path, out: Path, *args: str) -> dict:
     """``accelerate launch`` two CPU processes running ``transferkit fit DATA ARGS --out OUT``; the run's metrics."""
     launcher = Path(sys.executable).with_name("accelerate")
-    cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "-m", "transferkit", "fit", str(data), *args, "--out", str(out), "--json"]
+    cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "transferkit", "fit", str(data), *args,
+           "--out", str(out), "--json"]
     env = {**os.environ, "TRANSFERKIT_QUIET": "1", "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -31,7 +32,8 @@ def test_two_process_fit_with_accelerate_launch(colour_splits, tiny_backbone, tm
     # small data: 3 cross-validation folds trained under both processes, then the final run for the folds' epoch
     assert m["test"]["n"] == 12 and m["estimate"]["folds"] == 3
     assert len(m["history"]["epochs"]) == m["estimate"]["chosen"]["epochs"] <= 3
-    assert sorted(p.name for p in out.iterdir()) == ["confusion_matrix.png", "learning_curve.png", "metrics.json", "model", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["confusion_matrix.png", "learning_curve.png", "metrics.json",
+                                                     "model", "report.md"]
 
 
 def test_two_process_text_fit(text_folder, tiny_text_backbone, tmp_path):
@@ -61,7 +63,8 @@ def test_two_process_detection_fit(box_folder, tiny_backbone, tmp_path):
                    "--epochs", "2", "--batch-size", "4", "--precision", "no")
     assert m["processes"] == 2 and m["task"] == "object-detection" and m["test"]["n_images"] == 6
     assert [e["stage"] for e in m["history"]["epochs"]] == [0, 0]  # unfreeze_every 2: still pyramid and head
-    assert sorted(p.name for p in out.iterdir()) == ["examples.png", "learning_curve.png", "metrics.json", "model", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["examples.png", "learning_curve.png", "metrics.json", "model",
+                                                     "report.md"]
 
 
 def test_main_process_is_rank_zero_or_the_accelerators_answer(monkeypatch):

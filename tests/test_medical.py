@@ -274,7 +274,8 @@ def test_dicom_folders_group_by_patient_id(tmp_path):
         for k in range(3):
             label = "lesion" if p % 2 else "normal"
             write_ct_dicom(tmp_path / "scans" / label / f"img{p}_{k}", lesion_slice(rng, p % 2 == 1), f"PID{p}")
-    splits = load_splits(tmp_path / "scans", patients=True, seed=0, val_fraction=0.15, test_fraction=0.2)  # files without a suffix, found by DICM
+    # files without a suffix, found by DICM
+    splits = load_splits(tmp_path / "scans", patients=True, seed=0, val_fraction=0.15, test_fraction=0.2)
     owners = [set(s.groups) for s in (splits.train, splits.val, splits.test)]
     assert sum(len(o) for o in owners) == 8 and not set.intersection(*owners)
     assert transferkit.data.sources.detect_kind(tmp_path / "scans") == "medical"

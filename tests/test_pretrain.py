@@ -46,8 +46,8 @@ def test_supervised_pretrain_gives_a_backbone_fit_loads_by_path(colours, tmp_pat
     out = tmp_path / "parts-v1"
     r = transferkit.pretrain(colours, arch="timm:test_efficientnet", image_size=32, out=out, epochs=3, batch_size=16,
                              precision="no", workers=0, log_every=2)
-    assert sorted(p.name for p in out.iterdir()) == ["backbone.json", "backbone.safetensors", "log.txt", "pretrain.json",
-                                                     "pretrain_curve.png", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["backbone.json", "backbone.safetensors", "log.txt",
+                                                     "pretrain.json", "pretrain_curve.png", "report.md"]
     meta = json.loads((out / "backbone.json").read_text())
     prov = meta["provenance"]
     # the record of the source data: where, how many, which classes, a fingerprint of the listing
@@ -68,7 +68,8 @@ def test_supervised_pretrain_gives_a_backbone_fit_loads_by_path(colours, tmp_pat
     used = model.classifier.backbone.preprocess
     assert used.input_size == (32, 32) and list(used.mean) == pre["mean"]
     card = (tmp_path / "run" / "model" / "model_card.md").read_text()
-    assert f"pre-trained with `transferkit pretrain` (supervised, 15 steps) on `{colours}`: 84 examples in 3 classes" in card
+    assert (f"pre-trained with `transferkit pretrain` (supervised, 15 steps) on `{colours}`: 84 examples in 3 classes"
+            in card)
 
 
 def test_step_sampler_shards_without_overlap_and_resumes_exactly():
@@ -226,7 +227,8 @@ def test_kill_9_then_resume_ends_with_the_same_weights(colours, tmp_path):
 def launch(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
     launcher = Path(sys.executable).with_name("accelerate")
     cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "transferkit", "pretrain", *args, "--workers", "0"]
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "transferkit", "pretrain", *args,
+           "--workers", "0"]
     env = {**os.environ, "TRANSFERKIT_QUIET": "", "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -244,8 +246,8 @@ def test_two_processes_with_accelerate_launch(method, colours, tiny_backbone, tm
     assert m["processes"] == 2 and m["global_batch"] == 16 and m["record"]["sessions"][0]["processes"] == 2
     assert json.loads(r.stdout.strip().splitlines()[-1])["processes"] == 2, "one summary, from the first process"
     assert r.stderr.count("step 2/") == 1, "only the first process logs"
-    assert sorted(p.name for p in out.iterdir()) == ["backbone.json", "backbone.safetensors", "log.txt", "pretrain.json",
-                                                     "pretrain_curve.png", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["backbone.json", "backbone.safetensors", "log.txt",
+                                                     "pretrain.json", "pretrain_curve.png", "report.md"]
     assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{method}")], "no second writer's leftovers"
     if method == "supervised":
         assert m["record"]["evaluations"][-1]["val_n"] == 6, "validation shares are summed over both processes"

@@ -46,7 +46,8 @@ def test_strategy_contract(name, colour_splits, tiny_backbone, tmp_path):
     assert {"accuracy", "loss"} == set(m["train_val_gap"])
     assert {"load_s", "decode_s", "evaluate_s", "total_s"} <= set(m["timings"])
     assert m["trainable_params"] > 0
-    for f in ("report.md", "confusion_matrix.png", "learning_curve.png", "model/config.json", "model/model.safetensors"):
+    for f in ("report.md", "confusion_matrix.png", "learning_curve.png", "model/config.json",
+              "model/model.safetensors"):
         assert (out / f).is_file(), f
     assert (out / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
     assert not (out / ".work").exists()
@@ -117,7 +118,8 @@ def test_gradual_unfreezes_from_the_top_with_every_group_present(colour_splits, 
 
         def hook(epoch):
             stage = on_epoch_start(epoch)
-            trainable_layers = sorted({g["layer"] for g in optimizer.param_groups if any(p.requires_grad for p in g["params"])})
+            trainable_layers = sorted({g["layer"] for g in optimizer.param_groups
+                                       if any(p.requires_grad for p in g["params"])})
             seen[epoch] = (stage, trainable_layers, len(optimizer.param_groups))
             return stage
 
@@ -192,7 +194,8 @@ def test_resume_after_a_crash_reaches_the_same_weights(tmp_path):
 
 
 def test_time_budget_plans_epochs_that_fit(colour_splits, tiny_backbone):
-    model = transferkit.fit(colour_splits, backbone=tiny_backbone, strategy="scratch", epochs=500, patience=1000, budget="4s")
+    model = transferkit.fit(colour_splits, backbone=tiny_backbone, strategy="scratch", epochs=500, patience=1000,
+                            budget="4s")
     d, h = model.metrics["details"], model.metrics["history"]
     assert d["planned_epochs"] >= 1 and d["planned_epochs"] < 500 and d["estimated_epoch_s"] > 0
     assert len(h["epochs"]) <= d["planned_epochs"]
@@ -250,7 +253,8 @@ def test_auto_stays_linear_with_too_few_labels(tmp_path, tiny_backbone):
     from conftest import write_colour_images
 
     write_colour_images(tmp_path / "few", 4)
-    model = transferkit.fit(tmp_path / "few", backbone=tiny_backbone, strategy="auto", val_fraction=0.25, test_fraction=0.25)
+    model = transferkit.fit(tmp_path / "few", backbone=tiny_backbone, strategy="auto", val_fraction=0.25,
+                            test_fraction=0.25)
     assert model.metrics["details"]["chosen"] == "linear"
     assert "linear only" in model.metrics["details"]["decision"]
 

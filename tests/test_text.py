@@ -120,7 +120,8 @@ def test_ambiguous_and_missing_columns(tmp_path):
 
 def test_jsonl_lists_make_multi_label(tmp_path):
     path = tmp_path / "tags.jsonl"
-    rows = [{"text": f"text number {i}", "labels": ["a", "b"] if i % 3 == 0 else ["a"] if i % 3 == 1 else ["c"]} for i in range(30)]
+    rows = [{"text": f"text number {i}", "labels": ["a", "b"] if i % 3 == 0 else ["a"] if i % 3 == 1 else ["c"]}
+            for i in range(30)]
     path.write_text("\n".join(json.dumps(r) for r in rows))
     s = load_text_splits(path, val_fraction=0.15, test_fraction=0.2)
     assert s.train.multi_label and s.classes == ["a", "b", "c"]
@@ -145,7 +146,8 @@ def test_empty_multi_label_cell_is_an_error_but_an_empty_list_is_not(tmp_path):
     with pytest.raises(DataError, match=r"tags.csv line 3: the label \('tags'\) is empty"):
         load_text_splits(path, options=TextOptions(label_sep="|"), val_fraction=0.15, test_fraction=0.2)
     jsonl = tmp_path / "tags.jsonl"
-    jsonl.write_text("\n".join(json.dumps({"text": f"t{i}", "labels": [] if i == 0 else ["a"] if i % 2 else ["b"]}) for i in range(9)))
+    jsonl.write_text("\n".join(json.dumps({"text": f"t{i}", "labels": [] if i == 0 else ["a"] if i % 2 else ["b"]})
+                               for i in range(9)))
     s = load_text_splits(jsonl, val_fraction=0.15, test_fraction=0.2)
     assert () in s.train.labels + s.val.labels + s.test.labels
 
@@ -175,7 +177,8 @@ def test_folder_of_txt_and_split_folders(text_folder):
 def test_non_utf8_file(text_folder):
     bad = text_folder / "train" / "money" / "latin.txt"
     bad.write_bytes("price in \xa3 rose".encode("latin-1"))
-    with pytest.raises(DataError, match=r"latin.txt is not utf-8 text \(byte 0xa3 at position 9\).*--encoding.*--skip-bad"):
+    with pytest.raises(DataError, match=r"latin.txt is not utf-8 text \(byte 0xa3 at position "
+                                        r"9\).*--encoding.*--skip-bad"):
         load_text_splits(text_folder, val_fraction=0.15, test_fraction=0.2)
     kept = load_text_splits(text_folder, options=TextOptions(skip_bad=True), val_fraction=0.15, test_fraction=0.2)
     assert len(kept.train) + len(kept.val) == 30  # the 30 good files; the bad one skipped
@@ -257,7 +260,8 @@ def test_lora_head_and_adapter_are_saved(text_folder, tiny_text_backbone, tmp_pa
     # adapters on query and value of both layers (rank 8), plus the 3-class head
     assert model.metrics["trainable_params"] == 2 * 2 * (32 * 8 + 8 * 32) + 32 * 3 + 3
     adapter = out / "model" / "adapter"
-    assert {p.name for p in adapter.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors", "head.safetensors", "head.json"}
+    assert {p.name for p in adapter.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors",
+                                                   "head.safetensors", "head.json"}
     assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 8
 
     from transferkit.engine.inference import text_batch
@@ -274,7 +278,8 @@ def test_lora_head_and_adapter_are_saved(text_folder, tiny_text_backbone, tmp_pa
     # the reloaded bundle keeps the adapter files, so saving it again loses nothing
     again = transferkit.load(out / "model")
     again.save(tmp_path / "copy")
-    assert (tmp_path / "copy" / "adapter" / "adapter_model.safetensors").read_bytes() == (adapter / "adapter_model.safetensors").read_bytes()
+    assert ((tmp_path / "copy" / "adapter" / "adapter_model.safetensors").read_bytes()
+            == (adapter / "adapter_model.safetensors").read_bytes())
 
 
 def test_multi_label_fit_predict_and_report(tmp_path, tiny_text_backbone):

@@ -38,45 +38,151 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True,
+        help="Print the version and exit.",
+    ),
 ) -> None:
     """transferkit: pretrained backbone -> your labels, with evidence."""
 
 
 @app.command()
 def fit(
-    data: Path = typer.Argument(..., help="Folder of class folders of images (also DICOM, NIfTI, 16-bit PNG/TIFF), audio (wav/flac/ogg) or .txt files (optionally train/ val/ test/), a CSV/TSV/JSONL (path,label for images and audio, plus patient_id for medical images; text and label columns for texts), a saved Hugging Face dataset, or images with boxes (COCO JSON, YOLO txt or Pascal VOC XML) for detection."),
-    out: Path = typer.Option(Path("runs/latest"), "--out", "-o", help="Run folder: model/, metrics.json, plots, report.md."),
-    backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="Registry name, timm:NAME, torchvision:NAME, a Hugging Face encoder (org/name), or a path (see `transferkit backbones`); several, comma-separated, are ranked by LogME on your data and the first is trained. Default: efficientnet_lite0 for images and (on log-mel spectrograms) audio, all-MiniLM-L6-v2 for texts; speaker-encoder for voices."),
-    arch: Optional[str] = typer.Option(None, help="Architecture of a checkpoint file given as --backbone (timm name or torchvision:NAME)."),
-    strategy: str = typer.Option("auto", "--strategy", "-s", help="linear, finetune, gradual, scratch or auto; for texts also lora and contrastive; for detection frozen, finetune, gradual, scratch or auto."),
-    budget: Optional[str] = typer.Option(None, help="Wall-time budget, e.g. 90s, 10m, 1h: training plans its epochs to finish inside it (auto also uses it to decide whether to fine-tune)."),
+    data: Path = typer.Argument(
+        ...,
+        help="Folder of class folders of images (also DICOM, NIfTI, 16-bit PNG/TIFF), audio (wav/flac/ogg) or .txt "
+             "files (optionally train/ val/ test/), a CSV/TSV/JSONL (path,label for images and audio, plus patient_id "
+             "for medical images; text and label columns for texts), a saved Hugging Face dataset, or images with "
+             "boxes (COCO JSON, YOLO txt or Pascal VOC XML) for detection.",
+    ),
+    out: Path = typer.Option(
+        Path("runs/latest"), "--out", "-o",
+        help="Run folder: model/, metrics.json, plots, report.md.",
+    ),
+    backbone: Optional[str] = typer.Option(
+        None, "--backbone", "-b",
+        help="Registry name, timm:NAME, torchvision:NAME, a Hugging Face encoder (org/name), or a path (see "
+             "`transferkit backbones`); several, comma-separated, are ranked by LogME on your data and the first is "
+             "trained. Default: efficientnet_lite0 for images and (on log-mel spectrograms) audio, all-MiniLM-L6-v2 "
+             "for texts; speaker-encoder for voices.",
+    ),
+    arch: Optional[str] = typer.Option(
+        None,
+        help="Architecture of a checkpoint file given as --backbone (timm name or torchvision:NAME).",
+    ),
+    strategy: str = typer.Option(
+        "auto", "--strategy", "-s",
+        help="linear, finetune, gradual, scratch or auto; for texts also lora and contrastive; for detection frozen, "
+             "finetune, gradual, scratch or auto.",
+    ),
+    budget: Optional[str] = typer.Option(
+        None,
+        help="Wall-time budget, e.g. 90s, 10m, 1h: training plans its epochs to finish inside it (auto also uses it to "
+             "decide whether to fine-tune).",
+    ),
     epochs: Optional[int] = typer.Option(None, help="Maximum epochs (default: the strategy's own)."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: the strategy's own)."),
     batch_size: Optional[int] = typer.Option(None, help="Examples per step (default: the strategy's own)."),
     seed: int = typer.Option(0, help="Seed for splits, folds, initialisation and shuffling."),
-    cv: Optional[int] = typer.Option(None, help="Folds of the stratified cross-validation that chooses settings (the probe's C, epochs, auto's choice) and estimates the score when no validation split is held out. Default: 5 for the linear probe, 3 where each fold is a training run (finetune, auto's fine-tuning, lora...)."),
-    val_fraction: Optional[float] = typer.Option(None, help="Hold out this share of the labels for validation. Default: none when the smallest class has fewer than 50 examples (settings then chosen by --cv fold cross-validation on every label), else 0.15. A val/ folder or split column is always used."),
-    test_fraction: Optional[float] = typer.Option(None, help="Hold out this share as a test split. Default: none for small data (the score is a cross-validated estimate; score a separate set with `transferkit evaluate`), else 0.2. A test/ folder or split column is always used."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable or missing images, empty texts, undecodable or silent audio, and images with bad boxes or no label file, with a warning and a count."),
+    cv: Optional[int] = typer.Option(
+        None,
+        help="Folds of the stratified cross-validation that chooses settings (the probe's C, epochs, auto's choice) "
+             "and estimates the score when no validation split is held out. Default: 5 for the linear probe, 3 where "
+             "each fold is a training run (finetune, auto's fine-tuning, lora...).",
+    ),
+    val_fraction: Optional[float] = typer.Option(
+        None,
+        help="Hold out this share of the labels for validation. Default: none when the smallest class has fewer than "
+             "50 examples (settings then chosen by --cv fold cross-validation on every label), else 0.15. A val/ "
+             "folder or split column is always used.",
+    ),
+    test_fraction: Optional[float] = typer.Option(
+        None,
+        help="Hold out this share as a test split. Default: none for small data (the score is a cross-validated "
+             "estimate; score a separate set with `transferkit evaluate`), else 0.2. A test/ folder or split column is "
+             "always used.",
+    ),
+    skip_bad: bool = typer.Option(
+        False, "--skip-bad",
+        help="Skip unreadable or missing images, empty texts, undecodable or silent audio, and images with bad boxes "
+             "or no label file, with a warning and a count.",
+    ),
     precision: str = typer.Option("auto", help="auto (bf16 where the CPU/GPU supports it), bf16, fp16 or no."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out from its last epoch checkpoint."),
-    image_size: Optional[int] = typer.Option(None, help="Override the backbone's input resolution (smaller trains faster on a CPU); audio: the spectrogram's height; detection: the longer image side (default: the training images' median, 128-512)."),
-    text_column: Optional[str] = typer.Option(None, help="Texts: the column holding the text (default: guessed from text, sentence, content, ...)."),
-    label_column: Optional[str] = typer.Option(None, help="Texts: the column holding the label (default: guessed from label, class, category, ...)."),
-    label_sep: Optional[str] = typer.Option(None, help="Texts: multi-label cells such as 'sport|politics' are split on this separator."),
+    image_size: Optional[int] = typer.Option(
+        None,
+        help="Override the backbone's input resolution (smaller trains faster on a CPU); audio: the spectrogram's "
+             "height; detection: the longer image side (default: the training images' median, 128-512).",
+    ),
+    text_column: Optional[str] = typer.Option(
+        None,
+        help="Texts: the column holding the text (default: guessed from text, sentence, content, ...).",
+    ),
+    label_column: Optional[str] = typer.Option(
+        None,
+        help="Texts: the column holding the label (default: guessed from label, class, category, ...).",
+    ),
+    label_sep: Optional[str] = typer.Option(
+        None,
+        help="Texts: multi-label cells such as 'sport|politics' are split on this separator.",
+    ),
     encoding: str = typer.Option("utf-8", help="Texts: encoding of .txt files (e.g. latin-1, cp1252)."),
-    max_length: Optional[int] = typer.Option(None, help="Texts: override the encoder's token limit (shorter trains faster)."),
-    clip_seconds: Optional[float] = typer.Option(None, help="Audio: window length in seconds (default: the 95th percentile of the training clips' durations); longer recordings are cut into windows whose predictions are averaged."),
-    task: str = typer.Option("auto", help="auto (boxes in the data mean detection), classify, or detect (COCO JSON, YOLO txt or Pascal VOC XML, detected from the files)."),
-    modality: str = typer.Option("auto", help="auto, image, text, audio or medical. Medical (automatic for DICOM/NIfTI files or a manifest with a patient_id column): patient-level splits, class-weighted loss, calibrated probabilities (with 20 validation examples per class), a tuned threshold, AUROC/sensitivity/specificity and roc.png."),
-    window: Optional[str] = typer.Option(None, help="DICOM/NIfTI/16-bit images: auto (the file's own window, else its 0.5-99.5 percentiles), full, a CT preset (lung, mediastinum, soft-tissue, abdomen, liver, bone, brain, subdural, stroke), or centre,width such as -600,1500."),
-    slices: Optional[str] = typer.Option(None, help="Volumes (NIfTI, multi-frame DICOM): 2d (the middle slice) or 2.5d (it and its two neighbours as the 3 channels)."),
-    patient_column: Optional[str] = typer.Option(None, help="Medical: the manifest column of patient ids (default: patient_id, patient, subject_id, subject or case_id); DICOM folders use PatientID. Ids are hashed at once."),
-    positive: Optional[str] = typer.Option(None, help="Medical, two classes: the positive class (the finding). Default: the class not named normal/healthy/negative/benign/0, else the rarer one."),
-    threshold: Optional[str] = typer.Option(None, help="Medical, two classes: the operating threshold on the positive probability: youden (default, tuned on validation), sensitivity=0.95, specificity=0.9, or a number."),
-    balance: Optional[str] = typer.Option(None, help="Medical: weights (class-weighted loss, default), sampler (classes drawn equally often) or none."),
-    scratch_baseline: bool = typer.Option(False, "--scratch-baseline", help="Also train the same architecture from random weights on the same splits and training time (so the run takes about twice as long), and a classical baseline (HOG, TF-IDF or log-mel statistics + logistic regression); the report and model card compare them with the model and say plainly when a baseline wins."),
+    max_length: Optional[int] = typer.Option(
+        None,
+        help="Texts: override the encoder's token limit (shorter trains faster).",
+    ),
+    clip_seconds: Optional[float] = typer.Option(
+        None,
+        help="Audio: window length in seconds (default: the 95th percentile of the training clips' durations); longer "
+             "recordings are cut into windows whose predictions are averaged.",
+    ),
+    task: str = typer.Option(
+        "auto",
+        help="auto (boxes in the data mean detection), classify, or detect (COCO JSON, YOLO txt or Pascal VOC XML, "
+             "detected from the files).",
+    ),
+    modality: str = typer.Option(
+        "auto",
+        help="auto, image, text, audio or medical. Medical (automatic for DICOM/NIfTI files or a manifest with a "
+             "patient_id column): patient-level splits, class-weighted loss, calibrated probabilities (with 20 "
+             "validation examples per class), a tuned threshold, AUROC/sensitivity/specificity and roc.png.",
+    ),
+    window: Optional[str] = typer.Option(
+        None,
+        help="DICOM/NIfTI/16-bit images: auto (the file's own window, else its 0.5-99.5 percentiles), full, a CT "
+             "preset (lung, mediastinum, soft-tissue, abdomen, liver, bone, brain, subdural, stroke), or centre,width "
+             "such as -600,1500.",
+    ),
+    slices: Optional[str] = typer.Option(
+        None,
+        help="Volumes (NIfTI, multi-frame DICOM): 2d (the middle slice) or 2.5d (it and its two neighbours as the 3 "
+             "channels).",
+    ),
+    patient_column: Optional[str] = typer.Option(
+        None,
+        help="Medical: the manifest column of patient ids (default: patient_id, patient, subject_id, subject or "
+             "case_id); DICOM folders use PatientID. Ids are hashed at once.",
+    ),
+    positive: Optional[str] = typer.Option(
+        None,
+        help="Medical, two classes: the positive class (the finding). Default: the class not named "
+             "normal/healthy/negative/benign/0, else the rarer one.",
+    ),
+    threshold: Optional[str] = typer.Option(
+        None,
+        help="Medical, two classes: the operating threshold on the positive probability: youden (default, tuned on "
+             "validation), sensitivity=0.95, specificity=0.9, or a number.",
+    ),
+    balance: Optional[str] = typer.Option(
+        None,
+        help="Medical: weights (class-weighted loss, default), sampler (classes drawn equally often) or none.",
+    ),
+    scratch_baseline: bool = typer.Option(
+        False, "--scratch-baseline",
+        help="Also train the same architecture from random weights on the same splits and training time (so the run "
+             "takes about twice as long), and a classical baseline (HOG, TF-IDF or log-mel statistics + logistic "
+             "regression); the report and model card compare them with the model and say plainly when a baseline wins.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics summary as JSON on stdout."),
 ) -> None:
     """Train on DATA and write a bundle, metrics, plots and a report to --out."""
@@ -84,7 +190,8 @@ def fit(
 
     options = {k: v for k, v in {"epochs": epochs, "lr": lr, "batch_size": batch_size}.items() if v is not None}
     if strategy == "auto" and options:
-        _fail(TransferkitError("--epochs/--lr/--batch-size apply to a named strategy; auto sets its own (use --budget)."))
+        _fail(TransferkitError("--epochs/--lr/--batch-size apply to a named strategy; auto sets its own "
+                               "(use --budget)."))
     try:
         model = fit_api(str(data), backbone=backbone, arch=arch, strategy=strategy, out=out, budget=budget, seed=seed,
                         skip_bad=skip_bad, precision=precision, resume=resume, image_size=image_size,
@@ -120,8 +227,8 @@ def fit(
         from .console import results as console
 
         console.print(
-            f"[green]done[/] {summary['strategy']}: {summary['scored_on']} accuracy {summary['accuracy']:.3f}, macro-F1 "
-            f"{summary['macro_f1']:.3f} (n={summary['n']}) in {summary['seconds']:.1f}s",
+            f"[green]done[/] {summary['strategy']}: {summary['scored_on']} accuracy {summary['accuracy']:.3f}, "
+            f"macro-F1 {summary['macro_f1']:.3f} (n={summary['n']}) in {summary['seconds']:.1f}s",
             highlight=False,
         )
         if m.get("estimate"):
@@ -132,7 +239,8 @@ def fit(
                               f"them: {e['score']:.3f}{ci}", highlight=False)
             else:
                 console.print(f"every label trained the final model; the score{ci} is a {e['folds']}-fold "
-                              "cross-validated estimate: `transferkit evaluate` on a separate test set is the final word",
+                              "cross-validated estimate: `transferkit evaluate` on a separate test set is the "
+                              "final word",
                               highlight=False)
         if clinical:
             console.print(_clinical_line(clinical), highlight=False)
@@ -170,14 +278,30 @@ def _detection_summary(m: dict, scored: str, out: Path, as_json: bool) -> None:
 @app.command()
 def predict(
     model_dir: Path = typer.Argument(..., help="A bundle folder (the run's model/)."),
-    inputs: Optional[list[str]] = typer.Argument(None, help="Image files (image models), audio files (audio models: long recordings are windowed and averaged) or texts (text models) to classify."),
-    file: Optional[list[Path]] = typer.Option(None, "--file", "-f", help="Text models: a file whose whole content is one text (repeatable)."),
+    inputs: Optional[list[str]] = typer.Argument(
+        None,
+        help="Image files (image models), audio files (audio models: long recordings are windowed and averaged) or "
+             "texts (text models) to classify.",
+    ),
+    file: Optional[list[Path]] = typer.Option(
+        None, "--file", "-f",
+        help="Text models: a file whose whole content is one text (repeatable).",
+    ),
     lines: Optional[Path] = typer.Option(None, "--lines", help="Text models: a file with one text per line."),
     top_k: int = typer.Option(3, "--top-k", "-k", help="How many labels to show per input."),
     as_json: bool = typer.Option(False, "--json", help="JSON lines on stdout."),
-    as_csv: bool = typer.Option(False, "--csv", help="CSV on stdout: input,label,probability (top-1); detectors: path,label,score,x1,y1,x2,y2 per box."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images or empty texts instead of stopping."),
-    draw: Optional[Path] = typer.Option(None, "--draw", help="Detectors: write the image with its boxes to this PNG (several images: a folder of PNGs)."),
+    as_csv: bool = typer.Option(
+        False, "--csv",
+        help="CSV on stdout: input,label,probability (top-1); detectors: path,label,score,x1,y1,x2,y2 per box.",
+    ),
+    skip_bad: bool = typer.Option(
+        False, "--skip-bad",
+        help="Skip unreadable images or empty texts instead of stopping.",
+    ),
+    draw: Optional[Path] = typer.Option(
+        None, "--draw",
+        help="Detectors: write the image with its boxes to this PNG (several images: a folder of PNGs).",
+    ),
     score_threshold: float = typer.Option(0.3, "--score-threshold", help="Detectors: lowest score shown."),
 ) -> None:
     """Top-k labels with probabilities for each image, recording or text; boxes for detectors."""
@@ -302,12 +426,25 @@ def _short(text: str, n: int = 60) -> str:
 @app.command()
 def evaluate(
     model_dir: Path = typer.Argument(..., help="A bundle folder (the run's model/)."),
-    data: Path = typer.Argument(..., help="Labelled data: class folders (its test/ if present) or a CSV/TSV/JSONL (its test rows if it has a split column); for detectors, images with boxes (COCO/YOLO/VOC; its test split if present)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write metrics.json (and, for classifiers, confusion_matrix.png) here."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images or audio, or empty texts, with a warning."),
+    data: Path = typer.Argument(
+        ...,
+        help="Labelled data: class folders (its test/ if present) or a CSV/TSV/JSONL (its test rows if it has a split "
+             "column); for detectors, images with boxes (COCO/YOLO/VOC; its test split if present).",
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o",
+        help="Write metrics.json (and, for classifiers, confusion_matrix.png) here.",
+    ),
+    skip_bad: bool = typer.Option(
+        False, "--skip-bad",
+        help="Skip unreadable images or audio, or empty texts, with a warning.",
+    ),
     text_column: Optional[str] = typer.Option(None, help="Texts: the column holding the text."),
     label_column: Optional[str] = typer.Option(None, help="Texts: the column holding the label."),
-    label_sep: Optional[str] = typer.Option(None, help="Texts: separator of multi-label cells (default: the one used in training)."),
+    label_sep: Optional[str] = typer.Option(
+        None,
+        help="Texts: separator of multi-label cells (default: the one used in training).",
+    ),
     encoding: str = typer.Option("utf-8", help="Texts: encoding of .txt files."),
     as_json: bool = typer.Option(False, "--json", help="Print all metrics as JSON on stdout."),
 ) -> None:
@@ -341,7 +478,8 @@ def evaluate(
 
         write_json(out / "metrics.json", m)
         if "confusion_matrix" in m:
-            confusion_matrix_png(m["confusion_matrix"], model.classes, out / "confusion_matrix.png", f"Confusion matrix (n={m['n']})")
+            confusion_matrix_png(m["confusion_matrix"], model.classes, out / "confusion_matrix.png",
+                                 f"Confusion matrix (n={m['n']})")
     if as_json:
         typer.echo(json.dumps(m))
         return
@@ -349,7 +487,8 @@ def evaluate(
 
     from .console import results as console
 
-    console.print(f"accuracy [bold]{m['accuracy']:.3f}[/], macro-F1 {m['macro_f1']:.3f}, log-loss {m['log_loss']:.3f} (n={m['n']})", highlight=False)
+    console.print(f"accuracy [bold]{m['accuracy']:.3f}[/], macro-F1 {m['macro_f1']:.3f}, log-loss {m['log_loss']:.3f} "
+                  f"(n={m['n']})", highlight=False)
     if m.get("clinical"):
         console.print(_clinical_line({**m["clinical"], "threshold": model.clinical["threshold"]}), highlight=False)
     table = Table("class", "precision", "recall", "F1", "support")
@@ -377,9 +516,19 @@ def _print_detection_metrics(m: dict) -> None:
 
 @app.command()
 def rank(
-    data: Path = typer.Argument(..., help="Labelled data, as for fit (images, DICOM/NIfTI, texts or audio; single-label)."),
-    backbones_list: str = typer.Option(..., "--backbones", help="Comma-separated backbones to compare (registry names, timm:NAME, paths ...)."),
-    validate: bool = typer.Option(False, "--validate", help="Also fine-tune each backbone briefly and report each score's weighted Kendall tau with the fine-tuned validation score."),
+    data: Path = typer.Argument(
+        ...,
+        help="Labelled data, as for fit (images, DICOM/NIfTI, texts or audio; single-label).",
+    ),
+    backbones_list: str = typer.Option(
+        ..., "--backbones",
+        help="Comma-separated backbones to compare (registry names, timm:NAME, paths ...).",
+    ),
+    validate: bool = typer.Option(
+        False, "--validate",
+        help="Also fine-tune each backbone briefly and report each score's weighted Kendall tau with the fine-tuned "
+             "validation score.",
+    ),
     budget: Optional[str] = typer.Option(None, help="--validate: wall-time budget of each fine-tuning run, e.g. 2m."),
     epochs: Optional[int] = typer.Option(None, help="--validate: maximum fine-tuning epochs per backbone."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write rank.json and rank.md here."),
@@ -408,21 +557,55 @@ def rank(
 
 @app.command()
 def compare(
-    data: Path = typer.Argument(..., help="Labelled data, as for fit (images, DICOM/NIfTI, texts or audio; single-label)."),
-    budgets: str = typer.Option("5,10,25,50,all", help="Label budgets: labelled examples per class (validation included), comma-separated; 'all' is the whole pool."),
-    seeds: int = typer.Option(3, help="Seeds per budget and strategy (which examples are labelled, initialisation, shuffling); 3 or more give a 95% interval."),
-    strategies: str = typer.Option("linear,finetune,scratch", help="Comma-separated strategies; include scratch for the headline comparisons, and classical for the non-deep baseline (HOG, TF-IDF or log-mel statistics + logistic regression)."),
-    out: Path = typer.Option(Path("runs/compare"), "--out", "-o", help="results.csv, summary.csv, compare.json, plots, report.md and report.html."),
-    backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="The backbone of every transfer run (scratch: its architecture). Default as for fit."),
-    metric: str = typer.Option("auto", help="accuracy, balanced_accuracy, macro_f1 or auroc (two-class medical); auto: accuracy, or AUROC / balanced accuracy for medical data."),
+    data: Path = typer.Argument(
+        ...,
+        help="Labelled data, as for fit (images, DICOM/NIfTI, texts or audio; single-label).",
+    ),
+    budgets: str = typer.Option(
+        "5,10,25,50,all",
+        help="Label budgets: labelled examples per class (validation included), comma-separated; 'all' is the whole "
+             "pool.",
+    ),
+    seeds: int = typer.Option(
+        3,
+        help="Seeds per budget and strategy (which examples are labelled, initialisation, shuffling); 3 or more give a "
+             "95% interval.",
+    ),
+    strategies: str = typer.Option(
+        "linear,finetune,scratch",
+        help="Comma-separated strategies; include scratch for the headline comparisons, and classical for the non-deep "
+             "baseline (HOG, TF-IDF or log-mel statistics + logistic regression).",
+    ),
+    out: Path = typer.Option(
+        Path("runs/compare"), "--out", "-o",
+        help="results.csv, summary.csv, compare.json, plots, report.md and report.html.",
+    ),
+    backbone: Optional[str] = typer.Option(
+        None, "--backbone", "-b",
+        help="The backbone of every transfer run (scratch: its architecture). Default as for fit.",
+    ),
+    metric: str = typer.Option(
+        "auto",
+        help="accuracy, balanced_accuracy, macro_f1 or auroc (two-class medical); auto: accuracy, or AUROC / balanced "
+             "accuracy for medical data.",
+    ),
     time_per_run: Optional[str] = typer.Option(None, help="Wall-time budget of each run, e.g. 2m."),
     epochs: Optional[int] = typer.Option(None, help="Maximum epochs of each run (default: each strategy's own)."),
-    image_size: Optional[int] = typer.Option(None, help="Override the backbone's input resolution (smaller trains faster on a CPU)."),
+    image_size: Optional[int] = typer.Option(
+        None,
+        help="Override the backbone's input resolution (smaller trains faster on a CPU).",
+    ),
     modality: str = typer.Option("auto", help="auto, image, text, audio or medical, as for fit."),
-    max_length: Optional[int] = typer.Option(None, help="Texts: override the encoder's token limit (shorter trains faster)."),
+    max_length: Optional[int] = typer.Option(
+        None,
+        help="Texts: override the encoder's token limit (shorter trains faster).",
+    ),
     text_column: Optional[str] = typer.Option(None, help="Texts: the column holding the text, as for fit."),
     label_column: Optional[str] = typer.Option(None, help="Texts: the column holding the label, as for fit."),
-    patient_column: Optional[str] = typer.Option(None, help="Medical: the manifest column of patient ids, as for fit; budgets then draw whole patients."),
+    patient_column: Optional[str] = typer.Option(
+        None,
+        help="Medical: the manifest column of patient ids, as for fit; budgets then draw whole patients.",
+    ),
     precision: str = typer.Option("auto", help="auto, bf16, fp16 or no, as for fit."),
     seed: int = typer.Option(0, help="Seed of the fixed test split (when the data have none)."),
     resume: bool = typer.Option(False, help="Reuse the runs an interrupted comparison in --out already finished."),
@@ -454,27 +637,76 @@ def compare(
 
 @app.command()
 def pretrain(
-    data: Path = typer.Argument(..., help="Supervised: class folders of images or a CSV/TSV/JSONL of path,label. SimCLR: any folder of images (at any depth) or a table of paths. MLM/SimCSE: a .txt file (one document per line), a .jsonl with a text field, or a folder of .txt files. Read as training goes, never all at once."),
-    method: str = typer.Option("supervised", help="supervised (labelled images), simclr (unlabelled images, contrastive), mlm (unlabelled texts, masked-language model) or simcse (unlabelled texts, contrastive sentence embeddings)."),
-    arch: Optional[str] = typer.Option(None, help="Image architecture to train from random weights: a registry name (efficientnet_lite0), timm:NAME or torchvision:NAME. Default for supervised: efficientnet_lite0."),
-    init: Optional[str] = typer.Option(None, help="Backbone whose pretrained weights are the start (domain-adaptive pre-training), e.g. efficientnet_lite0, all-MiniLM-L6-v2 or a backbone folder. Texts default to all-MiniLM-L6-v2."),
-    out: Path = typer.Option(Path("backbones/latest"), "--out", "-o", help="Backbone folder, written when training ends (checkpoints under OUT/checkpoints meanwhile); pass it to fit --backbone."),
-    epochs: Optional[int] = typer.Option(None, help="Passes over the data (default: supervised 10, simclr 20, mlm 3, simcse 1)."),
+    data: Path = typer.Argument(
+        ...,
+        help="Supervised: class folders of images or a CSV/TSV/JSONL of path,label. SimCLR: any folder of images (at "
+             "any depth) or a table of paths. MLM/SimCSE: a .txt file (one document per line), a .jsonl with a text "
+             "field, or a folder of .txt files. Read as training goes, never all at once.",
+    ),
+    method: str = typer.Option(
+        "supervised",
+        help="supervised (labelled images), simclr (unlabelled images, contrastive), mlm (unlabelled texts, "
+             "masked-language model) or simcse (unlabelled texts, contrastive sentence embeddings).",
+    ),
+    arch: Optional[str] = typer.Option(
+        None,
+        help="Image architecture to train from random weights: a registry name (efficientnet_lite0), timm:NAME or "
+             "torchvision:NAME. Default for supervised: efficientnet_lite0.",
+    ),
+    init: Optional[str] = typer.Option(
+        None,
+        help="Backbone whose pretrained weights are the start (domain-adaptive pre-training), e.g. efficientnet_lite0, "
+             "all-MiniLM-L6-v2 or a backbone folder. Texts default to all-MiniLM-L6-v2.",
+    ),
+    out: Path = typer.Option(
+        Path("backbones/latest"), "--out", "-o",
+        help="Backbone folder, written when training ends (checkpoints under OUT/checkpoints meanwhile); pass it to "
+             "fit --backbone.",
+    ),
+    epochs: Optional[int] = typer.Option(
+        None,
+        help="Passes over the data (default: supervised 10, simclr 20, mlm 3, simcse 1).",
+    ),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps instead of --epochs."),
-    batch_size: Optional[int] = typer.Option(None, help="Global batch (all processes together; default: 128 for images, 32 mlm, 64 simcse)."),
-    lr: Optional[float] = typer.Option(None, help="Peak AdamW learning rate (default: per method, lower from a pretrained start)."),
+    batch_size: Optional[int] = typer.Option(
+        None,
+        help="Global batch (all processes together; default: 128 for images, 32 mlm, 64 simcse).",
+    ),
+    lr: Optional[float] = typer.Option(
+        None,
+        help="Peak AdamW learning rate (default: per method, lower from a pretrained start).",
+    ),
     weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay (default: per method)."),
     image_size: Optional[int] = typer.Option(None, help="Images: input resolution (default: the architecture's)."),
-    max_length: Optional[int] = typer.Option(None, help="Texts: tokens per example, a window of each document (default: mlm 128, simcse 64)."),
-    val_fraction: float = typer.Option(0.05, help="Supervised: share of images held out and scored after each epoch (0: none)."),
-    label_smoothing: float = typer.Option(0.0, help="Supervised: label smoothing of the source targets (0 keeps the features most transferable)."),
+    max_length: Optional[int] = typer.Option(
+        None,
+        help="Texts: tokens per example, a window of each document (default: mlm 128, simcse 64).",
+    ),
+    val_fraction: float = typer.Option(
+        0.05,
+        help="Supervised: share of images held out and scored after each epoch (0: none).",
+    ),
+    label_smoothing: float = typer.Option(
+        0.0,
+        help="Supervised: label smoothing of the source targets (0 keeps the features most transferable).",
+    ),
     checkpoint_every: int = typer.Option(200, help="Steps between checkpoints (one is also written after each epoch)."),
     log_every: int = typer.Option(50, help="Steps between log lines (loss, metric, samples/s, ETA)."),
-    resume: bool = typer.Option(False, help="Continue from OUT/checkpoints after an interruption (also kill -9); the result is the same as without one."),
+    resume: bool = typer.Option(
+        False,
+        help="Continue from OUT/checkpoints after an interruption (also kill -9); the result is the same as without "
+             "one.",
+    ),
     seed: int = typer.Option(0, help="Seed for initialisation, order, augmentation and masking."),
     precision: str = typer.Option("auto", help="auto (bf16 where the CPU/GPU supports it), bf16, fp16 or no."),
-    workers: Optional[int] = typer.Option(None, help="Loader processes per training process that read and decode data (default: from the CPU count)."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Labelled images: skip files that are not images, with a count."),
+    workers: Optional[int] = typer.Option(
+        None,
+        help="Loader processes per training process that read and decode data (default: from the CPU count).",
+    ),
+    skip_bad: bool = typer.Option(
+        False, "--skip-bad",
+        help="Labelled images: skip files that are not images, with a count.",
+    ),
     encoding: str = typer.Option("utf-8", help="Texts: file encoding."),
     as_json: bool = typer.Option(False, "--json", help="Print a summary as JSON on stdout."),
 ) -> None:
@@ -533,7 +765,8 @@ def backbones(as_json: bool = typer.Option(False, "--json", help="JSON on stdout
 
     table = Table("name", "for", "status", "description")
     for r in rows:
-        table.add_row(r["name"], r["modality"], ("[green]" if r["offline"] else "[yellow]") + r["status"], r["description"])
+        table.add_row(r["name"], r["modality"], ("[green]" if r["offline"] else "[yellow]") + r["status"],
+                      r["description"])
     console.print(table)
     console.print("Any timm model (timm:NAME) or torchvision model (torchvision:NAME) also works when its weights "
                   "can be downloaded, and so does a checkpoint file with --arch. For texts and audio, any Hugging Face "
@@ -547,11 +780,30 @@ def demo(
     data_dir: Path = typer.Option(Path("data/fashion-mnist-10"), help="Where the demo images are written."),
     per_class: int = typer.Option(10, help="Labelled training images per class."),
     test_size: int = typer.Option(1000, help="Images from the official test set to score on."),
-    budget: Optional[str] = typer.Option(None, help="Wall-time budget for the auto strategy (default 3m; 6m for --detect)."),
-    text: bool = typer.Option(False, "--text", help="BBC News topics instead: 8 articles per class, all-MiniLM-L6-v2, 500 held-out articles."),
-    audio: bool = typer.Option(False, "--audio", help="Spoken digits instead (espeak-ng voices, disjoint train/test speakers): 20 clips per digit, EfficientNet-Lite0 on log-mel spectrograms."),
-    detect: bool = typer.Option(False, "--detect", help="Object detection instead: Fashion-MNIST garments composed onto photos (COCO boxes), 200 train / 100 test images, FCOS on EfficientNet-Lite0."),
-    medical: bool = typer.Option(False, "--medical", help="Medical-style imaging instead: ELPV solar-cell electroluminescence images (greyscale; pip install 'transferkit[datasets]'), 200 labelled cells, defective vs functional, clinical metrics, 800 held-out cells."),
+    budget: Optional[str] = typer.Option(
+        None,
+        help="Wall-time budget for the auto strategy (default 3m; 6m for --detect).",
+    ),
+    text: bool = typer.Option(
+        False, "--text",
+        help="BBC News topics instead: 8 articles per class, all-MiniLM-L6-v2, 500 held-out articles.",
+    ),
+    audio: bool = typer.Option(
+        False, "--audio",
+        help="Spoken digits instead (espeak-ng voices, disjoint train/test speakers): 20 clips per digit, "
+             "EfficientNet-Lite0 on log-mel spectrograms.",
+    ),
+    detect: bool = typer.Option(
+        False, "--detect",
+        help="Object detection instead: Fashion-MNIST garments composed onto photos (COCO boxes), 200 train / 100 test "
+             "images, FCOS on EfficientNet-Lite0.",
+    ),
+    medical: bool = typer.Option(
+        False, "--medical",
+        help="Medical-style imaging instead: ELPV solar-cell electroluminescence images (greyscale; pip install "
+             "'transferkit[datasets]'), 200 labelled cells, defective vs functional, clinical metrics, 800 held-out "
+             "cells.",
+    ),
 ) -> None:
     """Fashion-MNIST, 10 labels per class, EfficientNet-Lite0, strategy auto: the whole job offline (--text: BBC
     News; --audio: spoken digits; --detect: garments on photos, with boxes; --medical: solar-cell EL images)."""
@@ -574,9 +826,9 @@ def demo(
     except TransferkitError as err:
         _fail(err)
     fit(data=data_dir, out=out, backbone=None, arch=None, strategy="auto", budget=budget, epochs=None,
-        lr=None, batch_size=None, seed=0, cv=None, val_fraction=None, test_fraction=None, skip_bad=False, precision="auto",
-        resume=False, image_size=None, text_column=None, label_column=None, label_sep=None, encoding="utf-8", max_length=None, clip_seconds=None,
-        task=spec.task, modality=spec.modality,
+        lr=None, batch_size=None, seed=0, cv=None, val_fraction=None, test_fraction=None, skip_bad=False,
+        precision="auto", resume=False, image_size=None, text_column=None, label_column=None, label_sep=None,
+        encoding="utf-8", max_length=None, clip_seconds=None, task=spec.task, modality=spec.modality,
         window=None, slices=None, patient_column=None, positive=None, threshold=None, balance=None,
         scratch_baseline=False, as_json=False)
 

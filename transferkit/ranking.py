@@ -1,8 +1,8 @@
 """``transferkit.rank``: which backbone suits your data, from frozen features, in seconds per backbone.
 
 For each backbone the training and validation examples are read by the task with the backbone's own
-preprocessing, their pooled features extracted once (and cached like the linear probe's), and every transferability score of
-:mod:`transferkit.evaluation.transferability` computed; LEEP and NCE need the backbone's source classifier
+preprocessing, their pooled features extracted once (and cached like the linear probe's), and every transferability
+score of :mod:`transferkit.evaluation.transferability` computed; LEEP and NCE need the backbone's source classifier
 (e.g. the ImageNet head of the packaged weights) and are left out for backbones without one. The ranking
 follows LogME. :func:`transferkit.rank` with ``validate=True`` also fine-tunes each backbone briefly, and
 :func:`agreement` (the weighted Kendall tau between each score and the fine-tuned validation score) says how far the
@@ -113,8 +113,10 @@ def render(result: dict[str, Any]) -> str:
 
     rows = sorted(result["rows"], key=lambda r: -r["logme"])
     validated = "validation" in result
-    head = "| rank | backbone | LogME | LEEP | NCE | H-score | k-NN | seconds |" + (" fine-tuned val |" if validated else "")
-    lines = ["# Backbone ranking", "", f"Ranked by LogME on {rows[0]['examples']} labelled examples (train + validation).",
+    head = ("| rank | backbone | LogME | LEEP | NCE | H-score | k-NN | seconds |"
+            + (" fine-tuned val |" if validated else ""))
+    lines = ["# Backbone ranking", "", f"Ranked by LogME on {rows[0]['examples']} labelled examples "
+                                       "(train + validation).",
              "", head, "|" + "---|" * (8 + validated)]
     for i, r in enumerate(rows, 1):
         lines.append(f"| {i} | {r['backbone']} | {f(r['logme'])} | {f(r['leep'])} | {f(r['nce'])} | {f(r['hscore'])} | "

@@ -44,7 +44,8 @@ AUDIO_BACKBONES: dict[str, dict[str, Any]] = {
         "description": "Resemblyzer GE2E speaker encoder: 3-layer LSTM, 256-d, 16 kHz (voices, speakers)",
     },
 }
-OFFLINE_AUDIO_HINT = "use the offline audio backbones (efficientnet_lite0 on spectrograms, speaker-encoder) or a local model folder"
+OFFLINE_AUDIO_HINT = ("use the offline audio backbones (efficientnet_lite0 on spectrograms, speaker-encoder) or a "
+                      "local model folder")
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,8 @@ def _mel_to_hz(m: np.ndarray) -> np.ndarray:
     return np.where(m >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27.0) * (m - 15.0)), (200.0 / 3) * m)
 
 
-def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None) -> np.ndarray:
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0,
+                   fmax: float | None = None) -> np.ndarray:
     """Triangular mel filters ``(n_mels, n_fft // 2 + 1)`` on the Slaney scale, each normalised to unit area
     (the same filters as ``librosa.filters.mel`` with its defaults)."""
     fmax = float(fmax or sample_rate / 2)
@@ -342,7 +344,8 @@ class HFAudioBackbone(AudioBackbone):
     def forward(self, waves: torch.Tensor) -> torch.Tensor:
         arrays = list(waves.detach().float().cpu().numpy())
         inputs = self.extractor(arrays, sampling_rate=self.preprocess.sample_rate, return_tensors="pt")
-        inputs = {k: v.to(waves.device) for k, v in inputs.items() if k in ("input_values", "input_features", "attention_mask")}
+        inputs = {k: v.to(waves.device) for k, v in inputs.items()
+                  if k in ("input_values", "input_features", "attention_mask")}
         out = self.body(**inputs)
         pooled = getattr(out, "pooler_output", None)
         return pooled if pooled is not None else out.last_hidden_state.mean(1)
@@ -399,8 +402,8 @@ def speaker_weights() -> Path:
     """Resemblyzer's ``pretrained.pt``, found without importing the package (which needs librosa and webrtcvad)."""
     found = importlib.util.find_spec("resemblyzer")
     if found is None or not found.submodule_search_locations:
-        raise BackboneError("Backbone 'speaker-encoder' needs its weights package: run `pip install 'transferkit[audio]'` "
-                            "(or `pip install resemblyzer`).")
+        raise BackboneError("Backbone 'speaker-encoder' needs its weights package: run "
+                            "`pip install 'transferkit[audio]'` (or `pip install resemblyzer`).")
     path = Path(list(found.submodule_search_locations)[0]) / "pretrained.pt"
     if not path.is_file():
         raise BackboneError(f"{path} is missing: reinstall it with `pip install --force-reinstall resemblyzer`.")
@@ -414,7 +417,8 @@ def build_audio(spec: BackboneSpec, pretrained: bool = True) -> AudioBackbone:
         image = build_from_spec(BackboneSpec.from_dict(spec.extra["image"]), pretrained=pretrained)
         h, w = image.preprocess.input_size
         # vision transformers take one input size only: the spectrogram is then resized to it whole
-        fixed = bool(getattr(image.body, "pretrained_cfg", {}).get("fixed_input_size")) or hasattr(image.body, "image_size")
+        fixed = (bool(getattr(image.body, "pretrained_cfg", {}).get("fixed_input_size"))
+                 or hasattr(image.body, "image_size"))
         out = replace(spec, weights=spec.weights if pretrained else "random")
         pre = AudioPreprocessConfig(kind="spectrogram", image_height=h, image_width=w if fixed else None)
         return SpectrogramBackbone(image, out, pre)
@@ -487,7 +491,8 @@ def load_audio_backbone(folder: Path, spec: BackboneSpec, preprocess: AudioPrepr
     """Rebuild an audio backbone (random weights) for a bundle in ``folder``."""
     if spec.source in ("hf-audio", "hf-audio-dir"):
         if not (folder / "encoder" / "config.json").is_file():
-            raise BackboneError(f"{folder} is an audio bundle without encoder/config.json: copy the whole model/ folder.")
+            raise BackboneError(f"{folder} is an audio bundle without encoder/config.json: copy the "
+                                "whole model/ folder.")
         bb = build_hf_audio(spec, pretrained=False, folder=folder / "encoder")
     else:
         bb = build_audio(spec, pretrained=False)

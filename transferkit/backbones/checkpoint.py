@@ -37,7 +37,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise BackboneError(
-            f"Cannot read checkpoint {path} ({type(err).__name__}): it must be safetensors or a weights-only torch file."
+            f"Cannot read checkpoint {path} ({type(err).__name__}): it must be safetensors or a "
+            "weights-only torch file."
         ) from None
     for key in ("state_dict", "model", "model_state_dict", "module"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -83,7 +84,8 @@ def read_backbone_dir_spec(folder: Path) -> BackboneSpec:
     try:
         meta = json.loads((folder / "backbone.json").read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise BackboneError(f"Cannot read {folder / 'backbone.json'} ({err}): the backbone folder is damaged.") from None
+        raise BackboneError(f"Cannot read {folder / 'backbone.json'} ({err}): the backbone "
+                            "folder is damaged.") from None
     if meta.get("format") != BACKBONE_FORMAT:
         raise BackboneError(f"{folder / 'backbone.json'} is not a {BACKBONE_FORMAT} file.")
     return BackboneSpec(

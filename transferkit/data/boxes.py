@@ -259,8 +259,8 @@ def read_coco(path: Path, check: _Checker) -> tuple[dict[str, BoxSet], list[str]
             split = _split_name(j.stem)
             if split and split not in files:
                 stem = j.stem.removeprefix("instances_")
-                dirs = [path / stem, path / split, path / f"{split}2017", path / "images" / stem, path / "images" / split,
-                        path / "images", path]
+                dirs = [path / stem, path / split, path / f"{split}2017", path / "images" / stem,
+                        path / "images" / split, path / "images", path]
                 files[split] = (j, dirs)
         for d in sorted(SPLIT_NAMES):
             j = path / d / "_annotations.coco.json"
@@ -360,10 +360,12 @@ def write_coco(boxes: BoxSet, json_path: Path, classes: list[str], image_root: P
         if not Path(item).is_relative_to(image_root):
             raise DataError(f"{item} is not under {image_root}: COCO file names are relative to one image folder.")
         w, h = _image_size(Path(item))
-        images.append({"id": i + 1, "file_name": Path(item).relative_to(image_root).as_posix(), "width": w, "height": h})
+        images.append({"id": i + 1, "file_name": Path(item).relative_to(image_root).as_posix(),
+                       "width": w, "height": h})
         for b, lab in zip(np.asarray(bs).reshape(-1, 4).tolist(), ls, strict=True):
             if lab not in cat_ids:
-                raise DataError(f"Class {lab!r} of {item} is not among the classes given ({', '.join(classes)}): add it.")
+                raise DataError(f"Class {lab!r} of {item} is not among the classes given "
+                                f"({', '.join(classes)}): add it.")
             bw, bh = b[2] - b[0], b[3] - b[1]
             anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cat_ids[lab],
                          "bbox": [round(v, 3) for v in (b[0], b[1], bw, bh)], "area": round(bw * bh, 3), "iscrowd": 0})
@@ -482,7 +484,8 @@ def read_voc(path: Path, check: _Checker) -> tuple[dict[str, BoxSet], list[str],
             chosen["train"] = lists / "trainval.txt"
         if chosen:
             how = "lists"
-            ids = {s: [line.split()[0] for line in f.read_text().splitlines() if line.strip()] for s, f in chosen.items()}
+            ids = {s: [line.split()[0] for line in f.read_text().splitlines() if line.strip()]
+                   for s, f in chosen.items()}
             if "train" in chosen and chosen["train"].name == "trainval.txt":
                 # trainval holds the val images too: keep them out of training
                 held_out = set(ids.get("val", [])) | set(ids.get("test", []))
@@ -494,7 +497,8 @@ def read_voc(path: Path, check: _Checker) -> tuple[dict[str, BoxSet], list[str],
             for stem in stems:
                 xml, img = path / "Annotations" / f"{stem}.xml", by_stem.get(stem)
                 if not xml.is_file() or img is None:
-                    check.bad(f"{path}: image id {stem} has no {'Annotations/' + stem + '.xml' if img else 'image in JPEGImages/'}")
+                    check.bad(f"{path}: image id {stem} has no "
+                              f"{'Annotations/' + stem + '.xml' if img else 'image in JPEGImages/'}")
                     continue
                 pairs[split].append((img, xml))
     else:

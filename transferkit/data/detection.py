@@ -88,7 +88,8 @@ def decode_boxes(source: Any, size: int, classes: list[str], *, interpolation: s
     if out.skipped:
         warn(f"skipped {len(out.skipped)} unreadable image(s), e.g. {out.skipped[0]}")
     if not out.images:
-        raise DataError(f"No readable images in {getattr(source, 'origin', '') or 'the data'}: check the files are images.")
+        raise DataError(f"No readable images in {getattr(source, 'origin', '') or 'the data'}: check the "
+                        "files are images.")
     return out
 
 
@@ -130,7 +131,8 @@ class DetectionDataset(Dataset):
             sample = {"boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=tuple(img.shape[-2:])),
                       "labels": labels}
             img, sample = self.transform(tv_tensors.Image(img), sample)
-            img, boxes, labels = img.as_subclass(torch.Tensor), sample["boxes"].as_subclass(torch.Tensor), sample["labels"]
+            img, boxes, labels = (img.as_subclass(torch.Tensor), sample["boxes"].as_subclass(torch.Tensor),
+                                  sample["labels"])
         return img, {"boxes": boxes.float(), "labels": labels}
 
 

@@ -82,8 +82,10 @@ def load_pil(item: Item, window: str = "auto", slices: str = "2d") -> tuple[Imag
         img = Image.open(io.BytesIO(data))
         img.load()  # forces a full decode so truncated files fail here, not in the middle of training
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        kind = "truncated or damaged" if isinstance(err, OSError) and "truncat" in str(err).lower() else "not a readable image"
-        raise DataError(f"{path} is {kind}: replace or remove it, or pass --skip-bad to skip unreadable files.") from None
+        kind = ("truncated or damaged" if isinstance(err, OSError) and "truncat" in str(err).lower()
+                else "not a readable image")
+        raise DataError(f"{path} is {kind}: replace or remove it, or pass --skip-bad to skip "
+                        "unreadable files.") from None
     deep = read_high_bit_depth(img, window)  # 16-bit X-ray PNGs would saturate in a plain RGB conversion
     if deep is not None:
         img = Image.fromarray(deep)

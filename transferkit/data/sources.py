@@ -203,12 +203,14 @@ def read_class_folders(root: Path, skip_bad: bool = False, kind: str = "image") 
         is_medical = None
     classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
-        raise DataError(f"{root} has no class folders: put {kind} files in {root}/<label>/, or pass a CSV of path,label.")
+        raise DataError(f"{root} has no class folders: put {kind} files in {root}/<label>/, or pass a "
+                        "CSV of path,label.")
     items: list[Item] = []
     labels: list[str] = []
     skipped = 0
     for d in classes:
-        files = sorted(f for f in d.rglob("*") if f.is_file() and not any(p.startswith(".") for p in f.relative_to(d).parts))
+        files = sorted(f for f in d.rglob("*")
+                       if f.is_file() and not any(p.startswith(".") for p in f.relative_to(d).parts))
         n_before = len(items)
         for f in files:
             if f.suffix.lower() not in suffixes and not (is_medical and is_medical(f)):
@@ -253,7 +255,8 @@ def read_table(path: Path, skip_bad: bool = False, kind: str = "image", patient_
     label_col = next((c for c in ("label", "class", "target", "category") if c in cols), None)
     if path_col is None or (label_col is None and labelled):
         raise DataError(f"{path} needs a 'path' and a 'label' column; it has {sorted(cols)}."
-                        if labelled else f"{path} needs a 'path' column naming the {kind} files; it has {sorted(cols)}.")
+                        if labelled else f"{path} needs a 'path' column naming the {kind} files; it has "
+                                         f"{sorted(cols)}.")
     if patient_column is not None and patient_column.lower() not in cols:
         raise DataError(f"{path} has no column {patient_column!r} for patient ids; it has {sorted(cols)}.")
     patient_col = patient_column.lower() if patient_column else next((c for c in PATIENT_COLUMNS if c in cols), None)
@@ -272,7 +275,8 @@ def read_table(path: Path, skip_bad: bool = False, kind: str = "image", patient_
             if skip_bad:
                 skipped += 1
                 continue
-            raise DataError(f"{path} line {line}: {kind} file {full} does not exist: fix the path or remove the row (or pass --skip-bad).")
+            raise DataError(f"{path} line {line}: {kind} file {full} does not exist: fix the path or remove the row "
+                            "(or pass --skip-bad).")
         split = str(row.get("split", "train") or "train").strip().lower()
         split = next((k for k, names in SPLIT_DIRS.items() if split in names), None) or _bad_split(path, line, split)
         by_split[split].items.append(full)
@@ -346,11 +350,13 @@ def _split(train: ImageSet, given: dict[str, ImageSet], val_fraction: float | No
     classes = sorted(set(train.labels))
     if len(classes) < 2:
         only = classes[0] if classes else "none"
-        raise DataError(f"Only one class ({only}) in {train.origin or 'the data'}: a classifier needs examples of at least two classes.")
+        raise DataError(f"Only one class ({only}) in {train.origin or 'the data'}: a classifier needs examples of at "
+                        "least two classes.")
     for name, ds in given.items():
         unknown = sorted(set(ds.labels) - set(classes))
         if unknown:
-            raise DataError(f"The {name} split has labels not seen in training ({', '.join(unknown[:5])}): add training examples for them.")
+            raise DataError(f"The {name} split has labels not seen in training ({', '.join(unknown[:5])}): add "
+                            "training examples for them.")
     check_patient_leaks({"train": train, **given})
     return carve_splits(train, given, classes, train.labels, val_fraction, test_fraction, seed)
 
@@ -425,7 +431,8 @@ def carve_splits(train, given: dict, classes: list[str], strata: list[str], val_
              "say nothing about them; add more examples of each class")
     how = "given" if given else ""
     rest, test, val = train, given.get("test"), given.get("val")
-    fractions = {name: frac for name, frac, carve in (("test", test_fraction, carve_test), ("val", val_fraction, carve_val))
+    fractions = {name: frac for name, frac, carve in (("test", test_fraction, carve_test),
+                                                      ("val", val_fraction, carve_val))
                  if carve}
     if fractions:
         parts = grouped_split(strata, groups, fractions, seed) if groups is not None else \

@@ -150,20 +150,23 @@ def load_text_splits(
                               dataclasses.replace(opts, text_column="text", label_column="label"), names=None)
     elif _is_dataframe(source):
         records = source.to_dict("records")
-        train, given = _records_with_splits(records, "the DataFrame", opts, [f"the DataFrame row {i}" for i in range(len(records))])
+        train, given = _records_with_splits(records, "the DataFrame", opts,
+                                            [f"the DataFrame row {i}" for i in range(len(records))])
     elif _is_hf_dataset(source):
         train, given = _from_hf(source, "the dataset", opts)
     else:
         path = Path(source).expanduser()
         if not path.exists():
-            raise DataError(f"Data path {path} does not exist: pass a folder of class folders of .txt files, or a CSV/TSV/JSONL file.")
+            raise DataError(f"Data path {path} does not exist: pass a folder of class folders of .txt files, or a "
+                            "CSV/TSV/JSONL file.")
         if path.is_file():
             train, given = read_text_table(path, opts)
         elif _is_saved_hf_dataset(path):
             try:
                 from datasets import load_from_disk
             except ImportError:
-                raise DataError(f"{path} is a saved Hugging Face dataset: run `pip install datasets` to read it.") from None
+                raise DataError(f"{path} is a saved Hugging Face dataset: run "
+                                "`pip install datasets` to read it.") from None
             train, given = _from_hf(load_from_disk(str(path)), str(path), opts)
         else:
             split_dirs = {k: d for k, names in SPLIT_DIRS.items() for n in names if (d := path / n).is_dir()}
@@ -188,14 +191,16 @@ def load_text_eval_set(source: Any, options: TextOptions | None = None, labels: 
                              dataclasses.replace(opts, text_column="text", label_column="label"))
     if _is_dataframe(source):
         records = source.to_dict("records")
-        train, given = _records_with_splits(records, "the DataFrame", opts, [f"the DataFrame row {i}" for i in range(len(records))])
+        train, given = _records_with_splits(records, "the DataFrame", opts,
+                                            [f"the DataFrame row {i}" for i in range(len(records))])
         return given.get("test") or train
     if _is_hf_dataset(source):
         train, given = _from_hf(source, "the dataset", opts)
         return given.get("test") or train
     path = Path(source).expanduser()
     if not path.exists():
-        raise DataError(f"Data path {path} does not exist: pass a folder of class folders of .txt files, or a CSV/TSV/JSONL file.")
+        raise DataError(f"Data path {path} does not exist: pass a folder of class folders of .txt files, or a "
+                        "CSV/TSV/JSONL file.")
     if path.is_file():
         train, given = read_text_table(path, opts)
         return given.get("test") or train
@@ -219,7 +224,8 @@ def split_texts(train: TextSet, given: dict[str, TextSet], val_fraction: float |
     for name, ds in given.items():
         unknown = sorted(set(ds.label_names()) - set(classes))
         if unknown:
-            raise DataError(f"The {name} split has labels not seen in training ({', '.join(unknown[:5])}): add training texts for them.")
+            raise DataError(f"The {name} split has labels not seen in training ({', '.join(unknown[:5])}): add "
+                            "training texts for them.")
     return carve_splits(train, given, classes, train.strata(), val_fraction, test_fraction, seed)
 
 
@@ -227,11 +233,13 @@ def read_text_folders(root: Path, opts: TextOptions) -> TextSet:
     """Folder-per-class: ``root/<label>/<doc>.txt``, one document per file. Hidden files are ignored."""
     classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
-        raise DataError(f"{root} has no class folders: put .txt files in {root}/<label>/, or pass a CSV/JSONL with text and label columns.")
+        raise DataError(f"{root} has no class folders: put .txt files in {root}/<label>/, or pass a CSV/JSONL with "
+                        "text and label columns.")
     texts, labels, names, skipped = [], [], [], 0
     for d in classes:
         n_before = len(texts)
-        for f in sorted(f for f in d.rglob("*") if f.is_file() and not any(p.startswith(".") for p in f.relative_to(d).parts)):
+        for f in sorted(f for f in d.rglob("*")
+                        if f.is_file() and not any(p.startswith(".") for p in f.relative_to(d).parts)):
             if f.suffix.lower() not in TEXT_SUFFIXES:
                 if opts.skip_bad:
                     skipped += 1
@@ -259,18 +267,20 @@ def _read_text_file(f: Path, opts: TextOptions) -> str | None:
         if opts.skip_bad:
             return None
         raise DataError(
-            f"{f} is not {opts.encoding} text (byte 0x{data[err.start]:02x} at position {err.start}): re-save it as UTF-8, "
-            "pass --encoding (e.g. latin-1 or cp1252), or --skip-bad to leave it out."
+            f"{f} is not {opts.encoding} text (byte 0x{data[err.start]:02x} at position {err.start}): re-save it as "
+            "UTF-8, pass --encoding (e.g. latin-1 or cp1252), or --skip-bad to leave it out."
         ) from None
     except LookupError:
-        raise DataError(f"Unknown encoding {opts.encoding!r}: use a Python codec name such as utf-8, latin-1 or cp1252.") from None
+        raise DataError(f"Unknown encoding {opts.encoding!r}: use a Python codec name such as utf-8, "
+                        "latin-1 or cp1252.") from None
 
 
 def _check_text(text: Any, where: str, opts: TextOptions) -> bool:
     """False (skip) or an error for texts that are empty, whitespace-only or not strings."""
     if isinstance(text, str) and text.strip():
         return True
-    what = "is empty or whitespace only" if isinstance(text, str) or text is None else f"is not text ({type(text).__name__})"
+    what = ("is empty or whitespace only" if isinstance(text, str) or text is None
+            else f"is not text ({type(text).__name__})")
     if opts.skip_bad:
         return False
     raise DataError(f"{where}: the text {what}: fill it in or remove it (or pass --skip-bad to skip such texts).")
@@ -289,7 +299,8 @@ def read_text_table(path: Path, opts: TextOptions) -> tuple[TextSet, dict[str, T
     return _records_with_splits(records, str(path), opts, lines)
 
 
-def _records_with_splits(records: list[dict], origin: str, opts: TextOptions, names: list[str]) -> tuple[TextSet, dict[str, TextSet]]:
+def _records_with_splits(records: list[dict], origin: str, opts: TextOptions,
+                         names: list[str]) -> tuple[TextSet, dict[str, TextSet]]:
     if records:  # columns and single/multi-label are decided once for all splits, so they agree
         text_col, label_col = choose_columns(list(records[0]), origin, opts, records[0])
         multi = opts.multi_label if opts.multi_label is not None else _is_multi(records, label_col, opts)
@@ -302,7 +313,8 @@ def _records_with_splits(records: list[dict], origin: str, opts: TextOptions, na
             if split is None:
                 raise DataError(f"{names[i]}: split {value!r} is not train, val or test.")
             parts[split].append(i)
-        sets = {k: _from_records([records[i] for i in idx], origin, opts, [names[i] for i in idx]) for k, idx in parts.items()}
+        sets = {k: _from_records([records[i] for i in idx], origin, opts, [names[i] for i in idx])
+                for k, idx in parts.items()}
         if "train" not in sets:
             raise DataError(f"{origin} has no training rows: give rows with split=train (or no split column).")
         train = sets.pop("train")
@@ -334,8 +346,8 @@ def choose_columns(columns: list[str], origin: str, opts: TextOptions, sample: d
     if label_col is None:
         found = [lowered[c] for c in LABEL_COLUMNS if c in lowered and lowered[c] != text_col]
         if not found:
-            raise DataError(f"{origin} has no label column (looked for {', '.join(LABEL_COLUMNS[:6])}, ...); its columns are: "
-                            f"{shown}. Pass --label-column.")
+            raise DataError(f"{origin} has no label column (looked for {', '.join(LABEL_COLUMNS[:6])}, ...); its "
+                            f"columns are: {shown}. Pass --label-column.")
         if len(found) > 1:
             raise DataError(f"{origin} has several possible label columns ({', '.join(found)}): pass --label-column.")
         label_col = found[0]
@@ -347,7 +359,8 @@ def choose_columns(columns: list[str], origin: str, opts: TextOptions, sample: d
             rest = [c for c in map(str, columns) if c != label_col and c.lower() != "split"
                     and (sample is None or isinstance(_get(sample, c), str))]
             if len(rest) != 1:
-                raise DataError(f"{origin}: cannot tell which column holds the text (columns: {shown}): pass --text-column.")
+                raise DataError(f"{origin}: cannot tell which column holds the text (columns: {shown}): "
+                                "pass --text-column.")
             info(f"using column {rest[0]!r} of {origin} as the text (pass --text-column to choose another)")
             found = rest
         text_col = found[0]
@@ -372,7 +385,8 @@ def _from_records(records: list[dict], origin: str, opts: TextOptions, names: li
             if opts.skip_bad:
                 skipped += 1
                 continue
-            raise DataError(f"{where}: the label ({label_col!r}) is empty: fill it in or remove the row (or pass --skip-bad).")
+            raise DataError(f"{where}: the label ({label_col!r}) is empty: fill it in or remove the row (or "
+                            "pass --skip-bad).")
         texts.append(text)
         labels.append(label)
         kept.append(where)
@@ -410,7 +424,8 @@ def _is_hf_dataset(x: Any) -> bool:
 
 
 def _is_saved_hf_dataset(path: Path) -> bool:
-    return (path / "dataset_dict.json").is_file() or ((path / "state.json").is_file() and (path / "dataset_info.json").is_file())
+    return (path / "dataset_dict.json").is_file() or ((path / "state.json").is_file()
+                                                      and (path / "dataset_info.json").is_file())
 
 
 def _columns(x: Any) -> list[str]:
@@ -426,13 +441,15 @@ def _from_hf(ds: Any, origin: str, opts: TextOptions) -> tuple[TextSet, dict[str
         # columns and single/multi-label are decided once for all splits, so they agree
         first = next(iter(ds.values()))
         text_col, label_col = choose_columns(list(first.column_names), origin, opts, first[0] if len(first) else None)
-        multi = opts.multi_label if opts.multi_label is not None else any(_hf_is_multi(part, label_col) for part in ds.values())
+        multi = (opts.multi_label if opts.multi_label is not None
+                 else any(_hf_is_multi(part, label_col) for part in ds.values()))
         opts = dataclasses.replace(opts, text_column=text_col, label_column=label_col, multi_label=multi)
         parts = {}
         for key, part in ds.items():
             split = next((k for k, ns in SPLIT_DIRS.items() if key.lower() in ns), None)
             if split is None:
-                raise DataError(f"{origin} has a split {key!r} that is not train, validation or test: select the splits to use.")
+                raise DataError(f"{origin} has a split {key!r} that is not train, validation or test: select "
+                                "the splits to use.")
             parts[split] = _hf_records(part, f"{origin}[{key}]", opts)
         if "train" not in parts:
             raise DataError(f"{origin} has no 'train' split (it has {', '.join(ds.keys())}).")
@@ -443,7 +460,8 @@ def _from_hf(ds: Any, origin: str, opts: TextOptions) -> tuple[TextSet, dict[str
 
 def _hf_is_multi(ds: Any, label_col: str) -> bool:
     feature = ds.features.get(label_col)
-    return type(feature).__name__ in ("Sequence", "List", "LargeList") or (len(ds) > 0 and isinstance(ds[0][label_col], list))
+    return (type(feature).__name__ in ("Sequence", "List", "LargeList")
+            or (len(ds) > 0 and isinstance(ds[0][label_col], list)))
 
 
 def _hf_records(ds: Any, origin: str, opts: TextOptions) -> TextSet:
@@ -452,7 +470,8 @@ def _hf_records(ds: Any, origin: str, opts: TextOptions) -> TextSet:
     names_of = getattr(feature, "names", None) or getattr(getattr(feature, "feature", None), "names", None)
     values = ds[label_col]
     if names_of:  # ClassLabel (or a sequence of ClassLabel): ids -> names; -1 means "no label" (e.g. GLUE test sets)
-        values = [[names_of[v] for v in y if v >= 0] if isinstance(y, list) else (names_of[y] if y >= 0 else None) for y in values]
+        values = [[names_of[v] for v in y if v >= 0] if isinstance(y, list) else (names_of[y] if y >= 0 else None)
+                  for y in values]
     records = [{text_col: t, label_col: y} for t, y in zip(ds[text_col], values, strict=True)]
     o = dataclasses.replace(opts, text_column=text_col, label_column=label_col)
     return _from_records(records, origin, o, [f"{origin} row {i}" for i in range(len(records))])
@@ -524,8 +543,8 @@ def encode_texts(texts: list[str], tokenizer: Any, max_length: int, targets: tor
     huge = [i for i, t in enumerate(texts) if len(t) > HUGE_TEXT]
     if huge:
         first = names[huge[0]] if names else f"#{huge[0]}"
-        warn(f"{len(huge)} text(s) exceed {HUGE_TEXT:,} characters (first: {first}, {len(texts[huge[0]]):,} characters); "
-             f"only their first {max_length} tokens are used")
+        warn(f"{len(huge)} text(s) exceed {HUGE_TEXT:,} characters (first: {first}, {len(texts[huge[0]]):,} "
+             f"characters); only their first {max_length} tokens are used")
     if not cut:
         empty = torch.zeros(0, 1, dtype=torch.long)
         enc, over = {"input_ids": empty, "attention_mask": empty}, []
@@ -553,4 +572,5 @@ def encode_texts(texts: list[str], tokenizer: Any, max_length: int, targets: tor
 
 
 def encode_set(ds: TextSet, backbone: Any, classes: list[str], description: str = "tokenising") -> EncodedTexts:
-    return encode_texts(ds.texts, backbone.tokenizer, backbone.preprocess.max_length, targets_of(ds, classes), ds.names, description)
+    return encode_texts(ds.texts, backbone.tokenizer, backbone.preprocess.max_length, targets_of(ds, classes), ds.names,
+                        description)

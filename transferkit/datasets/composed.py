@@ -153,6 +153,6 @@ def build_composed_detection(dest: str | Path, *, train_images: int = 200, test_
                 files.append(path)
                 all_boxes.append(np.array(boxes, np.float32).reshape(-1, 4))
                 all_labels.append([classes[int(ks[j])] for j in placed])
-            write_coco(BoxSet(files, all_boxes, all_labels, split, "coco"), tmp / "annotations" / f"instances_{split}.json",
-                       list(classes), tmp / split)
+            write_coco(BoxSet(files, all_boxes, all_labels, split, "coco"),
+                       tmp / "annotations" / f"instances_{split}.json", list(classes), tmp / split)
     return Path(dest)

@@ -30,7 +30,8 @@ def _locate(name: str, download: bool) -> Path:
         if (d / name).is_file():
             return d / name
     if not download:
-        raise DataError(f"Fashion-MNIST file {name} not found: `apt-get install dataset-fashion-mnist`, or allow the download.")
+        raise DataError(f"Fashion-MNIST file {name} not found: `apt-get install dataset-fashion-mnist`, or "
+                        "allow the download.")
     dest = cache_root() / "fashion-mnist" / name
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(".part")

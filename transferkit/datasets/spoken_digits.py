@@ -55,7 +55,8 @@ def build_spoken_digits(dest: str | Path, train_per_class: int = 5, test_per_cla
         raise DataError(f"{dest} is not empty: choose a new folder (nothing is overwritten).")
     voices = speakers(seed)
     if train_speakers + test_speakers > len(voices):
-        raise DataError(f"Only {len(voices)} voices exist: ask for fewer than {train_speakers} + {test_speakers} speakers.")
+        raise DataError(f"Only {len(voices)} voices exist: ask for fewer than {train_speakers} + "
+                        f"{test_speakers} speakers.")
     pools = {"train": voices[:train_speakers], "test": voices[train_speakers : train_speakers + test_speakers]}
     rng = random.Random(seed)
     for split, per_class in (("train", train_per_class), ("test", test_per_class)):

@@ -42,7 +42,8 @@ def bf16_supported_on_cpu() -> bool:
 
 
 def resolve_precision(precision: str = "auto", cpu: bool | None = None) -> str:
-    """``auto`` -> ``bf16`` where the device computes it natively (CUDA with bf16, or a bf16-capable CPU), else ``no``."""
+    """``auto`` -> ``bf16`` where the device computes it natively (CUDA with bf16, or a bf16-capable CPU), else
+    ``no``."""
     if precision != "auto":
         return precision
     on_cpu = cpu if cpu is not None else not torch.cuda.is_available()

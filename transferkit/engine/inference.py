@@ -47,7 +47,8 @@ def _forward(
     return result
 
 
-def text_batch(ids: torch.Tensor, mask: torch.Tensor, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+def text_batch(ids: torch.Tensor, mask: torch.Tensor,
+               device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
     """Token ids and mask -> model input, trimmed to the longest text in the batch."""
     length = max(1, int(mask.sum(1).max().item())) if len(mask) else 1
     batch = {"input_ids": ids[:, :length].long(), "attention_mask": mask[:, :length].long()}

@@ -35,9 +35,9 @@ def param_groups(
     """Optimizer groups with layer-wise learning-rate decay (LLRD).
 
     The head trains at ``head_lr`` (default ``lr``); backbone group ``i`` of ``G`` (input side first) at
-    ``lr * layer_decay**(G - i)``, so early, generic layers move least. Every group exists from the start, frozen or not: gradual unfreezing
-    only toggles ``requires_grad``, so optimizer state and resume stay consistent. Each group records its
-    ``layer`` index (``G`` for the head) for the unfreezing schedule.
+    ``lr * layer_decay**(G - i)``, so early, generic layers move least. Every group exists from the start, frozen or
+    not: gradual unfreezing only toggles ``requires_grad``, so optimizer state and resume stay consistent. Each group
+    records its ``layer`` index (``G`` for the head) for the unfreezing schedule.
     """
     n = len(layer_groups)
     groups = []
@@ -50,7 +50,8 @@ def param_groups(
     return groups
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int,
+                  warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up to each group's lr, then cosine decay to zero at ``total_steps``."""
 
     def factor(step: int) -> float:

@@ -29,7 +29,8 @@ def detection_metrics(preds: list[dict[str, torch.Tensor]], truth: list[dict[str
     from torchmetrics.detection import MeanAveragePrecision
 
     metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, backend="pycocotools")
-    metric.update([{k: p[k].float() if k != "labels" else p[k].long() for k in ("boxes", "scores", "labels")} for p in preds],
+    metric.update([{k: p[k].float() if k != "labels" else p[k].long() for k in ("boxes", "scores", "labels")}
+                   for p in preds],
                   [{"boxes": t["boxes"].float(), "labels": t["labels"].long()} for t in truth])
     r = metric.compute()
 
@@ -63,7 +64,8 @@ def _ap50_per_class(preds, truth, n_classes: int) -> list[float | None]:
 
     metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", iou_thresholds=[0.5], class_metrics=True,
                                   backend="pycocotools")
-    metric.update([{"boxes": p["boxes"].float(), "scores": p["scores"].float(), "labels": p["labels"].long()} for p in preds],
+    metric.update([{"boxes": p["boxes"].float(), "scores": p["scores"].float(), "labels": p["labels"].long()}
+                   for p in preds],
                   [{"boxes": t["boxes"].float(), "labels": t["labels"].long()} for t in truth])
     r = metric.compute()
     out: list[float | None] = [None] * n_classes
@@ -174,7 +176,8 @@ def write_detection_report(out: Path, metrics: dict[str, Any], examples: dict[st
              "examples": out / "examples.png", "report": out / "report.md"}
     write_json(files["metrics"], metrics)
     map_curve_png(metrics["history"]["epochs"], files["learning_curve"], f"Learning curve: {metrics['strategy']}")
-    examples_png(examples["images"], examples["preds"], examples["truth"], metrics["data"]["classes"], files["examples"])
+    examples_png(examples["images"], examples["preds"], examples["truth"], metrics["data"]["classes"],
+                 files["examples"])
     atomic_write_text(files["report"], render_detection_markdown(metrics))
     return {k: str(v) for k, v in files.items()}
 
@@ -198,7 +201,8 @@ def render_detection_markdown(m: dict[str, Any]) -> str:
         f"{m['backbone']['weights']}), images at {m['detector']['image_size']} px (longer side).",
         f"- Trainable parameters: {m['trainable_params']:,}; precision: {m['precision']}.",
         f"- Wall time: {m['timings']['total_s']:.1f} s "
-        f"({', '.join(f'{k.removesuffix(chr(95) + chr(115))} {v:.1f} s' for k, v in m['timings'].items() if k != 'total_s')}).",
+        f"""({', '.join(f'{k.removesuffix(chr(95) + chr(115))} {v:.1f} s' for k, v in m['timings'].items()
+                        if k != 'total_s')}).""",
         "",
         f"## Scores on the {scored} set ({s['n_images']} images, {s['n_boxes']} boxes)",
         "",
@@ -210,7 +214,8 @@ def render_detection_markdown(m: dict[str, Any]) -> str:
         f"{hit['false_alarms']} false alarms.",
     ]
     if scored == "val":
-        lines.append("No test set was given, so these are validation scores that also chose the checkpoint: optimistic.")
+        lines.append("No test set was given, so these are validation scores that also chose the "
+                     "checkpoint: optimistic.")
     lines += ["", "| class | AP@[.5:.95] | AP@.5 | true boxes | found | missed | false alarms |",
               "|---|---|---|---|---|---|---|"]
     for c, v in s["per_class"].items():
@@ -218,7 +223,8 @@ def render_detection_markdown(m: dict[str, Any]) -> str:
                      f"{v['false_alarms']} |")
     h = m["history"]
     lines += ["", "## Training", "",
-              f"Best epoch {h['best_epoch'] + 1} of {len(h['epochs'])} ({h['stopped']}), chosen by validation mAP@[.5:.95]."]
+              f"Best epoch {h['best_epoch'] + 1} of {len(h['epochs'])} ({h['stopped']}), chosen by "
+              "validation mAP@[.5:.95]."]
     if m.get("details", {}).get("decision"):
         lines += ["", f"auto: {m['details']['decision']}; kept **{m['details']['chosen']}**."]
     lines += ["", f"## Examples ({scored} set)", "",

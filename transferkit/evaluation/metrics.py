@@ -99,7 +99,8 @@ def _wilson(k: int, n: int) -> list[float] | None:
     return wilson(k, n)
 
 
-def multilabel_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str], threshold: float = 0.5) -> dict[str, Any]:
+def multilabel_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str],
+                       threshold: float = 0.5) -> dict[str, Any]:
     """Multi-label scores at ``threshold``: exact-match accuracy, micro-F1 (with a 95% bootstrap interval over
     examples), macro-F1, per-class P/R/F1/support, and log-loss (mean binary cross-entropy over classes).
 
@@ -152,11 +153,13 @@ def confidently_wrong(y_true: np.ndarray, probs: np.ndarray, classes: list[str],
         wrong = (probs >= 0.5).astype(int) != y_true
         for i, c in zip(*np.nonzero(wrong), strict=True):
             said = "yes" if probs[i, c] >= 0.5 else "no"
-            rows.append((float(abs(probs[i, c] - y_true[i, c])), int(i), f"{classes[c]}: {said}", f"{classes[c]}: {'no' if said == 'yes' else 'yes'}"))
+            rows.append((float(abs(probs[i, c] - y_true[i, c])), int(i), f"{classes[c]}: {said}",
+                         f"{classes[c]}: {'no' if said == 'yes' else 'yes'}"))
     rows.sort(key=lambda r: -r[0])
     out = []
     for conf, i, predicted, true in rows[:k]:
-        row = {"input": names[i] if i < len(names) else f"#{i}", "true": true, "predicted": predicted, "confidence": round(conf, 4)}
+        row = {"input": names[i] if i < len(names) else f"#{i}", "true": true, "predicted": predicted,
+               "confidence": round(conf, 4)}
         if texts is not None:
             text = " ".join(texts[i].split())
             row["text"] = text[:chars] + ("..." if len(text) > chars else "")

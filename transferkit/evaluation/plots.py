@@ -1,4 +1,5 @@
-"""PNG plots: confusion matrix, learning curves and the comparison's curves. Matplotlib's Agg backend, no display needed."""
+"""PNG plots: confusion matrix, learning curves and the comparison's curves. Matplotlib's Agg backend, no display
+needed."""
 
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ def confusion_matrix_png(cm: list[list[int]], classes: list[str], path: Path, ti
     top = cm_arr.max() if cm_arr.size else 0
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, str(cm_arr[i, j]), ha="center", va="center", color="white" if cm_arr[i, j] > top / 2 else "black", fontsize=8)
+            ax.text(j, i, str(cm_arr[i, j]), ha="center", va="center",
+                    color="white" if cm_arr[i, j] > top / 2 else "black", fontsize=8)
     save_figure(fig, path)
 
 
@@ -136,7 +138,8 @@ def time_to_accuracy_png(runs: list[dict], strategies: list[str], path: Path, ti
 
 
 def gap_png(summary: list[dict], strategies: list[str], budgets: list, path: Path) -> None:
-    """The kept model's training minus validation accuracy (read without augmentation): bars per budget and strategy, 95% interval over seeds."""
+    """The kept model's training minus validation accuracy (read without augmentation): bars per budget and strategy,
+    95% interval over seeds."""
     plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))

@@ -31,7 +31,8 @@ def estimate_text(e: dict[str, Any], test_given: bool) -> str:
             f"**cross-validated estimate** ({e['folds']} stratified folds{repeats}: every one of the {e['n']} labelled "
             f"examples was scored by a model that did not train on it; {e['method']}). Fold scores "
             f"{e['fold_mean']:.3f} +- {e['fold_std']:.3f}. The final model trained on all {e['n']} examples with the "
-            f"settings the folds chose ({', '.join(f'{k} {v}' for k, v in e['chosen'].items() if not isinstance(v, list))}).")
+            "settings the folds chose "
+            f"({', '.join(f'{k} {v}' for k, v in e['chosen'].items() if not isinstance(v, list))}).")
     if not test_given:
         text += (" No test set was given: `transferkit evaluate MODEL TEST-DATA` on examples kept apart from the start "
                  "is the final word.")
@@ -55,8 +56,8 @@ def scratch_text(b: dict[str, Any]) -> str:
     verdict = "better than" if lead > 0 else "worse than" if lead < 0 else "as good as"
     text = (f"The same architecture trained from random weights on the same splits and training time scored {name} "
             f"{b['score']:.3f}{ci_text(b.get('score_ci'))} on the {b['set']} set ({b['epochs']} epochs, "
-            f"{b['seconds']:.0f} s; train-validation gap {b['train_val_gap']:+.3f}). This model, {b['model_score']:.3f}, "
-            f"is {abs(lead):.3f} {verdict} scratch")
+            f"{b['seconds']:.0f} s; train-validation gap {b['train_val_gap']:+.3f}). This model, "
+            f"{b['model_score']:.3f}, is {abs(lead):.3f} {verdict} scratch")
     if b.get("resolved") is False:
         return text + (f", less than the test set's 95% interval (+-{b['half_width']:.3f}): this test set cannot "
                        "tell them apart.")
@@ -129,10 +130,12 @@ def render_markdown(m: dict[str, Any], classes: list[str]) -> str:
         f"{kind}{len(classes)} classes (split: {m['data']['split']})."
         + (" Patients: " + ", ".join(f"{k} {v}" for k, v in m["data"]["patients"].items())
            + "; no patient is in two splits." if m["data"].get("patients") else ""),
-        f"- Backbone: `{m['backbone']['name']}` ({m['backbone']['source']}, weights: {m['backbone']['weights']}), {inputs}.",
+        f"- Backbone: `{m['backbone']['name']}` ({m['backbone']['source']}, weights: "
+        f"{m['backbone']['weights']}), {inputs}.",
         f"- Trainable parameters: {m['trainable_params']:,}; precision: {m['precision']}.",
         f"- Wall time: {m['timings']['total_s']:.1f} s "
-        f"({', '.join(f'{k.removesuffix(chr(95) + chr(115))} {v:.1f} s' for k, v in m['timings'].items() if k != 'total_s')}).",
+        f"""({', '.join(f'{k.removesuffix(chr(95) + chr(115))} {v:.1f} s' for k, v in m['timings'].items()
+                        if k != 'total_s')}).""",
         "",
         f"## Scores on the {scored} set (n={s['n']})" if scored == "test" or not m.get("estimate") else
         f"## Cross-validated scores (n={s['n']}, out-of-fold)",
@@ -141,18 +144,20 @@ def render_markdown(m: dict[str, Any], classes: list[str]) -> str:
         f"{ci_text(s.get('macro_f1_ci'))}, log-loss "
         f"{s['log_loss']:.3f}.{small_test_warning(s.get('accuracy_ci'), s['n'])}"
         if not s.get("multi_label") else
-        f"**Micro-F1 {s['micro_f1']:.3f}**{ci_text(s.get('micro_f1_ci'))}, macro-F1 {s['macro_f1']:.3f}, exact-match accuracy {s['accuracy']:.3f}, "
-        f"log-loss {s['log_loss']:.3f} (threshold {s['threshold']}).",
+        f"**Micro-F1 {s['micro_f1']:.3f}**{ci_text(s.get('micro_f1_ci'))}, macro-F1 {s['macro_f1']:.3f}, exact-match "
+        f"accuracy {s['accuracy']:.3f}, log-loss {s['log_loss']:.3f} (threshold {s['threshold']}).",
     ]
     if m.get("estimate"):
         lines += ["", estimate_text(m["estimate"], scored == "test")]
     elif scored == "val":
-        lines.append("No test set was given, so these are validation scores that also chose the checkpoint: optimistic.")
+        lines.append("No test set was given, so these are validation scores that also chose the "
+                     "checkpoint: optimistic.")
     lines += [
         "",
         "| class | precision | recall | F1 | support |",
         "|---|---|---|---|---|",
-        *[f"| {c} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |" for c, v in s["per_class"].items()],
+        *[f"| {c} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
+          for c, v in s["per_class"].items()],
         "",
         "## Training",
         "",
@@ -178,7 +183,8 @@ def render_markdown(m: dict[str, Any], classes: list[str]) -> str:
     if wrong:
         where = "out-of-fold" if scored == "val" and m.get("estimate") else f"{scored} set"
         lines += ["", f"## Most confidently wrong ({where})", "",
-                  "Check these first: a wrong label, an ambiguous example, or a kind of input the training data lacks.", "",
+                  "Check these first: a wrong label, an ambiguous example, or a kind of input the "
+                  "training data lacks.", "",
                   "| confidence | true | predicted | input |", "|---|---|---|---|"]
         for w in wrong:
             shown = w.get("text", w["input"]).replace("|", "\\|")
@@ -214,8 +220,10 @@ def render_clinical(m: dict[str, Any], scored: str) -> list[str]:
             "| score | value (95% CI) |",
             "|---|---|",
             f"| AUROC | {pct(s['auroc'], s['auroc_ci'])} |",
-            f"| sensitivity | {pct(s['sensitivity'], s['sensitivity_ci'])} ({s['tp']} of {s['tp'] + s['fn']} positives found) |",
-            f"| specificity | {pct(s['specificity'], s['specificity_ci'])} ({s['tn']} of {s['tn'] + s['fp']} negatives cleared) |",
+            f"| sensitivity | {pct(s['sensitivity'], s['sensitivity_ci'])} ({s['tp']} of {s['tp'] + s['fn']} "
+            "positives found) |",
+            f"| specificity | {pct(s['specificity'], s['specificity_ci'])} ({s['tn']} of {s['tn'] + s['fp']} "
+            "negatives cleared) |",
             f"| PPV | {pct(s['ppv'], s['ppv_ci'])} |",
             f"| NPV | {pct(s['npv'], s['npv_ci'])} |",
             f"| balanced accuracy | {pct(s['balanced_accuracy'])} |",
@@ -241,8 +249,8 @@ def render_clinical(m: dict[str, Any], scored: str) -> list[str]:
                "check a calibration, so the probabilities are the model's own")
     lines += ["", f"Calibration: {how}; expected calibration error {ece['before']:.3f} before, {ece['after']:.3f} "
               f"after. {'The threshold and calibration were' if c.get('calibrated', True) else 'The threshold was'} "
-              + (f"chosen on the validation set ({m['data']['val']} images), so with few validation images the choice is "
-                 "itself uncertain." if not m.get("estimate") else
+              + (f"chosen on the validation set ({m['data']['val']} images), so with few validation images the choice "
+                 "is itself uncertain." if not m.get("estimate") else
                  f"chosen on the out-of-fold predictions of all {m['data']['train']} training images, the same ones "
                  "these cross-validated scores come from: the scores at the threshold lean optimistic."),
               "", "![ROC and reliability](roc.png)"]

@@ -155,7 +155,8 @@ def detector_from_config(spec: BackboneSpec, preprocess: PreprocessConfig | None
 
     bb = build(spec, pretrained=pretrained)
     if getattr(bb, "modality", "image") != "image":
-        raise BackboneError(f"Backbone {spec.name!r} is not an image backbone: detection needs one, e.g. efficientnet_lite0.")
+        raise BackboneError(f"Backbone {spec.name!r} is not an image backbone: detection needs one, e.g. "
+                            "efficientnet_lite0.")
     body, channels = _feature_body(bb)
     pre = preprocess or bb.preprocess
     groups = _body_groups(bb.layer_group_names(), body)

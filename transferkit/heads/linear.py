@@ -13,7 +13,8 @@ class LinearHead(nn.Module):
 
     def __init__(self, in_features: int, num_classes: int, dropout: float = 0.0):
         super().__init__()
-        self.config = {"type": "linear", "in_features": int(in_features), "num_classes": int(num_classes), "dropout": float(dropout)}
+        self.config = {"type": "linear", "in_features": int(in_features), "num_classes": int(num_classes),
+                       "dropout": float(dropout)}
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(in_features, num_classes)
         # Small init: the first steps then barely disturb the pretrained features they sit on.

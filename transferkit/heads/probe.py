@@ -194,7 +194,8 @@ class LogisticProbe:
         """What the report and metrics keep of the fit."""
         return {"C": self.C_, "cv_folds": self.cv, "scoring": self.scoring,
                 "cv_scores": {f"{c:.3g}": round(s, 5) for c, s in self.cv_scores_.items()},
-                "class_weight": None if self.class_weight_ is None else [round(float(w), 4) for w in self.class_weight_]}
+                "class_weight": None if self.class_weight_ is None
+                else [round(float(w), 4) for w in self.class_weight_]}
 
 
 def _array(x: Any) -> np.ndarray:

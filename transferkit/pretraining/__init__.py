@@ -3,7 +3,8 @@ unlabelled in-domain data (domain-adaptive pre-training), and write it where ``-
 
 >>> import transferkit
 >>> transferkit.pretrain("source-data/", arch="efficientnet_lite0", out="backbones/parts-v1")         # doctest: +SKIP
->>> transferkit.pretrain("scans/", method="simclr", init="efficientnet_lite0", out="backbones/scans-v1")  # doctest: +SKIP
+>>> transferkit.pretrain("scans/", method="simclr", init="efficientnet_lite0",
+...                      out="backbones/scans-v1")                                                    # doctest: +SKIP
 >>> transferkit.fit("target-data/", backbone="backbones/scans-v1")                                   # doctest: +SKIP
 
 Data flow as in ``fit``: data (streamed, :mod:`.data`) -> backbone (registry) -> objective (:mod:`.methods`) ->
@@ -89,9 +90,9 @@ def pretrain(
     ``label_smoothing`` (default 0) smooths their targets, which tends to make the features transfer worse.
 
     A checkpoint is written every ``checkpoint_every`` steps and after each epoch under ``out/checkpoints``;
-    ``resume=True`` continues from it (also after ``kill -9``) and ends with the same weights (bit for bit on CPUs). ``out`` is replaced,
-    atomically, only when training has finished: it then holds the backbone, ``pretrain.json`` (settings, source
-    data record, log), ``pretrain_curve.png``, ``report.md`` and ``log.txt``.
+    ``resume=True`` continues from it (also after ``kill -9``) and ends with the same weights (bit for bit on CPUs).
+    ``out`` is replaced, atomically, only when training has finished: it then holds the backbone, ``pretrain.json``
+    (settings, source data record, log), ``pretrain_curve.png``, ``report.md`` and ``log.txt``.
     """
     from ..engine.accel import is_main_process, make_accelerator
     from .loop import CHECKPOINT, read_checkpoint
@@ -102,8 +103,8 @@ def pretrain(
     modality = METHODS[method]
     if epochs is not None and steps is not None:
         raise TransferkitError("Give --epochs or --steps, not both.")
-    for name, value in (("epochs", epochs), ("steps", steps), ("batch_size", batch_size), ("checkpoint_every", checkpoint_every),
-                        ("log_every", log_every)):
+    for name, value in (("epochs", epochs), ("steps", steps), ("batch_size", batch_size),
+                        ("checkpoint_every", checkpoint_every), ("log_every", log_every)):
         if value is not None and value < 1:
             raise TransferkitError(f"{name} must be at least 1 (got {value}).")
     if not 0 <= label_smoothing < 1:
@@ -123,8 +124,8 @@ def pretrain(
     ckpt_dir = out / "checkpoints"
     state_exists = (ckpt_dir / CHECKPOINT).is_file()
     if state_exists and not resume:
-        raise TransferkitError(f"{out} holds a checkpoint of an interrupted run: pass --resume to continue it, or choose "
-                               "another --out.")
+        raise TransferkitError(f"{out} holds a checkpoint of an interrupted run: pass --resume to continue it, or "
+                               "choose another --out.")
     if resume and not state_exists and (out / "pretrain.json").is_file():
         raise TransferkitError(f"{out} holds a finished pre-training run, nothing to resume: choose another --out (or "
                                "delete it to train again).")
@@ -187,8 +188,8 @@ def pretrain(
         info(f"pre-training {method}: {len(source):,} {corpus.unit}, "
              f"{total_steps:,} steps of {global_batch} on {world} process(es), start: "
              f"{start.get('name') or start['arch'] + ' (random weights)'}")
-    record = run(obj, optimizer, scheduler, make_loader, accelerator, plan, checkpoint_dir=ckpt_dir, state=state, settings=settings,
-                 evaluate=evaluate, log_file=ckpt_dir / "log.txt")
+    record = run(obj, optimizer, scheduler, make_loader, accelerator, plan, checkpoint_dir=ckpt_dir, state=state,
+                 settings=settings, evaluate=evaluate, log_file=ckpt_dir / "log.txt")
     metrics = {
         **settings, "modality": modality, "epochs": round(total_steps / probe.steps_per_epoch, 3),
         "steps_per_epoch": probe.steps_per_epoch, "processes": world, "precision": str(accelerator.mixed_precision),
@@ -210,11 +211,13 @@ def _check_same_run(saved: dict, settings: dict, out: Path) -> None:
         k = differ[0]
         if k == "data":
             then, now = saved["data"], settings["data"]
-            raise TransferkitError(f"The checkpoint in {out} was made on other data ({then['examples']:,} examples, listing "
-                                   f"{then['listing_sha256'][:12]} then; {now['examples']:,}, {now['listing_sha256'][:12]} "
-                                   "now): resume on the same data, or choose another --out.")
+            raise TransferkitError(f"The checkpoint in {out} was made on other data ({then['examples']:,} examples, "
+                                   f"listing {then['listing_sha256'][:12]} then; {now['examples']:,}, "
+                                   f"{now['listing_sha256'][:12]} now): resume on the same data, or "
+                                   "choose another --out.")
         raise TransferkitError(f"The checkpoint in {out} was made with other settings ({k}: {saved.get(k)!r} then, "
-                               f"{settings[k]!r} now): rerun with the same settings to resume, or choose another --out.")
+                               f"{settings[k]!r} now): rerun with the same settings to resume, or "
+                               "choose another --out.")
 
 
 def _workers(workers: int | None, world: int) -> int:
@@ -243,7 +246,8 @@ def _image_setup(data, *, method, arch, init, image_size, val_fraction, seed, sk
     spec = resolve(arch or "efficientnet_lite0")
     backbone = build(spec, pretrained=False)
     if backbone.modality != "image":
-        raise TransferkitError(f"{arch!r} is not an image architecture: pick one such as efficientnet_lite0 or timm:resnet18.")
+        raise TransferkitError(f"{arch!r} is not an image architecture: pick one such as efficientnet_lite0 "
+                               "or timm:resnet18.")
     backbone.spec = dataclasses.replace(spec, weights="random")
     backbone.set_source_head(None)
     pre = backbone.preprocess
@@ -312,8 +316,8 @@ def _loader(start: int, *, method, source, backbone, global_batch, total_steps, 
 
     sampler = StepSampler(len(source), global_batch, total_steps, start, rank, world, seed)
     if method in ("supervised", "simclr"):
-        dataset = ImageStream(source, backbone.preprocess, ImageAugment(method), seed, views=2 if method == "simclr" else 1,
-                              skip_bad=skip_bad)
+        dataset = ImageStream(source, backbone.preprocess, ImageAugment(method), seed,
+                              views=2 if method == "simclr" else 1, skip_bad=skip_bad)
         collate = None
     else:
         dataset = TextStream(source, backbone.tokenizer, window, seed, mlm=method == "mlm", encoding=encoding,
@@ -344,7 +348,8 @@ def _image_evaluator(val, classes, backbone, accelerator, workers):
             with accelerator.autocast():
                 logits = model(prepare(x)).float()
             loss = torch.nn.functional.cross_entropy(logits, y, reduction="sum")
-            sums += torch.stack([loss.double(), (logits.argmax(1) == y).sum().double(), torch.tensor(len(y), dtype=torch.float64, device=y.device)])
+            sums += torch.stack([loss.double(), (logits.argmax(1) == y).sum().double(),
+                                 torch.tensor(len(y), dtype=torch.float64, device=y.device)])
         loss, right, n = accelerator.reduce(sums, "sum").tolist()
         return {"val_loss": loss / max(n, 1), "val_accuracy": right / max(n, 1), "val_n": int(n)}
 

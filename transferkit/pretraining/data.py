@@ -158,7 +158,8 @@ def _rand(g: torch.Generator) -> float:
 
 
 def _crop_box(size: tuple[int, int], scale: tuple[float, float], g: torch.Generator) -> tuple[int, int, int, int]:
-    """A random crop of ``scale`` times the area and aspect ratio 3/4-4/3 (Inception-style); whole image if none fits."""
+    """A random crop of ``scale`` times the area and aspect ratio 3/4-4/3 (Inception-style); whole image if none
+    fits."""
     width, height = size
     area = width * height
     for _ in range(10):
@@ -260,13 +261,16 @@ def text_source(path: str | Path, encoding: str = "utf-8") -> Source:
         raise DataError(f"Pre-training texts {root} do not exist: pass a .txt file (one document per line), a .jsonl "
                         "with a text field, or a folder of .txt files.")
     if root.is_dir():
-        files = sorted(str(f) for f in root.rglob("*.txt") if not any(p.startswith(".") for p in f.relative_to(root).parts))
+        files = sorted(str(f) for f in root.rglob("*.txt")
+                       if not any(p.startswith(".") for p in f.relative_to(root).parts))
         if not files:
-            raise DataError(f"{root} holds no .txt files: pass a folder of .txt documents or a .txt file with one per line.")
+            raise DataError(f"{root} holds no .txt files: pass a folder of .txt documents or a .txt file "
+                            "with one per line.")
         items = np.stack([np.arange(len(files)), np.full(len(files), -1)], axis=1).astype(np.int64)
         return Source("text", items, None, str(root), files=files)
     if root.suffix.lower() not in TEXT_FILE_SUFFIXES:
-        raise DataError(f"{root} is not a .txt or .jsonl file: give one document per line (.txt) or a text field per line (.jsonl).")
+        raise DataError(f"{root} is not a .txt or .jsonl file: give one document per line (.txt) or a text field "
+                        "per line (.jsonl).")
     offsets = array.array("q")  # 8 bytes per document, not a Python object each
     with root.open("rb") as f:
         offset = 0
@@ -323,9 +327,11 @@ class TextStream(Dataset):
         at = next((k for k in range(len(full)) if full[k : k + len(bare)] == bare), 0)
         self.prefix, self.suffix = list(full[:at]), list(full[at + len(bare):])
         if max_length < len(self.prefix) + len(self.suffix) + 1:
-            raise DataError(f"--max-length {max_length} leaves no room for text between the special tokens: use 16 or more.")
+            raise DataError(f"--max-length {max_length} leaves no room for text between the special tokens: "
+                            "use 16 or more.")
         if mlm and tokenizer.mask_token_id is None:
-            raise DataError("This tokenizer has no mask token, so it cannot train a masked-language model: use --method simcse.")
+            raise DataError("This tokenizer has no mask token, so it cannot train a masked-language model: use "
+                            "--method simcse.")
 
     def __len__(self) -> int:
         return len(self.source)
@@ -394,7 +400,8 @@ class StepSampler(Sampler[list[int]]):
     def __init__(self, n: int, global_batch: int, total_steps: int, start: int = 0, rank: int = 0, world: int = 1,
                  seed: int = 0):
         if global_batch % world:
-            raise DataError(f"--batch-size {global_batch} does not split evenly over {world} processes: use a multiple of {world}.")
+            raise DataError(f"--batch-size {global_batch} does not split evenly over {world} processes: use a "
+                            f"multiple of {world}.")
         if n < global_batch:
             raise DataError(f"Only {n} examples for a batch of {global_batch}: lower --batch-size or add data.")
         self.n, self.global_batch, self.total, self.start = n, global_batch, total_steps, start

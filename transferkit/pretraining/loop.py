@@ -88,7 +88,8 @@ def run(
     log_file: Path | None = None,
 ) -> dict:
     """Train ``method.model`` for ``plan.total_steps`` steps; return the run's record (log points, evaluations,
-    throughput), continuing from the checkpoint ``state`` when given. ``make_loader(start_step)`` gives the loader of this process's batches from ``start_step`` on.
+    throughput), continuing from the checkpoint ``state`` when given. ``make_loader(start_step)`` gives the loader of
+    this process's batches from ``start_step`` on.
     ``evaluate(model)`` (optional) runs at each epoch's end and at the last step, on every process, with the
     unwrapped model, and returns metrics reduced across processes."""
     model, optimizer = accelerator.prepare(method.model, optimizer)
@@ -164,7 +165,8 @@ def run(
                 recent = rate if eta_rate is None else 0.5 * eta_rate + 0.5 * rate
                 eta_rate = recent
                 eta = (plan.total_steps - step) * plan.global_batch / max(recent, 1e-9)
-                entry = {"step": step, "epoch": round(step / plan.steps_per_epoch, 3), "loss": total[0] / max(total[2], 1),
+                entry = {"step": step, "epoch": round(step / plan.steps_per_epoch, 3),
+                         "loss": total[0] / max(total[2], 1),
                          "metric": total[1] / max(total[2], 1), "lr": max(g["lr"] for g in optimizer.param_groups),
                          "samples_per_s": rate, "elapsed_s": done_seconds + time.monotonic() - session_start}
                 record["log"].append(entry)

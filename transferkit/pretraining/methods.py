@@ -147,9 +147,9 @@ class MLM(Method):
                 if loading["missing_keys"]:
                     from ..console import warn
 
-                    warn(f"{self.backbone.spec.name} ships no masked-LM head: a new one starts from random weights, and "
-                         "its early gradients disturb the encoder (with all-MiniLM-L6-v2 on BBC News this lowered few-shot "
-                         "accuracy); prefer an encoder that ships its head (BERT, RoBERTa), or more epochs")
+                    warn(f"{self.backbone.spec.name} ships no masked-LM head: a new one starts from random weights, "
+                         "and its early gradients disturb the encoder (with all-MiniLM-L6-v2 on BBC News this lowered "
+                         "few-shot accuracy); prefer an encoder that ships its head (BERT, RoBERTa), or more epochs")
         except ValueError as err:
             raise BackboneError(f"{self.backbone.spec.name!r} has no masked-language-model form "
                                 f"({str(err).splitlines()[0][:120]}): use --method simcse.") from None

@@ -21,7 +21,8 @@ def curve_png(metrics: dict, path: Path) -> None:
     ax1.legend()
     ax2.plot(steps, [e["metric"] for e in log], marker="o", ms=2, label=f"training ({metrics['metric']})")
     if evals:
-        ax2.plot([e["step"] for e in evals], [e["val_accuracy"] for e in evals], marker="s", ms=4, label="validation accuracy")
+        ax2.plot([e["step"] for e in evals], [e["val_accuracy"] for e in evals], marker="s", ms=4,
+                 label="validation accuracy")
     ax2.set_xlabel("step")
     ax2.set_ylim(0, 1)
     ax2.legend()
@@ -43,8 +44,8 @@ def report_md(metrics: dict, out: Path) -> str:
         + (f" in {len(data['classes'])} classes" if data.get("classes") else " (unlabelled)")
         + f" (listing sha256 {data['listing_sha256'][:12]})",
         f"- Start: {start_text}",
-        f"- Training: {metrics['total_steps']:,} steps ({metrics['epochs']:g} epochs) of {metrics['global_batch']} examples, "
-        f"AdamW lr {metrics['lr']:g}, weight decay {metrics['weight_decay']:g}, warm-up then cosine decay",
+        f"- Training: {metrics['total_steps']:,} steps ({metrics['epochs']:g} epochs) of {metrics['global_batch']} "
+        f"examples, AdamW lr {metrics['lr']:g}, weight decay {metrics['weight_decay']:g}, warm-up then cosine decay",
         (f"- Input: {metrics['input'][0]}x{metrics['input'][1]} px" if metrics["modality"] == "image"
          else f"- Input: windows of {metrics['input']} tokens from each document"),
         f"- Ran on {metrics['processes']} process(es), {metrics['device']}, precision {metrics['precision']}: "
@@ -57,7 +58,8 @@ def report_md(metrics: dict, out: Path) -> str:
         lines.append(f"- Last log point: loss {last['loss']:.4f}, {metrics['metric']} {last['metric']:.3f}")
     if rec["evaluations"]:
         e = rec["evaluations"][-1]
-        lines.append(f"- Validation ({e['val_n']} held-out images): accuracy {e['val_accuracy']:.4f}, loss {e['val_loss']:.4f}")
+        lines.append(f"- Validation ({e['val_n']} held-out images): accuracy {e['val_accuracy']:.4f}, loss "
+                     f"{e['val_loss']:.4f}")
     lines += ["", "Use it:", "", "```", f"transferkit fit YOUR-DATA --backbone {out}", "```", "",
               "![curve](pretrain_curve.png)", ""]
     return "\n".join(lines)

@@ -32,11 +32,14 @@ from .linear import LinearConfig, LinearStrategy, fit_probe
 class AutoConfig:
     """Budget-aware choice between a linear probe and fine-tuning."""
 
-    min_per_class: int = field(default=5, metadata={"help": "fine-tune only with at least this many training examples per class"})
-    min_epochs: int = field(default=3, metadata={"help": "fine-tune only if the budget leaves time for this many epochs"})
+    min_per_class: int = field(default=5, metadata={"help": "fine-tune only with at least this many training "
+                                                            "examples per class"})
+    min_epochs: int = field(default=3, metadata={"help": "fine-tune only if the budget leaves time for "
+                                                         "this many epochs"})
     max_epochs: int = field(default=15, metadata={"help": "upper bound on fine-tuning epochs"})
     finetune_lr: float = field(default=5e-4, metadata={"help": "peak LR when fine-tuning from the probe's head"})
-    finetune_folds: int = field(default=3, metadata={"help": "without a validation split: folds on which fine-tuning is compared with the probe (--cv sets them too)"})
+    finetune_folds: int = field(default=3, metadata={"help": "without a validation split: folds on which fine-tuning "
+                                                             "is compared with the probe (--cv sets them too)"})
 
     text_defaults: ClassVar[dict[str, Any]] = {"finetune_lr": 1e-4, "max_epochs": 8}
     audio_defaults: ClassVar[dict[str, Any]] = {"max_epochs": 25}
@@ -154,8 +157,9 @@ class AutoStrategy:
             fold_probs.append(per_epoch)
             task.accelerator.free_memory()  # the accelerator keeps every prepared model and optimizer otherwise
             if np.mean([max(c) for c in curves]) <= np.mean(probe_scores):
-                return (f"linear only: fine-tuning did not beat the probe on {'fold 1' if i == 1 else f'folds 1-{i}'} of {k} "
-                        f"(best {np.mean([max(c) for c in curves]):.3f} vs {np.mean(probe_scores):.3f})"), None, \
+                return (f"linear only: fine-tuning did not beat the probe on {'fold 1' if i == 1 else f'folds 1-{i}'} "
+                        f"of {k} (best {np.mean([max(c) for c in curves]):.3f} vs "
+                        f"{np.mean(probe_scores):.3f})"), None, \
                     {"linear": {"cv_score": float(np.mean(probe_scores))},
                      "finetune": {"cv_score": float(np.mean([max(c) for c in curves])), "folds_run": i}}
         longest = max(len(c) for c in curves)  # a fold stopped early keeps its last score (and predictions)
@@ -174,8 +178,9 @@ class AutoStrategy:
                                 "fold_scores": padded[:, best_epoch].tolist(), "curve": mean_curve.round(4).tolist()},
                    "paired_difference": float(diffs.mean()), "standard_error": se, "folds": k}
         if not (diffs.mean() > 0 and diffs.mean() >= se):
-            return (f"linear only: fine-tuning ({mean_curve[best_epoch]:.3f} at epoch {best_epoch + 1}) did not beat the "
-                    f"probe ({np.mean(probe_scores):.3f}) on {k} folds by more than a standard error ({se:.3f})"), None, \
+            return (f"linear only: fine-tuning ({mean_curve[best_epoch]:.3f} at epoch {best_epoch + 1}) did not beat "
+                    f"the probe ({np.mean(probe_scores):.3f}) on {k} folds by more than a standard "
+                    f"error ({se:.3f})"), None, \
                 summary
         probs = np.zeros((len(y), len(task.classes)))
         for (_, va), per_epoch in zip(folds, fold_probs, strict=True):
@@ -187,9 +192,9 @@ class AutoStrategy:
                               epoch_seconds=epoch_s).fit(final_task)
         ft.cv = CrossValidation(probs=probs, folds=k, repeats=1, fold_scores=padded[:, best_epoch].tolist(),
                                 chosen={"strategy": "finetune", "epochs": best_epoch + 1, "planned_epochs": epochs},
-                                method=(f"LP-FT fine-tuning on {k} folds, each from its fold's probe; the epoch count and "
-                                        "the choice over the probe were made on the same folds, so the estimate leans "
-                                        "optimistic"))
+                                method=(f"LP-FT fine-tuning on {k} folds, each from its fold's probe; the epoch count "
+                                        "and the choice over the probe were made on the same folds, so the estimate "
+                                        "leans optimistic"))
         return (f"fine-tuned {best_epoch + 1} epoch(s) from the probe's head: it beat the probe on {k} folds by "
                 f"{diffs.mean():.3f} (standard error {se:.3f})"), ft, summary
 

@@ -64,7 +64,8 @@ class TrainTask:
         return label_strata(self.train.targets.numpy())
 
     def folds(self, k: int | None = None, seed: int | None = None) -> list:
-        """Stratified (and patient-grouped) folds of the training data; see :func:`transferkit.data.folds.stratified_folds`."""
+        """Stratified (and patient-grouped) folds of the training data; see
+        :func:`transferkit.data.folds.stratified_folds`."""
         from ..data.folds import stratified_folds
 
         return stratified_folds(self.strata(), k or self.cv or PROBE_FOLDS, self.seed if seed is None else seed,

@@ -32,7 +32,8 @@ from .linear import LinearConfig, LinearStrategy
 class ContrastiveConfig:
     """Contrastive pairs tune the encoder, then a linear head is fitted on its embeddings."""
 
-    pairs_per_example: int = field(default=20, metadata={"help": "positive and as many negative pairs drawn per training text (SetFit's num_iterations)"})
+    pairs_per_example: int = field(default=20, metadata={"help": "positive and as many negative pairs drawn per "
+                                                                 "training text (SetFit's num_iterations)"})
     max_pairs: int = field(default=800, metadata={"help": "upper bound on pairs per epoch (CPU time grows with it)"})
     epochs: int = field(default=1, metadata={"help": "passes over the pairs"})
     lr: float = field(default=2e-5, metadata={"help": "peak AdamW learning rate of the encoder"})
@@ -50,7 +51,8 @@ def make_pairs(targets: torch.Tensor, per_example: int, max_pairs: int, seed: in
     """
     rng = random.Random(seed)
     n = len(targets)
-    keys = [int(t) for t in targets] if targets.ndim == 1 else [tuple(torch.nonzero(t).flatten().tolist()) for t in targets]
+    keys = ([int(t) for t in targets] if targets.ndim == 1
+            else [tuple(torch.nonzero(t).flatten().tolist()) for t in targets])
     by_key: dict[object, list[int]] = {}
     for i, k in enumerate(keys):
         by_key.setdefault(k, []).append(i)
@@ -106,7 +108,8 @@ class ContrastiveStrategy:
         encoder = copy.deepcopy(task.backbone)
         pairs = make_pairs(task.train.targets, cfg.pairs_per_example, cfg.max_pairs, task.seed)
         if not pairs:
-            raise TransferkitError("No contrastive pairs: every class needs at least one training example and there must be two classes.")
+            raise TransferkitError("No contrastive pairs: every class needs at least one training example and there "
+                                   "must be two classes.")
         losses = self.tune(encoder, pairs, task) if cfg.epochs > 0 else []
         t_tune = time.monotonic() - t0
         # step 2: a fresh linear probe on the tuned encoder (its features differ from the pretrained ones)

@@ -81,7 +81,8 @@ class CrossValidated:
             strategy = self.make()
             per_epoch: list[np.ndarray] = []
             if hasattr(strategy, "on_validate"):  # every epoch's held-out predictions, not only the best epoch's
-                strategy.on_validate = lambda epoch, logits, targets, keep=per_epoch: keep.append(logits_to_probs(logits, task))
+                strategy.on_validate = lambda epoch, logits, targets, keep=per_epoch: keep.append(
+                    logits_to_probs(logits, task))
             result = strategy.fit(fold_task)
             fold_probs.append(per_epoch or [predict_probs(result.model, fold_task.val, task)])
             best_epochs.append(result.history.best_epoch + 1)

@@ -31,13 +31,15 @@ class DetectFinetuneConfig:
     """Fine-tune the whole detector: the body with layer-wise LR decay, the new FPN and head at ``lr``."""
 
     epochs: int = field(default=30, metadata={"help": "maximum epochs"})
-    lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate of the FPN and head; body groups get less (LLRD)"})
+    lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate of the FPN and head; body groups "
+                                                      "get less (LLRD)"})
     layer_decay: float = field(default=0.8, metadata={"help": "LR multiplier per body layer group, from the top down"})
     weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay (not on norms and biases)"})
     warmup_epochs: float = field(default=1.0, metadata={"help": "linear warm-up length, in epochs"})
     batch_size: int = field(default=8, metadata={"help": "images per step"})
     patience: int = field(default=8, metadata={"help": "epochs without a better validation mAP before stopping"})
-    augment: bool = field(default=True, metadata={"help": "colour jitter, zoom-out, IoU crop, flip (boxes move with the pixels)"})
+    augment: bool = field(default=True, metadata={"help": "colour jitter, zoom-out, IoU crop, flip (boxes move "
+                                                          "with the pixels)"})
     hflip: bool = field(default=True, metadata={"help": "allow horizontal flips (turn off where left/right matters)"})
     grad_clip: float = field(default=10.0, metadata={"help": "clip the gradient norm (0: off)"})
 
@@ -68,7 +70,8 @@ class DetectScratchConfig(DetectFinetuneConfig):
 class DetectAutoConfig(DetectFinetuneConfig):
     """Frozen body first, then everything from there; the better one on validation mAP is kept."""
 
-    frozen_share: float = field(default=0.3, metadata={"help": "share of the epochs (or budget) spent with the body frozen"})
+    frozen_share: float = field(default=0.3, metadata={"help": "share of the epochs (or budget) spent with "
+                                                               "the body frozen"})
 
 
 class DetectionStrategy:

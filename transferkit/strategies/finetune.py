@@ -32,18 +32,23 @@ class FinetuneConfig:
     """Full fine-tuning with layer-wise learning-rate decay."""
 
     epochs: int = field(default=15, metadata={"help": "maximum epochs"})
-    lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate of the top layers; lower groups get less (LLRD)"})
+    lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate of the top layers; lower groups "
+                                                      "get less (LLRD)"})
     head_lr: float | None = field(default=None, metadata={"help": "peak learning rate of the new head (default: lr)"})
     layer_decay: float = field(default=0.7, metadata={"help": "LR multiplier per layer group, from the head down"})
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not on norms and biases)"})
     warmup_epochs: float = field(default=1.0, metadata={"help": "linear warm-up length, in epochs"})
-    batch_size: int = field(default=32, metadata={"help": "images per step (smaller on tiny data: >= 8 steps per epoch)"})
+    batch_size: int = field(default=32, metadata={"help": "images per step (smaller on tiny data: >= 8 "
+                                                          "steps per epoch)"})
     patience: int = field(default=5, metadata={"help": "epochs without validation improvement before stopping"})
     label_smoothing: float = field(default=0.1, metadata={"help": "cross-entropy label smoothing"})
     dropout: float = field(default=0.2, metadata={"help": "dropout before the head"})
-    augment: bool = field(default=True, metadata={"help": "images: random resized crop + flip; audio: time shift, gain, noise, SpecAugment"})
+    augment: bool = field(default=True, metadata={"help": "images: random resized crop + flip; audio: time shift, "
+                                                          "gain, noise, SpecAugment"})
     hflip: bool = field(default=True, metadata={"help": "allow horizontal flips (turn off for text, digits, ...)"})
-    lp_ft: bool = field(default=False, metadata={"help": "start the head from the cross-validated linear probe on the frozen features (LP-FT, as auto does) instead of a random head"})
+    lp_ft: bool = field(default=False, metadata={"help": "start the head from the cross-validated linear probe on the "
+                                                         "frozen features (LP-FT, as auto does) instead "
+                                                         "of a random head"})
 
     # Texts: BERT-style rates for the encoder, a faster head (a few dozen steps must train it), no augmentation.
     text_defaults: ClassVar[dict[str, Any]] = {
@@ -68,10 +73,11 @@ class GradualConfig(FinetuneConfig):
     unfreeze_every: int = field(default=2, metadata={"help": "epochs between unfreezing one more layer group"})
     patience: int = field(default=8, metadata={"help": "epochs without validation improvement before stopping"})
 
-    text_defaults: ClassVar[dict[str, Any]] = {**FinetuneConfig.text_defaults, "epochs": 12, "unfreeze_every": 1, "patience": 6}
+    text_defaults: ClassVar[dict[str, Any]] = {**FinetuneConfig.text_defaults, "epochs": 12, "unfreeze_every": 1,
+                                               "patience": 6}
     audio_defaults: ClassVar[dict[str, Any]] = {**FinetuneConfig.audio_defaults, "unfreeze_every": 1, "patience": 10}
-    hf_audio_defaults: ClassVar[dict[str, Any]] = {**FinetuneConfig.hf_audio_defaults, "epochs": 12, "unfreeze_every": 1,
-                                                   "patience": 6}
+    hf_audio_defaults: ClassVar[dict[str, Any]] = {**FinetuneConfig.hf_audio_defaults, "epochs": 12,
+                                                   "unfreeze_every": 1, "patience": 6}
     speaker_defaults: ClassVar[dict[str, Any]] = {**FinetuneConfig.speaker_defaults, "unfreeze_every": 2}
 
 

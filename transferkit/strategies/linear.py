@@ -28,9 +28,12 @@ class LinearConfig:
     """Linear probe on cached features."""
 
     scoring: str = field(default="log_loss", metadata={"help": "what chooses C across folds: log_loss or accuracy"})
-    class_weight: str = field(default="auto", metadata={"help": "auto (balanced when the largest class has 1.5x the smallest's examples), balanced or none"})
-    repeats: int = field(default=3, metadata={"help": "repeats of the k-fold cross-validation that estimates the score when no validation split is held out"})
-    cache: bool = field(default=True, metadata={"help": "cache features on disk, keyed by backbone+preprocessing+file content"})
+    class_weight: str = field(default="auto", metadata={"help": "auto (balanced when the largest class has 1.5x the "
+                                                                "smallest's examples), balanced or none"})
+    repeats: int = field(default=3, metadata={"help": "repeats of the k-fold cross-validation that estimates the score "
+                                                      "when no validation split is held out"})
+    cache: bool = field(default=True, metadata={"help": "cache features on disk, keyed by "
+                                                        "backbone+preprocessing+file content"})
 
     def __post_init__(self) -> None:
         from ..errors import TransferkitError
@@ -47,8 +50,8 @@ def make_probe(task: TrainTask, cfg: LinearConfig, seed: int | None = None) -> L
     """The probe for this task: medical runs (class-weighted loss or balanced sampling) weigh classes as the
     other strategies do; otherwise the config's rule."""
     weight = "balanced" if task.balance in ("weights", "sampler") else cfg.class_weight
-    return LogisticProbe(cv=task.cv or PROBE_FOLDS, scoring=cfg.scoring, class_weight=None if weight == "none" else weight,
-                         seed=task.seed if seed is None else seed)
+    return LogisticProbe(cv=task.cv or PROBE_FOLDS, scoring=cfg.scoring,
+                         class_weight=None if weight == "none" else weight, seed=task.seed if seed is None else seed)
 
 
 def fit_probe(features: torch.Tensor, task: TrainTask, cfg: LinearConfig, idx: Any = None,

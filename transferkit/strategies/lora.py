@@ -34,7 +34,9 @@ class LoraConfig:
     r: int = field(default=8, metadata={"help": "rank of each adapter"})
     alpha: int = field(default=16, metadata={"help": "scaling: the update is (alpha / r) * B A"})
     lora_dropout: float = field(default=0.1, metadata={"help": "dropout on the adapter's input"})
-    target_modules: str = field(default="auto", metadata={"help": "comma-separated module names, or auto (peft's choice for the architecture, e.g. query,value for BERT)"})
+    target_modules: str = field(default="auto", metadata={"help": "comma-separated module names, or auto (peft's "
+                                                                  "choice for the architecture, e.g. "
+                                                                  "query,value for BERT)"})
     epochs: int = field(default=15, metadata={"help": "maximum epochs"})
     lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate of the adapters"})
     head_lr: float = field(default=3e-3, metadata={"help": "peak learning rate of the head"})
@@ -51,14 +53,15 @@ def apply_lora(body: nn.Module, cfg: LoraConfig) -> nn.Module:
     from peft import get_peft_model
 
     targets = None if cfg.target_modules == "auto" else [t.strip() for t in cfg.target_modules.split(",") if t.strip()]
-    config = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.lora_dropout, target_modules=targets, bias="none")
+    config = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
+                            bias="none")
     try:
         with warnings.catch_warnings():  # peft asks transformers a deprecated question; not the user's concern
             warnings.simplefilter("ignore", FutureWarning)
             return get_peft_model(body, config)
     except ValueError as err:  # unknown architecture for "auto", or target names not in the model
-        raise TransferkitError(f"LoRA cannot find its target modules ({str(err).splitlines()[0][:120]}): pass target_modules=... "
-                               "naming the attention projections of this encoder.") from None
+        raise TransferkitError(f"LoRA cannot find its target modules ({str(err).splitlines()[0][:120]}): pass "
+                               "target_modules=... naming the attention projections of this encoder.") from None
 
 
 class LoraStrategy:
@@ -79,7 +82,8 @@ class LoraStrategy:
         model = Classifier(backbone, head)
         adapters = [p for n, p in peft_body.named_parameters() if "lora_" in n]
         freeze([p for n, p in peft_body.named_parameters() if "lora_" not in n])
-        opt = torch.optim.AdamW(param_groups([adapters], list(head.parameters()), cfg.lr, cfg.weight_decay, 1.0, head_lr=cfg.head_lr))
+        opt = torch.optim.AdamW(param_groups([adapters], list(head.parameters()), cfg.lr, cfg.weight_decay, 1.0,
+                                             head_lr=cfg.head_lr))
         train_loader, val_loader = make_loaders(task, cfg.batch_size)
         # adapters save the weight gradients, not the backward pass: an epoch costs about a full fine-tuning epoch
         epochs, epoch_s = epochs_within_budget(task, cfg.epochs)

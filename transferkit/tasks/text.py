@@ -22,7 +22,8 @@ class TextTaskOptions:
 
     labels: list[Any] | None = field(default=None, metadata={
         "help": "With a list of strings as data: one label (or a list of labels) per text."})
-    text_column: str | None = field(default=None, metadata={"help": "Table column holding the text (default: guessed)."})
+    text_column: str | None = field(default=None, metadata={
+        "help": "Table column holding the text (default: guessed)."})
     label_column: str | None = field(default=None, metadata={
         "help": "Table column holding the label (default: guessed)."})
     label_sep: str | None = field(default=None, metadata={
