@@ -17,7 +17,8 @@ from torch.utils.data import Dataset
 
 import transferkit
 from transferkit.errors import TransferkitError
-from transferkit.tasks import TASKS, ClassificationTask, Prepared, get_task, register_task, resolve_task
+from transferkit.tasks import (TASKS, ClassificationTask, Prepared, get_task, register_task, resolve_task,
+                               unregister_task)
 
 from conftest import topic_texts, write_colour_images, write_tones
 
@@ -52,7 +53,7 @@ def _data(name: str, root: Path, backbones: dict[str, str]) -> tuple[Any, Any, d
             for split in ("train", "test"):
                 for i, p in enumerate(sorted((root / split).rglob("*.png"))):
                     w.writerow([p.relative_to(root), p.parent.name, f"{split}-{p.parent.name}-{i // 2}", split])
-        return manifest, manifest, {"backbone": backbones["image"], "modality": "medical"}
+        return manifest, manifest, {"backbone": backbones["image"]}  # a patient_id column: sniffed as medical
     if name == "text":
         train, test = topic_texts(8, seed=1), topic_texts(3, seed=2)
         root.mkdir(parents=True)
@@ -90,7 +91,7 @@ def test_task_contract(task_name, strategy, tmp_path, tiny_backbone, tiny_text_b
     root = tmp_path / "data"
     backbones = {"image": tiny_backbone, "text": tiny_text_backbone, "boxes": box_folder}
     data, labelled, options = _data(task_name, root, backbones)
-    assert resolve_task(data, hints={"modality": options.get("modality")}).name in (task_name, "image")
+    assert resolve_task(data).name == task_name  # auto resolution recognises every built-in task's data
     opts = (DETECT_FAST if task_name == "detection" else {}).get(strategy, FAST[strategy])
     model = transferkit.fit(data, strategy=strategy, out=tmp_path / "run", seed=0, **options, **opts)
     assert model.metrics["task"] == (get_task(task_name).run_label or get_task(task_name).bundle_task)
@@ -99,6 +100,7 @@ def test_task_contract(task_name, strategy, tmp_path, tiny_backbone, tiny_text_b
     inputs = _inputs(task_name, data, root)
     before = model.predict(inputs)
     again = transferkit.load(tmp_path / "run" / "model")
+    assert getattr(again, "task", get_task("detection")) is get_task(task_name)  # read back by the task that saved it
     after = again.predict(inputs)
     assert len(before) == len(after) == len(inputs)
     if task_name == "detection":
@@ -211,13 +213,7 @@ class VectorTask(ClassificationTask):
     def sniff(self, data: Any, hints: dict[str, Any]) -> bool:
         return isinstance(data, dict) and "x" in data
 
-    def strategy_names(self) -> list[str]:
-        return ["linear", "finetune"]
-
-    def create_strategy(self, name: str, backbone: Any, overrides: dict[str, Any]) -> Any:
-        from transferkit.strategies import create_strategy
-
-        return create_strategy(name, "image", "image", **overrides)
+    strategies_for = "image"  # dense features from a small network: the image strategies (and their defaults) fit
 
     def load_splits(self, data: Any, settings: Any, options: VectorOptions) -> VectorSplits:
         x, y = torch.as_tensor(data["x"], dtype=torch.float32), torch.as_tensor(data["y"])
@@ -261,11 +257,12 @@ def _vectors(n: int = 80, seed: int = 0) -> dict[str, np.ndarray]:
 def vector_task():
     register_task(VectorTask)
     yield TASKS["vectors"]
-    TASKS.pop("vectors")
+    unregister_task("vectors")
 
 
 @pytest.mark.parametrize("strategy", ["linear", "finetune"])
 def test_a_task_defined_outside_the_package_fits_saves_loads_and_predicts(vector_task, strategy, tmp_path):
+    assert vector_task.strategy_names() == ["linear", "finetune", "gradual", "scratch", "auto"]
     data = _vectors()
     opts = {"epochs": 15, "lr": 1e-2, "batch_size": 16} if strategy == "finetune" else {}
     model = transferkit.fit(data, strategy=strategy, out=tmp_path / "run", **opts)
@@ -276,3 +273,34 @@ def test_a_task_defined_outside_the_package_fits_saves_loads_and_predicts(vector
     again = transferkit.load(tmp_path / "run" / "model")
     assert again.task is vector_task
     np.testing.assert_allclose(again.predict_proba(queries), before, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------- resolution and refusals
+
+
+def test_options_of_another_task_are_refused_with_whose_they_are(colour_folder, text_csv, box_folder):
+    with pytest.raises(TransferkitError, match=r"window applies to images \(DICOM"):
+        transferkit.fit(text_csv, window="lung")
+    with pytest.raises(TransferkitError, match="max_length applies to texts; for images set image_size"):
+        transferkit.fit(colour_folder, max_length=32)
+    with pytest.raises(TransferkitError, match=r"threshold applies to medical images \(modality='medical'\)"):
+        transferkit.fit(colour_folder, threshold="youden")
+    with pytest.raises(TransferkitError, match="encoding applies to texts"):
+        transferkit.fit(colour_folder, encoding="latin-1")
+    with pytest.raises(TransferkitError, match="Detection takes one backbone"):
+        transferkit.fit(box_folder, backbone="efficientnet_lite0,efficientnet_lite1")
+    with pytest.raises(TransferkitError, match="is not classification"):
+        transferkit.fit(colour_folder, task="classify", modality="detection")
+    with pytest.raises(TransferkitError, match="cv 1 is not a number of folds"):
+        transferkit.fit(colour_folder, cv=1, modality="nonsense")  # run settings are checked first
+
+
+def test_bundles_are_read_by_the_task_that_saved_them():
+    from transferkit.tasks import task_for_bundle
+
+    assert task_for_bundle({"task": "image-classification"}).name == "image"
+    assert task_for_bundle({"task": "image-classification", "clinical": {"positive": "lesion"}}).name == "medical"
+    assert task_for_bundle({"task": "text-classification"}).name == "text"
+    assert task_for_bundle({"task": "object-detection"}).name == "detection"
+    with pytest.raises(TransferkitError, match="No task reads bundles of kind 'segmentation'"):
+        task_for_bundle({"task": "segmentation"})

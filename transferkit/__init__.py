@@ -14,17 +14,16 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from .api import fit
+    from .api import fit, load, rank
     from .backbones import create_backbone, list_backbones
-    from .bundle.model import TransferModel, load
+    from .bundle.model import TransferModel
     from .comparison import compare
     from .errors import TransferkitError
     from .pretraining import pretrain
-    from .api import rank
 
 _LAZY = {
     "fit": ("api", "fit"),
-    "load": ("bundle.model", "load"),
+    "load": ("api", "load"),
     "TransferModel": ("bundle.model", "TransferModel"),
     "create_backbone": ("backbones.registry", "create_backbone"),
     "list_backbones": ("backbones.registry", "list_backbones"),

@@ -140,12 +140,12 @@ def fit(
              "encoding": None if encoding == "utf-8" else encoding, "max_length": max_length,
              "clip_seconds": clip_seconds, "window": window, "slices": slices, "patient_column": patient_column,
              "positive": positive, "threshold": threshold, "balance": balance}
-    task_obj, options = resolve(data, task, modality, given)
     settings = RunSettings(backbone=None if several else backbone, strategy=strategy, out=out,
                            seconds=parse_budget(budget), seed=seed, skip_bad=skip_bad, val_fraction=val_fraction,
                            test_fraction=test_fraction, cv=cv, precision=precision, arch=arch, cpu=cpu, resume=resume,
                            image_size=image_size, scratch_baseline=scratch_baseline,
                            strategy_options=strategy_options)
+    task_obj, options = resolve(data, task, modality, given)
     return run(data, task_obj, settings, options, backbones=several)
 
 
@@ -164,6 +164,9 @@ def resolve(data: Any, task: str = "auto", modality: str = "auto", given: dict[s
     named = TASK_WORDS[task] or (modality if modality != "auto" else None)
     if named is not None:
         chosen = get_task(named)
+        if task == "classify" and not chosen.ranks_backbones:  # only detection today
+            raise TransferkitError(f"modality {modality!r} is not classification: use task='detect' (or leave "
+                                   "task at auto).")
     else:  # "classify" leaves detection out of what the data may be
         chosen = resolve_task(data, "auto", given, exclude=("detection",) if task == "classify" else ())
     return chosen, task_options(chosen, given)
@@ -232,6 +235,24 @@ def rank(data: Any, backbones: list[str] | str, *, validate: bool = False, strat
     if out is not None:
         write(Path(out), result)
     return result
+
+
+def load(folder: str | Path) -> TransferModel | DetectionModel:
+    """Load a bundle saved by ``model.save()`` (``runs/NAME/model``): a classifier or a detector, as its
+    ``config.json`` says, read by the task that saved it. No download, no pickle, no code from the folder.
+
+    Raises:
+        TransferkitError: the folder is not a bundle, is damaged, or holds a kind no registered task reads.
+
+    Example::
+
+        >>> model = transferkit.load("runs/parts/model")
+        >>> model.predict(["part.jpg"])[0]["label"]
+    """
+    from . import tasks  # noqa: F401  (the built-in tasks register themselves as bundle readers)
+    from .bundle.model import load as load_bundle
+
+    return load_bundle(folder)
 
 
 def backbone_names(backbone: Any) -> list[str]:

@@ -306,7 +306,7 @@ def predict(
 ) -> None:
     """Top-k labels with probabilities for each image, recording or text; boxes for detectors."""
     from .bundle.detection import DetectionModel
-    from .bundle.model import load
+    from .api import load
 
     try:
         model = load(model_dir)
@@ -450,7 +450,7 @@ def evaluate(
 ) -> None:
     """Score a saved model on labelled images, audio or texts (detectors: COCO mAP on images with boxes)."""
     from .bundle.detection import DetectionModel
-    from .bundle.model import load
+    from .api import load
 
     try:
         model = load(model_dir)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .errors import TransferkitError
 from .tasks import RunSettings, Task
 
 
@@ -28,9 +27,7 @@ def run(data: Any, task: Task, settings: RunSettings, options: Any, backbones: l
     timings: dict[str, float] = {}
     ranking, backbone = None, settings.backbone
     if backbones:
-        if not task.ranks_backbones:
-            raise TransferkitError(f"{task.title.capitalize()} takes one backbone: train the others in runs of their "
-                                   "own.")
+        task.check_backbones(backbones)
         from .ranking import score_backbones
 
         ranking = score_backbones(data, backbones, task, settings, options)

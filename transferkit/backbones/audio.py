@@ -375,10 +375,6 @@ def ordered_layer_groups(body: nn.Module) -> list[list[str]]:
 # ---------------------------------------------------------------------------------------------- resolve/build
 
 
-def is_audio_spec(spec: BackboneSpec) -> bool:
-    return spec.source in AUDIO_SOURCES
-
-
 def resolve_audio(name: str, image_resolve) -> BackboneSpec:
     """What ``name`` means when the data are audio: the speaker encoder, a Hugging Face audio encoder (hub id or
     local folder with a feature extractor), or any image backbone used on spectrograms."""

@@ -145,10 +145,6 @@ def text_layer_groups(body: nn.Module) -> list[list[str]]:
     return [g for g in groups if g]
 
 
-def is_text_spec(spec: BackboneSpec) -> bool:
-    return spec.source in TEXT_SOURCES
-
-
 def resolve_text(name: str) -> BackboneSpec | None:
     """A :class:`BackboneSpec` when ``name`` names a text backbone, else ``None`` (not a text name)."""
     lowered = {k.lower(): k for k in TEXT_BACKBONES}

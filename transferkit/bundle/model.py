@@ -14,12 +14,11 @@ Bundle layout (``model/``)::
 Loading rebuilds the architecture from these files (no download, no pickle) and fills it from
 ``model.safetensors``; predictions after reload equal those before. What differs between kinds of data (reading
 raw inputs, the extra files, rebuilding the backbone) is the model's task's (:mod:`transferkit.tasks`): a bundle
-names its task in ``config.json`` and the task registry is looked up by that name, as plugins are.
+names its task in ``config.json``, and the tasks register themselves as its readers (:mod:`.format`).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from ..backbones.protocol import BackboneSpec
 from ..errors import TransferkitError
 from ..heads import Classifier, build_head
 from ..io import atomic_dir
-from .format import BUNDLE_FORMAT, read_config
+from .format import BUNDLE_FORMAT, read_config, reader_for, reader_named
 
 
 class TransferModel:
@@ -65,7 +64,7 @@ class TransferModel:
         self.metrics: dict[str, Any] = {}  # filled by transferkit.fit: everything metrics.json holds
         # medical models: {"positive", "threshold", "threshold_rule", "temperature"}, fitted on validation
         self.clinical: dict[str, Any] | None = self.meta.get("clinical")
-        self.task = task if task is not None else registered_task(self.modality)
+        self.task = task if task is not None else reader_named(self.modality)
 
     @property
     def modality(self) -> str:
@@ -220,7 +219,7 @@ class TransferModel:
         config = config if config is not None else read_config(folder)
         if config.get("task") == "object-detection":
             raise TransferkitError(f"{folder} holds a detector: load it with transferkit.load().")
-        task = task if task is not None else registered_task(config)
+        task = task if task is not None else reader_for(config)
         backbone = task.load_backbone(folder, BackboneSpec.from_dict(config["backbone"]), config)
         classifier = Classifier(backbone, build_head(config["head"]))
         classifier.load_state_dict(load_file(str(folder / "model.safetensors")))
@@ -232,18 +231,11 @@ class TransferModel:
         return model
 
 
-def registered_task(which: str | dict[str, Any]) -> Any:
-    """The registered task for a modality name or a bundle's config. The registry is looked up by name at run
-    time, as plugins are: tasks sit above bundles (they build them), so bundles never import them."""
-    tasks = importlib.import_module("transferkit.tasks")
-    return tasks.task_for_bundle(which) if isinstance(which, dict) else tasks.get_task(which)
-
-
 def load(folder: str | Path) -> Any:
     """Load a bundle saved by ``save()`` (``runs/NAME/model``): a :class:`TransferModel` (classifier) or a
     :class:`~transferkit.bundle.detection.DetectionModel` (detector), as its ``config.json`` says."""
     config = read_config(folder)
-    task = registered_task(config)
+    task = reader_for(config)
     if hasattr(task, "load_model"):
         return task.load_model(Path(folder), config)
     return TransferModel.load(folder, config, task)

@@ -219,8 +219,8 @@ def fit(
                     and any_process(accelerator, time.monotonic() + rec.seconds > deadline)):
                 history.stopped = "time budget"
                 break
-    if method.better is None:  # the last epoch is kept: the model holds it already
-        return history, accelerator.unwrap_model(model).state_dict()
+    if method.better is None:  # the last epoch is kept: the model holds it; the caller gets a copy, as of a best epoch
+        return history, copy.deepcopy(accelerator.unwrap_model(model).state_dict())
     assert best_state is not None
     accelerator.unwrap_model(model).load_state_dict(best_state)
     return history, best_state

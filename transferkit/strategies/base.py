@@ -27,7 +27,7 @@ TRAINED_FOLDS = 3  # default folds where a fold is a training run (fine-tuning, 
 
 @dataclass
 class TrainTask:
-    """Everything a strategy may use. Built once per run by :func:`transferkit.fit`."""
+    """Everything a strategy may use. Built once per run by the task (:meth:`transferkit.tasks.Task.train_task`)."""
 
     spec: BackboneSpec
     backbone: Any  # Image/Text/AudioBackbone: pretrained, untouched; strategies copy it before changing it

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..bundle.format import register_reader, unregister_reader
 from ..errors import TransferkitError
 from .audio import AudioTask
 from .base import Prepared, RunSettings, Task, refuse_option
@@ -32,12 +33,19 @@ def register_task(cls: type[Task]) -> type[Task]:
     """Class decorator: make ``cls`` a task, under ``cls.name`` (a later registration under a name replaces it)."""
     if not cls.name or cls.Options is None:
         raise TypeError(f"{cls.__name__} needs a name and an Options dataclass to be registered as a task")
-    TASKS[cls.name] = cls()
+    TASKS[cls.name] = task = cls()
+    register_reader(task)  # bundles saved by this task are read by it (bundles never import tasks)
     return cls
 
 
 for _cls in (DetectionTask, TextTask, AudioTask, MedicalTask, ImageTask):
     register_task(_cls)
+
+
+def unregister_task(name: str) -> None:
+    """Remove the task ``name`` (a plugin's, or a test's) from the registry and from the bundle readers."""
+    TASKS.pop(name, None)
+    unregister_reader(name)
 
 
 def get_task(name: str) -> Task:
@@ -72,9 +80,17 @@ def task_options(task: Task, given: dict[str, Any]) -> Any:
     own = {f.name for f in fields(task.Options)}
     for key, value in given.items():
         if value is not None and key not in own:
-            home = next((t for t in TASKS.values() if key in {f.name for f in fields(t.Options)}), None)
-            raise refuse_option(key, task, home)
+            raise refuse_option(key, task, _owner(key))
     return task.options(**{k: v for k, v in given.items() if k in own and v is not None})
+
+
+def _owner(option: str) -> Task | None:
+    """The task whose own Options class declares ``option`` (not one that inherits it: window is image's)."""
+    for task in TASKS.values():
+        declaring = next((k for k in task.Options.__mro__ if option in getattr(k, "__annotations__", {})), None)
+        if declaring is task.Options:
+            return task
+    return None
 
 
 def option_names() -> set[str]:
@@ -85,16 +101,11 @@ def option_names() -> set[str]:
 
 
 def task_for_bundle(config: dict[str, Any]) -> Task:
-    """The task that reads a bundle's ``config.json`` (its ``task`` field; medical bundles carry ``clinical``)."""
-    kind = config.get("task")
-    if kind == "image-classification" and config.get("clinical"):
-        kind = "medical"
-    for task in TASKS.values():
-        if task.name == kind or task.bundle_task == kind:
-            return task
-    raise TransferkitError(f"The bundle's task {kind!r} is not one this transferkit knows ({', '.join(sorted(TASKS))}):"
-                           " load it with the transferkit version that saved it.")
+    """The task that reads a bundle's ``config.json`` (see :meth:`Task.matches_bundle`)."""
+    from ..bundle.format import reader_for
+
+    return reader_for(config)
 
 
 __all__ = ["TASKS", "ClassificationTask", "Prepared", "RunSettings", "Task", "get_task", "list_tasks", "option_names",
-           "register_task", "resolve_task", "task_for_bundle", "task_options"]
+           "register_task", "resolve_task", "unregister_task", "task_for_bundle", "task_options"]

@@ -14,7 +14,6 @@ dataclass (typed, validated in ``__post_init__``).
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +84,7 @@ class Task:
     bundle_task: ClassVar[str] = ""  # config.json "task", e.g. "image-classification"
     run_label: ClassVar[str] = ""  # metrics.json "task" when it says more than bundle_task ("medical-classification")
     modality: ClassVar[str] = "image"  # what backbones and strategies are built for: image, text, audio, detection
+    strategies_for: ClassVar[str | None] = None  # the strategy family these data take (default: ``modality``)
     Options: ClassVar[type] = None  # type: ignore[assignment]  # dataclass of this task's own settings
     sniff_order: ClassVar[int] = 100  # lower sniffs first (boxes before texts before images)
     ranks_backbones: ClassVar[bool] = True  # several backbones may be ranked (LogME on pooled features) first
@@ -97,6 +97,16 @@ class Task:
     def sniff(self, data: Any, options: Any) -> bool:
         """Whether ``data`` looks like this task's data (``auto`` resolution)."""
         return False
+
+    def matches_bundle(self, config: dict[str, Any]) -> bool:
+        """Whether this task reads the bundle whose ``config.json`` is ``config``."""
+        return config.get("task") == self.bundle_task
+
+    def check_backbones(self, names: list[str]) -> None:
+        """Refuse several backbones where this task cannot rank them (before any work)."""
+        if not self.ranks_backbones:
+            raise TransferkitError(f"{self.title.capitalize()} takes one backbone: train the others in runs of "
+                                   "their own.")
 
     def options(self, **given: Any) -> Any:
         """This task's ``Options`` from keyword arguments (unknown names are the caller's to refuse)."""
@@ -124,15 +134,16 @@ class Task:
         """The strategies this task accepts (the contract tests run each)."""
         from ..strategies import strategy_names
 
-        return strategy_names(self.modality)
+        return strategy_names(self.strategies_for or self.modality)
 
     def create_strategy(self, name: str, backbone: Any, overrides: dict[str, Any]) -> Any:
         """The strategy ``name`` with this task's (and ``backbone``'s) defaults, then ``overrides``. ``backbone``
         None: only validate the name and options."""
         from ..strategies import create_strategy
 
-        profile = getattr(backbone, "profile", self.modality) if backbone is not None else None
-        return create_strategy(name, self.modality, profile, **overrides)
+        family = self.strategies_for or self.modality
+        profile = getattr(backbone, "profile", family) if backbone is not None else None
+        return create_strategy(name, family, profile, **overrides)
 
     def train_task(self, prepared: Prepared, settings: RunSettings, options: Any, accelerator: Any,
                    deadline: float | None, work_dir: Path | None) -> Any:
@@ -220,23 +231,21 @@ class Task:
         """Add what this task says per predicted input (audio: how many windows were averaged)."""
 
 
+# what to set instead, when an option of one kind of data is given for another (option, task) -> hint
+INSTEAD = {("max_length", "image"): "for images set image_size", ("max_length", "medical"): "for images set image_size",
+           ("max_length", "audio"): "for audio set clip_seconds", ("clip_seconds", "text"): "for texts set max_length"}
+
+
 def refuse_option(name: str, task: Task, home: Task | None) -> TransferkitError:
-    """The one line for an option given to a task that does not take it."""
-    if task.name == "detection":
-        return TransferkitError(f"{name} does not apply to detection: leave it out.")
+    """The one line for an option given to a task that does not take it: whose option it is, and what to set
+    instead where there is an equivalent."""
+    if not task.ranks_backbones:  # detection: none of the classification options mean anything there
+        return TransferkitError(f"{name} does not apply to {task.name}: leave it out.")
     if home is None:
         return TransferkitError(f"fit() has no option {name!r}.")
-    return TransferkitError(f"{name} applies to {home.plural}; these data are {task.name}.")
-
-
-def timed(timings: dict[str, float], key: str) -> Callable[[], None]:
-    """Start a stopwatch; calling the result stores the seconds since under ``key``."""
-    t = time.monotonic()
-
-    def stop() -> None:
-        timings[key] = time.monotonic() - t
-
-    return stop
+    hint = INSTEAD.get((name, task.name))
+    return TransferkitError(f"{name} applies to {home.plural}; " + (f"{hint}." if hint else
+                                                                    f"these data are {task.name}."))
 
 
 def replace_preprocess(backbone: Any, **changes: Any) -> None:

@@ -39,6 +39,10 @@ def choose_image_size(items: list[Any]) -> int:
     return int(min(512, max(128, int(np.ceil(side / 32)) * 32)))
 
 
+ONE_DETECTOR = ("Detection takes one backbone and no scratch_baseline: compare detectors with --strategy scratch in a "
+                "second run.")
+
+
 class DetectionTask(Task):
     name = "detection"
     title = "object detection"
@@ -68,10 +72,12 @@ class DetectionTask(Task):
 
         return create_detection_strategy(name, **overrides)
 
+    def check_backbones(self, names: list[str]) -> None:
+        raise TransferkitError(ONE_DETECTOR)
+
     def check(self, settings: RunSettings, options: DetectionOptions) -> None:
         if settings.scratch_baseline:
-            raise TransferkitError("Detection takes one backbone and no scratch_baseline: compare detectors with "
-                                   "--strategy scratch in a second run.")
+            raise TransferkitError(ONE_DETECTOR)
         if settings.image_size is not None and not 64 <= settings.image_size <= 2048:
             raise TransferkitError(f"image_size {settings.image_size} is out of range for detection: use 64 to 2048 "
                                    "pixels.")
@@ -176,9 +182,6 @@ class DetectionTask(Task):
     def load_model(self, folder: Path, config: dict[str, Any]) -> Any:
         from ..bundle.detection import DetectionModel
 
-        if not (folder / "model.safetensors").is_file():
-            raise TransferkitError(f"{folder} is a detector bundle without model.safetensors: copy the whole model/ "
-                                   "folder.")
         return DetectionModel.from_config(folder, config)
 
 

@@ -71,6 +71,9 @@ class ImageTask(ClassificationTask):
     patients: ClassVar[bool] = False  # patient-level splits (medical)
     resize: ClassVar[str | None] = None  # the backbone's resize rule for these data, when not its own ("pad")
 
+    def matches_bundle(self, config: dict[str, Any]) -> bool:
+        return super().matches_bundle(config) and not config.get("clinical")
+
     def sniff(self, data: Any, hints: dict[str, Any]) -> bool:
         return True  # the fallback: anything that is not boxes, texts or audio is read as images
 

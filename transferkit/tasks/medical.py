@@ -48,6 +48,10 @@ class MedicalTask(ImageTask):
     resize = "pad"  # the whole image, padded to a square, never cropped (a finding at the edge stays)
     balanced_choice = True
 
+    def matches_bundle(self, config: dict[str, Any]) -> bool:
+        # an image classifier that carries its clinical settings
+        return config.get("task") == self.bundle_task and bool(config.get("clinical"))
+
     def sniff(self, data: Any, hints: dict[str, Any]) -> bool:
         from ..data.sources import detect_kind
 
