@@ -31,7 +31,7 @@ from ..errors import BackboneError
 # imported for its registrations: the image weight sources (checkpoint.py and the sources.py it imports), any of
 # which a spectrogram backbone wraps
 from . import checkpoint  # noqa: F401
-from .hub import hub_offline_unless_reachable, quiet_transformers
+from .hub import hub_offline_unless_reachable, quiet_transformers, refuse_remote_code
 from .protocol import BackboneSpec, NamedLayerGroups, build_from_spec, register_source
 
 AUDIO_SOURCES = ("spectrogram", "speaker", "hf-audio", "hf-audio-dir")
@@ -436,10 +436,12 @@ def build_hf_audio(spec: BackboneSpec, pretrained: bool = True, folder: Path | N
 
     with quiet_transformers():
         folder = folder or _hf_audio_dir(spec)
+        refuse_remote_code(folder)  # a model folder or bundle is data: one asking to run code is refused
         try:
-            extractor = AutoFeatureExtractor.from_pretrained(str(folder))
-            config = AutoConfig.from_pretrained(str(folder))
-            body = AutoModel.from_pretrained(str(folder)) if pretrained else AutoModel.from_config(config)
+            extractor = AutoFeatureExtractor.from_pretrained(str(folder), trust_remote_code=False)
+            config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
+            body = (AutoModel.from_pretrained(str(folder), trust_remote_code=False) if pretrained
+                    else AutoModel.from_config(config, trust_remote_code=False))
             if getattr(config, "is_encoder_decoder", False):  # Whisper and the like: the encoder alone
                 body = body.get_encoder()
         except (OSError, ValueError, KeyError, AttributeError) as err:
@@ -489,6 +491,7 @@ def load_audio_backbone(folder: Path, spec: BackboneSpec, preprocess: AudioPrepr
         if not (folder / "encoder" / "config.json").is_file():
             raise BackboneError(f"{folder} is an audio bundle without encoder/config.json: copy the "
                                 "whole model/ folder.")
+        refuse_remote_code(folder / "encoder", scripts=True)  # a bundle is data: a tampered one must not run code
         bb = build_hf_audio(spec, pretrained=False, folder=folder / "encoder")
     else:
         bb = build_audio(spec, pretrained=False)

@@ -11,6 +11,7 @@ import socket
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 HUB_HOST = "huggingface.co"
 
@@ -86,3 +87,42 @@ def quiet_transformers() -> Iterator[None]:
                 disable_progress_bars()
             else:
                 enable_progress_bars()
+
+
+# files in which a Hugging Face model folder can ask for its own code to be run
+CODE_KEYS_IN = ("config.json", "tokenizer_config.json", "preprocessor_config.json", "feature_extractor_config.json",
+                "processor_config.json")
+
+
+def refuse_remote_code(folder: str | Path, scripts: bool = False) -> None:
+    """Refuse a model folder (a bundle's ``encoder/`` or ``tokenizer/``, or a local Hugging Face model) that asks
+    for code of its own: an ``auto_map`` entry in its JSON configs, or (``scripts``, for bundles, which hold none
+    of their own) Python files beside them. Models are data:
+    transformers is always called with ``trust_remote_code=False``, and such a folder gets one clear line instead
+    of a prompt or a traceback.
+
+    Raises:
+        BackboneError: naming the file that asks for code.
+    """
+    import json
+
+    from ..errors import BackboneError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for name in CODE_KEYS_IN:
+        f = folder / name
+        if not f.is_file():
+            continue
+        try:
+            config = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue  # transformers names a damaged file itself
+        if isinstance(config, dict) and "auto_map" in config:
+            raise BackboneError(f"{f} asks to run code of its own (auto_map): transferkit never runs code from a "
+                                "model folder or bundle; use a model that transformers supports without it.")
+    code = sorted(folder.glob("*.py")) if scripts else []
+    if code:
+        raise BackboneError(f"{code[0]} is Python code inside a bundle: transferkit never runs it; remove it (a "
+                            "bundle holds only JSON, tokenizer files and safetensors).")

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import BackboneError
-from .hub import hub_offline_unless_reachable, quiet_transformers
+from .hub import hub_offline_unless_reachable, quiet_transformers, refuse_remote_code
 from .protocol import BackboneSpec, NamedLayerGroups, register_source
 
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len", "lasttoken")
@@ -290,11 +290,13 @@ def build_text(spec: BackboneSpec, pretrained: bool = True) -> TextBackbone:
     with quiet_transformers():
         folder = model_dir(spec)
         weights = transformer_dir(folder)
+        refuse_remote_code(weights)  # a model folder is data: one asking to run code is refused
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(weights))
-            config = AutoConfig.from_pretrained(str(weights))
+            tokenizer = AutoTokenizer.from_pretrained(str(weights), trust_remote_code=False)
+            config = AutoConfig.from_pretrained(str(weights), trust_remote_code=False)
             if pretrained:
-                body = AutoModel.from_pretrained(str(weights), dtype=torch.float32, **_no_pooler(config))
+                body = AutoModel.from_pretrained(str(weights), dtype=torch.float32, trust_remote_code=False,
+                                                 **_no_pooler(config))
             else:
                 body = AutoModel.from_config(config, **_no_pooler(config))
         except (OSError, ValueError, KeyError) as err:
@@ -316,8 +318,10 @@ def load_text_files(folder: Path, spec: BackboneSpec, preprocess: TextPreprocess
     """Rebuild a text backbone (random weights) from a bundle's ``tokenizer/`` and ``encoder/config.json``."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+    refuse_remote_code(folder / "encoder", scripts=True)  # a bundle is data: a tampered one must not run code
+    refuse_remote_code(folder / "tokenizer", scripts=True)
     with quiet_transformers():
-        config = AutoConfig.from_pretrained(str(folder / "encoder"))
-        body = AutoModel.from_config(config, **_no_pooler(config))
-        tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
+        config = AutoConfig.from_pretrained(str(folder / "encoder"), trust_remote_code=False)
+        body = AutoModel.from_config(config, trust_remote_code=False, **_no_pooler(config))
+        tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"), trust_remote_code=False)
     return TextBackbone(body, tokenizer, spec, preprocess)

@@ -143,7 +143,8 @@ class MLM(Method):
                 model = AutoModelForMaskedLM.from_config(self.backbone.body.config)
             else:  # the model's own prediction head where its files have one; float32 whatever the files hold
                 model, loading = AutoModelForMaskedLM.from_pretrained(
-                    str(transformer_dir(model_dir(self.backbone.spec))), dtype=torch.float32, output_loading_info=True)
+                    str(transformer_dir(model_dir(self.backbone.spec))), dtype=torch.float32, output_loading_info=True,
+                    trust_remote_code=False)
                 if loading["missing_keys"]:
                     from ..console import warn
 

@@ -1,0 +1,70 @@
+"""Hostile input: what an attacker (or an unlucky user) can put in front of transferkit, and the one clear line
+each gets. Grows with the hostile-input issue; each case asserts the exact behaviour."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import transferkit
+from transferkit.errors import TransferkitError
+
+from conftest import topic_texts
+
+EVIL = '''import pathlib
+pathlib.Path({marker!r}).write_text("code from the bundle ran")
+'''
+
+
+@pytest.fixture(scope="module")
+def text_bundle(tmp_path_factory, tiny_text_backbone) -> Path:
+    texts = topic_texts(6)
+    out = tmp_path_factory.mktemp("hostile") / "run"
+    transferkit.fit([t for t, _ in texts], labels=[y for _, y in texts], backbone=tiny_text_backbone,
+                    strategy="linear", out=out, val_fraction=0.0, test_fraction=0.0)
+    return out / "model"
+
+
+def _tampered(bundle: Path, where: str, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of ``bundle`` whose ``where`` config asks for custom code (auto_map + a .py that writes a marker)."""
+    import shutil
+
+    copy, marker = tmp_path / "tampered", tmp_path / "PWNED"
+    shutil.copytree(bundle, copy)
+    cfg_file = copy / where / ("config.json" if where == "encoder" else "tokenizer_config.json")
+    cfg = json.loads(cfg_file.read_text())
+    cfg["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel",
+                       "AutoTokenizer": ["evil.EvilTokenizer", None]}
+    cfg_file.write_text(json.dumps(cfg))
+    (copy / where / "evil.py").write_text(EVIL.format(marker=str(marker)))
+    return copy, marker
+
+
+@pytest.mark.parametrize("where", ["encoder", "tokenizer"])
+def test_a_bundle_asking_to_run_its_own_code_is_refused_and_nothing_runs(text_bundle, where, tmp_path):
+    bundle, marker = _tampered(text_bundle, where, tmp_path)
+    with pytest.raises(TransferkitError, match="asks to run code of its own"):
+        transferkit.load(bundle)
+    # the CLI, answering "y" to any prompt transformers might show: one line, exit 2, no code run
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFERKIT_QUIET": "1"}
+    r = subprocess.run([sys.executable, "-m", "transferkit", "predict", str(bundle), "--lines", "-"],
+                       input="y\ny\nmatch goal team\n", capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert "asks to run code of its own" in r.stderr and "Traceback" not in r.stderr
+    assert not marker.exists()
+
+
+def test_python_files_in_a_bundle_are_refused_even_without_auto_map(text_bundle, tmp_path):
+    import shutil
+
+    copy = tmp_path / "with-script"
+    shutil.copytree(text_bundle, copy)
+    (copy / "encoder" / "modeling_bert.py").write_text("raise SystemExit('never imported')\n")
+    with pytest.raises(TransferkitError, match=r"modeling_bert.py is Python code inside a bundle"):
+        transferkit.load(copy)
+    assert transferkit.load(text_bundle).predict(["match goal team"])[0]["label"] in {"sport", "money", "weather"}
