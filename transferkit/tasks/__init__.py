@@ -66,8 +66,9 @@ def resolve_task(data: Any, name: str = "auto", hints: dict[str, Any] | None = N
     the user gave (e.g. ``labels``, ``text_column``), which some tasks sniff by."""
     if name != "auto":
         return get_task(name)
+    hints = dict(hints or {})  # tasks may note what they read about the data here, for the next one
     for task in sorted(TASKS.values(), key=lambda t: t.sniff_order):
-        if task.name not in exclude and task.sniff(data, hints or {}):
+        if task.name not in exclude and task.sniff(data, hints):
             return task
     raise TransferkitError("These data match no task: pass modality= (one of " + ", ".join(sorted(TASKS)) + ").")
 

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import TransferkitError
-from .base import Prepared, RunSettings, replace_preprocess
+from .base import Prepared, RunSettings, data_kind, replace_preprocess
 from .classification import ClassificationTask, announce, existing_parts
 
 
@@ -79,9 +79,7 @@ class AudioTask(ClassificationTask):
     unit = "recordings"
 
     def sniff(self, data: Any, hints: dict[str, Any]) -> bool:
-        from ..data.sources import detect_kind
-
-        return detect_kind(data) == "audio"
+        return data_kind(data, hints) == "audio"
 
     def load_splits(self, data: Any, settings: RunSettings, options: AudioOptions) -> Any:
         from ..data.sources import load_splits

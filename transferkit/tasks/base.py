@@ -248,6 +248,25 @@ def refuse_option(name: str, task: Task, home: Task | None) -> TransferkitError:
                                                                     f"these data are {task.name}."))
 
 
+def run_record(result: Any, train: Any, settings: RunSettings, timings: dict[str, float]) -> dict[str, Any]:
+    """What ``metrics.json`` says about any run, whatever the task: trainable parameters, precision, processes,
+    device, seed, budget, timings and the strategy's details."""
+    accelerator = train.accelerator
+    return {"trainable_params": result.trainable_params, "precision": str(accelerator.mixed_precision),
+            "processes": accelerator.num_processes, "device": str(accelerator.device), "seed": settings.seed,
+            "budget_s": settings.seconds, "timings": timings, "details": result.details}
+
+
+def data_kind(data: Any, hints: dict[str, Any]) -> str:
+    """``image``, ``audio`` or ``medical`` by the files' names (:func:`transferkit.data.sources.detect_kind`),
+    read once per resolution: several tasks sniff by it, and it lists up to 2,000 files."""
+    if "data_kind" not in hints:
+        from ..data.sources import detect_kind
+
+        hints["data_kind"] = detect_kind(data)
+    return hints["data_kind"]
+
+
 def replace_preprocess(backbone: Any, **changes: Any) -> None:
     """Change the backbone's preprocessing (saved with the bundle, so predict reads alike)."""
     backbone.preprocess = dataclasses.replace(backbone.preprocess, **changes)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import TransferkitError
-from .base import Prepared, RunSettings, Task
+from .base import Prepared, RunSettings, Task, run_record
 
 
 class ClassificationTask(Task):
@@ -140,7 +140,6 @@ class ClassificationTask(Task):
         for e in history["epochs"]:  # seconds since training began (time-to-accuracy); None before a resume
             done = e.pop("finished_at", 0.0) - extras["wall_start"]
             e["elapsed_s"] = round(done, 2) if done >= 0 else None
-        accelerator = train.accelerator
         metrics = {
             "task": self.run_label or self.bundle_task,
             "strategy": result.strategy,
@@ -156,14 +155,7 @@ class ClassificationTask(Task):
                                                    y_pred=None if multi_label else model.decide(probs[scored])),
             "history": history,
             "train_val_gap": gap,
-            "trainable_params": result.trainable_params,
-            "precision": str(accelerator.mixed_precision),
-            "processes": accelerator.num_processes,
-            "device": str(accelerator.device),
-            "seed": settings.seed,
-            "budget_s": settings.seconds,
-            "timings": timings,
-            "details": result.details,
+            **run_record(result, train, settings, timings),
         }
         metrics["unit"], metrics["inputs"] = self.unit, self.input_summary(metrics)
         if calibration is not None:

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import TransferkitError
-from .base import Prepared, RunSettings, Task
+from .base import Prepared, RunSettings, Task, run_record
+from .classification import existing_parts
 
 
 @dataclass
@@ -105,8 +106,7 @@ class DetectionTask(Task):
         t = time.monotonic()
         dec = {name: decode_boxes(s, size, splits.classes, interpolation=det.preprocess.interpolation,
                                   skip_bad=settings.skip_bad, description=f"decoding {name}")
-               for name, s in (("train", splits.train), ("val", splits.val), ("test", splits.test))
-               if s is not None and name in parts}
+               for name, s in existing_parts(splits, parts)}
         timings["decode_s"] = time.monotonic() - t
         return Prepared(splits, det, dec, timings)
 
@@ -142,7 +142,7 @@ class DetectionTask(Task):
         summary = splits.summary()
         summary["boxes"] = {name: d.box_count() for name, d in dec.items()}
         summary["skipped"] = len(splits.skipped) + sum(len(d.skipped) for d in dec.values())
-        det, accelerator = prepared.backbone, train.accelerator
+        det = prepared.backbone
         metrics = {
             "task": self.bundle_task,
             "strategy": result.strategy,
@@ -152,14 +152,7 @@ class DetectionTask(Task):
             "val": scores["val"],
             "test": scores.get("test"),
             "history": result.history.to_dict(),
-            "trainable_params": result.trainable_params,
-            "precision": str(accelerator.mixed_precision),
-            "processes": accelerator.num_processes,
-            "device": str(accelerator.device),
-            "seed": settings.seed,
-            "budget_s": settings.seconds,
-            "timings": timings,
-            "details": result.details,
+            **run_record(result, train, settings, timings),
         }
         model.meta = {"metrics": {k: metrics[k] for k in ("strategy", "val", "test", "data")}}
         return model, metrics, {"set": scored, "preds": preds[scored]}

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import TransferkitError
-from .base import Prepared, RunSettings
+from .base import Prepared, RunSettings, data_kind
 from .image import ImageOptions, ImageTask
 
 
@@ -53,9 +53,7 @@ class MedicalTask(ImageTask):
         return config.get("task") == self.bundle_task and bool(config.get("clinical"))
 
     def sniff(self, data: Any, hints: dict[str, Any]) -> bool:
-        from ..data.sources import detect_kind
-
-        return detect_kind(data) == "medical"
+        return data_kind(data, hints) == "medical"
 
     def check_prepared(self, prepared: Prepared, settings: RunSettings, options: MedicalOptions) -> None:
         """Before any training: a wrong class name or option must not cost the whole run."""
