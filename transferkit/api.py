@@ -67,6 +67,7 @@ def fit(
     threshold: str | float | None = None,
     balance: str | None = None,
     scratch_baseline: bool = False,
+    max_image_pixels: int | None = None,
     **strategy_options: Any,
 ) -> TransferModel | DetectionModel:
     """Adapt a pretrained backbone to labelled images, texts or audio and return the trained :class:`TransferModel`.
@@ -118,7 +119,9 @@ def fit(
     and ``contrastive`` (detection: ``frozen``, ``finetune``, ``gradual``, ``scratch``, ``auto``); extra keyword
     arguments set that strategy's options (e.g. ``epochs=5``). ``task`` is ``auto``, ``classify`` or ``detect``.
     ``resume=True`` continues an interrupted run in ``out`` from its last epoch checkpoint. With ``out``, the
-    run folder receives ``model/`` (the bundle), ``metrics.json``, plots and ``report.md``.
+    run folder receives ``model/`` (the bundle), ``metrics.json``, plots and ``report.md``. Images over
+    ``max_image_pixels`` (default 80 million) or more elongated than 50:1 are refused before decoding (skipped with
+    ``skip_bad``); :func:`transferkit.data.images.image_limits` raises the limit for ``predict`` and the rest.
 
     Example::
 
@@ -129,6 +132,7 @@ def fit(
 
     Raises :class:`transferkit.TransferkitError` (one line naming the file or value) for bad input.
     """
+    from .data.images import image_limits
     from .pipeline import run
     from .tasks import RunSettings
 
@@ -145,8 +149,9 @@ def fit(
                            test_fraction=test_fraction, cv=cv, precision=precision, arch=arch, cpu=cpu, resume=resume,
                            image_size=image_size, scratch_baseline=scratch_baseline,
                            strategy_options=strategy_options)
-    task_obj, options = resolve(data, task, modality, given)
-    return run(data, task_obj, settings, options, backbones=several)
+    with image_limits(max_image_pixels):
+        task_obj, options = resolve(data, task, modality, given)
+        return run(data, task_obj, settings, options, backbones=several)
 
 
 # fit's ``task`` argument -> the registered task it names (None: decided by ``modality`` or by the data)

@@ -30,6 +30,25 @@ def _fail(err: Exception) -> None:
     raise typer.Exit(code=2)
 
 
+def _max_pixels_option():
+    return typer.Option(
+        None, "--max-image-pixels",
+        help="Images: refuse one with more pixels than this, checked from its header before decoding (default "
+             "80000000; --skip-bad skips it instead). Images more elongated than 50:1 are refused too.",
+    )
+
+
+def _limit_images(pixels: Optional[int]) -> None:
+    """--max-image-pixels, for every image this command reads."""
+    if pixels is not None:
+        from .data.images import set_max_image_pixels
+
+        try:
+            set_max_image_pixels(pixels)
+        except TransferkitError as err:
+            _fail(err)
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"transferkit {__version__}")
@@ -184,8 +203,10 @@ def fit(
              "regression); the report and model card compare them with the model and say plainly when a baseline wins.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics summary as JSON on stdout."),
+    max_image_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
     """Train on DATA and write a bundle, metrics, plots and a report to --out."""
+    _limit_images(max_image_pixels)
     from .api import fit as fit_api
 
     options = {k: v for k, v in {"epochs": epochs, "lr": lr, "batch_size": batch_size}.items() if v is not None}
@@ -303,8 +324,10 @@ def predict(
         help="Detectors: write the image with its boxes to this PNG (several images: a folder of PNGs).",
     ),
     score_threshold: float = typer.Option(0.3, "--score-threshold", help="Detectors: lowest score shown."),
+    max_image_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
     """Top-k labels with probabilities for each image, recording or text; boxes for detectors."""
+    _limit_images(max_image_pixels)
     from .bundle.detection import DetectionModel
     from .api import load
 
@@ -447,8 +470,10 @@ def evaluate(
     ),
     encoding: str = typer.Option("utf-8", help="Texts: encoding of .txt files."),
     as_json: bool = typer.Option(False, "--json", help="Print all metrics as JSON on stdout."),
+    max_image_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
     """Score a saved model on labelled images, audio or texts (detectors: COCO mAP on images with boxes)."""
+    _limit_images(max_image_pixels)
     from .bundle.detection import DetectionModel
     from .api import load
 
@@ -536,8 +561,10 @@ def rank(
     seed: int = typer.Option(0, help="Seed for the split (and the fine-tuning with --validate)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable files with a warning."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    max_image_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
     """Rank backbones for DATA by transferability scores from frozen features (LogME, LEEP, NCE, H-score, k-NN)."""
+    _limit_images(max_image_pixels)
     from .api import rank as rank_api
     from .ranking import render
 
@@ -611,8 +638,10 @@ def compare(
     resume: bool = typer.Option(False, help="Reuse the runs an interrupted comparison in --out already finished."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable files with a warning."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    max_image_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
     """Measure transfer against scratch on DATA: every budget x seed x strategy scored on one fixed test set."""
+    _limit_images(max_image_pixels)
     from .comparison import compare as compare_api
 
     try:
@@ -709,6 +738,7 @@ def pretrain(
     ),
     encoding: str = typer.Option("utf-8", help="Texts: file encoding."),
     as_json: bool = typer.Option(False, "--json", help="Print a summary as JSON on stdout."),
+    max_image_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
     """Pre-train a backbone on DATA (a source task, or your unlabelled in-domain data) and write it to --out.
 
@@ -717,6 +747,7 @@ def pretrain(
     """
     from .pretraining import pretrain as pretrain_api
 
+    _limit_images(max_image_pixels)
     try:
         result = pretrain_api(str(data), method=method, arch=arch, init=init, out=out, epochs=epochs, steps=steps,
                               batch_size=batch_size, lr=lr, weight_decay=weight_decay, image_size=image_size,

@@ -102,11 +102,18 @@ class _Checker:
 
 def _image_size(path: Path, check: _Checker | None = None) -> tuple[int, int] | None:
     """Width and height from the header; None (after ``check.bad``) when it is not a readable image."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
+
+    from .images import open_image, oriented_size
 
     try:
-        with Image.open(path) as im:  # the header only
-            return im.size
+        with open_image(path, path) as im:  # the header only, its size checked against the limits
+            return oriented_size(im)  # boxes are drawn on the image as shown (its EXIF orientation applied)
+    except DataError as err:  # too large or too elongated: the message names the limit and --skip-bad
+        if check is None or not check.skip_bad:
+            raise
+        check.skipped.append(str(err))
+        return None
     except (OSError, UnidentifiedImageError):
         if check is None:
             raise DataError(f"{path} is not a readable image: replace or remove it.") from None

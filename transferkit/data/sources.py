@@ -250,6 +250,9 @@ def read_table(path: Path, skip_bad: bool = False, kind: str = "image", patient_
     rows = read_rows(path)
     if not rows:
         raise DataError(f"{path} has no rows: add one row per {kind} file with path and label.")
+    from .copies import warn_repeated_rows
+
+    warn_repeated_rows(path, rows)
     cols = set(rows[0][1])
     path_col = next((c for c in PATH_COLUMNS if c in cols), None)
     label_col = next((c for c in ("label", "class", "target", "category") if c in cols), None)

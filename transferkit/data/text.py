@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..console import info, progress, warn
 from ..errors import DataError
+from .copies import warn_repeated_rows
 from .sources import PATH_COLUMNS, SPLIT_DIRS, Splits, read_rows, carve_splits, table_columns
 
 if TYPE_CHECKING:
@@ -294,6 +295,7 @@ def read_text_table(path: Path, opts: TextOptions) -> tuple[TextSet, dict[str, T
     rows = read_rows(path)
     if not rows:
         raise DataError(f"{path} has no rows: add one row per text with its label.")
+    warn_repeated_rows(path, rows)
     records = [r for _, r in rows]
     lines = [f"{path} line {i}" for i, _ in rows]
     return _records_with_splits(records, str(path), opts, lines)

@@ -130,6 +130,7 @@ def render_markdown(m: dict[str, Any], classes: list[str]) -> str:
         f"{kind}{len(classes)} classes (split: {m['data']['split']})."
         + (" Patients: " + ", ".join(f"{k} {v}" for k, v in m["data"]["patients"].items())
            + "; no patient is in two splits." if m["data"].get("patients") else ""),
+        *([f"- **Caution**: {m['data']['copies']['note']}."] if m["data"].get("copies") else []),
         f"- Backbone: `{m['backbone']['name']}` ({m['backbone']['source']}, weights: "
         f"{m['backbone']['weights']}), {inputs}.",
         f"- Trainable parameters: {m['trainable_params']:,}; precision: {m['precision']}.",

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import TransferkitError
+from ..errors import DataError, TransferkitError
 from .base import Prepared, RunSettings, Task, run_record
 from .classification import existing_parts
 
@@ -24,7 +24,7 @@ def choose_image_size(items: list[Any]) -> int:
     """The detector's input size (longer image side) when none is given: the median longer side of the training
     images, rounded up to a multiple of 32 and kept between 128 and 512 (a CPU-friendly ceiling; pass
     ``image_size`` for small objects in large photos)."""
-    from PIL import Image
+    from ..data.images import open_image
 
     sides = []
     for item in items:
@@ -32,10 +32,10 @@ def choose_image_size(items: list[Any]) -> int:
             sides.append(max(item.shape[:2]))
             continue
         try:
-            with Image.open(item) as im:  # reads the header only
+            with open_image(item, item) as im:  # reads the header only
                 sides.append(max(im.size))
-        except OSError:
-            continue  # unreadable: decoding names it (or skips it)
+        except (OSError, DataError):
+            continue  # unreadable, too large or too elongated: decoding names it (or skips it)
     side = float(np.median(sides)) if sides else 512.0
     return int(min(512, max(128, int(np.ceil(side / 32)) * 32)))
 

@@ -58,6 +58,22 @@ class ImageTensorDataset(Dataset):
         return x, self.targets[i]
 
 
+def image_copies(prepared: Prepared) -> Any:
+    """The same picture (by its decoded pixels) in training and in a split that scores the model, or twice in a
+    cross-validated training split (:class:`~transferkit.data.copies.Copies`, or None)."""
+    import numpy as np
+
+    from ..data.copies import find_copies
+    from ..data.images import pixel_keys
+
+    parts = {}
+    for name, data in prepared.encoded.items():
+        items = getattr(prepared.splits, name).items
+        names = [f"array #{i}" if isinstance(items[i], np.ndarray) else str(items[i]) for i in data.kept]
+        parts[name] = (pixel_keys(data), names)
+    return find_copies(parts, within=("train",) if prepared.splits.val is None else ())
+
+
 class ImageTask(ClassificationTask):
     name = "image"
     title = "image classification"
@@ -106,7 +122,15 @@ class ImageTask(ClassificationTask):
         prepared.encoded = {name: decode(ds, bb.preprocess, splits.classes, skip_bad=settings.skip_bad,
                                          description=f"decoding {name}") for name, ds in existing_parts(splits, parts)}
         prepared.timings["decode_s"] = time.monotonic() - t
+        from ..data.copies import answer_copies
+
+        answer_copies(image_copies(prepared), self.unit, refuse=self.patients)  # medical: refused, as for patients
         return prepared
+
+    def data_summary(self, prepared: Prepared, multi_label: bool) -> dict[str, Any]:
+        summary = super().data_summary(prepared, multi_label)
+        copies = image_copies(prepared)
+        return summary | ({"copies": copies.as_dict(self.unit)} if copies is not None else {})
 
     def finish_preprocess(self, bb: Any, settings: RunSettings, options: ImageOptions) -> None:
         """The backbone's preprocessing for these data: window and slices, then the resolution."""

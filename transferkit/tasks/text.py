@@ -54,6 +54,16 @@ class TokenDataset(Dataset):
         return (self.ids[i], self.mask[i]), self.targets[i]
 
 
+def text_copies(splits: Any) -> Any:
+    """The same text (exactly, surrounding spaces aside) in training and in a split that scores the model, or
+    twice in a cross-validated training split (:class:`~transferkit.data.copies.Copies`, or None)."""
+    from ..data.copies import find_copies
+
+    parts = {name: ([t.strip() for t in ds.texts], ds.names)
+             for name, ds in (("train", splits.train), ("val", splits.val), ("test", splits.test)) if ds is not None}
+    return find_copies(parts, within=("train",) if splits.val is None else ())
+
+
 class TextTask(ClassificationTask):
     name = "text"
     title = "text classification"
@@ -94,6 +104,9 @@ class TextTask(ClassificationTask):
         t = time.monotonic()
         self.check(settings, options)
         splits = self.load_splits(data, settings, options)
+        from ..data.copies import answer_copies
+
+        answer_copies(text_copies(splits), self.unit)
         bb = create_backbone(backbone, arch=settings.arch, modality="text")
         if options.max_length is not None:
             limit = bb.max_length_limit()
@@ -111,9 +124,11 @@ class TextTask(ClassificationTask):
         return prepared
 
     def data_summary(self, prepared: Prepared, multi_label: bool) -> dict[str, Any]:
+        copies = text_copies(prepared.splits)
         return prepared.splits.summary() | {
             "multi_label": multi_label, "max_length": prepared.backbone.preprocess.max_length,
-            "truncated": {name: d.truncated for name, d in prepared.encoded.items()}}
+            "truncated": {name: d.truncated for name, d in prepared.encoded.items()}} | (
+            {"copies": copies.as_dict(self.unit)} if copies is not None else {})
 
     def input_summary(self, metrics: dict[str, Any]) -> str:
         pre, data = metrics["backbone"]["preprocess"], metrics["data"]
