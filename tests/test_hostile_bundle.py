@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import Callable
@@ -425,4 +426,80 @@ def test_the_cli_answers_a_tampered_bundle_with_one_line_and_exit_2(case, bundle
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and f"{bundle}/{expected}" in " ".join(r.stderr.split()), r.stderr
     assert {p.name: p.read_bytes() for p in bundle.iterdir() if p.is_file()} == before  # nothing written or fixed
+
+
+# -- the patient key ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def own_key(monkeypatch, tmp_path) -> Path:
+    """An empty cache folder of our own and no shared salt: the key file the installation would use."""
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("TRANSFERKIT_PATIENT_SALT", raising=False)
+    return tmp_path / "cache" / "patient-key"
+
+
+def test_the_patient_key_is_owner_only_from_its_first_byte(own_key, monkeypatch):
+    """With a umask that would make every file world-readable, the key file (and its temporary file, seen at the
+    moment it is written) is still 0600, and nothing else is left in the folder."""
+    import transferkit.data.medical as medical
+
+    seen: list[tuple[str, int]] = []
+    real_fdopen = os.fdopen
+
+    def watching_fdopen(fd, *args, **kwargs):  # the temporary file, before a byte of the key is in it
+        seen.append((os.readlink(f"/proc/self/fd/{fd}"), stat.S_IMODE(os.fstat(fd).st_mode)))
+        return real_fdopen(fd, *args, **kwargs)
+
+    monkeypatch.setattr(medical.os, "fdopen", watching_fdopen)
+    old = os.umask(0)
+    try:
+        hashed = medical.patient_key("MRN9000")
+    finally:
+        os.umask(old)
+    assert len(hashed) == 12
+    assert len(seen) == 1 and seen[0][0].startswith(str(own_key.parent)) and seen[0][1] == 0o600
+    assert stat.S_IMODE(own_key.stat().st_mode) == 0o600
+    assert [p.name for p in own_key.parent.iterdir()] == ["patient-key"]
+    assert len(own_key.read_bytes()) == 64 and medical.patient_key("MRN9000") == hashed
+
+
+@pytest.mark.parametrize("content", [b"", b"\n", b"short-key", b"0123456789abcde\n"])
+def test_an_empty_or_short_patient_key_is_refused(own_key, content, dicom_manifest, tiny_backbone, tmp_path):
+    from transferkit.data.medical import patient_key
+
+    own_key.parent.mkdir(parents=True)
+    own_key.write_bytes(content)
+    n = len(content.strip())
+    expected = (f"The patient key {own_key} holds {n} bytes, too short to keep hashed patient ids secret (at least "
+                "16): delete it so a new one is made (hashes then change), or set TRANSFERKIT_PATIENT_SALT to the key "
+                "shared with other machines.")
+    with pytest.raises(TransferkitError) as caught:
+        patient_key("MRN9000")
+    assert str(caught.value) == expected
+    assert own_key.read_bytes() == content  # never silently replaced: hashes made under it would stop matching
+    if content == b"":  # and a run stops before any work, with the same line
+        out = tmp_path / "run"
+        with pytest.raises(TransferkitError, match="too short to keep hashed patient ids secret"):
+            transferkit.fit(dicom_manifest, backbone=tiny_backbone, strategy="linear", out=out)
+        assert not (out / "model").exists() and not (out / "metrics.json").exists()
+
+
+def test_a_short_shared_salt_is_refused_and_a_long_one_used(monkeypatch, own_key):
+    from transferkit.data.medical import patient_key
+
+    monkeypatch.setenv("TRANSFERKIT_PATIENT_SALT", "secret")
+    with pytest.raises(TransferkitError, match=r"^TRANSFERKIT_PATIENT_SALT holds 6 bytes, too short a key for patient "
+                                               r"ids: set it to at least 16 random characters"):
+        patient_key("MRN9000")
+    monkeypatch.setenv("TRANSFERKIT_PATIENT_SALT", "a-long-enough-shared-secret")
+    assert len(patient_key("MRN9000")) == 12 and not own_key.exists()  # the shared key, not a file of our own
+
+
+def test_a_key_folder_that_cannot_be_made_is_one_line(monkeypatch, tmp_path):
+    from transferkit.data.medical import patient_key
+
+    (tmp_path / "cache").write_text("a file where the cache folder should be")
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("TRANSFERKIT_PATIENT_SALT", raising=False)
+    with pytest.raises(TransferkitError, match=r"^The patient key (cannot be made in|.* cannot be read)"):
+        patient_key("MRN9000")
 
