@@ -216,12 +216,16 @@ CASES = {
                             f"config.json: preprocess.input_size must be {IMAGE_SIZE}, got a string; {FIX}"),
     "input-size-floats": ("image", put("preprocess.input_size", [32.5, 32]),
                           f"config.json: preprocess.input_size must be {IMAGE_SIZE}, got [32.5, 32]; {FIX}"),
-    "std-zero": ("image", put("preprocess.std", [0, 0, 0]), "config.json: preprocess.std must be a list of 3 finite "
-                                                            f"numbers above 0, got [0, 0, 0]; {FIX}"),
+    "std-zero": ("image", put("preprocess.std", [0, 0, 0]), "config.json: preprocess.std must be a list of 3 numbers "
+                                                            f"above 0 and up to 1000, got [0, 0, 0]; {FIX}"),
     "mean-nan": ("image", put("preprocess.mean", [float("nan"), 0.5, 0.5]),
-                 f"config.json: preprocess.mean must be a list of 3 finite numbers, got [NaN, 0.5, 0.5]; {FIX}"),
+                 "config.json: preprocess.mean must be a list of 3 numbers from -1000 to 1000, got [NaN, 0.5, 0.5]; "
+                 f"{FIX}"),
     "mean-two": ("image", put("preprocess.mean", [0.5, 0.5]),
-                 f"config.json: preprocess.mean must be a list of 3 finite numbers, got [0.5, 0.5]; {FIX}"),
+                 "config.json: preprocess.mean must be a list of 3 numbers from -1000 to 1000, got [0.5, 0.5]; "
+                 f"{FIX}"),
+    "mean-huge-int": ("image", put("preprocess.mean", [10**400, 0.5, 0.5]), "config.json: preprocess.mean must be a "
+                      "list of 3 numbers from -1000 to 1000, got [100000000000000000000000000000000000...;"),
     "crop-pct-tiny": ("image", put("preprocess.crop_pct", 0.01),
                       f"config.json: preprocess.crop_pct must be a number from 0.25 to 1, got 0.01; {FIX}"),
     "interpolation": ("image", put("preprocess.interpolation", "magic"), "config.json: preprocess.interpolation must "
@@ -246,7 +250,8 @@ CASES = {
     "clinical-temperature-0": ("medical", put("clinical.temperature", 0), "config.json: clinical.temperature must be "
                                f"a number above 0 and up to 1000, got 0; {FIX}"),
     "clinical-weights-short": ("medical", put("clinical.class_weights", [1.0]), "config.json: clinical.class_weights "
-                               f"must be null or one number above 0 per label, got [1.0]; {FIX}"),
+                               "must be null or one number above 0 (and up to a million) per label, got [1.0]; "
+                               f"{FIX}"),
     "max-length-0": ("text", put("preprocess.max_length", 0),
                      f"config.json: preprocess.max_length must be a whole number from 1 to 32768, got 0; {FIX}"),
     "pooling": ("text", put("preprocess.pooling", "median"), "config.json: preprocess.pooling must be one of mean, "

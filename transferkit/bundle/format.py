@@ -104,7 +104,8 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    # an int is finite however long (math.isfinite would overflow on a 400-digit one)
+    return _is_int(v) or (isinstance(v, float) and math.isfinite(v))
 
 
 def _got(ok: bool, v: Any, value: bool = False) -> str | None:
@@ -124,11 +125,6 @@ def number(lo: float, hi: float, low_open: bool = False, nullable: bool = False)
         return _got((nullable and v is None) or (_is_num(v) and (lo < v if low_open else lo <= v) and v <= hi), v)
 
     return what, check
-
-
-def finite(nullable: bool = False) -> tuple[str, Check]:
-    return "a finite number" + (" or null" if nullable else ""), lambda v, _: _got(
-        (nullable and v is None) or _is_num(v), v)
 
 
 def text(empty: bool = False) -> tuple[str, Check]:
@@ -157,10 +153,10 @@ def mapping(keys: tuple[str, ...] | None = None) -> tuple[str, Check]:
     return ("an object" + (f" with keys among {', '.join(keys)}" if keys else "")), check
 
 
-def numbers(n: int, positive: bool = False) -> tuple[str, Check]:
-    what = f"a list of {n} finite numbers" + (" above 0" if positive else "")
+def numbers(n: int, lo: float, hi: float, low_open: bool = False) -> tuple[str, Check]:
+    what = f"a list of {n} numbers " + (f"above {lo:g} and up to {hi:g}" if low_open else f"from {lo:g} to {hi:g}")
     return what, lambda v, _: _got(isinstance(v, list) and len(v) == n and all(
-        _is_num(x) and (x > 0 or not positive) for x in v), v)
+        _is_num(x) and (lo < x if low_open else lo <= x) and x <= hi for x in v), v)
 
 
 def image_size() -> tuple[str, Check]:
@@ -173,11 +169,13 @@ def class_names() -> tuple[str, Check]:
     def check(v: Any, _: dict) -> str | None:
         if not isinstance(v, list) or not v:
             return f"got {_shown(v)}"
+        seen: set[str] = set()
         for i, x in enumerate(v):
             if not isinstance(x, str) or not x.strip():
                 return f"got {_shown(x, value=True)} at position {i}"
-            if x in v[:i]:
+            if x in seen:
                 return f"got {x!r} twice"
+            seen.add(x)
         return None
 
     return "a list of distinct, non-empty class names", check
@@ -196,10 +194,10 @@ def count_of(field: str) -> tuple[str, Check]:
 def class_weights() -> tuple[str, Check]:
     def check(v: Any, config: dict) -> str | None:
         n = len(config.get("labels") or [])
-        ok = v is None or (isinstance(v, list) and len(v) == n and all(_is_num(x) and x > 0 for x in v))
+        ok = v is None or (isinstance(v, list) and len(v) == n and all(_is_num(x) and 0 < x <= 1e6 for x in v))
         return _got(ok, v)
 
-    return "null or one number above 0 per label", check
+    return "null or one number above 0 (and up to a million) per label", check
 
 
 def known_label() -> tuple[str, Check]:
@@ -260,8 +258,8 @@ DETECTOR = (
 )
 IMAGE = (
     Rule("preprocess.input_size", *image_size()),
-    Rule("preprocess.mean", *numbers(3)),
-    Rule("preprocess.std", *numbers(3, positive=True)),
+    Rule("preprocess.mean", *numbers(3, -1000, 1000)),  # of pixels scaled to [0, 1]: a few tenths
+    Rule("preprocess.std", *numbers(3, 0, 1000, low_open=True)),
     Rule("preprocess.interpolation", *one_of("bicubic", "bilinear", "nearest", "lanczos"), optional=True),
     Rule("preprocess.crop_pct", *number(0.25, 1), optional=True),
     Rule("preprocess.window", *window(), optional=True),
@@ -285,7 +283,7 @@ AUDIO = (
     Rule("preprocess.fmax", *number(0, 192_000, low_open=True, nullable=True), optional=True),
     Rule("preprocess.log", *flag(), optional=True),
     Rule("preprocess.top_db", *number(0, 1000, low_open=True), optional=True),
-    Rule("preprocess.mean", *finite(), optional=True),
+    Rule("preprocess.mean", *number(-1e6, 1e6), optional=True),
     Rule("preprocess.std", *number(0, 1e6, low_open=True), optional=True),
     Rule("preprocess.image_height", *whole(MIN_INPUT_SIZE, MAX_INPUT_SIZE, nullable=True), optional=True),
     Rule("preprocess.image_width", *whole(MIN_INPUT_SIZE, MAX_INPUT_SIZE, nullable=True), optional=True),
