@@ -567,7 +567,7 @@ def test_patient_key_is_secret_per_installation(monkeypatch, tmp_path):
     assert (tmp_path / "a" / "patient-key").stat().st_mode & 0o077 == 0  # readable by its owner only
     monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path / "b"))
     assert patient_key("12345") != first  # another installation, another key
-    monkeypatch.setenv("TRANSFERKIT_PATIENT_SALT", "shared-secret")
+    monkeypatch.setenv("TRANSFERKIT_PATIENT_SALT", "shared-secret-of-this-site")
     assert patient_key("12345") == patient_key(" 12345 ")
 
 

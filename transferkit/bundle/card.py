@@ -30,7 +30,7 @@ def render_model_card(config: dict[str, Any]) -> str:
     if config.get("clinical", {}).get("positive"):
         c = config["clinical"]
         lines.append(f"Binary decision: **{c['positive']}** when its probability reaches {c['threshold']:.3f} "
-                     f"({c['threshold_rule']}).")
+                     f"({c.get('threshold_rule', 'as saved')}).")
     lines += ["", "## Data", ""]
     if data:
         lines.append(f"{data.get('train', '?')} training, {data.get('val', '?')} validation and {data.get('test', 0)} "

@@ -149,13 +149,18 @@ class DetectionModel:
 
     @classmethod
     def from_config(cls, folder: Path, config: dict[str, Any]) -> DetectionModel:
-        from safetensors.torch import load_file
+        """Rebuild from a bundle folder whose ``config.json`` (``config``) was read by
+        :func:`~transferkit.bundle.format.read_config`; the weights are checked against the detector before use.
 
+        Raises:
+            TransferkitError: one line naming the file (and tensor) when the bundle does not hold this detector.
+        """
         from ..backbones.protocol import BackboneSpec, PreprocessConfig
         from ..heads.detection import detector_from_config
+        from .weights import load_weights, rebuild
 
         spec = BackboneSpec.from_dict(config["backbone"])
-        det = detector_from_config(spec, PreprocessConfig.from_dict(config["preprocess"]), config["detector"],
-                                   pretrained=False)
-        det.load_state_dict(load_file(str(folder / "model.safetensors")))
+        det = rebuild(folder, lambda: detector_from_config(spec, PreprocessConfig.from_dict(config["preprocess"]),
+                                                           config["detector"], pretrained=False), what="detector")
+        load_weights(det, Path(folder) / "model.safetensors")
         return cls(det, config["labels"], {k: v for k, v in config.items() if k != "labels"})

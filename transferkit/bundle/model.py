@@ -30,7 +30,8 @@ from ..backbones.protocol import BackboneSpec
 from ..errors import TransferkitError
 from ..heads import Classifier, build_head
 from ..io import atomic_dir
-from .format import BUNDLE_FORMAT, read_config, reader_for, reader_named
+from .format import BUNDLE_FORMAT, FIX, read_config, reader_for, reader_named
+from .weights import load_weights, rebuild
 
 
 class TransferModel:
@@ -212,24 +213,36 @@ class TransferModel:
 
     @classmethod
     def load(cls, folder: str | Path, config: dict[str, Any] | None = None, task: Any = None) -> TransferModel:
-        """Rebuild from a bundle folder; raises one clear error when it is not one."""
-        from safetensors.torch import load_file
+        """Rebuild from a bundle folder, checking it first (:func:`~transferkit.bundle.format.read_config`,
+        :func:`~transferkit.bundle.format.load_weights`).
 
+        Raises:
+            TransferkitError: one line naming the file (and field or tensor) when ``folder`` is not a usable bundle.
+        """
         folder = Path(folder)
         config = config if config is not None else read_config(folder)
         if config.get("task") == "object-detection":
             raise TransferkitError(f"{folder} holds a detector: load it with transferkit.load().")
         task = task if task is not None else reader_for(config)
-        backbone = task.load_backbone(folder, BackboneSpec.from_dict(config["backbone"]), config)
+        backbone = rebuild(folder, lambda: task.load_backbone(folder, BackboneSpec.from_dict(config["backbone"]),
+                                                             config))
+        if backbone.num_features != config["head"]["in_features"]:
+            raise TransferkitError(f"{folder / 'config.json'}: head.in_features is {config['head']['in_features']}, "
+                                   f"but the backbone gives {backbone.num_features} features; {FIX}.")
         classifier = Classifier(backbone, build_head(config["head"]))
-        classifier.load_state_dict(load_file(str(folder / "model.safetensors")))
+        load_weights(classifier, folder / "model.safetensors")
         meta = {k: v for k, v in config.items() if k not in ("labels",)}
-        files = {str(f.relative_to(folder)): f.read_bytes() for f in (folder / "adapter").rglob("*") if f.is_file()}
+        files = {}
+        for f in sorted((folder / "adapter").rglob("*")):
+            if f.is_symlink():  # its target would be copied into every bundle saved from this one
+                raise TransferkitError(f"{f} is a link inside a bundle, which holds plain files only: replace it by "
+                                       "the file it points to.")
+            if f.is_file():
+                files[str(f.relative_to(folder))] = f.read_bytes()
         model = cls(classifier, config["labels"], meta, multi_label=config.get("multi_label", False), files=files,
                     task=task)
         model.threshold = float(config.get("threshold", 0.5))
         return model
-
 
 def load(folder: str | Path) -> Any:
     """Load a bundle saved by ``save()`` (``runs/NAME/model``): a :class:`TransferModel` (classifier) or a

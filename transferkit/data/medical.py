@@ -344,30 +344,62 @@ def read_high_bit_depth(img, window: str = "auto") -> np.ndarray | None:
     return apply_window(arr.astype(np.float64), window)
 
 
+MIN_KEY_BYTES = 16  # 128 bits: fewer, and hashed patient ids could be recovered by trying every key
+
+
 def _hash_key() -> bytes:
     """``TRANSFERKIT_PATIENT_SALT`` when set (share it to compare hashes across machines), else a random key made
     once per installation and kept in the cache folder (readable by its owner only). A public key would let
-    anyone recover short numeric ids from their hashes by trying them all."""
+    anyone recover short numeric ids from their hashes by trying them all; so would an empty or short one, which
+    is refused."""
     env = os.environ.get("TRANSFERKIT_PATIENT_SALT")
-    if env:
+    if env:  # set but empty: as if unset
+        if len(env.strip().encode()) < MIN_KEY_BYTES:
+            raise DataError(f"TRANSFERKIT_PATIENT_SALT holds {len(env.strip().encode())} bytes, too short a key for "
+                            f"patient ids: set it to at least {MIN_KEY_BYTES} random characters (e.g. python -c "
+                            "'import secrets; print(secrets.token_hex(32))'), or unset it.")
         return env.encode()
     from ..cache import cache_root
 
     path = cache_root() / "patient-key"
     try:
-        return path.read_bytes()
+        key = path.read_bytes()
     except FileNotFoundError:
+        key = _new_key(path)
+    except OSError as err:
+        raise DataError(f"The patient key {path} cannot be read ({err.strerror}): fix its permissions, or set "
+                        "TRANSFERKIT_PATIENT_SALT.") from None
+    if len(key.strip()) < MIN_KEY_BYTES:
+        raise DataError(f"The patient key {path} holds {len(key.strip())} bytes, too short to keep hashed patient ids "
+                        f"secret (at least {MIN_KEY_BYTES}): delete it so a new one is made (hashes then change), or "
+                        "set TRANSFERKIT_PATIENT_SALT to the key shared with other machines.")
+    return key
+
+
+def _new_key(path: Path) -> bytes:
+    """Make the installation's patient key at ``path``: written to a file that is created owner-only (0600, never
+    readable by others even for a moment), then linked into place so that the first of two concurrent runs wins
+    and both read the same key."""
+    import tempfile
+
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".patient-key.{os.getpid()}.tmp")
-        tmp.write_bytes(secrets.token_hex(32).encode())
-        os.chmod(tmp, 0o600)
+        fd, tmp = tempfile.mkstemp(prefix=".patient-key.", suffix=".tmp", dir=path.parent)  # O_EXCL, mode 0600
+    except OSError as err:
+        raise DataError(f"The patient key cannot be made in {path.parent} ({err.strerror}): set TRANSFERKIT_CACHE to a "
+                        "writable folder, or TRANSFERKIT_PATIENT_SALT.") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_hex(32).encode())
+            f.flush()
+            os.fsync(f.fileno())
         try:
-            os.link(tmp, path)  # first writer wins; a concurrent run reads the same key
+            os.link(tmp, path)  # atomic, and never replaces a key another run made meanwhile
         except FileExistsError:
             pass
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path.read_bytes()
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path.read_bytes()
 
 
 def patient_key(patient: str) -> str:
