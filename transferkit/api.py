@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import TransferkitError
+from .io import holds_output
 
 if TYPE_CHECKING:
     from .bundle.detection import DetectionModel
@@ -118,8 +119,10 @@ def fit(
     ``strategy`` is ``linear``, ``finetune``, ``gradual``, ``scratch``, ``auto``, and for texts also ``lora``
     and ``contrastive`` (detection: ``frozen``, ``finetune``, ``gradual``, ``scratch``, ``auto``); extra keyword
     arguments set that strategy's options (e.g. ``epochs=5``). ``task`` is ``auto``, ``classify`` or ``detect``.
-    ``resume=True`` continues an interrupted run in ``out`` from its last epoch checkpoint. With ``out``, the
-    run folder receives ``model/`` (the bundle), ``metrics.json``, plots and ``report.md``. Images over
+    ``resume=True`` continues an interrupted run into ``out`` from its last epoch checkpoint (kept in ``.NAME.work``
+    beside ``out``), and is refused when the data or a setting that shapes the model differ. With ``out``, the
+    run folder receives ``model/`` (the bundle), ``metrics.json``, plots and ``report.md``: written beside it and
+    swapped in whole at the end; a second run into the same ``out`` at the same time is refused. Images over
     ``max_image_pixels`` (default 80 million) or more elongated than 50:1 are refused before decoding (skipped with
     ``skip_bad``); :func:`transferkit.data.images.image_limits` raises the limit for ``predict`` and the rest.
 
@@ -177,6 +180,7 @@ def resolve(data: Any, task: str = "auto", modality: str = "auto", given: dict[s
     return chosen, task_options(chosen, given)
 
 
+@holds_output("out")
 def rank(data: Any, backbones: list[str] | str, *, validate: bool = False, strategy: str = "finetune",
          budget: str | float | None = None, out: str | Path | None = None, seed: int = 0, skip_bad: bool = False,
          image_size: int | None = None, precision: str = "auto", val_fraction: float | None = 0.15,

@@ -76,7 +76,8 @@ def fit(
     ),
     out: Path = typer.Option(
         Path("runs/latest"), "--out", "-o",
-        help="Run folder: model/, metrics.json, plots, report.md.",
+        help="Run folder: model/, metrics.json, plots, report.md; replaced whole when the run ends (checkpoints wait "
+             "in .NAME.work beside it until then).",
     ),
     backbone: Optional[str] = typer.Option(
         None, "--backbone", "-b",
@@ -127,7 +128,8 @@ def fit(
              "or no label file, with a warning and a count.",
     ),
     precision: str = typer.Option("auto", help="auto (bf16 where the CPU/GPU supports it), bf16, fp16 or no."),
-    resume: bool = typer.Option(False, help="Continue an interrupted run in --out from its last epoch checkpoint."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run into --out from its last epoch checkpoint; "
+                                            "refused when the data or a setting that shapes the model differ."),
     image_size: Optional[int] = typer.Option(
         None,
         help="Override the backbone's input resolution (smaller trains faster on a CPU); audio: the spectrogram's "

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TransferkitError
+from ..io import holds_output
 from .render import RUN_COLUMNS, SUMMARY_COLUMNS, render_html, render_markdown, write_comparison, write_results
 from .runs import (
     ALL,
@@ -62,6 +63,7 @@ __all__ = ["ALL", "CLASSICAL", "METRICS", "RUN_COLUMNS", "SUMMARY_COLUMNS", "TRA
            "seed_interval", "summarise", "test_half_width", "write_comparison"]
 
 
+@holds_output("out")
 def compare(data: Any, *, budgets: str | list = (5, 10, 25, 50, ALL), seeds: int = 3,
             strategies: str | list = ("linear", "finetune", "scratch"), backbone: str | None = None,
             metric: str = "auto", time_per_run: str | float | None = None, out: str | Path | None = None,

@@ -255,18 +255,40 @@ def resume_checkpoint(ckpt: Path | None, model: nn.Module, optimizer, scheduler,
     (epochs as ``record`` dataclasses) and the best weights. A fresh history and None when there is none."""
     if ckpt is None or not ckpt.is_file():
         return History(), None
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"])
-    history = History([record(**r) for r in state["history"]["epochs"]], state["history"]["best_epoch"])
+    from ..errors import TransferkitError
+
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        history = History([record(**r) for r in state["history"]["epochs"]], state["history"]["best_epoch"])
+    except (RuntimeError, KeyError, ValueError, TypeError, EOFError) as err:  # another model, or a damaged file
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()] or [type(err).__name__]
+        reason = (lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0])[:160]  # torch's first detail
+        raise TransferkitError(f"--resume: the checkpoint {ckpt} does not fit this run ({reason}); rerun without "
+                               "--resume, or with the settings it was trained with.") from None
     return history, state["best"]
 
 
 def write_checkpoint(path: Path, state: dict) -> None:
-    """``torch.save`` under a temporary name, then one rename: a crash mid-write leaves the previous checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """``torch.save`` under a temporary name, then one rename: a crash mid-write leaves the previous checkpoint.
+
+    Raises:
+        TransferkitError: the disk is full (or another write error); the temporary file is removed and the previous
+            checkpoint kept, so ``--resume`` continues from it once there is room.
+    """
+    from ..io import write_failed
+
     tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # through a Python file: a full disk then raises OSError(ENOSPC), not torch's unexplained RuntimeError
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise write_failed(err, path, "a checkpoint", "rerun with --resume (it continues from the last checkpoint)") \
+            from None

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..io import atomic_write_bytes, atomic_write_text, write_json
+from .report import run_id_line
 
 # colour-blind-safe palette (Okabe-Ito), one colour per class, cycled
 PALETTE = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0),
@@ -178,7 +179,7 @@ def write_detection_report(out: Path, metrics: dict[str, Any], examples: dict[st
     map_curve_png(metrics["history"]["epochs"], files["learning_curve"], f"Learning curve: {metrics['strategy']}")
     examples_png(examples["images"], examples["preds"], examples["truth"], metrics["data"]["classes"],
                  files["examples"])
-    atomic_write_text(files["report"], render_detection_markdown(metrics))
+    atomic_write_text(files["report"], render_detection_markdown(metrics) + run_id_line(metrics))
     return {k: str(v) for k, v in files.items()}
 
 

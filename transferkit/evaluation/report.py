@@ -99,8 +99,14 @@ def write_run_report(out: Path, metrics: dict[str, Any], classes: list[str]) -> 
         confusion_matrix_png(metrics[scored]["confusion_matrix"], classes, files["confusion_matrix"],
                              f"Confusion matrix ({scored}, n={metrics[scored]['n']})")
     learning_curve_png(metrics["history"]["epochs"], files["learning_curve"], f"Learning curve: {metrics['strategy']}")
-    atomic_write_text(files["report"], render_markdown(metrics, classes))
+    atomic_write_text(files["report"], render_markdown(metrics, classes) + run_id_line(metrics))
     return {k: str(v) for k, v in files.items()}
+
+
+def run_id_line(metrics: dict[str, Any]) -> str:
+    """The report's last line: the run id that ``metrics.json`` and the bundle's ``config.json`` carry too, so a
+    reader can tell that the files of a folder come from one run."""
+    return f"\nRun `{metrics['run_id']}`.\n" if metrics.get("run_id") else ""
 
 
 def ci_text(ci: list[float] | None) -> str:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TransferkitError
+from ..io import holds_output
 
 # per method: epochs, global batch, learning rate (random start, pretrained start), weight decay, temperature
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -47,6 +48,7 @@ class PretrainResult:
         return f"PretrainResult(path={str(self.path)!r}, method={self.metrics.get('method')!r})"
 
 
+@holds_output("out")
 def pretrain(
     data: str | Path,
     *,
