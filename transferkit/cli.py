@@ -248,7 +248,7 @@ def fit(
             console.print(_clinical_line(clinical), highlight=False)
         console.print(f"model:  {summary['model']}\nreport: {summary['report']}", highlight=False)
         if m.get("at_chance"):  # the last line: the one a user reads
-            console.print(f"[yellow]warning:[/] {m['at_chance']}", highlight=False)
+            console.print(f"[yellow]warning:[/] {m['at_chance']}", highlight=False, soft_wrap=True)
 
 
 def _clinical_line(c: dict) -> str:
