@@ -180,7 +180,7 @@ def test_jsonl_null_and_mixed_label_types_are_named(colour_files, tmp_path):
         return path
 
     names = [p.parent.name for p in colour_files]
-    with pytest.raises(DataError, match=r"labels.jsonl line 3: the label \('label'\) is missing \(null\), which is no "
+    with pytest.raises(DataError, match=r"labels.jsonl line 3: the label \('label'\) is empty \(null\), which is no "
                                         r"label"):
         load_splits(write(names[:2] + [None] + names[3:]))
     numbers = [1 if n == "blue" else 2 if n == "green" else 3 for n in names]
@@ -194,7 +194,7 @@ def test_jsonl_null_and_mixed_label_types_are_named(colour_files, tmp_path):
 
 def test_text_labels_none_nan_and_mixed_types_are_refused(tmp_path):
     texts = ["goal match team", "bank market shares", "rain storm wind", "coach league score"]
-    for bad, held in ((None, "is missing (null)"), (float("nan"), "is nan"), ("NaN", "is 'NaN'")):
+    for bad, held in ((None, "is empty (null)"), (float("nan"), "is nan"), ("NaN", "is 'NaN'")):
         with pytest.raises(DataError) as err:
             transferkit.fit(texts, labels=["sport", bad, "weather", "sport"])
         assert str(err.value) == (f"the text list row 1: the label ('label') {held}, which is no label: fill it in or "

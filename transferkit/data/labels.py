@@ -61,7 +61,7 @@ def check_label_kinds(values: Sequence[Any], wheres: Sequence[str], column: str)
 
 def missing_label(where: str, column: str, value: Any, skip_hint: bool = True) -> DataError:
     """The one line for a row without a label: where, the column, what it held, what to do."""
-    held = ("is missing (null)" if value is None else "is empty" if isinstance(value, str) and not value.strip()
+    held = ("is empty (null)" if value is None else "is empty" if isinstance(value, str) and not value.strip()
             else f"is {value!r}")
     tail = " (or pass --skip-bad)" if skip_hint else ""
     return DataError(f"{where}: the label ({column!r}) {held}, which is no label: fill it in or remove the "
