@@ -47,6 +47,7 @@ def _fails_with_one_line(r, expected: str) -> str:
     (["--val-fraction", "0.6", "--test-fraction", "0.5"],
      "val_fraction 0.6 and test_fraction 0.5 leave nothing to train on: together they must stay below 1"),
     (["--image-size", "0"], "image_size 0 is out of range: use a whole number, 32 or more, e.g. 224."),
+    (["--seed", "-1"], "seed -1 is out of range: use a whole number, 0 or more, e.g. 0."),
 ])
 def test_out_of_range_options_are_refused_before_any_work(colour_folder, tiny_backbone, tmp_path, args, expected):
     out = tmp_path / "run"

@@ -56,7 +56,7 @@ class RunSettings:
                                    "nothing to train on: together they must stay below 1, e.g. 0.15 and 0.2.")
         if self.seconds is not None:
             check_number("budget (seconds)", self.seconds, low=0, low_open=True, example="600")
-        check_number("seed", self.seed, whole=True)
+        check_number("seed", self.seed, low=0, whole=True, example="0")
         if self.image_size is not None:
             check_number("image_size", self.image_size, low=32, whole=True, example="224")
         if self.out is not None:
