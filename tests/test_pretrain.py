@@ -248,6 +248,7 @@ def test_two_processes_with_accelerate_launch(method, colours, tiny_backbone, tm
     assert r.stderr.count("step 2/") == 1, "only the first process logs"
     assert sorted(p.name for p in out.iterdir()) == ["backbone.json", "backbone.safetensors", "log.txt",
                                                      "pretrain.json", "pretrain_curve.png", "report.md"]
-    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{method}")], "no second writer's leftovers"
+    left = [p.name for p in out.parent.iterdir() if p.name.startswith(f".{method}")]
+    assert left == [f".{method}.lock"], "no second writer's leftovers; only the lock file that held --out stays"
     if method == "supervised":
         assert m["record"]["evaluations"][-1]["val_n"] == 6, "validation shares are summed over both processes"

@@ -24,15 +24,21 @@ def parse_budget(budget: str | float | int | None) -> float | None:
     """``"10m"``, ``"90s"``, ``"1h"``, ``"1h30m"`` or seconds -> seconds; ``None`` means no budget."""
     if budget is None or budget == "":
         return None
-    if isinstance(budget, (int, float)):
-        return float(budget)
-    text = str(budget).strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
-    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", text)
-    if not parts or "".join(f"{n}{u}" for n, u in parts) != text.replace(" ", ""):
-        raise TransferkitError(f"Budget {budget!r} is not a duration: write e.g. 90s, 10m or 1h30m.")
-    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+    if isinstance(budget, (int, float)) and not isinstance(budget, bool):
+        seconds = float(budget)
+    else:
+        text = str(budget).strip().lower()
+        parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", text)
+        if re.fullmatch(r"\d+(\.\d+)?", text):
+            seconds = float(text)
+        elif not parts or "".join(f"{n}{u}" for n, u in parts) != text.replace(" ", ""):
+            raise TransferkitError(f"Budget {budget!r} is not a duration: write e.g. 90s, 10m or 1h30m.")
+        else:
+            seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+    if not 0 < seconds < float("inf"):  # NaN fails too
+        raise TransferkitError(f"Budget {budget!r} leaves no time to train: give a positive duration, e.g. 90s, 10m "
+                               "or 1h30m.")
+    return seconds
 
 
 def fit(

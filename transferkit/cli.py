@@ -244,6 +244,8 @@ def fit(
         summary |= {k: None if clinical[k] is None else round(clinical[k], 4) for k in keys}
         if clinical.get("positive"):
             summary["threshold"] = m["clinical"]["threshold"]
+    if m.get("at_chance"):
+        summary["warning"] = m["at_chance"]
     if as_json:
         typer.echo(json.dumps(summary))
     else:
@@ -268,6 +270,8 @@ def fit(
         if clinical:
             console.print(_clinical_line(clinical), highlight=False)
         console.print(f"model:  {summary['model']}\nreport: {summary['report']}", highlight=False)
+        if m.get("at_chance"):  # the last line: the one a user reads
+            console.print(f"[yellow]warning:[/] {m['at_chance']}", highlight=False, soft_wrap=True)
 
 
 def _clinical_line(c: dict) -> str:

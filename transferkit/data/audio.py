@@ -48,7 +48,19 @@ def _load(path: Path) -> tuple[np.ndarray, int]:
                         "(or pass --skip-bad).") from None
     if data.shape[0] == 0:
         raise DataError(f"Audio file {path} has no samples: re-export it or remove it (or pass --skip-bad).")
+    check_finite(data, f"Audio file {path}")
     return data, int(rate)
+
+
+def check_finite(samples: np.ndarray, what: str) -> None:
+    """Refuse samples holding NaN or infinity (a float WAV can): one such sample turns every score into NaN."""
+    finite = np.isfinite(samples)
+    if not finite.all():
+        first = int(np.argmin(finite.reshape(len(samples), -1).all(axis=1)))
+        bad = samples.reshape(len(samples), -1)[first]
+        kind = "NaN" if np.isnan(bad).any() else "infinite"
+        raise DataError(f"{what} holds {kind} samples (first at sample {first}): re-export it or remove it (or pass "
+                        "--skip-bad).")
 
 
 def resample(x: np.ndarray, rate: int, target: int) -> np.ndarray:
@@ -187,6 +199,7 @@ def _read_item(item: Any, sample_rate: int, array_rate: int | None) -> tuple[np.
         mono = arr if arr.ndim == 1 else arr.mean(axis=1)
         if len(mono) == 0:
             raise DataError("An audio array has no samples: remove it.")
+        check_finite(arr, "An audio array")
         fp = hashlib.sha1(arr.tobytes() + f"{array_rate}".encode()).hexdigest()
         return resample(mono, array_rate, sample_rate), fp, f"{array_rate} Hz x {channels} ch"
     path = Path(item)

@@ -150,12 +150,19 @@ def detect_box_format(source: Any) -> str | None:
         return "coco"
     if (p / "images").is_dir() and (p / "labels").is_dir():
         return "yolo"
+    if _top_coco(p):  # folder/annotations.json beside folder/images/: a common COCO export layout
+        return "coco"
     if (p / "Annotations").is_dir():
         return "voc"
     for folder in (p, *(p / d for d in SPLIT_NAMES)):
         if folder.is_dir() and any(folder.glob("*.xml")) and _images_in(folder):
             return "voc"
     return None
+
+
+def _top_coco(folder: Path) -> list[Path]:
+    """The COCO files lying in ``folder`` itself (``annotations.json``, ``instances_train.json`` ...)."""
+    return sorted(j for j in folder.glob("*.json") if not j.name.startswith(".") and _is_coco(j))
 
 
 def _is_coco(path: Path) -> bool:
@@ -256,8 +263,9 @@ def _split(given: dict[str, BoxSet], classes: list[str], how: str, fmt: str, val
 
 
 def read_coco(path: Path, check: _Checker) -> tuple[dict[str, BoxSet], list[str], str]:
-    """A COCO JSON file, a folder with ``annotations/*.json`` (``instances_train.json``, ``val.json`` ...), or
-    Roboflow's ``<split>/_annotations.coco.json``. Returns the sets per split (``all`` when unsplit)."""
+    """A COCO JSON file, a folder with ``annotations/*.json`` (``instances_train.json``, ``val.json`` ...),
+    Roboflow's ``<split>/_annotations.coco.json``, or a folder holding its COCO file itself (``annotations.json``
+    beside ``images/``). Returns the sets per split (``all`` when unsplit)."""
     files: dict[str, tuple[Path, list[Path]]] = {}
     if path.is_file():
         files["all"] = (path, [path.parent, path.parent / "images"])
@@ -279,6 +287,8 @@ def read_coco(path: Path, check: _Checker) -> tuple[dict[str, BoxSet], list[str]
         jsons = sorted((path / "annotations").glob("*.json")) if (path / "annotations").is_dir() else []
         if not files and len(jsons) == 1:  # one unsplit file, e.g. CVAT's instances_default.json
             files["all"] = (jsons[0], [path / "images", path / jsons[0].stem.removeprefix("instances_"), path])
+        if not files and not jsons:  # COCO files in the folder itself, images in images/ (or beside them)
+            files = _top_coco_files(path)
         if not files:
             raise DataError(f"{path}/annotations has no train/val/test JSON: name them instances_train.json, "
                             "instances_val.json, instances_test.json.")
@@ -288,6 +298,19 @@ def read_coco(path: Path, check: _Checker) -> tuple[dict[str, BoxSet], list[str]
         out[split], names = _read_coco_file(j, dirs, check)
         classes += [n for n in names if n not in classes]
     return out, classes, "files" if "all" not in out else ""
+
+
+def _top_coco_files(path: Path) -> dict[str, tuple[Path, list[Path]]]:
+    """One COCO file in ``path`` (``annotations.json``): all the images, split later; several: one per split, named
+    by split (``train.json``, ``instances_val.json`` ...)."""
+    top = _top_coco(path)
+    if len(top) == 1:
+        return {"all": (top[0], [path / "images", path])}
+    named = {_split_name(j.stem): j for j in top}
+    if len(top) > 1 and None in named:
+        raise DataError(f"{path} holds several COCO files ({', '.join(j.name for j in top)}): pass the one to read, or "
+                        "name them train.json, val.json and test.json.")
+    return {split: (j, [path / "images" / split, path / split, path / "images", path]) for split, j in named.items()}
 
 
 def _read_coco_file(path: Path, dirs: list[Path], check: _Checker) -> tuple[BoxSet, list[str]]:

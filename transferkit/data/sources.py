@@ -20,6 +20,7 @@ from typing import Union
 import numpy as np
 
 from ..errors import DataError
+from .labels import check_label_kinds, is_missing, missing_label
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 PATH_COLUMNS = ("path", "image", "audio", "file", "filename", "filepath")  # a table of files, not of texts
@@ -140,6 +141,11 @@ def load_splits(
         check_patient_leaks({"train": source.train, "val": source.val, "test": source.test})
         return source
     if isinstance(source, ImageSet):
+        wheres = [f"label #{i} of the {type(source).__name__}" for i in range(len(source.labels))]
+        check_label_kinds(source.labels, wheres, "labels")
+        for where, y in zip(wheres, source.labels, strict=True):
+            if is_missing(y):
+                raise missing_label(where, "labels", y, skip_hint=False)
         return _split(source, {}, val_fraction, test_fraction, seed)
     path = Path(source).expanduser()
     if not path.exists():
@@ -266,13 +272,18 @@ def read_table(path: Path, skip_bad: bool = False, kind: str = "image", patient_
     patient_col = patient_col if patients else None
     if patient_col is not None:
         from .medical import patient_key
+    if labelled:
+        check_label_kinds([row.get(label_col) for _, row in rows], [f"{path} line {line}" for line, _ in rows],
+                          label_col)
     by_split: dict[str, ImageSet] = defaultdict(lambda: _empty(cls, path, patient_col))
     skipped = 0
     for line, row in rows:
-        img = Path(str(row.get(path_col, "")).strip())
-        label = str(row.get(label_col, "")).strip() if label_col else ""
-        if not str(img) or str(img) == "." or (labelled and not label):
-            raise DataError(f"{path} line {line}: empty {path_col!r} or {label_col!r}: fill it in or remove the row.")
+        img = Path(str(row.get(path_col, "") or "").strip())
+        if labelled and is_missing(row.get(label_col)):
+            raise missing_label(f"{path} line {line}", label_col, row.get(label_col), skip_hint=False)
+        label = str(row.get(label_col, "")).strip() if label_col and not is_missing(row.get(label_col)) else ""
+        if not str(img) or str(img) == ".":
+            raise DataError(f"{path} line {line}: empty {path_col!r}: fill it in or remove the row.")
         full = img if img.is_absolute() else path.parent / img
         if not full.is_file():
             if skip_bad:

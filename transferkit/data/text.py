@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ..console import info, progress, warn
 from ..errors import DataError
 from .copies import warn_repeated_rows
+from .labels import check_label_kinds, is_missing, missing_label
 from .sources import PATH_COLUMNS, SPLIT_DIRS, Splits, read_rows, carve_splits, table_columns
 
 if TYPE_CHECKING:
@@ -305,6 +306,7 @@ def _records_with_splits(records: list[dict], origin: str, opts: TextOptions,
                          names: list[str]) -> tuple[TextSet, dict[str, TextSet]]:
     if records:  # columns and single/multi-label are decided once for all splits, so they agree
         text_col, label_col = choose_columns(list(records[0]), origin, opts, records[0])
+        check_label_kinds([_get(r, label_col) for r in records], names, label_col)
         multi = opts.multi_label if opts.multi_label is not None else _is_multi(records, label_col, opts)
         opts = dataclasses.replace(opts, text_column=text_col, label_column=label_col, multi_label=multi)
     if records and "split" in {str(k).lower() for k in records[0]}:
@@ -375,6 +377,7 @@ def _from_records(records: list[dict], origin: str, opts: TextOptions, names: li
     names = names or [f"{origin} row {i}" for i in range(len(records))]
     text_col, label_col = choose_columns(list(records[0]), origin, opts, records[0])
     raw = [_get(r, label_col) for r in records]
+    check_label_kinds(raw, names, label_col)
     multi = opts.multi_label if opts.multi_label is not None else _is_multi(records, label_col, opts)
     texts, labels, kept, skipped = [], [], [], 0
     for r, y, where in zip(records, raw, names, strict=True):
@@ -387,8 +390,7 @@ def _from_records(records: list[dict], origin: str, opts: TextOptions, names: li
             if opts.skip_bad:
                 skipped += 1
                 continue
-            raise DataError(f"{where}: the label ({label_col!r}) is empty: fill it in or remove the row (or "
-                            "pass --skip-bad).")
+            raise missing_label(where, label_col, y)
         texts.append(text)
         labels.append(label)
         kept.append(where)
@@ -402,10 +404,11 @@ def _is_multi(records: list[dict], label_col: str, opts: TextOptions) -> bool:
 
 
 def _parse_label(y: Any, multi: bool, sep: str | None) -> Any:
-    """A label string, a sorted tuple of labels (multi-label), or None when missing (None, NaN, empty cell).
+    """A label string, a sorted tuple of labels (multi-label), or None when missing (None, NaN, an empty cell,
+    "nan" or "null": see :func:`transferkit.data.labels.is_missing`).
 
     An explicit empty list is a valid multi-label answer (no label applies); an empty cell is not."""
-    if y is None or (isinstance(y, float) and y != y) or (isinstance(y, str) and not y.strip()):
+    if is_missing(y):
         return None
     if multi:
         if isinstance(y, (list, tuple)):

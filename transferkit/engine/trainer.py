@@ -47,6 +47,7 @@ from torch import nn
 
 from ..console import progress
 from .accel import is_main_process
+from .divergence import stop_if_diverged
 
 CHECKPOINT = "last.pt"
 
@@ -164,10 +165,12 @@ def fit(
             method.start_epoch(epoch)
             total_loss, seen, out_of_time = 0.0, 0, False
             bar.reset(steps, total=len(train_loader), description=f"  epoch {epoch + 1}")
-            for batch in train_loader:
+            for i_batch, batch in enumerate(train_loader):
                 t_step = time.monotonic()
                 with accelerator.autocast():
                     loss, n = method.step(model, batch)
+                stop_if_diverged(loss, accelerator, where=f"epoch {epoch + 1}, batch {i_batch + 1}",
+                                 optimizer=optimizer)
                 optimizer.zero_grad(set_to_none=True)
                 accelerator.backward(loss)
                 if grad_clip:

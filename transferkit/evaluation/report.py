@@ -84,6 +84,23 @@ def classical_text(b: dict[str, Any]) -> str:
         f", less than the 95% interval (+-{b['half_width']:.3f}): not shown to be better." if unresolved else ".")
 
 
+def chance_text(scores: dict[str, Any], n_classes: int, scored: str) -> str | None:
+    """One sentence when a single-label model scores at or below chance on ``scored`` (accuracy or balanced
+    accuracy at most 1/classes, or an AUROC at most 0.5), else None: such a model has learned nothing it shows."""
+    if scores.get("multi_label") or n_classes < 2:
+        return None
+    chance = 1.0 / n_classes
+    clinical = scores.get("clinical") or {}
+    checks = [("accuracy", scores.get("accuracy"), chance), ("balanced accuracy", scores.get("balanced_accuracy"),
+                                                              chance),
+              ("AUROC", clinical.get("auroc", clinical.get("auroc_macro")), 0.5)]
+    for name, value, level in checks:
+        if value is not None and value <= level + 1e-9:
+            return (f"the model scores at or below chance: {scored} {name} {value:.3f} with {n_classes} classes "
+                    f"(guessing scores {level:.3f}); check the labels, the data and the budget before using it.")
+    return None
+
+
 def write_run_report(out: Path, metrics: dict[str, Any], classes: list[str]) -> dict[str, str]:
     """Write ``metrics.json``, ``confusion_matrix.png`` (single-label), ``learning_curve.png`` and ``report.md``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -154,6 +171,8 @@ def render_markdown(m: dict[str, Any], classes: list[str]) -> str:
         f"**Micro-F1 {s['micro_f1']:.3f}**{ci_text(s.get('micro_f1_ci'))}, macro-F1 {s['macro_f1']:.3f}, exact-match "
         f"accuracy {s['accuracy']:.3f}, log-loss {s['log_loss']:.3f} (threshold {s['threshold']}).",
     ]
+    if m.get("at_chance"):
+        lines += ["", f"**Warning: {m['at_chance']}**"]
     if m.get("estimate"):
         lines += ["", estimate_text(m["estimate"], scored == "test")]
     elif scored == "val":

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import TransferkitError
+from ..errors import TransferkitError, check_number
 from ..io import holds_output
 
 # per method: epochs, global batch, learning rate (random start, pretrained start), weight decay, temperature
@@ -109,6 +109,9 @@ def pretrain(
                         ("checkpoint_every", checkpoint_every), ("log_every", log_every)):
         if value is not None and value < 1:
             raise TransferkitError(f"{name} must be at least 1 (got {value}).")
+    for name, value in (("lr", lr), ("weight_decay", weight_decay)):
+        if value is not None:
+            check_number(name, value, low=0, low_open=name == "lr", example="1e-4" if name == "lr" else "0.01")
     if not 0 <= label_smoothing < 1:
         raise TransferkitError(f"label_smoothing must be in [0, 1) (got {label_smoothing}).")
     if not 0 <= val_fraction < 0.5:

@@ -35,6 +35,7 @@ from torch import nn
 
 from ..console import console, progress, quiet
 from ..engine.accel import is_main_process
+from ..engine.divergence import stop_if_diverged
 from ..engine.trainer import write_checkpoint
 
 CHECKPOINT = "last.pt"
@@ -145,6 +146,8 @@ def run(
             batch = to_device(batch, accelerator.device)
             with accelerator.autocast():
                 loss, correct, counted = method.loss(model, batch)
+            stop_if_diverged(loss, accelerator, optimizer=optimizer, where=f"step {step + 1} (epoch "
+                             f"{step // plan.steps_per_epoch + 1}, batch {step % plan.steps_per_epoch + 1})")
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             if plan.clip_grad:

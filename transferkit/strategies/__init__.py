@@ -24,7 +24,7 @@ from typing import Any
 
 from ..errors import TransferkitError
 from .auto import AutoConfig, AutoStrategy
-from .base import FitResult, Strategy, TrainTask, check_modality, config_for
+from .base import FitResult, Strategy, TrainTask, check_modality, check_numbers, config_for
 from .contrastive import ContrastiveConfig, ContrastiveStrategy
 from .crossval import CrossValidated
 from .finetune import FinetuneConfig, FinetuneStrategy, GradualConfig, GradualStrategy, ScratchConfig, ScratchStrategy
@@ -96,7 +96,9 @@ def _configure(name: str, cfg_cls: type, profile: str, overrides: dict[str, Any]
     if unknown:
         raise TransferkitError(f"Strategy {name!r} has no option {unknown[0]!r}: its options are "
                                f"{', '.join(sorted(known))}.")
-    return config_for(cfg_cls, profile, **overrides)
+    config = config_for(cfg_cls, profile, **overrides)
+    check_numbers(config)
+    return config
 
 
 __all__ = ["STRATEGIES", "TEXT_ONLY", "config_for", "FitResult", "Strategy", "TrainTask", "create_detection_strategy",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -183,6 +183,34 @@ def config_for(cfg_cls: type, profile: str = "image", **overrides: Any) -> Any:
     scratch baseline must not inherit fine-tuning's layer-wise decay."""
     base = dict(vars(cfg_cls).get(f"{profile}_defaults", {})) if profile != "image" else {}
     return cfg_cls(**{**base, **overrides})
+
+
+# the range of every numeric strategy option, by name: (low, high, low excluded, high excluded, whole, example)
+NUMBER_RANGES: dict[str, tuple[float | None, float | None, bool, bool, bool, str]] = {
+    **{name: (1, None, False, False, True, "") for name in (
+        "epochs", "max_epochs", "min_epochs", "batch_size", "repeats", "r", "alpha", "pairs_per_example",
+        "max_pairs", "min_per_class", "unfreeze_every", "patience")},
+    "finetune_folds": (2, None, False, False, True, "3"),
+    **{name: (0, None, True, False, False, "1e-4") for name in ("lr", "head_lr", "finetune_lr")},
+    **{name: (0, None, False, False, False, "") for name in ("weight_decay", "grad_clip", "warmup_epochs",
+                                                             "warmup_fraction")},
+    **{name: (0, 1, False, True, False, "0.1") for name in ("dropout", "lora_dropout", "label_smoothing",
+                                                            "frozen_share")},
+    "layer_decay": (0, 1, True, False, False, "0.7"),
+}
+
+
+def check_numbers(config: Any) -> None:
+    """Refuse a strategy option that is not a finite number in its range (NaN, infinity, ``lr=-1``, ``epochs=0``,
+    ``batch_size=0``) before any work, with one line naming the option and its range."""
+    from ..errors import check_number
+
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if f.name in NUMBER_RANGES and value is not None:
+            low, high, low_open, high_open, whole, example = NUMBER_RANGES[f.name]
+            check_number(f.name, value, low=low, high=high, low_open=low_open, high_open=high_open, whole=whole,
+                         example=example)
 
 
 def check_modality(strategy: Any, modality: str) -> None:

@@ -31,6 +31,67 @@ class AudioOptions:
             raise TransferkitError(f"clip_seconds {self.clip_seconds} is out of range: use 0.1 to 60 seconds.")
 
 
+def check_scoring_cost(prepared: Prepared, clips: dict[str, Any], rate: int, settings: RunSettings) -> None:
+    """Validation and test recordings are scored whole, window by window, however long they are: a one-hour
+    recording is 14,000 windows of half a second, scored after every epoch (validation) or once (test). Warn about
+    each long one (its file and duration); with a budget, time the backbone on a few windows and refuse a run whose
+    scoring alone would not fit it, else keep the test's scoring time out of the training budget."""
+    from ..console import warn
+
+    clip = prepared.backbone.preprocess.clip_seconds
+    long_after = max(60.0, 20 * clip)  # a minute, or 20 windows: far beyond what the model was trained to hear
+    longest: tuple[float, str] | None = None
+    for name in ("val", "test"):
+        if name not in clips:
+            continue
+        durations = clips[name].durations(rate)
+        long = [(float(d), clips[name].names[i]) for i, d in enumerate(durations) if d > long_after]
+        if long:
+            d, file = max(long)
+            warn(f"{len(long)} {name} recording(s) last over {long_after:.0f} s, e.g. {file} ({_duration(d)}, "
+                 f"{int(d / clip * 2)} windows): each is scored whole{' after every epoch' if name == 'val' else ''}; "
+                 "cut long recordings into clips like the training ones")
+            longest = max(longest or (0.0, ""), (d, file))
+    if settings.seconds is None:
+        return
+    windows = {name: len(prepared.encoded[name].waves) for name in ("val", "test") if name in prepared.encoded}
+    if not windows:
+        return
+    per_window = _seconds_per_window(prepared.backbone, prepared.encoded["train"].waves, settings)
+    scoring = per_window * sum(windows.values())
+    if scoring > settings.seconds:
+        culprit = f"; the longest, {longest[1]}, lasts {_duration(longest[0])}" if longest else ""
+        raise TransferkitError(f"Scoring the validation and test recordings ({sum(windows.values()):,} windows of "
+                               f"{clip:g} s{culprit}) would take about {scoring:.0f} s, more than the whole budget "
+                               f"({settings.seconds:g} s): cut long recordings into clips, or raise --budget.")
+    if "test" in prepared.encoded:
+        prepared.encoded["test"].info["scoring_estimate_s"] = round(per_window * windows["test"], 3)
+
+
+def _seconds_per_window(backbone: Any, waves: torch.Tensor, settings: RunSettings) -> float:
+    """Measured seconds of one window's forward pass (a batch of up to 32 after a warm-up), on the device the run
+    will use."""
+    device = "cuda" if torch.cuda.is_available() and not settings.cpu else "cpu"
+    x = waves[:32].float().to(device)
+    was_training = backbone.training
+    backbone.to(device).eval()
+    try:
+        with torch.inference_mode():
+            backbone(x[:2])
+            t = time.monotonic()
+            backbone(x)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            return (time.monotonic() - t) / len(x)
+    finally:
+        backbone.to("cpu").train(was_training)
+
+
+def _duration(seconds: float) -> str:
+    h, rest = divmod(int(round(seconds)), 3600)
+    return f"{h}h{rest // 60:02d}m{rest % 60:02d}s" if h else f"{rest // 60}m{rest % 60:02d}s"
+
+
 class AudioWindowDataset(Dataset):
     """Audio windows (``DecodedAudio``) held in memory; with ``augment`` each draw is shifted in time (up to 10% of
     the window, zero fill), scaled by a random gain (+-6 dB) and, half the time, mixed with white noise 15-40 dB
@@ -131,8 +192,17 @@ class AudioTask(ClassificationTask):
             replace_preprocess(bb, mean=mean, std=std)
         prepared = Prepared(splits, bb, dec, {"load_s": load_s})
         announce(prepared, describe(bb.preprocess))
+        check_scoring_cost(prepared, clips, rate, settings)
         prepared.timings["decode_s"] = time.monotonic() - t - load_s
         return prepared
+
+    def train_task(self, prepared: Prepared, settings: RunSettings, options: Any, accelerator: Any,
+                   deadline: float | None, work_dir: Path | None) -> Any:
+        # the test recordings are scored after training: their measured cost comes out of the training budget
+        test = prepared.encoded.get("test")
+        reserve = test.info.get("scoring_estimate_s", 0.0) if test is not None else 0.0
+        return super().train_task(prepared, settings, options, accelerator,
+                                  None if deadline is None else deadline - reserve, work_dir)
 
     def data_summary(self, prepared: Prepared, multi_label: bool) -> dict[str, Any]:
         summary = super().data_summary(prepared, multi_label)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..errors import TransferkitError
+from ..errors import TransferkitError, check_number
 
 
 @dataclass
@@ -49,8 +49,16 @@ class RunSettings:
             raise TransferkitError(f"cv {self.cv!r} is not a number of folds: use 2 or more (5 is usual).")
         for name in ("val_fraction", "test_fraction"):
             v = getattr(self, name)
-            if v is not None and not (isinstance(v, (int, float)) and 0 <= v < 1):
+            if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1):
                 raise TransferkitError(f"{name} {v!r} is not a fraction: use a number from 0 to below 1, e.g. 0.2.")
+        if (self.val_fraction or 0) + (self.test_fraction or 0) >= 1:
+            raise TransferkitError(f"val_fraction {self.val_fraction} and test_fraction {self.test_fraction} leave "
+                                   "nothing to train on: together they must stay below 1, e.g. 0.15 and 0.2.")
+        if self.seconds is not None:
+            check_number("budget (seconds)", self.seconds, low=0, low_open=True, example="600")
+        check_number("seed", self.seed, low=0, whole=True, example="0")
+        if self.image_size is not None:
+            check_number("image_size", self.image_size, low=32, whole=True, example="224")
         if self.out is not None:
             self.out = Path(self.out)
 

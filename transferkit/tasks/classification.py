@@ -81,7 +81,7 @@ class ClassificationTask(Task):
     def finish(self, result: Any, prepared: Prepared, settings: RunSettings, options: Any, train: Any,
                extras: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
         from ..evaluation.metrics import classification_metrics, confidently_wrong, multilabel_metrics
-        from ..evaluation.report import train_val_gap
+        from ..evaluation.report import chance_text, train_val_gap
 
         timings = extras["timings"]
         dec, splits, classes = prepared.encoded, prepared.splits, prepared.classes
@@ -157,6 +157,8 @@ class ClassificationTask(Task):
             "train_val_gap": gap,
             **run_record(result, train, settings, timings),
         }
+        metrics["at_chance"] = chance_text(scores[scored], len(classes),
+                                           "cross-validated" if scored == "val" and result.cv is not None else scored)
         metrics["unit"], metrics["inputs"] = self.unit, self.input_summary(metrics)
         if calibration is not None:
             metrics["clinical"] = calibration

@@ -34,6 +34,9 @@ class TextTaskOptions:
     def __post_init__(self) -> None:
         if self.max_length is not None and (not isinstance(self.max_length, int) or isinstance(self.max_length, bool)):
             raise TransferkitError(f"max_length {self.max_length!r} is not a number of tokens: use e.g. 128.")
+        if self.max_length is not None and self.max_length < 8:
+            raise TransferkitError(f"max_length {self.max_length} is too short to hold a text: use 8 tokens or more, "
+                                   "e.g. 128.")
 
     def reader(self, skip_bad: bool) -> Any:
         from ..data.text import TextOptions

@@ -1,0 +1,68 @@
+"""What counts as a label: a missing one is refused with its line, never turned into a class called "nan".
+
+Tables and Python lists hand labels over as they are: CSV cells as strings, JSON values as strings, numbers, true
+or null, pandas cells as NaN where empty. Without a check, ``NaN``, ``nan`` and ``null`` would each become a class,
+and JSON ``1`` and ``"1"`` would merge into one class "1" once turned into strings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import DataError
+
+# cell texts that mean "no value" in the tools that write tables (pandas, R, spreadsheets, JSON); "None" and
+# "NA" are left out: both are plausible class names ("no finding", "North America")
+MISSING_WORDS = {"", "nan", "-nan", "null"}
+
+
+def is_missing(value: Any) -> bool:
+    """Whether a label cell holds no label: None, a float NaN, an empty cell, or "NaN"/"nan"/"null"."""
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return value != value
+    if isinstance(value, str):
+        return value.strip().lower() in MISSING_WORDS
+    return False
+
+
+def kind_of(value: Any) -> str:
+    """How a label was written: "text", "whole number", "decimal number", "true/false" (or the type's name)."""
+    import numbers
+
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, numbers.Integral):
+        return "whole number"
+    if isinstance(value, numbers.Real):
+        return "decimal number"
+    return type(value).__name__
+
+
+def check_label_kinds(values: Sequence[Any], wheres: Sequence[str], column: str) -> None:
+    """Refuse labels of a column written in several ways (``1`` and ``"1"``, ``1`` and ``1.0``, ``true`` and
+    ``"yes"``): as strings they would merge into one class or split one class in two. One line names the first
+    example of two kinds. Missing values and lists (multi-label) are not looked at."""
+    first: dict[str, int] = {}
+    for i, v in enumerate(values):
+        if is_missing(v) or isinstance(v, (list, tuple)):
+            continue
+        first.setdefault(kind_of(v), i)
+        if len(first) > 1:
+            (a, ia), (b, ib) = sorted(first.items(), key=lambda kv: kv[1])[:2]
+            raise DataError(f"The {column!r} labels mix types: {wheres[ia]} has the {a} {values[ia]!r}, "
+                            f"{wheres[ib]} the {b} {values[ib]!r}; write every label the same way (all as text, "
+                            "e.g. \"1\").")
+
+
+def missing_label(where: str, column: str, value: Any, skip_hint: bool = True) -> DataError:
+    """The one line for a row without a label: where, the column, what it held, what to do."""
+    held = ("is empty (null)" if value is None else "is empty" if isinstance(value, str) and not value.strip()
+            else f"is {value!r}")
+    tail = " (or pass --skip-bad)" if skip_hint else ""
+    return DataError(f"{where}: the label ({column!r}) {held}, which is no label: fill it in or remove the "
+                     f"row{tail}.")
