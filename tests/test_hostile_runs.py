@@ -349,7 +349,7 @@ def test_a_damaged_checkpoint_is_one_line(tmp_path, content):
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1)
     ckpt = tmp_path / "last.pt"
     if content == "garbage":
-        ckpt.write_bytes(b"\x80\x04 not a checkpoint at all")
+        ckpt.write_bytes(b"not a checkpoint at all")
     else:  # a checkpoint written before the best weights were kept in it
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
