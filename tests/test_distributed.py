@@ -32,8 +32,8 @@ def test_two_process_fit_with_accelerate_launch(colour_splits, tiny_backbone, tm
     # small data: 3 cross-validation folds trained under both processes, then the final run for the folds' epoch
     assert m["test"]["n"] == 12 and m["estimate"]["folds"] == 3
     assert len(m["history"]["epochs"]) == m["estimate"]["chosen"]["epochs"] <= 3
-    assert sorted(p.name for p in out.iterdir()) == ["confusion_matrix.png", "learning_curve.png", "metrics.json",
-                                                     "model", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == [".transferkit-run.json", "confusion_matrix.png",
+                                                     "learning_curve.png", "metrics.json", "model", "report.md"]
 
 
 def test_two_process_text_fit(text_folder, tiny_text_backbone, tmp_path):
@@ -63,8 +63,8 @@ def test_two_process_detection_fit(box_folder, tiny_backbone, tmp_path):
                    "--epochs", "2", "--batch-size", "4", "--precision", "no")
     assert m["processes"] == 2 and m["task"] == "object-detection" and m["test"]["n_images"] == 6
     assert [e["stage"] for e in m["history"]["epochs"]] == [0, 0]  # unfreeze_every 2: still pyramid and head
-    assert sorted(p.name for p in out.iterdir()) == ["examples.png", "learning_curve.png", "metrics.json", "model",
-                                                     "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == [".transferkit-run.json", "examples.png", "learning_curve.png",
+                                                     "metrics.json", "model", "report.md"]
 
 
 def test_main_process_is_rank_zero_or_the_accelerators_answer(monkeypatch):

@@ -88,10 +88,75 @@ def test_a_folder_that_is_not_a_run_is_never_replaced(colour_splits, tiny_backbo
     assert [p.name for p in out.iterdir()] == ["thesis.tex"]
 
 
+def test_the_current_folder_or_one_holding_it_is_refused_before_any_work(colour_splits, tmp_path, monkeypatch):
+    here = tmp_path / "work"
+    here.mkdir()
+    (here / "keep.txt").write_text("mine")
+    monkeypatch.chdir(here)
+    for out, what in ((".", "is the current folder:"), (str(here), "is the current folder:"),
+                      ("..", "is the current folder or holds it:")):
+        with pytest.raises(TransferkitError, match=rf"^--out {re.escape(str(Path(out).resolve()))} {what} a run "
+                                                    r"replaces its folder whole, so choose a folder inside it"):
+            _fit(colour_splits, "no-such-backbone", Path(out))
+    r = subprocess.run([sys.executable, "-m", "transferkit", "fit", str(colour_splits), "--backbone",
+                        "no-such-backbone", "--out", "."], capture_output=True, text=True, env=ENV, cwd=here,
+                       timeout=300)
+    _one_line(r, f"--out {here} is the current folder")
+    with pytest.raises(TransferkitError, match="is the current folder"):
+        transferkit.pretrain(str(colour_splits), arch="test_efficientnet", out=".", steps=1)
+    assert sorted(p.name for p in here.iterdir()) == ["keep.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["split-colours", "work"]  # no lock, no temporary folder
+
+
+def test_a_relative_out_lands_where_it_names(colour_splits, tiny_backbone, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model = _fit(colour_splits, tiny_backbone, Path("runs/../run"))
+    assert (tmp_path / "run" / "model" / "config.json").is_file() and len(_run_ids(tmp_path / "run")) == 1
+    assert model.metrics["run_id"] in _run_ids(tmp_path / "run")
+    assert _beside(tmp_path / "run") == [".run.lock", "run"] and not (tmp_path / "runs").exists()
+
+
+def test_a_rerun_keeps_what_the_previous_run_did_not_write(colour_splits, tiny_backbone, tmp_path, monkeypatch,
+                                                           capsys):
+    from transferkit.rundir import MANIFEST
+
+    out = tmp_path / "run"
+    _fit(colour_splits, tiny_backbone, out)
+    written = json.loads((out / MANIFEST).read_text())["written"]
+    assert {"metrics.json", "model", "report.md"} <= set(written) and MANIFEST not in written
+    (out / "notes.txt").write_text("lr too high?")
+    (out / "eval").mkdir()
+    (out / "eval" / "metrics.json").write_text("{}")  # as `evaluate --out run/eval` leaves it
+    (out / "report.md").write_text("edited")  # the run's own file: the next run writes it anew
+    monkeypatch.setenv("TRANSFERKIT_QUIET", "0")
+    capsys.readouterr()
+    _fit(colour_splits, tiny_backbone, out)
+    assert f"{out}: kept eval, notes.txt from the previous folder (not written by a run)" in \
+        capsys.readouterr().err.replace("\n", "")
+    assert (out / "notes.txt").read_text() == "lr too high?" and (out / "eval" / "metrics.json").read_text() == "{}"
+    assert (out / "report.md").read_text() != "edited" and len(_run_ids(out)) == 1
+    assert sorted(json.loads((out / MANIFEST).read_text())["written"]) == sorted(written)
+    # a folder from a transferkit without the record: what the new run does not write is kept
+    (out / MANIFEST).unlink()
+    (out / "plot-old.png").write_bytes(b"made by hand")
+    _fit(colour_splits, tiny_backbone, out)
+    assert {"notes.txt", "eval", "plot-old.png"} <= {p.name for p in out.iterdir()}
+    assert _beside(out) == [".run.lock", "run"]
+
+
+def test_a_pretraining_into_a_folder_that_is_not_a_run_is_refused(colour_splits, tmp_path):
+    out = tmp_path / "Documents"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    with pytest.raises(TransferkitError, match=r"holds files that are not a transferkit run's \(e.g. thesis.tex\)"):
+        transferkit.pretrain(str(colour_splits), arch="test_efficientnet", out=out, steps=1)
+    assert [p.name for p in out.iterdir()] == ["thesis.tex"]
+
+
 # -- one run at a time ----------------------------------------------------------------------------------------
 
 def test_a_second_run_into_a_held_out_is_refused_at_once(colour_splits, tiny_backbone, tmp_path):
-    from transferkit.io import locked
+    from transferkit.rundir import locked
 
     out = tmp_path / "run"
     with locked(out):  # another run holds it (this process: the lock is per open file, so it conflicts too)
@@ -111,24 +176,21 @@ def test_a_second_run_into_a_held_out_is_refused_at_once(colour_splits, tiny_bac
 
 def test_two_runs_at_once_in_two_processes_one_is_refused(colour_splits, tiny_backbone, tmp_path):
     out = tmp_path / "run"
-    # the first holds --out while it trains a few epochs; the second starts meanwhile
-    first = subprocess.Popen([sys.executable, "-m", "transferkit", "fit", str(colour_splits), "--backbone",
-                              tiny_backbone, "--strategy", "finetune", "--epochs", "15", "--out", str(out)],
-                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lock = tmp_path / ".run.lock"
+    # another process holds --out (as a run does, for its whole length) while a second run starts
+    hold = ("import sys, time\nfrom transferkit.rundir import locked\n"
+            "with locked(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], env=ENV, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
     try:
-        import time
-
-        t0 = time.monotonic()
-        while not (lock.is_file() and lock.read_text().strip() == str(first.pid)):
-            assert first.poll() is None and time.monotonic() - t0 < 120, first.stderr and first.stderr.read()
-            time.sleep(0.1)
+        assert holder.stdout.readline().strip() == "held", holder.stderr.read()
         second = _cli("fit", str(colour_splits), "--backbone", tiny_backbone, "--strategy", "linear", "--out",
                       str(out))
-        _one_line(second, f"is in use by another run (pid {first.pid})")
+        _one_line(second, f"is in use by another run (pid {holder.pid})")
+        assert not out.exists()
     finally:
-        _, err = first.communicate(timeout=300)
-    assert first.returncode == 0, err
+        holder.kill()
+        holder.communicate(timeout=30)
+    _fit(colour_splits, tiny_backbone, out)  # the lock goes with the process that held it
     assert len(_run_ids(out)) == 1
 
 
@@ -195,7 +257,7 @@ def test_kill_at_any_point_leaves_the_old_run_or_the_new_one(finished, tiny_back
     if point == "between-renames":
         assert not out.exists()  # the one moment of the two-rename fallback; the next run puts the old one back
         monkeypatch.setenv("TRANSFERKIT_QUIET", "0")
-        from transferkit.io import tidy_leftovers
+        from transferkit.rundir import tidy_leftovers
 
         assert any("put back the previous run's folder" in n for n in tidy_leftovers(out))
     ids = _run_ids(out)
@@ -276,13 +338,32 @@ def test_resume_onto_a_checkpoint_without_a_record_and_another_class_count_is_on
         _fit(more, tiny_backbone, out, strategy="finetune", epochs=3, resume=True)
 
 
+@pytest.mark.parametrize("content", ["garbage", "no-best"])
+def test_a_damaged_checkpoint_is_one_line(tmp_path, content):
+    import torch
+
+    from transferkit.engine.trainer import History, resume_checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1)
+    ckpt = tmp_path / "last.pt"
+    if content == "garbage":
+        ckpt.write_bytes(b"not a checkpoint at all")
+    else:  # a checkpoint written before the best weights were kept in it
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+                    "history": History().to_dict()}, ckpt)
+    with pytest.raises(TransferkitError, match=rf"^--resume: the checkpoint {ckpt} does not fit this run \(.+\); "
+                                                "rerun without --resume"):
+        resume_checkpoint(ckpt, model, optimizer, scheduler, dict)
+
+
 # -- a full disk -------------------------------------------------------------------------------------------------
 
 def test_a_full_disk_while_writing_a_checkpoint_is_one_line_and_leaves_no_tmp(colour_splits, tiny_backbone, tmp_path,
                                                                             monkeypatch):
     import torch
-
-    import transferkit.engine.trainer as trainer
 
     out = tmp_path / "run"
     _fit(colour_splits, tiny_backbone, out)
@@ -299,7 +380,7 @@ def test_a_full_disk_while_writing_a_checkpoint_is_one_line_and_leaves_no_tmp(co
     assert str(e.value) == (f"No space left on the disk of {work} while writing a checkpoint ({work}/last.pt): free "
                             "space and rerun with --resume (it continues from the last checkpoint).")
     assert not list(tmp_path.rglob("*.tmp")) and _run_ids(out) == before
-    assert trainer.write_checkpoint is not None
+    assert not (work / "last.pt").exists()  # no half-written checkpoint for --resume to stumble on
 
 
 def test_a_full_disk_while_writing_the_outputs_keeps_the_old_folder(colour_splits, tiny_backbone, tmp_path,
@@ -344,17 +425,33 @@ def test_a_cache_root_that_is_a_file_means_no_cache_with_a_warning(colour_splits
     assert np.allclose(_probs(model, colour_splits), reference) and root.read_text() == "not a folder"
 
 
+@pytest.fixture(scope="module")
+def cached(tmp_path_factory, tiny_backbone) -> dict:
+    """Data, a run on them without the cache (its test-set probabilities, its folder) and a filled feature cache
+    (each test copies it, then damages its one entry)."""
+    from conftest import write_colour_images
+
+    root = tmp_path_factory.mktemp("cached")
+    write_colour_images(root / "data" / "train", 10, seed=1)
+    write_colour_images(root / "data" / "test", 4, seed=2)
+    reference = _fit(root / "data", tiny_backbone, root / "a", cache=False)
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("TRANSFERKIT_CACHE", str(root / "cache"))
+        _fit(root / "data", tiny_backbone, root / "b")  # fills the cache
+    return {"data": root / "data", "probs": _probs(reference, root / "data"), "run": root / "a",
+            "cache": root / "cache"}
+
+
 @pytest.mark.parametrize("damage", ["wrong-shape", "all-zero", "truncated", "no-checksum"])
-def test_a_damaged_cache_entry_is_recomputed_never_used(colour_splits, tiny_backbone, tmp_path, monkeypatch, capsys,
-                                                        damage):
+def test_a_damaged_cache_entry_is_recomputed_never_used(cached, tiny_backbone, tmp_path, monkeypatch, capsys, damage):
     import numpy as np
     import torch
     from safetensors import safe_open
     from safetensors.torch import save_file
 
+    data = cached["data"]
+    shutil.copytree(cached["cache"], tmp_path / "cache")
     monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path / "cache"))
-    reference = _probs(_fit(colour_splits, tiny_backbone, tmp_path / "a", cache=False), colour_splits)
-    _fit(colour_splits, tiny_backbone, tmp_path / "b")  # fills the cache
     entries = sorted((tmp_path / "cache" / "features").glob("*.safetensors"))
     assert len(entries) == 1  # the training split (no validation split: small data)
     with safe_open(str(entries[0]), "pt") as f:
@@ -375,11 +472,11 @@ def test_a_damaged_cache_entry_is_recomputed_never_used(colour_splits, tiny_back
         note = "carries no checksum"
     monkeypatch.setenv("TRANSFERKIT_QUIET", "0")
     capsys.readouterr()
-    model = _fit(colour_splits, tiny_backbone, tmp_path / "c")
+    model = _fit(data, tiny_backbone, tmp_path / "c")
     assert f"feature cache: {entries[0].name} {note}: computing the features again" in \
         capsys.readouterr().err.replace("\n", "")
-    assert np.allclose(_probs(model, colour_splits), reference)
-    assert model.metrics["test"]["accuracy"] == transferkit.load(tmp_path / "a" / "model").evaluate(
-        str(colour_splits / "test"))["accuracy"]
+    assert np.allclose(_probs(model, data), cached["probs"])
+    assert model.metrics["test"]["accuracy"] == transferkit.load(cached["run"] / "model").evaluate(
+        str(data / "test"))["accuracy"]
     with safe_open(str(entries[0]), "pt") as f:  # rewritten whole
         assert torch.equal(f.get_tensor("features"), feats)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import TransferkitError
-from .io import holds_output
+from .rundir import holds_output
 
 if TYPE_CHECKING:
     from .bundle.detection import DetectionModel

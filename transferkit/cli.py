@@ -76,8 +76,8 @@ def fit(
     ),
     out: Path = typer.Option(
         Path("runs/latest"), "--out", "-o",
-        help="Run folder: model/, metrics.json, plots, report.md; replaced whole when the run ends (checkpoints wait "
-             "in .NAME.work beside it until then).",
+        help="Run folder: model/, metrics.json, plots, report.md; replaced whole when the run ends, keeping what an "
+             "earlier run did not write, e.g. notes (checkpoints wait in .NAME.work beside it until then).",
     ),
     backbone: Optional[str] = typer.Option(
         None, "--backbone", "-b",

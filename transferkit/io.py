@@ -18,12 +18,10 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
-
-F = TypeVar("F", bound=Callable[..., Any])
+from typing import Any
 
 
 def _umask() -> int:
@@ -57,7 +55,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
                 shutil.rmtree(tmp, ignore_errors=True)  # ``tmp`` now holds the old folder
                 return
             # no atomic exchange here (not Linux, or a file system without it): two renames, and a kill between
-            # them leaves only ``.NAME.old-PID``, which :func:`tidy_leftovers` puts back
+            # them leaves only ``.NAME.old-PID``, which :func:`transferkit.rundir.tidy_leftovers` puts back
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
             try:
@@ -145,96 +143,6 @@ def jsonable(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-# -- the output folder of a run (fit, compare, pretrain, rank) ------------------------------------------------------
-
-def check_out(out: str | Path, flag: str = "--out") -> None:
-    """Refuse an output folder that cannot be written, before any work: a file, a path inside a file, or a parent
-    folder this user may not write to (a run creates its folder, a lock and a temporary folder beside it).
-
-    Raises:
-        TransferkitError: one line naming ``out`` and what to do.
-    """
-    from .errors import TransferkitError
-
-    out = Path(out).absolute()
-    if out.exists() and not out.is_dir():
-        raise TransferkitError(f"{flag} {out} is a file, not a folder: choose a folder (it is created if missing).")
-    parent = out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise TransferkitError(f"{flag} {out} lies inside {parent}, which is a file: choose a folder elsewhere.")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise TransferkitError(f"{flag} {out}: {parent} is not writable here: choose a folder you can write to.")
-
-
-def lock_path(out: Path) -> Path:
-    """The lock file of an output folder: ``.NAME.lock`` beside it (kept after the run: removing it could let two
-    runs hold two different lock files at once)."""
-    return out.parent / f".{out.name}.lock"
-
-
-@contextmanager
-def locked(out: str | Path, flag: str = "--out") -> Iterator[None]:
-    """Hold ``out`` for one run: an exclusive ``flock`` on :func:`lock_path`, taken at once or refused. The system
-    drops the lock when the process ends, however it ends (``kill -9`` included), so no stale lock is left.
-
-    Raises:
-        TransferkitError: another run (another process, or another open run in this one) holds ``out``.
-    """
-    from .errors import TransferkitError
-
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory lock; runs into one folder are the user's to keep apart
-        yield
-        return
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path(out), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = os.pread(fd, 20, 0).decode("ascii", "replace").strip()
-            raise TransferkitError(f"{out} is in use by another run{f' (pid {pid})' if pid.isdigit() else ''}: wait "
-                                   f"for it to finish or choose another {flag}.") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def leftovers(out: Path) -> list[Path]:
-    """What an interrupted :func:`atomic_dir` into ``out`` left beside it: ``.NAME.tmp-*`` (a folder being filled, or
-    the old folder being deleted) and ``.NAME.old-*`` (the old folder, moved aside)."""
-    if not out.parent.is_dir():
-        return []
-    return sorted(p for p in out.parent.iterdir()
-                  if p.name.startswith((f".{out.name}.tmp-", f".{out.name}.old-")))
-
-
-def tidy_leftovers(out: str | Path) -> list[str]:
-    """Remove what an interrupted run left beside ``out`` (call it holding :func:`locked`, so no live run's folder
-    is taken); when a kill fell between the two renames of a swap and ``out`` is missing, its old folder is put
-    back. Returns one note per thing done, for the user."""
-    out = Path(out)
-    notes = []
-    for p in leftovers(out):
-        if p.name.startswith(f".{out.name}.old-") and not out.exists():
-            os.replace(p, out)
-            notes.append(f"{out}: put back the previous run's folder ({p.name}), which an interrupted run had moved "
-                         "aside")
-            continue
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
-        notes.append(f"{out}: removed {p.name}, left by an interrupted run")
-    return notes
-
-
 def write_failed(err: OSError, path: str | Path, what: str, then: str = "rerun") -> Exception:
     """The one line for an :class:`OSError` while writing ``what`` to ``path``: a full disk (or quota) says so and
     what to do; another error names itself. Returns a :class:`~transferkit.errors.TransferkitError` to raise."""
@@ -246,35 +154,3 @@ def write_failed(err: OSError, path: str | Path, what: str, then: str = "rerun")
         return TransferkitError(f"No space left on the disk of {Path(path).parent} while writing {what} ({path}): "
                                 f"free space and {then}.")
     return TransferkitError(f"Could not write {what} ({path}): {err.strerror or err}; check the folder and {then}.")
-
-
-def holds_output(param: str = "out", flag: str = "--out") -> Callable[[F], F]:
-    """Decorate a function that writes a folder named by its argument ``param``: for the whole call that folder is
-    checked (:func:`check_out`), held (:func:`locked`) and rid of an interrupted run's leftovers
-    (:func:`tidy_leftovers`). ``None`` (nothing written) skips all three, as does every process but the main one
-    under a launcher (rank 0 by ``RANK``, as :func:`transferkit.engine.accel.is_main_process` decides without an
-    accelerator): only that one writes."""
-    import functools
-    import inspect
-
-    def wrap(fn: F) -> F:
-        signature = inspect.signature(fn)
-
-        @functools.wraps(fn)
-        def held(*args: Any, **kwargs: Any) -> Any:
-            bound = signature.bind(*args, **kwargs)
-            bound.apply_defaults()
-            out = bound.arguments.get(param)
-            if out is None or os.environ.get("RANK", "0").strip() not in ("", "0"):
-                return fn(*args, **kwargs)
-            check_out(out, flag)
-            with locked(out, flag):
-                from .console import info
-
-                for note in tidy_leftovers(out):
-                    info(note)
-                return fn(*args, **kwargs)
-
-        return held  # type: ignore[return-value]
-
-    return wrap

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TransferkitError
-from ..io import holds_output
+from ..rundir import holds_output
 from .render import RUN_COLUMNS, SUMMARY_COLUMNS, render_html, render_markdown, write_comparison, write_results
 from .runs import (
     ALL,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
@@ -30,7 +29,9 @@ def is_main_process(accelerator: Any | None = None) -> bool:
     """
     if accelerator is not None:
         return bool(accelerator.is_main_process)
-    return os.environ.get("RANK", "0").strip() in ("", "0")
+    from ..rundir import main_process
+
+    return main_process()
 
 
 def bf16_supported_on_cpu() -> bool:

@@ -258,6 +258,8 @@ def resume_checkpoint(ckpt: Path | None, model: nn.Module, optimizer, scheduler,
     (epochs as ``record`` dataclasses) and the best weights. A fresh history and None when there is none."""
     if ckpt is None or not ckpt.is_file():
         return History(), None
+    import pickle
+
     from ..errors import TransferkitError
 
     try:
@@ -267,12 +269,13 @@ def resume_checkpoint(ckpt: Path | None, model: nn.Module, optimizer, scheduler,
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         history = History([record(**r) for r in state["history"]["epochs"]], state["history"]["best_epoch"])
-    except (RuntimeError, KeyError, ValueError, TypeError, EOFError) as err:  # another model, or a damaged file
+        return history, state["best"]
+    except (RuntimeError, KeyError, ValueError, TypeError, EOFError, pickle.UnpicklingError) as err:
+        # another model, or a damaged file
         lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()] or [type(err).__name__]
         reason = (lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0])[:160]  # torch's first detail
         raise TransferkitError(f"--resume: the checkpoint {ckpt} does not fit this run ({reason}); rerun without "
                                "--resume, or with the settings it was trained with.") from None
-    return history, state["best"]
 
 
 def write_checkpoint(path: Path, state: dict) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TransferkitError, check_number
-from ..io import holds_output
+from ..rundir import holds_output
 
 # per method: epochs, global batch, learning rate (random start, pretrained start), weight decay, temperature
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -48,7 +48,7 @@ class PretrainResult:
         return f"PretrainResult(path={str(self.path)!r}, method={self.metrics.get('method')!r})"
 
 
-@holds_output("out")
+@holds_output("out", marks=("pretrain.json", "checkpoints"))
 def pretrain(
     data: str | Path,
     *,
@@ -94,7 +94,9 @@ def pretrain(
     A checkpoint is written every ``checkpoint_every`` steps and after each epoch under ``out/checkpoints``;
     ``resume=True`` continues from it (also after ``kill -9``) and ends with the same weights (bit for bit on CPUs).
     ``out`` is replaced, atomically, only when training has finished: it then holds the backbone, ``pretrain.json``
-    (settings, source data record, log), ``pretrain_curve.png``, ``report.md`` and ``log.txt``.
+    (settings, source data record, log), ``pretrain_curve.png``, ``report.md`` and ``log.txt``, and keeps what an
+    earlier run there did not write (notes). ``out`` is held by one run at a time; a folder holding files but no
+    pre-training run (no ``pretrain.json`` or ``checkpoints``), or the current folder, is refused before any work.
     """
     from ..engine.accel import is_main_process, make_accelerator
     from .loop import CHECKPOINT, read_checkpoint
@@ -362,8 +364,9 @@ def _image_evaluator(val, classes, backbone, accelerator, workers):
 
 
 def _export(obj, backbone, metrics: dict, out: Path, ckpt_dir: Path) -> None:
-    """Write the backbone and the run's record to ``out`` in one rename (the checkpoints go with the old folder)."""
-    from ..io import atomic_dir
+    """Write the backbone and the run's record to ``out`` in one rename (the checkpoints go with the old folder;
+    what an earlier run did not write, such as notes, is carried over)."""
+    from ..rundir import replaced
     from .report import curve_png, report_md
 
     log = (ckpt_dir / "log.txt").read_text(encoding="utf-8") if (ckpt_dir / "log.txt").is_file() else ""
@@ -374,7 +377,7 @@ def _export(obj, backbone, metrics: dict, out: Path, ckpt_dir: Path) -> None:
                            **({k: v for k, v in metrics["record"]["evaluations"][-1].items() if k.startswith("val")}
                               if metrics["record"]["evaluations"] else {})}
     metrics["provenance"] = provenance
-    with atomic_dir(out) as tmp:
+    with replaced(out, ours=("checkpoints",)) as tmp:
         CORPORA[metrics["modality"]].write(backbone, tmp, provenance)
         from ..io import write_json
 
