@@ -140,9 +140,8 @@ class ImageTask(ClassificationTask):
         if self.resize is not None:
             replace_preprocess(bb, resize=self.resize)
         if settings.image_size is not None:
-            if settings.image_size < 32:
-                raise TransferkitError(f"Image size {settings.image_size} is too small: use 32 pixels or more.")
-            # the backbone's mean/std/interpolation stay; only the resolution changes (and is saved in the bundle)
+            # its range is checked with the run's settings; the backbone's mean/std/interpolation stay, only the
+            # resolution changes (and is saved in the bundle)
             replace_preprocess(bb, input_size=(settings.image_size, settings.image_size))
 
     def input_summary(self, metrics: dict[str, Any]) -> str:

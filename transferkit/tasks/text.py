@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import TransferkitError
+from ..errors import MAX_TEXT_TOKENS, MIN_TEXT_TOKENS, TransferkitError, check_number
 from .base import Prepared, RunSettings, replace_preprocess
 from .classification import ClassificationTask, announce, existing_parts
 
@@ -32,11 +32,9 @@ class TextTaskOptions:
     max_length: int | None = field(default=None, metadata={"help": "Tokens per text (default: the encoder's)."})
 
     def __post_init__(self) -> None:
-        if self.max_length is not None and (not isinstance(self.max_length, int) or isinstance(self.max_length, bool)):
-            raise TransferkitError(f"max_length {self.max_length!r} is not a number of tokens: use e.g. 128.")
-        if self.max_length is not None and self.max_length < 8:
-            raise TransferkitError(f"max_length {self.max_length} is too short to hold a text: use 8 tokens or more, "
-                                   "e.g. 128.")
+        if self.max_length is not None:
+            check_number("max_length", self.max_length, low=MIN_TEXT_TOKENS, high=MAX_TEXT_TOKENS, whole=True,
+                         example="128")
 
     def reader(self, skip_bad: bool) -> Any:
         from ..data.text import TextOptions
