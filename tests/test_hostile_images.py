@@ -320,3 +320,17 @@ def test_a_medical_file_is_sized_from_its_header_before_any_pixel_is_decoded(tmp
     with image_limits(100_000), pytest.raises(DataError, match=r"holds 50 frames of 64x64 pixels \(0\.2 MP in all\)"):
         load_pil(volume)
     assert load_pil(volume)[0].size == (64, 64)  # under the default limit it is read as before
+
+
+def test_blank_images_are_not_copies_of_each_other():
+    import torch
+
+    from transferkit.data.copies import find_copies
+    from transferkit.data.images import DecodedImages, pixel_keys
+
+    pixels = torch.zeros((4, 3, 8, 8), dtype=torch.uint8)  # two blank slices, then one picture twice
+    pixels[2:, 0, :4] = 200
+    keys = pixel_keys(DecodedImages(pixels, torch.zeros(4, dtype=torch.long), [""] * 4, []))
+    assert keys[0] is None and keys[1] is None and keys[2] == keys[3] is not None
+    copies = find_copies({"train": (keys[::2], ["blank-a", "pic-a"]), "test": (keys[1::2], ["blank-b", "pic-b"])})
+    assert copies.by_split == {"test": 1} and copies.example == ("pic-b", "test", "pic-a", "train")

@@ -320,10 +320,15 @@ def decode(
     return DecodedImages(pixels[torch.from_numpy(idx)], targets, [prints[i] for i in idx], skipped, idx.tolist())
 
 
-def pixel_keys(data: DecodedImages) -> list[str]:
+def pixel_keys(data: DecodedImages) -> list[str | None]:
     """A key per decoded image from its pixels at the input size: the same picture saved twice (another name,
-    another DICOM UID, another PNG encoder) gives the same key."""
-    return [hashlib.sha1(data.pixels[i].numpy().tobytes()).hexdigest() for i in range(len(data))]
+    another DICOM UID, another PNG encoder) gives the same key. None for an image of one colour (a blank slice, an
+    empty frame): blank slices of different patients are alike without being copies of each other."""
+    keys: list[str | None] = []
+    for i in range(len(data)):
+        px = data.pixels[i]
+        keys.append(None if bool((px == px.flatten()[0]).all()) else hashlib.sha1(px.numpy().tobytes()).hexdigest())
+    return keys
 
 
 def normalize(pixels: torch.Tensor, pre: PreprocessConfig) -> torch.Tensor:

@@ -80,6 +80,7 @@ class Prepared:
     backbone: Any
     encoded: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
+    copies: Any = None  # the copies found across splits (data.copies.Copies), found once when the data are read
 
     @property
     def classes(self) -> list[str]:

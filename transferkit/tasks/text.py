@@ -107,15 +107,15 @@ class TextTask(ClassificationTask):
         splits = self.load_splits(data, settings, options)
         from ..data.copies import answer_copies
 
-        answer_copies(text_copies(splits), self.unit)
+        copies = text_copies(splits)
+        answer_copies(copies, self.unit)
         bb = create_backbone(backbone, arch=settings.arch, modality="text")
         if options.max_length is not None:
             limit = bb.max_length_limit()
-            if not 8 <= options.max_length <= limit:
-                raise TransferkitError(f"max_length {options.max_length} is out of range for {bb.spec.name}: use 8 "
-                                       f"to {limit}.")
+            check_number(f"max_length (for {bb.spec.name})", options.max_length, low=MIN_TEXT_TOKENS, high=limit,
+                         whole=True, example="128")
             replace_preprocess(bb, max_length=options.max_length)
-        prepared = Prepared(splits, bb, {})
+        prepared = Prepared(splits, bb, {}, copies=copies)
         announce(prepared, f"{bb.num_features}-d, {bb.preprocess.pooling} pooling, {bb.preprocess.max_length} tokens")
         prepared.timings["load_s"] = time.monotonic() - t
         t = time.monotonic()
@@ -125,7 +125,7 @@ class TextTask(ClassificationTask):
         return prepared
 
     def data_summary(self, prepared: Prepared, multi_label: bool) -> dict[str, Any]:
-        copies = text_copies(prepared.splits)
+        copies = prepared.copies
         return prepared.splits.summary() | {
             "multi_label": multi_label, "max_length": prepared.backbone.preprocess.max_length,
             "truncated": {name: d.truncated for name, d in prepared.encoded.items()}} | (
