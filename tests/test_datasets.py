@@ -45,3 +45,33 @@ def test_test_extra_brings_the_dataset_builders():
     assert set(extras["datasets"]) <= set(extras["test"])
     pips = {pip for needs in PACKAGES.values() for _, pip in needs}
     assert pips == {req.split("=")[0].split(">")[0] for req in extras["datasets"]}
+
+
+def test_demo_reaches_fit_with_its_data_and_settings(monkeypatch, tmp_path):
+    import transferkit.api
+    from transferkit.data.images import MAX_IMAGE_PIXELS, max_image_pixels
+    from transferkit.datasets import demos
+    from transferkit.errors import TransferkitError
+
+    built = tmp_path / "built"
+    seen = {}
+
+    def fake_fit(data, **kwargs):
+        seen.update(kwargs, data=data, pixels=max_image_pixels())
+        raise TransferkitError("fit reached")  # what fit then does is tested with fit; stop here, cheaply
+
+    monkeypatch.setitem(demos.DEMOS, "image", demos.Demo("data/fashion-mnist-10", lambda folder, n, k: built))
+    monkeypatch.setattr(transferkit.api, "fit", fake_fit)
+    r = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 2 and r.output.strip() == "error: fit reached", r.output
+    assert (seen["data"], seen["out"], seen["budget"], seen["strategy"]) == (str(built), tmp_path / "run", "3m",
+                                                                               "auto")
+    assert seen["pixels"] == MAX_IMAGE_PIXELS  # the default limit, not typer's placeholder for --max-image-pixels
+
+
+def test_max_image_pixels_holds_for_its_command_only():
+    from transferkit.data.images import MAX_IMAGE_PIXELS, max_image_pixels
+
+    r = CliRunner().invoke(app, ["predict", "no-such-bundle", "x.png", "--max-image-pixels", "575"])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert max_image_pixels() == MAX_IMAGE_PIXELS  # a later command in this process gets the default again

@@ -255,7 +255,7 @@ CASES = {
     "max-length-0": ("text", put("preprocess.max_length", 0),
                      f"config.json: preprocess.max_length must be a whole number from 1 to 32768, got 0; {FIX}"),
     "pooling": ("text", put("preprocess.pooling", "median"), "config.json: preprocess.pooling must be one of mean, "
-                f"cls, max, lasttoken, mean_sqrt_len, got 'median'; {FIX}"),
+                f"cls, max, mean_sqrt_len, lasttoken, got 'median'; {FIX}"),
     "label-sep-number": ("text", put("label_sep", 3),
                          f"config.json: label_sep must be a non-empty string, got 3; {FIX}"),
     "sample-rate-0": ("audio", put("preprocess.sample_rate", 0), "config.json: preprocess.sample_rate must be a whole "

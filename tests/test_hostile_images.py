@@ -102,9 +102,12 @@ def test_the_pixel_limit_can_be_raised_and_lowered_and_is_checked(tmp_path):
     with image_limits(24 * 24 - 1), pytest.raises(DataError, match="pass --max-image-pixels 576 if you trust it"):
         load_pil(small)
     assert load_pil(small)[0].size == (24, 24)  # the default again after the block
-    for bad in (0, -5, 1.5, True, "many"):
-        with pytest.raises(TransferkitError, match=f"max_image_pixels {bad!r} is not a pixel count"):
+    for bad, problem in ((0, "is out of range"), (-5, "is out of range"), (1.5, "is not a whole number"),
+                         (True, "is not a number"), ("many", "is not a number")):
+        with pytest.raises(TransferkitError) as err:
             set_max_image_pixels(bad)
+        assert str(err.value) == (f"max_image_pixels {bad!r} {problem}: use a whole number, 1 or more, e.g. 80000000 "
+                                  "(the default).")
 
 
 def test_predict_answers_bombs_in_one_line_and_memory_stays_small(image_bundle, tmp_path):
@@ -211,6 +214,21 @@ def test_exif_orientation_is_applied_where_images_are_read(tmp_path, orientation
     assert np.array_equal(d.pixels[0].numpy(), d.pixels[1].numpy())
 
 
+def test_a_garbage_exif_block_leaves_the_photo_readable_as_stored(tmp_path):
+    from transferkit.data.images import open_image, oriented_size
+
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:, :20, 0] = 255
+    path = tmp_path / "garbage-exif.png"
+    Image.fromarray(stored).save(path, exif=b"garbage!")  # PIL's getexif() raises SyntaxError on this block
+    with pytest.raises(SyntaxError):
+        Image.open(path).getexif()
+    img, _ = load_pil(path)
+    assert np.array_equal(np.asarray(img), stored)  # read as stored: orientation 1
+    with open_image(path, path) as header:  # how detection reads an image's size for its boxes
+        assert oriented_size(header) == (40, 20)
+
+
 def test_predict_reads_a_sideways_photo_upright(image_bundle, tmp_path):
     turned, plain = _sideways(tmp_path / "photo.png", 6)
     model = transferkit.load(image_bundle)
@@ -275,3 +293,44 @@ def test_texts_repeated_or_in_two_splits_are_named(tmp_path, capsys):
     assert copies.by_split == {"train": 1, "test": 1}
     assert copies.example == (f"{table} line 4", "train", f"{table} line 2", "train")
     assert "2 of the texts repeat an earlier one's content (1 within train, 1 in test)" in copies.sentence("texts")
+
+
+def test_a_medical_file_is_sized_from_its_header_before_any_pixel_is_decoded(tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    nib = pytest.importorskip("nibabel")
+    from conftest import write_ct_dicom
+
+    path = write_ct_dicom(tmp_path / "ct.dcm", np.zeros((48, 48)), "P1")
+    ds = pydicom.dcmread(path)
+    ds.Rows = ds.Columns = 20000  # a header claiming 400 MP over 4.6 kB of pixel data: never decoded
+    ds.save_as(path)
+    with pytest.raises(DataError) as err:
+        load_pil(path)
+    assert str(err.value).startswith(f"{path} is 20000x20000 pixels (400.0 MP), over the limit of 80 MP")
+    frames = write_ct_dicom(tmp_path / "frames.dcm", np.zeros((48, 48)), "P2")
+    ds = pydicom.dcmread(frames)
+    ds.NumberOfFrames = 100
+    ds.save_as(frames)
+    with image_limits(100_000), pytest.raises(DataError) as err:
+        load_pil(frames)
+    assert str(err.value) == (f"{frames} holds 100 frames of 48x48 pixels (0.2 MP in all), over the limit of 0.1 MP: "
+                              "pass --max-image-pixels 230400 if you trust it, or --skip-bad to skip such files.")
+    volume = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((64, 64, 50), np.float32), np.eye(4)), str(volume))
+    with image_limits(100_000), pytest.raises(DataError, match=r"holds 50 frames of 64x64 pixels \(0\.2 MP in all\)"):
+        load_pil(volume)
+    assert load_pil(volume)[0].size == (64, 64)  # under the default limit it is read as before
+
+
+def test_blank_images_are_not_copies_of_each_other():
+    import torch
+
+    from transferkit.data.copies import find_copies
+    from transferkit.data.images import DecodedImages, pixel_keys
+
+    pixels = torch.zeros((4, 3, 8, 8), dtype=torch.uint8)  # two blank slices, then one picture twice
+    pixels[2:, 0, :4] = 200
+    keys = pixel_keys(DecodedImages(pixels, torch.zeros(4, dtype=torch.long), [""] * 4, []))
+    assert keys[0] is None and keys[1] is None and keys[2] == keys[3] is not None
+    copies = find_copies({"train": (keys[::2], ["blank-a", "pic-a"]), "test": (keys[1::2], ["blank-b", "pic-b"])})
+    assert copies.by_split == {"test": 1} and copies.example == ("pic-b", "test", "pic-a", "train")

@@ -37,17 +37,24 @@ def _fails_with_one_line(r, expected: str) -> str:
     (["--lr", "inf"], "lr inf is out of range: use a finite number above 0"),
     (["--lr", "-1"], "lr -1.0 is out of range: use a finite number above 0"),
     (["--lr", "0"], "lr 0.0 is out of range: use a finite number above 0"),
-    (["--batch-size", "0"], "batch_size 0 is out of range: use a whole number, 1 or more."),
-    (["--batch-size", "-3"], "batch_size -3 is out of range: use a whole number, 1 or more."),
-    (["--epochs", "0"], "epochs 0 is out of range: use a whole number, 1 or more."),
-    (["--epochs", "-1"], "epochs -1 is out of range: use a whole number, 1 or more."),
-    (["--budget", "0s"], "Budget '0s' leaves no time to train: give a positive duration, e.g. 90s, 10m or 1h30m."),
-    (["--val-fraction", "1"], "val_fraction 1.0 is not a fraction: use a number from 0 to below 1"),
-    (["--test-fraction", "nan"], "test_fraction nan is not a fraction"),
+    (["--batch-size", "0"], "batch_size 0 is out of range: use a whole number from 1 to 2147483647."),
+    (["--batch-size", "-3"], "batch_size -3 is out of range: use a whole number from 1 to 2147483647."),
+    (["--epochs", "0"], "epochs 0 is out of range: use a whole number from 1 to 2147483647."),
+    (["--epochs", "-1"], "epochs -1 is out of range: use a whole number from 1 to 2147483647."),
+    (["--epochs", "9" * 400], "epochs 999999999999... (400 digits) is out of range: use a whole number from 1 to "
+                              "2147483647."),
+    (["--budget", "0s"], "budget 0.0 is out of range: use a finite number above 0 and up to 1000000000, e.g. 600 "
+                         "(seconds), or 90s, 10m, 1h30m."),
+    (["--val-fraction", "1"], "val_fraction 1.0 is out of range: use a finite number from 0 to below 1, e.g. 0.2."),
+    (["--test-fraction", "nan"], "test_fraction nan is out of range: use a finite number from 0 to below 1"),
+    (["--cv", "1"], "cv 1 is out of range: use a whole number from 2 to"),
     (["--val-fraction", "0.6", "--test-fraction", "0.5"],
      "val_fraction 0.6 and test_fraction 0.5 leave nothing to train on: together they must stay below 1"),
-    (["--image-size", "0"], "image_size 0 is out of range: use a whole number, 32 or more, e.g. 224."),
-    (["--seed", "-1"], "seed -1 is out of range: use a whole number, 0 or more, e.g. 0."),
+    (["--image-size", "0"], "image_size 0 is out of range: use a whole number from 32 to 2048, e.g. 224."),
+    (["--image-size", "3000"], "image_size 3000 is out of range: use a whole number from 32 to 2048, e.g. 224."),
+    (["--seed", "-1"], "seed -1 is out of range: use a whole number from 0 to 4294967295, e.g. 0."),
+    (["--seed", str(2**32)], "seed 4294967296 is out of range: use a whole number from 0 to 4294967295, e.g. 0."),
+    (["--seed", "9" * 400], "seed 999999999999... (400 digits) is out of range: use a whole number from 0 to"),
 ])
 def test_out_of_range_options_are_refused_before_any_work(colour_folder, tiny_backbone, tmp_path, args, expected):
     out = tmp_path / "run"
@@ -61,9 +68,15 @@ def test_out_of_range_options_are_refused_before_any_work(colour_folder, tiny_ba
 @pytest.mark.parametrize("option, value, expected", [
     ("weight_decay", float("nan"), "weight_decay nan is out of range: use a finite number, 0 or more."),
     ("layer_decay", 0.0, "layer_decay 0.0 is out of range: use a finite number above 0 and up to 1, e.g. 0.7."),
-    ("epochs", True, "epochs True is out of range: use a whole number"),
-    ("epochs", 2.5, "epochs 2.5 is out of range: use a whole number"),
-    ("lr", "0.1", "lr '0.1' is out of range: use a finite number above 0"),
+    ("epochs", True, "epochs True is not a number: use a whole number"),
+    ("epochs", 2.5, "epochs 2.5 is not a whole number: use a whole number"),
+    ("epochs", 10**400, "epochs 100000000000... (401 digits) is out of range: use a whole number from 1 to"),
+    ("lr", "0.1", "lr '0.1' is not a number: use a finite number above 0"),
+    ("lr", 10**400, "lr 100000000000... (401 digits) is out of range: use a finite number above 0, e.g. 1e-4."),
+    ("seed", 2**32, "seed 4294967296 is out of range: use a whole number from 0 to 4294967295, e.g. 0."),
+    ("budget", 10**400, "budget 100000000000... (401 digits) is out of range: use a finite number above 0 and up to"),
+    ("cv", 1.5, "cv 1.5 is not a whole number: use a whole number from 2 to"),
+    ("val_fraction", "0.2", "val_fraction '0.2' is not a number: use a finite number from 0 to below 1"),
     ("warmup_epochs", float("-inf"), "warmup_epochs -inf is out of range"),
 ])
 def test_python_api_options_are_checked_the_same_way(colour_folder, tiny_backbone, tmp_path, option, value,
@@ -77,6 +90,12 @@ def test_python_api_options_are_checked_the_same_way(colour_folder, tiny_backbon
 @pytest.mark.parametrize("given, expected", [
     ({"lr": float("nan")}, "lr nan is out of range: use a finite number above 0, e.g. 1e-4."),
     ({"weight_decay": -0.5}, "weight_decay -0.5 is out of range: use a finite number, 0 or more, e.g. 0.01."),
+    ({"log_every": 0}, "log_every 0 is out of range: use a whole number from 1 to 2147483647."),
+    ({"batch_size": 10**400}, "batch_size 100000000000... (401 digits) is out of range: use a whole number from 1 to "
+                              "2147483647."),
+    ({"seed": 2**32}, "seed 4294967296 is out of range: use a whole number from 0 to 4294967295, e.g. 0."),
+    ({"image_size": 3000}, "image_size 3000 is out of range: use a whole number from 8 to 2048, e.g. 224."),
+    ({"label_smoothing": 1.0}, "label_smoothing 1.0 is out of range: use a finite number from 0 to below 1, e.g. 0.1."),
 ])
 def test_pretraining_options_are_checked_before_any_work(colour_folder, tiny_backbone, tmp_path, given, expected):
     with pytest.raises(TransferkitError) as err:

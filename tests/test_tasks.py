@@ -291,7 +291,7 @@ def test_options_of_another_task_are_refused_with_whose_they_are(colour_folder, 
         transferkit.fit(box_folder, backbone="efficientnet_lite0,efficientnet_lite1")
     with pytest.raises(TransferkitError, match="is not classification"):
         transferkit.fit(colour_folder, task="classify", modality="detection")
-    with pytest.raises(TransferkitError, match="cv 1 is not a number of folds"):
+    with pytest.raises(TransferkitError, match="cv 1 is out of range: use a whole number from 2"):
         transferkit.fit(colour_folder, cv=1, modality="nonsense")  # run settings are checked first
 
 

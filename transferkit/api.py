@@ -6,6 +6,7 @@ to :func:`transferkit.pipeline.run` (data -> task -> backbone -> strategy -> eng
 
 from __future__ import annotations
 
+import numbers
 import re
 import time
 from pathlib import Path
@@ -24,20 +25,20 @@ def parse_budget(budget: str | float | int | None) -> float | None:
     """``"10m"``, ``"90s"``, ``"1h"``, ``"1h30m"`` or seconds -> seconds; ``None`` means no budget."""
     if budget is None or budget == "":
         return None
-    if isinstance(budget, (int, float)) and not isinstance(budget, bool):
-        seconds = float(budget)
+    from .tasks.base import check_budget
+
+    if isinstance(budget, numbers.Real) and not isinstance(budget, bool):
+        check_budget(budget)
+        return float(budget)
+    text = str(budget).strip().lower()
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", text)
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        seconds = float(text)
+    elif not parts or "".join(f"{n}{u}" for n, u in parts) != text.replace(" ", ""):
+        raise TransferkitError(f"Budget {budget!r} is not a duration: write e.g. 90s, 10m or 1h30m.")
     else:
-        text = str(budget).strip().lower()
-        parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", text)
-        if re.fullmatch(r"\d+(\.\d+)?", text):
-            seconds = float(text)
-        elif not parts or "".join(f"{n}{u}" for n, u in parts) != text.replace(" ", ""):
-            raise TransferkitError(f"Budget {budget!r} is not a duration: write e.g. 90s, 10m or 1h30m.")
-        else:
-            seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
-    if not 0 < seconds < float("inf"):  # NaN fails too
-        raise TransferkitError(f"Budget {budget!r} leaves no time to train: give a positive duration, e.g. 90s, 10m "
-                               "or 1h30m.")
+        seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+    check_budget(seconds)
     return seconds
 
 

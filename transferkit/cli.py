@@ -3,6 +3,7 @@ inside the commands so ``transferkit --help`` answers at once."""
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -38,15 +39,21 @@ def _max_pixels_option():
     )
 
 
-def _limit_images(pixels: Optional[int]) -> None:
-    """--max-image-pixels, for every image this command reads."""
-    if pixels is not None:
-        from .data.images import set_max_image_pixels
+def _limits_images(command):
+    """--max-image-pixels for every image ``command`` reads, and for nothing after it: the limit in force before is
+    restored when the command returns (a later command in the same process, a test or a notebook, gets its own)."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        from .data.images import image_limits
 
         try:
-            set_max_image_pixels(pixels)
-        except TransferkitError as err:
+            with image_limits(kwargs.get("max_image_pixels")):
+                return command(*args, **kwargs)
+        except TransferkitError as err:  # a limit that is not a pixel count (the command answers its own errors)
             _fail(err)
+
+    return run
 
 
 def _version(value: bool) -> None:
@@ -66,6 +73,7 @@ def main(
 
 
 @app.command()
+@_limits_images
 def fit(
     data: Path = typer.Argument(
         ...,
@@ -208,7 +216,6 @@ def fit(
     max_image_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
     """Train on DATA and write a bundle, metrics, plots and a report to --out."""
-    _limit_images(max_image_pixels)
     from .api import fit as fit_api
 
     options = {k: v for k, v in {"epochs": epochs, "lr": lr, "batch_size": batch_size}.items() if v is not None}
@@ -303,6 +310,7 @@ def _detection_summary(m: dict, scored: str, out: Path, as_json: bool) -> None:
 
 
 @app.command()
+@_limits_images
 def predict(
     model_dir: Path = typer.Argument(..., help="A bundle folder (the run's model/)."),
     inputs: Optional[list[str]] = typer.Argument(
@@ -333,7 +341,6 @@ def predict(
     max_image_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
     """Top-k labels with probabilities for each image, recording or text; boxes for detectors."""
-    _limit_images(max_image_pixels)
     from .bundle.detection import DetectionModel
     from .api import load
 
@@ -453,6 +460,7 @@ def _short(text: str, n: int = 60) -> str:
 
 
 @app.command()
+@_limits_images
 def evaluate(
     model_dir: Path = typer.Argument(..., help="A bundle folder (the run's model/)."),
     data: Path = typer.Argument(
@@ -479,7 +487,6 @@ def evaluate(
     max_image_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
     """Score a saved model on labelled images, audio or texts (detectors: COCO mAP on images with boxes)."""
-    _limit_images(max_image_pixels)
     from .bundle.detection import DetectionModel
     from .api import load
 
@@ -546,6 +553,7 @@ def _print_detection_metrics(m: dict) -> None:
 
 
 @app.command()
+@_limits_images
 def rank(
     data: Path = typer.Argument(
         ...,
@@ -570,7 +578,6 @@ def rank(
     max_image_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
     """Rank backbones for DATA by transferability scores from frozen features (LogME, LEEP, NCE, H-score, k-NN)."""
-    _limit_images(max_image_pixels)
     from .api import rank as rank_api
     from .ranking import render
 
@@ -589,6 +596,7 @@ def rank(
 
 
 @app.command()
+@_limits_images
 def compare(
     data: Path = typer.Argument(
         ...,
@@ -647,7 +655,6 @@ def compare(
     max_image_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
     """Measure transfer against scratch on DATA: every budget x seed x strategy scored on one fixed test set."""
-    _limit_images(max_image_pixels)
     from .comparison import compare as compare_api
 
     try:
@@ -671,6 +678,7 @@ def compare(
 
 
 @app.command()
+@_limits_images
 def pretrain(
     data: Path = typer.Argument(
         ...,
@@ -753,7 +761,6 @@ def pretrain(
     """
     from .pretraining import pretrain as pretrain_api
 
-    _limit_images(max_image_pixels)
     try:
         result = pretrain_api(str(data), method=method, arch=arch, init=init, out=out, epochs=epochs, steps=steps,
                               batch_size=batch_size, lr=lr, weight_decay=weight_decay, image_size=image_size,
@@ -867,7 +874,7 @@ def demo(
         precision="auto", resume=False, image_size=None, text_column=None, label_column=None, label_sep=None,
         encoding="utf-8", max_length=None, clip_seconds=None, task=spec.task, modality=spec.modality,
         window=None, slices=None, patient_column=None, positive=None, threshold=None, balance=None,
-        scratch_baseline=False, as_json=False)
+        scratch_baseline=False, as_json=False, max_image_pixels=None)
 
 
 if __name__ == "__main__":

@@ -10,21 +10,21 @@ network built from the config in :mod:`.weights`.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import TransferkitError
+from ..backbones.text import POOLING_MODES
+from ..data.images import INTERPOLATION
+from ..errors import (MAX_INPUT_SIZE, MAX_TEXT_TOKENS, MIN_INPUT_SIZE, TransferkitError, is_finite_number,
+                      is_whole_number)
 
 BUNDLE_FORMAT = "transferkit-bundle/1"
 KNOWN_FORMATS = (BUNDLE_FORMAT,)  # the format versions this transferkit reads
 
-# An image side beyond 2048 px costs gigabytes per batch (a tampered input_size of 4096 took 3.4 GB per image);
-# below 8 px no backbone has a feature map left.
-MIN_INPUT_SIZE, MAX_INPUT_SIZE = 8, 2048
-MAX_TEXT_TOKENS = 32_768  # longer than any encoder's position table
+# image sides and token windows: transferkit.errors' MIN_INPUT_SIZE, MAX_INPUT_SIZE and MAX_TEXT_TOKENS, which fit
+# and pretrain check too, so that every bundle they write is read back
 MAX_CLIP_SECONDS = 600.0  # one audio window; longer recordings are cut into windows anyway
 MAX_CONFIG_BYTES = 16 * 2**20  # a config.json is a few kilobytes; a bigger one is not read into memory
 MAX_SIDE_FILE_BYTES = 64 * 2**20  # tokenizer.json and the like are checked as JSON up to this size
@@ -99,22 +99,13 @@ def _shown(v: Any, value: bool = False) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    # an int is finite however long (math.isfinite would overflow on a 400-digit one)
-    return _is_int(v) or (isinstance(v, float) and math.isfinite(v))
-
-
 def _got(ok: bool, v: Any, value: bool = False) -> str | None:
     return None if ok else f"got {_shown(v, value)}"
 
 
 def whole(lo: int, hi: int, nullable: bool = False) -> tuple[str, Check]:
     what = f"a whole number from {lo} to {hi}" + (" or null" if nullable else "")
-    return what, lambda v, _: _got((nullable and v is None) or (_is_int(v) and lo <= v <= hi), v)
+    return what, lambda v, _: _got((nullable and v is None) or (is_whole_number(v) and lo <= v <= hi), v)
 
 
 def number(lo: float, hi: float, low_open: bool = False, nullable: bool = False) -> tuple[str, Check]:
@@ -122,7 +113,8 @@ def number(lo: float, hi: float, low_open: bool = False, nullable: bool = False)
         " or null" if nullable else "")
 
     def check(v: Any, _: dict) -> str | None:
-        return _got((nullable and v is None) or (_is_num(v) and (lo < v if low_open else lo <= v) and v <= hi), v)
+        ok = is_finite_number(v) and (lo < v if low_open else lo <= v) and v <= hi
+        return _got((nullable and v is None) or ok, v)
 
     return what, check
 
@@ -156,13 +148,13 @@ def mapping(keys: tuple[str, ...] | None = None) -> tuple[str, Check]:
 def numbers(n: int, lo: float, hi: float, low_open: bool = False) -> tuple[str, Check]:
     what = f"a list of {n} numbers " + (f"above {lo:g} and up to {hi:g}" if low_open else f"from {lo:g} to {hi:g}")
     return what, lambda v, _: _got(isinstance(v, list) and len(v) == n and all(
-        _is_num(x) and (lo < x if low_open else lo <= x) and x <= hi for x in v), v)
+        is_finite_number(x) and (lo < x if low_open else lo <= x) and x <= hi for x in v), v)
 
 
 def image_size() -> tuple[str, Check]:
     what = f"a pair of whole numbers from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE} (pixels)"
     return what, lambda v, _: _got(isinstance(v, list) and len(v) == 2 and all(
-        _is_int(x) and MIN_INPUT_SIZE <= x <= MAX_INPUT_SIZE for x in v), v)
+        is_whole_number(x) and MIN_INPUT_SIZE <= x <= MAX_INPUT_SIZE for x in v), v)
 
 
 def class_names() -> tuple[str, Check]:
@@ -186,7 +178,7 @@ def count_of(field: str) -> tuple[str, Check]:
 
     def check(v: Any, config: dict) -> str | None:
         n = len(config.get(field) or [])
-        return None if _is_int(v) and v == n else f"got {_shown(v)} for {n} {field}"
+        return None if is_whole_number(v) and v == n else f"got {_shown(v)} for {n} {field}"
 
     return f"the number of {field}", check
 
@@ -194,7 +186,7 @@ def count_of(field: str) -> tuple[str, Check]:
 def class_weights() -> tuple[str, Check]:
     def check(v: Any, config: dict) -> str | None:
         n = len(config.get("labels") or [])
-        ok = v is None or (isinstance(v, list) and len(v) == n and all(_is_num(x) and 0 < x <= 1e6 for x in v))
+        ok = v is None or (isinstance(v, list) and len(v) == n and all(is_finite_number(x) and 0 < x <= 1e6 for x in v))
         return _got(ok, v)
 
     return "null or one number above 0 (and up to a million) per label", check
@@ -260,7 +252,7 @@ IMAGE = (
     Rule("preprocess.input_size", *image_size()),
     Rule("preprocess.mean", *numbers(3, -1000, 1000)),  # of pixels scaled to [0, 1]: a few tenths
     Rule("preprocess.std", *numbers(3, 0, 1000, low_open=True)),
-    Rule("preprocess.interpolation", *one_of("bicubic", "bilinear", "nearest", "lanczos"), optional=True),
+    Rule("preprocess.interpolation", *one_of(*INTERPOLATION), optional=True),
     Rule("preprocess.crop_pct", *number(0.25, 1), optional=True),
     Rule("preprocess.window", *window(), optional=True),
     Rule("preprocess.slices", *one_of("2d", "2.5d"), optional=True),
@@ -268,7 +260,7 @@ IMAGE = (
 )
 TEXT = (
     Rule("preprocess.max_length", *whole(1, MAX_TEXT_TOKENS)),
-    Rule("preprocess.pooling", *one_of("mean", "cls", "max", "lasttoken", "mean_sqrt_len"), optional=True),
+    Rule("preprocess.pooling", *one_of(*POOLING_MODES), optional=True),
     Rule("preprocess.normalize", *flag(), optional=True),
     Rule("label_sep", "a non-empty string", lambda v, _: _got(isinstance(v, str) and v != "", v), optional=True),
 )

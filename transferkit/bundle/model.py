@@ -214,7 +214,7 @@ class TransferModel:
     @classmethod
     def load(cls, folder: str | Path, config: dict[str, Any] | None = None, task: Any = None) -> TransferModel:
         """Rebuild from a bundle folder, checking it first (:func:`~transferkit.bundle.format.read_config`,
-        :func:`~transferkit.bundle.format.load_weights`).
+        :func:`~transferkit.bundle.weights.load_weights`).
 
         Raises:
             TransferkitError: one line naming the file (and field or tensor) when ``folder`` is not a usable bundle.

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import TransferkitError
+from ..errors import TransferkitError, is_whole_number
 from .format import FIX
 
 MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit on its JSON header
@@ -76,8 +76,9 @@ def weights_header(path: str | Path) -> dict[str, tuple[int, ...]]:
         if name == "__metadata__":
             continue
         ok = (isinstance(entry, dict) and entry.get("dtype") in DTYPE_BYTES and isinstance(entry.get("shape"), list)
-              and all(is_whole(d) and d >= 0 for d in entry["shape"]) and isinstance(entry.get("data_offsets"), list)
-              and len(entry["data_offsets"]) == 2 and all(is_whole(o) for o in entry["data_offsets"]))
+              and all(is_whole_number(d) and d >= 0 for d in entry["shape"])
+              and isinstance(entry.get("data_offsets"), list)
+              and len(entry["data_offsets"]) == 2 and all(is_whole_number(o) for o in entry["data_offsets"]))
         if not ok:
             raise TransferkitError(f"{damaged} (tensor {name!r} has no valid dtype, shape and offsets): {FIX}.")
         begin, end = entry["data_offsets"]
@@ -133,7 +134,3 @@ def load_weights(module: Any, path: str | Path) -> None:
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise TransferkitError(f"{path}: tensor {name!r} holds NaN or infinite values; {FIX}.")
     module.load_state_dict(state)
-
-
-def is_whole(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)

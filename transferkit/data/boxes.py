@@ -290,8 +290,9 @@ def read_coco(path: Path, check: _Checker) -> tuple[dict[str, BoxSet], list[str]
         if not files and not jsons:  # COCO files in the folder itself, images in images/ (or beside them)
             files = _top_coco_files(path)
         if not files:
-            raise DataError(f"{path}/annotations has no train/val/test JSON: name them instances_train.json, "
-                            "instances_val.json, instances_test.json.")
+            raise DataError(f"{path} has no COCO file named by split: name them annotations/instances_train.json, "
+                            "instances_val.json and instances_test.json, or put one annotations.json (or train.json, "
+                            "val.json, test.json) beside images/.")
     classes: list[str] = []
     out = {}
     for split, (j, dirs) in files.items():

@@ -43,16 +43,20 @@ class Copies:
                 "note": self.sentence(unit)}
 
 
-def find_copies(parts: dict[str, tuple[Sequence[str], Sequence[str]]], within: tuple[str, ...] = ()) -> Copies | None:
+def find_copies(parts: dict[str, tuple[Sequence[str | None], Sequence[str]]],
+                within: tuple[str, ...] = ()) -> Copies | None:
     """``parts``: split name -> (content keys, names), training split first. An example counts when its key is in
     an earlier split, or earlier in its own split for the splits named in ``within`` (the cross-validated
-    training split). None when there is no copy."""
+    training split). A key of None (an example with nothing to compare, such as a blank image) matches nothing.
+    None when there is no copy."""
     first: dict[str, tuple[str, str]] = {}
     by_split: dict[str, int] = {}
     example = None
     for split, (keys, names) in parts.items():
         seen_here: dict[str, str] = {}
         for key, name in zip(keys, names, strict=True):
+            if key is None:
+                continue
             earlier = first.get(key) or ((seen_here[key], split) if split in within and key in seen_here else None)
             if earlier is not None:
                 by_split[split] = by_split.get(split, 0) + 1

@@ -27,7 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..backbones.protocol import PreprocessConfig
 from ..console import progress, warn
-from ..errors import DataError, TransferkitError
+from ..errors import DataError, check_number
 from .sources import ImageSet, Item
 
 # the backbone's interpolation name -> PIL's resampling filter (shared by every image reader)
@@ -64,9 +64,7 @@ def set_max_image_pixels(pixels: int | None) -> int:
     Raises :class:`TransferkitError` for a limit that is not a positive whole number."""
     if pixels is None:
         pixels = MAX_IMAGE_PIXELS
-    if isinstance(pixels, bool) or not isinstance(pixels, (int, np.integer)) or pixels < 1:
-        raise TransferkitError(f"max_image_pixels {pixels!r} is not a pixel count: give a whole number above 0, e.g. "
-                               f"{MAX_IMAGE_PIXELS} (the default).")
+    check_number("max_image_pixels", pixels, low=1, whole=True, example=f"{MAX_IMAGE_PIXELS} (the default)")
     previous, _limits["pixels"] = _limits["pixels"], int(pixels)
     return previous
 
@@ -105,6 +103,17 @@ def check_image_size(name: object, width: int, height: int, max_pixels: int | No
                         "files.")
 
 
+def check_volume_size(name: object, width: int, height: int, frames: int) -> None:
+    """:func:`check_image_size` for each of ``frames`` slices, and the pixels of all of them (every frame of a DICOM
+    series or NIfTI volume is decoded at once) against the same limit."""
+    check_image_size(name, width, height)
+    total, limit = width * height * frames, max_image_pixels()
+    if frames > 1 and total > limit:
+        raise DataError(f"{name} holds {frames} frames of {width}x{height} pixels ({total / 1e6:.1f} MP in all), over "
+                        f"the limit of {limit / 1e6:g} MP: pass --max-image-pixels {total} if you trust it, or "
+                        "--skip-bad to skip such files.")
+
+
 def open_image(source: bytes | Path, name: object) -> Image.Image:
     """An image (its encoded bytes, or a file) opened without decoding its pixels, after
     :func:`check_image_size`. PIL's own guard would answer a bomb with an exception naming no file (and refuse
@@ -127,15 +136,25 @@ def open_image(source: bytes | Path, name: object) -> Image.Image:
 ORIENTATION = 0x0112  # the EXIF tag: 1 upright, 3 upside down, 6 and 8 turned by 90 degrees, 2/4/5/7 mirrored
 
 
+def orientation(img: Image.Image) -> int:
+    """The image's EXIF orientation; 1 (upright, as stored) when it has none or its EXIF block is garbage (PIL
+    raises SyntaxError or worse for one): the pixels are still a readable picture, shown as stored."""
+    try:
+        value = img.getexif().get(ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - any parser error in a block of metadata leaves the pixels as stored
+        return 1
+    return value if value in range(1, 9) else 1
+
+
 def oriented_size(img: Image.Image) -> tuple[int, int]:
     """Width and height as the image is shown: swapped when its EXIF orientation turns it by 90 degrees."""
     w, h = img.size
-    return (h, w) if img.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8) else (w, h)
+    return (h, w) if orientation(img) in (5, 6, 7, 8) else (w, h)
 
 
 def upright(img: Image.Image) -> Image.Image:
     """``img`` turned as its EXIF orientation says (a phone photo taken upright is stored sideways)."""
-    if img.getexif().get(ORIENTATION, 1) in (2, 3, 4, 5, 6, 7, 8):
+    if orientation(img) != 1:
         return ImageOps.exif_transpose(img)
     return img
 
@@ -183,7 +202,7 @@ def load_pil(item: Item, window: str = "auto", slices: str = "2d") -> tuple[Imag
     from .medical import is_medical, read_high_bit_depth, read_medical
 
     if is_medical(path):
-        arr = read_medical(path, window, slices)
+        arr = read_medical(path, window, slices, lambda w, h, n: check_volume_size(path, w, h, n))
         check_image_size(path, arr.shape[1], arr.shape[0])
         fingerprint = _file_hash(path)
         return Image.fromarray(arr).convert("RGB"), fingerprint
@@ -301,10 +320,15 @@ def decode(
     return DecodedImages(pixels[torch.from_numpy(idx)], targets, [prints[i] for i in idx], skipped, idx.tolist())
 
 
-def pixel_keys(data: DecodedImages) -> list[str]:
+def pixel_keys(data: DecodedImages) -> list[str | None]:
     """A key per decoded image from its pixels at the input size: the same picture saved twice (another name,
-    another DICOM UID, another PNG encoder) gives the same key."""
-    return [hashlib.sha1(data.pixels[i].numpy().tobytes()).hexdigest() for i in range(len(data))]
+    another DICOM UID, another PNG encoder) gives the same key. None for an image of one colour (a blank slice, an
+    empty frame): blank slices of different patients are alike without being copies of each other."""
+    keys: list[str | None] = []
+    for i in range(len(data)):
+        px = data.pixels[i]
+        keys.append(None if bool((px == px.flatten()[0]).all()) else hashlib.sha1(px.numpy().tobytes()).hexdigest())
+    return keys
 
 
 def normalize(pixels: torch.Tensor, pre: PreprocessConfig) -> torch.Tensor:

@@ -36,6 +36,7 @@ import re
 import secrets
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -163,22 +164,37 @@ def apply_window(values: np.ndarray, window: str, own: tuple[float, float] | Non
     return np.round(out * 255).astype(np.uint8)
 
 
-def read_medical(path: Path, window: str = "auto", slices: str = "2d") -> np.ndarray:
+# called with (width, height, frames) from a file's header, before any pixel is decoded; raises DataError to refuse
+SizeCheck = Callable[[int, int, int], None]
+
+
+def read_medical(path: Path, window: str = "auto", slices: str = "2d", check_size: SizeCheck | None = None
+                 ) -> np.ndarray:
     """One DICOM or NIfTI file -> ``(H, W)`` uint8 greyscale, or ``(H, W, 3)`` uint8 (colour DICOM, 2.5-D stacks).
 
-    Raises :class:`DataError` naming the file when it cannot be read.
+    ``check_size(width, height, frames)`` sees the size the header declares (DICOM Rows, Columns and
+    NumberOfFrames; the NIfTI shape) before a pixel is decoded: every frame is decoded, so a refusal must come
+    first. Raises :class:`DataError` naming the file when it cannot be read.
     """
     if is_nifti(path):
-        return read_nifti(path, window, slices)
-    return read_dicom(path, window, slices)
+        return read_nifti(path, window, slices, check_size)
+    return read_dicom(path, window, slices, check_size)
 
 
-def read_dicom(path: Path, window: str = "auto", slices: str = "2d") -> np.ndarray:
+def read_dicom(path: Path, window: str = "auto", slices: str = "2d", check_size: SizeCheck | None = None
+               ) -> np.ndarray:
     with _quiet_pydicom():
-        return _read_dicom(path, window, slices)
+        return _read_dicom(path, window, slices, check_size)
 
 
-def _read_dicom(path: Path, window: str, slices: str) -> np.ndarray:
+def _header_int(ds, keyword: str, default: int) -> int:
+    try:
+        return int(ds.get(keyword, default) or default)
+    except (TypeError, ValueError):
+        return default
+
+
+def _read_dicom(path: Path, window: str, slices: str, check_size: SizeCheck | None) -> np.ndarray:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -190,6 +206,9 @@ def _read_dicom(path: Path, window: str, slices: str) -> np.ndarray:
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         kind = str(ds.get("Modality", "")) or "DICOM"
         raise DataError(f"{path} is a {kind} object without an image (no pixel data): remove it, or pass --skip-bad.")
+    if check_size is not None and "Rows" in ds and "Columns" in ds:  # without them pixel_array fails below
+        frames = max(1, _header_int(ds, "NumberOfFrames", 1))
+        check_size(_header_int(ds, "Columns", 0), _header_int(ds, "Rows", 0), frames)
     try:
         arr = ds.pixel_array  # pydicom 3 returns RGB for YBR colour data, compressed or not
     except Exception as err:  # noqa: BLE001 - pydicom raises many kinds for undecodable pixel data
@@ -290,15 +309,21 @@ def _dicom_colour(ds, arr: np.ndarray, photometric: str, frames: int) -> np.ndar
     return np.ascontiguousarray(arr[..., :3])
 
 
-def read_nifti(path: Path, window: str = "auto", slices: str = "2d") -> np.ndarray:
+def read_nifti(path: Path, window: str = "auto", slices: str = "2d", check_size: SizeCheck | None = None
+               ) -> np.ndarray:
     import nibabel as nib
 
     try:
-        img = nib.load(str(path))
+        img = nib.load(str(path))  # the header only; the voxels are read below
+        if check_size is not None:  # the first volume of a 4-D file is all that is read
+            shape = tuple(int(n) for n in img.shape[:3]) + (1,) * (3 - min(3, len(img.shape)))
+            check_size(shape[0], shape[1], shape[2])
         if len(img.shape) > 3:  # 4-D (time or channels): the first volume only, never the whole series
             img = img.slicer[..., 0] if len(img.shape) == 4 else img.slicer[:, :, :, 0, ...]
         img = nib.as_closest_canonical(img)
         vol = np.asarray(img.dataobj, dtype=np.float32)  # scl_slope/scl_inter applied
+    except DataError:
+        raise
     except Exception as err:  # noqa: BLE001 - nibabel raises several kinds for damaged files
         raise DataError(f"{path} is not a readable NIfTI file ({type(err).__name__}): replace or remove it, or pass "
                         "--skip-bad.") from None

@@ -10,11 +10,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..errors import TransferkitError
+from ..errors import DivergedError
 
-
-class DivergedError(TransferkitError):
-    """The training loss became NaN or infinite."""
+__all__ = ["DivergedError", "peak_lr", "stop_if_diverged"]  # DivergedError lives in transferkit.errors
 
 
 def peak_lr(optimizer: Any) -> float:

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import TransferkitError, check_number
+from ..errors import (MAX_COUNT, MAX_INPUT_SIZE, MAX_SEED, MAX_TEXT_TOKENS, MIN_INPUT_SIZE, MIN_TEXT_TOKENS,
+                      TransferkitError, check_number)
 from ..rundir import holds_output
 
 # per method: epochs, global batch, learning rate (random start, pretrained start), weight decay, temperature
@@ -109,24 +110,24 @@ def pretrain(
         raise TransferkitError("Give --epochs or --steps, not both.")
     for name, value in (("epochs", epochs), ("steps", steps), ("batch_size", batch_size),
                         ("checkpoint_every", checkpoint_every), ("log_every", log_every)):
-        if value is not None and value < 1:
-            raise TransferkitError(f"{name} must be at least 1 (got {value}).")
+        if value is not None:
+            check_number(name, value, low=1, high=MAX_COUNT, whole=True)
     for name, value in (("lr", lr), ("weight_decay", weight_decay)):
         if value is not None:
             check_number(name, value, low=0, low_open=name == "lr", example="1e-4" if name == "lr" else "0.01")
-    if not 0 <= label_smoothing < 1:
-        raise TransferkitError(f"label_smoothing must be in [0, 1) (got {label_smoothing}).")
-    if not 0 <= val_fraction < 0.5:
-        raise TransferkitError(f"val_fraction must be in [0, 0.5) (got {val_fraction}).")
+    check_number("label_smoothing", label_smoothing, low=0, high=1, high_open=True, example="0.1")
+    check_number("val_fraction", val_fraction, low=0, high=0.5, high_open=True, example="0.1")
+    check_number("seed", seed, low=0, high=MAX_SEED, whole=True, example="0")
     corpus = CORPORA[modality]
     if arch is not None and not corpus.random_start:
         raise TransferkitError(f"{corpus.title} pre-training continues a pretrained encoder: pass --init (e.g. "
                                "all-MiniLM-L6-v2), not --arch.")
     if arch is not None and init is not None:
         raise TransferkitError("Give --arch (random start) or --init (pretrained start), not both.")
-    for name, value in (("image_size", image_size), ("max_length", max_length)):
-        if value is not None and value < 8:
-            raise TransferkitError(f"{name} must be at least 8 (got {value}).")
+    if image_size is not None:
+        check_number("image_size", image_size, low=MIN_INPUT_SIZE, high=MAX_INPUT_SIZE, whole=True, example="224")
+    if max_length is not None:
+        check_number("max_length", max_length, low=MIN_TEXT_TOKENS, high=MAX_TEXT_TOKENS, whole=True, example="128")
     out = Path(out)
     ckpt_dir = out / "checkpoints"
     state_exists = (ckpt_dir / CHECKPOINT).is_file()

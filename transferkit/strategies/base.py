@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from ..backbones.protocol import BackboneSpec
 from ..engine.loop import History
+from ..errors import MAX_COUNT
 
 
 PROBE_FOLDS = 5  # default folds where a fold costs seconds (the probe on cached features)
@@ -187,10 +188,10 @@ def config_for(cfg_cls: type, profile: str = "image", **overrides: Any) -> Any:
 
 # the range of every numeric strategy option, by name: (low, high, low excluded, high excluded, whole, example)
 NUMBER_RANGES: dict[str, tuple[float | None, float | None, bool, bool, bool, str]] = {
-    **{name: (1, None, False, False, True, "") for name in (
+    **{name: (1, MAX_COUNT, False, False, True, "") for name in (
         "epochs", "max_epochs", "min_epochs", "batch_size", "repeats", "r", "alpha", "pairs_per_example",
         "max_pairs", "min_per_class", "unfreeze_every", "patience")},
-    "finetune_folds": (2, None, False, False, True, "3"),
+    "finetune_folds": (2, MAX_COUNT, False, False, True, "3"),
     **{name: (0, None, True, False, False, "1e-4") for name in ("lr", "head_lr", "finetune_lr")},
     **{name: (0, None, False, False, False, "") for name in ("weight_decay", "grad_clip", "warmup_epochs",
                                                              "warmup_fraction")},

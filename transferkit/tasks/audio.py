@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import TransferkitError
+from ..errors import TransferkitError, check_number
 from .base import Prepared, RunSettings, data_kind, replace_preprocess
 from .classification import ClassificationTask, announce, existing_parts
 
@@ -26,9 +26,8 @@ class AudioOptions:
         "help": "Window length in seconds, 0.1 to 60 (default: from the training recordings' durations)."})
 
     def __post_init__(self) -> None:
-        if self.clip_seconds is not None and not (isinstance(self.clip_seconds, (int, float))
-                                                  and 0.1 <= self.clip_seconds <= 60):
-            raise TransferkitError(f"clip_seconds {self.clip_seconds} is out of range: use 0.1 to 60 seconds.")
+        if self.clip_seconds is not None:
+            check_number("clip_seconds", self.clip_seconds, low=0.1, high=60, example="1.0 (seconds)")
 
 
 def check_scoring_cost(prepared: Prepared, clips: dict[str, Any], rate: int, settings: RunSettings) -> None:
@@ -160,7 +159,7 @@ class AudioTask(ClassificationTask):
         splits = self.load_splits(data, settings, options)
         bb = create_backbone(backbone, arch=settings.arch, modality="audio")
         if settings.image_size is not None:
-            if bb.preprocess.kind != "spectrogram" or settings.image_size < 32:
+            if bb.preprocess.kind != "spectrogram":  # its range is checked with the run's settings
                 raise TransferkitError("image_size sets the spectrogram height of a CNN backbone (32 pixels or more).")
             replace_preprocess(bb, image_height=settings.image_size)
         load_s = time.monotonic() - t

@@ -19,7 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..errors import TransferkitError, check_number
+from ..errors import MAX_COUNT, MAX_INPUT_SIZE, MAX_SEED, MIN_FIT_SIZE, TransferkitError, check_number
+
+
+MAX_BUDGET = 10**9  # seconds, about 32 years: past any run, and a float still holds it
+
+
+def check_budget(seconds: float) -> None:
+    """Refuse a time budget that is not a positive, finite number of seconds (one wording for fit and the API)."""
+    check_number("budget", seconds, low=0, low_open=True, high=MAX_BUDGET, example="600 (seconds), or 90s, 10m, 1h30m")
 
 
 @dataclass
@@ -45,20 +53,20 @@ class RunSettings:
     strategy_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.cv is not None and (not isinstance(self.cv, int) or isinstance(self.cv, bool) or self.cv < 2):
-            raise TransferkitError(f"cv {self.cv!r} is not a number of folds: use 2 or more (5 is usual).")
+        if self.cv is not None:
+            check_number("cv", self.cv, low=2, high=MAX_COUNT, whole=True, example="5")
         for name in ("val_fraction", "test_fraction"):
-            v = getattr(self, name)
-            if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1):
-                raise TransferkitError(f"{name} {v!r} is not a fraction: use a number from 0 to below 1, e.g. 0.2.")
+            if getattr(self, name) is not None:
+                check_number(name, getattr(self, name), low=0, high=1, high_open=True, example="0.2")
         if (self.val_fraction or 0) + (self.test_fraction or 0) >= 1:
             raise TransferkitError(f"val_fraction {self.val_fraction} and test_fraction {self.test_fraction} leave "
                                    "nothing to train on: together they must stay below 1, e.g. 0.15 and 0.2.")
         if self.seconds is not None:
-            check_number("budget (seconds)", self.seconds, low=0, low_open=True, example="600")
-        check_number("seed", self.seed, low=0, whole=True, example="0")
+            check_budget(self.seconds)
+        check_number("seed", self.seed, low=0, high=MAX_SEED, whole=True, example="0")
         if self.image_size is not None:
-            check_number("image_size", self.image_size, low=32, whole=True, example="224")
+            check_number("image_size", self.image_size, low=MIN_FIT_SIZE, high=MAX_INPUT_SIZE, whole=True,
+                         example="224")
         if self.out is not None:
             self.out = Path(self.out)
 
@@ -72,6 +80,7 @@ class Prepared:
     backbone: Any
     encoded: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
+    copies: Any = None  # the copies found across splits (data.copies.Copies), found once when the data are read
 
     @property
     def classes(self) -> list[str]:

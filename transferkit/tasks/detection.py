@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError, TransferkitError
+from ..errors import MAX_INPUT_SIZE, DataError, TransferkitError, check_number
 from .base import Prepared, RunSettings, Task, run_record
 from .classification import existing_parts
 
@@ -79,9 +79,9 @@ class DetectionTask(Task):
     def check(self, settings: RunSettings, options: DetectionOptions) -> None:
         if settings.scratch_baseline:
             raise TransferkitError(ONE_DETECTOR)
-        if settings.image_size is not None and not 64 <= settings.image_size <= 2048:
-            raise TransferkitError(f"image_size {settings.image_size} is out of range for detection: use 64 to 2048 "
-                                   "pixels.")
+        if settings.image_size is not None:
+            check_number("image_size (detection)", settings.image_size, low=64, high=MAX_INPUT_SIZE, whole=True,
+                         example="640")
 
     def prepare(self, data: Any, backbone: str | None, settings: RunSettings, options: DetectionOptions,
                 parts: tuple[str, ...] = ("train", "val", "test")) -> Prepared:

@@ -124,12 +124,13 @@ class ImageTask(ClassificationTask):
         prepared.timings["decode_s"] = time.monotonic() - t
         from ..data.copies import answer_copies
 
-        answer_copies(image_copies(prepared), self.unit, refuse=self.patients)  # medical: refused, as for patients
+        prepared.copies = image_copies(prepared)
+        answer_copies(prepared.copies, self.unit, refuse=self.patients)  # medical: refused, as for patients
         return prepared
 
     def data_summary(self, prepared: Prepared, multi_label: bool) -> dict[str, Any]:
         summary = super().data_summary(prepared, multi_label)
-        copies = image_copies(prepared)
+        copies = prepared.copies
         return summary | ({"copies": copies.as_dict(self.unit)} if copies is not None else {})
 
     def finish_preprocess(self, bb: Any, settings: RunSettings, options: ImageOptions) -> None:
@@ -140,9 +141,8 @@ class ImageTask(ClassificationTask):
         if self.resize is not None:
             replace_preprocess(bb, resize=self.resize)
         if settings.image_size is not None:
-            if settings.image_size < 32:
-                raise TransferkitError(f"Image size {settings.image_size} is too small: use 32 pixels or more.")
-            # the backbone's mean/std/interpolation stay; only the resolution changes (and is saved in the bundle)
+            # its range is checked with the run's settings; the backbone's mean/std/interpolation stay, only the
+            # resolution changes (and is saved in the bundle)
             replace_preprocess(bb, input_size=(settings.image_size, settings.image_size))
 
     def input_summary(self, metrics: dict[str, Any]) -> str:

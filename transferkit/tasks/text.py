@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import TransferkitError
+from ..errors import MAX_TEXT_TOKENS, MIN_TEXT_TOKENS, TransferkitError, check_number
 from .base import Prepared, RunSettings, replace_preprocess
 from .classification import ClassificationTask, announce, existing_parts
 
@@ -32,11 +32,9 @@ class TextTaskOptions:
     max_length: int | None = field(default=None, metadata={"help": "Tokens per text (default: the encoder's)."})
 
     def __post_init__(self) -> None:
-        if self.max_length is not None and (not isinstance(self.max_length, int) or isinstance(self.max_length, bool)):
-            raise TransferkitError(f"max_length {self.max_length!r} is not a number of tokens: use e.g. 128.")
-        if self.max_length is not None and self.max_length < 8:
-            raise TransferkitError(f"max_length {self.max_length} is too short to hold a text: use 8 tokens or more, "
-                                   "e.g. 128.")
+        if self.max_length is not None:
+            check_number("max_length", self.max_length, low=MIN_TEXT_TOKENS, high=MAX_TEXT_TOKENS, whole=True,
+                         example="128")
 
     def reader(self, skip_bad: bool) -> Any:
         from ..data.text import TextOptions
@@ -109,15 +107,15 @@ class TextTask(ClassificationTask):
         splits = self.load_splits(data, settings, options)
         from ..data.copies import answer_copies
 
-        answer_copies(text_copies(splits), self.unit)
+        copies = text_copies(splits)
+        answer_copies(copies, self.unit)
         bb = create_backbone(backbone, arch=settings.arch, modality="text")
         if options.max_length is not None:
             limit = bb.max_length_limit()
-            if not 8 <= options.max_length <= limit:
-                raise TransferkitError(f"max_length {options.max_length} is out of range for {bb.spec.name}: use 8 "
-                                       f"to {limit}.")
+            check_number(f"max_length (for {bb.spec.name})", options.max_length, low=MIN_TEXT_TOKENS, high=limit,
+                         whole=True, example="128")
             replace_preprocess(bb, max_length=options.max_length)
-        prepared = Prepared(splits, bb, {})
+        prepared = Prepared(splits, bb, {}, copies=copies)
         announce(prepared, f"{bb.num_features}-d, {bb.preprocess.pooling} pooling, {bb.preprocess.max_length} tokens")
         prepared.timings["load_s"] = time.monotonic() - t
         t = time.monotonic()
@@ -127,7 +125,7 @@ class TextTask(ClassificationTask):
         return prepared
 
     def data_summary(self, prepared: Prepared, multi_label: bool) -> dict[str, Any]:
-        copies = text_copies(prepared.splits)
+        copies = prepared.copies
         return prepared.splits.summary() | {
             "multi_label": multi_label, "max_length": prepared.backbone.preprocess.max_length,
             "truncated": {name: d.truncated for name, d in prepared.encoded.items()}} | (
