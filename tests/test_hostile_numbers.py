@@ -288,6 +288,24 @@ def test_a_long_test_recording_is_named_and_counted_against_the_budget(tiny_back
     assert not out.exists()
 
 
+def test_a_long_test_recording_that_fits_the_budget_is_timed_and_kept_out_of_training(tiny_backbone, tmp_path):
+    import soundfile as sf
+
+    root = tmp_path / "tones"
+    write_tones(root / "train", 6, seed=0)
+    write_tones(root / "test", 2, seed=1)
+    long_wav = root / "test" / "high" / "long.wav"
+    sf.write(str(long_wav), (0.3 * np.sin(np.arange(16000 * 90) * 0.2)).astype(np.float32), 16000)
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["fit", str(root), "--backbone", tiny_backbone, "--strategy", "linear", "--budget", "10m",
+                            "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert f"1 test recording(s) last over 60 s, e.g. {long_wav} (1m30s, " in " ".join(r.output.split())
+    metrics = json.loads((out / "metrics.json").read_text())
+    estimate = metrics["data"]["audio"]["test"]["scoring_estimate_s"]
+    assert 0 < estimate < 600, "the test's scoring was timed and taken off the training budget"
+
+
 # ----------------------------------------------------------------------------------- a model no better than chance
 
 def test_a_model_at_chance_says_so_in_the_report_and_the_last_line(tiny_backbone, tmp_path):
