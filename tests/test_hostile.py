@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,14 +49,15 @@ def _tampered(bundle: Path, where: str, tmp_path: Path) -> tuple[Path, Path]:
 @pytest.mark.parametrize("where", ["encoder", "tokenizer"])
 def test_a_bundle_asking_to_run_its_own_code_is_refused_and_nothing_runs(text_bundle, where, tmp_path):
     bundle, marker = _tampered(text_bundle, where, tmp_path)
-    with pytest.raises(TransferkitError, match="asks to run code of its own"):
+    asks = r"(asks to run code of its own|is Python code inside a bundle)"  # whichever is found first
+    with pytest.raises(TransferkitError, match=asks):
         transferkit.load(bundle)
     # the CLI, answering "y" to any prompt transformers might show: one line, exit 2, no code run
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFERKIT_QUIET": "1"}
     r = subprocess.run([sys.executable, "-m", "transferkit", "predict", str(bundle), "--lines", "-"],
                        input="y\ny\nmatch goal team\n", capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 2, r.stderr
-    assert "asks to run code of its own" in r.stderr and "Traceback" not in r.stderr
+    assert re.search(asks, r.stderr) and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert not marker.exists()
 
 
@@ -68,3 +70,18 @@ def test_python_files_in_a_bundle_are_refused_even_without_auto_map(text_bundle,
     with pytest.raises(TransferkitError, match=r"modeling_bert.py is Python code inside a bundle"):
         transferkit.load(copy)
     assert transferkit.load(text_bundle).predict(["match goal team"])[0]["label"] in {"sport", "money", "weather"}
+
+
+@pytest.mark.parametrize("where", [".", "nested/deeper"])
+def test_code_anywhere_in_any_bundle_is_refused(colour_folder, tiny_backbone, tmp_path, where):
+    import shutil
+
+    transferkit.fit(colour_folder, backbone=tiny_backbone, strategy="linear", out=tmp_path / "run")
+    copy = tmp_path / "with-code"
+    shutil.copytree(tmp_path / "run" / "model", copy)
+    (copy / where).mkdir(parents=True, exist_ok=True)
+    (copy / where / "helper.py").write_text("raise SystemExit('never imported')\n")
+    with pytest.raises(TransferkitError, match=r"^\S*helper.py is Python code inside a bundle: transferkit never "
+                                               r"runs it; remove it"):
+        transferkit.load(copy)
+    assert transferkit.load(tmp_path / "run" / "model").classes == ["blue", "green", "red"]

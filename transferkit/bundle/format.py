@@ -330,6 +330,9 @@ def check_config(config: dict[str, Any], where: str | Path = "config.json") -> N
                                "the task that saved it.")
 
 
+CODE_SUFFIXES = (".py", ".pyc", ".pyo", ".so", ".pyd")  # a bundle is data: none of these belong in one
+
+
 def read_config(folder: str | Path) -> dict[str, Any]:
     """A bundle's ``config.json``, checked (:func:`check_config`): both files present, JSON intact, this format,
     every field the bundle's kind needs of the right type and range; and every other JSON file of the bundle
@@ -351,6 +354,10 @@ def read_config(folder: str | Path) -> dict[str, Any]:
     if cfg_path.stat().st_size > MAX_CONFIG_BYTES:
         raise TransferkitError(f"{cfg_path} is {cfg_path.stat().st_size / 2**20:.0f} MB, far more than a bundle's "
                                f"config holds (at most {MAX_CONFIG_BYTES // 2**20} MB): {FIX}.")
+    code = sorted(p for p in folder.rglob("*") if p.suffix in CODE_SUFFIXES)
+    if code:  # nothing here would import it, but a bundle holding code is not one transferkit saved
+        raise TransferkitError(f"{code[0]} is Python code inside a bundle: transferkit never runs it; remove it (a "
+                               "bundle holds only JSON, tokenizer files and safetensors).")
     config = _json_object(cfg_path)
     check_config(config, cfg_path)
     for path in sorted(folder.rglob("*.json")):  # the encoder's and tokenizer's configs: named here, not deep inside
