@@ -158,6 +158,17 @@ def test_predict_refuses_a_float_wav_holding_nan_or_inf(tone_bundle, tmp_path, b
         transferkit.load(tone_bundle).predict([np.where(np.arange(8000) == 5, np.nan, 0.1).astype(np.float32)])
 
 
+@pytest.mark.parametrize("rate", [1, 999, 800_000])
+def test_predict_refuses_a_recording_declaring_an_absurd_sample_rate(tone_bundle, tmp_path, rate):
+    import soundfile as sf
+
+    wav = tmp_path / "tiny.wav"
+    sf.write(str(wav), np.zeros(8000, dtype=np.float32) + 0.1, rate)  # 16 kB; at 1 Hz once 4.3 GB when resampled
+    r = runner.invoke(app, ["predict", str(tone_bundle), str(wav), "--json"])
+    _fails_with_one_line(r, f"Audio file {wav} declares a sample rate of {rate} Hz, outside 1,000 to 768,000 Hz: "
+                            "re-export it at its real rate or remove it (or pass --skip-bad).")
+
+
 def test_fit_refuses_nan_audio_and_skip_bad_skips_it(tiny_backbone, tmp_path):
     root = tmp_path / "tones"
     write_tones(root, 6, seed=0)

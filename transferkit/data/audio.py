@@ -17,6 +17,9 @@ import torch
 from ..errors import DataError
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".au"}
+# Sample rates a recording may declare. Telephone audio is 8 kHz, studio audio up to 384 kHz; a file declaring 1 Hz
+# is tiny on disk but, resampled to the model's 16 kHz, 16,000 times longer (a 31 kB WAV cost 4.3 GB and 5 minutes).
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 768_000
 
 
 def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
@@ -48,8 +51,17 @@ def _load(path: Path) -> tuple[np.ndarray, int]:
                         "(or pass --skip-bad).") from None
     if data.shape[0] == 0:
         raise DataError(f"Audio file {path} has no samples: re-export it or remove it (or pass --skip-bad).")
+    check_sample_rate(rate, f"Audio file {path}")
     check_finite(data, f"Audio file {path}")
     return data, int(rate)
+
+
+def check_sample_rate(rate: int, what: str) -> None:
+    """Refuse a sample rate no recorder makes (:data:`MIN_SAMPLE_RATE` to :data:`MAX_SAMPLE_RATE`): resampling it
+    to the model's rate would cost memory and time out of all proportion to the file."""
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise DataError(f"{what} declares a sample rate of {rate} Hz, outside {MIN_SAMPLE_RATE:,} to "
+                        f"{MAX_SAMPLE_RATE:,} Hz: re-export it at its real rate or remove it (or pass --skip-bad).")
 
 
 def check_finite(samples: np.ndarray, what: str) -> None:
@@ -199,6 +211,7 @@ def _read_item(item: Any, sample_rate: int, array_rate: int | None) -> tuple[np.
         mono = arr if arr.ndim == 1 else arr.mean(axis=1)
         if len(mono) == 0:
             raise DataError("An audio array has no samples: remove it.")
+        check_sample_rate(int(array_rate), "An audio array")
         check_finite(arr, "An audio array")
         fp = hashlib.sha1(arr.tobytes() + f"{array_rate}".encode()).hexdigest()
         return resample(mono, array_rate, sample_rate), fp, f"{array_rate} Hz x {channels} ch"
