@@ -85,3 +85,18 @@ def test_code_anywhere_in_any_bundle_is_refused(colour_folder, tiny_backbone, tm
                                                r"runs it; remove it"):
         transferkit.load(copy)
     assert transferkit.load(tmp_path / "run" / "model").classes == ["blue", "green", "red"]
+
+
+def test_a_text_model_given_a_file_name_says_it_classifies_the_name(text_bundle, tmp_path):
+    article = tmp_path / "a.txt"
+    article.write_text("match goal team match goal team")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    r = subprocess.run([sys.executable, "-m", "transferkit", "predict", str(text_bundle), str(article), "--json"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (f"warning: {article} names a file: a text model classifies its name, not its content; pass --file "
+            f"{article} to classify what it holds") in r.stderr
+    r = subprocess.run([sys.executable, "-m", "transferkit", "predict", str(text_bundle), "--file", str(article),
+                        "--json"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and "names a file" not in r.stderr
+    assert json.loads(r.stdout.splitlines()[-1])["input"] == str(article)

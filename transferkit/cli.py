@@ -362,6 +362,13 @@ def predict(
             items += [t for _, t in numbered]
         if not items:
             raise TransferkitError("Nothing to classify: pass images or texts as arguments, or --file/--lines.")
+        if model.task.inputs == "strings":
+            from .console import warn
+
+            paths = [t for t in inputs or [] if "\n" not in t and len(t) < 4096 and Path(t).is_file()]
+            if paths:  # a text model classifies the words it is given: here, a file's name
+                warn(f"{paths[0]} names a file{f' ({len(paths)} arguments do)' if len(paths) > 1 else ''}: a text "
+                     f"model classifies its name, not its content; pass --file {paths[0]} to classify what it holds")
         preds = model.predict(items, top_k=top_k, skip_bad=skip_bad)
         if model.task.inputs == "strings":  # show where each text came from, not the whole article
             names = [*([_short(t) for t in inputs or []]), *[str(f) for f in file or []]]
