@@ -188,7 +188,7 @@ def colour_files(tmp_path) -> list[Path]:
     return sorted((tmp_path / "img").rglob("*.png"))
 
 
-@pytest.mark.parametrize("cell", ["NaN", "nan", "", "null"])
+@pytest.mark.parametrize("cell", ["NaN", "nan", "", "null", "\u200b", "\u00a0\u200b\ufeff"])
 def test_a_csv_label_that_is_no_label_is_refused_with_its_line(colour_files, tmp_path, cell):
     from transferkit.data.sources import load_splits
 

@@ -18,14 +18,23 @@ MISSING_WORDS = {"", "nan", "-nan", "null"}
 
 
 def is_missing(value: Any) -> bool:
-    """Whether a label cell holds no label: None, a float NaN, an empty cell, or "NaN"/"nan"/"null"."""
+    """Whether a label cell holds no label: None, a float NaN, an empty (or blank and
+    invisible) cell, or "NaN"/"nan"/"null"."""
     if value is None:
         return True
     if isinstance(value, float):
         return value != value
     if isinstance(value, str):
-        return value.strip().lower() in MISSING_WORDS
+        return visible(value).lower() in MISSING_WORDS
     return False
+
+
+def visible(text: str) -> str:
+    """``text`` without surrounding spaces and without invisible format characters (a zero-width space, a
+    byte-order mark): a label of only those would be a class no report can show."""
+    import unicodedata
+
+    return "".join(c for c in text if unicodedata.category(c) != "Cf").strip()
 
 
 def kind_of(value: Any) -> str:
