@@ -67,6 +67,17 @@ def test_out_that_is_a_file_or_lies_inside_one_is_refused_before_any_work(colour
     assert file.read_text() == "keep me"
 
 
+def test_out_inside_the_data_folder_is_refused_and_nothing_lands_there(colour_splits, tmp_path):
+    before = sorted(p.relative_to(colour_splits) for p in colour_splits.rglob("*"))
+    inside = colour_splits / "train" / "run"
+    r = _cli("fit", str(colour_splits), "--backbone", "no-such-backbone", "--out", str(inside))
+    _one_line(r, f"--out {inside} lies inside the data folder {colour_splits}: the next run would read this run's "
+                 "files as data; choose a folder outside it (e.g. --out runs/exp).")
+    with pytest.raises(TransferkitError, match="lies inside the data folder"):
+        transferkit.pretrain(colour_splits, arch="resnet18", out=colour_splits / "pre")
+    assert sorted(p.relative_to(colour_splits) for p in colour_splits.rglob("*")) == before, "not even a lock file"
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
 def test_out_in_a_folder_this_user_cannot_write_is_refused(colour_splits, tmp_path):
     locked_dir = tmp_path / "ro"

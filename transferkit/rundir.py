@@ -69,6 +69,19 @@ def check_out(out: str | Path, flag: str = "--out") -> None:
         raise TransferkitError(f"{flag} {out}: {parent} is not writable here: choose a folder you can write to.")
 
 
+def check_apart(out: Path, data: Any, flag: str = "--out") -> None:
+    """Refuse an output folder inside the data folder (before anything is written there, the lock included): the
+    next run on those data would read the run's own files as examples."""
+    from .errors import TransferkitError
+
+    if not isinstance(data, (str, os.PathLike)) or not Path(data).is_dir():
+        return
+    folder = Path(data).resolve()
+    if out.resolve() == folder or folder in out.resolve().parents:
+        raise TransferkitError(f"{flag} {out} lies inside the data folder {data}: the next run would read this run's "
+                               f"files as data; choose a folder outside it (e.g. {flag} runs/exp).")
+
+
 def lock_path(out: Path) -> Path:
     """The lock file of an output folder: ``.NAME.lock`` beside it (kept after the run: removing it could let two
     runs hold two different lock files at once)."""
@@ -151,22 +164,26 @@ def refuse_foreign(out: Path, marks: Collection[str]) -> None:
 
 
 @contextmanager
-def held(out: str | Path, flag: str = "--out", marks: Collection[str] | None = None) -> Iterator[Path]:
+def held(out: str | Path, flag: str = "--out", marks: Collection[str] | None = None,
+         data: Any = None) -> Iterator[Path]:
     """Hold the output folder ``out`` for one run and yield it as an absolute path (use that one throughout): checked
     (:func:`check_out`), locked (:func:`locked`), refused when it is not a run's (:func:`refuse_foreign` with
     ``marks``, the files that say a folder is this kind of run's; ``None``: the run writes files into the folder,
     not the folder whole, so anything may be there) and rid of an interrupted run's leftovers. Every process but the
-    main one (:func:`main_process`) only gets the path: only that one writes.
+    main one (:func:`main_process`) only gets the path: only that one writes. ``data``: the run's data, when it is a
+    folder ``out`` must not lie in it.
 
     Raises:
-        TransferkitError: ``out`` is a file, lies inside one, is not writable, is the current folder or holds it, is
-            in use by another run, or (``marks`` given) holds files that are not a run's.
+        TransferkitError: ``out`` is a file, lies inside one or inside the data folder, is not writable, is the
+            current folder or holds it, is in use by another run, or (``marks`` given) holds files that are not a
+            run's.
     """
     out = absolute(out)
     if not main_process():
         yield out
         return
     check_out(out, flag)
+    check_apart(out, data, flag)
     with locked(out, flag):
         if marks is not None:
             refuse_foreign(out, marks)
@@ -177,9 +194,11 @@ def held(out: str | Path, flag: str = "--out", marks: Collection[str] | None = N
         yield out
 
 
-def holds_output(param: str = "out", flag: str = "--out", marks: Collection[str] | None = None) -> Callable[[F], F]:
+def holds_output(param: str = "out", flag: str = "--out", marks: Collection[str] | None = None,
+                 data: str = "data") -> Callable[[F], F]:
     """Decorate a function that writes a folder named by its argument ``param``: for the whole call that folder is
-    :func:`held` and the function gets it as an absolute path. ``None`` (nothing written) skips it all."""
+    :func:`held` (apart from the folder its argument ``data`` names, if any) and the function gets it as an absolute
+    path. ``None`` (nothing written) skips it all."""
 
     def wrap(fn: F) -> F:
         signature = inspect.signature(fn)
@@ -190,7 +209,7 @@ def holds_output(param: str = "out", flag: str = "--out", marks: Collection[str]
             bound.apply_defaults()
             if bound.arguments.get(param) is None:
                 return fn(*args, **kwargs)
-            with held(bound.arguments[param], flag, marks) as out:
+            with held(bound.arguments[param], flag, marks, bound.arguments.get(data)) as out:
                 bound.arguments[param] = out
                 return fn(*bound.args, **bound.kwargs)
 
