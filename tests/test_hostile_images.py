@@ -334,3 +334,13 @@ def test_blank_images_are_not_copies_of_each_other():
     assert keys[0] is None and keys[1] is None and keys[2] == keys[3] is not None
     copies = find_copies({"train": (keys[::2], ["blank-a", "pic-a"]), "test": (keys[1::2], ["blank-b", "pic-b"])})
     assert copies.by_split == {"test": 1} and copies.example == ("pic-b", "test", "pic-a", "train")
+
+
+def test_predict_on_a_folder_says_to_pass_its_files(image_bundle, tmp_path):
+    folder = tmp_path / "photos.png"  # a folder, even one named like an image
+    folder.mkdir()
+    model = transferkit.load(image_bundle)
+    with pytest.raises(DataError) as err:
+        model.predict([folder])
+    assert str(err.value) == (f"{folder} is a folder, not an image: pass image files (e.g. {folder}/*.png), or "
+                              "--skip-bad to skip it.")

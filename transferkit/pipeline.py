@@ -37,7 +37,8 @@ def run(data: Any, task: Task, settings: RunSettings, options: Any, backbones: l
 
     from .rundir import held
 
-    with held(settings.out, marks=("metrics.json",), data=data) as out:  # under a launcher only rank 0 holds and writes it
+    # under a launcher only rank 0 holds the folder and writes it
+    with held(settings.out, marks=("metrics.json",), data=data) as out:
         return run_held(data, task, dataclasses.replace(settings, out=out), options, backbones)
 
 

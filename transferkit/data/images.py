@@ -209,6 +209,9 @@ def load_pil(item: Item, window: str = "auto", slices: str = "2d") -> tuple[Imag
     try:
         data = path.read_bytes()
     except OSError as err:
+        if path.is_dir():
+            raise DataError(f"{path} is a folder, not an image: pass image files (e.g. {path}/*.png), or --skip-bad "
+                            "to skip it.") from None
         raise DataError(f"Cannot read {path} ({err.strerror}): check the file exists and is readable.") from None
     try:
         img = open_image(data, path)
