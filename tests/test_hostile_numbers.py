@@ -338,3 +338,12 @@ def test_a_model_at_chance_says_so_in_the_report_and_the_last_line(tiny_backbone
     r = runner.invoke(app, ["fit", str(root), "--backbone", tiny_backbone, "--strategy", "linear", "--out",
                             str(tmp_path / "run2"), "--json"])
     assert r.exit_code == 0 and json.loads(r.output.strip().splitlines()[-1])["warning"] == expected
+
+
+def test_more_folds_than_examples_says_how_many_it_takes(tiny_backbone, tmp_path):
+    root = tmp_path / "colours"
+    write_colour_images(root, 3, seed=1)
+    r = runner.invoke(app, ["fit", str(root), "--backbone", tiny_backbone, "--strategy", "linear", "--cv", "100",
+                            "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    assert "cv 100: the training split holds 9 examples, so 9 folds (one each)" in " ".join(r.output.split())

@@ -144,7 +144,18 @@ class Task:
         raise NotImplementedError
 
     def check_prepared(self, prepared: Prepared, settings: RunSettings, options: Any) -> None:
-        """Checks that need the data (e.g. a named class exists) before any training."""
+        """Checks that need the data (e.g. a named class exists) before any training; here: ``cv`` folds beyond
+        what the training split can give (an example, or a patient, each) are said to be fewer, not cut silently."""
+        train = getattr(getattr(prepared, "splits", None), "train", None)
+        if settings.cv is None or train is None:
+            return
+        groups = getattr(train, "groups", None)
+        units = len(set(groups)) if groups is not None else len(train)
+        if settings.cv > units:
+            from ..console import warn
+
+            what = "patients" if groups is not None else "examples"
+            warn(f"cv {settings.cv}: the training split holds {units} {what}, so {units} folds (one each)")
 
     # -- what strategies see ----------------------------------------------------------------------------------
     def strategy_names(self) -> list[str]:

@@ -59,6 +59,7 @@ class MedicalTask(ImageTask):
         """Before any training: a wrong class name or option must not cost the whole run."""
         from ..evaluation.clinical import choose_positive
 
+        super().check_prepared(prepared, settings, options)
         splits = prepared.splits
         choose_positive(splits.classes, splits.train.counts(), options.positive)
         if options.threshold is not None and len(splits.classes) != 2:
