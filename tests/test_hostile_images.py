@@ -344,3 +344,20 @@ def test_predict_on_a_folder_says_to_pass_its_files(image_bundle, tmp_path):
         model.predict([folder])
     assert str(err.value) == (f"{folder} is a folder, not an image: pass image files (e.g. {folder}/*.png), or "
                               "--skip-bad to skip it.")
+
+
+def test_a_dangling_or_looping_link_among_the_images_is_named_or_skipped(tmp_path, capsys):
+    from transferkit.data.sources import load_splits
+
+    root = tmp_path / "colours"
+    write_colour_images(root, 3, seed=1)
+    loop_a, loop_b = root / "red" / "a.png", root / "red" / "b.png"
+    loop_a.symlink_to(loop_b)
+    loop_b.symlink_to(loop_a)
+    with pytest.raises(DataError) as err:
+        load_splits(root)
+    assert str(err.value) == (f"{loop_a} is a symbolic link to nothing (or a loop of links): fix or remove it, or "
+                              "pass --skip-bad to skip such files.")
+    splits = load_splits(root, skip_bad=True)
+    assert len(splits.train) + len(splits.val or []) + len(splits.test or []) == 9
+    assert f"skipped 2 non-image file(s) or dangling link(s) under {root}" in " ".join(capsys.readouterr().err.split())

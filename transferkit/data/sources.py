@@ -216,9 +216,16 @@ def read_class_folders(root: Path, skip_bad: bool = False, kind: str = "image") 
     skipped = 0
     for d in classes:
         files = sorted(f for f in d.rglob("*")
-                       if f.is_file() and not any(p.startswith(".") for p in f.relative_to(d).parts))
+                       if (f.is_file() or f.is_symlink() and not f.exists())  # a dangling link is a bad file too
+                       and not any(p.startswith(".") for p in f.relative_to(d).parts))
         n_before = len(items)
         for f in files:
+            if not f.exists():
+                if skip_bad:
+                    skipped += 1
+                    continue
+                raise DataError(f"{f} is a symbolic link to nothing (or a loop of links): fix or remove it, or pass "
+                                "--skip-bad to skip such files.")
             if f.suffix.lower() not in suffixes and not (is_medical and is_medical(f)):
                 if is_medical and _sidecar(f):
                     continue  # dcm2niix/BIDS metadata beside its volume
@@ -235,7 +242,7 @@ def read_class_folders(root: Path, skip_bad: bool = False, kind: str = "image") 
     if skipped:
         from ..console import warn
 
-        warn(f"skipped {skipped} non-{kind} file(s) under {root}")
+        warn(f"skipped {skipped} non-{kind} file(s) or dangling link(s) under {root}")
     return cls(items, labels, str(root))
 
 
