@@ -221,6 +221,11 @@ def test_jsonl_null_and_mixed_label_types_are_named(colour_files, tmp_path):
     assert str(err.value) == (f"The 'label' labels mix types: {path} line 1 has the whole number 1, {path} line 6 the "
                               "text '2'; write every label the same way (all as text, e.g. \"1\").")
     assert load_splits(write(numbers)).classes == ["1", "2", "3"]  # numbers alone are fine
+    with pytest.raises(DataError) as err:
+        load_splits(write(names[:3] + ["red\nline2"] + names[4:]))
+    assert str(err.value) == (f"{path} line 4: the label 'red\\nline2' ('label') holds a line break or another "
+                              "control character, which would break every report and table it appears in: write it on "
+                              "one line.")
 
 
 def test_text_labels_none_nan_and_mixed_types_are_refused(tmp_path):

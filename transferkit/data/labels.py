@@ -15,6 +15,7 @@ from ..errors import DataError
 # cell texts that mean "no value" in the tools that write tables (pandas, R, spreadsheets, JSON); "None" and
 # "NA" are left out: both are plausible class names ("no finding", "North America")
 MISSING_WORDS = {"", "nan", "-nan", "null"}
+CONTROL = frozenset(map(chr, [*range(32), 127]))  # line breaks, tabs and the rest of C0, and DEL
 
 
 def is_missing(value: Any) -> bool:
@@ -60,6 +61,9 @@ def check_label_kinds(values: Sequence[Any], wheres: Sequence[str], column: str)
     for i, v in enumerate(values):
         if is_missing(v) or isinstance(v, (list, tuple)):
             continue
+        if isinstance(v, str) and any(c in v for c in CONTROL):
+            raise DataError(f"{wheres[i]}: the label {v!r} ({column!r}) holds a line break or another control "
+                            "character, which would break every report and table it appears in: write it on one line.")
         first.setdefault(kind_of(v), i)
         if len(first) > 1:
             (a, ia), (b, ib) = sorted(first.items(), key=lambda kv: kv[1])[:2]
