@@ -352,3 +352,16 @@ def test_more_folds_than_examples_says_how_many_it_takes(tiny_backbone, tmp_path
                             "--out", str(tmp_path / "run")])
     assert r.exit_code == 0, r.output
     assert "cv 100: the training split holds 9 examples, so 9 folds (one each)" in " ".join(r.output.split())
+
+
+def test_labels_that_are_ids_one_example_each_are_refused(tmp_path):
+    from transferkit.data.sources import load_splits
+
+    write_colour_images(tmp_path / "img", 6)
+    files = sorted((tmp_path / "img").rglob("*.png"))
+    (tmp_path / "ids.csv").write_text("path,label\n" + "".join(f"{p},{p.stem}\n" for p in files))
+    with pytest.raises(DataError) as err:
+        load_splits(tmp_path / "ids.csv")
+    assert str(err.value) == ("18 of the 18 classes have a single example (e.g. blue_000, blue_001, blue_002): these "
+                              "labels look like names or ids, not classes; check the label column, or give each class "
+                              "at least two examples.")

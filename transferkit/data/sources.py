@@ -445,11 +445,16 @@ def carve_splits(train, given: dict, classes: list[str], strata: list[str], val_
             warn(f"class(es) {', '.join(f'{c} ({n} patient(s))' for c, n in list(few.items())[:5])} have fewer than "
                  f"{need} patients: {parts} cannot each get one, so the threshold, calibration and scores say little "
                  "about them; add patients")
+    if len(singles) >= 10 and len(singles) * 2 > len(classes):  # an id or file-name column, most likely
+        raise DataError(f"{len(singles):,} of the {len(classes):,} classes have a single example (e.g. "
+                        f"{', '.join(singles[:3])}): these labels look like names or ids, not classes; check the label "
+                        "column, or give each class at least two examples.")
     if singles:
         from ..console import warn
 
-        warn(f"class(es) {', '.join(singles[:5])} have a single example: it is used for training only, so the scores "
-             "say nothing about them; add more examples of each class")
+        more = f" and {len(singles) - 5:,} more" if len(singles) > 5 else ""
+        warn(f"class(es) {', '.join(singles[:5])}{more} have a single example: it is used for training only, so the "
+             "scores say nothing about them; add more examples of each class")
     how = "given" if given else ""
     rest, test, val = train, given.get("test"), given.get("val")
     fractions = {name: frac for name, frac, carve in (("test", test_fraction, carve_test),
