@@ -100,3 +100,7 @@ def test_a_text_model_given_a_file_name_says_it_classifies_the_name(text_bundle,
                         "--json"], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0 and "names a file" not in r.stderr
     assert json.loads(r.stdout.splitlines()[-1])["input"] == str(article)
+    review = "match goal team " * 40  # one line longer than any file name may be: classified, no traceback
+    r = subprocess.run([sys.executable, "-m", "transferkit", "predict", str(text_bundle), review, "--json"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and "Traceback" not in r.stderr and "names a file" not in r.stderr, r.stderr

@@ -290,5 +290,6 @@ def test_image_size_override_reaches_every_strategy_and_the_bundle(colour_splits
                             out=tmp_path / "run")
     assert model.preprocess.input_size == (48, 48) and model.metrics["backbone"]["input_size"] == [48, 48]
     assert transferkit.load(tmp_path / "run" / "model").preprocess.input_size == (48, 48)
-    with pytest.raises(transferkit.TransferkitError, match=r"^image_size 8 is out of range: use a whole num"):
+    with pytest.raises(transferkit.TransferkitError,
+                       match=r"^image_size 8 is out of range: use a whole number from 32 to 2048, e\.g\. 224\.$"):
         transferkit.fit(colour_splits, backbone=tiny_backbone, strategy="linear", image_size=8)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -365,7 +366,7 @@ def predict(
         if model.task.inputs == "strings":
             from .console import warn
 
-            paths = [t for t in inputs or [] if "\n" not in t and len(t) < 4096 and Path(t).is_file()]
+            paths = [t for t in inputs or [] if "\n" not in t and os.path.isfile(t)]  # False on any OSError
             if paths:  # a text model classifies the words it is given: here, a file's name
                 warn(f"{paths[0]} names a file{f' ({len(paths)} arguments do)' if len(paths) > 1 else ''}: a text "
                      f"model classifies its name, not its content; pass --file {paths[0]} to classify what it holds")

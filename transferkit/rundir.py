@@ -74,9 +74,9 @@ def check_apart(out: Path, data: Any, flag: str = "--out") -> None:
     next run on those data would read the run's own files as examples."""
     from .errors import TransferkitError
 
-    if not isinstance(data, (str, os.PathLike)) or not Path(data).is_dir():
+    if not isinstance(data, (str, os.PathLike)) or not Path(data).expanduser().is_dir():
         return
-    folder = Path(data).resolve()
+    folder = Path(data).expanduser().resolve()
     if out.resolve() == folder or folder in out.resolve().parents:
         raise TransferkitError(f"{flag} {out} lies inside the data folder {data}: the next run would read this run's "
                                f"files as data; choose a folder outside it (e.g. {flag} runs/exp).")

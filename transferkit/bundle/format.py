@@ -354,9 +354,10 @@ def read_config(folder: str | Path) -> dict[str, Any]:
     if cfg_path.stat().st_size > MAX_CONFIG_BYTES:
         raise TransferkitError(f"{cfg_path} is {cfg_path.stat().st_size / 2**20:.0f} MB, far more than a bundle's "
                                f"config holds (at most {MAX_CONFIG_BYTES // 2**20} MB): {FIX}.")
-    code = sorted(p for p in folder.rglob("*") if p.suffix in CODE_SUFFIXES)
+    code = sorted(p for p in folder.rglob("*") if p.suffix.lower() in CODE_SUFFIXES)
     if code:  # nothing here would import it, but a bundle holding code is not one transferkit saved
-        raise TransferkitError(f"{code[0]} is Python code inside a bundle: transferkit never runs it; remove it (a "
+        kind = "Python code" if code[0].suffix.lower() in (".py", ".pyc", ".pyo") else "native code"
+        raise TransferkitError(f"{code[0]} is {kind} inside a bundle: transferkit never runs it; remove it (a "
                                "bundle holds only JSON, tokenizer files and safetensors).")
     config = _json_object(cfg_path)
     check_config(config, cfg_path)

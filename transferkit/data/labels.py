@@ -15,7 +15,7 @@ from ..errors import DataError
 # cell texts that mean "no value" in the tools that write tables (pandas, R, spreadsheets, JSON); "None" and
 # "NA" are left out: both are plausible class names ("no finding", "North America")
 MISSING_WORDS = {"", "nan", "-nan", "null"}
-CONTROL = frozenset(map(chr, [*range(32), 127]))  # line breaks, tabs and the rest of C0, and DEL
+CONTROL = frozenset(map(chr, [*range(9), *range(10, 32), 127]))  # line breaks, the rest of C0 and DEL (a tab is fine)
 
 
 def is_missing(value: Any) -> bool:
@@ -61,7 +61,7 @@ def check_label_kinds(values: Sequence[Any], wheres: Sequence[str], column: str)
     for i, v in enumerate(values):
         if is_missing(v) or isinstance(v, (list, tuple)):
             continue
-        if isinstance(v, str) and any(c in v for c in CONTROL):
+        if isinstance(v, str) and any(c in v.strip() for c in CONTROL):  # readers strip the ends
             raise DataError(f"{wheres[i]}: the label {v!r} ({column!r}) holds a line break or another control "
                             "character, which would break every report and table it appears in: write it on one line.")
         first.setdefault(kind_of(v), i)

@@ -445,10 +445,11 @@ def carve_splits(train, given: dict, classes: list[str], strata: list[str], val_
             warn(f"class(es) {', '.join(f'{c} ({n} patient(s))' for c, n in list(few.items())[:5])} have fewer than "
                  f"{need} patients: {parts} cannot each get one, so the threshold, calibration and scores say little "
                  "about them; add patients")
-    if len(singles) >= 10 and len(singles) * 2 > len(classes):  # an id or file-name column, most likely
+    # an id or file-name column, most likely; with a test split given, one example per class may be one-shot data
+    if given.get("test") is None and len(singles) >= 10 and len(singles) * 2 > len(classes):
         raise DataError(f"{len(singles):,} of the {len(classes):,} classes have a single example (e.g. "
                         f"{', '.join(singles[:3])}): these labels look like names or ids, not classes; check the label "
-                        "column, or give each class at least two examples.")
+                        "column (or the class folders), or give each class at least two examples.")
     if singles:
         from ..console import warn
 

@@ -146,8 +146,9 @@ class Task:
     def check_prepared(self, prepared: Prepared, settings: RunSettings, options: Any) -> None:
         """Checks that need the data (e.g. a named class exists) before any training; here: ``cv`` folds beyond
         what the training split can give (an example, or a patient, each) are said to be fewer, not cut silently."""
-        train = getattr(getattr(prepared, "splits", None), "train", None)
-        if settings.cv is None or train is None:
+        splits = getattr(prepared, "splits", None)
+        train = getattr(splits, "train", None)
+        if settings.cv is None or train is None or getattr(splits, "val", None) is not None:  # no folds then
             return
         groups = getattr(train, "groups", None)
         units = len(set(groups)) if groups is not None else len(train)

@@ -59,12 +59,12 @@ class MedicalTask(ImageTask):
         """Before any training: a wrong class name or option must not cost the whole run."""
         from ..evaluation.clinical import choose_positive
 
-        super().check_prepared(prepared, settings, options)
         splits = prepared.splits
         choose_positive(splits.classes, splits.train.counts(), options.positive)
         if options.threshold is not None and len(splits.classes) != 2:
             raise TransferkitError(f"threshold applies to two classes (a finding and its absence); these data have "
                                    f"{len(splits.classes)}.")
+        super().check_prepared(prepared, settings, options)
 
     def train_task(self, prepared: Prepared, settings: RunSettings, options: MedicalOptions, accelerator: Any,
                    deadline: float | None, work_dir: Path | None) -> Any:
