@@ -72,35 +72,45 @@ def test_python_files_in_a_bundle_are_refused_even_without_auto_map(text_bundle,
     assert transferkit.load(text_bundle).predict(["match goal team"])[0]["label"] in {"sport", "money", "weather"}
 
 
+@pytest.fixture(scope="module")
+def image_bundle(tmp_path_factory, tiny_backbone) -> Path:
+    from conftest import write_colour_images
+
+    root = tmp_path_factory.mktemp("hostile-image")
+    write_colour_images(root / "data", 4)
+    transferkit.fit(root / "data", backbone=tiny_backbone, strategy="linear", out=root / "run")
+    return root / "run" / "model"
+
+
 @pytest.mark.parametrize("where", [".", "nested/deeper"])
-def test_code_anywhere_in_any_bundle_is_refused(colour_folder, tiny_backbone, tmp_path, where):
+def test_code_anywhere_in_any_bundle_is_refused(image_bundle, tmp_path, where):
     import shutil
 
-    transferkit.fit(colour_folder, backbone=tiny_backbone, strategy="linear", out=tmp_path / "run")
     copy = tmp_path / "with-code"
-    shutil.copytree(tmp_path / "run" / "model", copy)
+    shutil.copytree(image_bundle, copy)
     (copy / where).mkdir(parents=True, exist_ok=True)
     (copy / where / "helper.py").write_text("raise SystemExit('never imported')\n")
     with pytest.raises(TransferkitError, match=r"^\S*helper.py is Python code inside a bundle: transferkit never "
                                                r"runs it; remove it"):
         transferkit.load(copy)
-    assert transferkit.load(tmp_path / "run" / "model").classes == ["blue", "green", "red"]
+    assert transferkit.load(image_bundle).classes == ["blue", "green", "red"]
 
 
 def test_a_text_model_given_a_file_name_says_it_classifies_the_name(text_bundle, tmp_path):
+    from typer.testing import CliRunner
+
+    from transferkit.cli import app
+
+    runner = CliRunner()
     article = tmp_path / "a.txt"
     article.write_text("match goal team match goal team")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
-    r = subprocess.run([sys.executable, "-m", "transferkit", "predict", str(text_bundle), str(article), "--json"],
-                       capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr
+    r = runner.invoke(app, ["predict", str(text_bundle), str(article), "--json"])
+    assert r.exit_code == 0, r.output
     assert (f"warning: {article} names a file: a text model classifies its name, not its content; pass --file "
-            f"{article} to classify what it holds") in r.stderr
-    r = subprocess.run([sys.executable, "-m", "transferkit", "predict", str(text_bundle), "--file", str(article),
-                        "--json"], capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0 and "names a file" not in r.stderr
-    assert json.loads(r.stdout.splitlines()[-1])["input"] == str(article)
+            f"{article} to classify what it holds") in " ".join(r.output.split())
+    r = runner.invoke(app, ["predict", str(text_bundle), "--file", str(article), "--json"])
+    assert r.exit_code == 0 and "names a file" not in r.output
+    assert json.loads(r.output.splitlines()[-1])["input"] == str(article)
     review = "match goal team " * 40  # one line longer than any file name may be: classified, no traceback
-    r = subprocess.run([sys.executable, "-m", "transferkit", "predict", str(text_bundle), review, "--json"],
-                       capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0 and "Traceback" not in r.stderr and "names a file" not in r.stderr, r.stderr
+    r = runner.invoke(app, ["predict", str(text_bundle), review, "--json"])
+    assert r.exit_code == 0 and r.exception is None and "names a file" not in r.output, r.output

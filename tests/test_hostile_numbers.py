@@ -346,13 +346,19 @@ def test_a_model_at_chance_says_so_in_the_report_and_the_last_line(tiny_backbone
     assert r.exit_code == 0 and json.loads(r.output.strip().splitlines()[-1])["warning"] == expected
 
 
-def test_more_folds_than_examples_says_how_many_it_takes(tiny_backbone, tmp_path):
-    root = tmp_path / "colours"
-    write_colour_images(root, 3, seed=1)
-    r = runner.invoke(app, ["fit", str(root), "--backbone", tiny_backbone, "--strategy", "linear", "--cv", "100",
-                            "--out", str(tmp_path / "run")])
-    assert r.exit_code == 0, r.output
-    assert "cv 100: the training split holds 9 examples, so 9 folds (one each)" in " ".join(r.output.split())
+def test_more_folds_than_examples_says_how_many_it_takes(capsys):
+    from types import SimpleNamespace
+
+    from transferkit.tasks import RunSettings, get_task
+
+    splits = SimpleNamespace(train=[0] * 9, val=None)
+    get_task("image").check_prepared(SimpleNamespace(splits=splits), RunSettings(cv=100), None)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "cv 100: the training split holds 9 examples, so 9 folds (one each)" in err
+    splits.val = [0]  # a validation split: no folds run, nothing to say
+    get_task("image").check_prepared(SimpleNamespace(splits=splits), RunSettings(cv=100), None)
+    assert "folds" not in capsys.readouterr().err
+
 
 
 def test_labels_that_are_ids_one_example_each_are_refused(tmp_path):
