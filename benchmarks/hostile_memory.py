@@ -12,30 +12,19 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import subprocess
 import sys
 import tempfile
-import zlib
 from pathlib import Path
 
 from PIL import Image
+
+from transferkit.datasets.hostile import bomb_png, long_png
 
 MEASURED = """import json, resource, subprocess, sys
 r = subprocess.run(sys.argv[1:], capture_output=True, text=True)
 print(json.dumps({"rc": r.returncode, "err": r.stderr.strip().splitlines()[-1:] if r.stderr.strip() else [],
                   "peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))"""
-
-
-def bomb_png(path: Path, side: int = 30000) -> Path:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    packer, row = zlib.compressobj(9), b"\0" * (1 + (side + 7) // 8)
-    pixels = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
-    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
-    return path
 
 
 def measured(*args: str) -> dict:
@@ -57,9 +46,7 @@ def main() -> None:
                     root / "data" / name / f"{i}.png")
         transferkit.fit(root / "data", strategy="linear", out=root / "run")
         bundle, good = str(root / "run" / "model"), str(root / "data" / "red" / "0.png")
-        bomb = str(bomb_png(root / "bomb.png"))
-        long = root / "long.png"
-        Image.new("L", (12000, 1), 128).save(long)
+        bomb, long = str(bomb_png(root / "bomb.png")), long_png(root / "long.png")
         cases = {
             "ordinary 224x224 image": [good],
             "30000x30000 PNG bomb": [bomb],

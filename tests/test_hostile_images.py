@@ -7,10 +7,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ from PIL import Image
 import transferkit
 from transferkit.data.images import MAX_IMAGE_PIXELS, decode, image_limits, load_pil, set_max_image_pixels
 from transferkit.data.sources import ImageSet
+from transferkit.datasets.hostile import bomb_png, long_png
 from transferkit.errors import DataError, TransferkitError
 
 from conftest import write_colour_images
@@ -44,24 +43,6 @@ def _one_line_error(r: dict) -> str:
     lines = [line for line in r["err"].splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), r["err"]
     return lines[0]
-
-
-def bomb_png(path: Path, width: int = 30000, height: int = 30000) -> Path:
-    """A real 1-bit PNG of ``width`` x ``height`` black pixels: about 110 kB on disk, 2.7 GB decoded as RGB."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    packer, row = zlib.compressobj(9), b"\0" * (1 + (width + 7) // 8)
-    pixels = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
-    return path
-
-
-def long_png(path: Path) -> Path:
-    """12000x1 grey pixels: 93 bytes, but its short side scaled up to 224 px once cost 4.2 GB in predict."""
-    Image.new("L", (12000, 1), 128).save(path)
-    return path
 
 
 @pytest.fixture(scope="module")
