@@ -319,8 +319,9 @@ def test_a_long_test_recording_that_fits_the_budget_is_timed_and_kept_out_of_tra
     assert r.exit_code == 0, r.output
     assert f"1 test recording(s) last over 60 s, e.g. {long_wav} (1m30s, " in " ".join(r.output.split())
     metrics = json.loads((out / "metrics.json").read_text())
-    estimate = metrics["data"]["audio"]["test"]["scoring_estimate_s"]
-    assert 0 < estimate < 600, "the test's scoring was timed and taken off the training budget"
+    plan = metrics["budget"]
+    assert 0 < plan["scoring_s"] < 600, "the test's scoring was timed and taken off the training budget"
+    assert plan["train_s"] <= 600 - plan["scoring_s"] - plan["report_s"]
 
 
 # ----------------------------------------------------------------------------------- a model no better than chance

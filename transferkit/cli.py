@@ -106,8 +106,9 @@ def fit(
     ),
     budget: Optional[str] = typer.Option(
         None,
-        help="Wall-time budget, e.g. 90s, 10m, 1h: training plans its epochs to finish inside it (auto also uses it to "
-             "decide whether to fine-tune).",
+        help="Wall-time budget of the whole run, e.g. 90s, 10m, 1h: reading the data, training, the scratch baseline "
+             "(which gets the same training time), scoring and the report. Scoring is timed up front and kept back; "
+             "training plans its epochs to finish inside the rest (auto also uses it to decide whether to fine-tune).",
     ),
     epochs: Optional[int] = typer.Option(None, help="Maximum epochs (default: the strategy's own)."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: the strategy's own)."),

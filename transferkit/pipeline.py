@@ -15,6 +15,7 @@ settings that shape the model) and go once the new folder is in place.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -24,7 +25,8 @@ from .tasks import RunSettings, Task
 def run(data: Any, task: Task, settings: RunSettings, options: Any, backbones: list[str] | None = None) -> Any:
     """Train ``settings.strategy`` on ``data`` as ``task`` says, and return the trained model (its ``metrics`` hold
     everything ``metrics.json`` does). ``backbones``: several names, ranked on the training data first (LogME) and
-    the best trained; the budget then counts from the end of the ranking.
+    the best trained. ``settings.seconds`` bounds the whole run, ranking, reading and scoring included
+    (:mod:`transferkit.tasks.budget` says how it is split).
 
     Raises:
         TransferkitError: bad input; ``settings.out`` is a file, lies inside one, is not writable, holds files that
@@ -33,8 +35,6 @@ def run(data: Any, task: Task, settings: RunSettings, options: Any, backbones: l
     """
     if settings.out is None:
         return run_held(data, task, settings, options, backbones)
-    import dataclasses
-
     from .rundir import held
 
     # under a launcher only rank 0 holds the folder and writes it
@@ -61,8 +61,6 @@ def run_held(data: Any, task: Task, settings: RunSettings, options: Any, backbon
         backbone = ranking["ranking"][0]
         timings["rank_s"] = time.monotonic() - t_start
         info(f"backbone: {backbone} ranks first of {len(backbones)} by LogME")
-    # the budget is for training the chosen backbone; ranking comes on top
-    deadline = time.monotonic() + settings.seconds if settings.seconds is not None else None
 
     prepared = task.prepare(data, backbone, settings, options)
     timings.update(prepared.timings)
@@ -74,14 +72,28 @@ def run_held(data: Any, task: Task, settings: RunSettings, options: Any, backbon
     if work_dir is not None:  # a fresh run never picks up an older run's checkpoints; a resumed one only its own
         claim_work(work_dir, settings.out, settings.resume,
                    run_identity(task, settings, options, prepared, backbone, accelerator), is_main_process(accelerator))
-    train = task.train_task(prepared, settings, options, accelerator, deadline, work_dir)
+    train = task.train_task(prepared, settings, options, accelerator, None, work_dir)
+    plan = None
+    if settings.seconds is not None:  # the budget is the whole run's, ranking and reading included
+        from .tasks.budget import plan_budget
+
+        plan = plan_budget(settings.seconds, t_start, task.scoring_seconds(train, prepared), settings.scratch_baseline
+                           and not settings.strategy.startswith("scratch"))
+        info(plan.describe())
+        if plan.train_s == 0:
+            from .console import warn
+
+            warn(f"budget {settings.seconds:g}s: reading the data took {plan.spent_s:.0f}s and scoring will take "
+                 f"~{plan.scoring_s:.0f}s, so no time is left to train: the strategy trains its minimum and the run "
+                 f"ends after the budget; give at least --budget {plan.needed_s() * 2:.0f}s")
+        train = dataclasses.replace(train, deadline=plan.train_deadline)
 
     wall_start, train_t0 = time.time(), time.monotonic()  # time-to-accuracy counts from here
     result = strategy.fit(train)
     timings.update(result.timings)
 
     extras = {"timings": timings, "t_start": t_start, "wall_start": wall_start, "train_t0": train_t0,
-              "deadline": deadline, "ranking": ranking}
+              "budget": plan, "ranking": ranking}
     model, metrics, plots = task.finish(result, prepared, settings, options, train, extras)
     if settings.out is not None and is_main_process(accelerator):  # under `accelerate launch`, only rank 0 writes
         files = write_run_folder(task, settings.out, model, metrics, prepared, plots)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -165,6 +166,7 @@ def train(
     balanced: bool = False,
     stop_at: int | None = None,
     on_validate: Callable[[int, torch.Tensor, torch.Tensor], str | None] | None = None,
+    budget: Literal["epoch", "step"] = "epoch",
 ) -> tuple[History, dict[str, torch.Tensor]]:
     """Train a classifier and return its history and the best epoch's weights (already loaded into ``model``):
     :func:`transferkit.engine.trainer.fit` with the :class:`Classification` method.
@@ -184,7 +186,8 @@ def train(
     ``stop_at`` ends the run after that many epochs of a schedule planned for ``epochs`` (so the final model
     sees the learning rates the cross-validation folds saw up to their chosen epoch). ``on_validate(epoch,
     logits, targets)`` sees each epoch's validation outputs; a string it returns stops training and becomes the
-    history's ``stopped`` reason (e.g. a fold that cannot catch the linear probe).
+    history's ``stopped`` reason (e.g. a fold that cannot catch the linear probe). ``budget``: how ``deadline``
+    is checked, before each epoch or after each step (see :func:`transferkit.engine.trainer.fit`).
     """
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
@@ -194,4 +197,4 @@ def train(
     return fit(method, model, optimizer, scheduler, train_loader, accelerator,
                epochs=min(epochs, stop_at) if stop_at is not None else epochs, patience=patience,
                deadline=deadline, on_epoch_start=on_epoch_start, checkpoint_dir=checkpoint_dir,
-               description=description)
+               description=description, budget=budget)

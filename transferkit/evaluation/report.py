@@ -84,6 +84,14 @@ def classical_text(b: dict[str, Any]) -> str:
         f", less than the 95% interval (+-{b['half_width']:.3f}): not shown to be better." if unresolved else ".")
 
 
+def budget_text(plan: dict, total: float) -> str:
+    """The budget and how it was split (see :mod:`transferkit.tasks.budget`), and what the run used of it."""
+    scratch = f", scratch baseline {plan['scratch_s']:.0f} s" if plan.get("scratch_s") else ""
+    return (f"- Budget: {plan['requested_s']:.0f} s for the whole run, used {total:.0f} s before writing the report "
+            f"(split: reading {plan['spent_s']:.0f} s, training {plan['train_s']:.0f} s{scratch}, scoring "
+            f"~{plan['scoring_s']:.0f} s and the report ~{plan['report_s']:.0f} s kept back).")
+
+
 def chance_text(scores: dict[str, Any], n_classes: int, scored: str) -> str | None:
     """One sentence when a single-label model scores at or below chance on ``scored`` (accuracy or balanced
     accuracy at most 1/classes, or an AUROC at most 0.5), else None: such a model has learned nothing it shows."""
@@ -160,6 +168,7 @@ def render_markdown(m: dict[str, Any], classes: list[str]) -> str:
         f"- Wall time: {m['timings']['total_s']:.1f} s "
         f"""({', '.join(f'{k.removesuffix(chr(95) + chr(115))} {v:.1f} s' for k, v in m['timings'].items()
                         if k != 'total_s')}).""",
+        *([budget_text(m['budget'], m['timings']['total_s'])] if m.get('budget') else []),
         "",
         f"## Scores on the {scored} set (n={s['n']})" if scored == "test" or not m.get("estimate") else
         f"## Cross-validated scores (n={s['n']}, out-of-fold)",

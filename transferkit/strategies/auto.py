@@ -22,7 +22,7 @@ import torch
 
 from ..console import info
 from .base import CrossValidation, FitResult, TrainTask, config_for, epochs_within_budget, estimate_epoch_seconds
-from .base import probs_score
+from .base import probs_loss, probs_score
 from .crossval import fold_deadlines, logits_to_probs
 from .finetune import FinetuneConfig, FinetuneStrategy
 from .linear import LinearConfig, LinearStrategy, fit_probe
@@ -75,9 +75,15 @@ class AutoStrategy:
                 decision = f"linear only: the budget leaves {task.seconds_left():.0f}s, fine-tuning needs{speed}"
             else:
                 ft = FinetuneStrategy(self._finetune_config(task, epochs), init_head=probe.model.head,
-                                      epoch_seconds=epoch_s).fit(task)
+                                      epoch_seconds=epoch_s,
+                                      on_validate=behind_probe(probe.history.best, task, epochs)).fit(task)
                 candidates["finetune"] = ft
                 decision = f"fine-tuned {len(ft.history.epochs)} epoch(s) from the probe's head{speed}"
+                if ft.history.stopped == BEHIND:
+                    best = ft.history.best
+                    decision += (f", stopped: after {len(ft.history.epochs)} of {epochs} it still trailed the probe "
+                                 f"(val {best.val_acc:.3f} vs {probe.history.best.val_acc:.3f}, loss "
+                                 f"{best.val_loss:.3f} vs {probe.history.best.val_loss:.3f})")
         if task.cross_validated:
             best_name = "finetune" if "finetune" in candidates else "linear"
         else:
@@ -136,7 +142,7 @@ class AutoStrategy:
             p_probe = fold_probe.predict_proba(features[va])
             probe_scores.append(probs_score(p_probe, y[va], task.balanced))
             per_epoch: list[np.ndarray] = []
-            patience = max(2, epochs // 3)
+            patience = catch_up_epochs(epochs)
             target = probe_scores[-1]
 
             def on_validate(epoch: int, logits: torch.Tensor, targets: torch.Tensor,
@@ -145,7 +151,7 @@ class AutoStrategy:
                 per_epoch.append(p)
                 best = max(probs_score(q, targets.numpy(), task.balanced) for q in per_epoch)
                 if epoch + 1 >= patience and best < target:
-                    return "behind the probe"
+                    return BEHIND
                 return None
 
             info(f"auto: fold {i}/{k}: fine-tuning from the fold's probe (probe {target:.3f})")
@@ -197,6 +203,34 @@ class AutoStrategy:
                                         "leans optimistic"))
         return (f"fine-tuned {best_epoch + 1} epoch(s) from the probe's head: it beat the probe on {k} folds by "
                 f"{diffs.mean():.3f} (standard error {se:.3f})"), ft, summary
+
+
+BEHIND = "behind the probe"  # the history's ``stopped`` when fine-tuning could not catch the probe
+
+
+def catch_up_epochs(epochs: int) -> int:
+    """How many epochs fine-tuning gets to catch the probe before it is stopped: a third of the planned ones, at
+    least two (LP-FT's first epoch often dips while the encoder starts to move)."""
+    return max(2, epochs // 3)
+
+
+def behind_probe(probe: Any, task: TrainTask, epochs: int):
+    """An ``on_validate`` for fine-tuning with a validation split: stop once :func:`catch_up_epochs` have passed
+    and fine-tuning's best validation score so far is still below the probe's and its best validation loss still
+    above it (the probe is then kept: the rest of the budget would be spent on a model that is not chosen).
+    ``probe``: the probe's best :class:`~transferkit.engine.loop.EpochRecord`."""
+    patience = catch_up_epochs(epochs)
+    seen: list[tuple[float, float]] = []
+
+    def on_validate(epoch: int, logits: torch.Tensor, targets: torch.Tensor) -> str | None:
+        p, y = logits_to_probs(logits, task), targets.numpy()  # scored as the probe was
+        seen.append((probs_score(p, y, task.balanced), probs_loss(p, y)))
+        if (epoch + 1 >= patience and max(a for a, _ in seen) < probe.val_acc
+                and min(loss for _, loss in seen) > probe.val_loss):
+            return BEHIND
+        return None
+
+    return on_validate
 
 
 def choose(candidates: dict[str, FitResult], n_val: int, val_counts: list[int] | None = None) -> str:

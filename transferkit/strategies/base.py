@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import nn
@@ -324,3 +324,22 @@ def epochs_within_budget(
             break
         epochs += 1
     return max(1, epochs), per_epoch
+
+
+def schedule_within_budget(task: TrainTask, epochs: int, per_epoch: float | None, steps_per_epoch: int,
+                           warmup_steps: int) -> tuple[int, int, Literal["epoch", "step"]]:
+    """The LR schedule's length and warm-up in steps, and how the engine checks the budget (``"epoch"`` or
+    ``"step"``, see :func:`transferkit.engine.trainer.fit`).
+
+    Whole epochs, checked before each one, as planned by :func:`epochs_within_budget`. When not even one epoch fits
+    what is left of the budget (a large training set, a short budget), as many steps as fit, the schedule complete
+    at the last of them and the budget checked after every step: the run ends on time with a part of an epoch,
+    instead of overrunning by the rest of it."""
+    total = epochs * steps_per_epoch
+    if task.deadline is None or not per_epoch or epochs > 1:
+        return total, warmup_steps, "epoch"
+    room = 0.9 * task.seconds_left()
+    if per_epoch <= room:
+        return total, warmup_steps, "epoch"
+    steps = max(1, int(steps_per_epoch * room / per_epoch))
+    return steps, min(warmup_steps, steps // 4), "step"

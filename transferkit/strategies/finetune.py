@@ -24,7 +24,8 @@ from torch import nn
 from ..engine.loop import train
 from ..engine.optim import freeze, param_groups, trainable_parameters, warmup_cosine
 from ..heads import Classifier, LinearHead
-from .base import FitResult, TrainTask, epochs_within_budget, make_loaders, make_prepare, val_aggregate
+from .base import FitResult, TrainTask, epochs_within_budget, make_loaders, make_prepare, schedule_within_budget
+from .base import val_aggregate
 
 
 @dataclass
@@ -138,8 +139,9 @@ class FinetuneStrategy:
                                              head_lr=cfg.head_lr))
         train_loader, val_loader = make_loaders(task, cfg.batch_size, cfg.augment, cfg.hflip)
         epochs, epoch_s = epochs_within_budget(task, cfg.epochs, self.epoch_seconds, self.relative_cost(len(groups)))
-        steps = epochs * len(train_loader)
-        sched = warmup_cosine(opt, steps, warmup_steps=int(cfg.warmup_epochs * len(train_loader)))
+        steps, warmup, check = schedule_within_budget(task, epochs, epoch_s, len(train_loader),
+                                                      int(cfg.warmup_epochs * len(train_loader)))
+        sched = warmup_cosine(opt, steps, warmup_steps=warmup)
         t0 = time.monotonic()
         history, _ = train(
             model, opt, sched, train_loader, val_loader, acc,
@@ -147,7 +149,7 @@ class FinetuneStrategy:
             on_epoch_start=self.schedule(backbone), deadline=task.deadline, label_smoothing=cfg.label_smoothing,
             checkpoint_dir=task.work_dir / f"checkpoints-{self.name}" if task.work_dir else None,
             description=self.name, val_aggregate=val_aggregate(task), class_weights=task.class_weights,
-            balanced=task.balanced, stop_at=task.stop_at, on_validate=self.on_validate,
+            balanced=task.balanced, stop_at=task.stop_at, on_validate=self.on_validate, budget=check,
         )
         model = acc.unwrap_model(model).cpu().to(memory_format=torch.contiguous_format)
         if hasattr(backbone, "set_augment"):
@@ -158,7 +160,7 @@ class FinetuneStrategy:
             trainable_params=trainable_parameters(model),
             timings={"train_s": time.monotonic() - t0},
             details={"config": cfg.__dict__, "layer_groups": len(groups), "lp_ft": init_head is not None,
-                     "planned_epochs": epochs, "estimated_epoch_s": epoch_s},
+                     "planned_epochs": epochs, "planned_steps": steps, "estimated_epoch_s": epoch_s},
         )
 
     def schedule(self, backbone):

@@ -25,6 +25,7 @@ from ..engine.optim import freeze, param_groups, trainable_parameters, warmup_co
 from ..errors import TransferkitError
 from ..heads import Classifier, LinearHead
 from .base import FitResult, TrainTask, check_modality, epochs_within_budget, make_loaders, make_prepare
+from .base import schedule_within_budget
 
 
 @dataclass
@@ -87,15 +88,16 @@ class LoraStrategy:
         train_loader, val_loader = make_loaders(task, cfg.batch_size)
         # adapters save the weight gradients, not the backward pass: an epoch costs about a full fine-tuning epoch
         epochs, epoch_s = epochs_within_budget(task, cfg.epochs)
-        steps = epochs * len(train_loader)
-        sched = warmup_cosine(opt, steps, warmup_steps=int(cfg.warmup_epochs * len(train_loader)))
+        steps, warmup, check = schedule_within_budget(task, epochs, epoch_s, len(train_loader),
+                                                      int(cfg.warmup_epochs * len(train_loader)))
+        sched = warmup_cosine(opt, steps, warmup_steps=warmup)
         trainable = trainable_parameters(model)
         t0 = time.monotonic()
         history, _ = train(
             model, opt, sched, train_loader, val_loader, acc, epochs=epochs, patience=cfg.patience,
             prepare=make_prepare(task, backbone), deadline=task.deadline, multi_label=task.multi_label,
             checkpoint_dir=task.work_dir / "checkpoints-lora" if task.work_dir else None, description="lora",
-            stop_at=task.stop_at,
+            stop_at=task.stop_at, budget=check,
         )
         model = acc.unwrap_model(model).cpu().eval()
         files = adapter_files(model.backbone.body, model.head, base_model_id(task.spec))

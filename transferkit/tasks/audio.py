@@ -34,7 +34,7 @@ def check_scoring_cost(prepared: Prepared, clips: dict[str, Any], rate: int, set
     """Validation and test recordings are scored whole, window by window, however long they are: a one-hour
     recording is 14,000 windows of half a second, scored after every epoch (validation) or once (test). Warn about
     each long one (its file and duration); with a budget, time the backbone on a few windows and refuse a run whose
-    scoring alone would not fit it, else keep the test's scoring time out of the training budget."""
+    scoring alone would not fit it (the run's budget plan keeps the scoring time out of training in any case)."""
     from ..console import warn
 
     clip = prepared.backbone.preprocess.clip_seconds
@@ -63,8 +63,6 @@ def check_scoring_cost(prepared: Prepared, clips: dict[str, Any], rate: int, set
         raise TransferkitError(f"Scoring the validation and test recordings ({sum(windows.values()):,} windows of "
                                f"{clip:g} s{culprit}) would take about {scoring:.0f} s, more than the whole budget "
                                f"({settings.seconds:g} s): cut long recordings into clips, or raise --budget.")
-    if "test" in prepared.encoded:
-        prepared.encoded["test"].info["scoring_estimate_s"] = round(per_window * windows["test"], 3)
 
 
 def _seconds_per_window(backbone: Any, waves: torch.Tensor, settings: RunSettings) -> float:
@@ -194,14 +192,6 @@ class AudioTask(ClassificationTask):
         check_scoring_cost(prepared, clips, rate, settings)
         prepared.timings["decode_s"] = time.monotonic() - t - load_s
         return prepared
-
-    def train_task(self, prepared: Prepared, settings: RunSettings, options: Any, accelerator: Any,
-                   deadline: float | None, work_dir: Path | None) -> Any:
-        # the test recordings are scored after training: their measured cost comes out of the training budget
-        test = prepared.encoded.get("test")
-        reserve = test.info.get("scoring_estimate_s", 0.0) if test is not None else 0.0
-        return super().train_task(prepared, settings, options, accelerator,
-                                  None if deadline is None else deadline - reserve, work_dir)
 
     def data_summary(self, prepared: Prepared, multi_label: bool) -> dict[str, Any]:
         summary = super().data_summary(prepared, multi_label)

@@ -228,6 +228,11 @@ class Task:
         """How many rows the network sees for ``data`` (audio: windows)."""
         return len(data)
 
+    def scoring_seconds(self, train: Any, prepared: Prepared) -> float:
+        """About how long scoring the validation and test sets will take after training (kept out of the training
+        budget; see :mod:`transferkit.tasks.budget`); 0 when this task cannot tell."""
+        return 0.0
+
     # -- after training ---------------------------------------------------------------------------------------
     def finish(self, result: Any, prepared: Prepared, settings: RunSettings, options: Any, train: Any,
                extras: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
@@ -277,13 +282,16 @@ def refuse_option(name: str, task: Task, home: Task | None) -> TransferkitError:
                                                                     f"these data are {task.name}."))
 
 
-def run_record(result: Any, train: Any, settings: RunSettings, timings: dict[str, float]) -> dict[str, Any]:
+def run_record(result: Any, train: Any, settings: RunSettings, timings: dict[str, float],
+               plan: Any = None) -> dict[str, Any]:
     """What ``metrics.json`` says about any run, whatever the task: trainable parameters, precision, processes,
-    device, seed, budget, timings and the strategy's details."""
+    device, seed, budget (and how it was split: ``plan``, a :class:`~transferkit.tasks.budget.BudgetPlan`), timings
+    and the strategy's details."""
     accelerator = train.accelerator
     return {"trainable_params": result.trainable_params, "precision": str(accelerator.mixed_precision),
             "processes": accelerator.num_processes, "device": str(accelerator.device), "seed": settings.seed,
-            "budget_s": settings.seconds, "timings": timings, "details": result.details}
+            "budget_s": settings.seconds, "budget": plan.to_dict() if plan is not None else None, "timings": timings,
+            "details": result.details}
 
 
 def data_kind(data: Any, hints: dict[str, Any]) -> str:

@@ -71,6 +71,18 @@ class ClassificationTask(Task):
         """Which classical baseline suits these data (:class:`~transferkit.strategies.classical.ClassicalBaseline`)."""
         return self.modality
 
+    def scoring_seconds(self, train: Any, prepared: Prepared) -> float:
+        """The backbone timed on a few training examples, scaled to the validation and test rows scored after
+        training (audio: every window of every recording)."""
+        from ..strategies.base import sample_batch
+        from .budget import seconds_per_row
+
+        rows = sum(self.rows(d) for name, d in prepared.encoded.items() if name != "train")
+        if not rows:
+            return 0.0
+        n = min(16, self.rows(train.train))
+        return rows * seconds_per_row(train.backbone, sample_batch(train, n), n, train.accelerator)
+
     # -- after training ---------------------------------------------------------------------------------------
     def build_model(self, network: Any, prepared: Prepared, files: dict[str, bytes] | None = None) -> Any:
         from ..bundle.model import TransferModel
@@ -155,7 +167,7 @@ class ClassificationTask(Task):
                                                    y_pred=None if multi_label else model.decide(probs[scored])),
             "history": history,
             "train_val_gap": gap,
-            **run_record(result, train, settings, timings),
+            **run_record(result, train, settings, timings, extras.get("budget")),
         }
         metrics["at_chance"] = chance_text(scores[scored], len(classes),
                                            "cross-validated" if scored == "val" and result.cv is not None else scored)
@@ -193,12 +205,11 @@ class ClassificationTask(Task):
         """More plots for the run folder (medical: the ROC curve), from the scored set's ``plots``."""
 
     def _scratch(self, settings: RunSettings, prepared: Prepared, train: Any, extras: dict[str, Any]) -> Any:
-        """The same architecture trained from random weights on the same splits, with the training time the
-        strategy had (its budget less the loading before training)."""
+        """The same architecture trained from random weights on the same splits, with the same training time as
+        the strategy was given (half of the budget's training time each; see :mod:`transferkit.tasks.budget`)."""
         t = time.monotonic()
-        deadline = extras.get("deadline")
-        base_task = dataclasses.replace(train, deadline=time.monotonic() + (deadline - extras["train_t0"])
-                                        if deadline else None,
+        plan = extras.get("budget")
+        base_task = dataclasses.replace(train, deadline=t + plan.scratch_s if plan is not None else None,
                                         work_dir=train.work_dir / "scratch" if train.work_dir is not None else None)
         opts = settings.strategy_options
         epochs = {"epochs": opts["epochs"]} if "epochs" in opts else {}

@@ -152,7 +152,7 @@ class DetectionTask(Task):
             "val": scores["val"],
             "test": scores.get("test"),
             "history": result.history.to_dict(),
-            **run_record(result, train, settings, timings),
+            **run_record(result, train, settings, timings, extras.get("budget")),
         }
         model.meta = {"metrics": {k: metrics[k] for k in ("strategy", "val", "test", "data")}}
         return model, metrics, {"set": scored, "preds": preds[scored]}
