@@ -71,7 +71,10 @@ def test_file_store_reads_exactly_the_pixels_in_memory(colour_folder, cache):
     assert torch.equal(fold.pixels[[2, 0]], mem.subset([9, 4, 20]).pixels[[2, 0]])
     assert fold.fingerprints == mem.subset([9, 4, 20]).fingerprints
     assert torch.equal(fold.targets, mem.targets[[9, 4, 20]])
+    assert torch.equal(disk.pixels[torch.tensor(3)], mem.pixels[3])
     assert images_mod.pixel_keys(disk) == images_mod.pixel_keys(mem)
+    os.unlink(disk.pixels.path)  # the cache cleared during the run: it and its folds read the file they checked
+    assert torch.equal(disk.subset([1, 2]).pixels[:], mem.pixels[1:3]) and torch.equal(fold.pixels[0], mem.pixels[9])
 
 
 def read_all(dataset, context: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,13 +100,16 @@ def test_file_store_under_dataloader_workers(colour_folder, cache, context):
 def test_fit_gives_the_same_model_from_memory_and_from_disk(colour_splits, cache, tiny_backbone, monkeypatch):
     import transferkit
 
-    probs = {}
+    probs, kinds = {}, []
+    real = images_mod._decoded
+    monkeypatch.setattr(images_mod, "_decoded", lambda *a: kinds.append(type(a[2]).__name__) or real(*a))
     for limit in (2**40, 0):  # auto: every split in memory, then every split from its file
         monkeypatch.setattr(images_mod, "MEMORY_LIMIT_BYTES", limit)
         model = transferkit.fit(colour_splits, backbone=tiny_backbone, strategy="finetune", epochs=1, batch_size=8,
-                                seed=0)
+                                seed=0, val_fraction=0.3)  # a validation split: no folds to choose epochs on
         probs[limit] = model.predict_proba(sorted((colour_splits / "test").rglob("*.png")))
     assert np.array_equal(probs[0], probs[2**40])
+    assert "Tensor" in kinds and "PixelFile" in kinds
 
 
 KILLED = """
