@@ -82,9 +82,10 @@ def test_linear_features_are_cached_on_disk(colour_splits, tiny_backbone, tmp_pa
     assert third.metrics["details"]["feature_cache_hit"] is False
 
 
-def test_each_image_is_decoded_once_per_run(colour_splits, tiny_backbone, monkeypatch):
+def test_each_image_is_decoded_once_per_run(colour_splits, tiny_backbone, monkeypatch, tmp_path):
     import transferkit.data.images as images
 
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path / "cache"))  # cold: another test's run would leave a hit
     calls = []
     real = images.load_pil
     monkeypatch.setattr(images, "load_pil", lambda item, *a: calls.append(item) or real(item, *a))

@@ -96,11 +96,12 @@ def _resize(pixels: Any, size: int) -> np.ndarray:
     import torch
     import torch.nn.functional as F
 
-    x = torch.as_tensor(pixels)
+    from ..data.pixelstore import chunks
+
     out = []
-    for chunk in x.split(256):  # bounded memory: a float copy of a whole 224 px set would be 600 KB an image
+    for chunk in chunks(pixels):  # bounded memory: a float copy of a whole 224 px set would be 600 KB an image
         out.append(F.interpolate(chunk.float() / 255.0, size=(size, size), mode="area"))
-    return torch.cat(out).permute(0, 2, 3, 1).numpy()
+    return torch.cat(out).permute(0, 2, 3, 1).numpy() if out else np.zeros((0, size, size, 3), np.float32)
 
 
 class ImageFeatures:

@@ -1,5 +1,5 @@
 """Image classification: class folders or a path,label table -> uint8 images decoded once at the backbone's
-input size -> random-resized-crop/flip batches, normalised in channels_last."""
+input size (kept in the pixel cache) -> random-resized-crop/flip batches, normalised in channels_last."""
 
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ class ImageOptions:
 
 
 class ImageTensorDataset(Dataset):
-    """uint8 images (``DecodedImages``) held in memory; random-resized-crop and flip when ``augment``."""
+    """uint8 images (``DecodedImages``: a tensor in memory or rows read from the pixel cache one image at a time,
+    in each DataLoader worker); random-resized-crop and flip when ``augment``."""
 
     def __init__(self, data: Any, augment: bool = False, hflip: bool = True):
         self.pixels = data.pixels
