@@ -235,3 +235,19 @@ def test_store_must_be_known(colour_folder):
 
     with pytest.raises(TransferkitError, match="store must be one of auto, memory, disk"):
         decode(image_set(colour_folder), PRE, CLASSES, store="ram")
+
+
+def test_predict_leaves_no_entry_in_the_pixel_cache(colour_folder, tmp_path, monkeypatch):
+    """Files given to predict are decoded in memory: the cache does not grow with every prediction."""
+    from transferkit.backbones.protocol import PreprocessConfig
+    from transferkit.data.images import decode
+    from transferkit.data.sources import ImageSet
+
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path / "cache"))
+    files = sorted(colour_folder.rglob("*.png"))[:5]
+    pre = PreprocessConfig(input_size=(32, 32))
+    cached = decode(ImageSet(files, ["red"] * 5), pre, ["red"])
+    once = decode(ImageSet(files, ["red"] * 5), pre, ["red"], cache=False)
+    assert torch.equal(cached.pixels, once.pixels) and cached.fingerprints == once.fingerprints
+    entries = list((tmp_path / "cache" / "pixels").glob("*.rows"))
+    assert len(entries) == 1, "only the cached decode wrote an entry"

@@ -355,6 +355,7 @@ def decode(
     description: str = "decoding images",
     workers: int = 2,
     store: str = "auto",
+    cache: bool = True,
 ) -> DecodedImages:
     """Decode, resize and crop every image of ``images`` once, in a thread pool, with a progress bar; or, when the
     pixel cache holds these files at this preprocessing, decode nothing.
@@ -368,6 +369,8 @@ def decode(
             :class:`~transferkit.data.pixelstore.PixelFile` reading rows from the cache batch by batch, so memory
             is bounded by the batch; ``"auto"``: memory under :data:`MEMORY_LIMIT_BYTES` decoded, disk above.
             When the cache cannot be used (a warning says why) the rows stay in memory.
+        cache: False: neither read nor write the pixel cache (``predict``: files seen once need no entry, and the
+            cache would grow with every prediction); the rows stay in memory.
 
     Raises:
         DataError: a file that is not a readable image (unless ``skip_bad``), or none readable at all.
@@ -380,9 +383,13 @@ def decode(
     h, w = pre.input_size
     row_shape = (3, h, w)
     in_memory = store == "memory" or (store == "auto" and n * 3 * h * w < MEMORY_LIMIT_BYTES)
-    prints = fingerprints(images.items, pre.window, workers=max(workers, 4), description=description)
-    key = pixel_key(pre, images.items, prints)
-    folder = store_folder("pixels")
+    if cache:
+        prints: list[str | None] = fingerprints(images.items, pre.window, workers=max(workers, 4),
+                                                description=description)
+        key = pixel_key(pre, images.items, prints)
+        folder = store_folder("pixels")
+    else:  # the fingerprints come with the decoding
+        prints, key, folder = [None] * n, "", None
     path = folder / f"{key}.rows" if folder is not None else None
     if path is not None and path.is_file():
         header, problem = read_header(path)
@@ -411,7 +418,7 @@ def decode(
 
     def work(i: int) -> tuple[int, np.ndarray | None, DataError | None]:
         try:
-            img, _ = load_pil(images.items[i], pre.window, pre.slices)
+            img, prints[i] = load_pil(images.items[i], pre.window, pre.slices)
         except DataError as err:
             return i, None, err
         return i, resize_center_crop(img, pre), None

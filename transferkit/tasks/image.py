@@ -187,7 +187,7 @@ class ImageTask(ClassificationTask):
 
         images = list(inputs)
         data = decode(ImageSet(images, [model.classes[0]] * len(images)), model.preprocess, model.classes,
-                      skip_bad=skip_bad, description="decoding")
+                      skip_bad=skip_bad, description="decoding", cache=False)
         return data, [images[i] for i in data.kept]
 
     def read_labelled(self, model: Any, source: Any, skip_bad: bool, **options: Any) -> Any:
