@@ -220,9 +220,10 @@ def fit(
     ),
     compile_net: bool = typer.Option(
         False, "--compile",
-        help="torch.compile the network that fine-tuning trains (finetune, gradual, scratch, auto's fine-tuning). The "
-             "first step compiles: tens of seconds to minutes before training starts (recorded as compile_s in "
-             "metrics.json), and again at the first validation; it pays back on long GPU runs, rarely on a CPU.",
+        help="torch.compile the network that classification fine-tuning trains (finetune, gradual, scratch, auto's "
+             "fine-tuning; not detection). The first step compiles: tens of seconds to minutes before training starts "
+             "(recorded as compile_s in metrics.json), and again at the first validation and in each fold; it pays "
+             "back on long GPU runs, rarely on a CPU.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics summary as JSON on stdout."),
     max_image_pixels: Optional[int] = _max_pixels_option(),

@@ -183,17 +183,13 @@ class Task:
     def train_task(self, prepared: Prepared, settings: RunSettings, options: Any, accelerator: Any,
                    deadline: float | None, work_dir: Path | None) -> Any:
         """What the strategy receives (:class:`~transferkit.strategies.TrainTask`)."""
-        from ..engine.accel import default_workers
         from ..strategies import TrainTask
 
         dec = prepared.encoded
-        workers = settings.workers
-        if workers is None:
-            workers = default_workers(accelerator.device, accelerator.num_processes)
         return TrainTask(spec=prepared.backbone.spec, backbone=prepared.backbone, train=dec["train"],
                          val=dec.get("val"), classes=prepared.classes, accelerator=accelerator, seed=settings.seed,
-                         deadline=deadline, work_dir=work_dir, cv=settings.cv, batches=self, workers=workers,
-                         compile=settings.compile)
+                         deadline=deadline, work_dir=work_dir, cv=settings.cv, batches=self,
+                         workers=loader_workers(settings, accelerator), compile=settings.compile)
 
     def loaders(self, task: Any, batch_size: int, augment: bool = False, hflip: bool = True) -> tuple:
         """Training loader (epoch-seeded shuffling, augmentation when ``augment``) and validation loader (None
@@ -209,7 +205,7 @@ class Task:
         train_ds = self.dataset(task.train, augment, hflip)
         sampler = self.sampler(task) or EpochShuffleSampler(n_train, task.seed)
         # pinned memory on CUDA (asynchronous copies), workers kept across epochs: engine.accel.loader_options
-        options = loader_options(task.workers, task.accelerator.device)
+        options = loader_options(task.workers, getattr(task.accelerator, "device", "cpu"))
         train = DataLoader(train_ds, batch_size=bs, sampler=sampler, drop_last=n_train > bs, **options)
         val = None
         if task.val is not None:
@@ -289,6 +285,16 @@ def refuse_option(name: str, task: Task, home: Task | None) -> TransferkitError:
     hint = INSTEAD.get((name, task.name))
     return TransferkitError(f"{name} applies to {home.plural}; " + (f"{hint}." if hint else
                                                                     f"these data are {task.name}."))
+
+
+def loader_workers(settings: RunSettings, accelerator: Any) -> int:
+    """``settings.workers``, or when not given the device's default (:func:`transferkit.engine.accel.default_workers`:
+    none on the CPU, up to 8 on CUDA)."""
+    if settings.workers is not None:
+        return settings.workers
+    from ..engine.accel import default_workers
+
+    return default_workers(accelerator.device, accelerator.num_processes)
 
 
 def run_record(result: Any, train: Any, settings: RunSettings, timings: dict[str, float]) -> dict[str, Any]:
