@@ -15,7 +15,8 @@ token ids, audio windows with the spectrogram statistics), and times four parts:
   against a plain ``DataLoader`` + the step loop + a cosine schedule. Augmentation off on both sides (the plain
   loop has none to compare with), no validation split;
 - ``predict``: ``TransferModel.predict`` on the files, end to end (decode, resize, tokenise or read audio, forward,
-  softmax) against the plain recipe (PIL + timm's eval transform, the tokenizer, soundfile + the spectrogram).
+  softmax) against the plain recipe (PIL + timm's eval transform, the tokenizer, soundfile + the spectrogram). Both
+  on the CPU, also on a GPU machine: a loaded bundle predicts on the CPU.
 
 Plain loops: images and audio use the timm model itself (the backbone's own timm module, its head reset for the
 classes), channels_last, bf16 autocast where the CPU supports it (``resolve_precision``), the same uint8 batches
@@ -145,12 +146,14 @@ def best_rates(runs: dict[str, Callable[[], int]], repeats: int) -> tuple[dict[s
     return best, {name: max(0.0, warm[name] - fastest[name]) for name in runs}
 
 
-def autocast_plain() -> Callable:
+def autocast_plain(cpu: bool | None = None) -> Callable:
+    """The precision transferkit resolves for this device (``cpu``: for the CPU, where ``predict`` runs)."""
     from transferkit.engine.accel import resolve_precision
 
-    bf16 = resolve_precision("auto") == "bf16"
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return lambda: torch.autocast(device, dtype=torch.bfloat16, enabled=bf16)
+    cpu = not torch.cuda.is_available() if cpu is None else cpu
+    precision = resolve_precision("auto", cpu=cpu)
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return lambda: torch.autocast("cpu" if cpu else "cuda", dtype=dtype, enabled=precision in ("bf16", "fp16"))
 
 
 def cosine(opt, steps: int):
@@ -365,7 +368,8 @@ def bench_image(args, work: Path) -> list[dict]:
         model = TransferModel(Classifier(copy.deepcopy(tt.backbone), LinearHead(tt.backbone.num_features, 2)),
                               ["a", "b"])
         files = [str(p) for p in paths[: args.batches * bs]]
-        plain = timm_model(2).eval()
+        plain = timm_model(2).cpu().eval()  # TransferModel.predict runs on the CPU: so does its plain counterpart
+        autocast_cpu = autocast_plain(cpu=True)
         cfg = timm.data.resolve_data_config({"input_size": (3, *pre.input_size), "crop_pct": pre.crop_pct,
                                              "mean": pre.mean, "std": pre.std, "interpolation": "bilinear"})
         transform = timm.data.create_transform(**cfg)
@@ -374,7 +378,7 @@ def bench_image(args, work: Path) -> list[dict]:
         def plain_predict() -> int:
             for s in range(0, len(files), 64):
                 x = torch.stack([transform(Image.open(f).convert("RGB")) for f in files[s : s + 64]])
-                with autocast():
+                with autocast_cpu():
                     torch.softmax(plain(x.contiguous(memory_format=torch.channels_last)).float(), 1)
             return len(files)
 
@@ -406,10 +410,10 @@ def bench_text(args, work: Path) -> list[dict]:
     def encoder():
         return AutoModel.from_pretrained(folder, attn_implementation="sdpa", add_pooling_layer=False)
 
-    def inputs(x):
+    def inputs(x, to=device):
         ids_, mask_ = x if isinstance(x, (list, tuple)) else (x["input_ids"], x["attention_mask"])
         length = int(mask_.sum(1).max())
-        return {"input_ids": ids_[:, :length].long().to(device), "attention_mask": mask_[:, :length].long().to(device)}
+        return {"input_ids": ids_[:, :length].long().to(to), "attention_mask": mask_[:, :length].long().to(to)}
 
     order = torch.argsort(mask.sum(1), descending=True, stable=True)
     rows = []
@@ -442,7 +446,8 @@ def bench_text(args, work: Path) -> list[dict]:
                               ["money", "sport"])
         items = texts[: args.batches * bs]
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        plain = Pooled(encoder(), 2).eval()
+        plain = Pooled(encoder(), 2).eval()  # on the CPU, as TransferModel.predict
+        autocast_cpu = autocast_plain(cpu=True)
         max_length = tt.backbone.preprocess.max_length
 
         @torch.no_grad()
@@ -451,8 +456,8 @@ def bench_text(args, work: Path) -> list[dict]:
             by_length = torch.argsort(enc["attention_mask"].sum(1), descending=True)
             for s in range(0, len(items), 32):
                 idx = by_length[s : s + 32]
-                with autocast():
-                    torch.softmax(plain(inputs((enc["input_ids"][idx], enc["attention_mask"][idx]))).float(), 1)
+                with autocast_cpu():
+                    torch.softmax(plain(inputs((enc["input_ids"][idx], enc["attention_mask"][idx]), "cpu")).float(), 1)
             return len(items)
 
         rows.append(compare("text", "predict", lambda: len(model.predict(items)), plain_predict, args.repeats, "texts",
@@ -494,11 +499,11 @@ def bench_audio(args, work: Path) -> list[dict]:
     data, device, pre = prepared.encoded["train"], acc.device, tt.backbone.preprocess
     waves, owner, targets = data.waves, data.owner, data.targets
     win_targets = targets[owner]
-    frontend = MelSpectrogram(pre).to(device)
+    frontends = {torch.device(device): MelSpectrogram(pre).to(device), torch.device("cpu"): MelSpectrogram(pre)}
     autocast = autocast_plain()
 
-    def inputs(w):  # by hand: log-mel, resized to the CNN's height, 3 channels, channels_last
-        x = frontend(w.to(device).float()).unsqueeze(1)
+    def inputs(w, to=device):  # by hand: log-mel, resized to the CNN's height, 3 channels, channels_last
+        x = frontends[torch.device(to)](w.to(to).float()).unsqueeze(1)
         h = pre.image_height
         if h:
             width = pre.image_width or max(8, round(x.shape[-1] * h / x.shape[-2]))
@@ -539,7 +544,8 @@ def bench_audio(args, work: Path) -> list[dict]:
         model = TransferModel(Classifier(copy.deepcopy(tt.backbone), LinearHead(tt.backbone.num_features, 2)),
                               ["high", "low"])
         files = [str(p) for p in paths[: args.batches * bs]]
-        plain = timm_model(2).eval()
+        plain = timm_model(2).cpu().eval()  # on the CPU, as TransferModel.predict
+        autocast_cpu = autocast_plain(cpu=True)
         clip = pre.clip_samples
 
         @torch.no_grad()
@@ -553,8 +559,8 @@ def bench_audio(args, work: Path) -> list[dict]:
             w, own = torch.cat(wins), torch.tensor(own)
             outs = []
             for s in range(0, len(w), 32):
-                with autocast():
-                    outs.append(plain(inputs(w[s : s + 32])).float())
+                with autocast_cpu():
+                    outs.append(plain(inputs(w[s : s + 32], "cpu")).float())
             logits = torch.zeros(len(files), 2).index_add_(0, own, torch.cat(outs))
             torch.softmax(logits / torch.bincount(own).unsqueeze(1), 1)
             return len(files)
