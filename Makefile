@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo demo-text demo-audio demo-detect demo-medical test install data bench bench-text bench-audio bench-detect bench-medical bench-compare bench-pretrain bench-small clean
+.PHONY: demo demo-text demo-audio demo-detect demo-medical test install data bench bench-text bench-audio bench-detect bench-medical bench-compare bench-pretrain bench-small bench-throughput bench-gpu clean
 
 install: $(STAMP)
 
@@ -61,6 +61,14 @@ test: $(STAMP) data
 
 bench: $(STAMP) data
 	$(PY) benchmarks/fashion_mnist.py
+
+# transferkit against the plain loops on every path (images, texts, audio: features, step, epoch, predict)
+bench-throughput: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/throughput.py
+
+# the GPU path on a card (runs on a CPU too, slowly)
+bench-gpu: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/gpu.py
 
 bench-text: $(STAMP)
 	$(PY) benchmarks/bbc_news.py

@@ -76,6 +76,8 @@ def fit(
     balance: str | None = None,
     scratch_baseline: bool = False,
     max_image_pixels: int | None = None,
+    workers: int | None = None,
+    compile: bool = False,
     **strategy_options: Any,
 ) -> TransferModel | DetectionModel:
     """Adapt a pretrained backbone to labelled images, texts or audio and return the trained :class:`TransferModel`.
@@ -133,6 +135,13 @@ def fit(
     ``max_image_pixels`` (default 80 million) or more elongated than 50:1 are refused before decoding (skipped with
     ``skip_bad``); :func:`transferkit.data.images.image_limits` raises the limit for ``predict`` and the rest.
 
+    Speed: ``workers`` loader processes feed each training process (default: none on the CPU, where the data are
+    already decoded in memory and a worker would take a core from training; ``min(8, cpus - 1)`` on a GPU, with
+    pinned memory and non-blocking copies). ``compile=True`` trains ``torch.compile(network)`` in the fine-tuning
+    strategies (``finetune``, ``gradual``, ``scratch``, and ``auto`` when it fine-tunes): the first step then
+    compiles, which costs tens of seconds to minutes (``metrics["timings"]["compile_s"]``), and pays back only on
+    long runs on a GPU. The saved bundle is the same either way.
+
     Example::
 
         >>> model = transferkit.fit("data/parts", backbone="efficientnet_lite0", strategy="auto", budget="10m")
@@ -157,8 +166,8 @@ def fit(
     settings = RunSettings(backbone=None if several else backbone, strategy=strategy, out=out,
                            seconds=parse_budget(budget), seed=seed, skip_bad=skip_bad, val_fraction=val_fraction,
                            test_fraction=test_fraction, cv=cv, precision=precision, arch=arch, cpu=cpu, resume=resume,
-                           image_size=image_size, scratch_baseline=scratch_baseline,
-                           strategy_options=strategy_options)
+                           image_size=image_size, scratch_baseline=scratch_baseline, workers=workers,
+                           compile=compile, strategy_options=strategy_options)
     with image_limits(max_image_pixels):
         task_obj, options = resolve(data, task, modality, given)
         return run(data, task_obj, settings, options, backbones=several)

@@ -214,6 +214,18 @@ def fit(
              "takes about twice as long), and a classical baseline (HOG, TF-IDF or log-mel statistics + logistic "
              "regression); the report and model card compare them with the model and say plainly when a baseline wins.",
     ),
+    workers: Optional[int] = typer.Option(
+        None,
+        help="Loader processes per training process, as for pretrain (default: 0 on the CPU, where the data are "
+             "already decoded in memory; min(8, CPUs - 1) on a GPU).",
+    ),
+    compile_net: bool = typer.Option(
+        False, "--compile",
+        help="torch.compile the network that classification fine-tuning trains (finetune, gradual, scratch, auto's "
+             "fine-tuning; not detection). The first step compiles: tens of seconds to minutes before training starts "
+             "(recorded as compile_s in metrics.json), and again at the first validation and in each fold; it pays "
+             "back on long GPU runs, rarely on a CPU.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics summary as JSON on stdout."),
     max_image_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
@@ -231,7 +243,7 @@ def fit(
                         max_length=max_length, clip_seconds=clip_seconds, task=task, modality=modality, window=window,
                         slices=slices, patient_column=patient_column, positive=positive, threshold=threshold,
                         balance=balance, scratch_baseline=scratch_baseline, cv=cv, val_fraction=val_fraction,
-                        test_fraction=test_fraction, **options)
+                        test_fraction=test_fraction, workers=workers, compile=compile_net, **options)
     except TransferkitError as err:
         _fail(err)
     m = model.metrics
@@ -883,7 +895,7 @@ def demo(
         precision="auto", resume=False, image_size=None, text_column=None, label_column=None, label_sep=None,
         encoding="utf-8", max_length=None, clip_seconds=None, task=spec.task, modality=spec.modality,
         window=None, slices=None, patient_column=None, positive=None, threshold=None, balance=None,
-        scratch_baseline=False, as_json=False, max_image_pixels=None)
+        scratch_baseline=False, workers=None, compile_net=False, as_json=False, max_image_pixels=None)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,16 @@ from .accel import is_main_process
 from .divergence import stop_if_diverged
 
 CHECKPOINT = "last.pt"
+FIRST_STEPS = 5  # step times kept in History.first_steps
+
+
+def compile_seconds(first_steps: list[float]) -> float | None:
+    """What the first training step cost beyond a normal one (the median of the later ones): torch.compile's
+    tracing and code generation when the network was compiled. None with fewer than two steps."""
+    if len(first_steps) < 2:
+        return None
+    rest = sorted(first_steps[1:])
+    return max(0.0, first_steps[0] - rest[len(rest) // 2])
 
 
 @dataclass
@@ -61,6 +71,9 @@ class History:
     epochs: list[Any] = field(default_factory=list)
     best_epoch: int = -1
     stopped: str = "completed"
+    # seconds of the first few training steps this process ran (each ends in loss.item(), so the GPU has finished):
+    # the first minus a later one is the start-up cost, e.g. torch.compile's (see compile_seconds)
+    first_steps: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON: an epoch that was not validated (the final model of a cross-validated run) has None scores."""
@@ -148,7 +161,7 @@ def fit(
     """
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
     ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
-    history, best_state = resume_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler, method.record)
+    history, best_state = resume_checkpoint(ckpt, bare_module(accelerator, model), optimizer, scheduler, method.record)
     start_epoch = len(history.epochs)
     bad_epochs = 0 if history.best_epoch < 0 else len(history.epochs) - 1 - history.best_epoch
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -179,6 +192,8 @@ def fit(
                 scheduler.step()
                 total_loss += loss.item() * n
                 seen += n
+                if len(history.first_steps) < FIRST_STEPS:
+                    history.first_steps.append(time.monotonic() - t_step)
                 bar.update(steps, advance=1, status=f"loss {total_loss / seen:.3f}")
                 if budget == "step" and deadline is not None:
                     now = time.monotonic()
@@ -202,13 +217,13 @@ def fit(
                 history.best_epoch = epoch
                 # the last epoch: its weights are the model's own, so no copy until the run ends
                 keep = method.better is not None
-                best_state = copy.deepcopy(accelerator.unwrap_model(model).state_dict()) if keep else None
+                best_state = copy.deepcopy(bare_module(accelerator, model).state_dict()) if keep else None
                 bad_epochs = 0
             else:
                 bad_epochs += 1
             bar.update(task, advance=1, status=method.status(rec))
             if ckpt is not None and is_main_process(accelerator):
-                save_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler, history, best_state)
+                save_checkpoint(ckpt, bare_module(accelerator, model), optimizer, scheduler, history, best_state)
             if verdict:
                 history.stopped = verdict
                 break
@@ -223,10 +238,17 @@ def fit(
                 history.stopped = "time budget"
                 break
     if method.better is None:  # the last epoch is kept: the model holds it; the caller gets a copy, as of a best epoch
-        return history, copy.deepcopy(accelerator.unwrap_model(model).state_dict())
+        return history, copy.deepcopy(bare_module(accelerator, model).state_dict())
     assert best_state is not None
-    accelerator.unwrap_model(model).load_state_dict(best_state)
+    bare_module(accelerator, model).load_state_dict(best_state)
     return history, best_state
+
+
+def bare_module(accelerator, model: nn.Module) -> nn.Module:
+    """The module a prepared (and maybe compiled) ``model`` wraps: what checkpoints, best weights and bundles hold,
+    so their state_dict keys never carry DDP's ``module.`` or torch.compile's ``_orig_mod.`` prefixes, and a run
+    with ``--compile`` resumes from a checkpoint written without it and the other way round."""
+    return accelerator.unwrap_model(model, keep_torch_compile=False)
 
 
 def any_process(accelerator, flag: bool) -> bool:

@@ -175,16 +175,15 @@ def pretrain(
 
     options = {"num_classes": len(source.classes), "label_smoothing": label_smoothing} if method == "supervised" else {}
     obj = make_method(method, backbone, accelerator, **options)
-    import torch
+    from ..engine.optim import adamw, param_groups, warmup_cosine
 
-    from ..engine.optim import param_groups, warmup_cosine
-
-    optimizer = torch.optim.AdamW(param_groups([list(obj.model.parameters())], [], lr, weight_decay), lr=lr)
+    optimizer = adamw(param_groups([list(obj.model.parameters())], [], lr, weight_decay), accelerator.device, lr=lr)
     scheduler = warmup_cosine(optimizer, total_steps, max(1, total_steps // 20))
     workers = _workers(workers, world)
     make_loader = functools.partial(_loader, method=method, source=source, backbone=backbone, global_batch=global_batch,
                                     total_steps=total_steps, rank=accelerator.process_index, world=world, seed=seed,
-                                    workers=workers, encoding=encoding, window=window, skip_bad=skip_bad)
+                                    workers=workers, device=accelerator.device, encoding=encoding, window=window,
+                                    skip_bad=skip_bad)
     from .loop import Plan, run
 
     plan = Plan(total_steps, probe.steps_per_epoch, global_batch, checkpoint_every, log_every, seed,
@@ -316,9 +315,11 @@ CORPORA: dict[str, Corpus] = {
 }
 
 
-def _loader(start: int, *, method, source, backbone, global_batch, total_steps, rank, world, seed, workers, encoding,
-            window, skip_bad):
+def _loader(start: int, *, method, source, backbone, global_batch, total_steps, rank, world, seed, workers, device,
+            encoding, window, skip_bad):
     from torch.utils.data import DataLoader
+
+    from ..engine.accel import loader_options
 
     from .data import ImageAugment, ImageStream, StepSampler, TextStream, pad_tokens
 
@@ -331,8 +332,8 @@ def _loader(start: int, *, method, source, backbone, global_batch, total_steps, 
         dataset = TextStream(source, backbone.tokenizer, window, seed, mlm=method == "mlm", encoding=encoding,
                              vocab_size=getattr(backbone.body.config, "vocab_size", None))
         collate = functools.partial(pad_tokens, pad_id=backbone.tokenizer.pad_token_id)
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
-                      persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, prefetch_factor=4 if workers > 0 else None,
+                      **loader_options(workers, device))
 
 
 def _image_evaluator(val, classes, backbone, accelerator, workers):

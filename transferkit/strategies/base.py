@@ -41,7 +41,8 @@ class TrainTask:
     seed: int = 0
     deadline: float | None = None  # time.monotonic() value; None = no budget
     work_dir: Path | None = None  # checkpoints and caches of this run
-    workers: int = 0
+    workers: int = 0  # loader processes (the task sets it from RunSettings.workers, by device when not given)
+    compile: bool = False  # fine-tuning strategies train torch.compile(network) (RunSettings.compile)
     # imbalanced data (medical runs): "weights" weighs the loss per class, "sampler" draws classes equally often;
     # ``balanced`` selects epochs and models by balanced accuracy instead of accuracy
     balance: str = "none"

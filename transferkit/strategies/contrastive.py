@@ -19,9 +19,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..engine.accel import loader_options
 from ..engine.inference import text_batch
 from ..engine.trainer import fit
-from ..engine.optim import param_groups, trainable_parameters, warmup_cosine
+from ..engine.optim import adamw, param_groups, trainable_parameters, warmup_cosine
 from ..errors import TransferkitError
 from ..heads import Classifier
 from .base import FitResult, TrainTask, check_modality, config_for
@@ -132,8 +133,9 @@ class ContrastiveStrategy:
         before each step: one epoch over many pairs can be most of the budget."""
         cfg = self.config
         loader = DataLoader(PairDataset(task.train, pairs), batch_size=cfg.batch_size, shuffle=True,
-                            generator=torch.Generator().manual_seed(task.seed))
-        opt = torch.optim.AdamW(param_groups(encoder.layer_groups(), [], cfg.lr, cfg.weight_decay))
+                            generator=torch.Generator().manual_seed(task.seed),
+                            **loader_options(task.workers, task.accelerator.device))
+        opt = adamw(param_groups(encoder.layer_groups(), [], cfg.lr, cfg.weight_decay), task.accelerator.device)
         steps = cfg.epochs * len(loader)
         sched = warmup_cosine(opt, steps, warmup_steps=int(cfg.warmup_fraction * steps))
         history, _ = fit(PairTuning(), encoder, opt, sched, loader, task.accelerator, epochs=cfg.epochs,

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..engine.optim import freeze, param_groups, trainable_parameters, warmup_cosine
+from ..engine.optim import adamw, freeze, param_groups, trainable_parameters, warmup_cosine
 from .base import FitResult, TrainTask
 
 
@@ -107,6 +107,7 @@ class DetectionStrategy:
 
     def fit(self, task: TrainTask) -> FitResult:
         from ..data.detection import DetectionDataset, collate
+        from ..engine.accel import loader_options
         from ..engine.detection import train_detector
         from ..engine.sampling import EpochShuffleSampler
 
@@ -115,12 +116,13 @@ class DetectionStrategy:
         det = self.make_detector(task)
         groups = det.layer_groups()
         freeze(list(det.parameters()), frozen=False)
-        opt = torch.optim.AdamW(param_groups(groups, det.new_parameters(), cfg.lr, cfg.weight_decay, cfg.layer_decay))
+        opt = adamw(param_groups(groups, det.new_parameters(), cfg.lr, cfg.weight_decay, cfg.layer_decay), acc.device)
         n = len(task.train)
         bs = max(1, min(cfg.batch_size, n))
         loader = torch.utils.data.DataLoader(
             DetectionDataset(task.train, cfg.augment, cfg.hflip, det.preprocess.mean), batch_size=bs,
-            sampler=EpochShuffleSampler(n, task.seed), drop_last=n > bs, collate_fn=collate, num_workers=task.workers)
+            sampler=EpochShuffleSampler(n, task.seed), drop_last=n > bs, collate_fn=collate,
+            **loader_options(task.workers, acc.device))
         epochs, epoch_s = self.plan_epochs(task, det, bs)
         sched = warmup_cosine(opt, epochs * len(loader), warmup_steps=int(cfg.warmup_epochs * len(loader)))
         t0 = time.monotonic()

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from ..engine.loop import train
-from ..engine.optim import freeze, param_groups, trainable_parameters, warmup_cosine
+from ..engine.trainer import compile_seconds
+from ..engine.optim import adamw, compile_module, freeze, param_groups, trainable_parameters, warmup_cosine
 from ..heads import Classifier, LinearHead
 from .base import FitResult, TrainTask, epochs_within_budget, make_loaders, make_prepare, schedule_within_budget
 from .base import val_aggregate
@@ -135,32 +136,39 @@ class FinetuneStrategy:
             head.load_state_dict(init_head.state_dict())
         model = Classifier(backbone, head).to(memory_format=torch.channels_last)
         groups = backbone.layer_groups()
-        opt = torch.optim.AdamW(param_groups(groups, list(head.parameters()), cfg.lr, cfg.weight_decay, cfg.layer_decay,
-                                             head_lr=cfg.head_lr))
+        opt = adamw(param_groups(groups, list(head.parameters()), cfg.lr, cfg.weight_decay, cfg.layer_decay,
+                                 head_lr=cfg.head_lr), acc.device)
         train_loader, val_loader = make_loaders(task, cfg.batch_size, cfg.augment, cfg.hflip)
         epochs, epoch_s = epochs_within_budget(task, cfg.epochs, self.epoch_seconds, self.relative_cost(len(groups)))
         steps, warmup, check = schedule_within_budget(task, epochs, epoch_s, len(train_loader),
                                                       int(cfg.warmup_epochs * len(train_loader)))
         sched = warmup_cosine(opt, steps, warmup_steps=warmup)
+        # --compile: the compiled wrapper trains (it shares the parameters); ``model`` itself is what is kept and
+        # saved, so no ``_orig_mod.`` key reaches a checkpoint or a bundle
+        net = compile_module(model) if task.compile else model
         t0 = time.monotonic()
         history, _ = train(
-            model, opt, sched, train_loader, val_loader, acc,
+            net, opt, sched, train_loader, val_loader, acc,
             epochs=epochs, patience=cfg.patience, prepare=make_prepare(task, backbone), multi_label=task.multi_label,
             on_epoch_start=self.schedule(backbone), deadline=task.deadline, label_smoothing=cfg.label_smoothing,
             checkpoint_dir=task.work_dir / f"checkpoints-{self.name}" if task.work_dir else None,
             description=self.name, val_aggregate=val_aggregate(task), class_weights=task.class_weights,
             balanced=task.balanced, stop_at=task.stop_at, on_validate=self.on_validate, budget=check,
         )
-        model = acc.unwrap_model(model).cpu().to(memory_format=torch.contiguous_format)
+        model = acc.unwrap_model(net, keep_torch_compile=False).cpu().to(memory_format=torch.contiguous_format)
         if hasattr(backbone, "set_augment"):
             model.backbone.set_augment(False)
         freeze(list(model.parameters()), frozen=False)
+        timings = {"train_s": time.monotonic() - t0}
+        if task.compile and (compile_s := compile_seconds(history.first_steps)) is not None:
+            timings["compile_s"] = compile_s
         return FitResult(
             model=model, strategy=self.name, history=history,
             trainable_params=trainable_parameters(model),
-            timings={"train_s": time.monotonic() - t0},
+            timings=timings,
             details={"config": cfg.__dict__, "layer_groups": len(groups), "lp_ft": init_head is not None,
-                     "planned_epochs": epochs, "planned_steps": steps, "estimated_epoch_s": epoch_s},
+                     "planned_epochs": epochs, "planned_steps": steps, "estimated_epoch_s": epoch_s,
+                     "compiled": task.compile},
         )
 
     def schedule(self, backbone):

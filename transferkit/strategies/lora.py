@@ -17,11 +17,10 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from ..engine.loop import train
-from ..engine.optim import freeze, param_groups, trainable_parameters, warmup_cosine
+from ..engine.optim import adamw, freeze, param_groups, trainable_parameters, warmup_cosine
 from ..errors import TransferkitError
 from ..heads import Classifier, LinearHead
 from .base import FitResult, TrainTask, check_modality, epochs_within_budget, make_loaders, make_prepare
@@ -83,8 +82,8 @@ class LoraStrategy:
         model = Classifier(backbone, head)
         adapters = [p for n, p in peft_body.named_parameters() if "lora_" in n]
         freeze([p for n, p in peft_body.named_parameters() if "lora_" not in n])
-        opt = torch.optim.AdamW(param_groups([adapters], list(head.parameters()), cfg.lr, cfg.weight_decay, 1.0,
-                                             head_lr=cfg.head_lr))
+        opt = adamw(param_groups([adapters], list(head.parameters()), cfg.lr, cfg.weight_decay, 1.0,
+                                 head_lr=cfg.head_lr), task.accelerator.device)
         train_loader, val_loader = make_loaders(task, cfg.batch_size)
         # adapters save the weight gradients, not the backward pass: an epoch costs about a full fine-tuning epoch
         epochs, epoch_s = epochs_within_budget(task, cfg.epochs)

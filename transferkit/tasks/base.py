@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 from ..errors import MAX_COUNT, MAX_INPUT_SIZE, MAX_SEED, MIN_FIT_SIZE, TransferkitError, check_number
 
 
+MAX_WORKERS = 256  # loader processes: more than any machine has cores for; a typo must not fork thousands
 MAX_BUDGET = 10**9  # seconds, about 32 years: past any run, and a float still holds it
 
 
@@ -50,6 +51,9 @@ class RunSettings:
     resume: bool = False
     image_size: int | None = None
     scratch_baseline: bool = False
+    # loader processes per training process; None: chosen by device (engine.accel.default_workers)
+    workers: int | None = None
+    compile: bool = False  # torch.compile the network that fine-tuning trains (engine.optim.compile_module)
     strategy_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -67,6 +71,8 @@ class RunSettings:
         if self.image_size is not None:
             check_number("image_size", self.image_size, low=MIN_FIT_SIZE, high=MAX_INPUT_SIZE, whole=True,
                          example="224")
+        if self.workers is not None:
+            check_number("workers", self.workers, low=0, high=MAX_WORKERS, whole=True, example="2")
         if self.out is not None:
             self.out = Path(self.out)
 
@@ -182,13 +188,15 @@ class Task:
         dec = prepared.encoded
         return TrainTask(spec=prepared.backbone.spec, backbone=prepared.backbone, train=dec["train"],
                          val=dec.get("val"), classes=prepared.classes, accelerator=accelerator, seed=settings.seed,
-                         deadline=deadline, work_dir=work_dir, cv=settings.cv, batches=self)
+                         deadline=deadline, work_dir=work_dir, cv=settings.cv, batches=self,
+                         workers=loader_workers(settings, accelerator), compile=settings.compile)
 
     def loaders(self, task: Any, batch_size: int, augment: bool = False, hflip: bool = True) -> tuple:
         """Training loader (epoch-seeded shuffling, augmentation when ``augment``) and validation loader (None
         without a validation split), for ``task`` (a TrainTask of this kind)."""
         from torch.utils.data import DataLoader
 
+        from ..engine.accel import loader_options
         from ..engine.sampling import EpochShuffleSampler
 
         n_train = self.rows(task.train)
@@ -196,10 +204,12 @@ class Task:
         bs = max(1, min(batch_size, max(8, n_train // 8), n_train))
         train_ds = self.dataset(task.train, augment, hflip)
         sampler = self.sampler(task) or EpochShuffleSampler(n_train, task.seed)
-        train = DataLoader(train_ds, batch_size=bs, sampler=sampler, drop_last=n_train > bs, num_workers=task.workers)
+        # pinned memory on CUDA (asynchronous copies), workers kept across epochs: engine.accel.loader_options
+        options = loader_options(task.workers, getattr(task.accelerator, "device", "cpu"))
+        train = DataLoader(train_ds, batch_size=bs, sampler=sampler, drop_last=n_train > bs, **options)
         val = None
         if task.val is not None:
-            val = DataLoader(self.dataset(task.val), batch_size=max(bs, self.val_batch), num_workers=task.workers)
+            val = DataLoader(self.dataset(task.val), batch_size=max(bs, self.val_batch), **options)
         return train, val
 
     val_batch: ClassVar[int] = 32
@@ -280,6 +290,16 @@ def refuse_option(name: str, task: Task, home: Task | None) -> TransferkitError:
     hint = INSTEAD.get((name, task.name))
     return TransferkitError(f"{name} applies to {home.plural}; " + (f"{hint}." if hint else
                                                                     f"these data are {task.name}."))
+
+
+def loader_workers(settings: RunSettings, accelerator: Any) -> int:
+    """``settings.workers``, or when not given the device's default (:func:`transferkit.engine.accel.default_workers`:
+    none on the CPU, up to 8 on CUDA)."""
+    if settings.workers is not None:
+        return settings.workers
+    from ..engine.accel import default_workers
+
+    return default_workers(accelerator.device, accelerator.num_processes)
 
 
 def run_record(result: Any, train: Any, settings: RunSettings, timings: dict[str, float],

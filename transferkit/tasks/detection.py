@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MAX_INPUT_SIZE, DataError, TransferkitError, check_number
-from .base import Prepared, RunSettings, Task, run_record
+from .base import Prepared, RunSettings, Task, loader_workers, run_record
 from .classification import existing_parts
 
 
@@ -118,7 +118,7 @@ class DetectionTask(Task):
         # detection strategies build their own loaders (lists of images and boxes): no batches object
         return TrainTask(spec=prepared.backbone.spec, backbone=prepared.backbone, train=dec["train"], val=dec["val"],
                          classes=prepared.classes, accelerator=accelerator, seed=settings.seed, deadline=deadline,
-                         work_dir=work_dir)
+                         work_dir=work_dir, workers=loader_workers(settings, accelerator))
 
     def finish(self, result: Any, prepared: Prepared, settings: RunSettings, options: Any, train: Any,
                extras: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
