@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo demo-text demo-audio demo-detect demo-medical test install data bench bench-text bench-audio bench-detect bench-medical bench-compare bench-pretrain bench-small bench-throughput bench-gpu clean
+.PHONY: demo demo-text demo-audio demo-detect demo-medical test install data bench bench-text bench-audio bench-detect bench-medical bench-compare bench-pretrain bench-small bench-throughput bench-gpu bench-budget bench-auto bench-memory clean
 
 install: $(STAMP)
 
@@ -57,7 +57,7 @@ demo-medical: $(STAMP)
 
 test: $(STAMP) data
 	$(PY) -m ruff check transferkit tests benchmarks
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n 2 --dist loadfile
 
 bench: $(STAMP) data
 	$(PY) benchmarks/fashion_mnist.py
@@ -69,6 +69,20 @@ bench-throughput: $(STAMP)
 # the GPU path on a card (runs on a CPU too, slowly)
 bench-gpu: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/gpu.py
+
+# --budget asked for against the wall time of the whole command (the demo and the benchmark sets, about 15 minutes)
+bench-budget: $(STAMP) data
+	$(PY) -m pip install -q "elpv-dataset==1.0.0.post1"
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/budget.py
+
+# auto against linear and finetune alone: test score and wall time, 8 sets (about 30 minutes)
+bench-auto: $(STAMP) data
+	$(PY) -m pip install -q "elpv-dataset==1.0.0.post1"
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/auto_time.py
+
+# peak memory and time of a probe and a fine-tuning epoch at 1k, 10k and 60k Fashion-MNIST images
+bench-memory: $(STAMP) data
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/memory_scaling.py
 
 bench-text: $(STAMP)
 	$(PY) benchmarks/bbc_news.py

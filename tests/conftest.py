@@ -14,6 +14,13 @@ import pytest
 
 os.environ.setdefault("TRANSFERKIT_QUIET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two test processes on two cores (pytest-xdist): one torch thread each, and in the processes
+    # the tests start, so that neither waits at an OpenMP barrier for a thread the other's work descheduled
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 
