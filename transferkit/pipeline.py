@@ -73,6 +73,7 @@ def run_held(data: Any, task: Task, settings: RunSettings, options: Any, backbon
         claim_work(work_dir, settings.out, settings.resume,
                    run_identity(task, settings, options, prepared, backbone, accelerator), is_main_process(accelerator))
     train = task.train_task(prepared, settings, options, accelerator, None, work_dir)
+    task.before_training(train, prepared, settings, timings)
     plan = None
     if settings.seconds is not None:  # the budget is the whole run's, ranking and reading included
         from .tasks.budget import plan_budget

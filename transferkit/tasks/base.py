@@ -87,6 +87,7 @@ class Prepared:
     encoded: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
     copies: Any = None  # the copies found across splits (data.copies.Copies), found once when the data are read
+    classical: Any = None  # the classical baseline's predictions, made before training (scratch_baseline runs)
 
     @property
     def classes(self) -> list[str]:
@@ -237,6 +238,11 @@ class Task:
     def rows(self, data: Any) -> int:
         """How many rows the network sees for ``data`` (audio: windows)."""
         return len(data)
+
+    def before_training(self, train: Any, prepared: Prepared, settings: RunSettings,
+                        timings: dict[str, float]) -> None:
+        """Work that does not depend on the trained model (a baseline), done before the budget is planned; its
+        seconds go into ``timings``."""
 
     def scoring_seconds(self, train: Any, prepared: Prepared) -> float:
         """About how long scoring the validation and test sets will take after training (kept out of the training

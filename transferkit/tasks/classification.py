@@ -71,6 +71,14 @@ class ClassificationTask(Task):
         """Which classical baseline suits these data (:class:`~transferkit.strategies.classical.ClassicalBaseline`)."""
         return self.modality
 
+    def before_training(self, train: Any, prepared: Prepared, settings: RunSettings,
+                        timings: dict[str, float]) -> None:
+        """With ``scratch_baseline``, the classical baseline beside it: fitted and predicting now, since it does
+        not depend on the model, so that the budget is planned with its time already spent."""
+        if settings.scratch_baseline:
+            prepared.classical = classical_predictions(self.baseline_kind(), prepared.encoded, train, settings.seed)
+            timings["classical_baseline_s"] = prepared.classical["seconds"]
+
     def scoring_seconds(self, train: Any, prepared: Prepared) -> float:
         """The backbone timed on a few training examples, scaled to the validation and test rows scored after
         training (audio: every window of every recording)."""
@@ -137,12 +145,9 @@ class ClassificationTask(Task):
             metrics_extra["scratch_baseline"] = scratch_comparison(
                 baseline_model, base_probs, targets[scored], scores[scored], scored, classes, multi_label,
                 timings["scratch_baseline_s"], binary_clinical)
-        if settings.scratch_baseline:  # the non-deep baseline beside scratch: seconds, and sometimes the honest winner
-            tc = time.monotonic()
-            classical = classical_comparison(self.baseline_kind(), dec, train, result.cv is not None and
-                                             scored == "val", scored, targets[scored], scores[scored], classes,
-                                             multi_label, binary_clinical, settings.seed)
-            timings["classical_baseline_s"] = classical["seconds"] = round(time.monotonic() - tc, 1)
+        if prepared.classical is not None:  # the non-deep baseline beside scratch, fitted before training
+            classical = classical_comparison(prepared.classical, targets[scored], scores[scored], classes,
+                                             multi_label, binary_clinical)
             metrics_extra["classical_baseline"] = classical
         timings["evaluate_s"] = time.monotonic() - t
         timings["total_s"] = time.monotonic() - extras["t_start"]
@@ -255,24 +260,36 @@ def scratch_comparison(baseline: Any, probs: np.ndarray, y: np.ndarray, scored_m
             "train_val_gap": train_val_gap(history, m if unscored else None)["accuracy"]}
 
 
-def classical_comparison(kind: str, dec: dict, task: Any, out_of_fold: bool, part: str, y: np.ndarray,
-                         scored_metrics: dict, classes: list[str], multi_label: bool, binary_medical: bool,
-                         seed: int) -> dict[str, Any]:
-    """The classical baseline (:class:`~transferkit.strategies.classical.ClassicalBaseline`) scored like the model:
-    out of fold on the same folds when the model's score is cross-validated, else trained on the training split and
-    scored on the same set. ``wins`` says whether it beat the model."""
+def classical_predictions(kind: str, dec: dict, task: Any, seed: int) -> dict[str, Any]:
+    """The classical baseline (:class:`~transferkit.strategies.classical.ClassicalBaseline`) predicting the set the
+    model will be scored on: out of fold on the model's folds when there is no validation split and no test split
+    (the model's score is then cross-validated), else trained on the training split and predicting the test split
+    (or validation). It does not depend on the model, so it runs before training and the budget knows its time."""
     from ..strategies.classical import ClassicalBaseline
-    from ..evaluation.metrics import classification_metrics, multilabel_metrics
 
-    k = len(classes)
+    t = time.monotonic()
+    k = len(task.classes)
+    part = "test" if "test" in dec else "val"
+    out_of_fold = part == "val" and task.cross_validated
     if out_of_fold:
-        probs = np.zeros((len(y), k))
+        probs = np.zeros((len(dec["train"]), k))
         for tr, va in task.folds():
             base = ClassicalBaseline(kind, seed=seed).fit(dec["train"].subset(tr), num_classes=k)
             probs[va] = base.predict_proba(dec["train"].subset(va))
     else:
         base = ClassicalBaseline(kind, seed=seed).fit(dec["train"], num_classes=k)
         probs = base.predict_proba(dec[part])
+    return {"probs": probs, "name": base.name_, "set": "cross-validated" if out_of_fold else part,
+            "seconds": round(time.monotonic() - t, 1)}
+
+
+def classical_comparison(classical: dict[str, Any], y: np.ndarray, scored_metrics: dict, classes: list[str],
+                         multi_label: bool, binary_medical: bool) -> dict[str, Any]:
+    """The classical baseline's predictions (:func:`classical_predictions`) scored like the model on the same set;
+    ``wins`` says whether it beat the model."""
+    from ..evaluation.metrics import classification_metrics, multilabel_metrics
+
+    probs = classical["probs"]
     m = multilabel_metrics(y, probs, classes) if multi_label else classification_metrics(y, probs, classes)
     key = "micro_f1" if multi_label else "accuracy"
     score, model_score, ci = m[key], scored_metrics[key], m.get(f"{key}_ci")
@@ -285,7 +302,8 @@ def classical_comparison(kind: str, dec: dict, task: Any, out_of_fold: bool, par
     model_ci = scored_metrics.get(f"{key}_ci") if key != "auroc" else scored_metrics["clinical"].get("auroc_ci")
     lead = model_score - score if score is not None and model_score is not None else None
     half = (model_ci[1] - model_ci[0]) / 2 if model_ci else None
-    return {"name": base.name_, "set": "cross-validated" if out_of_fold else part, "metric": key, "score": score,
+    return {"name": classical["name"], "set": classical["set"], "seconds": classical["seconds"], "metric": key,
+            "score": score,
             "score_ci": ci, "macro_f1": m["macro_f1"], "model_score": model_score, "lead": lead,
             "wins": lead is not None and lead < 0,
             "resolved": None if lead is None or half is None else abs(lead) > half, "half_width": half}
