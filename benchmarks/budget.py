@@ -152,8 +152,13 @@ def main() -> None:
                 f"{p['report_s']:.0f} s")
         print(f"| {r['what']} | {r['budget_s']:.0f} s | {r['wall_s']:.0f} s | {r['ratio']:.2f}x | {plan} | "
               f"{r['strategy']} |")
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "budget.json").write_text(json.dumps(rows, indent=2) + "\n")
+    # a partial run (--cases) updates its rows and keeps the others
+    path = HERE / "results" / "budget.json"
+    path.parent.mkdir(exist_ok=True)
+    kept = [r for r in (json.loads(path.read_text()) if path.is_file() else []) if r["case"] not in wanted]
+    order = [c.name for c in CASES]
+    rows = sorted(kept + rows, key=lambda r: order.index(r["case"]) if r["case"] in order else len(order))
+    path.write_text(json.dumps(rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -94,3 +94,16 @@ def test_auto_stops_fine_tuning_that_trails_the_probe_after_a_third_of_its_epoch
     confident = SimpleNamespace(val_acc=0.8, val_loss=5.0)
     assert behind_probe(confident, task, epochs=6)(1, *_logits(7)) is None
     assert np.isfinite(probe.val_loss)
+
+
+def test_a_budget_that_reading_and_scoring_use_up_is_said_with_what_to_give(colour_splits, tiny_backbone, tmp_path):
+    from typer.testing import CliRunner
+
+    from transferkit.cli import app
+
+    r = CliRunner().invoke(app, ["fit", str(colour_splits), "--backbone", tiny_backbone, "--strategy", "linear",
+                                 "--budget", "2s", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    said = " ".join(r.output.split())
+    assert "so no time is left to train: the strategy trains its minimum" in said
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["budget"]["train_s"] == 0

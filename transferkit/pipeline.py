@@ -76,17 +76,9 @@ def run_held(data: Any, task: Task, settings: RunSettings, options: Any, backbon
     task.before_training(train, prepared, settings, timings)
     plan = None
     if settings.seconds is not None:  # the budget is the whole run's, ranking and reading included
-        from .tasks.budget import plan_budget
+        from .tasks.budget import plan_run
 
-        plan = plan_budget(settings.seconds, t_start, task.scoring_seconds(train, prepared), settings.scratch_baseline
-                           and not settings.strategy.startswith("scratch"))
-        info(plan.describe())
-        if plan.train_s == 0:
-            from .console import warn
-
-            warn(f"budget {settings.seconds:g}s: reading the data took {plan.spent_s:.0f}s and scoring will take "
-                 f"~{plan.scoring_s:.0f}s, so no time is left to train: the strategy trains its minimum and the run "
-                 f"ends after the budget; give at least --budget {plan.needed_s() * 2:.0f}s")
+        plan = plan_run(task, train, prepared, settings, t_start)
         train = dataclasses.replace(train, deadline=plan.train_deadline)
 
     wall_start, train_t0 = time.time(), time.monotonic()  # time-to-accuracy counts from here

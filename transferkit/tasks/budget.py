@@ -55,6 +55,21 @@ def plan_budget(seconds: float, t_start: float, scoring_s: float, scratch: bool)
                       scratch_s=left - train if scratch else 0.0, train_deadline=now + train, end=end)
 
 
+def plan_run(task: Any, train: Any, prepared: Any, settings: Any, t_start: float) -> BudgetPlan:
+    """The plan of a run with ``settings.seconds``: its scoring timed by ``task``, said in one line, and a warning
+    when reading and scoring leave nothing to train."""
+    from ..console import info, warn
+
+    plan = plan_budget(settings.seconds, t_start, task.scoring_seconds(train, prepared),
+                       settings.scratch_baseline and not settings.strategy.startswith("scratch"))
+    info(plan.describe())
+    if plan.train_s == 0:
+        warn(f"budget {settings.seconds:g}s: reading the data took {plan.spent_s:.0f}s and scoring will take "
+             f"~{plan.scoring_s:.0f}s, so no time is left to train: the strategy trains its minimum and the run ends "
+             f"after the budget; give at least --budget {plan.needed_s() * 2:.0f}s")
+    return plan
+
+
 def seconds_per_row(backbone: Any, batch: Any, rows: int, accelerator: Any) -> float:
     """Seconds of one row's forward pass in evaluation mode (a batch of ``rows`` after a warm-up), on the device and
     with the precision the run uses: what scoring costs per row (the head on top is negligible)."""
