@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -104,9 +105,13 @@ def seconds(budget: str) -> float:
     return float(parse_budget(budget))
 
 
-def timed(cmd: list[str], out: Path) -> tuple[float, dict]:
-    """Run a transferkit command in a fresh process: its wall time (start-up included) and its metrics.json."""
+def timed(cmd: list[str], out: Path, cache: Path | None = None) -> tuple[float, dict]:
+    """Run a transferkit command in a fresh process: its wall time (start-up included) and its metrics.json.
+    ``cache``: a ``TRANSFERKIT_CACHE`` of its own (a cold pixel and feature cache)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFERKIT_QUIET": "1"}
+    if cache is not None:
+        shutil.rmtree(cache, ignore_errors=True)
+        env["TRANSFERKIT_CACHE"] = str(cache)
     t = time.monotonic()
     proc = subprocess.run([str(BIN), *cmd], env=env, capture_output=True, text=True, cwd=ROOT)
     wall = time.monotonic() - t

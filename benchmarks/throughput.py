@@ -64,6 +64,14 @@ WORDS = ("market shares rose after the merger while the coach said the team woul
 
 # --- data: files written once, read through the task ----------------------------------------------------------------
 
+
+def plain_timm(body: torch.nn.Module, classes: int = 0) -> torch.nn.Module:
+    """A copy of the backbone's timm module itself (efficientnet_lite0: tf_efficientnet_lite0) with a new classifier
+    of ``classes`` outputs (0: pooled features), channels_last: the plain loop's model."""
+    m = copy.deepcopy(body)
+    m.reset_classifier(classes)
+    return m.to(memory_format=torch.channels_last)
+
 def write_images(root: Path, n: int, size: int = 256) -> list[Path]:
     from PIL import Image
 
@@ -338,9 +346,7 @@ def bench_image(args, work: Path) -> list[dict]:
         return normalize(x.to(device), pre).contiguous(memory_format=torch.channels_last)
 
     def timm_model(classes: int = 0):
-        m = copy.deepcopy(tt.backbone.body)  # the timm module itself (efficientnet_lite0: tf_efficientnet_lite0)
-        m.reset_classifier(classes)
-        return m.to(memory_format=torch.channels_last)
+        return plain_timm(tt.backbone.body, classes)
 
     rows = []
     if "features" in args.parts:
@@ -511,9 +517,7 @@ def bench_audio(args, work: Path) -> list[dict]:
         return x.expand(-1, 3, -1, -1).contiguous(memory_format=torch.channels_last)
 
     def timm_model(classes: int = 0):
-        m = copy.deepcopy(tt.backbone.body)
-        m.reset_classifier(classes)
-        return m.to(memory_format=torch.channels_last)
+        return plain_timm(tt.backbone.body, classes)
 
     rows = []
     if "features" in args.parts:
