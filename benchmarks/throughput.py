@@ -62,15 +62,16 @@ WORDS = ("market shares rose after the merger while the coach said the team woul
          "investors watched the storm move over the stadium before the budget vote").split()
 
 
-# --- data: files written once, read through the task ----------------------------------------------------------------
-
-
 def plain_timm(body: torch.nn.Module, classes: int = 0) -> torch.nn.Module:
     """A copy of the backbone's timm module itself (efficientnet_lite0: tf_efficientnet_lite0) with a new classifier
     of ``classes`` outputs (0: pooled features), channels_last: the plain loop's model."""
     m = copy.deepcopy(body)
     m.reset_classifier(classes)
     return m.to(memory_format=torch.channels_last)
+
+
+# --- data: files written once, read through the task ----------------------------------------------------------------
+
 
 def write_images(root: Path, n: int, size: int = 256) -> list[Path]:
     from PIL import Image
