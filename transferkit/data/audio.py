@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from .parallel import in_order
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".au"}
 # Sample rates a recording may declare. Sensors (ECG, accelerometers) store 100-500 Hz, telephones 8 kHz, studios up
@@ -251,7 +252,7 @@ def read_clips(items: list[Any], pre: Any, *, skip_bad: bool = False, array_rate
 
     with progress() as bar, ThreadPoolExecutor(max_workers=workers) as pool:
         task = bar.add_task(description, total=len(items), status="")
-        for i, x, fp, fmt, err in pool.map(work, range(len(items))):
+        for i, x, fp, fmt, err in in_order(pool, work, range(len(items))):
             bar.advance(task)
             name = str(items[i]) if not isinstance(items[i], np.ndarray) else f"array #{i}"
             if err is not None:

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from ..console import progress, warn
 from ..errors import DataError
+from .parallel import in_order
 from .images import INTERPOLATION, load_pil
 
 
@@ -67,7 +68,7 @@ def decode_boxes(source: Any, size: int, classes: list[str], *, interpolation: s
     out = DecodedBoxes([], [], [], [], [])
     with progress() as bar, ThreadPoolExecutor(max_workers=workers) as pool:
         task = bar.add_task(description, total=n, status="")
-        for i, arr, scale, fp, err in pool.map(work, range(n)):
+        for i, arr, scale, fp, err in in_order(pool, work, range(n)):
             bar.advance(task)
             if err is not None:
                 if not skip_bad:

@@ -33,6 +33,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..backbones.protocol import PreprocessConfig
 from ..console import info, progress, warn
 from ..errors import DataError, TransferkitError, check_number
+from .parallel import in_order
 from .sources import ImageSet, Item
 
 # the backbone's interpolation name -> PIL's resampling filter (shared by every image reader)
@@ -328,7 +329,7 @@ def fingerprints(items: list[Item], window: str, *, workers: int = 4, descriptio
     with progress(disable=len(items) < HASH_PROGRESS_FROM) as bar, ThreadPoolExecutor(max_workers=workers) as pool:
         task = bar.add_task(f"hashing {description or 'files'}", total=len(items), status="")
         out = []
-        for fp in pool.map(work, items):
+        for fp in in_order(pool, work, items):
             out.append(fp)
             bar.advance(task)
     return out
@@ -426,7 +427,7 @@ def decode(
     try:
         with progress() as bar, ThreadPoolExecutor(max_workers=workers) as pool:
             task = bar.add_task(description, total=n, status="")
-            for i, arr, err in pool.map(work, range(n)):
+            for i, arr, err in in_order(pool, work, range(n)):
                 bar.advance(task)
                 if err is not None:
                     if not skip_bad:
