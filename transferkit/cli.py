@@ -847,7 +847,7 @@ def demo(
     test_size: int = typer.Option(1000, help="Images from the official test set to score on."),
     budget: Optional[str] = typer.Option(
         None,
-        help="Wall-time budget for the auto strategy (default 3m; 6m for --detect).",
+        help="Wall-time budget of the whole run (default 3m; 6m for --detect).",
     ),
     text: bool = typer.Option(
         False, "--text",
