@@ -251,3 +251,19 @@ def test_predict_leaves_no_entry_in_the_pixel_cache(colour_folder, tmp_path, mon
     assert torch.equal(cached.pixels, once.pixels) and cached.fingerprints == once.fingerprints
     entries = list((tmp_path / "cache" / "pixels").glob("*.rows"))
     assert len(entries) == 1, "only the cached decode wrote an entry"
+
+
+def test_decoding_keeps_a_bounded_number_of_results_waiting():
+    """in_order reads results back in order and never has more than ``ahead`` submitted and unread (Executor.map
+    submits everything at once: 60,000 decoded images waited in memory that way)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from transferkit.data.parallel import in_order
+
+    started: list[int] = []
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        out = []
+        for i, x in enumerate(in_order(pool, lambda v: started.append(v) or v * 2, range(100), ahead=8)):
+            out.append(x)
+            assert len(started) - (i + 1) <= 8
+    assert out == [2 * v for v in range(100)]
