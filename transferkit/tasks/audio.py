@@ -66,22 +66,12 @@ def check_scoring_cost(prepared: Prepared, clips: dict[str, Any], rate: int, set
 
 
 def _seconds_per_window(backbone: Any, waves: torch.Tensor, settings: RunSettings) -> float:
-    """Measured seconds of one window's forward pass (a batch of up to 32 after a warm-up), on the device the run
-    will use."""
+    """Measured seconds of one window's forward pass (a batch of up to 32), on the device the run will use."""
+    from .budget import seconds_per_row
+
     device = "cuda" if torch.cuda.is_available() and not settings.cpu else "cpu"
-    x = waves[:32].float().to(device)
-    was_training = backbone.training
-    backbone.to(device).eval()
-    try:
-        with torch.inference_mode():
-            backbone(x[:2])
-            t = time.monotonic()
-            backbone(x)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            return (time.monotonic() - t) / len(x)
-    finally:
-        backbone.to("cpu").train(was_training)
+    x = waves[:32].float()
+    return seconds_per_row(backbone, x, len(x), device)
 
 
 def _duration(seconds: float) -> str:

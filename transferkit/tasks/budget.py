@@ -70,20 +70,25 @@ def plan_run(task: Any, train: Any, prepared: Any, settings: Any, t_start: float
     return plan
 
 
-def seconds_per_row(backbone: Any, batch: Any, rows: int, accelerator: Any) -> float:
-    """Seconds of one row's forward pass in evaluation mode (a batch of ``rows`` after a warm-up), on the device and
-    with the precision the run uses: what scoring costs per row (the head on top is negligible)."""
+def seconds_per_row(backbone: Any, batch: Any, rows: int, device: Any, autocast: Any = None) -> float:
+    """Seconds of one row's forward pass in evaluation mode (``batch`` of ``rows`` rows, after a warm-up), on
+    ``device`` under ``autocast`` (a context-manager factory, e.g. ``accelerator.autocast``): what scoring costs per
+    row (a head on top is negligible). The backbone goes back to its device and mode afterwards."""
+    from contextlib import nullcontext
+
     import torch
 
-    device = accelerator.device
     was_training = backbone.training
+    home = next(backbone.parameters()).device
     backbone.to(device).eval()
     x = {k: v.to(device) for k, v in batch.items()} if isinstance(batch, dict) else batch.to(device)
     try:
-        with torch.inference_mode(), accelerator.autocast():
+        with torch.inference_mode(), (autocast or nullcontext)():
             backbone(x)  # warm-up: the first call allocates and picks kernels
             t = time.monotonic()
             backbone(x)
+            if torch.device(device).type == "cuda":
+                torch.cuda.synchronize()  # kernels run asynchronously: wait for them before reading the clock
             return (time.monotonic() - t) / max(1, rows)
     finally:
-        backbone.train(was_training)
+        backbone.to(home).train(was_training)

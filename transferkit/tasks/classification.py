@@ -89,7 +89,8 @@ class ClassificationTask(Task):
         if not rows:
             return 0.0
         n = min(16, self.rows(train.train))
-        return rows * seconds_per_row(train.backbone, sample_batch(train, n), n, train.accelerator)
+        return rows * seconds_per_row(train.backbone, sample_batch(train, n), n, train.accelerator.device,
+                                     train.accelerator.autocast)
 
     # -- after training ---------------------------------------------------------------------------------------
     def build_model(self, network: Any, prepared: Prepared, files: dict[str, bytes] | None = None) -> Any:
