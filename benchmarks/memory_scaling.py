@@ -13,8 +13,14 @@ peak resident memory (``ru_maxrss`` of that process alone) and wall time:
 ``memory`` forces every split into one uint8 tensor (``store="memory"``), ``disk`` reads rows from the cache file
 (``store="disk"``). Seconds include the decode; ``s/1k`` is seconds per 1,000 images.
 
+``audio`` (``--parts audio``; sizes count recordings of 10 s, written once as 16 kHz WAVs): read every recording,
+cut 1 s windows every 0.5 s (19 a recording) and compute the log-mel spectrogram of every window through the
+training dataset and a DataLoader (batch 32), as an epoch's input pipeline does; ``memory`` holds the samples in one
+float16 tensor, ``disk`` reads windows from the audio cache's entry.
+
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/memory_scaling.py --sizes 1000,10000,60000
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/memory_scaling.py --sizes 1000,3000 --epoch-steps 20
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/memory_scaling.py --parts audio --sizes 100,400,1600
 """
 
 from __future__ import annotations
@@ -67,10 +73,61 @@ def png_folder(size: int) -> Path:
     return folder
 
 
+def wav_folder(size: int) -> Path:
+    """``size`` recordings of 10 s (a tone, its pitch by class, in noise) as 16 kHz WAVs, written once."""
+    import numpy as np
+    import soundfile as sf
+
+    from transferkit.cache import cache_root
+    from transferkit.console import track
+
+    folder = cache_root() / "bench-audio" / f"first-{size}"
+    if (folder / ".done").is_file():
+        return folder
+    rng = np.random.default_rng(0)
+    t = np.arange(160_000) / 16_000
+    for i in track(range(size), f"writing {size} recordings of 10 s (once)"):
+        label = f"c{i % 4}"
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        x = 0.3 * np.sin(2 * np.pi * (200 + 150 * (i % 4)) * t) + 0.05 * rng.standard_normal(len(t))
+        sf.write(str(folder / label / f"{i:05d}.wav"), x.astype(np.float32), 16_000, subtype="PCM_16")
+    (folder / ".done").touch()
+    return folder
+
+
+def run_audio_case(store: str, folder: Path) -> dict:
+    """Read the recordings, cut windows, log-mel of every window through the training dataset; returns timings."""
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader
+
+    from transferkit.backbones.audio import AudioPreprocessConfig, MelSpectrogram
+    from transferkit.data.audio import read_clips, window_clips
+    from transferkit.tasks.audio import AudioWindowDataset
+
+    pre = AudioPreprocessConfig(clip_seconds=1.0)
+    items = sorted(folder.rglob("*.wav"))
+    t0 = time.perf_counter()
+    clips = read_clips(items, pre, store=store)
+    data = window_clips(clips, [int(p.parent.name[1:]) for p in items], pre.clip_samples)
+    decode_s = time.perf_counter() - t0
+    mel, total = MelSpectrogram(pre), 0.0
+    with torch.no_grad():
+        for x, _ in DataLoader(AudioWindowDataset(data), batch_size=BATCH, shuffle=True):
+            total += float(mel(x).mean())
+    entries = list((Path(os.environ["TRANSFERKIT_CACHE"]) / "audio").glob("*.rows"))
+    return {"images": len(items), "seconds": time.perf_counter() - t0, "decode_s": decode_s,
+            "note": f"{len(data.waves)} windows", "cache_mb": sum(p.stat().st_size for p in entries) / 2**20,
+            "store": "disk" if data.waves.on_disk else "memory", "check": float(np.float64(total))}
+
+
 def run_case(part: str, store: str, folder: Path, epoch_steps: int | None) -> dict:
     """One case, in this process: decode, then the probe or the epoch; returns its timings."""
     import numpy as np
     import torch
+
+    if part == "audio":
+        return run_audio_case(store, folder)
 
     from transferkit.backbones.registry import create_backbone
     from transferkit.data.images import decode
@@ -135,7 +192,7 @@ def measured(part: str, store: str, folder: Path, epoch_steps: int | None) -> di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,10000,60000", help="training images per case, e.g. 1000,10000")
-    parser.add_argument("--parts", default="probe,epoch", help="probe, epoch or both")
+    parser.add_argument("--parts", default="probe,epoch", help="probe, epoch, audio, or several: probe,epoch")
     parser.add_argument("--stores", default="memory,disk", help="memory, disk or both")
     parser.add_argument("--epoch-steps", type=int, default=None,
                         help="time only the first N steps of the epoch and extrapolate (marked ~)")
@@ -146,11 +203,11 @@ def main() -> None:
         print(json.dumps(run_case(part, store, Path(folder), int(steps) or None)))
         return
     sizes = [int(s) for s in args.sizes.split(",")]
-    print(f"{'part':6s} {'store':7s} {'images':>7s} {'cache MB':>9s} {'peak MB':>8s} {'seconds':>8s} "
+    print(f"{'part':6s} {'store':7s} {'items':>7s} {'cache MB':>9s} {'peak MB':>8s} {'seconds':>8s} "
           f"{'decode s':>8s} {'s/1k':>7s}  note")
     for size in sizes:
-        folder = png_folder(size)
         for part in args.parts.split(","):
+            folder = wav_folder(size) if part == "audio" else png_folder(size)
             for store in args.stores.split(","):
                 r = measured(part, store, folder, args.epoch_steps)
                 c = r["case"]

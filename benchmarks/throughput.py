@@ -504,7 +504,7 @@ def bench_audio(args, work: Path) -> list[dict]:
     paths = write_tones(work / "audio", n, rate)
     task, prepared, tt, acc = prepare("audio", str(work / "audio"), args.audio_backbone)
     data, device, pre = prepared.encoded["train"], acc.device, tt.backbone.preprocess
-    waves, owner, targets = data.waves, data.owner, data.targets
+    waves, owner, targets = data.waves[:], data.owner, data.targets  # the plain loop holds every window
     win_targets = targets[owner]
     frontends = {torch.device(device): MelSpectrogram(pre).to(device), torch.device("cpu"): MelSpectrogram(pre)}
     autocast = autocast_plain()

@@ -34,6 +34,7 @@ from ..backbones.protocol import PreprocessConfig
 from ..console import info, progress, warn
 from ..errors import DataError, TransferkitError, check_number
 from .parallel import in_order
+from .pixelstore import MEMORY_LIMIT_BYTES
 from .sources import ImageSet, Item
 
 # the backbone's interpolation name -> PIL's resampling filter (shared by every image reader)
@@ -305,13 +306,6 @@ def resize_center_crop(img: Image.Image, pre: PreprocessConfig) -> np.ndarray:
     return np.array(img.resize((w, h), resample, box=box), dtype=np.uint8)
 
 
-# Below this many decoded bytes, a split is held in memory as one tensor; above it, read from its file in the cache
-# batch by batch. Measured at 112 px on the shared 2-core machine, page cache warm (5,000 rows): one image by index
-# (a DataLoader's __getitem__) 2.7 us from the tensor, 17 us from the file, against 430 us or more for its
-# random-resized-crop and flip; a random batch of 64 (inference) 3.7 ms from the tensor, 0.5 ms from the file. So the
-# file costs about 3% of the data loading of an epoch; memory keeps that 3% where it is cheap to hold. 256 MB is
-# 1,700 images at 224 px, 6,800 at 112 px.
-MEMORY_LIMIT_BYTES = 256 * 2**20
 STORES = ("auto", "memory", "disk")
 HASH_PROGRESS_FROM = 5000  # files: hashing fewer takes about a second, not worth a progress bar
 

@@ -80,9 +80,9 @@ def _duration(seconds: float) -> str:
 
 
 class AudioWindowDataset(Dataset):
-    """Audio windows (``DecodedAudio``) held in memory; with ``augment`` each draw is shifted in time (up to 10% of
-    the window, zero fill), scaled by a random gain (+-6 dB) and, half the time, mixed with white noise 15-40 dB
-    below the signal."""
+    """Audio windows (``DecodedAudio``), each read from the recordings (in memory or in the audio cache on disk);
+    with ``augment`` each draw is shifted in time (up to 10% of the window, zero fill), scaled by a random gain
+    (+-6 dB) and, half the time, mixed with white noise 15-40 dB below the signal."""
 
     def __init__(self, data: Any, augment: bool = False):
         self.waves, self.targets, self.augment = data.waves, data.window_targets(), augment
@@ -236,7 +236,7 @@ class AudioTask(ClassificationTask):
     def encode(self, model: Any, inputs: Any, skip_bad: bool) -> tuple[Any, list[Any]]:
         if isinstance(inputs, (str, Path)) or (isinstance(inputs, np.ndarray) and inputs.ndim == 1):
             raise TransferkitError("Pass a list of audio files or waveforms, not a single one: model.predict([x]).")
-        return self._read(model, list(inputs), skip_bad)
+        return self._read(model, list(inputs), skip_bad, cache=False)
 
     def read_labelled(self, model: Any, source: Any, skip_bad: bool, **options: Any) -> Any:
         from ..data.sources import load_test_set
@@ -248,14 +248,14 @@ class AudioTask(ClassificationTask):
         return data
 
     def _read(self, model: Any, items: list[Any], skip_bad: bool, labels: list[str] | None = None,
-              array_rate: int | None = None):
+              array_rate: int | None = None, cache: bool = True):
         """Audio files (or 1-D arrays at ``array_rate``, default the model's sample rate) -> windows, read as in
-        training, and the items kept."""
+        training, and the items kept. ``cache``: False for ``predict`` (recordings seen once need no cache entry)."""
         from ..data.audio import read_clips, window_clips
 
         pre = model.preprocess
         clips = read_clips(items, pre, skip_bad=skip_bad, array_rate=array_rate or pre.sample_rate,
-                           description="reading audio")
+                           description="reading audio", cache=cache)
         kept = [items[i] for i in clips.kept]
         targets = [model.classes.index(labels[i]) for i in clips.kept] if labels is not None else None
         return window_clips(clips, targets, pre.clip_samples), kept
