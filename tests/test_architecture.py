@@ -15,7 +15,7 @@ LAYERS = [
     {"pipeline"},
     {"ranking", "pretraining"},
     {"tasks"},
-    {"bundle"},
+    {"bundle", "export"},
     {"strategies"},
     {"engine"},
     {"evaluation"},

@@ -556,6 +556,72 @@ def evaluate(
     console.print(table)
 
 
+@app.command()
+@_limits_images
+def export(
+    model_dir: Path = typer.Argument(..., help="A bundle folder (the run's model/)."),
+    out: Path = typer.Option(
+        ..., "--out", "-o",
+        help="The folder to write: new, empty, or an earlier export (replaced whole once the new one is checked).",
+    ),
+    format: str = typer.Option("onnx", "--format", help="What to export to: onnx."),
+    check: Optional[list[str]] = typer.Option(
+        None, "--check",
+        help="Inputs to check the export on (repeatable: files; or one labelled folder or CSV/TSV/JSONL, which "
+             "--quantize needs); default: the test files the bundle recorded. Texts: a file with one text per line, "
+             "or labelled texts.",
+    ),
+    quantize: Optional[str] = typer.Option(
+        None, "--quantize",
+        help="int8: model.onnx becomes INT8 (static, calibrated on training images, for CNNs; dynamic for text "
+             "encoders), refused when it scores more than --max-drop below fp32 on labelled check data.",
+    ),
+    max_drop: float = typer.Option(
+        0.01, "--max-drop",
+        help="Largest accuracy (binary medical: AUROC) that INT8 may lose against fp32, 0-1.",
+    ),
+    calibration: Optional[list[str]] = typer.Option(
+        None, "--calibration",
+        help="Images to calibrate INT8 with (repeatable, or one folder); default: the training files the bundle "
+             "recorded.",
+    ),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable check inputs with a warning."),
+    as_json: bool = typer.Option(False, "--json", help="Print export.json on stdout."),
+    max_image_pixels: Optional[int] = _max_pixels_option(),
+) -> None:
+    """Export a classifier to a self-contained ONNX folder (model.onnx, labels, preprocessing, a reference
+    predict.py) after checking that onnxruntime gives PyTorch's probabilities (within 1e-4) on real inputs;
+    optionally INT8, with its score set beside fp32's."""
+    from .api import load
+
+    try:
+        model = load(model_dir)
+        if not hasattr(model, "export"):
+            raise TransferkitError("Exporting detectors is not available yet: image, medical and text classifiers "
+                                   "export today.")
+        from .export.onnx import is_labelled
+
+        given: object = None
+        if check and len(check) == 1 and is_labelled(check[0]):
+            given = check[0]  # labelled: class folders or a table, read as evaluate reads it
+        elif check and getattr(model.task, "inputs", "files") == "strings":
+            if len(check) != 1 or not Path(check[0]).is_file():
+                raise TransferkitError("Text models: --check takes one file with one text per line, or labelled "
+                                       "texts (a folder, CSV/TSV/JSONL).")
+            given = [t for t in _read_text(Path(check[0])).splitlines() if t.strip()]
+        elif check:
+            given = list(check)
+        calib: object = None
+        if calibration:
+            calib = calibration[0] if len(calibration) == 1 and is_labelled(calibration[0]) else list(calibration)
+        meta = model.export(out, format=format, check=given, skip_bad=skip_bad, quantize=quantize,
+                            max_drop=max_drop, calibration=calib)
+    except TransferkitError as err:
+        _fail(err)
+    if as_json:
+        typer.echo(json.dumps(meta))
+
+
 def _print_detection_metrics(m: dict) -> None:
     from rich.table import Table
 

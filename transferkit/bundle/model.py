@@ -170,6 +170,21 @@ class TransferModel:
                                                    self.clinical.get("positive"), self.clinical["threshold"])
         return metrics
 
+    def export(self, out: str | Path, format: str = "onnx", check: Any = None, skip_bad: bool = False,
+               quantize: str | None = None, max_drop: float = 0.01, calibration: Any = None,
+               tolerance: float = 1e-4) -> dict[str, Any]:
+        """Write a self-contained ONNX folder (``model.onnx``, ``labels.json``, ``preprocessing.json``, a reference
+        ``predict.py`` that needs no transferkit) once onnxruntime gives this model's probabilities within
+        ``tolerance`` on ``check`` (inputs as ``predict`` takes them, or a labelled folder; default: the test files
+        the bundle recorded). ``quantize="int8"``: ``model.onnx`` is INT8 (static, calibrated on ``calibration`` or the
+        training files the bundle recorded, for CNNs; dynamic for text encoders), refused when it scores more than
+        ``max_drop`` below fp32 on labelled check data. Returns ``export.json``'s content. See
+        :mod:`transferkit.export.onnx`."""
+        from ..export.onnx import export_model
+
+        return export_model(self, out, format=format, check=check, skip_bad=skip_bad, quantize=quantize,
+                            max_drop=max_drop, calibration=calibration, tolerance=tolerance)
+
     def check_labels(self, labels: Any, source: Any) -> None:
         """Refuse labelled data with classes this model does not know."""
         unknown = sorted(set(labels) - set(self.classes))

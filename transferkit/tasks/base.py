@@ -280,6 +280,12 @@ class Task:
     def describe_rows(self, rows: list[dict[str, Any]], data: Any) -> None:
         """Add what this task says per predicted input (audio: how many windows were averaged)."""
 
+    def export_spec(self, model: Any) -> Any:
+        """How ``model`` becomes an ONNX graph: an :class:`~transferkit.export.onnx.ExportSpec` (the graph's inputs,
+        the steps outside it as JSON, the reference script)."""
+        raise TransferkitError(f"Exporting {self.title} models is not available yet: image, medical and text "
+                               "classifiers export today.")
+
 
 # what to set instead, when an option of one kind of data is given for another (option, task) -> hint
 INSTEAD = {("max_length", "image"): "for images set image_size", ("max_length", "medical"): "for images set image_size",

@@ -48,6 +48,35 @@ class ClassificationTask(Task):
         """What the bundle keeps from this task's options (e.g. how multi-label cells were split)."""
         return {}
 
+    def recorded_files(self, prepared: Prepared) -> dict[str, Any]:
+        """What the bundle records of its data so that ``export`` can check itself later: the test split's files
+        (absolute paths) with their labels, and up to 64 training files spread over the split (calibration for
+        INT8). Nothing when the inputs are not files (texts, arrays) or the test files are over 5,000."""
+        if self.inputs != "files":
+            return {}
+        out: dict[str, Any] = {}
+        for part, limit in (("test", 5000), ("train", 64)):
+            split, enc = getattr(prepared.splits, part, None), prepared.encoded.get(part)
+            if split is None or enc is None:
+                continue
+            kept = list(enc.kept or range(len(split.items)))
+            if part == "train":
+                kept = [kept[i] for i in np.unique(np.linspace(0, len(kept) - 1, min(limit, len(kept))).astype(int))]
+            elif len(kept) > limit:
+                continue
+            items = [split.items[i] for i in kept]
+            if not all(isinstance(p, (str, Path)) for p in items):
+                continue
+            files = [str(Path(p).resolve()) for p in items]
+            if part == "test":
+                labels = [split.labels[i] for i in kept]
+                if all(isinstance(y, str) for y in labels):  # single-label: a class name each
+                    out["test_labels"] = labels
+                out["test_files"] = files
+            else:
+                out["calibration_files"] = files
+        return out
+
     clinical_scores = False  # scores AUROC, sensitivity, specificity... (medical)
 
     def default_metric(self, classes: list[str]) -> str:
@@ -193,6 +222,7 @@ class ClassificationTask(Task):
         if model.clinical is not None:
             model.meta["clinical"] = model.clinical
         model.meta |= self.model_meta(options)
+        model.meta |= self.recorded_files(prepared)
         # for the report's plots (not saved in metrics.json)
         plots = {"set": scored, "y": targets[scored], "probs": probs[scored], "uncalibrated": uncalibrated[scored],
                  "out_of_fold": scored == "val" and result.cv is not None}

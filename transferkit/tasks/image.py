@@ -190,6 +190,31 @@ class ImageTask(ClassificationTask):
                       skip_bad=skip_bad, description="decoding", cache=False)
         return data, [images[i] for i in data.kept]
 
+    def export_spec(self, model: Any) -> Any:
+        """The graph takes ``pixels``: (batch, 3, H, W) uint8 RGB, decoded, resized and cropped as in training (the
+        steps outside the graph, in ``preprocessing.json`` and the reference script); scaling and mean/std are in
+        the graph."""
+        from ..export.onnx import ExportSpec, reference_script
+
+        pre = model.preprocess
+        h, w = pre.input_size
+        outside = ("open the image, apply its EXIF orientation, convert to RGB; resize the shorter side to "
+                   "input_size / crop_pct and centre-crop input_size (resize 'pad': pad to a square with black "
+                   "and resize), resampling with interpolation from the source in one step; uint8, channels "
+                   "first")
+        if pre.window != "auto" or pre.slices != "2d":
+            outside += (f"; DICOM/NIfTI/16-bit inputs: window {pre.window!r}, slices {pre.slices!r} "
+                        "(transferkit.data.medical), which the reference script does not do")
+        return ExportSpec(
+            prepare=PixelInput(pre.mean, pre.std),
+            inputs={"pixels": torch.randint(0, 256, (2, 3, h, w), dtype=torch.uint8)},
+            dynamic={"pixels": {0: "batch"}},
+            preprocessing={"kind": "image", "graph_input": f"pixels: (batch, 3, {h}, {w}) uint8 RGB",
+                           "outside_graph": outside, **pre.to_dict()},
+            feeds=lambda data, idx: {"pixels": data.pixels[idx].numpy()},
+            script=reference_script("image"),
+        )
+
     def read_labelled(self, model: Any, source: Any, skip_bad: bool, **options: Any) -> Any:
         from ..data.images import decode
         from ..data.sources import load_test_set
@@ -205,3 +230,15 @@ class ImageTask(ClassificationTask):
         backbone = build(spec, pretrained=False)
         backbone.preprocess = PreprocessConfig.from_dict(config["preprocess"])
         return backbone
+
+
+class PixelInput(torch.nn.Module):
+    """uint8 pixels -> float in [0, 1] normalised with ``mean``/``std`` (an exported graph's first step)."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return (pixels.float() / 255.0 - self.mean) / self.std

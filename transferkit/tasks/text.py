@@ -156,6 +156,43 @@ class TextTask(ClassificationTask):
         return data.input_ids[:n], data.attention_mask[:n]
 
     # -- bundle side ------------------------------------------------------------------------------------------
+    def export_spec(self, model: Any) -> Any:
+        """The graph takes ``input_ids`` and ``attention_mask`` (batch, tokens) int64 as the model's own tokenizer
+        gives them (shipped as ``tokenizer.json``; tokenising is outside the graph); pooling is in it."""
+        from ..export.onnx import ExportSpec, reference_script
+
+        bb = model.classifier.backbone
+        tok = bb.tokenizer
+        if not getattr(tok, "is_fast", False):
+            raise TransferkitError("This text model's tokenizer has no fast (Rust) version, which an exported folder "
+                                   "ships as tokenizer.json: export a model whose backbone has one.")
+        pre = bb.preprocess
+        ids = torch.full((2, 8), int(tok.pad_token_id or 0), dtype=torch.long)
+        ids[:, :6] = torch.randint(1000, 2000, (2, 6))
+        mask = (ids != int(tok.pad_token_id or 0)).long()
+
+        def feeds(data: Any, idx: Any) -> dict[str, Any]:
+            from ..engine.inference import text_batch
+
+            batch = text_batch(data.input_ids[idx], data.attention_mask[idx])
+            return {k: v.numpy() for k, v in batch.items()}
+
+        return ExportSpec(
+            prepare=TokenInput(),
+            inputs={"input_ids": ids, "attention_mask": mask},
+            dynamic={"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}},
+            preprocessing={"kind": "text", "graph_input": "input_ids, attention_mask: (batch, tokens) int64",
+                           "outside_graph": "cut each text to 64 x max_length characters; tokenise with "
+                           "tokenizer.json, truncating at max_length tokens (special tokens included), padding "
+                           "to the longest with pad_id",
+                           "max_length": pre.max_length, "pad_id": int(tok.pad_token_id or 0),
+                           "pad_token": str(tok.pad_token or ""), "pooling": pre.pooling, "normalize": pre.normalize},
+            feeds=feeds,
+            script=reference_script("text"),
+            files={"tokenizer.json": tok.backend_tokenizer.to_str().encode()},
+            quantization="dynamic",
+        )
+
     def encode(self, model: Any, inputs: Any, skip_bad: bool) -> tuple[Any, list[Any]]:
         from ..console import warn
         from ..data.text import encode_texts
@@ -196,3 +233,10 @@ class TextTask(ClassificationTask):
             raise TransferkitError(f"{folder} is a text bundle without tokenizer/ or encoder/config.json: copy the "
                                    "whole model/ folder.")
         return load_text_files(folder, spec, TextPreprocessConfig.from_dict(config["preprocess"]))
+
+
+class TokenInput(torch.nn.Module):
+    """The graph's two inputs -> the dict a text backbone takes (an exported graph's first step)."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"input_ids": input_ids, "attention_mask": attention_mask}

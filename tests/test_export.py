@@ -1,0 +1,203 @@
+"""ONNX export (issue 20): a self-contained folder whose reference script, run without transferkit or torch,
+reproduces ``predict``; parity measured before anything is written; refusals in one line."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import transferkit
+from transferkit.errors import TransferkitError
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+ROOT = Path(__file__).parents[1]
+# the script runs with transferkit and torch unimportable: what a user without them has
+BLOCKED = "import sys, runpy; sys.modules['transferkit'] = sys.modules['torch'] = None; "
+
+
+def run_script(script: Path, *args: str) -> list[dict]:
+    code = BLOCKED + f"sys.argv = {[str(script), *args]!r}; runpy.run_path({str(script)!r}, run_name='__main__')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=script.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def readme_block(title: str) -> str:
+    """The python code block under the README heading ``title``."""
+    text = (ROOT / "README.md").read_text()
+    at = text.index(title)
+    return re.search(r"```python\n(.*?)```", text[at:], re.S).group(1)
+
+
+def same_as_predict(model, rows: list[dict], inputs: list) -> None:
+    expected = model.predict(inputs, precision="no", top_k=len(model.classes))
+    for row, exp in zip(rows, expected, strict=True):
+        assert row["label"] == exp["label"]
+        assert row["probability"] == pytest.approx(exp["probability"], abs=1e-5)
+        assert row["probabilities"] == pytest.approx({t["label"]: t["probability"] for t in exp["top"]}, abs=1e-5)
+
+
+@pytest.fixture
+def image_model(colour_splits, tiny_backbone, tmp_path):
+    transferkit.fit(colour_splits, backbone=tiny_backbone, strategy="finetune", epochs=1, batch_size=8, seed=0,
+                    out=tmp_path / "run")
+    return transferkit.load(tmp_path / "run" / "model")
+
+
+def test_image_export_is_self_contained_and_its_script_reproduces_predict(image_model, colour_splits, tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    tests = sorted((colour_splits / "test").rglob("*.png"))
+    assert image_model.meta["test_files"] == [str(p.resolve()) for p in tests]  # recorded at fit time
+    meta = image_model.export(tmp_path / "exported")
+    out = tmp_path / "exported"
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "labels.json", "model.onnx", "predict.py",
+                                                      "preprocessing.json"]
+    assert json.loads((out / "export.json").read_text()) == meta
+    assert meta["parity"]["inputs"] == len(tests) and meta["parity"]["max_abs_diff"] <= 1e-4
+    assert meta["parity"]["source"].startswith("the bundle's test split") and meta["opset"] == 18
+    assert meta["exporter"] == "torch.onnx (dynamo)"
+    graph = onnx.load(str(out / "model.onnx"))
+    (pixels,) = graph.graph.input
+    assert pixels.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert not pixels.type.tensor_type.shape.dim[0].HasField("dim_value")  # a dynamic batch
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    for n in (1, 5):
+        assert session.run(None, {"pixels": np.zeros((n, 3, 32, 32), np.uint8)})[0].shape == (n, 3)
+    # the README's script is the shipped one, and it gives predict's answers without transferkit or torch
+    assert readme_block("### Run it without transferkit") == (out / "predict.py").read_text()
+    rows = run_script(out / "predict.py", str(out), *map(str, tests[:5]))
+    same_as_predict(image_model, rows, tests[:5])
+
+
+def test_export_refuses_in_one_line_and_writes_nothing(image_model, tmp_path, colour_splits):
+    out = tmp_path / "exported"
+    with pytest.raises(TransferkitError, match="Unknown export format 'tflite'"):
+        image_model.export(out, format="tflite")
+    with pytest.raises(TransferkitError, match=r"differs from the bundle .* nothing was written"):
+        image_model.export(out, tolerance=-1.0)  # no difference is small enough: the check must refuse
+    assert not out.exists() and not list(tmp_path.glob(".exported*"))
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(TransferkitError, match="is not an exported model"):
+        image_model.export(tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    image_model.meta["test_files"] = [str(tmp_path / "gone.png")]
+    with pytest.raises(TransferkitError, match="records no test files that still exist"):
+        image_model.export(out)
+    meta = image_model.export(out, check=str(colour_splits / "test"))  # a labelled folder
+    assert meta["parity"]["inputs"] == 12
+    again = image_model.export(out, check=sorted((colour_splits / "test").rglob("*.png"))[:2])  # replaces an export
+    assert again["parity"]["inputs"] == 2
+
+
+def test_medical_export_keeps_calibration_and_threshold(tmp_path, tiny_backbone):
+    from conftest import write_colour_images
+
+    write_colour_images(tmp_path / "scans", 14, seed=3)
+    for extra in (tmp_path / "scans" / "blue",):  # two classes: a binary medical task
+        for f in extra.iterdir():
+            f.unlink()
+        extra.rmdir()
+    model = transferkit.fit(tmp_path / "scans", backbone=tiny_backbone, modality="medical", strategy="linear",
+                            test_fraction=0.3, threshold=0.3, out=tmp_path / "run")
+    model = transferkit.load(tmp_path / "run" / "model")
+    assert model.clinical["positive"] is not None
+    out = tmp_path / "exported"
+    model.export(out)
+    pre = json.loads((out / "preprocessing.json").read_text())
+    assert pre["positive"] == model.clinical["positive"] and pre["threshold"] == 0.3 and pre["resize"] == "pad"
+    files = model.meta["test_files"]
+    same_as_predict(model, run_script(out / "predict.py", str(out), *files), files)
+
+
+def test_text_export_ships_its_tokenizer_and_reproduces_predict(text_folder, tiny_text_backbone, tmp_path):
+    transferkit.fit(text_folder, backbone=tiny_text_backbone, strategy="finetune", epochs=1, out=tmp_path / "run")
+    model = transferkit.load(tmp_path / "run" / "model")
+    assert "test_files" not in model.meta  # texts are data, not files: the check needs them given
+    with pytest.raises(TransferkitError, match="give texts to check the export with"):
+        model.export(tmp_path / "exported")
+    texts = ["the striker scored in the cup final", "shares fell as the bank cut its rate",
+             "storm " * 200, "ok"]  # one far over max_length: truncated alike on both sides
+    meta = model.export(tmp_path / "exported", check=texts)
+    out = tmp_path / "exported"
+    assert (out / "tokenizer.json").is_file() and meta["parity"]["max_abs_diff"] <= 1e-4
+    assert meta["inputs"]["input_ids"]["dynamic"] == {"0": "batch", "1": "tokens"}
+    same_as_predict(model, run_script(out / "predict.py", str(out), *texts), texts)
+
+
+def test_export_from_the_command_line(image_model, tmp_path, audio_folder, tiny_backbone):
+    from typer.testing import CliRunner
+
+    from transferkit.cli import app
+
+    bundle = tmp_path / "run" / "model"
+    result = CliRunner().invoke(app, ["export", str(bundle), "--out", str(tmp_path / "x"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.strip().splitlines()[-1])["parity"]["inputs"] == 12
+    transferkit.fit(audio_folder, backbone=tiny_backbone, strategy="linear", out=tmp_path / "audio")
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "audio" / "model"), "--out", str(tmp_path / "y")])
+    assert result.exit_code == 2 and "Exporting audio classification models is not available yet" in result.output
+
+
+def test_int8_image_export_is_really_int8_and_scored_beside_fp32(colour_splits, tiny_backbone, tmp_path):
+    import onnx
+
+    # a linear probe separates the colours with a wide margin (a random tiny network fine-tuned for one epoch sits
+    # near chance, where INT8's rounding flips decisions: export then refuses, as the next test shows)
+    transferkit.fit(colour_splits, backbone=tiny_backbone, strategy="linear", out=tmp_path / "run")
+    model = transferkit.load(tmp_path / "run" / "model")
+    out = tmp_path / "int8"
+    meta = model.export(out, quantize="int8")
+    q = meta["int8"]
+    assert q["method"] == "static" and q["metric"] == "accuracy" and q["inputs"] == 12
+    assert q["int8_weight_share"] > 0.5 and q["fp32"] - q["int8"] <= 0.01
+    assert (out / "model.fp32.onnx").is_file() and q["file_mb"] < q["fp32_file_mb"]
+    ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    # the reference script runs the INT8 model as it is
+    rows = run_script(out / "predict.py", str(out), *map(str, sorted((colour_splits / "test").rglob("*.png"))[:3]))
+    assert len(rows) == 3 and all(0 <= r["probability"] <= 1 for r in rows)
+
+
+def test_int8_refusals(image_model, tmp_path, monkeypatch, colour_splits):
+    import transferkit.export.onnx as onnx_export
+
+    with pytest.raises(TransferkitError, match="needs labelled inputs"):
+        image_model.export(tmp_path / "a", quantize="int8", check=sorted((colour_splits / "test").rglob("*.png")))
+    with pytest.raises(TransferkitError, match="Unknown quantization 'int4'"):
+        image_model.export(tmp_path / "a", quantize="int4")
+    with pytest.raises(TransferkitError, match="max_drop is 2"):
+        image_model.export(tmp_path / "a", quantize="int8", max_drop=2)
+    with pytest.raises(TransferkitError, match=r"INT8 scores accuracy .* nothing was written"):
+        image_model.export(tmp_path / "a", quantize="int8")  # near chance: INT8 loses more than a point here
+    monkeypatch.setattr(onnx_export, "int8_share", lambda path: 0.1)  # a "quantized" model that kept fp32 weights
+    with pytest.raises(TransferkitError, match="only 10% of its weights in INT8"):
+        image_model.export(tmp_path / "a", quantize="int8")
+    assert not (tmp_path / "a").exists()
+    # the drop rule, on made-up probabilities: INT8 gets one of four wrong where fp32 got all right
+    fp32 = np.eye(3)[[0, 1, 2, 0]].astype(np.float32)
+    int8 = np.eye(3)[[0, 1, 2, 1]].astype(np.float32)
+    monkeypatch.setattr(onnx_export, "int8_share", lambda path: 0.9)
+    image_model.export(tmp_path / "ok")  # a model file for the sizes int8_report reads
+    path = tmp_path / "ok" / "model.onnx"
+    path.with_name("model.fp32.onnx").write_bytes(path.read_bytes())
+    with pytest.raises(TransferkitError, match=r"INT8 scores accuracy 0.7500 against fp32's 1.0000 .* drop of 0.2500"):
+        onnx_export.int8_report(image_model, np.array([0, 1, 2, 0]), fp32, int8, path, "static", 0.01, "four")
+
+
+def test_int8_text_export_is_dynamic(text_folder, tiny_text_backbone, tmp_path):
+    transferkit.fit(text_folder, backbone=tiny_text_backbone, strategy="linear", out=tmp_path / "run")
+    model = transferkit.load(tmp_path / "run" / "model")
+    meta = model.export(tmp_path / "int8", check=str(text_folder / "test"), quantize="int8")
+    assert meta["int8"]["method"] == "dynamic" and meta["int8"]["int8_weight_share"] > 0.5
+    assert meta["int8"]["inputs"] == 12

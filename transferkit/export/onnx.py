@@ -1,0 +1,401 @@
+"""ONNX export of a classifier bundle, with parity measured against PyTorch before anything is written.
+
+The exported folder (written whole or not at all)::
+
+    model.onnx          the network from its input tensors to probabilities: what is tensor arithmetic lives in the
+                        graph (an image's scaling to [0, 1] and mean/std; a medical model's calibration), the batch
+                        (and a text's length) is dynamic
+    labels.json         the class names, in the order of the output's columns
+    preprocessing.json  what happens before the graph and cannot live in it (decoding, resizing and cropping an
+                        image; tokenising a text), and the decision after it (a medical model's positive class and
+                        operating threshold)
+    tokenizer.json      (text) the fast tokenizer, for the ``tokenizers`` package
+    predict.py          a reference script with onnxruntime, numpy and Pillow (tokenizers for text), no transferkit
+    export.json         the exporter and opset, the versions, the bundle it came from and the parity measured
+
+What differs between kinds of data (the graph's inputs, the steps outside it) is the model's task's: it gives an
+:class:`ExportSpec` (``Task.export_spec``); this module exports, checks and writes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import TransferkitError
+from . import FORMATS
+
+OPSET = 18
+TOLERANCE = 1e-4  # largest difference of a probability between onnxruntime and PyTorch (fp32) that export accepts
+QUANTIZE = ("int8",)
+MAX_DROP = 0.01  # INT8 may score at most 1 point of accuracy (or 0.01 AUROC) below fp32 on the check data
+
+
+@dataclass
+class ExportSpec:
+    """A task's answer to "how does this model become a graph".
+
+    ``prepare``: a module from the graph's inputs to the classifier's input (``None``: the inputs as they are);
+    ``inputs``: example inputs by name, in the order ``forward`` takes them; ``dynamic``: per input, its dynamic axes
+    (axis -> name; one name shared by several inputs is one dimension); ``preprocessing``: the JSON of the steps
+    outside the graph; ``files``: more files for the folder (name -> bytes); ``feeds``: encoded data (as the task's
+    ``encode`` gives it) and row positions -> onnxruntime's inputs for those rows; ``script``: the reference
+    ``predict.py``; ``quantization``: how ``--quantize int8`` quantizes it.
+    """
+
+    prepare: nn.Module | None
+    inputs: dict[str, torch.Tensor]
+    dynamic: dict[str, dict[int, str]]
+    preprocessing: dict[str, Any]
+    feeds: Callable[[Any, np.ndarray], dict[str, np.ndarray]]
+    script: str
+    files: dict[str, bytes] = field(default_factory=dict)
+    quantization: str = "static"  # how INT8 quantizes it: "static" (calibrated: CNNs) or "dynamic" (transformers)
+
+
+class ProbabilityGraph(nn.Module):
+    """Graph inputs -> ``prepare`` -> the classifier -> probabilities, as ``TransferModel.predict_proba`` gives them:
+    softmax (sigmoid for multi-label), then for a medical model the class weights' shift undone and the temperature
+    applied (:func:`transferkit.evaluation.clinical.correct_prior`, ``apply_temperature``)."""
+
+    def __init__(self, classifier: nn.Module, prepare: nn.Module | None, multi_label: bool,
+                 class_weights: list[float] | None = None, temperature: float = 1.0):
+        super().__init__()
+        self.classifier, self.prepare, self.multi_label = classifier, prepare, multi_label
+        self.temperature = float(temperature)
+        weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
+        self.register_buffer("weights", weights, persistent=False)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        x = self.prepare(*inputs) if self.prepare is not None else inputs[0]
+        logits = self.classifier(x).float()
+        if self.multi_label:
+            return torch.sigmoid(logits)
+        probs = torch.softmax(logits, dim=1)
+        if self.weights is not None:
+            probs = probs / self.weights
+            probs = probs / probs.sum(dim=1, keepdim=True)
+        if self.temperature != 1.0:
+            probs = torch.softmax(torch.log(probs.clamp(min=1e-12)) / self.temperature, dim=1)
+        return probs
+
+
+def export_model(model: Any, out: str | Path, *, format: str = "onnx", check: Any = None, skip_bad: bool = False,
+                 quantize: str | None = None, max_drop: float = MAX_DROP, calibration: Any = None,
+                 opset: int = OPSET, tolerance: float = TOLERANCE, batch_size: int = 32) -> dict[str, Any]:
+    """Export ``model`` (a loaded bundle) to ``out`` and prove it: ``check`` (files, a folder, a labelled source;
+    default: the test files the bundle recorded) runs through PyTorch (fp32) and onnxruntime, and the export is
+    refused, with nothing written, when a probability differs by more than ``tolerance`` or a decision differs.
+
+    ``quantize="int8"``: onnxruntime post-training quantization (:func:`quantize_int8`; static, calibrated on
+    ``calibration`` inputs or the training files the bundle recorded, for CNNs; dynamic for text encoders).
+    ``model.onnx`` is then the INT8 model and ``model.fp32.onnx`` the other; the INT8 model's score on the
+    labelled check data is set beside fp32's, and the export is refused when it is lower by more than
+    ``max_drop`` (accuracy; AUROC for a binary medical model), or when under half the weights' bytes are INT8.
+
+    Returns what ``export.json`` holds (the parity under ``"parity"``, INT8 under ``"int8"``).
+
+    Raises:
+        TransferkitError: an unknown format, a task without export, no data to check with, a failed export or
+            parity check, an INT8 model that scores too low (one line each, with the figures).
+    """
+    from .. import __version__
+    from ..console import info
+    from ..io import atomic_dir
+
+    if format not in FORMATS:
+        raise TransferkitError(f"Unknown export format {format!r}: transferkit exports {', '.join(FORMATS)}.")
+    if quantize not in (None, *QUANTIZE):
+        raise TransferkitError(f"Unknown quantization {quantize!r}: transferkit quantizes to {', '.join(QUANTIZE)}.")
+    if not 0 <= max_drop <= 1:
+        raise TransferkitError(f"max_drop is {max_drop}: give a score difference between 0 and 1, e.g. 0.01.")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "export.json").is_file())):
+        raise TransferkitError(f"{out} exists and is not an exported model (no export.json): give a new or empty "
+                               "folder with --out; nothing there is replaced.")
+    onnx, ort = _runtime()
+    spec = model.task.export_spec(model)
+    data, source, targets = _check_data(model, check, skip_bad)
+    if quantize and targets is None:
+        raise TransferkitError("--quantize int8 compares the INT8 model's score with fp32's, which needs labelled "
+                               "inputs: --check a labelled folder (or keep the bundle's recorded test files).")
+    clinical = model.clinical or {}
+    graph = ProbabilityGraph(model.classifier, spec.prepare, model.multi_label, clinical.get("class_weights"),
+                             float(clinical.get("temperature", 1.0))).eval()
+    with atomic_dir(out) as tmp:
+        fp32 = tmp / ("model.fp32.onnx" if quantize else "model.onnx")
+        exporter = _export_graph(graph, spec, fp32, opset)
+        ours = run_session(ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]), spec, data, batch_size)
+        theirs = model.predict_encoded(data, batch_size=batch_size, precision="no")
+        parity = compare(model, theirs, ours, tolerance, source)
+        meta = {"format": "onnx", "exporter": exporter, "opset": opset, "task": model.task.bundle_task,
+                "model": "model.onnx",
+                "inputs": {name: {"dtype": str(t.dtype).removeprefix("torch."),
+                                  "dynamic": {str(axis): dim for axis, dim in spec.dynamic.get(name, {}).items()}}
+                           for name, t in spec.inputs.items()},
+                "output": "probabilities", "versions": {"transferkit": __version__, "torch": torch.__version__,
+                                                        "onnx": onnx.__version__, "onnxruntime": ort.__version__},
+                "bundle": {"run_id": model.meta.get("run_id"), "backbone": model.meta.get("backbone", {}).get("name")},
+                "parity": parity}
+        if quantize:
+            feeds = _calibration_feeds(model, spec, calibration, skip_bad, batch_size)
+            quantize_int8(fp32, tmp / "model.onnx", spec.quantization, feeds)
+            int8 = run_session(ort.InferenceSession(str(tmp / "model.onnx"), providers=["CPUExecutionProvider"]),
+                               spec, data, batch_size)
+            meta["int8"] = int8_report(model, targets, ours, int8, tmp / "model.onnx", spec.quantization, max_drop,
+                                       source)
+        (tmp / "labels.json").write_text(json.dumps(model.classes, indent=1))
+        (tmp / "preprocessing.json").write_text(json.dumps({**spec.preprocessing, **decision(model)}, indent=2))
+        (tmp / "predict.py").write_text(spec.script)
+        for name, content in spec.files.items():
+            (tmp / name).write_bytes(content)
+        (tmp / "export.json").write_text(json.dumps(meta, indent=2))
+    info(f"exported to {out}: onnxruntime and PyTorch agree on {parity['inputs']} input(s) from {source}, "
+         f"probabilities within {parity['max_abs_diff']:.1e} (limit {tolerance:g})")
+    if quantize:
+        q = meta["int8"]
+        info(f"INT8 ({q['method']}): {q['metric']} {q['int8']:.4f} against fp32's {q['fp32']:.4f} on {q['inputs']} "
+             f"labelled input(s); {q['int8_weight_share']:.0%} of the weights' bytes are INT8; "
+             f"{q['file_mb']:.1f} MB against {q['fp32_file_mb']:.1f} MB")
+    return meta
+
+
+def _calibration_feeds(model: Any, spec: ExportSpec, calibration: Any, skip_bad: bool,
+                       batch_size: int) -> list[dict[str, np.ndarray]]:
+    """Batches of graph inputs to calibrate static quantization with: ``calibration`` (files or a folder), else the
+    training files the bundle recorded. None needed for dynamic quantization."""
+    if spec.quantization != "static":
+        return []
+    if calibration is None:
+        files = [f for f in model.meta.get("calibration_files") or [] if Path(f).is_file()]
+        if not files:
+            raise TransferkitError("Static INT8 quantization calibrates on training inputs, and this bundle's recorded "
+                                   "training files are gone: give some with --calibration (a folder or files).")
+        calibration = files
+    if is_labelled(calibration):
+        data = model.task.read_labelled(model, calibration, skip_bad)
+    else:
+        data, _ = model.task.encode(model, [calibration] if isinstance(calibration, (str, Path)) else
+                                    list(calibration), skip_bad)
+    n = min(len(data), 256)
+    return [spec.feeds(data, np.arange(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
+
+
+def quantize_int8(fp32: Path, dest: Path, method: str, calibration: list[dict[str, np.ndarray]]) -> None:
+    """onnxruntime post-training quantization of ``fp32`` into ``dest``: ``"static"`` (QDQ, INT8 weights per
+    channel, UINT8 activations with min-max ranges from ``calibration`` batches: convolutions) or ``"dynamic"``
+    (INT8 weights, activations quantized at run time: transformer encoders, whose activations vary too much per
+    input for fixed ranges)."""
+    import contextlib
+    import io
+    import logging
+
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_dynamic, quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = dest.with_name(".prepared.onnx")
+    quiet = logging.getLogger()
+    level = quiet.level
+    try:
+        quiet.setLevel(logging.ERROR)
+        with contextlib.redirect_stdout(io.StringIO()):
+            if method == "dynamic":
+                # weights only, so no shapes are needed; the dynamo exporter's recorded intermediate shapes trip the
+                # quantizer's own shape inference on a transformer (torch 2.14, onnxruntime 1.31), so they go
+                graph = onnx.load(str(fp32))
+                del graph.graph.value_info[:]
+                onnx.save(graph, str(prepared))
+                quantize_dynamic(str(prepared), str(dest), weight_type=QuantType.QInt8, per_channel=False)
+            else:  # static: shapes and graph optimisation first, as onnxruntime recommends
+                quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+                batches = iter(calibration)
+
+                class Batches(CalibrationDataReader):
+                    def get_next(self) -> dict[str, np.ndarray] | None:
+                        return next(batches, None)
+
+                quantize_static(str(prepared), str(dest), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                calibrate_method=CalibrationMethod.MinMax)
+    except Exception as err:  # noqa: BLE001 - onnxruntime's quantizer raises many kinds; one line for the user
+        raise TransferkitError(f"INT8 quantization failed ({type(err).__name__}: {str(err).splitlines()[0]}): "
+                               "export without --quantize.") from None
+    finally:
+        quiet.setLevel(level)
+        prepared.unlink(missing_ok=True)
+        for left in dest.parent.glob("*.onnx.data"):  # a calibration run's augmented model, if one was left
+            left.unlink(missing_ok=True)
+
+
+def int8_share(path: Path) -> float:
+    """The fraction of a model's initializer bytes (its weights) stored as INT8/UINT8."""
+    import onnx
+    from onnx import numpy_helper
+
+    total = small = 0
+    for init in onnx.load(str(path)).graph.initializer:
+        size = numpy_helper.to_array(init).nbytes
+        total += size
+        if init.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8):
+            small += size
+    return small / max(1, total)
+
+
+def int8_report(model: Any, targets: np.ndarray, fp32: np.ndarray, int8: np.ndarray, path: Path, method: str,
+                max_drop: float, source: str) -> dict[str, Any]:
+    """The INT8 model beside fp32 on the same labelled inputs; raises when it scores more than ``max_drop`` lower or
+    holds under half its weights in INT8."""
+    binary = bool(model.clinical and model.clinical.get("positive") is not None)
+
+    def score(probs: np.ndarray) -> float:
+        if not binary:
+            return float((model.decide(probs) == targets).mean())
+        from sklearn.metrics import roc_auc_score
+
+        k = model.classes.index(model.clinical["positive"])
+        return float(roc_auc_score(targets == k, probs[:, k])) if len(set(targets.tolist())) > 1 else float("nan")
+
+    report = {"method": method, "metric": "auroc" if binary else "accuracy", "inputs": int(len(targets)),
+              "fp32": score(fp32), "int8": score(int8),
+              "agreement": float((model.decide(fp32) == model.decide(int8)).mean()),
+              "max_abs_diff": float(np.abs(fp32 - int8).max()), "max_drop": max_drop,
+              "int8_weight_share": int8_share(path), "file_mb": path.stat().st_size / 2**20,
+              "fp32_file_mb": path.with_name("model.fp32.onnx").stat().st_size / 2**20, "source": source}
+    if report["int8_weight_share"] < 0.5:
+        raise TransferkitError(f"The quantized model holds only {report['int8_weight_share']:.0%} of its weights in "
+                               "INT8: it is not an INT8 model; export without --quantize.")
+    if report["fp32"] - report["int8"] > max_drop:
+        raise TransferkitError(f"INT8 scores {report['metric']} {report['int8']:.4f} against fp32's "
+                               f"{report['fp32']:.4f} on {source}, a drop of {report['fp32'] - report['int8']:.4f} "
+                               f"over --max-drop {max_drop:g}; nothing was written. Export fp32 (no --quantize).")
+    return report
+
+
+def reference_script(kind: str) -> str:
+    """The ``predict.py`` of an exported folder for ``kind`` ("image", "text"): :mod:`transferkit.export.scripts`."""
+    from importlib.resources import files
+
+    return files("transferkit.export.scripts").joinpath(f"{kind}.py").read_text(encoding="utf-8")
+
+
+def decision(model: Any) -> dict[str, Any]:
+    """How probabilities become labels, for ``preprocessing.json``: multi-label and its threshold, or a medical
+    model's positive class and operating threshold."""
+    clinical = model.clinical or {}
+    if clinical.get("positive") is not None:
+        return {"multi_label": False, "positive": clinical["positive"], "threshold": float(clinical["threshold"])}
+    return {"multi_label": bool(model.multi_label), "threshold": float(model.threshold)}
+
+
+def _runtime() -> tuple[Any, Any]:
+    try:
+        import onnx
+        import onnxruntime as ort
+    except ImportError:
+        raise TransferkitError("Exporting needs onnx and onnxruntime: pip install 'transferkit[export]'.") from None
+    return onnx, ort
+
+
+LABELLED_TABLES = {".csv", ".tsv", ".jsonl", ".json"}
+
+
+def is_labelled(source: Any) -> bool:
+    """A labelled source (class folders, or a table with labels), as ``evaluate`` reads it, rather than inputs."""
+    return isinstance(source, (str, Path)) and (Path(source).is_dir() or Path(source).suffix.lower() in LABELLED_TABLES)
+
+
+def _check_data(model: Any, check: Any, skip_bad: bool) -> tuple[Any, str, np.ndarray | None]:
+    """The data the parity is measured on, encoded as ``predict`` encodes, where it came from, and its labels (class
+    indices) when known: a labelled folder, or the bundle's test files with the labels it recorded."""
+    labels: list[str] | None = None
+    if check is None:
+        recorded = model.meta.get("test_files") or []
+        files = [f for f in recorded if Path(f).is_file()]
+        if not files:
+            what = "texts" if getattr(model.task, "inputs", "files") == "strings" else "inputs"
+            raise TransferkitError(f"This bundle records no test files that still exist: give {what} to check the "
+                                   "export with (--check).")
+        if len(files) == len(recorded) and model.meta.get("test_labels"):
+            labels = list(model.meta["test_labels"])
+        check, source = files, f"the bundle's test split ({len(files)} files)"
+    else:
+        source = str(check) if not isinstance(check, (list, tuple)) else f"{len(check)} given input(s)"
+    if is_labelled(check):
+        data = model.task.read_labelled(model, check, skip_bad)
+        targets = data.targets.numpy()
+    else:
+        items = [check] if isinstance(check, (str, Path)) else list(check)
+        data, kept = model.task.encode(model, items, skip_bad)
+        targets = None
+        if labels is not None:
+            position = {id(item): i for i, item in enumerate(items)}
+            targets = np.array([model.classes.index(labels[position[id(k)]]) for k in kept])
+    if len(data) == 0:
+        raise TransferkitError(f"No inputs to check the export with in {source}.")
+    return data, source, targets
+
+
+def _export_graph(graph: nn.Module, spec: ExportSpec, path: Path, opset: int) -> str:
+    """``torch.onnx.export`` with the dynamo exporter (the TorchScript exporter when dynamo cannot trace the model);
+    returns which one wrote the file."""
+    import contextlib
+    import io
+    import warnings
+
+    from torch.export import Dim
+
+    dims: dict[str, Any] = {}
+    shapes = {name: {axis: dims.setdefault(dim, Dim(dim)) for axis, dim in spec.dynamic.get(name, {}).items()}
+              for name in spec.inputs}
+    args = tuple(spec.inputs.values())
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # the exporters' progress lines and warnings are not the user's business
+        try:
+            program = torch.onnx.export(graph, args, dynamo=True, input_names=list(spec.inputs),
+                                        output_names=["probabilities"], dynamic_shapes=(tuple(shapes.values()),),
+                                        opset_version=opset, verbose=False)
+            program.save(str(path))
+            return "torch.onnx (dynamo)"
+        except Exception as err:  # noqa: BLE001 - any tracing failure: fall back to the TorchScript exporter
+            first = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        try:
+            torch.onnx.export(graph, args, str(path), dynamo=False, input_names=list(spec.inputs),
+                              output_names=["probabilities"], dynamic_axes=spec.dynamic, opset_version=opset)
+            return "torch.onnx (TorchScript)"
+        except Exception as err:  # noqa: BLE001 - reported in one line with the first exporter's reason
+            raise TransferkitError(f"This model could not be exported to ONNX (dynamo exporter: {first}; TorchScript "
+                                   f"exporter: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})."
+                                   ) from None
+
+
+def run_session(session: Any, spec: ExportSpec, data: Any, batch_size: int = 32) -> np.ndarray:
+    """Probabilities of every row of ``data`` from an onnxruntime session, in batches."""
+    out = [session.run(["probabilities"], spec.feeds(data, np.arange(s, min(s + batch_size, len(data)))))[0]
+           for s in range(0, len(data), batch_size)]
+    return np.concatenate(out).astype(np.float32)
+
+
+def compare(model: Any, torch_probs: np.ndarray, onnx_probs: np.ndarray, tolerance: float, source: str
+            ) -> dict[str, Any]:
+    """The parity figures; raises when they do not hold."""
+    diff = float(np.abs(torch_probs - onnx_probs).max())
+    if model.multi_label:
+        same = (torch_probs >= model.threshold) == (onnx_probs >= model.threshold)
+        disagree = int((~same.all(axis=1)).sum())
+    else:
+        disagree = int((model.decide(torch_probs) != model.decide(onnx_probs)).sum())
+    if diff > tolerance or disagree:
+        raise TransferkitError(f"The ONNX model differs from the bundle on {source}: probabilities by up to "
+                               f"{diff:.1e} (limit {tolerance:g}), {disagree} decision(s) differ; nothing was "
+                               "written. Report it with the bundle's backbone name.")
+    return {"inputs": int(len(torch_probs)), "max_abs_diff": diff, "decisions_differ": disagree,
+            "tolerance": tolerance, "source": source}
