@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo demo-text demo-audio demo-detect demo-medical test install data bench bench-text bench-audio bench-detect bench-medical bench-compare bench-pretrain bench-small bench-throughput bench-gpu bench-budget bench-auto bench-memory clean
+.PHONY: demo demo-text demo-audio demo-detect demo-medical test install data bench bench-text bench-audio bench-detect bench-medical bench-compare bench-pretrain bench-small bench-throughput bench-gpu bench-budget bench-auto bench-memory bench-export clean
 
 install: $(STAMP)
 
@@ -83,6 +83,10 @@ bench-auto: $(STAMP) data
 # peak memory and time of a probe and a fine-tuning epoch at 1k, 10k and 60k Fashion-MNIST images
 bench-memory: $(STAMP) data
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/memory_scaling.py
+
+# ONNX export: latency and throughput of PyTorch eager, ONNX fp32 and INT8, with accuracy (about 10 minutes)
+bench-export: $(STAMP) data
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/export.py
 
 bench-text: $(STAMP)
 	$(PY) benchmarks/bbc_news.py

@@ -622,6 +622,41 @@ def export(
         typer.echo(json.dumps(meta))
 
 
+@app.command()
+def serve(
+    model_dir: Path = typer.Argument(..., help="A bundle folder (the run's model/)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; other than loopback needs --token."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    token: Optional[str] = typer.Option(
+        None, "--token", envvar="TRANSFERKIT_TOKEN",
+        help="Bearer token every request must send (Authorization: Bearer TOKEN); or set TRANSFERKIT_TOKEN.",
+    ),
+    max_batch: int = typer.Option(32, "--max-batch", help="Most inputs predicted together."),
+    batch_window_ms: float = typer.Option(
+        5.0, "--batch-window-ms", help="How long the first request of a batch waits for others (ms)."),
+    max_body_mb: float = typer.Option(10.0, "--max-body-mb", help="Largest request body (MB)."),
+    max_items: int = typer.Option(64, "--max-items", help="Most inputs in one request."),
+    max_audio_seconds: float = typer.Option(600.0, "--max-audio-seconds", help="Longest recording accepted (s)."),
+    max_text_chars: int = typer.Option(100_000, "--max-text-chars", help="Longest text accepted (characters)."),
+) -> None:
+    """Serve a model over HTTP (FastAPI + uvicorn): POST /predict (files as multipart, texts as JSON), GET /health,
+    /metadata, /docs. Requests arriving together are predicted as one batch; SIGTERM lets those in flight finish."""
+    from .serving.app import Limits, serve as run_server
+
+    try:
+        for name, value in (("--max-batch", max_batch), ("--max-items", max_items), ("--max-text-chars",
+                                                                                   max_text_chars)):
+            if value < 1:
+                raise TransferkitError(f"{name} is {value}: give 1 or more.")
+        if batch_window_ms < 0 or max_body_mb <= 0 or max_audio_seconds <= 0:
+            raise TransferkitError("--batch-window-ms must be 0 or more; --max-body-mb and --max-audio-seconds over 0.")
+        run_server(model_dir, host=host, port=port, token=token, max_batch=max_batch, window_ms=batch_window_ms,
+                   limits=Limits(max_body_mb=max_body_mb, max_items=max_items, max_text_chars=max_text_chars,
+                                 max_audio_seconds=max_audio_seconds))
+    except TransferkitError as err:
+        _fail(err)
+
+
 def _print_detection_metrics(m: dict) -> None:
     from rich.table import Table
 

@@ -1,0 +1,242 @@
+"""``transferkit serve`` (issue 20): a real uvicorn process, a real HTTP client (httpx). Answers equal
+``predict``'s; every bad request is one 4xx JSON line; concurrent clients are batched; SIGTERM finishes what is in
+flight."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import transferkit
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``transferkit serve`` in its own process, on a free loopback port."""
+
+    def __init__(self, bundle: Path, *args: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "HF_HUB_OFFLINE": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "transferkit", "serve", str(bundle), "--port",
+                                      str(self.port), *args], env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"serve exited: {self.proc.stdout.read()}")
+            try:
+                if httpx.get(self.url + "/health", headers=self.auth(args)).status_code in (200, 401):
+                    return
+            except httpx.TransportError:
+                time.sleep(0.2)
+        raise AssertionError("serve did not answer within 60 s")
+
+    @staticmethod
+    def auth(args: tuple[str, ...]) -> dict[str, str]:
+        return {"Authorization": f"Bearer {args[args.index('--token') + 1]}"} if "--token" in args else {}
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=30)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+
+
+def png_bytes(rgb: tuple[int, int, int], size: int = 24, mode: str = "RGB") -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new(mode, (size, size), rgb if mode == "RGB" else 0).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def image_bundle(tmp_path_factory, tiny_backbone) -> Path:
+    from conftest import write_colour_images
+
+    root = tmp_path_factory.mktemp("serve")
+    write_colour_images(root / "data" / "train", 10, seed=1)
+    write_colour_images(root / "data" / "test", 4, seed=2)
+    transferkit.fit(root / "data", backbone=tiny_backbone, strategy="linear", out=root / "run")
+    return root / "run" / "model"
+
+
+@pytest.fixture(scope="module")
+def server(image_bundle):
+    s = Server(image_bundle, "--max-body-mb", "1", "--max-items", "8")
+    yield s
+    s.stop()
+
+
+def test_answers_equal_predict_and_metadata_describes_the_model(server, image_bundle):
+    tests = sorted((image_bundle.parents[1] / "data" / "test").rglob("*.png"))[:6]
+    files = [("files", (p.name, p.read_bytes(), "image/png")) for p in tests]
+    r = httpx.post(server.url + "/predict", files=files, timeout=60)
+    assert r.status_code == 200, r.text
+    rows = r.json()["predictions"]
+    expected = transferkit.load(image_bundle).predict(tests, top_k=3)
+    assert [row["input"] for row in rows] == [p.name for p in tests]  # the upload's own name, not a temp path
+    for row, exp in zip(rows, expected, strict=True):
+        assert row["label"] == exp["label"]
+        assert row["probability"] == pytest.approx(exp["probability"], abs=1e-3)
+    meta = httpx.get(server.url + "/metadata").json()
+    assert meta["task"] == "image-classification" and meta["labels"] == ["blue", "green", "red"]
+    assert "accuracy" in meta["metrics"] and meta["model_card"].startswith("#")
+    assert httpx.get(server.url + "/docs").status_code == 200
+    assert httpx.get(server.url + "/health").json() == {"status": "ok"}
+
+
+def test_every_bad_request_is_one_4xx_json_line(server, tmp_path):
+    url = server.url + "/predict"
+    good = png_bytes((200, 0, 0))
+    cases = {
+        "no files": (httpx.post(url, files={"other": ("a.png", good)}), 400, "No files"),
+        "a text file": (httpx.post(url, files={"files": ("notes.txt", b"hello")}), 415, "reads"),
+        "JSON to an image model": (httpx.post(url, json={"texts": ["a"]}), 415, "multipart"),
+        "too many files": (httpx.post(url, files=[("files", (f"{i}.png", good)) for i in range(9)]), 413, "over 8"),
+        "a body over 1 MB": (httpx.post(url, files={"files": ("big.png", os.urandom(2 * 2**20))}), 413, "over 1 MB"),
+        "not an image": (httpx.post(url, files={"files": ("broken.png", b"\x89PNG garbage")}), 400, "broken.png"),
+        # 9,000 x 9,000 black pixels compress to a few kB: refused from the header, before decoding 81 MB
+        "a decompression bomb": (httpx.post(url, files={"files": ("bomb.png", png_bytes((0, 0, 0), 9000, "L"))}),
+                                 400, "pixels"),
+    }
+    for name, (r, status, words) in cases.items():
+        assert r.status_code == status, (name, r.text)
+        body = r.json()
+        assert set(body) == {"error"} and words in body["error"] and "Traceback" not in body["error"], name
+        assert "/tmp" not in body["error"] and "transferkit-uploads" not in body["error"], name
+    r = httpx.post(url, content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 400 and "error" in r.json()
+    # the server is still healthy and still right
+    assert httpx.post(url, files={"files": ("ok.png", good)}).json()["predictions"][0]["label"] == "red"
+
+
+def test_concurrent_clients_are_batched_without_errors(server):
+    images = [png_bytes(c) for c in ((0, 0, 200), (0, 200, 0), (200, 0, 0))]
+    truth = ["blue", "green", "red"]
+
+    async def client(k: int, session: httpx.AsyncClient) -> list[tuple[int, str]]:
+        out = []
+        for j in range(20):
+            i = (k + j) % 3
+            r = await session.post(server.url + "/predict", files={"files": (f"{k}-{j}.png", images[i])})
+            out.append((r.status_code, r.json()["predictions"][0]["label"] if r.status_code == 200 else r.text))
+        return out
+
+    async def main() -> list[tuple[int, str]]:
+        async with httpx.AsyncClient(timeout=120) as session:
+            results = await asyncio.gather(*(client(k, session) for k in range(32)))
+        return [x for r in results for x in r]
+
+    before = httpx.get(server.url + "/metadata").json()["served"]
+    answers = asyncio.run(main())
+    assert len(answers) == 640 and all(status == 200 for status, _ in answers)
+    assert [label for _, label in answers] == [truth[(k + j) % 3] for k in range(32) for j in range(20)]
+    after = httpx.get(server.url + "/metadata").json()["served"]
+    requests, batches = after["requests"] - before["requests"], after["batches"] - before["batches"]
+    assert requests == 640 and batches < requests  # requests that arrived together ran as one batch
+
+
+def test_sigterm_lets_the_request_in_flight_finish(image_bundle):
+    s = Server(image_bundle, "--batch-window-ms", "300")  # the request waits 0.3 s for company: in flight
+
+    async def main() -> httpx.Response:
+        async with httpx.AsyncClient(timeout=60) as session:
+            pending = asyncio.create_task(session.post(s.url + "/predict",
+                                                       files={"files": ("a.png", png_bytes((0, 0, 200)))}))
+            await asyncio.sleep(0.1)
+            s.proc.send_signal(signal.SIGTERM)
+            return await pending
+
+    r = asyncio.run(main())
+    assert r.status_code == 200 and r.json()["predictions"][0]["label"] == "blue"
+    # uvicorn exits as the signal asked (it re-raises SIGTERM once shut down), with no traceback
+    assert s.stop() in (0, -signal.SIGTERM) and "Traceback" not in s.proc.stdout.read()
+
+
+def test_tokens_ports_and_addresses(image_bundle):
+    s = Server(image_bundle, "--token", "s3cret")
+    try:
+        assert httpx.get(s.url + "/health").status_code == 401
+        assert httpx.get(s.url + "/health", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert httpx.get(s.url + "/health", headers={"Authorization": "Bearer s3cret"}).json() == {"status": "ok"}
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+        busy = subprocess.run([sys.executable, "-m", "transferkit", "serve", str(image_bundle), "--port",
+                               str(s.port)], env=env, capture_output=True, text=True, timeout=60)
+        assert busy.returncode == 2 and f"Port {s.port} on 127.0.0.1 is in use" in busy.stderr
+    finally:
+        s.stop()
+    env = {k: v for k, v in os.environ.items() if k != "TRANSFERKIT_TOKEN"}
+    env["PYTHONPATH"] = str(Path(__file__).parents[1])
+    open_to_all = subprocess.run([sys.executable, "-m", "transferkit", "serve", str(image_bundle), "--host",
+                                  "0.0.0.0", "--port", str(free_port())], env=env, capture_output=True, text=True,
+                                 timeout=60)
+    assert open_to_all.returncode == 2 and "needs a bearer token" in open_to_all.stderr
+
+
+def test_a_text_model_takes_json(text_folder, tiny_text_backbone, tmp_path):
+    transferkit.fit(text_folder, backbone=tiny_text_backbone, strategy="linear", out=tmp_path / "run")
+    bundle = tmp_path / "run" / "model"
+    s = Server(bundle, "--max-text-chars", "2000")
+    try:
+        texts = ["the striker scored in the cup final", "shares fell as the bank cut its rate"]
+        r = httpx.post(s.url + "/predict", json={"texts": texts}, timeout=60)
+        expected = transferkit.load(bundle).predict(texts, top_k=3)
+        assert [row["label"] for row in r.json()["predictions"]] == [e["label"] for e in expected]
+        bad = {"malformed JSON": httpx.post(s.url + "/predict", content=b"{texts: [", timeout=30),
+               "no texts": httpx.post(s.url + "/predict", json={"texts": []}, timeout=30),
+               "not strings": httpx.post(s.url + "/predict", json={"texts": [1, 2]}, timeout=30),
+               "too long": httpx.post(s.url + "/predict", json={"texts": ["word " * 1000]}, timeout=30)}
+        for name, r in bad.items():
+            assert r.status_code == 400 and set(r.json()) == {"error"}, name
+        assert "over 2,000" in bad["too long"].json()["error"]
+    finally:
+        s.stop()
+
+
+def test_predict_rows_keep_their_order_across_a_batch():
+    from transferkit.serving.app import Batcher
+
+    calls = []
+
+    def predict(items):
+        calls.append(list(items))
+        if "bad" in items:
+            raise ValueError("bad input")
+        return [{"input": x} for x in items]
+
+    async def main():
+        b = Batcher(predict, max_batch=16, window=0.05)
+        b.start()
+        results = await asyncio.gather(b.submit(["a", "b"]), b.submit(["bad"]), b.submit(["c"]),
+                                       return_exceptions=True)
+        await b.stop()
+        return results
+
+    ok1, err, ok2 = asyncio.run(main())
+    assert ok1 == [{"input": "a"}, {"input": "b"}] and ok2 == [{"input": "c"}] and isinstance(err, ValueError)
+    assert calls[0] == ["a", "b", "bad", "c"]  # one batch first; then each request alone, to find the bad one
+    assert np.array_equal(np.array([len(c) for c in calls]), np.array([4, 2, 1, 1]))

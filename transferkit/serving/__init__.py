@@ -1,0 +1,1 @@
+"""``transferkit serve``: a bundle behind HTTP (:mod:`transferkit.serving.app`, FastAPI on uvicorn)."""

@@ -1,0 +1,405 @@
+"""A bundle behind HTTP: FastAPI on uvicorn, requests that arrive together predicted as one batch.
+
+Endpoints:
+
+- ``POST /predict``: images, recordings or DICOM files as multipart ``files`` (image, medical, audio models and
+  detectors), texts as JSON ``{"texts": [...]}`` (text models); the answer is what ``transferkit predict --json``
+  prints, one object per input, under ``"predictions"``.
+- ``GET /health``: ``{"status": "ok"}`` once the model is loaded; ``GET /metadata``: task, labels, backbone, the test
+  scores and the model card; ``GET /docs``: the OpenAPI page.
+
+Uploaded files are written to a private temporary folder and read by the model's own task, exactly as ``predict``
+reads files (EXIF orientation, DICOM windows, resampling), then deleted. Every bad request is a 4xx JSON
+``{"error": "..."}``: a body over the size limit (413), too many inputs (413), a file type the model does not read
+(415), malformed JSON or an unreadable file, an image over the pixel limit, a recording or text too long (400), a
+missing or wrong bearer token (401).
+
+Why FastAPI + uvicorn rather than LitServe: the batching here is a few lines over an asyncio queue, and FastAPI
+brings the request validation, the OpenAPI page and the multipart parsing that users of the Hugging Face stack
+already know; uvicorn's SIGTERM handling finishes the requests in flight before it exits.
+"""
+
+# no ``from __future__ import annotations`` here: FastAPI reads the endpoints' annotations (Request) as objects
+import asyncio
+import hmac
+import json
+import shutil
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import TransferkitError
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass
+class Limits:
+    """What one request may carry."""
+
+    max_body_mb: float = 10.0
+    max_items: int = 64
+    max_text_chars: int = 100_000
+    max_audio_seconds: float = 600.0
+
+
+class BadRequest(Exception):
+    """A request the server refuses: its HTTP status and one line."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class Batcher:
+    """Requests that arrive together become one call of ``predict``.
+
+    The first request of a batch waits up to ``window`` seconds for others (or until ``max_batch`` inputs are
+    waiting); the batch then runs in one worker thread, so the event loop keeps accepting requests and the model is
+    never run twice at once. When a batch fails on one request's input, each request is run alone, so only the bad
+    one gets the error.
+    """
+
+    def __init__(self, predict: Any, max_batch: int = 32, window: float = 0.005):
+        self.predict, self.max_batch, self.window = predict, max_batch, window
+        self.queue: asyncio.Queue | None = None
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
+        self.task: asyncio.Task | None = None
+        self.requests = self.batches = 0  # served so far (GET /metadata shows them)
+
+    def start(self) -> None:
+        self.queue = asyncio.Queue()
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        self.pool.shutdown(wait=True)
+
+    async def submit(self, items: list[Any]) -> list[dict[str, Any]]:
+        future = asyncio.get_running_loop().create_future()
+        self.requests += 1
+        await self.queue.put((items, future))
+        return await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = [await self.queue.get()]
+            size, deadline = len(jobs[0][0]), loop.time() + self.window
+            while size < self.max_batch:
+                try:
+                    job = await asyncio.wait_for(self.queue.get(), max(0.0, deadline - loop.time()))
+                except asyncio.TimeoutError:
+                    break
+                jobs.append(job)
+                size += len(job[0])
+            self.batches += 1
+            items = [item for job, _ in jobs for item in job]
+            try:
+                rows = await loop.run_in_executor(self.pool, self.predict, items)
+            except Exception:  # noqa: BLE001 - one request's bad input: run each alone to find whose
+                for job_items, future in jobs:
+                    try:
+                        result = await loop.run_in_executor(self.pool, self.predict, job_items)
+                    except Exception as err:  # noqa: BLE001 - handed to that request's handler
+                        _settle(future, error=err)
+                    else:
+                        _settle(future, result=result)
+                continue
+            at = 0
+            for job_items, future in jobs:
+                _settle(future, result=rows[at : at + len(job_items)])
+                at += len(job_items)
+
+
+def _settle(future: asyncio.Future, result: Any = None, error: BaseException | None = None) -> None:
+    if future.done():  # the client went away
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class BodyLimit:
+    """ASGI middleware: refuse a body over ``limit`` bytes with 413, from its Content-Length or, for a chunked body,
+    as soon as the bytes received pass the limit (nothing larger is ever held)."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            return await _json_response(send, 413, self._message())
+        seen = 0
+
+        async def limited() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise BadRequest(413, self._message())
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except BadRequest as err:
+            await _json_response(send, err.status, str(err))
+
+    def _message(self) -> str:
+        return f"The request body is over {self.limit / 2**20:g} MB: send fewer or smaller inputs per request."
+
+
+async def _json_response(send: Any, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def load_served(path: str | Path) -> Any:
+    """The model ``serve`` answers with: a bundle folder, loaded once."""
+    from ..api import load
+
+    path = Path(path)
+    if (path / "export.json").is_file() and not (path / "config.json").is_file():
+        raise TransferkitError(f"{path} is an exported ONNX folder: serve the bundle it came from (its model/ "
+                               "folder); serving exported folders is not available yet.")
+    return load(path)
+
+
+def create_app(model: Any, folder: str | Path, token: str | None = None, limits: Limits | None = None,
+               max_batch: int = 32, window_ms: float = 5.0) -> Any:
+    """The FastAPI app serving ``model`` (loaded from ``folder``)."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+
+    limits = limits or Limits()
+    folder = Path(folder)
+    strings = getattr(getattr(model, "task", None), "inputs", "files") == "strings"
+    suffixes = _suffixes(model)
+    batcher = Batcher(lambda items: _predict(model, items), max_batch=max_batch, window=window_ms / 1000)
+
+    @asynccontextmanager
+    async def lifespan(_app: Any):
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="transferkit", lifespan=lifespan,
+                  description=f"{_task_name(model)} model from {folder}: POST /predict")
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(_request: Request, err: BadRequest) -> JSONResponse:
+        return JSONResponse({"error": str(err)}, status_code=err.status)
+
+    @app.exception_handler(TransferkitError)
+    async def bad_input(_request: Request, err: TransferkitError) -> JSONResponse:
+        return JSONResponse({"error": str(err)}, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, err: RequestValidationError) -> JSONResponse:
+        first = err.errors()[0] if err.errors() else {}
+        return JSONResponse({"error": f"Malformed request: {first.get('msg', 'not what /predict takes')}."},
+                            status_code=400)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, err: Exception) -> JSONResponse:  # a bug: no traceback to the client
+        return JSONResponse({"error": f"Internal error ({type(err).__name__}); the server log has the details."},
+                            status_code=500)
+
+    def authorise(request: Request) -> None:
+        if token is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise BadRequest(401, "Missing or wrong bearer token: send 'Authorization: Bearer <token>'.")
+
+    @app.get("/health")
+    async def health(request: Request) -> dict[str, str]:
+        authorise(request)
+        return {"status": "ok"}
+
+    @app.get("/metadata")
+    async def metadata(request: Request) -> dict[str, Any]:
+        authorise(request)
+        card = folder / "model_card.md"
+        meta = getattr(model, "meta", {}) or {}
+        return {"task": _task_name(model), "labels": list(getattr(model, "classes", [])),
+                "backbone": meta.get("backbone"), "metrics": (meta.get("metrics") or {}).get("test"),
+                "inputs": "JSON {\"texts\": [...]}" if strings else f"multipart files ({', '.join(sorted(suffixes))})",
+                "limits": limits.__dict__, "served": {"requests": batcher.requests, "batches": batcher.batches},
+                "model_card": card.read_text() if card.is_file() else None}
+
+    @app.post("/predict")
+    async def predict(request: Request) -> dict[str, Any]:
+        authorise(request)
+        t = time.perf_counter()
+        if strings:
+            items = await _texts(request, limits)
+            rows = await batcher.submit(items)
+        else:
+            with tempfile.TemporaryDirectory(dir=_uploads_root()) as tmp:
+                paths = await _files(request, Path(tmp), suffixes, limits, model)
+                names = {str(p): p.name.split("-", 1)[1] for p in paths}  # the upload's own name, not ours
+                try:
+                    rows = await batcher.submit(paths)
+                except TransferkitError as err:
+                    message = str(err)
+                    for path, name in names.items():
+                        message = message.replace(path, name)
+                    raise BadRequest(400, message.replace(tmp, "<upload>")) from None
+                rows = [{**r, "input": names.get(str(r.get("input")), r.get("input"))} for r in rows]
+        return {"predictions": rows, "seconds": round(time.perf_counter() - t, 4)}
+
+    app.state.batcher = batcher
+    return app
+
+
+def _uploads_root() -> Path:
+    root = Path(tempfile.gettempdir()) / "transferkit-uploads"
+    root.mkdir(mode=0o700, exist_ok=True)
+    return root
+
+
+def _task_name(model: Any) -> str:
+    task = getattr(model, "task", None)
+    return getattr(task, "bundle_task", None) or "object-detection"
+
+
+def _suffixes(model: Any) -> set[str]:
+    from ..data.audio import AUDIO_SUFFIXES
+    from ..data.medical import DICOM_SUFFIXES
+    from ..data.sources import IMAGE_SUFFIXES
+
+    modality = getattr(model, "modality", "image")
+    if modality == "audio":
+        return set(AUDIO_SUFFIXES)
+    return set(IMAGE_SUFFIXES) | (set(DICOM_SUFFIXES) | {".nii", ".gz"} if modality == "medical" else set())
+
+
+def _predict(model: Any, items: list[Any]) -> list[dict[str, Any]]:
+    if getattr(model, "task", None) is None or not hasattr(model, "classes"):  # a detector
+        return model.predict(items)
+    return model.predict(items, top_k=len(model.classes))
+
+
+async def _texts(request: Any, limits: Limits) -> list[str]:
+    try:
+        body = json.loads(await request.body() or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRequest(400, 'Malformed JSON: send {"texts": ["first text", ...]}.') from None
+    texts = body.get("texts") if isinstance(body, dict) else None
+    if isinstance(body, dict) and isinstance(body.get("text"), str):
+        texts = [body["text"]]
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+        raise BadRequest(400, 'Send {"texts": [...]} with one or more non-empty strings.')
+    if len(texts) > limits.max_items:
+        raise BadRequest(413, f"{len(texts)} texts in one request, over {limits.max_items}: split the request.")
+    long = [i for i, t in enumerate(texts) if len(t) > limits.max_text_chars]
+    if long:
+        raise BadRequest(400, f"Text #{long[0]} has {len(texts[long[0]]):,} characters, over "
+                              f"{limits.max_text_chars:,}: send shorter texts.")
+    return texts
+
+
+async def _files(request: Any, folder: Path, suffixes: set[str], limits: Limits, model: Any) -> list[Path]:
+    """The uploaded files, written into ``folder`` under their own names (after a number, so two uploads of one
+    name stay apart), checked for count, type and (audio) duration."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise BadRequest(415 if request.headers.get("content-type") else 400,
+                         "Send the files as multipart/form-data, field name 'files'.")
+    try:
+        form = await request.form(max_files=limits.max_items + 1, max_fields=limits.max_items + 8)
+    except Exception as err:  # noqa: BLE001 - starlette's multipart errors: one line
+        raise BadRequest(400 if "Too many" not in str(err) else 413,
+                         f"Unreadable multipart body ({str(err) or type(err).__name__}).") from None
+    uploads = [f for f in form.getlist("files") if hasattr(f, "filename")]
+    if not uploads:
+        raise BadRequest(400, "No files: send them as multipart/form-data in the field 'files'.")
+    if len(uploads) > limits.max_items:
+        raise BadRequest(413, f"{len(uploads)} files in one request, over {limits.max_items}: split the request.")
+    paths = []
+    for i, up in enumerate(uploads):
+        name = Path(up.filename or f"upload{i}").name or f"upload{i}"
+        suffix = ".nii.gz" if name.lower().endswith(".nii.gz") else Path(name).suffix.lower()
+        if suffix not in suffixes and not (suffix == ".nii.gz" and ".gz" in suffixes):
+            raise BadRequest(415, f"{name}: this model reads {', '.join(sorted(suffixes))} files, not "
+                                  f"{suffix or 'files without a suffix'}.")
+        path = folder / f"{i:04d}-{name}"
+        with path.open("wb") as out:
+            shutil.copyfileobj(up.file, out)
+        paths.append(path)
+    if getattr(model, "modality", None) == "audio":
+        import soundfile as sf
+
+        for p in paths:
+            try:
+                seconds = sf.info(str(p)).duration
+            except Exception:  # noqa: BLE001 - the model's reader names the problem below
+                continue
+            if seconds > limits.max_audio_seconds:
+                raise BadRequest(400, f"{p.name.split('-', 1)[1]} lasts {seconds:.0f} s, over "
+                                      f"{limits.max_audio_seconds:g} s: send shorter recordings.")
+    return paths
+
+
+def port_free(host: str, port: int) -> bool:
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host in LOOPBACK:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
+          limits: Limits | None = None, max_batch: int = 32, window_ms: float = 5.0) -> None:
+    """Load the bundle at ``path`` once and serve it until SIGTERM/Ctrl-C (requests in flight finish first).
+
+    Raises:
+        TransferkitError: a non-loopback address without a token, a port in use, an unusable bundle.
+    """
+    import uvicorn
+
+    from ..console import info
+
+    if not is_loopback(host) and not token:
+        raise TransferkitError(f"Serving on {host} (reachable from other machines) needs a bearer token: pass "
+                               "--token or set TRANSFERKIT_TOKEN.")
+    if not 1 <= port <= 65535:
+        raise TransferkitError(f"--port {port} is not a TCP port: give 1-65535.")
+    if not port_free(host, port):
+        raise TransferkitError(f"Port {port} on {host} is in use: stop what listens there, or pick another --port.")
+    model = load_served(path)
+    limits = limits or Limits()
+    app = BodyLimit(create_app(model, path, token, limits, max_batch, window_ms), int(limits.max_body_mb * 2**20))
+    info(f"serving {path} on http://{host}:{port} (POST /predict, GET /health, /metadata, /docs)"
+         + ("" if token else "; no token: loopback only"))
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
