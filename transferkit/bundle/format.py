@@ -220,7 +220,7 @@ COMMON = (
     Rule("backbone", *mapping(("name", "source", "arch", "weights", "extra"))),
     Rule("backbone.name", *text()),
     Rule("backbone.source", *text()),
-    Rule("backbone.arch", *text()),
+    Rule("backbone.arch", *text(empty=True)),  # "" where the source names the model alone (the text package)
     Rule("backbone.weights", *text(empty=True), optional=True),
     Rule("backbone.extra", *mapping(), optional=True),
     Rule("preprocess", *mapping()),

@@ -197,8 +197,9 @@ def create_app(model: Any, folder: str | Path, token: str | None = None, limits:
         yield
         await batcher.stop()
 
-    app = FastAPI(title="transferkit", lifespan=lifespan,
-                  description=f"{_task_name(model)} model from {folder}: POST /predict")
+    hidden = {"docs_url": None, "redoc_url": None, "openapi_url": None} if token else {}
+    app = FastAPI(title="transferkit", lifespan=lifespan, description=f"A {_task_name(model)} model: POST /predict",
+                  **hidden)  # with a token, no page answers without it
 
     @app.exception_handler(BadRequest)
     async def bad_request(_request: Request, err: BadRequest) -> JSONResponse:
@@ -250,11 +251,11 @@ def create_app(model: Any, folder: str | Path, token: str | None = None, limits:
             items = await _texts(request, limits)
             rows = await batcher.submit(items)
         else:
-            with tempfile.TemporaryDirectory(dir=_uploads_root()) as tmp:
-                paths = await _files(request, Path(tmp), suffixes, limits, model)
-                names = {str(p): p.name.split("-", 1)[1] for p in paths}  # the upload's own name, not ours
+            with tempfile.TemporaryDirectory(prefix="transferkit-upload-") as tmp:
+                uploads = await _files(request, Path(tmp), suffixes, limits, model)
+                names = {str(p): name for p, name in uploads}  # the upload's own name, not ours
                 try:
-                    rows = await batcher.submit(paths)
+                    rows = await batcher.submit([p for p, _ in uploads])
                 except TransferkitError as err:
                     message = str(err)
                     for path, name in names.items():
@@ -265,12 +266,6 @@ def create_app(model: Any, folder: str | Path, token: str | None = None, limits:
 
     app.state.batcher = batcher
     return app
-
-
-def _uploads_root() -> Path:
-    root = Path(tempfile.gettempdir()) / "transferkit-uploads"
-    root.mkdir(mode=0o700, exist_ok=True)
-    return root
 
 
 def _task_name(model: Any) -> str:
@@ -298,7 +293,7 @@ def _predict(model: Any, items: list[Any]) -> list[dict[str, Any]]:
 async def _texts(request: Any, limits: Limits) -> list[str]:
     try:
         body = json.loads(await request.body() or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested deeper than Python's stack
         raise BadRequest(400, 'Malformed JSON: send {"texts": ["first text", ...]}.') from None
     texts = body.get("texts") if isinstance(body, dict) else None
     if isinstance(body, dict) and isinstance(body.get("text"), str):
@@ -314,14 +309,17 @@ async def _texts(request: Any, limits: Limits) -> list[str]:
     return texts
 
 
-async def _files(request: Any, folder: Path, suffixes: set[str], limits: Limits, model: Any) -> list[Path]:
-    """The uploaded files, written into ``folder`` under their own names (after a number, so two uploads of one
-    name stay apart), checked for count, type and (audio) duration."""
+async def _files(request: Any, folder: Path, suffixes: set[str], limits: Limits, model: Any
+                 ) -> list[tuple[Path, str]]:
+    """The uploaded files, written into ``folder`` as ``NNNN.suffix`` (the client's name can be anything: too long,
+    a NUL, a path), each with the name the client gave it; checked for count, type and (audio) duration."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise BadRequest(415 if request.headers.get("content-type") else 400,
                          "Send the files as multipart/form-data, field name 'files'.")
     try:
         form = await request.form(max_files=limits.max_items + 1, max_fields=limits.max_items + 8)
+    except BadRequest:  # the body limit, reached while parsing
+        raise
     except Exception as err:  # noqa: BLE001 - starlette's multipart errors: one line
         raise BadRequest(400 if "Too many" not in str(err) else 413,
                          f"Unreadable multipart body ({str(err) or type(err).__name__}).") from None
@@ -332,26 +330,27 @@ async def _files(request: Any, folder: Path, suffixes: set[str], limits: Limits,
         raise BadRequest(413, f"{len(uploads)} files in one request, over {limits.max_items}: split the request.")
     paths = []
     for i, up in enumerate(uploads):
-        name = Path(up.filename or f"upload{i}").name or f"upload{i}"
-        suffix = ".nii.gz" if name.lower().endswith(".nii.gz") else Path(name).suffix.lower()
+        full = (up.filename or "").replace("\\", "/").rsplit("/", 1)[-1] or f"upload{i}"
+        name = full[:200]  # as the answer names it
+        suffix = ".nii.gz" if full.lower().endswith(".nii.gz") else Path(full.replace("\0", "")).suffix.lower()
         if suffix not in suffixes and not (suffix == ".nii.gz" and ".gz" in suffixes):
-            raise BadRequest(415, f"{name}: this model reads {', '.join(sorted(suffixes))} files, not "
+            raise BadRequest(415, f"{name!r}: this model reads {', '.join(sorted(suffixes))} files, not "
                                   f"{suffix or 'files without a suffix'}.")
-        path = folder / f"{i:04d}-{name}"
+        path = folder / f"{i:04d}{suffix}"  # our name on disk; the client's only in the answer
         with path.open("wb") as out:
             shutil.copyfileobj(up.file, out)
-        paths.append(path)
+        paths.append((path, name))
     if getattr(model, "modality", None) == "audio":
         import soundfile as sf
 
-        for p in paths:
+        for p, name in paths:
             try:
                 seconds = sf.info(str(p)).duration
             except Exception:  # noqa: BLE001 - the model's reader names the problem below
                 continue
             if seconds > limits.max_audio_seconds:
-                raise BadRequest(400, f"{p.name.split('-', 1)[1]} lasts {seconds:.0f} s, over "
-                                      f"{limits.max_audio_seconds:g} s: send shorter recordings.")
+                raise BadRequest(400, f"{name} lasts {seconds:.0f} s, over {limits.max_audio_seconds:g} s: send "
+                                      "shorter recordings.")
     return paths
 
 

@@ -202,9 +202,9 @@ class ImageTask(ClassificationTask):
                    "input_size / crop_pct and centre-crop input_size (resize 'pad': pad to a square with black "
                    "and resize), resampling with interpolation from the source in one step; uint8, channels "
                    "first")
-        if pre.window != "auto" or pre.slices != "2d":
-            outside += (f"; DICOM/NIfTI/16-bit inputs: window {pre.window!r}, slices {pre.slices!r} "
-                        "(transferkit.data.medical), which the reference script does not do")
+        outside += (f"; DICOM, NIfTI and 16-bit PNG/TIFF inputs first become 8-bit through window {pre.window!r} "
+                    f"(volumes: slices {pre.slices!r}; transferkit.data.medical), which the reference script does "
+                    "not do")
         return ExportSpec(
             prepare=PixelInput(pre.mean, pre.std),
             inputs={"pixels": torch.randint(0, 256, (2, 3, h, w), dtype=torch.uint8)},

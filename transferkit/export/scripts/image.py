@@ -22,7 +22,7 @@ def pixels(path, pre):
     as (3, H, W) uint8. Scaling and mean/std are in the graph."""
     img = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
     h, w = pre["input_size"]
-    resample = FILTERS[pre["interpolation"]]
+    resample = FILTERS.get(pre["interpolation"], Image.Resampling.BICUBIC)
     iw, ih = img.size
     if pre["resize"] == "pad":
         side = max(iw, ih)
