@@ -242,3 +242,25 @@ def test_a_window_table_is_checked():
         Waves(torch.zeros(10, dtype=torch.float16), [0], [9], 8)
     w = Waves(torch.arange(10, dtype=torch.float16), [0, 4, 8], [8, 6, 2], 8)
     assert w[2].tolist() == [8, 9, 0, 0, 0, 0, 0, 0] and w[np.array([True, False, True])].shape == (2, 8)
+
+
+@pytest.mark.parametrize("when", ["writing", "committing"])
+def test_a_full_disk_keeps_the_recordings_in_memory(recordings, cache, monkeypatch, when):
+    real, calls, warnings = pixelstore.RowWriter.write, [0], []
+
+    def write(self, i, row):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise OSError(28, "No space left on device")
+        real(self, i, row)
+
+    def commit(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pixelstore.RowWriter, *(("write", write) if when == "writing" else ("commit", commit)))
+    monkeypatch.setattr(audio_mod, "warn", warnings.append)
+    clips = read_clips(recordings, PRE, store="disk")
+    assert isinstance(clips.source, torch.Tensor) and entries(cache) == [] and "No space left" in warnings[0]
+    assert list((cache / "audio").glob(".*.tmp")) == []
+    mem = read_clips(recordings, PRE, cache=False)
+    assert torch.equal(window_clips(clips, None, 8000).waves[:], window_clips(mem, None, 8000).waves[:])

@@ -409,8 +409,7 @@ def read_clips(items: list[Any], pre: Any, *, skip_bad: bool = False, array_rate
                         warn(f"audio cache: cannot write in {folder} ({err.strerror or err}): the recordings stay "
                              "in memory")
                         if at:
-                            parts.append(pixelstore.open_rows(writer.tmp, {"row_shape": [BLOCK], "dtype": "float16"},
-                                                              range(at))[:].reshape(-1).numpy())
+                            parts.append(writer.read_back(range(at)).reshape(-1).numpy())
                         at *= BLOCK
                         writer.abort()
                         writer = None
@@ -433,8 +432,7 @@ def read_clips(items: list[Any], pre: Any, *, skip_bad: bool = False, array_rate
                 source = pixelstore.open_rows(path, {"row_shape": [BLOCK], "dtype": "float16"}, range(at))
             except OSError as err:
                 warn(f"audio cache: could not write {path} ({err.strerror or err}): the recordings are not cached")
-                source = pixelstore.open_rows(writer.tmp, {"row_shape": [BLOCK], "dtype": "float16"},
-                                              range(at))[:].reshape(-1)
+                source = writer.read_back(range(at)).reshape(-1)
                 writer.abort()
             writer = None
     except BaseException:

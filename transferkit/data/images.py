@@ -439,7 +439,7 @@ def decode(
                         warn(f"pixel cache: cannot write in {folder} ({err.strerror or err}): the decoded images "
                              "stay in memory")
                         if pixels is None:
-                            pixels = open_rows(writer.tmp, {"row_shape": row_shape, "dtype": "uint8"}, range(n))[:]
+                            pixels = writer.read_back(range(n))
                         writer.abort()
                         writer = None
         kept = np.flatnonzero(keep).tolist()
@@ -452,7 +452,7 @@ def decode(
             except OSError as err:
                 warn(f"pixel cache: could not write {path} ({err.strerror or err}): the images are not cached")
                 if pixels is None:
-                    pixels = open_rows(writer.tmp, {"row_shape": row_shape, "dtype": "uint8"}, range(n))[:]
+                    pixels = writer.read_back(range(n))
                 writer.abort()
                 writer = None
     except BaseException:

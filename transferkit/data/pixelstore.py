@@ -134,6 +134,11 @@ class RowWriter:
             pass
         return self.path
 
+    def read_back(self, rows: Any) -> torch.Tensor:
+        """Rows ``rows`` as written so far, read from the temp file (before :meth:`abort`): what a write that failed
+        midway keeps in memory."""
+        return PixelFile(self.tmp, self.row_shape, self.dtype, rows)[:]
+
     def abort(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
