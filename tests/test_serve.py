@@ -40,7 +40,7 @@ class Server:
         self.proc = subprocess.Popen([sys.executable, "-m", "transferkit", "serve", str(bundle), "--port",
                                       str(self.port), *args], env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"serve exited: {self.proc.stdout.read()}")
@@ -49,7 +49,8 @@ class Server:
                     return
             except httpx.TransportError:
                 time.sleep(0.2)
-        raise AssertionError("serve did not answer within 60 s")
+        self.proc.kill()  # no server left behind by a failed start
+        raise AssertionError("serve did not answer within 120 s")
 
     @staticmethod
     def auth(args: tuple[str, ...]) -> dict[str, str]:
