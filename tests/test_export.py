@@ -94,10 +94,25 @@ def test_export_refuses_in_one_line_and_writes_nothing(image_model, tmp_path, co
     image_model.meta["test_files"] = [str(tmp_path / "gone.png")]
     with pytest.raises(TransferkitError, match="records no test files that still exist"):
         image_model.export(out)
+    bundle = tmp_path / "run" / "model"
+    with pytest.raises(TransferkitError, match="is inside the bundle"):
+        image_model.export(bundle / "onnx")  # predict.py there would make the bundle refuse to load
+    assert not (bundle / "onnx").exists()
+    with pytest.raises(TransferkitError, match="--max-drop and --calibration are for --quantize int8"):
+        image_model.export(out, max_drop=0.05)
     meta = image_model.export(out, check=str(colour_splits / "test"))  # a labelled folder
     assert meta["parity"]["inputs"] == 12
     again = image_model.export(out, check=sorted((colour_splits / "test").rglob("*.png"))[:2])  # replaces an export
     assert again["parity"]["inputs"] == 2
+    (out / "NOTES.md").write_text("mine")
+    with pytest.raises(TransferkitError, match="holds NOTES.md, which export did not write"):
+        image_model.export(out)
+    assert (out / "NOTES.md").read_text() == "mine"
+    # the reference script reports an unreadable image and goes on with the others
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    good = sorted((colour_splits / "test").rglob("*.png"))[0]
+    rows = run_script(out / "predict.py", str(out), str(tmp_path / "broken.png"), str(good))
+    assert "error" in rows[0] and rows[1]["label"] == good.parent.name
 
 
 def test_medical_export_keeps_calibration_and_threshold(tmp_path, tiny_backbone):

@@ -209,6 +209,12 @@ def test_tokens_ports_and_addresses(image_bundle):
                                   "0.0.0.0", "--port", str(free_port())], env=env, capture_output=True, text=True,
                                  timeout=60)
     assert open_to_all.returncode == 2 and "needs a bearer token" in open_to_all.stderr
+    for args, words in ((["--host", "192.0.2.1", "--token", "t"], "is not an address of this machine"),
+                        (["--token", " "], "--token is blank"), (["--batch-window-ms", "inf"], "--batch-window-ms"),
+                        (["--max-body-mb", "nan"], "--max-body-mb")):
+        done = subprocess.run([sys.executable, "-m", "transferkit", "serve", str(image_bundle), "--port",
+                               str(free_port()), *args], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr, args
 
 
 def test_a_text_model_takes_json(text_folder, tiny_text_backbone, tmp_path):
@@ -224,10 +230,17 @@ def test_a_text_model_takes_json(text_folder, tiny_text_backbone, tmp_path):
                "no texts": httpx.post(s.url + "/predict", json={"texts": []}, timeout=30),
                "not strings": httpx.post(s.url + "/predict", json={"texts": [1, 2]}, timeout=30),
                "too long": httpx.post(s.url + "/predict", json={"texts": ["word " * 1000]}, timeout=30),
-               "nested too deep": httpx.post(s.url + "/predict", content=b"[" * 200_000, timeout=30)}
+               "nested too deep": httpx.post(s.url + "/predict", content=b"[" * 200_000, timeout=30),
+               "a lone surrogate": httpx.post(s.url + "/predict", content=b'{"texts": ["\\ud800 abc"]}',
+                                              headers={"content-type": "application/json"}, timeout=30),
+               "a blank text": httpx.post(s.url + "/predict", json={"texts": ["ok", "  "]}, timeout=30)}
         for name, r in bad.items():
             assert r.status_code == 400 and set(r.json()) == {"error"}, name
         assert "over 2,000" in bad["too long"].json()["error"]
+        assert "Text #1 is empty" in bad["a blank text"].json()["error"]
+        assert "Input #0 is not valid text" in bad["a lone surrogate"].json()["error"]
+        r = httpx.post(s.url + "/predict", files={"files": ("a.txt", b"hello")}, timeout=30)
+        assert r.status_code == 415 and "takes JSON" in r.json()["error"]
     finally:
         s.stop()
 

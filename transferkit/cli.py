@@ -643,13 +643,16 @@ def serve(
     /metadata, /docs. Requests arriving together are predicted as one batch; SIGTERM lets those in flight finish."""
     from .serving.app import Limits, serve as run_server
 
+    from .errors import check_number
+
     try:
         for name, value in (("--max-batch", max_batch), ("--max-items", max_items), ("--max-text-chars",
                                                                                    max_text_chars)):
             if value < 1:
                 raise TransferkitError(f"{name} is {value}: give 1 or more.")
-        if batch_window_ms < 0 or max_body_mb <= 0 or max_audio_seconds <= 0:
-            raise TransferkitError("--batch-window-ms must be 0 or more; --max-body-mb and --max-audio-seconds over 0.")
+        check_number("--batch-window-ms", batch_window_ms, low=0, high=10_000, example="5")
+        check_number("--max-body-mb", max_body_mb, low=0.001, high=10_000, example="10")
+        check_number("--max-audio-seconds", max_audio_seconds, low=0.1, high=86_400, example="600")
         run_server(model_dir, host=host, port=port, token=token, max_batch=max_batch, window_ms=batch_window_ms,
                    limits=Limits(max_body_mb=max_body_mb, max_items=max_items, max_text_chars=max_text_chars,
                                  max_audio_seconds=max_audio_seconds))

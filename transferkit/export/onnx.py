@@ -20,6 +20,7 @@ What differs between kinds of data (the graph's inputs, the steps outside it) is
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,16 +117,15 @@ def export_model(model: Any, out: str | Path, *, format: str = "onnx", check: An
         raise TransferkitError(f"Unknown quantization {quantize!r}: transferkit quantizes to {', '.join(QUANTIZE)}.")
     if not 0 <= max_drop <= 1:
         raise TransferkitError(f"max_drop is {max_drop}: give a score difference between 0 and 1, e.g. 0.01.")
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "export.json").is_file())):
-        raise TransferkitError(f"{out} exists and is not an exported model (no export.json): give a new or empty "
-                               "folder with --out; nothing there is replaced.")
+    if not quantize and (max_drop != MAX_DROP or calibration is not None):
+        raise TransferkitError("--max-drop and --calibration are for --quantize int8: add it, or leave them out.")
+    out = check_out(Path(out))
     onnx, ort = _runtime()
     spec = model.task.export_spec(model)
     data, source, targets = _check_data(model, check, skip_bad)
     if quantize and targets is None:
         raise TransferkitError("--quantize int8 compares the INT8 model's score with fp32's, which needs labelled "
-                               "inputs: --check a labelled folder (or keep the bundle's recorded test files).")
+                               "inputs: --check a labelled folder or table.")
     clinical = model.clinical or {}
     graph = ProbabilityGraph(model.classifier, spec.prepare, model.multi_label, clinical.get("class_weights"),
                              float(clinical.get("temperature", 1.0))).eval()
@@ -322,6 +322,39 @@ def _runtime() -> tuple[Any, Any]:
 LABELLED_TABLES = {".csv", ".tsv", ".jsonl", ".json"}
 
 
+OURS = {"model.onnx", "model.fp32.onnx", "labels.json", "preprocessing.json", "predict.py", "export.json",
+        "tokenizer.json"}
+
+
+def check_out(out: Path) -> Path:
+    """``out`` if an export may be written there, checked before any work: a new folder that can be made, an empty
+    one, or an earlier export holding only what export writes (a re-export replaces it whole); never a folder inside
+    a bundle (code there would make the bundle refuse to load), a link or a file."""
+    if out.is_symlink():
+        raise TransferkitError(f"--out {out} is a symbolic link: give the folder itself.")
+    for folder in (out, *out.parents):
+        if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+            raise TransferkitError(f"--out {out} is inside the bundle {folder}: export next to it, not into it.")
+    if out.exists():
+        if not out.is_dir():
+            raise TransferkitError(f"--out {out} is a file: give a folder.")
+        names = {p.name for p in out.iterdir()}
+        if names and "export.json" not in names:
+            raise TransferkitError(f"{out} exists and is not an exported model (no export.json): give a new or "
+                                   "empty folder with --out; nothing there is replaced.")
+        if names - OURS:
+            raise TransferkitError(f"{out} holds {sorted(names - OURS)[0]}, which export did not write: a re-export "
+                                   "replaces the folder whole, so move it out first or give another --out.")
+    else:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise TransferkitError(f"--out {out}: its folder cannot be made ({err.strerror or err}).") from None
+    if not os.access(out.parent, os.W_OK):
+        raise TransferkitError(f"--out {out}: {out.parent} is not writable.")
+    return out
+
+
 def is_labelled(source: Any) -> bool:
     """A labelled source (class folders, or a table with labels), as ``evaluate`` reads it, rather than inputs."""
     return isinstance(source, (str, Path)) and (Path(source).is_dir() or Path(source).suffix.lower() in LABELLED_TABLES)
@@ -330,17 +363,24 @@ def is_labelled(source: Any) -> bool:
 def _check_data(model: Any, check: Any, skip_bad: bool) -> tuple[Any, str, np.ndarray | None]:
     """The data the parity is measured on, encoded as ``predict`` encodes, where it came from, and its labels (class
     indices) when known: a labelled folder, or the bundle's test files with the labels it recorded."""
+    from ..console import warn
+
     labels: list[str] | None = None
     if check is None:
+        if getattr(model.task, "inputs", "files") == "strings":
+            raise TransferkitError("A text bundle keeps no test texts: give texts to check the export with (--check "
+                                   "a file with one text per line, or labelled texts: a folder, CSV/TSV/JSONL).")
         recorded = model.meta.get("test_files") or []
-        files = [f for f in recorded if Path(f).is_file()]
-        if not files:
-            what = "texts" if getattr(model.task, "inputs", "files") == "strings" else "inputs"
-            raise TransferkitError(f"This bundle records no test files that still exist: give {what} to check the "
+        present = [i for i, f in enumerate(recorded) if Path(f).is_file()]
+        if not present:
+            raise TransferkitError("This bundle records no test files that still exist: give inputs to check the "
                                    "export with (--check).")
-        if len(files) == len(recorded) and model.meta.get("test_labels"):
-            labels = list(model.meta["test_labels"])
-        check, source = files, f"the bundle's test split ({len(files)} files)"
+        if len(present) < len(recorded):
+            warn(f"{len(recorded) - len(present)} of the bundle's {len(recorded)} test files are gone: checking on "
+                 f"the {len(present)} left")
+        if model.meta.get("test_labels"):
+            labels = [model.meta["test_labels"][i] for i in present]
+        check, source = [recorded[i] for i in present], f"the bundle's test split ({len(present)} files)"
     else:
         source = str(check) if not isinstance(check, (list, tuple)) else f"{len(check)} given input(s)"
     if is_labelled(check):
@@ -353,7 +393,7 @@ def _check_data(model: Any, check: Any, skip_bad: bool) -> tuple[Any, str, np.nd
         if labels is not None:  # the recorded files are read as files: ``kept`` holds their positions
             targets = np.array([model.classes.index(labels[i]) for i in data.kept])
     if len(data) == 0:
-        raise TransferkitError(f"No inputs to check the export with in {source}.")
+        raise TransferkitError(f"No inputs to check the export with ({source}): give at least one.")
     return data, source, targets
 
 

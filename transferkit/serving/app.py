@@ -223,8 +223,8 @@ def create_app(model: Any, folder: str | Path, token: str | None = None, limits:
     def authorise(request: Request) -> None:
         if token is None:
             return
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
             raise BadRequest(401, "Missing or wrong bearer token: send 'Authorization: Bearer <token>'.")
 
     @app.get("/health")
@@ -291,6 +291,9 @@ def _predict(model: Any, items: list[Any]) -> list[dict[str, Any]]:
 
 
 async def _texts(request: Any, limits: Limits) -> list[str]:
+    kind = request.headers.get("content-type", "")
+    if kind and not kind.startswith("application/json"):
+        raise BadRequest(415, f'A text model takes JSON {{"texts": [...]}}, not {kind.split(";")[0]}.')
     try:
         body = json.loads(await request.body() or b"null")
     except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested deeper than Python's stack
@@ -298,8 +301,12 @@ async def _texts(request: Any, limits: Limits) -> list[str]:
     texts = body.get("texts") if isinstance(body, dict) else None
     if isinstance(body, dict) and isinstance(body.get("text"), str):
         texts = [body["text"]]
-    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+    if not isinstance(texts, list) or not texts:
         raise BadRequest(400, 'Send {"texts": [...]} with one or more non-empty strings.')
+    blank = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+    if blank:
+        raise BadRequest(400, f"Text #{blank[0]} is {'empty' if isinstance(texts[blank[0]], str) else 'not a string'}"
+                              ': send non-empty strings in "texts".')
     if len(texts) > limits.max_items:
         raise BadRequest(413, f"{len(texts)} texts in one request, over {limits.max_items}: split the request.")
     long = [i for i, t in enumerate(texts) if len(t) > limits.max_text_chars]
@@ -321,18 +328,22 @@ async def _files(request: Any, folder: Path, suffixes: set[str], limits: Limits,
     except BadRequest:  # the body limit, reached while parsing
         raise
     except Exception as err:  # noqa: BLE001 - starlette's multipart errors: one line
-        raise BadRequest(400 if "Too many" not in str(err) else 413,
-                         f"Unreadable multipart body ({str(err) or type(err).__name__}).") from None
+        if "Too many files" in str(err):
+            raise BadRequest(413, f"Over {limits.max_items} files in one request: split the request.") from None
+        raise BadRequest(400, f"Unreadable multipart body ({str(err) or type(err).__name__}).") from None
     uploads = [f for f in form.getlist("files") if hasattr(f, "filename")]
     if not uploads:
-        raise BadRequest(400, "No files: send them as multipart/form-data in the field 'files'.")
+        plain = [v for v in form.getlist("files") if isinstance(v, str)]
+        raise BadRequest(400, "No files: send them as multipart/form-data in the field 'files'"
+                              + (", each with a filename (curl -F files=@photo.jpg)." if plain else "."))
     if len(uploads) > limits.max_items:
         raise BadRequest(413, f"{len(uploads)} files in one request, over {limits.max_items}: split the request.")
     paths = []
     for i, up in enumerate(uploads):
         full = (up.filename or "").replace("\\", "/").rsplit("/", 1)[-1] or f"upload{i}"
         name = full[:200]  # as the answer names it
-        suffix = ".nii.gz" if full.lower().endswith(".nii.gz") else Path(full.replace("\0", "")).suffix.lower()
+        plain = full.replace("\0", "").lower()
+        suffix = ".nii.gz" if plain.endswith(".nii.gz") else ("." + plain.rsplit(".", 1)[1] if "." in plain else "")
         if suffix not in suffixes and not (suffix == ".nii.gz" and ".gz" in suffixes):
             raise BadRequest(415, f"{name!r}: this model reads {', '.join(sorted(suffixes))} files, not "
                                   f"{suffix or 'files without a suffix'}.")
@@ -354,17 +365,29 @@ async def _files(request: Any, folder: Path, suffixes: set[str], limits: Limits,
     return paths
 
 
-def port_free(host: str, port: int) -> bool:
+def bind_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (one line), or None."""
+    import errno
     import socket
 
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return f"--host {host} is not an address or a name this machine resolves."
+    family, _, _, _, address = infos[0]
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
+            s.bind(address)
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                return f"Port {port} on {host} is in use: stop what listens there, or pick another --port."
+            if err.errno == errno.EADDRNOTAVAIL:
+                return f"--host {host} is not an address of this machine: give one of its own (or 0.0.0.0)."
+            if err.errno == errno.EACCES:
+                return f"Port {port} needs privileges here: pick one from 1024 up."
+            return f"Cannot listen on {host}:{port} ({err.strerror or err})."
+    return None
 
 
 def is_loopback(host: str) -> bool:
@@ -389,16 +412,22 @@ def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, token: st
 
     from ..console import info
 
+    import os
+
+    if token is not None and not token.strip():
+        raise TransferkitError("--token is blank: give a secret no client could guess (or leave it out on loopback).")
     if not is_loopback(host) and not token:
         raise TransferkitError(f"Serving on {host} (reachable from other machines) needs a bearer token: pass "
                                "--token or set TRANSFERKIT_TOKEN.")
     if not 1 <= port <= 65535:
         raise TransferkitError(f"--port {port} is not a TCP port: give 1-65535.")
-    if not port_free(host, port):
-        raise TransferkitError(f"Port {port} on {host} is in use: stop what listens there, or pick another --port.")
+    problem = bind_problem(host, port)
+    if problem:
+        raise TransferkitError(problem)
+    os.environ.setdefault("TRANSFERKIT_QUIET", "1")  # no progress bars per request in the server's log
     model = load_served(path)
     limits = limits or Limits()
     app = BodyLimit(create_app(model, path, token, limits, max_batch, window_ms), int(limits.max_body_mb * 2**20))
-    info(f"serving {path} on http://{host}:{port} (POST /predict, GET /health, /metadata, /docs)"
-         + ("" if token else "; no token: loopback only"))
+    info(f"serving {path} on http://{host}:{port} (POST /predict, GET /health, /metadata"
+         + (", /docs); no token: loopback only" if not token else "; every request needs the bearer token)"))
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)

@@ -57,9 +57,9 @@ class ClassificationTask(Task):
         out: dict[str, Any] = {}
         for part, limit in (("test", 5000), ("train", 64)):
             split, enc = getattr(prepared.splits, part, None), prepared.encoded.get(part)
-            if split is None or enc is None:
-                continue
-            kept = list(enc.kept or range(len(split.items)))
+            if split is None or enc is None or not isinstance(getattr(split, "items", None), list):
+                continue  # a task of one's own may keep its examples otherwise
+            kept = list(getattr(enc, "kept", None) or range(len(split.items)))
             if part == "train":
                 kept = [kept[i] for i in np.unique(np.linspace(0, len(kept) - 1, min(limit, len(kept))).astype(int))]
             elif len(kept) > limit:
@@ -69,8 +69,8 @@ class ClassificationTask(Task):
                 continue
             files = [str(Path(p).resolve()) for p in items]
             if part == "test":
-                labels = [split.labels[i] for i in kept]
-                if all(isinstance(y, str) for y in labels):  # single-label: a class name each
+                labels = [split.labels[i] for i in kept] if isinstance(getattr(split, "labels", None), list) else []
+                if labels and all(isinstance(y, str) for y in labels):  # single-label: a class name each
                     out["test_labels"] = labels
                 out["test_files"] = files
             else:

@@ -200,6 +200,13 @@ class TextTask(ClassificationTask):
         if isinstance(inputs, str):
             raise TransferkitError("Pass a list of texts, not a single string: model.predict([text]).")
         ok = [isinstance(t, str) and bool(t.strip()) for t in inputs]
+        for i, t in enumerate(inputs):
+            if ok[i]:
+                try:
+                    t.encode("utf-8")
+                except UnicodeEncodeError:  # a lone surrogate: bytes that were not UTF-8 (a shell argument, JSON)
+                    raise TransferkitError(f"Input #{i} is not valid text (bytes that are not UTF-8, or a lone "
+                                           "surrogate): fix its encoding.") from None
         bad = [i for i, good in enumerate(ok) if not good]
         kept = [t for t, good in zip(inputs, ok, strict=True) if good]
         if bad and not skip_bad:

@@ -54,8 +54,17 @@ def main(folder, paths):
     pre = json.loads((folder / "preprocessing.json").read_text())
     labels = json.loads((folder / "labels.json").read_text())
     session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
-    probs = session.run(["probabilities"], {"pixels": np.stack([pixels(p, pre) for p in paths])})[0]
-    for path, p in zip(paths, probs, strict=True):
+    readable, batch = [], []
+    for path in paths:
+        try:
+            batch.append(pixels(path, pre))
+            readable.append(path)
+        except OSError as err:  # not an image, truncated, missing: say so and go on with the others
+            print(json.dumps({"input": str(path), "error": f"not a readable image ({err})"}))
+    if not batch:
+        return
+    probs = session.run(["probabilities"], {"pixels": np.stack(batch)})[0]
+    for path, p in zip(readable, probs, strict=True):
         row = {"input": str(path)}
         if pre.get("multi_label"):
             row["labels"] = [labels[i] for i in np.argsort(-p) if p[i] >= pre["threshold"]]
@@ -67,4 +76,6 @@ def main(folder, paths):
 
 
 if __name__ == "__main__":
+    if len(sys.argv) < 3:
+        sys.exit("usage: python predict.py EXPORTED_FOLDER image [image ...]")
     main(sys.argv[1], sys.argv[2:])

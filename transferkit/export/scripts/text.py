@@ -1,7 +1,7 @@
 """Predict with a transferkit text classifier exported to ONNX: onnxruntime, numpy and tokenizers only.
 
     python predict.py EXPORTED_FOLDER "first text" ["second text" ...]
-    python predict.py EXPORTED_FOLDER --file texts.txt          # one text per line
+    python predict.py EXPORTED_FOLDER --lines texts.txt         # one text per line, as transferkit predict --lines
 
 One JSON line per text: the label, its probability and every class's probability.
 """
@@ -46,6 +46,8 @@ def main(folder, texts):
 
 if __name__ == "__main__":
     args = sys.argv[2:]
-    if args[:1] == ["--file"]:
+    if args[:1] == ["--lines"] and len(args) == 2:
         args = [line for line in Path(args[1]).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(sys.argv) < 2 or not args or args[0] == "--lines":
+        sys.exit('usage: python predict.py EXPORTED_FOLDER "a text" ["another" ...] | --lines FILE')
     main(sys.argv[1], args)
