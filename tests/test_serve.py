@@ -148,6 +148,21 @@ def test_every_bad_request_is_one_4xx_json_line(server, tmp_path):
     assert httpx.post(url, files={"files": ("ok.png", good)}).json()["predictions"][0]["label"] == "red"
 
 
+def test_a_stalled_body_is_answered_408_and_the_pixel_limit_can_be_set(image_bundle):
+    s = Server(image_bundle, "--read-timeout", "1", "--max-image-pixels", "500")  # 24 x 24 = 576 pixels: over
+    try:
+        with socket.create_connection(("127.0.0.1", s.port)) as raw:
+            raw.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n"
+                        b"Content-Type: multipart/form-data; boundary=x\r\n\r\n--x\r\n")  # then nothing
+            raw.settimeout(20)
+            answer = raw.recv(4096).decode()
+        assert answer.startswith("HTTP/1.1 408") and "stalled for 1 s" in answer
+        r = httpx.post(s.url + "/predict", files={"files": ("a.png", png_bytes((0, 0, 200)))})
+        assert r.status_code == 400 and "pixels" in r.json()["error"]
+    finally:
+        s.stop()
+
+
 def test_concurrent_clients_are_batched_without_errors(server):
     images = [png_bytes(c) for c in ((0, 0, 200), (0, 200, 0), (200, 0, 0))]
     truth = ["blue", "green", "red"]

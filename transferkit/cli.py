@@ -623,6 +623,7 @@ def export(
 
 
 @app.command()
+@_limits_images
 def serve(
     model_dir: Path = typer.Argument(..., help="A bundle folder (the run's model/)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; other than loopback needs --token."),
@@ -638,6 +639,9 @@ def serve(
     max_items: int = typer.Option(64, "--max-items", help="Most inputs in one request."),
     max_audio_seconds: float = typer.Option(600.0, "--max-audio-seconds", help="Longest recording accepted (s)."),
     max_text_chars: int = typer.Option(100_000, "--max-text-chars", help="Longest text accepted (characters)."),
+    read_timeout: float = typer.Option(
+        30.0, "--read-timeout", help="Seconds a request's body may stall before it is answered 408."),
+    max_image_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
     """Serve a model over HTTP (FastAPI + uvicorn): POST /predict (files as multipart, texts as JSON), GET /health,
     /metadata, /docs. Requests arriving together are predicted as one batch; SIGTERM lets those in flight finish."""
@@ -653,9 +657,10 @@ def serve(
         check_number("--batch-window-ms", batch_window_ms, low=0, high=10_000, example="5")
         check_number("--max-body-mb", max_body_mb, low=0.001, high=10_000, example="10")
         check_number("--max-audio-seconds", max_audio_seconds, low=0.1, high=86_400, example="600")
+        check_number("--read-timeout", read_timeout, low=0.1, high=3600, example="30")
         run_server(model_dir, host=host, port=port, token=token, max_batch=max_batch, window_ms=batch_window_ms,
                    limits=Limits(max_body_mb=max_body_mb, max_items=max_items, max_text_chars=max_text_chars,
-                                 max_audio_seconds=max_audio_seconds))
+                                 max_audio_seconds=max_audio_seconds, read_timeout=read_timeout))
     except TransferkitError as err:
         _fail(err)
 

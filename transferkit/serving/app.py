@@ -41,6 +41,7 @@ class Limits:
     """What one request may carry."""
 
     max_body_mb: float = 10.0
+    read_timeout: float = 30.0  # seconds a request's body may stall before it is answered 408
     max_items: int = 64
     max_text_chars: int = 100_000
     max_audio_seconds: float = 600.0
@@ -127,10 +128,11 @@ def _settle(future: asyncio.Future, result: Any = None, error: BaseException | N
 
 class BodyLimit:
     """ASGI middleware: refuse a body over ``limit`` bytes with 413, from its Content-Length or, for a chunked body,
-    as soon as the bytes received pass the limit (nothing larger is ever held)."""
+    as soon as the bytes received pass the limit (nothing larger is ever held); and a body that stalls for
+    ``timeout`` seconds with 408 (a slow or stuck client does not hold a connection for ever)."""
 
-    def __init__(self, app: Any, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app: Any, limit: int, timeout: float = 30.0):
+        self.app, self.limit, self.timeout = app, limit, timeout
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -142,7 +144,10 @@ class BodyLimit:
 
         async def limited() -> dict:
             nonlocal seen
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout)
+            except asyncio.TimeoutError:
+                raise BadRequest(408, f"The request body stalled for {self.timeout:g} s: send it whole.") from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
@@ -427,7 +432,8 @@ def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, token: st
     os.environ.setdefault("TRANSFERKIT_QUIET", "1")  # no progress bars per request in the server's log
     model = load_served(path)
     limits = limits or Limits()
-    app = BodyLimit(create_app(model, path, token, limits, max_batch, window_ms), int(limits.max_body_mb * 2**20))
+    app = BodyLimit(create_app(model, path, token, limits, max_batch, window_ms), int(limits.max_body_mb * 2**20),
+                    limits.read_timeout)
     info(f"serving {path} on http://{host}:{port} (POST /predict, GET /health, /metadata"
          + (", /docs); no token: loopback only" if not token else "; every request needs the bearer token)"))
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
