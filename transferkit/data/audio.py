@@ -256,8 +256,10 @@ def fingerprint(item: Any, array_rate: int | None) -> str | None:
         return None
 
 
-def _read_item(item: Any, sample_rate: int, array_rate: int | None) -> tuple[np.ndarray, str, str]:
-    """(samples, content hash, "rate x channels") of a file or an in-memory array."""
+def _read_item(item: Any, sample_rate: int, array_rate: int | None,
+               known: str | None = None) -> tuple[np.ndarray, str, str]:
+    """(samples, content hash, "rate x channels") of a file or an in-memory array; ``known``: its hash, when the
+    cache lookup already computed it (the file's bytes are not read a second time for it)."""
     if isinstance(item, np.ndarray):
         if array_rate is None:
             raise DataError("Audio arrays need their sample rate: build AudioSet(..., sample_rate=16000).")
@@ -268,10 +270,12 @@ def _read_item(item: Any, sample_rate: int, array_rate: int | None) -> tuple[np.
             raise DataError("An audio array has no samples: remove it.")
         check_sample_rate(int(array_rate), "An audio array")
         check_finite(arr, "An audio array")
-        return resample(mono, array_rate, sample_rate), _array_hash(arr, array_rate), f"{array_rate} Hz x {channels} ch"
+        fp = known or _array_hash(arr, array_rate)
+        return resample(mono, array_rate, sample_rate), fp, f"{array_rate} Hz x {channels} ch"
     path = Path(item)
     data, rate = _load(path)
-    return resample(data.mean(axis=1), rate, sample_rate), _file_hash(path), f"{rate} Hz x {data.shape[1]} ch"
+    fp = known or _file_hash(path)
+    return resample(data.mean(axis=1), rate, sample_rate), fp, f"{rate} Hz x {data.shape[1]} ch"
 
 
 DECODING = b"transferkit-audio-1"  # bump when reading, resampling, trimming or levelling changes its samples
@@ -370,7 +374,7 @@ def read_clips(items: list[Any], pre: Any, *, skip_bad: bool = False, array_rate
 
     def work(i: int):
         try:
-            x, fp, fmt = _read_item(items[i], pre.sample_rate, array_rate)
+            x, fp, fmt = _read_item(items[i], pre.sample_rate, array_rate, prints[i])
         except DataError as err:
             return i, None, "", "", err
         return i, x, fp, fmt, None

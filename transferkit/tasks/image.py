@@ -206,7 +206,7 @@ class ImageTask(ClassificationTask):
                     f"(volumes: slices {pre.slices!r}; transferkit.data.medical), which the reference script does "
                     "not do")
         return ExportSpec(
-            prepare=PixelInput(pre.mean, pre.std),
+            prepare=PixelInput(pre),
             inputs={"pixels": torch.randint(0, 256, (2, 3, h, w), dtype=torch.uint8)},
             dynamic={"pixels": {0: "batch"}},
             preprocessing={"kind": "image", "graph_input": f"pixels: (batch, 3, {h}, {w}) uint8 RGB",
@@ -233,12 +233,14 @@ class ImageTask(ClassificationTask):
 
 
 class PixelInput(torch.nn.Module):
-    """uint8 pixels -> float in [0, 1] normalised with ``mean``/``std`` (an exported graph's first step)."""
+    """uint8 pixels -> float in [0, 1] normalised with the backbone's mean/std (an exported graph's first step):
+    :func:`transferkit.data.images.normalize`, as every forward pass of a run."""
 
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+    def __init__(self, pre: Any):
         super().__init__()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.pre = pre
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return (pixels.float() / 255.0 - self.mean) / self.std
+        from ..data.images import normalize
+
+        return normalize(pixels, self.pre)
