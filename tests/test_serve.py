@@ -148,6 +148,25 @@ def test_every_bad_request_is_one_4xx_json_line(server, tmp_path):
     assert httpx.post(url, files={"files": ("ok.png", good)}).json()["predictions"][0]["label"] == "red"
 
 
+def read_response(raw: socket.socket) -> str:
+    """One whole HTTP response: headers and body may arrive in separate packets."""
+    data = b""
+    while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < content_length(data):
+        chunk = raw.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode()
+
+
+def content_length(data: bytes) -> int:
+    for line in data.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
+
+
 def test_a_stalled_body_is_answered_408_and_the_pixel_limit_can_be_set(image_bundle):
     s = Server(image_bundle, "--read-timeout", "1", "--max-image-pixels", "500")  # 24 x 24 = 576 pixels: over
     try:
@@ -155,7 +174,7 @@ def test_a_stalled_body_is_answered_408_and_the_pixel_limit_can_be_set(image_bun
             raw.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n"
                         b"Content-Type: multipart/form-data; boundary=x\r\n\r\n--x\r\n")  # then nothing
             raw.settimeout(20)
-            answer = raw.recv(4096).decode()
+            answer = read_response(raw)
         assert answer.startswith("HTTP/1.1 408") and "stalled for 1 s" in answer
         r = httpx.post(s.url + "/predict", files={"files": ("a.png", png_bytes((0, 0, 200)))})
         assert r.status_code == 400 and "pixels" in r.json()["error"]
