@@ -156,9 +156,12 @@ def test_export_from_the_command_line(image_model, tmp_path, audio_folder, tiny_
     from transferkit.cli import app
 
     bundle = tmp_path / "run" / "model"
+    killed = tmp_path / ".x.tmp-abc123"  # what an export killed with -9 while writing leaves beside --out
+    (killed / "half").mkdir(parents=True)
     result = CliRunner().invoke(app, ["export", str(bundle), "--out", str(tmp_path / "x"), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output.strip().splitlines()[-1])["parity"]["inputs"] == 12
+    assert not killed.exists()  # tidied under the lock before the new export was written
     transferkit.fit(audio_folder, backbone=tiny_backbone, strategy="linear", out=tmp_path / "audio")
     result = CliRunner().invoke(app, ["export", str(tmp_path / "audio" / "model"), "--out", str(tmp_path / "y")])
     assert result.exit_code == 2 and "Exporting audio classification models is not available yet" in result.output

@@ -110,6 +110,7 @@ def export_model(model: Any, out: str | Path, *, format: str = "onnx", check: An
     from .. import __version__
     from ..console import info
     from ..io import atomic_dir
+    from ..rundir import locked
 
     if format not in FORMATS:
         raise TransferkitError(f"Unknown export format {format!r}: transferkit exports {', '.join(FORMATS)}.")
@@ -129,7 +130,8 @@ def export_model(model: Any, out: str | Path, *, format: str = "onnx", check: An
     clinical = model.clinical or {}
     graph = ProbabilityGraph(model.classifier, spec.prepare, model.multi_label, clinical.get("class_weights"),
                              float(clinical.get("temperature", 1.0))).eval()
-    with atomic_dir(out) as tmp:
+    # held by one export at a time (as fit holds --out); what a killed export left beside it goes first, under the lock
+    with locked(out), atomic_dir(tidied(out)) as tmp:
         fp32 = tmp / ("model.fp32.onnx" if quantize else "model.onnx")
         exporter = _export_graph(graph, spec, fp32, opset)
         ours = run_session(session_for(fp32), spec, data, batch_size)
@@ -324,6 +326,16 @@ LABELLED_TABLES = {".csv", ".tsv", ".jsonl", ".json"}
 
 OURS = {"model.onnx", "model.fp32.onnx", "labels.json", "preprocessing.json", "predict.py", "export.json",
         "tokenizer.json"}
+
+
+def tidied(out: Path) -> Path:
+    """``out``, once the leftovers of an export killed while writing it (``.NAME.tmp-*``) are removed (with a note)."""
+    from ..console import info
+    from ..rundir import tidy_leftovers
+
+    for note in tidy_leftovers(out):
+        info(note)
+    return out
 
 
 def check_out(out: Path) -> Path:
