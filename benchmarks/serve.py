@@ -1,5 +1,6 @@
 """``transferkit serve`` under load: requests per second from one client, one after another, against 32 concurrent
-clients, with batching (the default: 5 ms window, up to 32 inputs) and without it (``--max-batch 1``).
+clients, with batching (the default: 5 ms window, up to 32 inputs) and without it (``--max-batch 1``), and the same
+model served from its exported ONNX folder (onnxruntime) instead of the bundle.
 
 The model is the EfficientNet-Lite0 linear probe on Fashion-MNIST that ``benchmarks/export.py`` trains (run that
 first, or this trains it); every request carries one 28 x 28 PNG from the test split, as a phone app or a
@@ -29,15 +30,16 @@ import httpx
 HERE = Path(__file__).parent
 ROOT = HERE.parent
 BUNDLE = ROOT / "runs" / "bench-export" / "image" / "model"
+EXPORTED = ROOT / "runs" / "bench-export" / "image-fp32"  # benchmarks/export.py writes it
 DATA = ROOT / "data" / "bench" / "fmnist-100"
 BIN = Path(sys.executable).parent / "transferkit"
 
 
-def start(*args: str) -> tuple[subprocess.Popen, str]:
+def start(model: Path, *args: str) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([str(BIN), "serve", str(BUNDLE), "--port", str(port), *args],
+    proc = subprocess.Popen([str(BIN), "serve", str(model), "--port", str(port), *args],
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
@@ -89,13 +91,15 @@ def many_clients(url: str, images: list[bytes], clients: int = 32, each: int = 2
 
 
 def main() -> None:
-    if not (BUNDLE / "config.json").is_file():
+    if not (BUNDLE / "config.json").is_file() or not (EXPORTED / "model.onnx").is_file():
         subprocess.run([sys.executable, str(HERE / "export.py"), "--only", "image"], check=True)
     images = [p.read_bytes() for p in sorted((DATA / "test").rglob("*.png"))[:200]]
     rows = []
-    for label, args, runs in (("batching (default)", (), ("one client", "32 clients")),
-                              ("no batching (--max-batch 1)", ("--max-batch", "1"), ("32 clients",))):
-        proc, url = start(*args)
+    for label, model, args, runs in (
+            ("bundle, batching (default)", BUNDLE, (), ("one client", "32 clients")),
+            ("bundle, no batching (--max-batch 1)", BUNDLE, ("--max-batch", "1"), ("32 clients",)),
+            ("exported ONNX folder, batching (default)", EXPORTED, (), ("one client", "32 clients"))):
+        proc, url = start(model, *args)
         try:
             for run in runs:
                 r = one_client(url, images) if run == "one client" else many_clients(url, images)

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import transferkit
+from transferkit.errors import TransferkitError
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
@@ -129,6 +130,7 @@ def test_every_bad_request_is_one_4xx_json_line(server, tmp_path):
         body = r.json()
         assert set(body) == {"error"} and words in body["error"] and "Traceback" not in body["error"], name
         assert "/tmp" not in body["error"] and "transferkit-uploads" not in body["error"], name
+        assert "--" not in body["error"], name  # no command-line hints (--skip-bad) for an HTTP client
     r = httpx.post(url, content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data; boundary=x"})
     assert r.status_code == 400 and "error" in r.json()
 
@@ -302,3 +304,51 @@ def test_predict_rows_keep_their_order_across_a_batch():
     assert ok1 == [{"input": "a"}, {"input": "b"}] and ok2 == [{"input": "c"}] and isinstance(err, ValueError)
     assert calls[0] == ["a", "b", "bad", "c"]  # one batch first; then each request alone, to find the bad one
     assert np.array_equal(np.array([len(c) for c in calls]), np.array([4, 2, 1, 1]))
+
+
+def test_an_exported_folder_is_served_with_onnxruntime(image_bundle, text_folder, tiny_text_backbone, tmp_path):
+    exported = tmp_path / "exported"
+    transferkit.load(image_bundle).export(exported)
+    (exported / "predict.py").write_text("raise SystemExit('the folder code must never run')\n")
+    s = Server(exported)
+    try:
+        tests = sorted((image_bundle.parents[1] / "data" / "test").rglob("*.png"))[:4]
+        r = httpx.post(s.url + "/predict", files=[("files", (p.name, p.read_bytes())) for p in tests], timeout=60)
+        assert r.status_code == 200, r.text
+        expected = transferkit.load(image_bundle).predict(tests, top_k=3)
+        for row, exp in zip(r.json()["predictions"], expected, strict=True):
+            assert row["label"] == exp["label"] and row["probability"] == pytest.approx(exp["probability"], abs=1e-4)
+        meta = httpx.get(s.url + "/metadata").json()
+        assert meta["task"] == "image-classification" and meta["labels"] == ["blue", "green", "red"]
+        bomb = httpx.post(s.url + "/predict", files={"files": ("bomb.png", png_bytes((0, 0, 0), 9000, "L"))})
+        broken = httpx.post(s.url + "/predict", files={"files": ("broken.png", b"\x89PNG garbage")})
+        assert bomb.status_code == 400 and "pixels" in bomb.json()["error"] and "--" not in bomb.json()["error"]
+        assert broken.status_code == 400 and "broken.png" in broken.json()["error"]
+    finally:
+        s.stop()
+    transferkit.fit(text_folder, backbone=tiny_text_backbone, strategy="linear", out=tmp_path / "text")
+    transferkit.load(tmp_path / "text" / "model").export(tmp_path / "text-onnx", check=["a goal", "the bank"])
+    s = Server(tmp_path / "text-onnx")
+    try:
+        texts = ["the striker scored in the cup final", "shares fell as the bank cut its rate"]
+        rows = httpx.post(s.url + "/predict", json={"texts": texts}, timeout=60).json()["predictions"]
+        expected = transferkit.load(tmp_path / "text" / "model").predict(texts)
+        assert [row["label"] for row in rows] == [e["label"] for e in expected]
+        r = httpx.post(s.url + "/predict", content=b'{"texts": ["\\ud800 abc"]}', timeout=30)
+        assert r.status_code == 400 and "not valid text" in r.json()["error"]
+    finally:
+        s.stop()
+
+
+def test_a_damaged_export_is_refused_in_one_line(image_bundle, tmp_path):
+    from transferkit.export.runtime import ExportedModel
+
+    exported = tmp_path / "exported"
+    transferkit.load(image_bundle).export(exported)
+    (exported / "labels.json").write_text("{not json")
+    with pytest.raises(TransferkitError, match="labels.json is not valid JSON"):
+        ExportedModel(exported)
+    (exported / "labels.json").write_text('["blue", "green", "red"]')
+    (exported / "model.onnx").write_bytes(b"garbage")
+    with pytest.raises(TransferkitError, match="not a readable ONNX model"):
+        ExportedModel(exported)

@@ -23,6 +23,7 @@ already know; uvicorn's SIGTERM handling finishes the requests in flight before 
 import asyncio
 import hmac
 import json
+import re
 import shutil
 import tempfile
 import time
@@ -171,13 +172,21 @@ async def _json_response(send: Any, status: int, message: str) -> None:
 
 
 def load_served(path: str | Path) -> Any:
-    """The model ``serve`` answers with: a bundle folder, loaded once."""
+    """The model ``serve`` answers with, loaded once: a bundle folder, or an exported ONNX folder (image and text
+    classifiers; run with onnxruntime, :class:`~transferkit.export.runtime.ExportedModel`)."""
     from ..api import load
 
     path = Path(path)
     if (path / "export.json").is_file() and not (path / "config.json").is_file():
-        raise TransferkitError(f"{path} is an exported ONNX folder: serve the bundle it came from (its model/ "
-                               "folder); serving exported folders is not available yet.")
+        from ..export.runtime import ExportedModel
+
+        try:
+            return ExportedModel(path)
+        except ModuleNotFoundError as err:
+            if err.name not in ("onnx", "onnxruntime"):
+                raise
+            raise TransferkitError(f"{path} is an exported ONNX folder, which serve runs with onnxruntime: pip install "
+                                   "'transferkit[export]', or serve the bundle it came from.") from None
     return load(path)
 
 
@@ -212,7 +221,7 @@ def create_app(model: Any, folder: str | Path, token: str | None = None, limits:
 
     @app.exception_handler(TransferkitError)
     async def bad_input(_request: Request, err: TransferkitError) -> JSONResponse:
-        return JSONResponse({"error": str(err)}, status_code=400)
+        return JSONResponse({"error": for_client(str(err))}, status_code=400)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, err: RequestValidationError) -> JSONResponse:
@@ -265,12 +274,24 @@ def create_app(model: Any, folder: str | Path, token: str | None = None, limits:
                     message = str(err)
                     for path, name in names.items():
                         message = message.replace(path, name)
-                    raise BadRequest(400, message.replace(tmp, "<upload>")) from None
+                    raise BadRequest(400, for_client(message.replace(tmp, "<upload>"))) from None
                 rows = [{**r, "input": names.get(str(r.get("input")), r.get("input"))} for r in rows]
         return {"predictions": rows, "seconds": round(time.perf_counter() - t, 4)}
 
     app.state.batcher = batcher
     return app
+
+
+# a clause that tells a command-line user what to pass ("(or pass --skip-bad)", ", or --skip-bad to skip such
+# files", ": pass --max-image-pixels N if you trust it"): the server's operator chose those, a client cannot
+CLI_HINT = re.compile(r"(?:[,:;]\s*|\s*\()(?:or\s+)?(?:pass\s+)?(?:--[a-z][a-z-]*|skip_bad=True)"
+                      r"(?:\([^)]*\)|[^.()]|\.(?=\S))*\)?")
+
+
+def for_client(message: str) -> str:
+    """An error message as a client of the server reads it: the data's problem, without the command-line options
+    that only the operator can set."""
+    return CLI_HINT.sub("", message)
 
 
 def _task_name(model: Any) -> str:

@@ -1,0 +1,132 @@
+"""An exported ONNX folder run with onnxruntime, as ``transferkit serve`` answers with it: :class:`ExportedModel`.
+
+The folder's own ``predict.py`` is never run (a model folder's code is never run): its functions are transferkit's
+(``export/scripts/``), imported from the package, so the served answers are the reference script's. Images are sized
+from their header against the pixel limit before they are decoded, as for a bundle; DICOM, NIfTI and 16-bit files
+are read as Pillow reads them, which is not how transferkit windows them (the README says so for the script too).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import TransferkitError
+
+SERVED_TASKS = {"image-classification": "files", "text-classification": "strings"}
+
+
+@dataclass(frozen=True)
+class ExportedTask:
+    """What a server asks of a model's task: the kind of bundle it came from and what ``predict`` takes."""
+
+    bundle_task: str
+    inputs: str  # "files" or "strings"
+
+
+class ExportedModel:
+    """``model.onnx`` with its ``labels.json`` and ``preprocessing.json``, predicting as ``TransferModel.predict``
+    does (rows with ``input``, ``label``, ``probability``, ``top``; ``positive_probability`` for a medical model,
+    ``labels`` for a multi-label one).
+
+    Raises:
+        TransferkitError: the folder is not a complete export of an image or text classifier, or its graph reads
+            data from outside the folder.
+    """
+
+    def __init__(self, folder: str | Path):
+        import onnxruntime as ort
+
+        self.folder = folder = Path(folder)
+        meta, labels, pre = (_json(folder / name) for name in ("export.json", "labels.json", "preprocessing.json"))
+        kind = meta.get("task") if isinstance(meta, dict) else None
+        if kind not in SERVED_TASKS:
+            raise TransferkitError(f"{folder / 'export.json'}: task {kind!r} is not one served from an export (image "
+                                   "and text classifiers are): serve the bundle it came from.")
+        if not (isinstance(labels, list) and labels and all(isinstance(c, str) for c in labels)):
+            raise TransferkitError(f"{folder / 'labels.json'} must be a list of class names: export the bundle again.")
+        if not isinstance(pre, dict):
+            raise TransferkitError(f"{folder / 'preprocessing.json'} must be a JSON object: export the bundle again.")
+        graph = folder / "model.onnx"
+        if not graph.is_file() or graph.is_symlink():
+            raise TransferkitError(f"{graph} is missing (or a link): export the bundle again.")
+        _refuse_external_data(graph)
+        self.session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+        self.classes, self.pre, self.export = labels, pre, meta
+        self.task = ExportedTask(kind, SERVED_TASKS[kind])
+        self.modality = "text" if kind == "text-classification" else "image"
+        self.multi_label = bool(pre.get("multi_label"))
+        self.meta = {"backbone": {"name": (meta.get("bundle") or {}).get("backbone")}, "export": meta}
+
+    def predict(self, inputs: list[Any], top_k: int = 5) -> list[dict[str, Any]]:
+        """One row per input (image paths, or texts for a text model), in order."""
+        if self.task.inputs == "strings":
+            from .scripts.text import encode
+
+            for i, text in enumerate(inputs):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:  # a lone surrogate (JSON allows "\ud800"): the tokenizer would fail
+                    raise TransferkitError(f"Input #{i} is not valid text (a lone surrogate): fix its encoding.") \
+                        from None
+            feeds = encode(list(inputs), self.folder, self.pre)
+        else:
+            feeds = {"pixels": np.stack([self._pixels(p) for p in inputs])}
+        probs = self.session.run(["probabilities"], feeds)[0]
+        return [self._row(item, p, top_k) for item, p in zip(inputs, probs, strict=True)]
+
+    def _pixels(self, path: Any) -> np.ndarray:
+        from ..data.images import open_image
+        from .scripts.image import pixels
+
+        name = str(path)  # the server puts the client's own file name in its place
+        try:
+            open_image(Path(path), name).close()  # sized from the header: a decompression bomb is never decoded
+            return pixels(path, self.pre)
+        except OSError as err:
+            raise TransferkitError(f"{name} is not a readable image ({type(err).__name__}): send a JPEG, PNG, "
+                                   "TIFF, BMP or WebP file.") from None
+
+    def _row(self, item: Any, p: np.ndarray, top_k: int) -> dict[str, Any]:
+        from .scripts.image import decide
+
+        order = np.argsort(-p)[:min(top_k, len(self.classes))]
+        top = [{"label": self.classes[i], "probability": float(p[i])} for i in order]
+        row: dict[str, Any] = {"input": str(item), "label": top[0]["label"], "top": top}
+        if self.multi_label:
+            row["labels"] = [self.classes[i] for i in np.argsort(-p) if p[i] >= self.pre.get("threshold", 0.5)]
+            return row
+        k = decide(p, self.classes, self.pre)
+        row |= {"label": self.classes[k], "probability": float(p[k])}
+        if self.pre.get("positive") is not None:
+            row["positive_probability"] = float(p[self.classes.index(self.pre["positive"])])
+        return row
+
+
+def _json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TransferkitError(f"{path} is missing: this is not a complete exported folder (export the bundle "
+                               "again).") from None
+    except (ValueError, UnicodeDecodeError):
+        raise TransferkitError(f"{path} is not valid JSON: export the bundle again.") from None
+
+
+def _refuse_external_data(graph: Path) -> None:
+    """A graph that keeps tensors in other files could name any file on the machine: exports never do, so refuse."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(graph), load_external_data=False)
+    except Exception as err:  # noqa: BLE001 - protobuf's DecodeError and friends: not an ONNX file
+        raise TransferkitError(f"{graph} is not a readable ONNX model ({type(err).__name__}): export the bundle "
+                               "again.") from None
+    external = [t.name for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    if external:
+        raise TransferkitError(f"{graph} keeps tensor {external[0]} in another file: transferkit exports hold every "
+                               "weight in model.onnx; export the bundle again.")
