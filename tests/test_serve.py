@@ -348,6 +348,9 @@ def test_a_damaged_export_is_refused_in_one_line(image_bundle, tmp_path):
     (exported / "labels.json").write_text("{not json")
     with pytest.raises(TransferkitError, match="labels.json is not valid JSON"):
         ExportedModel(exported)
+    (exported / "labels.json").write_text('["blue", "green"]')
+    with pytest.raises(TransferkitError, match="gives 3 probabilities per input, but .* names 2 classes"):
+        ExportedModel(exported)
     (exported / "labels.json").write_text('["blue", "green", "red"]')
     (exported / "model.onnx").write_bytes(b"garbage")
     with pytest.raises(TransferkitError, match="not a readable ONNX model"):

@@ -78,6 +78,11 @@ def fit(
     max_image_pixels: int | None = None,
     workers: int | None = None,
     compile: bool = False,
+    init_from: str | Path | None = None,
+    replay: Any = None,
+    replay_fraction: float = 0.25,
+    old_test: Any = None,
+    l2sp: float | None = None,
     **strategy_options: Any,
 ) -> TransferModel | DetectionModel:
     """Adapt a pretrained backbone to labelled images, texts or audio and return the trained :class:`TransferModel`.
@@ -142,6 +147,16 @@ def fit(
     compiles, which costs tens of seconds to minutes (``metrics["timings"]["compile_s"]``), and pays back only on
     long runs on a GPU. The saved bundle is the same either way.
 
+    Further fine-tuning: ``init_from="runs/x/model"`` starts from a bundle instead of pretrained weights (image,
+    medical, text and audio classifiers, and detectors): its backbone, head and preprocessing. Classes the new data
+    add get new rows in the head; the bundle's classes keep theirs, and stay classes of the model when the new data
+    lack them (the new data may then hold a single class). ``replay=OLD_DATA`` mixes ``replay_fraction`` of each old
+    class's examples into training (and, where there is a validation split, into it in the same proportion), so old
+    classes are not forgotten; ``old_test=OLD_TEST`` scores the bundle and the new model on the old task's test data
+    (``metrics["continued"]["forgetting"]``). ``l2sp=0.01`` (any fine-tuning strategy, with or without
+    ``init_from``) pulls the weights toward their starting point instead of decaying them (L2-SP, Li et al. 2018).
+    The new bundle's model card records its lineage. See :mod:`transferkit.tasks.continued`.
+
     Example::
 
         >>> model = transferkit.fit("data/parts", backbone="efficientnet_lite0", strategy="auto", budget="10m")
@@ -157,6 +172,8 @@ def fit(
 
     names = backbone_names(backbone)
     several = names if len(set(names)) > 1 else None
+    if several and init_from is not None:
+        raise TransferkitError("--init-from continues the bundle's own backbone: leave the list of backbones out.")
     if several is None and (isinstance(backbone, (list, tuple)) or (isinstance(backbone, str) and "," in backbone)):
         backbone = names[0] if names else None  # one name written as "a,", "a,a" or ["a"]
     given = {"labels": labels, "text_column": text_column, "label_column": label_column, "label_sep": label_sep,
@@ -167,7 +184,9 @@ def fit(
                            seconds=parse_budget(budget), seed=seed, skip_bad=skip_bad, val_fraction=val_fraction,
                            test_fraction=test_fraction, cv=cv, precision=precision, arch=arch, cpu=cpu, resume=resume,
                            image_size=image_size, scratch_baseline=scratch_baseline, workers=workers,
-                           compile=compile, strategy_options=strategy_options)
+                           compile=compile, init_from=init_from, replay=replay, replay_fraction=replay_fraction,
+                           old_test=old_test,
+                           strategy_options={**strategy_options, **({"l2sp": l2sp} if l2sp is not None else {})})
     with image_limits(max_image_pixels):
         task_obj, options = resolve(data, task, modality, given)
         return run(data, task_obj, settings, options, backbones=several)

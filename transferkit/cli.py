@@ -226,6 +226,29 @@ def fit(
              "(recorded as compile_s in metrics.json), and again at the first validation and in each fold; it pays "
              "back on long GPU runs, rarely on a CPU.",
     ),
+    init_from: Optional[Path] = typer.Option(
+        None, "--init-from",
+        help="Continue from a bundle (runs/x/model) instead of pretrained weights: its backbone, head and "
+             "preprocessing. New classes in DATA get new head rows; the bundle's classes stay classes of the model.",
+    ),
+    replay: Optional[Path] = typer.Option(
+        None, "--replay",
+        help="With --init-from: the old training data; --replay-fraction of each old class is mixed into training "
+             "(and validation) so old classes are not forgotten. The files the bundle was tested on are left out.",
+    ),
+    replay_fraction: float = typer.Option(0.25, "--replay-fraction",
+                                          help="The share of each old class --replay draws."),
+    old_test: Optional[Path] = typer.Option(
+        None, "--old-test",
+        help="With --init-from: the old task's test data; the report shows the bundle's and the new model's score "
+             "on it (accuracy; micro-F1, balanced accuracy or mAP where those choose the model): how much was "
+             "forgotten.",
+    ),
+    l2sp: Optional[float] = typer.Option(
+        None, "--l2sp",
+        help="Fine-tuning strategies: pull the weights toward their starting point (pretrained, or --init-from's) with "
+             "this strength instead of decaying them (L2-SP; try 0.01-1).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics summary as JSON on stdout."),
     max_image_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
@@ -243,7 +266,9 @@ def fit(
                         max_length=max_length, clip_seconds=clip_seconds, task=task, modality=modality, window=window,
                         slices=slices, patient_column=patient_column, positive=positive, threshold=threshold,
                         balance=balance, scratch_baseline=scratch_baseline, cv=cv, val_fraction=val_fraction,
-                        test_fraction=test_fraction, workers=workers, compile=compile_net, **options)
+                        test_fraction=test_fraction, workers=workers, compile=compile_net, init_from=init_from,
+                        replay=None if replay is None else str(replay), replay_fraction=replay_fraction,
+                        old_test=None if old_test is None else str(old_test), l2sp=l2sp, **options)
     except TransferkitError as err:
         _fail(err)
     m = model.metrics
@@ -625,7 +650,8 @@ def export(
 @app.command()
 @_limits_images
 def serve(
-    model_dir: Path = typer.Argument(..., help="A bundle folder (the run's model/)."),
+    model_dir: Path = typer.Argument(..., help="A bundle folder (the run's model/), or a folder written by transferkit "
+                                                "export (image and text classifiers, run with onnxruntime)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; other than loopback needs --token."),
     port: int = typer.Option(8000, "--port", help="TCP port."),
     token: Optional[str] = typer.Option(

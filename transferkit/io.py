@@ -130,6 +130,17 @@ def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=jsonable) + "\n")
 
 
+def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
+    """The hex digest of a file's bytes, read a megabyte at a time (the file may be larger than memory)."""
+    import hashlib
+
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def jsonable(o: Any) -> Any:
     """The ``default=`` for :func:`json.dumps`: arrays, tensors and numpy scalars as lists/numbers, paths as strings.
 

@@ -89,9 +89,10 @@ def lock_path(out: Path) -> Path:
 
 
 @contextmanager
-def locked(out: str | Path, flag: str = "--out") -> Iterator[None]:
+def locked(out: str | Path, flag: str = "--out", remove: bool = False) -> Iterator[None]:
     """Hold ``out`` for one run: an exclusive ``flock`` on :func:`lock_path`, taken at once or refused. The system
     drops the lock when the process ends, however it ends (``kill -9`` included), so no stale lock is left.
+    ``remove``: delete the lock file when done (an export, which should leave nothing but its folder); a run's stays.
 
     Raises:
         TransferkitError: another run (another process, or another open run in this one) holds ``out``.
@@ -115,7 +116,11 @@ def locked(out: str | Path, flag: str = "--out") -> Iterator[None]:
                                    f"for it to finish or choose another {flag}.") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
+        try:
+            yield
+        finally:
+            if remove:  # still holding it: a run that opens the file from now on gets a new one
+                Path(lock_path(out)).unlink(missing_ok=True)
     finally:
         os.close(fd)  # releases the lock
 
@@ -324,6 +329,13 @@ def run_identity(task: Any, settings: Any, options: Any, prepared: Any, backbone
                "precision": str(accelerator.mixed_precision), "scratch_baseline": settings.scratch_baseline,
                **opts, **settings.strategy_options, "classes": prepared.classes,
                **{f"preprocess.{k}": v for k, v in prepared.backbone.preprocess.to_dict().items()}}
+    if settings.init_from is not None:  # a run from a bundle: which bundle (its weights, not only where it was)
+        from .io import file_digest
+
+        weights = Path(settings.init_from) / "model.safetensors"
+        shaping |= {"init_from": str(settings.init_from), "init_from_sha256": file_digest(weights)}
+        if settings.replay is not None:  # the replayed examples are in the training data's hashes below
+            shaping |= {"replay": str(settings.replay), "replay_fraction": settings.replay_fraction}
 
     classes = prepared.classes
 

@@ -61,6 +61,7 @@ def render_model_card(config: dict[str, Any]) -> str:
         from ..evaluation.report import ranking_text
 
         lines.append(ranking_text(m["backbone_ranking"]).replace("**", ""))
+    lines += _lineage(config)
     lines += ["", "## Training", "", f"Strategy: {m.get('strategy', '?')}"
               + (f"; {m['trainable_params']:,} trainable parameters." if m.get("trainable_params") else ".")]
     gap = m.get("train_val_gap")
@@ -97,6 +98,40 @@ def render_model_card(config: dict[str, Any]) -> str:
     lines += [f"- {x}" for x in _limitations(config, m, scored)]
     lines.append("")
     return "\n".join(lines)
+
+
+def _num(v: Any) -> str:
+    """A recorded figure as the card shows it; anything that is not a number is shown as text (a hand-edited
+    lineage must not stop the card)."""
+    return f"{v:.3f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)[:60]
+
+
+def _lineage(config: dict[str, Any]) -> list[str]:
+    """Where this model started when it was fine-tuned further (``fit --init-from``): each earlier bundle, newest
+    first, with its data and scores as recorded."""
+    chain = config.get("lineage")
+    if not isinstance(chain, list) or not chain:
+        return []
+    lines = ["", "## Lineage", "", "This model was fine-tuned further from an earlier bundle (newest first):", ""]
+    for i, e in enumerate(x for x in chain if isinstance(x, dict)):
+        data = e.get("data") if isinstance(e.get("data"), dict) else {}
+        scores = e.get("scores") if isinstance(e.get("scores"), dict) else {}
+        shown = ", ".join(f"{k} {_num(v)}" for k, v in scores.items() if k != "on") if isinstance(scores, dict) else ""
+        per_class = data.get("train_per_class")
+        lines.append(f"{i + 1}. `{e.get('bundle', '?')}` (weights sha256 {e.get('weights_sha256', '?')}, "
+                     f"transferkit {e.get('transferkit_version', '?')}): {e.get('strategy', '?')} on "
+                     f"`{e.get('backbone', '?')}`, classes {', '.join(map(str, e.get('classes') or []))[:300]}; "
+                     f"{data.get('train', '?')} training examples"
+                     + (f" ({', '.join(f'{k} {v}' for k, v in per_class.items())})" if isinstance(per_class, dict)
+                        else "")
+                     + (f"; {shown} on {scores.get('on', '?')}." if shown else "."))
+    c = (config.get("metrics") or {}).get("continued") or {}
+    f = c.get("forgetting")
+    if isinstance(f, dict) and isinstance(f.get("before"), dict) and isinstance(f.get("after"), dict):
+        key = f.get("metric", "accuracy")
+        lines += ["", f"On the previous bundle's test data (n={f.get('n')}): {key} {_num(f['before'].get(key))} "
+                      f"before, {_num(f['after'].get(key))} after this round."]
+    return lines
 
 
 def _scores(s: dict[str, Any]) -> list[str]:

@@ -230,6 +230,9 @@ COMMON = (
     Rule("clinical.threshold_rule", *text(), optional=True),
     Rule("clinical.temperature", *number(0, 1e3, low_open=True), optional=True),
     Rule("clinical.class_weights", *class_weights(), optional=True),
+    # the bundles this one was fine-tuned further from (tasks.continued.lineage), newest first
+    Rule("lineage", "a list of objects", lambda v, _: _got(isinstance(v, list) and all(isinstance(e, dict) for e in v),
+                                                           v), optional=True),
 )
 HEAD = (
     Rule("head", *mapping()),

@@ -236,13 +236,9 @@ def _array_hash(arr: np.ndarray, rate: int | None) -> str:
 
 
 def _file_hash(path: Path) -> str:
-    import hashlib
+    from ..io import file_digest
 
-    h = hashlib.sha1()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(path, "sha1")  # sha1: the audio cache's keys were made with it
 
 
 def fingerprint(item: Any, array_rate: int | None) -> str | None:

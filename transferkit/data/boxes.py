@@ -47,6 +47,11 @@ class BoxSet:
         return BoxSet([self.items[i] for i in idx], [self.boxes[i] for i in idx], [self.labels[i] for i in idx],
                       self.origin, self.format)
 
+    def joined(self, other: BoxSet) -> BoxSet:
+        """These images followed by ``other``'s (replay)."""
+        return BoxSet(self.items + other.items, self.boxes + other.boxes, self.labels + other.labels, self.origin,
+                      self.format)
+
     def counts(self) -> dict[str, int]:
         """Boxes per class name, sorted by name."""
         return dict(sorted(Counter(c for labels in self.labels for c in labels).items()))

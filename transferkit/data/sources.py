@@ -13,9 +13,10 @@ import io
 import json
 import random
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -53,6 +54,19 @@ class ImageSet:
     def counts(self) -> dict[str, int]:
         return dict(sorted(Counter(self.labels).items()))
 
+    def joined(self, other: ImageSet) -> ImageSet:
+        """These examples followed by ``other``'s (replay); patients stay apart (``other``'s without a patient each
+        count as their own)."""
+        groups = None
+        if self.groups is not None or other.groups is not None:
+            groups = [*(self.groups or [f"new #{i}" for i in range(len(self))]),
+                      *(other.groups or [f"replayed #{i}" for i in range(len(other))])]
+        return type(self)(self.items + other.items, self.labels + other.labels, self.origin, groups=groups,
+                          **self.extra_fields(other))
+
+    def extra_fields(self, other: ImageSet) -> dict[str, Any]:
+        return {}
+
 
 @dataclass
 class AudioSet(ImageSet):
@@ -62,6 +76,13 @@ class AudioSet(ImageSet):
 
     def subset(self, idx: list[int]) -> AudioSet:
         return AudioSet([self.items[i] for i in idx], [self.labels[i] for i in idx], self.origin, self.sample_rate)
+
+    def extra_fields(self, other: ImageSet) -> dict[str, Any]:
+        rate = getattr(other, "sample_rate", None)
+        if self.sample_rate is not None and rate is not None and rate != self.sample_rate:
+            raise DataError(f"Replayed recordings are arrays at {rate} Hz, the new ones at {self.sample_rate} Hz: give "
+                            "both at one sample rate.")
+        return {"sample_rate": self.sample_rate or rate}
 
 
 # what each kind of file-based data accepts, and how its class is built
@@ -123,6 +144,7 @@ def load_splits(
     kind: str = "image",
     patients: bool = False,
     patient_column: str | None = None,
+    known: Sequence[str] = (),
 ) -> Splits:
     """Read a data source and return train/val(/test) splits.
 
@@ -135,6 +157,9 @@ def load_splits(
     Patient-level splits: a patient column (``patient_column``, or one of :data:`PATIENT_COLUMNS`), or with
     ``patients=True`` the DICOM files' ``PatientID``, groups the images by patient (hashed at once). No patient is
     then split across train/val/test, and given splits that share a patient are refused, naming the patients.
+    ``known``: classes a model already has (a run from a bundle): the training split may then hold a single class,
+    and the other splits classes it lacks.
+
     Raises :class:`DataError` with one line naming the culprit.
     """
     if isinstance(source, Splits):
@@ -146,7 +171,7 @@ def load_splits(
         for where, y in zip(wheres, source.labels, strict=True):
             if is_missing(y):
                 raise missing_label(where, "labels", y, skip_hint=False)
-        return _split(source, {}, val_fraction, test_fraction, seed)
+        return _split(source, {}, val_fraction, test_fraction, seed, known)
     path = Path(source).expanduser()
     if not path.exists():
         raise DataError(f"Data path {path} does not exist: pass a folder of class folders or a CSV/JSONL file.")
@@ -154,7 +179,7 @@ def load_splits(
         ds, given = read_table(path, skip_bad=skip_bad, kind=kind, patient_column=patient_column, patients=patients)
         if patients and ds.groups is None:
             attach_dicom_patients([ds, *given.values()], path)
-        return _split(ds, given, val_fraction, test_fraction, seed)
+        return _split(ds, given, val_fraction, test_fraction, seed, known)
     if patient_column is not None:
         raise DataError(f"patient_column applies to a CSV/TSV/JSONL manifest; {path} is a folder (DICOM folders give "
                         "their PatientID instead).")
@@ -165,7 +190,7 @@ def load_splits(
         given = {"train": read_class_folders(path, skip_bad=skip_bad, kind=kind)}
     if patients:
         attach_dicom_patients(list(given.values()), path)
-    return _split(given.pop("train"), given, val_fraction, test_fraction, seed)
+    return _split(given.pop("train"), given, val_fraction, test_fraction, seed, known)
 
 
 def attach_dicom_patients(parts: list[ImageSet], origin: object) -> None:
@@ -367,14 +392,14 @@ def read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
 
 
 def _split(train: ImageSet, given: dict[str, ImageSet], val_fraction: float | None, test_fraction: float | None,
-           seed: int) -> Splits:
+           seed: int, known: Sequence[str] = ()) -> Splits:
     classes = sorted(set(train.labels))
-    if len(classes) < 2:
+    if len(set(classes) | set(known)) < 2:
         only = classes[0] if classes else "none"
         raise DataError(f"Only one class ({only}) in {train.origin or 'the data'}: a classifier needs examples of at "
                         "least two classes.")
     for name, ds in given.items():
-        unknown = sorted(set(ds.labels) - set(classes))
+        unknown = sorted(set(ds.labels) - set(classes) - set(known))
         if unknown:
             raise DataError(f"The {name} split has labels not seen in training ({', '.join(unknown[:5])}): add "
                             "training examples for them.")

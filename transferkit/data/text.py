@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import sys
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,15 @@ class TextSet:
     def subset(self, idx: list[int]) -> TextSet:
         return TextSet([self.texts[i] for i in idx], [self.labels[i] for i in idx], [self.names[i] for i in idx],
                        self.origin, self.multi_label)
+
+    def joined(self, other: TextSet) -> TextSet:
+        """These texts followed by ``other``'s (replay)."""
+        if other.multi_label != self.multi_label:
+            kinds = ("single-label", "multi-label")
+            raise DataError(f"The replayed texts are {kinds[other.multi_label]}, the new ones "
+                            f"{kinds[self.multi_label]}: replay the bundle's own training data.")
+        return TextSet(self.texts + other.texts, self.labels + other.labels, self.names + other.names, self.origin,
+                       self.multi_label)
 
     def label_names(self) -> list[str]:
         return sorted({y for ys in self.labels for y in ys}) if self.multi_label else sorted(set(self.labels))
@@ -132,6 +142,7 @@ def load_text_splits(
     val_fraction: float | None = None,
     test_fraction: float | None = None,
     seed: int = 0,
+    known: Sequence[str] = (),
 ) -> Splits:
     """Read a text source into train/val(/test) :class:`~transferkit.data.sources.Splits` of :class:`TextSet`
     (``None`` fractions: held out only when the data are not small, see
@@ -177,7 +188,7 @@ def load_text_splits(
                 train = given.pop("train")
             else:
                 train = read_text_folders(path, opts)
-    return split_texts(train, given, val_fraction, test_fraction, seed)
+    return split_texts(train, given, val_fraction, test_fraction, seed, known)
 
 
 def load_text_eval_set(source: Any, options: TextOptions | None = None, labels: list[Any] | None = None) -> TextSet:
@@ -218,13 +229,13 @@ def load_text_eval_set(source: Any, options: TextOptions | None = None, labels: 
 
 
 def split_texts(train: TextSet, given: dict[str, TextSet], val_fraction: float | None, test_fraction: float | None,
-                seed: int) -> Splits:
+                seed: int, known: Sequence[str] = ()) -> Splits:
     classes = train.label_names()
-    if len(classes) < 2:
+    if len(set(classes) | set(known)) < 2:
         raise DataError(f"Only one class ({classes[0] if classes else 'none'}) in {train.origin or 'the data'}: "
                         "a classifier needs texts of at least two classes.")
     for name, ds in given.items():
-        unknown = sorted(set(ds.label_names()) - set(classes))
+        unknown = sorted(set(ds.label_names()) - set(classes) - set(known))
         if unknown:
             raise DataError(f"The {name} split has labels not seen in training ({', '.join(unknown[:5])}): add "
                             "training texts for them.")

@@ -79,8 +79,10 @@ class Detection:
 
     record = DetectionEpoch
 
-    def __init__(self, accelerator, validate: Callable[[nn.Module], tuple[float, float]]):
+    def __init__(self, accelerator, validate: Callable[[nn.Module], tuple[float, float]],
+                 penalty: Callable[[], torch.Tensor] | None = None):
         self.accelerator, self.validate = accelerator, validate
+        self.penalty = penalty  # added to every step's loss (L2-SP)
         self.better = better
 
     def start_epoch(self, epoch: int) -> None:
@@ -89,7 +91,12 @@ class Detection:
     def step(self, model: nn.Module, batch) -> tuple[torch.Tensor, int]:
         images, targets = to_device(*batch, self.accelerator.device)
         losses = model(images, targets)
-        return sum(v.float() for v in losses.values()), len(images)
+        loss = sum(v.float() for v in losses.values())
+        if self.penalty is not None:
+            term = self.penalty()
+            self.added = float(term.detach())  # the engine records the detector's own losses without it
+            loss = loss + term
+        return loss, len(images)
 
     def train_scores(self, seen: float) -> dict[str, float]:
         return {}
@@ -117,6 +124,7 @@ def train_detector(
     grad_clip: float = 10.0,
     checkpoint_dir: str | Path | None = None,
     description: str = "training",
+    penalty: Callable[[], torch.Tensor] | None = None,
 ) -> tuple[History, dict[str, torch.Tensor]]:
     """Train a detector; return its history and the best epoch's weights (already loaded into ``model``):
     :func:`transferkit.engine.trainer.fit` with the :class:`Detection` method.
@@ -125,7 +133,8 @@ def train_detector(
     change what trains (gradual unfreezing, frozen BatchNorm) and returns the stage number. ``deadline`` stops
     before an epoch that would not finish in time. With ``checkpoint_dir`` an epoch checkpoint is written, and an
     existing one is resumed from. Gradients are clipped to ``grad_clip`` (regression losses spike early on).
+    ``penalty()`` is added to each step's loss (L2-SP: :class:`transferkit.engine.optim.L2SP`).
     """
-    return fit(Detection(accelerator, validate), model, optimizer, scheduler, train_loader, accelerator,
+    return fit(Detection(accelerator, validate, penalty), model, optimizer, scheduler, train_loader, accelerator,
                epochs=epochs, patience=patience, deadline=deadline, on_epoch_start=on_epoch_start,
                grad_clip=grad_clip, checkpoint_dir=checkpoint_dir, description=description)

@@ -98,8 +98,10 @@ class Classification:
 
     def __init__(self, accelerator, val_loader, *, prepare: Callable = lambda x: x, multi_label: bool = False,
                  label_smoothing: float = 0.0, class_weights: torch.Tensor | None = None, balanced: bool = False,
-                 val_aggregate: Callable | None = None, on_validate: Callable | None = None):
+                 val_aggregate: Callable | None = None, on_validate: Callable | None = None,
+                 penalty: Callable[[], torch.Tensor] | None = None):
         self.accelerator, self.val_loader, self.prepare = accelerator, val_loader, prepare
+        self.penalty = penalty  # added to every step's loss (L2-SP: engine.optim.L2SP)
         self.multi_label, self.label_smoothing, self.class_weights = multi_label, label_smoothing, class_weights
         self.balanced, self.val_aggregate, self.on_validate = balanced, val_aggregate, on_validate
         # without validation no epoch is scored, so none is better: the engine keeps the last
@@ -113,6 +115,10 @@ class Classification:
         x, y = batch
         logits = model(self.prepare(x))
         loss = classification_loss(logits.float(), y, self.multi_label, self.label_smoothing, self.class_weights)
+        if self.penalty is not None:
+            term = self.penalty()
+            self.added = float(term.detach())  # the engine records the data's loss without it
+            loss = loss + term
         if self.balanced and not self.multi_label:
             k = logits.shape[1]
             right = logits.detach().argmax(1) == y
@@ -167,6 +173,7 @@ def train(
     stop_at: int | None = None,
     on_validate: Callable[[int, torch.Tensor, torch.Tensor], str | None] | None = None,
     budget: Literal["epoch", "step"] = "epoch",
+    penalty: Callable[[], torch.Tensor] | None = None,
 ) -> tuple[History, dict[str, torch.Tensor]]:
     """Train a classifier and return its history and the best epoch's weights (already loaded into ``model``):
     :func:`transferkit.engine.trainer.fit` with the :class:`Classification` method.
@@ -187,13 +194,15 @@ def train(
     sees the learning rates the cross-validation folds saw up to their chosen epoch). ``on_validate(epoch,
     logits, targets)`` sees each epoch's validation outputs; a string it returns stops training and becomes the
     history's ``stopped`` reason (e.g. a fold that cannot catch the linear probe). ``budget``: how ``deadline``
-    is checked, before each epoch or after each step (see :func:`transferkit.engine.trainer.fit`).
+    is checked, before each epoch or after each step (see :func:`transferkit.engine.trainer.fit`). ``penalty()`` is
+    added to each step's loss (L2-SP, :class:`transferkit.engine.optim.L2SP`); the training loss recorded is the
+    data's alone.
     """
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
     method = Classification(accelerator, val_loader, prepare=prepare, multi_label=multi_label,
                             label_smoothing=label_smoothing, class_weights=class_weights, balanced=balanced,
-                            val_aggregate=val_aggregate, on_validate=on_validate)
+                            val_aggregate=val_aggregate, on_validate=on_validate, penalty=penalty)
     return fit(method, model, optimizer, scheduler, train_loader, accelerator,
                epochs=min(epochs, stop_at) if stop_at is not None else epochs, patience=patience,
                deadline=deadline, on_epoch_start=on_epoch_start, checkpoint_dir=checkpoint_dir,

@@ -97,3 +97,58 @@ def compile_module(module: nn.Module) -> nn.Module:
     training it trains ``module``; keep ``module`` for saving (the wrapper's state_dict keys carry an ``_orig_mod.``
     prefix). The first forward pass compiles (tens of seconds to minutes; again when the mode or shapes change)."""
     return torch.compile(module)
+
+
+class L2SP:
+    """The L2-SP penalty (Li, Grandvalet and Davoine, ICML 2018): ``alpha / 2 * sum ||w - w0||^2`` over ``weights`` (a
+    module or a list of parameters), ``w0`` being their values now (the starting point: pretrained weights, or a
+    bundle's). Added to the training loss, it keeps fine-tuning near what transfer brought instead of decaying the
+    weights toward zero. Parameters that do not train at a given step (frozen by gradual unfreezing) add nothing.
+
+    The strategies that use it (``l2sp=`` on ``finetune``, ``gradual``, ``lora`` and ``auto``) drop AdamW's weight
+    decay on these weights: the penalty takes its place, as in the paper; the new head keeps its decay.
+
+    Example::
+
+        >>> penalty = L2SP(backbone, alpha=0.01)
+        >>> loss = criterion(model(x), y) + penalty()
+    """
+
+    def __init__(self, weights: nn.Module | list[nn.Parameter], alpha: float):
+        self.alpha = float(alpha)
+        params = weights.parameters() if isinstance(weights, nn.Module) else weights
+        self.pairs = [(p, p.detach().clone()) for p in params]
+        self.params = {id(p) for p, _ in self.pairs}
+
+    def __call__(self) -> torch.Tensor:
+        total = None
+        for i, (p, p0) in enumerate(self.pairs):
+            if not p.requires_grad:
+                continue
+            if p0.device != p.device:  # the model moved to the accelerator after the snapshot
+                p0 = p0.to(p.device)
+                self.pairs[i] = (p, p0)
+            term = (p.float() - p0.float()).pow(2).sum()
+            total = term if total is None else total + term
+        if total is None:
+            return torch.zeros(())
+        return 0.5 * self.alpha * total
+
+    def covers(self, p: nn.Parameter) -> bool:
+        return id(p) in self.params
+
+
+def without_decay_on(groups: list[dict], penalty: L2SP | None) -> list[dict]:
+    """``groups`` (from :func:`param_groups`) with no weight decay on the weights ``penalty`` pulls toward their
+    start (L2-SP replaces decay there); unchanged without a penalty."""
+    if penalty is None:
+        return groups
+    out = []
+    for g in groups:
+        pulled = [p for p in g["params"] if penalty.covers(p)]
+        rest = [p for p in g["params"] if not penalty.covers(p)]
+        if pulled:
+            out.append({**g, "params": pulled, "weight_decay": 0.0})
+        if rest:
+            out.append({**g, "params": rest})
+    return out

@@ -106,7 +106,8 @@ class Method(Protocol):
 
     def step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, int]:
         """One batch -> (mean loss to minimise, number of examples it averages over); runs under autocast. May add
-        to the method's own running metric."""
+        to the method's own running metric. A method that adds a regulariser's term to the loss sets ``self.added``
+        to its value: the history records the loss without it."""
 
     def train_scores(self, seen: float) -> dict[str, float]:
         """The running metric over the epoch, the same on every process (reduce it), e.g. ``{"train_acc": ...}``.
@@ -190,7 +191,8 @@ def fit(
                     accelerator.clip_grad_norm_(params, grad_clip)
                 optimizer.step()
                 scheduler.step()
-                total_loss += loss.item() * n
+                # a regulariser's term (L2-SP) trains but is not the data's loss the history records
+                total_loss += (loss.item() - getattr(method, "added", 0.0)) * n
                 seen += n
                 if len(history.first_steps) < FIRST_STEPS:
                     history.first_steps.append(time.monotonic() - t_step)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..io import atomic_write_bytes, atomic_write_text, write_json
-from .report import run_id_line
+from .report import continued_lines, run_id_line
 
 # colour-blind-safe palette (Okabe-Ito), one colour per class, cycled
 PALETTE = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0),
@@ -228,6 +228,8 @@ def render_detection_markdown(m: dict[str, Any]) -> str:
               "validation mAP@[.5:.95]."]
     if m.get("details", {}).get("decision"):
         lines += ["", f"auto: {m['details']['decision']}; kept **{m['details']['chosen']}**."]
+    if m.get("continued"):
+        lines += ["", "## Continued from a bundle", "", *continued_lines(m["continued"])]
     lines += ["", f"## Examples ({scored} set)", "",
               "Predicted boxes in colour with class and score (>= 0.5); true boxes in white.", "",
               "![examples](examples.png)", "", "![learning curve](learning_curve.png)", ""]

@@ -26,6 +26,7 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[
     y_pred = probs.argmax(1) if y_pred is None else np.asarray(y_pred)
     labels = list(range(len(classes)))
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    present = (s > 0) | (np.bincount(y_pred, minlength=len(classes))[:len(classes)] > 0)
     eps = 1e-12
     log_loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y_true)), y_true], eps, 1.0)))) + 0.0  # no "-0.000"
     return {
@@ -33,7 +34,9 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[
         "accuracy": float((y_pred == y_true).mean()),
         "accuracy_ci": _wilson(int((y_pred == y_true).sum()), len(y_true)),
         "balanced_accuracy": float(np.mean([r[i] for i in labels if s[i] > 0])) if s.sum() else 0.0,
-        "macro_f1": float(f.mean()),
+        # over the classes present (true or predicted), as sklearn's default and the interval below: a class of the
+        # model that these data neither hold nor get (a bundle's old class, --init-from) does not count as F1 = 0
+        "macro_f1": float(f[present].mean()) if present.any() else 0.0,
         "macro_f1_ci": bootstrap_macro_f1(y_true, y_pred, len(classes)),
         "log_loss": log_loss,
         "per_class": {

@@ -210,6 +210,8 @@ def render_markdown(m: dict[str, Any], classes: list[str]) -> str:
         lines += ["", f"auto: {m['details']['decision']}; kept **{m['details']['chosen']}**."]
     if m.get("backbone_ranking"):
         lines += ["", ranking_text(m["backbone_ranking"])]
+    if m.get("continued"):
+        lines += ["", "## Continued from a bundle", "", *continued_lines(m["continued"])]
     if m.get("scratch_baseline"):
         lines += ["", "## Against scratch", "", scratch_text(m["scratch_baseline"])]
     if m.get("classical_baseline"):
@@ -231,6 +233,32 @@ def render_markdown(m: dict[str, Any], classes: list[str]) -> str:
         lines += ["", "![confusion matrix](confusion_matrix.png)"]
     lines += ["", "![learning curve](learning_curve.png)", ""]
     return "\n".join(lines)
+
+
+def continued_lines(c: dict[str, Any]) -> list[str]:
+    """The report's lines for a run from a bundle (``fit --init-from``): where it started, the classes it added,
+    replay and L2-SP, and what was forgotten on the old test data."""
+    out = [f"Started from `{c['init_from']}` ({len(c['bundle_classes'])} classes)."
+           + (f" New classes: {', '.join(map(str, c['new_classes']))}." if c["new_classes"] else " No new classes.")]
+    if c.get("missing_from_new_data"):
+        out.append(f"Bundle classes absent from the new training data (kept as classes of the model): "
+                   f"{', '.join(map(str, c['missing_from_new_data']))}.")
+    r = c.get("replay")
+    out.append(f"Replay: {r['examples']} old training examples ({r['fraction']:g} of each class) from `{r['data']}`"
+               + (f", {r['to_validation']} of them in the validation split." if r.get("to_validation") else ".")
+               if r else "Replay: none.")
+    out.append(f"L2-SP: strength {c['l2sp']:g}." if c.get("l2sp") else "L2-SP: off.")
+    f = c.get("forgetting")
+    if f:
+        key = f["metric"]
+        name = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy", "micro_f1": "Micro-F1",
+                "map": "mAP@[.5:.95]"}.get(key, key)
+        out += ["", f"**Forgetting** on the old test data (`{f['old_test']}`, n={f['n']}): {name} "
+                f"{f['before'][key]:.3f} before (the bundle), {f['after'][key]:.3f} after: "
+                + (f"{f['forgotten']:.3f} lost." if f["forgotten"] > 0 else f"{-f['forgotten']:.3f} gained.")]
+    else:
+        out.append("Forgetting: not measured (give the old task's test data with --old-test).")
+    return out
 
 
 def render_clinical(m: dict[str, Any], scored: str) -> list[str]:

@@ -131,7 +131,7 @@ def export_model(model: Any, out: str | Path, *, format: str = "onnx", check: An
     graph = ProbabilityGraph(model.classifier, spec.prepare, model.multi_label, clinical.get("class_weights"),
                              float(clinical.get("temperature", 1.0))).eval()
     # held by one export at a time (as fit holds --out); what a killed export left beside it goes first, under the lock
-    with locked(out), atomic_dir(tidied(out)) as tmp:
+    with locked(out, remove=True), atomic_dir(tidied(out)) as tmp:
         fp32 = tmp / ("model.fp32.onnx" if quantize else "model.onnx")
         exporter = _export_graph(graph, spec, fp32, opset)
         ours = run_session(session_for(fp32), spec, data, batch_size)

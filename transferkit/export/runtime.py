@@ -18,6 +18,9 @@ import numpy as np
 from ..errors import TransferkitError
 
 SERVED_TASKS = {"image-classification": "files", "text-classification": "strings"}
+# what the reference scripts read from preprocessing.json, per task
+NEEDED = {"image-classification": ("input_size", "interpolation", "resize"),
+          "text-classification": ("max_length", "pad_id", "pad_token")}
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,18 @@ class ExportedModel:
         graph = folder / "model.onnx"
         if not graph.is_file() or graph.is_symlink():
             raise TransferkitError(f"{graph} is missing (or a link): export the bundle again.")
+        needed = NEEDED[kind]
+        missing = [k for k in needed if k not in pre]
+        if missing:
+            raise TransferkitError(f"{folder / 'preprocessing.json'} lacks {', '.join(missing)}: export the bundle "
+                                   "again.")
         _refuse_external_data(graph)
         self.session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+        outputs = {o.name: o.shape for o in self.session.get_outputs()}
+        width = (outputs.get("probabilities") or [None])[-1]
+        if "probabilities" not in outputs or (isinstance(width, int) and width != len(labels)):
+            raise TransferkitError(f"{graph} gives {width} probabilities per input, but {folder / 'labels.json'} "
+                                   f"names {len(labels)} classes: export the bundle again.")
         self.classes, self.pre, self.export = labels, pre, meta
         self.task = ExportedTask(kind, SERVED_TASKS[kind])
         self.modality = "text" if kind == "text-classification" else "image"

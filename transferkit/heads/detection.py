@@ -105,6 +105,24 @@ class Detector(NamedLayerGroups, nn.Module):
         body = {id(p) for p in self.body.parameters()}
         return [p for p in self.model.parameters() if id(p) not in body]
 
+    def grow(self, num_classes: int) -> None:
+        """Give the class layer ``num_classes`` classes, the first ones keeping their trained outputs (further
+        fine-tuning with new classes: ``fit --init-from``); new classes start as FCOS initialises them (weights
+        N(0, 0.01), prior probability 0.01)."""
+        head = self.model.head.classification_head
+        old = head.cls_logits
+        if num_classes + 1 == old.out_channels:
+            return
+        new = nn.Conv2d(old.in_channels, num_classes + 1, kernel_size=3, padding=1).to(old.weight.device)
+        with torch.no_grad():
+            nn.init.normal_(new.weight, std=0.01)
+            nn.init.constant_(new.bias, -4.59)
+            new.weight[:old.out_channels] = old.weight
+            new.bias[:old.out_channels] = old.bias
+        head.cls_logits = new
+        head.num_classes = num_classes + 1
+        self.config["num_classes"] = int(num_classes)
+
     def random_like(self) -> Detector:
         """The same architecture with random weights everywhere (the scratch baseline; its BatchNorm trains)."""
         config = {**self.config, "frozen_bn": False} if "frozen_bn" in self.config else self.config

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..errors import TransferkitError
 from .auto import AutoConfig, AutoStrategy
-from .base import FitResult, Strategy, TrainTask, check_modality, check_numbers, config_for
+from .base import FitResult, StartHead, Strategy, TrainTask, check_modality, check_numbers, config_for
 from .contrastive import ContrastiveConfig, ContrastiveStrategy
 from .crossval import CrossValidated
 from .finetune import FinetuneConfig, FinetuneStrategy, GradualConfig, GradualStrategy, ScratchConfig, ScratchStrategy
@@ -101,5 +101,5 @@ def _configure(name: str, cfg_cls: type, profile: str, overrides: dict[str, Any]
     return config
 
 
-__all__ = ["STRATEGIES", "TEXT_ONLY", "config_for", "FitResult", "Strategy", "TrainTask", "create_detection_strategy",
-           "create_strategy", "detection_strategy_names", "strategy_names"]
+__all__ = ["STRATEGIES", "TEXT_ONLY", "config_for", "FitResult", "StartHead", "Strategy", "TrainTask",
+           "create_detection_strategy", "create_strategy", "detection_strategy_names", "strategy_names"]

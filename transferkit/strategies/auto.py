@@ -40,6 +40,7 @@ class AutoConfig:
     finetune_lr: float = field(default=5e-4, metadata={"help": "peak LR when fine-tuning from the probe's head"})
     finetune_folds: int = field(default=3, metadata={"help": "without a validation split: folds on which fine-tuning "
                                                              "is compared with the probe (--cv sets them too)"})
+    l2sp: float = field(default=0.0, metadata={"help": "L2-SP strength when fine-tuning (see finetune's l2sp; 0: off)"})
 
     text_defaults: ClassVar[dict[str, Any]] = {"finetune_lr": 1e-4, "max_epochs": 8}
     audio_defaults: ClassVar[dict[str, Any]] = {"max_epochs": 25}
@@ -59,7 +60,9 @@ class AutoStrategy:
         linear = LinearStrategy(config_for(LinearConfig, task.profile))
         probe = linear.fit(task)
         candidates = {"linear": probe}
-        per_class = int(task.class_counts().min())
+        counts = task.class_counts()
+        # a run from a bundle may lack some of its classes (their rows are kept): the smallest class present counts
+        per_class = int(counts[counts > 0].min())
         summary: dict[str, Any] = {}
         if per_class < cfg.min_per_class:
             decision = f"linear only: {per_class} training example(s) in the smallest class (< {cfg.min_per_class})"
@@ -115,7 +118,7 @@ class AutoStrategy:
     def _finetune_config(self, task: TrainTask, epochs: int) -> FinetuneConfig:
         # LP-FT: the head starts trained, so it moves at the encoder's rate
         return config_for(FinetuneConfig, task.profile, epochs=epochs, lr=self.config.finetune_lr, head_lr=None,
-                          warmup_epochs=0.5, dropout=0.0)
+                          warmup_epochs=0.5, dropout=0.0, l2sp=self.config.l2sp)
 
     def _cross_validated(self, task: TrainTask, probe: FitResult,
                          linear: LinearStrategy) -> tuple[str, FitResult | None, dict[str, Any]]:

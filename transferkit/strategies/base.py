@@ -27,6 +27,24 @@ TRAINED_FOLDS = 3  # default folds where a fold is a training run (fine-tuning, 
 
 
 @dataclass
+class StartHead:
+    """The head a run from a bundle starts with (``transferkit fit --init-from``): ``head`` has a row per class of
+    this run, and ``kept`` lists the classes whose rows are the bundle's (the other rows are a fresh head's)."""
+
+    head: nn.Module
+    kept: list[int]
+
+    def head_for(self, dropout: float = 0.0) -> nn.Module:
+        """A copy of the head with ``dropout`` before it (fine-tuning's own setting)."""
+        from ..heads import LinearHead
+
+        fc = self.head.fc
+        out = LinearHead(fc.in_features, fc.out_features, dropout=dropout)
+        out.load_state_dict(self.head.state_dict())
+        return out
+
+
+@dataclass
 class TrainTask:
     """Everything a strategy may use. Built once per run by the task (:meth:`transferkit.tasks.Task.train_task`)."""
 
@@ -53,6 +71,7 @@ class TrainTask:
     groups: list[str] | None = None  # per training example: its patient (folds keep a patient together)
     stop_at: int | None = None  # train only this many epochs of the planned schedule (the folds' chosen epoch)
     batches: Batches | None = None  # the task's batches (see Batches); None for strategies that build their own
+    start: StartHead | None = None  # a run from a bundle: the bundle's head, a row per class (strategies start there)
 
     @property
     def cross_validated(self) -> bool:
@@ -199,7 +218,18 @@ NUMBER_RANGES: dict[str, tuple[float | None, float | None, bool, bool, bool, str
     **{name: (0, 1, False, True, False, "0.1") for name in ("dropout", "lora_dropout", "label_smoothing",
                                                             "frozen_share")},
     "layer_decay": (0, 1, True, False, False, "0.7"),
+    "l2sp": (0, 1e6, False, False, False, "0.01"),
 }
+
+
+def refuse_l2sp(config: Any) -> None:
+    """Scratch strategies: L2-SP pulls weights toward where transfer started them, and a scratch run has no such
+    start (its weights are random)."""
+    if getattr(config, "l2sp", 0):
+        from ..errors import TransferkitError
+
+        raise TransferkitError("l2sp pulls weights toward their pretrained start; scratch starts from random weights: "
+                               "leave l2sp out.")
 
 
 def check_numbers(config: Any) -> None:

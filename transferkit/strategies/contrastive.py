@@ -114,7 +114,8 @@ class ContrastiveStrategy:
         losses = self.tune(encoder, pairs, task) if cfg.epochs > 0 else []
         t_tune = time.monotonic() - t0
         # step 2: a fresh linear probe on the tuned encoder (its features differ from the pretrained ones)
-        head_task = dataclasses.replace(task, backbone=encoder.eval())
+        # the bundle's head rows (--init-from) belong to the encoder before tuning: the probe refits every row here
+        head_task = dataclasses.replace(task, backbone=encoder.eval(), start=None)
         # without a validation split the run's estimate comes from cross-validating this whole strategy
         # (strategies.crossval), so the probe's own repeated estimate would only cost time
         probe = LinearStrategy(config_for(LinearConfig, "text", cache=False, repeats=1)).fit(head_task)

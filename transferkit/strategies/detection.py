@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..engine.optim import adamw, freeze, param_groups, trainable_parameters, warmup_cosine
-from .base import FitResult, TrainTask
+from ..engine.optim import L2SP, adamw, freeze, param_groups, trainable_parameters, warmup_cosine, without_decay_on
+from .base import FitResult, TrainTask, refuse_l2sp
 
 
 @dataclass
@@ -42,6 +42,9 @@ class DetectFinetuneConfig:
                                                           "with the pixels)"})
     hflip: bool = field(default=True, metadata={"help": "allow horizontal flips (turn off where left/right matters)"})
     grad_clip: float = field(default=10.0, metadata={"help": "clip the gradient norm (0: off)"})
+    l2sp: float = field(default=0.0, metadata={"help": "L2-SP: pull the body's weights toward their starting point "
+                                                       "(pretrained, or the --init-from bundle's) instead of decaying "
+                                                       "them (0: off)"})
 
 
 @dataclass
@@ -64,6 +67,9 @@ class DetectScratchConfig(DetectFinetuneConfig):
     epochs: int = field(default=60, metadata={"help": "maximum epochs (random weights need more)"})
     layer_decay: float = field(default=1.0, metadata={"help": "no LLRD: no layer knows more than another"})
     patience: int = field(default=15, metadata={"help": "epochs without a better validation mAP before stopping"})
+
+    def __post_init__(self) -> None:
+        refuse_l2sp(self)
 
 
 @dataclass
@@ -116,7 +122,9 @@ class DetectionStrategy:
         det = self.make_detector(task)
         groups = det.layer_groups()
         freeze(list(det.parameters()), frozen=False)
-        opt = adamw(param_groups(groups, det.new_parameters(), cfg.lr, cfg.weight_decay, cfg.layer_decay), acc.device)
+        penalty = L2SP(det.body, cfg.l2sp) if cfg.l2sp else None
+        opt = adamw(without_decay_on(param_groups(groups, det.new_parameters(), cfg.lr, cfg.weight_decay,
+                                                  cfg.layer_decay), penalty), acc.device)
         n = len(task.train)
         bs = max(1, min(cfg.batch_size, n))
         loader = torch.utils.data.DataLoader(
@@ -129,7 +137,8 @@ class DetectionStrategy:
         history, _ = train_detector(
             det, opt, sched, loader, validator(task), acc, epochs=epochs, patience=cfg.patience,
             on_epoch_start=self.schedule(det), deadline=task.deadline, grad_clip=cfg.grad_clip,
-            checkpoint_dir=task.work_dir / f"checkpoints-{self.name}" if task.work_dir else None, description=self.name)
+            checkpoint_dir=task.work_dir / f"checkpoints-{self.name}" if task.work_dir else None, description=self.name,
+            penalty=penalty)
         det = acc.unwrap_model(det).cpu().eval()
         trainable = trainable_parameters(det)
         freeze(list(det.parameters()), frozen=False)

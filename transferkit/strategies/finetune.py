@@ -23,10 +23,11 @@ from torch import nn
 
 from ..engine.loop import train
 from ..engine.trainer import compile_seconds
-from ..engine.optim import adamw, compile_module, freeze, param_groups, trainable_parameters, warmup_cosine
+from ..engine.optim import L2SP, adamw, compile_module, freeze, param_groups, trainable_parameters, warmup_cosine
+from ..engine.optim import without_decay_on
 from ..heads import Classifier, LinearHead
 from .base import FitResult, TrainTask, epochs_within_budget, make_loaders, make_prepare, schedule_within_budget
-from .base import val_aggregate
+from .base import refuse_l2sp, val_aggregate
 
 
 @dataclass
@@ -51,6 +52,9 @@ class FinetuneConfig:
     lp_ft: bool = field(default=False, metadata={"help": "start the head from the cross-validated linear probe on the "
                                                          "frozen features (LP-FT, as auto does) instead "
                                                          "of a random head"})
+    l2sp: float = field(default=0.0, metadata={"help": "L2-SP: pull the backbone's weights toward their starting point "
+                                                       "(pretrained, or the --init-from bundle's) with this strength "
+                                                       "instead of decaying them toward zero (0: off; try 0.01-1)"})
 
     # Texts: BERT-style rates for the encoder, a faster head (a few dozen steps must train it), no augmentation.
     text_defaults: ClassVar[dict[str, Any]] = {
@@ -93,6 +97,9 @@ class ScratchConfig(FinetuneConfig):
     patience: int = field(default=10, metadata={"help": "epochs without validation improvement before stopping"})
     dropout: float = field(default=0.0, metadata={"help": "dropout before the head"})
 
+    def __post_init__(self) -> None:
+        refuse_l2sp(self)
+
     # random transformer weights: a long warm-up (a post-LN transformer stalls at chance with 5e-4 from the
     # start: measured on BBC News), more epochs, and patience for the plateau before it starts to learn
     text_defaults: ClassVar[dict[str, Any]] = {
@@ -125,19 +132,24 @@ class FinetuneStrategy:
         if hasattr(backbone, "set_augment"):  # audio: SpecAugment masks on the spectrogram while training
             backbone.set_augment(cfg.augment)
         head = LinearHead(backbone.num_features, len(task.classes), dropout=cfg.dropout)
-        init_head = self.init_head
+        # where the head starts: auto's probe, else (lp_ft) a probe fitted here, else a bundle's head grown to these
+        # classes (--init-from), else a fresh one
+        init_head, head_from = self.init_head, "probe" if self.init_head is not None else "fresh"
         if init_head is None and cfg.lp_ft and self.name != "scratch":
             from ..engine.features import extract_features
             from .linear import LinearConfig, fit_probe
 
             features, _ = extract_features(task.backbone, task.train, acc, description="features (LP-FT probe)")
-            init_head = fit_probe(features, task, LinearConfig()).to_head()
+            init_head, head_from = fit_probe(features, task, LinearConfig()).to_head(), "probe"
+        if init_head is None and task.start is not None and self.name != "scratch":
+            init_head, head_from = task.start.head, "bundle"
         if init_head is not None:
             head.load_state_dict(init_head.state_dict())
         model = Classifier(backbone, head).to(memory_format=torch.channels_last)
         groups = backbone.layer_groups()
-        opt = adamw(param_groups(groups, list(head.parameters()), cfg.lr, cfg.weight_decay, cfg.layer_decay,
-                                 head_lr=cfg.head_lr), acc.device)
+        penalty = L2SP(backbone, cfg.l2sp) if cfg.l2sp else None  # the start: pretrained or the bundle's weights
+        opt = adamw(without_decay_on(param_groups(groups, list(head.parameters()), cfg.lr, cfg.weight_decay,
+                                                  cfg.layer_decay, head_lr=cfg.head_lr), penalty), acc.device)
         train_loader, val_loader = make_loaders(task, cfg.batch_size, cfg.augment, cfg.hflip)
         epochs, epoch_s = epochs_within_budget(task, cfg.epochs, self.epoch_seconds, self.relative_cost(len(groups)))
         steps, warmup, check = schedule_within_budget(task, epochs, epoch_s, len(train_loader),
@@ -154,6 +166,7 @@ class FinetuneStrategy:
             checkpoint_dir=task.work_dir / f"checkpoints-{self.name}" if task.work_dir else None,
             description=self.name, val_aggregate=val_aggregate(task), class_weights=task.class_weights,
             balanced=task.balanced, stop_at=task.stop_at, on_validate=self.on_validate, budget=check,
+            penalty=penalty,
         )
         model = acc.unwrap_model(net, keep_torch_compile=False).cpu().to(memory_format=torch.contiguous_format)
         if hasattr(backbone, "set_augment"):
@@ -166,7 +179,8 @@ class FinetuneStrategy:
             model=model, strategy=self.name, history=history,
             trainable_params=trainable_parameters(model),
             timings=timings,
-            details={"config": cfg.__dict__, "layer_groups": len(groups), "lp_ft": init_head is not None,
+            details={"config": cfg.__dict__, "layer_groups": len(groups), "lp_ft": head_from == "probe",
+                     "head_from": head_from,
                      "planned_epochs": epochs, "planned_steps": steps, "estimated_epoch_s": epoch_s,
                      "compiled": task.compile},
         )

@@ -62,7 +62,21 @@ def fit_probe(features: torch.Tensor, task: TrainTask, cfg: LinearConfig, idx: A
     if idx is not None:
         features, y = features[idx], y[idx]
         groups = [groups[i] for i in idx] if groups is not None else None
-    return make_probe(task, cfg, seed).fit(features, y, num_classes=len(task.classes), groups=groups)
+    probe = make_probe(task, cfg, seed).fit(features, y, num_classes=len(task.classes), groups=groups)
+    if task.start is not None and not probe.multi_label_:
+        keep_bundle_rows(probe, task.start, np.bincount(y, minlength=len(task.classes)))
+    return probe
+
+
+def keep_bundle_rows(probe: LogisticProbe, start: Any, counts: np.ndarray) -> None:
+    """A run from a bundle (``--init-from``): each bundle class without a training example here keeps the bundle's
+    row (its logit on these same features), instead of a row fitted to never fire; so the class stays predictable
+    and every score of the probe (folds included) sees the same model that is saved."""
+    w, b = start.head.fc.weight.detach().double().numpy(), start.head.fc.bias.detach().double().numpy()
+    for k in start.kept:
+        if counts[k] == 0:  # on standardised features z = (x - mean) / scale: w.x + b = (w * scale).z + (w.mean + b)
+            probe.coef_[k] = w[k] * probe.scale_
+            probe.intercept_[k] = w[k] @ probe.mean_ + b[k]
 
 
 def cross_validate_probe(features: torch.Tensor, task: TrainTask, cfg: LinearConfig) -> CrossValidation:

@@ -4,7 +4,8 @@ Only the adapters and the head train (about 0.3% of MiniLM's weights). The head 
 start, so it cannot be lost on save: the bundle holds the encoder with the adapters merged into its weights
 (what ``transferkit.load`` rebuilds, predicting exactly what the returned model predicts) and, in
 ``adapter/``, the adapter in peft's own format with the head beside it, for use with
-``PeftModel.from_pretrained(base_encoder, "model/adapter")``.
+``PeftModel.from_pretrained(base_encoder, "model/adapter")`` (not for a run from a bundle, ``--init-from``: its
+adapter was trained on the bundle's weights, not the base encoder's).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from torch import nn
 
 from ..engine.loop import train
-from ..engine.optim import adamw, freeze, param_groups, trainable_parameters, warmup_cosine
+from ..engine.optim import L2SP, adamw, freeze, param_groups, trainable_parameters, warmup_cosine, without_decay_on
 from ..errors import TransferkitError
 from ..heads import Classifier, LinearHead
 from .base import FitResult, TrainTask, check_modality, epochs_within_budget, make_loaders, make_prepare
@@ -45,6 +46,8 @@ class LoraConfig:
     batch_size: int = field(default=16, metadata={"help": "texts per step"})
     patience: int = field(default=5, metadata={"help": "epochs without validation improvement before stopping"})
     dropout: float = field(default=0.1, metadata={"help": "dropout before the head"})
+    l2sp: float = field(default=0.0, metadata={"help": "L2-SP: pull the adapters toward their starting point with "
+                                                       "this strength instead of decaying them (0: off)"})
 
 
 def apply_lora(body: nn.Module, cfg: LoraConfig) -> nn.Module:
@@ -78,12 +81,15 @@ class LoraStrategy:
         backbone = copy.deepcopy(task.backbone)
         peft_body = apply_lora(backbone.body, cfg)
         backbone.body = peft_body
-        head = LinearHead(backbone.num_features, len(task.classes), dropout=cfg.dropout)
+        # a run from a bundle (--init-from) starts from its head, grown to these classes
+        head = (task.start.head_for(cfg.dropout) if task.start is not None
+                else LinearHead(backbone.num_features, len(task.classes), dropout=cfg.dropout))
         model = Classifier(backbone, head)
         adapters = [p for n, p in peft_body.named_parameters() if "lora_" in n]
         freeze([p for n, p in peft_body.named_parameters() if "lora_" not in n])
-        opt = adamw(param_groups([adapters], list(head.parameters()), cfg.lr, cfg.weight_decay, 1.0,
-                                 head_lr=cfg.head_lr), task.accelerator.device)
+        penalty = L2SP(adapters, cfg.l2sp) if cfg.l2sp else None
+        opt = adamw(without_decay_on(param_groups([adapters], list(head.parameters()), cfg.lr, cfg.weight_decay, 1.0,
+                                                  head_lr=cfg.head_lr), penalty), task.accelerator.device)
         train_loader, val_loader = make_loaders(task, cfg.batch_size)
         # adapters save the weight gradients, not the backward pass: an epoch costs about a full fine-tuning epoch
         epochs, epoch_s = epochs_within_budget(task, cfg.epochs)
@@ -96,10 +102,12 @@ class LoraStrategy:
             model, opt, sched, train_loader, val_loader, acc, epochs=epochs, patience=cfg.patience,
             prepare=make_prepare(task, backbone), deadline=task.deadline, multi_label=task.multi_label,
             checkpoint_dir=task.work_dir / "checkpoints-lora" if task.work_dir else None, description="lora",
-            stop_at=task.stop_at, budget=check,
+            stop_at=task.stop_at, budget=check, penalty=penalty,
         )
         model = acc.unwrap_model(model).cpu().eval()
-        files = adapter_files(model.backbone.body, model.head, base_model_id(task.spec))
+        # the adapter in peft's format, for use on the hub's base encoder; a run from a bundle (--init-from) trained
+        # it on the bundle's weights instead, so it would not reproduce this model there: none is written then
+        files = adapter_files(model.backbone.body, model.head, base_model_id(task.spec)) if task.start is None else {}
         # merge: the bundle is one plain encoder + head, rebuilt without peft; predictions equal this model's
         model.backbone.body = model.backbone.body.merge_and_unload()
         freeze(list(model.parameters()), frozen=False)

@@ -5,6 +5,7 @@ its windows' (in validation, in the metrics and in ``predict``)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,11 +130,11 @@ class AudioTask(ClassificationTask):
     def sniff(self, data: Any, hints: dict[str, Any]) -> bool:
         return data_kind(data, hints) == "audio"
 
-    def load_splits(self, data: Any, settings: RunSettings, options: AudioOptions) -> Any:
+    def load_splits(self, data: Any, settings: RunSettings, options: AudioOptions, known: Sequence[str] = ()) -> Any:
         from ..data.sources import load_splits
 
         return load_splits(data, val_fraction=settings.val_fraction, test_fraction=settings.test_fraction,
-                           seed=settings.seed, skip_bad=settings.skip_bad, kind="audio")
+                           seed=settings.seed, skip_bad=settings.skip_bad, kind="audio", known=known)
 
     def prepare(self, data: Any, backbone: str | None, settings: RunSettings, options: AudioOptions,
                 parts: tuple[str, ...] = ("train", "val", "test")) -> Prepared:
@@ -144,8 +145,9 @@ class AudioTask(ClassificationTask):
         from ..data.audio import choose_clip_seconds, read_clips, window_clips
 
         t = time.monotonic()
-        splits = self.load_splits(data, settings, options)
-        bb = create_backbone(backbone, arch=settings.arch, modality="audio")
+        start, splits = self.start_and_splits(data, settings, options)
+        # --init-from: the bundle's backbone with its window length and spectrogram statistics, as they were saved
+        bb = start.backbone() if start is not None else create_backbone(backbone, arch=settings.arch, modality="audio")
         if settings.image_size is not None:
             if bb.preprocess.kind != "spectrogram":  # its range is checked with the run's settings
                 raise TransferkitError("image_size sets the spectrogram height of a CNN backbone (32 pixels or more).")
@@ -159,11 +161,12 @@ class AudioTask(ClassificationTask):
         clips = {name: read_clips(ds.items, bb.preprocess, skip_bad=settings.skip_bad,
                                   array_rate=getattr(ds, "sample_rate", None), description=f"reading {name}")
                  for name, ds in existing_parts(splits, parts)}
-        durations = clips["train"].durations(rate)
-        clip = float(options.clip_seconds) if options.clip_seconds is not None else choose_clip_seconds(durations)
-        if options.clip_seconds is None and bb.preprocess.kind == "speaker":
-            clip = max(clip, 1.6)  # at least one whole 1.6 s partial utterance per window
-        replace_preprocess(bb, clip_seconds=clip)
+        if start is None:
+            durations = clips["train"].durations(rate)
+            clip = float(options.clip_seconds) if options.clip_seconds is not None else choose_clip_seconds(durations)
+            if options.clip_seconds is None and bb.preprocess.kind == "speaker":
+                clip = max(clip, 1.6)  # at least one whole 1.6 s partial utterance per window
+            replace_preprocess(bb, clip_seconds=clip)
         index = {c: i for i, c in enumerate(splits.classes)}
         dec = {}
         for name, ds in existing_parts(splits, parts):
@@ -174,10 +177,10 @@ class AudioTask(ClassificationTask):
                                 "max": round(float(d.max()), 3)}}
             dec[name] = window_clips(c, [index[ds.labels[i]] for i in c.kept], bb.preprocess.clip_samples, info)
             dec[name].info["windows"] = len(dec[name].waves)
-        if bb.preprocess.kind == "spectrogram":  # standardise log-mel with the training set's statistics (as AST)
-            mean, std = spectrogram_stats(bb, dec["train"].waves)
+        if bb.preprocess.kind == "spectrogram" and start is None:  # log-mel standardised with the training set's
+            mean, std = spectrogram_stats(bb, dec["train"].waves)  # statistics (as AST); a bundle keeps its own
             replace_preprocess(bb, mean=mean, std=std)
-        prepared = Prepared(splits, bb, dec, {"load_s": load_s})
+        prepared = Prepared(splits, bb, dec, {"load_s": load_s}, start=start)
         announce(prepared, describe(bb.preprocess))
         check_scoring_cost(prepared, clips, rate, settings)
         prepared.timings["decode_s"] = time.monotonic() - t - load_s

@@ -14,7 +14,7 @@ dataclass (typed, validated in ``__post_init__``).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -55,6 +55,12 @@ class RunSettings:
     workers: int | None = None
     compile: bool = False  # torch.compile the network that fine-tuning trains (engine.optim.compile_module)
     strategy_options: dict[str, Any] = field(default_factory=dict)
+    # further fine-tuning (tasks.continued): the bundle to start from, old data to replay (the fraction of each old
+    # class drawn into training) and the old task's test data to measure forgetting on
+    init_from: Path | None = None
+    replay: Any = None
+    replay_fraction: float = 0.25
+    old_test: Any = None
 
     def __post_init__(self) -> None:
         if self.cv is not None:
@@ -75,6 +81,9 @@ class RunSettings:
             check_number("workers", self.workers, low=0, high=MAX_WORKERS, whole=True, example="2")
         if self.out is not None:
             self.out = Path(self.out)
+        check_number("replay_fraction", self.replay_fraction, low=0, low_open=True, high=1, example="0.25")
+        if self.init_from is not None:
+            self.init_from = Path(self.init_from)
 
 
 @dataclass
@@ -87,6 +96,7 @@ class Prepared:
     encoded: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
     copies: Any = None  # the copies found across splits (data.copies.Copies), found once when the data are read
+    start: Any = None  # the bundle this run continues from (tasks.continued.StartPoint), or None
     classical: Any = None  # the classical baseline's predictions, made before training (scratch_baseline runs)
 
     @property
@@ -116,6 +126,7 @@ class Task:
     reading_options: ClassVar[tuple[str, ...]] = ()  # what evaluate's read_labelled takes besides the source
     unit: ClassVar[str] = "examples"  # what the report calls one example: "images", "texts", "recordings"
     plural: ClassVar[str] = ""  # how an error names this task's data: "texts", "audio", "images"
+    min_classes: ClassVar[int] = 2  # classes a training split must hold (a classifier needs two, a detector one)
 
     # -- recognising and reading data -------------------------------------------------------------------------
     def sniff(self, data: Any, options: Any) -> bool:
@@ -139,9 +150,21 @@ class Task:
     def check(self, settings: RunSettings, options: Any) -> None:
         """Refuse settings that do not suit this task before any data is read (cheap checks only)."""
 
-    def load_splits(self, data: Any, settings: RunSettings, options: Any) -> Any:
+    def start_and_splits(self, data: Any, settings: RunSettings, options: Any) -> tuple[Any, Any]:
+        """The bundle a run continues from (``settings.init_from``; None for a run from pretrained weights) and
+        ``data`` read into splits, the bundle's classes first and old examples replayed into training
+        (:mod:`transferkit.tasks.continued`)."""
+        from .continued import continue_splits, load_start
+
+        start = load_start(self, settings, options)
+        splits = self.load_splits(data, settings, options, known=start.classes if start is not None else ())
+        return start, continue_splits(splits, start, self, settings, options)
+
+    def load_splits(self, data: Any, settings: RunSettings, options: Any, known: Sequence[str] = ()) -> Any:
         """Read ``data`` into splits (train, val or None, test or None, ``classes``), as :meth:`prepare` does
-        before it builds the backbone (``compare`` draws its label budgets from these)."""
+        before it builds the backbone (``compare`` draws its label budgets from these). ``known``: the classes of
+        the bundle a run continues from: the training split may then hold one class only, and the other splits
+        classes it lacks."""
         raise NotImplementedError
 
     def prepare(self, data: Any, backbone: str | None, settings: RunSettings, options: Any,
@@ -187,10 +210,16 @@ class Task:
         from ..strategies import TrainTask
 
         dec = prepared.encoded
+        start = None
+        if prepared.start is not None:  # a run from a bundle: its head, grown to these data's classes
+            from ..strategies import StartHead
+            from .continued import start_head
+
+            start = StartHead(*start_head(prepared.start, prepared.classes, settings.seed))
         return TrainTask(spec=prepared.backbone.spec, backbone=prepared.backbone, train=dec["train"],
                          val=dec.get("val"), classes=prepared.classes, accelerator=accelerator, seed=settings.seed,
                          deadline=deadline, work_dir=work_dir, cv=settings.cv, batches=self,
-                         workers=loader_workers(settings, accelerator), compile=settings.compile)
+                         workers=loader_workers(settings, accelerator), compile=settings.compile, start=start)
 
     def loaders(self, task: Any, batch_size: int, augment: bool = False, hflip: bool = True) -> tuple:
         """Training loader (epoch-seeded shuffling, augmentation when ``augment``) and validation loader (None

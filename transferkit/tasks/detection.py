@@ -3,7 +3,9 @@ engine -> COCO mAP, drawn examples, report -> bundle."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,7 @@ class DetectionTask(Task):
     title = "object detection"
     bundle_task = "object-detection"
     modality = "detection"
+    min_classes = 1
     Options = DetectionOptions
     sniff_order = 10
     plural = "boxes"
@@ -86,7 +89,6 @@ class DetectionTask(Task):
     def prepare(self, data: Any, backbone: str | None, settings: RunSettings, options: DetectionOptions,
                 parts: tuple[str, ...] = ("train", "val", "test")) -> Prepared:
         from ..console import info
-        from ..data.boxes import load_box_splits
         from ..data.detection import decode_boxes
         from ..data.sources import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
         from ..heads.detection import build_detector
@@ -95,10 +97,15 @@ class DetectionTask(Task):
         # detection always holds out a validation split (no cross-validation of detectors yet)
         val = DEFAULT_VAL_FRACTION if settings.val_fraction is None else settings.val_fraction
         test = DEFAULT_TEST_FRACTION if settings.test_fraction is None else settings.test_fraction
-        splits = load_box_splits(data, val_fraction=val, test_fraction=test, seed=settings.seed,
-                                 skip_bad=settings.skip_bad)
-        size = settings.image_size or choose_image_size(splits.train.items)
-        det = build_detector(backbone, splits.classes, size, arch=settings.arch)
+        start, splits = self.start_and_splits(data, dataclasses.replace(settings, val_fraction=val,
+                                                                        test_fraction=test), options)
+        if start is not None:  # --init-from: the bundle's detector, its class layer grown to the new classes
+            det = start.backbone()
+            det.grow(len(splits.classes))
+            size = det.config["image_size"]
+        else:
+            size = settings.image_size or choose_image_size(splits.train.items)
+            det = build_detector(backbone, splits.classes, size, arch=settings.arch)
         info(f"data ({splits.format}): {len(splits.train)} train / {len(splits.val)} val / "
              f"{len(splits.test) if splits.test is not None else 0} test images, {len(splits.classes)} classes; "
              f"detector FCOS on {det.spec.name} at {size} px")
@@ -108,7 +115,14 @@ class DetectionTask(Task):
                                   skip_bad=settings.skip_bad, description=f"decoding {name}")
                for name, s in existing_parts(splits, parts)}
         timings["decode_s"] = time.monotonic() - t
-        return Prepared(splits, det, dec, timings)
+        return Prepared(splits, det, dec, timings, start=start)
+
+    def load_splits(self, data: Any, settings: RunSettings, options: Any, known: Sequence[str] = ()) -> Any:
+        """Boxes into splits (a detector's classes come from every split, so ``known`` changes nothing here)."""
+        from ..data.boxes import load_box_splits
+
+        return load_box_splits(data, val_fraction=settings.val_fraction, test_fraction=settings.test_fraction,
+                               seed=settings.seed, skip_bad=settings.skip_bad)
 
     def train_task(self, prepared: Prepared, settings: RunSettings, options: Any, accelerator: Any,
                    deadline: float | None, work_dir: Path | None) -> Any:
@@ -137,6 +151,14 @@ class DetectionTask(Task):
                 scores[name] = detection_metrics(preds[name], truth, splits.classes)
         scored = "test" if "test" in scores else "val"
         timings["evaluate_s"] = time.monotonic() - t
+        continued = None
+        if prepared.start is not None:  # --init-from: the start, what was added, and (--old-test) what was forgotten
+            from .continued import forgetting, record
+
+            t = time.monotonic()
+            continued = record(prepared.start, settings) | {
+                "forgetting": forgetting(prepared.start, model, settings, options)}
+            timings["old_test_s"] = time.monotonic() - t
         timings["total_s"] = time.monotonic() - extras["t_start"]
 
         summary = splits.summary()
@@ -155,6 +177,11 @@ class DetectionTask(Task):
             **run_record(result, train, settings, timings, extras.get("budget")),
         }
         model.meta = {"metrics": {k: metrics[k] for k in ("strategy", "val", "test", "data")}}
+        if continued is not None:
+            from .continued import lineage
+
+            metrics["continued"] = model.meta["metrics"]["continued"] = continued
+            model.meta["lineage"] = lineage(prepared.start)
         return model, metrics, {"set": scored, "preds": preds[scored]}
 
     def write(self, out: Path, model: Any, metrics: dict[str, Any], prepared: Prepared,

@@ -4,6 +4,7 @@ input size (kept in the pixel cache) -> random-resized-crop/flip batches, normal
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -94,12 +95,12 @@ class ImageTask(ClassificationTask):
     def sniff(self, data: Any, hints: dict[str, Any]) -> bool:
         return True  # the fallback: anything that is not boxes, texts or audio is read as images
 
-    def load_splits(self, data: Any, settings: RunSettings, options: ImageOptions) -> Any:
+    def load_splits(self, data: Any, settings: RunSettings, options: ImageOptions, known: Sequence[str] = ()) -> Any:
         from ..data.sources import load_splits
 
         return load_splits(data, val_fraction=settings.val_fraction, test_fraction=settings.test_fraction,
                            seed=settings.seed, skip_bad=settings.skip_bad, patients=self.patients,
-                           patient_column=getattr(options, "patient_column", None))
+                           patient_column=getattr(options, "patient_column", None), known=known)
 
     def prepare(self, data: Any, backbone: str | None, settings: RunSettings, options: ImageOptions,
                 parts: tuple[str, ...] = ("train", "val", "test")) -> Prepared:
@@ -109,14 +110,17 @@ class ImageTask(ClassificationTask):
         from ..data.images import decode
 
         t = time.monotonic()
-        splits = self.load_splits(data, settings, options)
-        bb = create_backbone(backbone, arch=settings.arch, modality="image")
-        self.finish_preprocess(bb, settings, options)
+        start, splits = self.start_and_splits(data, settings, options)
+        if start is not None:  # --init-from: the bundle's backbone and preprocessing, as they were saved
+            bb = start.backbone()
+        else:
+            bb = create_backbone(backbone, arch=settings.arch, modality="image")
+            self.finish_preprocess(bb, settings, options)
         if splits.val is not None and len(splits.val) == 0:
             unit = "patients" if self.patients else "images"
             raise TransferkitError(f"The validation split is empty: give each class at least 3 {unit} (or a val "
                                    "split), so that epochs can be chosen on data the model does not train on.")
-        prepared = Prepared(splits, bb, {})
+        prepared = Prepared(splits, bb, {}, start=start)
         announce(prepared, f"{bb.num_features}-d features, {bb.preprocess.input_size[0]} px")
         prepared.timings["load_s"] = time.monotonic() - t
         t = time.monotonic()

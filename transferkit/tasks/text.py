@@ -4,6 +4,7 @@ datasets or lists of strings -> token ids, tokenised once -> batches trimmed to 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,12 +90,13 @@ class TextTask(ClassificationTask):
         if settings.image_size is not None:
             raise TransferkitError("image_size applies to images; for texts set max_length.")
 
-    def load_splits(self, data: Any, settings: RunSettings, options: TextTaskOptions) -> Any:
+    def load_splits(self, data: Any, settings: RunSettings, options: TextTaskOptions,
+                    known: Sequence[str] = ()) -> Any:
         from ..data.text import load_text_splits
 
         return load_text_splits(data, labels=options.labels, options=options.reader(settings.skip_bad),
                                 val_fraction=settings.val_fraction, test_fraction=settings.test_fraction,
-                                seed=settings.seed)
+                                seed=settings.seed, known=known)
 
     def prepare(self, data: Any, backbone: str | None, settings: RunSettings, options: TextTaskOptions,
                 parts: tuple[str, ...] = ("train", "val", "test")) -> Prepared:
@@ -104,18 +106,19 @@ class TextTask(ClassificationTask):
 
         t = time.monotonic()
         self.check(settings, options)
-        splits = self.load_splits(data, settings, options)
+        start, splits = self.start_and_splits(data, settings, options)
         from ..data.copies import answer_copies
 
         copies = text_copies(splits)
         answer_copies(copies, self.unit)
-        bb = create_backbone(backbone, arch=settings.arch, modality="text")
+        # --init-from: the bundle's encoder, tokenizer and token limit, as they were saved
+        bb = start.backbone() if start is not None else create_backbone(backbone, arch=settings.arch, modality="text")
         if options.max_length is not None:
             limit = bb.max_length_limit()
             check_number(f"max_length (for {bb.spec.name})", options.max_length, low=MIN_TEXT_TOKENS, high=limit,
                          whole=True, example="128")
             replace_preprocess(bb, max_length=options.max_length)
-        prepared = Prepared(splits, bb, {}, copies=copies)
+        prepared = Prepared(splits, bb, {}, copies=copies, start=start)
         announce(prepared, f"{bb.num_features}-d, {bb.preprocess.pooling} pooling, {bb.preprocess.max_length} tokens")
         prepared.timings["load_s"] = time.monotonic() - t
         t = time.monotonic()
