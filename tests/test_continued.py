@@ -308,3 +308,29 @@ def test_a_detector_continues_with_a_new_class(box_folder, tiny_backbone, tmp_pa
     assert again.classes == b.classes and again.meta["lineage"][0]["classes"] == a.classes
     with pytest.raises(TransferkitError, match="object-detection model, but these data are"):
         transferkit.fit(str(tmp_path / "B"), init_from=tmp_path / "A" / "model", modality="image")
+
+
+def test_a_multi_label_text_model_continues_and_forgetting_is_micro_f1(tmp_path, tiny_text_backbone, text_folder):
+    import csv
+
+    from conftest import topic_texts
+
+    def table(path: Path, rows: list[tuple[str, str]]) -> Path:
+        with path.open("w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "label"])
+            w.writerows(rows)
+        return path
+
+    rows = topic_texts(10, seed=4)  # each text one topic; every third also "short"
+    old = table(tmp_path / "old.csv", [(t, f"{y}|short" if i % 3 == 0 else y) for i, (t, y) in enumerate(rows)])
+    a = transferkit.fit(str(old), backbone=tiny_text_backbone, strategy="linear", label_sep="|", out=tmp_path / "A")
+    assert a.multi_label
+    new = table(tmp_path / "new.csv", [(t + " recipe oven", f"{y}|cooking") for t, y in topic_texts(6, seed=5)])
+    b = transferkit.fit(str(new), init_from=tmp_path / "A" / "model", strategy="linear", label_sep="|",
+                        old_test=str(old))
+    assert b.multi_label and b.classes == [*a.classes, "cooking"]
+    f = b.metrics["continued"]["forgetting"]
+    assert f["metric"] == "micro_f1" and f["n"] == 30 and 0 <= f["after"]["micro_f1"] <= 1
+    with pytest.raises(TransferkitError, match="multi-label model, but these data are single-label"):
+        transferkit.fit(str(text_folder), init_from=tmp_path / "A" / "model", strategy="linear")
