@@ -77,6 +77,31 @@ def test_linear_keeps_the_bundle_backbone_preprocessing_and_rows_of_absent_class
     assert "## Lineage" in card and str(a_path.resolve()) in card
 
 
+def test_a_probe_bundle_head_is_tempered_before_fine_tuning(bundle_a, new_data, tmp_path, tiny_backbone):
+    a_path, old = bundle_a
+    transferkit.fit(str(old), backbone=tiny_backbone, strategy="linear", image_size=40, out=tmp_path / "P")
+    probe = transferkit.load(tmp_path / "P" / "model").classifier.head.fc.weight
+    from transferkit.tasks import get_task
+    from transferkit.tasks.base import RunSettings
+    from transferkit.engine.accel import make_accelerator
+
+    task = get_task("image")
+    settings = RunSettings(init_from=tmp_path / "P" / "model", strategy="finetune")
+    prepared = task.prepare(str(new_data), None, settings, task.options())
+    train = task.train_task(prepared, settings, task.options(), make_accelerator("no", cpu=True), None, None)
+    head, scale = train.start.for_training(train)
+    assert 0 < scale <= 1
+    # one factor for every row: the bundle's decisions among its own classes are unchanged
+    assert torch.allclose(head.fc.weight[:2], probe * scale, atol=1e-6)
+    from transferkit.engine.features import extract_features
+    from transferkit.strategies.base import START_LOGIT_REACH, START_LOGIT_SPREAD
+
+    features, _ = extract_features(train.backbone, train.train, train.accelerator)
+    logits = (features @ head.fc.weight[:2].T + head.fc.bias[:2]).detach()
+    reach = float(head.fc.weight[:2].detach().norm(dim=1).max() * features.norm(dim=1).mean())
+    assert float(logits.std()) <= START_LOGIT_SPREAD + 1e-4 and reach <= START_LOGIT_REACH + 1e-3
+
+
 def test_finetune_starts_from_the_bundle_head_and_replay_and_old_test_are_reported(bundle_a, new_data, tmp_path):
     a_path, old = bundle_a
     b = transferkit.fit(str(new_data), init_from=a_path, strategy="finetune", epochs=2, replay=str(old),
@@ -215,6 +240,10 @@ def test_bad_starts_are_refused_in_one_line(bundle_a, new_data, tmp_path, text_f
         ({"old_test": str(old / "test")}, "need --init-from"),
         ({"init_from": a_path, "replay_fraction": 0}, "replay_fraction"),
         ({"init_from": a_path, "old_test": str(new_data / "test")}, "--old-test .*blue"),
+        ({"init_from": a_path / "config.json"}, "is a file, not a bundle folder"),
+        ({"init_from": a_path, "out": a_path.parent}, "holds the bundle --init-from continues"),
+        ({"init_from": a_path, "replay": str(new_data)}, "holds no example of the classes of --init-from"),
+        ({"replay_fraction": 0.5}, "give --replay OLD_DATA too"),
     ]
     for kwargs, message in cases:
         with pytest.raises(TransferkitError, match=message):
@@ -228,8 +257,20 @@ def test_bad_starts_are_refused_in_one_line(bundle_a, new_data, tmp_path, text_f
         Image.new("RGB", (24, 24), (120, 0, 120)).save(other / "train" / "purple" / f"p{i}.png")
     with pytest.raises(TransferkitError, match="--replay .* purple, which neither"):
         transferkit.fit(str(new_data), strategy="linear", init_from=a_path, replay=str(other))
-    with pytest.raises(TransferkitError, match="image-classification model, but these data are texts"):
+    with pytest.raises(TransferkitError, match="holds an image-classification model, but these data are text"):
         transferkit.fit(str(text_folder), strategy="linear", init_from=a_path)
+    assert (a_path / "model.safetensors").is_file()  # the refused --out did not touch the bundle
+    # the bundle's own value of a preprocessing option may be given again
+    again = transferkit.fit(str(new_data), strategy="linear", init_from=a_path, image_size=40)
+    assert again.preprocess.input_size == (40, 40)
+    tampered = tmp_path / "tampered"
+    import shutil
+
+    shutil.copytree(a_path, tampered)
+    config = json.loads((tampered / "config.json").read_text())
+    (tampered / "config.json").write_text(json.dumps({**config, "metrics": "x"}))
+    with pytest.raises(TransferkitError, match="metrics must be"):
+        transferkit.fit(str(new_data), strategy="linear", init_from=tampered)
 
 
 def test_text_and_audio_continue_from_their_bundles(tmp_path, text_folder, tiny_text_backbone, audio_folder):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import signal
 import socket
@@ -352,6 +353,25 @@ def test_a_damaged_export_is_refused_in_one_line(image_bundle, tmp_path):
     with pytest.raises(TransferkitError, match="gives 3 probabilities per input, but .* names 2 classes"):
         ExportedModel(exported)
     (exported / "labels.json").write_text('["blue", "green", "red"]')
+    pre = json.loads((exported / "preprocessing.json").read_text())
+    for key, value, words in (("input_size", [100000, 100000], "input_size must be two whole numbers"),
+                              ("input_size", "32", "input_size must be"), ("crop_pct", 0, "crop_pct must be"),
+                              ("interpolation", "evil", "interpolation must be one of"),
+                              ("multi_label", "yes", "multi_label must be true or false"),
+                              ("threshold", 2.0, "threshold must be a number from 0 to 1"),
+                              ("resize", None, "resize is missing")):
+        bad = {**pre, key: value} if value is not None else {k: v for k, v in pre.items() if k != key}
+        (exported / "preprocessing.json").write_text(json.dumps(bad))
+        with pytest.raises(TransferkitError, match=words):
+            ExportedModel(exported)
+    (exported / "preprocessing.json").write_text(json.dumps(pre))
+    (exported / "labels.json").write_text('["blue", "blue", "red"]')
+    with pytest.raises(TransferkitError, match="names a class twice"):
+        ExportedModel(exported)
+    (exported / "labels.json").write_text('["blue", "green", "red"]')
+    (exported / "model.onnx").write_bytes(b"")
+    with pytest.raises(TransferkitError, match="model.onnx is not"):
+        ExportedModel(exported)
     (exported / "model.onnx").write_bytes(b"garbage")
     with pytest.raises(TransferkitError, match="not a readable ONNX model"):
         ExportedModel(exported)

@@ -29,6 +29,7 @@ MIN_FIT_SIZE = 32
 MIN_TEXT_TOKENS, MAX_TEXT_TOKENS = 8, 32_768  # a few words; longer than any encoder's position table
 MAX_SEED = 2**32 - 1  # numpy's seeds stop here
 MAX_COUNT = 2**31 - 1  # epochs, steps, batch sizes: what a C int holds (torch and numpy take them as such)
+MAX_LABEL_CHARS = 1000  # a class name longer than this is not a name: reports, tables and plots show each one
 
 
 def is_whole_number(value: object) -> bool:

@@ -333,7 +333,7 @@ def run_identity(task: Any, settings: Any, options: Any, prepared: Any, backbone
         from .io import file_digest
 
         weights = Path(settings.init_from) / "model.safetensors"
-        shaping |= {"init_from": str(settings.init_from), "init_from_sha256": file_digest(weights)}
+        shaping |= {"init_from": str(Path(settings.init_from).resolve()), "init_from_sha256": file_digest(weights)}
         if settings.replay is not None:  # the replayed examples are in the training data's hashes below
             shaping |= {"replay": str(settings.replay), "replay_fraction": settings.replay_fraction}
 

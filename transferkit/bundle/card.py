@@ -101,9 +101,16 @@ def render_model_card(config: dict[str, Any]) -> str:
 
 
 def _num(v: Any) -> str:
-    """A recorded figure as the card shows it; anything that is not a number is shown as text (a hand-edited
-    lineage must not stop the card)."""
-    return f"{v:.3f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)[:60]
+    """A recorded figure as the card shows it; anything that is not a number is shown as plain text (a hand-edited
+    lineage must not stop the card, nor write Markdown or HTML of its own into it)."""
+    return f"{v:.3f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else _plain(v, 60)
+
+
+def _plain(v: Any, limit: int = 200) -> str:
+    """Recorded text as one line of plain text: no line breaks, backticks or angle brackets, at most ``limit``
+    characters."""
+    text = " ".join(str("?" if v is None else v).split())
+    return text.translate({ord(c): " " for c in "`<>|"})[:limit]
 
 
 def _lineage(config: dict[str, Any]) -> list[str]:
@@ -118,19 +125,21 @@ def _lineage(config: dict[str, Any]) -> list[str]:
         scores = e.get("scores") if isinstance(e.get("scores"), dict) else {}
         shown = ", ".join(f"{k} {_num(v)}" for k, v in scores.items() if k != "on") if isinstance(scores, dict) else ""
         per_class = data.get("train_per_class")
-        lines.append(f"{i + 1}. `{e.get('bundle', '?')}` (weights sha256 {e.get('weights_sha256', '?')}, "
-                     f"transferkit {e.get('transferkit_version', '?')}): {e.get('strategy', '?')} on "
-                     f"`{e.get('backbone', '?')}`, classes {', '.join(map(str, e.get('classes') or []))[:300]}; "
-                     f"{data.get('train', '?')} training examples"
-                     + (f" ({', '.join(f'{k} {v}' for k, v in per_class.items())})" if isinstance(per_class, dict)
-                        else "")
-                     + (f"; {shown} on {scores.get('on', '?')}." if shown else "."))
+        classes = e.get("classes") if isinstance(e.get("classes"), list) else []
+        lines.append(f"{i + 1}. `{_plain(e.get('bundle'))}` (weights sha256 {_plain(e.get('weights_sha256'), 16)}, "
+                     f"transferkit {_plain(e.get('transferkit_version'), 20)}): {_plain(e.get('strategy'), 40)} on "
+                     f"`{_plain(e.get('backbone'), 100)}`, classes {_plain(', '.join(map(str, classes)), 300)}; "
+                     f"{_plain(data.get('train'), 12)} training examples"
+                     + (f" ({_plain(', '.join(f'{k} {v}' for k, v in per_class.items()), 300)})"
+                        if isinstance(per_class, dict) else "")
+                     + (f"; {shown} on {_plain(scores.get('on'), 20)}." if shown else "."))
     c = (config.get("metrics") or {}).get("continued") or {}
     f = c.get("forgetting")
     if isinstance(f, dict) and isinstance(f.get("before"), dict) and isinstance(f.get("after"), dict):
         key = f.get("metric", "accuracy")
-        lines += ["", f"On the previous bundle's test data (n={f.get('n')}): {key} {_num(f['before'].get(key))} "
-                      f"before, {_num(f['after'].get(key))} after this round."]
+        lines += ["", f"On the old test data given to this round (`{_plain(f.get('old_test'))}`, "
+                      f"n={_plain(f.get('n'), 12)}): {_plain(key, 20)} {_num(f['before'].get(key))} before (the "
+                      f"first bundle above), {_num(f['after'].get(key))} after this round."]
     return lines
 
 

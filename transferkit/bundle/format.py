@@ -17,8 +17,8 @@ from typing import Any
 
 from ..backbones.text import POOLING_MODES
 from ..data.images import INTERPOLATION
-from ..errors import (MAX_INPUT_SIZE, MAX_TEXT_TOKENS, MIN_INPUT_SIZE, TransferkitError, is_finite_number,
-                      is_whole_number)
+from ..errors import (MAX_INPUT_SIZE, MAX_LABEL_CHARS, MAX_TEXT_TOKENS, MIN_INPUT_SIZE, TransferkitError,
+                      is_finite_number, is_whole_number)
 
 BUNDLE_FORMAT = "transferkit-bundle/1"
 KNOWN_FORMATS = (BUNDLE_FORMAT,)  # the format versions this transferkit reads
@@ -165,12 +165,14 @@ def class_names() -> tuple[str, Check]:
         for i, x in enumerate(v):
             if not isinstance(x, str) or not x.strip():
                 return f"got {_shown(x, value=True)} at position {i}"
+            if len(x) > MAX_LABEL_CHARS or any(c in x for c in CONTROL):
+                return f"got a name of {len(x):,} characters or with a line break at position {i}"
             if x in seen:
                 return f"got {x!r} twice"
             seen.add(x)
         return None
 
-    return "a list of distinct, non-empty class names", check
+    return f"a list of distinct, non-empty class names on one line, up to {MAX_LABEL_CHARS} characters", check
 
 
 def count_of(field: str) -> tuple[str, Check]:
@@ -210,6 +212,10 @@ def window() -> tuple[str, Check]:
     return "auto, full, a CT preset or 'centre,width'", check
 
 
+MAX_LINEAGE = 100  # bundles a lineage names: a chain of further fine-tuning rounds, not a log
+CONTROL = {chr(c) for c in range(32)} | {"\x7f"}
+
+
 COMMON = (
     Rule("format", *one_of(*KNOWN_FORMATS), hint="load it with the transferkit version that saved it"),
     Rule("transferkit_version", *text(), optional=True),
@@ -230,9 +236,11 @@ COMMON = (
     Rule("clinical.threshold_rule", *text(), optional=True),
     Rule("clinical.temperature", *number(0, 1e3, low_open=True), optional=True),
     Rule("clinical.class_weights", *class_weights(), optional=True),
+    Rule("metrics", *mapping(), optional=True),
     # the bundles this one was fine-tuned further from (tasks.continued.lineage), newest first
-    Rule("lineage", "a list of objects", lambda v, _: _got(isinstance(v, list) and all(isinstance(e, dict) for e in v),
-                                                           v), optional=True),
+    Rule("lineage", f"a list of up to {MAX_LINEAGE} objects",
+         lambda v, _: _got(isinstance(v, list) and len(v) <= MAX_LINEAGE and all(isinstance(e, dict) for e in v), v),
+         optional=True),
 )
 HEAD = (
     Rule("head", *mapping()),

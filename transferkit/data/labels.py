@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import DataError
+from ..errors import MAX_LABEL_CHARS, DataError
 
 # cell texts that mean "no value" in the tools that write tables (pandas, R, spreadsheets, JSON); "None" and
 # "NA" are left out: both are plausible class names ("no finding", "North America")
@@ -61,6 +61,9 @@ def check_label_kinds(values: Sequence[Any], wheres: Sequence[str], column: str)
     for i, v in enumerate(values):
         if is_missing(v) or isinstance(v, (list, tuple)):
             continue
+        if isinstance(v, str) and len(v) > MAX_LABEL_CHARS:
+            raise DataError(f"{wheres[i]}: the label ({column!r}) is {len(v):,} characters long, more than a class "
+                            f"name can be ({MAX_LABEL_CHARS:,}): is {column!r} the label column?")
         if isinstance(v, str) and any(c in v.strip() for c in CONTROL):  # readers strip the ends
             raise DataError(f"{wheres[i]}: the label {v!r} ({column!r}) holds a line break or another control "
                             "character, which would break every report and table it appears in: write it on one line.")

@@ -241,8 +241,9 @@ def continued_lines(c: dict[str, Any]) -> list[str]:
     out = [f"Started from `{c['init_from']}` ({len(c['bundle_classes'])} classes)."
            + (f" New classes: {', '.join(map(str, c['new_classes']))}." if c["new_classes"] else " No new classes.")]
     if c.get("missing_from_new_data"):
-        out.append(f"Bundle classes absent from the new training data (kept as classes of the model): "
-                   f"{', '.join(map(str, c['missing_from_new_data']))}.")
+        how = "seen in training through replay only" if c.get("replay") else "kept as classes of the model, with no " \
+            "training example in this run"
+        out.append(f"Bundle classes the new data lack ({how}): {', '.join(map(str, c['missing_from_new_data']))}.")
     r = c.get("replay")
     out.append(f"Replay: {r['examples']} old training examples ({r['fraction']:g} of each class) from `{r['data']}`"
                + (f", {r['to_validation']} of them in the validation split." if r.get("to_validation") else ".")
@@ -255,7 +256,8 @@ def continued_lines(c: dict[str, Any]) -> list[str]:
                 "map": "mAP@[.5:.95]"}.get(key, key)
         out += ["", f"**Forgetting** on the old test data (`{f['old_test']}`, n={f['n']}): {name} "
                 f"{f['before'][key]:.3f} before (the bundle), {f['after'][key]:.3f} after: "
-                + (f"{f['forgotten']:.3f} lost." if f["forgotten"] > 0 else f"{-f['forgotten']:.3f} gained.")]
+                + (f"{f['forgotten']:.3f} lost." if round(f["forgotten"], 3) > 0 else
+                   f"{-f['forgotten']:.3f} gained." if round(f["forgotten"], 3) < 0 else "nothing lost.")]
     else:
         out.append("Forgetting: not measured (give the old task's test data with --old-test).")
     return out

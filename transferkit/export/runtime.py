@@ -18,9 +18,7 @@ import numpy as np
 from ..errors import TransferkitError
 
 SERVED_TASKS = {"image-classification": "files", "text-classification": "strings"}
-# what the reference scripts read from preprocessing.json, per task
-NEEDED = {"image-classification": ("input_size", "interpolation", "resize"),
-          "text-classification": ("max_length", "pad_id", "pad_token")}
+
 
 
 @dataclass(frozen=True)
@@ -57,13 +55,20 @@ class ExportedModel:
         graph = folder / "model.onnx"
         if not graph.is_file() or graph.is_symlink():
             raise TransferkitError(f"{graph} is missing (or a link): export the bundle again.")
-        needed = NEEDED[kind]
-        missing = [k for k in needed if k not in pre]
-        if missing:
-            raise TransferkitError(f"{folder / 'preprocessing.json'} lacks {', '.join(missing)}: export the bundle "
-                                   "again.")
+        if len(set(labels)) != len(labels):
+            raise TransferkitError(f"{folder / 'labels.json'} names a class twice: export the bundle again.")
+        problem = _check_preprocessing(kind, pre)
+        if problem is None and pre.get("positive") is not None and (pre["positive"] not in labels
+                                                                    or len(labels) != 2 or "threshold" not in pre):
+            problem = f"positive {str(pre['positive'])[:40]!r} is not one of two labels with a threshold"
+        if problem:
+            raise TransferkitError(f"{folder / 'preprocessing.json'}: {problem}; export the bundle again.")
         _refuse_external_data(graph)
-        self.session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+        except Exception as err:  # noqa: BLE001 - onnxruntime's own errors (InvalidGraph, InvalidArgument ...)
+            raise TransferkitError(f"{graph} is not a model onnxruntime can run ({type(err).__name__}): export the "
+                                   "bundle again.") from None
         outputs = {o.name: o.shape for o in self.session.get_outputs()}
         width = (outputs.get("probabilities") or [None])[-1]
         if "probabilities" not in outputs or (isinstance(width, int) and width != len(labels)):
@@ -118,6 +123,44 @@ class ExportedModel:
         if self.pre.get("positive") is not None:
             row["positive_probability"] = float(p[self.classes.index(self.pre["positive"])])
         return row
+
+
+def _check_preprocessing(kind: str, pre: dict[str, Any]) -> str | None:
+    """What is wrong with what the reference scripts read from ``preprocessing.json`` (None when nothing is): the
+    keys they need, each of the type and in the range an export writes (a tampered size must not make the server
+    allocate gigabytes per upload)."""
+    from ..errors import MAX_INPUT_SIZE, MAX_TEXT_TOKENS, MIN_INPUT_SIZE, is_finite_number, is_whole_number
+    from .scripts.image import FILTERS
+
+    def whole(v: Any, lo: int, hi: int) -> bool:
+        return is_whole_number(v) and lo <= v <= hi
+
+    rules: dict[str, tuple[str, Any]] = {
+        "multi_label": ("true or false", lambda v: isinstance(v, bool)),
+        "threshold": ("a number from 0 to 1", lambda v: is_finite_number(v) and 0 <= v <= 1),
+    }
+    if kind == "image-classification":
+        rules |= {
+            "input_size": (f"two whole numbers from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}",
+                           lambda v: isinstance(v, list) and len(v) == 2
+                           and all(whole(x, MIN_INPUT_SIZE, MAX_INPUT_SIZE) for x in v)),
+            "interpolation": (f"one of {', '.join(FILTERS)}", lambda v: v in FILTERS),
+            "resize": ("crop or pad", lambda v: v in ("crop", "pad")),
+            "crop_pct": ("a number above 0 up to 1", lambda v: is_finite_number(v) and 0 < v <= 1),
+        }
+    else:
+        rules |= {"max_length": (f"a whole number from 1 to {MAX_TEXT_TOKENS}", lambda v: whole(v, 1, MAX_TEXT_TOKENS)),
+                  "pad_id": ("a whole number of 0 or more", lambda v: whole(v, 0, 2**31 - 1)),
+                  "pad_token": ("a string", lambda v: isinstance(v, str))}
+    optional = {"multi_label", "threshold"}
+    for key, (must, ok) in rules.items():
+        if key not in pre:
+            if key not in optional:
+                return f"{key} is missing"
+            continue
+        if not ok(pre[key]):
+            return f"{key} must be {must}, got {str(pre[key])[:40]!r}"
+    return None
 
 
 def _json(path: Path) -> Any:

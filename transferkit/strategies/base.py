@@ -43,6 +43,37 @@ class StartHead:
         out.load_state_dict(self.head.state_dict())
         return out
 
+    def for_training(self, task: TrainTask, dropout: float = 0.0) -> tuple[nn.Module, float]:
+        """The head gradient training starts from, and the factor its weights were scaled by.
+
+        A bundle's head can speak far louder than a new row: a linear probe folds its feature standardisation into
+        its weights (row norms in the hundreds, on the directions where the features hardly vary), so a small change
+        of the features (augmentation, batch statistics in training mode) moves its logits by tens, and
+        cross-entropy cannot lift a new class's row, which starts near zero, in any number of epochs. So the whole
+        head is divided by one factor (a temperature: the order of the old classes' logits, and so every decision
+        among them, is unchanged) until (1) the old classes' logits on the new training data have a standard
+        deviation of at most :data:`START_LOGIT_SPREAD`, and (2) a row's norm times the features' mean norm, the
+        most a logit can move, is at most :data:`START_LOGIT_REACH`. A head trained by gradient descent is
+        usually left as it is."""
+        head = self.head_for(dropout)
+        from ..engine.features import extract_features
+
+        features, _ = extract_features(task.backbone, task.train, task.accelerator,
+                                       description="features (the bundle's head)")
+        with torch.no_grad():
+            w, b = head.fc.weight[self.kept], head.fc.bias[self.kept]
+            spread = float((features.float() @ w.T + b).std())
+            reach = float(w.norm(dim=1).max() * features.float().norm(dim=1).mean())
+            scale = min(1.0, *(limit / value for limit, value in ((START_LOGIT_SPREAD, spread),
+                                                                   (START_LOGIT_REACH, reach)) if value > 0))
+            head.fc.weight.mul_(scale)
+            head.fc.bias.mul_(scale)
+        return head, scale
+
+
+START_LOGIT_SPREAD = 5.0  # the standard deviation of a bundle head's logits that fine-tuning from it starts at, at most
+START_LOGIT_REACH = 50.0  # a bundle head row's norm times the features' mean norm that fine-tuning starts at, at most
+
 
 @dataclass
 class TrainTask:

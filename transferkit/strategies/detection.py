@@ -51,6 +51,13 @@ class DetectFinetuneConfig:
 class DetectFrozenConfig(DetectFinetuneConfig):
     """Pretrained body frozen; only the FPN and head learn."""
 
+    def __post_init__(self) -> None:
+        if self.l2sp:
+            from ..errors import TransferkitError
+
+            raise TransferkitError("l2sp pulls the body's weights toward their start; frozen keeps the body fixed: "
+                                   "leave l2sp out, or choose finetune or gradual.")
+
 
 @dataclass
 class DetectGradualConfig(DetectFinetuneConfig):
@@ -238,7 +245,8 @@ class AutoStrategy:
         first_task = task
         if task.deadline is not None:
             first_task = replace(task, deadline=time.monotonic() + cfg.frozen_share * task.seconds_left())
-        frozen = FrozenStrategy(DetectFrozenConfig(**{**base, "epochs": first_epochs})).fit(first_task)
+        # the frozen stage trains no body weight for L2-SP to pull: it applies to the stage that does
+        frozen = FrozenStrategy(DetectFrozenConfig(**{**base, "epochs": first_epochs, "l2sp": 0.0})).fit(first_task)
         tuned = DetectionStrategy(DetectFinetuneConfig(**{**base, "epochs": max(1, cfg.epochs - first_epochs)}),
                                   init_state=frozen.model.state_dict()).fit(task)
         f_map, t_map = frozen.history.best.val_map, tuned.history.best.val_map

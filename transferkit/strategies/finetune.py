@@ -141,8 +141,9 @@ class FinetuneStrategy:
 
             features, _ = extract_features(task.backbone, task.train, acc, description="features (LP-FT probe)")
             init_head, head_from = fit_probe(features, task, LinearConfig()).to_head(), "probe"
+        head_scale = 1.0
         if init_head is None and task.start is not None and self.name != "scratch":
-            init_head, head_from = task.start.head, "bundle"
+            (init_head, head_scale), head_from = task.start.for_training(task), "bundle"
         if init_head is not None:
             head.load_state_dict(init_head.state_dict())
         model = Classifier(backbone, head).to(memory_format=torch.channels_last)
@@ -180,7 +181,7 @@ class FinetuneStrategy:
             trainable_params=trainable_parameters(model),
             timings=timings,
             details={"config": cfg.__dict__, "layer_groups": len(groups), "lp_ft": head_from == "probe",
-                     "head_from": head_from,
+                     "head_from": head_from, "head_scale": head_scale,
                      "planned_epochs": epochs, "planned_steps": steps, "estimated_epoch_s": epoch_s,
                      "compiled": task.compile},
         )

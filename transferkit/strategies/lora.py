@@ -82,8 +82,8 @@ class LoraStrategy:
         peft_body = apply_lora(backbone.body, cfg)
         backbone.body = peft_body
         # a run from a bundle (--init-from) starts from its head, grown to these classes
-        head = (task.start.head_for(cfg.dropout) if task.start is not None
-                else LinearHead(backbone.num_features, len(task.classes), dropout=cfg.dropout))
+        head, head_scale = (task.start.for_training(task, cfg.dropout) if task.start is not None
+                            else (LinearHead(backbone.num_features, len(task.classes), dropout=cfg.dropout), 1.0))
         model = Classifier(backbone, head)
         adapters = [p for n, p in peft_body.named_parameters() if "lora_" in n]
         freeze([p for n, p in peft_body.named_parameters() if "lora_" not in n])
@@ -115,7 +115,7 @@ class LoraStrategy:
             model=model, strategy=self.name, history=history, trainable_params=trainable,
             timings={"train_s": time.monotonic() - t0},
             details={"config": cfg.__dict__, "planned_epochs": epochs, "estimated_epoch_s": epoch_s,
-                     "adapter_params": sum(p.numel() for p in adapters)},
+                     "adapter_params": sum(p.numel() for p in adapters), "head_scale": head_scale},
             files=files,
         )
 

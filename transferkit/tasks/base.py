@@ -59,7 +59,7 @@ class RunSettings:
     # class drawn into training) and the old task's test data to measure forgetting on
     init_from: Path | None = None
     replay: Any = None
-    replay_fraction: float = 0.25
+    replay_fraction: float = 0.25  # tasks.continued.DEFAULT_REPLAY_FRACTION
     old_test: Any = None
 
     def __post_init__(self) -> None:

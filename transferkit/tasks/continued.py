@@ -46,6 +46,7 @@ from ..io import file_digest
 
 # options that change the backbone's preprocessing: a run from a bundle keeps the bundle's
 PREPROCESSING_OPTIONS = ("image_size", "max_length", "clip_seconds", "window", "slices")
+DEFAULT_REPLAY_FRACTION = 0.25  # of each old class, when --replay is given without --replay-fraction
 
 
 @dataclass
@@ -88,16 +89,20 @@ def load_start(task: Any, settings: Any, options: Any) -> StartPoint | None:
 
     folder = Path(settings.init_from)
     if not folder.is_dir():
-        raise TransferkitError(f"--init-from {folder}: no such bundle folder; give a run's model/ folder "
-                               "(runs/NAME/model).")
+        what = "is a file, not a bundle folder" if folder.exists() else "no such bundle folder"
+        raise TransferkitError(f"--init-from {folder}: {what}; give a run's model/ folder (runs/NAME/model).")
+    if settings.out is not None and folder.resolve().is_relative_to(Path(settings.out).resolve()):
+        raise TransferkitError(f"--out {settings.out} holds the bundle --init-from continues ({folder}), which the run "
+                               "would replace: choose another --out.")
     config = read_config(folder)
     if settings.strategy == "scratch":
         raise TransferkitError("--init-from continues a bundle's weights, which scratch would replace by random ones: "
                                "choose another strategy (auto, linear, finetune, gradual...).")
     reader = reader_for(config)
     if reader.modality != task.modality:
-        raise TransferkitError(f"--init-from {folder} holds a {config['task']} model, but these data are "
-                               f"{task.plural or task.name}: continue from a bundle trained on the same kind of data.")
+        kind = config["task"]
+        raise TransferkitError(f"--init-from {folder} holds {'an' if kind[0] in 'aeiou' else 'a'} {kind} model, but "
+                               f"these data are {task.name}: continue from a bundle trained on the same kind of data.")
     name = config["backbone"]["name"]
     if settings.backbone is not None and settings.backbone != name:
         raise TransferkitError(f"--init-from {folder} was trained on backbone {name}, not {settings.backbone}: "
@@ -108,7 +113,7 @@ def load_start(task: Any, settings: Any, options: Any) -> StartPoint | None:
     given = {"image_size": settings.image_size,
              **{k: getattr(options, k, None) for k in PREPROCESSING_OPTIONS if k != "image_size"}}
     for key, value in given.items():
-        if value is not None:
+        if value is not None and value != bundle_value(key, config):
             raise TransferkitError(f"{key} {value!r}: a run from --init-from keeps the bundle's preprocessing "
                                    f"({describe_preprocess(config)}); leave {key} out.")
     model = reader.load_model(folder, config) if hasattr(reader, "load_model") else \
@@ -116,9 +121,22 @@ def load_start(task: Any, settings: Any, options: Any) -> StartPoint | None:
     return StartPoint(model=model, folder=folder, config=config)
 
 
+def bundle_value(key: str, config: dict[str, Any]) -> Any:
+    """What a bundle's preprocessing holds for the option ``key`` (a run may give the same value again)."""
+    pre = config.get("preprocess") or {}
+    if key == "image_size":
+        if "detector" in config:
+            return (config["detector"] or {}).get("image_size")
+        size = pre.get("input_size")
+        return size[0] if isinstance(size, list) and len(set(size)) == 1 else pre.get("image_height")
+    return pre.get(key)
+
+
 def describe_preprocess(config: dict[str, Any]) -> str:
     """A few words on a bundle's preprocessing, for the refusal above."""
     pre = config.get("preprocess") or {}
+    if "detector" in config:
+        return f"{(config['detector'] or {}).get('image_size')} px"
     if "input_size" in pre and isinstance(pre["input_size"], list):
         return f"{pre['input_size'][0]} px"
     if "max_length" in pre:
@@ -131,6 +149,9 @@ def describe_preprocess(config: dict[str, Any]) -> str:
 def continue_splits(splits: Any, start: StartPoint | None, task: Any, settings: Any, options: Any) -> Any:
     """``splits`` with the bundle's classes first and, with ``settings.replay``, old training examples added to the
     training split. Unchanged without a start."""
+    if settings.replay is None and settings.replay_fraction != DEFAULT_REPLAY_FRACTION:
+        raise TransferkitError("--replay-fraction is the share of --replay's data: give --replay OLD_DATA too, or "
+                               "leave it out.")
     if start is None:
         if settings.replay is not None or settings.old_test is not None:
             raise TransferkitError("--replay and --old-test need --init-from: they refer to the data of the bundle a "
@@ -148,6 +169,10 @@ def continue_splits(splits: Any, start: StartPoint | None, task: Any, settings: 
     splits.classes = old + start.new_classes
     if settings.replay is not None:
         drawn = replay_examples(task, start, settings, options, splits.classes)
+        if not set(present(drawn)) & set(old):
+            raise TransferkitError(f"--replay {settings.replay} holds no example of the classes of --init-from "
+                                   f"{start.folder} ({', '.join(map(str, old[:5]))}{' ...' if len(old) > 5 else ''}): "
+                                   "replay the bundle's own training data.")
         if splits.val is not None and len(splits.val) and len(drawn) > 1:
             # validation chooses epochs and models: it sees the old classes too, in the new data's proportion
             share = len(splits.val) / (len(splits.val) + len(splits.train))
@@ -161,12 +186,13 @@ def continue_splits(splits: Any, start: StartPoint | None, task: Any, settings: 
         raise TransferkitError(f"The training data hold one class only ({', '.join(map(str, trained)) or 'none'}): "
                                f"add --replay with the data of --init-from {start.folder}, so that the model keeps "
                                "seeing its other classes.")
-    if start.missing and settings.replay is None:
+    unseen = [c for c in old if c not in trained]
+    if unseen:
         from ..console import warn
 
-        warn(f"{len(start.missing)} of the bundle's classes have no example in the new training data "
-             f"({', '.join(map(str, start.missing[:5]))}{' ...' if len(start.missing) > 5 else ''}): they stay classes "
-             "of the model, but without --replay they are mostly forgotten")
+        warn(f"{len(unseen)} of the bundle's classes have no training example in this run "
+             f"({', '.join(map(str, unseen[:5]))}{' ...' if len(unseen) > 5 else ''}): they stay classes of the "
+             "model, but are mostly forgotten; --replay the bundle's training data to keep them")
     return splits
 
 
@@ -322,17 +348,23 @@ def record(start: StartPoint, settings: Any) -> dict[str, Any]:
 
 def lineage(start: StartPoint) -> list[dict[str, Any]]:
     """The new bundle's ancestry: the bundle it started from (where it was, a hash of its weights, its backbone,
-    classes, strategy, data and scores), then that bundle's own lineage."""
+    classes, strategy, data and scores), then that bundle's own lineage (up to ``MAX_LINEAGE`` bundles in all)."""
+    from ..bundle.format import MAX_LINEAGE
+
     c = start.config
-    m = c.get("metrics") or {}
-    data = m.get("data") or {}
+
+    def mapping(v: Any) -> dict[str, Any]:
+        return v if isinstance(v, dict) else {}
+
+    m = mapping(c.get("metrics"))
+    data = mapping(m.get("data"))
     scored = "test" if m.get("test") else "val"
-    s = m.get(scored) or {}
+    s = mapping(m.get(scored))
     entry = {
         "bundle": str(start.folder.resolve()),
         "weights_sha256": file_digest(start.folder / "model.safetensors")[:16],
         "transferkit_version": c.get("transferkit_version"),
-        "backbone": (c.get("backbone") or {}).get("name"),
+        "backbone": mapping(c.get("backbone")).get("name"),
         "classes": c.get("labels"),
         "strategy": m.get("strategy"),
         "data": {k: data.get(k) for k in ("train", "val", "test", "split", "train_per_class") if k in data},
@@ -340,5 +372,4 @@ def lineage(start: StartPoint) -> list[dict[str, Any]]:
                    **{k: s[k] for k in ("accuracy", "macro_f1", "micro_f1", "map", "map_50") if k in s}},
     }
     earlier = c.get("lineage") if isinstance(c.get("lineage"), list) else []
-    return [entry, *earlier]
-
+    return [entry, *earlier][:MAX_LINEAGE]
