@@ -13,7 +13,7 @@ What changes against a run from a pretrained backbone, in the order the run meet
   class, and their test split classes of the bundle's that their training split lacks.
 - **Replay** (:func:`replay_examples`): ``replay=OLD_DATA`` draws ``replay_fraction`` of the old data's examples
   (stratified by class, at least one per class, seeded; its ``test/`` split and the files the bundle recorded as its
-  test set left out) into the new data: into training, and where the new data have a validation split into it in
+  test set, by path or content, left out) into the new data: into training, and where the new data have a validation split into it in
   the same proportion (epochs and models are then chosen on old classes too). The test split stays the new data's.
 - **The head** (:func:`start_head`): the bundle's head with a row per class: the bundle's rows kept, new classes'
   rows initialised as a fresh head's. Fine-tuning, gradual unfreezing and LoRA start from it (LoRA then writes no
@@ -152,6 +152,9 @@ def continue_splits(splits: Any, start: StartPoint | None, task: Any, settings: 
     if settings.replay is None and settings.replay_fraction != DEFAULT_REPLAY_FRACTION:
         raise TransferkitError("--replay-fraction is the share of --replay's data: give --replay OLD_DATA too, or "
                                "leave it out.")
+    for flag, given in (("--replay", settings.replay), ("--old-test", settings.old_test)):
+        if isinstance(given, (str, Path)) and not Path(given).exists():  # said before any training, not after it
+            raise TransferkitError(f"{flag} {given}: no such file or folder.")
     if start is None:
         if settings.replay is not None or settings.old_test is not None:
             raise TransferkitError("--replay and --old-test need --init-from: they refer to the data of the bundle a "
@@ -237,10 +240,19 @@ def replay_examples(task: Any, start: StartPoint, settings: Any, options: Any, c
         old = task.load_splits(settings.replay, reading, options).train
     except TransferkitError as err:
         raise TransferkitError(f"--replay {settings.replay}: {err}") from None
-    tested = {str(f) for f in start.config.get("test_files") or [] if isinstance(f, str)}
+    tested = [Path(f) for f in start.config.get("test_files") or [] if isinstance(f, str)]
     if tested and isinstance(getattr(old, "items", None), list):
-        keep = [i for i, item in enumerate(old.items)
-                if not isinstance(item, (str, Path)) or str(Path(item).resolve()) not in tested]
+        # by path, and by content (a copy of the data elsewhere holds the same files under other names)
+        digests = {file_digest(f, "sha1") for f in tested if f.is_file()}
+        paths = {str(f) for f in tested}
+
+        def was_tested(item: Any) -> bool:
+            if not isinstance(item, (str, Path)):
+                return False
+            path = Path(item)
+            return str(path.resolve()) in paths or (path.is_file() and file_digest(path, "sha1") in digests)
+
+        keep = [i for i, item in enumerate(old.items) if not was_tested(item)]
         if len(keep) < len(old):
             info(f"replay: {len(old) - len(keep)} file(s) the bundle was tested on are left out")
             old = old.subset(keep)
