@@ -13,8 +13,9 @@ What changes against a run from a pretrained backbone, in the order the run meet
   class, and their test split classes of the bundle's that their training split lacks.
 - **Replay** (:func:`replay_examples`): ``replay=OLD_DATA`` draws ``replay_fraction`` of the old data's examples
   (stratified by class, at least one per class, seeded; its ``test/`` split and the files the bundle recorded as its
-  test set, by path or content, left out) into the new data: into training, and where the new data have a validation split into it in
-  the same proportion (epochs and models are then chosen on old classes too). The test split stays the new data's.
+  test set, by path or content, left out) into the new data: into training, and where the new data have a
+  validation split into it in the same proportion (epochs and models are then chosen on old classes too). The test
+  split stays the new data's.
 - **The head** (:func:`start_head`): the bundle's head with a row per class: the bundle's rows kept, new classes'
   rows initialised as a fresh head's. Fine-tuning, gradual unfreezing and LoRA start from it (LoRA then writes no
   ``adapter/`` for the hub's base encoder: it was trained on the bundle's weights). The linear probe refits the rows
