@@ -32,11 +32,13 @@ def _fail(err: Exception) -> None:
     raise typer.Exit(code=2)
 
 
-def _max_pixels_option():
+def _max_pixels_option(skips: bool = True):
+    """``--max-image-pixels``; ``skips``: the command has ``--skip-bad`` (serve answers such an upload 400 instead)."""
+    instead = "--skip-bad skips it instead" if skips else "the request is answered 400"
     return typer.Option(
         None, "--max-image-pixels",
         help="Images: refuse one with more pixels than this, checked from its header before decoding (default "
-             "80000000; --skip-bad skips it instead). Images more elongated than 50:1 are refused too.",
+             f"80000000; {instead}). Images more elongated than 50:1 are refused too.",
     )
 
 
@@ -667,7 +669,7 @@ def serve(
     max_text_chars: int = typer.Option(100_000, "--max-text-chars", help="Longest text accepted (characters)."),
     read_timeout: float = typer.Option(
         30.0, "--read-timeout", help="Seconds a request's body may stall before it is answered 408."),
-    max_image_pixels: Optional[int] = _max_pixels_option(),
+    max_image_pixels: Optional[int] = _max_pixels_option(skips=False),
 ) -> None:
     """Serve a model over HTTP (FastAPI + uvicorn): POST /predict (files as multipart, texts as JSON), GET /health,
     /metadata, /docs. Requests arriving together are predicted as one batch; SIGTERM lets those in flight finish."""
