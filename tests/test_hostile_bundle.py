@@ -167,7 +167,7 @@ def encoder_config(change: Callable[[dict], object]) -> Tamper:
 
 
 FIX = "re-export the bundle or fix the file."
-MUST_LABELS = "labels must be a list of distinct, non-empty class names"
+MUST_LABELS = "labels must be a list of distinct, non-empty class names on one line, up to 1000 characters"
 IMAGE_SIZE = "a pair of whole numbers from 8 to 2048 (pixels)"
 W = "model.safetensors"
 MISMATCH = "model.safetensors does not match the network the bundle's config describes:"
@@ -203,6 +203,11 @@ CASES = {
                     f"config.json: {MUST_LABELS}, got null at position 1; {FIX}"),
     "labels-numbers": ("image", put("labels", [1, 2, 3]), f"config.json: {MUST_LABELS}, got 1 at position 0; {FIX}"),
     "labels-none": ("image", put("labels", []), f"config.json: {MUST_LABELS}, got []; {FIX}"),
+    "labels-line-break": ("image", put("labels", ["blue", "gr\neen", "red"]),
+                          f"config.json: {MUST_LABELS}, got a name with a line break or another control character at "
+                          f"position 1; {FIX}"),
+    "labels-a-megabyte": ("image", put("labels", ["blue", "g" * 2**20, "red"]),
+                          f"config.json: {MUST_LABELS}, got a name of 1,048,576 characters at position 1; {FIX}"),
     "label-added": ("image", edit(lambda c: c["labels"].append("pink")),
                     f"config.json: head.num_classes must be the number of labels, got 3 for 4 labels; {FIX}"),
     "label-removed": ("image", edit(lambda c: c["labels"].pop()),

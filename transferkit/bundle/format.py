@@ -165,8 +165,10 @@ def class_names() -> tuple[str, Check]:
         for i, x in enumerate(v):
             if not isinstance(x, str) or not x.strip():
                 return f"got {_shown(x, value=True)} at position {i}"
-            if len(x) > MAX_LABEL_CHARS or any(c in x for c in CONTROL):
-                return f"got a name of {len(x):,} characters or with a line break at position {i}"
+            if len(x) > MAX_LABEL_CHARS:
+                return f"got a name of {len(x):,} characters at position {i}"
+            if any(c in x for c in CONTROL):
+                return f"got a name with a line break or another control character at position {i}"
             if x in seen:
                 return f"got {x!r} twice"
             seen.add(x)
