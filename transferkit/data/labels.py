@@ -53,6 +53,16 @@ def kind_of(value: Any) -> str:
     return type(value).__name__
 
 
+def rarest_labels(labels: Sequence[Any]) -> list[Any]:
+    """One label per example to stratify by: its label, or for an example with several (multi-label texts, the
+    boxes of an image) the rarest of them over all examples (ties: the first by name; "" for none)."""
+    from collections import Counter
+
+    many = [tuple(y) if isinstance(y, (list, tuple)) else (y,) for y in labels]
+    counts = Counter(c for ys in many for c in ys)
+    return [min(ys, key=lambda c: (counts[c], str(c))) if ys else "" for ys in many]
+
+
 def check_label_kinds(values: Sequence[Any], wheres: Sequence[str], column: str) -> None:
     """Refuse labels of a column written in several ways (``1`` and ``"1"``, ``1`` and ``1.0``, ``true`` and
     ``"yes"``): as strings they would merge into one class or split one class in two. One line names the first

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ..console import info, progress, warn
 from ..errors import DataError
 from .copies import warn_repeated_rows
-from .labels import check_label_kinds, is_missing, missing_label
+from .labels import check_label_kinds, is_missing, missing_label, rarest_labels
 from .sources import PATH_COLUMNS, SPLIT_DIRS, Splits, read_rows, carve_splits, table_columns
 
 if TYPE_CHECKING:
@@ -74,10 +74,7 @@ class TextSet:
 
     def strata(self) -> list[str]:
         """One label per text for stratified splitting (multi-label: its rarest label)."""
-        if not self.multi_label:
-            return list(self.labels)
-        c = self.counts()
-        return [min(ys, key=lambda y: (c[y], y)) if ys else "" for ys in self.labels]
+        return rarest_labels(self.labels) if self.multi_label else list(self.labels)
 
 
 @dataclass

@@ -113,10 +113,8 @@ class Detector(NamedLayerGroups, nn.Module):
         old = head.cls_logits
         if num_classes + 1 == old.out_channels:
             return
-        new = nn.Conv2d(old.in_channels, num_classes + 1, kernel_size=3, padding=1).to(old.weight.device)
+        new = class_layer(old.in_channels, num_classes).to(old.weight.device)
         with torch.no_grad():
-            nn.init.normal_(new.weight, std=0.01)
-            nn.init.constant_(new.bias, -4.59)
             new.weight[:old.out_channels] = old.weight
             new.bias[:old.out_channels] = old.bias
         head.cls_logits = new
@@ -244,16 +242,22 @@ def _coco_detector(spec: BackboneSpec, config: dict[str, Any], pretrained: bool)
     k = int(config["num_classes"])
     head = model.head.classification_head
     # a new class layer for the user's classes; the COCO-trained towers, regression and FPN stay
-    old = head.cls_logits
-    head.cls_logits = nn.Conv2d(old.in_channels, k + 1, kernel_size=3, padding=1)
-    nn.init.normal_(head.cls_logits.weight, std=0.01)
-    nn.init.constant_(head.cls_logits.bias, -4.59)  # prior probability 0.01, as FCOS initialises it
+    head.cls_logits = class_layer(head.cls_logits.in_channels, k)
     head.num_classes = k + 1
     pre = PreprocessConfig(input_size=(size, size), mean=tuple(model.transform.image_mean),
                            std=tuple(model.transform.image_std), interpolation="bilinear", crop_pct=1.0)
     body = model.backbone.body
     groups = _body_groups(ordered_child_groups(body), body)
     return Detector(model, spec, pre, config, groups)
+
+
+def class_layer(in_channels: int, num_classes: int) -> nn.Conv2d:
+    """FCOS's class logits for ``num_classes`` classes (and torchvision's background channel), initialised as FCOS
+    initialises them: weights N(0, 0.01), bias for a prior probability of 0.01."""
+    layer = nn.Conv2d(in_channels, num_classes + 1, kernel_size=3, padding=1)
+    nn.init.normal_(layer.weight, std=0.01)
+    nn.init.constant_(layer.bias, -4.59)
+    return layer
 
 
 def _freeze_batchnorm(module: nn.Module) -> None:

@@ -180,13 +180,11 @@ class ClassificationTask(Task):
                                              multi_label, binary_clinical)
             metrics_extra["classical_baseline"] = classical
         timings["evaluate_s"] = time.monotonic() - t
-        if prepared.start is not None:  # --init-from: the start, what was added, and (--old-test) what was forgotten
-            from .continued import forgetting, record
+        from .continued import after_training, keep_lineage
 
-            t = time.monotonic()
-            metrics_extra["continued"] = record(prepared.start, settings) | {
-                "forgetting": forgetting(prepared.start, model, settings, options)}
-            timings["old_test_s"] = time.monotonic() - t
+        continued = after_training(prepared.start, model, settings, options, timings)  # --init-from runs only
+        if continued is not None:
+            metrics_extra["continued"] = continued
         timings["total_s"] = time.monotonic() - extras["t_start"]
 
         history = result.history.to_dict()
@@ -230,11 +228,7 @@ class ClassificationTask(Task):
             model.meta["clinical"] = model.clinical
         model.meta |= self.model_meta(options)
         model.meta |= self.recorded_files(prepared)
-        if prepared.start is not None:  # --init-from: where it started, what it added, and what it forgot
-            from .continued import lineage
-
-            model.meta["lineage"] = lineage(prepared.start)
-            model.meta["metrics"]["continued"] = metrics["continued"]
+        keep_lineage(model, prepared.start, continued)
         # for the report's plots (not saved in metrics.json)
         plots = {"set": scored, "y": targets[scored], "probs": probs[scored], "uncalibrated": uncalibrated[scored],
                  "out_of_fold": scored == "val" and result.cv is not None}

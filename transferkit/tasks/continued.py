@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,26 +206,25 @@ def present(data: Any) -> list[Any]:
     return sorted(data.counts(), key=str)
 
 
-def strata(labels: list[Any]) -> list[Any]:
-    """One class per example to stratify by: its class, or (multi-label, boxes) its rarest label."""
-    from collections import Counter
+def per_class(labels: list[Any], how_many: Any, seed: int) -> list[int]:
+    """Positions drawn from each class (an example's rarest label, for several), ``how_many(n)`` of a class's ``n``,
+    seeded; sorted."""
+    from ..data.labels import rarest_labels
 
-    many = [tuple(y) if isinstance(y, (list, tuple)) else (y,) for y in labels]
-    counts = Counter(c for ys in many for c in ys)
-    return [min(ys, key=lambda c: (counts[c], str(c))) if ys else "" for ys in many]
+    by_class: dict[Any, list[int]] = {}
+    for i, key in enumerate(rarest_labels(labels)):
+        by_class.setdefault(key, []).append(i)
+    rng = random.Random(seed)
+    out: list[int] = []
+    for key in sorted(by_class, key=str):
+        idx = by_class[key]
+        out += rng.sample(idx, max(0, min(len(idx), how_many(len(idx)))))
+    return sorted(out)
 
 
 def held_back(data: Any, share: float, seed: int) -> list[int]:
     """About ``share`` of ``data``'s examples, stratified (each class keeps at least one for training)."""
-    by_class: dict[Any, list[int]] = {}
-    for i, key in enumerate(strata(data.labels)):
-        by_class.setdefault(key, []).append(i)
-    rng = random.Random(seed + 1)
-    out: list[int] = []
-    for key in sorted(by_class, key=str):
-        idx = by_class[key]
-        out += rng.sample(idx, min(len(idx) - 1, round(share * len(idx))))
-    return sorted(out)
+    return per_class(data.labels, lambda n: min(n - 1, round(share * n)), seed + 1)
 
 
 def replay_examples(task: Any, start: StartPoint, settings: Any, options: Any, classes: list[str]) -> Any:
@@ -264,16 +264,8 @@ def replay_examples(task: Any, start: StartPoint, settings: Any, options: Any, c
         raise TransferkitError(f"--replay {settings.replay} holds classes {', '.join(map(str, unknown[:5]))}, which "
                                f"neither --init-from {start.folder} nor the new data know: replay the bundle's own "
                                "training data.")
-    by_class: dict[Any, list[int]] = {}
-    for i, key in enumerate(strata(labels)):
-        by_class.setdefault(key, []).append(i)
-    rng = random.Random(settings.seed)
-    picked: list[int] = []
-    for key in sorted(by_class, key=str):
-        idx = by_class[key]
-        n = max(1, math.ceil(settings.replay_fraction * len(idx)))
-        picked += rng.sample(idx, min(n, len(idx)))
-    drawn = old.subset(sorted(picked))
+    picked = per_class(labels, lambda n: max(1, math.ceil(settings.replay_fraction * n)), settings.seed)
+    drawn = old.subset(picked)
     start.replayed, start.replayed_examples = dict(sorted(drawn.counts().items())), len(drawn)
     info(f"replay: {len(drawn)} of {len(old)} old training examples ({settings.replay_fraction:g} of each class) "
          "join the new data")
@@ -347,6 +339,25 @@ def forgetting(start: StartPoint, model: Any, settings: Any, options: Any) -> di
     out["metric"] = key
     out["forgotten"] = out["before"][key] - out["after"][key]
     return out
+
+
+def after_training(start: StartPoint | None, model: Any, settings: Any, options: Any,
+                   timings: dict[str, float]) -> dict[str, Any] | None:
+    """``metrics["continued"]`` of a run from a bundle (None for any other run): the start, what was added, and
+    (``--old-test``) what was forgotten, its scoring timed as ``timings["old_test_s"]``."""
+    if start is None:
+        return None
+    t = time.monotonic()
+    out = record(start, settings) | {"forgetting": forgetting(start, model, settings, options)}
+    timings["old_test_s"] = time.monotonic() - t
+    return out
+
+
+def keep_lineage(model: Any, start: StartPoint | None, continued: dict[str, Any] | None) -> None:
+    """What the new bundle keeps of a run from a bundle: its ``lineage`` and, beside its scores, ``continued``."""
+    if start is not None:
+        model.meta["lineage"] = lineage(start)
+        model.meta["metrics"]["continued"] = continued
 
 
 def record(start: StartPoint, settings: Any) -> dict[str, Any]:

@@ -151,14 +151,9 @@ class DetectionTask(Task):
                 scores[name] = detection_metrics(preds[name], truth, splits.classes)
         scored = "test" if "test" in scores else "val"
         timings["evaluate_s"] = time.monotonic() - t
-        continued = None
-        if prepared.start is not None:  # --init-from: the start, what was added, and (--old-test) what was forgotten
-            from .continued import forgetting, record
+        from .continued import after_training, keep_lineage
 
-            t = time.monotonic()
-            continued = record(prepared.start, settings) | {
-                "forgetting": forgetting(prepared.start, model, settings, options)}
-            timings["old_test_s"] = time.monotonic() - t
+        continued = after_training(prepared.start, model, settings, options, timings)  # --init-from runs only
         timings["total_s"] = time.monotonic() - extras["t_start"]
 
         summary = splits.summary()
@@ -178,10 +173,8 @@ class DetectionTask(Task):
         }
         model.meta = {"metrics": {k: metrics[k] for k in ("strategy", "val", "test", "data")}}
         if continued is not None:
-            from .continued import lineage
-
-            metrics["continued"] = model.meta["metrics"]["continued"] = continued
-            model.meta["lineage"] = lineage(prepared.start)
+            metrics["continued"] = continued
+        keep_lineage(model, prepared.start, continued)
         return model, metrics, {"set": scored, "preds": preds[scored]}
 
     def write(self, out: Path, model: Any, metrics: dict[str, Any], prepared: Prepared,
