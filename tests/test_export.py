@@ -19,8 +19,14 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 ROOT = Path(__file__).parents[1]
-# the script runs with transferkit and torch unimportable: what a user without them has
-BLOCKED = "import sys, runpy; sys.modules['transferkit'] = sys.modules['torch'] = None; "
+# the script runs with transferkit and torch unimportable: what a user without them has (a finder that refuses them,
+# rather than None in sys.modules, which libraries that look for torch there, like scipy, take for torch itself)
+BLOCKED = ("import sys, runpy\n"
+           "class Refuse:\n"
+           "    def find_spec(self, name, path=None, target=None):\n"
+           "        if name.split('.')[0] in ('transferkit', 'torch'):\n"
+           "            raise ImportError(name + ' is not installed here')\n"
+           "sys.meta_path.insert(0, Refuse())\n")
 
 
 def run_script(script: Path, *args: str) -> list[dict]:
@@ -164,7 +170,73 @@ def test_export_from_the_command_line(image_model, tmp_path, audio_folder, tiny_
     assert not killed.exists()  # tidied under the lock before the new export was written
     transferkit.fit(audio_folder, backbone=tiny_backbone, strategy="linear", out=tmp_path / "audio")
     result = CliRunner().invoke(app, ["export", str(tmp_path / "audio" / "model"), "--out", str(tmp_path / "y")])
-    assert result.exit_code == 2 and "Exporting audio classification models is not available yet" in result.output
+    assert result.exit_code == 0 and "agree on 9 input(s)" in result.output, result.output
+
+
+def test_audio_export_reproduces_predict_window_by_window(audio_folder, tiny_backbone, tmp_path):
+    """Windows, resampling and the spectrogram: a long stereo recording at 44.1 kHz (several windows), a short one
+    (one padded window), and the test tones at 22.05 kHz give predict's probabilities from the shipped script."""
+    import onnx
+    import soundfile as sf
+
+    transferkit.fit(audio_folder, backbone=tiny_backbone, strategy="finetune", epochs=1, out=tmp_path / "run")
+    model = transferkit.load(tmp_path / "run" / "model")
+    rng = np.random.default_rng(0)
+    t = np.arange(int(44_100 * 3.3)) / 44_100
+    long = np.stack([0.3 * np.sin(2 * np.pi * 800 * t), 0.2 * rng.standard_normal(len(t))], axis=1)
+    sf.write(str(tmp_path / "long.wav"), long.astype(np.float32), 44_100)
+    sf.write(str(tmp_path / "short.flac"), 0.4 * np.sin(2 * np.pi * 300 * t[:3000]), 44_100)
+    tests = sorted((audio_folder / "test").rglob("*.wav"))
+    inputs = [tmp_path / "long.wav", tmp_path / "short.flac", *tests]
+    meta = model.export(tmp_path / "exported", check=inputs)
+    out = tmp_path / "exported"
+    assert meta["parity"]["inputs"] == len(inputs) and meta["parity"]["max_abs_diff"] <= 1e-4
+    assert [i.name for i in onnx.load(str(out / "model.onnx")).graph.input] == ["waves", "averaging"]
+    pre = json.loads((out / "preprocessing.json").read_text())
+    assert pre["kind"] == "audio" and pre["sample_rate"] == model.preprocess.sample_rate
+    rows = run_script(out / "predict.py", str(out), *map(str, inputs))
+    same_as_predict(model, rows, inputs)
+    expected = model.predict(inputs, precision="no")
+    assert [r["windows"] for r in rows] == [e["windows"] for e in expected] and rows[0]["windows"] > 3
+    # an unreadable file is reported and the others go on
+    (tmp_path / "broken.wav").write_bytes(b"RIFF not really")
+    rows = run_script(out / "predict.py", str(out), str(tmp_path / "broken.wav"), str(tests[0]))
+    assert "error" in rows[0] and rows[1]["label"] == expected[2]["label"]
+
+
+def test_the_audio_script_reads_as_training_does(tmp_path):
+    """Trimming, loudness and float16: the reference script's ``read`` gives the samples the audio cache keeps."""
+    import dataclasses
+
+    import soundfile as sf
+
+    from transferkit.backbones.audio import AudioPreprocessConfig
+    from transferkit.data.audio import read_clips, windows
+    from transferkit.export.scripts import audio
+
+    rng = np.random.default_rng(1)
+    x = np.concatenate([np.zeros(4000), 0.01 * np.sin(np.arange(20_000) / 7), np.zeros(3000)])
+    x += 1e-5 * rng.standard_normal(len(x))
+    sf.write(str(tmp_path / "quiet.wav"), np.stack([x, x * 0.5], axis=1).astype(np.float32), 22_050)
+    pre = AudioPreprocessConfig(kind="speaker", trim_db=40.0, target_dbfs=-30.0, clip_seconds=0.5)
+    for p in (pre, dataclasses.replace(pre, trim_db=None, target_dbfs=None)):
+        ours = read_clips([tmp_path / "quiet.wav"], p, cache=False).clip(0)
+        theirs = audio.read(tmp_path / "quiet.wav", p.to_dict())
+        assert theirs.dtype == np.float32 and np.array_equal(ours, theirs)
+        feeds, counts = audio.feeds([theirs], p.to_dict())
+        assert np.array_equal(feeds["waves"], windows(theirs, p.clip_samples, p.clip_samples // 2))
+        assert feeds["averaging"].shape == (1, counts[0]) and feeds["averaging"].sum() == pytest.approx(1.0)
+    assert len(audio.read(tmp_path / "quiet.wav", pre.to_dict())) < len(x) * 16_000 / 22_050 - 1000  # trimmed
+
+
+def test_audio_models_without_a_spectrogram_say_they_do_not_export(audio_folder, tiny_backbone, tmp_path):
+    import dataclasses
+
+    model = transferkit.fit(audio_folder, backbone=tiny_backbone, strategy="linear", out=tmp_path / "run")
+    model.classifier.backbone.preprocess = dataclasses.replace(model.preprocess, kind="speaker")
+    with pytest.raises(TransferkitError, match="runs on the speaker encoder, whose input steps are not in an ONNX"):
+        model.export(tmp_path / "exported")
+    assert not (tmp_path / "exported").exists()
 
 
 def test_int8_image_export_is_really_int8_and_scored_beside_fp32(colour_splits, tiny_backbone, tmp_path):

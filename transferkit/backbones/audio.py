@@ -128,7 +128,13 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0,
 
 class MelSpectrogram(nn.Module):
     """Waveforms ``(B, N)`` -> mel power spectrogram ``(B, n_mels, 1 + N // hop)`` (centred frames, zero padding),
-    or decibels standardised with ``mean``/``std`` when ``pre.log``. Always computed in float32."""
+    or decibels standardised with ``mean``/``std`` when ``pre.log``; float32.
+
+    Computed in float64 (float32 where the device has none, Apple's MPS): in float32 a quiet frequency's decibels
+    carry the rounding of the loudest one's (up to 1e-4 after standardisation, which a linear probe's large weights
+    turn into 1e-4 in probabilities), so two correct float32 implementations (``torch.stft`` here, the exported
+    graph's :class:`FramedMelSpectrogram`) would not agree to the export's tolerance. The cost is small beside the
+    network's."""
 
     def __init__(self, pre: AudioPreprocessConfig):
         super().__init__()
@@ -138,17 +144,49 @@ class MelSpectrogram(nn.Module):
         self.register_buffer("filters", torch.from_numpy(fb), persistent=False)
         self.register_buffer("window", torch.hann_window(pre.n_fft), persistent=False)
 
+    def power(self, waves: torch.Tensor) -> torch.Tensor:
+        """The power spectrogram ``(B, n_fft // 2 + 1, frames)`` of waveforms, in their dtype."""
+        pre = self.pre
+        spec = torch.stft(waves, pre.n_fft, pre.hop_length, window=self.window.to(waves.dtype), center=True,
+                          pad_mode="constant", return_complex=True)
+        return spec.abs().pow(2)
+
     def forward(self, waves: torch.Tensor) -> torch.Tensor:
         pre = self.pre
+        dtype = torch.float32 if waves.device.type == "mps" else torch.float64
         with torch.autocast(device_type=waves.device.type, enabled=False):
-            spec = torch.stft(waves.float(), pre.n_fft, pre.hop_length, window=self.window, center=True,
-                              pad_mode="constant", return_complex=True)
-            mel = self.filters @ spec.abs().pow(2)
+            mel = self.filters.to(dtype) @ self.power(waves.to(dtype))
             if not pre.log:
-                return mel
+                return mel.float()
             db = 10.0 * torch.log10(mel.clamp(min=1e-10))
             db = torch.maximum(db, db.amax(dim=(1, 2), keepdim=True) - pre.top_db)
-            return (db - pre.mean) / pre.std
+            return ((db - pre.mean) / pre.std).float()
+
+
+class FramedMelSpectrogram(MelSpectrogram):
+    """:class:`MelSpectrogram` with its STFT written as frames (an index gather) times a matrix of cosines and sines
+    with the Hann window folded in: the same numbers (float64 both), from operators that onnxruntime runs in float64
+    (an exported audio model's first step; training keeps ``torch.stft``)."""
+
+    def __init__(self, pre: AudioPreprocessConfig):
+        super().__init__(pre)
+        n = pre.n_fft
+        k = torch.arange(n // 2 + 1, dtype=torch.float64)[None]
+        angle = 2 * torch.pi * torch.arange(n, dtype=torch.float64)[:, None] * k / n
+        window = self.window.double()[:, None]
+        basis = torch.cat([torch.cos(angle) * window, -torch.sin(angle) * window], dim=1)
+        self.register_buffer("basis", basis, persistent=False)  # (n_fft, 2 * bins): real parts, then imaginary
+
+    def power(self, waves: torch.Tensor) -> torch.Tensor:
+        pre = self.pre
+        half = pre.n_fft // 2
+        x = nn.functional.pad(waves, (half, half))  # centred frames, zero padding (as torch.stft)
+        frames = 1 + waves.shape[1] // pre.hop_length
+        at = (torch.arange(frames, device=x.device)[:, None] * pre.hop_length
+              + torch.arange(pre.n_fft, device=x.device)[None])
+        parts = x[:, at] @ self.basis.to(waves.dtype)  # (B, frames, 2 * bins)
+        bins = pre.n_fft // 2 + 1
+        return (parts[..., :bins].pow(2) + parts[..., bins:].pow(2)).transpose(1, 2)
 
 
 class SpecAugment(nn.Module):

@@ -48,7 +48,10 @@ class ExportSpec:
     (axis -> name; one name shared by several inputs is one dimension); ``preprocessing``: the JSON of the steps
     outside the graph; ``files``: more files for the folder (name -> bytes); ``feeds``: encoded data (as the task's
     ``encode`` gives it) and row positions -> onnxruntime's inputs for those rows; ``script``: the reference
-    ``predict.py``; ``quantization``: how ``--quantize int8`` quantizes it.
+    ``predict.py``; ``quantization``: how ``--quantize int8`` quantizes it; ``classifier``: the network to export,
+    when it is not the model's own (audio: the same weights with a spectrogram the exporter can trace); ``pool``:
+    (logits, graph inputs) -> logits, a step between the network and the probabilities (audio: the windows'
+    logits averaged per recording).
     """
 
     prepare: nn.Module | None
@@ -59,17 +62,21 @@ class ExportSpec:
     script: str
     files: dict[str, bytes] = field(default_factory=dict)
     quantization: str = "static"  # how INT8 quantizes it: "static" (calibrated: CNNs) or "dynamic" (transformers)
+    classifier: nn.Module | None = None
+    pool: Callable[..., torch.Tensor] | None = None
 
 
 class ProbabilityGraph(nn.Module):
-    """Graph inputs -> ``prepare`` -> the classifier -> probabilities, as ``TransferModel.predict_proba`` gives them:
-    softmax (sigmoid for multi-label), then for a medical model the class weights' shift undone and the temperature
-    applied (:func:`transferkit.evaluation.clinical.correct_prior`, ``apply_temperature``)."""
+    """Graph inputs -> ``prepare`` -> the classifier (-> ``pool``) -> probabilities, as
+    ``TransferModel.predict_proba`` gives them: softmax (sigmoid for multi-label), then for a medical model the class
+    weights' shift undone and the temperature applied (:func:`transferkit.evaluation.clinical.correct_prior`,
+    ``apply_temperature``)."""
 
     def __init__(self, classifier: nn.Module, prepare: nn.Module | None, multi_label: bool,
-                 class_weights: list[float] | None = None, temperature: float = 1.0):
+                 class_weights: list[float] | None = None, temperature: float = 1.0,
+                 pool: Callable[..., torch.Tensor] | None = None):
         super().__init__()
-        self.classifier, self.prepare, self.multi_label = classifier, prepare, multi_label
+        self.classifier, self.prepare, self.multi_label, self.pool = classifier, prepare, multi_label, pool
         self.temperature = float(temperature)
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
         self.register_buffer("weights", weights, persistent=False)
@@ -77,6 +84,8 @@ class ProbabilityGraph(nn.Module):
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         x = self.prepare(*inputs) if self.prepare is not None else inputs[0]
         logits = self.classifier(x).float()
+        if self.pool is not None:
+            logits = self.pool(logits, *inputs)
         if self.multi_label:
             return torch.sigmoid(logits)
         probs = torch.softmax(logits, dim=1)
@@ -128,8 +137,8 @@ def export_model(model: Any, out: str | Path, *, format: str = "onnx", check: An
         raise TransferkitError("--quantize int8 compares the INT8 model's score with fp32's, which needs labelled "
                                "inputs: --check a labelled folder or table.")
     clinical = model.clinical or {}
-    graph = ProbabilityGraph(model.classifier, spec.prepare, model.multi_label, clinical.get("class_weights"),
-                             float(clinical.get("temperature", 1.0))).eval()
+    graph = ProbabilityGraph(spec.classifier or model.classifier, spec.prepare, model.multi_label,
+                             clinical.get("class_weights"), float(clinical.get("temperature", 1.0)), spec.pool).eval()
     # held by one export at a time (as fit holds --out); what a killed export left beside it goes first, under the lock
     with locked(out, remove=True), atomic_dir(tidied(out)) as tmp:
         fp32 = tmp / ("model.fp32.onnx" if quantize else "model.onnx")
@@ -181,14 +190,16 @@ def _calibration_feeds(model: Any, spec: ExportSpec, calibration: Any, skip_bad:
                                    "training files are gone: give some with --calibration (a folder or files).")
         calibration = files
     if isinstance(calibration, (str, Path)) and Path(calibration).is_dir():  # every image under it, any layout
+        from ..data.audio import AUDIO_SUFFIXES
         from ..data.medical import DICOM_SUFFIXES
         from ..data.sources import IMAGE_SUFFIXES
 
-        suffixes = IMAGE_SUFFIXES | DICOM_SUFFIXES
+        suffixes = IMAGE_SUFFIXES | DICOM_SUFFIXES | AUDIO_SUFFIXES
         calibration = sorted(p for p in Path(calibration).rglob("*") if p.is_file() and not p.name.startswith(".")
                              and p.suffix.lower() in suffixes)[:256]
         if not calibration:
-            raise TransferkitError("The --calibration folder holds no input files: give training images.")
+            raise TransferkitError("The --calibration folder holds no input files: give training images or "
+                                   "recordings.")
     data, _ = model.task.encode(model, [calibration] if isinstance(calibration, (str, Path)) else list(calibration),
                                 skip_bad)
     n = min(len(data), 256)

@@ -263,6 +263,58 @@ class AudioTask(ClassificationTask):
         targets = [model.classes.index(labels[i]) for i in clips.kept] if labels is not None else None
         return window_clips(clips, targets, pre.clip_samples), kept
 
+    def export_spec(self, model: Any) -> Any:
+        """The graph takes ``waves``, (windows, samples) float32 windows of ``clip_seconds`` as training cut them,
+        and ``averaging``, (recordings, windows): row r holds 1/k at the k windows of recording r. The log-mel
+        spectrogram is in the graph (:class:`~transferkit.backbones.audio.FramedMelSpectrogram`), and so is the
+        average of the windows' logits per recording; reading, resampling, trimming, levelling and cutting into
+        windows are outside (``preprocessing.json`` and the reference script, with soundfile and scipy)."""
+        import copy
+
+        from ..backbones.audio import FramedMelSpectrogram
+        from ..export.onnx import ExportSpec, reference_script
+
+        pre = model.preprocess
+        if pre.kind != "spectrogram":
+            what = "the speaker encoder" if pre.kind == "speaker" else "a Hugging Face audio encoder"
+            raise TransferkitError(f"This audio model runs on {what}, whose input steps are not in an ONNX graph "
+                                   "yet: audio models on spectrograms (efficientnet_lite0 and other image "
+                                   "backbones) export today.")
+        classifier = copy.deepcopy(model.classifier).eval()
+        classifier.backbone.frontend = FramedMelSpectrogram(pre)
+        n = pre.clip_samples
+        outside = ("read the recording (soundfile), average its channels, resample to sample_rate (polyphase, "
+                   "scipy.signal.resample_poly); unless it is silent (peak under -60 dBFS): cut leading and trailing "
+                   "10 ms frames more than trim_db below the loudest (when set), raise its RMS level to target_dbfs "
+                   "(when set; never lowered); round to float16; cut into windows of clip_seconds every half "
+                   "window, the last one zero-padded (a recording no longer than a window is one padded window)")
+
+        def feeds(data: Any, idx: Any) -> dict[str, Any]:
+            idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+            where = torch.full((len(data),), -1, dtype=torch.long)
+            where[idx] = torch.arange(len(idx))
+            rows = (where[data.owner] >= 0).nonzero().flatten()
+            owner = where[data.owner[rows]]
+            counts = torch.bincount(owner, minlength=len(idx)).clamp(min=1).float()
+            averaging = torch.zeros(len(idx), len(rows))
+            averaging[owner, torch.arange(len(rows))] = 1.0 / counts[owner]
+            return {"waves": data.waves[rows.numpy()].float().numpy(), "averaging": averaging.numpy()}
+
+        return ExportSpec(
+            prepare=None,
+            inputs={"waves": torch.randn(3, n) * 0.1, "averaging": torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])},
+            dynamic={"waves": {0: "windows"}, "averaging": {0: "recordings", 1: "windows"}},
+            preprocessing={"kind": "audio", "graph_input": f"waves: (windows, {n}) float32; averaging: (recordings, "
+                           "windows) float32, 1/k at the k windows of each recording", "outside_graph": outside,
+                           "in_graph": "log-mel spectrogram (n_fft, hop_length, n_mels, fmin, fmax, top_db, mean, "
+                           "std), resized to image_height, the network, the mean of each recording's window logits",
+                           **{k: v for k, v in pre.to_dict().items() if k != "kind"}},
+            feeds=feeds,
+            script=reference_script("audio"),
+            classifier=classifier,
+            pool=lambda logits, waves, averaging: averaging @ logits,
+        )
+
     def describe_rows(self, rows: list[dict[str, Any]], data: Any) -> None:
         for r, n in enumerate(torch.bincount(data.owner, minlength=len(rows)).tolist()):
             rows[r]["windows"] = n
