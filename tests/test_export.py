@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -170,7 +171,8 @@ def test_export_from_the_command_line(image_model, tmp_path, audio_folder, tiny_
     assert not killed.exists()  # tidied under the lock before the new export was written
     transferkit.fit(audio_folder, backbone=tiny_backbone, strategy="linear", out=tmp_path / "audio")
     result = CliRunner().invoke(app, ["export", str(tmp_path / "audio" / "model"), "--out", str(tmp_path / "y")])
-    assert result.exit_code == 0 and "agree on 9 input(s)" in result.output, result.output
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "y" / "export.json").read_text())["parity"]["inputs"] == 9
 
 
 def test_audio_export_reproduces_predict_window_by_window(audio_folder, tiny_backbone, tmp_path):
@@ -198,6 +200,24 @@ def test_audio_export_reproduces_predict_window_by_window(audio_folder, tiny_bac
     same_as_predict(model, rows, inputs)
     expected = model.predict(inputs, precision="no")
     assert [r["windows"] for r in rows] == [e["windows"] for e in expected] and rows[0]["windows"] > 3
+    # a long recording's windows run in parts: the parts' mean logits, weighted, give the same probabilities
+    import onnxruntime as ort
+
+    from transferkit.export.scripts import audio
+
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = audio.read(tmp_path / "long.wav", pre)
+    whole, n = audio.probabilities(session, x, pre)
+    parts, m = audio.probabilities(session, x, pre, chunk=2)
+    assert n == m == rows[0]["windows"] and np.abs(whole - parts).max() < 1e-5
+    # a served export checks its JSON against its graph: windows of another length are refused at load
+    from transferkit.export.runtime import ExportedModel
+
+    assert ExportedModel(out).predict([tmp_path / "long.wav"])[0]["windows"] == rows[0]["windows"]
+    (out / "preprocessing.json").write_text(json.dumps({**pre, "clip_seconds": pre["clip_seconds"] * 2}))
+    with pytest.raises(TransferkitError, match="takes windows of"):
+        ExportedModel(out)
+    (out / "preprocessing.json").write_text(json.dumps(pre))
     # an unreadable file is reported and the others go on
     (tmp_path / "broken.wav").write_bytes(b"RIFF not really")
     rows = run_script(out / "predict.py", str(out), str(tmp_path / "broken.wav"), str(tests[0]))
@@ -223,9 +243,8 @@ def test_the_audio_script_reads_as_training_does(tmp_path):
         ours = read_clips([tmp_path / "quiet.wav"], p, cache=False).clip(0)
         theirs = audio.read(tmp_path / "quiet.wav", p.to_dict())
         assert theirs.dtype == np.float32 and np.array_equal(ours, theirs)
-        feeds, counts = audio.feeds([theirs], p.to_dict())
-        assert np.array_equal(feeds["waves"], windows(theirs, p.clip_samples, p.clip_samples // 2))
-        assert feeds["averaging"].shape == (1, counts[0]) and feeds["averaging"].sum() == pytest.approx(1.0)
+        assert np.array_equal(audio.windows(theirs, p.clip_samples), windows(theirs, p.clip_samples,
+                                                                             p.clip_samples // 2))
     assert len(audio.read(tmp_path / "quiet.wav", pre.to_dict())) < len(x) * 16_000 / 22_050 - 1000  # trimmed
 
 
@@ -313,3 +332,111 @@ def test_parity_refuses_nan_probabilities(image_model):
     with pytest.raises(TransferkitError, match="probabilities by up to inf"):
         compare(image_model, ok, np.full((2, 3), np.nan, dtype=np.float32), 1e-4, "two inputs")
     assert compare(image_model, ok, ok + 1e-6, 1e-4, "two inputs")["max_abs_diff"] < 1e-5
+
+
+# ------------------------------------------------------------------------------------------------ detectors
+
+
+@pytest.fixture(scope="module")
+def detector_bundle(box_folder, tiny_backbone, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("detector") / "det"
+    transferkit.fit(box_folder, backbone=tiny_backbone, strategy="finetune", epochs=2, batch_size=4, seed=0, out=out)
+    return out / "model"
+
+
+@pytest.fixture
+def detector(detector_bundle):
+    return transferkit.load(detector_bundle)
+
+
+def same_boxes(rows: list[dict], expected: list[dict]) -> None:
+    """The script's boxes are predict's: label, score (rounded to 4 places) and box (to 0.1 px), best first."""
+    for row, exp in zip(rows, expected, strict=True):
+        assert row["input"] == exp["input"] and len(row["boxes"]) == len(exp["boxes"])
+        key = lambda b: (b["label"], *b["box"])  # noqa: E731 - equal scores may come in either order
+        for a, b in zip(sorted(row["boxes"], key=key), sorted(exp["boxes"], key=key), strict=True):
+            assert a["label"] == b["label"] and a["score"] == pytest.approx(b["score"], abs=2e-4)
+            assert a["box"] == pytest.approx(b["box"], abs=0.11)
+
+
+def test_detector_export_keeps_selection_outside_the_graph_and_reproduces_predict(detector, detector_bundle,
+                                                                                    tmp_path):
+    import onnx
+    from typer.testing import CliRunner
+
+    from transferkit.cli import app
+
+    tests = detector.meta["test_files"]  # recorded at fit time, as for classifiers
+    assert len(tests) == 6
+    out = tmp_path / "exported"
+    result = CliRunner().invoke(app, ["export", str(detector_bundle), "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads(result.output.strip().splitlines()[-1])
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "labels.json", "model.onnx", "predict.py",
+                                                      "preprocessing.json"]
+    p = meta["parity"]
+    assert p["inputs"] == 6 and p["images_differ"] == 0 and p["detections"] > 0 and p["max_abs_diff"] <= 1e-4
+    graph = onnx.load(str(out / "model.onnx")).graph
+    assert [i.name for i in graph.input] == ["pixels", "sizes"] and [o.name for o in graph.output] == \
+        ["boxes", "scores", "levels"]
+    dims = graph.input[0].type.tensor_type.shape.dim
+    assert [d.HasField("dim_param") for d in dims] == [True, False, True, True]  # batch, height and width dynamic
+    pre = json.loads((out / "preprocessing.json").read_text())
+    assert pre["kind"] == "detection" and pre["image_size"] == detector.image_size and pre["threshold"] == 0.3
+    assert readme_block("### A detector without transferkit") == (out / "predict.py").read_text()
+    # every box the detector keeps (its own candidate threshold), from the script without transferkit or torch
+    pre["threshold"] = pre["score_thresh"]
+    (out / "preprocessing.json").write_text(json.dumps(pre))
+    rows = run_script(out / "predict.py", str(out), *tests)
+    expected = detector.predict(tests, score_threshold=pre["score_thresh"], precision="no")
+    assert sum(len(r["boxes"]) for r in rows) > 0
+    same_boxes(rows, expected)
+    from transferkit.export.runtime import ExportedModel
+
+    for key, value in (("size_divisible", 0), ("topk_candidates", 10**9), ("image_size", 100_000),
+                       ("nms_thresh", "high")):
+        (out / "preprocessing.json").write_text(json.dumps({**pre, key: value}))
+        with pytest.raises(TransferkitError, match=f"preprocessing.json: {key} must be"):
+            ExportedModel(out)
+    (out / "preprocessing.json").write_text(json.dumps(pre))
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    rows = run_script(out / "predict.py", str(out), str(tmp_path / "broken.jpg"), tests[0])
+    assert "error" in rows[0] and rows[1]["input"] == tests[0]
+
+
+def test_a_detection_does_not_depend_on_the_images_batched_with_it(detector, tmp_path):
+    """Images are batched with others of the same padded canvas: a wide image beside a tall one is detected as
+    alone (a shared, larger canvas would change what the network sees near its edges)."""
+    from PIL import Image
+
+    from transferkit.engine.detection import canvas_batches
+
+    tall = tmp_path / "tall.png"
+    Image.open(detector.meta["test_files"][0]).resize((60, 96)).save(tall)
+    wide = detector.meta["test_files"][1]
+    alone = detector.predict([wide], score_threshold=0.05, precision="no")
+    together = detector.predict([tall, wide], score_threshold=0.05, precision="no")
+    assert together[1] == alone[0]
+    images = [np.zeros((3, 128, 80)), np.zeros((3, 128, 128)), np.zeros((3, 120, 70)), np.zeros((3, 128, 128))]
+    assert canvas_batches([__import__("torch").from_numpy(i) for i in images], batch_size=8) == [[0, 2], [1, 3]]
+
+
+def test_int8_detector_export_scores_map_beside_fp32(detector, box_folder, tmp_path):
+    from transferkit.export.onnx import int8_share
+
+    with pytest.raises(TransferkitError, match="needs annotated images: --check the annotated folder"):
+        detector.export(tmp_path / "q", quantize="int8")
+    meta = detector.export(tmp_path / "q", quantize="int8", check=str(box_folder), max_drop=1.0)
+    q = meta["int8"]
+    assert q["metric"] == "map" and q["inputs"] == 6 and q["ops"] == ["Conv"] and 0 <= q["int8"] <= 1
+    assert int8_share(tmp_path / "q" / "model.onnx") == q["int8_weight_share"] > 0.5
+    assert (tmp_path / "q" / "model.fp32.onnx").is_file()
+    zebras = tmp_path / "zebras"
+    shutil.copytree(box_folder, zebras)
+    coco = json.loads((zebras / "annotations" / "instances_test.json").read_text())
+    for c in coco["categories"]:
+        c["name"] = "zebra"
+    (zebras / "annotations" / "instances_test.json").write_text(json.dumps(coco))
+    with pytest.raises(TransferkitError, match="Classes zebra in .* are not classes of this detector"):
+        detector.export(tmp_path / "z", check=str(zebras))
+    assert not (tmp_path / "z").exists()

@@ -341,6 +341,44 @@ def test_an_exported_folder_is_served_with_onnxruntime(image_bundle, text_folder
         s.stop()
 
 
+def test_exported_audio_models_and_detectors_are_served(audio_folder, box_folder, tiny_backbone, tmp_path):
+    """Every kind of export is served, with the bundle's answers: an audio model (windows counted) and a detector
+    (boxes); a damaged recording is one 400."""
+    transferkit.fit(audio_folder, backbone=tiny_backbone, strategy="linear", out=tmp_path / "audio")
+    audio = transferkit.load(tmp_path / "audio" / "model")
+    audio.export(tmp_path / "audio-onnx")
+    transferkit.fit(box_folder, backbone=tiny_backbone, strategy="finetune", epochs=1, batch_size=4,
+                    out=tmp_path / "det")
+    detector = transferkit.load(tmp_path / "det" / "model")
+    detector.export(tmp_path / "det-onnx")
+    pre = json.loads((tmp_path / "det-onnx" / "preprocessing.json").read_text())
+    (tmp_path / "det-onnx" / "preprocessing.json").write_text(json.dumps({**pre, "threshold": 0.05}))
+    recordings = sorted((audio_folder / "test").rglob("*.wav"))[:3]
+    images = [Path(f) for f in detector.meta["test_files"][:3]]
+    s = Server(tmp_path / "audio-onnx")
+    try:
+        r = httpx.post(s.url + "/predict", files=[("files", (p.name, p.read_bytes())) for p in recordings], timeout=60)
+        assert r.status_code == 200, r.text
+        for row, exp in zip(r.json()["predictions"], audio.predict(recordings, precision="no"), strict=True):
+            assert row["label"] == exp["label"] and row["windows"] == exp["windows"]
+            assert row["probability"] == pytest.approx(exp["probability"], abs=1e-4)
+        bad = httpx.post(s.url + "/predict", files={"files": ("bad.wav", b"RIFF garbage")}, timeout=60)
+        assert bad.status_code == 400 and "bad.wav" in bad.json()["error"]
+        assert httpx.get(s.url + "/metadata").json()["task"] == "audio-classification"
+    finally:
+        s.stop()
+    s = Server(tmp_path / "det-onnx")
+    try:
+        r = httpx.post(s.url + "/predict", files=[("files", (p.name, p.read_bytes())) for p in images], timeout=60)
+        assert r.status_code == 200, r.text
+        expected = detector.predict(images, score_threshold=0.05, precision="no")
+        for row, exp in zip(r.json()["predictions"], expected, strict=True):
+            assert len(row["boxes"]) == len(exp["boxes"])
+            assert sorted(b["label"] for b in row["boxes"]) == sorted(b["label"] for b in exp["boxes"])
+    finally:
+        s.stop()
+
+
 def test_a_damaged_export_is_refused_in_one_line(image_bundle, tmp_path):
     from transferkit.export.runtime import ExportedModel
 

@@ -595,37 +595,34 @@ def export(
     check: Optional[list[str]] = typer.Option(
         None, "--check",
         help="Inputs to check the export on (repeatable: files; or one labelled folder or CSV/TSV/JSONL, which "
-             "--quantize needs); default: the test files the bundle recorded. Texts: a file with one text per line, "
-             "or labelled texts.",
+             "--quantize needs; detectors: images, a folder, or an annotated folder or COCO file); default: the test "
+             "files the bundle recorded. Texts: a file with one text per line, or labelled texts.",
     ),
     quantize: Optional[str] = typer.Option(
         None, "--quantize",
-        help="int8: model.onnx becomes INT8 (static, calibrated on training images, for CNNs; dynamic for text "
-             "encoders), refused when it scores more than --max-drop below fp32 on labelled check data.",
+        help="int8: model.onnx becomes INT8 (static, calibrated on training inputs, for CNNs and detectors; dynamic "
+             "for text encoders), refused when it scores more than --max-drop below fp32 on labelled check data.",
     ),
     max_drop: float = typer.Option(
         0.01, "--max-drop",
-        help="Largest accuracy (binary medical: AUROC) that INT8 may lose against fp32, 0-1.",
+        help="Largest accuracy (binary medical: AUROC; detectors: mAP) that INT8 may lose against fp32, 0-1.",
     ),
     calibration: Optional[list[str]] = typer.Option(
         None, "--calibration",
-        help="Images to calibrate INT8 with (repeatable, or one folder); default: the training files the bundle "
-             "recorded.",
+        help="Images or recordings to calibrate INT8 with (repeatable, or one folder); default: the training files "
+             "the bundle recorded.",
     ),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable check inputs with a warning."),
     as_json: bool = typer.Option(False, "--json", help="Print export.json on stdout."),
     max_image_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
-    """Export a classifier to a self-contained ONNX folder (model.onnx, labels, preprocessing, a reference
-    predict.py) after checking that onnxruntime gives PyTorch's probabilities (within 1e-4) on real inputs;
-    optionally INT8, with its score set beside fp32's."""
+    """Export a model to a self-contained ONNX folder (model.onnx, labels, preprocessing, a reference predict.py)
+    after checking that onnxruntime gives PyTorch's probabilities (within 1e-4; detectors: the same boxes) on real
+    inputs; optionally INT8, with its score set beside fp32's."""
     from .api import load
 
     try:
         model = load(model_dir)
-        if not hasattr(model, "export"):
-            raise TransferkitError("Exporting detectors is not available yet: image, medical and text classifiers "
-                                   "export today.")
         from .export.onnx import is_labelled
 
         given: object = None
@@ -653,7 +650,7 @@ def export(
 @_limits_images
 def serve(
     model_dir: Path = typer.Argument(..., help="A bundle folder (the run's model/), or a folder written by transferkit "
-                                                "export (image and text classifiers, run with onnxruntime)."),
+                                                "export (run with onnxruntime)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; other than loopback needs --token."),
     port: int = typer.Option(8000, "--port", help="TCP port."),
     token: Optional[str] = typer.Option(

@@ -49,7 +49,8 @@ class DetectionModel:
     def image_size(self) -> int:
         return int(self.detector.config["image_size"])
 
-    def _decode(self, images: list[Any], skip_bad: bool):
+    def decode(self, images: list[Any], skip_bad: bool):
+        """Images (paths or arrays) decoded as training decoded them: longer side to the detector's size."""
         from ..data.boxes import BoxSet
         from ..data.detection import decode_boxes
 
@@ -77,7 +78,7 @@ class DetectionModel:
         y2]}]}``, boxes in the image's own pixels, best score first, scores >= ``score_threshold``."""
         if isinstance(images, (str, Path)):
             raise TransferkitError("Pass a list of images, not a single one: model.predict([image]).")
-        data = self._decode(images, skip_bad)
+        data = self.decode(images, skip_bad)
         model = self.detector.model
         saved = model.score_thresh
         model.score_thresh = min(saved, score_threshold)  # a lower threshold than the bundle's must show more boxes
@@ -99,7 +100,7 @@ class DetectionModel:
         from ..data.images import load_pil
         from ..evaluation.detection import draw_boxes, save_png
 
-        data = self._decode([image], skip_bad=False)
+        data = self.decode([image], skip_bad=False)
         pred = self.detect_decoded(data)[0]
         pixels = np.asarray(load_pil(image)[0])
         save_png(draw_boxes(pixels, self.classes, pred, score_threshold=score_threshold), path)
@@ -116,16 +117,31 @@ class DetectionModel:
         if unknown:
             raise TransferkitError(f"Classes {', '.join(unknown[:5])} in {source} are not classes of this model "
                                    f"({', '.join(self.classes)}).")
-        data = self._decode_set(boxes, skip_bad)
+        data = self.decode_set(boxes, skip_bad)
         preds = self.detect_decoded(data)
         truth = [{"boxes": data.original_boxes(i), "labels": data.targets[i]} for i in range(len(data))]
         return detection_metrics(preds, truth, self.classes)
 
-    def _decode_set(self, boxes: Any, skip_bad: bool):
+    def decode_set(self, boxes: Any, skip_bad: bool):
+        """A :class:`~transferkit.data.boxes.BoxSet` decoded as training decoded it, boxes scaled alike."""
         from ..data.detection import decode_boxes
 
         return decode_boxes(boxes, self.image_size, self.classes, interpolation=self.detector.preprocess.interpolation,
                             skip_bad=skip_bad, description="decoding")
+
+    def export(self, out: str | Path, format: str = "onnx", check: Any = None, skip_bad: bool = False,
+               quantize: str | None = None, max_drop: float = 0.01, calibration: Any = None,
+               tolerance: float = 1e-4) -> dict[str, Any]:
+        """Write a self-contained ONNX folder (``model.onnx`` giving every location's boxes and scores, the settings
+        of the selection outside the graph, a reference ``predict.py`` that needs no transferkit) once onnxruntime's
+        detections equal this model's on ``check`` (images, a folder, or an annotated set; default: the test images
+        the bundle recorded). ``quantize="int8"``: the convolutions in INT8, refused when mAP drops more than
+        ``max_drop`` on an annotated ``check``. Returns ``export.json``'s content. See
+        :mod:`transferkit.export.detection`."""
+        from ..export.detection import export_detector
+
+        return export_detector(self, out, format=format, check=check, skip_bad=skip_bad, quantize=quantize,
+                               max_drop=max_drop, calibration=calibration, tolerance=tolerance)
 
     def save(self, folder: str | Path) -> Path:
         """Write the bundle atomically: a crash leaves either the old bundle or the new one, never half."""

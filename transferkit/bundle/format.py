@@ -124,6 +124,11 @@ def text(empty: bool = False) -> tuple[str, Check]:
         isinstance(v, str) and (empty or bool(v.strip())), v)
 
 
+def paths() -> tuple[str, Check]:
+    """A list of strings (file paths, or the test files' class names)."""
+    return "a list of strings", lambda v, _: _got(isinstance(v, list) and all(isinstance(e, str) for e in v), v)
+
+
 def flag() -> tuple[str, Check]:
     return "true or false", lambda v, _: _got(isinstance(v, bool), v)
 
@@ -239,6 +244,12 @@ COMMON = (
     Rule("clinical.temperature", *number(0, 1e3, low_open=True), optional=True),
     Rule("clinical.class_weights", *class_weights(), optional=True),
     Rule("metrics", *mapping(), optional=True),
+    # the files export checks itself on and calibrates INT8 with (Task.recorded_files)
+    Rule("test_files", *paths(), optional=True),
+    Rule("test_labels", "one of the labels per test file", lambda v, config: _got(
+        isinstance(v, list) and isinstance(config.get("test_files"), list) and len(v) == len(config["test_files"])
+        and all(isinstance(e, str) and e in (config.get("labels") or []) for e in v), v), optional=True),
+    Rule("calibration_files", *paths(), optional=True),
     # the bundles this one was fine-tuned further from (tasks.continued.lineage), newest first
     Rule("lineage", f"a list of up to {MAX_LINEAGE} objects",
          lambda v, _: _got(isinstance(v, list) and len(v) <= MAX_LINEAGE and all(isinstance(e, dict) for e in v), v),

@@ -44,33 +44,47 @@ def to_device(images: list[torch.Tensor], targets: list[dict] | None, device: to
     return imgs, [{k: v.to(device) for k, v in t.items()} for t in targets]
 
 
+def canvas_batches(images: list[torch.Tensor], batch_size: int, divisible: int = 32) -> list[list[int]]:
+    """Positions of ``images`` in batches of at most ``batch_size`` whose images share one padded canvas (height and
+    width rounded up to ``divisible``, as torchvision pads a batch): an image's detections then do not depend on
+    which other images share its batch (a larger canvas changes what the network sees near its edges), and equal
+    the exported detector's, which runs each image on its own canvas."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, im in enumerate(images):
+        h, w = im.shape[-2:]
+        groups.setdefault((-(-h // divisible), -(-w // divisible)), []).append(i)
+    return [g[s:s + batch_size] for g in groups.values() for s in range(0, len(g), batch_size)]
+
+
 @torch.no_grad()
 def detect(model: nn.Module, images: list[torch.Tensor], *, device: torch.device | str = "cpu",
            autocast: Callable[[], Any] | None = None, batch_size: int = 8,
            description: str | None = "detecting") -> list[dict[str, torch.Tensor]]:
-    """Boxes, labels (class indices 0..K-1) and scores for uint8 images, in the pixels given, on the CPU.
-    ``description=None`` shows no progress bar (validation inside a training bar)."""
+    """Boxes, labels (class indices 0..K-1) and scores for uint8 images, in the pixels given, on the CPU; images
+    are batched with others of the same padded canvas (:func:`canvas_batches`). ``description=None`` shows no
+    progress bar (validation inside a training bar)."""
     was_training = model.training
     model.eval()
-    out: list[dict[str, torch.Tensor]] = []
+    out: list[dict[str, torch.Tensor] | None] = [None] * len(images)
+    divisible = int(getattr(getattr(getattr(model, "model", None), "transform", None), "size_divisible", 32))
     bar = progress()
     bar.disable = bar.disable or description is None
     with bar:
         task = bar.add_task(description or "", total=len(images), status="")
-        for s in range(0, len(images), batch_size):
-            batch, _ = to_device(images[s:s + batch_size], None, torch.device(device))
+        for positions in canvas_batches(images, batch_size, divisible):
+            batch, _ = to_device([images[i] for i in positions], None, torch.device(device))
             if autocast is not None:
                 with autocast():
                     preds = model(batch)
             else:
                 preds = model(batch)
-            for p in preds:
+            for i, p in zip(positions, preds, strict=True):
                 real = p["labels"] > 0  # channel 0 is torchvision's background: never a detection
-                out.append({"boxes": p["boxes"][real].float().cpu(), "labels": p["labels"][real].cpu() - 1,
-                            "scores": p["scores"][real].float().cpu()})
+                out[i] = {"boxes": p["boxes"][real].float().cpu(), "labels": p["labels"][real].cpu() - 1,
+                          "scores": p["scores"][real].float().cpu()}
             bar.advance(task, len(batch))
     model.train(was_training)
-    return out
+    return out  # type: ignore[return-value]
 
 
 class Detection:

@@ -19,9 +19,10 @@ What differs between kinds of data (the graph's inputs, the steps outside it) is
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,8 @@ class ExportSpec:
     ``predict.py``; ``quantization``: how ``--quantize int8`` quantizes it; ``classifier``: the network to export,
     when it is not the model's own (audio: the same weights with a spectrogram the exporter can trace); ``pool``:
     (logits, graph inputs) -> logits, a step between the network and the probabilities (audio: the windows'
-    logits averaged per recording).
+    logits averaged per recording), whose result is the graph's second output; ``outputs``: the graph's output
+    names.
     """
 
     prepare: nn.Module | None
@@ -64,6 +66,7 @@ class ExportSpec:
     quantization: str = "static"  # how INT8 quantizes it: "static" (calibrated: CNNs) or "dynamic" (transformers)
     classifier: nn.Module | None = None
     pool: Callable[..., torch.Tensor] | None = None
+    outputs: tuple[str, ...] = ("probabilities",)  # with a pool: ("probabilities", the pooled logits' name)
 
 
 class ProbabilityGraph(nn.Module):
@@ -81,11 +84,15 @@ class ProbabilityGraph(nn.Module):
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
         self.register_buffer("weights", weights, persistent=False)
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         x = self.prepare(*inputs) if self.prepare is not None else inputs[0]
         logits = self.classifier(x).float()
-        if self.pool is not None:
+        if self.pool is not None:  # the pooled logits are a second output: parts of an input can be combined
             logits = self.pool(logits, *inputs)
+            return self.probabilities(logits), logits
+        return self.probabilities(logits)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         if self.multi_label:
             return torch.sigmoid(logits)
         probs = torch.softmax(logits, dim=1)
@@ -121,16 +128,9 @@ def export_model(model: Any, out: str | Path, *, format: str = "onnx", check: An
     from ..io import atomic_dir
     from ..rundir import locked
 
-    if format not in FORMATS:
-        raise TransferkitError(f"Unknown export format {format!r}: transferkit exports {', '.join(FORMATS)}.")
-    if quantize not in (None, *QUANTIZE):
-        raise TransferkitError(f"Unknown quantization {quantize!r}: transferkit quantizes to {', '.join(QUANTIZE)}.")
-    if not 0 <= max_drop <= 1:
-        raise TransferkitError(f"max_drop is {max_drop}: give a score difference between 0 and 1, e.g. 0.01.")
-    if not quantize and (max_drop != MAX_DROP or calibration is not None):
-        raise TransferkitError("--max-drop and --calibration are for --quantize int8: add it, or leave them out.")
+    check_options(format, quantize, max_drop, calibration)
     out = check_out(Path(out))
-    onnx, ort = _runtime()
+    onnx, ort = onnx_runtime()
     spec = model.task.export_spec(model)
     data, source, targets = _check_data(model, check, skip_bad)
     if quantize and targets is None:
@@ -142,7 +142,7 @@ def export_model(model: Any, out: str | Path, *, format: str = "onnx", check: An
     # held by one export at a time (as fit holds --out); what a killed export left beside it goes first, under the lock
     with locked(out, remove=True), atomic_dir(tidied(out)) as tmp:
         fp32 = tmp / ("model.fp32.onnx" if quantize else "model.onnx")
-        exporter = _export_graph(graph, spec, fp32, opset)
+        exporter = export_graph(graph, spec.inputs, spec.dynamic, fp32, opset, spec.outputs)
         ours = run_session(session_for(fp32), spec, data, batch_size)
         theirs = model.predict_encoded(data, batch_size=batch_size, precision="no")
         parity = compare(model, theirs, ours, tolerance, source)
@@ -177,6 +177,19 @@ def export_model(model: Any, out: str | Path, *, format: str = "onnx", check: An
     return meta
 
 
+def check_options(format: str, quantize: str | None, max_drop: float, calibration: Any) -> None:
+    """Refuse, before any work, an unknown format or quantization, a ``max_drop`` outside 0-1, and INT8 options
+    without ``--quantize int8``."""
+    if format not in FORMATS:
+        raise TransferkitError(f"Unknown export format {format!r}: transferkit exports {', '.join(FORMATS)}.")
+    if quantize not in (None, *QUANTIZE):
+        raise TransferkitError(f"Unknown quantization {quantize!r}: transferkit quantizes to {', '.join(QUANTIZE)}.")
+    if not 0 <= max_drop <= 1:
+        raise TransferkitError(f"max_drop is {max_drop}: give a score difference between 0 and 1, e.g. 0.01.")
+    if not quantize and (max_drop != MAX_DROP or calibration is not None):
+        raise TransferkitError("--max-drop and --calibration are for --quantize int8: add it, or leave them out.")
+
+
 def _calibration_feeds(model: Any, spec: ExportSpec, calibration: Any, skip_bad: bool,
                        batch_size: int) -> list[dict[str, np.ndarray]]:
     """Batches of graph inputs to calibrate static quantization with: ``calibration`` (files or a folder), else the
@@ -206,11 +219,13 @@ def _calibration_feeds(model: Any, spec: ExportSpec, calibration: Any, skip_bad:
     return [spec.feeds(data, np.arange(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
 
 
-def quantize_int8(fp32: Path, dest: Path, method: str, calibration: list[dict[str, np.ndarray]]) -> None:
+def quantize_int8(fp32: Path, dest: Path, method: str, calibration: list[dict[str, np.ndarray]],
+                  ops: tuple[str, ...] | None = None) -> None:
     """onnxruntime post-training quantization of ``fp32`` into ``dest``: ``"static"`` (QDQ, INT8 weights per
     channel, UINT8 activations with min-max ranges from ``calibration`` batches: convolutions) or ``"dynamic"``
     (INT8 weights, activations quantized at run time: transformer encoders, whose activations vary too much per
-    input for fixed ranges)."""
+    input for fixed ranges). ``ops``: quantize only these operator types (a detector: its convolutions, so that
+    box coordinates and scores stay fp32); default, all that onnxruntime quantizes but the classification head."""
     import contextlib
     import io
     import logging
@@ -224,7 +239,8 @@ def quantize_int8(fp32: Path, dest: Path, method: str, calibration: list[dict[st
     # the classification head stays fp32: it is a few kB, and a probe's head folds the feature standardisation into
     # its weights, so they span up to 1e7 (dimensions that hardly vary); one INT8 scale for the whole matrix then
     # rounds every ordinary weight to zero (MiniLM on BBC News: every text the same class, 0.946 -> 0.200)
-    head = [n.name for n in onnx.load(str(fp32)).graph.node if n.op_type in ("MatMul", "Gemm")][-1:]
+    head = [] if ops else head_nodes(onnx.load(str(fp32)))
+    only = {"op_types_to_quantize": list(ops)} if ops else {}
     quiet = logging.getLogger()
     level = quiet.level
     try:
@@ -248,7 +264,7 @@ def quantize_int8(fp32: Path, dest: Path, method: str, calibration: list[dict[st
 
                 quantize_static(str(prepared), str(dest), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
                                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=head)
+                                calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=head, **only)
     except Exception as err:  # noqa: BLE001 - onnxruntime's quantizer raises many kinds; one line for the user
         raise TransferkitError(f"INT8 quantization failed ({type(err).__name__}: {first_line(err)}): "
                                "export without --quantize.") from None
@@ -259,13 +275,24 @@ def quantize_int8(fp32: Path, dest: Path, method: str, calibration: list[dict[st
             left.unlink(missing_ok=True)
 
 
+def head_nodes(graph: Any) -> list[str]:
+    """The classification head of an ONNX classifier: the last MatMul or Gemm that multiplies by weights (an
+    initializer), not one between activations (the audio graph's average of its windows' logits comes after it)."""
+    weights = {init.name for init in graph.graph.initializer}
+    found = [n.name for n in graph.graph.node if n.op_type in ("MatMul", "Gemm") and weights & set(n.input)]
+    return found[-1:]
+
+
 def int8_share(path: Path) -> float:
-    """The fraction of a model's initializer bytes (its weights) stored as INT8/UINT8."""
+    """The fraction of a model's initializer bytes (its weights) stored as INT8/UINT8. Float64 constants are not
+    weights: they are an audio model's fixed spectrogram transform, kept exact (``FramedMelSpectrogram``)."""
     import onnx
     from onnx import numpy_helper
 
     total = small = 0
     for init in onnx.load(str(path)).graph.initializer:
+        if init.data_type == onnx.TensorProto.DOUBLE:
+            continue
         size = numpy_helper.to_array(init).nbytes
         total += size
         if init.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8):
@@ -293,13 +320,20 @@ def int8_report(model: Any, targets: np.ndarray, fp32: np.ndarray, int8: np.ndar
               "max_abs_diff": float(np.abs(fp32 - int8).max()), "max_drop": max_drop,
               "int8_weight_share": int8_share(path), "file_mb": path.stat().st_size / 2**20,
               "fp32_file_mb": path.with_name("model.fp32.onnx").stat().st_size / 2**20, "source": source}
-    if report["int8_weight_share"] < 0.5:
-        raise TransferkitError(f"The quantized model holds only {report['int8_weight_share']:.0%} of its weights in "
-                               "INT8: it is not an INT8 model; export without --quantize.")
     if not np.isfinite([report["fp32"], report["int8"]]).all():
         raise TransferkitError(f"The check data ({source}) hold one class only, so {report['metric']} cannot be "
                                "measured and INT8 cannot be compared with fp32: --check a labelled folder with "
                                "both classes.")
+    return judge_int8(report, source)
+
+
+def judge_int8(report: dict[str, Any], source: str) -> dict[str, Any]:
+    """``report`` (``int8_weight_share``, ``metric``, ``fp32``, ``int8``, ``max_drop``), or one line refusing an
+    INT8 model that is not INT8 or scores more than ``max_drop`` below fp32."""
+    max_drop = report["max_drop"]
+    if report["int8_weight_share"] < 0.5:
+        raise TransferkitError(f"The quantized model holds only {report['int8_weight_share']:.0%} of its weights in "
+                               "INT8: it is not an INT8 model; export without --quantize.")
     if report["fp32"] - report["int8"] > max_drop:
         raise TransferkitError(f"INT8 scores {report['metric']} {report['int8']:.4f} against fp32's "
                                f"{report['fp32']:.4f} on {source}, a drop of {report['fp32'] - report['int8']:.4f} "
@@ -323,7 +357,7 @@ def decision(model: Any) -> dict[str, Any]:
     return {"multi_label": bool(model.multi_label), "threshold": float(model.threshold)}
 
 
-def _runtime() -> tuple[Any, Any]:
+def onnx_runtime() -> tuple[Any, Any]:
     try:
         import onnx
         import onnxruntime as ort
@@ -420,36 +454,77 @@ def _check_data(model: Any, check: Any, skip_bad: bool) -> tuple[Any, str, np.nd
     return data, source, targets
 
 
-def _export_graph(graph: nn.Module, spec: ExportSpec, path: Path, opset: int) -> str:
-    """``torch.onnx.export`` with the dynamo exporter (the TorchScript exporter when dynamo cannot trace the model);
-    returns which one wrote the file."""
-    import contextlib
+def export_graph(graph: nn.Module, inputs: dict[str, torch.Tensor], dynamic: dict[str, dict[int, str]], path: Path,
+                 opset: int, outputs: tuple[str, ...] = ("probabilities",), dynamo: bool = True) -> str:
+    """``torch.onnx.export`` of ``graph`` on example ``inputs`` (by name, in ``forward``'s order) with ``dynamic``
+    axes (input -> axis -> name; a name shared by inputs is one dimension), by the dynamo exporter (the TorchScript
+    exporter when dynamo cannot trace the model or fixes a dynamic axis, or when ``dynamo`` is False: a model known
+    to need it); returns which one wrote the file."""
+    import inspect
     import io
     import warnings
 
     from torch.export import Dim
 
     dims: dict[str, Any] = {}
-    shapes = {name: {axis: dims.setdefault(dim, Dim(dim)) for axis, dim in spec.dynamic.get(name, {}).items()}
-              for name in spec.inputs}
-    args = tuple(spec.inputs.values())
-    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    shapes = {name: {axis: dims.setdefault(dim, Dim(dim)) for axis, dim in dynamic.get(name, {}).items()}
+              for name in inputs}
+    args = tuple(inputs.values())
+    # a forward(*inputs) takes its dynamic shapes as one argument's, a forward(a, b) as one per argument
+    varargs = any(p.kind is p.VAR_POSITIONAL for p in inspect.signature(graph.forward).parameters.values())
+    dynamic_shapes = (tuple(shapes.values()),) if varargs else tuple(shapes.values())
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), quiet_loggers():
         warnings.simplefilter("ignore")  # the exporters' progress lines and warnings are not the user's business
+        first = "not tried: this model needs the TorchScript exporter"
+        if dynamo:
+            try:
+                program = torch.onnx.export(graph, args, dynamo=True, input_names=list(inputs),
+                                            output_names=list(outputs), dynamic_shapes=dynamic_shapes,
+                                            opset_version=opset, verbose=False)
+                program.save(str(path))
+                fixed = fixed_axes(path, dynamic)
+                if not fixed:
+                    return "torch.onnx (dynamo)"
+                # torch.export found the model's shape arithmetic valid for the example's sizes only (strides
+                # rounding up: a detector's canvas), and torch.onnx then exported those sizes fixed, not failing
+                first = f"it fixed {fixed[0]} to the example's size"
+            except Exception as err:  # noqa: BLE001 - any tracing failure: fall back to the TorchScript exporter
+                first = f"{type(err).__name__}: {first_line(err)}"
         try:
-            program = torch.onnx.export(graph, args, dynamo=True, input_names=list(spec.inputs),
-                                        output_names=["probabilities"], dynamic_shapes=(tuple(shapes.values()),),
-                                        opset_version=opset, verbose=False)
-            program.save(str(path))
-            return "torch.onnx (dynamo)"
-        except Exception as err:  # noqa: BLE001 - any tracing failure: fall back to the TorchScript exporter
-            first = f"{type(err).__name__}: {first_line(err)}"
-        try:
-            torch.onnx.export(graph, args, str(path), dynamo=False, input_names=list(spec.inputs),
-                              output_names=["probabilities"], dynamic_axes=spec.dynamic, opset_version=opset)
+            torch.onnx.export(graph, args, str(path), dynamo=False, input_names=list(inputs),
+                              output_names=list(outputs), dynamic_axes=dynamic, opset_version=opset)
             return "torch.onnx (TorchScript)"
         except Exception as err:  # noqa: BLE001 - reported in one line with the first exporter's reason
             raise TransferkitError(f"This model could not be exported to ONNX (dynamo exporter: {first}; TorchScript "
                                    f"exporter: {type(err).__name__}: {first_line(err)}).") from None
+
+
+@contextlib.contextmanager
+def quiet_loggers(names: tuple[str, ...] = ("onnx_ir", "onnxscript")) -> Iterator[None]:
+    """The ONNX libraries' log warnings (notes of their graph optimisers) held back while exporting."""
+    import logging
+
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def fixed_axes(path: Path, dynamic: dict[str, dict[int, str]]) -> list[str]:
+    """The axes that should be dynamic but that the ONNX file at ``path`` fixes to one size ("pixels axis 2")."""
+    import onnx
+
+    fixed = []
+    for value in onnx.load(str(path), load_external_data=False).graph.input:
+        dims = value.type.tensor_type.shape.dim
+        fixed += [f"{value.name} axis {axis}" for axis in dynamic.get(value.name, {})
+                  if axis < len(dims) and dims[axis].HasField("dim_value")]
+    return fixed
 
 
 def first_line(err: BaseException) -> str:

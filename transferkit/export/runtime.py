@@ -17,7 +17,10 @@ import numpy as np
 
 from ..errors import TransferkitError
 
-SERVED_TASKS = {"image-classification": "files", "text-classification": "strings"}
+SERVED_TASKS = {"image-classification": "files", "text-classification": "strings", "audio-classification": "files",
+                "object-detection": "files"}
+MODALITY = {"image-classification": "image", "text-classification": "text", "audio-classification": "audio",
+            "object-detection": "detection"}
 
 
 
@@ -32,11 +35,11 @@ class ExportedTask:
 class ExportedModel:
     """``model.onnx`` with its ``labels.json`` and ``preprocessing.json``, predicting as ``TransferModel.predict``
     does (rows with ``input``, ``label``, ``probability``, ``top``; ``positive_probability`` for a medical model,
-    ``labels`` for a multi-label one).
+    ``labels`` for a multi-label one, ``windows`` for audio), or as ``DetectionModel.predict`` does (``input``,
+    ``boxes``).
 
     Raises:
-        TransferkitError: the folder is not a complete export of an image or text classifier, or its graph reads
-            data from outside the folder.
+        TransferkitError: the folder is not a complete export, or its graph reads data from outside the folder.
     """
 
     def __init__(self, folder: str | Path):
@@ -46,8 +49,8 @@ class ExportedModel:
         meta, labels, pre = (_json(folder / name) for name in ("export.json", "labels.json", "preprocessing.json"))
         kind = meta.get("task") if isinstance(meta, dict) else None
         if kind not in SERVED_TASKS:
-            raise TransferkitError(f"{folder / 'export.json'}: task {kind!r} is not one served from an export (image "
-                                   "and text classifiers are): serve the bundle it came from.")
+            raise TransferkitError(f"{folder / 'export.json'}: task {str(kind)[:40]!r} is not one transferkit exports: "
+                                   "export the bundle again, or serve the bundle itself.")
         if not (isinstance(labels, list) and labels and all(isinstance(c, str) for c in labels)):
             raise TransferkitError(f"{folder / 'labels.json'} must be a list of class names: export the bundle again.")
         if not isinstance(pre, dict):
@@ -69,19 +72,30 @@ class ExportedModel:
         except Exception as err:  # noqa: BLE001 - onnxruntime's own errors (InvalidGraph, InvalidArgument ...)
             raise TransferkitError(f"{graph} is not a model onnxruntime can run ({type(err).__name__}): export the "
                                    "bundle again.") from None
+        if kind == "audio-classification":  # the graph's window length is fixed: the JSON must cut windows of it
+            waves = {i.name: i.shape for i in self.session.get_inputs()}.get("waves") or [None, None]
+            samples = int(round(pre["clip_seconds"] * pre["sample_rate"]))
+            if waves[-1] != samples:
+                raise TransferkitError(f"{folder / 'preprocessing.json'}: clip_seconds x sample_rate is {samples} "
+                                       f"samples, but {graph} takes windows of {waves[-1]}; export the bundle again.")
         outputs = {o.name: o.shape for o in self.session.get_outputs()}
-        width = (outputs.get("probabilities") or [None])[-1]
-        if "probabilities" not in outputs or (isinstance(width, int) and width != len(labels)):
-            raise TransferkitError(f"{graph} gives {width} probabilities per input, but {folder / 'labels.json'} "
-                                   f"names {len(labels)} classes: export the bundle again.")
+        name, width = ("scores", len(labels) + 1) if kind == "object-detection" else ("probabilities", len(labels))
+        found = (outputs.get(name) or [None])[-1]
+        if name not in outputs or (isinstance(found, int) and found != width):
+            raise TransferkitError(f"{graph} gives {found} {name} per input, but {folder / 'labels.json'} names "
+                                   f"{len(labels)} classes: export the bundle again.")
         self.classes, self.pre, self.export = labels, pre, meta
         self.task = ExportedTask(kind, SERVED_TASKS[kind])
-        self.modality = "text" if kind == "text-classification" else "image"
+        self.modality = MODALITY[kind]
         self.multi_label = bool(pre.get("multi_label"))
         self.meta = {"backbone": {"name": (meta.get("bundle") or {}).get("backbone")}, "export": meta}
 
     def predict(self, inputs: list[Any], top_k: int = 5) -> list[dict[str, Any]]:
-        """One row per input (image paths, or texts for a text model), in order."""
+        """One row per input (image or audio paths, or texts for a text model), in order."""
+        if self.modality == "detection":
+            return [self._boxes(path) for path in inputs]
+        if self.modality == "audio":
+            return [self._recording(path, top_k) for path in inputs]
         if self.task.inputs == "strings":
             from .scripts.text import encode
 
@@ -108,6 +122,40 @@ class ExportedModel:
         except OSError as err:
             raise TransferkitError(f"{name} is not a readable image ({type(err).__name__}): send a JPEG, PNG, "
                                    "TIFF, BMP or WebP file.") from None
+
+    def _boxes(self, path: Any) -> dict[str, Any]:
+        from ..data.images import open_image
+        from .scripts.detection import detect
+
+        name = str(path)
+        try:
+            open_image(Path(path), name).close()  # sized from the header: a decompression bomb is never decoded
+            b, s, k = detect(self.session, path, self.pre)
+        except OSError as err:
+            raise TransferkitError(f"{name} is not a readable image ({type(err).__name__}): send a JPEG, PNG, "
+                                   "TIFF, BMP or WebP file.") from None
+        shown = s >= self.pre["threshold"]
+        return {"input": name, "boxes": [
+            {"label": self.classes[int(c)], "score": round(float(v), 4), "box": [round(float(x), 1) for x in box]}
+            for box, v, c in zip(b[shown], s[shown], k[shown], strict=True)]}
+
+    def _recording(self, path: Any, top_k: int) -> dict[str, Any]:
+        import soundfile as sf
+
+        from ..data.audio import check_sample_rate
+        from ..errors import DataError
+        from .scripts.audio import probabilities, read
+
+        name = str(path)
+        try:
+            check_sample_rate(sf.info(str(path)).samplerate, name)  # a rate no recorder makes: 1 Hz is 16,000x
+            p, windows = probabilities(self.session, read(path, self.pre), self.pre)
+        except DataError as err:
+            raise TransferkitError(str(err)) from None
+        except (OSError, RuntimeError, ValueError) as err:  # soundfile's errors are RuntimeErrors
+            raise TransferkitError(f"{name} is not a readable recording ({type(err).__name__}): send WAV, FLAC, OGG "
+                                   "or MP3.") from None
+        return {**self._row(path, p, top_k), "windows": windows}
 
     def _row(self, item: Any, p: np.ndarray, top_k: int) -> dict[str, Any]:
         from .scripts.image import decide
@@ -139,12 +187,32 @@ def _check_preprocessing(kind: str, pre: dict[str, Any]) -> str | None:
         "multi_label": ("true or false", lambda v: isinstance(v, bool)),
         "threshold": ("a number from 0 to 1", lambda v: is_finite_number(v) and 0 <= v <= 1),
     }
-    if kind == "image-classification":
+    if kind in ("image-classification", "object-detection"):
+        rules |= {"interpolation": (f"one of {', '.join(FILTERS)}", lambda v: v in FILTERS)}
+    if kind == "object-detection":
+        rules |= {
+            "image_size": (f"a whole number from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}",
+                           lambda v: whole(v, MIN_INPUT_SIZE, MAX_INPUT_SIZE)),
+            "size_divisible": ("a whole number from 1 to 256", lambda v: whole(v, 1, 256)),
+            "score_thresh": ("a number from 0 to 1", lambda v: is_finite_number(v) and 0 <= v <= 1),
+            "nms_thresh": ("a number from 0 to 1", lambda v: is_finite_number(v) and 0 <= v <= 1),
+            "detections_per_img": ("a whole number from 1 to 10000", lambda v: whole(v, 1, 10_000)),
+            "topk_candidates": ("a whole number from 1 to 100000", lambda v: whole(v, 1, 100_000)),
+        }
+    elif kind == "audio-classification":
+        rules |= {
+            "sample_rate": ("a whole number from 1000 to 384000", lambda v: whole(v, 1000, 384_000)),
+            "clip_seconds": ("a number above 0 up to 600", lambda v: is_finite_number(v) and 0 < v <= 600),
+            "trim_db": ("null or a number above 0 up to 200",
+                        lambda v: v is None or (is_finite_number(v) and 0 < v <= 200)),
+            "target_dbfs": ("null or a number from -200 to 0",
+                            lambda v: v is None or (is_finite_number(v) and -200 <= v <= 0)),
+        }
+    elif kind == "image-classification":
         rules |= {
             "input_size": (f"two whole numbers from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}",
                            lambda v: isinstance(v, list) and len(v) == 2
                            and all(whole(x, MIN_INPUT_SIZE, MAX_INPUT_SIZE) for x in v)),
-            "interpolation": (f"one of {', '.join(FILTERS)}", lambda v: v in FILTERS),
             "resize": ("crop or pad", lambda v: v in ("crop", "pad")),
             "crop_pct": ("a number above 0 up to 1", lambda v: is_finite_number(v) and 0 < v <= 1),
         }
@@ -152,7 +220,8 @@ def _check_preprocessing(kind: str, pre: dict[str, Any]) -> str | None:
         rules |= {"max_length": (f"a whole number from 1 to {MAX_TEXT_TOKENS}", lambda v: whole(v, 1, MAX_TEXT_TOKENS)),
                   "pad_id": ("a whole number of 0 or more", lambda v: whole(v, 0, 2**31 - 1)),
                   "pad_token": ("a string", lambda v: isinstance(v, str))}
-    optional = {"multi_label", "threshold"}
+    optional = {"multi_label", "threshold"} - ({"threshold"} if kind == "object-detection" else set())
+    optional |= {"trim_db", "target_dbfs"}
     for key, (must, ok) in rules.items():
         if key not in pre:
             if key not in optional:

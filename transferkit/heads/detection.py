@@ -269,3 +269,50 @@ def _freeze_batchnorm(module: nn.Module) -> None:
             setattr(module, name, FrozenBatchNorm2d(child.num_features, eps=child.eps))
         else:
             _freeze_batchnorm(child)
+
+
+class LocationOutputs(nn.Module):
+    """A :class:`Detector` from uint8 images on one canvas to every location's box and class scores: what
+    torchvision's FCOS computes in eval mode before it keeps the best 1,000 candidates of each level and suppresses
+    overlaps (an exported detector leaves those two steps, which keep a different number of boxes per image, to
+    its reference script).
+
+    ``pixels``: (B, 3, H, W) uint8 RGB, each image at the top left of a canvas whose sides are multiples of
+    ``size_divisible``; ``sizes``: (B, 2) int64, each image's own height and width on it (the rest is padding, zero
+    after normalisation, as torchvision pads). Returns ``boxes`` (B, L, 4) xyxy in the image's pixels, clipped to
+    it; ``scores`` (B, L, K + 1), sqrt(sigmoid(class logit) x sigmoid(centre-ness)), channel 0 the background; and
+    ``levels`` (L,), each location's pyramid level.
+    """
+
+    def __init__(self, detector: Detector):
+        super().__init__()
+        fcos = detector.model
+        self.fcos = fcos
+        self.register_buffer("mean", torch.tensor(fcos.transform.image_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(fcos.transform.image_std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, pixels: torch.Tensor, sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from torchvision.models.detection.fcos import FCOSHead
+
+        x = (pixels.float() / 255 - self.mean) / self.std
+        h, w = x.shape[-2:]
+        rows = torch.arange(h, device=x.device)[None, :, None] < sizes[:, 0, None, None]
+        cols = torch.arange(w, device=x.device)[None, None, :] < sizes[:, 1, None, None]
+        x = x * (rows & cols)[:, None].to(x.dtype)
+        features = list(self.fcos.backbone(x).values())
+        out = FCOSHead.forward(self.fcos.head, features)  # the head's own forward, without its autocast guard
+        anchors, levels = [], []
+        for level, (f, base) in enumerate(zip(features, self.fcos.anchor_generator.cell_anchors, strict=True)):
+            fh, fw = f.shape[-2:]  # anchors as torchvision's AnchorGenerator places them on this canvas
+            ys = torch.arange(fh, device=x.device) * (h // fh)
+            xs = torch.arange(fw, device=x.device) * (w // fw)
+            gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+            shifts = torch.stack((gx.reshape(-1), gy.reshape(-1), gx.reshape(-1), gy.reshape(-1)), dim=1)
+            found = (shifts.view(-1, 1, 4) + base.to(x.device).view(1, -1, 4)).reshape(-1, 4)
+            anchors.append(found)
+            levels.append(torch.full((found.shape[0],), level, dtype=torch.int64, device=x.device))
+        boxes = self.fcos.box_coder.decode(out["bbox_regression"], torch.cat(anchors))
+        high = sizes.to(boxes.dtype)[:, None, :].flip(-1).repeat(1, 1, 2)  # (B, 1, 4): w, h, w, h
+        boxes = torch.minimum(boxes.clamp(min=0), high)
+        scores = torch.sqrt(torch.sigmoid(out["cls_logits"]) * torch.sigmoid(out["bbox_ctrness"]))
+        return boxes, scores, torch.cat(levels)

@@ -172,8 +172,8 @@ async def _json_response(send: Any, status: int, message: str) -> None:
 
 
 def load_served(path: str | Path) -> Any:
-    """The model ``serve`` answers with, loaded once: a bundle folder, or an exported ONNX folder (image and text
-    classifiers; run with onnxruntime, :class:`~transferkit.export.runtime.ExportedModel`)."""
+    """The model ``serve`` answers with, loaded once: a bundle folder, or an exported ONNX folder (run with
+    onnxruntime, :class:`~transferkit.export.runtime.ExportedModel`)."""
     from ..api import load
 
     path = Path(path)

@@ -267,8 +267,10 @@ class AudioTask(ClassificationTask):
         """The graph takes ``waves``, (windows, samples) float32 windows of ``clip_seconds`` as training cut them,
         and ``averaging``, (recordings, windows): row r holds 1/k at the k windows of recording r. The log-mel
         spectrogram is in the graph (:class:`~transferkit.backbones.audio.FramedMelSpectrogram`), and so is the
-        average of the windows' logits per recording; reading, resampling, trimming, levelling and cutting into
-        windows are outside (``preprocessing.json`` and the reference script, with soundfile and scipy)."""
+        average of the windows' logits per recording (the second output, ``logits``: a long recording's windows
+        can run in parts, their averages weighted by their windows); reading, resampling, trimming, levelling and
+        cutting into windows are outside (``preprocessing.json`` and the reference script, with soundfile and
+        scipy)."""
         import copy
 
         from ..backbones.audio import FramedMelSpectrogram
@@ -313,6 +315,7 @@ class AudioTask(ClassificationTask):
             script=reference_script("audio"),
             classifier=classifier,
             pool=lambda logits, waves, averaging: averaging @ logits,
+            outputs=("probabilities", "logits"),
         )
 
     def describe_rows(self, rows: list[dict[str, Any]], data: Any) -> None:

@@ -171,7 +171,8 @@ class DetectionTask(Task):
             "history": result.history.to_dict(),
             **run_record(result, train, settings, timings, extras.get("budget")),
         }
-        model.meta = {"metrics": {k: metrics[k] for k in ("strategy", "val", "test", "data")}}
+        model.meta = {"metrics": {k: metrics[k] for k in ("strategy", "val", "test", "data")},
+                      **self.recorded_files(prepared)}  # what export checks itself on and calibrates INT8 with
         if continued is not None:
             metrics["continued"] = continued
         keep_lineage(model, prepared.start, continued)

@@ -17,6 +17,7 @@ import onnxruntime as ort
 import soundfile as sf
 
 FLOAT16_MAX = 65504.0
+CHUNK = 32  # windows run together: a long recording runs in parts of this many
 
 
 def read(path, pre):
@@ -72,18 +73,25 @@ def windows(x, n):
     return np.stack([np.pad(x[s : s + n], (0, max(0, s + n - len(x)))) for s in starts])
 
 
-def feeds(recordings, pre):
-    """The graph's inputs for several recordings: every window (``waves``), and ``averaging``, the (recordings,
-    windows) matrix whose row r holds 1/k at the k windows of recording r: the graph averages the windows' logits
-    per recording with it, then turns them into probabilities."""
-    n = int(round(pre["clip_seconds"] * pre["sample_rate"]))
-    parts = [windows(x, n) for x in recordings]
-    averaging = np.zeros((len(parts), sum(len(p) for p in parts)), dtype=np.float32)
-    at = 0
-    for r, p in enumerate(parts):
-        averaging[r, at : at + len(p)] = 1.0 / len(p)
-        at += len(p)
-    return {"waves": np.concatenate(parts).astype(np.float32), "averaging": averaging}, [len(p) for p in parts]
+def probabilities(session, x, pre, chunk=CHUNK):
+    """One recording's class probabilities and its number of windows. The graph averages the windows' logits and
+    turns the average into probabilities; a recording of more than ``chunk`` windows runs in parts (memory stays
+    bounded), whose average logits (the graph's second output), weighted by their windows, are the recording's."""
+    w = windows(x, int(round(pre["clip_seconds"] * pre["sample_rate"])))
+    if len(w) <= chunk:
+        averaging = np.full((1, len(w)), 1.0 / len(w), dtype=np.float32)
+        return session.run(["probabilities"], {"waves": w, "averaging": averaging})[0][0], len(w)
+    total = 0.0
+    for start in range(0, len(w), chunk):
+        part = w[start : start + chunk]
+        averaging = np.full((1, len(part)), 1.0 / len(part), dtype=np.float32)
+        total = total + session.run(["logits"], {"waves": part, "averaging": averaging})[0][0].astype(np.float64) \
+            * len(part)
+    mean = total / len(w)
+    if pre.get("multi_label"):
+        return (1 / (1 + np.exp(-mean))).astype(np.float32), len(w)
+    e = np.exp(mean - mean.max())
+    return (e / e.sum()).astype(np.float32), len(w)
 
 
 def main(folder, paths):
@@ -97,8 +105,7 @@ def main(folder, paths):
         except (OSError, ValueError, RuntimeError) as err:  # not audio, truncated, missing: say so, go on
             print(json.dumps({"input": str(path), "error": f"not a readable recording ({err})"}))
             continue
-        inputs, counts = feeds([x], pre)
-        p = session.run(["probabilities"], inputs)[0][0]
+        p, count = probabilities(session, x, pre)
         row = {"input": str(path)}
         if pre.get("multi_label"):
             row["labels"] = [labels[i] for i in np.argsort(-p) if p[i] >= pre["threshold"]]
@@ -106,7 +113,7 @@ def main(folder, paths):
             k = int(p.argmax())
             row |= {"label": labels[k], "probability": float(p[k])}
         row["probabilities"] = {label: float(q) for label, q in zip(labels, p, strict=True)}
-        row["windows"] = counts[0]
+        row["windows"] = count
         print(json.dumps(row))
 
 
