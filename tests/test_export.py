@@ -218,10 +218,20 @@ def test_audio_export_reproduces_predict_window_by_window(audio_folder, tiny_bac
     with pytest.raises(TransferkitError, match="takes windows of"):
         ExportedModel(out)
     (out / "preprocessing.json").write_text(json.dumps(pre))
-    # an unreadable file is reported and the others go on
+    # an unreadable file, or one holding NaN (predict refuses it), is reported and the others go on
     (tmp_path / "broken.wav").write_bytes(b"RIFF not really")
-    rows = run_script(out / "predict.py", str(out), str(tmp_path / "broken.wav"), str(tests[0]))
-    assert "error" in rows[0] and rows[1]["label"] == expected[2]["label"]
+    sf.write(str(tmp_path / "nan.wav"), np.full(4000, np.nan, np.float32), 16_000, subtype="FLOAT")
+    sf.write(str(tmp_path / "1hz.wav"), np.zeros(3000, np.int16), 1)  # 3 s of data, 50 minutes at 1 Hz
+    rows = run_script(out / "predict.py", str(out), str(tmp_path / "broken.wav"), str(tmp_path / "nan.wav"),
+                      str(tmp_path / "1hz.wav"), str(tests[0]))
+    assert "error" in rows[0] and "NaN" in rows[1]["error"] and "sample rate of 1 Hz" in rows[2]["error"]
+    assert rows[3]["label"] == expected[2]["label"]
+    with pytest.raises(TransferkitError, match=r"1hz.wav is not a readable recording \(it declares a sample rate"):
+        ExportedModel(out).predict([tmp_path / "1hz.wav"])
+    # INT8: static, calibrated on the recorded training recordings; the spectrogram's float64 constants are not
+    # counted as weights
+    q = model.export(tmp_path / "int8", quantize="int8", max_drop=1.0, check=str(audio_folder / "test"))["int8"]
+    assert q["method"] == "static" and q["inputs"] == 9 and q["int8_weight_share"] > 0.5
 
 
 def test_the_audio_script_reads_as_training_does(tmp_path):
@@ -399,9 +409,25 @@ def test_detector_export_keeps_selection_outside_the_graph_and_reproduces_predic
         with pytest.raises(TransferkitError, match=f"preprocessing.json: {key} must be"):
             ExportedModel(out)
     (out / "preprocessing.json").write_text(json.dumps(pre))
+    (out / "labels.json").write_text('["Trouser"]')  # the graph scores two classes
+    with pytest.raises(TransferkitError, match="gives 2 class scores per input, but .*labels.json names 1 classes"):
+        ExportedModel(out)
+    (out / "labels.json").write_text(json.dumps(detector.classes))
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not really")
     rows = run_script(out / "predict.py", str(out), str(tmp_path / "broken.jpg"), tests[0])
     assert "error" in rows[0] and rows[1]["input"] == tests[0]
+    # images whose canvas is neither square nor their own size (sides not multiples of 32), given one by one
+    from PIL import Image
+
+    odd = [tmp_path / "wide.png", tmp_path / "odd.jpg"]
+    Image.open(tests[0]).resize((301, 97)).save(odd[0])
+    Image.open(tests[1]).convert("RGB").resize((45, 170)).save(odd[1])
+    result = CliRunner().invoke(app, ["export", str(detector_bundle), "--out", str(tmp_path / "odd"), "--json",
+                                      "--check", str(odd[0]), "--check", str(odd[1])])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.strip().splitlines()[-1])["parity"]["images_differ"] == 0
+    same_boxes(run_script(out / "predict.py", str(out), *map(str, odd)),
+               detector.predict(odd, score_threshold=pre["score_thresh"], precision="no"))
 
 
 def test_a_detection_does_not_depend_on_the_images_batched_with_it(detector, tmp_path):

@@ -281,6 +281,14 @@ CASES = {
                      "text-classification); load it with the transferkit version that saved it, or register the task "
                      "that saved it."),
     "task-a-number": ("image", put("task", 7), f"config.json: task must be a non-empty string, got 7; {FIX}"),
+    # the files export checks itself on: a tampered list must not reach Path() or an index
+    "test-files-a-number": ("image", put("test_files", 5),
+                            f"config.json: test_files must be a list of up to 5,000 file paths, got 5; {FIX}"),
+    "test-labels-too-few": ("image", put("test_labels", ["red"]),
+                            f"config.json: test_labels must be one of the labels per test file, got [\"red\"]; {FIX}"),
+    "calibration-files-numbers": ("detection", put("calibration_files", [1, 2]),
+                            f"config.json: calibration_files must be a list of up to 5,000 file paths, got [1, 2]; "
+                            f"{FIX}"),
     # config.json itself
     "config-not-json": ("image", write("config.json", b"{\"format\": "), "config.json is damaged (Expecting value at "
                         f"line 1): {FIX}"),

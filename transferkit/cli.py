@@ -628,7 +628,7 @@ def export(
         given: object = None
         if check and len(check) == 1 and is_labelled(check[0]):
             given = check[0]  # labelled: class folders or a table, read as evaluate reads it
-        elif check and getattr(model.task, "inputs", "files") == "strings":
+        elif check and getattr(getattr(model, "task", None), "inputs", "files") == "strings":
             if len(check) != 1 or not Path(check[0]).is_file():
                 raise TransferkitError("Text models: --check takes one file with one text per line, or labelled "
                                        "texts (a folder, CSV/TSV/JSONL).")

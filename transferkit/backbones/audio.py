@@ -127,8 +127,8 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0,
 
 
 class MelSpectrogram(nn.Module):
-    """Waveforms ``(B, N)`` -> mel power spectrogram ``(B, n_mels, 1 + N // hop)`` (centred frames, zero padding),
-    or decibels standardised with ``mean``/``std`` when ``pre.log``; float32.
+    """Waveforms ``(B, N)`` -> mel power spectrogram ``(B, n_mels, frames)`` (centred frames, zero padding; ``1 + N //
+    hop`` frames for an even ``n_fft``), or decibels standardised with ``mean``/``std`` when ``pre.log``; float32.
 
     Computed in float64 (float32 where the device has none, Apple's MPS): in float32 a quiet frequency's decibels
     carry the rounding of the loudest one's (up to 1e-4 after standardisation, which a linear probe's large weights
@@ -176,12 +176,14 @@ class FramedMelSpectrogram(MelSpectrogram):
         window = self.window.double()[:, None]
         basis = torch.cat([torch.cos(angle) * window, -torch.sin(angle) * window], dim=1)
         self.register_buffer("basis", basis, persistent=False)  # (n_fft, 2 * bins): real parts, then imaginary
+        # the graph keeps its constants in float64, which also tells them from the network's weights (INT8's share)
+        self.filters = self.filters.double()
 
     def power(self, waves: torch.Tensor) -> torch.Tensor:
         pre = self.pre
         half = pre.n_fft // 2
         x = nn.functional.pad(waves, (half, half))  # centred frames, zero padding (as torch.stft)
-        frames = 1 + waves.shape[1] // pre.hop_length
+        frames = 1 + (x.shape[1] - pre.n_fft) // pre.hop_length
         at = (torch.arange(frames, device=x.device)[:, None] * pre.hop_length
               + torch.arange(pre.n_fft, device=x.device)[None])
         parts = x[:, at] @ self.basis.to(waves.dtype)  # (B, frames, 2 * bins)

@@ -22,6 +22,7 @@ from ..errors import TransferkitError
 from ..io import atomic_dir
 
 TASK = "object-detection"
+SHOWN_SCORE = 0.3  # the score from which predict (and an exported detector's script) shows a box
 
 
 class DetectionModel:
@@ -72,8 +73,8 @@ class DetectionModel:
             p["boxes"] = p["boxes"] / scale
         return preds
 
-    def predict(self, images: list[Any], score_threshold: float = 0.3, batch_size: int = 8, precision: str = "auto",
-                skip_bad: bool = False) -> list[dict[str, Any]]:
+    def predict(self, images: list[Any], score_threshold: float = SHOWN_SCORE, batch_size: int = 8,
+                precision: str = "auto", skip_bad: bool = False) -> list[dict[str, Any]]:
         """For each image path (or HxWx3 uint8 array): ``{"input", "boxes": [{"label", "score", "box": [x1, y1, x2,
         y2]}]}``, boxes in the image's own pixels, best score first, scores >= ``score_threshold``."""
         if isinstance(images, (str, Path)):
@@ -95,7 +96,7 @@ class DetectionModel:
             out.append({"input": name if not name.startswith("array #") else "<array>", "boxes": boxes})
         return out
 
-    def draw(self, image: Any, path: str | Path, score_threshold: float = 0.3) -> Path:
+    def draw(self, image: Any, path: str | Path, score_threshold: float = SHOWN_SCORE) -> Path:
         """Write ``image`` with its predicted boxes (class and score) as a PNG at ``path``."""
         from ..data.images import load_pil
         from ..evaluation.detection import draw_boxes, save_png

@@ -125,8 +125,9 @@ def text(empty: bool = False) -> tuple[str, Check]:
 
 
 def paths() -> tuple[str, Check]:
-    """A list of strings (file paths, or the test files' class names)."""
-    return "a list of strings", lambda v, _: _got(isinstance(v, list) and all(isinstance(e, str) for e in v), v)
+    """A list of file paths, as many as a bundle records (``Task.recorded_files``: 5,000 test files at most)."""
+    return f"a list of up to {MAX_RECORDED:,} file paths", lambda v, _: _got(
+        isinstance(v, list) and len(v) <= MAX_RECORDED and all(isinstance(e, str) for e in v), v)
 
 
 def flag() -> tuple[str, Check]:
@@ -219,6 +220,7 @@ def window() -> tuple[str, Check]:
     return "auto, full, a CT preset or 'centre,width'", check
 
 
+MAX_RECORDED = 5000  # test files a bundle records for export to check itself on (Task.recorded_files)
 MAX_LINEAGE = 100  # bundles a lineage names: a chain of further fine-tuning rounds, not a log
 CONTROL = {chr(c) for c in range(32)} | {"\x7f"}
 

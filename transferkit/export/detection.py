@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..bundle.detection import SHOWN_SCORE
 from ..errors import TransferkitError
 from .onnx import MAX_DROP, OPSET, TOLERANCE
 
 OUTPUTS = ("boxes", "scores", "levels")
 DYNAMIC = {"pixels": {0: "batch", 2: "height", 3: "width"}, "sizes": {0: "batch"}}
-SHOWN = 0.3  # the score from which predict and the reference script show a box
 
 
 def export_detector(model: Any, out: str | Path, *, format: str = "onnx", check: Any = None, skip_bad: bool = False,
@@ -122,7 +122,7 @@ def settings(model: Any) -> dict[str, Any]:
             "size_divisible": int(fcos.transform.size_divisible), "mean": list(pre.mean), "std": list(pre.std),
             "score_thresh": float(fcos.score_thresh), "nms_thresh": float(fcos.nms_thresh),
             "detections_per_img": int(fcos.detections_per_img), "topk_candidates": int(fcos.topk_candidates),
-            "threshold": SHOWN}
+            "threshold": SHOWN_SCORE}
 
 
 def canvas(image: torch.Tensor, step: int) -> tuple[np.ndarray, np.ndarray]:
@@ -203,18 +203,14 @@ def _same(boxes_a: torch.Tensor, scores_a: torch.Tensor, labels_a: torch.Tensor,
 
 def _check_data(model: Any, check: Any, skip_bad: bool) -> tuple[Any, str, list[dict[str, Any]] | None]:
     """The decoded images the export is checked on, where they came from, and their true boxes when annotated."""
-    from ..console import warn
     from ..data.boxes import detect_box_format, load_box_test_set
+    from .onnx import recorded
 
     if check is None:
-        recorded = model.meta.get("test_files") or []
-        present = [f for f in recorded if Path(f).is_file()]
+        present = recorded(model, "test_files", "test images")
         if not present:
             raise TransferkitError("This detector records no test images that still exist: give images to check the "
                                    "export with (--check images, a folder, or the annotated folder).")
-        if len(present) < len(recorded):
-            warn(f"{len(recorded) - len(present)} of the bundle's {len(recorded)} test images are gone: checking on "
-                 f"the {len(present)} left")
         return model.decode(present, skip_bad), f"the bundle's test split ({len(present)} images)", None
     given = Path(check) if isinstance(check, (str, Path)) else None
     if given is not None and given.exists() and detect_box_format(given) is not None:
@@ -228,8 +224,9 @@ def _check_data(model: Any, check: Any, skip_bad: bool) -> tuple[Any, str, list[
         return data, f"{given} ({len(data)} annotated images)", truth
     if given is not None and given.is_dir():
         from ..data.sources import IMAGE_SUFFIXES
+        from .onnx import files_under
 
-        check = sorted(p for p in given.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        check = files_under(given, IMAGE_SUFFIXES)
         if not check:
             raise TransferkitError(f"{given} holds no images and no annotations: give images to check the export with.")
     items = [check] if isinstance(check, (str, Path)) else list(check)
@@ -241,15 +238,15 @@ def _calibration_feeds(model: Any, calibration: Any, skip_bad: bool) -> list[dic
     """One graph input per calibration image (each on its own canvas): ``calibration`` (files or a folder), else the
     training images the bundle recorded; up to 64."""
     from ..data.sources import IMAGE_SUFFIXES
+    from .onnx import files_under, recorded
 
     if calibration is None:
-        calibration = [f for f in model.meta.get("calibration_files") or [] if Path(f).is_file()]
+        calibration = recorded(model, "calibration_files", "training images")
         if not calibration:
             raise TransferkitError("Static INT8 quantization calibrates on training images, and this bundle's recorded "
                                    "training images are gone: give some with --calibration (a folder or files).")
     elif isinstance(calibration, (str, Path)) and Path(calibration).is_dir():
-        calibration = sorted(p for p in Path(calibration).rglob("*") if p.is_file()
-                             and p.suffix.lower() in IMAGE_SUFFIXES)
+        calibration = files_under(Path(calibration), IMAGE_SUFFIXES)
         if not calibration:
             raise TransferkitError("The --calibration folder holds no images: give training images.")
     items = [calibration] if isinstance(calibration, (str, Path)) else list(calibration)
@@ -265,9 +262,12 @@ def _int8_report(model: Any, truth: list[dict[str, Any]], fp32: list[dict[str, A
     from ..evaluation.detection import detection_metrics
     from .onnx import int8_share, judge_int8
 
+    scores = [detection_metrics(preds, truth, model.classes)["map"] for preds in (fp32, int8)]
+    if any(s is None or not np.isfinite(s) for s in scores):
+        raise TransferkitError(f"The check data ({source}) hold no boxes, so mAP cannot be measured and INT8 cannot be "
+                               "compared with fp32: --check an annotated folder with boxes in its test split.")
     report = {"method": "static", "ops": ["Conv"], "metric": "map", "inputs": len(truth),
-              "fp32": float(detection_metrics(fp32, truth, model.classes)["map"]),
-              "int8": float(detection_metrics(int8, truth, model.classes)["map"]), "max_drop": max_drop,
+              "fp32": float(scores[0]), "int8": float(scores[1]), "max_drop": max_drop,
               "int8_weight_share": int8_share(path), "file_mb": path.stat().st_size / 2**20,
               "fp32_file_mb": path.with_name("model.fp32.onnx").stat().st_size / 2**20, "source": source}
     return judge_int8(report, source)

@@ -1,16 +1,18 @@
-"""ONNX export of a classifier bundle, with parity measured against PyTorch before anything is written.
+"""ONNX export of a classifier bundle, with parity measured against PyTorch before anything is written; the pieces
+a detector's export (:mod:`transferkit.export.detection`) shares: options, ``--out``, the exporter, INT8.
 
 The exported folder (written whole or not at all)::
 
     model.onnx          the network from its input tensors to probabilities: what is tensor arithmetic lives in the
-                        graph (an image's scaling to [0, 1] and mean/std; a medical model's calibration), the batch
-                        (and a text's length) is dynamic
+                        graph (an image's scaling to [0, 1] and mean/std; a medical model's calibration; an audio
+                        model's spectrogram and the average of a recording's windows), the batch (and a text's
+                        length, an audio model's windows) is dynamic
     labels.json         the class names, in the order of the output's columns
     preprocessing.json  what happens before the graph and cannot live in it (decoding, resizing and cropping an
-                        image; tokenising a text), and the decision after it (a medical model's positive class and
-                        operating threshold)
+                        image; tokenising a text; reading, resampling and cutting a recording into windows), and the
+                        decision after it (a medical model's positive class and operating threshold)
     tokenizer.json      (text) the fast tokenizer, for the ``tokenizers`` package
-    predict.py          a reference script with onnxruntime, numpy and Pillow (tokenizers for text), no transferkit
+    predict.py          a reference script without transferkit (:mod:`transferkit.export.scripts`)
     export.json         the exporter and opset, the versions, the bundle it came from and the parity measured
 
 What differs between kinds of data (the graph's inputs, the steps outside it) is the model's task's: it gives an
@@ -53,7 +55,9 @@ class ExportSpec:
     when it is not the model's own (audio: the same weights with a spectrogram the exporter can trace); ``pool``:
     (logits, graph inputs) -> logits, a step between the network and the probabilities (audio: the windows'
     logits averaged per recording), whose result is the graph's second output; ``outputs``: the graph's output
-    names.
+    names; ``run``: (session, encoded data) -> every row's probabilities, where rows do not run in batches of
+    ``feeds`` (audio: a long recording's windows run in parts, as the reference script runs them; ``feeds`` then
+    only calibrates INT8).
     """
 
     prepare: nn.Module | None
@@ -67,6 +71,7 @@ class ExportSpec:
     classifier: nn.Module | None = None
     pool: Callable[..., torch.Tensor] | None = None
     outputs: tuple[str, ...] = ("probabilities",)  # with a pool: ("probabilities", the pooled logits' name)
+    run: Callable[[Any, Any], np.ndarray] | None = None
 
 
 class ProbabilityGraph(nn.Module):
@@ -151,8 +156,9 @@ def export_model(model: Any, out: str | Path, *, format: str = "onnx", check: An
                 "inputs": {name: {"dtype": str(t.dtype).removeprefix("torch."),
                                   "dynamic": {str(axis): dim for axis, dim in spec.dynamic.get(name, {}).items()}}
                            for name, t in spec.inputs.items()},
-                "output": "probabilities", "versions": {"transferkit": __version__, "torch": torch.__version__,
-                                                        "onnx": onnx.__version__, "onnxruntime": ort.__version__},
+                "output": spec.outputs[0] if len(spec.outputs) == 1 else list(spec.outputs),
+                "versions": {"transferkit": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+                             "onnxruntime": ort.__version__},
                 "bundle": {"run_id": model.meta.get("run_id"), "backbone": model.meta.get("backbone", {}).get("name")},
                 "parity": parity}
         if quantize:
@@ -197,19 +203,16 @@ def _calibration_feeds(model: Any, spec: ExportSpec, calibration: Any, skip_bad:
     if spec.quantization != "static":
         return []
     if calibration is None:
-        files = [f for f in model.meta.get("calibration_files") or [] if Path(f).is_file()]
-        if not files:
+        calibration = recorded(model, "calibration_files", "training files")
+        if not calibration:
             raise TransferkitError("Static INT8 quantization calibrates on training inputs, and this bundle's recorded "
                                    "training files are gone: give some with --calibration (a folder or files).")
-        calibration = files
-    if isinstance(calibration, (str, Path)) and Path(calibration).is_dir():  # every image under it, any layout
+    if isinstance(calibration, (str, Path)) and Path(calibration).is_dir():  # every input under it, any layout
         from ..data.audio import AUDIO_SUFFIXES
         from ..data.medical import DICOM_SUFFIXES
         from ..data.sources import IMAGE_SUFFIXES
 
-        suffixes = IMAGE_SUFFIXES | DICOM_SUFFIXES | AUDIO_SUFFIXES
-        calibration = sorted(p for p in Path(calibration).rglob("*") if p.is_file() and not p.name.startswith(".")
-                             and p.suffix.lower() in suffixes)[:256]
+        calibration = files_under(Path(calibration), IMAGE_SUFFIXES | DICOM_SUFFIXES | AUDIO_SUFFIXES)[:256]
         if not calibration:
             raise TransferkitError("The --calibration folder holds no input files: give training images or "
                                    "recordings.")
@@ -217,6 +220,26 @@ def _calibration_feeds(model: Any, spec: ExportSpec, calibration: Any, skip_bad:
                                 skip_bad)
     n = min(len(data), 256)
     return [spec.feeds(data, np.arange(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
+
+
+def files_under(folder: Path, suffixes: set[str]) -> list[Path]:
+    """The files under ``folder`` (any depth) with one of ``suffixes``, sorted; hidden ones (a dot first: macOS's
+    ``._photo.jpg`` copies) left out."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
+                  and p.suffix.lower() in suffixes)
+
+
+def recorded(model: Any, key: str, what: str) -> list[str]:
+    """The files a bundle recorded under ``key`` (``test_files``, ``calibration_files``) that still exist, with a
+    warning naming how many of its ``what`` are gone."""
+    from ..console import warn
+
+    files = model.meta.get(key) or []
+    present = [f for f in files if Path(f).is_file()]
+    if present and len(present) < len(files):
+        warn(f"{len(files) - len(present)} of the bundle's {len(files)} {what} are gone: using the {len(present)} "
+             "left")
+    return present
 
 
 def quantize_int8(fp32: Path, dest: Path, method: str, calibration: list[dict[str, np.ndarray]],
@@ -284,14 +307,17 @@ def head_nodes(graph: Any) -> list[str]:
 
 
 def int8_share(path: Path) -> float:
-    """The fraction of a model's initializer bytes (its weights) stored as INT8/UINT8. Float64 constants are not
-    weights: they are an audio model's fixed spectrogram transform, kept exact (``FramedMelSpectrogram``)."""
+    """The fraction of a model's weights (its float32, float16, bfloat16 and INT8/UINT8 initializers, by bytes)
+    stored as INT8/UINT8. Integer index tables and float64 constants are not weights: they are an audio model's
+    fixed spectrogram transform (``FramedMelSpectrogram``: its frame positions, its cosine, sine and mel matrices)."""
     import onnx
     from onnx import numpy_helper
 
+    T = onnx.TensorProto
+    weights = {T.FLOAT, T.FLOAT16, T.BFLOAT16, T.INT8, T.UINT8}
     total = small = 0
     for init in onnx.load(str(path)).graph.initializer:
-        if init.data_type == onnx.TensorProto.DOUBLE:
+        if init.data_type not in weights:
             continue
         size = numpy_helper.to_array(init).nbytes
         total += size
@@ -342,7 +368,8 @@ def judge_int8(report: dict[str, Any], source: str) -> dict[str, Any]:
 
 
 def reference_script(kind: str) -> str:
-    """The ``predict.py`` of an exported folder for ``kind`` ("image", "text"): :mod:`transferkit.export.scripts`."""
+    """The ``predict.py`` of an exported folder for ``kind`` ("image", "text", "audio", "detection"):
+    :mod:`transferkit.export.scripts`."""
     from importlib.resources import files
 
     return files("transferkit.export.scripts").joinpath(f"{kind}.py").read_text(encoding="utf-8")
@@ -420,24 +447,19 @@ def is_labelled(source: Any) -> bool:
 def _check_data(model: Any, check: Any, skip_bad: bool) -> tuple[Any, str, np.ndarray | None]:
     """The data the parity is measured on, encoded as ``predict`` encodes, where it came from, and its labels (class
     indices) when known: a labelled folder, or the bundle's test files with the labels it recorded."""
-    from ..console import warn
-
     labels: list[str] | None = None
     if check is None:
         if getattr(model.task, "inputs", "files") == "strings":
             raise TransferkitError("A text bundle keeps no test texts: give texts to check the export with (--check "
                                    "a file with one text per line, or labelled texts: a folder, CSV/TSV/JSONL).")
-        recorded = model.meta.get("test_files") or []
-        present = [i for i, f in enumerate(recorded) if Path(f).is_file()]
+        present = recorded(model, "test_files", "test files")
         if not present:
             raise TransferkitError("This bundle records no test files that still exist: give inputs to check the "
                                    "export with (--check).")
-        if len(present) < len(recorded):
-            warn(f"{len(recorded) - len(present)} of the bundle's {len(recorded)} test files are gone: checking on "
-                 f"the {len(present)} left")
         if model.meta.get("test_labels"):
-            labels = [model.meta["test_labels"][i] for i in present]
-        check, source = [recorded[i] for i in present], f"the bundle's test split ({len(present)} files)"
+            label_of = dict(zip(model.meta["test_files"], model.meta["test_labels"], strict=True))
+            labels = [label_of[f] for f in present]
+        check, source = present, f"the bundle's test split ({len(present)} files)"
     else:
         source = str(check) if not isinstance(check, (list, tuple)) else f"{len(check)} given input(s)"
     if is_labelled(check):
@@ -544,8 +566,10 @@ def session_for(path: Path) -> Any:
 
 
 def run_session(session: Any, spec: ExportSpec, data: Any, batch_size: int = 32) -> np.ndarray:
-    """Probabilities of every row of ``data`` from an onnxruntime session, in batches."""
+    """Probabilities of every row of ``data`` from an onnxruntime session, in batches (or as ``spec.run`` runs them)."""
     try:
+        if spec.run is not None:
+            return np.asarray(spec.run(session, data), dtype=np.float32)
         out = [session.run(["probabilities"], spec.feeds(data, np.arange(s, min(s + batch_size, len(data)))))[0]
                for s in range(0, len(data), batch_size)]
     except Exception as err:  # noqa: BLE001 - onnxruntime's own exception types: one line for the user

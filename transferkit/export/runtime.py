@@ -17,10 +17,9 @@ import numpy as np
 
 from ..errors import TransferkitError
 
-SERVED_TASKS = {"image-classification": "files", "text-classification": "strings", "audio-classification": "files",
-                "object-detection": "files"}
-MODALITY = {"image-classification": "image", "text-classification": "text", "audio-classification": "audio",
-            "object-detection": "detection"}
+# an export's task -> (what predict takes: "files" or "strings", the modality the server reads uploads for)
+SERVED_TASKS = {"image-classification": ("files", "image"), "text-classification": ("strings", "text"),
+                "audio-classification": ("files", "audio"), "object-detection": ("files", "detection")}
 
 
 
@@ -81,14 +80,27 @@ class ExportedModel:
         outputs = {o.name: o.shape for o in self.session.get_outputs()}
         name, width = ("scores", len(labels) + 1) if kind == "object-detection" else ("probabilities", len(labels))
         found = (outputs.get(name) or [None])[-1]
+        if kind == "object-detection" and name in outputs and not isinstance(found, int):
+            found = self._score_width(pre)  # the TorchScript exporter leaves the class count unnamed: run it once
         if name not in outputs or (isinstance(found, int) and found != width):
-            raise TransferkitError(f"{graph} gives {found} {name} per input, but {folder / 'labels.json'} names "
-                                   f"{len(labels)} classes: export the bundle again.")
+            shown = found - 1 if kind == "object-detection" and isinstance(found, int) else found  # background
+            raise TransferkitError(f"{graph} gives {shown} class {name} per input, but {folder / 'labels.json'} "
+                                   f"names {len(labels)} classes: export the bundle again.")
         self.classes, self.pre, self.export = labels, pre, meta
-        self.task = ExportedTask(kind, SERVED_TASKS[kind])
-        self.modality = MODALITY[kind]
+        inputs, self.modality = SERVED_TASKS[kind]
+        self.task = ExportedTask(kind, inputs)
         self.multi_label = bool(pre.get("multi_label"))
         self.meta = {"backbone": {"name": (meta.get("bundle") or {}).get("backbone")}, "export": meta}
+
+    def _score_width(self, pre: dict[str, Any]) -> int | None:
+        """How many class scores (background included) the detector's graph gives, from one blank canvas."""
+        step = int(pre["size_divisible"])
+        try:
+            scores = self.session.run(["scores"], {"pixels": np.zeros((1, 3, step, step), np.uint8),
+                                                   "sizes": np.array([[step, step]], np.int64)})[0]
+        except Exception:  # noqa: BLE001 - not a detector's graph: the width check below names it
+            return None
+        return int(scores.shape[-1])
 
     def predict(self, inputs: list[Any], top_k: int = 5) -> list[dict[str, Any]]:
         """One row per input (image or audio paths, or texts for a text model), in order."""
@@ -112,49 +124,29 @@ class ExportedModel:
         return [self._row(item, p, top_k) for item, p in zip(inputs, probs, strict=True)]
 
     def _pixels(self, path: Any) -> np.ndarray:
-        from ..data.images import open_image
         from .scripts.image import pixels
 
-        name = str(path)  # the server puts the client's own file name in its place
-        try:
-            open_image(Path(path), name).close()  # sized from the header: a decompression bomb is never decoded
-            return pixels(path, self.pre)
-        except OSError as err:
-            raise TransferkitError(f"{name} is not a readable image ({type(err).__name__}): send a JPEG, PNG, "
-                                   "TIFF, BMP or WebP file.") from None
+        return _from_image(path, lambda: pixels(path, self.pre))
 
     def _boxes(self, path: Any) -> dict[str, Any]:
-        from ..data.images import open_image
         from .scripts.detection import detect
 
         name = str(path)
-        try:
-            open_image(Path(path), name).close()  # sized from the header: a decompression bomb is never decoded
-            b, s, k = detect(self.session, path, self.pre)
-        except OSError as err:
-            raise TransferkitError(f"{name} is not a readable image ({type(err).__name__}): send a JPEG, PNG, "
-                                   "TIFF, BMP or WebP file.") from None
+        b, s, k = _from_image(path, lambda: detect(self.session, path, self.pre))
         shown = s >= self.pre["threshold"]
         return {"input": name, "boxes": [
             {"label": self.classes[int(c)], "score": round(float(v), 4), "box": [round(float(x), 1) for x in box]}
             for box, v, c in zip(b[shown], s[shown], k[shown], strict=True)]}
 
     def _recording(self, path: Any, top_k: int) -> dict[str, Any]:
-        import soundfile as sf
-
-        from ..data.audio import check_sample_rate
-        from ..errors import DataError
         from .scripts.audio import probabilities, read
 
         name = str(path)
         try:
-            check_sample_rate(sf.info(str(path)).samplerate, name)  # a rate no recorder makes: 1 Hz is 16,000x
             p, windows = probabilities(self.session, read(path, self.pre), self.pre)
-        except DataError as err:
-            raise TransferkitError(str(err)) from None
         except (OSError, RuntimeError, ValueError) as err:  # soundfile's errors are RuntimeErrors
-            raise TransferkitError(f"{name} is not a readable recording ({type(err).__name__}): send WAV, FLAC, OGG "
-                                   "or MP3.") from None
+            raise TransferkitError(f"{name} is not a readable recording ({_reason(err)}): send WAV, FLAC, OGG or "
+                                   "MP3.") from None
         return {**self._row(path, p, top_k), "windows": windows}
 
     def _row(self, item: Any, p: np.ndarray, top_k: int) -> dict[str, Any]:
@@ -171,6 +163,31 @@ class ExportedModel:
         if self.pre.get("positive") is not None:
             row["positive_probability"] = float(p[self.classes.index(self.pre["positive"])])
         return row
+
+
+def _from_image(path: Any, read: Any) -> Any:
+    """``read()`` of an image file, once its header says its size is within the pixel limit (a decompression bomb is
+    never decoded); one line naming the file (the server puts the client's own name in its place) when it is not a
+    readable image."""
+    from PIL import Image
+
+    from ..data.images import open_image
+
+    name = str(path)
+    try:
+        open_image(Path(path), name).close()
+        return read()
+    except TransferkitError:  # the size check's own line (over the pixel limit)
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise TransferkitError(f"{name} is not a readable image ({_reason(err)}): send a JPEG, PNG, TIFF, BMP or WebP "
+                               "file.") from None
+
+
+def _reason(err: BaseException) -> str:
+    """Why a file could not be read, without the file's path (an upload's name on disk is the server's own)."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return (text.rsplit(": ", 1)[-1] if ": " in text else text)[:160] or type(err).__name__
 
 
 def _check_preprocessing(kind: str, pre: dict[str, Any]) -> str | None:
@@ -221,7 +238,7 @@ def _check_preprocessing(kind: str, pre: dict[str, Any]) -> str | None:
                   "pad_id": ("a whole number of 0 or more", lambda v: whole(v, 0, 2**31 - 1)),
                   "pad_token": ("a string", lambda v: isinstance(v, str))}
     optional = {"multi_label", "threshold"} - ({"threshold"} if kind == "object-detection" else set())
-    optional |= {"trim_db", "target_dbfs"}
+    optional |= {"trim_db", "target_dbfs"} if kind == "audio-classification" else set()
     for key, (must, ok) in rules.items():
         if key not in pre:
             if key not in optional:

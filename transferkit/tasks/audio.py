@@ -275,6 +275,7 @@ class AudioTask(ClassificationTask):
 
         from ..backbones.audio import FramedMelSpectrogram
         from ..export.onnx import ExportSpec, reference_script
+        from ..export.scripts.audio import CHUNK, averaged
 
         pre = model.preprocess
         if pre.kind != "spectrogram":
@@ -282,6 +283,7 @@ class AudioTask(ClassificationTask):
             raise TransferkitError(f"This audio model runs on {what}, whose input steps are not in an ONNX graph "
                                    "yet: audio models on spectrograms (efficientnet_lite0 and other image "
                                    "backbones) export today.")
+        decision = {"multi_label": bool(model.multi_label)}
         classifier = copy.deepcopy(model.classifier).eval()
         classifier.backbone.frontend = FramedMelSpectrogram(pre)
         n = pre.clip_samples
@@ -292,15 +294,23 @@ class AudioTask(ClassificationTask):
                    "window, the last one zero-padded (a recording no longer than a window is one padded window)")
 
         def feeds(data: Any, idx: Any) -> dict[str, Any]:
+            """Calibration inputs: the first windows of the recordings at ``idx``, 32 at most (INT8 needs the
+            activations' ranges, and memory stays bounded), averaged per recording over those kept."""
             idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
             where = torch.full((len(data),), -1, dtype=torch.long)
             where[idx] = torch.arange(len(idx))
-            rows = (where[data.owner] >= 0).nonzero().flatten()
+            rows = (where[data.owner] >= 0).nonzero().flatten()[:CHUNK]
             owner = where[data.owner[rows]]
             counts = torch.bincount(owner, minlength=len(idx)).clamp(min=1).float()
             averaging = torch.zeros(len(idx), len(rows))
             averaging[owner, torch.arange(len(rows))] = 1.0 / counts[owner]
             return {"waves": data.waves[rows.numpy()].float().numpy(), "averaging": averaging.numpy()}
+
+        def run(session: Any, data: Any) -> np.ndarray:
+            """Every recording's probabilities as the reference script computes them, its windows in parts."""
+            ends = np.cumsum(torch.bincount(data.owner, minlength=len(data)).numpy())
+            return np.stack([averaged(session, data.waves[np.arange(end - n, end)].float().numpy(), decision, CHUNK)
+                             for end, n in zip(ends, np.diff(ends, prepend=0), strict=True)])
 
         return ExportSpec(
             prepare=None,
@@ -316,6 +326,7 @@ class AudioTask(ClassificationTask):
             classifier=classifier,
             pool=lambda logits, waves, averaging: averaging @ logits,
             outputs=("probabilities", "logits"),
+            run=run,
         )
 
     def describe_rows(self, rows: list[dict[str, Any]], data: Any) -> None:

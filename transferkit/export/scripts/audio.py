@@ -18,6 +18,7 @@ import soundfile as sf
 
 FLOAT16_MAX = 65504.0
 CHUNK = 32  # windows run together: a long recording runs in parts of this many
+MIN_RATE, MAX_RATE = 100, 768_000  # the sample rates a recorder makes, as transferkit accepts them
 
 
 def read(path, pre):
@@ -25,8 +26,12 @@ def read(path, pre):
     (polyphase), leading and trailing audio ``trim_db`` below the loudest 10 ms cut, a quiet recording raised to
     ``target_dbfs`` (a silent one, peak under -60 dBFS, left as it is), and kept as float16, as transferkit keeps it."""
     data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    if not MIN_RATE <= rate <= MAX_RATE:  # 1 Hz resampled to 16 kHz: a 30 kB file would take gigabytes
+        raise ValueError(f"it declares a sample rate of {rate} Hz, outside {MIN_RATE:,} to {MAX_RATE:,} Hz")
     if len(data) == 0:
         raise ValueError("no samples")
+    if not np.isfinite(data).all():  # one such sample would make every probability NaN
+        raise ValueError("it holds NaN or infinite samples")
     x = data.mean(axis=1)
     target = pre["sample_rate"]
     if rate != target:
@@ -74,13 +79,19 @@ def windows(x, n):
 
 
 def probabilities(session, x, pre, chunk=CHUNK):
-    """One recording's class probabilities and its number of windows. The graph averages the windows' logits and
-    turns the average into probabilities; a recording of more than ``chunk`` windows runs in parts (memory stays
-    bounded), whose average logits (the graph's second output), weighted by their windows, are the recording's."""
+    """One recording's class probabilities and its number of windows."""
     w = windows(x, int(round(pre["clip_seconds"] * pre["sample_rate"])))
+    return averaged(session, w, pre, chunk), len(w)
+
+
+def averaged(session, w, pre, chunk=CHUNK):
+    """The class probabilities of one recording's windows ``w``. The graph averages the windows' logits and turns
+    the average into probabilities; more than ``chunk`` windows run in parts (memory stays bounded), whose average
+    logits (the graph's second output), weighted by their windows, are the recording's."""
+    w = np.asarray(w, dtype=np.float32)
     if len(w) <= chunk:
         averaging = np.full((1, len(w)), 1.0 / len(w), dtype=np.float32)
-        return session.run(["probabilities"], {"waves": w, "averaging": averaging})[0][0], len(w)
+        return session.run(["probabilities"], {"waves": w, "averaging": averaging})[0][0]
     total = 0.0
     for start in range(0, len(w), chunk):
         part = w[start : start + chunk]
@@ -89,9 +100,9 @@ def probabilities(session, x, pre, chunk=CHUNK):
             * len(part)
     mean = total / len(w)
     if pre.get("multi_label"):
-        return (1 / (1 + np.exp(-mean))).astype(np.float32), len(w)
+        return (1 / (1 + np.exp(-mean))).astype(np.float32)
     e = np.exp(mean - mean.max())
-    return (e / e.sum()).astype(np.float32), len(w)
+    return (e / e.sum()).astype(np.float32)
 
 
 def main(folder, paths):

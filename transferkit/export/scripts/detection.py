@@ -23,7 +23,8 @@ FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BIL
 def canvas(path, pre):
     """The image as the detector saw it in training: upright, RGB, its longer side resized to ``image_size``, at the
     top left of a black canvas whose sides are multiples of ``size_divisible``. Returns the canvas (1, 3, H, W)
-    uint8, the image's size on it (1, 2) and the scale from the image's pixels to the resized ones."""
+    uint8, the image's size on it (1, 2) and the scale from the image's pixels to the resized ones. 16-bit and
+    DICOM files are read as Pillow reads them, not through transferkit's windows."""
     img = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
     w, h = img.size
     size = pre["image_size"]
@@ -92,7 +93,8 @@ def main(folder, paths):
     for path in paths:
         try:
             b, s, k = detect(session, path, pre)
-        except OSError as err:  # not an image, truncated, missing: say so and go on with the others
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # not an image, truncated,
+            # missing, a garbage EXIF block, over Pillow's pixel limit: say so and go on with the others
             print(json.dumps({"input": str(path), "error": f"not a readable image ({err})"}))
             continue
         shown = s >= pre["threshold"]

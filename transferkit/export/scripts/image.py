@@ -59,7 +59,8 @@ def main(folder, paths):
         try:
             batch.append(pixels(path, pre))
             readable.append(path)
-        except OSError as err:  # not an image, truncated, missing: say so and go on with the others
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # not an image, truncated,
+            # missing, a garbage EXIF block, over Pillow's pixel limit: say so and go on with the others
             print(json.dumps({"input": str(path), "error": f"not a readable image ({err})"}))
     if not batch:
         return
