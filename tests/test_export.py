@@ -463,6 +463,7 @@ def test_int8_detector_export_scores_map_beside_fp32(detector, box_folder, tmp_p
     for c in coco["categories"]:
         c["name"] = "zebra"
     (zebras / "annotations" / "instances_test.json").write_text(json.dumps(coco))
-    with pytest.raises(TransferkitError, match="Classes zebra in .* are not classes of this detector"):
+    with pytest.raises(TransferkitError, match="Classes zebra in .* are not classes of this model .*: give data "
+                                                "annotated with these"):
         detector.export(tmp_path / "z", check=str(zebras))
     assert not (tmp_path / "z").exists()

@@ -110,18 +110,26 @@ class DetectionModel:
     def evaluate(self, source: Any, skip_bad: bool = False) -> dict[str, Any]:
         """COCO metrics on images with boxes (COCO JSON, YOLO txt or Pascal VOC XML; its test split if it has one).
         Class names must be this model's; the data's class order may differ."""
-        from ..data.boxes import load_box_test_set
         from ..evaluation.detection import detection_metrics
+
+        data, truth = self.read_annotated(source, skip_bad)
+        return detection_metrics(self.detect_decoded(data), truth, self.classes)
+
+    def read_annotated(self, source: Any, skip_bad: bool = False) -> tuple[Any, list[dict[str, torch.Tensor]]]:
+        """Images with boxes (their test split if they have one), decoded as training decoded them, and their true
+        boxes in the images' own pixels. Class names must be this model's.
+
+        Raises:
+            TransferkitError: a class this detector does not know (one line naming it and the model's classes)."""
+        from ..data.boxes import load_box_test_set
 
         boxes, _ = load_box_test_set(source, skip_bad=skip_bad)
         unknown = sorted({c for labels in boxes.labels for c in labels} - set(self.classes))
         if unknown:
             raise TransferkitError(f"Classes {', '.join(unknown[:5])} in {source} are not classes of this model "
-                                   f"({', '.join(self.classes)}).")
+                                   f"({', '.join(self.classes)}): give data annotated with these classes.")
         data = self.decode_set(boxes, skip_bad)
-        preds = self.detect_decoded(data)
-        truth = [{"boxes": data.original_boxes(i), "labels": data.targets[i]} for i in range(len(data))]
-        return detection_metrics(preds, truth, self.classes)
+        return data, [{"boxes": data.original_boxes(i), "labels": data.targets[i]} for i in range(len(data))]
 
     def decode_set(self, boxes: Any, skip_bad: bool):
         """A :class:`~transferkit.data.boxes.BoxSet` decoded as training decoded it, boxes scaled alike."""

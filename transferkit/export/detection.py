@@ -94,10 +94,7 @@ def export_detector(model: Any, out: str | Path, *, format: str = "onnx", check:
     info(f"exported to {out}: onnxruntime's detections equal PyTorch's on {parity['inputs']} image(s) from {source} "
          f"({parity['detections']} boxes; scores within {parity['max_abs_diff']:.1e}, limit {tolerance:g})")
     if quantize:
-        q = meta["int8"]
-        info(f"INT8 (static, convolutions): mAP {q['int8']:.4f} against fp32's {q['fp32']:.4f} on {q['inputs']} "
-             f"annotated image(s); {q['int8_weight_share']:.0%} of the weights' bytes are INT8; {q['file_mb']:.1f} MB "
-             f"against {q['fp32_file_mb']:.1f} MB")
+        tk_onnx.tell_int8(meta["int8"], "static, convolutions", "annotated image(s)")
     return meta
 
 
@@ -203,7 +200,7 @@ def _same(boxes_a: torch.Tensor, scores_a: torch.Tensor, labels_a: torch.Tensor,
 
 def _check_data(model: Any, check: Any, skip_bad: bool) -> tuple[Any, str, list[dict[str, Any]] | None]:
     """The decoded images the export is checked on, where they came from, and their true boxes when annotated."""
-    from ..data.boxes import detect_box_format, load_box_test_set
+    from ..data.boxes import detect_box_format
     from .onnx import recorded
 
     if check is None:
@@ -214,13 +211,7 @@ def _check_data(model: Any, check: Any, skip_bad: bool) -> tuple[Any, str, list[
         return model.decode(present, skip_bad), f"the bundle's test split ({len(present)} images)", None
     given = Path(check) if isinstance(check, (str, Path)) else None
     if given is not None and given.exists() and detect_box_format(given) is not None:
-        boxes, _ = load_box_test_set(given, skip_bad=skip_bad)
-        unknown = sorted({c for labels in boxes.labels for c in labels} - set(model.classes))
-        if unknown:
-            raise TransferkitError(f"Classes {', '.join(unknown[:5])} in {given} are not classes of this detector "
-                                   f"({', '.join(model.classes)}).")
-        data = model.decode_set(boxes, skip_bad)
-        truth = [{"boxes": data.original_boxes(i), "labels": data.targets[i]} for i in range(len(data))]
+        data, truth = model.read_annotated(given, skip_bad)
         return data, f"{given} ({len(data)} annotated images)", truth
     if given is not None and given.is_dir():
         from ..data.sources import IMAGE_SUFFIXES

@@ -176,11 +176,17 @@ def export_model(model: Any, out: str | Path, *, format: str = "onnx", check: An
     info(f"exported to {out}: onnxruntime and PyTorch agree on {parity['inputs']} input(s) from {source}, "
          f"probabilities within {parity['max_abs_diff']:.1e} (limit {tolerance:g})")
     if quantize:
-        q = meta["int8"]
-        info(f"INT8 ({q['method']}): {q['metric']} {q['int8']:.4f} against fp32's {q['fp32']:.4f} on {q['inputs']} "
-             f"labelled input(s); {q['int8_weight_share']:.0%} of the weights' bytes are INT8; "
-             f"{q['file_mb']:.1f} MB against {q['fp32_file_mb']:.1f} MB")
+        tell_int8(meta["int8"], meta["int8"]["method"], "labelled input(s)")
     return meta
+
+
+def tell_int8(q: dict[str, Any], method: str, inputs: str) -> None:
+    """The console line of an INT8 export: its score beside fp32's, its INT8 share and file sizes."""
+    from ..console import info
+
+    info(f"INT8 ({method}): {q['metric']} {q['int8']:.4f} against fp32's {q['fp32']:.4f} on {q['inputs']} {inputs}; "
+         f"{q['int8_weight_share']:.0%} of the weights' bytes are INT8; {q['file_mb']:.1f} MB against "
+         f"{q['fp32_file_mb']:.1f} MB")
 
 
 def check_options(format: str, quantize: str | None, max_drop: float, calibration: Any) -> None:
