@@ -1,18 +1,21 @@
 """What an ONNX export buys on this CPU: latency at batch 1 and throughput at batch 32, PyTorch eager against
 onnxruntime fp32 and INT8, with each one's test accuracy beside it.
 
-Two real models: EfficientNet-Lite0 (the default image backbone, 224 px) probed on Fashion-MNIST (100 training
-images a class, 1,000 test images) and all-MiniLM-L6-v2 (the default text backbone) probed on BBC News (32 texts a
-class, 100 test texts a class); ``transferkit fit --strategy linear`` trains each, ``transferkit export`` writes
-fp32 and INT8 (static, calibrated on the training images, for the CNN; dynamic for MiniLM) after its parity check
-(INT8 with ``--max-drop 1``, so that a model export would refuse is still written, timed and scored).
+Three real models: EfficientNet-Lite0 (the default image backbone, 224 px) probed on Fashion-MNIST (100 training
+images a class, 1,000 test images), all-MiniLM-L6-v2 (the default text backbone) probed on BBC News (32 texts a
+class, 100 test texts a class), and EfficientNet-Lite0 on log-mel spectrograms probed on spoken digits (20 clips a
+digit from 20 espeak-ng voices, 300 test clips from 10 others; needs espeak-ng, which ``make data`` installs);
+``transferkit fit --strategy linear`` trains each, ``transferkit export`` writes fp32 and INT8 (static, calibrated on
+the training inputs, for the CNNs; dynamic for MiniLM) after its parity check (INT8 with ``--max-drop 1``, so that a
+model export would refuse is still written, timed and scored). An audio input is a recording: all its windows, their
+logits averaged (in the graph for ONNX); a batch of 32 recordings is one run over all their windows.
 Every engine then runs the same decoded (tokenised) test inputs in this process: PyTorch eager in fp32 (what
 ``predict`` runs on a CPU without native bf16, like this one) and, where the CPU computes bf16, with bf16 autocast
 (``predict``'s default there); onnxruntime with its default threads. Latency is the median over single inputs;
 throughput the best of 3 passes over batches of 32.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/export.py            # about 10 minutes on 2 CPU cores
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/export.py --only text
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/export.py --only text     # or image, audio: the others' rows kept
 
 Prints a Markdown table and saves benchmarks/results/export.json.
 """
@@ -38,6 +41,14 @@ BIN = Path(sys.executable).parent / "transferkit"
 
 
 def dataset(kind: str) -> Path:
+    if kind == "audio":
+        from transferkit.datasets.spoken_digits import build_spoken_digits
+
+        folder = DATA / "digits-export-20"
+        if not (folder / "train").is_dir():
+            build_spoken_digits(folder, train_per_class=20, test_per_class=30, train_speakers=20, test_speakers=10,
+                                seed=0)
+        return folder
     if kind == "image":
         from transferkit.datasets.fashion_mnist import export_image_folder
 
@@ -97,7 +108,29 @@ def measure(kind: str, only_batches: int) -> list[dict]:
     data = model.task.read_labelled(model, str(folder / "test"), False)
     y = data.targets.numpy()
     clf = model.classifier.eval()
-    if kind == "image":
+    pooled = None
+    if kind == "audio":
+        ends = np.cumsum(torch.bincount(data.owner, minlength=len(data)).numpy())
+        rows = [data.waves[np.arange(e - n, e)].float() for e, n in zip(ends, np.diff(ends, prepend=0), strict=True)]
+
+        def torch_input(batch):
+            return torch.cat(batch)
+
+        def averaging(batch):
+            out = torch.zeros(len(batch), sum(len(w) for w in batch))
+            at = 0
+            for r, w in enumerate(batch):
+                out[r, at : at + len(w)] = 1.0 / len(w)
+                at += len(w)
+            return out
+
+        def ort_input(batch):
+            return {"waves": torch.cat(batch).numpy(), "averaging": averaging(batch).numpy()}
+
+        def pooled(logits, batch):
+            return averaging(batch) @ logits
+
+    elif kind == "image":
         from transferkit.data.images import normalize
 
         rows = [data.pixels[i : i + 1] for i in range(len(data))]
@@ -126,7 +159,8 @@ def measure(kind: str, only_batches: int) -> list[dict]:
         @torch.no_grad()
         def call(batch):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                return torch.softmax(clf(torch_input(batch)).float(), 1).numpy()
+                logits = clf(torch_input(batch)).float()
+                return torch.softmax(pooled(logits, batch) if pooled else logits, 1).numpy()
         return call
 
     def onnx(path: Path):
@@ -146,8 +180,7 @@ def measure(kind: str, only_batches: int) -> list[dict]:
     for name, call in engines.items():
         probs = np.concatenate([call(rows[s : s + 32]) for s in range(0, len(rows), 32)])
         ms, rate = timings(call, rows, only_batches)
-        out.append({"model": "EfficientNet-Lite0 on Fashion-MNIST" if kind == "image" else
-                    "all-MiniLM-L6-v2 on BBC News", "engine": name, "accuracy": float((probs.argmax(1) == y).mean()),
+        out.append({"model": TITLES[kind], "engine": name, "accuracy": float((probs.argmax(1) == y).mean()),
                     "test": int(len(y)), "latency_ms": ms, "per_s_batch32": rate,
                     "file_mb": int8_meta["int8"]["file_mb"] if name.endswith("INT8") else
                     int8_meta["int8"]["fp32_file_mb"] if name.startswith("ONNX") else None,
@@ -156,20 +189,24 @@ def measure(kind: str, only_batches: int) -> list[dict]:
     return out
 
 
+TITLES = {"image": "EfficientNet-Lite0 on Fashion-MNIST", "text": "all-MiniLM-L6-v2 on BBC News",
+          "audio": "EfficientNet-Lite0 on spoken digits (spectrograms)"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["image", "text"], default=None)
+    parser.add_argument("--only", choices=list(TITLES), default=None)
     parser.add_argument("--batch", type=int, default=32)
     args = parser.parse_args()
     torch.set_num_threads(2)
     saved = HERE / "results" / "export.json"
     previous = json.loads(saved.read_text()) if saved.is_file() and args.only else []
     rows = []
-    for kind in ("image", "text"):
+    for kind in TITLES:
         if args.only in (None, kind):
             rows += measure(kind, args.batch)
-        else:  # --only: the other model's rows as the last full run measured them
-            rows += [r for r in previous if r["model"].startswith("EfficientNet" if kind == "image" else "all-MiniLM")]
+        else:  # --only: the other models' rows as the last full run measured them
+            rows += [r for r in previous if r["model"] == TITLES[kind]]
     print("\n| model | engine | test accuracy | latency, batch 1 | throughput, batch 32 | model file |")
     print("|---|---|---|---|---|---|")
     base = {}

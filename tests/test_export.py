@@ -258,12 +258,31 @@ def test_the_audio_script_reads_as_training_does(tmp_path):
     assert len(audio.read(tmp_path / "quiet.wav", pre.to_dict())) < len(x) * 16_000 / 22_050 - 1000  # trimmed
 
 
-def test_audio_models_without_a_spectrogram_say_they_do_not_export(audio_folder, tiny_backbone, tmp_path):
-    import dataclasses
+def test_the_speaker_encoder_exports_its_partial_utterances(audio_folder, tmp_path):
+    """Speaker-encoder models export too: loudness and trimming outside (the script), each window's 1.6 s partial
+    utterances chosen by its own length in the graph; a short recording (one padded window) and a long one."""
+    import soundfile as sf
 
-    model = transferkit.fit(audio_folder, backbone=tiny_backbone, strategy="linear", out=tmp_path / "run")
-    model.classifier.backbone.preprocess = dataclasses.replace(model.preprocess, kind="speaker")
-    with pytest.raises(TransferkitError, match="runs on the speaker encoder, whose input steps are not in an ONNX"):
+    transferkit.fit(audio_folder, backbone="speaker-encoder", strategy="linear", out=tmp_path / "run")
+    model = transferkit.load(tmp_path / "run" / "model")
+    rng = np.random.default_rng(2)
+    t = np.arange(int(22_050 * 5.2)) / 22_050
+    sf.write(str(tmp_path / "long.wav"), (0.2 * np.sin(2 * np.pi * 300 * t) * (1 + 0.3 * rng.standard_normal(len(t))))
+             .astype(np.float32), 22_050)
+    inputs = [tmp_path / "long.wav", *sorted((audio_folder / "test").rglob("*.wav"))]
+    meta = model.export(tmp_path / "exported", check=inputs)
+    assert meta["parity"]["max_abs_diff"] <= 1e-4
+    out = tmp_path / "exported"
+    pre = json.loads((out / "preprocessing.json").read_text())
+    assert pre["frontend"] == "speaker" and pre["trim_db"] == 40.0 and pre["target_dbfs"] == -30.0
+    rows = run_script(out / "predict.py", str(out), *map(str, inputs))
+    same_as_predict(model, rows, inputs)
+    assert rows[0]["windows"] > 1
+
+
+def test_audio_models_on_hugging_face_encoders_say_they_do_not_export(audio_folder, tiny_wav2vec2, tmp_path):
+    model = transferkit.fit(audio_folder, backbone=tiny_wav2vec2, strategy="linear", out=tmp_path / "run")
+    with pytest.raises(TransferkitError, match="runs its inputs through a Hugging Face feature extractor"):
         model.export(tmp_path / "exported")
     assert not (tmp_path / "exported").exists()
 

@@ -254,6 +254,13 @@ class AudioBackbone(NamedLayerGroups, nn.Module):
     def set_augment(self, on: bool) -> None:
         """Turn SpecAugment masking on or off for training (kinds without a spectrogram ignore it)."""
 
+    def exportable(self) -> nn.Module:
+        """The same network and weights, written with operators an ONNX exporter can trace (waveform windows in,
+        features out); raises :class:`BackboneError` for a kind whose input steps cannot be in a graph."""
+        raise BackboneError(f"Audio backbone {self.spec.name!r} runs its inputs through a Hugging Face feature "
+                            "extractor, which is not in an ONNX graph: audio models on spectrograms "
+                            "(efficientnet_lite0 and other image backbones) and on the speaker encoder export.")
+
     def random_like(self) -> AudioBackbone:
         """The same architecture and preprocessing with random weights (the scratch baseline)."""
         bb = build_from_spec(self.spec, pretrained=False)
@@ -277,6 +284,14 @@ class SpectrogramBackbone(AudioBackbone):
 
     def set_augment(self, on: bool) -> None:
         self.masking_on = bool(on)
+
+    def exportable(self) -> nn.Module:
+        """A copy whose spectrogram's STFT is :class:`FramedMelSpectrogram`'s."""
+        import copy
+
+        out = copy.deepcopy(self).eval()
+        out.frontend = FramedMelSpectrogram(self.preprocess)
+        return out
 
     def spectrogram(self, waves: torch.Tensor) -> torch.Tensor:
         """The standardised log-mel image ``(B, 1, n_mels, frames)`` the CNN sees (before resizing)."""
@@ -357,6 +372,45 @@ class SpeakerEncoder(AudioBackbone):
         b, p = parts.shape[:2]
         with torch.autocast(device_type=waves.device.type, enabled=False):
             e = self.body(parts.reshape(b * p, frames, -1).float()).view(b, p, -1)
+        e = (e * keep[..., None]).sum(1) / keep.sum(1, keepdim=True)
+        return e / e.norm(dim=1, keepdim=True).clamp(min=1e-8)
+
+
+    def exportable(self) -> nn.Module:
+        return SpeakerWindows(self)
+
+
+class SpeakerWindows(nn.Module):
+    """:class:`SpeakerEncoder`'s forward for windows of one fixed length, written without Python loops over rows, so
+    an exporter can trace it: every partial utterance a whole window can hold is embedded, and each row averages the
+    ones its own length (its window without the trailing zero padding) covers, as :func:`partial_slices` chooses
+    them (a row's partial utterances are always the first ones of a whole window's)."""
+
+    def __init__(self, encoder: SpeakerEncoder):
+        super().__init__()
+        import copy
+
+        pre = encoder.preprocess
+        self.pre, self.body = pre, copy.deepcopy(encoder.body).eval()
+        self.frontend = FramedMelSpectrogram(pre)
+        self.starts = partial_slices(pre.clip_samples, pre.hop_length, pre.sample_rate)
+        self.need = max(pre.clip_samples, (self.starts[-1] + SPEAKER_PARTIAL_FRAMES) * pre.hop_length)
+
+    def forward(self, waves: torch.Tensor) -> torch.Tensor:
+        pre, frames, hop = self.pre, SPEAKER_PARTIAL_FRAMES, self.pre.hop_length
+        n = waves.shape[1]
+        nonzero = (waves != 0).to(torch.int64)
+        lengths = torch.where(nonzero.amax(1) > 0, n - nonzero.flip(1).argmax(1), torch.full_like(nonzero[:, 0], n))
+        step = int(np.round((pre.sample_rate / SPEAKER_RATE) / hop))
+        n_frames = (lengths + hop) // hop  # ceil((length + 1) / hop)
+        count = (torch.clamp(n_frames - frames + step + 1, min=1) + step - 1) // step
+        coverage = (lengths - (count - 1) * step * hop).to(torch.float32) / (frames * hop)
+        count = torch.where((coverage < SPEAKER_MIN_COVERAGE) & (count > 1), count - 1, count)
+        mel = self.frontend(nn.functional.pad(waves, (0, self.need - n))).transpose(1, 2)  # (B, T, n_mels)
+        parts = torch.stack([mel[:, s : s + frames] for s in self.starts], dim=1)  # (B, P, frames, n_mels)
+        b, p = parts.shape[:2]
+        e = self.body(parts.reshape(b * p, frames, -1).float()).view(b, p, -1)
+        keep = (torch.arange(p, device=waves.device)[None] < count[:, None]).to(e.dtype)
         e = (e * keep[..., None]).sum(1) / keep.sum(1, keepdim=True)
         return e / e.norm(dim=1, keepdim=True).clamp(min=1e-8)
 

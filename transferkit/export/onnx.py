@@ -253,8 +253,9 @@ def quantize_int8(fp32: Path, dest: Path, method: str, calibration: list[dict[st
     """onnxruntime post-training quantization of ``fp32`` into ``dest``: ``"static"`` (QDQ, INT8 weights per
     channel, UINT8 activations with min-max ranges from ``calibration`` batches: convolutions) or ``"dynamic"``
     (INT8 weights, activations quantized at run time: transformer encoders, whose activations vary too much per
-    input for fixed ranges). ``ops``: quantize only these operator types (a detector: its convolutions, so that
-    box coordinates and scores stay fp32); default, all that onnxruntime quantizes but the classification head."""
+    input for fixed ranges, and LSTMs, which static quantization leaves in fp32). ``ops``: quantize only these
+    operator types (a detector: its convolutions, so that box coordinates and scores stay fp32); default, all that
+    onnxruntime quantizes but :func:`head_nodes`."""
     import contextlib
     import io
     import logging
@@ -276,13 +277,21 @@ def quantize_int8(fp32: Path, dest: Path, method: str, calibration: list[dict[st
         quiet.setLevel(logging.ERROR)
         with contextlib.redirect_stdout(io.StringIO()):
             if method == "dynamic":
-                # weights only, so no shapes are needed; the dynamo exporter's recorded intermediate shapes trip the
-                # quantizer's own shape inference on a transformer (torch 2.14, onnxruntime 1.31), so they go
-                graph = onnx.load(str(fp32))
+                # constants folded first (onnxruntime's basic graph optimisation): the dynamo exporter writes an
+                # LSTM's weights as slices of its parameters, which the quantizer only sees as initializers once
+                # folded. Weights only, so no shapes are needed; the recorded intermediate shapes trip the quantizer's
+                # own shape inference (a transformer, an LSTM; torch 2.14, onnxruntime 1.31), so they go
+                import onnxruntime as ort
+
+                options = ort.SessionOptions()
+                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+                options.optimized_model_filepath = str(prepared)
+                ort.InferenceSession(str(fp32), options, providers=["CPUExecutionProvider"])
+                graph = onnx.load(str(prepared))
                 del graph.graph.value_info[:]
                 onnx.save(graph, str(prepared))
                 quantize_dynamic(str(prepared), str(dest), weight_type=QuantType.QInt8, per_channel=False,
-                                 nodes_to_exclude=head)
+                                 nodes_to_exclude=head_nodes(graph))  # named as the folded graph names them
             else:  # static: shapes and graph optimisation first, as onnxruntime recommends
                 quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
                 batches = iter(calibration)
@@ -305,11 +314,18 @@ def quantize_int8(fp32: Path, dest: Path, method: str, calibration: list[dict[st
 
 
 def head_nodes(graph: Any) -> list[str]:
-    """The classification head of an ONNX classifier: the last MatMul or Gemm that multiplies by weights (an
-    initializer), not one between activations (the audio graph's average of its windows' logits comes after it)."""
+    """What INT8 leaves in fp32: the classification head of an ONNX classifier (the last MatMul or Gemm that
+    multiplies by weights, an initializer, not one between activations: the audio graph's average of its windows'
+    logits comes after it), and every product with a float64 constant (an audio model's exact spectrogram)."""
+    import onnx
+
     weights = {init.name for init in graph.graph.initializer}
-    found = [n.name for n in graph.graph.node if n.op_type in ("MatMul", "Gemm") and weights & set(n.input)]
-    return found[-1:]
+    exact = {init.name for init in graph.graph.initializer if init.data_type == onnx.TensorProto.DOUBLE}
+    products = [n for n in graph.graph.node if n.op_type in ("MatMul", "Gemm") and weights & set(n.input)]
+    kept = [n for n in products if exact & set(n.input)] + [n for n in products if not exact & set(n.input)][-1:]
+    # dynamic quantization first splits a Gemm into NAME_MatMul and NAME_Add, and matches the exclusions against
+    # those names: without the second name the head was quantized after all
+    return [name for n in kept for name in (n.name, *([f"{n.name}_MatMul"] if n.op_type == "Gemm" else []))]
 
 
 def int8_share(path: Path) -> float:

@@ -265,27 +265,20 @@ class AudioTask(ClassificationTask):
 
     def export_spec(self, model: Any) -> Any:
         """The graph takes ``waves``, (windows, samples) float32 windows of ``clip_seconds`` as training cut them,
-        and ``averaging``, (recordings, windows): row r holds 1/k at the k windows of recording r. The log-mel
-        spectrogram is in the graph (:class:`~transferkit.backbones.audio.FramedMelSpectrogram`), and so is the
+        and ``averaging``, (recordings, windows): row r holds 1/k at the k windows of recording r. The (log-)mel
+        spectrogram is in the graph (:class:`~transferkit.backbones.audio.FramedMelSpectrogram`; the speaker
+        encoder's partial utterances, :class:`~transferkit.backbones.audio.SpeakerWindows`), and so is the
         average of the windows' logits per recording (the second output, ``logits``: a long recording's windows
         can run in parts, their averages weighted by their windows); reading, resampling, trimming, levelling and
         cutting into windows are outside (``preprocessing.json`` and the reference script, with soundfile and
         scipy)."""
-        import copy
-
-        from ..backbones.audio import FramedMelSpectrogram
         from ..export.onnx import ExportSpec, reference_script
         from ..export.scripts.audio import CHUNK, averaged
 
         pre = model.preprocess
-        if pre.kind != "spectrogram":
-            what = "the speaker encoder" if pre.kind == "speaker" else "a Hugging Face audio encoder"
-            raise TransferkitError(f"This audio model runs on {what}, whose input steps are not in an ONNX graph "
-                                   "yet: audio models on spectrograms (efficientnet_lite0 and other image "
-                                   "backbones) export today.")
         decision = {"multi_label": bool(model.multi_label)}
-        classifier = copy.deepcopy(model.classifier).eval()
-        classifier.backbone.frontend = FramedMelSpectrogram(pre)
+        backbone = model.classifier.backbone.exportable()  # refuses a Hugging Face encoder (its feature extractor)
+        classifier = type(model.classifier)(backbone, model.classifier.head).eval()  # the same head on the twin
         n = pre.clip_samples
         outside = ("read the recording (soundfile), average its channels, resample to sample_rate (polyphase, "
                    "scipy.signal.resample_poly); unless it is silent (peak under -60 dBFS): cut leading and trailing "
@@ -318,15 +311,18 @@ class AudioTask(ClassificationTask):
             dynamic={"waves": {0: "windows"}, "averaging": {0: "recordings", 1: "windows"}},
             preprocessing={"kind": "audio", "graph_input": f"waves: (windows, {n}) float32; averaging: (recordings, "
                            "windows) float32, 1/k at the k windows of each recording", "outside_graph": outside,
-                           "in_graph": "log-mel spectrogram (n_fft, hop_length, n_mels, fmin, fmax, top_db, mean, "
-                           "std), resized to image_height, the network, the mean of each recording's window logits",
-                           **{k: v for k, v in pre.to_dict().items() if k != "kind"}},
+                           "in_graph": "the mel spectrogram (n_fft, hop_length, n_mels, fmin, fmax; log: top_db, "
+                           "mean, std), resized to image_height (spectrogram) or cut into 1.6 s partial utterances "
+                           "(speaker), the network, the mean of each recording's window logits",
+                           "frontend": pre.kind, **{k: v for k, v in pre.to_dict().items() if k != "kind"}},
             feeds=feeds,
             script=reference_script("audio"),
             classifier=classifier,
             pool=lambda logits, waves, averaging: averaging @ logits,
             outputs=("probabilities", "logits"),
             run=run,
+            # onnxruntime's static (QDQ) quantization leaves an LSTM in fp32; its dynamic one quantizes LSTM weights
+            quantization="dynamic" if pre.kind == "speaker" else "static",
         )
 
     def describe_rows(self, rows: list[dict[str, Any]], data: Any) -> None:
