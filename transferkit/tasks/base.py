@@ -343,8 +343,8 @@ class Task:
     def export_spec(self, model: Any) -> Any:
         """How ``model`` becomes an ONNX graph: an :class:`~transferkit.export.onnx.ExportSpec` (the graph's inputs,
         the steps outside it as JSON, the reference script)."""
-        raise TransferkitError(f"Exporting {self.title} models is not available yet: image, medical and text "
-                               "classifiers export today.")
+        raise TransferkitError(f"Exporting {self.title} models is not available: this task gives no export spec "
+                               "(transferkit's image, medical, text and audio classifiers and detectors export).")
 
 
 # what to set instead, when an option of one kind of data is given for another (option, task) -> hint
