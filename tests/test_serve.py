@@ -391,7 +391,7 @@ def test_a_damaged_export_is_refused_in_one_line(image_bundle, tmp_path):
     with pytest.raises(TransferkitError, match="labels.json is not valid JSON"):
         ExportedModel(exported)
     (exported / "labels.json").write_text('["blue", "green"]')
-    with pytest.raises(TransferkitError, match="gives 3 probabilities per input, but .* names 2 classes"):
+    with pytest.raises(TransferkitError, match="gives 3 class probabilities per input, but .* names 2 classes"):
         ExportedModel(exported)
     (exported / "labels.json").write_text('["blue", "green", "red"]')
     pre = json.loads((exported / "preprocessing.json").read_text())

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from ..errors import TransferkitError
+from ..heads.detection import SHOWN_SCORE
 from ..io import atomic_dir
 
 TASK = "object-detection"
-SHOWN_SCORE = 0.3  # the score from which predict (and an exported detector's script) shows a box
 
 
 class DetectionModel:

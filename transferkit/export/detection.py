@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..bundle.detection import SHOWN_SCORE
 from ..errors import TransferkitError
+from ..heads.detection import SHOWN_SCORE
 from .onnx import MAX_DROP, OPSET, TOLERANCE
 
 OUTPUTS = ("boxes", "scores", "levels")

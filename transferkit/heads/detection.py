@@ -31,6 +31,7 @@ from ..backbones.protocol import BackboneSpec, NamedLayerGroups, PreprocessConfi
 from ..errors import BackboneError
 
 COCO_DETECTORS = {"fcos_resnet50_fpn": "FCOS_ResNet50_FPN_Weights"}
+SHOWN_SCORE = 0.3  # the score from which predict (and an exported detector's script) shows a box
 
 
 class FeaturePyramid(nn.Module):
