@@ -302,8 +302,8 @@ class AudioTask(ClassificationTask):
         def run(session: Any, data: Any) -> np.ndarray:
             """Every recording's probabilities as the reference script computes them, its windows in parts."""
             ends = np.cumsum(torch.bincount(data.owner, minlength=len(data)).numpy())
-            return np.stack([averaged(session, data.waves[np.arange(end - n, end)].float().numpy(), decision, CHUNK)
-                             for end, n in zip(ends, np.diff(ends, prepend=0), strict=True)])
+            return np.stack([averaged(session, data.waves[np.arange(end - k, end)].float().numpy(), decision, CHUNK)
+                             for end, k in zip(ends, np.diff(ends, prepend=0), strict=True)])
 
         return ExportSpec(
             prepare=None,
