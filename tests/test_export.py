@@ -486,3 +486,21 @@ def test_int8_detector_export_scores_map_beside_fp32(detector, box_folder, tmp_p
                                                 "annotated with these"):
         detector.export(tmp_path / "z", check=str(zebras))
     assert not (tmp_path / "z").exists()
+
+
+def test_an_export_that_fixes_a_dynamic_axis_falls_back_to_torchscript(detector, tmp_path):
+    """The dynamo exporter writes a detector's canvas height and width fixed, without an error; export_graph sees
+    the fixed axes in the file and exports again with the TorchScript exporter, which keeps them dynamic."""
+    import onnx
+    import torch
+
+    from transferkit.export.detection import DYNAMIC, OUTPUTS
+    from transferkit.export.onnx import export_graph, fixed_axes
+    from transferkit.heads.detection import LocationOutputs
+
+    inputs = {"pixels": torch.zeros(2, 3, 96, 64, dtype=torch.uint8), "sizes": torch.tensor([[96, 64], [90, 64]])}
+    path = tmp_path / "g.onnx"
+    assert export_graph(LocationOutputs(detector.detector).eval(), inputs, DYNAMIC, path, 18, OUTPUTS) \
+        == "torch.onnx (TorchScript)"
+    assert fixed_axes(path, DYNAMIC) == [] and len(onnx.load(str(path)).graph.output) == 3
+

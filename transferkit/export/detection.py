@@ -123,12 +123,11 @@ def settings(model: Any) -> dict[str, Any]:
 
 
 def canvas(image: torch.Tensor, step: int) -> tuple[np.ndarray, np.ndarray]:
-    """A decoded uint8 (3, h, w) image on its canvas (1, 3, H, W) and its size (1, 2), as the reference script's
-    ``canvas`` puts a file's image."""
-    h, w = image.shape[-2:]
-    out = np.zeros((1, 3, -(-h // step) * step, -(-w // step) * step), dtype=np.uint8)
-    out[0, :, :h, :w] = image.numpy()
-    return out, np.array([[h, w]], dtype=np.int64)
+    """A decoded uint8 (3, h, w) image on its canvas (1, 3, H, W) and its size (1, 2), by the reference script's
+    own ``placed``."""
+    from .scripts.detection import placed
+
+    return placed(image.numpy(), step)
 
 
 def _run(session: Any, data: Any, step: int) -> list[tuple[np.ndarray, ...]]:

@@ -31,10 +31,17 @@ def canvas(path, pre):
     scale = size / max(w, h)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
     img = img.resize((nw, nh), FILTERS.get(pre["interpolation"], Image.Resampling.BILINEAR))
-    step = pre["size_divisible"]
-    out = np.zeros((1, 3, -(-nh // step) * step, -(-nw // step) * step), dtype=np.uint8)
-    out[0, :, :nh, :nw] = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
-    return out, np.array([[nh, nw]], dtype=np.int64), (nw / w + nh / h) / 2
+    pixels, sizes = placed(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1), pre["size_divisible"])
+    return pixels, sizes, (nw / w + nh / h) / 2
+
+
+def placed(image, step):
+    """A (3, h, w) uint8 image at the top left of a black canvas (1, 3, H, W) whose sides are the multiples of
+    ``step`` at or above h and w, and its size on it (1, 2)."""
+    h, w = image.shape[-2:]
+    out = np.zeros((1, 3, -(-h // step) * step, -(-w // step) * step), dtype=np.uint8)
+    out[0, :, :h, :w] = image
+    return out, np.array([[h, w]], dtype=np.int64)
 
 
 def nms(boxes, scores, iou):
