@@ -1,10 +1,11 @@
-"""A detection dataset composed from real pictures, since no dataset with boxes installs offline.
+"""Detection and multi-label datasets composed from real pictures, since no dataset with boxes installs offline.
 
 Fashion-MNIST garments (the official train set's items for training images, the test set's for test images)
 are tinted, scaled and pasted at random positions onto random crops of scikit-image's bundled photos. Boxes are
 exact: the tight bounding box of the pixels each garment is painted onto more than half opaque, and no garment
-is painted over another. Written in COCO format, deterministic by seed. A test
-and benchmark aid: transferkit reads real datasets (COCO, YOLO, VOC) the same way.
+is painted over another. Written in COCO format (:func:`build_composed_detection`), or as a JSONL table of each
+image's garment classes (:func:`build_composed_multilabel`); deterministic by seed. A test and benchmark aid:
+transferkit reads real datasets (COCO, YOLO, VOC, tables) the same way.
 """
 
 from __future__ import annotations
@@ -102,6 +103,59 @@ def compose_image(rng: np.random.Generator, background: np.ndarray, items: list[
     return np.clip(img, 0, 255).astype(np.uint8), boxes, placed
 
 
+def _checked(builder: str, dest: str | Path, classes: tuple[str, ...], train_images: int, test_images: int,
+             image_size: int, objects: tuple[int, int], scale: tuple[float, float]) -> Path:
+    """``dest`` once the settings of ``builder`` are checked: :class:`DataError` (one line) for an unknown class, a
+    setting out of range, or a ``dest`` that exists and is not empty."""
+    from .fashion_mnist import CLASSES
+
+    unknown = [c for c in classes if c not in CLASSES]
+    if unknown:
+        raise DataError(f"Class {unknown[0]!r} is not a Fashion-MNIST class: choose from {', '.join(CLASSES)}.")
+    if not classes or train_images < 2 or test_images < 1 or image_size < 32:
+        raise DataError(f"{builder} needs classes, train_images >= 2, test_images >= 1 and image_size "
+                        f">= 32 (got {len(classes)} classes, {train_images}, {test_images}, {image_size}).")
+    if not 0 <= objects[0] <= objects[1] or not 0 < scale[0] <= scale[1] <= 1:
+        raise DataError(f"objects {objects} or scale {scale} is out of range: use 0 <= low <= high objects and a scale "
+                        "range within (0, 1].")
+    dest = Path(dest)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        # atomic_dir would replace it whole: never delete what someone pointed us at by mistake
+        raise DataError(f"{dest} already exists and is not empty: choose another folder or remove it first.")
+    return dest
+
+
+_Garments = tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]
+
+
+def _garments(split: str, classes: tuple[str, ...]) -> _Garments:
+    """What ``split``'s images are made of: the official split's Fashion-MNIST items, per class of ``classes`` the
+    indices of its items, and the split's photos (train: :data:`TRAIN_PHOTOS`, test: :data:`TEST_PHOTOS`)."""
+    from .fashion_mnist import CLASSES, load_fashion_mnist
+
+    pixels, labels = load_fashion_mnist(split)
+    pools = [np.flatnonzero(labels == CLASSES.index(c)) for c in classes]
+    return pixels, pools, _photos(TRAIN_PHOTOS if split == "train" else TEST_PHOTOS)
+
+
+def _compose_one(rng: np.random.Generator, garments: _Garments, classes: tuple[str, ...], image_size: int,
+                 objects: tuple[int, int], scale: tuple[float, float]) -> tuple[np.ndarray, list[list[int]], list[str]]:
+    """One picture: a random number in ``objects`` (inclusive) of garments of random ``classes`` on a photo crop.
+    Returns the image, the placed garments' boxes and their class names (see :func:`compose_image`)."""
+    pixels, pools, photos = garments
+    ks = rng.integers(0, len(classes), int(rng.integers(objects[0], objects[1] + 1)))
+    items = [pixels[rng.choice(pools[k])] for k in ks]
+    img, boxes, placed = compose_image(rng, _background(rng, photos, image_size), items, scale)
+    return img, boxes, [classes[int(ks[j])] for j in placed]
+
+
+def _save_png(img: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    # zlib's fastest level: photo crops barely compress further, and level 6 took 3x as long
+    Image.fromarray(img).save(path, format="PNG", compress_level=1)
+
+
 def build_composed_detection(dest: str | Path, *, train_images: int = 200, test_images: int = 100,
                              classes: tuple[str, ...] = ("Trouser", "Sneaker", "Bag", "Ankle_boot"),
                              image_size: int = 256, objects: tuple[int, int] = (1, 4),
@@ -115,44 +169,73 @@ def build_composed_detection(dest: str | Path, *, train_images: int = 200, test_
     and renamed. Raises :class:`DataError` for an unknown class, a setting out of range, or a ``dest`` that exists
     and is not empty (it is never overwritten).
     """
-    from PIL import Image
-
-    from ..io import atomic_dir
     from ..data.boxes import BoxSet, write_coco
-    from .fashion_mnist import CLASSES, load_fashion_mnist
+    from ..io import atomic_dir
 
-    unknown = [c for c in classes if c not in CLASSES]
-    if unknown:
-        raise DataError(f"Class {unknown[0]!r} is not a Fashion-MNIST class: choose from {', '.join(CLASSES)}.")
-    if not classes or train_images < 2 or test_images < 1 or image_size < 32:
-        raise DataError(f"build_composed_detection needs classes, train_images >= 2, test_images >= 1 and image_size "
-                        f">= 32 (got {len(classes)} classes, {train_images}, {test_images}, {image_size}).")
-    if not 0 <= objects[0] <= objects[1] or not 0 < scale[0] <= scale[1] <= 1:
-        raise DataError(f"objects {objects} or scale {scale} is out of range: use 0 <= low <= high objects and a scale "
-                        "range within (0, 1].")
-    dest = Path(dest)
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        # atomic_dir would replace it whole: never delete what someone pointed us at by mistake
-        raise DataError(f"{dest} already exists and is not empty: choose another folder or remove it first.")
+    dest = _checked("build_composed_detection", dest, classes, train_images, test_images, image_size, objects, scale)
     rng = np.random.default_rng(seed)
-    wanted = [CLASSES.index(c) for c in classes]
     with atomic_dir(dest) as tmp:
-        for split, n, photo_names in (("train", train_images, TRAIN_PHOTOS), ("test", test_images, TEST_PHOTOS)):
-            pixels, labels = load_fashion_mnist(split)
-            pools = [np.flatnonzero(labels == w) for w in wanted]
-            photos = _photos(photo_names)
+        for split, n in (("train", train_images), ("test", test_images)):
+            garments = _garments(split, classes)
             (tmp / split).mkdir(parents=True)
             files, all_boxes, all_labels = [], [], []
             for i in track(range(n), f"composing {split} images", total=n):
-                ks = rng.integers(0, len(classes), int(rng.integers(objects[0], objects[1] + 1)))
-                items = [pixels[rng.choice(pools[k])] for k in ks]
-                img, boxes, placed = compose_image(rng, _background(rng, photos, image_size), items, scale)
+                img, boxes, names = _compose_one(rng, garments, classes, image_size, objects, scale)
                 path = tmp / split / f"{i:04d}.png"
-                # zlib's fastest level: photo crops barely compress further, and level 6 took 3x as long
-                Image.fromarray(img).save(path, format="PNG", compress_level=1)
+                _save_png(img, path)
                 files.append(path)
                 all_boxes.append(np.array(boxes, np.float32).reshape(-1, 4))
-                all_labels.append([classes[int(ks[j])] for j in placed])
+                all_labels.append(names)
             write_coco(BoxSet(files, all_boxes, all_labels, split, "coco"),
                        tmp / "annotations" / f"instances_{split}.json", list(classes), tmp / split)
     return Path(dest)
+
+
+def build_composed_multilabel(dest: str | Path, *, train_images: int = 200, test_images: int = 100,
+                              image_size: int = 256, objects: tuple[int, int] = (2, 3),
+                              scale: tuple[float, float] = (0.18, 0.45), classes: tuple[str, ...] | None = None,
+                              seed: int = 0) -> Path:
+    """Write a multi-label image set: ``dest/images/{train,test}_NNNN.png`` and ``dest/labels.jsonl``; returns
+    the table's path.
+
+    Each image is composed as in :func:`build_composed_detection` (photos and garments of the official train set for
+    training images, of the test set for test images): ``objects`` (an inclusive range) garments of ``classes``
+    (default: all ten Fashion-MNIST classes). Its labels are the sorted distinct classes of the garments placed: a
+    garment that found no place is no label, and an image in which none did is drawn again, so every image has at
+    least one label. One JSON object per line, paths relative to ``dest``, in the columns transferkit's tables
+    read (``path``, ``label``, ``split``; a list label is multi-label)::
+
+        {"path": "images/train_0000.png", "label": ["Bag", "Sneaker"], "split": "train"}
+
+    Deterministic by ``seed``; written to a temporary folder and renamed. Raises :class:`DataError` for an unknown
+    class, a setting out of range (``objects`` must start at 1 or more), or a ``dest`` that exists and is not empty
+    (it is never overwritten).
+    """
+    import json
+
+    from ..io import atomic_dir
+    from .fashion_mnist import CLASSES
+
+    classes = tuple(CLASSES) if classes is None else tuple(classes)
+    dest = _checked("build_composed_multilabel", dest, classes, train_images, test_images, image_size, objects, scale)
+    if objects[0] < 1:
+        raise DataError(f"objects {objects} must start at 1 or more: every image of a multi-label set needs a label.")
+    rng = np.random.default_rng(seed)
+    lines = []
+    with atomic_dir(dest) as tmp:
+        (tmp / "images").mkdir()
+        for split, n in (("train", train_images), ("test", test_images)):
+            garments = _garments(split, classes)
+            for i in track(range(n), f"composing {split} images", total=n):
+                for _ in range(100):  # none placed: only when every item drawn is too faint to show at its size
+                    img, _boxes, names = _compose_one(rng, garments, classes, image_size, objects, scale)
+                    if names:
+                        break
+                else:
+                    raise DataError(f"No garment showed in 100 tries at image_size {image_size}: use larger images "
+                                    "or a larger scale.")
+                rel = f"images/{split}_{i:04d}.png"
+                _save_png(img, tmp / rel)
+                lines.append(json.dumps({"path": rel, "label": sorted(set(names)), "split": split}) + "\n")
+        (tmp / "labels.jsonl").write_text("".join(lines), encoding="utf-8")
+    return dest / "labels.jsonl"

@@ -46,6 +46,15 @@ def _composed(folder: Path, per_class: int, test_size: int) -> Path:
     return folder
 
 
+def _composed_multilabel(folder: Path, per_class: int, test_size: int) -> Path:
+    if not (folder / "labels.jsonl").is_file():  # an earlier build is reused as it is
+        from .composed import build_composed_multilabel
+
+        require("composed")
+        build_composed_multilabel(folder, train_images=200, test_images=100)
+    return folder / "labels.jsonl"
+
+
 def _elpv(folder: Path, per_class: int, test_size: int) -> Path:
     from .elpv import export_elpv
 
@@ -70,5 +79,6 @@ DEMOS: dict[str, Demo] = {
     "text": Demo("data/bbc-news-8", _bbc_news),
     "audio": Demo("data/spoken-digits-20", _spoken_digits),
     "detect": Demo("data/composed-objects", _composed, task="detect", budget="6m"),
+    "multilabel": Demo("data/composed-multilabel", _composed_multilabel),
     "medical": Demo("data/elpv-200", _elpv, modality="medical"),
 }
