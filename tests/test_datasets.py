@@ -67,6 +67,10 @@ def test_demo_reaches_fit_with_its_data_and_settings(monkeypatch, tmp_path):
     assert (seen["data"], seen["out"], seen["budget"], seen["strategy"]) == (str(built), tmp_path / "run", "3m",
                                                                                "auto")
     assert seen["pixels"] == MAX_IMAGE_PIXELS  # the default limit, not typer's placeholder for --max-image-pixels
+    # every other option reaches fit as its default value, not as typer's placeholder (an OptionInfo for --init-from
+    # would be read as a bundle to continue from)
+    assert seen["init_from"] is None and seen["replay"] is None and seen["l2sp"] is None
+    assert not [k for k, v in seen.items() if type(v).__module__.startswith("typer")]
 
 
 def test_max_image_pixels_holds_for_its_command_only():

@@ -292,8 +292,11 @@ def test_multi_label_fit_predict_and_report(tmp_path, tiny_text_backbone):
     model = transferkit.fit(path, backbone=tiny_text_backbone, strategy="linear", out=tmp_path / "run")
     m = model.metrics
     # no test split given and small data: the scores are the out-of-fold (cross-validated) ones
-    assert m["test"] is None and m["estimate"]["metric"] == "micro_f1"
+    assert m["test"] is None and m["estimate"]["metric"] == "map"  # threshold-free: chosen before the cuts are
     assert m["data"]["multi_label"] and "micro_f1" in m["val"] and "confusion_matrix" not in m["val"]
+    # each label's cut tuned on the out-of-fold predictions, and the scores taken at those cuts
+    assert m["thresholds"]["tuned_on"] == "out-of-fold predictions" and isinstance(model.threshold, list)
+    assert m["val"]["threshold"] == model.threshold and len(model.threshold) == len(model.classes)
     assert not (tmp_path / "run" / "confusion_matrix.png").exists()
     pred = model.predict(["goal team win and more words"])[0]
     assert "labels" in pred and all(0 <= t["probability"] <= 1 for t in pred["top"])
@@ -302,7 +305,7 @@ def test_multi_label_fit_predict_and_report(tmp_path, tiny_text_backbone):
     again = transferkit.load(tmp_path / "run" / "model")
     assert again.multi_label and again.threshold == 0.3
     assert np.array_equal(again.predict_proba(["rain"]), model.predict_proba(["rain"]))
-    assert "Micro-F1" in (tmp_path / "run" / "report.md").read_text()
+    assert "Macro-F1" in (tmp_path / "run" / "report.md").read_text()
 
 
 def test_report_lists_confidently_wrong_examples(text_folder, tiny_text_backbone, tmp_path):

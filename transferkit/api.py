@@ -63,6 +63,7 @@ def fit(
     text_column: str | None = None,
     label_column: str | None = None,
     label_sep: str | None = None,
+    thresholds: str | float | None = None,
     encoding: str = "utf-8",
     max_length: int | None = None,
     clip_seconds: float | None = None,
@@ -91,13 +92,24 @@ def fit(
     CSV/TSV/JSONL file with ``path`` and ``label`` columns, or a :class:`transferkit.data.ImageSet`.
     Texts: a folder of class folders of ``.txt`` files, a CSV/TSV/JSONL with text and label columns (named by
     ``text_column``/``label_column`` or guessed), a pandas DataFrame, a Hugging Face dataset (or the folder it
-    was saved to), or a list of strings with ``labels=[...]``. List-valued labels, or ``label_sep="|"`` in a
-    CSV, make it multi-label. Texts default to the offline ``all-MiniLM-L6-v2`` encoder, images to
-    ``efficientnet_lite0``; ``max_length`` overrides the encoder's token limit, ``image_size`` its resolution.
+    was saved to), or a list of strings with ``labels=[...]``. Texts default to the offline ``all-MiniLM-L6-v2``
+    encoder, images to ``efficientnet_lite0``; ``max_length`` overrides the encoder's token limit, ``image_size``
+    its resolution.
     Audio: a folder of class folders of wav/flac/ogg (mp3 where libsndfile decodes it), a CSV/JSONL of
     ``path,label``, or an :class:`transferkit.data.AudioSet`; ``efficientnet_lite0`` on log-mel spectrograms by
     default, ``backbone="speaker-encoder"`` for voices. Recordings are cut into windows of ``clip_seconds``
     (default: from the training durations) whose outputs are averaged per recording.
+
+    Multi-label (images, audio, texts): list-valued labels (JSONL lists, Python lists), or ``label_sep="|"`` for
+    cells such as ``"cat|dog"``. One sigmoid per label; splits and folds by iterative stratification (every label in
+    training, each spread over the splits); each label's threshold tuned on validation or out-of-fold predictions
+    to maximise its F1 (``thresholds="tuned"``, the default; or one number for all, e.g. ``0.5``); scores: micro-
+    and macro-F1, mAP, exact match, Hamming score and per-label AUROC.
+
+    Imbalance (every classifier): ``balance="weights"`` (class-weighted loss; multi-label: each label's positives
+    weighed by its negatives over its positives, at most 10), ``"sampler"`` (classes drawn equally often) or
+    ``"none"``. By default weights go on when the largest class has over 3x the smallest's training examples
+    (medical: always), and a balanced run chooses epochs and models by balanced accuracy.
 
     Medical images (``modality="medical"``, or automatically for DICOM/NIfTI files or a manifest with a
     ``patient_id`` column): DICOM, NIfTI and 16-bit PNG/TIFF become 8-bit through ``window`` (``auto``, a CT preset
@@ -108,7 +120,8 @@ def fit(
     class weights' shift undone, then temperature scaling on validation), and a binary
     model decides at ``threshold`` on the ``positive`` class's probability (``youden`` by default, tuned on
     validation; or ``sensitivity=0.95``, ``specificity=0.9``, or a number). The report adds AUROC, sensitivity,
-    specificity, PPV/NPV with 95% intervals, balanced accuracy, calibration error and ``roc.png``.
+    specificity, PPV/NPV with 95% intervals, balanced accuracy, calibration error and ``roc.png``. Several findings
+    per image (multi-label medical data) are scored per finding, each with its tuned threshold.
 
     Detection (``task="detect"``, or automatically when the data carry boxes): a COCO JSON file or folder, a YOLO
     folder (``images/`` + ``labels/`` + ``data.yaml``) or a Pascal VOC folder (``Annotations/`` + ``JPEGImages/``);
@@ -177,6 +190,7 @@ def fit(
     if several is None and (isinstance(backbone, (list, tuple)) or (isinstance(backbone, str) and "," in backbone)):
         backbone = names[0] if names else None  # one name written as "a,", "a,a" or ["a"]
     given = {"labels": labels, "text_column": text_column, "label_column": label_column, "label_sep": label_sep,
+             "thresholds": thresholds,
              "encoding": None if encoding == "utf-8" else encoding, "max_length": max_length,
              "clip_seconds": clip_seconds, "window": window, "slices": slices, "patient_column": patient_column,
              "positive": positive, "threshold": threshold, "balance": balance}

@@ -4,6 +4,7 @@ inside the commands so ``transferkit --help`` answers at once."""
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 import sys
@@ -157,7 +158,13 @@ def fit(
     ),
     label_sep: Optional[str] = typer.Option(
         None,
-        help="Texts: multi-label cells such as 'sport|politics' are split on this separator.",
+        help="Multi-label tables (images, audio, texts): cells such as 'sport|politics' are split on this separator "
+             "(JSONL lists need none). A folder of class folders gives one label per file.",
+    ),
+    thresholds: Optional[str] = typer.Option(
+        None,
+        help="Multi-label: tuned (each label's cut maximises its F1 on validation or out-of-fold predictions; the "
+             "default) or one probability for every label, e.g. 0.5.",
     ),
     encoding: str = typer.Option("utf-8", help="Texts: encoding of .txt files (e.g. latin-1, cp1252)."),
     max_length: Optional[int] = typer.Option(
@@ -208,7 +215,9 @@ def fit(
     ),
     balance: Optional[str] = typer.Option(
         None,
-        help="Medical: weights (class-weighted loss, default), sampler (classes drawn equally often) or none.",
+        help="Class imbalance: weights (class-weighted loss), sampler (classes drawn equally often) or none. Default: "
+             "weights when the largest class has over 3x the smallest's examples (medical: always), else none; a "
+             "balanced run chooses epochs and models by balanced accuracy.",
     ),
     scratch_baseline: bool = typer.Option(
         False, "--scratch-baseline",
@@ -264,7 +273,8 @@ def fit(
     try:
         model = fit_api(str(data), backbone=backbone, arch=arch, strategy=strategy, out=out, budget=budget, seed=seed,
                         skip_bad=skip_bad, precision=precision, resume=resume, image_size=image_size,
-                        text_column=text_column, label_column=label_column, label_sep=label_sep, encoding=encoding,
+                        text_column=text_column, label_column=label_column, label_sep=label_sep,
+                        thresholds=thresholds, encoding=encoding,
                         max_length=max_length, clip_seconds=clip_seconds, task=task, modality=modality, window=window,
                         slices=slices, patient_column=patient_column, positive=positive, threshold=threshold,
                         balance=balance, scratch_baseline=scratch_baseline, cv=cv, val_fraction=val_fraction,
@@ -528,7 +538,7 @@ def evaluate(
     label_column: Optional[str] = typer.Option(None, help="Texts: the column holding the label."),
     label_sep: Optional[str] = typer.Option(
         None,
-        help="Texts: separator of multi-label cells (default: the one used in training).",
+        help="Multi-label tables: separator of the label cells (default: the one used in training).",
     ),
     encoding: str = typer.Option("utf-8", help="Texts: encoding of .txt files."),
     as_json: bool = typer.Option(False, "--json", help="Print all metrics as JSON on stdout."),
@@ -1024,12 +1034,10 @@ def demo(
         data_dir = spec.build(data_dir, per_class, test_size)
     except TransferkitError as err:
         _fail(err)
-    fit(data=data_dir, out=out, backbone=None, arch=None, strategy="auto", budget=budget, epochs=None,
-        lr=None, batch_size=None, seed=0, cv=None, val_fraction=None, test_fraction=None, skip_bad=False,
-        precision="auto", resume=False, image_size=None, text_column=None, label_column=None, label_sep=None,
-        encoding="utf-8", max_length=None, clip_seconds=None, task=spec.task, modality=spec.modality,
-        window=None, slices=None, patient_column=None, positive=None, threshold=None, balance=None,
-        scratch_baseline=False, workers=None, compile_net=False, as_json=False, max_image_pixels=None)
+    # every other option at its own default (typer's placeholders are not values when fit is called directly)
+    defaults = {name: getattr(p.default, "default", p.default) for name, p in inspect.signature(fit).parameters.items()}
+    fit(**{**defaults, "data": data_dir, "out": out, "budget": budget, "task": spec.task, "modality": spec.modality,
+           "strategy": "auto"})
 
 
 if __name__ == "__main__":

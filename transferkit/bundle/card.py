@@ -88,7 +88,7 @@ def render_model_card(config: dict[str, Any]) -> str:
             lines.append(classical_text(m["classical_baseline"]).replace("**", ""))
     elif str(m.get("strategy", "")).startswith("scratch"):
         lines.append("This model was itself trained from scratch.")
-    elif "map" in s:  # detection: a second run is the comparison
+    elif "map_50" in s:  # detection: a second run is the comparison
         lines.append("Not measured for this bundle: train the same data with `--strategy scratch` and compare the "
                      "two mAP figures.")
     else:
@@ -144,19 +144,21 @@ def _lineage(config: dict[str, Any]) -> list[str]:
 
 
 def _scores(s: dict[str, Any]) -> list[str]:
-    from ..evaluation.report import ci_text, small_test_warning
+    from ..evaluation.report import ci_text, small_test_warning, threshold_text
 
     if not s:
         return ["Not recorded."]
     out = []
-    if "map" in s:  # detection
+    if "map_50" in s:  # detection
         out.append(f"mAP@[.5:.95] {_f(s.get('map'))}, mAP@.5 {_f(s.get('map_50'))} on {s.get('n_images')} images with "
                    f"{s.get('n_boxes')} boxes.")
         return out
     n = s.get("n", 0)
     if s.get("multi_label"):
         out.append(f"Micro-F1 {_f(s.get('micro_f1'))}{ci_text(s.get('micro_f1_ci'))}, macro-F1 "
-                   f"{_f(s.get('macro_f1'))}, exact-match accuracy {_f(s.get('accuracy'))}, on {n} examples.")
+                   f"{_f(s.get('macro_f1'))}, mAP {_f(s.get('map'))}, exact-match accuracy {_f(s.get('accuracy'))}, "
+                   f"Hamming score {_f(s.get('hamming_score'))}, on {n} examples, at "
+                   f"{threshold_text(s.get('threshold'))}.")
         return out
     out.append(f"Accuracy {_f(s.get('accuracy'))}{ci_text(s.get('accuracy_ci'))}, macro-F1 {_f(s.get('macro_f1'))}"
                f"{ci_text(s.get('macro_f1_ci'))}, on {n} examples.")

@@ -119,6 +119,19 @@ def number(lo: float, hi: float, low_open: bool = False, nullable: bool = False)
     return what, check
 
 
+def thresholds() -> tuple[str, Check]:
+    """A multi-label model's cut: one number for every label, or a list of one per label."""
+    def one(x: Any) -> bool:
+        return is_finite_number(x) and 0 <= x <= 1
+
+    def check(v: Any, config: dict) -> str | None:
+        labels = config.get("labels")
+        return _got(one(v) or (isinstance(v, list) and isinstance(labels, list) and len(v) == len(labels)
+                               and all(one(x) for x in v)), v)
+
+    return "a number from 0 to 1, or a list of one such number per label", check
+
+
 def text(empty: bool = False) -> tuple[str, Check]:
     return ("a string" if empty else "a non-empty string"), lambda v, _: _got(
         isinstance(v, str) and (empty or bool(v.strip())), v)
@@ -231,7 +244,7 @@ COMMON = (
     Rule("task", *text()),
     Rule("labels", *class_names()),
     Rule("multi_label", *flag(), optional=True),
-    Rule("threshold", *number(0, 1), optional=True),
+    Rule("threshold", *thresholds(), optional=True),
     Rule("backbone", *mapping(("name", "source", "arch", "weights", "extra"))),
     Rule("backbone.name", *text()),
     Rule("backbone.source", *text()),

@@ -49,7 +49,8 @@ class TransferModel:
         >>> transferkit.load("runs/commands/model").predict(["recording.wav"])[0]["windows"]   # audio: per file
         3
 
-    Multi-label models return, per input, every label whose probability reaches ``threshold`` (0.5).
+    Multi-label models return, per input, every label whose probability reaches its threshold: ``threshold`` is one
+    number for all labels (0.5) or a list of one per label (tuned on validation by ``fit``).
     ``task`` is the :class:`~transferkit.tasks.Task` that reads its inputs (default: the registered task named by
     the backbone's modality).
     """
@@ -60,7 +61,7 @@ class TransferModel:
         self.classes = list(classes)
         self.meta = meta or {}
         self.multi_label = bool(multi_label)
-        self.threshold = 0.5
+        self.threshold: float | list[float] = 0.5  # multi-label: one cut for all labels, or one per label
         self.files = dict(files or {})  # extra bundle files (e.g. adapter/), written as they are
         self.metrics: dict[str, Any] = {}  # filled by transferkit.fit: everything metrics.json holds
         # medical models: {"positive", "threshold", "threshold_rule", "temperature"}, fitted on validation
@@ -111,6 +112,10 @@ class TransferModel:
         probs = correct_prior(probs, self.clinical.get("class_weights"))
         return apply_temperature(probs, float(self.clinical.get("temperature", 1.0)))
 
+    def label_thresholds(self) -> np.ndarray:
+        """Each label's cut (multi-label): ``threshold`` as one number per label."""
+        return np.broadcast_to(np.asarray(self.threshold, dtype=np.float64), (len(self.classes),)).copy()
+
     def decide(self, probs: np.ndarray) -> np.ndarray:
         """Predicted class indices: the most probable class, or for a binary medical model the positive class
         whenever its probability reaches the operating threshold."""
@@ -125,7 +130,7 @@ class TransferModel:
         """Top-k labels per input: ``[{"input": ..., "label": ..., "probability": ..., "top": [{"label",
         "probability"}, ...]}]`` (``probability``: the label's own).
 
-        Multi-label models add ``"labels"``: every label with probability >= ``threshold``; audio models add
+        Multi-label models add ``"labels"``: every label whose probability reaches its threshold; audio models add
         ``"windows"``: how many windows of the recording were averaged. Binary medical models decide ``"label"``
         at their operating threshold on the positive class (``"positive_probability"``, calibrated). With
         ``skip_bad=True`` unreadable images or empty texts are skipped with a warning and left out of the result.
@@ -134,6 +139,7 @@ class TransferModel:
         probs = self.predict_encoded(data, batch_size, precision)
         k = min(top_k, len(self.classes))
         decisions = self.decide(probs) if not self.multi_label else None
+        cut = self.label_thresholds()
         positive = (self.clinical or {}).get("positive")
         out = []
         for r, (item, p) in enumerate(zip(kept, probs, strict=True)):
@@ -146,7 +152,7 @@ class TransferModel:
             if positive is not None:
                 row["positive_probability"] = float(p[self.classes.index(positive)])
             if self.multi_label:
-                row["labels"] = [self.classes[i] for i in np.argsort(-p) if p[i] >= self.threshold]
+                row["labels"] = [self.classes[i] for i in np.argsort(-p) if p[i] >= cut[i]]
             out.append(row)
         self.task.describe_rows(out, data)
         return out
@@ -256,7 +262,8 @@ class TransferModel:
                 files[str(f.relative_to(folder))] = f.read_bytes()
         model = cls(classifier, config["labels"], meta, multi_label=config.get("multi_label", False), files=files,
                     task=task)
-        model.threshold = float(config.get("threshold", 0.5))
+        cut = config.get("threshold", 0.5)  # checked by the schema: a number, or one per label
+        model.threshold = [float(x) for x in cut] if isinstance(cut, list) else float(cut)
         return model
 
 def load(folder: str | Path) -> Any:

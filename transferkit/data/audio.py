@@ -477,10 +477,11 @@ def choose_clip_seconds(durations: np.ndarray, lo: float = 0.5, hi: float = 10.0
     return float(min(hi, max(lo, np.ceil(p95 * 4 - 1e-9) / 4)))
 
 
-def window_clips(clips: Clips, targets: list[int] | None, clip_samples: int,
+def window_clips(clips: Clips, targets: torch.Tensor | None, clip_samples: int,
                  info: dict[str, Any] | None = None) -> DecodedAudio:
     """Cut every recording into windows of ``clip_samples`` (hop: half a window) -> :class:`DecodedAudio`. Nothing
-    is copied: the windows are read from ``clips``' samples when indexed."""
+    is copied: the windows are read from ``clips``' samples when indexed. ``targets``: one row per kept recording
+    (class indices, or multi-label 0/1 rows), None for unlabelled recordings."""
     from .wavestore import Waves, window_starts
 
     hop = max(1, clip_samples // 2)
@@ -490,7 +491,7 @@ def window_clips(clips: Clips, targets: list[int] | None, clip_samples: int,
         starts.append(offset + s)
         valid.append(np.minimum(clip_samples, length - s))
         owner.append(np.full(len(s), r, dtype=np.int64))
-    t = torch.tensor(targets if targets is not None else [0] * len(clips), dtype=torch.long)
+    t = targets if targets is not None else torch.zeros(len(clips), dtype=torch.long)
     waves = Waves(clips.source, np.concatenate(starts), np.concatenate(valid), clip_samples)
     return DecodedAudio(waves, torch.from_numpy(np.concatenate(owner)), t, clips.fingerprints, clips.skipped,
                         clips.kept, clips.names, info or {})

@@ -169,9 +169,9 @@ def upright(img: Image.Image) -> Image.Image:
 @dataclass
 class DecodedImages:
     """``pixels``: (N, 3, H, W) uint8, a tensor in memory or a :class:`~transferkit.data.pixelstore.PixelFile`
-    (rows read from the pixel cache on demand; indexing either gives a tensor); ``targets``: (N,) class indices;
-    ``fingerprints``: content hashes; ``kept``: for each decoded image, its position in the source (unreadable ones
-    skipped leave gaps)."""
+    (rows read from the pixel cache on demand; indexing either gives a tensor); ``targets``: (N,) class indices
+    (multi-label: (N, K) 0/1); ``fingerprints``: content hashes; ``kept``: for each decoded image, its position in
+    the source (unreadable ones skipped leave gaps)."""
 
     pixels: Any
     targets: torch.Tensor
@@ -472,8 +472,9 @@ def _decoded(images: ImageSet, classes: list[str], rows: Any, kept: list[int], s
     names = [str(images.items[i]) for i in skipped]
     if names:
         warn(f"skipped {len(names)} unreadable image(s), e.g. {names[0]}")
-    index = {c: i for i, c in enumerate(classes)}
-    targets = torch.tensor([index[images.labels[i]] for i in kept], dtype=torch.long)
+    from .labels import label_targets
+
+    targets = label_targets([images.labels[i] for i in kept], classes, images.multi_label)
     return DecodedImages(rows, targets, [str(prints[i]) for i in kept], names, list(kept))
 
 

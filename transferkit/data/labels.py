@@ -53,6 +53,60 @@ def kind_of(value: Any) -> str:
     return type(value).__name__
 
 
+def is_multi(values: Sequence[Any], sep: str | None) -> bool:
+    """Whether a label column is multi-label: a separator was given (``--label-sep``), or a cell holds a list
+    (JSON)."""
+    return sep is not None or any(isinstance(v, (list, tuple)) for v in values)
+
+
+def parse_label(value: Any, multi: bool, sep: str | None) -> Any:
+    """A label string, a sorted tuple of labels (multi-label), or None when missing (None, NaN, an empty cell,
+    "nan" or "null": see :func:`is_missing`).
+
+    An explicit empty list is a valid multi-label answer (no label applies); an empty cell is not.
+
+    >>> parse_label("dog|cat", True, "|"), parse_label([], True, None), parse_label("", True, "|")
+    (('cat', 'dog'), (), None)
+    """
+    if is_missing(value):
+        return None
+    if multi:
+        if isinstance(value, (list, tuple)):
+            items = [str(v).strip() for v in value]
+        else:
+            items = [v.strip() for v in str(value).split(sep)] if sep else [str(value).strip()]
+        return tuple(sorted({v for v in items if v}))
+    text = str(value).strip()
+    return text or None
+
+
+def label_names(labels: Sequence[Any], multi: bool) -> list[str]:
+    """The sorted classes that ``labels`` (strings, or tuples of strings when ``multi``) name."""
+    return sorted({y for ys in labels for y in ys}) if multi else sorted(set(labels))
+
+
+def label_counts(labels: Sequence[Any], multi: bool) -> dict[str, int]:
+    """Examples per class (multi-label: the examples that carry each label), sorted by class."""
+    from collections import Counter
+
+    counts = Counter(y for ys in labels for y in ys) if multi else Counter(labels)
+    return dict(sorted(counts.items()))
+
+
+def label_targets(labels: Sequence[Any], classes: Sequence[str], multi: bool) -> Any:
+    """What a network trains on: (N,) long class indices, or (N, K) float 0/1 rows when ``multi``."""
+    import torch
+
+    index = {c: i for i, c in enumerate(classes)}
+    if multi:
+        t = torch.zeros(len(labels), len(classes))
+        for i, ys in enumerate(labels):
+            for y in ys:
+                t[i, index[y]] = 1.0
+        return t
+    return torch.tensor([index[y] for y in labels], dtype=torch.long)
+
+
 def rarest_labels(labels: Sequence[Any]) -> list[Any]:
     """One label per example to stratify by: its label, or for an example with several (multi-label texts, the
     boxes of an image) the rarest of them over all examples (ties: the first by name; "" for none)."""

@@ -21,7 +21,8 @@ from typing import Any, Union
 import numpy as np
 
 from ..errors import DataError
-from .labels import check_label_kinds, is_missing, missing_label
+from .labels import (check_label_kinds, is_missing, is_multi, label_counts, label_names, missing_label, parse_label,
+                     rarest_labels)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 PATH_COLUMNS = ("path", "image", "audio", "file", "filename", "filepath")  # a table of files, not of texts
@@ -34,35 +35,56 @@ Item = Union[Path, np.ndarray]
 
 @dataclass
 class ImageSet:
-    """Images (file paths or HxW[xC] uint8 arrays) and their string labels, in matching order.
+    """Images (file paths or HxW[xC] uint8 arrays) and their labels, in matching order: a class name each, or with
+    ``multi_label`` a sorted tuple of class names each (none, one or several).
 
     ``groups`` (optional): each image's patient, as :func:`~transferkit.data.medical.patient_key` hashes; splits
     then never put one patient's images in two splits."""
 
     items: list[Item]
-    labels: list[str]
+    labels: list[Any]
     origin: str = ""
     groups: list[str] | None = field(default=None, kw_only=True)
+    multi_label: bool = field(default=False, kw_only=True)
+
+    def __post_init__(self) -> None:
+        if not self.multi_label and any(isinstance(y, (list, tuple)) for y in self.labels):
+            # a list of labels per image (the Python API): multi-label, each a sorted tuple as tables give them
+            self.multi_label = True
+        if self.multi_label:
+            self.labels = [y if isinstance(y, tuple) else parse_label(y, True, None) for y in self.labels]
 
     def __len__(self) -> int:
         return len(self.items)
 
     def subset(self, idx: list[int]) -> ImageSet:
         groups = [self.groups[i] for i in idx] if self.groups is not None else None
-        return ImageSet([self.items[i] for i in idx], [self.labels[i] for i in idx], self.origin, groups=groups)
+        return type(self)([self.items[i] for i in idx], [self.labels[i] for i in idx], self.origin, groups=groups,
+                          multi_label=self.multi_label, **self.extra_fields(self))
+
+    def label_names(self) -> list[str]:
+        return label_names(self.labels, self.multi_label)
 
     def counts(self) -> dict[str, int]:
-        return dict(sorted(Counter(self.labels).items()))
+        return label_counts(self.labels, self.multi_label)
+
+    def strata(self) -> list[str]:
+        """One label per example for stratified splitting (multi-label: its rarest label)."""
+        return rarest_labels(self.labels) if self.multi_label else list(self.labels)
 
     def joined(self, other: ImageSet) -> ImageSet:
         """These examples followed by ``other``'s (replay); patients stay apart (``other``'s without a patient each
         count as their own)."""
+        if other.multi_label != self.multi_label:
+            kinds = ("single-label", "multi-label")
+            raise DataError(f"The replayed examples are {kinds[other.multi_label]}, the new ones "
+                            f"{kinds[self.multi_label]}: replay the bundle's own training data.")
         groups = None
         if self.groups is not None or other.groups is not None:
             groups = [*(self.groups or [f"new #{i}" for i in range(len(self))]),
                       *(other.groups or [f"replayed #{i}" for i in range(len(other))])]
         return type(self)(self.items + other.items, self.labels + other.labels, self.origin, groups=groups,
-                          **self.extra_fields(other))
+                          multi_label=self.multi_label, **self.extra_fields(other))
 
     def extra_fields(self, other: ImageSet) -> dict[str, Any]:
         return {}
@@ -70,12 +92,9 @@ class ImageSet:
 
 @dataclass
 class AudioSet(ImageSet):
-    """Audio files (or 1-D float arrays recorded at ``sample_rate`` Hz) and their string labels."""
+    """Audio files (or 1-D float arrays recorded at ``sample_rate`` Hz) and their labels."""
 
     sample_rate: int | None = None
-
-    def subset(self, idx: list[int]) -> AudioSet:
-        return AudioSet([self.items[i] for i in idx], [self.labels[i] for i in idx], self.origin, self.sample_rate)
 
     def extra_fields(self, other: ImageSet) -> dict[str, Any]:
         rate = getattr(other, "sample_rate", None)
@@ -145,6 +164,7 @@ def load_splits(
     patients: bool = False,
     patient_column: str | None = None,
     known: Sequence[str] = (),
+    label_sep: str | None = None,
 ) -> Splits:
     """Read a data source and return train/val(/test) splits.
 
@@ -160,6 +180,10 @@ def load_splits(
     ``known``: classes a model already has (a run from a bundle): the training split may then hold a single class,
     and the other splits classes it lacks.
 
+    Multi-label: a table whose label cells are JSON lists, or split on ``label_sep`` (e.g. ``"|"``), or an
+    :class:`ImageSet` whose labels are lists. Splits are then carved by iterative stratification (every label in
+    training, each label spread over the splits in proportion; :func:`~transferkit.data.folds.iterative_parts`).
+
     Raises :class:`DataError` with one line naming the culprit.
     """
     if isinstance(source, Splits):
@@ -171,18 +195,25 @@ def load_splits(
         for where, y in zip(wheres, source.labels, strict=True):
             if is_missing(y):
                 raise missing_label(where, "labels", y, skip_hint=False)
+        if label_sep is not None and not source.multi_label:  # "a|b" strings in memory: split them as a table's
+            source = source.subset(range(len(source)))
+            source.labels, source.multi_label = [parse_label(y, True, label_sep) for y in source.labels], True
         return _split(source, {}, val_fraction, test_fraction, seed, known)
     path = Path(source).expanduser()
     if not path.exists():
         raise DataError(f"Data path {path} does not exist: pass a folder of class folders or a CSV/JSONL file.")
     if path.is_file():
-        ds, given = read_table(path, skip_bad=skip_bad, kind=kind, patient_column=patient_column, patients=patients)
+        ds, given = read_table(path, skip_bad=skip_bad, kind=kind, patient_column=patient_column, patients=patients,
+                               label_sep=label_sep)
         if patients and ds.groups is None:
             attach_dicom_patients([ds, *given.values()], path)
         return _split(ds, given, val_fraction, test_fraction, seed, known)
     if patient_column is not None:
         raise DataError(f"patient_column applies to a CSV/TSV/JSONL manifest; {path} is a folder (DICOM folders give "
                         "their PatientID instead).")
+    if label_sep is not None:
+        raise DataError(f"label_sep splits the label cells of a table; {path} is a folder of class folders, which "
+                        "gives one label per file: for several labels per file, pass a CSV/JSONL of path,label.")
     split_dirs = {k: d for k, names in SPLIT_DIRS.items() for n in names if (d := path / n).is_dir()}
     if "train" in split_dirs:
         given = {k: read_class_folders(d, skip_bad=skip_bad, kind=kind) for k, d in split_dirs.items()}
@@ -279,11 +310,16 @@ def _sidecar(f: Path) -> bool:
 
 
 def read_table(path: Path, skip_bad: bool = False, kind: str = "image", patient_column: str | None = None,
-               patients: bool = False, labelled: bool = True) -> tuple[ImageSet, dict[str, ImageSet]]:
+               patients: bool = False, labelled: bool = True,
+               label_sep: str | None = None) -> tuple[ImageSet, dict[str, ImageSet]]:
     """A CSV/TSV (header row) or JSONL file with ``path`` and ``label`` (optional ``split``: train/val/test). With
     ``patients`` (medical runs), a patient column (``patient_column`` or one of :data:`PATIENT_COLUMNS`) groups the
     rows, hashed as it is read. ``labelled=False`` (unlabelled pre-training) needs only the path column; labels
-    are then empty strings where the table has none."""
+    are then empty strings where the table has none.
+
+    Multi-label when ``label_sep`` is given (``"cat|dog"`` cells) or a JSONL label is a list: each label is then a
+    sorted tuple of class names. An explicit empty list (``[]``) says no label applies; an empty cell is refused
+    as in single-label tables."""
     _, cls = _kind(kind)
     rows = read_rows(path)
     if not rows:
@@ -307,13 +343,15 @@ def read_table(path: Path, skip_bad: bool = False, kind: str = "image", patient_
     if labelled:
         check_label_kinds([row.get(label_col) for _, row in rows], [f"{path} line {line}" for line, _ in rows],
                           label_col)
-    by_split: dict[str, ImageSet] = defaultdict(lambda: _empty(cls, path, patient_col))
+    multi = labelled and is_multi([row.get(label_col) for _, row in rows], label_sep)
+    by_split: dict[str, ImageSet] = defaultdict(lambda: _empty(cls, path, patient_col, multi))
     skipped = 0
     for line, row in rows:
         img = Path(str(row.get(path_col, "") or "").strip())
         if labelled and is_missing(row.get(label_col)):
             raise missing_label(f"{path} line {line}", label_col, row.get(label_col), skip_hint=False)
-        label = str(row.get(label_col, "")).strip() if label_col and not is_missing(row.get(label_col)) else ""
+        label = parse_label(row.get(label_col), multi, label_sep) if label_col and labelled else ""
+        label = "" if label is None else label  # unlabelled pre-training data
         if not str(img) or str(img) == ".":
             raise DataError(f"{path} line {line}: empty {path_col!r}: fill it in or remove the row.")
         full = img if img.is_absolute() else path.parent / img
@@ -336,14 +374,14 @@ def read_table(path: Path, skip_bad: bool = False, kind: str = "image", patient_
         from ..console import warn
 
         warn(f"skipped {skipped} row(s) of {path} whose {kind} file is missing")
-    train = by_split.pop("train", _empty(cls, path, patient_col))
+    train = by_split.pop("train", _empty(cls, path, patient_col, multi))
     if not len(train):
         raise DataError(f"{path} has no training rows: give rows with split=train (or no split column).")
     return train, dict(by_split)
 
 
-def _empty(cls: type, path: Path, patient_col: str | None) -> ImageSet:
-    ds = cls([], [], str(path))
+def _empty(cls: type, path: Path, patient_col: str | None, multi: bool = False) -> ImageSet:
+    ds = cls([], [], str(path), multi_label=multi)
     ds.groups = [] if patient_col else None
     return ds
 
@@ -393,18 +431,18 @@ def read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
 
 def _split(train: ImageSet, given: dict[str, ImageSet], val_fraction: float | None, test_fraction: float | None,
            seed: int, known: Sequence[str] = ()) -> Splits:
-    classes = sorted(set(train.labels))
+    classes = train.label_names()
     if len(set(classes) | set(known)) < 2:
         only = classes[0] if classes else "none"
         raise DataError(f"Only one class ({only}) in {train.origin or 'the data'}: a classifier needs examples of at "
                         "least two classes.")
     for name, ds in given.items():
-        unknown = sorted(set(ds.labels) - set(classes) - set(known))
+        unknown = sorted(set(ds.label_names()) - set(classes) - set(known))
         if unknown:
             raise DataError(f"The {name} split has labels not seen in training ({', '.join(unknown[:5])}): add "
                             "training examples for them.")
     check_patient_leaks({"train": train, **given})
-    return carve_splits(train, given, classes, train.labels, val_fraction, test_fraction, seed)
+    return carve_splits(train, given, classes, train.strata(), val_fraction, test_fraction, seed)
 
 
 def check_patient_leaks(parts: dict[str, ImageSet | None]) -> None:
@@ -487,14 +525,18 @@ def carve_splits(train, given: dict, classes: list[str], strata: list[str], val_
                                                       ("val", val_fraction, carve_val))
                  if carve}
     if fractions:
-        parts = grouped_split(strata, groups, fractions, seed) if groups is not None else \
-            stratified_split(strata, fractions, seed)
+        if getattr(train, "multi_label", False):
+            parts = multilabel_split(train.labels, fractions, seed, groups)
+        else:
+            parts = grouped_split(strata, groups, fractions, seed) if groups is not None else \
+                stratified_split(strata, fractions, seed)
         if "val" in parts:
             val = rest.subset(parts["val"])
         if "test" in parts:
             test = rest.subset(parts["test"])
         rest = rest.subset(parts["rest"])
         kind = "patient-level stratified" if groups is not None else "stratified"
+        kind = f"{kind} (iterative, multi-label)" if getattr(train, "multi_label", False) else kind
         how = f"{how + ' + ' if how else ''}{kind} seed={seed}"
     if val is None:
         rest_strata = rest.strata() if hasattr(rest, "strata") else list(rest.labels)
@@ -524,6 +566,20 @@ def stratified_split(labels: list[str], fractions: dict[str, float], seed: int) 
     return {k: sorted(v) for k, v in out.items()}
 
 
+def multilabel_split(label_sets: list[Any], fractions: dict[str, float], seed: int,
+                     groups: list[str] | None = None) -> dict[str, list[int]]:
+    """:func:`stratified_split` for multi-label examples: iterative stratification
+    (:func:`~transferkit.data.folds.iterative_parts`), so each label is spread over the parts in proportion and
+    every label keeps an example (a patient, with ``groups``) in training. Returns index lists per part plus
+    ``"rest"``."""
+    from .folds import iterative_parts
+
+    names = list(fractions)
+    shares = [1.0 - sum(fractions.values()), *(fractions[n] for n in names)]
+    parts = iterative_parts(label_sets, shares, seed=seed, groups=groups)
+    return {"rest": parts[0].tolist(), **{n: parts[i + 1].tolist() for i, n in enumerate(names)}}
+
+
 def grouped_split(labels: list[str], groups: list[str], fractions: dict[str, float], seed: int) -> dict[str, list[int]]:
     """:func:`stratified_split` over patients instead of images: each patient goes whole into one part,
     stratified by the patient's most frequent label. Returns image index lists per part plus ``"rest"``."""
@@ -536,15 +592,17 @@ def grouped_split(labels: list[str], groups: list[str], fractions: dict[str, flo
     return {k: sorted(i for j in v for i in members[order[j]]) for k, v in parts.items()}
 
 
-def load_test_set(source: str | Path | ImageSet, skip_bad: bool = False, kind: str = "image") -> ImageSet:
-    """Every labelled file of ``source`` for scoring: a ``test/`` folder if the source has one, else all of it."""
+def load_test_set(source: str | Path | ImageSet, skip_bad: bool = False, kind: str = "image",
+                  label_sep: str | None = None) -> ImageSet:
+    """Every labelled file of ``source`` for scoring: a ``test/`` folder if the source has one, else all of it.
+    ``label_sep``: as :func:`read_table` (a multi-label model's own separator)."""
     if isinstance(source, ImageSet):
         return source
     path = Path(source).expanduser()
     if not path.exists():
         raise DataError(f"Data path {path} does not exist: pass a folder of class folders or a CSV/JSONL file.")
     if path.is_file():
-        train, given = read_table(path, skip_bad=skip_bad, kind=kind)
+        train, given = read_table(path, skip_bad=skip_bad, kind=kind, label_sep=label_sep)
         return given.get("test") or train
     for name in SPLIT_DIRS["test"]:
         if (path / name).is_dir():

@@ -15,7 +15,7 @@ import csv
 import dataclasses
 import hashlib
 import sys
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 from ..console import info, progress, warn
 from ..errors import DataError
 from .copies import warn_repeated_rows
-from .labels import check_label_kinds, is_missing, missing_label, rarest_labels
+from .labels import (check_label_kinds, is_multi, label_counts, label_names, label_targets, missing_label,
+                     parse_label, rarest_labels)
 from .sources import PATH_COLUMNS, SPLIT_DIRS, Splits, read_rows, carve_splits, table_columns
 
 if TYPE_CHECKING:
@@ -66,11 +67,10 @@ class TextSet:
                        self.multi_label)
 
     def label_names(self) -> list[str]:
-        return sorted({y for ys in self.labels for y in ys}) if self.multi_label else sorted(set(self.labels))
+        return label_names(self.labels, self.multi_label)
 
     def counts(self) -> dict[str, int]:
-        c = Counter(y for ys in self.labels for y in ys) if self.multi_label else Counter(self.labels)
-        return dict(sorted(c.items()))
+        return label_counts(self.labels, self.multi_label)
 
     def strata(self) -> list[str]:
         """One label per text for stratified splitting (multi-label: its rarest label)."""
@@ -102,7 +102,7 @@ def is_text_source(source: Any, options: TextOptions | None = None) -> bool:
         return not any(c in PATH_COLUMNS for c in cols)
     if isinstance(source, (str, Path)):
         path = Path(source).expanduser()
-        if options and (options.text_column or options.label_sep):
+        if options and options.text_column:  # a label separator says nothing: image and audio tables take one too
             return True
         if path.is_dir():
             if _is_saved_hf_dataset(path):
@@ -393,7 +393,7 @@ def _from_records(records: list[dict], origin: str, opts: TextOptions, names: li
         if not _check_text(text, where, opts):
             skipped += 1
             continue
-        label = _parse_label(y, multi, opts.label_sep)
+        label = parse_label(y, multi, opts.label_sep)
         if label is None:
             if opts.skip_bad:
                 skipped += 1
@@ -408,24 +408,7 @@ def _from_records(records: list[dict], origin: str, opts: TextOptions, names: li
 
 
 def _is_multi(records: list[dict], label_col: str, opts: TextOptions) -> bool:
-    return opts.label_sep is not None or any(isinstance(_get(r, label_col), (list, tuple)) for r in records)
-
-
-def _parse_label(y: Any, multi: bool, sep: str | None) -> Any:
-    """A label string, a sorted tuple of labels (multi-label), or None when missing (None, NaN, an empty cell,
-    "nan" or "null": see :func:`transferkit.data.labels.is_missing`).
-
-    An explicit empty list is a valid multi-label answer (no label applies); an empty cell is not."""
-    if is_missing(y):
-        return None
-    if multi:
-        if isinstance(y, (list, tuple)):
-            items = [str(v).strip() for v in y]
-        else:
-            items = [v.strip() for v in str(y).split(sep)] if sep else [str(y).strip()]
-        return tuple(sorted({v for v in items if v}))
-    text = str(y).strip()
-    return text or None
+    return is_multi([_get(r, label_col) for r in records], opts.label_sep)
 
 
 def _is_dataframe(x: Any) -> bool:
@@ -526,16 +509,7 @@ class EncodedTexts:
 
 
 def targets_of(ds: TextSet, classes: list[str]) -> torch.Tensor:
-    import torch
-
-    index = {c: i for i, c in enumerate(classes)}
-    if ds.multi_label:
-        t = torch.zeros(len(ds), len(classes))
-        for i, ys in enumerate(ds.labels):
-            for y in ys:
-                t[i, index[y]] = 1.0
-        return t
-    return torch.tensor([index[y] for y in ds.labels], dtype=torch.long)
+    return label_targets(ds.labels, classes, ds.multi_label)
 
 
 HUGE_TEXT = 100_000  # characters: more than any document an encoder reads; likely a whole file in one cell

@@ -35,20 +35,14 @@ def better(a: EpochRecord, b: EpochRecord | None) -> bool:
     return b is None or a.val_acc > b.val_acc or (a.val_acc == b.val_acc and a.val_loss < b.val_loss)
 
 
-def multilabel_f1(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, float, float]:
-    """(true positives, false positives, false negatives) at probability 0.5, for micro-F1 = 2tp / (2tp + fp + fn)."""
-    pred = logits > 0
-    t = targets > 0.5
-    return float((pred & t).sum()), float((pred & ~t).sum()), float((~pred & t).sum())
-
-
 def score(logits: torch.Tensor, y: torch.Tensor, multi_label: bool, balanced: bool = False) -> float:
     """Single-label: accuracy, or with ``balanced`` the mean recall over the classes present (balanced accuracy:
-    a classifier that always says "healthy" scores 0.5, not the prevalence). Multi-label: micro-F1 (exact-match
-    accuracy is too coarse to steer training)."""
+    a classifier that always says "healthy" scores 0.5, not the prevalence). Multi-label: mAP (exact-match
+    accuracy is too coarse to steer training, and F1 depends on thresholds tuned only after training)."""
     if multi_label:
-        tp, fp, fn = multilabel_f1(logits, y)
-        return 2 * tp / max(1.0, 2 * tp + fp + fn)
+        from ..evaluation.metrics import mean_average_precision
+
+        return mean_average_precision(y.cpu().numpy() > 0.5, logits.float().cpu().numpy())
     right = logits.argmax(1) == y
     if balanced:
         return torch.stack([right[y == c].float().mean() for c in torch.unique(y)]).mean().item()
@@ -58,11 +52,11 @@ def score(logits: torch.Tensor, y: torch.Tensor, multi_label: bool, balanced: bo
 def classification_loss(logits: torch.Tensor, y: torch.Tensor, multi_label: bool, label_smoothing: float = 0.0,
                         weight: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy (``weight``: per class; ``label_smoothing``), or binary cross-entropy per class when
-    ``multi_label``."""
-    if multi_label:
-        return nn.functional.binary_cross_entropy_with_logits(logits, y.float())
+    ``multi_label`` (``weight``: each label's positive weight)."""
     if weight is not None:
         weight = weight.to(logits.device, logits.dtype)
+    if multi_label:
+        return nn.functional.binary_cross_entropy_with_logits(logits, y.float(), pos_weight=weight)
     return nn.functional.cross_entropy(logits, y, weight=weight, label_smoothing=label_smoothing)
 
 
@@ -110,6 +104,7 @@ class Classification:
     def start_epoch(self, epoch: int) -> None:
         self.correct = 0.0
         self.per_class = None  # balanced: (hits, seen) per class over the epoch, not an average of batch scores
+        self.outputs: list[tuple[torch.Tensor, torch.Tensor]] = []  # multi-label: the epoch's (logits, targets)
 
     def step(self, model: nn.Module, batch) -> tuple[torch.Tensor, int]:
         x, y = batch
@@ -119,7 +114,9 @@ class Classification:
             term = self.penalty()
             self.added = float(term.detach())  # the engine records the data's loss without it
             loss = loss + term
-        if self.balanced and not self.multi_label:
+        if self.multi_label:  # mAP over the epoch's examples, not an average of batch scores
+            self.outputs.append((logits.detach().float().cpu(), y.detach().cpu()))
+        elif self.balanced:
             k = logits.shape[1]
             right = logits.detach().argmax(1) == y
             counts = torch.stack([torch.bincount(y[right], minlength=k), torch.bincount(y, minlength=k)])
@@ -131,7 +128,10 @@ class Classification:
     def train_scores(self, seen: float) -> dict[str, float]:
         acc = self.accelerator
         correct = acc.reduce(torch.tensor([self.correct], dtype=torch.float64, device=acc.device), "sum").item()
-        if self.per_class is not None:
+        if self.outputs:  # multi-label: each process's share scored alone, then averaged
+            local = score(torch.cat([o[0] for o in self.outputs]), torch.cat([o[1] for o in self.outputs]), True)
+            correct = acc.reduce(torch.tensor([local], dtype=torch.float64, device=acc.device), "mean").item() * seen
+        elif self.per_class is not None:
             per_class = acc.reduce(self.per_class.to(acc.device), "sum").cpu()
             present = per_class[1] > 0
             correct = float((per_class[0][present] / per_class[1][present]).mean()) * seen

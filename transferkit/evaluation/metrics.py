@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -102,38 +103,146 @@ def _wilson(k: int, n: int) -> list[float] | None:
     return wilson(k, n)
 
 
+def average_precisions(y_true: np.ndarray, scores: np.ndarray) -> list[float | None]:
+    """Each class's average precision (sklearn's), None for a class whose truth holds one value only."""
+    from sklearn.metrics import average_precision_score
+
+    y_true = np.asarray(y_true).astype(int)
+    scores = np.asarray(scores, dtype=np.float64)
+    out: list[float | None] = []
+    for j in range(y_true.shape[1]):
+        pos = int(y_true[:, j].sum())
+        out.append(float(average_precision_score(y_true[:, j], scores[:, j])) if 0 < pos < len(y_true) else None)
+    return out
+
+
+def mean_average_precision(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """mAP: the mean of :func:`average_precisions` over the classes with a positive and a negative (0.0 where no
+    class has both). What multi-label runs choose epochs and models by: it needs no threshold, so the per-label
+    thresholds tuned afterwards do not move it.
+
+    >>> round(mean_average_precision(np.array([[1, 0], [0, 1], [1, 1]]), np.array([[.9, .1], [.2, .3], [.6, .2]])), 4)
+    0.9167
+    """
+    ap = [a for a in average_precisions(y_true, scores) if a is not None]
+    return float(np.mean(ap)) if ap else 0.0
+
+
 def multilabel_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str],
-                       threshold: float = 0.5) -> dict[str, Any]:
-    """Multi-label scores at ``threshold``: exact-match accuracy, micro-F1 (with a 95% bootstrap interval over
-    examples), macro-F1, per-class P/R/F1/support, and log-loss (mean binary cross-entropy over classes).
+                       threshold: float | Sequence[float] = 0.5) -> dict[str, Any]:
+    """Multi-label scores at ``threshold``: exact-match accuracy, Hamming score, micro-F1 (with a 95% bootstrap
+    interval over examples), macro-F1, per-class P/R/F1/support, log-loss (mean binary cross-entropy over classes),
+    and the threshold-free ranking scores mAP and macro-AUROC.
+
+    ``threshold`` is one probability cut for every class, or one per class (``len(classes)`` of them, e.g. from
+    :func:`tune_label_thresholds` on validation); a class is predicted when its probability is >= its cut.
+    ``"threshold"`` in the result is a float, or a list of floats when per class.
+
+    ``"hamming_score"`` is 1 - Hamming loss: the share of (example, class) decisions that are right. ``"map"`` is
+    the mean over classes of sklearn's average precision, and ``"macro_auroc"`` the mean of per-class ROC AUC, both
+    over the classes whose truth holds both values (a positive and a negative); None when no class does. Each
+    ``"per_class"`` entry adds ``"ap"`` and ``"auroc"`` (None for a class with one value only).
 
     >>> m = multilabel_metrics(np.array([[1, 0], [1, 1]]), np.array([[.9, .2], [.8, .3]]), ["a", "b"])
     >>> m["accuracy"], round(m["micro_f1"], 4), round(m["macro_f1"], 4)
     (0.5, 0.8, 0.5)
+    >>> m["hamming_score"], m["map"], m["macro_auroc"], m["per_class"]["a"]["ap"]
+    (0.75, 1.0, 1.0, None)
+    >>> multilabel_metrics(np.array([[1, 0], [1, 1]]), np.array([[.9, .2], [.8, .3]]), ["a", "b"],
+    ...                    threshold=[0.5, 0.25])["accuracy"]
+    1.0
     """
-    from sklearn.metrics import f1_score, precision_recall_fscore_support
+    from sklearn.metrics import f1_score, precision_recall_fscore_support, roc_auc_score
 
     y_true = np.asarray(y_true).astype(int)
     probs = np.asarray(probs, dtype=np.float64)
-    y_pred = (probs >= threshold).astype(int)
+    cut = np.asarray(threshold, dtype=np.float64)
+    if cut.ndim == 0:
+        shown: float | list[float] = float(cut)
+    elif cut.shape == (len(classes),):
+        shown = [float(t) for t in cut]
+    else:
+        raise ValueError(f"threshold: a float or one per class ({len(classes)}), got shape {cut.shape}")
+    y_pred = (probs >= cut).astype(int)
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, average=None, zero_division=0)
     eps = 1e-12
     clipped = np.clip(probs, eps, 1 - eps)
     log_loss = float(-np.mean(y_true * np.log(clipped) + (1 - y_true) * np.log(1 - clipped)))
+    ap = average_precisions(y_true, probs) if len(y_true) else [None] * len(classes)
+    # both values: ranking scores are defined (as for the average precisions)
+    auc = [float(roc_auc_score(y_true[:, j], probs[:, j])) if a is not None else None for j, a in enumerate(ap)]
+    scored_ap = [a for a in ap if a is not None]
+    scored_auc = [a for a in auc if a is not None]
     return {
         "n": int(len(y_true)),
         "multi_label": True,
-        "threshold": threshold,
+        "threshold": shown,
         "accuracy": float((y_pred == y_true).all(1).mean()) if len(y_true) else 0.0,
+        "hamming_score": float((y_pred == y_true).mean()) if y_true.size else 0.0,
         "micro_f1": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
         "micro_f1_ci": bootstrap_micro_f1(y_true, y_pred),
         "macro_f1": float(f.mean()),
+        "map": float(np.mean(scored_ap)) if scored_ap else None,
+        "macro_auroc": float(np.mean(scored_auc)) if scored_auc else None,
         "log_loss": log_loss,
         "per_class": {
-            c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+            c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i]),
+                "ap": ap[i], "auroc": auc[i]}
             for i, c in enumerate(classes)
         },
     }
+
+
+def tune_label_thresholds(y_true: np.ndarray, probs: np.ndarray,
+                          grid: Sequence[float] | None = None) -> list[float]:
+    """Per-class probability cuts for a multi-label model: for each class, the cut that maximises that class's F1
+    (a class is predicted when its probability is >= its cut), to pass to :func:`multilabel_metrics` as
+    ``threshold``.
+
+    Candidates for a class are the midpoints between its consecutive distinct predicted probabilities (so no cut
+    falls on an example), or the values of ``grid`` when given, and 0.5 in either case; ties in F1 go to the cut
+    closest to 0.5. A class whose truth holds only one value (no positives, or no negatives) keeps 0.5. Cuts are
+    rounded to 4 decimals and clipped to [0.01, 0.99].
+
+    Tune on validation or out-of-fold predictions and score on other data: F1 measured on the examples the cuts
+    were tuned on is optimistic (the cut was chosen for those very examples).
+
+    >>> y = np.array([[0, 0], [0, 0], [1, 1], [1, 1]])
+    >>> p = np.array([[.1, .6], [.2, .7], [.35, .8], [.4, .9]])
+    >>> tune_label_thresholds(y, p)
+    [0.275, 0.75]
+    """
+    y_true = np.asarray(y_true).astype(bool)
+    probs = np.asarray(probs, dtype=np.float64)
+    if y_true.ndim != 2 or probs.shape != y_true.shape:
+        raise ValueError(f"y_true and probs: two (examples, classes) arrays of one shape, got {y_true.shape} and "
+                         f"{probs.shape}")
+    n = len(y_true)
+    out = []
+    for j in range(y_true.shape[1]):
+        y, p = y_true[:, j], probs[:, j]
+        positives = int(y.sum())
+        if positives == 0 or positives == n:
+            out.append(0.5)
+            continue
+        if grid is None:
+            distinct = np.unique(p)
+            candidates = (distinct[:-1] + distinct[1:]) / 2
+        else:
+            candidates = np.asarray(grid, dtype=np.float64).ravel()
+        candidates = np.unique(np.append(candidates, 0.5))
+        order = np.argsort(p, kind="stable")
+        sorted_p = p[order]
+        # positives among the examples below index i of sorted_p: those from i on are predicted at a cut in between
+        below = np.concatenate([[0], np.cumsum(y[order])])
+        first = np.searchsorted(sorted_p, candidates, side="left")  # first example with p >= cut
+        predicted = n - first
+        tp = positives - below[first]
+        f1 = 2 * tp / (positives + predicted)  # 2tp / (2tp + fp + fn); positives > 0 so never 0 / 0
+        best = np.flatnonzero(f1 >= f1.max() - 1e-12)
+        t = candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]]
+        out.append(float(np.clip(round(float(t), 4), 0.01, 0.99)))
+    return out
 
 
 def confidently_wrong(y_true: np.ndarray, probs: np.ndarray, classes: list[str], names: list[str],

@@ -9,23 +9,84 @@ from ..io import atomic_write_text, write_json
 from .plots import confusion_matrix_png, learning_curve_png
 
 
+METRIC_NAMES = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "micro_f1": "micro-F1",
+                "macro_f1": "macro-F1", "map": "mAP", "auroc": "AUROC"}
+
+
+def threshold_text(threshold: Any) -> str:
+    """A multi-label model's cut in words: one probability, or the range of the per-label ones (anything else, as
+    a tampered bundle's card may hold: "the saved thresholds")."""
+    from ..errors import is_finite_number
+
+    if isinstance(threshold, list) and threshold and all(is_finite_number(t) for t in threshold):
+        return f"per-label thresholds {min(threshold):.2f}-{max(threshold):.2f}"
+    if is_finite_number(threshold):
+        return f"threshold {float(threshold):g}"
+    return "threshold 0.5" if threshold is None else "the saved thresholds"
+
+
+def fmt(value: Any) -> str:
+    """A score with three decimals, or "n/a" where it is undefined (mAP of a set without both values)."""
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def label_lines(m: dict[str, Any], s: dict[str, Any]) -> list[str]:
+    """How classes were balanced and, for multi-label runs, where each label's threshold came from."""
+    out = []
+    b = m.get("balance") or {}
+    if b.get("balance") not in (None, "none"):
+        how = {"weights": "a class-weighted loss", "sampler": "balanced sampling (classes drawn equally often)"}
+        why = f" ({b['why']})" if b.get("why") else ""
+        out.append(f"Class balance: {how.get(b['balance'], b['balance'])}{why}; epochs and models chosen by "
+                   f"{'mAP' if s.get('multi_label') else 'balanced accuracy'}. Per-class recall comes first below.")
+    t = m.get("thresholds")
+    if t:
+        if t.get("tuned_on"):
+            out.append(f"Each label's threshold maximises its F1 on the {t['tuned_on']} "
+                       f"({threshold_text(list(t['per_label'].values()))}); scores on that same set lean optimistic.")
+        else:
+            out.append(f"One threshold for every label: {t['rule']:g}.")
+    return [*out, ""] if out else []
+
+
+def per_class_table(s: dict[str, Any], balanced: bool) -> list[str]:
+    """Per-class precision, recall, F1 and support (multi-label: AP, AUROC and the label's threshold too); a balanced
+    run shows recall first, the worst-recalled class on top."""
+    rows = list(s["per_class"].items())
+    cuts = s.get("threshold")
+    cuts = cuts if isinstance(cuts, list) and len(cuts) == len(rows) else [cuts] * len(rows)
+    if s.get("multi_label"):
+        head = ["| class | precision | recall | F1 | AP | AUROC | threshold | support |",
+                "|---|---|---|---|---|---|---|---|"]
+        return head + [f"| {c} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {fmt(v.get('ap'))} | "
+                       f"{fmt(v.get('auroc'))} | {fmt(t)} | {v['support']} |"
+                       for (c, v), t in zip(rows, cuts, strict=True)]
+    if balanced:
+        rows.sort(key=lambda cv: (cv[1]["recall"], cv[0]))
+        return ["| class | recall | precision | F1 | support |", "|---|---|---|---|---|",
+                *[f"| {c} | {v['recall']:.3f} | {v['precision']:.3f} | {v['f1']:.3f} | {v['support']} |"
+                  for c, v in rows]]
+    return ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|",
+            *[f"| {c} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |" for c, v in rows]]
+
+
 def train_val_gap(history: dict[str, Any], held_out: dict[str, Any] | None = None) -> dict[str, float]:
     """Gap at the kept (best) epoch: train minus validation accuracy, and validation minus train loss.
 
     ``held_out``: the scores that stand for validation when there was none (a cross-validated estimate's
-    ``accuracy``, or ``micro_f1`` for multi-label, and ``log_loss``). Training metrics are measured on augmented
+    ``accuracy``, or ``map`` for multi-label, and ``log_loss``). Training metrics are measured on augmented
     batches while the weights move, so the gap is a guide to overfitting, not an exact measure.
     """
     best = history["epochs"][history["best_epoch"]]
     if held_out is not None:
-        acc = held_out["micro_f1"] if held_out.get("multi_label") else held_out["accuracy"]
+        acc = held_out["map"] if held_out.get("multi_label") else held_out["accuracy"]
         return {"accuracy": best["train_acc"] - acc, "loss": held_out["log_loss"] - best["train_loss"]}
     return {"accuracy": best["train_acc"] - best["val_acc"], "loss": best["val_loss"] - best["train_loss"]}
 
 
 def estimate_text(e: dict[str, Any], test_given: bool) -> str:
     """What a cross-validated estimate is, in words a reader can act on."""
-    what = {"micro_f1": "micro-F1", "balanced_accuracy": "balanced accuracy"}.get(e["metric"], "accuracy")
+    what = METRIC_NAMES.get(e["metric"], "accuracy")
     repeats = f" x {e['repeats']} repeats" if e["repeats"] > 1 else ""
     text = (f"No validation split was held out: the {what} {e['score']:.3f}{ci_text(e.get('score_ci'))} is a "
             f"**cross-validated estimate** ({e['folds']} stratified folds{repeats}: every one of the {e['n']} labelled "
@@ -49,7 +110,7 @@ def ranking_text(r: dict[str, Any]) -> str:
 
 def scratch_text(b: dict[str, Any]) -> str:
     """The scratch baseline on the same splits, training time and scored set, against the model."""
-    name = {"accuracy": "accuracy", "micro_f1": "micro-F1", "auroc": "AUROC"}.get(b["metric"], b["metric"])
+    name = METRIC_NAMES.get(b["metric"], b["metric"])
     if b.get("lead") is None:
         return f"The scratch baseline's {name} could not be computed on the {b['set']} set."
     lead = b["lead"]
@@ -66,7 +127,7 @@ def scratch_text(b: dict[str, Any]) -> str:
 
 def classical_text(b: dict[str, Any]) -> str:
     """The classical baseline against the model, saying plainly when it wins."""
-    name = {"accuracy": "accuracy", "micro_f1": "micro-F1", "auroc": "AUROC"}.get(b["metric"], b["metric"])
+    name = METRIC_NAMES.get(b["metric"], b["metric"])
     if b.get("lead") is None:
         return f"The classical baseline's {name} could not be computed on the {b['set']} set."
     where = "cross-validated on the training examples" if b["set"] == "cross-validated" else f"on the {b['set']} set"
@@ -177,8 +238,9 @@ def render_markdown(m: dict[str, Any], classes: list[str]) -> str:
         f"{ci_text(s.get('macro_f1_ci'))}, log-loss "
         f"{s['log_loss']:.3f}.{small_test_warning(s.get('accuracy_ci'), s['n'])}"
         if not s.get("multi_label") else
-        f"**Micro-F1 {s['micro_f1']:.3f}**{ci_text(s.get('micro_f1_ci'))}, macro-F1 {s['macro_f1']:.3f}, exact-match "
-        f"accuracy {s['accuracy']:.3f}, log-loss {s['log_loss']:.3f} (threshold {s['threshold']}).",
+        f"**Macro-F1 {s['macro_f1']:.3f}**, micro-F1 {s['micro_f1']:.3f}{ci_text(s.get('micro_f1_ci'))}, "
+        f"mAP {fmt(s.get('map'))}, exact-match accuracy {s['accuracy']:.3f}, Hamming score "
+        f"{s['hamming_score']:.3f}, log-loss {s['log_loss']:.3f} (at {threshold_text(s['threshold'])}).",
     ]
     if m.get("at_chance"):
         lines += ["", f"**Warning: {m['at_chance']}**"]
@@ -187,13 +249,7 @@ def render_markdown(m: dict[str, Any], classes: list[str]) -> str:
     elif scored == "val":
         lines.append("No test set was given, so these are validation scores that also chose the "
                      "checkpoint: optimistic.")
-    lines += [
-        "",
-        "| class | precision | recall | F1 | support |",
-        "|---|---|---|---|---|",
-        *[f"| {c} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
-          for c, v in s["per_class"].items()],
-        "",
+    lines += ["", *label_lines(m, s), *per_class_table(s, bool(m.get("balance", {}).get("balanced"))), "",
         "## Training",
         "",
         (f"Best epoch {m['history']['best_epoch'] + 1} of {len(m['history']['epochs'])} ({m['history']['stopped']}). "
@@ -252,8 +308,8 @@ def continued_lines(c: dict[str, Any]) -> list[str]:
     f = c.get("forgetting")
     if f:
         key = f["metric"]
-        name = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy", "micro_f1": "Micro-F1",
-                "map": "mAP@[.5:.95]"}.get(key, key)
+        name = "mAP" if f.get("multi_label") else {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy",
+                                                   "micro_f1": "Micro-F1", "map": "mAP@[.5:.95]"}.get(key, key)
         out += ["", f"**Forgetting** on the old test data (`{f['old_test']}`, n={f['n']}): {name} "
                 f"{f['before'][key]:.3f} before (the bundle), {f['after'][key]:.3f} after: "
                 + (f"{f['forgotten']:.3f} lost." if round(f["forgotten"], 3) > 0 else

@@ -404,7 +404,7 @@ def decision(model: Any) -> dict[str, Any]:
     clinical = model.clinical or {}
     if clinical.get("positive") is not None:
         return {"multi_label": False, "positive": clinical["positive"], "threshold": float(clinical["threshold"])}
-    return {"multi_label": bool(model.multi_label), "threshold": float(model.threshold)}
+    return {"multi_label": bool(model.multi_label), "threshold": model.threshold}
 
 
 def onnx_runtime() -> tuple[Any, Any]:
@@ -606,7 +606,8 @@ def compare(model: Any, torch_probs: np.ndarray, onnx_probs: np.ndarray, toleran
     """The parity figures; raises when they do not hold."""
     diff = float(np.abs(torch_probs - onnx_probs).max()) if np.isfinite(onnx_probs).all() else float("inf")
     if model.multi_label:
-        same = (torch_probs >= model.threshold) == (onnx_probs >= model.threshold)
+        cut = model.label_thresholds()
+        same = (torch_probs >= cut) == (onnx_probs >= cut)
         disagree = int((~same.all(axis=1)).sum())
     else:
         disagree = int((model.decide(torch_probs) != model.decide(onnx_probs)).sum())

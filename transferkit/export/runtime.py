@@ -59,7 +59,7 @@ class ExportedModel:
             raise TransferkitError(f"{graph} is missing (or a link): export the bundle again.")
         if len(set(labels)) != len(labels):
             raise TransferkitError(f"{folder / 'labels.json'} names a class twice: export the bundle again.")
-        problem = _check_preprocessing(kind, pre)
+        problem = _check_preprocessing(kind, pre, labels)
         if problem is None and pre.get("positive") is not None and (pre["positive"] not in labels
                                                                     or len(labels) != 2 or "threshold" not in pre):
             problem = f"positive {str(pre['positive'])[:40]!r} is not one of two labels with a threshold"
@@ -150,13 +150,13 @@ class ExportedModel:
         return {**self._row(path, p, top_k), "windows": windows}
 
     def _row(self, item: Any, p: np.ndarray, top_k: int) -> dict[str, Any]:
-        from .scripts.image import decide
+        from .scripts.image import decide, present
 
         order = np.argsort(-p)[:min(top_k, len(self.classes))]
         top = [{"label": self.classes[i], "probability": float(p[i])} for i in order]
         row: dict[str, Any] = {"input": str(item), "label": top[0]["label"], "top": top}
         if self.multi_label:
-            row["labels"] = [self.classes[i] for i in np.argsort(-p) if p[i] >= self.pre.get("threshold", 0.5)]
+            row["labels"] = present(p, self.classes, {"threshold": 0.5, **self.pre})
             return row
         k = decide(p, self.classes, self.pre)
         row |= {"label": self.classes[k], "probability": float(p[k])}
@@ -190,7 +190,7 @@ def _reason(err: BaseException) -> str:
     return (text.rsplit(": ", 1)[-1] if ": " in text else text)[:160] or type(err).__name__
 
 
-def _check_preprocessing(kind: str, pre: dict[str, Any]) -> str | None:
+def _check_preprocessing(kind: str, pre: dict[str, Any], labels: list[str]) -> str | None:
     """What is wrong with what the reference scripts read from ``preprocessing.json`` (None when nothing is): the
     keys they need, each of the type and in the range an export writes (a tampered size must not make the server
     allocate gigabytes per upload)."""
@@ -202,7 +202,10 @@ def _check_preprocessing(kind: str, pre: dict[str, Any]) -> str | None:
 
     rules: dict[str, tuple[str, Any]] = {
         "multi_label": ("true or false", lambda v: isinstance(v, bool)),
-        "threshold": ("a number from 0 to 1", lambda v: is_finite_number(v) and 0 <= v <= 1),
+        "threshold": ("a number from 0 to 1, or a list of one per label",
+                      lambda v: is_finite_number(v) and 0 <= v <= 1
+                      or (kind != "object-detection" and isinstance(v, list) and len(v) == len(labels)
+                          and all(is_finite_number(x) and 0 <= x <= 1 for x in v))),
     }
     if kind in ("image-classification", "object-detection"):
         rules |= {"interpolation": (f"one of {', '.join(FILTERS)}", lambda v: v in FILTERS)}

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data.folds import label_strata, stratified_folds
+from ..data.folds import cross_val_folds, fold_strata, label_strata
 from .linear import LinearHead
 
 # half-decade steps over the range where standardised image/text/audio features land (measured: Fashion-MNIST,
@@ -86,7 +86,7 @@ class LogisticProbe:
         strata = label_strata(y)
         can_cv = len(self.Cs) > 1 and len(y) >= 4 and len(set(strata)) > 1
         if can_cv:
-            folds = stratified_folds(strata, self.cv, self.seed, groups)
+            folds = cross_val_folds(fold_strata(y), self.cv, self.seed, groups)  # multi-label: iterative
             totals = np.zeros(len(self.Cs))
             for tr, va in folds:
                 mean, scale = _standardiser(X[tr])

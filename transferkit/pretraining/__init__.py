@@ -241,6 +241,9 @@ def _image_setup(data, *, method, arch, init, image_size, val_fraction, seed, sk
     from .data import estimate_stats, image_source
 
     source = image_source(data, labelled=method == "supervised", skip_bad=skip_bad)
+    if getattr(source, "multi_label", False):
+        raise TransferkitError("Supervised pre-training takes one label per image; these labels are lists "
+                               "(multi-label): give one label per row, or pre-train self-supervised.")
     val = None
     if method == "supervised" and val_fraction > 0:
         parts = stratified_split(source.labels, {"val": val_fraction}, seed)

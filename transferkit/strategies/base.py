@@ -24,6 +24,7 @@ from ..errors import MAX_COUNT
 
 PROBE_FOLDS = 5  # default folds where a fold costs seconds (the probe on cached features)
 TRAINED_FOLDS = 3  # default folds where a fold is a training run (fine-tuning, LoRA, scratch...)
+MAX_POSITIVE_WEIGHT = 10.0  # multi-label class weights: a rare label's positives weigh at most this much
 
 
 @dataclass
@@ -92,9 +93,10 @@ class TrainTask:
     work_dir: Path | None = None  # checkpoints and caches of this run
     workers: int = 0  # loader processes (the task sets it from RunSettings.workers, by device when not given)
     compile: bool = False  # fine-tuning strategies train torch.compile(network) (RunSettings.compile)
-    # imbalanced data (medical runs): "weights" weighs the loss per class, "sampler" draws classes equally often;
-    # ``balanced`` selects epochs and models by balanced accuracy instead of accuracy
-    balance: str = "none"
+    # imbalanced data: "weights" weighs the loss per class, "sampler" draws classes equally often (the task chooses,
+    # see transferkit.tasks.classification.choose_balance; None: not chosen, the linear probe then weighs by its
+    # own rule); ``balanced`` selects epochs and models by balanced accuracy instead of accuracy
+    balance: str | None = None
     balanced: bool = False
     # folds when choosing by cross-validation; None: 5 for the probe (cheap), 3 for strategies that train the network
     # (each fold is a whole training run)
@@ -109,19 +111,13 @@ class TrainTask:
         """No validation split: settings are chosen across folds of the training data."""
         return self.val is None
 
-    def strata(self) -> list[str]:
-        """What folds are stratified by: the class, or for multi-label data each example's rarest label."""
-        from ..data.folds import label_strata
-
-        return label_strata(self.train.targets.numpy())
-
     def folds(self, k: int | None = None, seed: int | None = None) -> list:
-        """Stratified (and patient-grouped) folds of the training data; see
-        :func:`transferkit.data.folds.stratified_folds`."""
-        from ..data.folds import stratified_folds
+        """Stratified (and patient-grouped) folds of the training data, by iterative stratification for
+        multi-label data; see :func:`transferkit.data.folds.cross_val_folds`."""
+        from ..data.folds import cross_val_folds, fold_strata
 
-        return stratified_folds(self.strata(), k or self.cv or PROBE_FOLDS, self.seed if seed is None else seed,
-                                self.groups)
+        return cross_val_folds(fold_strata(self.train.targets.numpy()), k or self.cv or PROBE_FOLDS,
+                               self.seed if seed is None else seed, self.groups)
 
     def fold(self, train_idx: Any, val_idx: Any, deadline: float | None = None) -> TrainTask:
         """This task on one fold: train on ``train_idx``, validate on ``val_idx`` (positions in ``train``)."""
@@ -134,9 +130,15 @@ class TrainTask:
 
     @property
     def class_weights(self) -> torch.Tensor | None:
-        """Inverse-frequency class weights, mean 1 over the examples (``balance="weights"``), else None."""
-        if self.balance != "weights" or self.multi_label:
+        """Inverse-frequency class weights, mean 1 over the examples (``balance="weights"``), else None.
+        Multi-label: each label's positive weight, its negatives over its positives, within 1 to
+        :data:`MAX_POSITIVE_WEIGHT` (a label on 2 of 500 examples would otherwise weigh 249)."""
+        if self.balance != "weights":
             return None
+        if self.multi_label:
+            positives = self.class_counts().double()
+            negatives = len(self.train.targets) - positives
+            return (negatives / positives.clamp(min=1)).clamp(1, MAX_POSITIVE_WEIGHT).float()
         counts = self.class_counts().double().clamp(min=1)
         w = counts.sum() / (len(counts) * counts)
         return w.float()
@@ -204,14 +206,14 @@ class CrossValidation:
 
 def probs_score(probs: Any, y: Any, balanced: bool = False) -> float:
     """What the training loop scores validation by, from probabilities: accuracy (``balanced``: mean recall over
-    the classes present), or micro-F1 at 0.5 for multi-label targets (N, K)."""
+    the classes present), or mAP for multi-label targets (N, K) (see :func:`transferkit.engine.loop.score`)."""
     import numpy as np
 
     probs, y = np.asarray(probs), np.asarray(y)
     if y.ndim == 2:
-        pred, t = probs >= 0.5, y > 0.5
-        tp, fp, fn = (pred & t).sum(), (pred & ~t).sum(), (~pred & t).sum()
-        return float(2 * tp / max(1, 2 * tp + fp + fn))
+        from ..evaluation.metrics import mean_average_precision
+
+        return mean_average_precision(y > 0.5, probs)
     right = probs.argmax(1) == y
     if balanced:
         return float(np.mean([right[y == c].mean() for c in np.unique(y)]))

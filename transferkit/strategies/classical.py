@@ -372,7 +372,9 @@ def decode_for_baseline(modality: str, sets: dict[str, Any], classes: list[str],
 
 def _read_texts(sets: dict[str, Any], index: dict[str, int], classes: list[str], image_preprocess: Any,
                 skip_bad: bool) -> dict[str, tuple[Any, np.ndarray]]:
-    return {name: (ds, np.array([index[y] for y in ds.labels])) for name, ds in sets.items()}
+    from ..data.labels import label_targets
+
+    return {name: (ds, label_targets(ds.labels, classes, ds.multi_label).numpy()) for name, ds in sets.items()}
 
 
 def _read_audio(sets: dict[str, Any], index: dict[str, int], classes: list[str], image_preprocess: Any,
@@ -381,6 +383,7 @@ def _read_audio(sets: dict[str, Any], index: dict[str, int], classes: list[str],
 
     from ..backbones.audio import AudioPreprocessConfig
     from ..data.audio import choose_clip_seconds, read_clips, window_clips
+    from ..data.labels import label_targets
 
     out: dict[str, tuple[Any, np.ndarray]] = {}
     pre = AudioPreprocessConfig()  # 16 kHz mono, no loudness or silence processing: the plain recording
@@ -390,7 +393,8 @@ def _read_audio(sets: dict[str, Any], index: dict[str, int], classes: list[str],
                            description=f"reading {name} (classical)")
         if clip is None:
             clip = dataclasses.replace(pre, clip_seconds=choose_clip_seconds(clips.durations(pre.sample_rate)))
-        dec = window_clips(clips, [index[ds.labels[i]] for i in clips.kept], clip.clip_samples)
+        labels = [ds.labels[i] for i in clips.kept]
+        dec = window_clips(clips, label_targets(labels, classes, ds.multi_label), clip.clip_samples)
         out[name] = (dec, dec.targets.numpy())
     return out
 

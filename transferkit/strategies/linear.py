@@ -47,9 +47,10 @@ class LinearConfig:
 
 
 def make_probe(task: TrainTask, cfg: LinearConfig, seed: int | None = None) -> LogisticProbe:
-    """The probe for this task: medical runs (class-weighted loss or balanced sampling) weigh classes as the
-    other strategies do; otherwise the config's rule."""
-    weight = "balanced" if task.balance in ("weights", "sampler") else cfg.class_weight
+    """The probe for this task: its class weights follow the run's balance (a class-weighted loss or balanced
+    sampling weigh classes, ``none`` does not), unless the config names a rule of its own."""
+    weight = cfg.class_weight if cfg.class_weight != "auto" or task.balance is None else \
+        "balanced" if task.balance in ("weights", "sampler") else "none"
     return LogisticProbe(cv=task.cv or PROBE_FOLDS, scoring=cfg.scoring,
                          class_weight=None if weight == "none" else weight, seed=task.seed if seed is None else seed)
 

@@ -16,17 +16,18 @@ from torch.utils.data import Dataset
 
 from ..errors import TransferkitError, check_number
 from .base import Prepared, RunSettings, data_kind, replace_preprocess
-from .classification import ClassificationTask, announce, existing_parts
+from .classification import ClassificationTask, LabelOptions, announce, existing_parts
 
 
 @dataclass
-class AudioOptions:
+class AudioOptions(LabelOptions):
     """How long a window is."""
 
     clip_seconds: float | None = field(default=None, metadata={
         "help": "Window length in seconds, 0.1 to 60 (default: from the training recordings' durations)."})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.clip_seconds is not None:
             check_number("clip_seconds", self.clip_seconds, low=0.1, high=60, example="1.0 (seconds)")
 
@@ -126,6 +127,7 @@ class AudioTask(ClassificationTask):
     sniff_order = 30
     plural = "audio"
     unit = "recordings"
+    reading_options = ("label_sep",)
 
     def sniff(self, data: Any, hints: dict[str, Any]) -> bool:
         return data_kind(data, hints) == "audio"
@@ -134,7 +136,8 @@ class AudioTask(ClassificationTask):
         from ..data.sources import load_splits
 
         return load_splits(data, val_fraction=settings.val_fraction, test_fraction=settings.test_fraction,
-                           seed=settings.seed, skip_bad=settings.skip_bad, kind="audio", known=known)
+                           seed=settings.seed, skip_bad=settings.skip_bad, kind="audio", known=known,
+                           label_sep=options.label_sep)
 
     def prepare(self, data: Any, backbone: str | None, settings: RunSettings, options: AudioOptions,
                 parts: tuple[str, ...] = ("train", "val", "test")) -> Prepared:
@@ -143,6 +146,7 @@ class AudioTask(ClassificationTask):
         from ..backbones.audio import describe, spectrogram_stats
         from ..backbones.registry import create_backbone
         from ..data.audio import choose_clip_seconds, read_clips, window_clips
+        from ..data.labels import label_targets
 
         t = time.monotonic()
         start, splits = self.start_and_splits(data, settings, options)
@@ -167,7 +171,6 @@ class AudioTask(ClassificationTask):
             if options.clip_seconds is None and bb.preprocess.kind == "speaker":
                 clip = max(clip, 1.6)  # at least one whole 1.6 s partial utterance per window
             replace_preprocess(bb, clip_seconds=clip)
-        index = {c: i for i, c in enumerate(splits.classes)}
         dec = {}
         for name, ds in existing_parts(splits, parts):
             c = clips[name]
@@ -175,7 +178,8 @@ class AudioTask(ClassificationTask):
             info = {"sources": c.source_rates, "silent": len(c.silent), "skipped": len(c.skipped),
                     "seconds": {"min": round(float(d.min()), 3), "median": round(float(np.median(d)), 3),
                                 "max": round(float(d.max()), 3)}}
-            dec[name] = window_clips(c, [index[ds.labels[i]] for i in c.kept], bb.preprocess.clip_samples, info)
+            targets = label_targets([ds.labels[i] for i in c.kept], splits.classes, ds.multi_label)
+            dec[name] = window_clips(c, targets, bb.preprocess.clip_samples, info)
             dec[name].info["windows"] = len(dec[name].waves)
         if bb.preprocess.kind == "spectrogram" and start is None:  # log-mel standardised with the training set's
             mean, std = spectrogram_stats(bb, dec["train"].waves)  # statistics (as AST); a bundle keeps its own
@@ -235,6 +239,9 @@ class AudioTask(ClassificationTask):
     def rows(self, data: Any) -> int:
         return len(data.waves)
 
+    def row_targets(self, data: Any) -> Any:
+        return data.window_targets()
+
     # -- bundle side ------------------------------------------------------------------------------------------
     def encode(self, model: Any, inputs: Any, skip_bad: bool) -> tuple[Any, list[Any]]:
         if isinstance(inputs, (str, Path)) or (isinstance(inputs, np.ndarray) and inputs.ndim == 1):
@@ -244,8 +251,9 @@ class AudioTask(ClassificationTask):
     def read_labelled(self, model: Any, source: Any, skip_bad: bool, **options: Any) -> Any:
         from ..data.sources import load_test_set
 
-        files = load_test_set(source, skip_bad=skip_bad, kind="audio")
-        model.check_labels(set(files.labels), source)
+        sep = options.get("label_sep") or model.meta.get("label_sep")  # multi-label cells, split as in training
+        files = self.labelled_like(model, load_test_set(source, skip_bad=skip_bad, kind="audio", label_sep=sep),
+                                   source)
         data, _ = self._read(model, list(files.items), skip_bad, list(files.labels),
                              getattr(files, "sample_rate", None))
         return data
@@ -255,12 +263,14 @@ class AudioTask(ClassificationTask):
         """Audio files (or 1-D arrays at ``array_rate``, default the model's sample rate) -> windows, read as in
         training, and the items kept. ``cache``: False for ``predict`` (recordings seen once need no cache entry)."""
         from ..data.audio import read_clips, window_clips
+        from ..data.labels import label_targets
 
         pre = model.preprocess
         clips = read_clips(items, pre, skip_bad=skip_bad, array_rate=array_rate or pre.sample_rate,
                            description="reading audio", cache=cache)
         kept = [items[i] for i in clips.kept]
-        targets = [model.classes.index(labels[i]) for i in clips.kept] if labels is not None else None
+        targets = label_targets([labels[i] for i in clips.kept], model.classes, model.multi_label) \
+            if labels is not None else None
         return window_clips(clips, targets, pre.clip_samples), kept
 
     def export_spec(self, model: Any) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,61 @@ import numpy as np
 from ..errors import TransferkitError
 from .base import Prepared, RunSettings, Task, run_record
 
+BALANCE = ("weights", "sampler", "none")
+# the largest class this many times the smallest (multi-label: in examples carrying each label): class weights go on
+# unless --balance says otherwise, and models are chosen by balanced accuracy (multi-label: macro-F1)
+IMBALANCE_RATIO = 3.0
+
+
+@dataclass
+class LabelOptions:
+    """What every classifier's labels may need: several per example, a balance between rare and common classes,
+    and where a multi-label model says yes."""
+
+    label_sep: str | None = field(default=None, metadata={
+        "help": 'Multi-label tables: the separator of a cell\'s labels, e.g. "|" for "cat|dog" (JSONL lists need '
+                'none).'})
+    balance: str | None = field(default=None, metadata={
+        "help": "Class imbalance: weights (class-weighted loss), sampler (classes drawn equally often) or none; "
+                f"default: weights when the largest class has over {IMBALANCE_RATIO:g}x the smallest's examples "
+                "(medical: always), else none."})
+    thresholds: str | float | None = field(default=None, metadata={
+        "help": 'Multi-label: "tuned" (each label\'s cut maximises its F1 on validation or out-of-fold '
+                'predictions; the default) or one probability for every label, e.g. 0.5.'})
+
+    def __post_init__(self) -> None:
+        if self.balance is not None and self.balance not in BALANCE:
+            raise TransferkitError(f"Balance {self.balance!r} is unknown: choose weights, sampler or none.")
+        if self.label_sep is not None and (not isinstance(self.label_sep, str) or not self.label_sep.strip()):
+            raise TransferkitError(f"label_sep {self.label_sep!r} is empty: give the character between a cell's "
+                                   'labels, e.g. "|".')
+        if self.thresholds is not None:
+            self.thresholds = parse_thresholds(self.thresholds)
+
+
+def parse_thresholds(value: Any) -> str | float:
+    """``"tuned"`` or one probability strictly between 0 and 1 (a string such as ``"0.5"`` is read as one)."""
+    from ..errors import check_number
+
+    if isinstance(value, str) and value.strip().lower() == "tuned":
+        return "tuned"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TransferkitError(f"thresholds {value!r} is neither tuned nor a probability: give tuned or a number "
+                               "such as 0.5.") from None
+    check_number("thresholds", number, low=0.0, high=1.0, example="0.5")
+    if not 0 < number < 1:
+        raise TransferkitError(f"thresholds {number:g} would make every label always or never present: give a "
+                               "number above 0 and below 1, such as 0.5.")
+    return number
+
 
 class ClassificationTask(Task):
     """A classifier on a pretrained backbone; see :class:`~transferkit.tasks.base.Task`."""
 
-    balanced_choice = False  # choose epochs and models by balanced accuracy (medical)
+    balanced_choice = False  # always choose epochs and models by balanced accuracy (medical)
+    default_balance: str | None = None  # the balance without --balance (medical: "weights"); None: by the data
 
     # -- hooks ------------------------------------------------------------------------------------------------
     def calibrate(self, model: Any, probs: dict, targets: dict, prepared: Prepared, options: Any, train: Any,
@@ -45,8 +96,22 @@ class ClassificationTask(Task):
         return "inputs as the backbone's preprocessing reads them"
 
     def model_meta(self, options: Any) -> dict[str, Any]:
-        """What the bundle keeps from this task's options (e.g. how multi-label cells were split)."""
-        return {}
+        """What the bundle keeps from this task's options: how multi-label cells were split, so that ``evaluate``
+        reads them the same way."""
+        sep = getattr(options, "label_sep", None)
+        return {"label_sep": sep} if sep is not None else {}
+
+    def labelled_like(self, model: Any, ds: Any, source: Any) -> Any:
+        """Labelled files for ``model``: one label per row read as a one-label set for a multi-label model, several
+        labels refused for a single-label one, classes the model lacks refused."""
+        if model.multi_label and not ds.multi_label:
+            ds = ds.subset(range(len(ds)))
+            ds.labels, ds.multi_label = [(y,) for y in ds.labels], True
+        elif ds.multi_label and not model.multi_label:
+            raise TransferkitError(f"{source} gives several labels per example; this model gives one (it was trained "
+                                   "single-label): give one label per row.")
+        model.check_labels(set(ds.label_names()), source)
+        return ds
 
     clinical_scores = False  # scores AUROC, sensitivity, specificity... (medical)
 
@@ -92,6 +157,37 @@ class ClassificationTask(Task):
         return rows * seconds_per_row(train.backbone, sample_batch(train, n), n, train.accelerator.device,
                                      train.accelerator.autocast)
 
+    def train_task(self, prepared: Prepared, settings: RunSettings, options: Any, accelerator: Any,
+                   deadline: float | None, work_dir: Path | None) -> Any:
+        """The base task's, with the class balance chosen (:func:`choose_balance`, said in one line when the data
+        chose it); a balanced run selects epochs and models by balanced accuracy (multi-label: mAP either way)."""
+        task = super().train_task(prepared, settings, options, accelerator, deadline, work_dir)
+        balance, why = choose_balance(task.class_counts().tolist(), prepared.classes, getattr(options, "balance", None),
+                                      self.default_balance)
+        if why:
+            from ..console import info
+
+            info(f"{why}: a class-weighted loss, and models chosen by balanced accuracy (multi-label: mAP); --balance "
+                 "none turns this off, --balance sampler draws classes equally often instead")
+        return dataclasses.replace(task, balance=balance, balanced=self.balanced_choice or balance != "none")
+
+    def sampler(self, task: Any) -> Any:
+        """``balance="sampler"``: every class drawn equally often (multi-label: every example's rarest label;
+        audio: per window, so a class of long recordings is not drawn more)."""
+        if task.balance != "sampler":
+            return None
+        from ..data.folds import label_strata
+        from ..engine.sampling import EpochBalancedSampler
+
+        y = self.row_targets(task.train)
+        if y.ndim == 2:
+            y = torch_indices(label_strata(y.numpy()))
+        return EpochBalancedSampler(y, task.seed)
+
+    def row_targets(self, data: Any) -> Any:
+        """The target of each row the network sees (audio: each window's recording's)."""
+        return data.targets
+
     # -- after training ---------------------------------------------------------------------------------------
     def build_model(self, network: Any, prepared: Prepared, files: dict[str, bytes] | None = None) -> Any:
         from ..bundle.model import TransferModel
@@ -123,8 +219,14 @@ class ClassificationTask(Task):
         uncalibrated = probs
         if calibration is not None:
             probs = {name: model.calibrated(p) for name, p in probs.items()}
+        metrics_extra: dict[str, Any] = {}
+        why = choose_balance(train.class_counts().tolist(), classes, getattr(options, "balance", None),
+                             self.default_balance)[1]
+        metrics_extra["balance"] = {"balance": train.balance, "balanced": train.balanced, "why": why}
         if multi_label:
-            scores = {name: multilabel_metrics(targets[name], p, classes) for name, p in probs.items()}
+            metrics_extra["thresholds"] = choose_thresholds(model, probs["val"], targets["val"],
+                                                            getattr(options, "thresholds", None), result.cv is not None)
+            scores = {name: multilabel_metrics(targets[name], p, classes, model.threshold) for name, p in probs.items()}
         else:
             scores = {name: classification_metrics(targets[name], p, classes, model.decide(p))
                       for name, p in probs.items()}
@@ -136,7 +238,6 @@ class ClassificationTask(Task):
             for name, p in probs.items():
                 scores[name]["clinical"] = clinical_metrics(targets[name], p, classes, model.clinical["positive"],
                                                             model.clinical["threshold"], seed=settings.seed)
-        metrics_extra: dict[str, Any] = {}
         if baseline_model is not None:
             cv_scored = scored == "val" and result.cv is not None
             base_probs = baseline_model.meta["cv_probs"] if cv_scored else \
@@ -170,7 +271,7 @@ class ClassificationTask(Task):
             "data": self.data_summary(prepared, multi_label),
             "val": scores["val"],
             "test": scores.get("test"),
-            "estimate": estimate(result.cv, scores["val"], multi_label, self.balanced_choice)
+            "estimate": estimate(result.cv, scores["val"], multi_label, train.balanced)
             if result.cv is not None else None,
             "confidently_wrong": confidently_wrong(targets[scored], probs[scored], classes,
                                                    example_names(scored_data[scored], scored_source[scored]),
@@ -234,6 +335,55 @@ class ClassificationTask(Task):
         return model
 
 
+def choose_thresholds(model: Any, probs: np.ndarray, y: np.ndarray, rule: str | float | None,
+                      out_of_fold: bool) -> dict[str, Any]:
+    """Set a multi-label ``model``'s threshold: each label's cut maximising its F1 on validation (or on the
+    out-of-fold predictions of every training example), or one number for all (``rule``); return what the report
+    shows. Scores on the set the cuts were tuned on lean optimistic; a test set's do not."""
+    from ..evaluation.metrics import tune_label_thresholds
+
+    rule = "tuned" if rule is None else rule
+    tuned_on = None
+    if rule == "tuned":
+        model.threshold = tune_label_thresholds(y, probs)
+        tuned_on = "out-of-fold predictions" if out_of_fold else "validation"
+    else:
+        model.threshold = float(rule)
+    return {"rule": rule, "tuned_on": tuned_on,
+            "per_label": {c: round(float(t), 4) for c, t in zip(model.classes, model.label_thresholds(), strict=True)}}
+
+
+def choose_balance(counts: list[int], classes: list[str], given: str | None,
+                   default: str | None = None) -> tuple[str, str | None]:
+    """The run's class balance and, when the data chose it, why (for the console and the report).
+
+    ``given`` (``--balance``) wins, then the task's ``default`` (medical: weights). Otherwise class weights go on
+    when the largest class has more than :data:`IMBALANCE_RATIO` times the smallest's training examples (multi-label:
+    examples carrying each label), else none.
+
+    >>> choose_balance([200, 10], ["a", "b"], None)[0], choose_balance([20, 10], ["a", "b"], None)
+    ('weights', ('none', None))
+    """
+    if given is not None:
+        return given, None
+    if default is not None:
+        return default, None
+    present = [(n, c) for n, c in zip(counts, classes, strict=True) if n > 0]
+    if len(present) < 2:
+        return "none", None
+    (most, big), (least, small) = max(present), min(present)
+    if most <= IMBALANCE_RATIO * least:
+        return "none", None
+    return "weights", f"imbalanced classes: {big!r} {most} vs {small!r} {least} training examples, {most / least:.0f}:1"
+
+
+def torch_indices(strata: list[str]) -> Any:
+    """Strata names -> (N,) long tensor of their indices."""
+    import torch
+
+    return torch.as_tensor(np.unique(np.asarray(strata), return_inverse=True)[1].reshape(-1), dtype=torch.long)
+
+
 def scratch_comparison(baseline: Any, probs: np.ndarray, y: np.ndarray, scored_metrics: dict, part: str,
                        classes: list[str], multi_label: bool, seconds: float, binary_medical: bool) -> dict[str, Any]:
     """The scratch baseline scored on the same set as the model: its scores, and the model's lead over it.
@@ -245,7 +395,7 @@ def scratch_comparison(baseline: Any, probs: np.ndarray, y: np.ndarray, scored_m
     from ..evaluation.report import train_val_gap
 
     m = multilabel_metrics(y, probs, classes) if multi_label else classification_metrics(y, probs, classes)
-    key = "micro_f1" if multi_label else "accuracy"
+    key = "map" if multi_label else "accuracy"  # mAP needs no threshold: the model's tuned ones give it no edge
     score, model_score, ci = m[key], scored_metrics[key], m.get(f"{key}_ci")
     model_ci = scored_metrics.get(f"{key}_ci")
     if binary_medical:
@@ -299,7 +449,7 @@ def classical_comparison(classical: dict[str, Any], y: np.ndarray, scored_metric
 
     probs = classical["probs"]
     m = multilabel_metrics(y, probs, classes) if multi_label else classification_metrics(y, probs, classes)
-    key = "micro_f1" if multi_label else "accuracy"
+    key = "map" if multi_label else "accuracy"  # mAP needs no threshold: the model's tuned ones give it no edge
     score, model_score, ci = m[key], scored_metrics[key], m.get(f"{key}_ci")
     if binary_medical:
         from ..evaluation.clinical import auroc
@@ -320,7 +470,7 @@ def classical_comparison(classical: dict[str, Any], y: np.ndarray, scored_metric
 def estimate(cv: Any, scores: dict[str, Any], multi_label: bool, balanced: bool = False) -> dict[str, Any]:
     """What the report says about a cross-validated estimate: how it was made, its score and interval (the fold
     scores are balanced accuracy for medical runs, which choose by it)."""
-    key = "micro_f1" if multi_label else "balanced_accuracy" if balanced and "balanced_accuracy" in scores else \
+    key = "map" if multi_label else "balanced_accuracy" if balanced and "balanced_accuracy" in scores else \
         "accuracy"
     folds = np.asarray(cv.fold_scores, dtype=float)
     return {"kind": "cross-validation", **cv.to_dict(), "metric": key, "score": scores[key],

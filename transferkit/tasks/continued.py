@@ -327,15 +327,16 @@ def forgetting(start: StartPoint, model: Any, settings: Any, options: Any) -> di
     for when, m in (("before", start.model), ("after", model)):
         probs = m.predict_encoded(data)
         if m.multi_label:
-            s = multilabel_metrics(y, probs[:, :len(start.classes)] if when == "after" else probs, start.classes,
-                                   m.threshold)
-            out[when] = {"micro_f1": s["micro_f1"], "macro_f1": s["macro_f1"]}
+            old = len(start.classes)  # the new model's first labels are the bundle's
+            s = multilabel_metrics(y, probs[:, :old], start.classes, m.label_thresholds()[:old].tolist())
+            out[when] = {"map": s["map"], "micro_f1": s["micro_f1"], "macro_f1": s["macro_f1"]}
+            out["multi_label"] = True
         else:
             s = classification_metrics(y, probs, m.classes, m.decide(probs))
             out[when] = {"accuracy": s["accuracy"], "balanced_accuracy": s["balanced_accuracy"],
                          "macro_f1": s["macro_f1"]}
     # medical models are chosen by balanced accuracy (imbalanced classes): so is what they forgot
-    key = "micro_f1" if model.multi_label else "balanced_accuracy" if start.model.clinical else "accuracy"
+    key = "map" if model.multi_label else "balanced_accuracy" if start.model.clinical else "accuracy"
     out["metric"] = key
     out["forgotten"] = out["before"][key] - out["after"][key]
     return out

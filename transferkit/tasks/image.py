@@ -14,11 +14,11 @@ from torch.utils.data import Dataset
 
 from ..errors import TransferkitError
 from .base import Prepared, RunSettings, replace_preprocess
-from .classification import ClassificationTask, announce, existing_parts
+from .classification import ClassificationTask, LabelOptions, announce, existing_parts
 
 
 @dataclass
-class ImageOptions:
+class ImageOptions(LabelOptions):
     """Image settings beyond the run's own (``image_size`` is a run setting)."""
 
     window: str | None = field(default=None, metadata={
@@ -27,6 +27,7 @@ class ImageOptions:
         "help": "Volumes: one slice per image (2d) or three neighbouring slices as channels (2.5d)."})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         from ..data.medical import check_slices, check_window
 
         self.window = check_window(self.window) if self.window is not None else None
@@ -88,6 +89,7 @@ class ImageTask(ClassificationTask):
     val_batch: ClassVar[int] = 64
     patients: ClassVar[bool] = False  # patient-level splits (medical)
     resize: ClassVar[str | None] = None  # the backbone's resize rule for these data, when not its own ("pad")
+    reading_options = ("label_sep",)
 
     def matches_bundle(self, config: dict[str, Any]) -> bool:
         return super().matches_bundle(config) and not config.get("clinical")
@@ -100,7 +102,8 @@ class ImageTask(ClassificationTask):
 
         return load_splits(data, val_fraction=settings.val_fraction, test_fraction=settings.test_fraction,
                            seed=settings.seed, skip_bad=settings.skip_bad, patients=self.patients,
-                           patient_column=getattr(options, "patient_column", None), known=known)
+                           patient_column=getattr(options, "patient_column", None), known=known,
+                           label_sep=options.label_sep)
 
     def prepare(self, data: Any, backbone: str | None, settings: RunSettings, options: ImageOptions,
                 parts: tuple[str, ...] = ("train", "val", "test")) -> Prepared:
@@ -169,13 +172,6 @@ class ImageTask(ClassificationTask):
     def dataset(self, data: Any, augment: bool = False, hflip: bool = True) -> Dataset:
         return ImageTensorDataset(data, augment, hflip)
 
-    def sampler(self, task: Any) -> Any:
-        if task.balance == "sampler" and not task.multi_label:
-            from ..engine.sampling import EpochBalancedSampler
-
-            return EpochBalancedSampler(task.train.targets, task.seed)
-        return None
-
     def batch_input(self, backbone: Any):
         from ..data.images import image_prepare
 
@@ -223,8 +219,8 @@ class ImageTask(ClassificationTask):
         from ..data.images import decode
         from ..data.sources import load_test_set
 
-        images = load_test_set(source, skip_bad=skip_bad)
-        model.check_labels(set(images.labels), source)
+        sep = options.get("label_sep") or model.meta.get("label_sep")  # multi-label cells, split as in training
+        images = self.labelled_like(model, load_test_set(source, skip_bad=skip_bad, label_sep=sep), source)
         return decode(images, model.preprocess, model.classes, skip_bad=skip_bad)
 
     def load_backbone(self, folder: Path, spec: Any, config: dict[str, Any]) -> Any:

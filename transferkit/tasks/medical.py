@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -24,16 +24,12 @@ class MedicalOptions(ImageOptions):
     positive: str | None = field(default=None, metadata={"help": "The finding's class (default: the rarer of two)."})
     threshold: str | float | None = field(default=None, metadata={
         "help": 'Operating point: "youden" (default), "sensitivity=0.95", "specificity=0.9" or a probability.'})
-    balance: Literal["weights", "sampler", "none"] | None = field(default=None, metadata={
-        "help": "Class imbalance: a class-weighted loss (weights, the default), balanced sampling, or none."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         from ..evaluation.clinical import parse_threshold_rule
 
         parse_threshold_rule(self.threshold)
-        if self.balance not in (None, "weights", "sampler", "none"):
-            raise TransferkitError(f"Balance {self.balance!r} is unknown: choose weights, sampler or none.")
 
 
 class MedicalTask(ImageTask):
@@ -47,6 +43,7 @@ class MedicalTask(ImageTask):
     patients = True
     resize = "pad"  # the whole image, padded to a square, never cropped (a finding at the edge stays)
     balanced_choice = True
+    default_balance = "weights"
 
     def matches_bundle(self, config: dict[str, Any]) -> bool:
         # an image classifier that carries its clinical settings
@@ -60,6 +57,14 @@ class MedicalTask(ImageTask):
         from ..evaluation.clinical import choose_positive
 
         splits = prepared.splits
+        if getattr(splits.train, "multi_label", False):  # several findings per image: each scored on its own
+            given = [f"--{k}" for k in ("positive", "threshold") if getattr(options, k) is not None]
+            if given:
+                raise TransferkitError(f"{' and '.join(given)} choose one finding's operating point; these images "
+                                       "carry several findings each (multi-label), whose thresholds are tuned per "
+                                       "finding: leave it out, or give --thresholds 0.5 for one cut for all.")
+            super().check_prepared(prepared, settings, options)
+            return
         choose_positive(splits.classes, splits.train.counts(), options.positive)
         if options.threshold is not None and len(splits.classes) != 2:
             raise TransferkitError(f"threshold applies to two classes (a finding and its absence); these data have "
@@ -76,7 +81,7 @@ class MedicalTask(ImageTask):
         groups = getattr(prepared.splits.train, "groups", None)
         if groups is not None:  # folds keep a patient's images together
             groups = [groups[i] for i in kept_positions(prepared.encoded["train"])]
-        return dataclasses.replace(task, balance=options.balance or "weights", balanced=True, groups=groups)
+        return dataclasses.replace(task, groups=groups)
 
     clinical_scores = True
 
@@ -91,7 +96,12 @@ class MedicalTask(ImageTask):
                   train: Any, out_of_fold: bool) -> dict[str, Any]:
         """Calibrate on validation (undo the class weights' shift of the probabilities, then fit a temperature),
         tune the operating threshold there, and give all of it to ``model``; return what the report shows. Without
-        a validation split, "validation" is the out-of-fold predictions of every training example."""
+        a validation split, "validation" is the out-of-fold predictions of every training example.
+
+        Several findings per image (multi-label): nothing here; each finding gets its own threshold as in every
+        multi-label run, and per-finding AUROC and sensitivity (recall) are in the scores."""
+        if model.multi_label:
+            return None
         from ..console import warn
         from ..evaluation.clinical import (MIN_PER_CLASS_FOR_TEMPERATURE, apply_temperature, choose_positive,
                                            correct_prior, expected_calibration_error, fit_temperature,
@@ -138,6 +148,8 @@ class MedicalTask(ImageTask):
     def write_extra(self, out: Path, model: Any, prepared: Prepared, plots: dict[str, Any]) -> None:
         from ..evaluation.clinical import roc_png
 
+        if model.clinical is None:  # several findings per image: no one positive class to draw the curve of
+            return
         where = "cross-validated" if plots["out_of_fold"] else plots["set"]
         roc_png(plots["y"], plots["probs"], prepared.classes, model.clinical["positive"], model.clinical["threshold"],
                 out / "roc.png", plots["uncalibrated"], f"ROC ({where}, n={len(plots['y'])})")

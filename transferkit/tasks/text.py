@@ -14,11 +14,11 @@ from torch.utils.data import Dataset
 
 from ..errors import MAX_TEXT_TOKENS, MIN_TEXT_TOKENS, TransferkitError, check_number
 from .base import Prepared, RunSettings, replace_preprocess
-from .classification import ClassificationTask, announce, existing_parts
+from .classification import ClassificationTask, LabelOptions, announce, existing_parts
 
 
 @dataclass
-class TextTaskOptions:
+class TextTaskOptions(LabelOptions):
     """How to read texts and how long they may be."""
 
     labels: list[Any] | None = field(default=None, metadata={
@@ -27,12 +27,11 @@ class TextTaskOptions:
         "help": "Table column holding the text (default: guessed)."})
     label_column: str | None = field(default=None, metadata={
         "help": "Table column holding the label (default: guessed)."})
-    label_sep: str | None = field(default=None, metadata={
-        "help": 'Separator of multi-label cells, e.g. "|" for "sport|politics".'})
     encoding: str = field(default="utf-8", metadata={"help": "Encoding of .txt files and tables."})
     max_length: int | None = field(default=None, metadata={"help": "Tokens per text (default: the encoder's)."})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.max_length is not None:
             check_number("max_length", self.max_length, low=MIN_TEXT_TOKENS, high=MAX_TEXT_TOKENS, whole=True,
                          example="128")
@@ -141,10 +140,6 @@ class TextTask(ClassificationTask):
         return (f"{pre['pooling']} pooling{', normalised' if pre['normalize'] else ''}, max {pre['max_length']} "
                 f"tokens; {sum(trunc.values())} of {n_all} texts were longer and cut there "
                 f"({', '.join(f'{k} {v}' for k, v in trunc.items())})")
-
-    def model_meta(self, options: TextTaskOptions) -> dict[str, Any]:
-        # evaluate() reads multi-label cells the same way
-        return {"label_sep": options.label_sep} if options.label_sep is not None else {}
 
     # -- batches ----------------------------------------------------------------------------------------------
     def dataset(self, data: Any, augment: bool = False, hflip: bool = True) -> Dataset:

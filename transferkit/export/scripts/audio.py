@@ -119,7 +119,8 @@ def main(folder, paths):
         p, count = probabilities(session, x, pre)
         row = {"input": str(path)}
         if pre.get("multi_label"):
-            row["labels"] = [labels[i] for i in np.argsort(-p) if p[i] >= pre["threshold"]]
+            cut = np.broadcast_to(np.asarray(pre["threshold"], dtype=float), p.shape)  # per label, or one for all
+            row["labels"] = [labels[i] for i in np.argsort(-p) if p[i] >= cut[i]]
         else:
             k = int(p.argmax())
             row |= {"label": labels[k], "probability": float(p[k])}

@@ -49,6 +49,13 @@ def decide(p, labels, pre):
     return int(p.argmax())
 
 
+def present(p, labels, pre):
+    """Multi-label: every label whose probability reaches its threshold (one per label, or one for all), the most
+    probable first."""
+    cut = np.broadcast_to(np.asarray(pre["threshold"], dtype=float), p.shape)
+    return [labels[i] for i in np.argsort(-p) if p[i] >= cut[i]]
+
+
 def main(folder, paths):
     folder = Path(folder)
     pre = json.loads((folder / "preprocessing.json").read_text())
@@ -68,7 +75,7 @@ def main(folder, paths):
     for path, p in zip(readable, probs, strict=True):
         row = {"input": str(path)}
         if pre.get("multi_label"):
-            row["labels"] = [labels[i] for i in np.argsort(-p) if p[i] >= pre["threshold"]]
+            row["labels"] = present(p, labels, pre)
         else:
             k = decide(p, labels, pre)
             row |= {"label": labels[k], "probability": float(p[k])}

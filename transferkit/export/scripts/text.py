@@ -36,7 +36,8 @@ def main(folder, texts):
     for text, p in zip(texts, probs, strict=True):
         row = {"input": text[:80]}
         if pre.get("multi_label"):
-            row["labels"] = [labels[i] for i in np.argsort(-p) if p[i] >= pre["threshold"]]
+            cut = np.broadcast_to(np.asarray(pre["threshold"], dtype=float), p.shape)  # per label, or one for all
+            row["labels"] = [labels[i] for i in np.argsort(-p) if p[i] >= cut[i]]
         else:
             k = int(p.argmax())
             row |= {"label": labels[k], "probability": float(p[k])}

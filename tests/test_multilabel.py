@@ -1,0 +1,242 @@
+"""Multi-label images and audio (reading, splits, per-label thresholds, bundles) and class balance for every
+classifier."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import transferkit
+from transferkit.errors import DataError, TransferkitError
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+
+
+def write_colour_pairs(folder: Path, n: int, seed: int = 0, size: int = 24) -> list[tuple[str, list[str]]]:
+    """Images whose left and right halves each show one colour: the labels are the colours present (one or two)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = sorted(COLOURS)
+    rows = []
+    for i in range(n):
+        left, right = rng.choice(names, 2)
+        img = np.zeros((size, size, 3))
+        img[:, : size // 2] = COLOURS[left]
+        img[:, size // 2 :] = COLOURS[right]
+        img = np.clip(img + rng.normal(0, 20, img.shape), 0, 255).astype(np.uint8)
+        path = folder / f"img_{i:03d}.png"
+        Image.fromarray(img).save(path)
+        rows.append((path.name, sorted({left, right})))
+    return rows
+
+
+def write_table(path: Path, rows: list[tuple[str, list[str]]], sep: str = "|", splits: list[str] | None = None) -> Path:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", *(["split"] if splits else [])])
+        for i, (name, labels) in enumerate(rows):
+            w.writerow([name, sep.join(labels), *([splits[i]] if splits else [])])
+    return path
+
+
+@pytest.fixture
+def colour_pairs(tmp_path) -> Path:
+    """36 training and 12 test images of one or two colours each, as a CSV with "red|blue" cells."""
+    rows = write_colour_pairs(tmp_path / "pairs", 48, seed=3)
+    return write_table(tmp_path / "pairs" / "labels.csv", rows, splits=["train"] * 36 + ["test"] * 12)
+
+
+def test_multilabel_images_fit_predict_reload_and_evaluate(colour_pairs, tiny_backbone, tmp_path):
+    model = transferkit.fit(colour_pairs, backbone=tiny_backbone, strategy="linear", label_sep="|",
+                            out=tmp_path / "run")
+    m = model.metrics
+    assert model.multi_label and model.classes == sorted(COLOURS)
+    # each label's cut tuned on the out-of-fold predictions (small data: no validation split), the test scored there
+    assert m["thresholds"]["tuned_on"] == "out-of-fold predictions"
+    assert isinstance(model.threshold, list) and len(model.threshold) == 3
+    assert m["test"]["threshold"] == model.threshold and m["estimate"]["metric"] == "map"
+    assert {"map", "hamming_score", "macro_auroc", "macro_f1"} <= set(m["test"])
+    assert all(v["auroc"] is not None for v in m["test"]["per_class"].values())
+    assert m["test"]["map"] > 0.9  # colours are trivially separable, even for a random tiny network
+
+    inputs = sorted(str(p) for p in (colour_pairs.parent).glob("img_04*.png"))
+    rows = model.predict(inputs)
+    cut = model.label_thresholds()
+    for row in rows:  # every label at or above its own threshold, the most probable first
+        probs = {t["label"]: t["probability"] for t in row["top"]}
+        assert row["labels"] == [c for c in sorted(probs, key=lambda c: -probs[c])
+                                 if probs[c] >= cut[model.classes.index(c)]]
+    again = transferkit.load(tmp_path / "run" / "model")
+    assert again.multi_label and again.threshold == model.threshold and again.meta["label_sep"] == "|"
+    assert [r["labels"] for r in again.predict(inputs)] == [r["labels"] for r in rows]
+    # evaluate reads "red|blue" cells with the separator the bundle kept
+    scores = again.evaluate(colour_pairs)
+    assert scores["n"] == 12 and scores["map"] == pytest.approx(m["test"]["map"])
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "Macro-F1" in report and "| class | precision | recall | F1 | AP | AUROC | threshold | support |" in report
+
+
+def test_one_threshold_for_every_label(colour_pairs, tiny_backbone):
+    model = transferkit.fit(colour_pairs, backbone=tiny_backbone, strategy="linear", label_sep="|", thresholds=0.5)
+    assert model.threshold == 0.5 and model.metrics["thresholds"]["tuned_on"] is None
+    with pytest.raises(TransferkitError, match="thresholds 1 would make every label"):
+        transferkit.fit(colour_pairs, backbone=tiny_backbone, strategy="linear", label_sep="|", thresholds=1)
+    with pytest.raises(TransferkitError, match="neither tuned nor a probability"):
+        transferkit.fit(colour_pairs, backbone=tiny_backbone, strategy="linear", label_sep="|", thresholds="best")
+
+
+def test_multilabel_splits_keep_every_label_in_training(tmp_path):
+    from transferkit.data.sources import load_splits
+
+    rows = write_colour_pairs(tmp_path / "p", 60, seed=1)
+    rows.append(("img_000.png", ["red", "violet"]))  # a label on one image only: it must train
+    table = write_table(tmp_path / "p" / "t.csv", rows)
+    splits = load_splits(table, val_fraction=0.2, test_fraction=0.2, seed=0, label_sep="|")
+    assert "iterative" in splits.how and splits.train.multi_label
+    assert set(splits.train.label_names()) == {"blue", "green", "red", "violet"}
+    for part in (splits.val, splits.test):  # every label with enough images reaches every split
+        assert set(part.label_names()) >= {"blue", "green", "red"}
+    n = {k: len(getattr(splits, k)) for k in ("train", "val", "test")}
+    assert sum(n.values()) == 61 and abs(n["val"] - 12) <= 1 and abs(n["test"] - 12) <= 1
+
+
+def test_multilabel_tables_read_as_documented(tmp_path):
+    from transferkit.data.sources import load_splits, read_table
+
+    rows = write_colour_pairs(tmp_path / "p", 4)
+    jsonl = tmp_path / "p" / "t.jsonl"
+    records = [{"path": n, "label": y} for n, y in rows] + [{"path": rows[0][0], "label": []}]
+    jsonl.write_text("\n".join(json.dumps(r) for r in records))
+    train, _ = read_table(jsonl)  # lists need no separator; [] says that no label applies
+    assert train.multi_label and train.labels[-1] == () and train.labels[0] == tuple(rows[0][1])
+    csv_path = write_table(tmp_path / "p" / "t.csv", [*rows[:2], (rows[2][0], [])])
+    with pytest.raises(DataError, match=r"t\.csv line 4: the label \('label'\) is empty"):
+        read_table(csv_path, label_sep="|")  # an empty cell is a missing label, not "none applies"
+    (tmp_path / "folders" / "red").mkdir(parents=True)
+    with pytest.raises(DataError, match="label_sep splits the label cells of a table"):
+        load_splits(tmp_path / "folders", label_sep="|")
+
+
+def test_multilabel_audio(tmp_path, tiny_backbone):
+    import soundfile as sf
+
+    rate, rng = 16_000, np.random.default_rng(0)
+    tones = {"low": 300.0, "high": 2000.0, "mid": 800.0}
+    records = []
+    for i in range(30):
+        present = sorted(rng.choice(sorted(tones), int(rng.integers(1, 3)), replace=False))
+        t = np.arange(int(rate * 0.5)) / rate
+        x = sum(np.sin(2 * np.pi * tones[c] * t) for c in present) * 0.2 + 0.01 * rng.standard_normal(len(t))
+        sf.write(str(tmp_path / f"clip_{i}.wav"), x.astype(np.float32), rate)
+        records.append({"path": f"clip_{i}.wav", "label": present, "split": "test" if i >= 24 else "train"})
+    table = tmp_path / "clips.jsonl"
+    table.write_text("\n".join(json.dumps(r) for r in records))
+    model = transferkit.fit(table, backbone=tiny_backbone, strategy="linear", out=tmp_path / "run")
+    assert model.multi_label and model.metrics["task"] == "audio-classification"
+    assert len(model.threshold) == 3 and model.metrics["test"]["n"] == 6
+    rows = model.predict([str(tmp_path / "clip_25.wav")])
+    again = transferkit.load(tmp_path / "run" / "model")
+    assert again.predict([str(tmp_path / "clip_25.wav")])[0]["labels"] == rows[0]["labels"]
+    assert again.evaluate(table)["n"] == 6
+
+
+def test_single_label_model_refuses_multilabel_data(colour_folder, colour_pairs, tiny_backbone):
+    model = transferkit.fit(colour_folder, backbone=tiny_backbone, strategy="linear")
+    with pytest.raises(TransferkitError, match="gives several labels per example; this model gives one"):
+        model.evaluate(colour_pairs, label_sep="|")
+
+
+# ------------------------------------------------------------------------------------------------ class balance
+
+
+def _imbalanced_folder(root: Path, counts: dict[str, int]) -> Path:
+    """Class folders of the colour images with ``counts`` images each."""
+    import shutil
+
+    from conftest import write_colour_images
+
+    for name, n in counts.items():
+        write_colour_images(root / ".all", n, seed=len(name))
+        (root / ".all" / name).rename(root / name)
+        shutil.rmtree(root / ".all")
+    return root
+
+
+def test_auto_turns_class_weights_on_when_classes_are_imbalanced(tmp_path, tiny_backbone, capsys, monkeypatch):
+    monkeypatch.setenv("TRANSFERKIT_QUIET", "0")  # the choice is said on the console
+    data = _imbalanced_folder(tmp_path / "imb", {"red": 14, "blue": 4})  # 3.5:1
+    model = transferkit.fit(data, backbone=tiny_backbone, strategy="linear", out=tmp_path / "run")
+    b = model.metrics["balance"]
+    assert b["balance"] == "weights" and b["balanced"] and "14 vs 'blue' 4" in b["why"]
+    assert "imbalanced classes" in capsys.readouterr().err
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "Class balance: a class-weighted loss" in report and "| class | recall | precision |" in report
+    model = transferkit.fit(data, backbone=tiny_backbone, strategy="linear", balance="none")
+    assert model.metrics["balance"] == {"balance": "none", "balanced": False, "why": None}
+    even = _imbalanced_folder(tmp_path / "even", {"red": 8, "blue": 4})  # 2:1
+    assert transferkit.fit(even, backbone=tiny_backbone, strategy="linear").metrics["balance"]["balance"] == "none"
+
+
+def test_balance_option_is_checked(colour_folder, tiny_backbone):
+    with pytest.raises(TransferkitError, match="Balance 'even' is unknown"):
+        transferkit.fit(colour_folder, backbone=tiny_backbone, strategy="linear", balance="even")
+
+
+def _task(targets: torch.Tensor, balance: str, classes: list[str]):
+    from transferkit.strategies import TrainTask
+
+    class Data:
+        def __init__(self, t):
+            self.targets = t
+
+        def __len__(self):
+            return len(self.targets)
+
+    return TrainTask(spec=None, backbone=None, train=Data(targets), val=None, classes=classes, accelerator=None,
+                     balance=balance)
+
+
+def test_class_weights_are_as_defined():
+    single = _task(torch.tensor([0] * 8 + [1] * 2), "weights", ["a", "b"])
+    # inverse frequency, mean 1 over the examples: n / (k * count)
+    assert single.class_weights.tolist() == pytest.approx([10 / (2 * 8), 10 / (2 * 2)])
+    assert _task(torch.tensor([0] * 8 + [1] * 2), "none", ["a", "b"]).class_weights is None
+    y = torch.zeros(40, 3)
+    y[:20, 0], y[:4, 1], y[:1, 2] = 1, 1, 1  # label c on 1 of 40: 39 would be too much
+    multi = _task(y, "weights", ["a", "b", "c"])
+    assert multi.class_weights.tolist() == pytest.approx([1.0, 36 / 4, 10.0])  # negatives/positives in [1, 10]
+    from transferkit.engine.loop import classification_loss
+
+    logits = torch.randn(40, 3)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, y, pos_weight=multi.class_weights)
+    assert classification_loss(logits, y, True, weight=multi.class_weights) == pytest.approx(expected.item())
+
+
+def test_balanced_sampler_draws_classes_equally_often():
+    from transferkit.tasks import get_task
+
+    y = torch.tensor([0] * 90 + [1] * 10)
+    sampler = get_task("image").sampler(_task(y, "sampler", ["a", "b"]))
+    drawn = y[list(iter(sampler))]
+    assert len(drawn) == 100 and abs(int((drawn == 1).sum()) - 50) < 15  # seeded: 1 in 2, not 1 in 10
+    assert get_task("text").sampler(_task(y, "weights", ["a", "b"])) is None
+    multi = torch.zeros(100, 2)
+    multi[:, 0], multi[:10, 1] = 1, 1  # every example has a; b, the rarer, marks 10 of them
+    drawn = multi[list(iter(get_task("text").sampler(_task(multi, "sampler", ["a", "b"]))))]
+    assert abs(int(drawn[:, 1].sum()) - 50) < 15
+
+
+def test_probe_follows_the_run_balance():
+    from transferkit.strategies.linear import LinearConfig, make_probe
+
+    y = torch.tensor([0] * 8 + [1] * 2)
+    assert make_probe(_task(y, "none", ["a", "b"]), LinearConfig()).class_weight is None
+    assert make_probe(_task(y, "weights", ["a", "b"]), LinearConfig()).class_weight == "balanced"
+    assert make_probe(_task(y, "none", ["a", "b"]), LinearConfig(class_weight="balanced")).class_weight == "balanced"
