@@ -237,7 +237,13 @@ CASES = {
                       f"be one of bicubic, bilinear, nearest, lanczos, got 'magic'; {FIX}"),
     "window": ("medical", put("preprocess.window", "x-ray vision"), "config.json: preprocess.window must be auto, "
                f"full, a CT preset or 'centre,width', got 'x-ray vision'; {FIX}"),
-    "threshold-5": ("image", put("threshold", 5), f"config.json: threshold must be a number from 0 to 1, got 5; {FIX}"),
+    "threshold-5": ("image", put("threshold", 5),
+                    f"config.json: threshold must be a number from 0 to 1, or a list of one such number per label, "
+                    f"got 5; {FIX}"),
+    "threshold-list-short": ("image", put("threshold", [0.5]),
+                             f"config.json: threshold must be a number from 0 to 1, or a list of one such number per "
+                             f"label, got [0.5]; {FIX}"),
+    "tta-text": ("image", put("tta", "yes"), f"config.json: tta must be true or false, got a string; {FIX}"),
     "multi-label-yes": ("image", put("multi_label", "yes"),
                         f"config.json: multi_label must be true or false, got a string; {FIX}"),
     "head-type": ("image", put("head.type", "mlp"), f"config.json: head.type must be one of linear, got 'mlp'; {FIX}"),

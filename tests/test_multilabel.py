@@ -240,3 +240,127 @@ def test_probe_follows_the_run_balance():
     assert make_probe(_task(y, "none", ["a", "b"]), LinearConfig()).class_weight is None
     assert make_probe(_task(y, "weights", ["a", "b"]), LinearConfig()).class_weight == "balanced"
     assert make_probe(_task(y, "none", ["a", "b"]), LinearConfig(class_weight="balanced")).class_weight == "balanced"
+
+
+# ------------------------------------------------------------------------------------- test-time augmentation
+
+
+def test_views_of_a_symmetric_input_change_nothing():
+    """A left-right symmetric, flat image reads the same through every view: a model's TTA equals no TTA."""
+    from transferkit.data.images import DecodedImages, ViewedPixels, test_time_views
+
+    pixels = torch.full((2, 3, 20, 20), 90, dtype=torch.uint8)
+    data = DecodedImages(pixels, torch.tensor([0, 1]), ["a", "b"], [], [0, 1])
+    for view in test_time_views(data):
+        assert torch.equal(view.pixels[torch.arange(2)], pixels) and torch.equal(view.pixels[0], pixels[0])
+    ramp = torch.arange(20, dtype=torch.uint8).expand(1, 3, 20, 20)
+    assert torch.equal(ViewedPixels(ramp, "hflip")[0], ramp[0].flip(-1))
+    zoomed = ViewedPixels(ramp, "zoom")[0]  # the centre 90% resized back: the ends move inwards
+    assert zoomed.shape == ramp[0].shape and zoomed[0, 0, 0] > 0 and zoomed[0, 0, -1] < 19
+
+
+def test_tta_of_a_flip_invariant_model_equals_no_tta(colour_splits, tiny_backbone, tmp_path):
+    model = transferkit.fit(colour_splits, backbone=tiny_backbone, strategy="linear", val_fraction=0.3,
+                            out=tmp_path / "run")
+    t = model.metrics["tta"]
+    assert t["judged"] and t["views"] == 3 and set(t["val"]) == {"without", "with"} and "test" in t
+    assert model.tta == t["kept"] and ("kept: predictions average" in (tmp_path / "run" / "report.md").read_text()
+                                       or "not kept" in (tmp_path / "run" / "report.md").read_text())
+    # a head over a mean-pooled constant is blind to flips and crops: TTA averages identical probabilities
+    from PIL import Image
+
+    Image.fromarray(np.full((24, 24, 3), 120, np.uint8)).save(tmp_path / "flat.png")
+    flat = [str(tmp_path / "flat.png")]
+    np.testing.assert_allclose(model.predict_proba(flat, tta=True), model.predict_proba(flat, tta=False), atol=1e-5)
+    again = transferkit.load(tmp_path / "run" / "model")
+    assert again.tta == model.tta
+    assert again.evaluate(colour_splits, tta=True)["n"] == again.evaluate(colour_splits, tta=False)["n"]
+
+
+def test_cross_validated_runs_do_not_judge_tta(colour_folder, tiny_backbone):
+    model = transferkit.fit(colour_folder, backbone=tiny_backbone, strategy="linear")
+    assert model.metrics["tta"] == {"judged": False, "kept": False} and model.tta is False
+
+
+def test_tta_is_refused_where_there_are_no_views(text_folder, tiny_text_backbone, box_folder, tmp_path):
+    from typer.testing import CliRunner
+
+    from transferkit.cli import app
+
+    model = transferkit.fit(text_folder, backbone=tiny_text_backbone, strategy="linear", out=tmp_path / "run")
+    assert "tta" not in model.metrics
+    with pytest.raises(TransferkitError, match="Test-time augmentation applies to image and audio classifiers"):
+        model.predict(["goal"], tta=True)
+    r = CliRunner().invoke(app, ["predict", str(tmp_path / "run" / "model"), "goal team", "--tta"])
+    assert r.exit_code == 2 and "applies to image and audio classifiers" in r.output and "Traceback" not in r.output
+
+
+def test_audio_windows_shift_within_their_recording():
+    from transferkit.data.audio import DecodedAudio, shifted_views
+    from transferkit.data.wavestore import Waves
+
+    source = torch.arange(30, dtype=torch.float16)  # recording 0: samples 0-17 (two windows), 1: 20-27
+    data = DecodedAudio(Waves(source, [0, 10, 20], [8, 8, 8], 8), torch.tensor([0, 0, 1]), torch.tensor([0, 1]),
+                        ["a", "b"])
+    back, ahead = shifted_views(data)
+    assert back.waves.starts.tolist() == [0, 8, 20] and ahead.waves.starts.tolist() == [2, 12, 22]
+    # a window never reads the next recording: its valid samples end where its recording does
+    assert (ahead.waves.starts + ahead.waves.valid).tolist() == [10, 18, 28]
+
+
+# ------------------------------------------------------------------------------------------------ label noise
+
+
+def test_the_report_lists_training_examples_likely_mislabelled(tmp_path, tiny_backbone):
+    from conftest import write_colour_images
+
+    write_colour_images(tmp_path / "c", 12)
+    for name in ("red_000.png", "red_001.png"):  # two red images filed as blue
+        (tmp_path / "c" / "red" / name).rename(tmp_path / "c" / "blue" / name)
+    model = transferkit.fit(tmp_path / "c", backbone=tiny_backbone, strategy="linear", out=tmp_path / "run")
+    noise = model.metrics["label_noise"]
+    assert noise["checked"] and noise["examples"] == 36 and noise["issues"] >= 2
+    flagged = [r["input"] for r in noise["rows"][:4]]
+    assert any(f.endswith("blue/red_000.png") for f in flagged) and any(f.endswith("blue/red_001.png") for f in flagged)
+    assert {r["suggested"] for r in noise["rows"] if "/blue/red_" in r["input"]} == {"red"}
+    assert "## Possibly mislabelled training examples" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_runs_with_a_validation_split_say_the_noise_check_needs_folds(colour_splits, tiny_backbone):
+    model = transferkit.fit(colour_splits, backbone=tiny_backbone, strategy="linear", val_fraction=0.3)
+    assert model.metrics["label_noise"]["checked"] is False
+
+
+# ---------------------------------------------------------------------------------------------- compare and rank
+
+
+def test_rank_multilabel_data_by_logme_alone(colour_pairs, tiny_backbone, tmp_path):
+    from test_transferability import _second_backbone
+
+    result = transferkit.rank(colour_pairs, [tiny_backbone, _second_backbone(tmp_path)], label_sep="|")
+    for row in result["rows"]:
+        assert np.isfinite(row["logme"]) and all(row[k] is None for k in ("leep", "nce", "hscore", "knn"))
+
+
+def test_logme_takes_multi_hot_columns_as_they_are():
+    from transferkit.evaluation.transferability import LogME
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 50)
+    X = np.c_[y + rng.normal(0, .1, 100), rng.normal(size=(100, 3))]
+    one_hot = np.eye(2)[y]
+    assert LogME().fit(X, one_hot).score_ == pytest.approx(LogME().fit(X, y).score_)
+    both = np.c_[y, 1 - y, rng.integers(0, 2, 100)]  # a third label no feature explains: the mean evidence drops
+    assert LogME().fit(X, both).score_ < LogME().fit(X, both[:, :2]).score_
+
+
+def test_compare_multilabel_scores_by_map(tmp_path, tiny_backbone):
+    rows = write_colour_pairs(tmp_path / "p", 40, seed=2)
+    table = write_table(tmp_path / "p" / "t.csv", rows, splits=["train"] * 28 + ["test"] * 12)
+    result = transferkit.compare(table, budgets="4,all", seeds=1, strategies="linear,classical",
+                                 backbone=tiny_backbone, label_sep="|", out=tmp_path / "cmp")
+    assert result["config"]["metric"] == "map" and len(result["runs"]) == 4 and not result["failed"]
+    assert all(0 <= r["score"] <= 1 for r in result["runs"])
+    with pytest.raises(TransferkitError, match="does not score multi-label data"):
+        transferkit.compare(table, budgets="all", seeds=1, strategies="linear,classical", backbone=tiny_backbone,
+                            label_sep="|", metric="balanced_accuracy")

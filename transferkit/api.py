@@ -236,12 +236,14 @@ def rank(data: Any, backbones: list[str] | str, *, validate: bool = False, strat
          test_fraction: float | None = 0.2, modality: str = "auto", labels: list[Any] | None = None,
          text_options: Any = None, max_length: int | None = None, clip_seconds: float | None = None,
          window: str | None = None, slices: str | None = None, patient_column: str | None = None,
-         arch: str | None = None, **validate_options: Any) -> dict[str, Any]:
+         arch: str | None = None, label_sep: str | None = None, **validate_options: Any) -> dict[str, Any]:
     """Score each of ``backbones`` on ``data`` (any classification data :func:`fit` takes) and rank them by LogME.
 
     Only the training and validation splits are read (split as :func:`fit` splits them with the same ``seed`` and
     fractions), so the scores never see the test set; the loader options (``modality``, ``text_options`` (a
-    :class:`transferkit.data.text.TextOptions`), ``window``, ``arch`` ...) mean what they mean for :func:`fit`.
+    :class:`transferkit.data.text.TextOptions`), ``window``, ``arch``, ``label_sep`` ...) mean what they mean for
+    :func:`fit`. Multi-label data are ranked by LogME on each label's 0/1 column; LEEP, NCE, H-score and k-NN score
+    one class per example and are left out (None).
 
     Args:
         validate: also fine-tune every backbone (``strategy``, ``budget`` per backbone, ``validate_options`` such
@@ -269,7 +271,8 @@ def rank(data: Any, backbones: list[str] | str, *, validate: bool = False, strat
                 "label_sep": text_options.label_sep,
                 "encoding": None if text_options.encoding == "utf-8" else text_options.encoding}
     given = {"labels": labels, "max_length": max_length, "clip_seconds": clip_seconds, "window": window,
-             "slices": slices, "patient_column": patient_column, **text}
+             "slices": slices, "patient_column": patient_column, **text,
+             "label_sep": label_sep if label_sep is not None else text.get("label_sep")}
     task, options = resolve(data, "classify", modality, given)
     settings = RunSettings(seed=seed, skip_bad=skip_bad, image_size=image_size, precision=precision, arch=arch,
                            val_fraction=val_fraction, test_fraction=test_fraction)

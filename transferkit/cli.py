@@ -293,6 +293,8 @@ def fit(
         "n": m[scored]["n"],
         "accuracy": round(m[scored]["accuracy"], 4), "macro_f1": round(m[scored]["macro_f1"], 4),
         **({"micro_f1": round(m[scored]["micro_f1"], 4)} if "micro_f1" in m[scored] else {}),
+        **({"map": None if m[scored]["map"] is None else round(m[scored]["map"], 4)} if "micro_f1" in m[scored]
+           else {}),
         "seconds": round(m["timings"]["total_s"], 1), "report": str(out / "report.md"), "model": str(out / "model"),
     }
     clinical = m[scored].get("clinical")
@@ -389,6 +391,11 @@ def predict(
         help="Detectors: write the image with its boxes to this PNG (several images: a folder of PNGs).",
     ),
     score_threshold: float = typer.Option(0.3, "--score-threshold", help="Detectors: lowest score shown."),
+    tta: Optional[bool] = typer.Option(
+        None, "--tta/--no-tta",
+        help="Image and audio classifiers: average the predictions over test-time views (flips and crops; shifted "
+             "windows). Default: as the bundle says (fit keeps it where it helped on validation).",
+    ),
     max_image_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
     """Top-k labels with probabilities for each image, recording or text; boxes for detectors."""
@@ -397,6 +404,8 @@ def predict(
 
     try:
         model = load(model_dir)
+        if isinstance(model, DetectionModel) and tta:
+            raise TransferkitError("--tta applies to image and audio classifiers; this bundle is a detector.")
         if isinstance(model, DetectionModel):
             _predict_boxes(model, list(inputs or []), draw, score_threshold, skip_bad, as_json, as_csv)
             return
@@ -420,7 +429,7 @@ def predict(
             if paths:  # a text model classifies the words it is given: here, a file's name
                 warn(f"{paths[0]} names a file{f' ({len(paths)} arguments do)' if len(paths) > 1 else ''}: a text "
                      f"model classifies its name, not its content; pass --file {paths[0]} to classify what it holds")
-        preds = model.predict(items, top_k=top_k, skip_bad=skip_bad)
+        preds = model.predict(items, top_k=top_k, skip_bad=skip_bad, tta=tta)
         if model.task.inputs == "strings":  # show where each text came from, not the whole article
             names = [*([_short(t) for t in inputs or []]), *[str(f) for f in file or []]]
             names += [f"{lines}:{n}" for n, _ in numbered]
@@ -436,10 +445,11 @@ def predict(
         import csv
 
         w = csv.writer(sys.stdout)
-        w.writerow(["path", "label", "probability"])
+        multi = bool(preds) and "labels" in preds[0]  # multi-label: every label present, "|"-separated
+        w.writerow(["path", "label", "probability", *(["labels"] if multi else [])])
         for p in preds:  # the probability of the label given (a medical model's decision may not be the top one)
             prob = p.get("probability", p["top"][0]["probability"])
-            w.writerow([p["input"], p["label"], f"{prob:.6f}"])
+            w.writerow([p["input"], p["label"], f"{prob:.6f}", *(["|".join(p["labels"])] if multi else [])])
     else:
         from rich.table import Table
 
@@ -447,10 +457,13 @@ def predict(
 
         audio = bool(preds) and "windows" in preds[0]  # audio: how many windows each recording averaged
         decided = bool(preds) and "positive_probability" in preds[0]
+        multi = bool(preds) and "labels" in preds[0]  # multi-label: the labels at or above their thresholds
         table = Table("input", *(["windows"] if audio else []), *(["decision"] if decided else []),
+                      *(["labels"] if multi else []),
                       *[f"#{i + 1}" for i in range(len(preds[0]["top"]) if preds else 0)])
         for p in preds:
             table.add_row(p["input"], *([str(p["windows"])] if audio else []), *([p["label"]] if decided else []),
+                          *([", ".join(p["labels"]) or "(none)"] if multi else []),
                           *[f"{t['label']} {t['probability']:.3f}" for t in p["top"]])
         console.print(table)
         if decided:
@@ -542,6 +555,11 @@ def evaluate(
     ),
     encoding: str = typer.Option("utf-8", help="Texts: encoding of .txt files."),
     as_json: bool = typer.Option(False, "--json", help="Print all metrics as JSON on stdout."),
+    tta: Optional[bool] = typer.Option(
+        None, "--tta/--no-tta",
+        help="Image and audio classifiers: average the predictions over test-time views (flips and crops; shifted "
+             "windows). Default: as the bundle says (fit keeps it where it helped on validation).",
+    ),
     max_image_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
     """Score a saved model on labelled images, audio or texts (detectors: COCO mAP on images with boxes)."""
@@ -550,12 +568,16 @@ def evaluate(
 
     try:
         model = load(model_dir)
+        if isinstance(model, DetectionModel) and tta:
+            raise TransferkitError("--tta applies to image and audio classifiers; this bundle is a detector.")
         given = {"text_column": text_column, "label_column": label_column, "encoding": encoding,
                  "label_sep": label_sep}
+        if tta is not None:
+            given["tta"] = tta
         reading = getattr(model, "task", None)
         reading = reading.reading_options if reading is not None else ()
         m = model.evaluate(str(data), skip_bad=skip_bad,
-                           **{k: v for k, v in given.items() if k in reading and v is not None})
+                           **{k: v for k, v in given.items() if (k in reading or k == "tta") and v is not None})
     except TransferkitError as err:
         _fail(err)
     if isinstance(model, DetectionModel):
@@ -583,8 +605,14 @@ def evaluate(
 
     from .console import results as console
 
-    console.print(f"accuracy [bold]{m['accuracy']:.3f}[/], macro-F1 {m['macro_f1']:.3f}, log-loss {m['log_loss']:.3f} "
-                  f"(n={m['n']})", highlight=False)
+    if m.get("multi_label"):
+        mean_ap = "n/a" if m.get("map") is None else f"{m['map']:.3f}"
+        console.print(f"macro-F1 [bold]{m['macro_f1']:.3f}[/], micro-F1 {m['micro_f1']:.3f}, mAP {mean_ap}, exact "
+                      f"match {m['accuracy']:.3f}, Hamming score {m['hamming_score']:.3f} (n={m['n']})",
+                      highlight=False)
+    else:
+        console.print(f"accuracy [bold]{m['accuracy']:.3f}[/], macro-F1 {m['macro_f1']:.3f}, log-loss "
+                      f"{m['log_loss']:.3f} (n={m['n']})", highlight=False)
     if m.get("clinical"):
         console.print(_clinical_line({**m["clinical"], "threshold": model.clinical["threshold"]}), highlight=False)
     table = Table("class", "precision", "recall", "F1", "support")
@@ -722,7 +750,7 @@ def _print_detection_metrics(m: dict) -> None:
 def rank(
     data: Path = typer.Argument(
         ...,
-        help="Labelled data, as for fit (images, DICOM/NIfTI, texts or audio; single-label).",
+        help="Labelled data, as for fit (images, DICOM/NIfTI, texts or audio; multi-label: ranked by LogME alone).",
     ),
     backbones_list: str = typer.Option(
         ..., "--backbones",
@@ -739,6 +767,10 @@ def rank(
     image_size: Optional[int] = typer.Option(None, help="Override every image backbone's input resolution."),
     seed: int = typer.Option(0, help="Seed for the split (and the fine-tuning with --validate)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable files with a warning."),
+    label_sep: Optional[str] = typer.Option(
+        None, "--label-sep",
+        help="Multi-label tables: the separator of the label cells, as for fit (JSONL lists need none).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     max_image_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
@@ -748,7 +780,7 @@ def rank(
 
     try:
         result = rank_api(str(data), backbones_list.split(","), validate=validate, budget=budget, out=out, seed=seed,
-                          skip_bad=skip_bad, image_size=image_size,
+                          skip_bad=skip_bad, image_size=image_size, label_sep=label_sep,
                           **({"epochs": epochs} if epochs is not None else {}))
     except TransferkitError as err:
         _fail(err)
@@ -765,7 +797,7 @@ def rank(
 def compare(
     data: Path = typer.Argument(
         ...,
-        help="Labelled data, as for fit (images, DICOM/NIfTI, texts or audio; single-label).",
+        help="Labelled data, as for fit (images, DICOM/NIfTI, texts or audio; single- or multi-label).",
     ),
     budgets: str = typer.Option(
         "5,10,25,50,all",
@@ -792,8 +824,9 @@ def compare(
     ),
     metric: str = typer.Option(
         "auto",
-        help="accuracy, balanced_accuracy, macro_f1 or auroc (two-class medical); auto: accuracy, or AUROC / balanced "
-             "accuracy for medical data.",
+        help="accuracy, balanced_accuracy, macro_f1 or auroc (two-class medical); multi-label: map, macro_f1, micro_f1 "
+             "or accuracy (exact match). auto: accuracy, AUROC / balanced accuracy for medical data, mAP for "
+             "multi-label data.",
     ),
     time_per_run: Optional[str] = typer.Option(None, help="Wall-time budget of each run, e.g. 2m."),
     epochs: Optional[int] = typer.Option(None, help="Maximum epochs of each run (default: each strategy's own)."),
@@ -816,6 +849,10 @@ def compare(
     seed: int = typer.Option(0, help="Seed of the fixed test split (when the data have none)."),
     resume: bool = typer.Option(False, help="Reuse the runs an interrupted comparison in --out already finished."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable files with a warning."),
+    label_sep: Optional[str] = typer.Option(
+        None, "--label-sep",
+        help="Multi-label tables: the separator of the label cells, as for fit (JSONL lists need none).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     max_image_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
@@ -828,7 +865,8 @@ def compare(
                              skip_bad=skip_bad, image_size=image_size, modality=modality, precision=precision,
                              **{k: v for k, v in (("epochs", epochs), ("max_length", max_length),
                                                   ("text_column", text_column), ("label_column", label_column),
-                                                  ("patient_column", patient_column)) if v is not None})
+                                                  ("patient_column", patient_column), ("label_sep", label_sep))
+                                if v is not None})
     except TransferkitError as err:
         _fail(err)
     if as_json:

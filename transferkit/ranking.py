@@ -41,8 +41,7 @@ def score_backbones(data: Any, names: list[str], task: Any, settings: Any, optio
         t0 = time.monotonic()
         prepared = task.prepare(data, name, settings, options, parts=("train", "val"))
         bb, dec = prepared.backbone, prepared.encoded
-        if dec["train"].targets.ndim == 2:
-            raise TransferkitError("rank scores single-label data; these labels are multi-label.")
+        multi = dec["train"].targets.ndim == 2  # LogME regresses each label's 0/1 column; the others need one class
         parts = [part for part in ("train", "val") if part in dec]  # small data: no validation split, all is train
         feats = [extract_features(bb, dec[part], accelerator, description=f"features ({name}, {part})")[0]
                  for part in parts]
@@ -52,15 +51,20 @@ def score_backbones(data: Any, names: list[str], task: Any, settings: Any, optio
         row: dict[str, Any] = {"backbone": name, "examples": len(y), "features": int(X.shape[1])}
         source = _source_probabilities(bb, X)
         for key in ORDER:
-            if key in ("leep", "nce"):
+            if multi and key != "logme":
+                row[key] = None
+            elif key in ("leep", "nce"):
                 row[key] = SCORES[key]().fit(source, y).score_ if source is not None else None
             else:
                 row[key] = SCORES[key]().fit(X, y).score_
         row["features_s"] = round(t1 - t0, 2)
         row["scores_s"] = round(time.monotonic() - t1, 2)
         rows.append(row)
-        info(f"rank: {name}: LogME {row['logme']:.3f}, k-NN {row['knn']:.3f} "
-             f"({row['features_s'] + row['scores_s']:.1f} s)")
+        knn = "" if row["knn"] is None else f", k-NN {row['knn']:.3f}"
+        info(f"rank: {name}: LogME {row['logme']:.3f}{knn} ({row['features_s'] + row['scores_s']:.1f} s)")
+    if multi:
+        info("rank: multi-label data: LEEP, NCE, H-score and k-NN score one class per example and do not apply; "
+             "ranked by LogME on each label's 0/1 column")
     ranking = [r["backbone"] for r in sorted(rows, key=lambda r: -r["logme"])]
     return {"rows": rows, "ranking": ranking, "ranked_by": "logme", "classes": prepared.classes}
 

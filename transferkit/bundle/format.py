@@ -245,6 +245,7 @@ COMMON = (
     Rule("labels", *class_names()),
     Rule("multi_label", *flag(), optional=True),
     Rule("threshold", *thresholds(), optional=True),
+    Rule("tta", *flag(), optional=True),
     Rule("backbone", *mapping(("name", "source", "arch", "weights", "extra"))),
     Rule("backbone.name", *text()),
     Rule("backbone.source", *text()),

@@ -62,6 +62,7 @@ class TransferModel:
         self.meta = meta or {}
         self.multi_label = bool(multi_label)
         self.threshold: float | list[float] = 0.5  # multi-label: one cut for all labels, or one per label
+        self.tta = False  # predictions average test-time views (fit keeps it only when it helped on validation)
         self.files = dict(files or {})  # extra bundle files (e.g. adapter/), written as they are
         self.metrics: dict[str, Any] = {}  # filled by transferkit.fit: everything metrics.json holds
         # medical models: {"positive", "threshold", "threshold_rule", "temperature"}, fitted on validation
@@ -77,30 +78,44 @@ class TransferModel:
         return self.classifier.backbone.preprocess
 
     def predict_proba(self, inputs: list[Any], batch_size: int = 64, precision: str = "auto",
-                      skip_bad: bool = False) -> np.ndarray:
+                      skip_bad: bool = False, tta: bool | None = None) -> np.ndarray:
         """Class probabilities ``(N, C)`` in ``self.classes`` order, for image paths or HxW[xC] uint8 arrays
         (image models), strings (text models) or audio files (audio models; windows averaged per recording).
         Multi-label models give one independent probability per class.
 
         With ``skip_bad=True`` unreadable images or empty texts are left out (with a warning), so N may be smaller.
+        ``tta``: average test-time views (flips and crops of images, shifted windows of audio); None: as the bundle
+        says (``fit`` keeps it where it helped on validation).
         """
         data, _ = self.task.encode(self, inputs, skip_bad)
-        return self.predict_encoded(data, batch_size, precision)
+        return self.predict_encoded(data, batch_size, precision, tta)
 
     @torch.no_grad()
-    def predict_encoded(self, data: Any, batch_size: int = 64, precision: str = "auto") -> np.ndarray:
-        """Probabilities for inputs already prepared by a run (``DecodedImages``, ``EncodedTexts``...)."""
+    def predict_encoded(self, data: Any, batch_size: int = 64, precision: str = "auto",
+                        tta: bool | None = None) -> np.ndarray:
+        """Probabilities for inputs already prepared by a run (``DecodedImages``, ``EncodedTexts``...); with ``tta``
+        (None: the bundle's setting) the mean of the probabilities over the data and the task's test-time views."""
         from ..engine.accel import resolve_precision
         from ..engine.inference import forward_inputs
 
         if len(data) == 0:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
+        views = [data]
+        if self.tta if tta is None else tta:
+            more = self.task.tta_views(data)
+            if not more:
+                raise TransferkitError(f"Test-time augmentation applies to image and audio classifiers; this is a "
+                                       f"{self.task.title} model: leave --tta out.")
+            views += more
         use_bf16 = resolve_precision(precision, cpu=True) == "bf16"
-        logits = forward_inputs(self.classifier, data, self.preprocess, batch_size=batch_size, description="predicting",
-                                autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16))
-        if self.multi_label:
-            return torch.sigmoid(logits).numpy()
-        return self.calibrated(torch.softmax(logits, dim=1).numpy())
+        probs = []
+        for view in views:
+            logits = forward_inputs(self.classifier, view, self.preprocess, batch_size=batch_size,
+                                    description="predicting" if len(views) == 1 else "predicting (test-time views)",
+                                    autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16))
+            probs.append(torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=1))
+        mean = torch.stack(probs).mean(0).numpy()
+        return mean if self.multi_label else self.calibrated(mean)
 
     def calibrated(self, probs: np.ndarray) -> np.ndarray:
         """Medical models: the class weights' shift undone, then the temperature fitted on validation (others:
@@ -126,7 +141,7 @@ class TransferModel:
         return probs.argmax(1)
 
     def predict(self, inputs: list[Any], top_k: int = 5, batch_size: int = 64, precision: str = "auto",
-                skip_bad: bool = False) -> list[dict[str, Any]]:
+                skip_bad: bool = False, tta: bool | None = None) -> list[dict[str, Any]]:
         """Top-k labels per input: ``[{"input": ..., "label": ..., "probability": ..., "top": [{"label",
         "probability"}, ...]}]`` (``probability``: the label's own).
 
@@ -136,7 +151,7 @@ class TransferModel:
         ``skip_bad=True`` unreadable images or empty texts are skipped with a warning and left out of the result.
         """
         data, kept = self.task.encode(self, inputs, skip_bad)
-        probs = self.predict_encoded(data, batch_size, precision)
+        probs = self.predict_encoded(data, batch_size, precision, tta)
         k = min(top_k, len(self.classes))
         decisions = self.decide(probs) if not self.multi_label else None
         cut = self.label_thresholds()
@@ -157,7 +172,7 @@ class TransferModel:
         self.task.describe_rows(out, data)
         return out
 
-    def evaluate(self, source: Any, skip_bad: bool = False, **options: Any) -> dict[str, Any]:
+    def evaluate(self, source: Any, skip_bad: bool = False, tta: bool | None = None, **options: Any) -> dict[str, Any]:
         """Metrics on labelled data: a folder (its ``test/`` if present), a CSV/TSV/JSONL (its test rows if it has a
         split column), or for text models also a DataFrame or HF dataset. Every example is scored; no split is made.
         ``options`` are the task's reading options (text: ``text_column``, ``label_column``, ``label_sep`` (default:
@@ -165,7 +180,7 @@ class TransferModel:
         from ..evaluation.metrics import classification_metrics, multilabel_metrics
 
         data = self.task.read_labelled(self, source, skip_bad, **options)
-        probs = self.predict_encoded(data)
+        probs = self.predict_encoded(data, tta=tta)
         if self.multi_label:
             return multilabel_metrics(data.targets.numpy(), probs, self.classes, self.threshold)
         metrics = classification_metrics(data.targets.numpy(), probs, self.classes, self.decide(probs))
@@ -206,8 +221,8 @@ class TransferModel:
         from .card import render_model_card
 
         bb = self.classifier.backbone
-        own = ("format", "transferkit_version", "task", "labels", "multi_label", "threshold", "backbone", "preprocess",
-               "head", "clinical")
+        own = ("format", "transferkit_version", "task", "labels", "multi_label", "threshold", "tta", "backbone",
+               "preprocess", "head", "clinical")
         config = {
             "format": BUNDLE_FORMAT,
             "transferkit_version": __version__,
@@ -215,6 +230,7 @@ class TransferModel:
             "labels": self.classes,
             "multi_label": self.multi_label,
             "threshold": self.threshold,
+            "tta": self.tta,
             "backbone": bb.spec.to_dict(),
             "preprocess": bb.preprocess.to_dict(),
             "head": self.classifier.head.config,
@@ -264,6 +280,7 @@ class TransferModel:
                     task=task)
         cut = config.get("threshold", 0.5)  # checked by the schema: a number, or one per label
         model.threshold = [float(x) for x in cut] if isinstance(cut, list) else float(cut)
+        model.tta = bool(config.get("tta", False))
         return model
 
 def load(folder: str | Path) -> Any:

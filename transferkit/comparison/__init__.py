@@ -110,7 +110,7 @@ def compare(data: Any, *, budgets: str | list = (5, 10, 25, 50, ALL), seeds: int
         if name != CLASSICAL:
             task.create_strategy(name, None, run_options(name, strategy_options, kind,
                                                          options_not_for(name, names, strategy_options)))
-    metric = choose_metric(metric, task, splits.classes)
+    metric = choose_metric(metric, task, splits.classes, getattr(splits.train, "multi_label", False))
     pool = concat(splits.train, splits.val)
     test = splits.test
     if test is None or len(test) == 0:

@@ -15,7 +15,10 @@ import numpy as np
 from ..errors import TransferkitError
 
 ALL = "all"
-METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "micro_f1")
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "micro_f1", "map")
+# what multi-label runs may be scored by ("accuracy": exact match); mAP needs no threshold, so it is the default: the
+# transfer runs tune each label's cut on their validation split, the classical baseline has none to tune it on
+MULTI_LABEL_METRICS = ("map", "macro_f1", "micro_f1", "accuracy")
 TRANSFER_FIRST = ("linear", "finetune", "gradual", "auto", "lora", "contrastive")
 # not a strategy of transferkit.strategies (no backbone, no training loop): compare runs it itself
 CLASSICAL = "classical"
@@ -52,8 +55,6 @@ def load_splits(data, modality, skip_bad, val_fraction, test_fraction, seed, fit
                                "a detector, train it with --strategy scratch as well and compare the two mAP figures.")
     settings = RunSettings(seed=seed, skip_bad=skip_bad, val_fraction=val_fraction, test_fraction=test_fraction)
     splits = task.load_splits(data, settings, options)
-    if getattr(splits.train, "multi_label", False):
-        raise TransferkitError("compare draws labels per class from single-label data; these texts are multi-label.")
     return splits, task
 
 
@@ -163,8 +164,16 @@ def budget_splits(pool, test, classes: list[str], budget, seed: int, val_fractio
     return part
 
 
-def choose_metric(metric: str, task: Any, classes: list[str]) -> str:
-    """The metric every run is scored by: ``auto`` asks the task; a named one is checked against the data."""
+def choose_metric(metric: str, task: Any, classes: list[str], multi_label: bool = False) -> str:
+    """The metric every run is scored by: ``auto`` asks the task (multi-label: mAP); a named one is checked against
+    the data."""
+    if multi_label:
+        if metric == "auto":
+            return "map"
+        if metric not in MULTI_LABEL_METRICS:
+            raise TransferkitError(f"Metric {metric!r} does not score multi-label data: choose auto (mAP), "
+                                   f"{', '.join(MULTI_LABEL_METRICS[1:])}.")
+        return metric
     if metric == "auto":
         return task.default_metric(classes)
     if metric not in METRICS[:4]:
@@ -184,7 +193,8 @@ def record_run(model, budget, seed: int, name: str, metric: str, part, wall_s: f
     loop records is taken on augmented batches while the weights move, which differs between strategies."""
     metrics = model.metrics
     test = metrics["test"]
-    clean_train = model.evaluate(part.train)["accuracy"]
+    own = "macro_f1" if model.multi_label else "accuracy"  # the gap's metric (exact match is too coarse)
+    clean_train = model.evaluate(part.train)[own]
     score = test["clinical"]["auroc"] if metric == "auroc" else test[metric]
     hist = metrics["history"]
     best = hist["epochs"][hist["best_epoch"]]
@@ -195,8 +205,8 @@ def record_run(model, budget, seed: int, name: str, metric: str, part, wall_s: f
         "labels_per_class": (len(part.train) + len(part.val)) / len(part.classes),
         "score": score, "test_accuracy": test["accuracy"], "test_accuracy_ci": test.get("accuracy_ci"),
         "test_macro_f1": test["macro_f1"], "test_balanced_accuracy": test.get("balanced_accuracy"),
-        "val_score": best["val_acc"], "train_score": clean_train, "val_accuracy": metrics["val"]["accuracy"],
-        "gap": clean_train - metrics["val"]["accuracy"], "test_auroc_ci": test.get("clinical", {}).get("auroc_ci"),
+        "val_score": best["val_acc"], "train_score": clean_train, "val_accuracy": metrics["val"][own],
+        "gap": clean_train - metrics["val"][own], "test_auroc_ci": test.get("clinical", {}).get("auroc_ci"),
         "epochs": len(hist["epochs"]), "stopped": hist["stopped"],
         "wall_s": round(wall_s, 1), "train_s": round(metrics["timings"].get("total_s", wall_s), 1), "curve": curve,
     }
@@ -209,7 +219,7 @@ def classical_run(part, task: Any, budget, seed: int, metric: str, image_pre: An
     held-out split would only be labels it paid for and did not use (a budget counts both, for every strategy).
     Hence no validation score, no validation curve over time and no overfitting gap (None); ``train_score`` is
     its accuracy on the examples it was fitted on."""
-    from ..evaluation.metrics import classification_metrics
+    from ..evaluation.metrics import classification_metrics, multilabel_metrics
     from ..strategies.classical import ClassicalBaseline
 
     labelled = concat(part.train, part.val) if part.val is not None else part.train
@@ -217,7 +227,9 @@ def classical_run(part, task: Any, budget, seed: int, metric: str, image_pre: An
     (x, y), (x_test, y_test) = data["train"], data["test"]
     base = ClassicalBaseline(task.baseline_kind(), seed=seed).fit(x, y, num_classes=len(part.classes))
     probs = base.predict_proba(x_test)
-    test = classification_metrics(y_test, probs, part.classes)
+    multi = np.asarray(y).ndim == 2  # multi-label: every label at 0.5 (no validation split to tune a cut on)
+    test = multilabel_metrics(y_test, probs, part.classes) if multi else classification_metrics(y_test, probs,
+                                                                                                  part.classes)
     auroc_ci = None
     if metric == "auroc":
         from ..evaluation.clinical import choose_positive, clinical_metrics
@@ -233,7 +245,8 @@ def classical_run(part, task: Any, budget, seed: int, metric: str, image_pre: An
         "labels_per_class": len(labelled) / len(part.classes),
         "score": score, "test_accuracy": test["accuracy"], "test_accuracy_ci": test.get("accuracy_ci"),
         "test_macro_f1": test["macro_f1"], "test_balanced_accuracy": test.get("balanced_accuracy"),
-        "val_score": None, "train_score": float((base.predict(x) == y).mean()), "val_accuracy": None,
+        "val_score": None, "train_score": float((base.predict(x) == y).all(1).mean() if multi else
+                                                (base.predict(x) == y).mean()), "val_accuracy": None,
         "gap": None, "test_auroc_ci": auroc_ci, "epochs": None, "stopped": None, "curve": [],
         "C": base.probe_.C_,
     }

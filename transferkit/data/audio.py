@@ -229,6 +229,29 @@ class DecodedAudio:
                                    names=[self.names[i] for i in idx] if self.names else [], info=dict(self.info))
 
 
+def shifted_views(data: DecodedAudio, fractions: tuple[float, ...] = (-0.25, 0.25)) -> list[DecodedAudio]:
+    """The recordings' windows moved by each of ``fractions`` of a window (test-time augmentation; the identity is
+    not among them). A window never leaves its recording: its start stays within the recording's samples, and its
+    valid length is cut at the recording's end (zero padding after, as the first cut)."""
+    import dataclasses
+
+    from .wavestore import Waves
+
+    w = data.waves
+    owner = data.owner.numpy()
+    ends = w.starts + w.valid
+    lo = np.full(len(data), np.iinfo(np.int64).max)
+    hi = np.zeros(len(data), dtype=np.int64)
+    np.minimum.at(lo, owner, w.starts)
+    np.maximum.at(hi, owner, ends)
+    views = []
+    for f in fractions:
+        starts = np.clip(w.starts + round(f * w.n), lo[owner], np.maximum(lo[owner], hi[owner] - 1))
+        valid = np.minimum(w.n, hi[owner] - starts)
+        views.append(dataclasses.replace(data, waves=Waves(w.source, starts, valid, w.n)))
+    return views
+
+
 def _array_hash(arr: np.ndarray, rate: int | None) -> str:
     import hashlib
 
@@ -477,7 +500,7 @@ def choose_clip_seconds(durations: np.ndarray, lo: float = 0.5, hi: float = 10.0
     return float(min(hi, max(lo, np.ceil(p95 * 4 - 1e-9) / 4)))
 
 
-def window_clips(clips: Clips, targets: torch.Tensor | None, clip_samples: int,
+def window_clips(clips: Clips, targets: torch.Tensor | list[int] | None, clip_samples: int,
                  info: dict[str, Any] | None = None) -> DecodedAudio:
     """Cut every recording into windows of ``clip_samples`` (hop: half a window) -> :class:`DecodedAudio`. Nothing
     is copied: the windows are read from ``clips``' samples when indexed. ``targets``: one row per kept recording
@@ -491,7 +514,7 @@ def window_clips(clips: Clips, targets: torch.Tensor | None, clip_samples: int,
         starts.append(offset + s)
         valid.append(np.minimum(clip_samples, length - s))
         owner.append(np.full(len(s), r, dtype=np.int64))
-    t = targets if targets is not None else torch.zeros(len(clips), dtype=torch.long)
+    t = torch.as_tensor(targets) if targets is not None else torch.zeros(len(clips), dtype=torch.long)
     waves = Waves(clips.source, np.concatenate(starts), np.concatenate(valid), clip_samples)
     return DecodedAudio(waves, torch.from_numpy(np.concatenate(owner)), t, clips.fingerprints, clips.skipped,
                         clips.kept, clips.names, info or {})

@@ -193,6 +193,46 @@ class DecodedImages:
                                    kept=[self.kept[i] for i in idx] if self.kept else [])
 
 
+class ViewedPixels:
+    """uint8 pixels seen through a test-time view, applied to the rows read (nothing is copied up front): "hflip"
+    mirrors left and right; "zoom" takes the centre 90% and resizes it back (the crops training draws, scaled down
+    to one). Indexing gives a (N, 3, H, W) uint8 tensor, as the pixels it wraps do."""
+
+    VIEWS = ("hflip", "zoom", "zoom+hflip")
+
+    def __init__(self, pixels: Any, view: str):
+        if view not in self.VIEWS:
+            raise ValueError(f"view {view!r} is not one of {', '.join(self.VIEWS)}")
+        self.pixels, self.view = pixels, view
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.pixels.shape
+
+    def __getitem__(self, idx: Any) -> torch.Tensor:
+        x = self.pixels[idx]
+        if "zoom" in self.view:
+            one = x.dim() == 3
+            h, w = x.shape[-2:]
+            dh, dw = round(h * 0.05), round(w * 0.05)
+            crop = x[..., dh:h - dh, dw:w - dw].float()
+            x = torch.nn.functional.interpolate(crop.unsqueeze(0) if one else crop, size=(h, w), mode="bilinear",
+                                                antialias=True, align_corners=False).round().clamp(0, 255)
+            x = (x[0] if one else x).to(torch.uint8)
+        if "hflip" in self.view:
+            x = x.flip(-1)
+        return x
+
+
+def test_time_views(data: DecodedImages) -> list[DecodedImages]:
+    """The decoded images seen through :class:`ViewedPixels`' views (test-time augmentation; the identity is not
+    among them)."""
+    return [dataclasses.replace(data, pixels=ViewedPixels(data.pixels, v)) for v in ViewedPixels.VIEWS]
+
+
 def read_image_bytes(path: Path) -> bytes:
     """A file's bytes; :class:`DataError` naming it (a folder, a missing or unreadable file) when unreadable."""
     try:

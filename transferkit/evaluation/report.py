@@ -70,6 +70,35 @@ def per_class_table(s: dict[str, Any], balanced: bool) -> list[str]:
             *[f"| {c} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |" for c, v in rows]]
 
 
+def tta_text(t: dict[str, Any]) -> str:
+    """Whether test-time augmentation was kept, and the scores that decided it."""
+    if not t.get("judged"):
+        return ("Test-time augmentation: not judged (no validation split to judge it on); off. `transferkit evaluate "
+                "MODEL TEST --tta` shows whether it helps on a test set.")
+    name = METRIC_NAMES.get(t["metric"], t["metric"])
+    parts = [f"{s} {t[s]['without']:.3f} without, {t[s]['with']:.3f} with" for s in ("val", "test") if s in t]
+    verdict = "kept: predictions average them" if t["kept"] else "not kept: it did not help on validation"
+    return f"Test-time augmentation ({t['views']} extra views): {name} {'; '.join(parts)}; {verdict}."
+
+
+def noise_lines(n: dict[str, Any]) -> list[str]:
+    """The label-noise check: how many training examples confident learning flags, and the first of them."""
+    if not n.get("checked"):
+        return [f"Not checked: the label-noise check {n.get('why', 'needs out-of-fold predictions')}."]
+    head = (f"Confident learning on the out-of-fold probabilities flags {n['issues']} of {n['examples']} training "
+            f"examples ({n['share']:.1%}) whose label the other examples contradict: worth a second look (a hard or "
+            "ambiguous example is flagged as readily as a wrong one).")
+    if not n["rows"]:
+        return [head]
+
+    def names(v: Any) -> str:
+        return ", ".join(map(str, v)) or "(none)" if isinstance(v, list) else str(v)
+
+    return [head, "", "| example | given | suggested | probability of the given label |", "|---|---|---|---|",
+            *[f"| {r['input']} | {names(r['given'])} | {names(r['suggested'])} | {r['self_confidence']:.3f} |"
+              for r in n["rows"]]]
+
+
 def train_val_gap(history: dict[str, Any], held_out: dict[str, Any] | None = None) -> dict[str, float]:
     """Gap at the kept (best) epoch: train minus validation accuracy, and validation minus train loss.
 
@@ -268,6 +297,10 @@ def render_markdown(m: dict[str, Any], classes: list[str]) -> str:
         lines += ["", ranking_text(m["backbone_ranking"])]
     if m.get("continued"):
         lines += ["", "## Continued from a bundle", "", *continued_lines(m["continued"])]
+    if m.get("tta"):
+        lines += ["", tta_text(m["tta"])]
+    if m.get("label_noise"):
+        lines += ["", "## Possibly mislabelled training examples", "", *noise_lines(m["label_noise"])]
     if m.get("scratch_baseline"):
         lines += ["", "## Against scratch", "", scratch_text(m["scratch_baseline"])]
     if m.get("classical_baseline"):

@@ -33,7 +33,8 @@ def _labels(y: np.ndarray) -> tuple[np.ndarray, int]:
 class LogME:
     """LogME: for each class c, the evidence p(y_c | F) of y_c = F w + noise with w ~ N(0, 1/alpha), noise
     precision beta, both maximised by fixed-point iteration (MacKay's updates, solved in the SVD basis of F);
-    ``score_`` is the mean over classes of log-evidence / N.
+    ``score_`` is the mean over classes of log-evidence / N. ``y``: class labels, or (N, K) 0/1 multi-label rows,
+    whose columns are the targets y_c as they are (LogME regresses one-hot columns; a multi-hot one is no different).
 
     >>> rng = np.random.default_rng(0)
     >>> y = np.repeat([0, 1], 50)
@@ -48,7 +49,13 @@ class LogME:
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> LogME:
         F = np.asarray(X, dtype=np.float64)
-        idx, k = _labels(y)
+        y = np.asarray(y)
+        if y.ndim == 2:
+            columns = y.astype(np.float64)
+        else:
+            idx, k = _labels(y)
+            columns = (idx[:, None] == np.arange(k)[None, :]).astype(np.float64)
+        k = columns.shape[1]
         n, d = F.shape
         u, s, _ = np.linalg.svd(F, full_matrices=False)
         keep = s > s.max() * 1e-10 if s.size else s > 0
@@ -57,7 +64,7 @@ class LogME:
         r = len(s)
         evidences, alphas, betas = [], [], []
         for c in range(k):
-            t = (idx == c).astype(np.float64)
+            t = columns[:, c]
             z = u.T @ t
             outside = max(float(t @ t - z @ z), 0.0)  # the part of t no feature direction can reach
             alpha, beta = 1.0, 1.0

@@ -149,7 +149,7 @@ def export_model(model: Any, out: str | Path, *, format: str = "onnx", check: An
         fp32 = tmp / ("model.fp32.onnx" if quantize else "model.onnx")
         exporter = export_graph(graph, spec.inputs, spec.dynamic, fp32, opset, spec.outputs)
         ours = run_session(session_for(fp32), spec, data, batch_size)
-        theirs = model.predict_encoded(data, batch_size=batch_size, precision="no")
+        theirs = model.predict_encoded(data, batch_size=batch_size, precision="no", tta=False)  # the graph has none
         parity = compare(model, theirs, ours, tolerance, source)
         meta = {"format": "onnx", "exporter": exporter, "opset": opset, "task": model.task.bundle_task,
                 "model": "model.onnx",
@@ -177,6 +177,11 @@ def export_model(model: Any, out: str | Path, *, format: str = "onnx", check: An
          f"probabilities within {parity['max_abs_diff']:.1e} (limit {tolerance:g})")
     if quantize:
         tell_int8(meta["int8"], meta["int8"]["method"], "labelled input(s)")
+    if getattr(model, "tta", False):
+        from ..console import warn
+
+        warn("this bundle averages test-time views (fit kept them: they helped on validation); the exported graph "
+             "scores each input once, as the bundle does with --no-tta, and its parity was checked that way")
     return meta
 
 

@@ -239,6 +239,11 @@ class AudioTask(ClassificationTask):
     def rows(self, data: Any) -> int:
         return len(data.waves)
 
+    def tta_views(self, data: Any) -> list[Any]:
+        from ..data.audio import shifted_views
+
+        return shifted_views(data)
+
     def row_targets(self, data: Any) -> Any:
         return data.window_targets()
 

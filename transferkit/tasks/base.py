@@ -248,6 +248,11 @@ class Task:
         """A torch Dataset over encoded data (augmented draws when ``augment``)."""
         raise NotImplementedError
 
+    def tta_views(self, data: Any) -> list[Any]:
+        """Test-time views of encoded ``data`` whose predictions are averaged with the data's own (images: flips
+        and crops; audio: shifted windows); empty where the task has none."""
+        return []
+
     def sampler(self, task: Any) -> Any:
         """A training sampler other than epoch-seeded shuffling (e.g. class-balanced), or None."""
         return None

@@ -146,16 +146,42 @@ class ClassificationTask(Task):
 
     def scoring_seconds(self, train: Any, prepared: Prepared) -> float:
         """The backbone timed on a few training examples, scaled to the validation and test rows scored after
-        training (audio: every window of every recording)."""
+        training (audio: every window of every recording), test-time views included."""
         from ..strategies.base import sample_batch
         from .budget import seconds_per_row
 
         rows = sum(self.rows(d) for name, d in prepared.encoded.items() if name != "train")
         if not rows:
             return 0.0
+        if prepared.splits.val is not None:  # test-time views are judged on validation and test (judge_tta)
+            rows *= 1 + len(self.tta_views(prepared.encoded["val"]))
         n = min(16, self.rows(train.train))
         return rows * seconds_per_row(train.backbone, sample_batch(train, n), n, train.accelerator.device,
                                      train.accelerator.autocast)
+
+    def judge_tta(self, model: Any, probs: dict, targets: dict, prepared: Prepared, settings: RunSettings,
+                  train: Any, out_of_fold: bool) -> dict[str, Any] | None:
+        """Test-time augmentation, kept in ``model`` (and ``probs`` replaced by its predictions) only when it scores
+        higher on validation by the metric that chose the model (accuracy, balanced accuracy, mAP); test scores
+        with and without are recorded beside, never used to decide. None where the task has no test-time views;
+        not judged without a validation split (the out-of-fold models are gone)."""
+        from ..strategies.base import probs_score
+
+        if not self.tta_views(prepared.encoded["train"]):
+            return None
+        if out_of_fold:
+            return {"judged": False, "kept": False}
+        with_tta = {n: model.predict_encoded(prepared.encoded[n], precision=settings.precision, tta=True)
+                    for n in probs}
+        scores = {n: {"without": probs_score(probs[n], targets[n], train.balanced),
+                      "with": probs_score(with_tta[n], targets[n], train.balanced)} for n in probs}
+        kept = scores["val"]["with"] > scores["val"]["without"]
+        if kept:
+            model.tta = True
+            probs.update(with_tta)
+        metric = "map" if model.multi_label else "balanced_accuracy" if train.balanced else "accuracy"
+        return {"judged": True, "kept": kept, "metric": metric, "views": len(self.tta_views(prepared.encoded["val"])),
+                **scores}
 
     def train_task(self, prepared: Prepared, settings: RunSettings, options: Any, accelerator: Any,
                    deadline: float | None, work_dir: Path | None) -> Any:
@@ -209,6 +235,7 @@ class ClassificationTask(Task):
         multi_label = model.multi_label
         probs = {n: model.predict_encoded(d, precision=settings.precision) for n, d in dec.items() if n != "train"}
         targets = {name: dec[name].targets.numpy() for name in probs}
+        tta = self.judge_tta(model, probs, targets, prepared, settings, train, result.cv is not None)
         # what each scored set's rows are (the cross-validated estimate scores the training examples)
         scored_data, scored_source = {n: dec[n] for n in probs}, {n: getattr(splits, n) for n in probs}
         if result.cv is not None:  # no validation split: the out-of-fold predictions stand where validation would
@@ -219,7 +246,7 @@ class ClassificationTask(Task):
         uncalibrated = probs
         if calibration is not None:
             probs = {name: model.calibrated(p) for name, p in probs.items()}
-        metrics_extra: dict[str, Any] = {}
+        metrics_extra: dict[str, Any] = {"tta": tta} if tta is not None else {}
         why = choose_balance(train.class_counts().tolist(), classes, getattr(options, "balance", None),
                              self.default_balance)[1]
         metrics_extra["balance"] = {"balance": train.balance, "balanced": train.balanced, "why": why}
@@ -247,6 +274,8 @@ class ClassificationTask(Task):
             metrics_extra["scratch_baseline"] = scratch_comparison(
                 baseline_model, base_probs, targets[scored], scores[scored], scored, classes, multi_label,
                 timings["scratch_baseline_s"], binary_clinical)
+        metrics_extra["label_noise"] = label_noise(result.cv, targets.get("val"), uncalibrated.get("val"), classes,
+                                                   example_names(scored_data["val"], scored_source["val"]))
         if prepared.classical is not None:  # the non-deep baseline beside scratch, fitted before training
             classical = classical_comparison(prepared.classical, targets[scored], scores[scored], classes,
                                              multi_label, binary_clinical)
@@ -333,6 +362,19 @@ class ClassificationTask(Task):
         model.meta["cv_probs"] = base.cv.probs if base.cv is not None else None
         extras["timings"]["scratch_baseline_s"] = time.monotonic() - t
         return model
+
+
+def label_noise(cv: Any, y: np.ndarray | None, probs: np.ndarray | None, classes: list[str],
+                names: list[str]) -> dict[str, Any]:
+    """The training examples most likely mislabelled (confident learning, :mod:`transferkit.evaluation.noise`) from
+    the out-of-fold probabilities of a cross-validated run; a run with a validation split has none (a model's own
+    probabilities on the examples it trained on have fitted their labels, right or wrong), and says so."""
+    if cv is None or y is None or probs is None:
+        return {"checked": False, "why": "needs out-of-fold predictions: runs on small data without a validation "
+                                         "split have them (or give --val-fraction 0)"}
+    from ..evaluation.noise import label_noise_summary
+
+    return {"checked": True, **label_noise_summary(y, probs, classes, names, k=20)}
 
 
 def choose_thresholds(model: Any, probs: np.ndarray, y: np.ndarray, rule: str | float | None,

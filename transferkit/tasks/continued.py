@@ -325,7 +325,7 @@ def forgetting(start: StartPoint, model: Any, settings: Any, options: Any) -> di
     out: dict[str, Any] = {"old_test": str(settings.old_test), "n": int(len(y))}
     # the bundle's classes come first in the new model, so a target means the same class in both
     for when, m in (("before", start.model), ("after", model)):
-        probs = m.predict_encoded(data)
+        probs = m.predict_encoded(data, tta=False)  # as each model was scored in its run: the same views for both
         if m.multi_label:
             old = len(start.classes)  # the new model's first labels are the bundle's
             s = multilabel_metrics(y, probs[:, :old], start.classes, m.label_thresholds()[:old].tolist())

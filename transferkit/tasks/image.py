@@ -172,6 +172,11 @@ class ImageTask(ClassificationTask):
     def dataset(self, data: Any, augment: bool = False, hflip: bool = True) -> Dataset:
         return ImageTensorDataset(data, augment, hflip)
 
+    def tta_views(self, data: Any) -> list[Any]:
+        from ..data.images import test_time_views
+
+        return test_time_views(data)
+
     def batch_input(self, backbone: Any):
         from ..data.images import image_prepare
 
