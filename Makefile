@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo demo-text demo-audio demo-detect demo-medical test install data bench bench-text bench-audio bench-detect bench-medical bench-compare bench-pretrain bench-small bench-throughput bench-gpu bench-budget bench-auto bench-memory bench-export clean
+.PHONY: demo demo-text demo-audio demo-detect demo-medical test install data bench bench-text bench-audio bench-detect bench-medical bench-compare bench-pretrain bench-small bench-throughput bench-gpu bench-budget bench-auto bench-memory bench-export bench-data clean
 
 install: $(STAMP)
 
@@ -109,6 +109,9 @@ bench-pretrain: $(STAMP) data
 
 # small data: transferkit's linear and auto vs the plain scikit-learn recipe on the same features vs a classical
 # baseline, 4 sets x 3 seeds, cross-validated fit and a separate test set (about an hour on 2 CPU cores)
+bench-data: $(STAMP) data
+	$(PY) benchmarks/data_issues.py
+
 bench-small: $(STAMP) data
 	$(PY) -m pip install -q "elpv-dataset==1.0.0.post1"
 	$(PY) benchmarks/small_data.py

@@ -238,12 +238,17 @@ CASES = {
     "window": ("medical", put("preprocess.window", "x-ray vision"), "config.json: preprocess.window must be auto, "
                f"full, a CT preset or 'centre,width', got 'x-ray vision'; {FIX}"),
     "threshold-5": ("image", put("threshold", 5),
-                    f"config.json: threshold must be a number from 0 to 1, or a list of one such number per label, "
-                    f"got 5; {FIX}"),
+                    f"config.json: threshold must be a number from 0 to 1, or (multi-label) a list of one such "
+                    f"number per label, got 5; {FIX}"),
     "threshold-list-short": ("image", put("threshold", [0.5]),
-                             f"config.json: threshold must be a number from 0 to 1, or a list of one such number per "
-                             f"label, got [0.5]; {FIX}"),
+                             f"config.json: threshold must be a number from 0 to 1, or (multi-label) a list of one "
+                             f"such number per label, got [0.5]; {FIX}"),
     "tta-text": ("image", put("tta", "yes"), f"config.json: tta must be true or false, got a string; {FIX}"),
+    "tta-on-texts": ("text", put("tta", True), f"config.json: tta is true, but text classification models have no "
+                     f"test-time views; {FIX}"),
+    "threshold-list-single-label": ("text", put("threshold", [0.5, 0.5, 0.5]), "config.json: threshold must be a "
+                                    "number from 0 to 1, or (multi-label) a list of one such number per label, got "
+                                    f"[0.5, 0.5, 0.5]; {FIX}"),
     "multi-label-yes": ("image", put("multi_label", "yes"),
                         f"config.json: multi_label must be true or false, got a string; {FIX}"),
     "head-type": ("image", put("head.type", "mlp"), f"config.json: head.type must be one of linear, got 'mlp'; {FIX}"),

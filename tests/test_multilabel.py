@@ -364,3 +364,87 @@ def test_compare_multilabel_scores_by_map(tmp_path, tiny_backbone):
     with pytest.raises(TransferkitError, match="does not score multi-label data"):
         transferkit.compare(table, budgets="all", seeds=1, strategies="linear,classical", backbone=tiny_backbone,
                             label_sep="|", metric="balanced_accuracy")
+
+
+def test_detection_sampler_draws_images_of_rare_objects_more_often():
+    from transferkit.strategies.detection import image_sampler
+
+    class Boxes:
+        targets = [torch.tensor([0, 0])] * 18 + [torch.tensor([0, 1])] * 2  # class 1 on 2 of 20 images
+
+        def __len__(self):
+            return 20
+
+    task = _task(torch.zeros(20, dtype=torch.long), "sampler", ["a", "b"])
+    task.train = Boxes()
+    drawn = [int(i) for i in image_sampler(task)]
+    assert len(drawn) == 20 and sum(i >= 18 for i in drawn) >= 5  # about half the draws, not 1 in 10
+    task.balance = "none"
+    assert sorted(int(i) for i in image_sampler(task)) == list(range(20))  # plain shuffling
+    with pytest.raises(TransferkitError, match="focal loss already weighs"):
+        transferkit.fit("nothing", task="detect", balance="weights")
+
+
+# ------------------------------------------------------------------------------------------------ review cases
+
+
+def test_tta_is_the_mean_of_the_views(colour_splits, tiny_backbone):
+    from transferkit.data.images import decode, test_time_views
+    from transferkit.data.sources import load_test_set
+
+    model = transferkit.fit(colour_splits, backbone=tiny_backbone, strategy="linear", val_fraction=0.3)
+    data = decode(load_test_set(colour_splits), model.preprocess, model.classes)
+    views = [data, *test_time_views(data)]
+    each = [model.predict_encoded(v, tta=False) for v in views]
+    assert not np.allclose(each[0], each[1])  # the views do differ
+    np.testing.assert_allclose(model.predict_encoded(data, tta=True), np.mean(each, axis=0), atol=1e-6)
+
+
+def test_label_lists_and_cells_are_checked_item_by_item(tmp_path):
+    from transferkit.data.sources import read_table
+
+    rows = write_colour_pairs(tmp_path / "p", 3)
+    for bad, said in (([None, "red"], r"line 1: the labels \[None, 'red'\] hold an empty or missing item"),
+                      ([["red", "blue"]], "a list inside the list"), ([1, "1"], "labels mix types")):
+        table = tmp_path / "p" / "bad.jsonl"
+        table.write_text("\n".join(json.dumps({"path": n, "label": bad if i == 0 else y})
+                                   for i, (n, y) in enumerate(rows)))
+        with pytest.raises(DataError, match=said):
+            read_table(table)
+    spaced = write_table(tmp_path / "p" / "spaced.csv", rows, sep=" ")  # "blue red": a space separates them
+    train, _ = read_table(spaced, label_sep=" ")
+    assert train.labels[0] == tuple(rows[0][1])
+    with pytest.raises(DataError, match=r"line 2: the labels 'red\|nan' hold an empty or missing item"):
+        read_table(write_table(tmp_path / "p" / "nan.csv", [(rows[0][0], ["red", "nan"])]), label_sep="|")
+
+
+def test_small_multilabel_data_is_judged_by_its_rarest_label(tmp_path):
+    from transferkit.data.sources import ImageSet, load_splits
+
+    items = [np.zeros((8, 8, 3), np.uint8)] * 121
+    labels = [["a", "b"] if i % 2 else ["a"] for i in range(120)] + [[]]  # b on 60, one image without labels
+    splits = load_splits(ImageSet(items, labels))
+    assert splits.val is not None and splits.test is not None  # 60 of the rarest label: not small data
+    few = load_splits(ImageSet(items[:41], labels[:40] + [[]]))  # b on 20: small, cross-validated
+    assert few.val is None and "smallest label: 20 examples" in few.how
+
+
+def test_thresholds_are_for_multilabel_data(colour_folder, tiny_backbone):
+    with pytest.raises(TransferkitError, match="--thresholds sets where a multi-label model says yes"):
+        transferkit.fit(colour_folder, backbone=tiny_backbone, strategy="linear", thresholds=0.5)
+
+
+def test_detector_evaluate_takes_no_tta_in_one_line(box_folder, tiny_backbone, tmp_path):
+    from typer.testing import CliRunner
+
+    from transferkit.bundle.detection import DetectionModel
+    from transferkit.cli import app
+    from transferkit.heads.detection import build_detector
+
+    torch.manual_seed(0)
+    DetectionModel(build_detector(tiny_backbone, ["Bag", "Trouser"], 64, pretrained=True),
+                   ["Bag", "Trouser"]).save(tmp_path / "det")
+    r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "det"), str(box_folder), "--tta"])
+    assert r.exit_code == 2 and "--tta applies to image and audio classifiers" in r.output
+    r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "det"), str(box_folder), "--no-tta", "--json"])
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output

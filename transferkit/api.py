@@ -288,7 +288,8 @@ def rank(data: Any, backbones: list[str] | str, *, validate: bool = False, strat
                         **{k: v for k, v in same.items() if v is not None}, **validate_options)
             best = model.metrics["history"]["epochs"][model.metrics["history"]["best_epoch"]]
             # small data: no validation split, so the cross-validated (out-of-fold) score stands in
-            scored[name] = best["val_acc"] if best["val_acc"] is not None else model.metrics["val"]["accuracy"]
+            own = "map" if model.multi_label else "accuracy"  # what chose the model's epochs
+            scored[name] = best["val_acc"] if best["val_acc"] is not None else model.metrics["val"][own]
             row["finetuned_val"] = scored[name]
             row["finetuned_test"] = (model.metrics.get("test") or {}).get("accuracy")
             row["finetune_s"] = round(time.monotonic() - t, 1)

@@ -217,7 +217,8 @@ def fit(
         None,
         help="Class imbalance: weights (class-weighted loss), sampler (classes drawn equally often) or none. Default: "
              "weights when the largest class has over 3x the smallest's examples (medical: always), else none; a "
-             "balanced run chooses epochs and models by balanced accuracy.",
+             "balanced run chooses epochs and models by balanced accuracy. Detection: sampler (images drawn by their "
+             "rarest object's class) or none.",
     ),
     scratch_baseline: bool = typer.Option(
         False, "--scratch-baseline",
@@ -252,7 +253,7 @@ def fit(
     old_test: Optional[Path] = typer.Option(
         None, "--old-test",
         help="With --init-from: the old task's test data; the report shows the bundle's and the new model's score "
-             "on it (accuracy; micro-F1, balanced accuracy or mAP where those choose the model): how much was "
+             "on it (accuracy; balanced accuracy or mAP where those choose the model): how much was "
              "forgotten.",
     ),
     l2sp: Optional[float] = typer.Option(
@@ -572,7 +573,7 @@ def evaluate(
             raise TransferkitError("--tta applies to image and audio classifiers; this bundle is a detector.")
         given = {"text_column": text_column, "label_column": label_column, "encoding": encoding,
                  "label_sep": label_sep}
-        if tta is not None:
+        if tta is not None and not isinstance(model, DetectionModel):
             given["tta"] = tta
         reading = getattr(model, "task", None)
         reading = reading.reading_options if reading is not None else ()
@@ -1045,6 +1046,11 @@ def demo(
         help="Object detection instead: Fashion-MNIST garments composed onto photos (COCO boxes), 200 train / 100 test "
              "images, FCOS on EfficientNet-Lite0.",
     ),
+    multilabel: bool = typer.Option(
+        False, "--multilabel",
+        help="Multi-label images instead: 2-3 Fashion-MNIST garments per photo, labelled by which are present, 200 "
+             "train / 100 test images (per-class and test-size settings do not apply).",
+    ),
     medical: bool = typer.Option(
         False, "--medical",
         help="Medical-style imaging instead: ELPV solar-cell electroluminescence images (greyscale; pip install "
@@ -1053,14 +1059,15 @@ def demo(
     ),
 ) -> None:
     """Fashion-MNIST, 10 labels per class, EfficientNet-Lite0, strategy auto: the whole job offline (--text: BBC
-    News; --audio: spoken digits; --detect: garments on photos, with boxes; --medical: solar-cell EL images)."""
+    News; --audio: spoken digits; --detect: garments on photos, with boxes; --multilabel: the same pictures, labelled
+    by the garments they show; --medical: solar-cell EL images)."""
     try:
-        if text + audio + detect + medical > 1:
-            raise TransferkitError("Choose one of --text, --audio, --detect and --medical.")
+        if text + audio + detect + multilabel + medical > 1:
+            raise TransferkitError("Choose one of --text, --audio, --detect, --multilabel and --medical.")
         from .datasets.demos import DEMOS  # a missing optional package: one line naming the extra to install
 
-        chosen = [name for name, on in (("text", text), ("audio", audio), ("detect", detect), ("medical", medical))
-                  if on]
+        chosen = [name for name, on in (("text", text), ("audio", audio), ("detect", detect),
+                                        ("multilabel", multilabel), ("medical", medical)) if on]
         kind = chosen[0] if chosen else "image"
         spec = DEMOS[kind]
         if kind != "image":  # each demo has its own data and run folders unless given

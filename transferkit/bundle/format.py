@@ -126,10 +126,10 @@ def thresholds() -> tuple[str, Check]:
 
     def check(v: Any, config: dict) -> str | None:
         labels = config.get("labels")
-        return _got(one(v) or (isinstance(v, list) and isinstance(labels, list) and len(v) == len(labels)
-                               and all(one(x) for x in v)), v)
+        return _got(one(v) or (config.get("multi_label") is True and isinstance(v, list) and isinstance(labels, list)
+                               and len(v) == len(labels) and all(one(x) for x in v)), v)
 
-    return "a number from 0 to 1, or a list of one such number per label", check
+    return "a number from 0 to 1, or (multi-label) a list of one such number per label", check
 
 
 def text(empty: bool = False) -> tuple[str, Check]:

@@ -102,7 +102,7 @@ class TransferModel:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         views = [data]
         if self.tta if tta is None else tta:
-            more = self.task.tta_views(data)
+            more = self.task.tta_views(data) if self.task.has_tta else []
             if not more:
                 raise TransferkitError(f"Test-time augmentation applies to image and audio classifiers; this is a "
                                        f"{self.task.title} model: leave --tta out.")
@@ -281,6 +281,9 @@ class TransferModel:
         cut = config.get("threshold", 0.5)  # checked by the schema: a number, or one per label
         model.threshold = [float(x) for x in cut] if isinstance(cut, list) else float(cut)
         model.tta = bool(config.get("tta", False))
+        if model.tta and not model.task.has_tta:
+            raise TransferkitError(f"{folder / 'config.json'}: tta is true, but {model.task.title} models have no "
+                                   "test-time views; re-export the bundle or fix the file.")
         return model
 
 def load(folder: str | Path) -> Any:

@@ -70,17 +70,20 @@ def compare(data: Any, *, budgets: str | list = (5, 10, 25, 50, ALL), seeds: int
             resume: bool = False, seed: int = 0, skip_bad: bool = False, val_fraction: float = 0.15,
             test_fraction: float = 0.2, precision: str = "auto", image_size: int | None = None,
             modality: str = "auto", labels: list[Any] | None = None, **fit_options: Any) -> dict[str, Any]:
-    """Train every ``strategies`` x ``budgets`` x ``seeds`` combination on ``data`` (anything single-label that
-    :func:`transferkit.fit` takes: images, DICOM/NIfTI, texts (a list of them with ``labels=[...]``), audio) and
-    score each on one fixed test set.
+    """Train every ``strategies`` x ``budgets`` x ``seeds`` combination on ``data`` (anything :func:`transferkit.fit`
+    classifies: images, DICOM/NIfTI, texts (a list of them with ``labels=[...]``), audio; single- or multi-label,
+    ``label_sep`` as for fit) and score each on one fixed test set.
 
     The test set is the data's own (a ``test/`` folder or ``split`` column), else ``test_fraction`` carved once
     with ``seed``; everything else is the pool the budgets draw from. ``metric`` is ``accuracy``,
     ``balanced_accuracy``, ``macro_f1`` or (two-class medical data) ``auroc``; ``auto`` picks accuracy, or AUROC
-    for two-class medical data and balanced accuracy for other medical data. ``time_per_run`` is each run's
-    wall-time budget (e.g. ``"2m"``); ``fit_options`` go to every run whose strategy takes them (``epochs=10``
-    to finetune and scratch, not to linear's probe; an option that no compared strategy takes fails). With ``out`` every
-    finished run is saved at once, and ``resume=True`` reuses the runs an interrupted comparison finished.
+    for two-class medical data and balanced accuracy for other medical data. Multi-label data are scored by ``map``
+    (``auto``), ``macro_f1``, ``micro_f1`` or ``accuracy`` (exact match); their budgets count examples by their rarest
+    label, and the classical baseline decides each label at 0.5 (it has no validation split to tune a cut on).
+    ``time_per_run`` is each run's wall-time budget (e.g. ``"2m"``); ``fit_options`` go to every run whose strategy
+    takes them (``epochs=10`` to finetune and scratch, not to linear's probe; an option that no compared strategy
+    takes fails). With ``out`` every finished run is saved at once, and ``resume=True`` reuses the runs an
+    interrupted comparison finished.
 
     ``classical`` among ``strategies`` adds the non-deep baseline
     (:class:`~transferkit.strategies.classical.ClassicalBaseline`: HOG, TF-IDF or log-mel statistics + logistic
@@ -122,8 +125,15 @@ def compare(data: Any, *, budgets: str | list = (5, 10, 25, 50, ALL), seeds: int
     if len(set(several := backbone_names(backbone))) > 1:  # rank once, on the pool: every run uses one backbone
         from ..api import rank
 
+        from ..data.text import TextOptions
+
+        # the data read as the runs read them: multi-label cells, text columns, patients
+        text = {k: fit_options[k] for k in ("text_column", "label_column", "encoding") if fit_options.get(k)}
         ranking = rank(data, several, seed=seed, skip_bad=skip_bad, image_size=image_size, precision=precision,
-                       val_fraction=val_fraction, test_fraction=test_fraction, modality=kind)
+                       val_fraction=val_fraction, test_fraction=test_fraction, modality=kind, labels=labels,
+                       label_sep=fit_options.get("label_sep"), patient_column=fit_options.get("patient_column"),
+                       max_length=fit_options.get("max_length"),
+                       text_options=TextOptions(**text, label_sep=fit_options.get("label_sep")) if text else None)
         backbone = ranking["ranking"][0]
         info(f"compare: {backbone} ranks first of {len(several)} by LogME; every run uses it")
     image_pre = None

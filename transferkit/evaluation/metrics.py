@@ -247,12 +247,13 @@ def tune_label_thresholds(y_true: np.ndarray, probs: np.ndarray,
 
 def confidently_wrong(y_true: np.ndarray, probs: np.ndarray, classes: list[str], names: list[str],
                       texts: list[str] | None = None, k: int = 10, chars: int = 200,
-                      y_pred: np.ndarray | None = None) -> list[dict[str, Any]]:
+                      y_pred: np.ndarray | None = None,
+                      threshold: float | Sequence[float] = 0.5) -> list[dict[str, Any]]:
     """The ``k`` mistakes made with the highest confidence: where to look first for label noise or gaps.
 
     Single-label: wrong predictions (top-1, or the decisions ``y_pred``) ranked by the probability of the predicted
     class. Multi-label: the largest ``|probability - truth|`` over all (example, class) decisions that fell on the
-    wrong side of 0.5.
+    wrong side of the class's ``threshold`` (one for all, or one per class).
     """
     y_true = np.asarray(y_true)
     probs = np.asarray(probs, dtype=np.float64)
@@ -262,9 +263,10 @@ def confidently_wrong(y_true: np.ndarray, probs: np.ndarray, classes: list[str],
         for i in np.nonzero(pred != y_true)[0]:
             rows.append((float(probs[i, pred[i]]), int(i), classes[pred[i]], classes[y_true[i]]))
     else:
-        wrong = (probs >= 0.5).astype(int) != y_true
+        said_yes = probs >= np.asarray(threshold, dtype=np.float64)
+        wrong = said_yes.astype(int) != y_true
         for i, c in zip(*np.nonzero(wrong), strict=True):
-            said = "yes" if probs[i, c] >= 0.5 else "no"
+            said = "yes" if said_yes[i, c] else "no"
             rows.append((float(abs(probs[i, c] - y_true[i, c])), int(i), f"{classes[c]}: {said}",
                          f"{classes[c]}: {'no' if said == 'yes' else 'yes'}"))
     rows.sort(key=lambda r: -r[0])

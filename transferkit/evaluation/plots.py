@@ -59,7 +59,8 @@ def confusion_matrix_png(cm: list[list[int]], classes: list[str], path: Path, ti
     save_figure(fig, path)
 
 
-def learning_curve_png(epochs: list[dict], path: Path, title: str = "Learning curve") -> None:
+def learning_curve_png(epochs: list[dict], path: Path, title: str = "Learning curve",
+                       score: str = "accuracy") -> None:
     plt = pyplot()
 
     x = [e["epoch"] + 1 for e in epochs]
@@ -74,7 +75,7 @@ def learning_curve_png(epochs: list[dict], path: Path, title: str = "Learning cu
     ax2.plot(x, [e["train_acc"] for e in epochs], marker="o", ms=3, label="train")
     ax2.plot(x, [e["val_acc"] for e in epochs], marker="o", ms=3, label="validation")
     ax2.set_xlabel("epoch")
-    ax2.set_ylabel("accuracy")
+    ax2.set_ylabel(score)
     ax2.set_ylim(0, 1.02)
     ax2.legend()
     fig.suptitle(title)

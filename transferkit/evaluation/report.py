@@ -213,7 +213,10 @@ def write_run_report(out: Path, metrics: dict[str, Any], classes: list[str]) -> 
         files["confusion_matrix"] = out / "confusion_matrix.png"
         confusion_matrix_png(metrics[scored]["confusion_matrix"], classes, files["confusion_matrix"],
                              f"Confusion matrix ({scored}, n={metrics[scored]['n']})")
-    learning_curve_png(metrics["history"]["epochs"], files["learning_curve"], f"Learning curve: {metrics['strategy']}")
+    score = "mAP" if (metrics.get("val") or {}).get("multi_label") else \
+        "balanced accuracy" if (metrics.get("balance") or {}).get("balanced") else "accuracy"
+    learning_curve_png(metrics["history"]["epochs"], files["learning_curve"], f"Learning curve: {metrics['strategy']}",
+                       score)
     atomic_write_text(files["report"], render_markdown(metrics, classes) + run_id_line(metrics))
     return {k: str(v) for k, v in files.items()}
 
@@ -343,9 +346,11 @@ def continued_lines(c: dict[str, Any]) -> list[str]:
         key = f["metric"]
         name = "mAP" if f.get("multi_label") else {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy",
                                                    "micro_f1": "Micro-F1", "map": "mAP@[.5:.95]"}.get(key, key)
+        lost = f["forgotten"]
         out += ["", f"**Forgetting** on the old test data (`{f['old_test']}`, n={f['n']}): {name} "
-                f"{f['before'][key]:.3f} before (the bundle), {f['after'][key]:.3f} after: "
-                + (f"{f['forgotten']:.3f} lost." if round(f["forgotten"], 3) > 0 else
+                f"{fmt(f['before'][key])} before (the bundle), {fmt(f['after'][key])} after: "
+                + ("not measurable on these data." if lost is None else
+                   f"{f['forgotten']:.3f} lost." if round(f["forgotten"], 3) > 0 else
                    f"{-f['forgotten']:.3f} gained." if round(f["forgotten"], 3) < 0 else "nothing lost.")]
     else:
         out.append("Forgetting: not measured (give the old task's test data with --old-test).")

@@ -359,8 +359,14 @@ def int8_report(model: Any, targets: np.ndarray, fp32: np.ndarray, int8: np.ndar
     """The INT8 model beside fp32 on the same labelled inputs; raises when it scores more than ``max_drop`` lower or
     holds under half its weights in INT8."""
     binary = bool(model.clinical and model.clinical.get("positive") is not None)
+    multi = bool(model.multi_label)
 
     def score(probs: np.ndarray) -> float:
+        if multi:  # threshold-free, as multi-label runs choose their models
+            from ..evaluation.metrics import average_precisions
+
+            ap = [a for a in average_precisions(targets, probs) if a is not None]
+            return float(np.mean(ap)) if ap else float("nan")
         if not binary:
             return float((model.decide(probs) == targets).mean())
         from sklearn.metrics import roc_auc_score
@@ -368,16 +374,20 @@ def int8_report(model: Any, targets: np.ndarray, fp32: np.ndarray, int8: np.ndar
         k = model.classes.index(model.clinical["positive"])
         return float(roc_auc_score(targets == k, probs[:, k])) if len(set(targets.tolist())) > 1 else float("nan")
 
-    report = {"method": method, "metric": "auroc" if binary else "accuracy", "inputs": int(len(targets)),
-              "fp32": score(fp32), "int8": score(int8),
-              "agreement": float((model.decide(fp32) == model.decide(int8)).mean()),
+    if multi:
+        cut = model.label_thresholds()
+        agreement = float(((fp32 >= cut) == (int8 >= cut)).all(1).mean())
+    else:
+        agreement = float((model.decide(fp32) == model.decide(int8)).mean())
+    report = {"method": method, "metric": "map" if multi else "auroc" if binary else "accuracy",
+              "inputs": int(len(targets)), "fp32": score(fp32), "int8": score(int8), "agreement": agreement,
               "max_abs_diff": float(np.abs(fp32 - int8).max()), "max_drop": max_drop,
               "int8_weight_share": int8_share(path), "file_mb": path.stat().st_size / 2**20,
               "fp32_file_mb": path.with_name("model.fp32.onnx").stat().st_size / 2**20, "source": source}
     if not np.isfinite([report["fp32"], report["int8"]]).all():
-        raise TransferkitError(f"The check data ({source}) hold one class only, so {report['metric']} cannot be "
-                               "measured and INT8 cannot be compared with fp32: --check a labelled folder with "
-                               "both classes.")
+        raise TransferkitError(f"The check data ({source}) hold one class only (multi-label: no label both "
+                               f"present and absent), so {report['metric']} cannot be measured and INT8 cannot be "
+                               "compared with fp32: --check a labelled folder with both classes.")
     return judge_int8(report, source)
 
 

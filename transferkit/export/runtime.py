@@ -204,7 +204,7 @@ def _check_preprocessing(kind: str, pre: dict[str, Any], labels: list[str]) -> s
         "multi_label": ("true or false", lambda v: isinstance(v, bool)),
         "threshold": ("a number from 0 to 1, or a list of one per label",
                       lambda v: is_finite_number(v) and 0 <= v <= 1
-                      or (kind != "object-detection" and isinstance(v, list) and len(v) == len(labels)
+                      or (pre.get("multi_label") is True and isinstance(v, list) and len(v) == len(labels)
                           and all(is_finite_number(x) and 0 <= x <= 1 for x in v))),
     }
     if kind in ("image-classification", "object-detection"):

@@ -25,6 +25,9 @@ import numpy as np
 from ..data.folds import cross_val_folds, fold_strata, label_strata
 from .linear import LinearHead
 
+# multi-label class weights: a rare label's positives weigh at most this much (a label on 2 of 500 examples would
+# otherwise weigh 249), a common one's at least as much as its negatives
+MAX_POSITIVE_WEIGHT = 10.0
 # half-decade steps over the range where standardised image/text/audio features land (measured: Fashion-MNIST,
 # BBC News, ELPV and spoken digits choose 1e-3 to 1e-1)
 DEFAULT_CS: tuple[float, ...] = tuple(float(c) for c in np.logspace(-4, 2, 13))
@@ -113,8 +116,9 @@ class LogisticProbe:
             return None
         if self.class_weight not in ("auto", "balanced"):
             raise ValueError(f"class_weight must be auto, balanced or None, not {self.class_weight!r}")
-        if y.ndim == 2:  # per label: positives weighed against that label's negatives
-            return np.where(counts > 0, (len(y) - counts) / np.maximum(counts, 1), 1.0)
+        if y.ndim == 2:  # per label: positives weighed against that label's negatives, within 1 to 10
+            return np.clip(np.where(counts > 0, (len(y) - counts) / np.maximum(counts, 1), 1.0), 1.0,
+                           MAX_POSITIVE_WEIGHT)
         return np.where(counts > 0, counts.sum() / (len(present) * np.maximum(counts, 1)), 0.0)
 
     def _path(self, z: np.ndarray, y: np.ndarray, k: int, z_val: np.ndarray):

@@ -94,7 +94,7 @@ class AutoStrategy:
                 if task.balanced and not task.multi_label else None
             best_name = choose(candidates, len(task.val), val_counts)
         best = candidates[best_name]
-        metric = "balanced acc" if task.balanced and not task.multi_label else "acc"
+        metric = "mAP" if task.multi_label else "balanced acc" if task.balanced else "acc"
         where = "cross-validated" if task.cross_validated else "val"
         score = float(np.mean(best.cv.fold_scores)) if best.cv is not None else best.history.best.val_acc
         info(f"auto: {decision}; kept {best_name} ({where} {metric} {score:.3f})")
@@ -246,9 +246,11 @@ def choose(candidates: dict[str, FitResult], n_val: int, val_counts: list[int] |
     When both are right on every validation example, accuracy cannot separate them; then the validation loss
     (how confidently right) decides, and fine-tuning must at least halve it.
 
-    With ``val_counts`` (examples per class; medical runs select by balanced accuracy, the mean of per-class
+    With ``val_counts`` (examples per class; balanced runs select by balanced accuracy, the mean of per-class
     recalls), the standard error is that of a mean of recalls, (1/K) sqrt(sum r (1 - r) / n_c), at least one
     example of the smallest class: one minority example moves balanced accuracy far more than one in n.
+    Multi-label runs select by mAP, for which the same margin is an approximation (a proportion's standard
+    error over the validation examples).
     """
     lin = candidates["linear"].history.best
     if "finetune" not in candidates:

@@ -24,7 +24,6 @@ from ..errors import MAX_COUNT
 
 PROBE_FOLDS = 5  # default folds where a fold costs seconds (the probe on cached features)
 TRAINED_FOLDS = 3  # default folds where a fold is a training run (fine-tuning, LoRA, scratch...)
-MAX_POSITIVE_WEIGHT = 10.0  # multi-label class weights: a rare label's positives weigh at most this much
 
 
 @dataclass
@@ -132,14 +131,16 @@ class TrainTask:
     def class_weights(self) -> torch.Tensor | None:
         """Inverse-frequency class weights, mean 1 over the examples (``balance="weights"``), else None.
         Multi-label: each label's positive weight, its negatives over its positives, within 1 to
-        :data:`MAX_POSITIVE_WEIGHT` (a label on 2 of 500 examples would otherwise weigh 249)."""
+        :data:`~transferkit.heads.probe.MAX_POSITIVE_WEIGHT`, as the linear probe weighs them."""
         if self.balance != "weights":
             return None
+        t = self.row_targets()  # counted in the rows the loss sees (audio: windows, a long recording weighs more)
         if self.multi_label:
-            positives = self.class_counts().double()
-            negatives = len(self.train.targets) - positives
-            return (negatives / positives.clamp(min=1)).clamp(1, MAX_POSITIVE_WEIGHT).float()
-        counts = self.class_counts().double().clamp(min=1)
+            from ..heads.probe import MAX_POSITIVE_WEIGHT
+
+            positives = t.sum(0).double()
+            return ((len(t) - positives) / positives.clamp(min=1)).clamp(1, MAX_POSITIVE_WEIGHT).float()
+        counts = torch.bincount(t, minlength=len(self.classes)).double().clamp(min=1)
         w = counts.sum() / (len(counts) * counts)
         return w.float()
 
@@ -159,6 +160,11 @@ class TrainTask:
     @property
     def multi_label(self) -> bool:
         return self.train.targets.ndim == 2
+
+    def row_targets(self) -> torch.Tensor:
+        """The target of every training row the network sees: the examples', or audio windows' (their recording's)."""
+        own = getattr(self.batches, "row_targets", None)
+        return own(self.train) if own is not None else self.train.targets
 
     def class_counts(self) -> torch.Tensor:
         """Training examples per class (multi-label: texts carrying each label)."""
@@ -188,7 +194,7 @@ class CrossValidation:
 
     ``probs``: out-of-fold probabilities of every training example (averaged over repeats), from models trained
     as the final one was but without that example; the run scores these as its cross-validated estimate.
-    ``fold_scores``: each fold's accuracy (multi-label: micro-F1; ``balanced``: balanced accuracy).
+    ``fold_scores``: each fold's accuracy (multi-label: mAP; ``balanced``: balanced accuracy).
     ``chosen``: the settings the folds chose and the final model was trained with (C, epochs, strategy...).
     """
 

@@ -19,11 +19,25 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..engine.optim import L2SP, adamw, freeze, param_groups, trainable_parameters, warmup_cosine, without_decay_on
 from .base import FitResult, TrainTask, refuse_l2sp
+
+
+def image_sampler(task: TrainTask) -> Any:
+    """Epoch-seeded shuffling, or with ``balance="sampler"`` images drawn by the class of their rarest object (over
+    the training boxes), each class equally often (images without boxes form a class of their own)."""
+    from ..data.labels import rarest_labels
+    from ..engine.sampling import EpochBalancedSampler, EpochShuffleSampler
+
+    if task.balance != "sampler":
+        return EpochShuffleSampler(len(task.train), task.seed)
+    strata = rarest_labels([t.tolist() for t in task.train.targets])
+    codes = np.unique(np.asarray([str(s) for s in strata]), return_inverse=True)[1].reshape(-1)
+    return EpochBalancedSampler(torch.as_tensor(codes, dtype=torch.long), task.seed)
 
 
 @dataclass
@@ -122,7 +136,6 @@ class DetectionStrategy:
         from ..data.detection import DetectionDataset, collate
         from ..engine.accel import loader_options
         from ..engine.detection import train_detector
-        from ..engine.sampling import EpochShuffleSampler
 
         cfg = self.config
         acc = task.accelerator
@@ -136,7 +149,7 @@ class DetectionStrategy:
         bs = max(1, min(cfg.batch_size, n))
         loader = torch.utils.data.DataLoader(
             DetectionDataset(task.train, cfg.augment, cfg.hflip, det.preprocess.mean), batch_size=bs,
-            sampler=EpochShuffleSampler(n, task.seed), drop_last=n > bs, collate_fn=collate,
+            sampler=image_sampler(task), drop_last=n > bs, collate_fn=collate,
             **loader_options(task.workers, acc.device))
         epochs, epoch_s = self.plan_epochs(task, det, bs)
         sched = warmup_cosine(opt, epochs * len(loader), warmup_steps=int(cfg.warmup_epochs * len(loader)))

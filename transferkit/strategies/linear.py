@@ -28,8 +28,8 @@ class LinearConfig:
     """Linear probe on cached features."""
 
     scoring: str = field(default="log_loss", metadata={"help": "what chooses C across folds: log_loss or accuracy"})
-    class_weight: str = field(default="auto", metadata={"help": "auto (balanced when the largest class has 1.5x the "
-                                                                "smallest's examples), balanced or none"})
+    class_weight: str = field(default="auto", metadata={"help": "auto (as the run's --balance: balanced with weights "
+                                                                "or sampler, else none), balanced or none"})
     repeats: int = field(default=3, metadata={"help": "repeats of the k-fold cross-validation that estimates the score "
                                                       "when no validation split is held out"})
     cache: bool = field(default=True, metadata={"help": "cache features on disk, keyed by "

@@ -239,6 +239,8 @@ class AudioTask(ClassificationTask):
     def rows(self, data: Any) -> int:
         return len(data.waves)
 
+    has_tta = True
+
     def tta_views(self, data: Any) -> list[Any]:
         from ..data.audio import shifted_views
 

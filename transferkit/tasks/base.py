@@ -248,6 +248,8 @@ class Task:
         """A torch Dataset over encoded data (augmented draws when ``augment``)."""
         raise NotImplementedError
 
+    has_tta: ClassVar[bool] = False  # whether tta_views gives views (image and audio classifiers)
+
     def tta_views(self, data: Any) -> list[Any]:
         """Test-time views of encoded ``data`` whose predictions are averaged with the data's own (images: flips
         and crops; audio: shifted windows); empty where the task has none."""

@@ -44,9 +44,10 @@ class LabelOptions:
     def __post_init__(self) -> None:
         if self.balance is not None and self.balance not in BALANCE:
             raise TransferkitError(f"Balance {self.balance!r} is unknown: choose weights, sampler or none.")
-        if self.label_sep is not None and (not isinstance(self.label_sep, str) or not self.label_sep.strip()):
-            raise TransferkitError(f"label_sep {self.label_sep!r} is empty: give the character between a cell's "
-                                   'labels, e.g. "|".')
+        if self.label_sep is not None and (not isinstance(self.label_sep, str) or not self.label_sep
+                                           or any(c in self.label_sep for c in "\r\n")):
+            raise TransferkitError(f"label_sep {self.label_sep!r} cannot separate the labels of one cell: give the "
+                                   'characters between them, e.g. "|" or " ".')
         if self.thresholds is not None:
             self.thresholds = parse_thresholds(self.thresholds)
 
@@ -153,7 +154,7 @@ class ClassificationTask(Task):
         rows = sum(self.rows(d) for name, d in prepared.encoded.items() if name != "train")
         if not rows:
             return 0.0
-        if prepared.splits.val is not None:  # test-time views are judged on validation and test (judge_tta)
+        if prepared.splits.val is not None and self.has_tta:  # test-time views judged on validation and test
             rows *= 1 + len(self.tta_views(prepared.encoded["val"]))
         n = min(16, self.rows(train.train))
         return rows * seconds_per_row(train.backbone, sample_batch(train, n), n, train.accelerator.device,
@@ -167,7 +168,7 @@ class ClassificationTask(Task):
         not judged without a validation split (the out-of-fold models are gone)."""
         from ..strategies.base import probs_score
 
-        if not self.tta_views(prepared.encoded["train"]):
+        if not self.has_tta:
             return None
         if out_of_fold:
             return {"judged": False, "kept": False}
@@ -196,6 +197,13 @@ class ClassificationTask(Task):
             info(f"{why}: a class-weighted loss, and models chosen by balanced accuracy (multi-label: mAP); --balance "
                  "none turns this off, --balance sampler draws classes equally often instead")
         return dataclasses.replace(task, balance=balance, balanced=self.balanced_choice or balance != "none")
+
+    def check_prepared(self, prepared: Prepared, settings: RunSettings, options: Any) -> None:
+        multi = getattr(prepared.splits.train, "multi_label", False)
+        if getattr(options, "thresholds", None) is not None and not multi:
+            raise TransferkitError("--thresholds sets where a multi-label model says yes to each label; these data "
+                                   "give one label per example: leave it out.")
+        super().check_prepared(prepared, settings, options)
 
     def sampler(self, task: Any) -> Any:
         """``balance="sampler"``: every class drawn equally often (multi-label: every example's rarest label;
@@ -305,7 +313,8 @@ class ClassificationTask(Task):
             "confidently_wrong": confidently_wrong(targets[scored], probs[scored], classes,
                                                    example_names(scored_data[scored], scored_source[scored]),
                                                    getattr(scored_data[scored], "texts", None),
-                                                   y_pred=None if multi_label else model.decide(probs[scored])),
+                                                   y_pred=None if multi_label else model.decide(probs[scored]),
+                                                   threshold=model.label_thresholds() if multi_label else 0.5),
             "history": history,
             "train_val_gap": gap,
             **run_record(result, train, settings, timings, extras.get("budget")),
@@ -430,8 +439,9 @@ def scratch_comparison(baseline: Any, probs: np.ndarray, y: np.ndarray, scored_m
                        classes: list[str], multi_label: bool, seconds: float, binary_medical: bool) -> dict[str, Any]:
     """The scratch baseline scored on the same set as the model: its scores, and the model's lead over it.
 
-    Accuracy (micro-F1 for multi-label) is compared; for two-class medical data AUROC, which needs no threshold
-    (the model's threshold and calibration were tuned for it, the baseline's were not). ``resolved`` says whether
+    Accuracy (mAP for multi-label: no threshold, so the model's tuned ones give it no edge) is compared; for
+    two-class medical data AUROC, which needs no threshold (the model's threshold and calibration were tuned for it,
+    the baseline's were not). ``resolved`` says whether
     the lead is larger than half the test set's 95% interval."""
     from ..evaluation.metrics import classification_metrics, multilabel_metrics
     from ..evaluation.report import train_val_gap

@@ -24,7 +24,7 @@ What changes against a run from a pretrained backbone, in the order the run meet
   probe's own), which the README's benchmark shows. A detector continues whole, its class layer grown alike
   (``Detector.grow``).
 - **What was forgotten** (:func:`forgetting`): with ``old_test=OLD_TEST`` the bundle and the new model are both
-  scored on the old task's test data (accuracy; balanced accuracy for a medical model, micro-F1 for a multi-label
+  scored on the old task's test data (accuracy; balanced accuracy for a medical model, mAP for a multi-label
   one, COCO mAP for a detector), and the report says how much was lost.
 - **Lineage** (:func:`lineage`): the new bundle's ``config.json`` and model card name the bundle it started from,
   with that bundle's data and scores, and that bundle's own lineage after it.
@@ -299,7 +299,7 @@ def start_head(start: StartPoint, classes: list[str], seed: int) -> Any:
 
 def forgetting(start: StartPoint, model: Any, settings: Any, options: Any) -> dict[str, Any] | None:
     """The bundle and the new model scored on ``settings.old_test`` (the old task's test data) before and after, and
-    how much was lost: accuracy (balanced accuracy for a medical model, micro-F1 for a multi-label one, COCO mAP for a
+    how much was lost: accuracy (balanced accuracy for a medical model, mAP for a multi-label one, COCO mAP for a
     detector). None without ``old_test``."""
     if settings.old_test is None:
         return None
@@ -325,7 +325,7 @@ def forgetting(start: StartPoint, model: Any, settings: Any, options: Any) -> di
     out: dict[str, Any] = {"old_test": str(settings.old_test), "n": int(len(y))}
     # the bundle's classes come first in the new model, so a target means the same class in both
     for when, m in (("before", start.model), ("after", model)):
-        probs = m.predict_encoded(data, tta=False)  # as each model was scored in its run: the same views for both
+        probs = m.predict_encoded(data, tta=False)  # both models on the same inputs, without test-time views
         if m.multi_label:
             old = len(start.classes)  # the new model's first labels are the bundle's
             s = multilabel_metrics(y, probs[:, :old], start.classes, m.label_thresholds()[:old].tolist())
@@ -338,7 +338,8 @@ def forgetting(start: StartPoint, model: Any, settings: Any, options: Any) -> di
     # medical models are chosen by balanced accuracy (imbalanced classes): so is what they forgot
     key = "map" if model.multi_label else "balanced_accuracy" if start.model.clinical else "accuracy"
     out["metric"] = key
-    out["forgotten"] = out["before"][key] - out["after"][key]
+    before, after = out["before"][key], out["after"][key]  # mAP is None where no label is both present and absent
+    out["forgotten"] = before - after if before is not None and after is not None else None
     return out
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,17 @@ from .classification import existing_parts
 
 @dataclass
 class DetectionOptions:
-    """Detection takes no settings beyond the run's own (``image_size`` is the longer image side)."""
+    """Detection settings beyond the run's own (``image_size`` is the longer image side)."""
+
+    balance: str | None = field(default=None, metadata={
+        "help": "sampler: draw images by their rarest object's class, each class equally often; none (default)."})
+
+    def __post_init__(self) -> None:
+        if self.balance == "weights":
+            raise TransferkitError("--balance weights applies to classifiers: a detector's focal loss already weighs "
+                                   "hard examples; --balance sampler draws images of rare objects more often.")
+        if self.balance not in (None, "sampler", "none"):
+            raise TransferkitError(f"Balance {self.balance!r} is unknown for detection: choose sampler or none.")
 
 
 def choose_image_size(items: list[Any]) -> int:
@@ -132,7 +142,8 @@ class DetectionTask(Task):
         # detection strategies build their own loaders (lists of images and boxes): no batches object
         return TrainTask(spec=prepared.backbone.spec, backbone=prepared.backbone, train=dec["train"], val=dec["val"],
                          classes=prepared.classes, accelerator=accelerator, seed=settings.seed, deadline=deadline,
-                         work_dir=work_dir, workers=loader_workers(settings, accelerator))
+                         work_dir=work_dir, workers=loader_workers(settings, accelerator),
+                         balance=getattr(options, "balance", None) or "none")
 
     def finish(self, result: Any, prepared: Prepared, settings: RunSettings, options: Any, train: Any,
                extras: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:

@@ -172,6 +172,8 @@ class ImageTask(ClassificationTask):
     def dataset(self, data: Any, augment: bool = False, hflip: bool = True) -> Dataset:
         return ImageTensorDataset(data, augment, hflip)
 
+    has_tta = True
+
     def tta_views(self, data: Any) -> list[Any]:
         from ..data.images import test_time_views
 
