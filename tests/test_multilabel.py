@@ -448,3 +448,19 @@ def test_detector_evaluate_takes_no_tta_in_one_line(box_folder, tiny_backbone, t
     assert r.exit_code == 2 and "--tta applies to image and audio classifiers" in r.output
     r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "det"), str(box_folder), "--no-tta", "--json"])
     assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["finetune", "gradual", "scratch", "auto"])
+def test_every_image_strategy_trains_multilabel(strategy, colour_pairs, tiny_backbone, tmp_path):
+    from test_tasks import FAST
+
+    model = transferkit.fit(colour_pairs, backbone=tiny_backbone, strategy=strategy, label_sep="|", seed=0,
+                            out=tmp_path / "run", **FAST[strategy])
+    m = model.metrics
+    assert model.multi_label and len(model.threshold) == 3 and m["test"]["map"] is not None
+    assert all(np.isfinite(e["train_loss"]) for e in m["history"]["epochs"])
+    inputs = sorted(str(p) for p in colour_pairs.parent.glob("img_04*.png"))
+    again = transferkit.load(tmp_path / "run" / "model")
+    np.testing.assert_allclose(again.predict_proba(inputs), model.predict_proba(inputs), atol=1e-5)
+    assert [r["labels"] for r in again.predict(inputs)] == [r["labels"] for r in model.predict(inputs)]
