@@ -244,6 +244,8 @@ CASES = {
                              f"config.json: threshold must be a number from 0 to 1, or (multi-label) a list of one "
                              f"such number per label, got [0.5]; {FIX}"),
     "tta-text": ("image", put("tta", "yes"), f"config.json: tta must be true or false, got a string; {FIX}"),
+    "label-sep-a-list": ("image", put("label_sep", 5), f"config.json: label_sep must be a non-empty string, got 5; "
+                         f"{FIX}"),
     "tta-on-texts": ("text", put("tta", True), f"config.json: tta is true, but text classification models have no "
                      f"test-time views; {FIX}"),
     "threshold-list-single-label": ("text", put("threshold", [0.5, 0.5, 0.5]), "config.json: threshold must be a "

@@ -400,7 +400,7 @@ def test_a_full_disk_while_writing_the_outputs_keeps_the_old_folder(colour_split
     _fit(colour_splits, tiny_backbone, out)
     before = _run_ids(out)
 
-    def full(history, path, title):
+    def full(history, path, *title_and_score):
         Path(path).write_bytes(b"\x89PNG half")
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 

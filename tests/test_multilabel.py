@@ -86,7 +86,7 @@ def test_multilabel_images_fit_predict_reload_and_evaluate(colour_pairs, tiny_ba
 def test_one_threshold_for_every_label(colour_pairs, tiny_backbone):
     model = transferkit.fit(colour_pairs, backbone=tiny_backbone, strategy="linear", label_sep="|", thresholds=0.5)
     assert model.threshold == 0.5 and model.metrics["thresholds"]["tuned_on"] is None
-    with pytest.raises(TransferkitError, match="thresholds 1 would make every label"):
+    with pytest.raises(TransferkitError, match="thresholds 1 is out of range: give tuned, or a probability above 0"):
         transferkit.fit(colour_pairs, backbone=tiny_backbone, strategy="linear", label_sep="|", thresholds=1)
     with pytest.raises(TransferkitError, match="neither tuned nor a probability"):
         transferkit.fit(colour_pairs, backbone=tiny_backbone, strategy="linear", label_sep="|", thresholds="best")

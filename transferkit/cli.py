@@ -313,8 +313,11 @@ def fit(
         from .console import results as console
 
         console.print(
-            f"[green]done[/] {summary['strategy']}: {summary['scored_on']} accuracy {summary['accuracy']:.3f}, "
-            f"macro-F1 {summary['macro_f1']:.3f} (n={summary['n']}) in {summary['seconds']:.1f}s",
+            f"[green]done[/] {summary['strategy']}: {summary['scored_on']} "
+            + (f"mAP {'n/a' if summary['map'] is None else format(summary['map'], '.3f')}, exact match "
+               if "map" in summary else "accuracy ")
+            + f"{summary['accuracy']:.3f}, macro-F1 {summary['macro_f1']:.3f} (n={summary['n']}) in "
+              f"{summary['seconds']:.1f}s",
             highlight=False,
         )
         if m.get("estimate"):
@@ -381,7 +384,8 @@ def predict(
     as_json: bool = typer.Option(False, "--json", help="JSON lines on stdout."),
     as_csv: bool = typer.Option(
         False, "--csv",
-        help="CSV on stdout: input,label,probability (top-1); detectors: path,label,score,x1,y1,x2,y2 per box.",
+        help="CSV on stdout: path,label,probability (the decision, or the top-1 class), and for multi-label models "
+             "labels (every label over its threshold, '|'-separated); detectors: path,label,score,x1,y1,x2,y2 per box.",
     ),
     skip_bad: bool = typer.Option(
         False, "--skip-bad",

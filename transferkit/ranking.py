@@ -66,7 +66,8 @@ def score_backbones(data: Any, names: list[str], task: Any, settings: Any, optio
         info("rank: multi-label data: LEEP, NCE, H-score and k-NN score one class per example and do not apply; "
              "ranked by LogME on each label's 0/1 column")
     ranking = [r["backbone"] for r in sorted(rows, key=lambda r: -r["logme"])]
-    return {"rows": rows, "ranking": ranking, "ranked_by": "logme", "classes": prepared.classes}
+    return {"rows": rows, "ranking": ranking, "ranked_by": "logme", "classes": prepared.classes,
+            "multi_label": multi}
 
 
 def _source_probabilities(bb: Any, features: np.ndarray) -> np.ndarray | None:
@@ -131,5 +132,8 @@ def render(result: dict[str, Any]) -> str:
         taus = ", ".join(f"{k} {f(t)}" for k, t in v["weighted_kendall_tau"].items())
         lines += ["", f"Weighted Kendall tau with the {v['target']} ({v['strategy']}): {taus}. Scoring took "
                   f"{v['scores_s']:.1f} s, fine-tuning {v['finetune_s']:.1f} s."]
+    if result.get("multi_label"):
+        lines += ["", "Multi-label data: LEEP, NCE, H-score and k-NN score one class per example and do not apply; "
+                      "LogME regresses each label's 0/1 column."]
     lines.append("")
     return "\n".join(lines)

@@ -277,6 +277,7 @@ HEAD = (
     Rule("head.in_features", *whole(1, 1_000_000)),
     Rule("head.num_classes", *count_of("labels")),
     Rule("head.dropout", *number(0, 1), optional=True),
+    Rule("label_sep", "a non-empty string", lambda v, _: _got(isinstance(v, str) and v != "", v), optional=True),
 )
 DETECTOR = (
     Rule("detector", *mapping()),
@@ -302,7 +303,6 @@ TEXT = (
     Rule("preprocess.max_length", *whole(1, MAX_TEXT_TOKENS)),
     Rule("preprocess.pooling", *one_of(*POOLING_MODES), optional=True),
     Rule("preprocess.normalize", *flag(), optional=True),
-    Rule("label_sep", "a non-empty string", lambda v, _: _got(isinstance(v, str) and v != "", v), optional=True),
 )
 AUDIO = (
     Rule("preprocess.kind", *one_of("spectrogram", "speaker", "hf")),

@@ -145,7 +145,8 @@ class TransferModel:
         """Top-k labels per input: ``[{"input": ..., "label": ..., "probability": ..., "top": [{"label",
         "probability"}, ...]}]`` (``probability``: the label's own).
 
-        Multi-label models add ``"labels"``: every label whose probability reaches its threshold; audio models add
+        Multi-label models add ``"labels"``: every label whose probability reaches its threshold (``"label"`` is then
+        only the most probable class, whether or not it passes); audio models add
         ``"windows"``: how many windows of the recording were averaged. Binary medical models decide ``"label"``
         at their operating threshold on the positive class (``"positive_probability"``, calibrated). With
         ``skip_bad=True`` unreadable images or empty texts are skipped with a warning and left out of the result.

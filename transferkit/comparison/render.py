@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .runs import ALL, CLASSICAL, duration
-from .statistics import summary_cell, test_half_width
+from .statistics import metric_label, summary_cell, test_half_width
 
 RUN_COLUMNS = ("budget", "seed", "strategy", "kept", "labels", "labels_per_class", "train_n", "val_n", "score",
                "test_accuracy", "test_macro_f1", "test_balanced_accuracy", "val_score", "train_score", "gap", "epochs",
@@ -49,7 +49,7 @@ def write_comparison(out: Path, result: dict[str, Any]) -> dict[str, str]:
     write_results(out, result["runs"])
     atomic_write_text(files["summary"], _csv(result["summary"], SUMMARY_COLUMNS))
     write_json(files["json"], result)
-    label = "AUROC" if cfg["metric"] == "auroc" else cfg["metric"].replace("_", " ")
+    label = metric_label(cfg["metric"])
     data_efficiency_png(result["summary"], cfg["strategies"], Path(files["data_efficiency"]), f"test {label}")
     top = cfg["budgets"][-1]
     trained = [s for s in cfg["strategies"] if s != CLASSICAL]  # the baseline has no validation curve and no gap
@@ -121,7 +121,7 @@ def _classical_note(result: dict[str, Any]) -> str:
 def render_markdown(result: dict[str, Any]) -> str:
     """``report.md``: headlines, the summary table, the test set's own uncertainty, failures, cautions, the plots."""
     cfg = result["config"]
-    label = "AUROC" if cfg["metric"] == "auroc" else cfg["metric"].replace("_", " ")
+    label = metric_label(cfg["metric"])
     lines = ["# Transfer vs scratch", "",
              f"{cfg['kind'].capitalize()} data `{cfg['data']}`, backbone {cfg['backbone'] or 'default'}; "
              f"{len(cfg['classes'])} classes; every run scored on the same {cfg['test_n']} test examples; "
@@ -172,7 +172,7 @@ def render_html(result: dict[str, Any], out: Path) -> str:
         runs.append("<tr>" + "".join(f"<td>{e(_f(v) if v is None or isinstance(v, float) else str(v))}</td>"
                                      for v in cells) + "</tr>")
     runs.append("</table>")
-    label = "AUROC" if cfg["metric"] == "auroc" else cfg["metric"].replace("_", " ")
+    label = metric_label(cfg["metric"])
     body = [
         "<h1>Transfer vs scratch</h1>",
         f"<p>{e(cfg['kind'])} data <code>{e(cfg['data'])}</code>, backbone {e(str(cfg['backbone'] or 'default'))}, "

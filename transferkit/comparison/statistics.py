@@ -56,6 +56,12 @@ def summary_cell(summary: list[dict], budget, name: str) -> dict | None:
     return next((r for r in summary if r["budget"] == str(budget) and r["strategy"] == name), None)
 
 
+
+def metric_label(metric: str) -> str:
+    """How a report names the comparison's metric: AUROC, mAP, macro F1, balanced accuracy ..."""
+    return {"auroc": "AUROC", "map": "mAP", "macro_f1": "macro-F1", "micro_f1": "micro-F1"}.get(
+        metric, metric.replace("_", " "))
+
 def headlines(runs: list[dict], summary: list[dict], strategies: list[str], budgets: list,
               metric: str) -> dict[str, Any]:
     """The three answers, each one sentence with its numbers: time saved to reach scratch's best validation
@@ -63,7 +69,7 @@ def headlines(runs: list[dict], summary: list[dict], strategies: list[str], budg
     ``classical`` among the strategies a fourth, ``classical``: the budgets where the classical baseline beats
     every transfer strategy."""
     transfer = [s for s in strategies if s not in ("scratch", CLASSICAL)]
-    label = metric.replace("_", " ")
+    label = metric_label(metric)
     extra = {"classical": _classical_headline(runs, summary, transfer, budgets, label)} if CLASSICAL in strategies \
         else {}
     msg = None

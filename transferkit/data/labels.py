@@ -76,7 +76,8 @@ def parse_label(value: Any, multi: bool, sep: str | None, where: str = "a label"
         raw = list(value) if isinstance(value, (list, tuple)) else str(value).split(sep) if sep else [value]
         for v in raw:
             if isinstance(v, (list, tuple, dict, set)):
-                raise DataError(f"{where}: the labels {_short(value)} hold {_short(v)}, a list inside the list: give "
+                raise DataError(f"{where}: the labels {_short(value)} hold {_short(v)}, a "
+                                f"{'list' if isinstance(v, (list, tuple, set)) else 'mapping'} inside the list: give "
                                 "each label as text.")
             if is_missing(v) and not (isinstance(v, str) and not v.strip() and not isinstance(value, (list, tuple))):
                 raise DataError(f"{where}: the labels {_short(value)} hold an empty or missing item ({v!r}): remove "

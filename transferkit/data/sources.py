@@ -436,6 +436,9 @@ def read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
 def _split(train: ImageSet, given: dict[str, ImageSet], val_fraction: float | None, test_fraction: float | None,
            seed: int, known: Sequence[str] = ()) -> Splits:
     classes = train.label_names()
+    if train.multi_label and not classes and not known:
+        raise DataError(f"Every training example of {train.origin or 'the data'} has an empty label list: a "
+                        "multi-label classifier needs examples that carry labels.")
     if len(set(classes) | set(known)) < 2:
         only = classes[0] if classes else "none"
         raise DataError(f"Only one class ({only}) in {train.origin or 'the data'}: a classifier needs examples of at "

@@ -19,6 +19,8 @@ def threshold_text(threshold: Any) -> str:
     from ..errors import is_finite_number
 
     if isinstance(threshold, list) and threshold and all(is_finite_number(t) for t in threshold):
+        if min(threshold) == max(threshold):
+            return f"threshold {float(threshold[0]):g} for every label"
         return f"per-label thresholds {min(threshold):.2f}-{max(threshold):.2f}"
     if is_finite_number(threshold):
         return f"threshold {float(threshold):g}"
@@ -38,7 +40,8 @@ def label_lines(m: dict[str, Any], s: dict[str, Any]) -> list[str]:
         how = {"weights": "a class-weighted loss", "sampler": "balanced sampling (classes drawn equally often)"}
         why = f" ({b['why']})" if b.get("why") else ""
         out.append(f"Class balance: {how.get(b['balance'], b['balance'])}{why}; epochs and models chosen by "
-                   f"{'mAP' if s.get('multi_label') else 'balanced accuracy'}. Per-class recall comes first below.")
+                   f"{'mAP' if s.get('multi_label') else 'balanced accuracy'}. The classes below are listed by "
+                   "recall, the worst first.")
     t = m.get("thresholds")
     if t:
         if t.get("tuned_on"):
@@ -55,6 +58,9 @@ def per_class_table(s: dict[str, Any], balanced: bool) -> list[str]:
     rows = list(s["per_class"].items())
     cuts = s.get("threshold")
     cuts = cuts if isinstance(cuts, list) and len(cuts) == len(rows) else [cuts] * len(rows)
+    if balanced:  # the worst-recalled class on top
+        order = sorted(range(len(rows)), key=lambda i: (rows[i][1]["recall"], rows[i][0]))
+        rows, cuts = [rows[i] for i in order], [cuts[i] for i in order]
     if s.get("multi_label"):
         head = ["| class | precision | recall | F1 | AP | AUROC | threshold | support |",
                 "|---|---|---|---|---|---|---|---|"]
@@ -62,7 +68,6 @@ def per_class_table(s: dict[str, Any], balanced: bool) -> list[str]:
                        f"{fmt(v.get('auroc'))} | {fmt(t)} | {v['support']} |"
                        for (c, v), t in zip(rows, cuts, strict=True)]
     if balanced:
-        rows.sort(key=lambda cv: (cv[1]["recall"], cv[0]))
         return ["| class | recall | precision | F1 | support |", "|---|---|---|---|---|",
                 *[f"| {c} | {v['recall']:.3f} | {v['precision']:.3f} | {v['f1']:.3f} | {v['support']} |"
                   for c, v in rows]]

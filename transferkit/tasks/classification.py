@@ -54,8 +54,6 @@ class LabelOptions:
 
 def parse_thresholds(value: Any) -> str | float:
     """``"tuned"`` or one probability strictly between 0 and 1 (a string such as ``"0.5"`` is read as one)."""
-    from ..errors import check_number
-
     if isinstance(value, str) and value.strip().lower() == "tuned":
         return "tuned"
     try:
@@ -63,10 +61,9 @@ def parse_thresholds(value: Any) -> str | float:
     except (TypeError, ValueError):
         raise TransferkitError(f"thresholds {value!r} is neither tuned nor a probability: give tuned or a number "
                                "such as 0.5.") from None
-    check_number("thresholds", number, low=0.0, high=1.0, example="0.5")
-    if not 0 < number < 1:
-        raise TransferkitError(f"thresholds {number:g} would make every label always or never present: give a "
-                               "number above 0 and below 1, such as 0.5.")
+    if not 0 < number < 1:  # NaN fails too; 0 and 1 would make every label always or never present
+        raise TransferkitError(f"thresholds {value!r} is out of range: give tuned, or a probability above 0 and below "
+                               "1 (one cut for every label), such as 0.5.")
     return number
 
 
@@ -200,7 +197,7 @@ class ClassificationTask(Task):
 
     def check_prepared(self, prepared: Prepared, settings: RunSettings, options: Any) -> None:
         multi = getattr(prepared.splits.train, "multi_label", False)
-        if getattr(options, "thresholds", None) is not None and not multi:
+        if getattr(options, "thresholds", None) not in (None, "tuned") and not multi:
             raise TransferkitError("--thresholds sets where a multi-label model says yes to each label; these data "
                                    "give one label per example: leave it out.")
         super().check_prepared(prepared, settings, options)
