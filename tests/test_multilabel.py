@@ -464,3 +464,20 @@ def test_every_image_strategy_trains_multilabel(strategy, colour_pairs, tiny_bac
     again = transferkit.load(tmp_path / "run" / "model")
     np.testing.assert_allclose(again.predict_proba(inputs), model.predict_proba(inputs), atol=1e-5)
     assert [r["labels"] for r in again.predict(inputs)] == [r["labels"] for r in model.predict(inputs)]
+
+
+def test_several_findings_per_image_train_per_finding(tmp_path, tiny_backbone):
+    rows = write_colour_pairs(tmp_path / "p", 40, seed=4)
+    manifest = tmp_path / "p" / "findings.csv"
+    with manifest.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "patient_id"])
+        for i, (name, labels) in enumerate(rows):
+            w.writerow([name, "|".join(labels), f"p{i // 2}"])  # two images per patient
+    model = transferkit.fit(manifest, backbone=tiny_backbone, strategy="linear", label_sep="|", out=tmp_path / "run")
+    m = model.metrics
+    assert m["task"] == "medical-classification" and model.multi_label and model.clinical is None
+    assert len(model.threshold) == 3 and m["val"]["per_class"]["red"]["auroc"] is not None
+    assert not (tmp_path / "run" / "roc.png").exists()  # no one positive class to draw
+    with pytest.raises(TransferkitError, match="--positive choose one finding's operating point"):
+        transferkit.fit(manifest, backbone=tiny_backbone, strategy="linear", label_sep="|", positive="red")

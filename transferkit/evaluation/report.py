@@ -104,16 +104,20 @@ def noise_lines(n: dict[str, Any]) -> list[str]:
               for r in n["rows"]]]
 
 
-def train_val_gap(history: dict[str, Any], held_out: dict[str, Any] | None = None) -> dict[str, float]:
+def train_val_gap(history: dict[str, Any], held_out: dict[str, Any] | None = None,
+                  balanced: bool = False) -> dict[str, float]:
     """Gap at the kept (best) epoch: train minus validation accuracy, and validation minus train loss.
 
     ``held_out``: the scores that stand for validation when there was none (a cross-validated estimate's
-    ``accuracy``, or ``map`` for multi-label, and ``log_loss``). Training metrics are measured on augmented
+    ``accuracy``, ``balanced_accuracy`` for a ``balanced`` run, or ``map`` for multi-label, and ``log_loss``): the
+    score the history records. Training metrics are measured on augmented
     batches while the weights move, so the gap is a guide to overfitting, not an exact measure.
     """
     best = history["epochs"][history["best_epoch"]]
     if held_out is not None:
-        acc = held_out["map"] if held_out.get("multi_label") else held_out["accuracy"]
+        acc = held_out["map"] if held_out.get("multi_label") else \
+            held_out["balanced_accuracy"] if balanced and "balanced_accuracy" in held_out else held_out["accuracy"]
+        acc = float("nan") if acc is None else acc  # mAP of a set where no label is both present and absent
         return {"accuracy": best["train_acc"] - acc, "loss": held_out["log_loss"] - best["train_loss"]}
     return {"accuracy": best["train_acc"] - best["val_acc"], "loss": best["val_loss"] - best["train_loss"]}
 
@@ -286,17 +290,20 @@ def render_markdown(m: dict[str, Any], classes: list[str]) -> str:
     elif scored == "val":
         lines.append("No test set was given, so these are validation scores that also chose the "
                      "checkpoint: optimistic.")
+    # what the history's "accuracy" is: mAP for multi-label runs, balanced accuracy for balanced ones
+    gap_name = "mAP" if s.get("multi_label") else "balanced accuracy" if (m.get("balance") or {}).get("balanced") \
+        else "accuracy"
     lines += ["", *label_lines(m, s), *per_class_table(s, bool(m.get("balance", {}).get("balanced"))), "",
         "## Training",
         "",
         (f"Best epoch {m['history']['best_epoch'] + 1} of {len(m['history']['epochs'])} ({m['history']['stopped']}). "
-         f"Train-validation gap at that epoch: accuracy {gap['accuracy']:+.3f}, loss {gap['loss']:+.3f} "
+         f"Train-validation gap at that epoch: {gap_name} {gap['accuracy']:+.3f}, loss {gap['loss']:+.3f} "
          "(large positive values mean overfitting).") if not m.get("estimate") else
         ((f"Logistic regression solved exactly on every labelled example (C {m['details']['probe']['C']:.3g}, chosen "
           f"by {m['details']['probe']['cv_folds']}-fold cross-validation). " if "linear" in m["strategy"] and
           m.get("details", {}).get("probe") else
           f"{len(m['history']['epochs'])} epoch(s) on every labelled example ({m['history']['stopped']}). ")
-         + f"Training minus cross-validated score: accuracy {gap['accuracy']:+.3f}, loss {gap['loss']:+.3f} (large "
+         + f"Training minus cross-validated score: {gap_name} {gap['accuracy']:+.3f}, loss {gap['loss']:+.3f} (large "
            "positive values mean overfitting)."),
     ]
     if m.get("details", {}).get("decision"):

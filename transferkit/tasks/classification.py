@@ -294,7 +294,7 @@ class ClassificationTask(Task):
         timings["total_s"] = time.monotonic() - extras["t_start"]
 
         history = result.history.to_dict()
-        gap = train_val_gap(history, scores["val"] if result.cv is not None else None)
+        gap = train_val_gap(history, scores["val"] if result.cv is not None else None, train.balanced)
         for e in history["epochs"]:  # seconds since training began (time-to-accuracy); None before a resume
             done = e.pop("finished_at", 0.0) - extras["wall_start"]
             e["elapsed_s"] = round(done, 2) if done >= 0 else None
