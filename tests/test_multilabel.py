@@ -361,6 +361,8 @@ def test_compare_multilabel_scores_by_map(tmp_path, tiny_backbone):
                                  backbone=tiny_backbone, label_sep="|", out=tmp_path / "cmp")
     assert result["config"]["metric"] == "map" and len(result["runs"]) == 4 and not result["failed"]
     assert all(0 <= r["score"] <= 1 for r in result["runs"])
+    assert {r.get("gap_metric") for r in result["runs"] if r["strategy"] == "linear"} == {"macro_f1"}
+    assert "macro-F1 on its training examples" in (tmp_path / "cmp" / "report.md").read_text()
     with pytest.raises(TransferkitError, match="does not score multi-label data"):
         transferkit.compare(table, budgets="all", seeds=1, strategies="linear,classical", backbone=tiny_backbone,
                             label_sep="|", metric="balanced_accuracy")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .runs import ALL, CLASSICAL, duration
-from .statistics import metric_label, summary_cell, test_half_width
+from .statistics import gap_label, metric_label, summary_cell, test_half_width
 
 RUN_COLUMNS = ("budget", "seed", "strategy", "kept", "labels", "labels_per_class", "train_n", "val_n", "score",
                "test_accuracy", "test_macro_f1", "test_balanced_accuracy", "val_score", "train_score", "gap", "epochs",
@@ -139,8 +139,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         lines += ["## Caution", "", *[f"- {w}" for w in result["warnings"]], ""]
     lines += ["## Plots", "", "- `data_efficiency.png`: test score against labels per class (shaded: 95% interval).",
               "- `time_to_accuracy.png`: best validation score so far against wall time, largest budget, each seed.",
-              "- `overfitting_gap.png`: the kept model's accuracy on its training examples minus on validation "
-              "(no augmentation), per budget and strategy.",
+              f"- `overfitting_gap.png`: the kept model's {gap_label(result['runs'])} on its training examples minus "
+              "on validation (no augmentation), per budget and strategy.",
               "", "Every run: `results.csv`; per budget and strategy: `summary.csv`.", ""]
     return "\n".join(lines)
 

@@ -190,7 +190,9 @@ def record_run(model, budget, seed: int, name: str, metric: str, part, wall_s: f
 
     The gap is the kept model's accuracy on its own training examples, read like the test set (no augmentation,
     dropout or label smoothing, after training), minus its validation accuracy: the training accuracy a training
-    loop records is taken on augmented batches while the weights move, which differs between strategies."""
+    loop records is taken on augmented batches while the weights move, which differs between strategies. Multi-label
+    runs measure the gap in macro-F1 (``gap_metric``; ``val_accuracy`` then holds validation macro-F1): exact match
+    is too coarse."""
     metrics = model.metrics
     test = metrics["test"]
     own = "macro_f1" if model.multi_label else "accuracy"  # the gap's metric (exact match is too coarse)
@@ -207,6 +209,7 @@ def record_run(model, budget, seed: int, name: str, metric: str, part, wall_s: f
         "test_macro_f1": test["macro_f1"], "test_balanced_accuracy": test.get("balanced_accuracy"),
         "val_score": best["val_acc"], "train_score": clean_train, "val_accuracy": metrics["val"][own],
         "gap": clean_train - metrics["val"][own], "test_auroc_ci": test.get("clinical", {}).get("auroc_ci"),
+        "gap_metric": own,
         "epochs": len(hist["epochs"]), "stopped": hist["stopped"],
         "wall_s": round(wall_s, 1), "train_s": round(metrics["timings"].get("total_s", wall_s), 1), "curve": curve,
     }

@@ -81,7 +81,7 @@ def headlines(runs: list[dict], summary: list[dict], strategies: list[str], budg
         return {"time": {"sentence": msg}, "labels": {"sentence": msg}, "gap": {"sentence": msg}, **extra}
     top = budgets[-1]
     return {"time": _time_headline(runs, transfer, top), "labels": _labels_headline(summary, transfer, budgets, label),
-            "gap": _gap_headline(summary, transfer, budgets), **extra}
+            "gap": _gap_headline(summary, transfer, budgets, gap_label(runs)), **extra}
 
 
 def _where(budget) -> str:
@@ -201,7 +201,12 @@ def _labels_headline(summary: list[dict], transfer: list[str], budgets: list, la
             ref["labels_per_class"], "fewer": fewer, "scratch": ref["score"], "transfer": c["score"]}
 
 
-def _gap_headline(summary: list[dict], transfer: list[str], budgets: list) -> dict[str, Any]:
+def gap_label(runs: list[dict]) -> str:
+    """What the overfitting gap measures: accuracy, or macro-F1 for multi-label runs (exact match is too coarse)."""
+    return metric_label(next((r["gap_metric"] for r in runs if r.get("gap_metric")), "accuracy"))
+
+
+def _gap_headline(summary: list[dict], transfer: list[str], budgets: list, measure: str = "accuracy") -> dict[str, Any]:
     def mean_gap(name: str) -> float | None:
         # a model no better on its training data than on validation does not overfit: below zero counts as zero
         gaps = [max(c["gap"], 0.0) for c in summary if c["strategy"] == name and c["gap"] is not None
@@ -216,7 +221,7 @@ def _gap_headline(summary: list[dict], transfer: list[str], budgets: list) -> di
     diff = scratch - gaps[name]
     what = (f"{diff:.3f} smaller" + (f" ({diff / scratch:.0%} less)" if gaps[name] >= 0 < scratch else "")) \
         if diff > 0 else f"{-diff:.3f} larger"
-    return {"sentence": f"The overfitting gap (the kept model's accuracy on its training examples minus on "
+    return {"sentence": f"The overfitting gap (the kept model's {measure} on its training examples minus on "
                         f"validation, both read without augmentation; mean over {len(budgets)} budget(s) and the "
                         f"seeds) was {gaps[name]:.3f} with {name} against "
                         f"{scratch:.3f} from scratch: {what}.",
