@@ -144,38 +144,35 @@ def _mean(rows: list[dict], key: str) -> str:
     return f"{v.mean():.3f} +- {half:.3f}"
 
 
+def _section(title: str, rows: list[dict], groups: list[dict], keys: list[str], metrics: list[str]) -> list[str]:
+    """One Markdown table: a row per group of runs (the runs matching ``groups``' values), ``keys`` as they are,
+    then the mean (and interval) of each of ``metrics`` over the seeds."""
+    head = [*keys, *metrics]
+    lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for group in groups:
+        rs = [r for r in rows if all(r[k] == v for k, v in group.items())]
+        if rs:
+            lines.append("| " + " | ".join([*(str(rs[0][k]) for k in keys), *(_mean(rs, m) for m in metrics)]) + " |")
+    return [*lines, ""]
+
+
 def report(rows: list[dict]) -> str:
     lines = []
     ml = [r for r in rows if r["part"] == "multilabel"]
     if ml:
-        lines += ["### Multi-label images (composed garments, 200 train / 100 test images)", "",
-                  "| strategy | kept | macro-F1 | mAP | micro-F1 | exact match | seconds |",
-                  "|---|---|---|---|---|---|---|"]
-        for s in ("linear", "finetune", "auto", "scratch"):
-            rs = [r for r in ml if r["strategy"] == s]
-            if rs:
-                lines.append(f"| {s} | {rs[0]['kept']} | {_mean(rs, 'macro_f1')} | {_mean(rs, 'map')} | "
-                             f"{_mean(rs, 'micro_f1')} | {_mean(rs, 'exact_match')} | {_mean(rs, 'seconds')} |")
-        lines.append("")
+        lines += _section("Multi-label images (composed garments, 200 train / 100 test images)", ml,
+                          [{"strategy": s} for s in ("linear", "finetune", "auto", "scratch")], ["strategy", "kept"],
+                          ["macro_f1", "map", "micro_f1", "exact_match", "seconds"])
     im = [r for r in rows if r["part"] == "imbalance"]
     if im:
-        lines += ["### Imbalance (Fashion-MNIST, 20:1; balanced test set of 1,000)", "",
-                  "| strategy | --balance | balanced accuracy | minority-class recall | accuracy |",
-                  "|---|---|---|---|---|"]
-        for s in ("linear", "finetune"):
-            for b in ("none", "weights", "sampler"):
-                rs = [r for r in im if r["strategy"] == s and r["balance"] == b]
-                if rs:
-                    lines.append(f"| {s} | {b} | {_mean(rs, 'balanced_accuracy')} | {_mean(rs, 'minority_recall')} | "
-                                 f"{_mean(rs, 'accuracy')} |")
-        lines.append("")
+        lines += _section("Imbalance (Fashion-MNIST, 20:1; balanced test set of 1,000)", im,
+                          [{"strategy": s, "balance": b} for s in ("linear", "finetune")
+                           for b in ("none", "weights", "sampler")], ["strategy", "balance"],
+                          ["balanced_accuracy", "minority_recall", "accuracy"])
     nz = [r for r in rows if r["part"] == "noise"]
     if nz:
-        lines += ["### Label noise (Fashion-MNIST, 20 per class, 10% flipped)", "",
-                  "| seeds | flagged (of 200) | precision of the top 20 | recall of the flips in the top 20 | chance |",
-                  "|---|---|---|---|---|",
-                  f"| {len(nz)} | {_mean(nz, 'flagged')} | {_mean(nz, 'precision_at_k')} | "
-                  f"{_mean(nz, 'recall_at_k')} | {_mean(nz, 'chance')} |", ""]
+        lines += _section("Label noise (Fashion-MNIST, 20 per class, 10% flipped; chance: the share flipped)", nz,
+                          [{"part": "noise"}], [], ["flagged", "precision_at_k", "recall_at_k", "chance"])
     return "\n".join(lines)
 
 

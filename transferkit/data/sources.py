@@ -471,19 +471,12 @@ def check_patient_leaks(parts: dict[str, ImageSet | None]) -> None:
                     "transferkit.data.medical.patient_key). Keep each patient's images in one split.")
 
 
-def smallest_class(strata: list[str], groups: list[str] | None = None) -> int:
-    """Examples (or distinct groups, e.g. patients) in the smallest class."""
+def smallest_class(strata: list[Any], groups: list[str] | None = None) -> int:
+    """Examples (or distinct groups, e.g. patients) in the smallest class; a tuple entry is a multi-label example's
+    labels, each counting it (an example without labels counts for none)."""
     units: dict[str, set] = defaultdict(set)
-    for i, y in enumerate(strata):
-        units[y].add(groups[i] if groups is not None else i)
-    return min((len(u) for u in units.values()), default=0)
-
-
-def smallest_label(label_sets: list[Any], groups: list[str] | None = None) -> int:
-    """Examples (or distinct groups) carrying the rarest label of multi-label data."""
-    units: dict[str, set] = defaultdict(set)
-    for i, ys in enumerate(label_sets):
-        for y in ys:
+    for i, ys in enumerate(strata):
+        for y in ys if isinstance(ys, tuple) else (ys,):
             units[y].add(groups[i] if groups is not None else i)
     return min((len(u) for u in units.values()), default=0)
 
@@ -507,7 +500,7 @@ def carve_splits(train, given: dict, classes: list[str], strata: list[str], val_
                         "wrong?")
     # multi-label: the examples (patients) carrying each label, not each example's rarest label (one example without
     # labels, or a common label that is rarely the rarest, is no small class)
-    small = (smallest_label(train.labels, groups) if multi else smallest_class(strata, groups)) < SMALL_DATA_PER_CLASS
+    small = smallest_class(train.labels if multi else strata, groups) < SMALL_DATA_PER_CLASS
     if val_fraction is None:
         val_fraction = 0.0 if small else DEFAULT_VAL_FRACTION
     if test_fraction is None:
@@ -564,8 +557,7 @@ def carve_splits(train, given: dict, classes: list[str], strata: list[str], val_
     if val is None:
         rest_strata = rest.strata() if hasattr(rest, "strata") else list(rest.labels)
         unit = "patients" if groups is not None else "examples"
-        smallest = smallest_label(rest.labels, getattr(rest, "groups", None)) if multi else \
-            smallest_class(rest_strata, getattr(rest, "groups", None))
+        smallest = smallest_class(rest.labels if multi else rest_strata, getattr(rest, "groups", None))
         cv = (f"no validation split: settings chosen by cross-validation on all {len(rest)} training examples "
               f"(smallest {'label' if multi else 'class'}: {smallest} {unit})")
         how = f"{how}; {cv}" if how else cv

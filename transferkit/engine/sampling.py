@@ -6,7 +6,7 @@ under ``accelerate launch`` draws the same permutation before Accelerate shards 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch.utils.data import Sampler
@@ -31,10 +31,16 @@ class EpochShuffleSampler(Sampler[int]):
 
 class EpochBalancedSampler(EpochShuffleSampler):
     """``n`` draws with replacement, each class equally likely (balanced sampling for imbalanced data); like
-    :class:`EpochShuffleSampler`, the draws depend only on (seed, epoch)."""
+    :class:`EpochShuffleSampler`, the draws depend only on (seed, epoch). ``targets``: each example's class, as
+    indices or as any names (a multi-label example's rarest label, an image's rarest object)."""
 
-    def __init__(self, targets: torch.Tensor, seed: int = 0):
+    def __init__(self, targets: torch.Tensor | Sequence, seed: int = 0):
         super().__init__(len(targets), seed)
+        if not isinstance(targets, torch.Tensor):
+            import numpy as np
+
+            names = np.asarray([str(t) for t in targets])
+            targets = torch.as_tensor(np.unique(names, return_inverse=True)[1].reshape(-1), dtype=torch.long)
         self.weights = (1.0 / torch.bincount(targets).double().clamp(min=1))[targets]
 
     def __iter__(self) -> Iterator[int]:

@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -35,9 +34,7 @@ def image_sampler(task: TrainTask) -> Any:
 
     if task.balance != "sampler":
         return EpochShuffleSampler(len(task.train), task.seed)
-    strata = rarest_labels([t.tolist() for t in task.train.targets])
-    codes = np.unique(np.asarray([str(s) for s in strata]), return_inverse=True)[1].reshape(-1)
-    return EpochBalancedSampler(torch.as_tensor(codes, dtype=torch.long), task.seed)
+    return EpochBalancedSampler(rarest_labels([t.tolist() for t in task.train.targets]), task.seed)
 
 
 @dataclass

@@ -211,9 +211,7 @@ class ClassificationTask(Task):
         from ..engine.sampling import EpochBalancedSampler
 
         y = self.row_targets(task.train)
-        if y.ndim == 2:
-            y = torch_indices(label_strata(y.numpy()))
-        return EpochBalancedSampler(y, task.seed)
+        return EpochBalancedSampler(label_strata(y.numpy()) if y.ndim == 2 else y, task.seed)
 
     def row_targets(self, data: Any) -> Any:
         """The target of each row the network sees (audio: each window's recording's)."""
@@ -423,13 +421,6 @@ def choose_balance(counts: list[int], classes: list[str], given: str | None,
     if most <= IMBALANCE_RATIO * least:
         return "none", None
     return "weights", f"imbalanced classes: {big!r} {most} vs {small!r} {least} training examples, {most / least:.0f}:1"
-
-
-def torch_indices(strata: list[str]) -> Any:
-    """Strata names -> (N,) long tensor of their indices."""
-    import torch
-
-    return torch.as_tensor(np.unique(np.asarray(strata), return_inverse=True)[1].reshape(-1), dtype=torch.long)
 
 
 def scratch_comparison(baseline: Any, probs: np.ndarray, y: np.ndarray, scored_metrics: dict, part: str,
