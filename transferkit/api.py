@@ -79,6 +79,7 @@ def fit(
     max_image_pixels: int | None = None,
     workers: int | None = None,
     compile: bool = False,
+    explain: bool = True,
     init_from: str | Path | None = None,
     replay: Any = None,
     replay_fraction: float = 0.25,
@@ -160,6 +161,13 @@ def fit(
     compiles, which costs tens of seconds to minutes (``metrics["timings"]["compile_s"]``), and pays back only on
     long runs on a GPU. The saved bundle is the same either way.
 
+    Explanations (classifiers; ``explain=False`` skips them): the report's section "What the model looks at" shows
+    maps (images, spectrograms) or marked words (texts) for each class's most confident right answers and its most
+    confidently wrong ones, warns when a class's images are explained mostly by their border (a shortcut such as a
+    ruler or a corner mark), and ``metrics["explanations"]["deletion"]["score"]`` says whether the maps are faithful
+    (the probability falls faster when the map's top regions are removed than random ones: above 0; about 0: the map
+    decorates). See :mod:`transferkit.evaluation.explain`.
+
     Further fine-tuning: ``init_from="runs/x/model"`` starts from a bundle instead of pretrained weights (image,
     medical, text and audio classifiers, and detectors): its backbone, head and preprocessing. Classes the new data
     add get new rows in the head; the bundle's classes keep theirs, and stay classes of the model when the new data
@@ -198,8 +206,8 @@ def fit(
                            seconds=parse_budget(budget), seed=seed, skip_bad=skip_bad, val_fraction=val_fraction,
                            test_fraction=test_fraction, cv=cv, precision=precision, arch=arch, cpu=cpu, resume=resume,
                            image_size=image_size, scratch_baseline=scratch_baseline, workers=workers,
-                           compile=compile, init_from=init_from, replay=replay, replay_fraction=replay_fraction,
-                           old_test=old_test,
+                           compile=compile, explain=explain, init_from=init_from, replay=replay,
+                           replay_fraction=replay_fraction, old_test=old_test,
                            strategy_options={**strategy_options, **({"l2sp": l2sp} if l2sp is not None else {})})
     with image_limits(max_image_pixels):
         task_obj, options = resolve(data, task, modality, given)

@@ -261,6 +261,11 @@ def fit(
         help="Fine-tuning strategies: pull the weights toward their starting point (pretrained, or --init-from's) with "
              "this strength instead of decaying them (L2-SP; try 0.01-1).",
     ),
+    explain: bool = typer.Option(
+        True, "--explain/--no-explain",
+        help="Classifiers: the report's maps of what the model looks at (marked words for texts), its shortcut "
+             "check and the maps' deletion score (a few seconds).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics summary as JSON on stdout."),
     max_image_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
@@ -279,9 +284,10 @@ def fit(
                         max_length=max_length, clip_seconds=clip_seconds, task=task, modality=modality, window=window,
                         slices=slices, patient_column=patient_column, positive=positive, threshold=threshold,
                         balance=balance, scratch_baseline=scratch_baseline, cv=cv, val_fraction=val_fraction,
-                        test_fraction=test_fraction, workers=workers, compile=compile_net, init_from=init_from,
-                        replay=None if replay is None else str(replay), replay_fraction=replay_fraction,
-                        old_test=None if old_test is None else str(old_test), l2sp=l2sp, **options)
+                        test_fraction=test_fraction, workers=workers, compile=compile_net, explain=explain,
+                        init_from=init_from, replay=None if replay is None else str(replay),
+                        replay_fraction=replay_fraction, old_test=None if old_test is None else str(old_test),
+                        l2sp=l2sp, **options)
     except TransferkitError as err:
         _fail(err)
     m = model.metrics
@@ -396,6 +402,13 @@ def predict(
         help="Detectors: write the image with its boxes to this PNG (several images: a folder of PNGs).",
     ),
     score_threshold: float = typer.Option(0.3, "--score-threshold", help="Detectors: lowest score shown."),
+    explain: Optional[Path] = typer.Option(
+        None, "--explain",
+        help="Write one explanation per input into this folder (NNN-name.png): the image, or the recording's most "
+             "telling spectrogram window, with a map of what the predicted label rests on; texts: NNN-text.html, "
+             "the words shaded by their attribution; detectors: the image with its boxes. --json adds each file's "
+             "path (explanation).",
+    ),
     tta: Optional[bool] = typer.Option(
         None, "--tta/--no-tta",
         help="Image and audio classifiers: average the predictions over test-time views (flips and crops; shifted "
@@ -412,7 +425,7 @@ def predict(
         if isinstance(model, DetectionModel) and tta:
             raise TransferkitError("--tta applies to image and audio classifiers; this bundle is a detector.")
         if isinstance(model, DetectionModel):
-            _predict_boxes(model, list(inputs or []), draw, score_threshold, skip_bad, as_json, as_csv)
+            _predict_boxes(model, list(inputs or []), draw, score_threshold, skip_bad, as_json, as_csv, explain)
             return
         if draw is not None:
             raise TransferkitError("--draw is for detectors: this model classifies.")
@@ -434,7 +447,7 @@ def predict(
             if paths:  # a text model classifies the words it is given: here, a file's name
                 warn(f"{paths[0]} names a file{f' ({len(paths)} arguments do)' if len(paths) > 1 else ''}: a text "
                      f"model classifies its name, not its content; pass --file {paths[0]} to classify what it holds")
-        preds = model.predict(items, top_k=top_k, skip_bad=skip_bad, tta=tta)
+        preds = model.predict(items, top_k=top_k, skip_bad=skip_bad, tta=tta, explain=explain)
         if model.task.inputs == "strings":  # show where each text came from, not the whole article
             names = [*([_short(t) for t in inputs or []]), *[str(f) for f in file or []]]
             names += [f"{lines}:{n}" for n, _ in numbered]
@@ -479,11 +492,24 @@ def predict(
 
 
 def _predict_boxes(model, items: list[str], draw: Optional[Path], threshold: float, skip_bad: bool, as_json: bool,
-                   as_csv: bool) -> None:
-    """Detector output: JSON lines (or CSV rows, or a table) of boxes per image, and drawn PNGs with --draw."""
+                   as_csv: bool, explain: Optional[Path] = None) -> None:
+    """Detector output: JSON lines (or CSV rows, or a table) of boxes per image, and drawn PNGs with --draw (and
+    with --explain, a folder of them named as classifiers' explanations are, their paths in the JSON)."""
     if not items:
         raise TransferkitError("Nothing to detect: pass image files as arguments.")
     preds = model.predict(items, score_threshold=threshold, skip_bad=skip_bad)
+    if explain is not None:
+        import re
+
+        try:
+            explain.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise TransferkitError(f"Cannot write explanations to {explain} ({err.strerror or err}): give another "
+                                   "folder with --explain.") from None
+        for i, p in enumerate(preds):
+            stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(p["input"]).stem)[:60] or "input"
+            p["explanation"] = str(explain / f"{i + 1:03d}-{stem}.png")
+            model.draw(p["input"], Path(p["explanation"]), score_threshold=threshold)
     if draw is not None:
         if len(preds) == 1 and draw.suffix.lower() == ".png":
             targets = [draw]

@@ -301,6 +301,12 @@ class SpectrogramBackbone(AudioBackbone):
         x = self.spectrogram(waves)
         if self.training and self.masking_on:
             x = self.masking(x)
+        return self.from_spectrogram(x)
+
+    def from_spectrogram(self, x: torch.Tensor) -> torch.Tensor:
+        """Features from the standardised log-mel image ``(B, 1, n_mels, frames)`` (:meth:`spectrogram`): resized to
+        the image height the CNN was fitted at, repeated to three channels. Explanations edit the spectrogram
+        between the two halves of :meth:`forward`."""
         h = self.preprocess.image_height
         if h:
             width = self.preprocess.image_width or max(8, round(x.shape[-1] * h / x.shape[-2]))

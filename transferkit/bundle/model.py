@@ -141,7 +141,8 @@ class TransferModel:
         return probs.argmax(1)
 
     def predict(self, inputs: list[Any], top_k: int = 5, batch_size: int = 64, precision: str = "auto",
-                skip_bad: bool = False, tta: bool | None = None) -> list[dict[str, Any]]:
+                skip_bad: bool = False, tta: bool | None = None,
+                explain: str | Path | None = None) -> list[dict[str, Any]]:
         """Top-k labels per input: ``[{"input": ..., "label": ..., "probability": ..., "top": [{"label",
         "probability"}, ...]}]`` (``probability``: the label's own).
 
@@ -150,7 +151,17 @@ class TransferModel:
         ``"windows"``: how many windows of the recording were averaged. Binary medical models decide ``"label"``
         at their operating threshold on the positive class (``"positive_probability"``, calibrated). With
         ``skip_bad=True`` unreadable images or empty texts are skipped with a warning and left out of the result.
+
+        ``explain="folder"`` writes one explanation per input there and adds its path as ``"explanation"``: a PNG of
+        the image (or the recording's most telling spectrogram window) with the map of the predicted label over it
+        (multi-label: the most probable label), or for a text an HTML snippet with its words shaded by their
+        attribution. See :mod:`transferkit.evaluation.explain`.
+
+        Raises:
+            TransferkitError: with ``explain``, a model whose task or backbone has no explanation (detectors: draw
+                their boxes instead), or a folder that cannot be written.
         """
+        explainer = self.task.explainer(self) if explain is not None else None  # refused before any work
         data, kept = self.task.encode(self, inputs, skip_bad)
         probs = self.predict_encoded(data, batch_size, precision, tta)
         k = min(top_k, len(self.classes))
@@ -171,6 +182,11 @@ class TransferModel:
                 row["labels"] = [self.classes[i] for i in np.argsort(-p) if p[i] >= cut[i]]
             out.append(row)
         self.task.describe_rows(out, data)
+        if explainer is not None:
+            targets = decisions if decisions is not None else probs.argmax(1)
+            paths = write_explanations(explainer, data, targets, probs, kept, Path(explain))
+            for row, path in zip(out, paths, strict=True):
+                row["explanation"] = str(path)
         return out
 
     def evaluate(self, source: Any, skip_bad: bool = False, tta: bool | None = None, **options: Any) -> dict[str, Any]:
@@ -286,6 +302,33 @@ class TransferModel:
             raise TransferkitError(f"{folder / 'config.json'}: tta is true, but {model.task.title} models have no "
                                    "test-time views; re-export the bundle or fix the file.")
         return model
+
+def write_explanations(explainer: Any, data: Any, targets: np.ndarray, probs: np.ndarray, kept: list[Any],
+                       folder: Path, batch_size: int = 16) -> list[Path]:
+    """One explanation file per encoded input (``NNN-name.png``, texts ``NNN-text.html``) in ``folder``, each of
+    ``targets`` (class indices) with its probability; the files written, in input order."""
+    import re
+
+    from ..evaluation.explain_plots import write_explanation
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise TransferkitError(f"Cannot write explanations to {folder} ({err.strerror or err}): give another folder "
+                               "with --explain.") from None
+    paths: list[Path] = []
+    for start in range(0, len(targets), batch_size):
+        idx = list(range(start, min(start + batch_size, len(targets))))
+        found = explainer.explain(data, idx, [int(targets[i]) for i in idx],
+                                  [float(probs[i, targets[i]]) for i in idx])
+        for i, e in zip(idx, found, strict=True):
+            item = kept[i]
+            stem = Path(item).stem if isinstance(item, (str, Path)) and explainer.kind != "tokens" else \
+                "text" if explainer.kind == "tokens" else "array"
+            stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem)[:60] or "input"
+            paths.append(write_explanation(e, folder / f"{i + 1:03d}-{stem}"))
+    return paths
+
 
 def load(folder: str | Path) -> Any:
     """Load a bundle saved by ``save()`` (``runs/NAME/model``): a :class:`TransferModel` (classifier) or a

@@ -168,7 +168,7 @@ def compare(data: Any, *, budgets: str | list = (5, 10, 25, 50, ALL), seeds: int
                 run = classical_run(part, task, b, s, metric, image_pre, skip_bad)
             else:
                 model = fit(part, backbone=backbone, strategy=name, budget=run_seconds, seed=s, precision=precision,
-                            image_size=image_size, modality=kind, skip_bad=skip_bad,
+                            image_size=image_size, modality=kind, skip_bad=skip_bad, explain=False,
                             **run_options(name, fit_options, kind, options_not_for(name, names, strategy_options)))
         except TransferkitError as err:  # one run's failure is recorded; the comparison goes on
             warn(f"compare: {name}, {b} labels per class, seed {s} failed: {err}")

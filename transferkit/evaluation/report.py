@@ -331,12 +331,51 @@ def render_markdown(m: dict[str, Any], classes: list[str]) -> str:
             shown = w.get("text", w["input"]).replace("|", "\\|")
             where = f" ({w['input']})" if "text" in w else ""
             lines.append(f"| {w['confidence']:.3f} | {w['true']} | {w['predicted']} | {shown}{where} |")
+    if m.get("explanations"):
+        lines += ["", "## What the model looks at", "", *explanation_lines(m["explanations"])]
     if m.get("clinical"):
         lines += render_clinical(m, scored)
     if "confusion_matrix" in s:
         lines += ["", "![confusion matrix](confusion_matrix.png)"]
     lines += ["", "![learning curve](learning_curve.png)", ""]
     return "\n".join(lines)
+
+
+def explanation_lines(e: dict[str, Any]) -> list[str]:
+    """The report's section on explanations: the shortcut warning first, what the deletion check found, the border
+    shares, then the figure (images, spectrograms) or each text's most influential words."""
+    if not e.get("available"):
+        return [f"No explanations: {e['why']}"]
+    out = []
+    if e.get("shortcut"):
+        out += [f"**Warning: possible shortcut.** {e['shortcut'][0].upper()}{e['shortcut'][1:]}.", ""]
+    d = e.get("deletion")
+    if d:
+        verdict = ("the maps point at what the model uses" if d["score"] >= 0.05 else
+                   "**the maps barely beat random order: read them as decoration, not as evidence**")
+        unit = "words" if e.get("kind") == "tokens" else "regions"
+        out.append(f"Deletion check on {d['n']} examples: removing the most-attributed {unit} first lowers the "
+                   f"predicted class's probability faster than removing as many in random order; the area between "
+                   f"the two curves is **{d['score']:+.3f}** (area under the curve: map order {d['map_auc']:.3f}, "
+                   f"random order {d['random_auc']:.3f}). Above 0 the maps find what changes the prediction, about 0 "
+                   f"they decorate: {verdict}.")
+    if e.get("border_share"):
+        shares = ", ".join(f"{c} {v:.0%}" for c, v in e["border_share"].items())
+        out += ["", f"Share of each class's attribution in the image's outer 10% band (a map spread evenly puts 36% "
+                    f"there): {shares}."]
+    out += ["", f"Maps: {e['method']}, on the {e['on']}; {e['examples']} examples explained in {e['seconds']:.1f} s."]
+    if e.get("kind") == "tokens":
+        out += ["", "Each class's most confident right answers and most confidently wrong ones, with the words that "
+                    "pushed most toward the predicted label:", ""]
+        for t in e.get("texts", []):
+            words = ", ".join(f"**{w.replace('|', '/')}** ({s:.2f})" for w, s in t["words"]) or "none"
+            verdict = "right" if t["correct"] else "wrong"
+            out.append(f"- {t['class']}, {verdict}: said {t['label']} ({t['probability']:.2f}): {words}")
+    elif e.get("examples"):
+        out += ["", "Each row is a class: its most confident right answers, then its most confidently wrong "
+                    "examples (the map of the class the model said). Red: what the prediction rests on.", "",
+                "![what the model looks at](explanations.png)"]
+    return out
 
 
 def continued_lines(c: dict[str, Any]) -> list[str]:

@@ -249,6 +249,16 @@ class AudioTask(ClassificationTask):
     def row_targets(self, data: Any) -> Any:
         return data.window_targets()
 
+    def explainer(self, model: Any) -> Any:
+        """On a spectrogram CNN: HiResCAM maps over the log-mel window that most supports the class. The speaker
+        encoder and Hugging Face encoders have no such map."""
+        if not hasattr(model.classifier.backbone, "from_spectrogram"):
+            raise TransferkitError(f"Explanation maps need a CNN on spectrograms (efficientnet_lite0 and the other "
+                                   f"image backbones); {model.classifier.backbone.spec.name!r} reads audio otherwise.")
+        from ..evaluation.explainers import SpectrogramExplainer
+
+        return SpectrogramExplainer(model.classifier, model.multi_label, model.classes)
+
     # -- bundle side ------------------------------------------------------------------------------------------
     def encode(self, model: Any, inputs: Any, skip_bad: bool) -> tuple[Any, list[Any]]:
         if isinstance(inputs, (str, Path)) or (isinstance(inputs, np.ndarray) and inputs.ndim == 1):

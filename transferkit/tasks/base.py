@@ -54,6 +54,8 @@ class RunSettings:
     # loader processes per training process; None: chosen by device (engine.accel.default_workers)
     workers: int | None = None
     compile: bool = False  # torch.compile the network that fine-tuning trains (engine.optim.compile_module)
+    # classifiers: the report's explanation maps, shortcut check and deletion score (evaluation.explain)
+    explain: bool = True
     strategy_options: dict[str, Any] = field(default_factory=dict)
     # further fine-tuning (tasks.continued): the bundle to start from, old data to replay (the fraction of each old
     # class drawn into training) and the old task's test data to measure forgetting on
@@ -343,6 +345,16 @@ class Task:
             else:
                 out["calibration_files"] = files
         return out
+
+    def explainer(self, model: Any) -> Any:
+        """What explains ``model``'s predictions on this task's encoded data (an explainer of
+        :mod:`transferkit.evaluation.explainers`: maps over images and spectrograms, word attributions of texts).
+
+        Raises:
+            TransferkitError: this task, or this model's backbone, has no explanation (one line saying which have).
+        """
+        raise TransferkitError(f"Explanations are not available for {self.title} models: image, medical, text and "
+                               "spectrogram-audio classifiers have them.")
 
     def describe_rows(self, rows: list[dict[str, Any]], data: Any) -> None:
         """Add what this task says per predicted input (audio: how many windows were averaged)."""

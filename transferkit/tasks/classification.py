@@ -284,6 +284,14 @@ class ClassificationTask(Task):
                                              multi_label, binary_clinical)
             metrics_extra["classical_baseline"] = classical
         timings["evaluate_s"] = time.monotonic() - t
+        explained: list = []
+        if settings.explain:
+            t = time.monotonic()
+            metrics_extra["explanations"], explained = self.explanations(
+                model, scored_data[scored], targets[scored], probs[scored], settings.seed,
+                "training examples (out-of-fold predictions; the final model, which trained on them, drew the maps)"
+                if scored == "val" and result.cv is not None else f"{scored} set")
+            timings["explain_s"] = time.monotonic() - t
         from .continued import after_training, keep_lineage
 
         continued = after_training(prepared.start, model, settings, options, timings)  # --init-from runs only
@@ -336,15 +344,50 @@ class ClassificationTask(Task):
         keep_lineage(model, prepared.start, continued)
         # for the report's plots (not saved in metrics.json)
         plots = {"set": scored, "y": targets[scored], "probs": probs[scored], "uncalibrated": uncalibrated[scored],
-                 "out_of_fold": scored == "val" and result.cv is not None}
+                 "out_of_fold": scored == "val" and result.cv is not None, "explanations": explained}
         return model, metrics, plots
+
+    def explanations(self, model: Any, data: Any, y: np.ndarray, probs: np.ndarray, seed: int,
+                     where: str) -> tuple[dict[str, Any], list]:
+        """The report's explanations of ``model`` on the scored set (:func:`transferkit.evaluation.explain.
+        explain_scored` with this task's :meth:`explainer`): what ``metrics.json`` records, and the examples with
+        their maps for the figure. A model this task cannot explain records why, in one line."""
+        from ..evaluation.explain import explain_scored
+
+        try:
+            explainer = self.explainer(model)
+        except TransferkitError as err:
+            return {"available": False, "why": str(err)}, []
+        multi = model.multi_label
+        record, explained = explain_scored(explainer, data, y, probs, None if multi else model.decide(probs),
+                                           model.classes, model.label_thresholds() if multi else None, seed)
+        if explainer.kind == "tokens":  # the report lists words: keep them in the record (no figure)
+            from ..evaluation.explain_plots import top_words
+
+            record["texts"] = [{"class": model.classes[r["class"]], "correct": r["correct"], "label": e.label,
+                                "probability": round(e.probability, 4), "words": top_words(e)}
+                               for r, e in explained]
+        return {"available": True, "on": where, "kind": explainer.kind, **record}, explained
 
     def write(self, out: Path, model: Any, metrics: dict[str, Any], prepared: Prepared,
               plots: dict[str, Any]) -> dict[str, str]:
         from ..evaluation.report import write_run_report
 
         model.save(out / "model")
+        explained = plots.get("explanations")
+        if explained and explained[0][1].kind != "tokens":  # drawn before the report, which shows it
+            from ..evaluation.explain_plots import explanations_png
+
+            e = metrics["explanations"]
+            deletion = e.get("deletion") or {}
+            explanations_png(explained, prepared.classes, out / "explanations.png",
+                             f"What the model looks at ({e['on']}; {e['method']})"
+                             + (f"\ndeletion score {deletion['score']:+.3f} (area under the probability curve: "
+                                f"map order {deletion['map_auc']:.3f}, random order {deletion['random_auc']:.3f})"
+                                if deletion else ""))
         files = write_run_report(out, metrics, prepared.classes)
+        if (out / "explanations.png").exists():
+            files["explanations"] = str(out / "explanations.png")
         self.write_extra(out, model, prepared, plots)
         return files
 

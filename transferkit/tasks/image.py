@@ -179,6 +179,12 @@ class ImageTask(ClassificationTask):
 
         return test_time_views(data)
 
+    def explainer(self, model: Any) -> Any:
+        """HiResCAM maps on the backbone's last feature map, drawn over the decoded image the model saw."""
+        from ..evaluation.explainers import PixelExplainer
+
+        return PixelExplainer(model.classifier, model.preprocess, model.multi_label, model.classes)
+
     def batch_input(self, backbone: Any):
         from ..data.images import image_prepare
 

@@ -153,6 +153,12 @@ class TextTask(ClassificationTask):
     def sample(self, data: Any, n: int) -> Any:
         return data.input_ids[:n], data.attention_mask[:n]
 
+    def explainer(self, model: Any) -> Any:
+        """Integrated gradients on the encoder's word embeddings, summed per word."""
+        from ..evaluation.explainers import TokenExplainer
+
+        return TokenExplainer(model.classifier, model.multi_label, model.classes)
+
     # -- bundle side ------------------------------------------------------------------------------------------
     def export_spec(self, model: Any) -> Any:
         """The graph takes ``input_ids`` and ``attention_mask`` (batch, tokens) int64 as the model's own tokenizer

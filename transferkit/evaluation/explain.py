@@ -1,0 +1,239 @@
+"""What a classifier looks at, and whether that map is faithful to it.
+
+An *explainer* (:mod:`transferkit.evaluation.explainers`; the task picks one for its data) turns examples into model
+inputs, scores their *units* (the cells of the last feature map for images and spectrograms, the tokens of a text)
+for a target class, removes units from an input, and draws an :class:`Explanation`. This module holds what does not
+depend on the data:
+
+- :func:`deletion_check`: the map's units removed first versus the same units in random order, and how fast the
+  target's probability falls (the deletion metric of Petsiuk et al., RISE, 2018). ``score`` is the area between the
+  two curves: 0 when the map ranks units no better than chance (a map that decorates), up to 1 when removing its
+  top units destroys the prediction at once while random removal does not.
+- :func:`border_shares` and :func:`shortcut_warning`: how much of each class's attribution lies in the outer band of
+  the image, and a warning when one class leans on the border far more than the others (a ruler, a name tag, a
+  scanner mark or one class's background).
+- :func:`pick_examples` and :func:`explain_scored`: the report's examples per class (the most confident correct
+  ones and the most confidently wrong), their maps, the shortcut check and the deletion score in one pass.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+# shares of the units removed along a deletion curve: its first half, where a faithful map and random order part
+# (by the time half of an image is gone, both have taken most of the evidence; measured on Fashion-MNIST)
+FRACTIONS = np.array([0.0, 0.125, 0.25, 0.375, 0.5])
+BORDER = 0.1  # the outer band: 10% of the height and of the width on each side (36% of the area)
+SHORTCUT_SHARE = 0.5  # a class is flagged when over half its attribution lies in the band ...
+SHORTCUT_RATIO = 2.0  # ... and at least twice the median share of the other classes
+DELETION_EXAMPLES = 12  # examples the deletion check runs on (each costs 2 len(FRACTIONS) - 1 forward passes)
+
+
+@dataclass
+class Explanation:
+    """One input's explanation, ready to draw.
+
+    ``kind``: ``"image"`` (``display`` the (H, W, 3) uint8 image the model saw, ``attribution`` an (H, W) map in
+    [0, 1]), ``"spectrogram"`` (``display`` the (n_mels, frames) standardised log-mel window, ``attribution`` the
+    same shape in [0, 1]) or ``"tokens"`` (``display`` the text cut into words and the text between them,
+    ``attribution`` one signed score per word, the largest magnitude 1).
+    """
+
+    kind: str
+    display: Any
+    attribution: np.ndarray
+    label: str
+    probability: float
+    true: str | None = None
+    note: str = ""  # e.g. which window of a recording
+    words: list[tuple[str, int | None]] = field(default_factory=list)  # tokens: (text, word index or None)
+    units: Any = None  # (U,) the attribution of each unit the deletion check removes (grid cells, tokens)
+    valid: Any = None  # (U,) which units may be removed
+
+
+def deletion_curves(explainer: Any, x: Any, targets: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor,
+                    seed: int = 0) -> dict[str, np.ndarray]:
+    """The target's probability as the most-attributed units are removed (``"map"``) and as the same number of
+    units are removed in a random order (``"random"``), at each of :data:`FRACTIONS`; (B, len(FRACTIONS)) each.
+
+    ``scores`` (B, U): the units' attribution; ``valid`` (B, U): which units may be removed (a text's padding and
+    special tokens may not)."""
+    gen = torch.Generator().manual_seed(seed)
+    n_valid = valid.sum(1)
+    ranked = torch.where(valid, scores.float(), torch.tensor(-torch.inf))
+    orders = {"map": torch.argsort(ranked, dim=1, descending=True, stable=True),
+              "random": torch.argsort(torch.where(valid, torch.rand(scores.shape, generator=gen),
+                                                  torch.tensor(-1.0)), dim=1, descending=True)}
+    rows = torch.arange(len(scores))[:, None]
+    with torch.no_grad():
+        whole = explainer.probabilities(x)[torch.arange(len(targets)), targets].float().numpy()
+    curves = {}
+    for name, order in orders.items():
+        out = [whole]  # nothing removed: the same for both orders
+        for f in FRACTIONS[1:]:
+            k = torch.round(n_valid.float() * float(f)).long()
+            keep = torch.ones_like(valid)
+            removed = torch.arange(scores.shape[1])[None, :] < k[:, None]  # the first k of each row's order
+            keep[rows.expand_as(order), order] = ~removed
+            with torch.no_grad():
+                probs = explainer.probabilities(explainer.remove(x, keep))
+            out.append(probs[torch.arange(len(targets)), targets].float().numpy())
+        curves[name] = np.stack(out, axis=1)
+    return curves
+
+
+def deletion_check(explainer: Any, x: Any, targets: torch.Tensor, scores: torch.Tensor | None = None,
+                   valid: torch.Tensor | None = None, seed: int = 0) -> dict[str, Any]:
+    """The deletion check on inputs ``x`` for ``targets``: the mean area under each curve of :func:`deletion_curves`
+    (scaled to the share removed, so it is the mean probability along the curve) and their difference, ``score`` =
+    random - map (higher: the map finds what the model uses; about 0: it decorates). ``scores``/``valid``: the units'
+    attribution when already computed (else the explainer computes them)."""
+    if scores is None or valid is None:
+        scores, valid = explainer.units(x, targets)
+    curves = deletion_curves(explainer, x, targets, scores, valid, seed)
+    step = np.diff(FRACTIONS) / (FRACTIONS[-1] - FRACTIONS[0])
+    area = {k: ((v[:, 1:] + v[:, :-1]) / 2 * step).sum(1) for k, v in curves.items()}  # trapezoids
+    return {"score": round(float(np.mean(area["random"] - area["map"])), 4),
+            "map_auc": round(float(area["map"].mean()), 4), "random_auc": round(float(area["random"].mean()), 4),
+            "n": int(len(targets)), "fractions": [round(float(f), 3) for f in FRACTIONS],
+            "map_curve": [round(float(v), 4) for v in curves["map"].mean(0)],
+            "random_curve": [round(float(v), 4) for v in curves["random"].mean(0)]}
+
+
+def stack_padded(rows: list[torch.Tensor], fill: Any) -> torch.Tensor:
+    """1-D tensors of possibly different lengths (the tokens of texts) -> one (B, longest) tensor, padded with
+    ``fill``."""
+    out = torch.full((len(rows), max(len(r) for r in rows)), fill, dtype=rows[0].dtype)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return out
+
+
+def border_share(attribution: np.ndarray, band: float = BORDER) -> float:
+    """The share of an (H, W) map's positive mass in its outer band (``band`` of the height and of the width on each
+    side); a map spread evenly gives 1 - (1 - 2 band)^2 (0.36 for 10%)."""
+    a = np.clip(np.asarray(attribution, dtype=np.float64), 0, None)
+    total = a.sum()
+    if total <= 0:
+        return float("nan")
+    h, w = a.shape
+    dh, dw = max(1, round(h * band)), max(1, round(w * band))
+    inner = a[dh:h - dh, dw:w - dw].sum()
+    return float((total - inner) / total)
+
+
+def border_shares(explanations: list[Explanation], targets: list[str]) -> dict[str, float]:
+    """Each class's mean :func:`border_share` over the explanations whose target is that class (image maps only)."""
+    per: dict[str, list[float]] = {}
+    for e, t in zip(explanations, targets, strict=True):
+        if e.kind == "image":
+            s = border_share(e.attribution)
+            if not np.isnan(s):
+                per.setdefault(t, []).append(s)
+    return {c: round(float(np.mean(v)), 4) for c, v in per.items()}
+
+
+def shortcut_warning(shares: dict[str, float]) -> str | None:
+    """One sentence when a class's attribution lies mostly in the image's border band, far more than the other
+    classes' (:data:`SHORTCUT_SHARE`, :data:`SHORTCUT_RATIO`); None otherwise (also with fewer than two classes).
+
+    >>> shortcut_warning({"ok": 0.8, "bad": 0.2, "other": 0.25})
+    "class 'ok' relies on the image border: 80% of its attribution lies in the outer 10% band (other classes: 25%)..."
+    """
+    if len(shares) < 2:
+        return None
+    flagged = []
+    for c, s in shares.items():
+        others = float(np.median([v for k, v in shares.items() if k != c]))
+        if s >= SHORTCUT_SHARE and s >= SHORTCUT_RATIO * others:
+            flagged.append((s, c, others))
+    if not flagged:
+        return None
+    s, c, others = max(flagged)
+    return (f"class {c!r} relies on the image border: {s:.0%} of its attribution lies in the outer {BORDER:.0%} band "
+            f"(other classes: {others:.0%}); look for a marker, ruler, label or background that only its images "
+            "share, and crop or mask it")
+
+
+def pick_examples(y: np.ndarray, probs: np.ndarray, decisions: np.ndarray | None, classes: list[str],
+                  cut: np.ndarray | None = None, correct: int = 2, wrong: int = 2,
+                  max_classes: int = 10) -> list[dict[str, Any]]:
+    """The report's examples: per class, the ``correct`` most confident right predictions and the ``wrong`` most
+    confidently wrong ones, each with the class its map explains (``target``: the prediction).
+
+    Single-label (``decisions`` given): a class's wrong examples are its examples predicted as another class.
+    Multi-label (``cut``, one threshold per label): right = the label present and predicted, wrong = predicted but
+    absent. Over ``max_classes`` classes, those with the most errors are shown.
+
+    Returns:
+        ``[{"class": k, "index": i, "target": t, "correct": bool, "probability": p}]``, grouped by class.
+    """
+    rows: dict[int, list[dict[str, Any]]] = {}
+    errors: dict[int, int] = {}
+    for k in range(len(classes)):
+        if decisions is not None:
+            mine = y == k
+            ok = np.flatnonzero(mine & (decisions == k))
+            bad = np.flatnonzero(mine & (decisions != k))
+            bad_target = decisions[bad]
+        else:
+            said = probs[:, k] >= cut[k]
+            ok = np.flatnonzero((y[:, k] > 0) & said)
+            bad = np.flatnonzero((y[:, k] == 0) & said)
+            bad_target = np.full(len(bad), k)
+        ok_p, bad_p = probs[ok, k], probs[bad, bad_target]
+        picked = [{"class": k, "index": int(i), "target": k, "correct": True, "probability": float(p)}
+                  for i, p in sorted(zip(ok, ok_p, strict=True), key=lambda t: -t[1])[:correct]]
+        picked += [{"class": k, "index": int(i), "target": int(t), "correct": False, "probability": float(p)}
+                   for i, t, p in sorted(zip(bad, bad_target, bad_p, strict=True), key=lambda t: -t[2])[:wrong]]
+        if picked:
+            rows[k], errors[k] = picked, len(bad)
+    keep = sorted(rows, key=lambda k: (-errors[k], k))[:max_classes]
+    return [r for k in sorted(keep) for r in rows[k]]
+
+
+def explain_scored(explainer: Any, data: Any, y: np.ndarray, probs: np.ndarray, decisions: np.ndarray | None,
+                   classes: list[str], cut: np.ndarray | None = None, seed: int = 0,
+                   batch_size: int = 16) -> tuple[dict[str, Any], list[tuple[dict[str, Any], Explanation]]]:
+    """Maps for the report: :func:`pick_examples` on the scored set, the shortcut check on their right answers,
+    and the deletion check on up to :data:`DELETION_EXAMPLES` of them (spread over the classes).
+
+    Returns:
+        What ``metrics.json`` records (``method``, ``examples``, ``border_share`` per class, ``shortcut``,
+        ``deletion``, ``seconds``) and the picked examples with their :class:`Explanation` (for the figure).
+    """
+    t = time.monotonic()
+    picked = pick_examples(y, probs, decisions, classes, cut)
+    explained: list[tuple[dict[str, Any], Explanation]] = []
+    for start in range(0, len(picked), batch_size):
+        part = picked[start:start + batch_size]
+        idx = [r["index"] for r in part]
+        targets = [r["target"] for r in part]
+        found = explainer.explain(data, idx, targets, [r["probability"] for r in part],
+                                  true=[classes[r["class"]] if r["correct"] or decisions is not None else
+                                        f"not {classes[r['class']]}" for r in part])
+        explained += list(zip(part, found, strict=True))
+    right = [(r, e) for r, e in explained if r["correct"]]
+    shares = border_shares([e for _, e in right], [classes[r["target"]] for r, _ in right])
+    record: dict[str, Any] = {"method": explainer.method, "examples": len(explained), "border_share": shares or None,
+                              "shortcut": shortcut_warning(shares)}
+    # the deletion check: right answers first, one class after another, so no class dominates
+    order = sorted(range(len(right)), key=lambda i: (sum(1 for j in range(i) if right[j][0]["class"] ==
+                                                         right[i][0]["class"]), i))
+    chosen = [right[i][0] for i in order[:DELETION_EXAMPLES]] or [r for r, _ in explained[:DELETION_EXAMPLES]]
+    units = {id(r): e for r, e in explained}
+    if chosen:
+        x = explainer.inputs(data, [r["index"] for r in chosen], [r["target"] for r in chosen])
+        found = [units[id(r)] for r in chosen]
+        record["deletion"] = deletion_check(explainer, x, torch.tensor([r["target"] for r in chosen]),
+                                            stack_padded([e.units for e in found], 0.0),
+                                            stack_padded([e.valid for e in found], False), seed)
+    else:
+        record["deletion"] = None
+    record["seconds"] = round(time.monotonic() - t, 2)
+    return record, explained
