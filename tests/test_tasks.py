@@ -96,6 +96,11 @@ def test_task_contract(task_name, strategy, tmp_path, tiny_backbone, tiny_text_b
     model = transferkit.fit(data, strategy=strategy, out=tmp_path / "run", seed=0, **options, **opts)
     assert model.metrics["task"] == (get_task(task_name).run_label or get_task(task_name).bundle_task)
     assert (tmp_path / "run" / "metrics.json").is_file() and (tmp_path / "run" / "report.md").is_file()
+    if task_name != "detection":  # every classifier explains itself: maps (or words), a deletion score, a section
+        e = model.metrics["explanations"]
+        assert e["available"] and e["deletion"]["n"] > 0 and np.isfinite(e["deletion"]["score"]), e
+        assert "## What the model looks at" in (tmp_path / "run" / "report.md").read_text()
+        assert (tmp_path / "run" / "explanations.png").is_file() == (e["kind"] != "tokens")
 
     inputs = _inputs(task_name, data, root)
     before = model.predict(inputs)
@@ -113,6 +118,9 @@ def test_task_contract(task_name, strategy, tmp_path, tiny_backbone, tiny_text_b
             assert a["label"] == b["label"]
             np.testing.assert_allclose([t["probability"] for t in a["top"]], [t["probability"] for t in b["top"]],
                                        atol=1e-5)
+    if task_name != "detection" and strategy == "linear":  # predict --explain: one file per input, any task
+        rows = again.predict(inputs[:2], explain=tmp_path / "why")
+        assert all(Path(r["explanation"]).is_file() for r in rows)
     scores = again.evaluate(str(labelled))
     key, n = ("map", "n_images") if task_name == "detection" else ("accuracy", "n")
     assert 0.0 <= scores[key] <= 1.0 and scores[n] > 0

@@ -448,6 +448,10 @@ def predict(
                 warn(f"{paths[0]} names a file{f' ({len(paths)} arguments do)' if len(paths) > 1 else ''}: a text "
                      f"model classifies its name, not its content; pass --file {paths[0]} to classify what it holds")
         preds = model.predict(items, top_k=top_k, skip_bad=skip_bad, tta=tta, explain=explain)
+        if explain is not None:
+            from .console import info
+
+            info(f"explanations: {explain} (one file per input)")
         if model.task.inputs == "strings":  # show where each text came from, not the whole article
             names = [*([_short(t) for t in inputs or []]), *[str(f) for f in file or []]]
             names += [f"{lines}:{n}" for n, _ in numbered]
@@ -497,19 +501,18 @@ def _predict_boxes(model, items: list[str], draw: Optional[Path], threshold: flo
     with --explain, a folder of them named as classifiers' explanations are, their paths in the JSON)."""
     if not items:
         raise TransferkitError("Nothing to detect: pass image files as arguments.")
+    if explain is not None:
+        from .evaluation.explain_plots import explanation_folder, explanation_name
+
+        explain = explanation_folder(explain)  # refused before any work
     preds = model.predict(items, score_threshold=threshold, skip_bad=skip_bad)
     if explain is not None:
-        import re
-
-        try:
-            explain.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise TransferkitError(f"Cannot write explanations to {explain} ({err.strerror or err}): give another "
-                                   "folder with --explain.") from None
         for i, p in enumerate(preds):
-            stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(p["input"]).stem)[:60] or "input"
-            p["explanation"] = str(explain / f"{i + 1:03d}-{stem}.png")
+            p["explanation"] = str(explain / f"{explanation_name(i, Path(p['input']))}.png")
             model.draw(p["input"], Path(p["explanation"]), score_threshold=threshold)
+        from .console import info
+
+        info(f"explanations (the images with their boxes): {explain}")
     if draw is not None:
         if len(preds) == 1 and draw.suffix.lower() == ".png":
             targets = [draw]

@@ -162,6 +162,10 @@ class TransferModel:
                 their boxes instead), or a folder that cannot be written.
         """
         explainer = self.task.explainer(self) if explain is not None else None  # refused before any work
+        if explain is not None:
+            from ..evaluation.explain_plots import explanation_folder
+
+            explain = explanation_folder(explain)
         data, kept = self.task.encode(self, inputs, skip_bad)
         probs = self.predict_encoded(data, batch_size, precision, tta)
         k = min(top_k, len(self.classes))
@@ -305,28 +309,18 @@ class TransferModel:
 
 def write_explanations(explainer: Any, data: Any, targets: np.ndarray, probs: np.ndarray, kept: list[Any],
                        folder: Path, batch_size: int = 16) -> list[Path]:
-    """One explanation file per encoded input (``NNN-name.png``, texts ``NNN-text.html``) in ``folder``, each of
-    ``targets`` (class indices) with its probability; the files written, in input order."""
-    import re
+    """One explanation file per encoded input (``NNN-name.png``, texts ``NNN-text.html``) in ``folder`` (created),
+    each of ``targets`` (class indices) with its probability; the files written, in input order."""
+    from ..evaluation.explain_plots import explanation_name, write_explanation
 
-    from ..evaluation.explain_plots import write_explanation
-
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise TransferkitError(f"Cannot write explanations to {folder} ({err.strerror or err}): give another folder "
-                               "with --explain.") from None
     paths: list[Path] = []
     for start in range(0, len(targets), batch_size):
         idx = list(range(start, min(start + batch_size, len(targets))))
         found = explainer.explain(data, idx, [int(targets[i]) for i in idx],
                                   [float(probs[i, targets[i]]) for i in idx])
         for i, e in zip(idx, found, strict=True):
-            item = kept[i]
-            stem = Path(item).stem if isinstance(item, (str, Path)) and explainer.kind != "tokens" else \
-                "text" if explainer.kind == "tokens" else "array"
-            stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem)[:60] or "input"
-            paths.append(write_explanation(e, folder / f"{i + 1:03d}-{stem}"))
+            name = explanation_name(i, kept[i], text=explainer.kind == "tokens")
+            paths.append(write_explanation(e, folder / name))
     return paths
 
 

@@ -27,11 +27,14 @@ import torch
 
 # shares of the units removed along a deletion curve: its first half, where a faithful map and random order part
 # (by the time half of an image is gone, both have taken most of the evidence; measured on Fashion-MNIST)
-FRACTIONS = np.array([0.0, 0.125, 0.25, 0.375, 0.5])
-BORDER = 0.1  # the outer band: 10% of the height and of the width on each side (36% of the area)
-SHORTCUT_SHARE = 0.5  # a class is flagged when over half its attribution lies in the band ...
-SHORTCUT_RATIO = 2.0  # ... and at least twice the median share of the other classes
-DELETION_EXAMPLES = 12  # examples the deletion check runs on (each costs 2 len(FRACTIONS) - 1 forward passes)
+FRACTIONS = np.array([0.0, 0.125, 0.25, 0.5])
+# the outer band: 10% of the height and of the width on each side (36% of the area), or one cell of the feature grid
+# where that is wider (a 7x7 map cannot put a corner mark in a band thinner than its cells: measured, a mark in the
+# outer 10% of the image lit the two cells at the corner)
+BORDER = 0.1
+SHORTCUT_MARGIN = 0.1  # a class is flagged when its share is this far above what an evenly spread map puts there ...
+SHORTCUT_RATIO = 2.0  # ... and at least twice the median share of the other classes with maps
+DECORATION = 0.05  # a deletion score below this: the report calls the maps decoration
 
 
 @dataclass
@@ -54,6 +57,7 @@ class Explanation:
     words: list[tuple[str, int | None]] = field(default_factory=list)  # tokens: (text, word index or None)
     units: Any = None  # (U,) the attribution of each unit the deletion check removes (grid cells, tokens)
     valid: Any = None  # (U,) which units may be removed
+    band: float = BORDER  # images: the border band the shortcut check measures (see BORDER)
 
 
 def deletion_curves(explainer: Any, x: Any, targets: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor,
@@ -127,41 +131,49 @@ def border_share(attribution: np.ndarray, band: float = BORDER) -> float:
     return float((total - inner) / total)
 
 
+def even_share(band: float) -> float:
+    """What an evenly spread map puts in a border band of ``band`` per side: 1 - (1 - 2 band)^2."""
+    return 1 - (1 - 2 * band) ** 2
+
+
 def border_shares(explanations: list[Explanation], targets: list[str]) -> dict[str, float]:
-    """Each class's mean :func:`border_share` over the explanations whose target is that class (image maps only)."""
+    """Each class's mean :func:`border_share` over the explanations whose target is that class (image maps only;
+    a map with no positive attribution anywhere counts for none)."""
     per: dict[str, list[float]] = {}
     for e, t in zip(explanations, targets, strict=True):
         if e.kind == "image":
-            s = border_share(e.attribution)
+            s = border_share(e.attribution, e.band)
             if not np.isnan(s):
                 per.setdefault(t, []).append(s)
     return {c: round(float(np.mean(v)), 4) for c, v in per.items()}
 
 
-def shortcut_warning(shares: dict[str, float]) -> str | None:
-    """One sentence when a class's attribution lies mostly in the image's border band, far more than the other
-    classes' (:data:`SHORTCUT_SHARE`, :data:`SHORTCUT_RATIO`); None otherwise (also with fewer than two classes).
+def shortcut_warning(shares: dict[str, float], band: float = BORDER) -> str | None:
+    """One sentence when a class's attribution lies in the image's border band (``band`` per side) clearly more than
+    an evenly spread map's (:data:`SHORTCUT_MARGIN`) and at least :data:`SHORTCUT_RATIO` times the median of the other
+    classes' shares (when another class has maps: a class whose evidence is the absence of something, such as the
+    unmarked class beside a marked one, may have none); None otherwise.
 
-    >>> shortcut_warning({"ok": 0.8, "bad": 0.2, "other": 0.25})
-    "class 'ok' relies on the image border: 80% of its attribution lies in the outer 10% band (other classes: 25%)..."
+    >>> shortcut_warning({"tagged": 0.8, "plain": 0.2, "other": 0.25})[:94]
+    "class 'tagged' relies on the image border: 80% of its attribution lies in the outer 10% band ("
     """
-    if len(shares) < 2:
-        return None
     flagged = []
     for c, s in shares.items():
-        others = float(np.median([v for k, v in shares.items() if k != c]))
-        if s >= SHORTCUT_SHARE and s >= SHORTCUT_RATIO * others:
+        rest = [v for k, v in shares.items() if k != c]
+        others = float(np.median(rest)) if rest else None
+        if s >= even_share(band) + SHORTCUT_MARGIN and (others is None or s >= SHORTCUT_RATIO * others):
             flagged.append((s, c, others))
     if not flagged:
         return None
-    s, c, others = max(flagged)
-    return (f"class {c!r} relies on the image border: {s:.0%} of its attribution lies in the outer {BORDER:.0%} band "
-            f"(other classes: {others:.0%}); look for a marker, ruler, label or background that only its images "
-            "share, and crop or mask it")
+    s, c, others = max(flagged, key=lambda f: f[0])
+    compared = f"other classes: {others:.0%}" if others is not None else "no other class has a map to compare"
+    return (f"class {c!r} relies on the image border: {s:.0%} of its attribution lies in the outer {band:.0%} band "
+            f"({compared}; an evenly spread map puts {even_share(band):.0%} there); look for a marker, ruler, label "
+            "or background that only its images share, and crop or mask it")
 
 
 def pick_examples(y: np.ndarray, probs: np.ndarray, decisions: np.ndarray | None, classes: list[str],
-                  cut: np.ndarray | None = None, correct: int = 2, wrong: int = 2,
+                  cut: np.ndarray | None = None, correct: int = 2, wrong: int = 1,
                   max_classes: int = 10) -> list[dict[str, Any]]:
     """The report's examples: per class, the ``correct`` most confident right predictions and the ``wrong`` most
     confidently wrong ones, each with the class its map explains (``target``: the prediction).
@@ -200,40 +212,66 @@ def pick_examples(y: np.ndarray, probs: np.ndarray, decisions: np.ndarray | None
 def explain_scored(explainer: Any, data: Any, y: np.ndarray, probs: np.ndarray, decisions: np.ndarray | None,
                    classes: list[str], cut: np.ndarray | None = None, seed: int = 0,
                    batch_size: int = 16) -> tuple[dict[str, Any], list[tuple[dict[str, Any], Explanation]]]:
-    """Maps for the report: :func:`pick_examples` on the scored set, the shortcut check on their right answers,
-    and the deletion check on up to :data:`DELETION_EXAMPLES` of them (spread over the classes).
+    """Maps for the report: :func:`pick_examples` on the scored set (the figure; ``explainer.report_examples`` right
+    and wrong per class); the deletion check on ``explainer.deletion_examples`` right answers drawn at random (seeded:
+    the most confident ones alone would saturate); the shortcut check on every right answer explained, once each.
 
     Returns:
-        What ``metrics.json`` records (``method``, ``examples``, ``border_share`` per class, ``shortcut``,
-        ``deletion``, ``seconds``) and the picked examples with their :class:`Explanation` (for the figure).
+        What ``metrics.json`` records (``method``, ``examples``, ``border_share`` per class, ``border_band``,
+        ``shortcut``, ``deletion``, ``seconds``) and the picked examples with their :class:`Explanation` (for the
+        figure).
     """
     t = time.monotonic()
-    picked = pick_examples(y, probs, decisions, classes, cut)
-    explained: list[tuple[dict[str, Any], Explanation]] = []
-    for start in range(0, len(picked), batch_size):
-        part = picked[start:start + batch_size]
-        idx = [r["index"] for r in part]
-        targets = [r["target"] for r in part]
-        found = explainer.explain(data, idx, targets, [r["probability"] for r in part],
-                                  true=[classes[r["class"]] if r["correct"] or decisions is not None else
-                                        f"not {classes[r['class']]}" for r in part])
-        explained += list(zip(part, found, strict=True))
-    right = [(r, e) for r, e in explained if r["correct"]]
+    correct, wrong = explainer.report_examples
+    picked = pick_examples(y, probs, decisions, classes, cut, correct=correct, wrong=wrong)
+    explained = list(zip(picked, explain_rows(explainer, data, picked, classes, decisions is None, batch_size),
+                         strict=True))
+    sample = sampled_right_answers(y, probs, decisions, cut, explainer.deletion_examples, seed)
+    known = {(r["index"], r["target"]): e for r, e in explained}  # right answers the figure already explained
+    fresh = [r for r in sample if (r["index"], r["target"]) not in known]
+    known |= {(r["index"], r["target"]): e for r, e in
+              zip(fresh, explain_rows(explainer, data, fresh, classes, decisions is None, batch_size), strict=True)}
+    drawn = [known[(r["index"], r["target"])] for r in sample]
+    right = [(r, e) for r, e in explained if r["correct"]] + list(zip(fresh, [known[(r["index"], r["target"])]
+                                                                              for r in fresh], strict=True))
     shares = border_shares([e for _, e in right], [classes[r["target"]] for r, _ in right])
+    band = right[0][1].band if right else BORDER
     record: dict[str, Any] = {"method": explainer.method, "examples": len(explained), "border_share": shares or None,
-                              "shortcut": shortcut_warning(shares)}
-    # the deletion check: right answers first, one class after another, so no class dominates
-    order = sorted(range(len(right)), key=lambda i: (sum(1 for j in range(i) if right[j][0]["class"] ==
-                                                         right[i][0]["class"]), i))
-    chosen = [right[i][0] for i in order[:DELETION_EXAMPLES]] or [r for r, _ in explained[:DELETION_EXAMPLES]]
-    units = {id(r): e for r, e in explained}
-    if chosen:
-        x = explainer.inputs(data, [r["index"] for r in chosen], [r["target"] for r in chosen])
-        found = [units[id(r)] for r in chosen]
-        record["deletion"] = deletion_check(explainer, x, torch.tensor([r["target"] for r in chosen]),
-                                            stack_padded([e.units for e in found], 0.0),
-                                            stack_padded([e.valid for e in found], False), seed)
-    else:
-        record["deletion"] = None
+                              "border_band": round(band, 4), "shortcut": shortcut_warning(shares, band),
+                              "deletion": None}
+    if sample:
+        x = explainer.inputs(data, [r["index"] for r in sample], [r["target"] for r in sample])
+        record["deletion"] = deletion_check(explainer, x, torch.tensor([r["target"] for r in sample]),
+                                            stack_padded([e.units for e in drawn], 0.0),
+                                            stack_padded([e.valid for e in drawn], False), seed)
     record["seconds"] = round(time.monotonic() - t, 2)
     return record, explained
+
+
+def explain_rows(explainer: Any, data: Any, rows: list[dict[str, Any]], classes: list[str], multi_label: bool,
+                 batch_size: int) -> list[Explanation]:
+    """:meth:`explain` on ``rows`` (as :func:`pick_examples` gives them), a batch at a time."""
+    found: list[Explanation] = []
+    for start in range(0, len(rows), batch_size):
+        part = rows[start:start + batch_size]
+        found += explainer.explain(data, [r["index"] for r in part], [r["target"] for r in part],
+                                   [r["probability"] for r in part],
+                                   true=[f"not {classes[r['class']]}" if multi_label and not r["correct"] else
+                                         classes[r["class"]] for r in part])
+    return found
+
+
+def sampled_right_answers(y: np.ndarray, probs: np.ndarray, decisions: np.ndarray | None, cut: np.ndarray | None,
+                          n: int, seed: int) -> list[dict[str, Any]]:
+    """Up to ``n`` right answers drawn at random (``seed``), each with the class its map explains: the decided class,
+    or for multi-label data the most probable label that is present and predicted."""
+    if decisions is not None:
+        right = np.flatnonzero(decisions == y)
+        target = decisions
+    else:
+        hit = (y > 0) & (probs >= cut[None, :])
+        right = np.flatnonzero(hit.any(1))
+        target = np.where(hit, probs, -1.0).argmax(1)
+    chosen = np.sort(np.random.default_rng(seed).permutation(right)[:n])
+    return [{"class": int(target[i]), "index": int(i), "target": int(target[i]), "correct": True,
+             "probability": float(probs[i, target[i]])} for i in chosen]

@@ -15,6 +15,23 @@ from .explain import Explanation
 from .plots import pyplot, save_figure
 
 MAP_ALPHA = 0.45  # the map over the input: the input stays readable under it
+FIGURE_SIDE = 128  # the report figure's images at most this many pixels a side: a 2-inch panel shows no more
+
+
+def shrunk(e: Explanation, side: int = FIGURE_SIDE) -> Explanation:
+    """``e`` with its image and map resized to at most ``side`` pixels a side (drawing 224-px panels by the dozen
+    costs seconds; a spectrogram or text is returned as it is)."""
+    if e.kind != "image" or max(e.attribution.shape) <= side:
+        return e
+    import dataclasses
+
+    from PIL import Image
+
+    h, w = e.attribution.shape
+    size = (max(1, round(w * side / max(h, w))), max(1, round(h * side / max(h, w))))
+    image = np.asarray(Image.fromarray(np.ascontiguousarray(e.display)).resize(size, Image.BILINEAR))
+    heat = np.asarray(Image.fromarray(e.attribution.astype(np.float32)).resize(size, Image.BILINEAR))
+    return dataclasses.replace(e, display=image, attribution=heat)
 
 
 def draw(ax: Any, e: Explanation, title: str) -> None:
@@ -59,7 +76,7 @@ def explanations_png(explained: list[tuple[dict[str, Any], Explanation]], classe
                 ax.axis("off")
                 continue
             row, e = items[c]
-            draw(ax, e, panel_title(row, e) + (f"\n{e.note}" if e.note else ""))
+            draw(ax, shrunk(e), panel_title(row, e) + (f"\n{e.note}" if e.note else ""))
             if c == 0:
                 ax.set_ylabel(classes[k], fontsize=9, rotation=0 if not spectro else 90, ha="right" if not spectro
                               else "center", va="center")
@@ -108,6 +125,37 @@ def explanation_html(e: Explanation) -> str:
     return (f"<div class=\"transferkit-explanation\">\n<p><b>{html.escape(e.label)}</b>: {e.probability:.3f} "
             "(red: words for this label, blue: against it; integrated gradients)</p>\n<p>" + "".join(spans)
             + "</p>\n</div>\n")
+
+
+def explanation_folder(folder: str | Path) -> Path:
+    """``folder`` created (with its parents) for ``predict --explain``, before any work.
+
+    Raises:
+        TransferkitError: it cannot be created (a file in the way, no permission), in one line.
+    """
+    from ..errors import TransferkitError
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise TransferkitError(f"Cannot write explanations to {folder} ({err.strerror or err}): give another folder "
+                               "with --explain.") from None
+    return folder
+
+
+def explanation_name(position: int, item: Any, text: bool = False) -> str:
+    """The file name (without suffix) of the explanation of the ``position``-th input (from 0): ``001-name`` after
+    the input file, ``001-text`` for a text (``text``), ``001-array`` for an array."""
+    import re
+
+    if text:
+        stem = "text"
+    elif isinstance(item, (str, Path)):
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(item).stem)[:60] or "input"
+    else:
+        stem = "array"
+    return f"{position + 1:03d}-{stem}"
 
 
 def write_explanation(e: Explanation, path: Path) -> Path:

@@ -344,6 +344,8 @@ def render_markdown(m: dict[str, Any], classes: list[str]) -> str:
 def explanation_lines(e: dict[str, Any]) -> list[str]:
     """The report's section on explanations: the shortcut warning first, what the deletion check found, the border
     shares, then the figure (images, spectrograms) or each text's most influential words."""
+    from .explain import BORDER, DECORATION, even_share
+
     if not e.get("available"):
         return [f"No explanations: {e['why']}"]
     out = []
@@ -351,9 +353,9 @@ def explanation_lines(e: dict[str, Any]) -> list[str]:
         out += [f"**Warning: possible shortcut.** {e['shortcut'][0].upper()}{e['shortcut'][1:]}.", ""]
     d = e.get("deletion")
     if d:
-        verdict = ("the maps point at what the model uses" if d["score"] >= 0.05 else
+        verdict = ("the maps point at what the model uses" if d["score"] >= DECORATION else
                    "**the maps barely beat random order: read them as decoration, not as evidence**")
-        unit = "words" if e.get("kind") == "tokens" else "regions"
+        unit = "tokens" if e.get("kind") == "tokens" else "regions"
         out.append(f"Deletion check on {d['n']} examples: removing the most-attributed {unit} first lowers the "
                    f"predicted class's probability faster than removing as many in random order; the area between "
                    f"the two curves is **{d['score']:+.3f}** (area under the curve: map order {d['map_auc']:.3f}, "
@@ -361,8 +363,9 @@ def explanation_lines(e: dict[str, Any]) -> list[str]:
                    f"they decorate: {verdict}.")
     if e.get("border_share"):
         shares = ", ".join(f"{c} {v:.0%}" for c, v in e["border_share"].items())
-        out += ["", f"Share of each class's attribution in the image's outer 10% band (a map spread evenly puts 36% "
-                    f"there): {shares}."]
+        band = e.get("border_band", BORDER)
+        out += ["", f"Share of each class's attribution in the image's outer {band:.0%} band (a map spread evenly "
+                    f"puts {even_share(band):.0%} there): {shares}."]
     out += ["", f"Maps: {e['method']}, on the {e['on']}; {e['examples']} examples explained in {e['seconds']:.1f} s."]
     if e.get("kind") == "tokens":
         out += ["", "Each class's most confident right answers and most confidently wrong ones, with the words that "

@@ -359,8 +359,15 @@ class ClassificationTask(Task):
         except TransferkitError as err:
             return {"available": False, "why": str(err)}, []
         multi = model.multi_label
-        record, explained = explain_scored(explainer, data, y, probs, None if multi else model.decide(probs),
-                                           model.classes, model.label_thresholds() if multi else None, seed)
+        try:
+            record, explained = explain_scored(explainer, data, y, probs, None if multi else model.decide(probs),
+                                               model.classes, model.label_thresholds() if multi else None, seed)
+        except Exception as err:  # the report's extra: a network it cannot explain must not cost the trained model
+            from ..console import warn
+
+            why = f"explaining failed ({type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]})"
+            warn(f"{why}; the model and the rest of the report are kept")
+            return {"available": False, "why": why}, []
         if explainer.kind == "tokens":  # the report lists words: keep them in the record (no figure)
             from ..evaluation.explain_plots import top_words
 
