@@ -33,7 +33,8 @@ def test_two_process_fit_with_accelerate_launch(colour_splits, tiny_backbone, tm
     assert m["test"]["n"] == 12 and m["estimate"]["folds"] == 3
     assert len(m["history"]["epochs"]) == m["estimate"]["chosen"]["epochs"] <= 3
     assert sorted(p.name for p in out.iterdir()) == [".transferkit-run.json", "confusion_matrix.png",
-                                                     "learning_curve.png", "metrics.json", "model", "report.md"]
+                                                     "explanations.png", "learning_curve.png", "metrics.json", "model",
+                                                     "report.md"]
 
 
 def test_two_process_text_fit(text_folder, tiny_text_backbone, tmp_path):

@@ -256,3 +256,31 @@ def test_predict_explain_on_the_command_line(tmp_path, colour_folder, tiny_backb
     bad = CliRunner().invoke(app, ["predict", str(tmp_path / "run" / "model"), files[0], "--explain",
                                    str(tmp_path / "blocked")])
     assert bad.exit_code == 2 and "Cannot write explanations to" in bad.output
+
+
+def test_the_report_says_what_the_deletion_score_means_on_either_side_of_zero():
+    from transferkit.evaluation.report import explanation_lines
+
+    base = {"available": True, "on": "test set", "kind": "image", "method": "HiResCAM", "examples": 4,
+            "seconds": 1.0, "border_share": {"a": 0.2, "b": 0.25}, "border_band": 0.1, "shortcut": None}
+    said = {}
+    for score in (0.3, 0.01, -0.4):
+        d = {"score": score, "map_auc": 0.5, "random_auc": 0.5 + score, "n": 16}
+        said[score] = "\n".join(explanation_lines({**base, "deletion": d, "empty_maps": 2 if score < 0 else 0}))
+    assert "Here the maps point at what the model uses" in said[0.3]
+    assert "do no better than random order" in said[0.01]
+    assert "do worse than random order" in said[-0.4] and "2 of the right answers drawn" in said[-0.4]
+    assert "outer 10% band (a map spread evenly puts 36% there): a 20%, b 25%" in said[0.3]
+    assert explanation_lines({"available": False, "why": "no map here"}) == ["No explanations: no map here"]
+
+
+def test_predict_explain_takes_false_as_none_and_refuses_what_is_not_a_folder(tmp_path, colour_folder,
+                                                                            tiny_backbone):
+    from transferkit.errors import TransferkitError
+
+    model = transferkit.fit(colour_folder, backbone=tiny_backbone, strategy="linear", seed=0, explain=False)
+    files = sorted(str(p) for p in Path(colour_folder).rglob("*.png"))[:1]
+    assert "explanation" not in model.predict(files, explain=False)[0]
+    for bad in ("", "  ", True, 3):
+        with pytest.raises(TransferkitError, match="is not a folder"):
+            model.predict(files, explain=bad)

@@ -161,6 +161,7 @@ class TransferModel:
             TransferkitError: with ``explain``, a model whose task or backbone has no explanation (detectors: draw
                 their boxes instead), or a folder that cannot be written.
         """
+        explain = None if explain is False else explain  # explain=False, as fit takes it: none
         explainer = self.task.explainer(self) if explain is not None else None  # refused before any work
         if explain is not None:
             from ..evaluation.explain_plots import explanation_folder
@@ -313,13 +314,14 @@ def write_explanations(explainer: Any, data: Any, targets: np.ndarray, probs: np
     each of ``targets`` (class indices) with its probability; the files written, in input order."""
     from ..evaluation.explain_plots import explanation_name, write_explanation
 
+    positions = list(getattr(data, "kept", None) or range(len(targets)))  # numbered by input, skipped ones too
     paths: list[Path] = []
     for start in range(0, len(targets), batch_size):
         idx = list(range(start, min(start + batch_size, len(targets))))
         found = explainer.explain(data, idx, [int(targets[i]) for i in idx],
                                   [float(probs[i, targets[i]]) for i in idx])
         for i, e in zip(idx, found, strict=True):
-            name = explanation_name(i, kept[i], text=explainer.kind == "tokens")
+            name = explanation_name(positions[i], kept[i], text=explainer.kind == "tokens")
             paths.append(write_explanation(e, folder / name))
     return paths
 

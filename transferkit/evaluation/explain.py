@@ -232,13 +232,17 @@ def explain_scored(explainer: Any, data: Any, y: np.ndarray, probs: np.ndarray, 
     known |= {(r["index"], r["target"]): e for r, e in
               zip(fresh, explain_rows(explainer, data, fresh, classes, decisions is None, batch_size), strict=True)}
     drawn = [known[(r["index"], r["target"])] for r in sample]
+    # a map with no positive attribution ranks nothing (its order would be the raster's): left out, and counted
+    empty = sum(1 for e in drawn if not bool((e.units > 0).any()))
+    sample, drawn = [r for r, e in zip(sample, drawn, strict=True) if bool((e.units > 0).any())], \
+        [e for e in drawn if bool((e.units > 0).any())]
     right = [(r, e) for r, e in explained if r["correct"]] + list(zip(fresh, [known[(r["index"], r["target"])]
                                                                               for r in fresh], strict=True))
     shares = border_shares([e for _, e in right], [classes[r["target"]] for r, _ in right])
     band = right[0][1].band if right else BORDER
     record: dict[str, Any] = {"method": explainer.method, "examples": len(explained), "border_share": shares or None,
                               "border_band": round(band, 4), "shortcut": shortcut_warning(shares, band),
-                              "deletion": None}
+                              "deletion": None, "empty_maps": empty}
     if sample:
         x = explainer.inputs(data, [r["index"] for r in sample], [r["target"] for r in sample])
         record["deletion"] = deletion_check(explainer, x, torch.tensor([r["target"] for r in sample]),

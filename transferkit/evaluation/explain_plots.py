@@ -120,9 +120,10 @@ def explanation_html(e: Explanation) -> str:
             spans.append(html.escape(text))
             continue
         a = float(e.attribution[i])
-        colour = f"rgba(220, 50, 47, {min(1.0, a):.2f})" if a > 0 else f"rgba(38, 139, 210, {min(1.0, -a):.2f})"
+        colour = f"rgba(220, 50, 47, {min(1.0, a):.2f})" if a > 0 else f"rgba(38, 139, 210, {min(1.0, abs(a)):.2f})"
         spans.append(f'<span style="background:{colour}" title="{a:+.3f}">{html.escape(text)}</span>')
-    return (f"<div class=\"transferkit-explanation\">\n<p><b>{html.escape(e.label)}</b>: {e.probability:.3f} "
+    return ("<meta charset=\"utf-8\">\n"
+            f"<div class=\"transferkit-explanation\">\n<p><b>{html.escape(e.label)}</b>: {e.probability:.3f} "
             "(red: words for this label, blue: against it; integrated gradients)</p>\n<p>" + "".join(spans)
             + "</p>\n</div>\n")
 
@@ -135,7 +136,12 @@ def explanation_folder(folder: str | Path) -> Path:
     """
     from ..errors import TransferkitError
 
+    if isinstance(folder, bool) or not isinstance(folder, (str, Path)) or not str(folder).strip():
+        raise TransferkitError(f"explain={folder!r} is not a folder: give the folder to write the explanations to, "
+                               "e.g. explain='why/' (leave it out for none).")
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise TransferkitError(f"Cannot write explanations to {folder}: it is a file; give a folder with --explain.")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:

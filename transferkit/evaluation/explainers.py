@@ -58,6 +58,12 @@ def grid_maps(net: nn.Module, forward: Any, layer: Any, x: torch.Tensor, targets
     return layer.to_grid(attribution.detach().float()).sum(1).clamp(min=0)
 
 
+def empty_note(cells: torch.Tensor) -> str:
+    """What a drawing says of a map with no positive attribution anywhere (nothing in the input raises the class's
+    score: its evidence is an absence, or a bias)."""
+    return "" if bool((cells > 0).any()) else "map empty: no region raises this score"
+
+
 def scale_to_one(maps: torch.Tensor) -> torch.Tensor:
     """Each map divided by its largest value (all-zero maps stay zero)."""
     top = maps.reshape(len(maps), -1).amax(1).clamp(min=1e-12)
@@ -130,7 +136,7 @@ class PixelExplainer(GridExplainer):
         shown = shown.permute(0, 2, 3, 1).numpy()
         band = max(BORDER, 1 / min(self.grid))  # a band no thinner than one cell of the map
         return [Explanation("image", shown[i], maps[i], self.classes[targets[i]], float(probabilities[i]),
-                            (true or [None] * len(idx))[i], units=cells[i],
+                            (true or [None] * len(idx))[i], empty_note(cells[i]), units=cells[i],
                             valid=torch.ones(len(cells[i]), dtype=torch.bool), band=band) for i in range(len(idx))]
 
 
@@ -182,7 +188,8 @@ class SpectrogramExplainer(GridExplainer):
             spec = self.net.backbone.spectrogram(data.waves[torch.as_tensor(rows)].float())
         maps, cells = self.upsampled(spec, torch.as_tensor(targets))
         return [Explanation("spectrogram", spec[i, 0].numpy(), maps[i], self.classes[targets[i]],
-                            float(probabilities[i]), (true or [None] * len(idx))[i], notes[i], units=cells[i],
+                            float(probabilities[i]), (true or [None] * len(idx))[i],
+                            "; ".join(n for n in (notes[i], empty_note(cells[i])) if n), units=cells[i],
                             valid=torch.ones(len(cells[i]), dtype=torch.bool)) for i in range(len(idx))]
 
 

@@ -354,19 +354,26 @@ def explanation_lines(e: dict[str, Any]) -> list[str]:
     d = e.get("deletion")
     if d:
         verdict = ("the maps point at what the model uses" if d["score"] >= DECORATION else
-                   "**the maps barely beat random order: read them as decoration, not as evidence**")
+                   "**the maps do no better than random order: read them as decoration, not as evidence**"
+                   if d["score"] > -DECORATION else
+                   "**the maps do worse than random order: they point away from what the model uses; do not trust "
+                   "them**")
         unit = "tokens" if e.get("kind") == "tokens" else "regions"
-        out.append(f"Deletion check on {d['n']} examples: removing the most-attributed {unit} first lowers the "
-                   f"predicted class's probability faster than removing as many in random order; the area between "
-                   f"the two curves is **{d['score']:+.3f}** (area under the curve: map order {d['map_auc']:.3f}, "
-                   f"random order {d['random_auc']:.3f}). Above 0 the maps find what changes the prediction, about 0 "
-                   f"they decorate: {verdict}.")
+        out.append(f"Deletion check on {d['n']} right answers: their most-attributed {unit} are removed first, and the "
+                   f"predicted class's probability is compared with removing as many in random order. The area "
+                   f"between the two curves is **{d['score']:+.3f}** (area under the curve: map order "
+                   f"{d['map_auc']:.3f}, random order {d['random_auc']:.3f}): above 0 the maps find what changes the "
+                   f"prediction, about 0 they decorate, below 0 they mislead. Here {verdict}.")
+    if e.get("empty_maps"):
+        out += ["", f"{e['empty_maps']} of the right answers drawn for the check had an empty map (no region raises "
+                    "their class's score: the class is recognised by what is absent) and were left out of it."]
     if e.get("border_share"):
         shares = ", ".join(f"{c} {v:.0%}" for c, v in e["border_share"].items())
         band = e.get("border_band", BORDER)
         out += ["", f"Share of each class's attribution in the image's outer {band:.0%} band (a map spread evenly "
                     f"puts {even_share(band):.0%} there): {shares}."]
-    out += ["", f"Maps: {e['method']}, on the {e['on']}; {e['examples']} examples explained in {e['seconds']:.1f} s."]
+    out += ["", f"Maps: {e['method']}, on the {e['on']}; {e['examples']} examples in the figure; {e['seconds']:.1f} s "
+                "in all."]
     if e.get("kind") == "tokens":
         out += ["", "Each class's most confident right answers and most confidently wrong ones, with the words that "
                     "pushed most toward the predicted label:", ""]
