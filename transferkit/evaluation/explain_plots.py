@@ -67,8 +67,11 @@ def explanations_png(explained: list[tuple[dict[str, Any], Explanation]], classe
     n_rows, n_cols = len(by_class), max(len(v) for v in by_class.values())
     spectro = explained[0][1].kind == "spectrogram"
     w, h = (2.8, 2.0) if spectro else (2.1, 2.25)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(w * n_cols + 0.6, h * n_rows + 0.5), squeeze=False,
-                             layout="constrained")
+    top = 0.75  # inches above the panels for the title (a fixed layout: a solver over dozens of axes costs a second)
+    height = h * n_rows + top
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(w * n_cols + 1.2, height), squeeze=False)
+    fig.subplots_adjust(left=1.2 / (w * n_cols + 1.2), right=0.99, bottom=0.02, top=1 - top / height,
+                        wspace=0.08, hspace=0.3)
     for r, (k, items) in enumerate(sorted(by_class.items())):
         for c in range(n_cols):
             ax = axes[r][c]
@@ -80,7 +83,7 @@ def explanations_png(explained: list[tuple[dict[str, Any], Explanation]], classe
             if c == 0:
                 ax.set_ylabel(classes[k], fontsize=9, rotation=0 if not spectro else 90, ha="right" if not spectro
                               else "center", va="center")
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(title, fontsize=9, y=1 - 0.1 / height, va="top")
     save_figure(fig, path)
 
 

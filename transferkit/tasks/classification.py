@@ -385,6 +385,7 @@ class ClassificationTask(Task):
         if explained and explained[0][1].kind != "tokens":  # drawn before the report, which shows it
             from ..evaluation.explain_plots import explanations_png
 
+            t = time.monotonic()
             e = metrics["explanations"]
             deletion = e.get("deletion") or {}
             explanations_png(explained, prepared.classes, out / "explanations.png",
@@ -392,6 +393,7 @@ class ClassificationTask(Task):
                              + (f"\ndeletion score {deletion['score']:+.3f} (area under the probability curve: "
                                 f"map order {deletion['map_auc']:.3f}, random order {deletion['random_auc']:.3f})"
                                 if deletion else ""))
+            metrics["timings"]["explain_figure_s"] = time.monotonic() - t  # after total_s: the report's own time
         files = write_run_report(out, metrics, prepared.classes)
         if (out / "explanations.png").exists():
             files["explanations"] = str(out / "explanations.png")
