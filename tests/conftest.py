@@ -30,6 +30,24 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
+@pytest.fixture(autouse=True)
+def _explanations_where_tested(request, monkeypatch):
+    """A run's explanations cost seconds on real weights (integrated gradients on a text model most: measured, they
+    made the suite 6 minutes longer); tests marked ``explain`` (tests/test_explain.py, the task contract tests) keep
+    them, every other in-process ``fit`` skips them, as ``fit --no-explain`` does. Runs in subprocesses keep them."""
+    if request.node.get_closest_marker("explain") is not None:
+        return
+    import transferkit.pipeline as pipeline
+
+    run = pipeline.run
+
+    def without_explanations(data, task, settings, options, **kw):
+        settings.explain = False
+        return run(data, task, settings, options, **kw)
+
+    monkeypatch.setattr(pipeline, "run", without_explanations)
+
+
 def write_colour_images(folder: Path, per_class: int, seed: int = 0, size: int = 24) -> None:
     """Solid colour patches with noise and a random bright square: trivially separable by colour."""
     from PIL import Image

@@ -22,6 +22,8 @@ from transferkit.evaluation.explain import (
     shortcut_warning,
 )
 
+pytestmark = pytest.mark.explain  # fits here keep their explanations (tests/conftest.py)
+
 # ------------------------------------------------------------------------------------- the pieces, pinned
 
 

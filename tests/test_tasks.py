@@ -85,6 +85,7 @@ def _inputs(name: str, data: Any, root: Path) -> list[Any]:
 
 
 @pytest.mark.slow
+@pytest.mark.explain
 @pytest.mark.parametrize(("task_name", "strategy"), PAIRS, ids=[f"{t}-{s}" for t, s in PAIRS])
 def test_task_contract(task_name, strategy, tmp_path, tiny_backbone, tiny_text_backbone, box_folder):
     torch.manual_seed(0)
