@@ -198,7 +198,7 @@ def test_a_corner_marker_shortcut_is_flagged_and_clean_data_are_not(tmp_path):
 def test_deletion_score_of_real_maps_beats_random_order_on_fashion_mnist(tmp_path):
     from transferkit.datasets.fashion_mnist import export_image_folder
 
-    export_image_folder(tmp_path / "fm", train_per_class=10, test_size=100, seed=0)
+    export_image_folder(tmp_path / "fm", train_per_class=10, test_size=60, seed=0)
     model = transferkit.fit(tmp_path / "fm", strategy="linear", seed=0, out=tmp_path / "run")
     e = json.loads((tmp_path / "run" / "metrics.json").read_text())["explanations"]
     d = e["deletion"]
