@@ -29,6 +29,7 @@ import torch
 from ..backbones.protocol import BackboneSpec
 from ..errors import TransferkitError
 from ..heads import Classifier, build_head
+from ..heads.linear import class_probabilities
 from ..io import atomic_dir
 from .format import BUNDLE_FORMAT, FIX, read_config, reader_for, reader_named
 from .weights import load_weights, rebuild
@@ -113,7 +114,7 @@ class TransferModel:
             logits = forward_inputs(self.classifier, view, self.preprocess, batch_size=batch_size,
                                     description="predicting" if len(views) == 1 else "predicting (test-time views)",
                                     autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16))
-            probs.append(torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=1))
+            probs.append(class_probabilities(logits, self.multi_label))
         mean = torch.stack(probs).mean(0).numpy()
         return mean if self.multi_label else self.calibrated(mean)
 

@@ -52,7 +52,6 @@ class Explanation:
     attribution: np.ndarray
     label: str
     probability: float
-    true: str | None = None
     note: str = ""  # e.g. which window of a recording
     words: list[tuple[str, int | None]] = field(default_factory=list)  # tokens: (text, word index or None)
     units: Any = None  # (U,) the attribution of each unit the deletion check removes (grid cells, tokens)
@@ -224,13 +223,13 @@ def explain_scored(explainer: Any, data: Any, y: np.ndarray, probs: np.ndarray, 
     t = time.monotonic()
     correct, wrong = explainer.report_examples
     picked = pick_examples(y, probs, decisions, classes, cut, correct=correct, wrong=wrong)
-    explained = list(zip(picked, explain_rows(explainer, data, picked, classes, decisions is None, batch_size),
+    explained = list(zip(picked, explain_rows(explainer, data, picked, batch_size),
                          strict=True))
     sample = sampled_right_answers(y, probs, decisions, cut, explainer.deletion_examples, seed)
     known = {(r["index"], r["target"]): e for r, e in explained}  # right answers the figure already explained
     fresh = [r for r in sample if (r["index"], r["target"]) not in known]
     known |= {(r["index"], r["target"]): e for r, e in
-              zip(fresh, explain_rows(explainer, data, fresh, classes, decisions is None, batch_size), strict=True)}
+              zip(fresh, explain_rows(explainer, data, fresh, batch_size), strict=True)}
     drawn = [known[(r["index"], r["target"])] for r in sample]
     # a map with no positive attribution ranks nothing (its order would be the raster's): left out, and counted
     empty = sum(1 for e in drawn if not bool((e.units > 0).any()))
@@ -252,16 +251,13 @@ def explain_scored(explainer: Any, data: Any, y: np.ndarray, probs: np.ndarray, 
     return record, explained
 
 
-def explain_rows(explainer: Any, data: Any, rows: list[dict[str, Any]], classes: list[str], multi_label: bool,
-                 batch_size: int) -> list[Explanation]:
+def explain_rows(explainer: Any, data: Any, rows: list[dict[str, Any]], batch_size: int) -> list[Explanation]:
     """:meth:`explain` on ``rows`` (as :func:`pick_examples` gives them), a batch at a time."""
     found: list[Explanation] = []
     for start in range(0, len(rows), batch_size):
         part = rows[start:start + batch_size]
         found += explainer.explain(data, [r["index"] for r in part], [r["target"] for r in part],
-                                   [r["probability"] for r in part],
-                                   true=[f"not {classes[r['class']]}" if multi_label and not r["correct"] else
-                                         classes[r["class"]] for r in part])
+                                   [r["probability"] for r in part])
     return found
 
 

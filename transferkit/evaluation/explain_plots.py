@@ -34,17 +34,19 @@ def shrunk(e: Explanation, side: int = FIGURE_SIDE) -> Explanation:
     return dataclasses.replace(e, display=image, attribution=heat)
 
 
-def draw(ax: Any, e: Explanation, title: str) -> None:
-    """The input with its map over it on one matplotlib axis (image or spectrogram)."""
-    if e.kind == "spectrogram":
-        ax.imshow(e.display, origin="lower", aspect="auto", cmap="gray")
-        ax.imshow(e.attribution, origin="lower", aspect="auto", cmap="jet", alpha=MAP_ALPHA, vmin=0, vmax=1)
+def draw(ax: Any, e: Explanation, title: str, with_map: bool = True) -> None:
+    """The input (an image, or a spectrogram with time across and mel bands up), with its map over it unless
+    ``with_map`` is False, on one matplotlib axis."""
+    spectro = e.kind == "spectrogram"
+    where = {"origin": "lower", "aspect": "auto"} if spectro else {}
+    ax.imshow(e.display, cmap="gray" if spectro else None, **where)
+    if with_map:
+        ax.imshow(e.attribution, cmap="jet", alpha=MAP_ALPHA, vmin=0, vmax=1, **where)
+    if spectro:
         ax.set_xlabel("time (frames)", fontsize=7)
         ax.set_ylabel("mel band", fontsize=7)
         ax.tick_params(labelsize=6)
     else:
-        ax.imshow(e.display)
-        ax.imshow(e.attribution, cmap="jet", alpha=MAP_ALPHA, vmin=0, vmax=1)
         ax.set_xticks([])
         ax.set_yticks([])
     ax.set_title(title, fontsize=8)
@@ -92,15 +94,7 @@ def explanation_png(e: Explanation, path: Path) -> None:
     plt = pyplot()
     wide = e.kind == "spectrogram"
     fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3) if wide else (6, 3.2))
-    if wide:
-        a.imshow(e.display, origin="lower", aspect="auto", cmap="gray")
-        a.set_xlabel("time (frames)", fontsize=7)
-        a.set_ylabel("mel band", fontsize=7)
-    else:
-        a.imshow(e.display)
-        a.set_xticks([])
-        a.set_yticks([])
-    a.set_title("input" + (f" ({e.note})" if e.note else ""), fontsize=9)
+    draw(a, e, "input" + (f" ({e.note})" if e.note else ""), with_map=False)
     draw(b, e, "what the model looks at")
     fig.suptitle(f"{e.label}: {e.probability:.3f}", fontsize=11)
     save_figure(fig, path)

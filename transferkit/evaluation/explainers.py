@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..backbones.maps import feature_map_layer
+from ..heads.linear import class_probabilities
 from .explain import BORDER, Explanation
 
 # integrated-gradient steps per text. Measured on BBC News (all-MiniLM-L6-v2, 256-token articles, 16 right answers):
@@ -83,12 +84,16 @@ class GridExplainer:
         self.multi_label = multi_label
         self.classes = list(classes)
 
+    @property
+    def grid(self) -> tuple[int, int]:
+        """The feature map's (h, w): the units the deletion check removes."""
+        return self.layer.grid
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.logits(x).float()
-        return torch.sigmoid(z) if self.multi_label else torch.softmax(z, dim=1)
+        return class_probabilities(self.logits(x), self.multi_label)
 
     def maps(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return grid_maps(self.net, self.logits, self.layer, x, targets)
@@ -107,7 +112,6 @@ class GridExplainer:
     def upsampled(self, x: torch.Tensor, targets: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
         """Maps at the input's size, each scaled to [0, 1], and the grid cells' scores (B, h*w)."""
         maps = self.maps(x, targets)
-        self.grid = tuple(maps.shape[-2:])
         up = nn.functional.interpolate(maps[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         return scale_to_one(up.clamp(min=0)).numpy(), maps.reshape(len(maps), -1)
 
@@ -119,15 +123,14 @@ class PixelExplainer(GridExplainer):
         super().__init__(classifier, multi_label, classes)
         self.pre = preprocess
         self.layer = feature_map_layer(classifier.backbone.body, tuple(preprocess.input_size))
-        self.grid = self.layer.grid
 
     def inputs(self, data: Any, idx: list[int], targets: list[int] | None = None) -> torch.Tensor:
         from ..data.images import image_prepare
 
         return image_prepare(self.pre)(data.pixels[torch.as_tensor(idx)])
 
-    def explain(self, data: Any, idx: list[int], targets: list[int], probabilities: list[float],
-                true: list[str | None] | None = None) -> list[Explanation]:
+    def explain(self, data: Any, idx: list[int], targets: list[int],
+                probabilities: list[float]) -> list[Explanation]:
         x = self.inputs(data, idx)
         maps, cells = self.upsampled(x, torch.as_tensor(targets))
         shown = data.pixels[torch.as_tensor(idx)]
@@ -136,7 +139,7 @@ class PixelExplainer(GridExplainer):
         shown = shown.permute(0, 2, 3, 1).numpy()
         band = max(BORDER, 1 / min(self.grid))  # a band no thinner than one cell of the map
         return [Explanation("image", shown[i], maps[i], self.classes[targets[i]], float(probabilities[i]),
-                            (true or [None] * len(idx))[i], empty_note(cells[i]), units=cells[i],
+                            empty_note(cells[i]), units=cells[i],
                             valid=torch.ones(len(cells[i]), dtype=torch.bool), band=band) for i in range(len(idx))]
 
 
@@ -153,7 +156,6 @@ class SpectrogramExplainer(GridExplainer):
         height = pre.image_height or pre.n_mels
         width = pre.image_width or max(8, round(frames * height / pre.n_mels))
         self.layer = feature_map_layer(bb.body, (height, width))
-        self.grid = self.layer.grid
         self.seen: dict[tuple[int, int, int], tuple[int, str]] = {}  # (data, recording, class) -> (window, note)
 
     def logits(self, spec: torch.Tensor) -> torch.Tensor:
@@ -181,15 +183,15 @@ class SpectrogramExplainer(GridExplainer):
         with torch.no_grad():
             return self.net.backbone.spectrogram(data.waves[torch.as_tensor(rows)].float())
 
-    def explain(self, data: Any, idx: list[int], targets: list[int], probabilities: list[float],
-                true: list[str | None] | None = None) -> list[Explanation]:
+    def explain(self, data: Any, idx: list[int], targets: list[int],
+                probabilities: list[float]) -> list[Explanation]:
         rows, notes = self.windows(data, idx, targets)
         with torch.no_grad():
             spec = self.net.backbone.spectrogram(data.waves[torch.as_tensor(rows)].float())
         maps, cells = self.upsampled(spec, torch.as_tensor(targets))
         return [Explanation("spectrogram", spec[i, 0].numpy(), maps[i], self.classes[targets[i]],
-                            float(probabilities[i]), (true or [None] * len(idx))[i],
-                            "; ".join(n for n in (notes[i], empty_note(cells[i])) if n), units=cells[i],
+                            float(probabilities[i]), "; ".join(n for n in (notes[i], empty_note(cells[i])) if n),
+                            units=cells[i],
                             valid=torch.ones(len(cells[i]), dtype=torch.bool)) for i in range(len(idx))]
 
 
@@ -216,8 +218,7 @@ class TokenExplainer:
         return self.net({"input_ids": ids, "attention_mask": mask})
 
     def probabilities(self, x: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        z = self.logits(*x).float()
-        return torch.sigmoid(z) if self.multi_label else torch.softmax(z, dim=1)
+        return class_probabilities(self.logits(*x), self.multi_label)
 
     def inputs(self, data: Any, idx: list[int], targets: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         ids, mask = data.input_ids[idx].long(), data.attention_mask[idx].long()
@@ -246,8 +247,8 @@ class TokenExplainer:
         ids, mask = x
         return ids, mask * keep.long()
 
-    def explain(self, data: Any, idx: list[int], targets: list[int], probabilities: list[float],
-                true: list[str | None] | None = None) -> list[Explanation]:
+    def explain(self, data: Any, idx: list[int], targets: list[int],
+                probabilities: list[float]) -> list[Explanation]:
         x = self.inputs(data, idx)
         scores = self.attributions(x, torch.as_tensor(targets))
         out = []
@@ -257,8 +258,7 @@ class TokenExplainer:
             words, per_word = self.words(text, x[0][i, :n].tolist(), scores[i, :n])
             top = float(np.abs(per_word).max()) if len(per_word) else 0.0
             out.append(Explanation("tokens", text, per_word / top if top > 0 else per_word,
-                                   self.classes[targets[i]], float(probabilities[i]), (true or [None] * len(idx))[i],
-                                   words=words, units=scores[i, :n],
+                                   self.classes[targets[i]], float(probabilities[i]), words=words, units=scores[i, :n],
                                    valid=self.removable(x[0][i:i + 1, :n], x[1][i:i + 1, :n])[0]))
         return out
 

@@ -25,6 +25,12 @@ class LinearHead(nn.Module):
         return self.fc(self.dropout(features))
 
 
+def class_probabilities(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    """Logits -> probabilities in float32: one sigmoid per class for a multi-label model, else a softmax."""
+    logits = logits.float()
+    return torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=1)
+
+
 def build_head(config: dict[str, Any]) -> nn.Module:
     """Rebuild a head from the ``config`` dict stored in a bundle."""
     if config.get("type") != "linear":

@@ -35,7 +35,9 @@ def predict_probs(model: torch.nn.Module, data: Any, task: TrainTask) -> np.ndar
 
 def logits_to_probs(logits: torch.Tensor, task: TrainTask) -> np.ndarray:
     """Softmax, or one sigmoid per class for multi-label tasks, as numpy."""
-    return (torch.sigmoid(logits.float()) if task.multi_label else torch.softmax(logits.float(), 1)).numpy()
+    from ..heads.linear import class_probabilities
+
+    return class_probabilities(logits, task.multi_label).numpy()
 
 
 def fold_deadlines(task: TrainTask, k: int) -> Callable[[], float | None]:
