@@ -88,6 +88,8 @@ def run_held(data: Any, task: Task, settings: RunSettings, options: Any, backbon
     extras = {"timings": timings, "t_start": t_start, "wall_start": wall_start, "train_t0": train_t0,
               "budget": plan, "ranking": ranking}
     model, metrics, plots = task.finish(result, prepared, settings, options, train, extras)
+    if settings.after_training is not None:
+        settings.after_training(model, metrics)
     if settings.out is not None and is_main_process(accelerator):  # under `accelerate launch`, only rank 0 writes
         files = write_run_folder(task, settings.out, model, metrics, prepared, plots)
         import shutil

@@ -319,7 +319,6 @@ def run_identity(task: Any, settings: Any, options: Any, prepared: Any, backbone
     backbone and its preprocessing, the strategy and its options, the classes, the splits' settings, precision,
     seed) and the data (per split, a short hash of each example's content and label)."""
     import dataclasses
-    import hashlib
 
     opts = dataclasses.asdict(options) if dataclasses.is_dataclass(options) else {}
     opts.pop("labels", None)  # labels given with the data: the data's hashes cover them
@@ -337,9 +336,18 @@ def run_identity(task: Any, settings: Any, options: Any, prepared: Any, backbone
         if settings.replay is not None:  # the replayed examples are in the training data's hashes below
             shaping |= {"replay": str(settings.replay), "replay_fraction": settings.replay_fraction}
 
+    data = data_hashes(prepared)
+    return json.loads(json.dumps({"settings": shaping, "data": data}, default=str))
+
+
+def data_hashes(prepared: Any) -> dict[str, list[str]]:
+    """Per split, a short hash of each example's content and label (by class name, so one class more does not change
+    every other example's label): what identifies a run's data (``--resume``, a search's study)."""
+    import hashlib
+
     classes = prepared.classes
 
-    def named(y: Any) -> Any:  # by name, not index: one class more does not change every other example's label
+    def named(y: Any) -> Any:
         if isinstance(y, list):
             return [named(v) for v in y]
         return classes[y] if isinstance(y, int) and 0 <= y < len(classes) else y
@@ -350,8 +358,7 @@ def run_identity(task: Any, settings: Any, options: Any, prepared: Any, backbone
         return [hashlib.sha1(f"{fp}:{named(y)}".encode()).hexdigest()[:12]
                 for fp, y in zip(enc.fingerprints, targets)]
 
-    data = {part: hashes(enc) for part, enc in prepared.encoded.items() if enc is not None}
-    return json.loads(json.dumps({"settings": shaping, "data": data}, default=str))
+    return {part: hashes(enc) for part, enc in prepared.encoded.items() if enc is not None}
 
 
 def claim_work(work_dir: Path, out: Path, resume: bool, identity: dict[str, Any], main: bool) -> None:

@@ -48,6 +48,7 @@ from torch import nn
 from ..console import progress
 from .accel import is_main_process
 from .divergence import stop_if_diverged
+from .events import notify
 
 CHECKPOINT = "last.pt"
 FIRST_STEPS = 5  # step times kept in History.first_steps
@@ -215,6 +216,7 @@ def fit(
                           stage=stage, finished_at=time.time())
             rec = method.record(**{k: v for k, v in values.items() if k in declared})
             history.epochs.append(rec)
+            notify("epoch", epoch, dataclasses.asdict(rec))
             if method.better is None or method.better(rec, history.best if history.best_epoch >= 0 else None):
                 history.best_epoch = epoch
                 # the last epoch: its weights are the model's own, so no copy until the run ends

@@ -104,6 +104,9 @@ class TrainTask:
     stop_at: int | None = None  # train only this many epochs of the planned schedule (the folds' chosen epoch)
     batches: Batches | None = None  # the task's batches (see Batches); None for strategies that build their own
     start: StartHead | None = None  # a run from a bundle: the bundle's head, a row per class (strategies start there)
+    # a search trial (transferkit.studies) scores settings: strategies that cross-validate may skip the final model
+    # (their result's model is then the last fold's) since only the estimate is read
+    estimate_only: bool = False
 
     @property
     def cross_validated(self) -> bool:

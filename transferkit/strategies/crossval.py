@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..console import info
+from ..engine.events import notify
 from .base import TRAINED_FOLDS, CrossValidation, FitResult, Strategy, TrainTask, probs_score
 
 
@@ -88,6 +89,8 @@ class CrossValidated:
             result = strategy.fit(fold_task)
             fold_probs.append(per_epoch or [predict_probs(result.model, fold_task.val, task)])
             best_epochs.append(result.history.best_epoch + 1)
+            at_best = fold_probs[-1][min(best_epochs[-1], len(fold_probs[-1])) - 1]
+            notify("fold", i, {"score": probs_score(at_best, y[va], task.balanced), "epochs": best_epochs[-1]})
             planned.append(len(result.history.epochs))
             task.accelerator.free_memory()  # the accelerator keeps every prepared model and optimizer otherwise
         epochs = int(np.ceil(np.median(best_epochs)))
@@ -98,9 +101,12 @@ class CrossValidated:
             probs[va] = per_epoch[min(epochs, len(per_epoch)) - 1] if len(per_epoch) > 1 else per_epoch[0]
             scores.append(probs_score(probs[va], y[va], task.balanced))
         t_folds = time.monotonic() - t0
-        final_task = dataclasses.replace(task, stop_at=epochs, deadline=deadline())
-        info(f"{self.name}: final model on all {len(y)} examples for {epochs} epoch(s) (the folds' median best)")
-        final = self.make().fit(final_task)
+        if task.estimate_only:  # a search trial needs the estimate, not the final model: the last fold's stands in
+            final = result
+        else:
+            final_task = dataclasses.replace(task, stop_at=epochs, deadline=deadline())
+            info(f"{self.name}: final model on all {len(y)} examples for {epochs} epoch(s) (the folds' median best)")
+            final = self.make().fit(final_task)
         final.cv = CrossValidation(probs=probs, folds=k, repeats=1, fold_scores=scores,
                                    chosen={"strategy": self.name, "epochs": epochs, "fold_best_epochs": best_epochs,
                                            "fold_epochs_run": planned},

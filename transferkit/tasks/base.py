@@ -63,6 +63,9 @@ class RunSettings:
     replay: Any = None
     replay_fraction: float = 0.25  # tasks.continued.DEFAULT_REPLAY_FRACTION
     old_test: Any = None
+    # a caller's step between scoring and writing (transferkit search adds its record): called as
+    # ``after_training(model, metrics)`` and may add to both (metrics.json; model.meta, which the bundle keeps)
+    after_training: Any = None
 
     def __post_init__(self) -> None:
         if self.cv is not None:
