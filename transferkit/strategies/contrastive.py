@@ -14,6 +14,7 @@ import dataclasses
 import random
 import time
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -27,6 +28,7 @@ from ..errors import TransferkitError
 from ..heads import Classifier
 from .base import FitResult, TrainTask, check_modality, config_for
 from .linear import LinearConfig, LinearStrategy
+from .space import Range
 
 
 @dataclass
@@ -41,6 +43,10 @@ class ContrastiveConfig:
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on norms and biases)"})
     batch_size: int = field(default=16, metadata={"help": "pairs per step"})
     warmup_fraction: float = field(default=0.1, metadata={"help": "share of the steps spent warming up"})
+
+    # what `transferkit search` tries (transferkit.strategies.space): the encoder's rate, passes, pairs drawn
+    search_space: ClassVar[dict[str, Any]] = {"lr": Range(5e-6, 1e-4, log=True), "epochs": Range(1, 3),
+                                              "pairs_per_example": Range(10, 40)}
 
 
 def make_pairs(targets: torch.Tensor, per_example: int, max_pairs: int, seed: int) -> list[tuple[int, int, float]]:

@@ -28,6 +28,7 @@ from ..engine.optim import without_decay_on
 from ..heads import Classifier, LinearHead
 from .base import FitResult, TrainTask, epochs_within_budget, make_loaders, make_prepare, schedule_within_budget
 from .base import refuse_l2sp, val_aggregate
+from .space import Range
 
 
 @dataclass
@@ -70,6 +71,22 @@ class FinetuneConfig:
     speaker_defaults: ClassVar[dict[str, Any]] = {"lr": 3e-4, "head_lr": 3e-3, "layer_decay": 0.8, "batch_size": 16,
                                                   "dropout": 0.1}
 
+    # what `transferkit search` tries (transferkit.strategies.space), around the defaults above: AdamW rates of
+    # image fine-tuning, LLRD, decay, the schedule's length (early stopping still ends a run), smoothing, augmentation
+    search_space: ClassVar[dict[str, Any]] = {
+        "lr": Range(1e-4, 3e-3, log=True), "layer_decay": Range(0.5, 0.95), "weight_decay": Range(1e-3, 0.1, log=True),
+        "epochs": Range(5, 25), "label_smoothing": Range(0.0, 0.2), "augment": (True, False),
+    }
+    # BERT-style encoders: rates in 1e-5..3e-4 with a faster head, no smoothing nor augmentation
+    text_search_space: ClassVar[dict[str, Any]] = {
+        "lr": Range(1e-5, 3e-4, log=True), "head_lr": Range(3e-4, 1e-2, log=True), "layer_decay": Range(0.7, 1.0),
+        "epochs": Range(3, 12), "label_smoothing": None, "augment": None,
+    }
+    audio_search_space: ClassVar[dict[str, Any]] = {"epochs": Range(10, 40), "layer_decay": Range(0.7, 0.95)}
+    hf_audio_search_space: ClassVar[dict[str, Any]] = {**text_search_space, "augment": (True, False)}
+    speaker_search_space: ClassVar[dict[str, Any]] = {"lr": Range(1e-4, 1e-3, log=True),
+                                                      "head_lr": Range(1e-3, 1e-2, log=True)}
+
 
 @dataclass
 class GradualConfig(FinetuneConfig):
@@ -85,6 +102,9 @@ class GradualConfig(FinetuneConfig):
     hf_audio_defaults: ClassVar[dict[str, Any]] = {**FinetuneConfig.hf_audio_defaults, "epochs": 12,
                                                    "unfreeze_every": 1, "patience": 6}
     speaker_defaults: ClassVar[dict[str, Any]] = {**FinetuneConfig.speaker_defaults, "unfreeze_every": 2}
+
+    search_space: ClassVar[dict[str, Any]] = {**FinetuneConfig.search_space, "epochs": Range(8, 30),
+                                              "unfreeze_every": Range(1, 4)}
 
 
 @dataclass
@@ -109,6 +129,17 @@ class ScratchConfig(FinetuneConfig):
     audio_defaults: ClassVar[dict[str, Any]] = {"hflip": False}  # the class defaults, not fine-tuning's LLRD
     hf_audio_defaults: ClassVar[dict[str, Any]] = {**text_defaults, "augment": True, "hflip": False}
     speaker_defaults: ClassVar[dict[str, Any]] = {"lr": 1e-3, "batch_size": 16}
+
+    # random weights: higher rates, longer schedules, no layer-wise decay to search
+    search_space: ClassVar[dict[str, Any]] = {
+        "lr": Range(5e-4, 5e-3, log=True), "weight_decay": Range(1e-3, 0.1, log=True), "epochs": Range(15, 40),
+        "label_smoothing": Range(0.0, 0.2), "augment": (True, False),
+    }
+    text_search_space: ClassVar[dict[str, Any]] = {"lr": Range(3e-5, 3e-4, log=True), "epochs": Range(20, 60),
+                                                   "label_smoothing": None, "augment": None}
+    audio_search_space: ClassVar[dict[str, Any]] = {}
+    hf_audio_search_space: ClassVar[dict[str, Any]] = {**text_search_space, "augment": (True, False)}
+    speaker_search_space: ClassVar[dict[str, Any]] = {}
 
 
 class FinetuneStrategy:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -20,7 +20,9 @@ from ..engine.features import extract_features
 from ..engine.loop import EpochRecord, History
 from ..heads import Classifier
 from ..heads.probe import LogisticProbe
+from ..errors import check_number
 from .base import PROBE_FOLDS, CrossValidation, FitResult, TrainTask, probs_loss, probs_score
+from .space import Range
 
 
 @dataclass
@@ -34,6 +36,13 @@ class LinearConfig:
                                                       "when no validation split is held out"})
     cache: bool = field(default=True, metadata={"help": "cache features on disk, keyed by "
                                                         "backbone+preprocessing+file content"})
+    c: float | None = field(default=None, metadata={"help": "inverse L2 strength of the logistic regression (None: "
+                                                           "chosen by cross-validation from 13 values, 1e-4 to 1e2)"})
+
+    # what `transferkit search` tries (transferkit.strategies.space): the probe's C, over the same span its own
+    # cross-validation chooses from, and the loss that chooses nothing then
+    search_space: ClassVar[dict[str, Any]] = {"c": Range(1e-4, 1e2, log=True),
+                                              "class_weight": ("none", "balanced")}
 
     def __post_init__(self) -> None:
         from ..errors import TransferkitError
@@ -44,6 +53,8 @@ class LinearConfig:
             raise TransferkitError(f"class_weight {self.class_weight!r} is unknown: choose auto, balanced or none.")
         if not isinstance(self.repeats, int) or self.repeats < 1:
             raise TransferkitError(f"repeats must be 1 or more (got {self.repeats!r}).")
+        if self.c is not None:
+            check_number("c", self.c, low=0, low_open=True, high=1e6, example="1.0")
 
 
 def make_probe(task: TrainTask, cfg: LinearConfig, seed: int | None = None) -> LogisticProbe:
@@ -51,7 +62,8 @@ def make_probe(task: TrainTask, cfg: LinearConfig, seed: int | None = None) -> L
     sampling weigh classes, ``none`` does not), unless the config names a rule of its own."""
     weight = cfg.class_weight if cfg.class_weight != "auto" or task.balance is None else \
         "balanced" if task.balance in ("weights", "sampler") else "none"
-    return LogisticProbe(cv=task.cv or PROBE_FOLDS, scoring=cfg.scoring,
+    grid = {} if cfg.c is None else {"Cs": (float(cfg.c),)}  # one C: nothing left to cross-validate
+    return LogisticProbe(**grid, cv=task.cv or PROBE_FOLDS, scoring=cfg.scoring,
                          class_weight=None if weight == "none" else weight, seed=task.seed if seed is None else seed)
 
 

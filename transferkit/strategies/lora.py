@@ -17,6 +17,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -26,6 +27,7 @@ from ..errors import TransferkitError
 from ..heads import Classifier, LinearHead
 from .base import FitResult, TrainTask, check_modality, epochs_within_budget, make_loaders, make_prepare
 from .base import schedule_within_budget
+from .space import Range
 
 
 @dataclass
@@ -48,6 +50,10 @@ class LoraConfig:
     dropout: float = field(default=0.1, metadata={"help": "dropout before the head"})
     l2sp: float = field(default=0.0, metadata={"help": "L2-SP: pull the adapters toward their starting point with "
                                                        "this strength instead of decaying them (0: off)"})
+
+    # what `transferkit search` tries (transferkit.strategies.space): the adapters' rank and rate, the schedule
+    search_space: ClassVar[dict[str, Any]] = {"r": (4, 8, 16), "lr": Range(1e-4, 3e-3, log=True),
+                                              "epochs": Range(5, 20), "lora_dropout": Range(0.0, 0.2)}
 
 
 def apply_lora(body: nn.Module, cfg: LoraConfig) -> nn.Module:
