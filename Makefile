@@ -22,9 +22,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
-# Debian packages: Fashion-MNIST (the loader downloads it instead where apt is not available) and espeak-ng
-# (spoken digits for the audio benchmark; its test is skipped without it).
-DEBS := $(if $(wildcard $(FMNIST)/t10k-labels-idx1-ubyte.gz),,dataset-fashion-mnist) $(if $(shell command -v espeak-ng),,espeak-ng)
+# Debian packages: Fashion-MNIST (the loader downloads it instead where apt is not available), espeak-ng
+# (spoken digits for the audio benchmark; its test is skipped without it) and the PostgreSQL server that the search
+# tests start on a free loopback port (tests/conftest.py: postgres_url).
+DEBS := $(if $(wildcard $(FMNIST)/t10k-labels-idx1-ubyte.gz),,dataset-fashion-mnist) $(if $(shell command -v espeak-ng),,espeak-ng) \
+        $(if $(wildcard /usr/lib/postgresql/*/bin/initdb),,postgresql)
 data:
 	@if [ -n "$(strip $(DEBS))" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q $(DEBS); \

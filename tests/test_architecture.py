@@ -10,7 +10,7 @@ grimp = pytest.importorskip("grimp")
 # top to bottom; a module may import from its own layer (siblings in one row) and any layer below
 LAYERS = [
     {"__main__", "cli"},
-    {"comparison", "serving"},
+    {"comparison", "serving", "studies"},
     {"api"},
     {"pipeline"},
     {"ranking", "pretraining"},

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .comparison import compare
     from .errors import TransferkitError
     from .pretraining import pretrain
+    from .studies import search
 
 _LAZY = {
     "fit": ("api", "fit"),
@@ -31,10 +32,11 @@ _LAZY = {
     "rank": ("api", "rank"),
     "compare": ("comparison", "compare"),
     "pretrain": ("pretraining", "pretrain"),
+    "search": ("studies", "search"),
 }
 
 __all__ = ["TransferModel", "TransferkitError", "__version__", "compare", "create_backbone", "fit", "list_backbones",
-           "load", "pretrain", "rank"]
+           "load", "pretrain", "rank", "search"]
 
 
 def __getattr__(name: str) -> Any:

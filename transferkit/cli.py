@@ -828,6 +828,105 @@ def rank(
 
 @app.command()
 @_limits_images
+def search(
+    data: Path = typer.Argument(..., help="Labelled data, as for fit (images, DICOM/NIfTI, texts or audio)."),
+    trials: Optional[int] = typer.Option(
+        None, "--trials", "-n",
+        help="Trials the study holds (default 20 when this command creates it; a joining --worker may leave it out).",
+    ),
+    budget: Optional[str] = typer.Option(
+        None, help="Wall time of the whole search, final model included, e.g. 1h or 30m; trials stop when the next "
+                   "would not leave time for the last two runs.",
+    ),
+    storage: Optional[str] = typer.Option(
+        None, help="Where the study lives: sqlite:///path/search.db (default: search.db beside --out) or "
+                   "postgresql://user@host/db for workers on several machines.",
+    ),
+    study: Optional[str] = typer.Option(None, help="The study's name (default: --out's folder name)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="The final model's run folder (bundle, report, search.json, search.png).",
+    ),
+    strategy: str = typer.Option(
+        "auto", "--strategy", "-s",
+        help="One strategy or several (linear,finetune); auto searches linear and finetune.",
+    ),
+    space: Optional[Path] = typer.Option(
+        None, help="A YAML file changing the declared search spaces, e.g. 'finetune: {lr: {low: 1.0e-5, high: "
+                   "1.0e-3, log: true}}'.",
+    ),
+    pruner: str = typer.Option("median", help="median, halving or none."),
+    workers: int = typer.Option(1, help="Processes on this machine sharing the study (each gets its share of the "
+                                        "cores)."),
+    worker: bool = typer.Option(False, "--worker", help="Only run trials of the study (another process trains the "
+                                                        "final model)."),
+    heartbeat: float = typer.Option(
+        10.0, help="Seconds between a running trial's heartbeats; a trial silent for 3 is failed and run again.",
+    ),
+    backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="The backbone, as for fit."),
+    seed: int = typer.Option(0, help="Seed of the sampler, the splits, folds and training."),
+    cv: Optional[int] = typer.Option(None, help="Folds of the cross-validated objective (small data), as for fit."),
+    val_fraction: Optional[float] = typer.Option(None, help="Hold out a validation split, as for fit."),
+    test_fraction: Optional[float] = typer.Option(
+        None, help="Without a given test set: the share held out to compare the searched and default settings "
+                   "(default 0.2); trials never see it.",
+    ),
+    image_size: Optional[int] = typer.Option(None, help="Override the backbone's input resolution, as for fit."),
+    modality: str = typer.Option("auto", help="auto, image, text, audio or medical, as for fit."),
+    text_column: Optional[str] = typer.Option(None, help="Texts: the column holding the text, as for fit."),
+    label_column: Optional[str] = typer.Option(None, help="Texts: the column holding the label, as for fit."),
+    label_sep: Optional[str] = typer.Option(None, "--label-sep", help="Multi-label tables: the label separator."),
+    max_length: Optional[int] = typer.Option(None, help="Texts: override the encoder's token limit."),
+    precision: str = typer.Option("auto", help="auto, bf16, fp16 or no, as for fit."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable files with a warning."),
+    explain: bool = typer.Option(True, "--explain/--no-explain", help="The final model's explanations, as for fit."),
+    as_json: bool = typer.Option(False, "--json", help="Print the search's record as JSON on stdout."),
+    max_image_pixels: Optional[int] = _max_pixels_option(),
+) -> None:
+    """Search the training settings on DATA with Optuna under a budget, then train the final model with the best.
+
+    Several workers share one study: start `transferkit search DATA --study NAME --storage URL --worker` on other
+    machines (or --workers N here); exactly --trials finish, and a dead worker's trial runs again elsewhere.
+    """
+    from .studies import search as search_api
+
+    extra = {k: v for k, v in (("text_column", text_column), ("label_column", label_column),
+                                ("label_sep", label_sep), ("max_length", max_length)) if v is not None}
+    try:
+        result = search_api(str(data), trials=trials, budget=budget, storage=storage, study=study, out=out,
+                            strategy=strategy, space=None if space is None else str(space), pruner=pruner, seed=seed,
+                            workers=workers, worker=worker, heartbeat=heartbeat, backbone=backbone, modality=modality,
+                            val_fraction=val_fraction, test_fraction=test_fraction, cv=cv, image_size=image_size,
+                            precision=precision, skip_bad=skip_bad, explain=explain, **extra)
+    except TransferkitError as err:
+        _fail(err)
+    from .console import results as console
+
+    if worker:
+        summary = {"worker": True, **result}
+        if as_json:
+            typer.echo(json.dumps(summary))
+        else:
+            console.print(f"worker done: {result['complete']} complete, {result['pruned']} pruned, "
+                          f"{result['failed']} failed", highlight=False)
+        return
+    s = result.metrics["search"]
+    if as_json:
+        typer.echo(json.dumps(s, default=str))
+        return
+    t, best = s["trials"], s["best"]
+    console.print(f"[green]done[/] search: {t['complete']} complete, {t['pruned']} pruned, {t['failed']} failed of "
+                  f"{t['planned']} trials; best {s['metric']} {best['value']:.3f} (trial {best['number']}, "
+                  f"{best['strategy']})", highlight=False)
+    c = s.get("comparison")
+    if c:
+        console.print(f"test {s['metric']}: searched {c['searched']:.3f} vs defaults {c['defaults']:.3f} "
+                      f"({c['difference']:+.3f}, 95% CI {c['ci'][0]:+.3f} to {c['ci'][1]:+.3f}): {c['verdict']}",
+                      highlight=False)
+    console.print(f"model:  {out / 'model'}\nreport: {out / 'report.md'}", highlight=False)
+
+
+@app.command()
+@_limits_images
 def compare(
     data: Path = typer.Argument(
         ...,

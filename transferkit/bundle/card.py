@@ -61,6 +61,11 @@ def render_model_card(config: dict[str, Any]) -> str:
         from ..evaluation.report import ranking_text
 
         lines.append(ranking_text(m["backbone_ranking"]).replace("**", ""))
+    if m.get("search"):
+        from ..evaluation.report import search_lines
+
+        lines += ["", "## Hyperparameter search", "",
+                  *[x.replace("**", "") for x in search_lines(m["search"]) if not x.startswith("![")]]
     lines += _lineage(config)
     lines += ["", "## Training", "", f"Strategy: {m.get('strategy', '?')}"
               + (f"; {m['trainable_params']:,} trainable parameters." if m.get("trainable_params") else ".")]

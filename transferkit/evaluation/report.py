@@ -312,6 +312,8 @@ def render_markdown(m: dict[str, Any], classes: list[str]) -> str:
         lines += ["", ranking_text(m["backbone_ranking"])]
     if m.get("continued"):
         lines += ["", "## Continued from a bundle", "", *continued_lines(m["continued"])]
+    if m.get("search"):
+        lines += ["", "## Search", "", *search_lines(m["search"])]
     if m.get("tta"):
         lines += ["", tta_text(m["tta"])]
     if m.get("label_noise"):
@@ -386,6 +388,43 @@ def explanation_lines(e: dict[str, Any]) -> list[str]:
                     "examples (the map of the class the model said). Red: what the prediction rests on.", "",
                 "![what the model looks at](explanations.png)"]
     return out
+
+
+def search_lines(s: dict[str, Any]) -> list[str]:
+    """The report's section on the search (``metrics["search"]``)."""
+    t = s["trials"]
+    best = s["best"]
+    options = ", ".join(f"{k} {short(v)}" for k, v in best["options"].items()) or "its defaults"
+    lines = [f"Settings chosen by an Optuna search (TPE, {s['pruner']} pruning) of {t['planned']} trials on "
+             f"{s['objective']}: {t['complete']} complete, {t['pruned']} pruned, {t['failed']} failed"
+             + (f" ({t['retried']} retried after a worker stopped)" if t.get("retried") else "")
+             + (f", {t['queued']} left queued by the budget" if t.get("queued") else "")
+             + f"; {s['workers']} worker(s), {s['seconds']:.0f} s of trials. Study `{s['study']}` in "
+             f"`{s['storage']}`.",
+             "",
+             f"Best: trial {best['number']}, **{best['strategy']}** with {options}: {s['metric']} "
+             f"{best['value']:.3f}."]
+    top = s.get("top") or {}
+    if top.get("n", 0) > 1:
+        spans = [f"{k.split('.', 1)[-1]} {short(v[0])}-{short(v[1])}" if len(v) == 2 and not isinstance(v[0], str)
+                 else f"{k.split('.', 1)[-1]} {'/'.join(map(str, v))}" for k, v in top["span"].items()]
+        lines.append(f"The best {top['n']} trials: {top['mean']:.3f} +- {top['sd']:.3f}, spanning "
+                     + "; ".join(spans) + ".")
+    c = s.get("comparison")
+    if c:
+        ci = c["ci"]
+        lines += ["", f"**Against the default settings** ({c['defaults_strategy']}, trained on the same splits and "
+                      f"scored on the same {c['n']} {c['part']} examples): {s['metric']} {c['searched']:.3f} searched "
+                      f"vs {c['defaults']:.3f} default, difference {c['difference']:+.3f} (95% paired bootstrap "
+                      f"interval {ci[0]:+.3f} to {ci[1]:+.3f}): {c['verdict']}."]
+    lines += ["", "![search](search.png)"]
+    return lines
+
+
+def short(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
 
 
 def continued_lines(c: dict[str, Any]) -> list[str]:

@@ -1,0 +1,443 @@
+"""``transferkit search``: hyperparameter search under a time budget on Optuna, then the final model.
+
+- **The space** is declared beside each strategy's config (:mod:`transferkit.strategies.space`): learning rates,
+  layer-wise decay, weight decay, epochs, augmentation, LoRA rank, the probe's C... A YAML file changes it.
+  Several strategies (``--strategy linear,finetune``; ``auto`` means these two) make the strategy a setting too.
+- **The objective** is what ``fit`` would choose by on these data: with no validation split (small data, fewer than
+  50 examples in the smallest class) the k-fold cross-validated estimate (3 folds where each fold is a training run,
+  5 repeated 3 times for the probe), so the search does not fit one split's noise; otherwise the validation score.
+  Accuracy, balanced accuracy where the run balances classes, mAP for multi-label data.
+- **Pruning**: a trial reports each epoch's validation score (each fold's score when cross-validated) and stops
+  when it falls below the median of earlier trials at that step (``--pruner median``; ``halving``; ``none``).
+- **Many workers**: the study lives in a database, SQLite by default (one machine) or PostgreSQL (several); every
+  worker started with the same data and ``--study`` takes trials from it; exactly ``--trials`` finish however many
+  workers run, and a dead worker's trial is run again by another (:mod:`transferkit.studies.trials`).
+- **The end**: the best trial's settings train the final model (bundle, report, model card, all recording the
+  search), and the default settings train another on the same splits, so the report can say, on the same test
+  examples, whether the search paid off. Without a given test set, ``test_fraction`` (default 0.2) is held out for
+  that; trials never see it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import MAX_COUNT, TransferkitError, check_number
+from .storage import DEFAULT_HEARTBEAT
+
+AUTO_STRATEGIES = ("linear", "finetune")  # what `--strategy auto` searches over
+DEFAULT_TRIALS = 20
+PRUNERS = ("median", "halving", "none")
+
+
+def search(data: Any, *, trials: int | None = None, budget: str | float | None = None, storage: str | None = None,
+           study: str | None = None, out: str | Path | None = None, strategy: str = "auto",
+           space: str | Path | dict | None = None, pruner: str = "median", seed: int = 0, workers: int = 1,
+           worker: bool = False, heartbeat: float = DEFAULT_HEARTBEAT, backbone: str | None = None,
+           modality: str = "auto", val_fraction: float | None = None, test_fraction: float | None = None,
+           cv: int | None = None, image_size: int | None = None, precision: str = "auto", skip_bad: bool = False,
+           explain: bool = True, **data_options: Any) -> Any:
+    """Search the settings of ``strategy`` on ``data`` (any classification data :func:`transferkit.fit` takes) and
+    train the final model with the best.
+
+    Args:
+        trials: how many trials the study holds (default 20 when this call creates it; a joining worker may leave
+            it out).
+        budget: wall time for the whole search, final model included (``"1h"``, ``"30m"``, seconds); trials stop
+            when the next one would not leave time for the last two runs. Trials left queued stay in the study.
+        storage: ``sqlite:///path/search.db`` (default: ``search.db`` beside ``out``, or ``runs/search.db``) or
+            ``postgresql://user@host/db`` for workers on several machines. Reached before any data is read.
+        study: the study's name (default: ``out``'s folder name). A study made on other data is refused.
+        strategy: one strategy, several (``"linear,finetune"``), or ``auto`` (linear and finetune).
+        space: a YAML file (or a dict) changing the declared search spaces (see :mod:`transferkit.strategies.space`).
+        pruner: ``median``, ``halving`` or ``none``.
+        workers: processes on this machine (this one included) sharing the study; each gets its share of the cores.
+        worker: only run trials (another process, on this or another machine, trains the final model).
+        heartbeat: seconds between a running trial's heartbeats; a trial silent for 3 is failed and queued again.
+        backbone, modality, val_fraction, test_fraction, cv, image_size, precision, skip_bad, explain and
+            ``data_options`` (``labels``, ``text_column``, ``label_column``, ``label_sep``, ``max_length``,
+            ``clip_seconds``, ``window``, ``slices``, ``patient_column``, ``balance``): as for :func:`fit`.
+
+    Returns:
+        The final :class:`~transferkit.bundle.model.TransferModel` (``model.metrics["search"]`` holds the record),
+        or with ``worker=True`` what this worker did (``{"complete": n, "pruned": n, "failed": n}``).
+
+    Raises:
+        TransferkitError: ``trials`` below 1, an unknown strategy or space option, an empty range, an unreachable
+            database, a study made on other data or with another space, no trial finishing, or bad data.
+
+    Example::
+
+        >>> model = transferkit.search("data/parts", trials=30, budget="1h", out="runs/parts-search")
+        >>> model.metrics["search"]["comparison"]["verdict"]
+    """
+    from .storage import default_url, open_storage
+
+    if trials is not None:
+        check_number("trials", trials, low=1, high=MAX_COUNT, whole=True, example="30")
+    check_number("workers", workers, low=1, high=64, whole=True, example="2")
+    check_number("heartbeat", heartbeat, low=1, high=3600, example="10")
+    if pruner not in PRUNERS:
+        raise TransferkitError(f"Pruner {pruner!r} is unknown: choose {', '.join(PRUNERS)}.")
+    if out is None and not worker:
+        raise TransferkitError("A search writes its final model, report and trials to --out: give one (or --worker "
+                               "to only run trials).")
+    from ..api import parse_budget
+
+    seconds = parse_budget(budget)
+    name = study or (Path(out).name if out is not None else None)
+    if not name:
+        raise TransferkitError("Name the study (--study NAME): a worker without --out has no folder to name it by.")
+    url = storage or default_url(out)
+    if out is not None:
+        from ..rundir import check_out
+
+        check_out(out)
+    started = time.time()
+    db = open_storage(url, heartbeat)  # an unreachable database fails here, before any data is read
+
+    if workers > 1:
+        helpers = start_helpers(workers - 1, data, dict(
+            trials=trials, budget=budget, storage=url, study=name, strategy=strategy, space=space, pruner=pruner,
+            seed=seed, heartbeat=heartbeat, backbone=backbone, modality=modality, val_fraction=val_fraction,
+            test_fraction=test_fraction, cv=cv, image_size=image_size, precision=precision, skip_bad=skip_bad,
+            **data_options))
+        share_cores(workers)
+    else:
+        helpers = []
+    try:
+        return run_search(data, db, url, name, trials=trials, seconds=seconds, started=started, out=out,
+                          strategy=strategy, space=space, pruner=pruner, seed=seed, worker=worker,
+                          heartbeat=heartbeat, backbone=backbone, modality=modality, val_fraction=val_fraction,
+                          test_fraction=test_fraction, cv=cv, image_size=image_size, precision=precision,
+                          skip_bad=skip_bad, explain=explain, data_options=data_options, helpers=helpers)
+    finally:
+        for p in helpers:
+            p.join()
+
+
+def share_cores(workers: int) -> None:
+    """Each of ``workers`` processes on this machine takes its share of the cores (threads that wait on each other
+    across processes slow everything down far more than fewer threads do)."""
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+def helper_main(data: Any, kwargs: dict[str, Any], workers: int) -> None:
+    """A helper process's body (spawned by :func:`start_helpers`)."""
+    share_cores(workers)
+    try:
+        search(data, worker=True, **kwargs)
+    except TransferkitError as err:
+        from ..console import warn
+
+        warn(f"search worker {os.getpid()}: {err}")
+        raise SystemExit(2) from None
+
+
+def start_helpers(n: int, data: Any, kwargs: dict[str, Any]) -> list[Any]:
+    """``n`` worker processes on this machine, each running :func:`search` with ``worker=True``."""
+    import multiprocessing
+
+    if not isinstance(data, (str, Path)):
+        raise TransferkitError("--workers above 1 starts processes that read the data again: give the data as a "
+                               "path (a folder or a file), or start workers with --worker yourself.")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=helper_main, args=(str(data), kwargs, n + 1), daemon=False) for _ in range(n)]
+    for p in procs:
+        p.start()
+    return procs
+
+
+def strategy_list(strategy: str, task: Any) -> list[str]:
+    """The strategies searched: ``auto`` -> linear and finetune; names checked against the task's."""
+    from ..strategies.space import closest
+
+    names = list(AUTO_STRATEGIES) if strategy == "auto" else [s.strip() for s in str(strategy).split(",") if s.strip()]
+    known = task.strategy_names()
+    if not names:
+        raise TransferkitError("--strategy is empty: name one or more strategies, e.g. linear,finetune.")
+    for n in names:
+        if n == "auto":
+            raise TransferkitError("auto chooses its own settings; name the strategies to search, e.g. "
+                                   "--strategy linear,finetune (which --strategy auto means).")
+        if n not in known:
+            raise TransferkitError(f"Strategy {n!r} is not one {task.title} takes{closest(n, known)}: choose from "
+                                   f"{', '.join(s for s in known if s != 'auto')}.")
+    if len(set(names)) != len(names):
+        raise TransferkitError(f"--strategy names a strategy twice ({strategy}).")
+    return names
+
+
+def spaces_for(names: list[str], task: Any, profile: str | None, space: Any) -> tuple[dict, dict]:
+    """Per strategy: the dimensions searched and the options fixed (declared spaces with the file's changes)."""
+    from ..strategies import STRATEGIES
+    from ..strategies.space import read_space_file, space_for
+
+    changes = read_space_file(space, names)
+    where = "" if space is None or isinstance(space, dict) else f"{space}: "
+    dims, fixed = {}, {}
+    for n in names:
+        dims[n], fixed[n] = space_for(n, STRATEGIES[n][1], profile, changes.get(n), where)
+        task.create_strategy(n, None, fixed[n])  # fixed values the config itself refuses fail now
+    return dims, fixed
+
+
+def space_record(dims: dict, fixed: dict) -> dict[str, Any]:
+    return {n: {"search": {k: (d.to_dict() if hasattr(d, "to_dict") else list(d)) for k, d in dims[n].items()},
+                "fixed": fixed[n]} for n in dims}
+
+
+def suggest(trial: Any, key: str, dim: Any) -> Any:
+    from ..strategies.space import Range
+
+    if isinstance(dim, Range):
+        if isinstance(dim.low, int) and isinstance(dim.high, int):
+            return trial.suggest_int(key, dim.low, dim.high, log=dim.log)
+        return trial.suggest_float(key, dim.low, dim.high, log=dim.log)
+    return trial.suggest_categorical(key, list(dim))
+
+
+def trial_settings(trial: Any, names: list[str], dims: dict, fixed: dict) -> tuple[str, dict[str, Any]]:
+    """The strategy and options a trial tries (``strategy`` and ``<strategy>.<option>`` in the study)."""
+    name = trial.suggest_categorical("strategy", names) if len(names) > 1 else names[0]
+    return name, {**fixed[name], **{k: suggest(trial, f"{name}.{k}", d) for k, d in dims[name].items()}}
+
+
+def settings_of(params: dict[str, Any], names: list[str], fixed: dict) -> tuple[str, dict[str, Any]]:
+    """A finished trial's params -> (strategy, options)."""
+    name = params.get("strategy", names[0])
+    return name, {**fixed[name], **{k.split(".", 1)[1]: v for k, v in params.items() if k.startswith(f"{name}.")}}
+
+
+def objective_value(result: Any, train: Any) -> float:
+    """The cross-validated estimate (mean fold score), or the kept epoch's validation score."""
+    import math
+
+    import numpy as np
+
+    if result.cv is not None:
+        return float(np.mean(result.cv.fold_scores))
+    best = result.history.epochs[result.history.best_epoch]
+    if best.val_acc is None or not math.isfinite(best.val_acc):
+        raise TransferkitError("the trial's run has no validation score to compare")
+    return float(best.val_acc)
+
+
+def objective_text(train: Any, names: list[str]) -> str:
+    """What the trials are scored on, in words (the study records it, so every worker scores alike)."""
+    metric = "mAP" if train.multi_label else "balanced accuracy" if train.balanced else "accuracy"
+    if train.cross_validated:
+        from ..strategies.base import PROBE_FOLDS, TRAINED_FOLDS
+
+        how = []
+        if "linear" in names:
+            how.append(f"{train.cv or PROBE_FOLDS}-fold x3 repeated for linear")
+        if any(n != "linear" for n in names):
+            how.append(f"{train.cv or TRAINED_FOLDS}-fold for the trained strategies")
+        return f"the cross-validated {metric} on the {len(train.train)} training examples ({', '.join(how)})"
+    return f"the {metric} on the validation split ({len(train.val)} examples)"
+
+
+def pruning(trial: Any, cross_validated: bool) -> Any:
+    """A listener (:mod:`transferkit.engine.events`) reporting the trial's curve to Optuna and pruning on it."""
+    import math
+
+    import optuna
+
+    folds: list[float] = []
+
+    def listen(event: str, step: int, values: dict[str, Any]) -> None:
+        if cross_validated and event == "fold":
+            folds.append(values["score"])
+            value = sum(folds) / len(folds)
+        elif not cross_validated and event == "epoch" and values.get("val_acc") is not None \
+                and math.isfinite(values["val_acc"]):
+            value = values["val_acc"]
+        else:
+            return
+        trial.report(value, step)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"{'fold' if cross_validated else 'epoch'} {step + (0 if cross_validated else 1)}"
+                                     f": {value:.3f}, below the median of earlier trials")
+
+    return listen
+
+
+def data_identity(prepared: Any) -> str:
+    from ..rundir import data_hashes
+
+    text = json.dumps({"classes": prepared.classes, "parts": data_hashes(prepared)}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_search(data: Any, db: Any, url: str, name: str, *, trials: int | None, seconds: float | None,
+               started: float, out: Any, strategy: str, space: Any, pruner: str, seed: int, worker: bool,
+               heartbeat: float, backbone: str | None, modality: str, val_fraction: float | None,
+               test_fraction: float | None, cv: int | None, image_size: int | None, precision: str, skip_bad: bool,
+               explain: bool, data_options: dict[str, Any], helpers: list[Any]) -> Any:
+    from ..api import resolve
+    from ..console import info
+    from ..engine.accel import make_accelerator
+    from ..engine.events import listening
+    from ..tasks import RunSettings
+    from .storage import shown
+    from .trials import open_study, run_trials
+
+    task, options = resolve(data, "classify", modality, data_options)
+    names = strategy_list(strategy, task)
+    spaces_for(names, task, task.strategies_for or task.modality, space)  # the file's problems before any data
+    if test_fraction is None:
+        test_fraction = 0.2  # without a given test set, one is held out to compare searched and default settings
+    settings = RunSettings(backbone=backbone, strategy=names[0], seed=seed, skip_bad=skip_bad,
+                           val_fraction=val_fraction, test_fraction=test_fraction, cv=cv, precision=precision,
+                           image_size=image_size, explain=explain)
+    task.check(settings, options)
+    prepared = task.prepare(data, backbone, settings, options)
+    task.check_prepared(prepared, settings, options)
+    profile = getattr(prepared.backbone, "profile", task.strategies_for or task.modality)
+    dims, fixed = spaces_for(names, task, profile, space)
+    accelerator = make_accelerator(precision, seed=seed)
+    base = task.train_task(prepared, settings, options, accelerator, None, None)
+    base = dataclasses.replace(base, estimate_only=True)
+    objective = objective_text(base, names)
+    metric = "mAP" if base.multi_label else "balanced accuracy" if base.balanced else "accuracy"
+    splits = {part: len(enc) for part, enc in prepared.encoded.items() if enc is not None}
+    attrs = {"data": data_identity(prepared), "source": str(data), "splits": splits, "task": task.name,
+             "space": space_record(dims, fixed), "objective": objective, "metric": metric,
+             "ends_at": None if seconds is None else started + seconds}
+
+    def describe(a: dict[str, Any]) -> str:
+        parts = ", ".join(f"{v} {k}" for k, v in (a.get("splits") or {}).items())
+        return f"{a.get('source', '?')} ({parts}; data hash {a.get('data', '?')})"
+
+    opened, created = open_study(db, name, trials=trials if trials is not None or worker else DEFAULT_TRIALS,
+                                 seed=seed, pruner=pruner, attrs=attrs, describe=describe,
+                                 first=[{"strategy": n} for n in names] if len(names) > 1 else None)
+    from .trials import study_attrs
+
+    ends_at = study_attrs(opened).get("ends_at")
+    info(f"search: study {name!r} in {shown(url)} ({'created' if created else 'joined'}), "
+         f"{study_attrs(opened)['trials']} trials scored on {objective}")
+
+    def trial_deadline(reserve_s: float) -> float | None:
+        if ends_at is None:
+            return None
+        return time.monotonic() + max(0.0, ends_at - reserve_s - time.time())
+
+    def reserve(typical: float | None) -> float:
+        return 2.0 * (typical or 0.0)  # the default and the final run, each about a trial's time
+
+    def run_trial(trial: Any) -> float:
+        chosen, opts = trial_settings(trial, names, dims, fixed)
+        strat = task.create_strategy(chosen, prepared.backbone, opts)
+        from .trials import trial_seconds
+
+        train = dataclasses.replace(base, deadline=trial_deadline(reserve(trial_seconds(opened))))
+        info(f"trial {trial.number}: {chosen} " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                                             for k, v in opts.items()))
+        with listening(pruning(trial, train.cross_validated)):
+            result = strat.fit(train)
+        accelerator.free_memory()
+        return objective_value(result, train)
+
+    t0 = time.monotonic()
+    done = run_trials(opened, db, run_trial, heartbeat=heartbeat, ends_at=ends_at, reserve=reserve)
+    if worker:
+        return done
+    wait_for_others(opened, heartbeat, ends_at)
+    return finish(data, task, options, prepared, settings, opened, names, dims, fixed, out=out, url=url,
+                  pruner=pruner, seconds=seconds, started=started, trial_s=time.monotonic() - t0,
+                  objective=objective, metric=metric, base=base)
+
+
+def wait_for_others(study: Any, heartbeat: float, ends_at: float | None) -> None:
+    """Wait while other workers' trials run (a dead worker's is failed by the heartbeat check meanwhile)."""
+    from optuna.trial import TrialState
+
+    from .trials import fail_stale
+
+    while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if ends_at is not None and time.time() > ends_at + 3 * heartbeat:
+            break
+        fail_stale(study)
+        time.sleep(min(heartbeat, 2.0))
+
+
+def finish(data: Any, task: Any, options: Any, prepared: Any, settings: Any, study: Any, names: list[str],
+           dims: dict, fixed: dict, *, out: Any, url: str, pruner: str, seconds: float | None, started: float,
+           trial_s: float, objective: str, metric: str, base: Any) -> Any:
+    """Train the default settings and the best trial's on the same splits; the second is the result, its folder
+    holding the search's record, ``search.json`` and ``search.png``."""
+    from ..console import info
+    from ..io import write_json
+    from ..pipeline import run
+    from .record import paired_difference, plot, top_spread, trial_rows
+    from .storage import shown
+    from .trials import study_attrs
+
+    rows = trial_rows(study)
+    complete = [r for r in rows if r["state"] == "complete" and r["value"] is not None]
+    if not complete:
+        errors = sorted({r["error"] for r in rows if r.get("error")})
+        raise TransferkitError("No trial of the search finished"
+                               + (f" (first error: {errors[0]})" if errors else " (all pruned, or the budget was too "
+                                                                                "small for one trial)")
+                               + ": give a larger --budget or fix the error.")
+    best = study.best_trial
+    best_name, best_options = settings_of(best.params, names, fixed)
+    defaults_name = names[0] if len(names) == 1 else "auto"
+    counts = {s: sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "fail", "waiting", "running")}
+    record: dict[str, Any] = {
+        "study": study.study_name, "storage": shown(url), "pruner": pruner, "sampler": "TPE",
+        "objective": objective, "metric": metric, "space": study_attrs(study)["space"],
+        "trials": {"planned": study_attrs(study)["trials"], "complete": counts["complete"],
+                   "pruned": counts["pruned"], "failed": counts["fail"],
+                   "retried": sum(r["retry_of"] is not None for r in rows), "queued": counts["waiting"]},
+        "workers": len({r["worker"] for r in rows if r["worker"]}),
+        "seconds": round(trial_s, 1),
+        "best": {"number": best.number, "value": float(best.value), "strategy": best_name, "options": best_options},
+        "top": top_spread(rows),
+    }
+
+    def left(share: float) -> float | None:
+        if seconds is None:
+            return None
+        return max(1.0, (started + seconds - time.time()) * share)
+
+    test = prepared.encoded.get("test")
+    part = "test" if test is not None else None
+    info(f"search: training the default settings ({defaults_name}) on the same splits, to compare")
+    defaults = run(data, task, dataclasses.replace(settings, strategy=defaults_name, strategy_options={}, out=None,
+                                                   explain=False, seconds=left(0.5)), options)
+    default_probs = defaults.predict_encoded(test, precision=settings.precision) if test is not None else None
+
+    def add_record(model: Any, metrics: dict[str, Any]) -> None:
+        if test is not None:
+            import numpy as np
+
+            y = test.targets.numpy()
+            c = paired_difference(model.predict_encoded(test, precision=settings.precision), default_probs,
+                                  np.asarray(y), base.balanced, seed=settings.seed)
+            record["comparison"] = {**c, "part": part, "defaults_strategy": defaults_name}
+        metrics["search"] = record
+        model.meta.setdefault("metrics", {})["search"] = record
+
+    info(f"search: the final model: trial {best.number}'s settings ({best_name})")
+    model = run(data, task, dataclasses.replace(settings, out=Path(out), strategy=best_name,
+                                                strategy_options=best_options, seconds=left(1.0),
+                                                after_training=add_record), options)
+    full = {**record, "table": rows}
+    write_json(Path(out) / "search.json", full)
+    tmp = Path(out) / ".search.png.tmp.png"
+    plot(rows, tmp, metric)
+    os.replace(tmp, Path(out) / "search.png")
+    model.metrics["search"] = record
+    return model

@@ -1,0 +1,79 @@
+"""Where a search's study lives: an Optuna RDB storage, SQLite on one machine (the default) or PostgreSQL shared by
+workers on several machines. Opened (and reached) before any data is read, so a wrong URL costs seconds."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ..errors import TransferkitError
+
+DEFAULT_HEARTBEAT = 10  # seconds between a worker's "still alive" records while it runs a trial
+GRACE_BEATS = 3  # a running trial whose worker has been silent this many heartbeats is failed and retried
+MAX_RETRIES = 2  # a trial whose worker died is run again at most this often (then it stays failed)
+CONNECT_TIMEOUT = 10  # seconds to reach a database server before giving up
+
+
+def default_url(out: str | Path | None) -> str:
+    """``sqlite:///`` beside the run folder (``runs/search.db`` for ``--out runs/x``), or ``runs/search.db``."""
+    folder = Path(out).resolve().parent if out is not None else Path("runs")
+    return f"sqlite:///{folder / 'search.db'}"
+
+
+def shown(url: str) -> str:
+    """The URL without its password, for messages and records."""
+    return re.sub(r"(://[^/:@]*):[^/@]*@", r"\1:***@", url)
+
+
+def engine_url(url: str) -> tuple[str, dict[str, Any]]:
+    """The SQLAlchemy URL and engine options for a ``--storage`` URL: ``postgresql://`` goes through psycopg 3 with
+    a connection timeout; a SQLite file's folder is made. Anything else is refused in one line."""
+    if not isinstance(url, str) or not url.strip():
+        raise TransferkitError("--storage is empty: give sqlite:///path/search.db or postgresql://user@host/db.")
+    url = url.strip()
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        if not path or path == ":memory:":
+            raise TransferkitError(f"--storage {url}: give a file (sqlite:///runs/search.db); a study in memory "
+                                   "would be lost with the process and shared with no worker.")
+        where = Path(path)
+        if where.is_dir():
+            raise TransferkitError(f"--storage {url}: {where} is a folder; name a file in it, e.g. "
+                                   f"sqlite:///{where / 'search.db'}.")
+        try:
+            where.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise TransferkitError(f"--storage {url}: cannot make the folder {where.parent} ({err.strerror}).") \
+                from None
+        return url, {}
+    if re.match(r"postgres(ql)?(\+psycopg)?://", url):
+        url = re.sub(r"^postgres(ql)?(\+psycopg)?://", "postgresql+psycopg://", url)
+        return url, {"connect_args": {"connect_timeout": CONNECT_TIMEOUT}, "pool_pre_ping": True}
+    raise TransferkitError(f"--storage {shown(url)}: use sqlite:///path/search.db (one machine) or "
+                           "postgresql://user@host/db (workers on several machines).")
+
+
+def open_storage(url: str, heartbeat: float = DEFAULT_HEARTBEAT) -> Any:
+    """An Optuna ``RDBStorage`` on ``url``, reached now, with heartbeats every ``heartbeat`` seconds; a trial whose
+    worker stops beating for :data:`GRACE_BEATS` of them is failed and queued again (at most :data:`MAX_RETRIES`
+    times).
+
+    Raises:
+        TransferkitError: the URL is not SQLite or PostgreSQL, the server cannot be reached, or the database refuses.
+    """
+    import optuna
+
+    target, engine_kwargs = engine_url(url)
+    beat = max(1, int(round(heartbeat)))
+    try:
+        with warnings.catch_warnings():  # heartbeat and retries are marked experimental by Optuna
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                target, engine_kwargs=engine_kwargs, heartbeat_interval=beat, grace_period=GRACE_BEATS * beat,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
+    except Exception as err:  # noqa: BLE001  (SQLAlchemy, psycopg and sqlite3 each raise their own)
+        reason = " ".join(str(getattr(err, "orig", None) or err).split())[:200]
+        raise TransferkitError(f"Cannot open the study database {shown(url)}: {reason}. Check that the server runs "
+                               "and the URL is right (--storage).") from None
