@@ -186,18 +186,22 @@ def worker_command(data: Path, backbone: str, url: str, study: str, trials: int,
 
 
 @pytest.mark.slow
-def test_two_workers_on_postgres_run_exactly_the_trials(colour_folder, tiny_backbone, tmp_path, postgres_url):
-    """`--workers 2` here: this process and one it starts take trials from one study on a real PostgreSQL server;
-    together they finish exactly the 8 trials, each once, and this process trains the final model."""
+@pytest.mark.parametrize("database", ["postgresql", "sqlite"])
+def test_two_workers_run_exactly_the_trials(database, colour_folder, tiny_backbone, tmp_path, request):
+    """`--workers 2` here: this process and one it starts take trials from one study, on a real PostgreSQL server and
+    on the default SQLite file; together they finish exactly the 8 trials, each once, with different settings, and
+    this process trains the final model."""
+    url = request.getfixturevalue("postgres_url") if database == "postgresql" else \
+        f"sqlite:///{tmp_path / 'search.db'}"
     space = tmp_path / "space.yaml"
     space.write_text("finetune:\n  epochs: 4\n")
     out = tmp_path / "runs" / "pg"
-    r = subprocess.run(worker_command(colour_folder, tiny_backbone, postgres_url, "two", 8, space, "--workers", "2",
+    r = subprocess.run(worker_command(colour_folder, tiny_backbone, url, "two", 8, space, "--workers", "2",
                                       "--out", str(out), "--json", "--no-explain"),
                        capture_output=True, text=True, timeout=600, env={**os.environ, "TRANSFERKIT_QUIET": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
     record = json.loads(r.stdout.strip().splitlines()[-1])
-    trials = study_rows(postgres_url, "two")
+    trials = study_rows(url, "two")
     assert len(trials) == 8 and sorted(t.number for t in trials) == list(range(8))
     assert all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
     workers = {t.user_attrs["worker"] for t in trials}
@@ -206,6 +210,8 @@ def test_two_workers_on_postgres_run_exactly_the_trials(colour_folder, tiny_back
                                 "pruned": sum(t.state.name == "PRUNED" for t in trials), "failed": 0, "retried": 0,
                                 "queued": 0}
     assert record["workers"] == 2 and (out / "model" / "model.safetensors").is_file()
+    settings = [tuple(sorted(t.params.items())) for t in trials]
+    assert len(set(settings)) == len(settings)  # the two workers' samplers do not repeat each other's draws
 
 
 @pytest.mark.slow

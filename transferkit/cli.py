@@ -876,6 +876,11 @@ def search(
     label_column: Optional[str] = typer.Option(None, help="Texts: the column holding the label, as for fit."),
     label_sep: Optional[str] = typer.Option(None, "--label-sep", help="Multi-label tables: the label separator."),
     max_length: Optional[int] = typer.Option(None, help="Texts: override the encoder's token limit."),
+    clip_seconds: Optional[float] = typer.Option(None, help="Audio: window length in seconds, as for fit."),
+    window: Optional[str] = typer.Option(None, help="DICOM/NIfTI/16-bit images: the intensity window, as for fit."),
+    slices: Optional[str] = typer.Option(None, help="Volumes: 2d or 2.5d, as for fit."),
+    patient_column: Optional[str] = typer.Option(None, help="Medical: the manifest column of patient ids, as for fit."),
+    balance: Optional[str] = typer.Option(None, help="Class imbalance: weights, sampler or none, as for fit."),
     precision: str = typer.Option("auto", help="auto, bf16, fp16 or no, as for fit."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable files with a warning."),
     explain: bool = typer.Option(True, "--explain/--no-explain", help="The final model's explanations, as for fit."),
@@ -890,7 +895,9 @@ def search(
     from .studies import search as search_api
 
     extra = {k: v for k, v in (("text_column", text_column), ("label_column", label_column),
-                                ("label_sep", label_sep), ("max_length", max_length)) if v is not None}
+                                ("label_sep", label_sep), ("max_length", max_length), ("clip_seconds", clip_seconds),
+                                ("window", window), ("slices", slices), ("patient_column", patient_column),
+                                ("balance", balance)) if v is not None}
     try:
         result = search_api(str(data), trials=trials, budget=budget, storage=storage, study=study, out=out,
                             strategy=strategy, space=None if space is None else str(space), pruner=pruner, seed=seed,

@@ -399,11 +399,22 @@ def search_lines(s: dict[str, Any]) -> list[str]:
              f"{s['objective']}: {t['complete']} complete, {t['pruned']} pruned, {t['failed']} failed"
              + (f" ({t['retried']} retried after a worker stopped)" if t.get("retried") else "")
              + (f", {t['queued']} left queued by the budget" if t.get("queued") else "")
-             + f"; {s['workers']} worker(s), {s['seconds']:.0f} s of trials. Study `{s['study']}` in "
-             f"`{s['storage']}`.",
+             + f"; {s['workers']} worker(s), {s['seconds']:.0f} s of trials. Study `{s['study']}`"
+             + (f" in `{s['storage']}`." if s.get("storage") else "."),
              "",
              f"Best: trial {best['number']}, **{best['strategy']}** with {options}: {s['metric']} "
              f"{best['value']:.3f}."]
+    space = s.get("space") or {}
+    if space:
+        def dim(d: Any) -> str:
+            if isinstance(d, dict):
+                return f"{short(d['low'])}-{short(d['high'])}{' (log)' if d.get('log') else ''}"
+            return "/".join(map(str, d))
+
+        lines.append("Space: " + "; ".join(
+            f"{n}: " + ", ".join([f"{k} {dim(d)}" for k, d in v.get("search", {}).items()]
+                                 + [f"{k} = {short(x)}" for k, x in v.get("fixed", {}).items()])
+            for n, v in space.items()) + ".")
     top = s.get("top") or {}
     if top.get("n", 0) > 1:
         spans = [f"{k.split('.', 1)[-1]} {short(v[0])}-{short(v[1])}" if len(v) == 2 and not isinstance(v[0], str)

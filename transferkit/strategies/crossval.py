@@ -46,7 +46,7 @@ def fold_deadlines(task: TrainTask, k: int) -> Callable[[], float | None]:
     (a fold trains on (k-1)/k of the examples, so it gets that share of a final run's time)."""
     if task.deadline is None:
         return lambda: None
-    weights = [(k - 1) / k] * k + [1.0]
+    weights = [(k - 1) / k] * k + ([] if task.estimate_only else [1.0])  # a search trial has no final model
     state = {"next": 0}
 
     def deadline() -> float:

@@ -104,6 +104,9 @@ def check_dimension(strategy: str, name: str, dim: Any, kind: Any, where: str = 
                 raise TransferkitError(f"{label} takes whole numbers: the range {low}..{high} must be too.")
             return Range(int(low), int(high), dim.log)
         return Range(float(low), float(high), dim.log)
+    if kind is float:  # YAML reads 1e-5 (no dot) as a string
+        dim = [number(label, v) if isinstance(v, str) else v for v in dim] if isinstance(dim, (list, tuple)) else \
+            number(label, dim) if isinstance(dim, str) else dim
     if isinstance(dim, (list, tuple)):
         if not dim:
             raise TransferkitError(f"{label}: the list of choices is empty; give at least one.")

@@ -28,11 +28,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import MAX_COUNT, TransferkitError, check_number
+from ..errors import TransferkitError, check_number
 from .storage import DEFAULT_HEARTBEAT
 
 AUTO_STRATEGIES = ("linear", "finetune")  # what `--strategy auto` searches over
 DEFAULT_TRIALS = 20
+MAX_TRIALS = 10_000  # queued up front in the database: more would take minutes to write
+MIN_RUN_S = 30.0  # the least budget the last two runs get, even when the trials spent it all
 PRUNERS = ("median", "halving", "none")
 
 
@@ -80,7 +82,7 @@ def search(data: Any, *, trials: int | None = None, budget: str | float | None =
     from .storage import default_url, open_storage
 
     if trials is not None:
-        check_number("trials", trials, low=1, high=MAX_COUNT, whole=True, example="30")
+        check_number("trials", trials, low=1, high=MAX_TRIALS, whole=True, example="30")
     check_number("workers", workers, low=1, high=64, whole=True, example="2")
     check_number("heartbeat", heartbeat, low=1, high=3600, example="10")
     if pruner not in PRUNERS:
@@ -95,16 +97,20 @@ def search(data: Any, *, trials: int | None = None, budget: str | float | None =
     if not name:
         raise TransferkitError("Name the study (--study NAME): a worker without --out has no folder to name it by.")
     url = storage or default_url(out)
-    if out is not None:
-        from ..rundir import check_out
+    if out is not None:  # the final run's folder checks, now rather than after hours of trials
+        from ..rundir import absolute, check_apart, check_out, refuse_foreign
 
         check_out(out)
+        check_apart(absolute(out), data)
+        if absolute(out).is_dir():
+            refuse_foreign(absolute(out), ("metrics.json",))
     started = time.time()
     db = open_storage(url, heartbeat)  # an unreachable database fails here, before any data is read
 
     if workers > 1:
         helpers = start_helpers(workers - 1, data, dict(
-            trials=trials, budget=budget, storage=url, study=name, strategy=strategy, space=space, pruner=pruner,
+            trials=trials if trials is not None or worker else DEFAULT_TRIALS, budget=budget, storage=url, study=name,
+            strategy=strategy, space=space, pruner=pruner,
             seed=seed, heartbeat=heartbeat, backbone=backbone, modality=modality, val_fraction=val_fraction,
             test_fraction=test_fraction, cv=cv, image_size=image_size, precision=precision, skip_bad=skip_bad,
             **data_options))
@@ -112,14 +118,19 @@ def search(data: Any, *, trials: int | None = None, budget: str | float | None =
     else:
         helpers = []
     try:
-        return run_search(data, db, url, name, trials=trials, seconds=seconds, started=started, out=out,
-                          strategy=strategy, space=space, pruner=pruner, seed=seed, worker=worker,
-                          heartbeat=heartbeat, backbone=backbone, modality=modality, val_fraction=val_fraction,
-                          test_fraction=test_fraction, cv=cv, image_size=image_size, precision=precision,
-                          skip_bad=skip_bad, explain=explain, data_options=data_options, helpers=helpers)
+        result = run_search(data, db, url, name, trials=trials, seconds=seconds, started=started, out=out,
+                            strategy=strategy, space=space, pruner=pruner, seed=seed, worker=worker,
+                            heartbeat=heartbeat, backbone=backbone, modality=modality, val_fraction=val_fraction,
+                            test_fraction=test_fraction, cv=cv, image_size=image_size, precision=precision,
+                            skip_bad=skip_bad, explain=explain, data_options=data_options)
+    except BaseException:
+        for p in helpers:  # this process failed or was interrupted: its helpers stop too (their trials are retried)
+            p.terminate()
+        raise
     finally:
         for p in helpers:
             p.join()
+    return result
 
 
 def share_cores(workers: int) -> None:
@@ -173,13 +184,13 @@ def strategy_list(strategy: str, task: Any) -> list[str]:
                                    f"{', '.join(s for s in known if s != 'auto')}.")
     if len(set(names)) != len(names):
         raise TransferkitError(f"--strategy names a strategy twice ({strategy}).")
-    return names
+    return [n for n in known if n in names]  # the registry's order: the study's choice of strategy is one list
 
 
 def spaces_for(names: list[str], task: Any, profile: str | None, space: Any) -> tuple[dict, dict]:
     """Per strategy: the dimensions searched and the options fixed (declared spaces with the file's changes)."""
     from ..strategies import STRATEGIES
-    from ..strategies.space import read_space_file, space_for
+    from ..strategies.space import Range, read_space_file, space_for
 
     changes = read_space_file(space, names)
     where = "" if space is None or isinstance(space, dict) else f"{space}: "
@@ -187,6 +198,12 @@ def spaces_for(names: list[str], task: Any, profile: str | None, space: Any) -> 
     for n in names:
         dims[n], fixed[n] = space_for(n, STRATEGIES[n][1], profile, changes.get(n), where)
         task.create_strategy(n, None, fixed[n])  # fixed values the config itself refuses fail now
+        for key, dim in dims[n].items():  # and so do ranges and choices reaching values it refuses
+            for value in ((dim.low, dim.high) if isinstance(dim, Range) else dim):
+                try:
+                    task.create_strategy(n, None, {**fixed[n], key: value})
+                except TransferkitError as err:
+                    raise TransferkitError(f"{where}{n}.{key}: {value!r} is out of bounds ({err})") from None
     return dims, fixed
 
 
@@ -239,7 +256,7 @@ def objective_text(train: Any, names: list[str]) -> str:
 
         how = []
         if "linear" in names:
-            how.append(f"{train.cv or PROBE_FOLDS}-fold x3 repeated for linear")
+            how.append(f"{train.cv or PROBE_FOLDS}-fold, repeated, for linear")
         if any(n != "linear" for n in names):
             how.append(f"{train.cv or TRAINED_FOLDS}-fold for the trained strategies")
         return f"the cross-validated {metric} on the {len(train.train)} training examples ({', '.join(how)})"
@@ -266,7 +283,7 @@ def pruning(trial: Any, cross_validated: bool) -> Any:
         trial.report(value, step)
         if trial.should_prune():
             raise optuna.TrialPruned(f"{'fold' if cross_validated else 'epoch'} {step + (0 if cross_validated else 1)}"
-                                     f": {value:.3f}, below the median of earlier trials")
+                                     f": {value:.3f}")
 
     return listen
 
@@ -282,13 +299,13 @@ def run_search(data: Any, db: Any, url: str, name: str, *, trials: int | None, s
                started: float, out: Any, strategy: str, space: Any, pruner: str, seed: int, worker: bool,
                heartbeat: float, backbone: str | None, modality: str, val_fraction: float | None,
                test_fraction: float | None, cv: int | None, image_size: int | None, precision: str, skip_bad: bool,
-               explain: bool, data_options: dict[str, Any], helpers: list[Any]) -> Any:
+               explain: bool, data_options: dict[str, Any]) -> Any:
     from ..api import resolve
     from ..console import info
     from ..engine.accel import make_accelerator
     from ..engine.events import listening
     from ..tasks import RunSettings
-    from .storage import shown
+    from .storage import claim_lock, shown
     from .trials import open_study, run_trials
 
     task, options = resolve(data, "classify", modality, data_options)
@@ -300,7 +317,9 @@ def run_search(data: Any, db: Any, url: str, name: str, *, trials: int | None, s
                            val_fraction=val_fraction, test_fraction=test_fraction, cv=cv, precision=precision,
                            image_size=image_size, explain=explain)
     task.check(settings, options)
+    t_prepare = time.monotonic()
     prepared = task.prepare(data, backbone, settings, options)
+    prepare_s = time.monotonic() - t_prepare
     task.check_prepared(prepared, settings, options)
     profile = getattr(prepared.backbone, "profile", task.strategies_for or task.modality)
     dims, fixed = spaces_for(names, task, profile, space)
@@ -310,30 +329,35 @@ def run_search(data: Any, db: Any, url: str, name: str, *, trials: int | None, s
     objective = objective_text(base, names)
     metric = "mAP" if base.multi_label else "balanced accuracy" if base.balanced else "accuracy"
     splits = {part: len(enc) for part, enc in prepared.encoded.items() if enc is not None}
+    model = {"backbone": prepared.backbone.spec.name, "precision": str(accelerator.mixed_precision),
+             **{f"preprocess.{k}": v for k, v in prepared.backbone.preprocess.to_dict().items()}}
     attrs = {"data": data_identity(prepared), "source": str(data), "splits": splits, "task": task.name,
-             "space": space_record(dims, fixed), "objective": objective, "metric": metric,
-             "ends_at": None if seconds is None else started + seconds}
+             "model": json.loads(json.dumps(model, default=str)), "strategies": names,
+             "space": space_record(dims, fixed), "objective": objective, "metric": metric}
+    ends_at = None if seconds is None else started + seconds  # this process's budget (a later call brings its own)
 
     def describe(a: dict[str, Any]) -> str:
         parts = ", ".join(f"{v} {k}" for k, v in (a.get("splits") or {}).items())
         return f"{a.get('source', '?')} ({parts}; data hash {a.get('data', '?')})"
 
-    opened, created = open_study(db, name, trials=trials if trials is not None or worker else DEFAULT_TRIALS,
+    opened, created = open_study(db, name, trials=trials, default_trials=None if worker else DEFAULT_TRIALS,
                                  seed=seed, pruner=pruner, attrs=attrs, describe=describe,
                                  first=[{"strategy": n} for n in names] if len(names) > 1 else None)
     from .trials import study_attrs
 
-    ends_at = study_attrs(opened).get("ends_at")
     info(f"search: study {name!r} in {shown(url)} ({'created' if created else 'joined'}), "
          f"{study_attrs(opened)['trials']} trials scored on {objective}")
 
-    def trial_deadline(reserve_s: float) -> float | None:
+    def trial_deadline(reserve_s: float) -> float | None:  # a trial ends in time for the last two runs
         if ends_at is None:
             return None
         return time.monotonic() + max(0.0, ends_at - reserve_s - time.time())
 
-    def reserve(typical: float | None) -> float:
-        return 2.0 * (typical or 0.0)  # the default and the final run, each about a trial's time
+    def reserve(typical: dict[str, float]) -> float:
+        # the default and the final run: each reads the data again and, cross-validated, trains k folds and the final
+        # model (a trial stops after the folds): about (k+1)/k of the slowest strategy's trial
+        folds = base.cv or 3
+        return 2.0 * (prepare_s + max(typical.values(), default=0.0) * (folds + 1) / folds)
 
     def run_trial(trial: Any) -> float:
         chosen, opts = trial_settings(trial, names, dims, fixed)
@@ -343,18 +367,21 @@ def run_search(data: Any, db: Any, url: str, name: str, *, trials: int | None, s
         train = dataclasses.replace(base, deadline=trial_deadline(reserve(trial_seconds(opened))))
         info(f"trial {trial.number}: {chosen} " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                                              for k, v in opts.items()))
-        with listening(pruning(trial, train.cross_validated)):
-            result = strat.fit(train)
-        accelerator.free_memory()
+        try:
+            with listening(pruning(trial, train.cross_validated)):
+                result = strat.fit(train)
+        finally:  # pruned or failed too: Accelerate keeps every prepared model and optimizer otherwise
+            accelerator.free_memory()
         return objective_value(result, train)
 
     t0 = time.monotonic()
-    done = run_trials(opened, db, run_trial, heartbeat=heartbeat, ends_at=ends_at, reserve=reserve)
+    done = run_trials(opened, db, run_trial, heartbeat=heartbeat, ends_at=ends_at, reserve=reserve,
+                      lock=claim_lock(url), pruner=pruner)
     if worker:
         return done
     wait_for_others(opened, heartbeat, ends_at)
     return finish(data, task, options, prepared, settings, opened, names, dims, fixed, out=out, url=url,
-                  pruner=pruner, seconds=seconds, started=started, trial_s=time.monotonic() - t0,
+                  pruner=pruner, ends_at=ends_at, trial_s=time.monotonic() - t0,
                   objective=objective, metric=metric, base=base)
 
 
@@ -372,8 +399,8 @@ def wait_for_others(study: Any, heartbeat: float, ends_at: float | None) -> None
 
 
 def finish(data: Any, task: Any, options: Any, prepared: Any, settings: Any, study: Any, names: list[str],
-           dims: dict, fixed: dict, *, out: Any, url: str, pruner: str, seconds: float | None, started: float,
-           trial_s: float, objective: str, metric: str, base: Any) -> Any:
+           dims: dict, fixed: dict, *, out: Any, url: str, pruner: str, ends_at: float | None, trial_s: float,
+           objective: str, metric: str, base: Any) -> Any:
     """Train the default settings and the best trial's on the same splits; the second is the result, its folder
     holding the search's record, ``search.json`` and ``search.png``."""
     from ..console import info
@@ -401,16 +428,16 @@ def finish(data: Any, task: Any, options: Any, prepared: Any, settings: Any, stu
         "trials": {"planned": study_attrs(study)["trials"], "complete": counts["complete"],
                    "pruned": counts["pruned"], "failed": counts["fail"],
                    "retried": sum(r["retry_of"] is not None for r in rows), "queued": counts["waiting"]},
-        "workers": len({r["worker"] for r in rows if r["worker"]}),
+        "workers": len({r["worker"] for r in rows if r["worker"] and r["state"] in ("complete", "pruned", "fail")}),
         "seconds": round(trial_s, 1),
         "best": {"number": best.number, "value": float(best.value), "strategy": best_name, "options": best_options},
         "top": top_spread(rows),
     }
 
-    def left(share: float) -> float | None:
-        if seconds is None:
+    def left(share: float) -> float | None:  # what the budget leaves, for the default run (half) and the final one
+        if ends_at is None:
             return None
-        return max(1.0, (started + seconds - time.time()) * share)
+        return max(MIN_RUN_S, (ends_at - time.time()) * share)
 
     test = prepared.encoded.get("test")
     part = "test" if test is not None else None
@@ -428,7 +455,8 @@ def finish(data: Any, task: Any, options: Any, prepared: Any, settings: Any, stu
                                   np.asarray(y), base.balanced, seed=settings.seed)
             record["comparison"] = {**c, "part": part, "defaults_strategy": defaults_name}
         metrics["search"] = record
-        model.meta.setdefault("metrics", {})["search"] = record
+        # the bundle travels: where the study lives (a path, a user and host) stays in metrics.json
+        model.meta.setdefault("metrics", {})["search"] = {k: v for k, v in record.items() if k != "storage"}
 
     info(f"search: the final model: trial {best.number}'s settings ({best_name})")
     model = run(data, task, dataclasses.replace(settings, out=Path(out), strategy=best_name,

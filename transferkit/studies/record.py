@@ -59,7 +59,8 @@ def paired_difference(searched: np.ndarray, defaults: np.ndarray, y: np.ndarray,
             continue
         diffs.append(probs_score(searched[idx], y[idx], balanced) - probs_score(defaults[idx], y[idx], balanced))
     lo, hi = (float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))) if diffs else (math.nan, math.nan)
-    verdict = ("the search paid off here" if lo > 0 else "the searched settings scored lower than the defaults"
+    verdict = ("no interval could be drawn (too few test examples of each kind)" if math.isnan(lo) else
+               "the search paid off here" if lo > 0 else "the searched settings scored lower than the defaults"
                if hi < 0 else "no difference this test set can show: the defaults do as well")
     return {"searched": a, "defaults": b, "difference": a - b, "ci": [lo, hi], "n": n, "verdict": verdict}
 

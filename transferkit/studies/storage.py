@@ -3,6 +3,7 @@ workers on several machines. Opened (and reached) before any data is read, so a 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import warnings
 from pathlib import Path
@@ -47,7 +48,7 @@ def engine_url(url: str) -> tuple[str, dict[str, Any]]:
         except OSError as err:
             raise TransferkitError(f"--storage {url}: cannot make the folder {where.parent} ({err.strerror}).") \
                 from None
-        return url, {}
+        return url, {"connect_args": {"timeout": 60}}  # several writers wait for each other's commits
     if re.match(r"postgres(ql)?(\+psycopg)?://", url):
         url = re.sub(r"^postgres(ql)?(\+psycopg)?://", "postgresql+psycopg://", url)
         return url, {"connect_args": {"connect_timeout": CONNECT_TIMEOUT}, "pool_pre_ping": True}
@@ -77,3 +78,32 @@ def open_storage(url: str, heartbeat: float = DEFAULT_HEARTBEAT) -> Any:
         reason = " ".join(str(getattr(err, "orig", None) or err).split())[:200]
         raise TransferkitError(f"Cannot open the study database {shown(url)}: {reason}. Check that the server runs "
                                "and the URL is right (--storage).") from None
+
+
+@contextlib.contextmanager
+def sqlite_lock(path: Path) -> Any:
+    """An exclusive lock on ``path`` (a file beside the SQLite database) for the length of the block."""
+    import fcntl
+
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class claim_lock:
+    """What guards taking a queued trial and failing a silent one. PostgreSQL locks the trial's row (``SELECT ... FOR
+    UPDATE``); SQLite ignores that, and two processes could both read a trial as queued and both take it, so there
+    a file lock beside the database serialises the few statements (workers on one machine; SQLite serves no other)."""
+
+    def __init__(self, url: str):
+        self.path = Path(url.removeprefix("sqlite:///") + ".lock") if url.startswith("sqlite:///") else None
+
+    def __enter__(self) -> None:
+        self.held = sqlite_lock(self.path) if self.path is not None else contextlib.nullcontext()
+        self.held.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.held.__exit__(*exc)

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..console import info, warn
 from ..errors import TransferkitError
+from .storage import MAX_RETRIES
 
 READY = "transferkit.ready"
 ATTR = "transferkit."  # the study's user attributes set by transferkit carry this prefix
@@ -37,8 +38,8 @@ def quiet_optuna() -> None:
 def make_pruner(name: str) -> Any:
     import optuna
 
-    if name == "median":  # a trial below the median of earlier trials at the same step stops
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+    if name == "median":  # from the third step on (epoch 3, fold 2), a trial below the median of earlier ones stops
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)
     if name == "halving":
         return optuna.pruners.SuccessiveHalvingPruner()
     if name == "none":
@@ -47,16 +48,18 @@ def make_pruner(name: str) -> Any:
 
 
 def make_sampler(seed: int, trials: int) -> Any:
-    """TPE, seeded; its first trials (a third, 3 to 10) are drawn at random to give it something to model."""
+    """TPE, seeded; its first trials (a third, 3 to 10) are drawn at random to give it something to model. With
+    several workers, the trials others are running count as bad (the constant liar), so workers spread out."""
     import optuna
 
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(3, trials // 3)))
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(3, trials // 3)), constant_liar=True)
 
 
-def open_study(storage: Any, name: str, *, trials: int | None, seed: int, pruner: str, attrs: dict[str, Any],
-               describe: Callable[[dict[str, Any]], str],
+def open_study(storage: Any, name: str, *, trials: int | None, default_trials: int | None, seed: int, pruner: str,
+               attrs: dict[str, Any], describe: Callable[[dict[str, Any]], str],
                first: list[dict[str, Any]] | None = None) -> tuple[Any, bool]:
-    """Create the study ``name`` with ``trials`` queued and ``attrs`` recorded, or join it if it exists. ``first``:
+    """Create the study ``name`` with ``trials`` (or ``default_trials``) queued and ``attrs`` recorded, or join it if
+    it exists (``trials`` None: whatever it holds). ``first``:
     settings fixed in the first queued trials (e.g. each strategy once, so every one is tried whatever the sampler
     draws); the rest are the sampler's.
 
@@ -69,17 +72,16 @@ def open_study(storage: Any, name: str, *, trials: int | None, seed: int, pruner
     import optuna
 
     quiet_optuna()
-    planned = trials
-    try:
-        study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
-                                    sampler=make_sampler(seed, planned or 10), pruner=make_pruner(pruner))
-        created = True
-    except optuna.exceptions.DuplicatedStudyError:
-        created = False
+    planned = trials if trials is not None else default_trials
+    created = False
+    if planned is not None:
+        try:
+            study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
+                                        sampler=make_sampler(seed, planned), pruner=make_pruner(pruner))
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:
+            pass
     if created:
-        if planned is None:
-            raise TransferkitError(f"Study {name!r} does not exist yet: the first process of a search says how many "
-                                   "trials it holds (--trials).")
         for key, value in attrs.items():
             study.set_user_attr(ATTR + key, value)
         study.set_user_attr(ATTR + "trials", planned)
@@ -90,9 +92,17 @@ def open_study(storage: Any, name: str, *, trials: int | None, seed: int, pruner
         return study, True
 
     waited = time.monotonic()
-    study_id = storage.get_study_id_from_name(name)
-    while not (got := storage.get_study_user_attrs(study_id)).get(READY):
+    while True:  # a worker may start before the process that makes the study: it waits for it to be ready
+        try:
+            got = storage.get_study_user_attrs(storage.get_study_id_from_name(name))
+        except KeyError:
+            got = None
+        if got is not None and got.get(READY):
+            break
         if time.monotonic() - waited > READY_WAIT:
+            if got is None:
+                raise TransferkitError(f"Study {name!r} does not exist in this database: start the search's first "
+                                       "process with --trials N (a --worker without --trials only joins).")
             raise TransferkitError(f"Study {name!r} exists but was never made ready (its first process stopped while "
                                    "queueing trials, or it was not made by transferkit search): choose another "
                                    "--study name.")
@@ -103,17 +113,24 @@ def open_study(storage: Any, name: str, *, trials: int | None, seed: int, pruner
     if theirs["data"] != attrs["data"]:
         raise TransferkitError(f"Study {name!r} searches {describe(theirs)}; this run's data are "
                                f"{describe(attrs)}: choose another --study name for these data.")
-    for key in ("task", "space", "objective"):
+    for key in ("task", "model", "strategies", "space", "objective"):
         if theirs.get(key) != attrs.get(key):
-            raise TransferkitError(f"Study {name!r} was made with another {key} ({theirs.get(key)!r}, here "
-                                   f"{attrs.get(key)!r}): give the same settings, or another --study name.")
-    if planned is not None and planned != theirs.get("trials"):
-        raise TransferkitError(f"Study {name!r} holds {theirs.get('trials')} trials; this run asks for {planned}: "
+            raise TransferkitError(f"Study {name!r} was made with another {key} "
+                                   f"({short_text(theirs.get(key))}; here {short_text(attrs.get(key))}): give the "
+                                   "same settings, or another --study name.")
+    if trials is not None and trials != theirs.get("trials"):
+        raise TransferkitError(f"Study {name!r} holds {theirs.get('trials')} trials; this run asks for {trials}: "
                                f"give --trials {theirs.get('trials')} (or leave it out to join), or another --study "
                                "name.")
-    study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(seed, theirs["trials"]),
-                              pruner=make_pruner(pruner))
+    # a joining worker draws its own settings: the same seed would repeat the first worker's draws one by one
+    study = optuna.load_study(study_name=name, storage=storage, pruner=make_pruner(pruner),
+                              sampler=make_sampler(seed + 1 + os.getpid() % 100_000, theirs["trials"]))
     return study, False
+
+
+def short_text(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def study_attrs(study: Any) -> dict[str, Any]:
@@ -159,39 +176,60 @@ def fail_stale(study: Any) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
-def take_queued(study: Any, storage: Any) -> tuple[Any, int] | None:
-    """A queued trial, now RUNNING and this worker's, with its storage id; None when the queue is empty."""
+def take_queued(study: Any, storage: Any, lock: Any) -> tuple[Any, int] | None:
+    """A queued trial, now RUNNING and this worker's (its first heartbeat recorded at once, so a crash from here on
+    leaves a trial the others can find silent), with its storage id; None when the queue is empty."""
     import optuna
     from optuna.trial import TrialState
 
     study_id = storage.get_study_id_from_name(study.study_name)
-    for frozen in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
-        try:
-            if storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):  # one worker wins the row
+    with lock:
+        for frozen in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
+            try:
+                won = storage.set_trial_state_values(trial_id, state=TrialState.RUNNING)  # one worker wins the row
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+            if won:
+                storage.record_heartbeat(trial_id)
                 return optuna.trial.Trial(study, trial_id), trial_id
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue
     return None
 
 
-def trial_seconds(study: Any) -> float | None:
-    """The median wall time of the study's finished trials (any worker), or None before the first."""
+def retry(study: Any, storage: Any, trial_id: int) -> None:
+    """Fail a trial this worker cannot finish (interrupted) and queue its settings again, as for a dead worker's."""
+    import optuna
     from optuna.trial import TrialState
 
-    done = [t.duration.total_seconds() for t in study.get_trials(deepcopy=False,
-                                                                   states=(TrialState.COMPLETE, TrialState.PRUNED))
-            if t.duration is not None]
-    return statistics.median(done) if done else None
+    try:
+        storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return  # another worker already failed it (and queued its retry)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, storage.get_trial(trial_id))
+
+
+def trial_seconds(study: Any) -> dict[str, float]:
+    """The median wall time of the study's complete trials (any worker), per strategy ({} before the first)."""
+    from optuna.trial import TrialState
+
+    by: dict[str, list[float]] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.duration is not None:
+            by.setdefault(str(t.params.get("strategy", "")), []).append(t.duration.total_seconds())
+    return {k: statistics.median(v) for k, v in by.items()}
 
 
 def run_trials(study: Any, storage: Any, objective: Callable[[Any], float], *, heartbeat: float, ends_at: float | None,
-               reserve: Callable[[float | None], float]) -> dict[str, int]:
+               reserve: Callable[[dict[str, float]], float], lock: Any, pruner: str) -> dict[str, int]:
     """Take queued trials and run them until the queue is empty and no other worker's trial runs, or until the next
-    trial would end after ``ends_at`` (a ``time.time()``) less ``reserve(median trial seconds)``.
+    trial would end after ``ends_at`` (a ``time.time()``) less ``reserve(median seconds per strategy)``.
 
-    ``objective(trial)`` returns the value to maximise, raises ``optuna.TrialPruned``, or raises
-    :class:`TransferkitError` (the trial is marked failed with the reason, and the search goes on).
+    ``objective(trial)`` returns the value to maximise or raises ``optuna.TrialPruned``; any other error fails the
+    trial (its reason kept in the trial's ``error``) and the search goes on. An interrupted trial (Ctrl-C) is failed
+    and queued again before the interruption goes on. ``lock`` guards taking and failing trials where the database
+    has no row locks (SQLite: :func:`transferkit.studies.storage.claim_lock`).
 
     Returns:
         What this worker did: ``{"complete": n, "pruned": n, "failed": n}``.
@@ -202,43 +240,50 @@ def run_trials(study: Any, storage: Any, objective: Callable[[Any], float], *, h
     done = {"complete": 0, "pruned": 0, "failed": 0}
     me = worker_name()
     while True:
-        fail_stale(study)
+        with lock:
+            fail_stale(study)
         typical = trial_seconds(study)
-        if ends_at is not None and time.time() + (typical or 0.0) + reserve(typical) > ends_at:
+        slowest = max(typical.values(), default=0.0)
+        if ends_at is not None and time.time() + slowest + reserve(typical) > ends_at:
             left = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
             if left:
                 info(f"search: the budget leaves no time for another trial; {left} stay queued (run the same "
                      "command with a larger --budget to go on)")
             break
-        taken = take_queued(study, storage)
+        taken = take_queued(study, storage, lock)
         if taken is None:
             if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 break
             time.sleep(heartbeat)  # another worker's trial runs: if its worker dies, its retry comes back here
             continue
         trial, trial_id = taken
-        trial.set_user_attr("worker", me)
         t0 = time.monotonic()
         with Heartbeat(storage, trial_id, heartbeat):
             try:
+                trial.set_user_attr("worker", me)
                 value = objective(trial)
             except optuna.TrialPruned as err:
-                study.tell(trial, state=TrialState.PRUNED)
+                study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
                 done["pruned"] += 1
-                info(f"trial {trial.number}: pruned ({err or 'below the median of earlier trials'}) after "
+                info(f"trial {trial.number}: pruned by the {pruner} pruner ({err}) after "
                      f"{time.monotonic() - t0:.0f} s")
                 continue
-            except TransferkitError as err:
-                trial.set_user_attr("error", str(err))
-                study.tell(trial, state=TrialState.FAIL)
+            except Exception as err:  # noqa: BLE001  (a trial's failure, whatever raised it, is the trial's)
+                reason = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+                trial.set_user_attr("error", reason)
+                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
                 done["failed"] += 1
-                warn(f"trial {trial.number} failed: {err}")
+                warn(f"trial {trial.number} failed: {reason}")
                 continue
             except BaseException:
-                study.tell(trial, state=TrialState.FAIL)  # interrupted here: the trial is not left RUNNING
+                retry(study, storage, trial_id)  # interrupted: failed and queued again, never left RUNNING
                 raise
-        study.tell(trial, value)
+        frozen = study.tell(trial, value, skip_if_finished=True)
+        if frozen.state != TrialState.COMPLETE:  # a NaN value, or another worker failed it meanwhile
+            done["failed"] += 1
+            warn(f"trial {trial.number}: its value {value} was not recorded ({frozen.state.name.lower()})")
+            continue
         done["complete"] += 1
-        best = study.best_value
-        info(f"trial {trial.number}: {value:.4f} in {time.monotonic() - t0:.0f} s (best so far {best:.4f})")
+        info(f"trial {trial.number}: {value:.4f} in {time.monotonic() - t0:.0f} s (best so far "
+             f"{study.best_value:.4f})")
     return done
