@@ -169,7 +169,7 @@ def test_study_on_other_data_refused(colour_folder, tiny_backbone, tmp_path):
     with pytest.raises(TransferkitError) as err:
         search(other, trials=2, strategy="linear", worker=True, study="s", storage=url, backbone=tiny_backbone)
     message = str(err.value)
-    assert f"Study 's' searches {colour_folder}" in message and f"this run's data are {other}" in message
+    assert f"Study 's' was made for {colour_folder}" in message and f"this run is for {other}" in message
     with pytest.raises(TransferkitError, match="holds 2 trials; this run asks for 5"):
         search(colour_folder, trials=5, strategy="linear", worker=True, study="s", storage=url,
                backbone=tiny_backbone)

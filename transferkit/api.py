@@ -85,6 +85,8 @@ def fit(
     replay_fraction: float = 0.25,
     old_test: Any = None,
     l2sp: float | None = None,
+    log_with: str | list[str] | None = None,
+    log_dir: str | Path | None = None,
     **strategy_options: Any,
 ) -> TransferModel | DetectionModel:
     """Adapt a pretrained backbone to labelled images, texts or audio and return the trained :class:`TransferModel`.
@@ -178,6 +180,10 @@ def fit(
     ``init_from``) pulls the weights toward their starting point instead of decaying them (L2-SP, Li et al. 2018).
     The new bundle's model card records its lineage. See :mod:`transferkit.tasks.continued`.
 
+    Tracking: ``log_with="tensorboard"``, ``"mlflow"`` or ``"all"`` logs the settings, each epoch's curves (and each
+    fold's score), the final scores, and the report and plots through Accelerate's trackers, beside ``out`` (in its
+    parent folder) or in ``log_dir``; see :mod:`transferkit.engine.tracking`.
+
     Example::
 
         >>> model = transferkit.fit("data/parts", backbone="efficientnet_lite0", strategy="auto", budget="10m")
@@ -209,9 +215,23 @@ def fit(
                            compile=compile, explain=explain, init_from=init_from, replay=replay,
                            replay_fraction=replay_fraction, old_test=old_test,
                            strategy_options={**strategy_options, **({"l2sp": l2sp} if l2sp is not None else {})})
-    with image_limits(max_image_pixels):
+    from .engine.tracking import parse_log_with, run_files, tracking
+
+    parse_log_with(log_with)  # a missing package fails before any work
+    logged = {"command": "fit", "data": str(data) if isinstance(data, (str, Path)) else type(data).__name__,
+              "backbone": backbone if several is None else ",".join(several), "strategy": strategy, "budget": budget,
+              "seed": seed, "cv": cv, "precision": precision, "image_size": image_size, "task": task,
+              "modality": modality, **{k: v for k, v in given.items() if v is not None and k != "labels"},
+              **settings.strategy_options}
+    with image_limits(max_image_pixels), tracking(log_with, log_dir, out, None, logged) as tracker:
         task_obj, options = resolve(data, task, modality, given)
-        return run(data, task_obj, settings, options, backbones=several)
+        if tracker is None:
+            return run(data, task_obj, settings, options, backbones=several)
+        with tracker.listen():
+            model = run(data, task_obj, settings, options, backbones=several)
+        tracker.finish({k: model.metrics.get(k) for k in ("test", "val", "estimate", "timings")},
+                       run_files(out) if out is not None else [])
+        return model
 
 
 # fit's ``task`` argument -> the registered task it names (None: decided by ``modality`` or by the data)

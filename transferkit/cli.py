@@ -261,6 +261,13 @@ def fit(
         help="Fine-tuning strategies: pull the weights toward their starting point (pretrained, or --init-from's) with "
              "this strength instead of decaying them (L2-SP; try 0.01-1).",
     ),
+    log_with: Optional[str] = typer.Option(
+        None, "--log-with",
+        help="Track the run: tensorboard, mlflow or all (settings, curves, scores, report and plots), beside --out.",
+    ),
+    log_dir: Optional[Path] = typer.Option(
+        None, "--log-dir", help="Where trackers write (default: --out's parent folder; MLflow: MLFLOW_TRACKING_URI).",
+    ),
     explain: bool = typer.Option(
         True, "--explain/--no-explain",
         help="Classifiers: the report's maps of what the model looks at (marked words for texts), its shortcut "
@@ -287,7 +294,7 @@ def fit(
                         test_fraction=test_fraction, workers=workers, compile=compile_net, explain=explain,
                         init_from=init_from, replay=None if replay is None else str(replay),
                         replay_fraction=replay_fraction, old_test=None if old_test is None else str(old_test),
-                        l2sp=l2sp, **options)
+                        l2sp=l2sp, log_with=log_with, log_dir=log_dir, **options)
     except TransferkitError as err:
         _fail(err)
     m = model.metrics
@@ -884,6 +891,13 @@ def search(
     precision: str = typer.Option("auto", help="auto, bf16, fp16 or no, as for fit."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable files with a warning."),
     explain: bool = typer.Option(True, "--explain/--no-explain", help="The final model's explanations, as for fit."),
+    log_with: Optional[str] = typer.Option(
+        None, "--log-with",
+        help="Track the search (each trial's value, then the final run): tensorboard, mlflow or all, beside --out (or "
+             "in --log-dir).",
+    ),
+    log_dir: Optional[Path] = typer.Option(None, "--log-dir", help="Where trackers write (MLflow: unless "
+                                                                  "MLFLOW_TRACKING_URI names a server)."),
     as_json: bool = typer.Option(False, "--json", help="Print the search's record as JSON on stdout."),
     max_image_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
@@ -903,7 +917,8 @@ def search(
                             strategy=strategy, space=None if space is None else str(space), pruner=pruner, seed=seed,
                             workers=workers, worker=worker, heartbeat=heartbeat, backbone=backbone, modality=modality,
                             val_fraction=val_fraction, test_fraction=test_fraction, cv=cv, image_size=image_size,
-                            precision=precision, skip_bad=skip_bad, explain=explain, **extra)
+                            precision=precision, skip_bad=skip_bad, explain=explain, log_with=log_with,
+                            log_dir=log_dir, **extra)
     except TransferkitError as err:
         _fail(err)
     from .console import results as console
@@ -993,6 +1008,23 @@ def compare(
         None, "--label-sep",
         help="Multi-label tables: the separator of the label cells, as for fit (JSONL lists need none).",
     ),
+    log_with: Optional[str] = typer.Option(
+        None, "--log-with",
+        help="Track the comparison (each run's score, the summary and plots): tensorboard, mlflow or all, beside --out "
+             "(or in --log-dir).",
+    ),
+    log_dir: Optional[Path] = typer.Option(None, "--log-dir", help="Where trackers write (MLflow: unless "
+                                                                  "MLFLOW_TRACKING_URI names a server)."),
+    storage: Optional[str] = typer.Option(
+        None, help="Spread the runs over workers through a study in this database: sqlite:///path.db (one machine; the "
+                   "default with --workers above 1: compare.db beside --out) or postgresql://user@host/db.",
+    ),
+    study: Optional[str] = typer.Option(None, help="The study's name (default: --out's folder name)."),
+    workers: int = typer.Option(1, help="Processes on this machine taking runs from the study."),
+    worker: bool = typer.Option(False, "--worker", help="Only take runs from the study (the process with --out "
+                                                        "collects and reports)."),
+    heartbeat: float = typer.Option(10.0, help="Seconds between a running run's heartbeats; a run silent for 3 is run "
+                                               "again."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     max_image_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
@@ -1001,7 +1033,10 @@ def compare(
 
     try:
         result = compare_api(str(data), budgets=budgets, seeds=seeds, strategies=strategies, backbone=backbone,
-                             metric=metric, time_per_run=time_per_run, out=out, resume=resume, seed=seed,
+                             metric=metric, time_per_run=time_per_run, out=None if worker else out, resume=resume,
+                             seed=seed, log_with=log_with, log_dir=log_dir, storage=storage,
+                             study=study or (out.name if worker else None), workers=workers,
+                             worker=worker, heartbeat=heartbeat,
                              skip_bad=skip_bad, image_size=image_size, modality=modality, precision=precision,
                              **{k: v for k, v in (("epochs", epochs), ("max_length", max_length),
                                                   ("text_column", text_column), ("label_column", label_column),
@@ -1009,6 +1044,9 @@ def compare(
                                 if v is not None})
     except TransferkitError as err:
         _fail(err)
+    if result is None:  # a worker: the process with --out reports
+        typer.echo(json.dumps({"worker": True}) if as_json else "worker done: no runs left in the study")
+        return
     if as_json:
         typer.echo(json.dumps(result, default=str))
         return
@@ -1094,6 +1132,11 @@ def pretrain(
         help="Labelled images: skip files that are not images, with a count.",
     ),
     encoding: str = typer.Option("utf-8", help="Texts: file encoding."),
+    log_with: Optional[str] = typer.Option(
+        None, "--log-with", help="Track the run: tensorboard, mlflow or all, beside --out (or in --log-dir).",
+    ),
+    log_dir: Optional[Path] = typer.Option(None, "--log-dir", help="Where trackers write (MLflow: unless "
+                                                                  "MLFLOW_TRACKING_URI names a server)."),
     as_json: bool = typer.Option(False, "--json", help="Print a summary as JSON on stdout."),
     max_image_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
@@ -1110,7 +1153,7 @@ def pretrain(
                               max_length=max_length, val_fraction=val_fraction, label_smoothing=label_smoothing,
                               checkpoint_every=checkpoint_every,
                               log_every=log_every, resume=resume, seed=seed, precision=precision, workers=workers,
-                              skip_bad=skip_bad, encoding=encoding)
+                              skip_bad=skip_bad, encoding=encoding, log_with=log_with, log_dir=log_dir)
     except TransferkitError as err:
         _fail(err)
     m = result.metrics

@@ -14,6 +14,7 @@ processes under ``accelerate launch`` / ``torchrun``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import functools
@@ -74,6 +75,8 @@ def pretrain(
     workers: int | None = None,
     skip_bad: bool = False,
     encoding: str = "utf-8",
+    log_with: str | list[str] | None = None,
+    log_dir: str | Path | None = None,
 ) -> PretrainResult:
     """Pre-train a backbone on ``data`` and write it to ``out``; ``fit(..., backbone=out)`` then transfers it.
 
@@ -98,7 +101,12 @@ def pretrain(
     (settings, source data record, log), ``pretrain_curve.png``, ``report.md`` and ``log.txt``, and keeps what an
     earlier run there did not write (notes). ``out`` is held by one run at a time; a folder holding files but no
     pre-training run (no ``pretrain.json`` or ``checkpoints``), or the current folder, is refused before any work.
+    ``log_with`` (``tensorboard``, ``mlflow``, ``all``) tracks the settings, each logged step and evaluation
+    (:mod:`transferkit.engine.tracking`), beside ``out`` or in ``log_dir``.
     """
+    from ..engine.tracking import parse_log_with
+
+    parse_log_with(log_with)  # a missing package fails before any work
     from ..engine.accel import is_main_process, make_accelerator
     from .loop import CHECKPOINT, read_checkpoint
     from .methods import METHODS
@@ -195,8 +203,16 @@ def pretrain(
         info(f"pre-training {method}: {len(source):,} {corpus.unit}, "
              f"{total_steps:,} steps of {global_batch} on {world} process(es), start: "
              f"{start.get('name') or start['arch'] + ' (random weights)'}")
-    record = run(obj, optimizer, scheduler, make_loader, accelerator, plan, checkpoint_dir=ckpt_dir, state=state,
-                 settings=settings, evaluate=evaluate, log_file=ckpt_dir / "log.txt")
+    from ..engine.tracking import tracking
+
+    with tracking(log_with if is_main_process(accelerator) else None, log_dir, out, None,
+                  {"command": "pretrain", **settings}) as tracker:
+        with tracker.listen() if tracker is not None else contextlib.nullcontext():
+            record = run(obj, optimizer, scheduler, make_loader, accelerator, plan, checkpoint_dir=ckpt_dir,
+                         state=state, settings=settings, evaluate=evaluate, log_file=ckpt_dir / "log.txt")
+        if tracker is not None:
+            tracker.finish({"seconds": record["seconds"], "samples_per_s": record["sessions"][-1]["samples_per_s"]},
+                           [ckpt_dir / "log.txt"])
     metrics = {
         **settings, "modality": modality, "epochs": round(total_steps / probe.steps_per_epoch, 3),
         "steps_per_epoch": probe.steps_per_epoch, "processes": world, "precision": str(accelerator.mixed_precision),

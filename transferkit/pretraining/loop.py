@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..engine.events import notify
 from ..console import console, progress, quiet
 from ..engine.accel import is_main_process
 from ..engine.divergence import stop_if_diverged
@@ -174,6 +175,7 @@ def run(
                          "metric": total[1] / max(total[2], 1), "lr": max(g["lr"] for g in optimizer.param_groups),
                          "samples_per_s": rate, "elapsed_s": done_seconds + time.monotonic() - session_start}
                 record["log"].append(entry)
+                notify("step", step, entry)
                 say(f"step {step}/{plan.total_steps}  epoch {entry['epoch']:.2f}  loss {entry['loss']:.4f}  "
                     f"{method.metric} {entry['metric']:.3f}  lr {entry['lr']:.2e}  {rate:.1f} samples/s  "
                     f"ETA {_fmt_seconds(eta)}", bar)
@@ -187,6 +189,7 @@ def run(
                 model.train()
                 scores = {"step": step, "epoch": round(step / plan.steps_per_epoch, 3), **scores}
                 record["evaluations"].append(scores)
+                notify("evaluation", step, scores)
                 shown = {k: v for k, v in scores.items() if k.startswith("val_") and isinstance(v, float)}
                 say("  validation: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()), bar)
                 interval_start = time.monotonic()  # evaluation time is not training throughput

@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -44,7 +45,8 @@ def search(data: Any, *, trials: int | None = None, budget: str | float | None =
            worker: bool = False, heartbeat: float = DEFAULT_HEARTBEAT, backbone: str | None = None,
            modality: str = "auto", val_fraction: float | None = None, test_fraction: float | None = None,
            cv: int | None = None, image_size: int | None = None, precision: str = "auto", skip_bad: bool = False,
-           explain: bool = True, **data_options: Any) -> Any:
+           explain: bool = True, log_with: str | list[str] | None = None, log_dir: str | Path | None = None,
+           **data_options: Any) -> Any:
     """Search the settings of ``strategy`` on ``data`` (any classification data :func:`transferkit.fit` takes) and
     train the final model with the best.
 
@@ -62,6 +64,8 @@ def search(data: Any, *, trials: int | None = None, budget: str | float | None =
         workers: processes on this machine (this one included) sharing the study; each gets its share of the cores.
         worker: only run trials (another process, on this or another machine, trains the final model).
         heartbeat: seconds between a running trial's heartbeats; a trial silent for 3 is failed and queued again.
+        log_with, log_dir: track the search (``tensorboard``, ``mlflow``, ``all``): each trial's value at its number,
+            then the final run's curves, scores, report and plots (:mod:`transferkit.engine.tracking`).
         backbone, modality, val_fraction, test_fraction, cv, image_size, precision, skip_bad, explain and
             ``data_options`` (``labels``, ``text_column``, ``label_column``, ``label_sep``, ``max_length``,
             ``clip_seconds``, ``window``, ``slices``, ``patient_column``, ``balance``): as for :func:`fit`.
@@ -85,6 +89,9 @@ def search(data: Any, *, trials: int | None = None, budget: str | float | None =
         check_number("trials", trials, low=1, high=MAX_TRIALS, whole=True, example="30")
     check_number("workers", workers, low=1, high=64, whole=True, example="2")
     check_number("heartbeat", heartbeat, low=1, high=3600, example="10")
+    from ..engine.tracking import parse_log_with
+
+    parse_log_with(log_with)  # a missing package fails before any work
     if pruner not in PRUNERS:
         raise TransferkitError(f"Pruner {pruner!r} is unknown: choose {', '.join(PRUNERS)}.")
     if out is None and not worker:
@@ -114,7 +121,6 @@ def search(data: Any, *, trials: int | None = None, budget: str | float | None =
             seed=seed, heartbeat=heartbeat, backbone=backbone, modality=modality, val_fraction=val_fraction,
             test_fraction=test_fraction, cv=cv, image_size=image_size, precision=precision, skip_bad=skip_bad,
             **data_options))
-        share_cores(workers)
     else:
         helpers = []
     try:
@@ -122,7 +128,8 @@ def search(data: Any, *, trials: int | None = None, budget: str | float | None =
                             strategy=strategy, space=space, pruner=pruner, seed=seed, worker=worker,
                             heartbeat=heartbeat, backbone=backbone, modality=modality, val_fraction=val_fraction,
                             test_fraction=test_fraction, cv=cv, image_size=image_size, precision=precision,
-                            skip_bad=skip_bad, explain=explain, data_options=data_options)
+                            skip_bad=skip_bad, explain=explain, data_options=data_options,
+                            log_with=None if worker else log_with, log_dir=log_dir)
     except BaseException:
         for p in helpers:  # this process failed or was interrupted: its helpers stop too (their trials are retried)
             p.terminate()
@@ -141,29 +148,33 @@ def share_cores(workers: int) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
-def helper_main(data: Any, kwargs: dict[str, Any], workers: int) -> None:
-    """A helper process's body (spawned by :func:`start_helpers`)."""
+def helper_main(work: Any, data: Any, kwargs: dict[str, Any], workers: int) -> None:
+    """A helper process's body (spawned by :func:`start_helpers`): ``work`` (search, compare) as a worker."""
     share_cores(workers)
     try:
-        search(data, worker=True, **kwargs)
+        work(data, worker=True, **kwargs)
     except TransferkitError as err:
         from ..console import warn
 
-        warn(f"search worker {os.getpid()}: {err}")
+        warn(f"{getattr(work, '__name__', 'worker')} worker {os.getpid()}: {err}")
         raise SystemExit(2) from None
 
 
-def start_helpers(n: int, data: Any, kwargs: dict[str, Any]) -> list[Any]:
-    """``n`` worker processes on this machine, each running :func:`search` with ``worker=True``."""
+def start_helpers(n: int, data: Any, kwargs: dict[str, Any], work: Any = None) -> list[Any]:
+    """``n`` worker processes on this machine, each running ``work`` (a module-level function taking ``data``,
+    ``worker=True`` and ``kwargs``: :func:`search` by default, or :func:`transferkit.compare`); this process then
+    takes its share of the cores."""
     import multiprocessing
 
     if not isinstance(data, (str, Path)):
         raise TransferkitError("--workers above 1 starts processes that read the data again: give the data as a "
                                "path (a folder or a file), or start workers with --worker yourself.")
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=helper_main, args=(str(data), kwargs, n + 1), daemon=False) for _ in range(n)]
+    procs = [ctx.Process(target=helper_main, args=(work or search, str(data), kwargs, n + 1), daemon=False)
+             for _ in range(n)]
     for p in procs:
         p.start()
+    share_cores(n + 1)
     return procs
 
 
@@ -299,7 +310,7 @@ def run_search(data: Any, db: Any, url: str, name: str, *, trials: int | None, s
                started: float, out: Any, strategy: str, space: Any, pruner: str, seed: int, worker: bool,
                heartbeat: float, backbone: str | None, modality: str, val_fraction: float | None,
                test_fraction: float | None, cv: int | None, image_size: int | None, precision: str, skip_bad: bool,
-               explain: bool, data_options: dict[str, Any]) -> Any:
+               explain: bool, data_options: dict[str, Any], log_with: Any = None, log_dir: Any = None) -> Any:
     from ..api import resolve
     from ..console import info
     from ..engine.accel import make_accelerator
@@ -374,15 +385,28 @@ def run_search(data: Any, db: Any, url: str, name: str, *, trials: int | None, s
             accelerator.free_memory()
         return objective_value(result, train)
 
-    t0 = time.monotonic()
-    done = run_trials(opened, db, run_trial, heartbeat=heartbeat, ends_at=ends_at, reserve=reserve,
-                      lock=claim_lock(url), pruner=pruner)
-    if worker:
-        return done
-    wait_for_others(opened, heartbeat, ends_at)
-    return finish(data, task, options, prepared, settings, opened, names, dims, fixed, out=out, url=url,
-                  pruner=pruner, ends_at=ends_at, trial_s=time.monotonic() - t0,
-                  objective=objective, metric=metric, base=base)
+    from ..engine.tracking import run_files, tracking
+
+    logged = {"command": "search", "data": str(data), "study": name, "trials": study_attrs(opened)["trials"],
+              "strategies": ",".join(names), "pruner": pruner, "seed": seed, "objective": objective,
+              "backbone": prepared.backbone.spec.name}
+    with tracking(log_with, log_dir, out, name, logged) as tracker:
+        t0 = time.monotonic()
+        with tracker.listen(only=("trial",)) if tracker is not None else contextlib.nullcontext():
+            done = run_trials(opened, db, run_trial, heartbeat=heartbeat, ends_at=ends_at, reserve=reserve,
+                              lock=claim_lock(url), pruner=pruner)
+        if worker:
+            return done
+        wait_for_others(opened, heartbeat, ends_at)
+        model = finish(data, task, options, prepared, settings, opened, names, dims, fixed, out=out, url=url,
+                       pruner=pruner, ends_at=ends_at, trial_s=time.monotonic() - t0,
+                       objective=objective, metric=metric, base=base, tracker=tracker)
+        if tracker is not None:
+            s = model.metrics["search"]
+            tracker.finish({"search": {"best": s["best"]["value"], "trials": s["trials"],
+                                       "comparison": s.get("comparison") or {}},
+                            "test": model.metrics.get("test") or {}}, run_files(Path(out)))
+        return model
 
 
 def wait_for_others(study: Any, heartbeat: float, ends_at: float | None) -> None:
@@ -400,7 +424,7 @@ def wait_for_others(study: Any, heartbeat: float, ends_at: float | None) -> None
 
 def finish(data: Any, task: Any, options: Any, prepared: Any, settings: Any, study: Any, names: list[str],
            dims: dict, fixed: dict, *, out: Any, url: str, pruner: str, ends_at: float | None, trial_s: float,
-           objective: str, metric: str, base: Any) -> Any:
+           objective: str, metric: str, base: Any, tracker: Any = None) -> Any:
     """Train the default settings and the best trial's on the same splits; the second is the result, its folder
     holding the search's record, ``search.json`` and ``search.png``."""
     from ..console import info
@@ -459,9 +483,10 @@ def finish(data: Any, task: Any, options: Any, prepared: Any, settings: Any, stu
         model.meta.setdefault("metrics", {})["search"] = {k: v for k, v in record.items() if k != "storage"}
 
     info(f"search: the final model: trial {best.number}'s settings ({best_name})")
-    model = run(data, task, dataclasses.replace(settings, out=Path(out), strategy=best_name,
-                                                strategy_options=best_options, seconds=left(1.0),
-                                                after_training=add_record), options)
+    with tracker.listen() if tracker is not None else contextlib.nullcontext():  # the final run's curves
+        model = run(data, task, dataclasses.replace(settings, out=Path(out), strategy=best_name,
+                                                    strategy_options=best_options, seconds=left(1.0),
+                                                    after_training=add_record), options)
     full = {**record, "table": rows}
     write_json(Path(out) / "search.json", full)
     tmp = Path(out) / ".search.png.tmp.png"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ DEFAULT_HEARTBEAT = 10  # seconds between a worker's "still alive" records while
 GRACE_BEATS = 3  # a running trial whose worker has been silent this many heartbeats is failed and retried
 MAX_RETRIES = 2  # a trial whose worker died is run again at most this often (then it stays failed)
 CONNECT_TIMEOUT = 10  # seconds to reach a database server before giving up
+SETUP_TRIES = 4  # attempts at opening a database whose tables another worker is creating at the same moment
 
 
 def default_url(out: str | Path | None) -> str:
@@ -68,16 +70,23 @@ def open_storage(url: str, heartbeat: float = DEFAULT_HEARTBEAT) -> Any:
 
     target, engine_kwargs = engine_url(url)
     beat = max(1, int(round(heartbeat)))
-    try:
-        with warnings.catch_warnings():  # heartbeat and retries are marked experimental by Optuna
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                target, engine_kwargs=engine_kwargs, heartbeat_interval=beat, grace_period=GRACE_BEATS * beat,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
-    except Exception as err:  # noqa: BLE001  (SQLAlchemy, psycopg and sqlite3 each raise their own)
-        reason = " ".join(str(getattr(err, "orig", None) or err).split())[:200]
-        raise TransferkitError(f"Cannot open the study database {shown(url)}: {reason}. Check that the server runs "
-                               "and the URL is right (--storage).") from None
+    for attempt in range(SETUP_TRIES):
+        try:
+            with warnings.catch_warnings():  # heartbeat and retries are marked experimental by Optuna
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    target, engine_kwargs=engine_kwargs, heartbeat_interval=beat, grace_period=GRACE_BEATS * beat,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                        max_retry=MAX_RETRIES))
+        except Exception as err:  # noqa: BLE001  (SQLAlchemy, psycopg and sqlite3 each raise their own)
+            reason = " ".join(str(getattr(err, "orig", None) or err).split())[:200]
+            # two workers starting on a new database both create Optuna's tables: the loser tries again
+            if attempt + 1 < SETUP_TRIES and ("already exists" in reason or "duplicate" in reason.lower()):
+                time.sleep(1.0 + attempt)
+                continue
+            raise TransferkitError(f"Cannot open the study database {shown(url)}: {reason}. Check that the server "
+                                   "runs and the URL is right (--storage).") from None
+    raise AssertionError("unreachable")
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..console import info, warn
+from ..engine.events import notify
 from ..errors import TransferkitError
 from .storage import MAX_RETRIES
 
@@ -111,8 +112,8 @@ def open_study(storage: Any, name: str, *, trials: int | None, default_trials: i
     if "data" not in theirs:
         raise TransferkitError(f"Study {name!r} was not made by transferkit search: choose another --study name.")
     if theirs["data"] != attrs["data"]:
-        raise TransferkitError(f"Study {name!r} searches {describe(theirs)}; this run's data are "
-                               f"{describe(attrs)}: choose another --study name for these data.")
+        raise TransferkitError(f"Study {name!r} was made for {describe(theirs)}; this run is for "
+                               f"{describe(attrs)}: choose another --study name.")
     for key in ("task", "model", "strategies", "space", "objective"):
         if theirs.get(key) != attrs.get(key):
             raise TransferkitError(f"Study {name!r} was made with another {key} "
@@ -254,7 +255,7 @@ def run_trials(study: Any, storage: Any, objective: Callable[[Any], float], *, h
         if taken is None:
             if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 break
-            time.sleep(heartbeat)  # another worker's trial runs: if its worker dies, its retry comes back here
+            time.sleep(min(heartbeat, 2.0))  # another worker's trial runs: if its worker dies, its retry comes here
             continue
         trial, trial_id = taken
         t0 = time.monotonic()
@@ -265,6 +266,7 @@ def run_trials(study: Any, storage: Any, objective: Callable[[Any], float], *, h
             except optuna.TrialPruned as err:
                 study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
                 done["pruned"] += 1
+                notify("trial", trial.number, {"pruned": 1, "seconds": time.monotonic() - t0})
                 info(f"trial {trial.number}: pruned by the {pruner} pruner ({err}) after "
                      f"{time.monotonic() - t0:.0f} s")
                 continue
@@ -284,6 +286,7 @@ def run_trials(study: Any, storage: Any, objective: Callable[[Any], float], *, h
             warn(f"trial {trial.number}: its value {value} was not recorded ({frozen.state.name.lower()})")
             continue
         done["complete"] += 1
-        info(f"trial {trial.number}: {value:.4f} in {time.monotonic() - t0:.0f} s (best so far "
-             f"{study.best_value:.4f})")
+        seconds = time.monotonic() - t0
+        info(f"trial {trial.number}: {value:.4f} in {seconds:.0f} s (best so far {study.best_value:.4f})")
+        notify("trial", trial.number, {"value": value, "best": study.best_value, "seconds": seconds})
     return done
