@@ -362,3 +362,47 @@ def test_compare_runs_the_classical_baseline_for_every_modality(modality, reques
     linear = next(r for r in result["runs"] if r["strategy"] == "linear")
     assert base["score"] >= 0.8 and base["labels"] == linear["labels"]
     assert result["headlines"]["classical"]["per_budget"][0]["classical"] == base["score"]
+
+
+@pytest.mark.slow
+def test_compare_spread_over_workers_matches_the_loop(tmp_path, tiny_backbone, postgres_url):
+    """The grid's runs queued in a study: two `--worker` processes on PostgreSQL take them and the call with --out
+    collects them; `--workers 2` on the default SQLite file does the same here. Every run once, scored as the plain
+    loop scores it."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import optuna
+
+    import transferkit
+
+    root = tmp_path / "colours"
+    write_colour_images(root / "train", 8, seed=1)
+    write_colour_images(root / "test", 4, seed=2)
+    grid = dict(budgets="3,all", seeds=2, strategies="linear,classical", backbone=tiny_backbone)
+    plain = transferkit.compare(root, out=tmp_path / "plain", **grid)
+    scores = {(r["budget"], r["seed"], r["strategy"]): r["score"] for r in plain["runs"]}
+    assert len(scores) == 8
+
+    cmd = [sys.executable, "-m", "transferkit", "compare", str(root), "--budgets", "3,all", "--seeds", "2",
+           "--strategies", "linear,classical", "--backbone", tiny_backbone, "--storage", postgres_url, "--study", "c",
+           "--worker", "--json"]
+    env = {**os.environ, "TRANSFERKIT_QUIET": "1"}
+    workers = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    for p in workers:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err.decode()[-2000:]
+        assert json.loads(out.decode().strip().splitlines()[-1]) == {"worker": True}
+    collected = transferkit.compare(root, out=tmp_path / "pg", storage=postgres_url, study="c", **grid)
+    assert {(r["budget"], r["seed"], r["strategy"]): r["score"] for r in collected["runs"]} == pytest.approx(scores)
+    trials = optuna.load_study(study_name="c", storage=postgres_url.replace("postgresql://",
+                                                                            "postgresql+psycopg://")).trials
+    assert len(trials) == 8 and all(t.state.name == "COMPLETE" for t in trials)
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 8  # each run once
+    assert (tmp_path / "pg" / "report.html").stat().st_size > 0 and len(list((tmp_path / "pg" / "runs").iterdir())) == 8
+
+    spread = transferkit.compare(root, out=tmp_path / "sq", workers=2, **grid)
+    assert {(r["budget"], r["seed"], r["strategy"]): r["score"] for r in spread["runs"]} == pytest.approx(scores)
+    assert (tmp_path / "compare.db").is_file()

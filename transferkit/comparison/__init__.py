@@ -69,7 +69,10 @@ def compare(data: Any, *, budgets: str | list = (5, 10, 25, 50, ALL), seeds: int
             metric: str = "auto", time_per_run: str | float | None = None, out: str | Path | None = None,
             resume: bool = False, seed: int = 0, skip_bad: bool = False, val_fraction: float = 0.15,
             test_fraction: float = 0.2, precision: str = "auto", image_size: int | None = None,
-            modality: str = "auto", labels: list[Any] | None = None, **fit_options: Any) -> dict[str, Any]:
+            modality: str = "auto", labels: list[Any] | None = None, log_with: str | list[str] | None = None,
+            log_dir: str | Path | None = None, storage: str | None = None, study: str | None = None,
+            workers: int = 1, worker: bool = False, heartbeat: float = 10.0,
+            **fit_options: Any) -> dict[str, Any] | None:
     """Train every ``strategies`` x ``budgets`` x ``seeds`` combination on ``data`` (anything :func:`transferkit.fit`
     classifies: images, DICOM/NIfTI, texts (a list of them with ``labels=[...]``), audio; single- or multi-label,
     ``label_sep`` as for fit) and score each on one fixed test set.
@@ -85,6 +88,16 @@ def compare(data: Any, *, budgets: str | list = (5, 10, 25, 50, ALL), seeds: int
     takes fails). With ``out`` every finished run is saved at once, and ``resume=True`` reuses the runs an
     interrupted comparison finished.
 
+    Several workers (:mod:`.queue`): with ``storage`` (``sqlite:///path.db`` or ``postgresql://user@host/db``; the
+    default with ``workers`` > 1: ``compare.db`` beside ``out``) the grid's runs are queued in the study ``study``
+    (default: ``out``'s folder name) and taken by ``workers`` processes here and any started elsewhere with
+    ``worker=True`` (same data and settings); a dead worker's run is run again (``heartbeat`` seconds between a
+    running run's signs of life). The call with ``out`` collects them all; a worker (give it ``out=None`` and the
+    ``study``: it writes nothing) returns None. Running the same call again goes on where the study stopped.
+
+    ``log_with`` (``tensorboard``, ``mlflow``, ``all``) tracks the settings, each run's
+    score (``run/<strategy>/<budget>`` at step = seed), the summary and the plots, beside ``out`` or in ``log_dir``.
+
     ``classical`` among ``strategies`` adds the non-deep baseline
     (:class:`~transferkit.strategies.classical.ClassicalBaseline`: HOG, TF-IDF or log-mel statistics + logistic
     regression) on the same labels and test set; the report then says at which budgets it beats every transfer
@@ -93,8 +106,12 @@ def compare(data: Any, *, budgets: str | list = (5, 10, 25, 50, ALL), seeds: int
     Returns ``{"config", "runs", "summary", "headlines", "warnings", "files"}``.
     """
     from ..api import fit, parse_budget
-    from ..console import info, warn
+    from ..console import info
 
+    from ..engine.tracking import parse_log_with
+
+    parse_log_with(log_with)  # a missing package fails before any work
+    queue = open_queue(storage, study, out, workers, worker, heartbeat)  # an unreachable database fails here
     budget_list = parse_budgets(budgets)
     names = [s.strip() for s in (strategies.split(",") if isinstance(strategies, str) else strategies) if s.strip()]
     if len(names) < 2 or len(set(names)) < len(names):
@@ -149,43 +166,117 @@ def compare(data: Any, *, budgets: str | list = (5, 10, 25, 50, ALL), seeds: int
               "fit_options": {k: v for k, v in fit_options.items()}, "image_size": image_size,
               "precision": precision, "skip_bad": skip_bad, "test_fraction": test_fraction,
               "ranking": ranking["ranking"] if ranking else None}
+    from ..engine.tracking import run_files, tracking
+
     out_dir = Path(out) if out is not None else None
-    done = previous_runs(out_dir, config) if resume and out_dir is not None else {}
-    plan = [(b, s, name) for b in budget_list for s in range(seeds) for name in names]
-    runs, failed, t0, spent = [], [], time.monotonic(), []
-    for i, (b, s, name) in enumerate(plan, 1):
-        key = run_key(b, s, name)
-        if key in done:
-            runs.append(done[key])
-            continue
-        eta = eta_seconds(plan[i - 1:], spent, sizes, run_seconds)
-        info(f"compare: run {i}/{len(plan)}: {name}, {b} labels per class, seed {s}"
-             + (f", about {duration(eta)} left" if eta else ""))
-        part = budget_splits(pool, test, splits.classes, b, s, val_fraction)
+    helpers = []
+    if queue is not None and workers > 1:
+        from ..studies import start_helpers
+
+        helpers = start_helpers(workers - 1, data, dict(
+            budgets=budgets, seeds=seeds, strategies=strategies, backbone=backbone, metric=metric,
+            time_per_run=time_per_run, seed=seed, skip_bad=skip_bad, val_fraction=val_fraction,
+            test_fraction=test_fraction, precision=precision, image_size=image_size, modality=modality,
+            labels=labels, storage=queue["url"], study=queue["study"], heartbeat=heartbeat, **fit_options),
+            work=compare)
+    try:
+        with tracking(None if worker or not _is_main() else log_with, log_dir, out, None,
+                      {"command": "compare", **config}) as tracker:
+            result = run_grid(data, config, out_dir, resume, task, splits, pool, test, names, budget_list, sizes,
+                              seeds, backbone, run_seconds, precision, image_size, kind, skip_bad, fit_options,
+                              strategy_options, metric, image_pre, tracker, queue=queue)
+            if tracker is not None and result is not None:
+                tracker.finish({"seconds": result["seconds"]}, run_files(out_dir) if out_dir is not None else [])
+    except BaseException:
+        for p in helpers:  # this process failed or was interrupted: its helpers stop too (their runs are retried)
+            p.terminate()
+        raise
+    finally:
+        for p in helpers:
+            p.join()
+    return result
+
+
+def open_queue(storage: str | None, study: str | None, out: Any, workers: int, worker: bool,
+               heartbeat: float) -> dict[str, Any] | None:
+    """The shared study's settings (the database reached now), or None for the plain loop."""
+    from ..errors import check_number
+
+    check_number("workers", workers, low=1, high=64, whole=True, example="2")
+    check_number("heartbeat", heartbeat, low=1, high=3600, example="10")
+    if storage is None and workers == 1 and not worker:
+        return None
+    from ..studies.storage import open_storage
+
+    name = study or (Path(out).name if out is not None else None)
+    if not name:
+        raise TransferkitError("Name the study (--study NAME): a worker without --out has no folder to name it by.")
+    url = storage or f"sqlite:///{(Path(out).resolve().parent if out is not None else Path('runs')) / 'compare.db'}"
+    return {"db": open_storage(url, heartbeat), "url": url, "study": name, "worker": worker,
+            "heartbeat": heartbeat}
+
+
+def run_grid(data: Any, config: dict, out_dir: Path | None, resume: bool, task: Any, splits: Any, pool: Any, test: Any,
+             names: list[str], budget_list: list, sizes: dict, seeds: int, backbone: Any, run_seconds: float | None,
+             precision: str, image_size: int | None, kind: str, skip_bad: bool, fit_options: dict,
+             strategy_options: dict, metric: str, image_pre: Any, tracker: Any,
+             queue: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Every run of the grid, in turn here or taken from a shared study by workers (``queue``: the storage, study
+    and worker settings; see :mod:`.queue`), then the summary. A worker returns None: the process with ``out``
+    writes."""
+    from ..api import fit
+    from ..console import info, warn
+
+    def one_run(b: Any, s: int, name: str) -> dict[str, Any]:
+        """One run of the grid, recorded; a failure raises TransferkitError."""
+        part = budget_splits(pool, test, splits.classes, b, s, config["val_fraction"])
         started = time.monotonic()
-        try:
-            if name == CLASSICAL:
-                run = classical_run(part, task, b, s, metric, image_pre, skip_bad)
-            else:
-                model = fit(part, backbone=backbone, strategy=name, budget=run_seconds, seed=s, precision=precision,
-                            image_size=image_size, modality=kind, skip_bad=skip_bad, explain=False,
-                            **run_options(name, fit_options, kind, options_not_for(name, names, strategy_options)))
-        except TransferkitError as err:  # one run's failure is recorded; the comparison goes on
-            warn(f"compare: {name}, {b} labels per class, seed {s} failed: {err}")
-            run = {"budget": str(b), "seed": s, "strategy": name, "failed": str(err)}
-        else:
-            spent.append((name, sizes[str(b)], time.monotonic() - started))
-            if name == CLASSICAL:
-                run["wall_s"] = run["train_s"] = round(spent[-1][2], 1)
-            else:
-                run = record_run(model, b, s, name, metric, part, spent[-1][2])
-        if "failed" in run:
-            failed.append(run)
-            continue
-        runs.append(run)
-        if out_dir is not None and _is_main():  # a failed run is not saved: --resume tries it again
-            save_run(out_dir, key, run, config)
+        if name == CLASSICAL:
+            run = classical_run(part, task, b, s, metric, image_pre, skip_bad)
+            run["wall_s"] = run["train_s"] = round(time.monotonic() - started, 1)
+            return run
+        model = fit(part, backbone=backbone, strategy=name, budget=run_seconds, seed=s, precision=precision,
+                    image_size=image_size, modality=kind, skip_bad=skip_bad, explain=False,
+                    **run_options(name, fit_options, kind, options_not_for(name, names, strategy_options)))
+        return record_run(model, b, s, name, metric, part, time.monotonic() - started)
+
+    plan = [(b, s, name) for b in budget_list for s in range(seeds) for name in names]
+    t0 = time.monotonic()
+    if queue is not None:
+        from .queue import run_queued
+
+        got = run_queued(plan, config, one_run, tracker=tracker, **queue)
+        if got is None:
+            return None
+        runs, failed = got
+        if out_dir is not None and _is_main():  # saved as the loop saves them, so --resume without the study works
+            for run in runs:
+                save_run(out_dir, run_key(run["budget"], run["seed"], run["strategy"]), run, config)
             write_results(out_dir, runs)
+    else:
+        done = previous_runs(out_dir, config) if resume and out_dir is not None else {}
+        runs, failed, spent = [], [], []
+        for i, (b, s, name) in enumerate(plan, 1):
+            key = run_key(b, s, name)
+            if key in done:
+                runs.append(done[key])
+                continue
+            eta = eta_seconds(plan[i - 1:], spent, sizes, run_seconds)
+            info(f"compare: run {i}/{len(plan)}: {name}, {b} labels per class, seed {s}"
+                 + (f", about {duration(eta)} left" if eta else ""))
+            try:
+                run = one_run(b, s, name)
+            except TransferkitError as err:  # one run's failure is recorded; the comparison goes on
+                warn(f"compare: {name}, {b} labels per class, seed {s} failed: {err}")
+                failed.append({"budget": str(b), "seed": s, "strategy": name, "failed": str(err)})
+                continue
+            spent.append((name, sizes[str(b)], run["wall_s"]))
+            runs.append(run)
+            if tracker is not None:
+                tracker.log({f"run/{name}/budget_{b}": run["score"]}, step=s)
+            if out_dir is not None and _is_main():  # a failed run is not saved: --resume tries it again
+                save_run(out_dir, key, run, config)
+                write_results(out_dir, runs)
     if not runs:
         raise TransferkitError(f"Every run failed; the first: {failed[0]['failed']}")
     summary = summarise(runs, names, budget_list)

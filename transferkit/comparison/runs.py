@@ -264,10 +264,10 @@ def save_run(out: Path, key: str, run: dict, config: dict) -> None:
     """Save one finished run under ``out/runs`` with the settings that must match for resume to reuse it."""
     from ..io import write_json
 
-    write_json(out / "runs" / f"{key}.json", {"config": _identity(config), "run": run})
+    write_json(out / "runs" / f"{key}.json", {"config": comparison_identity(config), "run": run})
 
 
-def _identity(config: dict) -> dict:
+def comparison_identity(config: dict) -> dict:
     """What must match for a saved run to be reused on resume."""
     from ..io import jsonable
 
@@ -281,7 +281,7 @@ def previous_runs(out: Path, config: dict) -> dict[str, dict]:
     from ..console import info, warn
 
     found, changed, other = {}, set(), 0
-    identity = _identity(config)
+    identity = comparison_identity(config)
     for f in sorted((out / "runs").glob("*.json")):
         try:
             saved = json.loads(f.read_text())
