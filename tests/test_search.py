@@ -173,7 +173,7 @@ def test_study_on_other_data_refused(colour_folder, tiny_backbone, tmp_path):
     with pytest.raises(TransferkitError, match="holds 2 trials; this run asks for 5"):
         search(colour_folder, trials=5, strategy="linear", worker=True, study="s", storage=url,
                backbone=tiny_backbone)
-    with pytest.raises(TransferkitError, match="another space"):
+    with pytest.raises(TransferkitError, match="another search space"):
         search(colour_folder, strategy="linear", worker=True, study="s", storage=url, backbone=tiny_backbone,
                space={"linear": {"class_weight": "none"}})
 
@@ -256,3 +256,24 @@ def test_killed_worker_trial_is_failed_and_run_again(colour_folder, tiny_backbon
     assert retries[0].params == by_number[killed].params
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) == 4
     assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
+
+
+def test_storage_places_and_passwords_refused_or_hidden(colour_folder, tmp_path):
+    from transferkit.studies import search
+    from transferkit.studies.storage import hide, shown
+
+    out = tmp_path / "runs" / "x"
+    with pytest.raises(TransferkitError, match="lies inside --out"):
+        search(colour_folder, trials=2, out=out, storage=f"sqlite:///{out / 'search.db'}")
+    with pytest.raises(TransferkitError, match="lies inside the data folder"):
+        search(colour_folder, trials=2, out=out, storage=f"sqlite:///{colour_folder / 'red' / 'search.db'}")
+    with pytest.raises(TransferkitError, match="does not exist"):
+        search(tmp_path / "no-such-data", trials=2, out=out)
+    assert not (tmp_path / "runs").exists() and not list(colour_folder.rglob("*.db"))
+    with pytest.raises(TransferkitError, match="at most 512"):
+        search(colour_folder, trials=2, out=out, study="x" * 600)
+    # a password holding '/' or '@', or given in the query, never shows
+    for url in ("postgresql://tk:pa/ss@127.0.0.1:5/tk", "postgresql://tk:p@ss@h:1/d",
+                "postgresql://tk@h/d?sslmode=disable&password=pa/ss"):
+        assert "pa/ss" not in shown(url) and "p@ss" not in shown(url) and "***" in shown(url)
+        assert "pa/ss" not in hide(f"failed: {url}", url) and "p@ss" not in hide(f"failed: {url}", url)

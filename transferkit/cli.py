@@ -921,6 +921,9 @@ def search(
                             log_dir=log_dir, **extra)
     except TransferkitError as err:
         _fail(err)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: the running trial is queued again; run the same command to go on", err=True)
+        raise typer.Exit(130) from None
     from .console import results as console
 
     if worker:

@@ -88,10 +88,9 @@ def run_held(data: Any, task: Task, settings: RunSettings, options: Any, backbon
     extras = {"timings": timings, "t_start": t_start, "wall_start": wall_start, "train_t0": train_t0,
               "budget": plan, "ranking": ranking}
     model, metrics, plots = task.finish(result, prepared, settings, options, train, extras)
-    if settings.after_training is not None:
-        settings.after_training(model, metrics)
+    extra = settings.after_training(model, metrics) if settings.after_training is not None else None
     if settings.out is not None and is_main_process(accelerator):  # under `accelerate launch`, only rank 0 writes
-        files = write_run_folder(task, settings.out, model, metrics, prepared, plots)
+        files = write_run_folder(task, settings.out, model, metrics, prepared, plots, extra or {})
         import shutil
 
         shutil.rmtree(work_dir, ignore_errors=True)  # checkpoints served resume; the bundle is the result

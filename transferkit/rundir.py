@@ -289,10 +289,10 @@ def work_folder(out: Path) -> Path:
 
 
 def write_run_folder(task: Any, out: Path, model: Any, metrics: dict[str, Any], prepared: Any,
-                     plots: dict[str, Any]) -> dict[str, str]:
-    """Write a run's outputs (``task.write``) into a temporary folder beside ``out`` and swap it in at the end
-    (:func:`replaced`). Every file of the folder carries the same ``run_id``. Returns the files as they lie in
-    ``out``.
+                     plots: dict[str, Any], extra: dict[str, bytes] | None = None) -> dict[str, str]:
+    """Write a run's outputs (``task.write``, and ``extra`` files: name -> bytes) into a temporary folder beside
+    ``out`` and swap it in at the end (:func:`replaced`). Every file of the folder carries the same ``run_id``.
+    Returns the files as they lie in ``out``.
 
     Raises:
         TransferkitError: a write failed (a full disk says so); ``out`` is then untouched.
@@ -307,6 +307,9 @@ def write_run_folder(task: Any, out: Path, model: Any, metrics: dict[str, Any], 
     try:
         with replaced(out, ours=(".work",)) as tmp:  # .work: where an older transferkit kept checkpoints
             files = task.write(tmp, model, metrics, prepared, plots)
+            for name, data in (extra or {}).items():
+                (tmp / name).write_bytes(data)
+                files[Path(name).stem] = str(tmp / name)
     except OSError as err:
         raise write_failed(err, err.filename or out, "the run folder",
                            "rerun with --resume (the epochs already trained are kept)") from None

@@ -41,7 +41,7 @@ def run_queued(plan: list[tuple[Any, int, str]], config: dict[str, Any], one_run
     identity = json.dumps(comparison_identity(config), sort_keys=True, default=str)
     attrs = {"data": hashlib.sha256(identity.encode()).hexdigest()[:16], "source": config["data"],
              "splits": {"pool": config["pool_n"], "test": config["test_n"]}, "task": "compare",
-             "strategies": names, "objective": config["metric"]}
+             "strategies": names, "objective": config["metric"], "heartbeat": heartbeat}
 
     def describe(a: dict[str, Any]) -> str:
         return f"a comparison of {a.get('source', '?')} (settings hash {a.get('data', '?')})"

@@ -90,7 +90,8 @@ class CrossValidated:
             fold_probs.append(per_epoch or [predict_probs(result.model, fold_task.val, task)])
             best_epochs.append(result.history.best_epoch + 1)
             at_best = fold_probs[-1][min(best_epochs[-1], len(fold_probs[-1])) - 1]
-            notify("fold", i, {"score": probs_score(at_best, y[va], task.balanced), "epochs": best_epochs[-1]})
+            notify("fold", i, {"score": probs_score(at_best, y[va], task.balanced), "epochs": best_epochs[-1],
+                               "stopped": result.history.stopped})
             planned.append(len(result.history.epochs))
             task.accelerator.free_memory()  # the accelerator keeps every prepared model and optimizer otherwise
         epochs = int(np.ceil(np.median(best_epochs)))

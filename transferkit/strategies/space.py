@@ -86,7 +86,9 @@ def check_dimension(strategy: str, name: str, dim: Any, kind: Any, where: str = 
         if unknown or not {"low", "high"} <= set(dim):
             raise TransferkitError(f"{label}: a range is written {{low: ..., high: ...}} (and optionally log: true); "
                                    f"got {dim!r}.")
-        dim = Range(number(label, dim["low"]), number(label, dim["high"]), bool(dim.get("log", False)))
+        if not isinstance(dim.get("log", False), bool):
+            raise TransferkitError(f"{label}: log is true or false (got {dim['log']!r}).")
+        dim = Range(number(label, dim["low"]), number(label, dim["high"]), dim.get("log", False))
     if isinstance(dim, Range):
         if kind not in (int, float):
             raise TransferkitError(f"{label} is a {getattr(kind, '__name__', kind)} option: give choices such as "
@@ -175,7 +177,8 @@ def read_space_file(path: str | Path | dict[str, Any] | None, strategies: list[s
         p = Path(path)
         where = f"{p}: "
         if not p.is_file():
-            raise TransferkitError(f"Search space file {p} does not exist.")
+            raise TransferkitError(f"Search space file {p} " + ("is a folder: give the YAML file." if p.is_dir()
+                                                                else "does not exist."))
         try:
             raw = yaml.safe_load(p.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as err:

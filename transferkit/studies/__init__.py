@@ -34,7 +34,7 @@ from .storage import DEFAULT_HEARTBEAT
 
 AUTO_STRATEGIES = ("linear", "finetune")  # what `--strategy auto` searches over
 DEFAULT_TRIALS = 20
-MAX_TRIALS = 10_000  # queued up front in the database: more would take minutes to write
+MAX_TRIALS = 1_000  # queued up front in the database (about 10 s for the most)
 MIN_RUN_S = 30.0  # the least budget the last two runs get, even when the trials spent it all
 PRUNERS = ("median", "halving", "none")
 
@@ -100,10 +100,8 @@ def search(data: Any, *, trials: int | None = None, budget: str | float | None =
     from ..api import parse_budget
 
     seconds = parse_budget(budget)
-    name = study or (Path(out).name if out is not None else None)
-    if not name:
-        raise TransferkitError("Name the study (--study NAME): a worker without --out has no folder to name it by.")
-    url = storage or default_url(out)
+    if isinstance(data, (str, Path)) and not Path(data).exists():
+        raise TransferkitError(f"{data} does not exist: give a folder or a file of labelled data.")
     if out is not None:  # the final run's folder checks, now rather than after hours of trials
         from ..rundir import absolute, check_apart, check_out, refuse_foreign
 
@@ -111,10 +109,23 @@ def search(data: Any, *, trials: int | None = None, budget: str | float | None =
         check_apart(absolute(out), data)
         if absolute(out).is_dir():
             refuse_foreign(absolute(out), ("metrics.json",))
+    name = study or (Path(out).resolve().name if out is not None else None)
+    if not name:
+        raise TransferkitError("Name the study (--study NAME): a worker without --out has no folder to name it by.")
+    if len(name) > 512:
+        raise TransferkitError(f"--study is {len(name)} characters long: study names hold at most 512.")
+    url = storage or default_url(out)
+    check_storage_place(url, out, data)
     started = time.time()
     db = open_storage(url, heartbeat)  # an unreachable database fails here, before any data is read
-
     if workers > 1:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():  # a SIGTERM stops the helpers too
+            signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(SystemExit(143)))
+
+    if workers > 1:  # (set up above)
         helpers = start_helpers(workers - 1, data, dict(
             trials=trials if trials is not None or worker else DEFAULT_TRIALS, budget=budget, storage=url, study=name,
             strategy=strategy, space=space, pruner=pruner,
@@ -130,14 +141,38 @@ def search(data: Any, *, trials: int | None = None, budget: str | float | None =
                             test_fraction=test_fraction, cv=cv, image_size=image_size, precision=precision,
                             skip_bad=skip_bad, explain=explain, data_options=data_options,
                             log_with=None if worker else log_with, log_dir=log_dir)
-    except BaseException:
+    except BaseException as err:
         for p in helpers:  # this process failed or was interrupted: its helpers stop too (their trials are retried)
             p.terminate()
+        import optuna
+
+        if isinstance(err, optuna.exceptions.StorageInternalError):  # the database failed under the search
+            from .storage import hide, shown
+
+            cause = " ".join(str(err.__cause__ or err).split())[:200]
+            raise TransferkitError(f"The study database {shown(url)} failed during the search ({hide(cause, url)}): "
+                                   "check that it is writable and reachable, then run the same command again to go "
+                                   "on.") from None
         raise
     finally:
         for p in helpers:
             p.join()
     return result
+
+
+def check_storage_place(url: str, out: Any, data: Any) -> None:
+    """A SQLite file inside the run folder (replaced whole at the end) or inside the data folder (read as data) is
+    refused before any work."""
+    if not url.startswith("sqlite:///"):
+        return
+    db = Path(url.removeprefix("sqlite:///")).resolve()
+    for folder, what in ((out, "--out (the run folder is replaced whole at the end)"),
+                         (data if isinstance(data, (str, Path)) and Path(data).is_dir() else None, "the data folder")):
+        if folder is not None and Path(folder).resolve() in db.parents:
+            from .storage import default_url
+
+            raise TransferkitError(f"--storage {url} lies inside {what}: keep the study database elsewhere, e.g. "
+                                   f"{default_url(out)}.")
 
 
 def share_cores(workers: int) -> None:
@@ -158,6 +193,8 @@ def helper_main(work: Any, data: Any, kwargs: dict[str, Any], workers: int) -> N
 
         warn(f"{getattr(work, '__name__', 'worker')} worker {os.getpid()}: {err}")
         raise SystemExit(2) from None
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the main process says what happened
+        raise SystemExit(130) from None
 
 
 def start_helpers(n: int, data: Any, kwargs: dict[str, Any], work: Any = None) -> list[Any]:
@@ -266,10 +303,11 @@ def objective_text(train: Any, names: list[str]) -> str:
         from ..strategies.base import PROBE_FOLDS, TRAINED_FOLDS
 
         how = []
+        n = len(train.train)
         if "linear" in names:
-            how.append(f"{train.cv or PROBE_FOLDS}-fold, repeated, for linear")
-        if any(n != "linear" for n in names):
-            how.append(f"{train.cv or TRAINED_FOLDS}-fold for the trained strategies")
+            how.append(f"{min(train.cv or PROBE_FOLDS, n)}-fold, repeated, for linear")
+        if any(s != "linear" for s in names):
+            how.append(f"{min(train.cv or TRAINED_FOLDS, n)}-fold for the trained strategies")
         return f"the cross-validated {metric} on the {len(train.train)} training examples ({', '.join(how)})"
     return f"the {metric} on the validation split ({len(train.val)} examples)"
 
@@ -283,6 +321,8 @@ def pruning(trial: Any, cross_validated: bool) -> Any:
     folds: list[float] = []
 
     def listen(event: str, step: int, values: dict[str, Any]) -> None:
+        if event == "fold" and values.get("stopped") == "time budget":
+            raise optuna.TrialPruned(f"fold {step} was cut short by the budget")
         if cross_validated and event == "fold":
             folds.append(values["score"])
             value = sum(folds) / len(folds)
@@ -344,7 +384,8 @@ def run_search(data: Any, db: Any, url: str, name: str, *, trials: int | None, s
              **{f"preprocess.{k}": v for k, v in prepared.backbone.preprocess.to_dict().items()}}
     attrs = {"data": data_identity(prepared), "source": str(data), "splits": splits, "task": task.name,
              "model": json.loads(json.dumps(model, default=str)), "strategies": names,
-             "space": space_record(dims, fixed), "objective": objective, "metric": metric}
+             "space": space_record(dims, fixed), "objective": objective, "metric": metric, "pruner": pruner,
+             "heartbeat": heartbeat}
     ends_at = None if seconds is None else started + seconds  # this process's budget (a later call brings its own)
 
     def describe(a: dict[str, Any]) -> str:
@@ -370,6 +411,8 @@ def run_search(data: Any, db: Any, url: str, name: str, *, trials: int | None, s
         folds = base.cv or 3
         return 2.0 * (prepare_s + max(typical.values(), default=0.0) * (folds + 1) / folds)
 
+    import optuna
+
     def run_trial(trial: Any) -> float:
         chosen, opts = trial_settings(trial, names, dims, fixed)
         strat = task.create_strategy(chosen, prepared.backbone, opts)
@@ -383,6 +426,9 @@ def run_search(data: Any, db: Any, url: str, name: str, *, trials: int | None, s
                 result = strat.fit(train)
         finally:  # pruned or failed too: Accelerate keeps every prepared model and optimizer otherwise
             accelerator.free_memory()
+        if result.history is not None and result.history.stopped == "time budget":
+            # a run cut short is not the settings' score: kept out of the choice of the best
+            raise optuna.TrialPruned("cut short by the budget")
         return objective_value(result, train)
 
     from ..engine.tracking import run_files, tracking
@@ -427,8 +473,8 @@ def finish(data: Any, task: Any, options: Any, prepared: Any, settings: Any, stu
            objective: str, metric: str, base: Any, tracker: Any = None) -> Any:
     """Train the default settings and the best trial's on the same splits; the second is the result, its folder
     holding the search's record, ``search.json`` and ``search.png``."""
-    from ..console import info
-    from ..io import write_json
+    from ..console import info, warn
+    from ..io import jsonable
     from ..pipeline import run
     from .record import paired_difference, plot, top_spread, trial_rows
     from .storage import shown
@@ -463,6 +509,10 @@ def finish(data: Any, task: Any, options: Any, prepared: Any, settings: Any, stu
             return None
         return max(MIN_RUN_S, (ends_at - time.time()) * share)
 
+    if ends_at is not None and ends_at - time.time() < 2 * MIN_RUN_S:
+        warn(f"search: the budget is spent; the default and the final run get {MIN_RUN_S:.0f} s each, so the search "
+             "ends after its --budget")
+
     test = prepared.encoded.get("test")
     part = "test" if test is not None else None
     info(f"search: training the default settings ({defaults_name}) on the same splits, to compare")
@@ -470,7 +520,8 @@ def finish(data: Any, task: Any, options: Any, prepared: Any, settings: Any, stu
                                                    explain=False, seconds=left(0.5)), options)
     default_probs = defaults.predict_encoded(test, precision=settings.precision) if test is not None else None
 
-    def add_record(model: Any, metrics: dict[str, Any]) -> None:
+    def add_record(model: Any, metrics: dict[str, Any]) -> dict[str, bytes]:
+        """The record into the metrics and the bundle; search.json and search.png into the run folder."""
         if test is not None:
             import numpy as np
 
@@ -481,16 +532,13 @@ def finish(data: Any, task: Any, options: Any, prepared: Any, settings: Any, stu
         metrics["search"] = record
         # the bundle travels: where the study lives (a path, a user and host) stays in metrics.json
         model.meta.setdefault("metrics", {})["search"] = {k: v for k, v in record.items() if k != "storage"}
+        return {"search.json": json.dumps({**record, "table": rows}, indent=2, default=jsonable).encode(),
+                "search.png": plot(rows, metric)}
 
     info(f"search: the final model: trial {best.number}'s settings ({best_name})")
     with tracker.listen() if tracker is not None else contextlib.nullcontext():  # the final run's curves
         model = run(data, task, dataclasses.replace(settings, out=Path(out), strategy=best_name,
                                                     strategy_options=best_options, seconds=left(1.0),
                                                     after_training=add_record), options)
-    full = {**record, "table": rows}
-    write_json(Path(out) / "search.json", full)
-    tmp = Path(out) / ".search.png.tmp.png"
-    plot(rows, tmp, metric)
-    os.replace(tmp, Path(out) / "search.png")
     model.metrics["search"] = record
     return model

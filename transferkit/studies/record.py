@@ -65,8 +65,11 @@ def paired_difference(searched: np.ndarray, defaults: np.ndarray, y: np.ndarray,
     return {"searched": a, "defaults": b, "difference": a - b, "ci": [lo, hi], "n": n, "verdict": verdict}
 
 
-def plot(rows: list[dict[str, Any]], path: Any, metric: str) -> None:
-    """Each trial's value in order (pruned trials at their last reported step, hollow) and the best so far."""
+def plot(rows: list[dict[str, Any]], metric: str) -> bytes:
+    """Each trial's value in order (pruned trials at their last reported step, hollow) and the best so far, as PNG
+    bytes."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,5 +92,7 @@ def plot(rows: list[dict[str, Any]], path: Any, metric: str) -> None:
     ax.set_title("search: trials in order")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
+    return buffer.getvalue()

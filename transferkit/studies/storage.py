@@ -26,8 +26,31 @@ def default_url(out: str | Path | None) -> str:
 
 
 def shown(url: str) -> str:
-    """The URL without its password, for messages and records."""
-    return re.sub(r"(://[^/:@]*):[^/@]*@", r"\1:***@", url)
+    """The URL without its password, for messages and records: ``user:***@`` (a password may hold ``/`` or ``@``:
+    the credentials end at the last ``@``) and ``password=***`` in the query."""
+    scheme, sep, rest = str(url).partition("://")
+    if not sep:
+        return re.sub(r"(?i)(password=)[^&]*", r"\1***", str(url))
+    query = ""
+    if "?" in rest:
+        rest, query = rest.split("?", 1)
+        query = "?" + re.sub(r"(?i)((?:^|&)password=)[^&]*", r"\1***", query)
+    creds, at, host = rest.rpartition("@")
+    if at and ":" in creds:
+        rest = f"{creds.split(':', 1)[0]}:***@{host}"
+    return f"{scheme}://{rest}{query}"
+
+
+def hide(text: str, url: str) -> str:
+    """``text`` (a driver's message) with the URL's password taken out, wherever the driver repeated it."""
+    scheme, _, rest = str(url).partition("://")
+    creds = rest.split("?", 1)[0].rpartition("@")[0]
+    secrets = [creds.split(":", 1)[1]] if ":" in creds else []
+    secrets += re.findall(r"(?i)password=([^&]+)", rest)
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
 
 
 def engine_url(url: str) -> tuple[str, dict[str, Any]]:
@@ -84,8 +107,10 @@ def open_storage(url: str, heartbeat: float = DEFAULT_HEARTBEAT) -> Any:
             if attempt + 1 < SETUP_TRIES and ("already exists" in reason or "duplicate" in reason.lower()):
                 time.sleep(1.0 + attempt)
                 continue
-            raise TransferkitError(f"Cannot open the study database {shown(url)}: {reason}. Check that the server "
-                                   "runs and the URL is right (--storage).") from None
+            what = "that it is an SQLite database file" if url.startswith("sqlite") else \
+                "that the server runs and the URL is right"
+            raise TransferkitError(f"Cannot open the study database {shown(url)}: {hide(reason, url)}. Check {what} "
+                                   "(--storage).") from None
     raise AssertionError("unreachable")
 
 

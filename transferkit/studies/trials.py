@@ -10,6 +10,7 @@ number of finished trials (complete or pruned), plus a failed one for each retri
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import statistics
@@ -22,11 +23,11 @@ from typing import Any
 from ..console import info, warn
 from ..engine.events import notify
 from ..errors import TransferkitError
-from .storage import MAX_RETRIES
+from .storage import GRACE_BEATS, MAX_RETRIES
 
 READY = "transferkit.ready"
 ATTR = "transferkit."  # the study's user attributes set by transferkit carry this prefix
-READY_WAIT = 60.0  # seconds a joining worker waits for the creating process to queue the trials
+READY_WAIT = 300.0  # seconds a joining worker waits for the creating process to queue the trials
 
 
 def quiet_optuna() -> None:
@@ -83,13 +84,20 @@ def open_study(storage: Any, name: str, *, trials: int | None, default_trials: i
         except optuna.exceptions.DuplicatedStudyError:
             pass
     if created:
-        for key, value in attrs.items():
-            study.set_user_attr(ATTR + key, value)
-        study.set_user_attr(ATTR + "trials", planned)
-        fixed = list(first or [])[:planned]
-        for i in range(planned):
-            study.enqueue_trial(fixed[i] if i < len(fixed) else {}, skip_if_exists=False)
-        study.set_user_attr(READY, True)  # last: a joining worker waits for it
+        try:
+            for key, value in attrs.items():
+                study.set_user_attr(ATTR + key, value)
+            study.set_user_attr(ATTR + "trials", planned)
+            fixed = list(first or [])[:planned]
+            if planned > 100:
+                info(f"queueing {planned} trials in study {name!r}")
+            for i in range(planned):
+                study.enqueue_trial(fixed[i] if i < len(fixed) else {}, skip_if_exists=False)
+            study.set_user_attr(READY, True)  # last: a joining worker waits for it
+        except BaseException:  # a half-made study would block its name: it goes
+            with contextlib.suppress(Exception):
+                optuna.delete_study(study_name=name, storage=storage)
+            raise
         return study, True
 
     waited = time.monotonic()
@@ -113,10 +121,13 @@ def open_study(storage: Any, name: str, *, trials: int | None, default_trials: i
         raise TransferkitError(f"Study {name!r} was not made by transferkit search: choose another --study name.")
     if theirs["data"] != attrs["data"]:
         raise TransferkitError(f"Study {name!r} was made for {describe(theirs)}; this run is for "
-                               f"{describe(attrs)}: choose another --study name.")
-    for key in ("task", "model", "strategies", "space", "objective"):
-        if theirs.get(key) != attrs.get(key):
-            raise TransferkitError(f"Study {name!r} was made with another {key} "
+                               f"{describe(attrs)} (the same data split otherwise? --seed, --val-fraction and "
+                               "--test-fraction must match too): choose another --study name.")
+    for key, what in (("task", "task"), ("model", "backbone, preprocessing or precision"),
+                      ("strategies", "list of strategies"), ("space", "search space"), ("objective", "objective"),
+                      ("pruner", "--pruner"), ("heartbeat", "--heartbeat")):
+        if key in attrs and theirs.get(key) != attrs.get(key):
+            raise TransferkitError(f"Study {name!r} was made with another {what} "
                                    f"({short_text(theirs.get(key))}; here {short_text(attrs.get(key))}): give the "
                                    "same settings, or another --study name.")
     if trials is not None and trials != theirs.get("trials"):
@@ -211,6 +222,18 @@ def retry(study: Any, storage: Any, trial_id: int) -> None:
         optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, storage.get_trial(trial_id))
 
 
+def taken_away(study: Any, storage: Any, trial_id: int, number: int) -> bool:
+    """Whether another worker already failed this trial as silent (this worker's heartbeat did not reach the
+    database for 3 beats) and queued it again: then its result here is dropped, with a warning."""
+    from optuna.trial import TrialState
+
+    if storage.get_trial(trial_id).state == TrialState.RUNNING:
+        return False
+    warn(f"trial {number} was failed by another worker while it ran here (its heartbeat was not seen for "
+         f"{GRACE_BEATS} beats) and runs again elsewhere; this worker's result is dropped")
+    return True
+
+
 def trial_seconds(study: Any) -> dict[str, float]:
     """The median wall time of the study's complete trials (any worker), per strategy ({} before the first)."""
     from optuna.trial import TrialState
@@ -264,13 +287,18 @@ def run_trials(study: Any, storage: Any, objective: Callable[[Any], float], *, h
                 trial.set_user_attr("worker", me)
                 value = objective(trial)
             except optuna.TrialPruned as err:
+                if taken_away(study, storage, trial_id, trial.number):
+                    continue
                 study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
                 done["pruned"] += 1
                 notify("trial", trial.number, {"pruned": 1, "seconds": time.monotonic() - t0})
-                info(f"trial {trial.number}: pruned by the {pruner} pruner ({err}) after "
-                     f"{time.monotonic() - t0:.0f} s")
+                info(f"trial {trial.number}: pruned ({err}) after {time.monotonic() - t0:.0f} s")
                 continue
             except Exception as err:  # noqa: BLE001  (a trial's failure, whatever raised it, is the trial's)
+                if taken_away(study, storage, trial_id, trial.number):
+                    continue
+                if isinstance(err, optuna.exceptions.StorageInternalError):
+                    raise  # the database itself failed: the search cannot go on (said in one line by the caller)
                 reason = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
                 trial.set_user_attr("error", reason)
                 study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
@@ -280,6 +308,8 @@ def run_trials(study: Any, storage: Any, objective: Callable[[Any], float], *, h
             except BaseException:
                 retry(study, storage, trial_id)  # interrupted: failed and queued again, never left RUNNING
                 raise
+        if taken_away(study, storage, trial_id, trial.number):
+            continue
         frozen = study.tell(trial, value, skip_if_finished=True)
         if frozen.state != TrialState.COMPLETE:  # a NaN value, or another worker failed it meanwhile
             done["failed"] += 1

@@ -64,7 +64,8 @@ class RunSettings:
     replay_fraction: float = 0.25  # tasks.continued.DEFAULT_REPLAY_FRACTION
     old_test: Any = None
     # a caller's step between scoring and writing (transferkit search adds its record): called as
-    # ``after_training(model, metrics)`` and may add to both (metrics.json; model.meta, which the bundle keeps)
+    # ``after_training(model, metrics)``, it may add to both (metrics.json; model.meta, which the bundle keeps) and
+    # return files for the run folder ({name: bytes}, written with the rest and swapped in with it)
     after_training: Any = None
 
     def __post_init__(self) -> None:

@@ -1,0 +1,134 @@
+"""``transferkit search`` (issue 23): does searching the settings pay off on small data, and what do workers buy?
+
+- ``payoff``: on Fashion-MNIST with 25 labels per class (1,000 test images; EfficientNet-Lite0) and BBC News with
+  25 articles per topic (500 test articles; all-MiniLM-L6-v2), one search per seed (``--strategy linear,finetune``,
+  ``--trials``, median pruning, the cross-validated objective), each ending with the default settings (``auto``)
+  and the searched ones trained on the same splits and scored on the same test set. Reported: the mean test
+  accuracy of each over the seeds with a 95% t-interval, the mean paired difference, trials complete/pruned, and
+  wall time.
+- ``workers``: the same Fashion-MNIST search (seed 0) with 1 and 2 worker processes on SQLite, and 2 on a local
+  PostgreSQL server (``transferkit.studies.local``), each in a fresh process: wall time of the trials and of the
+  whole command.
+
+    .venv/bin/python benchmarks/search.py                       # payoff + workers
+    .venv/bin/python benchmarks/search.py --parts workers --trials 8
+
+Prints Markdown tables and saves benchmarks/results/search.json. Run it on a quiet machine: two busy processes on two
+cores halve each other's speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TRANSFERKIT_QUIET", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+HERE = Path(__file__).parent
+CLI = [sys.executable, "-m", "transferkit", "search"]
+
+
+def interval(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% t-interval (0 for one value)."""
+    from scipy import stats
+
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, float(stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5)
+
+
+def search_cli(data: Path, out: Path, storage: str, study: str, trials: int, seed: int, *extra: str) -> dict:
+    """One ``transferkit search`` in a fresh process: its record (``--json``) and wall seconds."""
+    t = time.monotonic()
+    r = subprocess.run([*CLI, str(data), "--trials", str(trials), "--seed", str(seed), "--strategy", "linear,finetune",
+                        "--storage", storage, "--study", study, "--out", str(out), "--no-explain", "--json", *extra],
+                       check=True, capture_output=True, text=True)
+    record = json.loads(r.stdout.strip().splitlines()[-1])
+    return {**record, "wall_s": round(time.monotonic() - t, 1)}
+
+
+def datasets(work: Path) -> dict[str, Path]:
+    from transferkit.datasets.bbc_news import export_text_folder
+    from transferkit.datasets.fashion_mnist import export_image_folder
+
+    return {"fashion-mnist": export_image_folder(work / "fm", train_per_class=25, test_size=1000, seed=0),
+            "bbc-news": export_text_folder(work / "bbc", train_per_class=25, test_per_class=100, seed=0)}
+
+
+def payoff(work: Path, data: dict[str, Path], trials: int, seeds: int, names: list[str]) -> dict:
+    out: dict = {}
+    for name in names:
+        rows = []
+        for seed in range(seeds):
+            rec = search_cli(data[name], work / f"{name}-{seed}", f"sqlite:///{work / 'payoff.db'}", f"{name}-{seed}",
+                             trials, seed)
+            c = rec["comparison"]
+            rows.append({"seed": seed, "defaults": c["defaults"], "searched": c["searched"],
+                         "difference": c["difference"], "ci": c["ci"], "best": rec["best"], "trials": rec["trials"],
+                         "trial_s": rec["seconds"], "wall_s": rec["wall_s"]})
+            print(f"{name} seed {seed}: defaults {c['defaults']:.3f}, searched {c['searched']:.3f} "
+                  f"({rec['best']['strategy']}), {rec['wall_s']:.0f} s", flush=True)
+        out[name] = {"runs": rows, **{k: interval([r[k] for r in rows]) for k in ("defaults", "searched",
+                                                                                     "difference")}}
+    return out
+
+
+def workers(work: Path, data: Path, trials: int) -> dict:
+    from transferkit.studies.local import local_postgres
+
+    out = {}
+    for label, storage, n in (("sqlite, 1 worker", f"sqlite:///{work / 'w1.db'}", 1),
+                              ("sqlite, 2 workers", f"sqlite:///{work / 'w2.db'}", 2)):
+        rec = search_cli(data, work / f"workers-{n}", storage, "w", trials, 0, "--workers", str(n))
+        out[label] = {"trial_s": rec["seconds"], "wall_s": rec["wall_s"], "trials": rec["trials"],
+                      "workers": rec["workers"], "best": rec["best"]["value"]}
+        print(f"{label}: trials {rec['seconds']:.0f} s, whole command {rec['wall_s']:.0f} s", flush=True)
+    with local_postgres() as url:
+        rec = search_cli(data, work / "workers-pg", url, "w", trials, 0, "--workers", "2")
+    out["postgresql, 2 workers"] = {"trial_s": rec["seconds"], "wall_s": rec["wall_s"], "trials": rec["trials"],
+                                    "workers": rec["workers"], "best": rec["best"]["value"]}
+    print(f"postgresql, 2 workers: trials {rec['seconds']:.0f} s, whole command {rec['wall_s']:.0f} s", flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--parts", default="payoff,workers")
+    ap.add_argument("--trials", type=int, default=12)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--data", default="fashion-mnist,bbc-news")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="tk-bench-search-"))
+    result: dict = {"trials": args.trials, "seeds": args.seeds, "cpus": os.cpu_count()}
+    try:
+        data = datasets(work)
+        parts = args.parts.split(",")
+        if "payoff" in parts:
+            result["payoff"] = payoff(work, data, args.trials, args.seeds, args.data.split(","))
+            print("\n| data | defaults | searched | searched - defaults |\n|---|---|---|---|")
+            for name, r in result["payoff"].items():
+                print(f"| {name} | {r['defaults'][0]:.3f} +- {r['defaults'][1]:.3f} | {r['searched'][0]:.3f} +- "
+                      f"{r['searched'][1]:.3f} | {r['difference'][0]:+.3f} +- {r['difference'][1]:.3f} |")
+        if "workers" in parts:
+            result["workers"] = workers(work, data["fashion-mnist"], args.trials)
+            print("\n| storage, workers | trials (s) | whole command (s) |\n|---|---|---|")
+            for label, r in result["workers"].items():
+                print(f"| {label} | {r['trial_s']:.0f} | {r['wall_s']:.0f} |")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "search.json").write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
