@@ -15,7 +15,8 @@ runner = CliRunner()
 
 
 def test_import_and_help_stay_light():
-    heavy = "('torch','timm','accelerate','sklearn','transformers','peft','pandas','datasets')"
+    heavy = ("('torch','timm','accelerate','sklearn','transformers','peft','pandas','datasets','optuna','mlflow',"
+             "'tensorboard','psycopg')")
     code = f"import sys, transferkit, transferkit.cli; print(sorted(m for m in {heavy} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

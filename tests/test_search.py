@@ -176,6 +176,24 @@ def test_study_on_other_data_refused(colour_folder, tiny_backbone, tmp_path):
     with pytest.raises(TransferkitError, match="another search space"):
         search(colour_folder, strategy="linear", worker=True, study="s", storage=url, backbone=tiny_backbone,
                space={"linear": {"class_weight": "none"}})
+    # other weights written to the same backbone folder make another study
+    import shutil
+
+    import torch
+
+    from transferkit.backbones import create_backbone
+    from transferkit.backbones.checkpoint import save_backbone
+
+    mine = tmp_path / "backbone"
+    shutil.copytree(tiny_backbone, mine)
+    assert search(colour_folder, trials=1, strategy="linear", worker=True, study="w", storage=url,
+                  backbone=str(mine))["complete"] == 1
+    bb = create_backbone(str(mine))
+    with torch.no_grad():
+        next(bb.parameters()).add_(1.0)
+    save_backbone(bb, mine, provenance={"note": "changed"})
+    with pytest.raises(TransferkitError, match="another backbone, preprocessing or precision"):
+        search(colour_folder, strategy="linear", worker=True, study="w", storage=url, backbone=str(mine))
 
 
 def worker_command(data: Path, backbone: str, url: str, study: str, trials: int, space: Path, *extra: str,

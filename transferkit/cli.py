@@ -43,6 +43,17 @@ def _max_pixels_option(skips: bool = True):
     )
 
 
+def _log_with_option(what: str):
+    """``--log-with``: the trackers of a command (:mod:`transferkit.engine.tracking`)."""
+    return typer.Option(None, "--log-with", help=f"Track {what}: tensorboard, mlflow or all, beside --out (or in "
+                                                 "--log-dir).")
+
+
+def _log_dir_option():
+    return typer.Option(None, "--log-dir", help="Where trackers write (default: --out's parent folder; MLflow: "
+                                                "unless MLFLOW_TRACKING_URI names a server).")
+
+
 def _limits_images(command):
     """--max-image-pixels for every image ``command`` reads, and for nothing after it: the limit in force before is
     restored when the command returns (a later command in the same process, a test or a notebook, gets its own)."""
@@ -261,13 +272,8 @@ def fit(
         help="Fine-tuning strategies: pull the weights toward their starting point (pretrained, or --init-from's) with "
              "this strength instead of decaying them (L2-SP; try 0.01-1).",
     ),
-    log_with: Optional[str] = typer.Option(
-        None, "--log-with",
-        help="Track the run: tensorboard, mlflow or all (settings, curves, scores, report and plots), beside --out.",
-    ),
-    log_dir: Optional[Path] = typer.Option(
-        None, "--log-dir", help="Where trackers write (default: --out's parent folder; MLflow: MLFLOW_TRACKING_URI).",
-    ),
+    log_with: Optional[str] = _log_with_option("the run (settings, each epoch's curves, scores, report and plots)"),
+    log_dir: Optional[Path] = _log_dir_option(),
     explain: bool = typer.Option(
         True, "--explain/--no-explain",
         help="Classifiers: the report's maps of what the model looks at (marked words for texts), its shortcut "
@@ -891,13 +897,8 @@ def search(
     precision: str = typer.Option("auto", help="auto, bf16, fp16 or no, as for fit."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable files with a warning."),
     explain: bool = typer.Option(True, "--explain/--no-explain", help="The final model's explanations, as for fit."),
-    log_with: Optional[str] = typer.Option(
-        None, "--log-with",
-        help="Track the search (each trial's value, then the final run): tensorboard, mlflow or all, beside --out (or "
-             "in --log-dir).",
-    ),
-    log_dir: Optional[Path] = typer.Option(None, "--log-dir", help="Where trackers write (MLflow: unless "
-                                                                  "MLFLOW_TRACKING_URI names a server)."),
+    log_with: Optional[str] = _log_with_option("the search (each trial's value, then the final run)"),
+    log_dir: Optional[Path] = _log_dir_option(),
     as_json: bool = typer.Option(False, "--json", help="Print the search's record as JSON on stdout."),
     max_image_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:
@@ -1011,13 +1012,8 @@ def compare(
         None, "--label-sep",
         help="Multi-label tables: the separator of the label cells, as for fit (JSONL lists need none).",
     ),
-    log_with: Optional[str] = typer.Option(
-        None, "--log-with",
-        help="Track the comparison (each run's score, the summary and plots): tensorboard, mlflow or all, beside --out "
-             "(or in --log-dir).",
-    ),
-    log_dir: Optional[Path] = typer.Option(None, "--log-dir", help="Where trackers write (MLflow: unless "
-                                                                  "MLFLOW_TRACKING_URI names a server)."),
+    log_with: Optional[str] = _log_with_option("the comparison (each run's score, the summary and plots)"),
+    log_dir: Optional[Path] = _log_dir_option(),
     storage: Optional[str] = typer.Option(
         None, help="Spread the runs over workers through a study in this database: sqlite:///path.db (one machine; the "
                    "default with --workers above 1: compare.db beside --out) or postgresql://user@host/db.",
@@ -1135,11 +1131,8 @@ def pretrain(
         help="Labelled images: skip files that are not images, with a count.",
     ),
     encoding: str = typer.Option("utf-8", help="Texts: file encoding."),
-    log_with: Optional[str] = typer.Option(
-        None, "--log-with", help="Track the run: tensorboard, mlflow or all, beside --out (or in --log-dir).",
-    ),
-    log_dir: Optional[Path] = typer.Option(None, "--log-dir", help="Where trackers write (MLflow: unless "
-                                                                  "MLFLOW_TRACKING_URI names a server)."),
+    log_with: Optional[str] = _log_with_option("the pre-training (settings, each logged step and evaluation)"),
+    log_dir: Optional[Path] = _log_dir_option(),
     as_json: bool = typer.Option(False, "--json", help="Print a summary as JSON on stdout."),
     max_image_pixels: Optional[int] = _max_pixels_option(),
 ) -> None:

@@ -339,6 +339,16 @@ def pruning(trial: Any, cross_validated: bool) -> Any:
     return listen
 
 
+def weights_digest(name: str) -> str | None:
+    """A backbone folder's or checkpoint file's weights, hashed (new weights at the same path make another study);
+    None for named hub or packaged weights, which the name fixes."""
+    from ..io import file_digest
+
+    path = Path(str(name))
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path] if path.is_file() else []
+    return ",".join(file_digest(f)[:16] for f in files) or None
+
+
 def data_identity(prepared: Any) -> str:
     from ..rundir import data_hashes
 
@@ -380,7 +390,8 @@ def run_search(data: Any, db: Any, url: str, name: str, *, trials: int | None, s
     objective = objective_text(base, names)
     metric = "mAP" if base.multi_label else "balanced accuracy" if base.balanced else "accuracy"
     splits = {part: len(enc) for part, enc in prepared.encoded.items() if enc is not None}
-    model = {"backbone": prepared.backbone.spec.name, "precision": str(accelerator.mixed_precision),
+    model = {"backbone": prepared.backbone.spec.name, "weights": weights_digest(prepared.backbone.spec.name),
+             "precision": str(accelerator.mixed_precision),
              **{f"preprocess.{k}": v for k, v in prepared.backbone.preprocess.to_dict().items()}}
     attrs = {"data": data_identity(prepared), "source": str(data), "splits": splits, "task": task.name,
              "model": json.loads(json.dumps(model, default=str)), "strategies": names,
