@@ -1,6 +1,7 @@
 """``transferkit search`` (issue 23): does searching the settings pay off on small data, and what do workers buy?
 
-- ``payoff``: on Fashion-MNIST with 25 labels per class (1,000 test images; EfficientNet-Lite0 at 112 px, as the
+- ``payoff``: per seed, its own draw of labelled examples (the test set stays the same): on Fashion-MNIST with 25
+  labels per class (1,000 test images; EfficientNet-Lite0 at 112 px, as the
   README's fast comparisons use) and BBC News with 25 articles per topic (500 test articles; all-MiniLM-L6-v2, 128
   tokens), one search per seed (``--strategy linear,finetune``, ``--trials``, median pruning, the cross-validated
   objective; fine-tuning's epochs searched from 3 to 10 to keep a CPU trial to minutes), each ending with the
@@ -65,21 +66,27 @@ def search_cli(data: Path, out: Path, storage: str, study: str, trials: int, see
     return {**record, "wall_s": round(time.monotonic() - t, 1)}
 
 
-def datasets(work: Path) -> dict[str, Path]:
+def dataset(work: Path, name: str, seed: int) -> Path:
+    """The labelled examples drawn with ``seed`` (another seed: other labelled examples; the same test set)."""
+    folder = work / f"{'fm' if name == 'fashion-mnist' else 'bbc'}-{seed}"
+    if folder.is_dir():  # exported already by an earlier part
+        return folder
+    if name == "fashion-mnist":
+        from transferkit.datasets.fashion_mnist import export_image_folder
+
+        return export_image_folder(work / f"fm-{seed}", train_per_class=25, test_size=1000, seed=seed)
     from transferkit.datasets.bbc_news import export_text_folder
-    from transferkit.datasets.fashion_mnist import export_image_folder
 
-    return {"fashion-mnist": export_image_folder(work / "fm", train_per_class=25, test_size=1000, seed=0),
-            "bbc-news": export_text_folder(work / "bbc", train_per_class=25, test_per_class=100, seed=0)}
+    return export_text_folder(work / f"bbc-{seed}", train_per_class=25, test_per_class=100, seed=seed)
 
 
-def payoff(work: Path, data: dict[str, Path], trials: int, seeds: int, names: list[str]) -> dict:
+def payoff(work: Path, trials: int, seeds: int, names: list[str]) -> dict:
     out: dict = {}
     for name in names:
         rows = []
         for seed in range(seeds):
-            rec = search_cli(data[name], work / f"{name}-{seed}", f"sqlite:///{work / 'payoff.db'}", f"{name}-{seed}",
-                             trials, seed, *SIZE[name])
+            rec = search_cli(dataset(work, name, seed), work / f"{name}-{seed}", f"sqlite:///{work / 'payoff.db'}",
+                             f"{name}-{seed}", trials, seed, *SIZE[name])
             c = rec["comparison"]
             rows.append({"seed": seed, "defaults": c["defaults"], "searched": c["searched"],
                          "difference": c["difference"], "ci": c["ci"], "best": rec["best"], "trials": rec["trials"],
@@ -120,23 +127,26 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="tk-bench-search-"))
     result: dict = {"trials": args.trials, "seeds": args.seeds, "cpus": os.cpu_count()}
     try:
-        data = datasets(work)
         parts = args.parts.split(",")
         if "payoff" in parts:
-            result["payoff"] = payoff(work, data, args.trials, args.seeds, args.data.split(","))
+            result["payoff"] = payoff(work, args.trials, args.seeds, args.data.split(","))
             print("\n| data | defaults | searched | searched - defaults |\n|---|---|---|---|")
             for name, r in result["payoff"].items():
                 print(f"| {name} | {r['defaults'][0]:.3f} +- {r['defaults'][1]:.3f} | {r['searched'][0]:.3f} +- "
                       f"{r['searched'][1]:.3f} | {r['difference'][0]:+.3f} +- {r['difference'][1]:.3f} |")
         if "workers" in parts:
-            result["workers"] = workers(work, data["fashion-mnist"], args.trials)
+            result["workers"] = workers(work, dataset(work, "fashion-mnist", 0), args.trials)
             print("\n| storage, workers | trials (s) | whole command (s) |\n|---|---|---|")
             for label, r in result["workers"].items():
                 print(f"| {label} | {r['trial_s']:.0f} | {r['wall_s']:.0f} |")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "search.json").write_text(json.dumps(result, indent=2))
+    path = HERE / "results" / "search.json"
+    earlier = json.loads(path.read_text()) if path.is_file() else {}
+    if "payoff" in result and "payoff" in earlier:  # one data set per call keeps the others' results
+        result["payoff"] = {**earlier["payoff"], **result["payoff"]}
+    path.write_text(json.dumps({**earlier, **result}, indent=2))
 
 
 if __name__ == "__main__":
