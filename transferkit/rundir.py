@@ -282,6 +282,12 @@ def _link_or_copy(src: Any, dst: Any) -> None:
 
 # -- fit's run folder ---------------------------------------------------------------------------------------------
 
+def beside(out: str | Path | None) -> Path:
+    """Where files shared by many runs go (a study database, tracker logs): the folder that holds ``out``, or
+    ``runs`` without one."""
+    return Path(out).resolve().parent if out is not None else Path("runs")
+
+
 def work_folder(out: Path) -> Path:
     """Where a run into ``out`` keeps its epoch checkpoints until it ends: ``.NAME.work`` beside ``out`` (outside it,
     so they survive a killed run whatever state ``out`` is in, and the swap at the end leaves them alone)."""

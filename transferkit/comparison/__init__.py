@@ -206,12 +206,12 @@ def open_queue(storage: str | None, study: str | None, out: Any, workers: int, w
     check_number("heartbeat", heartbeat, low=1, high=3600, example="10")
     if storage is None and workers == 1 and not worker:
         return None
-    from ..studies.storage import open_storage
+    from ..studies.storage import default_url, open_storage
 
     name = study or (Path(out).name if out is not None else None)
     if not name:
         raise TransferkitError("Name the study (--study NAME): a worker without --out has no folder to name it by.")
-    url = storage or f"sqlite:///{(Path(out).resolve().parent if out is not None else Path('runs')) / 'compare.db'}"
+    url = storage or default_url(out, "compare.db")
     return {"db": open_storage(url, heartbeat), "url": url, "study": name, "worker": worker,
             "heartbeat": heartbeat}
 

@@ -176,7 +176,9 @@ def tracking(log_with: Any, log_dir: str | Path | None, out: str | Path | None, 
     if not kinds:
         yield None
         return
-    folder = Path(log_dir) if log_dir is not None else (Path(out).resolve().parent if out is not None else Path("runs"))
+    from ..rundir import beside
+
+    folder = Path(log_dir) if log_dir is not None else beside(out)
     run_name = name or (Path(out).name if out is not None else "run")
     tracker = Tracking(kinds, folder, run_name, config).start()
     try:

@@ -19,10 +19,11 @@ CONNECT_TIMEOUT = 10  # seconds to reach a database server before giving up
 SETUP_TRIES = 4  # attempts at opening a database whose tables another worker is creating at the same moment
 
 
-def default_url(out: str | Path | None) -> str:
+def default_url(out: str | Path | None, name: str = "search.db") -> str:
     """``sqlite:///`` beside the run folder (``runs/search.db`` for ``--out runs/x``), or ``runs/search.db``."""
-    folder = Path(out).resolve().parent if out is not None else Path("runs")
-    return f"sqlite:///{folder / 'search.db'}"
+    from ..rundir import beside
+
+    return f"sqlite:///{beside(out) / name}"
 
 
 def shown(url: str) -> str:
