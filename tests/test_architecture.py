@@ -20,7 +20,7 @@ LAYERS = [
     {"engine"},
     {"evaluation"},
     {"data", "backbones", "heads", "datasets"},
-    {"io", "rundir", "cache", "console", "errors", "(root)"},
+    {"io", "rundir", "runfile", "cache", "console", "errors", "(root)"},
 ]
 
 

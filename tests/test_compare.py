@@ -249,6 +249,17 @@ def test_compare_texts_and_the_cli(tmp_path, tiny_text_backbone):
     assert saved["config"]["kind"] == "text" and len(saved["runs"]) == 4
     assert all(r["score_lo"] is None for r in saved["summary"])  # one seed: no interval over seeds
 
+    # its run.yaml runs the same comparison again, to the same scores
+    import yaml
+
+    doc = yaml.safe_load((out / "run.yaml").read_text())
+    assert doc["command"] == "compare" and doc["data"] == str(root.resolve())
+    assert (doc["settings"]["budgets"], doc["settings"]["epochs"]) == ("4,all", 2)
+    r = CliRunner().invoke(app, ["compare", "--config", str(out / "run.yaml"), "--out", str(tmp_path / "again")])
+    assert r.exit_code == 0, r.output
+    again = json.loads((tmp_path / "again" / "compare.json").read_text())
+    assert [x["score"] for x in again["runs"]] == [x["score"] for x in saved["runs"]]
+
 
 def test_macro_f1_bootstrap_matches_sklearn_resample_by_resample():
     import numpy as np

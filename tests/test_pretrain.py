@@ -47,7 +47,8 @@ def test_supervised_pretrain_gives_a_backbone_fit_loads_by_path(colours, tmp_pat
     r = transferkit.pretrain(colours, arch="timm:test_efficientnet", image_size=32, out=out, epochs=3, batch_size=16,
                              precision="no", workers=0, log_every=2)
     assert sorted(p.name for p in out.iterdir()) == [".transferkit-run.json", "backbone.json", "backbone.safetensors",
-                                                     "log.txt", "pretrain.json", "pretrain_curve.png", "report.md"]
+                                                     "log.txt", "pretrain.json", "pretrain_curve.png", "report.md",
+                                                     "run.yaml"]
     meta = json.loads((out / "backbone.json").read_text())
     prov = meta["provenance"]
     # the record of the source data: where, how many, which classes, a fingerprint of the listing
@@ -247,7 +248,8 @@ def test_two_processes_with_accelerate_launch(method, colours, tiny_backbone, tm
     assert json.loads(r.stdout.strip().splitlines()[-1])["processes"] == 2, "one summary, from the first process"
     assert r.stderr.count("step 2/") == 1, "only the first process logs"
     assert sorted(p.name for p in out.iterdir()) == [".transferkit-run.json", "backbone.json", "backbone.safetensors",
-                                                     "log.txt", "pretrain.json", "pretrain_curve.png", "report.md"]
+                                                     "log.txt", "pretrain.json", "pretrain_curve.png", "report.md",
+                                                     "run.yaml"]
     left = [p.name for p in out.parent.iterdir() if p.name.startswith(f".{method}")]
     assert left == [f".{method}.lock"], "no second writer's leftovers; only the lock file that held --out stays"
     if method == "supervised":

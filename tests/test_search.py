@@ -152,6 +152,14 @@ def test_search_final_model_record_and_reproducible(colour_folder, tiny_backbone
     card = (out / "model" / "model_card.md").read_text()
     assert "## Hyperparameter search" in card and f"trial {s['best']['number']}" in card
     assert transferkit.load(out / "model").meta["metrics"]["search"]["best"] == s["best"]
+    import yaml
+
+    doc = yaml.safe_load((out / "run.yaml").read_text())  # what `transferkit search --config` reads back
+    assert doc["command"] == "search" and doc["data"] == str(colour_folder.resolve())
+    assert {k: doc["settings"][k] for k in ("trials", "seed", "strategy", "study", "storage", "backbone")} == \
+        {"trials": 4, "seed": 3, "strategy": "linear,finetune", "study": "a",
+         "storage": f"sqlite:///{tmp_path / 'search.db'}", "backbone": tiny_backbone}
+    assert doc["resolved"]["best_trial"] == s["best"]["number"]
 
 
 def test_study_on_other_data_refused(colour_folder, tiny_backbone, tmp_path):

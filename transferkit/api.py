@@ -6,6 +6,7 @@ to :func:`transferkit.pipeline.run` (data -> task -> backbone -> strategy -> eng
 
 from __future__ import annotations
 
+import functools
 import numbers
 import re
 import time
@@ -191,8 +192,14 @@ def fit(
         >>> news = transferkit.fit(df, text_column="body", label_column="topic", strategy="lora", out="runs/news")
         >>> news.predict(["Shares rose after the merger."])[0]["label"]
 
+    Settings file: with ``out``, the run folder also receives ``run.yaml``, every setting of this call (the default
+    backbone by its name, ``precision="auto"`` as what it came to) and what the run resolved; ``transferkit fit
+    --config runs/x/run.yaml`` runs it again with the same result on the same machine and seed (a ``budget`` plans
+    epochs from measured speed, so a budgeted run can differ). See :mod:`transferkit.runfile`.
+
     Raises :class:`transferkit.TransferkitError` (one line naming the file or value) for bad input.
     """
+    call = dict(locals())  # every argument, for run.yaml
     from .data.images import image_limits
     from .pipeline import run
     from .tasks import RunSettings
@@ -215,6 +222,8 @@ def fit(
                            compile=compile, explain=explain, init_from=init_from, replay=replay,
                            replay_fraction=replay_fraction, old_test=old_test,
                            strategy_options={**strategy_options, **({"l2sp": l2sp} if l2sp is not None else {})})
+    if out is not None:
+        settings.after_training = functools.partial(_run_file, call)
     from .engine.tracking import parse_log_with, run_files, tracking
 
     parse_log_with(log_with)  # a missing package fails before any work
@@ -232,6 +241,34 @@ def fit(
         tracker.finish({k: model.metrics.get(k) for k in ("test", "val", "estimate", "timings")},
                        run_files(out) if out is not None else [])
         return model
+
+
+def _run_file(call: dict[str, Any], model: Any, metrics: dict[str, Any]) -> dict[str, bytes]:
+    """``run.yaml`` for a :func:`fit` called with ``call`` (its arguments) that came to ``metrics``."""
+    from .runfile import recorded, settings_file
+
+    settings = recorded(call, drop=("labels", "cpu", "strategy_options"),
+                        paths=("backbone", "init_from", "replay", "old_test", "log_dir"))
+    options = dict(call["strategy_options"])
+    at = list(settings).index("strategy") + 1  # the flags of the strategy's options next to it
+    items = list(settings.items())
+    settings = dict(items[:at] + [(k, options.pop(k, None)) for k in ("epochs", "lr", "batch_size")] + items[at:])
+    if options:
+        settings["strategy_options"] = options
+    name = (metrics.get("backbone") or {}).get("name")
+    if settings["backbone"] is None and settings["init_from"] is None and name:
+        settings["backbone"] = name  # the default this run resolved
+    if settings["precision"] == "auto" and metrics.get("precision"):
+        settings["precision"] = metrics["precision"]
+    in_memory = [k for k in ("replay", "old_test")
+                 if settings[k] is not None and not isinstance(settings[k], (str, Path))]
+    settings |= dict.fromkeys(in_memory)  # data given in memory cannot be written down
+    details = metrics.get("details") or {}
+    resolved = {**({"given_in_memory": in_memory} if in_memory else {}),
+                "task": metrics.get("task"), "strategy": metrics.get("strategy"), "backbone": name,
+                "precision": metrics.get("precision"), "device": metrics.get("device"),
+                **({"options": details["config"]} if isinstance(details.get("config"), dict) else {})}
+    return {"run.yaml": settings_file("fit", call["data"], settings, resolved)}
 
 
 # fit's ``task`` argument -> the registered task it names (None: decided by ``modality`` or by the data)

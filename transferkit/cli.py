@@ -3,6 +3,8 @@ inside the commands so ``transferkit --help`` answers at once."""
 
 from __future__ import annotations
 
+import contextvars
+import difflib
 import functools
 import inspect
 import json
@@ -71,6 +73,97 @@ def _limits_images(command):
     return run
 
 
+def _setting_name(param) -> str:
+    """A click parameter's key in run.yaml: its long flag without dashes (``--image-size``: ``image_size``)."""
+    longs = [o for o in getattr(param, "opts", []) if o.startswith("--")]
+    return longs[0][2:].replace("-", "_") if longs and param.param_type_name == "option" else param.name
+
+
+# strategy options a run.yaml holds without a flag of their own (settings.strategy_options), for fit to pass on
+_STRATEGY_OPTIONS: contextvars.ContextVar[dict] = contextvars.ContextVar("strategy_options", default={})
+
+
+def _apply_config(ctx, command: str, path: Path, kwargs: dict) -> tuple[dict, dict]:
+    """``kwargs`` with the settings of ``path`` (a run.yaml, :mod:`transferkit.runfile`) where no flag was given,
+    each converted and checked by its option's own type, and the file's strategy options; every problem is one line,
+    all at once."""
+    from .console import console
+    from .runfile import read_settings
+
+    try:
+        data, settings, note = read_settings(path, command)
+    except TransferkitError as err:
+        _fail(err)
+    if note:
+        console.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
+    params = {_setting_name(p): p for p in ctx.command.params if p.name not in ("config", "data")}
+    given = {"COMMANDLINE", "ENVIRONMENT", "PROMPT"}  # the sources of a flag the user gave
+    problems, extra = [], {}
+    for key, value in settings.items():
+        if key == "strategy_options" and "strategy" in params:
+            if not isinstance(value, dict):
+                problems.append(f"{path}: strategy_options: expected a mapping of option: value, got {value!r}")
+            else:
+                extra = value  # checked by the strategy's own config
+            continue
+        param = params.get(key)
+        if param is None:
+            near = difflib.get_close_matches(str(key), sorted(params), n=1)
+            problems.append(f"{path}: unknown setting {key!r}" + (f" (closest: {near[0]!r})" if near else ""))
+            continue
+        source = ctx.get_parameter_source(param.name)
+        if source is not None and source.name in given:
+            continue  # the flag beside --config wins
+        try:
+            kwargs[param.name] = None if value is None else param.process_value(ctx, value)
+        except typer.BadParameter as err:
+            problems.append(f"{path}: {key}: {err.message}")
+    if problems:
+        _fail(TransferkitError("\n".join(problems)))
+    if kwargs.get("data") is None:
+        if data is None:
+            _fail(TransferkitError(f"{path} records no data path (the run was given data in memory): give DATA "
+                                   "beside --config."))
+        kwargs["data"] = Path(data)
+    return kwargs, extra
+
+
+def _configurable(command_name: str):
+    """Add ``--config run.yaml`` to a command: the file's settings fill every option not given as a flag, and DATA
+    when it is left out."""
+
+    def wrap(command):
+        signature = inspect.signature(command)
+        context = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+        option = inspect.Parameter(
+            "config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
+            default=typer.Option(
+                None, "--config",
+                help=f"A run.yaml (every run writes one into its folder): its settings, data included, for every "
+                     f"option not given here; `transferkit {command_name} --config runs/x/run.yaml` runs x again.",
+            ),
+        )
+
+        @functools.wraps(command)
+        def run(*args, ctx: typer.Context, config: Optional[Path] = None, **kwargs):
+            extra = {}
+            if config is not None:
+                kwargs, extra = _apply_config(ctx, command_name, config, kwargs)
+            elif kwargs.get("data") is None:
+                _fail(TransferkitError(f"Missing DATA: give the data folder or file (`transferkit {command_name} "
+                                       "DATA`), or --config run.yaml."))
+            token = _STRATEGY_OPTIONS.set(extra)
+            try:
+                return command(*args, **kwargs)
+            finally:
+                _STRATEGY_OPTIONS.reset(token)
+
+        run.__signature__ = signature.replace(parameters=[*signature.parameters.values(), context, option])
+        return run
+
+    return wrap
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"transferkit {__version__}")
@@ -88,10 +181,12 @@ def main(
 
 
 @app.command()
+@_configurable("fit")
 @_limits_images
 def fit(
-    data: Path = typer.Argument(
-        ...,
+    data: Optional[Path] = typer.Argument(
+        None,
+        show_default=False,
         help="Folder of class folders of images (also DICOM, NIfTI, 16-bit PNG/TIFF), audio (wav/flac/ogg) or .txt "
              "files (optionally train/ val/ test/), a CSV/TSV/JSONL (path,label for images and audio, plus patient_id "
              "for medical images; text and label columns for texts), a saved Hugging Face dataset, or images with "
@@ -286,6 +381,7 @@ def fit(
     from .api import fit as fit_api
 
     options = {k: v for k, v in {"epochs": epochs, "lr": lr, "batch_size": batch_size}.items() if v is not None}
+    options = {**_STRATEGY_OPTIONS.get(), **options}
     if strategy == "auto" and options:
         _fail(TransferkitError("--epochs/--lr/--batch-size apply to a named strategy; auto sets its own "
                                "(use --budget)."))
@@ -840,9 +936,12 @@ def rank(
 
 
 @app.command()
+@_configurable("search")
 @_limits_images
 def search(
-    data: Path = typer.Argument(..., help="Labelled data, as for fit (images, DICOM/NIfTI, texts or audio)."),
+    data: Optional[Path] = typer.Argument(
+        None, show_default=False, help="Labelled data, as for fit (images, DICOM/NIfTI, texts or audio).",
+    ),
     trials: Optional[int] = typer.Option(
         None, "--trials", "-n",
         help="Trials the study holds (default 20 when this command creates it; a joining --worker may leave it out).",
@@ -952,10 +1051,12 @@ def search(
 
 
 @app.command()
+@_configurable("compare")
 @_limits_images
 def compare(
-    data: Path = typer.Argument(
-        ...,
+    data: Optional[Path] = typer.Argument(
+        None,
+        show_default=False,
         help="Labelled data, as for fit (images, DICOM/NIfTI, texts or audio; single- or multi-label).",
     ),
     budgets: str = typer.Option(
@@ -1006,6 +1107,9 @@ def compare(
     ),
     precision: str = typer.Option("auto", help="auto, bf16, fp16 or no, as for fit."),
     seed: int = typer.Option(0, help="Seed of the fixed test split (when the data have none)."),
+    val_fraction: float = typer.Option(0.15, help="The share of each budget's labels each run validates on."),
+    test_fraction: float = typer.Option(0.2, help="The share held out once as the test set, when the data have no "
+                                                  "test split."),
     resume: bool = typer.Option(False, help="Reuse the runs an interrupted comparison in --out already finished."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable files with a warning."),
     label_sep: Optional[str] = typer.Option(
@@ -1037,6 +1141,7 @@ def compare(
                              study=study or (out.name if worker else None), workers=workers,
                              worker=worker, heartbeat=heartbeat,
                              skip_bad=skip_bad, image_size=image_size, modality=modality, precision=precision,
+                             val_fraction=val_fraction, test_fraction=test_fraction,
                              **{k: v for k, v in (("epochs", epochs), ("max_length", max_length),
                                                   ("text_column", text_column), ("label_column", label_column),
                                                   ("patient_column", patient_column), ("label_sep", label_sep))
@@ -1058,10 +1163,12 @@ def compare(
 
 
 @app.command()
+@_configurable("pretrain")
 @_limits_images
 def pretrain(
-    data: Path = typer.Argument(
-        ...,
+    data: Optional[Path] = typer.Argument(
+        None,
+        show_default=False,
         help="Supervised: class folders of images or a CSV/TSV/JSONL of path,label. SimCLR: any folder of images (at "
              "any depth) or a table of paths. MLM/SimCSE: a .txt file (one document per line), a .jsonl with a text "
              "field, or a folder of .txt files. Read as training goes, never all at once.",

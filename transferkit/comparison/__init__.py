@@ -105,6 +105,7 @@ def compare(data: Any, *, budgets: str | list = (5, 10, 25, 50, ALL), seeds: int
 
     Returns ``{"config", "runs", "summary", "headlines", "warnings", "files"}``.
     """
+    call = dict(locals())  # every argument, for run.yaml
     from ..api import fit, parse_budget
     from ..console import info
 
@@ -185,6 +186,8 @@ def compare(data: Any, *, budgets: str | list = (5, 10, 25, 50, ALL), seeds: int
             result = run_grid(data, config, out_dir, resume, task, splits, pool, test, names, budget_list, sizes,
                               seeds, backbone, run_seconds, precision, image_size, kind, skip_bad, fit_options,
                               strategy_options, metric, image_pre, tracker, queue=queue)
+            if result is not None and "files" in result:
+                result["files"]["run"] = str(_write_run_file(out_dir, call, queue))
             if tracker is not None and result is not None:
                 tracker.finish({"seconds": result["seconds"]}, run_files(out_dir) if out_dir is not None else [])
     except BaseException:
@@ -290,6 +293,27 @@ def run_grid(data: Any, config: dict, out_dir: Path | None, resume: bool, task: 
         result["files"] = write_comparison(out_dir, result)
         info(f"compare: report {result['files']['html']}")
     return result
+
+
+def _write_run_file(out: Path, call: dict[str, Any], queue: Any) -> Path:
+    """``out/run.yaml`` (:mod:`transferkit.runfile`): ``call``, the comparison's arguments (the storage and study it
+    used, a password taken out)."""
+    from ..io import atomic_write_text
+    from ..runfile import recorded, settings_file
+
+    settings = recorded(call, drop=("labels", "worker"), spread="fit_options", paths=("backbone", "log_dir"))
+    if queue is not None:
+        from ..studies.storage import shown
+
+        settings |= {"storage": shown(queue["url"]), "study": queue["study"]}
+    for key in ("budgets", "strategies"):
+        if isinstance(settings[key], (list, tuple)):
+            settings[key] = ",".join(str(v) for v in settings[key])
+    path = out / "run.yaml"
+    note = ("The same study goes on where it stopped: give --study NEW (and the password, if the storage had one) "
+            "to run the grid again.") if queue is not None else None
+    atomic_write_text(path, settings_file("compare", call["data"], settings, {}, note=note).decode())
+    return path
 
 
 def _is_main() -> bool:

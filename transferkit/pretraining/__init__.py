@@ -104,6 +104,7 @@ def pretrain(
     ``log_with`` (``tensorboard``, ``mlflow``, ``all``) tracks the settings, each logged step and evaluation
     (:mod:`transferkit.engine.tracking`), beside ``out`` or in ``log_dir``.
     """
+    call = dict(locals())  # every argument, for run.yaml
     from ..engine.tracking import parse_log_with
 
     parse_log_with(log_with)  # a missing package fails before any work
@@ -222,7 +223,7 @@ def pretrain(
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     if is_main_process(accelerator):
-        _export(obj, backbone, metrics, out, ckpt_dir)
+        _export(obj, backbone, metrics, out, ckpt_dir, _run_file(call, metrics))
     accelerator.wait_for_everyone()
     return PretrainResult(out, metrics)
 
@@ -384,9 +385,21 @@ def _image_evaluator(val, classes, backbone, accelerator, workers):
     return evaluate
 
 
-def _export(obj, backbone, metrics: dict, out: Path, ckpt_dir: Path) -> None:
-    """Write the backbone and the run's record to ``out`` in one rename (the checkpoints go with the old folder;
-    what an earlier run did not write, such as notes, is carried over)."""
+def _run_file(call: dict, metrics: dict) -> bytes:
+    """The run's ``run.yaml`` (:mod:`transferkit.runfile`): ``call``, its arguments, with the precision it came to."""
+    from ..runfile import recorded, settings_file
+
+    settings = recorded(call, paths=("init", "log_dir"))
+    if settings["precision"] == "auto":
+        settings["precision"] = metrics["precision"]
+    resolved = {k: metrics.get(k) for k in ("modality", "epochs", "total_steps", "global_batch", "lr", "precision",
+                                            "device", "processes")}
+    return settings_file("pretrain", call["data"], settings, {**resolved, "start": metrics["start"]})
+
+
+def _export(obj, backbone, metrics: dict, out: Path, ckpt_dir: Path, run_file: bytes) -> None:
+    """Write the backbone, the run's record and ``run_file`` (run.yaml) to ``out`` in one rename (the checkpoints go
+    with the old folder; what an earlier run did not write, such as notes, is carried over)."""
     from ..rundir import replaced
     from .report import curve_png, report_md
 
@@ -404,6 +417,7 @@ def _export(obj, backbone, metrics: dict, out: Path, ckpt_dir: Path) -> None:
 
         write_json(tmp / "pretrain.json", metrics)
         (tmp / "log.txt").write_text(log, encoding="utf-8")
+        (tmp / "run.yaml").write_bytes(run_file)
         curve_png(metrics, tmp / "pretrain_curve.png")
         (tmp / "report.md").write_text(report_md(metrics, out), encoding="utf-8")
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # already gone with the old folder; a leftover would block a rerun

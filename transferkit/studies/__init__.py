@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -83,6 +84,7 @@ def search(data: Any, *, trials: int | None = None, budget: str | float | None =
         >>> model = transferkit.search("data/parts", trials=30, budget="1h", out="runs/parts-search")
         >>> model.metrics["search"]["comparison"]["verdict"]
     """
+    call = dict(locals())  # every argument, for run.yaml
     from .storage import default_url, open_storage
 
     if trials is not None:
@@ -140,7 +142,8 @@ def search(data: Any, *, trials: int | None = None, budget: str | float | None =
                             heartbeat=heartbeat, backbone=backbone, modality=modality, val_fraction=val_fraction,
                             test_fraction=test_fraction, cv=cv, image_size=image_size, precision=precision,
                             skip_bad=skip_bad, explain=explain, data_options=data_options,
-                            log_with=None if worker else log_with, log_dir=log_dir)
+                            log_with=None if worker else log_with, log_dir=log_dir,
+                            run_file=functools.partial(run_file, {**call, "storage": url, "study": name}))
     except BaseException as err:
         for p in helpers:  # this process failed or was interrupted: its helpers stop too (their trials are retried)
             p.terminate()
@@ -360,7 +363,8 @@ def run_search(data: Any, db: Any, url: str, name: str, *, trials: int | None, s
                started: float, out: Any, strategy: str, space: Any, pruner: str, seed: int, worker: bool,
                heartbeat: float, backbone: str | None, modality: str, val_fraction: float | None,
                test_fraction: float | None, cv: int | None, image_size: int | None, precision: str, skip_bad: bool,
-               explain: bool, data_options: dict[str, Any], log_with: Any = None, log_dir: Any = None) -> Any:
+               explain: bool, data_options: dict[str, Any], log_with: Any = None, log_dir: Any = None,
+               run_file: Any = None) -> Any:
     from ..api import resolve
     from ..console import info
     from ..engine.accel import make_accelerator
@@ -457,13 +461,33 @@ def run_search(data: Any, db: Any, url: str, name: str, *, trials: int | None, s
         wait_for_others(opened, heartbeat, ends_at)
         model = finish(data, task, options, prepared, settings, opened, names, dims, fixed, out=out, url=url,
                        pruner=pruner, ends_at=ends_at, trial_s=time.monotonic() - t0,
-                       objective=objective, metric=metric, base=base, tracker=tracker)
+                       objective=objective, metric=metric, base=base, tracker=tracker, run_file=run_file)
         if tracker is not None:
             s = model.metrics["search"]
             tracker.finish({"search": {"best": s["best"]["value"], "trials": s["trials"],
                                        "comparison": s.get("comparison") or {}},
                             "test": model.metrics.get("test") or {}}, run_files(Path(out)))
         return model
+
+
+def run_file(call: dict[str, Any], metrics: dict[str, Any]) -> bytes:
+    """The search's ``run.yaml`` (:mod:`transferkit.runfile`): ``call``, its arguments (the storage and study it
+    used, a password taken out), with the backbone and precision the final run came to."""
+    from ..runfile import recorded, settings_file
+    from .storage import shown
+
+    settings = recorded(call, drop=("labels", "worker"), spread="data_options", paths=("space", "backbone", "log_dir"))
+    settings["storage"] = shown(settings["storage"])
+    if settings["backbone"] is None:
+        settings["backbone"] = metrics["backbone"]["name"]
+    if settings["precision"] == "auto":
+        settings["precision"] = metrics["precision"]
+    best = metrics["search"]["best"]
+    resolved = {"task": metrics.get("task"), "strategy": metrics.get("strategy"), "best_trial": best["number"],
+                "best_options": best["options"], "precision": metrics.get("precision"), "device": metrics.get("device")}
+    return settings_file("search", call["data"], settings, resolved,
+                         note="The same study goes on where it stopped (its trials are kept): give --study NEW (and "
+                              "the password, if the storage had one) for a fresh search.")
 
 
 def wait_for_others(study: Any, heartbeat: float, ends_at: float | None) -> None:
@@ -481,9 +505,9 @@ def wait_for_others(study: Any, heartbeat: float, ends_at: float | None) -> None
 
 def finish(data: Any, task: Any, options: Any, prepared: Any, settings: Any, study: Any, names: list[str],
            dims: dict, fixed: dict, *, out: Any, url: str, pruner: str, ends_at: float | None, trial_s: float,
-           objective: str, metric: str, base: Any, tracker: Any = None) -> Any:
+           objective: str, metric: str, base: Any, tracker: Any = None, run_file: Any = None) -> Any:
     """Train the default settings and the best trial's on the same splits; the second is the result, its folder
-    holding the search's record, ``search.json`` and ``search.png``."""
+    holding the search's record, ``search.json``, ``search.png`` and (``run_file(metrics)``) ``run.yaml``."""
     from ..console import info, warn
     from ..io import jsonable
     from ..pipeline import run
@@ -544,7 +568,7 @@ def finish(data: Any, task: Any, options: Any, prepared: Any, settings: Any, stu
         # the bundle travels: where the study lives (a path, a user and host) stays in metrics.json
         model.meta.setdefault("metrics", {})["search"] = {k: v for k, v in record.items() if k != "storage"}
         return {"search.json": json.dumps({**record, "table": rows}, indent=2, default=jsonable).encode(),
-                "search.png": plot(rows, metric)}
+                "search.png": plot(rows, metric), **({"run.yaml": run_file(metrics)} if run_file else {})}
 
     info(f"search: the final model: trial {best.number}'s settings ({best_name})")
     with tracker.listen() if tracker is not None else contextlib.nullcontext():  # the final run's curves
