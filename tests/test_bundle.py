@@ -38,7 +38,7 @@ def test_save_load_parity(trained, tmp_path):
 def test_bundle_is_json_and_safetensors_only(trained):
     _, out, _ = trained
     files = sorted(p.name for p in (out / "model").iterdir())
-    assert files == ["config.json", "model.safetensors", "model_card.md"]  # no pickle anywhere
+    assert files == ["README.md", "config.json", "model.safetensors", "model_card.md"]  # no pickle anywhere
     cfg = json.loads((out / "model" / "config.json").read_text())
     assert cfg["format"] == "transferkit-bundle/1" and cfg["transferkit_version"] == transferkit.__version__
     assert cfg["backbone"]["source"] == "backbone_dir" and cfg["head"]["num_classes"] == 3

@@ -215,6 +215,11 @@ def fit(
              "encoding": None if encoding == "utf-8" else encoding, "max_length": max_length,
              "clip_seconds": clip_seconds, "window": window, "slices": slices, "patient_column": patient_column,
              "positive": positive, "threshold": threshold, "balance": balance}
+    if init_from is not None:
+        from .bundle.hub import download_bundle, is_hub_id
+
+        if is_hub_id(init_from):  # a bundle on the Hugging Face Hub (or in its cache)
+            init_from = download_bundle(str(init_from))
     settings = RunSettings(backbone=None if several else backbone, strategy=strategy, out=out,
                            seconds=parse_budget(budget), seed=seed, skip_bad=skip_bad, val_fraction=val_fraction,
                            test_fraction=test_fraction, cv=cv, precision=precision, arch=arch, cpu=cpu, resume=resume,
@@ -222,8 +227,7 @@ def fit(
                            compile=compile, explain=explain, init_from=init_from, replay=replay,
                            replay_fraction=replay_fraction, old_test=old_test,
                            strategy_options={**strategy_options, **({"l2sp": l2sp} if l2sp is not None else {})})
-    if out is not None:
-        settings.after_training = functools.partial(_run_file, call)
+    settings.after_training = functools.partial(_run_file, call)
     from .engine.tracking import parse_log_with, run_files, tracking
 
     parse_log_with(log_with)  # a missing package fails before any work
@@ -244,8 +248,14 @@ def fit(
 
 
 def _run_file(call: dict[str, Any], model: Any, metrics: dict[str, Any]) -> dict[str, bytes]:
-    """``run.yaml`` for a :func:`fit` called with ``call`` (its arguments) that came to ``metrics``."""
+    """``run.yaml`` for a :func:`fit` called with ``call`` (its arguments) that came to ``metrics``; and the data's
+    name (a folder's or file's, never its path) into the bundle, for its hub card's ``datasets``."""
     from .runfile import recorded, settings_file
+
+    data = call["data"]
+    if isinstance(data, (str, Path)) and isinstance(getattr(model, "meta", None), dict):
+        path = Path(data).expanduser().resolve()
+        model.meta["dataset"] = path.name if path.is_dir() else path.stem
 
     settings = recorded(call, drop=("labels", "cpu", "strategy_options"),
                         paths=("backbone", "init_from", "replay", "old_test", "log_dir"))
@@ -366,7 +376,13 @@ def rank(data: Any, backbones: list[str] | str, *, validate: bool = False, strat
 
 def load(folder: str | Path) -> TransferModel | DetectionModel:
     """Load a bundle saved by ``model.save()`` (``runs/NAME/model``): a classifier or a detector, as its
-    ``config.json`` says, read by the task that saved it. No download, no pickle, no code from the folder.
+    ``config.json`` says, read by the task that saved it. No pickle, no code from the folder.
+
+    ``folder`` may also be a Hugging Face Hub id (``"org/name"``, when no such folder is here): a bundle folder is a
+    hub model repository (its ``README.md`` is the model card under the hub's metadata header), so one pushed with
+    ``huggingface-cli upload org/name runs/NAME/model`` loads by its id. Only the bundle's files are downloaded
+    (JSON, safetensors, Markdown, vocabularies); offline, a copy in the hub cache loads and anything else fails in
+    one line.
 
     Raises:
         TransferkitError: the folder is not a bundle, is damaged, or holds a kind no registered task reads.

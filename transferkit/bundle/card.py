@@ -1,4 +1,5 @@
-"""``model_card.md``: what a bundle is, written from its own ``config.json`` so the two never disagree.
+"""``model_card.md``: what a bundle is, written from its own ``config.json`` so the two never disagree; and
+``README.md``, the same card under the Hugging Face Hub's metadata header (:func:`render_hub_readme`).
 
 Sections: the task and labels, the data it was trained on, the backbone and where its weights came from (and the
 ranking that chose it), how it was trained, its scores with 95% intervals (and a warning when the test set is too
@@ -196,3 +197,72 @@ def _limitations(config: dict[str, Any], m: dict[str, Any], scored: str) -> list
     out.append("Scores hold for data like the test set (same source, same label definitions); they say nothing about "
                "other sources.")
     return out
+
+
+# config.json "task" -> the Hugging Face Hub's pipeline tag and task name
+HUB_TASKS = {"image-classification": "Image Classification", "text-classification": "Text Classification",
+             "audio-classification": "Audio Classification", "object-detection": "Object Detection"}
+
+
+def _hub_metrics(m: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """The split the scores come from and the scores, as model-index metrics (type, value, name)."""
+    scored = "test" if m.get("test") else "val"
+    s = m.get(scored) or {}
+    estimate = scored == "val" and bool(m.get("estimate"))
+    split = "test" if scored == "test" else ("train (cross-validated)" if estimate else "validation")
+    out = []
+
+    def add(kind: str, value: Any, name: str, **args: Any) -> None:
+        if isinstance(value, (int, float)) and value == value:
+            out.append({"type": kind, "value": round(float(value), 4), "name": f"{split} {name}",
+                        **({"args": args} if args else {})})
+
+    if "map_50" in s:  # detection
+        add("map", s.get("map"), "mAP@[.5:.95]")
+        add("map", s.get("map_50"), "mAP@.5", iou=0.5)
+        return split, out
+    add("accuracy", s.get("accuracy"), "exact-match accuracy" if s.get("multi_label") else "accuracy")
+    add("f1", s.get("macro_f1"), "macro-F1", average="macro")
+    if s.get("multi_label"):
+        add("f1", s.get("micro_f1"), "micro-F1", average="micro")
+        add("map", s.get("map"), "mAP")
+    c = s.get("clinical") or {}
+    add("roc_auc", c.get("auroc"), "AUROC")
+    add("balanced_accuracy", c.get("balanced_accuracy"), "balanced accuracy")
+    return split, out
+
+
+def render_hub_readme(config: dict[str, Any]) -> str:
+    """``README.md`` of a bundle: the model card under the Hugging Face Hub's metadata header (library, pipeline tag,
+    tags, base model, data set, metrics and a ``model-index`` with the scores), so the bundle folder is also a hub
+    model repository (``huggingface-cli upload org/name runs/x/model``) that ``transferkit.load("org/name")``
+    reads back."""
+    import yaml
+
+    task = str(config.get("task", ""))
+    spec = config.get("backbone") or {}
+    m = config.get("metrics") or {}
+    dataset = config.get("dataset") or "own data"
+    tags = ["transferkit", "transfer-learning", *([m["strategy"]] if m.get("strategy") else []),
+            *(["multi-label"] if config.get("multi_label") else []), *(["medical"] if config.get("clinical") else [])]
+    header: dict[str, Any] = {"library_name": "transferkit", "pipeline_tag": task, "tags": tags}
+    arch = str(spec.get("arch") or "")
+    if spec.get("source") == "hf" and arch.count("/") == 1 and not arch.startswith((".", "/")):
+        header["base_model"] = arch  # a Hugging Face Hub model id
+    if config.get("dataset"):
+        header["datasets"] = [config["dataset"]]
+    split, scores = _hub_metrics(m)
+    if scores:
+        header["metrics"] = sorted({s["type"] for s in scores})
+        header["model-index"] = [{
+            "name": f"{task} on {spec.get('name', '?')}",
+            "results": [{"task": {"type": task, "name": HUB_TASKS.get(task, task)},
+                         "dataset": {"name": dataset, "type": dataset, "split": split}, "metrics": scores}],
+        }]
+    front = yaml.safe_dump(header, sort_keys=False, allow_unicode=True, width=120)
+    use = ["## Use", "", "```python", "import transferkit  # pip install transferkit", "",
+           'model = transferkit.load("ORG/NAME")  # this repository\'s id, or the folder it was downloaded to',
+           'model.predict(["example"])', "```", "",
+           "`transferkit.load` reads `config.json` and `model.safetensors`: no pickle, no code from the repository.",
+           ""]
+    return f"---\n{front}---\n\n{render_model_card(config)}\n" + "\n".join(use)

@@ -157,7 +157,7 @@ class DetectionModel:
         from safetensors.torch import save_file
 
         from .. import __version__
-        from .card import render_model_card
+        from .card import render_hub_readme, render_model_card
         from .format import BUNDLE_FORMAT
 
         det = self.detector
@@ -169,7 +169,9 @@ class DetectionModel:
         with atomic_dir(folder) as tmp:
             save_file(state, str(tmp / "model.safetensors"), metadata={"format": BUNDLE_FORMAT})
             (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
-            (tmp / "model_card.md").write_text(render_model_card(json.loads(json.dumps(config, default=str))))
+            plain = json.loads(json.dumps(config, default=str))
+            (tmp / "model_card.md").write_text(render_model_card(plain))
+            (tmp / "README.md").write_text(render_hub_readme(plain))  # the folder is also a hub model repository
         return Path(folder)
 
     @classmethod

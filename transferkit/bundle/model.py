@@ -241,7 +241,7 @@ class TransferModel:
         from safetensors.torch import save_file
 
         from .. import __version__
-        from .card import render_model_card
+        from .card import render_hub_readme, render_model_card
 
         bb = self.classifier.backbone
         own = ("format", "transferkit_version", "task", "labels", "multi_label", "threshold", "tta", "backbone",
@@ -264,7 +264,9 @@ class TransferModel:
         with atomic_dir(folder) as tmp:
             save_file(state, str(tmp / "model.safetensors"), metadata={"format": BUNDLE_FORMAT})
             (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
-            (tmp / "model_card.md").write_text(render_model_card(json.loads(json.dumps(config, default=str))))
+            plain = json.loads(json.dumps(config, default=str))
+            (tmp / "model_card.md").write_text(render_model_card(plain))
+            (tmp / "README.md").write_text(render_hub_readme(plain))  # the folder is also a hub model repository
             self.task.save_files(bb, tmp)
             for name, data in self.files.items():
                 (tmp / name).parent.mkdir(parents=True, exist_ok=True)
@@ -329,7 +331,13 @@ def write_explanations(explainer: Any, data: Any, targets: np.ndarray, probs: np
 
 def load(folder: str | Path) -> Any:
     """Load a bundle saved by ``save()`` (``runs/NAME/model``): a :class:`TransferModel` (classifier) or a
-    :class:`~transferkit.bundle.detection.DetectionModel` (detector), as its ``config.json`` says."""
+    :class:`~transferkit.bundle.detection.DetectionModel` (detector), as its ``config.json`` says. ``org/name``
+    that is not a folder here is a Hugging Face Hub repository (:mod:`.hub`), downloaded (bundle files only) or
+    read from the hub cache."""
+    from .hub import download_bundle, is_hub_id
+
+    if is_hub_id(folder):
+        folder = download_bundle(str(folder))
     config = read_config(folder)
     task = reader_for(config)
     if hasattr(task, "load_model"):
