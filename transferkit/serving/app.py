@@ -434,11 +434,16 @@ def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, token: st
     Raises:
         TransferkitError: a non-loopback address without a token, a port in use, an unusable bundle.
     """
-    import uvicorn
+    import importlib.util
+    import os
 
     from ..console import info
 
-    import os
+    missing = [m for m in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise TransferkitError(f"transferkit serve needs {', '.join(missing).replace('multipart', 'python-multipart')}"
+                               ": pip install 'transferkit[serve]'.")
+    import uvicorn
 
     if token is not None and not token.strip():
         raise TransferkitError("--token is blank: give a secret no client could guess (or leave it out on loopback).")
