@@ -35,7 +35,7 @@ def test_bundle_readme_is_a_hub_model_card(bundle):
     assert {"README.md", "config.json", "model.safetensors", "model_card.md"} <= {p.name for p in folder.iterdir()}
     card = _card(folder / "README.md")
     d = card.data
-    assert (d.library_name, d.pipeline_tag, d.datasets) == ("transferkit", "image-classification", ["parts"])
+    assert (d.library_name, d.pipeline_tag, d.datasets) == ("transferkit", "image-classification", None)
     assert {"transferkit", "transfer-learning", "linear"} <= set(d.tags) and d.metrics == ["accuracy", "f1"]
     scores = {r.metric_name: r for r in d.eval_results}
     acc = scores["test accuracy"]
@@ -61,7 +61,8 @@ def test_hub_readme_for_detectors_estimates_and_hub_backbones(tmp_path):
         d = _card(tmp_path / "README.md").data
         assert d.pipeline_tag == task and {r.metric_type for r in d.eval_results} == kinds
         assert {r.dataset_split for r in d.eval_results} == {split}
-    assert d.base_model == "google-bert/bert-base-uncased" and d.datasets == ["reviews"]
+    assert d.base_model == "google-bert/bert-base-uncased"
+    assert {(r.dataset_name, r.dataset_type) for r in d.eval_results} == {("reviews", "custom")}
 
 
 def test_load_by_hub_id_from_the_cache_offline(bundle, tmp_path, monkeypatch):
@@ -94,3 +95,24 @@ def test_load_by_hub_id_from_the_cache_offline(bundle, tmp_path, monkeypatch):
         transferkit.load("acme/missing")
     text = str(err.value)
     assert "\n" not in text and text.startswith("acme/missing is not a folder here, and the Hugging Face Hub")
+
+    # a hub repository that is not a bundle (a backbone's) is refused after its config.json, before any weights
+    other = cache / "models--acme--encoder" / "snapshots" / ("1" * 40)
+    other.mkdir(parents=True)
+    (other / "config.json").write_text('{"model_type": "bert"}')
+    (other.parent.parent / "refs").mkdir()
+    (other.parent.parent / "refs" / "main").write_text("1" * 40)
+    with pytest.raises(transferkit.TransferkitError, match="acme/encoder is not a transferkit bundle"):
+        transferkit.load("acme/encoder")
+
+
+def test_a_missing_local_path_is_not_taken_for_a_hub_id(tmp_path, monkeypatch):
+    from transferkit.bundle.hub import is_hub_id
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    assert is_hub_id("acme/parts") and not is_hub_id("runs/missing") and not is_hub_id("../x/y")
+    assert not is_hub_id("a/b/c") and not is_hub_id("")
+    with pytest.raises(transferkit.TransferkitError, match="runs/missing") as err:
+        transferkit.load("runs/missing")
+    assert "Hugging Face" not in str(err.value)

@@ -55,6 +55,14 @@ def test_fit_config_reruns_the_run_exactly_and_flags_override(colour_splits, tin
         {k: v for k, v in s.items() if k not in ("seed", "epochs")}
     assert len(_metrics(tmp_path / "other")["history"]["epochs"]) == 1
 
+    # a boolean flag beside the file wins both ways; another strategy drops the file's strategy options, saying so
+    r = runner.invoke(app, ["fit", "--config", "run.yaml", "--strategy", "linear", "--explain", "--skip-bad",
+                            "--out", str(tmp_path / "probe"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert "--strategy linear replaces the file's finetune: its options (epochs 2) are left out" in r.output
+    probe = yaml.safe_load((tmp_path / "probe" / "run.yaml").read_text())["settings"]
+    assert (probe["strategy"], probe["epochs"], probe["explain"], probe["skip_bad"]) == ("linear", None, True, True)
+
 
 def test_pretrain_config_reruns_to_the_same_weights(colour_folder, tmp_path):
     from safetensors.torch import load_file
@@ -99,6 +107,17 @@ def test_a_bad_config_is_one_line_per_problem_before_any_work(colour_splits, tmp
     assert "records no data path" in refused("settings: {strategy: linear}\n")[0]
     lines = refused(f"data: {colour_splits}\nsettings:\n  strategy: finetune\n  strategy_options: {{warmup: 2}}\n")
     assert "has no option 'warmup'" in lines[-1]  # the strategy's own check names its options
+
+    lines = refused(f"data: {colour_splits}\nsettings:\n  strategy: null\n  backbone: [a, b]\n  seed: {{x: 1}}\n")
+    assert "strategy: null is not a value here" in lines[0] and "(auto)" in lines[0]
+    assert "backbone: expected one value, got a list" in lines[1] and "comma-separated" in lines[1]
+    assert "seed: expected one value, got a dict" in lines[2]
+    # compare passes the options it has no flags for on to its runs, where they are checked
+    path = tmp_path / "cmp.yaml"
+    path.write_text(f"command: compare\ndata: {colour_splits}\nsettings:\n  strategies: linear,finetune\n"
+                    "  fit_options: {warmup: 2}\n")
+    r = runner.invoke(app, ["compare", "--config", str(path), "--out", str(tmp_path / "cmp")])
+    assert r.exit_code == 2 and "warmup" in r.output and "Traceback" not in r.output, r.output
 
     r = runner.invoke(app, ["fit", "--config", str(tmp_path / "none.yaml")])
     assert r.exit_code == 2 and "no such file" in r.output

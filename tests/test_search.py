@@ -160,6 +160,19 @@ def test_search_final_model_record_and_reproducible(colour_folder, tiny_backbone
         {"trials": 4, "seed": 3, "strategy": "linear,finetune", "study": "a",
          "storage": f"sqlite:///{tmp_path / 'search.db'}", "backbone": tiny_backbone}
     assert doc["resolved"]["best_trial"] == s["best"]["number"]
+    assert doc["settings"]["space"] == str(out / "space.yaml")  # a space given in Python, kept beside it
+    assert yaml.safe_load((out / "space.yaml").read_text()) == FAST
+    from typer.testing import CliRunner
+
+    from transferkit.cli import app
+
+    r = CliRunner().invoke(app, ["search", "--config", str(out / "run.yaml"), "--study", "c", "--trials", "2",
+                                 "--out", str(tmp_path / "runs" / "c"), "--json"])
+    assert r.exit_code == 0, r.output
+    again = yaml.safe_load((tmp_path / "runs" / "c" / "run.yaml").read_text())["settings"]
+    assert (again["study"], again["trials"], again["space"]) == ("c", 2, doc["settings"]["space"])
+    assert {k: v for k, v in again.items() if k not in ("study", "trials")} == \
+        {k: v for k, v in doc["settings"].items() if k not in ("study", "trials")}
 
 
 def test_study_on_other_data_refused(colour_folder, tiny_backbone, tmp_path):
@@ -286,7 +299,7 @@ def test_killed_worker_trial_is_failed_and_run_again(colour_folder, tiny_backbon
 
 def test_storage_places_and_passwords_refused_or_hidden(colour_folder, tmp_path):
     from transferkit.studies import search
-    from transferkit.studies.storage import hide, shown
+    from transferkit.studies.storage import hide, shown, without_password
 
     out = tmp_path / "runs" / "x"
     with pytest.raises(TransferkitError, match="lies inside --out"):
@@ -302,4 +315,7 @@ def test_storage_places_and_passwords_refused_or_hidden(colour_folder, tmp_path)
     for url in ("postgresql://tk:pa/ss@127.0.0.1:5/tk", "postgresql://tk:p@ss@h:1/d",
                 "postgresql://tk@h/d?sslmode=disable&password=pa/ss"):
         assert "pa/ss" not in shown(url) and "p@ss" not in shown(url) and "***" in shown(url)
+        # run.yaml's storage: no password, not even starred, so a rerun's driver asks PGPASSWORD or ~/.pgpass
+        assert "pa/ss" not in without_password(url) and "p@ss" not in without_password(url)
+        assert "***" not in without_password(url) and "password" not in without_password(url)
         assert "pa/ss" not in hide(f"failed: {url}", url) and "p@ss" not in hide(f"failed: {url}", url)

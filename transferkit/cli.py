@@ -79,14 +79,18 @@ def _setting_name(param) -> str:
     return longs[0][2:].replace("-", "_") if longs and param.param_type_name == "option" else param.name
 
 
-# strategy options a run.yaml holds without a flag of their own (settings.strategy_options), for fit to pass on
-_STRATEGY_OPTIONS: contextvars.ContextVar[dict] = contextvars.ContextVar("strategy_options", default={})
+# options a run.yaml holds without a flag of their own, by command: fit's strategy options (weight_decay...) and
+# compare's options for every run (window, balance, strategy options...), which the command passes on as given
+_EXTRA_KEYS = {"fit": "strategy_options", "compare": "fit_options"}
+_EXTRA: contextvars.ContextVar[dict] = contextvars.ContextVar("extra_options", default={})
+# what a named strategy's options are, in a fit file: left out when --strategy names another strategy
+_STRATEGY_KEYS = ("epochs", "lr", "batch_size", "strategy_options")
 
 
 def _apply_config(ctx, command: str, path: Path, kwargs: dict) -> tuple[dict, dict]:
     """``kwargs`` with the settings of ``path`` (a run.yaml, :mod:`transferkit.runfile`) where no flag was given,
-    each converted and checked by its option's own type, and the file's strategy options; every problem is one line,
-    all at once."""
+    each converted and checked by its option's own type, and the file's options without flags (``_EXTRA_KEYS``);
+    every problem is one line, all at once."""
     from .console import console
     from .runfile import read_settings
 
@@ -94,32 +98,51 @@ def _apply_config(ctx, command: str, path: Path, kwargs: dict) -> tuple[dict, di
         data, settings, note = read_settings(path, command)
     except TransferkitError as err:
         _fail(err)
-    if note:
-        console.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
+    warnings = [note] if note else []
     params = {_setting_name(p): p for p in ctx.command.params if p.name not in ("config", "data")}
     given = {"COMMANDLINE", "ENVIRONMENT", "PROMPT"}  # the sources of a flag the user gave
+
+    def flagged(param) -> bool:
+        source = ctx.get_parameter_source(param.name)
+        return source is not None and source.name in given
+
+    if command == "fit" and "strategy" in params and flagged(params["strategy"]) and \
+            settings.get("strategy") != kwargs.get("strategy"):
+        dropped = {k: settings.pop(k) for k in _STRATEGY_KEYS if settings.get(k) not in (None, {})}
+        if dropped:
+            warnings.append(f"--strategy {kwargs['strategy']} replaces the file's {settings.get('strategy')}: its "
+                            f"options ({', '.join(f'{k} {v}' for k, v in dropped.items())}) are left out.")
     problems, extra = [], {}
     for key, value in settings.items():
-        if key == "strategy_options" and "strategy" in params:
+        if key == _EXTRA_KEYS.get(command):
             if not isinstance(value, dict):
-                problems.append(f"{path}: strategy_options: expected a mapping of option: value, got {value!r}")
+                problems.append(f"{path}: {key}: expected a mapping of option: value, got {value!r}")
             else:
-                extra = value  # checked by the strategy's own config
+                extra = value  # checked by the strategy's own config, or the task's options
             continue
         param = params.get(key)
         if param is None:
             near = difflib.get_close_matches(str(key), sorted(params), n=1)
             problems.append(f"{path}: unknown setting {key!r}" + (f" (closest: {near[0]!r})" if near else ""))
             continue
-        source = ctx.get_parameter_source(param.name)
-        if source is not None and source.name in given:
+        if flagged(param):
             continue  # the flag beside --config wins
+        if value is None and param.default is not None:
+            problems.append(f"{path}: {key}: null is not a value here: give one, or leave the key out for the "
+                            f"default ({param.default})")
+            continue
+        if isinstance(value, (list, dict)):
+            problems.append(f"{path}: {key}: expected one value, got a {type(value).__name__} ({value!r:.60})"
+                            + ("; write several as one comma-separated string" if isinstance(value, list) else ""))
+            continue
         try:
             kwargs[param.name] = None if value is None else param.process_value(ctx, value)
         except typer.BadParameter as err:
             problems.append(f"{path}: {key}: {err.message}")
     if problems:
         _fail(TransferkitError("\n".join(problems)))
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     if kwargs.get("data") is None:
         if data is None:
             _fail(TransferkitError(f"{path} records no data path (the run was given data in memory): give DATA "
@@ -152,11 +175,11 @@ def _configurable(command_name: str):
             elif kwargs.get("data") is None:
                 _fail(TransferkitError(f"Missing DATA: give the data folder or file (`transferkit {command_name} "
                                        "DATA`), or --config run.yaml."))
-            token = _STRATEGY_OPTIONS.set(extra)
+            token = _EXTRA.set(extra)
             try:
                 return command(*args, **kwargs)
             finally:
-                _STRATEGY_OPTIONS.reset(token)
+                _EXTRA.reset(token)
 
         run.__signature__ = signature.replace(parameters=[*signature.parameters.values(), context, option])
         return run
@@ -242,7 +265,7 @@ def fit(
              "always used.",
     ),
     skip_bad: bool = typer.Option(
-        False, "--skip-bad",
+        False, "--skip-bad/--no-skip-bad",
         help="Skip unreadable or missing images, empty texts, undecodable or silent audio, and images with bad boxes "
              "or no label file, with a warning and a count.",
     ),
@@ -327,7 +350,7 @@ def fit(
              "rarest object's class) or none.",
     ),
     scratch_baseline: bool = typer.Option(
-        False, "--scratch-baseline",
+        False, "--scratch-baseline/--no-scratch-baseline",
         help="Also train the same architecture from random weights on the same splits and training time (so the run "
              "takes about twice as long), and a classical baseline (HOG, TF-IDF or log-mel statistics + logistic "
              "regression); the report and model card compare them with the model and say plainly when a baseline wins.",
@@ -338,7 +361,7 @@ def fit(
              "already decoded in memory; min(8, CPUs - 1) on a GPU).",
     ),
     compile_net: bool = typer.Option(
-        False, "--compile",
+        False, "--compile/--no-compile",
         help="torch.compile the network that classification fine-tuning trains (finetune, gradual, scratch, auto's "
              "fine-tuning; not detection). The first step compiles: tens of seconds to minutes before training starts "
              "(recorded as compile_s in metrics.json), and again at the first validation and in each fold; it pays "
@@ -381,7 +404,7 @@ def fit(
     from .api import fit as fit_api
 
     options = {k: v for k, v in {"epochs": epochs, "lr": lr, "batch_size": batch_size}.items() if v is not None}
-    options = {**_STRATEGY_OPTIONS.get(), **options}
+    options = {**_EXTRA.get(), **options}
     if strategy == "auto" and options:
         _fail(TransferkitError("--epochs/--lr/--batch-size apply to a named strategy; auto sets its own "
                                "(use --budget)."))
@@ -994,7 +1017,7 @@ def search(
     patient_column: Optional[str] = typer.Option(None, help="Medical: the manifest column of patient ids, as for fit."),
     balance: Optional[str] = typer.Option(None, help="Class imbalance: weights, sampler or none, as for fit."),
     precision: str = typer.Option("auto", help="auto, bf16, fp16 or no, as for fit."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable files with a warning."),
+    skip_bad: bool = typer.Option(False, "--skip-bad/--no-skip-bad", help="Skip unreadable files with a warning."),
     explain: bool = typer.Option(True, "--explain/--no-explain", help="The final model's explanations, as for fit."),
     log_with: Optional[str] = _log_with_option("the search (each trial's value, then the final run)"),
     log_dir: Optional[Path] = _log_dir_option(),
@@ -1111,7 +1134,7 @@ def compare(
     test_fraction: float = typer.Option(0.2, help="The share held out once as the test set, when the data have no "
                                                   "test split."),
     resume: bool = typer.Option(False, help="Reuse the runs an interrupted comparison in --out already finished."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable files with a warning."),
+    skip_bad: bool = typer.Option(False, "--skip-bad/--no-skip-bad", help="Skip unreadable files with a warning."),
     label_sep: Optional[str] = typer.Option(
         None, "--label-sep",
         help="Multi-label tables: the separator of the label cells, as for fit (JSONL lists need none).",
@@ -1142,6 +1165,7 @@ def compare(
                              worker=worker, heartbeat=heartbeat,
                              skip_bad=skip_bad, image_size=image_size, modality=modality, precision=precision,
                              val_fraction=val_fraction, test_fraction=test_fraction,
+                             **_EXTRA.get(),
                              **{k: v for k, v in (("epochs", epochs), ("max_length", max_length),
                                                   ("text_column", text_column), ("label_column", label_column),
                                                   ("patient_column", patient_column), ("label_sep", label_sep))
@@ -1234,7 +1258,7 @@ def pretrain(
         help="Loader processes per training process that read and decode data (default: from the CPU count).",
     ),
     skip_bad: bool = typer.Option(
-        False, "--skip-bad",
+        False, "--skip-bad/--no-skip-bad",
         help="Labelled images: skip files that are not images, with a count.",
     ),
     encoding: str = typer.Option("utf-8", help="Texts: file encoding."),

@@ -54,15 +54,19 @@ def where(value: Any) -> str | None:
 
 
 def recorded(call: dict[str, Any], drop: tuple[str, ...] = (), spread: str | None = None,
-             paths: tuple[str, ...] = ()) -> dict[str, Any]:
+             paths: tuple[str, ...] = (), joined: tuple[str, ...] = ("backbone", "log_with")) -> dict[str, Any]:
     """A command's arguments (``call``: its ``locals()`` on entry) as run.yaml settings: ``data``, ``out``,
     ``resume`` and ``drop`` left out, the keyword arguments gathered in ``spread`` (``**options``) spread among the
-    others, and the ``paths`` that name something on this machine made absolute."""
+    others, the lists of ``joined`` written as the flag writes them (``a,b``), and the ``paths`` that name something
+    on this machine made absolute."""
     settings: dict[str, Any] = {}
     for key, value in call.items():
         for k, v in (dict(value or {}) if key == spread else {key: value}).items():
             if k not in ("data", "out", "resume", *drop):
                 settings[k] = v
+    for key in joined:
+        if isinstance(settings.get(key), (list, tuple)):
+            settings[key] = ",".join(map(str, settings[key]))
     for key in paths:
         value = settings.get(key)
         if isinstance(value, (str, Path)) and str(value) and Path(value).expanduser().exists():

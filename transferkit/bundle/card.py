@@ -8,6 +8,7 @@ small to tell close models apart), the comparison with scratch (when the run mea
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -228,13 +229,15 @@ def _hub_metrics(m: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
         add("map", s.get("map"), "mAP")
     c = s.get("clinical") or {}
     add("roc_auc", c.get("auroc"), "AUROC")
+    add("roc_auc", c.get("auroc_macro"), "macro AUROC", average="macro")
     add("balanced_accuracy", c.get("balanced_accuracy"), "balanced accuracy")
     return split, out
 
 
 def render_hub_readme(config: dict[str, Any]) -> str:
     """``README.md`` of a bundle: the model card under the Hugging Face Hub's metadata header (library, pipeline tag,
-    tags, base model, data set, metrics and a ``model-index`` with the scores), so the bundle folder is also a hub
+    tags, base model, metrics and a ``model-index`` with the scores on the data set named by its folder; a local
+    name is no hub dataset id, so ``datasets`` is left for the user to add), so the bundle folder is also a hub
     model repository (``huggingface-cli upload org/name runs/x/model``) that ``transferkit.load("org/name")``
     reads back."""
     import yaml
@@ -242,22 +245,20 @@ def render_hub_readme(config: dict[str, Any]) -> str:
     task = str(config.get("task", ""))
     spec = config.get("backbone") or {}
     m = config.get("metrics") or {}
-    dataset = config.get("dataset") or "own data"
+    dataset = config.get("dataset") or "own data"  # a folder's name: not a hub dataset id, so not in `datasets`
     tags = ["transferkit", "transfer-learning", *([m["strategy"]] if m.get("strategy") else []),
             *(["multi-label"] if config.get("multi_label") else []), *(["medical"] if config.get("clinical") else [])]
     header: dict[str, Any] = {"library_name": "transferkit", "pipeline_tag": task, "tags": tags}
     arch = str(spec.get("arch") or "")
     if spec.get("source") == "hf" and arch.count("/") == 1 and not arch.startswith((".", "/")):
         header["base_model"] = arch  # a Hugging Face Hub model id
-    if config.get("dataset"):
-        header["datasets"] = [config["dataset"]]
     split, scores = _hub_metrics(m)
     if scores:
         header["metrics"] = sorted({s["type"] for s in scores})
         header["model-index"] = [{
-            "name": f"{task} on {spec.get('name', '?')}",
+            "name": f"{task} on {Path(str(spec.get('name', '?'))).name}",  # a backbone folder: not its path
             "results": [{"task": {"type": task, "name": HUB_TASKS.get(task, task)},
-                         "dataset": {"name": dataset, "type": dataset, "split": split}, "metrics": scores}],
+                         "dataset": {"name": dataset, "type": "custom", "split": split}, "metrics": scores}],
         }]
     front = yaml.safe_dump(header, sort_keys=False, allow_unicode=True, width=120)
     use = ["## Use", "", "```python", "import transferkit  # pip install transferkit", "",

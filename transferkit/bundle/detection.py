@@ -170,8 +170,8 @@ class DetectionModel:
             save_file(state, str(tmp / "model.safetensors"), metadata={"format": BUNDLE_FORMAT})
             (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
             plain = json.loads(json.dumps(config, default=str))
-            (tmp / "model_card.md").write_text(render_model_card(plain))
-            (tmp / "README.md").write_text(render_hub_readme(plain))  # the folder is also a hub model repository
+            (tmp / "model_card.md").write_text(render_model_card(plain), encoding="utf-8")
+            (tmp / "README.md").write_text(render_hub_readme(plain), encoding="utf-8")  # a hub model repository
         return Path(folder)
 
     @classmethod

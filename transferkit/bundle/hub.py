@@ -20,9 +20,10 @@ HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def is_hub_id(name: str | Path) -> bool:
-    """``org/name`` that is not a path on this machine."""
+    """``org/name`` that is not a path on this machine (nor inside a folder here: ``runs/x`` with a ``runs/``
+    folder is a missing local path, not a repository)."""
     text = str(name)
-    return bool(HUB_ID.fullmatch(text)) and not Path(text).exists() and ".." not in text
+    return bool(HUB_ID.fullmatch(text)) and ".." not in text and not Path(text.split("/")[0]).exists()
 
 
 def download_bundle(repo_id: str, revision: str | None = None) -> Path:
@@ -32,19 +33,31 @@ def download_bundle(repo_id: str, revision: str | None = None) -> Path:
     Raises:
         TransferkitError: the repository cannot be reached or does not exist, in one line.
     """
-    from huggingface_hub import snapshot_download
+    import json
+
+    from huggingface_hub import hf_hub_download, snapshot_download
 
     from ..backbones.hub import hub_offline_unless_reachable
 
     try:
         with hub_offline_unless_reachable():
+            # config.json first: a repository that is not a bundle (a backbone's weights) is refused before its
+            # shards are downloaded
+            config = Path(hf_hub_download(repo_id, "config.json", revision=revision))
+            try:
+                bundle = json.loads(config.read_text(encoding="utf-8")).get("transferkit_version") is not None
+            except (ValueError, AttributeError, UnicodeDecodeError):
+                bundle = False
+            if not bundle:
+                raise TransferkitError(f"The Hugging Face Hub repository {repo_id} is not a transferkit bundle (its "
+                                       "config.json names no transferkit_version): give a bundle's id, or use it as "
+                                       "a backbone (--backbone).")
             folder = snapshot_download(repo_id, revision=revision, allow_patterns=BUNDLE_FILES)
+    except TransferkitError:
+        raise
     except Exception as err:  # noqa: BLE001  (offline, no such repository, no access, a network error)
         why = (str(err).strip().splitlines() or [""])[0].split(". ")[0][:160]
         raise TransferkitError(f"{repo_id} is not a folder here, and the Hugging Face Hub did not give it "
                                f"({type(err).__name__}{': ' + why if why else ''}): check the id and the network, "
                                "or give the bundle's folder.") from None
-    if not (Path(folder) / "config.json").is_file():
-        raise TransferkitError(f"The Hugging Face Hub repository {repo_id} holds no config.json: it is not a "
-                               "transferkit bundle.")
     return Path(folder)

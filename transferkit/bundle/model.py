@@ -6,12 +6,14 @@ Bundle layout (``model/``)::
     config.json         format, package version, task, backbone spec, head config, labels, preprocessing, metrics
     model_card.md       what the model does, its data, backbone and weights' origin, training, scores with 95%
                         intervals, known limitations (written from config.json)
+    README.md           the same card under the Hugging Face Hub's metadata header: the folder is a hub model
+                        repository (:mod:`.hub`)
     tokenizer/          (text) the backbone's tokenizer files
     encoder/config.json (text) the encoder's architecture
     adapter/            (lora) the adapter in peft's format, with the head beside it
     encoder/            (Hugging Face audio encoder) its config.json and preprocessor_config.json
 
-Loading rebuilds the architecture from these files (no download, no pickle) and fills it from
+Loading rebuilds the architecture from these files (no download of weights, no pickle) and fills it from
 ``model.safetensors``; predictions after reload equal those before. What differs between kinds of data (reading
 raw inputs, the extra files, rebuilding the backbone) is the model's task's (:mod:`transferkit.tasks`): a bundle
 names its task in ``config.json``, and the tasks register themselves as its readers (:mod:`.format`).
@@ -265,8 +267,8 @@ class TransferModel:
             save_file(state, str(tmp / "model.safetensors"), metadata={"format": BUNDLE_FORMAT})
             (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
             plain = json.loads(json.dumps(config, default=str))
-            (tmp / "model_card.md").write_text(render_model_card(plain))
-            (tmp / "README.md").write_text(render_hub_readme(plain))  # the folder is also a hub model repository
+            (tmp / "model_card.md").write_text(render_model_card(plain), encoding="utf-8")
+            (tmp / "README.md").write_text(render_hub_readme(plain), encoding="utf-8")  # a hub model repository
             self.task.save_files(bb, tmp)
             for name, data in self.files.items():
                 (tmp / name).parent.mkdir(parents=True, exist_ok=True)

@@ -295,23 +295,32 @@ def run_grid(data: Any, config: dict, out_dir: Path | None, resume: bool, task: 
     return result
 
 
+# compare's keyword options that `transferkit compare` has flags for (run.yaml writes the others under fit_options)
+FLAGGED_OPTIONS = ("epochs", "max_length", "text_column", "label_column", "patient_column", "label_sep")
+
+
 def _write_run_file(out: Path, call: dict[str, Any], queue: Any) -> Path:
     """``out/run.yaml`` (:mod:`transferkit.runfile`): ``call``, the comparison's arguments (the storage and study it
     used, a password taken out)."""
     from ..io import atomic_write_text
     from ..runfile import recorded, settings_file
 
-    settings = recorded(call, drop=("labels", "worker"), spread="fit_options", paths=("backbone", "log_dir"))
+    settings = recorded(call, drop=("labels", "worker", "fit_options"), paths=("backbone", "log_dir"))
+    # the options the command has flags for, then the rest for --config to pass on (strategy options, window...)
+    options = dict(call["fit_options"])
+    settings |= {k: options.pop(k) for k in FLAGGED_OPTIONS if k in options}
+    if options:
+        settings["fit_options"] = options
     if queue is not None:
-        from ..studies.storage import shown
+        from ..studies.storage import without_password
 
-        settings |= {"storage": shown(queue["url"]), "study": queue["study"]}
+        settings |= {"storage": without_password(queue["url"]), "study": queue["study"]}
     for key in ("budgets", "strategies"):
         if isinstance(settings[key], (list, tuple)):
             settings[key] = ",".join(str(v) for v in settings[key])
     path = out / "run.yaml"
-    note = ("The same study goes on where it stopped: give --study NEW (and the password, if the storage had one) "
-            "to run the grid again.") if queue is not None else None
+    note = ("The same study goes on where it stopped: give --study NEW to run the grid again. A database password "
+            "is never written: PGPASSWORD or ~/.pgpass gives it.") if queue is not None else None
     atomic_write_text(path, settings_file("compare", call["data"], settings, {}, note=note).decode())
     return path
 

@@ -470,14 +470,19 @@ def run_search(data: Any, db: Any, url: str, name: str, *, trials: int | None, s
         return model
 
 
-def run_file(call: dict[str, Any], metrics: dict[str, Any]) -> bytes:
+def run_file(call: dict[str, Any], metrics: dict[str, Any]) -> dict[str, bytes]:
     """The search's ``run.yaml`` (:mod:`transferkit.runfile`): ``call``, its arguments (the storage and study it
-    used, a password taken out), with the backbone and precision the final run came to."""
-    from ..runfile import recorded, settings_file
-    from .storage import shown
+    used, without a password), with the backbone and precision the final run came to; and ``space.yaml`` for a
+    space given in Python as a mapping."""
+    import yaml
+
+    from ..runfile import recorded, settings_file, where
+    from .storage import without_password
 
     settings = recorded(call, drop=("labels", "worker"), spread="data_options", paths=("space", "backbone", "log_dir"))
-    settings["storage"] = shown(settings["storage"])
+    settings["storage"] = without_password(settings["storage"])
+    if isinstance(settings["space"], dict):  # given in Python: the run folder keeps it as space.yaml
+        settings["space"] = str(Path(where(call["out"])) / "space.yaml")
     if settings["backbone"] is None:
         settings["backbone"] = metrics["backbone"]["name"]
     if settings["precision"] == "auto":
@@ -485,9 +490,13 @@ def run_file(call: dict[str, Any], metrics: dict[str, Any]) -> bytes:
     best = metrics["search"]["best"]
     resolved = {"task": metrics.get("task"), "strategy": metrics.get("strategy"), "best_trial": best["number"],
                 "best_options": best["options"], "precision": metrics.get("precision"), "device": metrics.get("device")}
-    return settings_file("search", call["data"], settings, resolved,
-                         note="The same study goes on where it stopped (its trials are kept): give --study NEW (and "
-                              "the password, if the storage had one) for a fresh search.")
+    files = {"run.yaml": settings_file(
+        "search", call["data"], settings, resolved,
+        note="The same study goes on where it stopped (its trials are kept): give --study NEW for a fresh search. A "
+             "database password is never written: PGPASSWORD or ~/.pgpass gives it.")}
+    if isinstance(call["space"], dict):
+        files["space.yaml"] = yaml.safe_dump(call["space"], sort_keys=False).encode()
+    return files
 
 
 def wait_for_others(study: Any, heartbeat: float, ends_at: float | None) -> None:
@@ -507,7 +516,7 @@ def finish(data: Any, task: Any, options: Any, prepared: Any, settings: Any, stu
            dims: dict, fixed: dict, *, out: Any, url: str, pruner: str, ends_at: float | None, trial_s: float,
            objective: str, metric: str, base: Any, tracker: Any = None, run_file: Any = None) -> Any:
     """Train the default settings and the best trial's on the same splits; the second is the result, its folder
-    holding the search's record, ``search.json``, ``search.png`` and (``run_file(metrics)``) ``run.yaml``."""
+    holding the search's record, ``search.json``, ``search.png`` and ``run_file(metrics)``'s files (run.yaml)."""
     from ..console import info, warn
     from ..io import jsonable
     from ..pipeline import run
@@ -567,8 +576,9 @@ def finish(data: Any, task: Any, options: Any, prepared: Any, settings: Any, stu
         metrics["search"] = record
         # the bundle travels: where the study lives (a path, a user and host) stays in metrics.json
         model.meta.setdefault("metrics", {})["search"] = {k: v for k, v in record.items() if k != "storage"}
-        return {"search.json": json.dumps({**record, "table": rows}, indent=2, default=jsonable).encode(),
-                "search.png": plot(rows, metric), **({"run.yaml": run_file(metrics)} if run_file else {})}
+        files = {"search.json": json.dumps({**record, "table": rows}, indent=2, default=jsonable).encode(),
+                 "search.png": plot(rows, metric)}
+        return {**files, **(run_file(metrics) if run_file else {})}
 
     info(f"search: the final model: trial {best.number}'s settings ({best_name})")
     with tracker.listen() if tracker is not None else contextlib.nullcontext():  # the final run's curves

@@ -42,6 +42,14 @@ def shown(url: str) -> str:
     return f"{scheme}://{rest}{query}"
 
 
+def without_password(url: str) -> str:
+    """The URL with its password left out (``user@host``; ``password=`` dropped from the query), for records that
+    are read back as a URL (run.yaml): the driver then takes the password from ``PGPASSWORD`` or ``~/.pgpass``."""
+    text = shown(url)
+    text = re.sub(r"(?i)(?<=[?&])password=\*\*\*(&|$)", "", text).rstrip("?&")
+    return text.replace(":***@", "@", 1)
+
+
 def hide(text: str, url: str) -> str:
     """``text`` (a driver's message) with the URL's password taken out, wherever the driver repeated it."""
     scheme, _, rest = str(url).partition("://")
