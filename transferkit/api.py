@@ -278,7 +278,9 @@ def _run_file(call: dict[str, Any], model: Any, metrics: dict[str, Any]) -> dict
                 "task": metrics.get("task"), "strategy": metrics.get("strategy"), "backbone": name,
                 "precision": metrics.get("precision"), "device": metrics.get("device"),
                 **({"options": details["config"]} if isinstance(details.get("config"), dict) else {})}
-    return {"run.yaml": settings_file("fit", call["data"], settings, resolved)}
+    note = (f"{' and '.join(in_memory)} were given in memory: give them as paths beside --config."
+            if in_memory else None)
+    return {"run.yaml": settings_file("fit", call["data"], settings, resolved, note=note)}
 
 
 # fit's ``task`` argument -> the registered task it names (None: decided by ``modality`` or by the data)

@@ -163,7 +163,8 @@ def _configurable(command_name: str):
             default=typer.Option(
                 None, "--config",
                 help=f"A run.yaml (every run writes one into its folder): its settings, data included, for every "
-                     f"option not given here; `transferkit {command_name} --config runs/x/run.yaml` runs x again.",
+                     f"option not given here; `transferkit {command_name} --config runs/x/run.yaml --out runs/y` "
+                     "runs x again into y (the file holds no --out).",
             ),
         )
 
