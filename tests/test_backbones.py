@@ -139,7 +139,7 @@ def test_hub_offline_switch_is_set_for_the_block_only(monkeypatch):
     from transferkit.backbones import hub
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hub, "hub_reachable", lambda host=hub.HUB_HOST, timeout=3.0: False)  # as when offline
+    monkeypatch.setattr(hub, "hub_reachable", lambda host=None, timeout=3.0: False)  # as when offline
     with pytest.raises(RuntimeError, match="failed download"):
         with hub.hub_offline_unless_reachable():
             assert constants.HF_HUB_OFFLINE is True

@@ -39,8 +39,8 @@ def test_fit_config_reruns_the_run_exactly_and_flags_override(colour_splits, tin
     assert "out" not in s and "resume" not in s
     assert doc["resolved"]["options"]["epochs"] == 2 and doc["resolved"]["task"] == "image-classification"
 
-    monkeypatch.chdir(tmp_path / "first")  # from another folder, with DATA left out
-    _fit("--config", "run.yaml", "--out", str(tmp_path / "again"))
+    monkeypatch.chdir(tmp_path / "first")  # from another folder, with DATA left out, the run folder as --config
+    _fit("--config", ".", "--out", str(tmp_path / "again"))
     again = _metrics(tmp_path / "again")
     assert again["test"] == _metrics(first)["test"]  # every score and the log-loss, to the last digit
     curve = [{k: v for k, v in e.items() if k in ("train_loss", "train_acc", "val_loss", "lr")}
@@ -112,6 +112,19 @@ def test_a_bad_config_is_one_line_per_problem_before_any_work(colour_splits, tmp
     assert "strategy: null is not a value here" in lines[0] and "(auto)" in lines[0]
     assert "backbone: expected one value, got a list" in lines[1] and "comma-separated" in lines[1]
     assert "seed: expected one value, got a dict" in lines[2]
+    lines = refused(f"data: {colour_splits}\nsettings:\n  strategy: auto\n  epochs: 3\n  precision: no\n"
+                    "  strategy_options: {1: 2}\n")
+    assert "precision: expected a value, got false" in lines[0] and "quote a word such as 'no'" in lines[0]
+    assert "strategy_options: every key must be an option's name (got '1')" in lines[1]
+    assert "epochs, strategy_options: set a named strategy's options, but the strategy is auto" in lines[2]
+    assert "precision 'bogus' is unknown: choose auto, bf16, fp16 or no" in \
+        refused(f"data: {colour_splits}\nsettings:\n  precision: bogus\n")[0]
+    for command in ("fit", "pretrain", "compare"):  # the flag, checked before any data is read
+        r = runner.invoke(app, [command, str(colour_splits), "--precision", "bf17", "--out", str(tmp_path / "p")])
+        assert r.exit_code == 2 and "precision 'bf17' is unknown" in r.output and "Traceback" not in r.output
+    assert "command: expected a command name such as fit, got a list" in refused("command: [1]\nsettings: {}\n")[0]
+    assert "data: expected the data's path, got an empty text" in refused("data: ''\nsettings: {}\n")[0]
+    assert "data: " + str(tmp_path / "nowhere") + " does not exist" in refused("data: nowhere\nsettings: {}\n")[0]
     # compare passes the options it has no flags for on to its runs, where they are checked
     path = tmp_path / "cmp.yaml"
     path.write_text(f"command: compare\ndata: {colour_splits}\nsettings:\n  strategies: linear,finetune\n"

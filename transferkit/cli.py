@@ -114,31 +114,48 @@ def _apply_config(ctx, command: str, path: Path, kwargs: dict) -> tuple[dict, di
                             f"options ({', '.join(f'{k} {v}' for k, v in dropped.items())}) are left out.")
     problems, extra = [], {}
     for key, value in settings.items():
+        name = str(key)[:40]  # YAML keys may be anything: named by their text, cut short
         if key == _EXTRA_KEYS.get(command):
             if not isinstance(value, dict):
-                problems.append(f"{path}: {key}: expected a mapping of option: value, got {value!r}")
+                problems.append(f"{path}: {key}: expected a mapping of option: value, got a {type(value).__name__}")
+            elif not all(isinstance(k, str) for k in value):
+                problems.append(f"{path}: {key}: every key must be an option's name (got "
+                                f"{next(str(k)[:40] for k in value if not isinstance(k, str))!r})")
             else:
                 extra = value  # checked by the strategy's own config, or the task's options
             continue
-        param = params.get(key)
+        param = params.get(key) if isinstance(key, str) else None
         if param is None:
-            near = difflib.get_close_matches(str(key), sorted(params), n=1)
-            problems.append(f"{path}: unknown setting {key!r}" + (f" (closest: {near[0]!r})" if near else ""))
+            near = difflib.get_close_matches(name, sorted(params), n=1)
+            problems.append(f"{path}: unknown setting {name!r}" + (f" (closest: {near[0]!r})" if near else ""))
             continue
         if flagged(param):
             continue  # the flag beside --config wins
         if value is None and param.default is not None:
+            shown = str(param.default).lower() if isinstance(param.default, bool) else param.default
             problems.append(f"{path}: {key}: null is not a value here: give one, or leave the key out for the "
-                            f"default ({param.default})")
+                            f"default ({shown})")
             continue
-        if isinstance(value, (list, dict)):
-            problems.append(f"{path}: {key}: expected one value, got a {type(value).__name__} ({value!r:.60})"
+        if isinstance(value, (list, dict)):  # by type only: formatting a YAML alias bomb would never end
+            problems.append(f"{path}: {key}: expected one value, got a {type(value).__name__}"
                             + ("; write several as one comma-separated string" if isinstance(value, list) else ""))
+            continue
+        if isinstance(value, bool) and not getattr(param, "is_flag", False):
+            problems.append(f"{path}: {key}: expected a value, got {str(value).lower()} (YAML reads yes/no/on/off "
+                            "as true/false: quote a word such as 'no')")
             continue
         try:
             kwargs[param.name] = None if value is None else param.process_value(ctx, value)
         except typer.BadParameter as err:
             problems.append(f"{path}: {key}: {err.message}")
+    if command == "fit" and kwargs.get("strategy") == "auto":
+        named = [k for k in _STRATEGY_KEYS if settings.get(k) not in (None, {}) and
+                 not (k in params and flagged(params[k]))]
+        if named:
+            problems.append(f"{path}: {', '.join(named)}: set a named strategy's options, but the strategy is auto "
+                            "(which sets its own): leave them out, or name a strategy")
+    if data is not None and kwargs.get("data") is None and not Path(data).exists():
+        problems.append(f"{path}: data: {data} does not exist; give DATA beside --config, or fix the path")
     if problems:
         _fail(TransferkitError("\n".join(problems)))
     for warning in warnings:

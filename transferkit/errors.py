@@ -107,3 +107,15 @@ def _shown(value: object) -> str:
 
 def _plain(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
+
+
+PRECISIONS = ("auto", "bf16", "fp16", "no")
+
+
+def check_precision(precision: object) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`, else one line saying which are (YAML reads a bare ``no`` as
+    false: the file must quote it)."""
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise TransferkitError(f"precision {precision!r} is unknown: choose auto, bf16, fp16 or no (in a YAML file "
+                               "write 'no' in quotes).")
+    return precision

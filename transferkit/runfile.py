@@ -95,8 +95,9 @@ def settings_file(command: str, data: Any, settings: dict[str, Any], resolved: d
 
 
 def read_settings(path: Path, command: str) -> tuple[str | None, dict[str, Any], str | None]:
-    """``(data, settings, note)`` from a ``run.yaml`` written for ``command``; ``note``: a warning to show (another
-    transferkit version wrote it), else ``None``.
+    """``(data, settings, note)`` from a ``run.yaml`` written for ``command`` (or a run folder holding one); a
+    relative ``data`` is read from the file's folder; ``note``: a warning to show (another transferkit version wrote
+    it), else ``None``.
 
     Raises:
         TransferkitError: the file is missing, is not YAML, is not a run file, or was written by another command.
@@ -106,6 +107,10 @@ def read_settings(path: Path, command: str) -> tuple[str | None, dict[str, Any],
     from . import __version__
 
     path = Path(path)
+    if path.is_dir():  # a run folder: its run.yaml
+        if not (path / NAME).is_file():
+            raise TransferkitError(f"--config {path}: a folder without a {NAME}; give a run folder or its {NAME}.")
+        path = path / NAME
     if not path.is_file():
         raise TransferkitError(f"--config {path}: no such file; give the run.yaml a run wrote into its folder.")
     try:
@@ -117,23 +122,29 @@ def read_settings(path: Path, command: str) -> tuple[str | None, dict[str, Any],
         at = f" (line {mark.line + 1})" if mark is not None else ""
         raise TransferkitError(f"--config {path}: not valid YAML{at}: {getattr(err, 'problem', None) or err}.") \
             from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("settings", {}), dict):
+    if not isinstance(doc, dict) or not isinstance(doc.get("settings", {}), (dict, type(None))):
         raise TransferkitError(f"--config {path}: not a run file: expected a mapping with `settings:` (as a run's "
                                f"{NAME} holds).")
-    unknown = sorted(set(doc) - set(KEYS))
-    if unknown:
-        raise TransferkitError(f"--config {path}: unknown key {unknown[0]!r} at the top: a run file holds "
+    unknown = [k for k in doc if k not in KEYS]
+    if unknown:  # named by their text, cut short: a key may be anything YAML builds
+        raise TransferkitError(f"--config {path}: unknown key {str(unknown[0])[:40]!r} at the top: a run file holds "
                                f"{', '.join(KEYS)}.")
     made_by = doc.get("command", command)
+    if not isinstance(made_by, str):
+        raise TransferkitError(f"--config {path}: command: expected a command name such as {command}, got a "
+                               f"{type(made_by).__name__}.")
     if made_by != command:
-        raise TransferkitError(f"--config {path}: written by `transferkit {made_by}`, not {command}: run "
-                               f"`transferkit {made_by} --config {path}`.")
+        raise TransferkitError(f"--config {path}: written by `transferkit {made_by[:40]}`, not {command}: run "
+                               f"`transferkit {made_by[:40]} --config {path}`.")
     data = doc.get("data")
-    if data is not None and not isinstance(data, str):
-        raise TransferkitError(f"--config {path}: data: {data!r} is not a path.")
+    if data is not None and (not isinstance(data, str) or not data.strip()):
+        raise TransferkitError(f"--config {path}: data: expected the data's path, got "
+                               f"{'an empty text' if isinstance(data, str) else 'a ' + type(data).__name__}.")
+    if data is not None and not Path(data).expanduser().is_absolute():
+        data = str(path.parent / Path(data).expanduser())  # relative to the file, as the file is read
     version = doc.get("transferkit")
     note = None
-    if version is not None and str(version) != __version__:
-        note = (f"{path} was written by transferkit {version}, this is {__version__}: a default that changed "
-                "between them can change the result.")
+    if isinstance(version, (str, int, float)) and str(version) != __version__:
+        note = (f"{path} was written by transferkit {str(version)[:40]}, this is {__version__}: a default that "
+                "changed between them can change the result.")
     return data, dict(doc.get("settings") or {}), note

@@ -16,17 +16,29 @@ from pathlib import Path
 HUB_HOST = "huggingface.co"
 
 
-def hub_reachable(host: str = HUB_HOST, timeout: float = 3.0) -> bool:
-    """True when ``host`` accepts a TLS-port connection within ``timeout`` seconds."""
+def hub_endpoint() -> tuple[str, int]:
+    """The host and port downloads go to: ``HF_ENDPOINT`` (a mirror) when set, else huggingface.co:443."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(getattr(constants, "ENDPOINT", "") or f"https://{HUB_HOST}")
+    return url.hostname or HUB_HOST, url.port or (80 if url.scheme == "http" else 443)
+
+
+def hub_reachable(host: str | None = None, timeout: float = 3.0) -> bool:
+    """True when ``host`` (default: the hub's endpoint, :func:`hub_endpoint`) accepts a connection within
+    ``timeout`` seconds."""
+    name, port = hub_endpoint() if host is None else (host, 443)
     try:
-        socket.create_connection((host, 443), timeout=timeout).close()
+        socket.create_connection((name, port), timeout=timeout).close()
     except OSError:
         return False
     return True
 
 
 @contextmanager
-def hub_offline_unless_reachable(needed: bool = True, host: str = HUB_HOST) -> Iterator[None]:
+def hub_offline_unless_reachable(needed: bool = True, host: str | None = None) -> Iterator[None]:
     """Inside the block, use only the local hub cache when the hub cannot be reached.
 
     Without this, huggingface_hub retries for about a minute before failing; with it, cached weights still
@@ -36,7 +48,7 @@ def hub_offline_unless_reachable(needed: bool = True, host: str = HUB_HOST) -> I
 
     Args:
         needed: ``False`` makes the block a no-op (nothing will be downloaded, e.g. ``pretrained=False``).
-        host: the host to probe.
+        host: the host to probe (default: ``HF_ENDPOINT``'s, else huggingface.co).
 
     Example::
 

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import TransferkitError
+from ..errors import TransferkitError, check_precision
 from ..rundir import holds_output
 from .render import RUN_COLUMNS, SUMMARY_COLUMNS, render_html, render_markdown, write_comparison, write_results
 from .runs import (
@@ -112,6 +112,7 @@ def compare(data: Any, *, budgets: str | list = (5, 10, 25, 50, ALL), seeds: int
     from ..engine.tracking import parse_log_with
 
     parse_log_with(log_with)  # a missing package fails before any work
+    check_precision(precision)
     queue = open_queue(storage, study, out, workers, worker, heartbeat)  # an unreachable database fails here
     budget_list = parse_budgets(budgets)
     names = [s.strip() for s in (strategies.split(",") if isinstance(strategies, str) else strategies) if s.strip()]

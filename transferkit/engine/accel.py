@@ -47,7 +47,9 @@ def resolve_precision(precision: str = "auto", cpu: bool | None = None) -> str:
     """``auto`` -> ``bf16`` where the device computes it natively (CUDA with bf16, or a bf16-capable CPU), else
     ``no``."""
     if precision != "auto":
-        return precision
+        from ..errors import check_precision
+
+        return check_precision(precision)
     on_cpu = cpu if cpu is not None else not torch.cuda.is_available()
     if on_cpu:
         return "bf16" if bf16_supported_on_cpu() else "no"

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import (MAX_COUNT, MAX_INPUT_SIZE, MAX_SEED, MAX_TEXT_TOKENS, MIN_INPUT_SIZE, MIN_TEXT_TOKENS,
-                      TransferkitError, check_number)
+                      TransferkitError, check_number, check_precision)
 from ..rundir import holds_output
 
 # per method: epochs, global batch, learning rate (random start, pretrained start), weight decay, temperature
@@ -127,6 +127,7 @@ def pretrain(
     check_number("label_smoothing", label_smoothing, low=0, high=1, high_open=True, example="0.1")
     check_number("val_fraction", val_fraction, low=0, high=0.5, high_open=True, example="0.1")
     check_number("seed", seed, low=0, high=MAX_SEED, whole=True, example="0")
+    check_precision(precision)
     corpus = CORPORA[modality]
     if arch is not None and not corpus.random_start:
         raise TransferkitError(f"{corpus.title} pre-training continues a pretrained encoder: pass --init (e.g. "

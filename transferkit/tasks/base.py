@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..errors import MAX_COUNT, MAX_INPUT_SIZE, MAX_SEED, MIN_FIT_SIZE, TransferkitError, check_number
+from ..errors import (MAX_COUNT, MAX_INPUT_SIZE, MAX_SEED, MIN_FIT_SIZE, TransferkitError, check_number,
+                      check_precision)
 
 
 MAX_WORKERS = 256  # loader processes: more than any machine has cores for; a typo must not fork thousands
@@ -85,6 +86,7 @@ class RunSettings:
                          example="224")
         if self.workers is not None:
             check_number("workers", self.workers, low=0, high=MAX_WORKERS, whole=True, example="2")
+        check_precision(self.precision)
         if self.out is not None:
             self.out = Path(self.out)
         check_number("replay_fraction", self.replay_fraction, low=0, low_open=True, high=1, example="0.25")
