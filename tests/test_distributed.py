@@ -34,7 +34,7 @@ def test_two_process_fit_with_accelerate_launch(colour_splits, tiny_backbone, tm
     assert len(m["history"]["epochs"]) == m["estimate"]["chosen"]["epochs"] <= 3
     assert sorted(p.name for p in out.iterdir()) == [".transferkit-run.json", "confusion_matrix.png",
                                                      "explanations.png", "learning_curve.png", "metrics.json", "model",
-                                                     "report.md"]
+                                                     "report.md", "run.yaml"]
 
 
 def test_two_process_text_fit(text_folder, tiny_text_backbone, tmp_path):
@@ -65,7 +65,7 @@ def test_two_process_detection_fit(box_folder, tiny_backbone, tmp_path):
     assert m["processes"] == 2 and m["task"] == "object-detection" and m["test"]["n_images"] == 6
     assert [e["stage"] for e in m["history"]["epochs"]] == [0, 0]  # unfreeze_every 2: still pyramid and head
     assert sorted(p.name for p in out.iterdir()) == [".transferkit-run.json", "examples.png", "learning_curve.png",
-                                                     "metrics.json", "model", "report.md"]
+                                                     "metrics.json", "model", "report.md", "run.yaml"]
 
 
 def test_main_process_is_rank_zero_or_the_accelerators_answer(monkeypatch):
