@@ -138,6 +138,8 @@ def test_search_final_model_record_and_reproducible(colour_folder, tiny_backbone
     s = model.metrics["search"]
     assert s["trials"]["planned"] == 4 and s["trials"]["complete"] + s["trials"]["pruned"] == 4
     assert s["best"]["value"] == max(r["value"] for r in tables[0] if r["state"] == "complete")
+    # every trial starts from the run's random state: the best trial's score is the final run's own estimate
+    assert model.metrics["estimate"]["score"] == pytest.approx(s["best"]["value"], abs=1e-9)
     assert model.metrics["strategy"].startswith(s["best"]["strategy"])
     assert "cross-validated accuracy" in s["objective"]
     c = s["comparison"]

@@ -436,6 +436,11 @@ def run_search(data: Any, db: Any, url: str, name: str, *, trials: int | None, s
         train = dataclasses.replace(base, deadline=trial_deadline(reserve(trial_seconds(opened))))
         info(f"trial {trial.number}: {chosen} " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                                              for k, v in opts.items()))
+        from accelerate.utils import set_seed
+
+        # every trial starts from the same random state (initialisation, shuffling, augmentation), as the final run
+        # does: trials then differ by their settings only, not by where the random stream happened to be
+        set_seed(seed)
         try:
             with listening(pruning(trial, train.cross_validated)):
                 result = strat.fit(train)
