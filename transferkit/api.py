@@ -215,11 +215,10 @@ def fit(
              "encoding": None if encoding == "utf-8" else encoding, "max_length": max_length,
              "clip_seconds": clip_seconds, "window": window, "slices": slices, "patient_column": patient_column,
              "positive": positive, "threshold": threshold, "balance": balance}
-    if init_from is not None:
-        from .bundle.hub import download_bundle, is_hub_id
+    if init_from is not None:  # a hub id: the bundle's downloaded or cached copy
+        from .bundle.hub import local_folder
 
-        if is_hub_id(init_from):  # a bundle on the Hugging Face Hub (or in its cache)
-            init_from = download_bundle(str(init_from))
+        init_from = local_folder(init_from)
     settings = RunSettings(backbone=None if several else backbone, strategy=strategy, out=out,
                            seconds=parse_budget(budget), seed=seed, skip_bad=skip_bad, val_fraction=val_fraction,
                            test_fraction=test_fraction, cv=cv, precision=precision, arch=arch, cpu=cpu, resume=resume,
@@ -250,7 +249,7 @@ def fit(
 def _run_file(call: dict[str, Any], model: Any, metrics: dict[str, Any]) -> dict[str, bytes]:
     """``run.yaml`` for a :func:`fit` called with ``call`` (its arguments) that came to ``metrics``; and the data's
     name (a folder's or file's, never its path) into the bundle, for its hub card's ``datasets``."""
-    from .runfile import recorded, settings_file
+    from .runfile import recorded, resolve_defaults, settings_file
 
     data = call["data"]
     if isinstance(data, (str, Path)) and isinstance(getattr(model, "meta", None), dict):
@@ -265,11 +264,8 @@ def _run_file(call: dict[str, Any], model: Any, metrics: dict[str, Any]) -> dict
     settings = dict(items[:at] + [(k, options.pop(k, None)) for k in ("epochs", "lr", "batch_size")] + items[at:])
     if options:
         settings["strategy_options"] = options
+    resolve_defaults(settings, metrics)
     name = (metrics.get("backbone") or {}).get("name")
-    if settings["backbone"] is None and settings["init_from"] is None and name:
-        settings["backbone"] = name  # the default this run resolved
-    if settings["precision"] == "auto" and metrics.get("precision"):
-        settings["precision"] = metrics["precision"]
     in_memory = [k for k in ("replay", "old_test")
                  if settings[k] is not None and not isinstance(settings[k], (str, Path))]
     settings |= dict.fromkeys(in_memory)  # data given in memory cannot be written down

@@ -74,6 +74,21 @@ def recorded(call: dict[str, Any], drop: tuple[str, ...] = (), spread: str | Non
     return settings
 
 
+# a study's run.yaml: why a rerun joins the study, and where the password comes from
+STUDY_NOTE = "A database password is never written: PGPASSWORD or ~/.pgpass gives it."
+
+
+def resolve_defaults(settings: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` with the defaults the run resolved deterministically written as what they came to:
+    ``precision: auto`` as the precision used, and a default backbone (none given, no bundle continued) by name."""
+    name = (metrics.get("backbone") or {}).get("name")
+    if "backbone" in settings and settings["backbone"] is None and settings.get("init_from") is None and name:
+        settings["backbone"] = name
+    if settings.get("precision") == "auto" and metrics.get("precision"):
+        settings["precision"] = metrics["precision"]
+    return settings
+
+
 def settings_file(command: str, data: Any, settings: dict[str, Any], resolved: dict[str, Any],
                   note: str | None = None) -> bytes:
     """The ``run.yaml`` of a run of ``command`` (see the module's text); ``note``: a line for its reader."""

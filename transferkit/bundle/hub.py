@@ -61,3 +61,9 @@ def download_bundle(repo_id: str, revision: str | None = None) -> Path:
                                f"({type(err).__name__}{': ' + why if why else ''}): check the id and the network, "
                                "or give the bundle's folder.") from None
     return Path(folder)
+
+
+def local_folder(name: str | Path) -> Path:
+    """``name`` as a folder here: a hub id (:func:`is_hub_id`) becomes its downloaded or cached copy, anything else
+    is taken as the path it is."""
+    return download_bundle(str(name)) if is_hub_id(name) else Path(name)

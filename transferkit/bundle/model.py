@@ -336,10 +336,9 @@ def load(folder: str | Path) -> Any:
     :class:`~transferkit.bundle.detection.DetectionModel` (detector), as its ``config.json`` says. ``org/name``
     that is not a folder here is a Hugging Face Hub repository (:mod:`.hub`), downloaded (bundle files only) or
     read from the hub cache."""
-    from .hub import download_bundle, is_hub_id
+    from .hub import local_folder
 
-    if is_hub_id(folder):
-        folder = download_bundle(str(folder))
+    folder = local_folder(folder)
     config = read_config(folder)
     task = reader_for(config)
     if hasattr(task, "load_model"):

@@ -304,7 +304,7 @@ def _write_run_file(out: Path, call: dict[str, Any], queue: Any) -> Path:
     """``out/run.yaml`` (:mod:`transferkit.runfile`): ``call``, the comparison's arguments (the storage and study it
     used, a password taken out)."""
     from ..io import atomic_write_text
-    from ..runfile import recorded, settings_file
+    from ..runfile import STUDY_NOTE, recorded, settings_file
 
     settings = recorded(call, drop=("labels", "worker", "fit_options"), paths=("backbone", "log_dir"))
     # the options the command has flags for, then the rest for --config to pass on (strategy options, window...)
@@ -320,8 +320,8 @@ def _write_run_file(out: Path, call: dict[str, Any], queue: Any) -> Path:
         if isinstance(settings[key], (list, tuple)):
             settings[key] = ",".join(str(v) for v in settings[key])
     path = out / "run.yaml"
-    note = ("The same study goes on where it stopped: give --study NEW to run the grid again. A database password "
-            "is never written: PGPASSWORD or ~/.pgpass gives it.") if queue is not None else None
+    note = (f"The same study goes on where it stopped: give --study NEW to run the grid again. {STUDY_NOTE}"
+            if queue is not None else None)
     atomic_write_text(path, settings_file("compare", call["data"], settings, {}, note=note).decode())
     return path
 

@@ -388,11 +388,9 @@ def _image_evaluator(val, classes, backbone, accelerator, workers):
 
 def _run_file(call: dict, metrics: dict) -> bytes:
     """The run's ``run.yaml`` (:mod:`transferkit.runfile`): ``call``, its arguments, with the precision it came to."""
-    from ..runfile import recorded, settings_file
+    from ..runfile import recorded, resolve_defaults, settings_file
 
-    settings = recorded(call, paths=("init", "log_dir"))
-    if settings["precision"] == "auto":
-        settings["precision"] = metrics["precision"]
+    settings = resolve_defaults(recorded(call, paths=("init", "log_dir")), metrics)
     resolved = {k: metrics.get(k) for k in ("modality", "epochs", "total_steps", "global_batch", "lr", "precision",
                                             "device", "processes")}
     return settings_file("pretrain", call["data"], settings, {**resolved, "start": metrics["start"]})

@@ -456,10 +456,9 @@ def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, token: st
     if problem:
         raise TransferkitError(problem)
     os.environ.setdefault("TRANSFERKIT_QUIET", "1")  # no progress bars per request in the server's log
-    from ..bundle.hub import download_bundle, is_hub_id
+    from ..bundle.hub import local_folder
 
-    if is_hub_id(path):  # a bundle on the Hugging Face Hub: served from its local copy (/metadata reads its card)
-        path = download_bundle(str(path))
+    path = local_folder(path)  # a hub id: served from its local copy (/metadata reads its card)
     model = load_served(path)
     limits = limits or Limits()
     app = BodyLimit(create_app(model, path, token, limits, max_batch, window_ms), int(limits.max_body_mb * 2**20),

@@ -481,24 +481,21 @@ def run_file(call: dict[str, Any], metrics: dict[str, Any]) -> dict[str, bytes]:
     space given in Python as a mapping."""
     import yaml
 
-    from ..runfile import recorded, settings_file, where
+    from ..runfile import STUDY_NOTE, recorded, resolve_defaults, settings_file, where
     from .storage import without_password
 
     settings = recorded(call, drop=("labels", "worker"), spread="data_options", paths=("space", "backbone", "log_dir"))
     settings["storage"] = without_password(settings["storage"])
     if isinstance(settings["space"], dict):  # given in Python: the run folder keeps it as space.yaml
         settings["space"] = str(Path(where(call["out"])) / "space.yaml")
-    if settings["backbone"] is None:
-        settings["backbone"] = metrics["backbone"]["name"]
-    if settings["precision"] == "auto":
-        settings["precision"] = metrics["precision"]
+    resolve_defaults(settings, metrics)
     best = metrics["search"]["best"]
     resolved = {"task": metrics.get("task"), "strategy": metrics.get("strategy"), "best_trial": best["number"],
                 "best_options": best["options"], "precision": metrics.get("precision"), "device": metrics.get("device")}
     files = {"run.yaml": settings_file(
         "search", call["data"], settings, resolved,
-        note="The same study goes on where it stopped (its trials are kept): give --study NEW for a fresh search. A "
-             "database password is never written: PGPASSWORD or ~/.pgpass gives it.")}
+        note=f"The same study goes on where it stopped (its trials are kept): give --study NEW for a fresh search. "
+             f"{STUDY_NOTE}")}
     if isinstance(call["space"], dict):
         files["space.yaml"] = yaml.safe_dump(call["space"], sort_keys=False).encode()
     return files
