@@ -1,4 +1,4 @@
-# transferkit serve on the CPU, for one bundle baked into the image (see the README, "Serving in a container").
+# transferkit serve on the CPU, for one bundle baked into the image (see docs/serving.md, "In a container").
 #
 #   docker build --build-arg BUNDLE=runs/parts/model -t parts-server .
 #   docker run --rm -p 8000:8000 -e TRANSFERKIT_TOKEN=change-me parts-server

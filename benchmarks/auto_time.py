@@ -1,10 +1,11 @@
 """``auto`` spends time where it pays: its test score and wall time against ``linear`` and ``finetune`` alone.
 
-On the README's benchmark sets at two sizes each (Fashion-MNIST 10 and 100 per class, BBC News 8 and 32 per topic,
-ELPV 60 and 600 cells, spoken digits 5 and 20 per digit), every strategy is fitted with the same ``--budget`` in a
-fresh process (``transferkit fit``) with a cold cache of its own, scored on the set's fixed test split (accuracy;
-AUROC for ELPV, whose two classes are imbalanced), and timed from process start to exit. The target: ``auto``
-within 1 point of the better of ``linear`` and ``finetune`` on average, in no more than 60% of their summed time.
+On the benchmark sets (docs/benchmarks.md) at two sizes each (Fashion-MNIST 10 and 100 per class, BBC News 8 and 32
+per topic, ELPV 60 and 600 cells, spoken digits 5 and 20 per digit), every strategy is fitted with the same
+``--budget`` in a fresh process (``transferkit fit``) with a cold cache of its own, scored on the set's fixed test
+split (accuracy; AUROC for ELPV, whose two classes are imbalanced), and timed from process start to exit. The
+target: ``auto`` within 1 point of the better of ``linear`` and ``finetune`` on average, in no more than 60% of their
+summed time.
 
     .venv/bin/python benchmarks/auto_time.py                          # 8 sets x 3 strategies, about 30 minutes
     .venv/bin/python benchmarks/auto_time.py --sets fmnist-10,bbc-8 --budget 90s

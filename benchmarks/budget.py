@@ -8,8 +8,8 @@ read back from ``metrics.json``. Runs should end at or under their budget, and n
     .venv/bin/python benchmarks/budget.py                       # every case, about 15 minutes on 2 CPU cores
     .venv/bin/python benchmarks/budget.py --cases demo,bbc-ft   # a few
 
-The data are the README's benchmark sets, exported once under ``data/bench/`` (Fashion-MNIST needs the Debian
-package or a download; ``digits`` needs espeak-ng; ``elpv`` needs ``pip install elpv-dataset==1.0.0.post1``).
+The data are the benchmark sets of docs/benchmarks.md, exported once under ``data/bench/`` (Fashion-MNIST needs the
+Debian package or a download; ``digits`` needs espeak-ng; ``elpv`` needs ``pip install elpv-dataset==1.0.0.post1``).
 Prints a Markdown table and saves benchmarks/results/budget.json.
 """
 

@@ -2,7 +2,7 @@
 
 - ``payoff``: per seed, its own draw of labelled examples (the test set stays the same): on Fashion-MNIST with 25
   labels per class (1,000 test images; EfficientNet-Lite0 at 112 px, as the
-  README's fast comparisons use) and BBC News with 25 articles per topic (500 test articles; all-MiniLM-L6-v2, 128
+  benchmarks' fast comparisons use) and BBC News with 25 articles per topic (500 test articles; all-MiniLM-L6-v2, 128
   tokens), one search per seed (``--strategy linear,finetune``, ``--trials``, median pruning, the cross-validated
   objective; fine-tuning's epochs searched from 3 to 10 to keep a CPU trial to minutes), each ending with the
   default settings (``auto``)
@@ -121,8 +121,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parts", default="payoff,workers")
     ap.add_argument("--trials", type=int, default=10,
-                    help="trials per search (the README: 10 on Fashion-MNIST, 6 on BBC News, whose fine-tuning trials"
-                    " take minutes each here)")
+                    help="trials per search (docs/benchmarks.md: 10 on Fashion-MNIST, 6 on BBC News, whose fine-tuning"
+                    " trials take minutes each here)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--data", default="fashion-mnist,bbc-news")
     args = ap.parse_args()

@@ -37,9 +37,9 @@ def run_script(script: Path, *args: str) -> list[dict]:
     return [json.loads(line) for line in done.stdout.splitlines()]
 
 
-def readme_block(title: str) -> str:
-    """The python code block under the README heading ``title``."""
-    text = (ROOT / "README.md").read_text()
+def docs_block(title: str) -> str:
+    """The python code block under the heading ``title`` of the documentation's export page."""
+    text = (ROOT / "docs" / "export.md").read_text()
     at = text.index(title)
     return re.search(r"```python\n(.*?)```", text[at:], re.S).group(1)
 
@@ -80,8 +80,8 @@ def test_image_export_is_self_contained_and_its_script_reproduces_predict(image_
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     for n in (1, 5):
         assert session.run(None, {"pixels": np.zeros((n, 3, 32, 32), np.uint8)})[0].shape == (n, 3)
-    # the README's script is the shipped one, and it gives predict's answers without transferkit or torch
-    assert readme_block("### Run it without transferkit") == (out / "predict.py").read_text()
+    # the documentation's script is the shipped one, and it gives predict's answers without transferkit or torch
+    assert docs_block("## Run it without transferkit") == (out / "predict.py").read_text()
     rows = run_script(out / "predict.py", str(out), *map(str, tests[:5]))
     same_as_predict(image_model, rows, tests[:5])
 
@@ -412,7 +412,7 @@ def test_detector_export_keeps_selection_outside_the_graph_and_reproduces_predic
     assert [d.HasField("dim_param") for d in dims] == [True, False, True, True]  # batch, height and width dynamic
     pre = json.loads((out / "preprocessing.json").read_text())
     assert pre["kind"] == "detection" and pre["image_size"] == detector.image_size and pre["threshold"] == 0.3
-    assert readme_block("### A detector without transferkit") == (out / "predict.py").read_text()
+    assert docs_block("## A detector without transferkit") == (out / "predict.py").read_text()
     # every box the detector keeps (its own candidate threshold), from the script without transferkit or torch
     pre["threshold"] = pre["score_thresh"]
     (out / "preprocessing.json").write_text(json.dumps(pre))

@@ -3,7 +3,7 @@
 The folder's own ``predict.py`` is never run (a model folder's code is never run): its functions are transferkit's
 (``export/scripts/``), imported from the package, so the served answers are the reference script's. Images are sized
 from their header against the pixel limit before they are decoded, as for a bundle; DICOM, NIfTI and 16-bit files
-are read as Pillow reads them, which is not how transferkit windows them (the README says so for the script too).
+are read as Pillow reads them, which is not how transferkit windows them (docs/export.md says so for the script too).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ trained backbone is written so that ``--backbone PATH`` loads it.
 - ``supervised`` (images): backbone + linear classifier on the source labels, plain cross-entropy. The classic
   source task: the classifier is dropped, the features are kept. No label smoothing by default: it raises source
   accuracy but makes penultimate features transfer worse (Kornblith et al., 2021, "Why Do Better Loss Functions
-  Lead to Less Transferable Features?"), which our own measurement repeated (see the README).
+  Lead to Less Transferable Features?"), which our own measurement repeated (docs/benchmarks.md).
 - ``simclr`` (images): two augmented views of each image, backbone + 2-layer projection MLP, NT-Xent loss
   (temperature 0.2): each view must find its partner among all other views of the global batch (gathered across
   processes, with gradients).

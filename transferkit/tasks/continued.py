@@ -21,7 +21,7 @@ What changes against a run from a pretrained backbone, in the order the run meet
   ``adapter/`` for the hub's base encoder: it was trained on the bundle's weights). The linear probe refits the rows
   of the classes it has examples of and keeps the bundle's row for the others (single-label models), so its folds
   and the saved model agree; without replay those rows are rarely the largest (the refitted rows' scale is the
-  probe's own), which the README's benchmark shows. A detector continues whole, its class layer grown alike
+  probe's own), which docs/benchmarks.md shows. A detector continues whole, its class layer grown alike
   (``Detector.grow``).
 - **What was forgotten** (:func:`forgetting`): with ``old_test=OLD_TEST`` the bundle and the new model are both
   scored on the old task's test data (accuracy; balanced accuracy for a medical model, mAP for a multi-label
