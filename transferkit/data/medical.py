@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, need
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -195,7 +195,7 @@ def _header_int(ds, keyword: str, default: int) -> int:
 
 
 def _read_dicom(path: Path, window: str, slices: str, check_size: SizeCheck | None) -> np.ndarray:
-    import pydicom
+    pydicom = need("pydicom", "medical", "Reading DICOM files")
     from pydicom.errors import InvalidDicomError
 
     try:
@@ -311,8 +311,7 @@ def _dicom_colour(ds, arr: np.ndarray, photometric: str, frames: int) -> np.ndar
 
 def read_nifti(path: Path, window: str = "auto", slices: str = "2d", check_size: SizeCheck | None = None
                ) -> np.ndarray:
-    import nibabel as nib
-
+    nib = need("nibabel", "medical", "Reading NIfTI files")
     try:
         img = nib.load(str(path))  # the header only; the voxels are read below
         if check_size is not None:  # the first volume of a 4-D file is all that is read
@@ -436,7 +435,7 @@ def patient_key(patient: str) -> str:
 def dicom_patient(path: Path) -> str | None:
     """The hashed ``PatientID`` of a DICOM file (the header only, no pixels); for anonymised files without one,
     the hashed ``StudyInstanceUID`` (a study belongs to one patient); None when it has neither."""
-    import pydicom
+    pydicom = need("pydicom", "medical", "Reading DICOM files")
 
     with _quiet_pydicom():
         try:

@@ -9,12 +9,27 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import need
 from ..io import atomic_write_bytes, atomic_write_text, write_json
 from .report import continued_lines, run_id_line
 
 # colour-blind-safe palette (Okabe-Ito), one colour per class, cycled
 PALETTE = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0),
            (204, 121, 167), (120, 120, 120)]
+
+
+def check_coco() -> None:
+    """Scoring a detector needs torchmetrics and pycocotools (the ``detection`` extra): one line saying so."""
+    need("torchmetrics", "detection", "Scoring detectors (COCO mAP)")
+    need("pycocotools", "detection", "Scoring detectors (COCO mAP)")
+
+
+def map_metric(**options: Any) -> Any:
+    """torchmetrics' ``MeanAveragePrecision`` on xyxy boxes with the reference COCO evaluation (pycocotools)."""
+    check_coco()
+    from torchmetrics.detection import MeanAveragePrecision
+
+    return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools", **options)
 
 
 def detection_metrics(preds: list[dict[str, torch.Tensor]], truth: list[dict[str, torch.Tensor]],
@@ -27,9 +42,7 @@ def detection_metrics(preds: list[dict[str, torch.Tensor]], truth: list[dict[str
     evaluation). Also counts, at score >= 0.5 and IoU >= 0.5, how many true boxes were found and how many
     detections were wrong, which a domain expert reads more easily than AP.
     """
-    from torchmetrics.detection import MeanAveragePrecision
-
-    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, backend="pycocotools")
+    metric = map_metric(class_metrics=True)
     metric.update([{k: p[k].float() if k != "labels" else p[k].long() for k in ("boxes", "scores", "labels")}
                    for p in preds],
                   [{"boxes": t["boxes"].float(), "labels": t["labels"].long()} for t in truth])
@@ -61,10 +74,7 @@ def detection_metrics(preds: list[dict[str, torch.Tensor]], truth: list[dict[str
 
 
 def _ap50_per_class(preds, truth, n_classes: int) -> list[float | None]:
-    from torchmetrics.detection import MeanAveragePrecision
-
-    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", iou_thresholds=[0.5], class_metrics=True,
-                                  backend="pycocotools")
+    metric = map_metric(iou_thresholds=[0.5], class_metrics=True)
     metric.update([{"boxes": p["boxes"].float(), "scores": p["scores"].float(), "labels": p["labels"].long()}
                    for p in preds],
                   [{"boxes": t["boxes"].float(), "labels": t["labels"].long()} for t in truth])

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
-from ..errors import TransferkitError
+from ..errors import TransferkitError, need
 from .auto import AutoConfig, AutoStrategy
 from .base import FitResult, StartHead, Strategy, TrainTask, check_modality, check_numbers, config_for
 from .contrastive import ContrastiveConfig, ContrastiveStrategy
@@ -66,6 +66,8 @@ def create_strategy(name: str, modality: str = "image", profile: str | None = No
         raise TransferkitError(f"Unknown strategy {name!r}: choose one of {', '.join(STRATEGIES)}.")
     cls, cfg_cls = STRATEGIES[name]
     check_modality(cls, modality)
+    if getattr(cls, "needs", None):  # an optional package (lora: peft), named in one line with its extra
+        need(*cls.needs)
     config = _configure(name, cfg_cls, profile or modality, overrides)
     if name in CROSS_VALIDATED:
         # without a validation split these choose their epoch count across folds (see strategies.crossval)

@@ -272,9 +272,8 @@ class AutoStrategy:
 
 def validator(task: TrainTask):
     """``model -> (mAP@[.5:.95], mAP@.5)`` on the validation images (in the decoded pixels: the ranking is the same)."""
-    from torchmetrics.detection import MeanAveragePrecision
-
     from ..engine.detection import detect
+    from ..evaluation.detection import map_metric
 
     val = task.val
     truth = [{"boxes": b, "labels": t} for b, t in zip(val.boxes, val.targets, strict=True)]
@@ -282,7 +281,7 @@ def validator(task: TrainTask):
     def validate(model: nn.Module) -> tuple[float, float]:
         acc = task.accelerator
         preds = detect(model, val.images, device=acc.device, autocast=acc.autocast, description=None)
-        metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
+        metric = map_metric()
         metric.update(preds, truth)
         r = metric.compute()
         return max(0.0, float(r["map"])), max(0.0, float(r["map_50"]))

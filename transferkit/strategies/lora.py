@@ -23,7 +23,7 @@ from torch import nn
 
 from ..engine.loop import train
 from ..engine.optim import L2SP, adamw, freeze, param_groups, trainable_parameters, warmup_cosine, without_decay_on
-from ..errors import TransferkitError
+from ..errors import TransferkitError, need
 from ..heads import Classifier, LinearHead
 from .base import FitResult, TrainTask, check_modality, epochs_within_budget, make_loaders, make_prepare
 from .base import schedule_within_budget
@@ -58,6 +58,7 @@ class LoraConfig:
 
 def apply_lora(body: nn.Module, cfg: LoraConfig) -> nn.Module:
     """Wrap ``body`` (a transformers model) with LoRA adapters; returns the peft model. Freezes everything else."""
+    need(*LoraStrategy.needs)
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
@@ -76,6 +77,7 @@ def apply_lora(body: nn.Module, cfg: LoraConfig) -> nn.Module:
 class LoraStrategy:
     name = "lora"
     modalities = ("text",)
+    needs = ("peft", "lora", "Strategy 'lora'")  # module, extra, what needs it: checked when the strategy is chosen
 
     def __init__(self, config: LoraConfig | None = None):
         self.config = config or LoraConfig()
@@ -156,6 +158,7 @@ def load_adapter(base_body: nn.Module, folder: str | Path) -> tuple[nn.Module, n
 
     >>> body, head = load_adapter(create_backbone("all-MiniLM-L6-v2").body, "runs/news/model/adapter")  # doctest: +SKIP
     """
+    need(*LoraStrategy.needs)
     from peft import PeftModel
     from safetensors.torch import load_file
 

@@ -90,6 +90,9 @@ class DetectionTask(Task):
         raise TransferkitError(ONE_DETECTOR)
 
     def check(self, settings: RunSettings, options: DetectionOptions) -> None:
+        from ..evaluation.detection import check_coco
+
+        check_coco()  # the run is scored by COCO mAP: without pycocotools, say so before any data is read
         if settings.scratch_baseline:
             raise TransferkitError(ONE_DETECTOR)
         if settings.image_size is not None:
