@@ -13,9 +13,10 @@ RUN apt-get update && apt-get install -y --no-install-recommends libsndfile1 && 
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY transferkit ./transferkit
-# the CPU build of torch (the default one from PyPI carries CUDA libraries a CPU server does not need)
+# the CPU build of torch (the default one from PyPI carries CUDA libraries a CPU server does not need); medical:
+# DICOM and NIfTI uploads
 RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch torchvision \
-    && pip install --no-cache-dir ".[serve]"
+    && pip install --no-cache-dir ".[serve,medical]"
 
 ARG BUNDLE=model
 COPY ${BUNDLE} /model
