@@ -11,7 +11,7 @@ FROM python:3.11-slim
 RUN apt-get update && apt-get install -y --no-install-recommends libsndfile1 && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY transferkit ./transferkit
 # the CPU build of torch (the default one from PyPI carries CUDA libraries a CPU server does not need); medical:
 # DICOM and NIfTI uploads
