@@ -110,7 +110,7 @@ bench-compare: $(STAMP) data
 	$(PY) benchmarks/compare_evidence.py
 
 # the pre-training phase: own pre-training vs scratch vs ImageNet, SimCLR and MLM/SimCSE domain adaptation, 1 vs 2
-# processes (about 75 minutes on 2 CPU cores)
+# processes (about 100 minutes on 2 CPU cores)
 bench-pretrain: $(STAMP) data
 	$(PY) -m pip install -q "elpv-dataset==1.0.0.post1"
 	$(PY) benchmarks/pretrain_evidence.py

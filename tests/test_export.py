@@ -38,10 +38,13 @@ def run_script(script: Path, *args: str) -> list[dict]:
 
 
 def docs_block(title: str) -> str:
-    """The python code block under the heading ``title`` of the documentation's export page."""
+    """The python code block under the heading ``title`` of the documentation's export page: the page includes the
+    shipped script itself (pymdownx.snippets), which is read here as the site build reads it."""
     text = (ROOT / "docs" / "export.md").read_text()
     at = text.index(title)
-    return re.search(r"```python\n(.*?)```", text[at:], re.S).group(1)
+    block = re.search(r"```python\n(.*?)```", text[at:], re.S).group(1)
+    included = re.fullmatch(r'--8<-- "([^"]+)"\n', block)
+    return (ROOT / included.group(1)).read_text() if included else block
 
 
 def same_as_predict(model, rows: list[dict], inputs: list) -> None:

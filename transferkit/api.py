@@ -185,7 +185,7 @@ def fit(
     fold's score), the final scores, and the report and plots through Accelerate's trackers, beside ``out`` (in its
     parent folder) or in ``log_dir``; see :mod:`transferkit.engine.tracking`.
 
-    Example::
+    Examples:
 
         >>> model = transferkit.fit("data/parts", backbone="efficientnet_lite0", strategy="auto", budget="10m")
         >>> model.predict(["part.jpg"])[0]["label"]
@@ -330,7 +330,7 @@ def rank(data: Any, backbones: list[str] | str, *, validate: bool = False, strat
     Raises:
         TransferkitError: fewer than two backbones, one listed twice, multi-label data, or bad input.
 
-    Example::
+    Examples:
 
         >>> transferkit.rank("data/parts", "efficientnet_lite0,resnet18")["ranking"][0]
     """
@@ -385,7 +385,7 @@ def load(folder: str | Path) -> TransferModel | DetectionModel:
     Raises:
         TransferkitError: the folder is not a bundle, is damaged, or holds a kind no registered task reads.
 
-    Example::
+    Examples:
 
         >>> model = transferkit.load("runs/parts/model")
         >>> model.predict(["part.jpg"])[0]["label"]

@@ -4,7 +4,7 @@ Everything lands under a temporary name beside its target first and is renamed i
 :func:`os.replace` at the end, so a failed or interrupted run never leaves a half-written file or folder,
 and an existing one is never half-overwritten: readers see the old version or the new one, nothing between.
 
-Example::
+Examples:
 
     >>> from transferkit.io import atomic_dir, write_json
     >>> with atomic_dir("runs/exp/model") as tmp:      # a fresh temporary folder beside runs/exp/model

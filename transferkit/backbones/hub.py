@@ -50,7 +50,7 @@ def hub_offline_unless_reachable(needed: bool = True, host: str | None = None) -
         needed: ``False`` makes the block a no-op (nothing will be downloaded, e.g. ``pretrained=False``).
         host: the host to probe (default: ``HF_ENDPOINT``'s, else huggingface.co).
 
-    Example::
+    Examples:
 
         >>> with hub_offline_unless_reachable():
         ...     model = timm.create_model("resnet18.a1_in1k", pretrained=True)

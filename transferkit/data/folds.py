@@ -26,7 +26,7 @@ def stratified_folds(strata: Sequence, k: int, seed: int = 0, groups: Sequence |
     stopped, so fold sizes differ by at most one unit. A class with fewer units than ``k`` is in only that many
     validation folds. ``k`` is cut to the number of units; fewer than two units raise ``ValueError``.
 
-    Example::
+    Examples:
 
         >>> [v.tolist() for _, v in stratified_folds(["a", "a", "b", "b"], k=2, seed=0)]
         [[0, 2], [1, 3]]
@@ -105,7 +105,7 @@ def iterative_parts(label_sets: Sequence, fractions: Sequence[float], seed: int 
     has one of its units moved there. A label with at least as many units as parts reaches every part, unless other
     labels took its units first. With fewer units than parts, some parts are empty.
 
-    Example::
+    Examples:
 
         >>> [p.tolist() for p in iterative_parts([["a"], ["a", "b"], ["b"], ["a"], ["c"], []], (0.5, 0.5), seed=0)]
         [[0, 2, 4], [1, 3, 5]]
@@ -122,7 +122,7 @@ def iterative_folds(label_sets: Sequence, k: int, seed: int = 0, groups: Sequenc
     example once, each label spread evenly over them. Labels and ``groups`` as for :func:`iterative_parts`, ``k``
     and errors as for :func:`stratified_folds`.
 
-    Example::
+    Examples:
 
         >>> [v.tolist() for _, v in iterative_folds([("a",), ("a", "b"), ("b",), ("a",), ("c",), ()], k=3, seed=0)]
         [[1, 5], [3, 4], [0, 2]]

@@ -80,7 +80,7 @@ def set_max_image_pixels(pixels: int | None) -> int:
 def image_limits(max_pixels: int | None = None) -> Iterator[None]:
     """Read images of up to ``max_pixels`` pixels inside the block (``None``: the limit stays as it is).
 
-    Example::
+    Examples:
 
         >>> with image_limits(max_pixels=200_000_000):
         ...     model.predict(["scan.tif"])

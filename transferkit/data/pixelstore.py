@@ -77,7 +77,7 @@ def checked_rows(n: int, kept: list[int]) -> list[int]:
 class RowWriter:
     """Rows written at their positions into ``.KEY.PID.tmp``; :meth:`commit` makes the entry appear whole.
 
-    Example::
+    Examples:
 
         >>> w = RowWriter(folder, key, 10, (3, 112, 112), torch.uint8)
         >>> w.write(0, pixels_of_image_0)
@@ -195,7 +195,7 @@ class PixelFile:
     It pickles as its path, row shape and index map; each process opens the file itself on first read (DataLoader
     workers, forked or spawned). Raises ``IndexError`` for a position out of range.
 
-    Example::
+    Examples:
 
         >>> px = PixelFile(path, (3, 112, 112), torch.uint8, index=[0, 2, 3])
         >>> px[[0, 2]].shape

@@ -58,7 +58,7 @@ class Waves:
 
     It pickles as its source (a file is reopened by each DataLoader worker) and its window table.
 
-    Example::
+    Examples:
 
         >>> w = Waves(torch.ones(10, dtype=torch.float16), starts=[0, 4], valid=[6, 6], n=8)
         >>> w[1].tolist()

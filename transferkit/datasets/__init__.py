@@ -48,7 +48,7 @@ def require(builder: str) -> None:
         DataError: a package the builder needs is missing (the message names the ``datasets`` extra), a
             system program it runs is missing, or ``builder`` is unknown.
 
-    Example::
+    Examples:
 
         >>> from transferkit.datasets import require
         >>> require("fashion_mnist")  # needs nothing beyond transferkit itself

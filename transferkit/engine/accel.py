@@ -23,7 +23,7 @@ def is_main_process(accelerator: Any | None = None) -> bool:
     Returns:
         ``True`` in the main process, ``False`` in the others.
 
-    Example::
+    Examples:
 
         >>> is_main_process()  # a plain Python process
         True

@@ -80,7 +80,7 @@ def adamw(params: list[dict] | list[nn.Parameter], device: torch.device | str | 
     Returns:
         The optimizer.
 
-    Example::
+    Examples:
 
         >>> opt = adamw(model.parameters(), accelerator.device, lr=1e-3)
     """
@@ -108,7 +108,7 @@ class L2SP:
     The strategies that use it (``l2sp=`` on ``finetune``, ``gradual``, ``lora`` and ``auto``) drop AdamW's weight
     decay on these weights: the penalty takes its place, as in the paper; the new head keeps its decay.
 
-    Example::
+    Examples:
 
         >>> penalty = L2SP(backbone, alpha=0.01)
         >>> loss = criterion(model(x), y) + penalty()

@@ -136,7 +136,7 @@ def build_detector(backbone: str | BackboneSpec | None, classes: list[str], imag
     """A detector for ``classes`` on the named backbone (default ``efficientnet_lite0``), at ``image_size`` pixels
     (the longer image side).
 
-    Example::
+    Examples:
 
         >>> det = build_detector("efficientnet_lite0", ["bag", "shoe"], image_size=320)   # offline
         >>> det.eval()([torch.rand(3, 240, 320)])[0].keys()

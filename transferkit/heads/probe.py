@@ -8,7 +8,7 @@ exactly in well under a second, where a gradient optimiser with early stopping o
 standardisation folded into its weights), so bundles, fine-tuning from the probe (LP-FT) and export see a plain
 linear layer.
 
-Example::
+Examples:
 
     >>> probe = LogisticProbe(cv=5, seed=0).fit(features, labels)      # features (N, D), labels (N,) ints
     >>> probe.C_, probe.predict_proba(features[:3])

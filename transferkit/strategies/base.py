@@ -298,9 +298,17 @@ def check_modality(strategy: Any, modality: str) -> None:
 
 
 class Strategy(Protocol):
+    """What trains: a name (registered in ``STRATEGIES``) and ``fit``, given everything about one training run.
+
+    Attributes:
+        name: the name users pass as ``--strategy``.
+    """
+
     name: str
 
-    def fit(self, task: TrainTask) -> FitResult: ...
+    def fit(self, task: TrainTask) -> FitResult:
+        """Train on ``task`` (data, backbone, accelerator, budget) and return the model with its history."""
+        ...
 
 
 class Batches(Protocol):

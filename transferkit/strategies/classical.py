@@ -12,7 +12,7 @@ split of its own.
 - audio (:class:`LogMelFeatures`): per-band mean and standard deviation of a log-mel spectrogram over every frame
   of a recording, and of its frame-to-frame differences.
 
-Example::
+Examples:
 
     >>> from transferkit.strategies.classical import ClassicalBaseline
     >>> base = ClassicalBaseline("text", seed=0).fit(decoded["train"])   # an EncodedTexts (.texts, .targets)
@@ -280,7 +280,7 @@ class ClassicalBaseline:
     ``cv_scores_`` (each candidate's best mean cross-validated log-likelihood, by name; empty without enough
     examples to cross-validate).
 
-    Example::
+    Examples:
 
         >>> base = ClassicalBaseline("image", seed=0).fit(decoded["train"])    # DecodedImages
         >>> base.predict_proba(decoded["test"]).argmax(1)[:5]
@@ -356,7 +356,7 @@ def decode_for_baseline(modality: str, sets: dict[str, Any], classes: list[str],
     window and padding) at the 64 px the features are taken at; texts pass as they are; audio is read
     at 16 kHz mono and cut into windows whose length comes from the first set's durations, as a run's is.
 
-    Example::
+    Examples:
 
         >>> sets = decode_for_baseline("text", {"train": part.train, "test": part.test}, part.classes)
         >>> base = ClassicalBaseline("text").fit(*sets["train"], num_classes=len(part.classes))

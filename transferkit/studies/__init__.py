@@ -49,7 +49,10 @@ def search(data: Any, *, trials: int | None = None, budget: str | float | None =
            explain: bool = True, log_with: str | list[str] | None = None, log_dir: str | Path | None = None,
            **data_options: Any) -> Any:
     """Search the settings of ``strategy`` on ``data`` (any classification data :func:`transferkit.fit` takes) and
-    train the final model with the best.
+    train the final model with the best. ``backbone``, ``modality``, ``val_fraction``, ``test_fraction``, ``cv``,
+    ``image_size``, ``precision``, ``skip_bad``, ``explain`` and ``data_options`` (``labels``, ``text_column``,
+    ``label_column``, ``label_sep``, ``max_length``, ``clip_seconds``, ``window``, ``slices``, ``patient_column``,
+    ``balance``) are as for :func:`fit`.
 
     Args:
         trials: how many trials the study holds (default 20 when this call creates it; a joining worker may leave
@@ -65,11 +68,9 @@ def search(data: Any, *, trials: int | None = None, budget: str | float | None =
         workers: processes on this machine (this one included) sharing the study; each gets its share of the cores.
         worker: only run trials (another process, on this or another machine, trains the final model).
         heartbeat: seconds between a running trial's heartbeats; a trial silent for 3 is failed and queued again.
-        log_with, log_dir: track the search (``tensorboard``, ``mlflow``, ``all``): each trial's value at its number,
-            then the final run's curves, scores, report and plots (:mod:`transferkit.engine.tracking`).
-        backbone, modality, val_fraction, test_fraction, cv, image_size, precision, skip_bad, explain and
-            ``data_options`` (``labels``, ``text_column``, ``label_column``, ``label_sep``, ``max_length``,
-            ``clip_seconds``, ``window``, ``slices``, ``patient_column``, ``balance``): as for :func:`fit`.
+        log_with: track the search (``tensorboard``, ``mlflow``, ``all``): each trial's value at its number, then
+            the final run's curves, scores, report and plots (:mod:`transferkit.engine.tracking`).
+        log_dir: where the trackers write (default: beside ``out``).
 
     Returns:
         The final :class:`~transferkit.bundle.model.TransferModel` (``model.metrics["search"]`` holds the record),
@@ -79,7 +80,7 @@ def search(data: Any, *, trials: int | None = None, budget: str | float | None =
         TransferkitError: ``trials`` below 1, an unknown strategy or space option, an empty range, an unreachable
             database, a study made on other data or with another space, no trial finishing, or bad data.
 
-    Example::
+    Examples:
 
         >>> model = transferkit.search("data/parts", trials=30, budget="1h", out="runs/parts-search")
         >>> model.metrics["search"]["comparison"]["verdict"]
