@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import enum
+import re
 import typing
 from pathlib import Path
 
@@ -17,9 +18,18 @@ MARKER = "<!-- cli-reference -->"
 OPTIONS_MARKER = "<!-- strategy-options -->"
 
 
+def _text(text: str) -> str:
+    """Help text as Markdown shows it verbatim: outside code spans, characters Markdown or HTML would act on are
+    escaped (``<folder>``, ``*``, ``__init__``, ``[x]``, a backslash, and ``|``, which would split a table cell)."""
+    parts = re.split(r"(`[^`]*`)", text)
+    for i in range(0, len(parts), 2):  # the even parts lie outside code spans
+        parts[i] = re.sub(r"([\\*_\[\]|])", r"\\\1", parts[i]).replace("<", "&lt;")
+    return "".join(parts)
+
+
 def _cell(text: str) -> str:
-    """``text`` fit for one markdown table cell."""
-    return " ".join(str(text).split()).replace("|", "\\|").replace("<", "&lt;")
+    """``text`` fit for one markdown table cell: one line, verbatim."""
+    return _text(" ".join(str(text).split()))
 
 
 def _kind(param) -> str:
@@ -81,8 +91,9 @@ def render() -> str:
         out += ["", "`transferkit --version` prints the version; `transferkit COMMAND --help` prints what follows."]
         for name in names:
             command = group.get_command(ctx, name)
-            out += ["", f"## {name}", "", (command.help or "").strip(), "", "```text", _usage(name, command), "```",
-                    "", "| argument or option | what it does |", "|---|---|"]
+            out += ["", f"## {name}", "", _text((command.help or "").strip()), "",
+                    "```text", _usage(name, command), "```", "",
+                    "| argument or option | what it does |", "|---|---|"]
             for p in command.params:
                 if getattr(p, "hidden", False):
                     continue

@@ -22,7 +22,8 @@ AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".au
 # Sample rates a recording may declare. Sensors (ECG, accelerometers) store 100-500 Hz, telephones 8 kHz, studios up
 # to 384 kHz; a file declaring 1 Hz is tiny on disk but, resampled to the model's 16 kHz, 16,000 times longer (a
 # 31 kB WAV cost 4.3 GB and 5 minutes).
-MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 100, 768_000
+MIN_SAMPLE_RATE = 100
+MAX_SAMPLE_RATE = 768_000
 
 
 def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:

@@ -1,8 +1,9 @@
 """Batched, gradient-free forward passes: features for the probe, logits for prediction.
 
-Images arrive as uint8 tensors at the backbone's input size; texts as :class:`EncodedTexts` (token ids), run in
-batches of similar length so little time goes to padding, and returned in the original order; audio as
-:class:`DecodedAudio` windows, whose outputs are averaged per recording.
+Images arrive as uint8 tensors at the backbone's input size; texts as
+:class:`~transferkit.data.text.EncodedTexts` (token ids), run in batches of similar length so little time goes to
+padding, and returned in the original order; audio as :class:`~transferkit.data.audio.DecodedAudio` windows, whose
+outputs are averaged per recording.
 """
 
 from __future__ import annotations

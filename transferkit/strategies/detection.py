@@ -99,7 +99,8 @@ class DetectAutoConfig(DetectFinetuneConfig):
 
 
 class DetectionStrategy:
-    """``finetune``; the other strategies change what trains (:meth:`body_mode`) or where weights start."""
+    """``finetune``; the other strategies change what trains (:meth:`schedule`, :meth:`make_detector`) or where
+    weights start."""
 
     name = "finetune"
     config_class: type = DetectFinetuneConfig

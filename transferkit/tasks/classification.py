@@ -2,8 +2,8 @@
 scores on validation (or out of fold) and test, the scratch and classical baselines, and the run folder.
 
 Image, medical, text and audio tasks differ before training (reading, encoding, batches) and in a few hooks here:
-:meth:`ClassificationTask.calibrate` (medical: temperature and operating point), :meth:`data_summary` and
-:meth:`backbone_summary`.
+:meth:`ClassificationTask.calibrate` (medical: temperature and operating point),
+:meth:`ClassificationTask.data_summary` and :meth:`ClassificationTask.backbone_summary`.
 """
 
 from __future__ import annotations
