@@ -97,3 +97,54 @@ def test_lora_without_peft_stops_before_reading(monkeypatch, text_folder, tiny_t
     r = runner.invoke(app, ["fit", str(text_folder), "--backbone", tiny_text_backbone, "--strategy", "linear",
                             "--out", str(tmp_path / "linear")])
     assert r.exit_code == 0, r.output[-2000:]
+
+
+def test_a_present_package_missing_a_part_of_its_own_is_not_a_missing_extra(monkeypatch, tmp_path):
+    (tmp_path / "halfpkg").mkdir()
+    (tmp_path / "halfpkg" / "__init__.py").write_text("import halfpkg._compiled_part\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModuleNotFoundError) as err:  # a broken build, raised as it is, not "pip install ..."
+        need("halfpkg", "x", "Something")
+    assert err.value.name == "halfpkg._compiled_part"
+
+
+def test_evaluating_a_detector_checks_its_extra_before_reading_anything(monkeypatch):
+    from transferkit.bundle.detection import DetectionModel
+
+    class Unread:
+        def read_annotated(self, *args, **kwargs):
+            raise AssertionError("the test set was read before the extra was checked")
+
+    _hide(monkeypatch, "pycocotools")
+    with pytest.raises(MissingExtraError, match=r"transferkit\[detection\]"):
+        DetectionModel.evaluate(Unread(), "boxes/")
+
+
+def test_pretraining_on_dicom_without_the_extra_stops_before_any_step(monkeypatch, tiny_backbone, tmp_path):
+    from conftest import write_colour_images
+
+    write_colour_images(tmp_path / "archive", 6, seed=0)
+    write_ct_dicom(tmp_path / "archive" / "scan.dcm", lesion_slice(np.random.default_rng(0), True), "P1")
+    _hide(monkeypatch, "pydicom")
+    r = runner.invoke(app, ["pretrain", str(tmp_path / "archive"), "--method", "simclr", "--init", tiny_backbone,
+                            "--steps", "4", "--batch-size", "4", "--out", str(tmp_path / "bb")])
+    _one_line(r, "medical")
+    assert not (tmp_path / "bb").exists()
+
+
+def test_compare_stops_once_when_an_extra_is_missing(monkeypatch, dicom_manifest, tiny_backbone, tmp_path):
+    _hide(monkeypatch, "pydicom")
+    r = runner.invoke(app, ["compare", str(dicom_manifest), "--backbone", tiny_backbone, "--strategies",
+                            "linear,scratch", "--budgets", "2,all", "--seeds", "2", "--epochs", "1",
+                            "--out", str(tmp_path / "cmp")])
+    _one_line(r, "medical")  # not a warning per run, with the extra's name lost to rich markup
+
+
+def test_an_error_raised_in_a_loader_worker_is_one_line():
+    from transferkit.cli import _one_line as plain
+
+    wrapped = ("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+               '  File "x.py", line 1, in f\n    raise DataError(msg)\n'
+               "transferkit.errors.DataError: a.png is not a readable image: remove it or pass --skip-bad.\n")
+    assert plain(wrapped) == "a.png is not a readable image: remove it or pass --skip-bad."
+    assert plain("a plain message") == "a plain message"

@@ -416,3 +416,19 @@ def test_a_damaged_export_is_refused_in_one_line(image_bundle, tmp_path):
     (exported / "model.onnx").write_bytes(b"garbage")
     with pytest.raises(TransferkitError, match="not a readable ONNX model"):
         ExportedModel(exported)
+
+
+def test_a_medical_model_takes_dicom_uploads(dicom_manifest, tiny_backbone, tmp_path):
+    """A model trained on DICOM answers a DICOM upload as its predict does (the medical task reads it: window, slope
+    and intercept from the header); an image model still refuses one (415)."""
+    transferkit.fit(dicom_manifest, backbone=tiny_backbone, strategy="linear", out=tmp_path / "run", explain=False)
+    bundle = tmp_path / "run" / "model"
+    scan = next((dicom_manifest.parent / "scans").glob("*.dcm"))
+    s = Server(bundle)
+    try:
+        r = httpx.post(s.url + "/predict", files=[("files", (scan.name, scan.read_bytes()))], timeout=60)
+        assert r.status_code == 200, r.text
+        expected = transferkit.load(bundle).predict([scan])[0]
+        assert r.json()["predictions"][0]["label"] == expected["label"]
+    finally:
+        s.stop()

@@ -349,6 +349,8 @@ def rank(data: Any, backbones: list[str] | str, *, validate: bool = False, strat
     task, options = resolve(data, "classify", modality, given)
     settings = RunSettings(seed=seed, skip_bad=skip_bad, image_size=image_size, precision=precision, arch=arch,
                            val_fraction=val_fraction, test_fraction=test_fraction)
+    if validate:  # the fine-tuning check's strategy and its options are refused before any backbone is scored
+        task.create_strategy(strategy, None, {})
     result = score_backbones(data, names, task, settings, options)
     if validate:
         same = {"val_fraction": val_fraction, "test_fraction": test_fraction, "modality": task.name,

@@ -31,8 +31,17 @@ def _fail(err: Exception) -> None:
     from .console import console
 
     # escaped: a message such as "pip install 'transferkit[datasets]'" must not be read as rich markup
-    console.print(f"[red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+    console.print(f"[red]error:[/] {escape(_one_line(str(err)))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
+
+
+def _one_line(message: str) -> str:
+    """Our own message out of torch's wrapping of an error raised in a DataLoader worker process ("Caught DataError
+    in DataLoader worker process 0. Original Traceback ...", ending in the original ``module.Class: message``)."""
+    if message.startswith("Caught ") and "Original Traceback" in message:
+        last = message.rstrip().splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return message
 
 
 def _max_pixels_option(skips: bool = True):
@@ -1403,6 +1412,10 @@ def demo(
             if out == Path("runs/demo"):
                 out = Path(f"runs/demo-{kind}")
         budget = budget or spec.budget
+        if spec.task == "detect":  # scored by COCO mAP: say a missing extra before the data are built
+            from .evaluation.detection import check_coco
+
+            check_coco()
         data_dir = spec.build(data_dir, per_class, test_size)
     except TransferkitError as err:
         _fail(err)

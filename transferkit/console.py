@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 T = TypeVar("T")
@@ -19,12 +20,13 @@ def quiet() -> bool:
 
 
 def warn(msg: str) -> None:
-    console.print(f"[yellow]warning:[/] {msg}", highlight=False, soft_wrap=True)
+    # escaped: a message quoting "pip install 'transferkit[medical]'" or a file name in brackets is text, not markup
+    console.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False, soft_wrap=True)
 
 
 def info(msg: str) -> None:
     if not quiet():
-        console.print(msg, highlight=False, soft_wrap=True)
+        console.print(escape(msg), highlight=False, soft_wrap=True)
 
 
 def progress(disable: bool = False) -> Progress:

@@ -36,7 +36,8 @@ def need(module: str, extra: str, purpose: str, package: str | None = None):
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as err:
-        if err.name is None or module.split(".")[0] != err.name.split(".")[0]:
+        # the module, or a package it lies in, is absent; anything else missing is a broken install, raised as it is
+        if err.name is None or not (module == err.name or module.startswith(err.name + ".")):
             raise
         name = package or module
         raise MissingExtraError(f"{purpose} needs {name}, which is not installed: pip install 'transferkit[{extra}]' "

@@ -115,8 +115,9 @@ class DetectionModel:
     def evaluate(self, source: Any, skip_bad: bool = False) -> dict[str, Any]:
         """COCO metrics on images with boxes (COCO JSON, YOLO txt or Pascal VOC XML; its test split if it has one).
         Class names must be this model's; the data's class order may differ."""
-        from ..evaluation.detection import detection_metrics
+        from ..evaluation.detection import check_coco, detection_metrics
 
+        check_coco()  # before the images are read and detected, not after
         data, truth = self.read_annotated(source, skip_bad)
         return detection_metrics(self.detect_decoded(data), truth, self.classes)
 

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import TransferkitError, check_precision
+from ..errors import MissingExtraError, TransferkitError, check_precision
 from ..rundir import holds_output
 from .render import RUN_COLUMNS, SUMMARY_COLUMNS, render_html, render_markdown, write_comparison, write_results
 from .runs import (
@@ -270,6 +270,8 @@ def run_grid(data: Any, config: dict, out_dir: Path | None, resume: bool, task: 
                  + (f", about {duration(eta)} left" if eta else ""))
             try:
                 run = one_run(b, s, name)
+            except MissingExtraError:  # every run would fail alike: say it once
+                raise
             except TransferkitError as err:  # one run's failure is recorded; the comparison goes on
                 warn(f"compare: {name}, {b} labels per class, seed {s} failed: {err}")
                 failed.append({"budget": str(b), "seed": s, "strategy": name, "failed": str(err)})

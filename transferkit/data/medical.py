@@ -36,7 +36,7 @@ import re
 import secrets
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,9 @@ from ..errors import DataError, need
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# the readers, from the medical extra: errors.need's module, extra and what needs it
+DICOM_READER = ("pydicom", "medical", "Reading DICOM files")
+NIFTI_READER = ("nibabel", "medical", "Reading NIfTI files")
 # (centre, width) in Hounsfield units: the usual radiology presets
 WINDOWS: dict[str, tuple[float, float]] = {
     "lung": (-600, 1500),
@@ -106,6 +109,24 @@ def is_nifti(path: Path) -> bool:
 
 def is_medical(path: Path) -> bool:
     return is_nifti(path) or is_dicom(path)
+
+
+def need_readers(paths: Iterable[str | Path]) -> None:
+    """Stop in one line, before any work, when ``paths`` hold DICOM or NIfTI files and their reader is not installed
+    (a run that reads them one by one, e.g. pre-training's loader workers, would otherwise fail at the first drawn)."""
+    dicom = nifti = False
+    for path in paths:
+        path = Path(path)
+        if is_nifti(path):
+            nifti = True
+        elif not dicom and is_dicom(path):
+            dicom = True
+        if dicom and nifti:
+            break
+    if dicom:
+        need(*DICOM_READER)
+    if nifti:
+        need(*NIFTI_READER)
 
 
 def check_window(window: str) -> str:
@@ -195,7 +216,7 @@ def _header_int(ds, keyword: str, default: int) -> int:
 
 
 def _read_dicom(path: Path, window: str, slices: str, check_size: SizeCheck | None) -> np.ndarray:
-    pydicom = need("pydicom", "medical", "Reading DICOM files")
+    pydicom = need(*DICOM_READER)
     from pydicom.errors import InvalidDicomError
 
     try:
@@ -311,7 +332,7 @@ def _dicom_colour(ds, arr: np.ndarray, photometric: str, frames: int) -> np.ndar
 
 def read_nifti(path: Path, window: str = "auto", slices: str = "2d", check_size: SizeCheck | None = None
                ) -> np.ndarray:
-    nib = need("nibabel", "medical", "Reading NIfTI files")
+    nib = need(*NIFTI_READER)
     try:
         img = nib.load(str(path))  # the header only; the voxels are read below
         if check_size is not None:  # the first volume of a 4-D file is all that is read
@@ -435,7 +456,7 @@ def patient_key(patient: str) -> str:
 def dicom_patient(path: Path) -> str | None:
     """The hashed ``PatientID`` of a DICOM file (the header only, no pixels); for anonymised files without one,
     the hashed ``StudyInstanceUID`` (a study belongs to one patient); None when it has neither."""
-    pydicom = need("pydicom", "medical", "Reading DICOM files")
+    pydicom = need(*DICOM_READER)
 
     with _quiet_pydicom():
         try:

@@ -20,8 +20,9 @@ PALETTE = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114
 
 def check_coco() -> None:
     """Scoring a detector needs torchmetrics and pycocotools (the ``detection`` extra): one line saying so."""
-    need("torchmetrics", "detection", "Scoring detectors (COCO mAP)")
-    need("pycocotools", "detection", "Scoring detectors (COCO mAP)")
+    need("torchmetrics.detection", "detection", "Scoring detectors (COCO mAP)", package="torchmetrics")
+    # the evaluation itself, with its compiled part: a broken build fails here, before any work, not after inference
+    need("pycocotools.cocoeval", "detection", "Scoring detectors (COCO mAP)", package="pycocotools")
 
 
 def map_metric(**options: Any) -> Any:

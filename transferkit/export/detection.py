@@ -52,6 +52,10 @@ def export_detector(model: Any, out: str | Path, *, format: str = "onnx", check:
     from .scripts.detection import select
 
     tk_onnx.check_options(format, quantize, max_drop, calibration)
+    if quantize:  # INT8 is kept only if its mAP holds up against fp32's: scoring needs the detection extra
+        from ..evaluation.detection import check_coco
+
+        check_coco()
     out = tk_onnx.check_out(Path(out))
     onnx, ort = tk_onnx.onnx_runtime()
     data, source, truth = _check_data(model, check, skip_bad)

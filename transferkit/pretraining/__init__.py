@@ -255,10 +255,12 @@ def _image_setup(data, *, method, arch, init, image_size, val_fraction, seed, sk
     """Images: the labelled or unlabelled stream (a validation share held out for supervised runs) and the
     backbone, from a pretrained ``init`` or random ``arch`` weights with the data's own mean and std."""
     from ..backbones.registry import build, create_backbone, resolve
+    from ..data.medical import need_readers
     from ..data.sources import stratified_split
     from .data import estimate_stats, image_source
 
     source = image_source(data, labelled=method == "supervised", skip_bad=skip_bad)
+    need_readers(source.items)  # DICOM or NIfTI among them: their reader, or one line, before any step
     if getattr(source, "multi_label", False):
         raise TransferkitError("Supervised pre-training takes one label per image; these labels are lists "
                                "(multi-label): give one label per row, or pre-train self-supervised.")

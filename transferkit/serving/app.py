@@ -304,10 +304,11 @@ def _suffixes(model: Any) -> set[str]:
     from ..data.medical import DICOM_SUFFIXES
     from ..data.sources import IMAGE_SUFFIXES
 
-    modality = getattr(model, "modality", "image")
+    modality = getattr(model, "modality", "image")  # the backbone's: image, text or audio
     if modality == "audio":
         return set(AUDIO_SUFFIXES)
-    return set(IMAGE_SUFFIXES) | (set(DICOM_SUFFIXES) | {".nii", ".gz"} if modality == "medical" else set())
+    medical = getattr(getattr(model, "task", None), "name", None) == "medical"  # the task that reads its inputs
+    return set(IMAGE_SUFFIXES) | (set(DICOM_SUFFIXES) | {".nii", ".gz"} if medical else set())
 
 
 def _predict(model: Any, items: list[Any]) -> list[dict[str, Any]]:

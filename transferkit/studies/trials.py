@@ -22,7 +22,7 @@ from typing import Any
 
 from ..console import info, warn
 from ..engine.events import notify
-from ..errors import TransferkitError
+from ..errors import MissingExtraError, TransferkitError
 from .storage import GRACE_BEATS, MAX_RETRIES
 
 READY = "transferkit.ready"
@@ -299,6 +299,9 @@ def run_trials(study: Any, storage: Any, objective: Callable[[Any], float], *, h
                     continue
                 if isinstance(err, optuna.exceptions.StorageInternalError):
                     raise  # the database itself failed: the search cannot go on (said in one line by the caller)
+                if isinstance(err, MissingExtraError):  # this worker lacks a package: not the trial's failure
+                    retry(study, storage, trial_id)  # queued again for a worker that has it, or a later call
+                    raise
                 reason = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
                 trial.set_user_attr("error", reason)
                 study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
