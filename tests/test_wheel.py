@@ -68,7 +68,7 @@ def installed(tmp_path_factory) -> tuple[Path, dict[str, str], Path]:
     assert "torch" in _pinned_torch(work / "pinned")
     (site / "pinned_torch.pth").write_text(str(work / "pinned") + "\n")
     wheel = next(dist.glob("transferkit-*.whl"))
-    pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", str(wheel)],
+    pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-compile", str(wheel)],
                          capture_output=True, text=True)
     assert pip.returncode == 0, pip.stderr[-3000:]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
