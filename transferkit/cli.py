@@ -100,7 +100,7 @@ def _apply_config(ctx, command: str, path: Path, kwargs: dict) -> tuple[dict, di
     """``kwargs`` with the settings of ``path`` (a run.yaml, :mod:`transferkit.runfile`) where no flag was given,
     each converted and checked by its option's own type, and the file's options without flags (``_EXTRA_KEYS``);
     every problem is one line, all at once."""
-    from .console import console
+    from .console import warn
     from .runfile import read_settings
 
     try:
@@ -168,7 +168,7 @@ def _apply_config(ctx, command: str, path: Path, kwargs: dict) -> tuple[dict, di
     if problems:
         _fail(TransferkitError("\n".join(problems)))
     for warning in warnings:
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        warn(warning)
     if kwargs.get("data") is None:
         if data is None:
             _fail(TransferkitError(f"{path} records no data path (the run was given data in memory): give DATA "

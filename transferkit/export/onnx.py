@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import TransferkitError
+from ..errors import TransferkitError, need
 from . import FORMATS
 
 OPSET = 18
@@ -423,12 +423,8 @@ def decision(model: Any) -> dict[str, Any]:
 
 
 def onnx_runtime() -> tuple[Any, Any]:
-    try:
-        import onnx
-        import onnxruntime as ort
-    except ImportError:
-        raise TransferkitError("Exporting needs onnx and onnxruntime: pip install 'transferkit[export]'.") from None
-    return onnx, ort
+    """``(onnx, onnxruntime)``, or one line naming the ``export`` extra (:func:`transferkit.errors.need`)."""
+    return need("onnx", "export", "Exporting"), need("onnxruntime", "export", "Exporting")
 
 
 LABELLED_TABLES = {".csv", ".tsv", ".jsonl", ".json"}

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import TransferkitError
+from ..errors import TransferkitError, need
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -435,16 +435,13 @@ def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, token: st
     Raises:
         TransferkitError: a non-loopback address without a token, a port in use, an unusable bundle.
     """
-    import importlib.util
     import os
 
     from ..console import info
 
-    missing = [m for m in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise TransferkitError(f"transferkit serve needs {', '.join(missing).replace('multipart', 'python-multipart')}"
-                               ": pip install 'transferkit[serve]'.")
-    import uvicorn
+    need("fastapi", "serve", "transferkit serve")
+    need("multipart", "serve", "transferkit serve", package="python-multipart")
+    uvicorn = need("uvicorn", "serve", "transferkit serve")
 
     if token is not None and not token.strip():
         raise TransferkitError("--token is blank: give a secret no client could guess (or leave it out on loopback).")
