@@ -81,30 +81,8 @@ def make_accelerator(precision: str = "auto", seed: int = 0, cpu: bool | None = 
     # overlapping the next copy with the current step; on the CPU there is no copy to overlap
     loading = DataLoaderConfiguration(non_blocking=not cpu)
     acc = Accelerator(mixed_precision=mp, cpu=bool(cpu), kwargs_handlers=[ddp], dataloader_config=loading)
-    if acc.num_processes > 1:
-        _leave_group_at_exit()
     set_seed(seed)
     return acc
-
-
-def _leave_group_at_exit() -> None:
-    """Destroy the launcher's process group when this process exits, once. Left to the interpreter's teardown, gloo's
-    threads could be destroyed still running: "terminate called without an active exception", SIGABRT, and a failed
-    launch after a finished run (seen once in four suite runs of a 2-process pre-training)."""
-    import atexit
-
-    global _LEAVING
-    if not _LEAVING:
-        _LEAVING = True
-        atexit.register(_leave_group)
-
-
-_LEAVING = False
-
-
-def _leave_group() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
 
 
 def default_workers(device: torch.device | str, processes: int = 1) -> int:
